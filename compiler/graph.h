@@ -1,0 +1,191 @@
+/* graph.h: zoo's graph IR.
+ *
+ * A graph is a list of nodes in a valid execution order (each node's inputs are
+ * produced by earlier nodes, or are inputs or parameters) and the tensors they
+ * read and write. A node has up to ZOO_MAX_IN inputs and ZOO_MAX_OUT outputs, all
+ * tensor ids. Shapes are symbolic in a few named symbols (B, T, ...): a dimension
+ * is coef * the product of the symbols in its mask, so B*T is representable. A
+ * backend binds the symbols to numbers before it runs the graph.
+ *
+ * Ops come from ops.def (one X-macro row each); per-op behaviour lives in the
+ * functions that row names (see ops.def).
+ */
+#ifndef ZOO_GRAPH_H
+#define ZOO_GRAPH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "diag.h"
+
+#define ZOO_MAX_DIMS 6
+#define ZOO_MAX_IN 4
+#define ZOO_MAX_OUT 3
+#define ZOO_MAX_SYMS 8
+
+typedef enum zoo_op {
+#define X(NAME, name, cls, nin_min, nin_max, nout, flags) ZOO_OP_##NAME,
+#include "ops.def"
+#undef X
+  ZOO_OP_COUNT
+} zoo_op;
+
+typedef enum zoo_op_class {
+  ZOO_CLASS_ELEMENTWISE,
+  ZOO_CLASS_REDUCTION,
+  ZOO_CLASS_MOVEMENT,
+  ZOO_CLASS_MATMUL,
+  ZOO_CLASS_GATHER,
+  ZOO_CLASS_SCAN,
+  ZOO_CLASS_INTRINSIC,
+} zoo_op_class;
+
+enum {
+  ZOO_OPF_GRAD = 1,     /* has a gradient with respect to its float inputs */
+  ZOO_OPF_RANDOM = 2,   /* draws from the counter-based RNG (attrs.i[0] = stream) */
+  ZOO_OPF_INTERNAL = 4, /* made by passes; not a .zoo builtin */
+};
+
+typedef struct zoo_op_info {
+  const char *name;
+  zoo_op_class cls;
+  int nin_min, nin_max, nout;
+  int flags;
+} zoo_op_info;
+
+extern const zoo_op_info zoo_ops[ZOO_OP_COUNT];
+/* Looks up a builtin by its .zoo spelling; -1 when there is none (INTERNAL ops
+ * are not found). */
+int zoo_op_lookup(const char *name);
+
+typedef enum zoo_dtype { ZOO_F32, ZOO_I32 } zoo_dtype;
+
+/* coef * product of the symbols whose bits are set in sym */
+typedef struct zoo_dim {
+  int64_t coef;
+  uint32_t sym;
+} zoo_dim;
+
+typedef struct zoo_type {
+  zoo_dtype dtype;
+  int ndim; /* 0: a scalar */
+  zoo_dim dim[ZOO_MAX_DIMS];
+} zoo_type;
+
+typedef struct zoo_attrs {
+  int64_t i[4];
+  double f[6];
+  int ndim;
+  zoo_dim dims[ZOO_MAX_DIMS];
+} zoo_attrs;
+
+typedef enum zoo_tensor_kind {
+  ZOO_T_VALUE, /* produced by a node */
+  ZOO_T_INPUT, /* fed by the runtime each step (tokens, targets, dloss) */
+  ZOO_T_PARAM, /* a trained parameter */
+} zoo_tensor_kind;
+
+typedef enum zoo_init_kind {
+  ZOO_INIT_ZEROS,
+  ZOO_INIT_ONES,
+  ZOO_INIT_NORMAL,  /* mean 0, std a */
+  ZOO_INIT_UNIFORM, /* in [-a, a] */
+  ZOO_INIT_CONST,   /* every element a */
+} zoo_init_kind;
+
+typedef struct zoo_init {
+  zoo_init_kind kind;
+  double a;
+} zoo_init;
+
+typedef struct zoo_tensor {
+  zoo_type type;
+  zoo_tensor_kind kind;
+  int producer;     /* node id, -1 for inputs and parameters */
+  int out_index;    /* which output of the producer */
+  const char *name; /* parameters: hierarchical name; inputs: argument name; else NULL */
+  zoo_init init;    /* parameters */
+  int grad;         /* after autodiff: id of d(loss)/d(this), -1 if none */
+} zoo_tensor;
+
+typedef struct zoo_node {
+  zoo_op op;
+  int nin, nout;
+  int in[ZOO_MAX_IN];
+  int out[ZOO_MAX_OUT];
+  zoo_attrs attrs;
+  zoo_span span; /* the .zoo call it came from (backward nodes: their forward node's) */
+  int group;     /* set by fuse: the kernel this node belongs to, -1 before */
+} zoo_node;
+
+typedef struct zoo_graph {
+  zoo_node *nodes;
+  int nnodes, nodes_cap;
+  zoo_tensor *tensors;
+  int ntensors, tensors_cap;
+  const char *sym_names[ZOO_MAX_SYMS];
+  int nsyms;
+  int *params; /* tensor ids, in declaration order */
+  int nparams, params_cap;
+  int *inputs; /* tensor ids of ZOO_T_INPUT tensors, in order */
+  int ninputs, inputs_cap;
+  int output;  /* the model's returned tensor (logits), -1 if none */
+  /* Set by zoo_train_graph: */
+  int targets, loss, metrics, dloss; /* tensor ids, -1 if absent */
+  int nforward; /* nodes [0, nforward) are the forward pass (loss and metrics included) */
+  int next_stream; /* next RNG stream id for dropout-like ops */
+} zoo_graph;
+
+void zoo_graph_init(zoo_graph *g);
+void zoo_graph_free(zoo_graph *g);
+
+/* Symbols by name, made on first use. */
+int zoo_graph_symbol(zoo_graph *g, const char *name);
+
+/* New tensors. Names are copied. */
+int zoo_graph_input(zoo_graph *g, const char *name, zoo_type t);
+int zoo_graph_param(zoo_graph *g, const char *name, zoo_type t, zoo_init init);
+
+/* Appends a node, runs the op's shape rule and makes its output tensors. Returns
+ * the id of the first output tensor (the others follow it: out[k] = first + k), or
+ * -1 after reporting the shape rule's error at `at` through d. */
+int zoo_graph_node(zoo_graph *g, zoo_op op, int nin, const int *in, const zoo_attrs *attrs,
+                   zoo_span at, zoo_diag *d);
+
+/* Types and shapes */
+zoo_dim zoo_dim_const(int64_t n);
+int zoo_dim_eq(zoo_dim a, zoo_dim b);
+zoo_dim zoo_dim_mul(zoo_dim a, zoo_dim b);
+/* a / b when exact (same symbols or b constant dividing a's coefficient); 0 if not */
+int zoo_dim_div(zoo_dim a, zoo_dim b, zoo_dim *out);
+int zoo_type_eq(const zoo_type *a, const zoo_type *b);
+/* "f32[B, T, 64]" into buf; returns buf */
+char *zoo_type_str(const zoo_graph *g, const zoo_type *t, char *buf, size_t n);
+char *zoo_dim_str(const zoo_graph *g, zoo_dim d, char *buf, size_t n);
+/* Elements of a type with the symbols bound (sym_values[i] for symbol i). */
+int64_t zoo_dim_eval(zoo_dim d, const int64_t *sym_values);
+int64_t zoo_type_numel(const zoo_type *t, const int64_t *sym_values);
+/* Parameter element count (parameters never have symbolic dims). */
+int64_t zoo_graph_param_count(const zoo_graph *g);
+
+/* Shape rules (compiler/shape.c): fills out[0 .. nout-1]; returns 0, or -1 with a
+ * message naming the offending shapes in err. */
+int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *err, size_t errlen);
+
+/* Builds the training graph on top of a model graph whose g->output is the logits
+ * [B, T, V]: adds the i32 input "targets" [B, T], cross_entropy (ignore -100) as
+ * g->loss, accuracy as g->metrics, the scalar input "dloss" (the loss's gradient
+ * seed, 1 / accumulation steps), sets nforward, then runs autodiff so that every
+ * parameter's tensor has .grad. Returns 0, or -1 after reporting through d. */
+int zoo_train_graph(zoo_graph *g, zoo_diag *d);
+
+/* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
+ * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of
+ * every tensor that receives one (parameters, and inputs that are f32). */
+int zoo_autodiff(zoo_graph *g, int loss, int seed, zoo_diag *d);
+
+/* Dumps (compiler/dump.c) */
+void zoo_graph_dump(FILE *out, const zoo_graph *g);     /* --dump=graph */
+void zoo_graph_dump_dot(FILE *out, const zoo_graph *g); /* --dump=dot */
+
+#endif
