@@ -1,0 +1,1191 @@
+/* cpu_ops.c: the reference kernels, one zoo_cpu_<name> per row of ops.def.
+ *
+ * Each kernel does exactly what the op's line in ops.def says, in plain C. They
+ * are the oracle every GPU kernel is checked against, so they favour the obvious
+ * loop over the fast one; long sums (norm statistics, logsumexp, attention
+ * denominators, reductions) accumulate in double and store f32. The heavy ones
+ * (linear, matmul, attention, the losses) run their outer loop with OpenMP; each
+ * thread writes disjoint outputs, so results do not depend on the thread count.
+ *
+ * Letters: N rows (all leading axes flattened), C channels, V vocabulary,
+ * B batch, H heads, T time, F feature width of q and k, Dv value width.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "rng.h"
+
+/* ---------------------------------------------------------------------------
+ * Helpers */
+
+/* A tensor's concrete shape. */
+typedef struct shape {
+  int nd;
+  int64_t d[ZOO_MAX_DIMS];
+  int64_t n; /* elements */
+} shape;
+
+static shape shape_of(zoo_cpu *c, int t) {
+  shape s;
+  s.nd = zoo_cpu_dims(c, t, s.d);
+  s.n = 1;
+  for (int k = 0; k < s.nd; k++) s.n *= s.d[k];
+  return s;
+}
+
+static float *in_f(zoo_cpu *c, const zoo_node *n, int i) { return zoo_cpu_f32(c, n->in[i]); }
+static int32_t *in_i(zoo_cpu *c, const zoo_node *n, int i) { return zoo_cpu_i32(c, n->in[i]); }
+static float *out_f(zoo_cpu *c, const zoo_node *n, int k) { return zoo_cpu_f32(c, n->out[k]); }
+static shape in_shape(zoo_cpu *c, const zoo_node *n, int i) { return shape_of(c, n->in[i]); }
+static shape out_shape(zoo_cpu *c, const zoo_node *n, int k) { return shape_of(c, n->out[k]); }
+
+/* The product of the dims of s before axis k. */
+static int64_t prod_before(const shape *s, int k) {
+  int64_t p = 1;
+  for (int i = 0; i < k; i++) p *= s->d[i];
+  return p;
+}
+
+static int64_t prod_after(const shape *s, int k) {
+  int64_t p = 1;
+  for (int i = k + 1; i < s->nd; i++) p *= s->d[i];
+  return p;
+}
+
+/* A possibly negative axis attribute as an index into s. */
+static int norm_axis(int64_t axis, int nd) { return (int)(axis < 0 ? axis + nd : axis); }
+
+/* Sets c->err and returns -1. */
+__attribute__((format(printf, 2, 3))) static int cpu_fail(zoo_cpu *c, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->err, sizeof c->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size);
+  if (!p) {
+    fprintf(stderr, "zoo: out of memory in a CPU kernel\n");
+    abort();
+  }
+  return p;
+}
+
+/* Dropout's keep decision, shared by dropout and softmax_attention: element
+ * `index` of stream `stream` is kept when its uniform draw is >= p. */
+static int keep(uint64_t seed, int64_t stream, int64_t index, float p) {
+  return zoo_rng_uniform(seed, (zoo_u64)stream, (zoo_u64)index) >= p;
+}
+
+/* ---------------------------------------------------------------------------
+ * Broadcasting. The output is walked row by row (a row = the last axis); each
+ * input has a stride per output axis, 0 where it is broadcast. */
+
+typedef struct bcast {
+  int nd;                            /* output axes (at least 1) */
+  int64_t od[ZOO_MAX_DIMS];          /* output dims */
+  int64_t st[3][ZOO_MAX_DIMS];       /* per input, per output axis */
+  int64_t rows, last;
+} bcast;
+
+static void bcast_init(bcast *b, zoo_cpu *c, const zoo_node *n, int nin) {
+  shape o = out_shape(c, n, 0);
+  if (o.nd == 0) o.nd = 1, o.d[0] = 1;
+  b->nd = o.nd;
+  memcpy(b->od, o.d, sizeof o.d);
+  for (int i = 0; i < nin; i++) {
+    shape s = in_shape(c, n, i);
+    int64_t stride = 1;
+    for (int k = o.nd - 1; k >= 0; k--) {
+      int j = s.nd - o.nd + k;
+      b->st[i][k] = (j < 0 || s.d[j] == 1) ? 0 : stride;
+      if (j >= 0) stride *= s.d[j];
+    }
+  }
+  b->last = o.d[o.nd - 1];
+  b->rows = b->last ? o.n / b->last : 0;
+  if (o.n == 0) b->rows = 0;
+}
+
+/* Offsets of row r's first element in each input. */
+static void bcast_row(const bcast *b, int nin, int64_t r, int64_t *off) {
+  for (int i = 0; i < nin; i++) off[i] = 0;
+  for (int k = b->nd - 2; k >= 0; k--) {
+    int64_t idx = r % b->od[k];
+    r /= b->od[k];
+    for (int i = 0; i < nin; i++) off[i] += idx * b->st[i][k];
+  }
+}
+
+/* One row of a binary op: y[j] = a[j*sa] op b[j*sb]. */
+static void binary_row(zoo_op op, float *y, const float *a, int64_t sa, const float *b,
+                       int64_t sb, int64_t n) {
+  switch (op) {
+  case ZOO_OP_ADD: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] + b[j * sb]; break;
+  case ZOO_OP_SUB: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] - b[j * sb]; break;
+  case ZOO_OP_MUL: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] * b[j * sb]; break;
+  case ZOO_OP_DIV: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] / b[j * sb]; break;
+  case ZOO_OP_GT: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] > b[j * sb] ? 1.0f : 0.0f; break;
+  default: abort();
+  }
+}
+
+static int binary(zoo_cpu *c, const zoo_node *n) {
+  bcast b;
+  bcast_init(&b, c, n, 2);
+  const float *A = in_f(c, n, 0), *B = in_f(c, n, 1);
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (b.rows * b.last > 16384)
+  for (int64_t r = 0; r < b.rows; r++) {
+    int64_t off[2];
+    bcast_row(&b, 2, r, off);
+    binary_row(n->op, Y + r * b.last, A + off[0], b.st[0][b.nd - 1], B + off[1],
+               b.st[1][b.nd - 1], b.last);
+  }
+  return 0;
+}
+
+int zoo_cpu_add(zoo_cpu *c, const zoo_node *n) { return binary(c, n); }
+int zoo_cpu_sub(zoo_cpu *c, const zoo_node *n) { return binary(c, n); }
+int zoo_cpu_mul(zoo_cpu *c, const zoo_node *n) { return binary(c, n); }
+int zoo_cpu_div(zoo_cpu *c, const zoo_node *n) { return binary(c, n); }
+int zoo_cpu_gt(zoo_cpu *c, const zoo_node *n) { return binary(c, n); }
+
+/* where (cond, a, b) -> cond != 0 ? a : b, broadcast */
+int zoo_cpu_where(zoo_cpu *c, const zoo_node *n) {
+  bcast b;
+  bcast_init(&b, c, n, 3);
+  const float *C = in_f(c, n, 0), *A = in_f(c, n, 1), *B = in_f(c, n, 2);
+  float *Y = out_f(c, n, 0);
+  int k = b.nd - 1;
+#pragma omp parallel for if (b.rows * b.last > 16384)
+  for (int64_t r = 0; r < b.rows; r++) {
+    int64_t off[3];
+    bcast_row(&b, 3, r, off);
+    float *y = Y + r * b.last;
+    for (int64_t j = 0; j < b.last; j++)
+      y[j] = C[off[0] + j * b.st[0][k]] != 0 ? A[off[1] + j * b.st[1][k]]
+                                             : B[off[2] + j * b.st[2][k]];
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Unary elementwise ops */
+
+static float softplusf(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static float geluf(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
+
+/* d gelu / dx = Phi(x) + x phi(x) */
+static float gelu_gradf(float x) {
+  float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+  float pdf = expf(-0.5f * x * x) * (float)(0.5 * M_2_SQRTPI * M_SQRT1_2);
+  return cdf + x * pdf;
+}
+
+static float unary_one(zoo_op op, const zoo_attrs *a, float x) {
+  switch (op) {
+  case ZOO_OP_NEG: return -x;
+  case ZOO_OP_EXP: return expf(x);
+  case ZOO_OP_LOG: return logf(x);
+  case ZOO_OP_SQRT: return sqrtf(x);
+  case ZOO_OP_RSQRT: return 1.0f / sqrtf(x);
+  case ZOO_OP_SQUARE: return x * x;
+  case ZOO_OP_SIGMOID: return sigmoidf(x);
+  case ZOO_OP_SILU: return x * sigmoidf(x);
+  case ZOO_OP_SOFTPLUS: return softplusf(x);
+  case ZOO_OP_RELU: return x > 0 ? x : 0.0f;
+  case ZOO_OP_GELU: return geluf(x);
+  case ZOO_OP_TANH: return tanhf(x);
+  case ZOO_OP_SIN: return sinf(x);
+  case ZOO_OP_COS: return cosf(x);
+  case ZOO_OP_ADDS: return x + (float)a->f[0];
+  case ZOO_OP_MULS: return x * (float)a->f[0];
+  case ZOO_OP_POWS: return powf(x, (float)a->f[0]);
+  default: abort();
+  }
+}
+
+static int unary(zoo_cpu *c, const zoo_node *n) {
+  const float *x = in_f(c, n, 0);
+  float *y = out_f(c, n, 0);
+  int64_t len = c->numel[n->out[0]];
+#pragma omp parallel for if (len > 16384)
+  for (int64_t i = 0; i < len; i++) y[i] = unary_one(n->op, &n->attrs, x[i]);
+  return 0;
+}
+
+int zoo_cpu_neg(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_exp(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_log(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_sqrt(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_rsqrt(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_square(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_sigmoid(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_silu(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_softplus(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_relu(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_gelu(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_tanh(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_sin(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_cos(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_adds(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_muls(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+int zoo_cpu_pows(zoo_cpu *c, const zoo_node *n) { return unary(c, n); }
+
+/* gelu_bwd (dy, x) -> dy * gelu'(x) */
+int zoo_cpu_gelu_bwd(zoo_cpu *c, const zoo_node *n) {
+  const float *dy = in_f(c, n, 0), *x = in_f(c, n, 1);
+  float *dx = out_f(c, n, 0);
+  int64_t len = c->numel[n->out[0]];
+#pragma omp parallel for if (len > 16384)
+  for (int64_t i = 0; i < len; i++) dx[i] = dy[i] * gelu_gradf(x[i]);
+  return 0;
+}
+
+/* dropout (x; f0 = p, i0 = stream): element i is kept when
+ * zoo_rng_uniform(seed, stream, i) >= p, and then scaled by 1 / (1 - p). The
+ * index is the element's flat (row-major) index in x. */
+int zoo_cpu_dropout(zoo_cpu *c, const zoo_node *n) {
+  const float *x = in_f(c, n, 0);
+  float *y = out_f(c, n, 0);
+  int64_t len = c->numel[n->out[0]];
+  float p = (float)n->attrs.f[0];
+  if (!c->training || p == 0.0f) {
+    memcpy(y, x, (size_t)len * sizeof *y);
+    return 0;
+  }
+  float scale = 1.0f / (1.0f - p);
+  int64_t stream = n->attrs.i[0];
+#pragma omp parallel for if (len > 16384)
+  for (int64_t i = 0; i < len; i++) y[i] = keep(c->seed, stream, i, p) ? x[i] * scale : 0.0f;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Reductions */
+
+/* sum, mean (x; axis, keepdim): x viewed as [outer, n, inner]. */
+static int reduce_axis(zoo_cpu *c, const zoo_node *n, int mean) {
+  shape s = in_shape(c, n, 0);
+  int a = norm_axis(n->attrs.i[0], s.nd);
+  int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
+  const float *x = in_f(c, n, 0);
+  float *y = out_f(c, n, 0);
+#pragma omp parallel for if (outer * inner * len > 16384)
+  for (int64_t oi = 0; oi < outer * inner; oi++) {
+    int64_t o = oi / inner, i = oi % inner;
+    double acc = 0;
+    for (int64_t k = 0; k < len; k++) acc += x[(o * len + k) * inner + i];
+    y[oi] = (float)(mean ? acc / (double)len : acc);
+  }
+  return 0;
+}
+
+int zoo_cpu_sum(zoo_cpu *c, const zoo_node *n) { return reduce_axis(c, n, 0); }
+int zoo_cpu_mean(zoo_cpu *c, const zoo_node *n) { return reduce_axis(c, n, 1); }
+
+/* reduce_to (x; dims = target): sums x over the axes on which the target is
+ * broadcast. Sequential over x, accumulating in double. */
+int zoo_cpu_reduce_to(zoo_cpu *c, const zoo_node *n) {
+  bcast b; /* walk x's rows; "input" 0 is the target, strided in x's axes */
+  shape x = in_shape(c, n, 0), t = out_shape(c, n, 0);
+  if (x.nd == 0) x.nd = 1, x.d[0] = 1;
+  b.nd = x.nd;
+  memcpy(b.od, x.d, sizeof x.d);
+  int64_t stride = 1;
+  for (int k = x.nd - 1; k >= 0; k--) {
+    int j = t.nd - x.nd + k;
+    b.st[0][k] = (j < 0 || t.d[j] == 1) ? 0 : stride;
+    if (j >= 0) stride *= t.d[j];
+  }
+  b.last = x.d[x.nd - 1];
+  b.rows = b.last ? x.n / b.last : 0;
+  double *acc = xcalloc((size_t)t.n, sizeof *acc);
+  const float *X = in_f(c, n, 0);
+  int64_t sl = b.st[0][b.nd - 1];
+  for (int64_t r = 0; r < b.rows; r++) {
+    int64_t off;
+    bcast_row(&b, 1, r, &off);
+    const float *xr = X + r * b.last;
+    for (int64_t j = 0; j < b.last; j++) acc[off + j * sl] += xr[j];
+  }
+  float *y = out_f(c, n, 0);
+  for (int64_t i = 0; i < t.n; i++) y[i] = (float)acc[i];
+  free(acc);
+  return 0;
+}
+
+/* Mean and 1/sqrt(var + eps) (biased variance) of one row, in double. */
+static void row_moments(const float *x, int64_t C, double eps, double *mean, double *rstd) {
+  double m = 0, v = 0;
+  for (int64_t j = 0; j < C; j++) m += x[j];
+  m /= (double)C;
+  for (int64_t j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+  v /= (double)C;
+  *mean = m;
+  *rstd = 1.0 / sqrt(v + eps);
+}
+
+/* layernorm (x, [w, b]; eps) over the last axis */
+int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  const float *X = in_f(c, n, 0);
+  const float *w = n->nin > 1 ? in_f(c, n, 1) : NULL, *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
+  float *Y = out_f(c, n, 0);
+  double eps = n->attrs.f[0];
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    const float *x = X + r * C;
+    float *y = Y + r * C;
+    double mean, rstd;
+    row_moments(x, C, eps, &mean, &rstd);
+    for (int64_t j = 0; j < C; j++) {
+      double v = (x[j] - mean) * rstd;
+      if (w) v *= w[j];
+      if (b) v += b[j];
+      y[j] = (float)v;
+    }
+  }
+  return 0;
+}
+
+/* layernorm_bwd (dy, x, [w]) -> dx, dw, db. With xh = (x - mean) rstd and
+ * g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)), dw = sum dy xh, db = sum dy. */
+int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 1);
+  int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1);
+  const float *w = n->nin > 2 ? in_f(c, n, 2) : NULL;
+  float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1), *db = out_f(c, n, 2);
+  double eps = n->attrs.f[0];
+  double *mean = xcalloc((size_t)N, sizeof *mean), *rstd = xcalloc((size_t)N, sizeof *rstd);
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    const float *x = X + r * C, *dy = DY + r * C;
+    row_moments(x, C, eps, &mean[r], &rstd[r]);
+    double mg = 0, mgx = 0;
+    for (int64_t j = 0; j < C; j++) {
+      double g = dy[j] * (w ? w[j] : 1.0), xh = (x[j] - mean[r]) * rstd[r];
+      mg += g;
+      mgx += g * xh;
+    }
+    mg /= (double)C;
+    mgx /= (double)C;
+    for (int64_t j = 0; j < C; j++) {
+      double g = dy[j] * (w ? w[j] : 1.0), xh = (x[j] - mean[r]) * rstd[r];
+      DX[r * C + j] = (float)(rstd[r] * (g - mg - xh * mgx));
+    }
+  }
+  /* per channel sums over rows: each thread owns channels */
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t j = 0; j < C; j++) {
+    double sw = 0, sb = 0;
+    for (int64_t r = 0; r < N; r++) {
+      double dy = DY[r * C + j];
+      sw += dy * (X[r * C + j] - mean[r]) * rstd[r];
+      sb += dy;
+    }
+    dw[j] = w ? (float)sw : 0.0f;
+    db[j] = w ? (float)sb : 0.0f;
+  }
+  free(mean);
+  free(rstd);
+  return 0;
+}
+
+/* 1 / sqrt(mean(x^2) + eps) of one row */
+static double row_rms_inv(const float *x, int64_t C, double eps) {
+  double m = 0;
+  for (int64_t j = 0; j < C; j++) m += (double)x[j] * x[j];
+  return 1.0 / sqrt(m / (double)C + eps);
+}
+
+/* rmsnorm (x, w; eps): x / sqrt(mean(x^2) + eps) * w */
+int zoo_cpu_rmsnorm(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  const float *X = in_f(c, n, 0), *w = in_f(c, n, 1);
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    double ri = row_rms_inv(X + r * C, C, n->attrs.f[0]);
+    for (int64_t j = 0; j < C; j++) Y[r * C + j] = (float)(X[r * C + j] * ri * w[j]);
+  }
+  return 0;
+}
+
+/* rmsnorm_bwd (dy, x, w) -> dx, dw. With r = 1/rms and g = dy w:
+ * dx = r g - x r^3 mean(g x), dw = sum dy x r. */
+int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 1);
+  int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *w = in_f(c, n, 2);
+  float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1);
+  double *rinv = xcalloc((size_t)N, sizeof *rinv);
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    const float *x = X + r * C, *dy = DY + r * C;
+    double ri = rinv[r] = row_rms_inv(x, C, n->attrs.f[0]);
+    double mgx = 0;
+    for (int64_t j = 0; j < C; j++) mgx += (double)dy[j] * w[j] * x[j];
+    mgx /= (double)C;
+    for (int64_t j = 0; j < C; j++)
+      DX[r * C + j] = (float)(ri * dy[j] * w[j] - x[j] * ri * ri * ri * mgx);
+  }
+#pragma omp parallel for if (N * C > 16384)
+  for (int64_t j = 0; j < C; j++) {
+    double acc = 0;
+    for (int64_t r = 0; r < N; r++) acc += (double)DY[r * C + j] * X[r * C + j] * rinv[r];
+    dw[j] = (float)acc;
+  }
+  free(rinv);
+  return 0;
+}
+
+/* max and log(sum(exp(x - max))) + max of one row, in double */
+static double row_logsumexp(const float *x, int64_t V) {
+  double m = -INFINITY;
+  for (int64_t j = 0; j < V; j++)
+    if (x[j] > m) m = x[j];
+  double s = 0;
+  for (int64_t j = 0; j < V; j++) s += exp(x[j] - m);
+  return m + log(s);
+}
+
+/* softmax over the last axis */
+int zoo_cpu_softmax(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *X = in_f(c, n, 0);
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (N * V > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    double lse = row_logsumexp(X + r * V, V);
+    for (int64_t j = 0; j < V; j++) Y[r * V + j] = (float)exp(X[r * V + j] - lse);
+  }
+  return 0;
+}
+
+int zoo_cpu_logsumexp(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *X = in_f(c, n, 0);
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (N * V > 16384)
+  for (int64_t r = 0; r < N; r++) Y[r] = (float)row_logsumexp(X + r * V, V);
+  return 0;
+}
+
+/* Checks targets against [0, V) (ignore_index allowed); returns the number of
+ * labelled targets, or -1 with c->err set. */
+static int64_t check_targets(zoo_cpu *c, const char *op, const int32_t *t, int64_t N, int64_t V,
+                             int64_t ignore) {
+  int64_t labelled = 0;
+  for (int64_t r = 0; r < N; r++) {
+    if (t[r] == ignore) continue;
+    if (t[r] < 0 || t[r] >= V)
+      return cpu_fail(c, "%s: target %d out of range [0, %lld)", op, t[r], (long long)V);
+    labelled++;
+  }
+  return labelled;
+}
+
+/* cross_entropy (logits[N, V], targets[N]; ignore): mean over labelled rows of
+ * logsumexp(row) - row[target]; 0 when no row is labelled. */
+int zoo_cpu_cross_entropy(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *L = in_f(c, n, 0);
+  const int32_t *t = in_i(c, n, 1);
+  int64_t ignore = n->attrs.i[0];
+  int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
+  if (labelled < 0) return -1;
+  double *loss = xcalloc((size_t)N, sizeof *loss);
+#pragma omp parallel for if (N * V > 16384)
+  for (int64_t r = 0; r < N; r++)
+    if (t[r] != ignore) loss[r] = row_logsumexp(L + r * V, V) - L[r * V + t[r]];
+  double sum = 0; /* in row order, whatever the thread count */
+  for (int64_t r = 0; r < N; r++) sum += loss[r];
+  free(loss);
+  out_f(c, n, 0)[0] = labelled ? (float)(sum / (double)labelled) : 0.0f;
+  return 0;
+}
+
+/* cross_entropy_bwd (dloss, logits, targets) -> dlogits =
+ * dloss / labelled * (softmax(row) - onehot(target)) on labelled rows, 0 elsewhere. */
+int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 1);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *L = in_f(c, n, 1);
+  const int32_t *t = in_i(c, n, 2);
+  float *D = out_f(c, n, 0);
+  int64_t ignore = n->attrs.i[0];
+  int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
+  if (labelled < 0) return -1;
+  double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
+#pragma omp parallel for if (N * V > 16384)
+  for (int64_t r = 0; r < N; r++) {
+    float *d = D + r * V;
+    if (t[r] == ignore) {
+      memset(d, 0, (size_t)V * sizeof *d);
+      continue;
+    }
+    const float *l = L + r * V;
+    double lse = row_logsumexp(l, V);
+    for (int64_t j = 0; j < V; j++) d[j] = (float)(scale * (exp(l[j] - lse) - (j == t[r])));
+  }
+  return 0;
+}
+
+/* Index of the first maximum of a row. */
+static int64_t row_argmax(const float *x, int64_t V) {
+  int64_t best = 0;
+  for (int64_t j = 1; j < V; j++)
+    if (x[j] > x[best]) best = j;
+  return best;
+}
+
+int zoo_cpu_argmax(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *X = in_f(c, n, 0);
+  int32_t *y = zoo_cpu_i32(c, n->out[0]);
+  for (int64_t r = 0; r < N; r++) y[r] = (int32_t)row_argmax(X + r * V, V);
+  return 0;
+}
+
+/* accuracy -> (correct, labelled) over labelled targets */
+int zoo_cpu_accuracy(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
+  const float *L = in_f(c, n, 0);
+  const int32_t *t = in_i(c, n, 1);
+  int64_t ignore = n->attrs.i[0];
+  int64_t correct = 0, labelled = 0;
+  for (int64_t r = 0; r < N; r++) {
+    if (t[r] == ignore) continue;
+    labelled++;
+    if (row_argmax(L + r * V, V) == t[r]) correct++;
+  }
+  float *y = out_f(c, n, 0);
+  y[0] = (float)correct;
+  y[1] = (float)labelled;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Movement (f32 and i32 alike: both are 4-byte elements) */
+
+typedef uint32_t word;
+
+static word *in_w(zoo_cpu *c, const zoo_node *n, int i) { return (word *)c->data[n->in[i]]; }
+static word *out_w(zoo_cpu *c, const zoo_node *n, int k) { return (word *)c->data[n->out[k]]; }
+
+int zoo_cpu_reshape(zoo_cpu *c, const zoo_node *n) {
+  memcpy(out_w(c, n, 0), in_w(c, n, 0), (size_t)c->numel[n->out[0]] * sizeof(word));
+  return 0;
+}
+
+/* permute: output axis k reads source axis dims[k].coef */
+int zoo_cpu_permute(zoo_cpu *c, const zoo_node *n) {
+  shape x = in_shape(c, n, 0), y = out_shape(c, n, 0);
+  if (y.nd == 0) return zoo_cpu_reshape(c, n);
+  int64_t xs[ZOO_MAX_DIMS], st[ZOO_MAX_DIMS]; /* x's strides; per output axis */
+  int64_t stride = 1;
+  for (int k = x.nd - 1; k >= 0; k--) xs[k] = stride, stride *= x.d[k];
+  for (int k = 0; k < y.nd; k++) st[k] = xs[n->attrs.dims[k].coef];
+  const word *X = in_w(c, n, 0);
+  word *Y = out_w(c, n, 0);
+  int64_t last = y.d[y.nd - 1], rows = last ? y.n / last : 0;
+#pragma omp parallel for if (y.n > 16384)
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t off = 0, rem = r;
+    for (int k = y.nd - 2; k >= 0; k--) {
+      off += (rem % y.d[k]) * st[k];
+      rem /= y.d[k];
+    }
+    for (int64_t j = 0; j < last; j++) Y[r * last + j] = X[off + j * st[y.nd - 1]];
+  }
+  return 0;
+}
+
+/* split_heads: y[p, h, t, e] = x[p, t, h*d + e] */
+int zoo_cpu_split_heads(zoo_cpu *c, const zoo_node *n) {
+  shape y = out_shape(c, n, 0);
+  int64_t H = y.d[y.nd - 3], T = y.d[y.nd - 2], d = y.d[y.nd - 1];
+  int64_t P = (H * T * d) != 0 ? y.n / (H * T * d) : 0;
+  const word *X = in_w(c, n, 0);
+  word *Y = out_w(c, n, 0);
+  for (int64_t p = 0; p < P; p++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < T; t++)
+        memcpy(Y + ((p * H + h) * T + t) * d, X + (p * T + t) * H * d + h * d,
+               (size_t)d * sizeof(word));
+  return 0;
+}
+
+/* merge_heads: y[p, t, h*d + e] = x[p, h, t, e] */
+int zoo_cpu_merge_heads(zoo_cpu *c, const zoo_node *n) {
+  shape x = in_shape(c, n, 0);
+  int64_t H = x.d[x.nd - 3], T = x.d[x.nd - 2], d = x.d[x.nd - 1];
+  int64_t P = (H * T * d) != 0 ? x.n / (H * T * d) : 0;
+  const word *X = in_w(c, n, 0);
+  word *Y = out_w(c, n, 0);
+  for (int64_t p = 0; p < P; p++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < T; t++)
+        memcpy(Y + (p * T + t) * H * d + h * d, X + ((p * H + h) * T + t) * d,
+               (size_t)d * sizeof(word));
+  return 0;
+}
+
+/* slice (x; axis, start, length): y[o, k, i] = x[o, start + k, i] */
+int zoo_cpu_slice(zoo_cpu *c, const zoo_node *n) {
+  shape x = in_shape(c, n, 0);
+  int a = norm_axis(n->attrs.i[0], x.nd);
+  int64_t outer = prod_before(&x, a), inner = prod_after(&x, a), len = x.d[a];
+  int64_t start = n->attrs.i[1], ylen = out_shape(c, n, 0).d[a];
+  const word *X = in_w(c, n, 0);
+  word *Y = out_w(c, n, 0);
+  for (int64_t o = 0; o < outer; o++)
+    memcpy(Y + o * ylen * inner, X + (o * len + start) * inner,
+           (size_t)(ylen * inner) * sizeof(word));
+  return 0;
+}
+
+/* concat (a, b; axis) */
+int zoo_cpu_concat(zoo_cpu *c, const zoo_node *n) {
+  shape a = in_shape(c, n, 0), b = in_shape(c, n, 1);
+  int ax = norm_axis(n->attrs.i[0], a.nd);
+  int64_t outer = prod_before(&a, ax), inner = prod_after(&a, ax);
+  int64_t la = a.d[ax] * inner, lb = b.d[ax] * inner; /* elements per outer index */
+  const word *A = in_w(c, n, 0), *B = in_w(c, n, 1);
+  word *Y = out_w(c, n, 0);
+  for (int64_t o = 0; o < outer; o++) {
+    memcpy(Y + o * (la + lb), A + o * la, (size_t)la * sizeof(word));
+    memcpy(Y + o * (la + lb) + la, B + o * lb, (size_t)lb * sizeof(word));
+  }
+  return 0;
+}
+
+/* shift (x; axis, k): y[t] = x[t - k], zeros where t - k is outside */
+int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
+  shape x = in_shape(c, n, 0);
+  int a = norm_axis(n->attrs.i[0], x.nd);
+  int64_t outer = prod_before(&x, a), inner = prod_after(&x, a), len = x.d[a];
+  int64_t k = n->attrs.i[1];
+  const word *X = in_w(c, n, 0);
+  word *Y = out_w(c, n, 0);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t t = 0; t < len; t++) {
+      word *y = Y + (o * len + t) * inner;
+      int64_t src = t - k;
+      if (src < 0 || src >= len) memset(y, 0, (size_t)inner * sizeof(word));
+      else memcpy(y, X + (o * len + src) * inner, (size_t)inner * sizeof(word));
+    }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Matrix products. All of them come down to C[m, n] (+)= A[m, k] B[k, n] with
+ * row-major A and B, computed row by row in i-k-j order (the inner loop runs
+ * along contiguous rows of B and C, which the compiler vectorises). */
+
+/* c[0..n) += a[0..k) B[k, n], one output row */
+static void row_gemm(float *crow, const float *arow, const float *B, int64_t k, int64_t n) {
+  for (int64_t p = 0; p < k; p++) {
+    float a = arow[p];
+    const float *b = B + p * n;
+    for (int64_t j = 0; j < n; j++) crow[j] += a * b[j];
+  }
+}
+
+/* dst[cols, rows] = src[rows, cols]^T */
+static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t k = 0; k < cols; k++) dst[k * rows + r] = src[r * cols + k];
+}
+
+/* linear (x[N, in], w[out, in], [b[out]]) -> y[N, out] = x w^T + b */
+int zoo_cpu_linear(zoo_cpu *c, const zoo_node *n) {
+  shape ws = in_shape(c, n, 1);
+  int64_t O = ws.d[0], I = ws.d[1];
+  int64_t N = c->numel[n->out[0]] / (O ? O : 1);
+  const float *X = in_f(c, n, 0), *W = in_f(c, n, 1), *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
+  float *Y = out_f(c, n, 0);
+  float *wt = xcalloc((size_t)(I * O), sizeof *wt); /* w^T [in, out] */
+  transpose(wt, W, O, I);
+#pragma omp parallel for if (N * I * O > 65536)
+  for (int64_t r = 0; r < N; r++) {
+    float *y = Y + r * O;
+    for (int64_t j = 0; j < O; j++) y[j] = b ? b[j] : 0.0f;
+    row_gemm(y, X + r * I, wt, I, O);
+  }
+  free(wt);
+  return 0;
+}
+
+/* matmul (a[..., m, k], b[..., k, n]; i0 = a transposed (stored [..., k, m]),
+ * i1 = b transposed (stored [..., n, k])). Batch axes equal, or absent in one
+ * operand, which is then shared by every batch. Transposed operands are copied
+ * to their plain layout first. */
+int zoo_cpu_matmul(zoo_cpu *c, const zoo_node *n) {
+  shape as = in_shape(c, n, 0), bs = in_shape(c, n, 1), ys = out_shape(c, n, 0);
+  int ta = n->attrs.i[0] != 0, tb = n->attrs.i[1] != 0;
+  int64_t M = ys.d[ys.nd - 2], Nn = ys.d[ys.nd - 1];
+  int64_t K = as.d[as.nd - 1 - ta];
+  int64_t batch = prod_before(&ys, ys.nd - 2);
+  int64_t abatch = as.nd > 2 ? batch : 1, bbatch = bs.nd > 2 ? batch : 1;
+  const float *A = in_f(c, n, 0), *B = in_f(c, n, 1);
+  float *Y = out_f(c, n, 0);
+  float *at = NULL, *bt = NULL;
+  if (ta) { /* plain copies [abatch][M, K] */
+    at = xcalloc((size_t)(abatch * M * K), sizeof *at);
+    for (int64_t q = 0; q < abatch; q++) transpose(at + q * M * K, A + q * M * K, K, M);
+    A = at;
+  }
+  if (tb) { /* [bbatch][K, N] */
+    bt = xcalloc((size_t)(bbatch * K * Nn), sizeof *bt);
+    for (int64_t q = 0; q < bbatch; q++) transpose(bt + q * K * Nn, B + q * K * Nn, Nn, K);
+    B = bt;
+  }
+#pragma omp parallel for if (batch * M * K * Nn > 65536)
+  for (int64_t qi = 0; qi < batch * M; qi++) {
+    int64_t q = qi / M, i = qi % M;
+    const float *a = A + (as.nd > 2 ? q : 0) * M * K + i * K;
+    const float *bm = B + (bs.nd > 2 ? q : 0) * K * Nn;
+    float *y = Y + (q * M + i) * Nn;
+    for (int64_t j = 0; j < Nn; j++) y[j] = 0.0f;
+    row_gemm(y, a, bm, K, Nn);
+  }
+  free(at);
+  free(bt);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Gather */
+
+/* Checks every id against [0, V). */
+static int check_ids(zoo_cpu *c, const char *op, const int32_t *ids, int64_t N, int64_t V) {
+  for (int64_t r = 0; r < N; r++)
+    if (ids[r] < 0 || ids[r] >= V)
+      return cpu_fail(c, "%s: id %d out of range [0, %lld)", op, ids[r], (long long)V);
+  return 0;
+}
+
+/* embedding (w[V, D], ids[N]) -> y[N, D] = w[ids] */
+int zoo_cpu_embedding(zoo_cpu *c, const zoo_node *n) {
+  shape ws = in_shape(c, n, 0);
+  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[1]];
+  const float *W = in_f(c, n, 0);
+  const int32_t *ids = in_i(c, n, 1);
+  if (check_ids(c, "embedding", ids, N, V)) return -1;
+  float *Y = out_f(c, n, 0);
+  for (int64_t r = 0; r < N; r++) memcpy(Y + r * D, W + ids[r] * D, (size_t)D * sizeof *Y);
+  return 0;
+}
+
+/* embedding_bwd (dy[N, D], ids[N]; dims = [V, D]) -> dw[V, D], dw[ids[r]] += dy[r].
+ * Each thread owns a range of columns and walks the rows in order, so the sums
+ * are race-free and their order is fixed. */
+int zoo_cpu_embedding_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape ws = out_shape(c, n, 0);
+  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[1]];
+  const float *DY = in_f(c, n, 0);
+  const int32_t *ids = in_i(c, n, 1);
+  if (check_ids(c, "embedding", ids, N, V)) return -1;
+  double *acc = xcalloc((size_t)(V * D), sizeof *acc);
+#pragma omp parallel for if (N * D > 16384)
+  for (int64_t j = 0; j < D; j++)
+    for (int64_t r = 0; r < N; r++) acc[ids[r] * D + j] += DY[r * D + j];
+  float *dw = out_f(c, n, 0);
+  for (int64_t i = 0; i < V * D; i++) dw[i] = (float)acc[i];
+  free(acc);
+  return 0;
+}
+
+int zoo_cpu_arange(zoo_cpu *c, const zoo_node *n) {
+  int32_t *y = zoo_cpu_i32(c, n->out[0]);
+  int64_t len = c->numel[n->out[0]];
+  for (int64_t i = 0; i < len; i++) y[i] = (int32_t)i;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Scans and convolutions */
+
+/* cumsum (x; axis): running sum in double */
+int zoo_cpu_cumsum(zoo_cpu *c, const zoo_node *n) {
+  shape s = in_shape(c, n, 0);
+  int a = norm_axis(n->attrs.i[0], s.nd);
+  int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
+  const float *X = in_f(c, n, 0);
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (s.n > 16384)
+  for (int64_t oi = 0; oi < outer * inner; oi++) {
+    int64_t o = oi / inner, i = oi % inner;
+    double acc = 0;
+    for (int64_t k = 0; k < len; k++) {
+      acc += X[(o * len + k) * inner + i];
+      Y[(o * len + k) * inner + i] = (float)acc;
+    }
+  }
+  return 0;
+}
+
+/* causal_conv1d (x[B, T, C], w[C, 1, K], [b[C]]):
+ * y[b, t, c] = b[c] + sum_j w[c, 0, j] x[b, t - K + 1 + j, c], zero before t = 0. */
+int zoo_cpu_causal_conv1d(zoo_cpu *c, const zoo_node *n) {
+  shape xs = in_shape(c, n, 0);
+  int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 1).d[2];
+  const float *X = in_f(c, n, 0), *W = in_f(c, n, 1), *bias = n->nin > 2 ? in_f(c, n, 2) : NULL;
+  float *Y = out_f(c, n, 0);
+#pragma omp parallel for if (xs.n * K > 16384)
+  for (int64_t bt = 0; bt < B * T; bt++) {
+    int64_t b = bt / T, t = bt % T;
+    for (int64_t ch = 0; ch < C; ch++) {
+      float acc = bias ? bias[ch] : 0.0f;
+      for (int64_t j = 0; j < K; j++) {
+        int64_t s = t - K + 1 + j;
+        if (s >= 0) acc += W[ch * K + j] * X[(b * T + s) * C + ch];
+      }
+      Y[bt * C + ch] = acc;
+    }
+  }
+  return 0;
+}
+
+/* causal_conv1d_bwd (dy, x, w) -> dx, dw, db:
+ * dx[b, s, c] = sum_j w[c, j] dy[b, s + K - 1 - j, c] (terms inside [0, T)),
+ * dw[c, j] = sum_{b,t} dy[b, t, c] x[b, t - K + 1 + j, c], db[c] = sum_{b,t} dy[b, t, c]. */
+int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape xs = in_shape(c, n, 1);
+  int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 2).d[2];
+  const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *W = in_f(c, n, 2);
+  float *DX = out_f(c, n, 0), *DW = out_f(c, n, 1), *DB = out_f(c, n, 2);
+#pragma omp parallel for if (xs.n * K > 16384)
+  for (int64_t bs = 0; bs < B * T; bs++) {
+    int64_t b = bs / T, s = bs % T;
+    for (int64_t ch = 0; ch < C; ch++) {
+      double acc = 0;
+      for (int64_t j = 0; j < K; j++) {
+        int64_t t = s + K - 1 - j;
+        if (t < T) acc += (double)W[ch * K + j] * DY[(b * T + t) * C + ch];
+      }
+      DX[bs * C + ch] = (float)acc;
+    }
+  }
+#pragma omp parallel for if (xs.n * K > 16384)
+  for (int64_t ch = 0; ch < C; ch++) {
+    double sb = 0;
+    for (int64_t bt = 0; bt < B * T; bt++) sb += DY[bt * C + ch];
+    DB[ch] = (float)sb;
+    for (int64_t j = 0; j < K; j++) {
+      double sw = 0;
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+          int64_t s = t - K + 1 + j;
+          if (s >= 0) sw += (double)DY[(b * T + t) * C + ch] * X[(b * T + s) * C + ch];
+        }
+      DW[ch * K + j] = (float)sw;
+    }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Attention intrinsics. Both work one (batch, head) pair at a time: q, k [T, F]
+ * and v [T, Dv] are rows of the pair's slices; pairs run in parallel. */
+
+static double dot(const float *a, const float *b, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+  return s;
+}
+
+/* poly_attention (q, k, v; c0, c1, c2, scale, eps), causal:
+ * s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 (j <= i),
+ * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). */
+int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
+  shape qs = in_shape(c, n, 0), vs = in_shape(c, n, 2);
+  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
+  const double scale = n->attrs.f[3], eps = n->attrs.f[4];
+  const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
+  float *O = out_f(c, n, 0);
+#pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
+    float *o = O + p * T * Dv;
+    double *num = xcalloc((size_t)Dv, sizeof *num);
+    for (int64_t i = 0; i < T; i++) {
+      double den = 0;
+      memset(num, 0, (size_t)Dv * sizeof *num);
+      for (int64_t j = 0; j <= i; j++) {
+        double s = scale * dot(q + i * F, k + j * F, F);
+        double a = c0 + c1 * s + c2 * s * s;
+        den += a;
+        for (int64_t e = 0; e < Dv; e++) num[e] += a * v[j * Dv + e];
+      }
+      for (int64_t e = 0; e < Dv; e++) o[i * Dv + e] = (float)(num[e] / (den + eps));
+    }
+    free(num);
+  }
+  return 0;
+}
+
+/* poly_attention_bwd (do, q, k, v) -> dq, dk, dv. With z_i = sum_j a_ij + eps and
+ * o_i = n_i / z_i: dL/da_ij = (do_i.v_j - do_i.o_i) / z_i, dv_j += a_ij do_i / z_i,
+ * ds_ij = dL/da_ij (c1 + 2 c2 s_ij), dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i. */
+int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape qs = in_shape(c, n, 1), vs = in_shape(c, n, 3);
+  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
+  const double scale = n->attrs.f[3], eps = n->attrs.f[4];
+  const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
+  float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
+#pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
+    const float *dout = DO + p * T * Dv;
+    double *dq = xcalloc((size_t)F, sizeof *dq);
+    double *dk = xcalloc((size_t)(T * F), sizeof *dk), *dv = xcalloc((size_t)(T * Dv), sizeof *dv);
+    double *num = xcalloc((size_t)Dv, sizeof *num);
+    for (int64_t i = 0; i < T; i++) {
+      const float *qi = q + i * F, *doi = dout + i * Dv;
+      /* forward again for row i: z_i and do_i . o_i */
+      double z = eps;
+      memset(num, 0, (size_t)Dv * sizeof *num);
+      for (int64_t j = 0; j <= i; j++) {
+        double s = scale * dot(qi, k + j * F, F);
+        double a = c0 + c1 * s + c2 * s * s;
+        z += a;
+        for (int64_t e = 0; e < Dv; e++) num[e] += a * v[j * Dv + e];
+      }
+      double do_o = 0;
+      for (int64_t e = 0; e < Dv; e++) do_o += doi[e] * (num[e] / z);
+      memset(dq, 0, (size_t)F * sizeof *dq);
+      for (int64_t j = 0; j <= i; j++) {
+        const float *kj = k + j * F;
+        double s = scale * dot(qi, kj, F);
+        double a = c0 + c1 * s + c2 * s * s;
+        double da = (dot(doi, v + j * Dv, Dv) - do_o) / z;
+        double ds = da * (c1 + 2 * c2 * s);
+        for (int64_t f = 0; f < F; f++) {
+          dq[f] += scale * ds * kj[f];
+          dk[j * F + f] += scale * ds * qi[f];
+        }
+        for (int64_t e = 0; e < Dv; e++) dv[j * Dv + e] += a / z * doi[e];
+      }
+      for (int64_t f = 0; f < F; f++) DQ[p * T * F + i * F + f] = (float)dq[f];
+    }
+    for (int64_t i = 0; i < T * F; i++) DK[p * T * F + i] = (float)dk[i];
+    for (int64_t i = 0; i < T * Dv; i++) DV[p * T * Dv + i] = (float)dv[i];
+    free(dq);
+    free(dk);
+    free(dv);
+    free(num);
+  }
+  return 0;
+}
+
+/* One row of softmax attention's probabilities, for query i of pair p:
+ * P[j] = softmax_j(scale q_i.k_j - 10000 [causal and j > i]) over all j < T
+ * (the reference adds -10000 above the diagonal rather than dropping those
+ * entries; in f32 they come out as exact zeros either way), and M[j] the factor
+ * dropout applies to it: 1 without dropout, else keep_ij / (1 - p) with
+ *
+ *     keep_ij = zoo_rng_uniform(seed, stream, ((b*H + h)*T + i)*T + j) >= p,
+ *
+ * i.e. the draw's index is the probability's flat index in a [B, H, T, T]
+ * tensor (p = b*H + h here), for every j, masked or not. The CUDA kernels must
+ * draw exactly these indices. */
+static void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
+                          int64_t F, const float *q, const float *k, double *P, double *M) {
+  double scale = n->attrs.f[0];
+  float drop = (float)n->attrs.f[1];
+  int causal = n->attrs.i[1] != 0, dropping = c->training && drop > 0.0f;
+  double m = -INFINITY;
+  for (int64_t j = 0; j < T; j++) {
+    P[j] = scale * dot(q + i * F, k + j * F, F) + (causal && j > i ? -10000.0 : 0.0);
+    if (P[j] > m) m = P[j];
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < T; j++) sum += P[j] = exp(P[j] - m);
+  float keep_scale = dropping ? 1.0f / (1.0f - drop) : 1.0f;
+  for (int64_t j = 0; j < T; j++) {
+    P[j] /= sum;
+    M[j] = 1.0;
+    if (dropping) M[j] = keep(c->seed, n->attrs.i[0], (p * T + i) * T + j, drop) ? keep_scale : 0.0;
+  }
+}
+
+/* softmax_attention (q, k, v; scale, dropout p, stream, causal):
+ * o_i = sum_j P_ij M_ij v_j with P, M from attention_row. */
+int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
+  shape qs = in_shape(c, n, 0), vs = in_shape(c, n, 2);
+  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
+  float *O = out_f(c, n, 0);
+#pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
+    double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
+    double *acc = xcalloc((size_t)Dv, sizeof *acc);
+    for (int64_t i = 0; i < T; i++) {
+      attention_row(c, n, p, i, T, F, q, k, P, M);
+      memset(acc, 0, (size_t)Dv * sizeof *acc);
+      for (int64_t j = 0; j < T; j++)
+        for (int64_t e = 0; e < Dv; e++) acc[e] += P[j] * M[j] * v[j * Dv + e];
+      for (int64_t e = 0; e < Dv; e++) O[(p * T + i) * Dv + e] = (float)acc[e];
+    }
+    free(P);
+    free(M);
+    free(acc);
+  }
+  return 0;
+}
+
+/* softmax_attention_bwd (do, q, k, v) -> dq, dk, dv, with the same dropout mask:
+ * dv_j += P_ij M_ij do_i; dP_ij = M_ij do_i.v_j; dS_ij = P_ij (dP_ij - sum_l P_il dP_il);
+ * dq_i = scale sum_j dS_ij k_j; dk_j += scale dS_ij q_i. */
+int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape qs = in_shape(c, n, 1), vs = in_shape(c, n, 3);
+  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
+  float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
+  double scale = n->attrs.f[0];
+#pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
+    const float *dout = DO + p * T * Dv;
+    double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
+    double *dP = xcalloc((size_t)T, sizeof *dP), *dq = xcalloc((size_t)F, sizeof *dq);
+    double *dk = xcalloc((size_t)(T * F), sizeof *dk), *dv = xcalloc((size_t)(T * Dv), sizeof *dv);
+    for (int64_t i = 0; i < T; i++) {
+      const float *doi = dout + i * Dv, *qi = q + i * F;
+      attention_row(c, n, p, i, T, F, q, k, P, M);
+      double r = 0;
+      for (int64_t j = 0; j < T; j++) {
+        dP[j] = M[j] * dot(doi, v + j * Dv, Dv);
+        r += P[j] * dP[j];
+        for (int64_t e = 0; e < Dv; e++) dv[j * Dv + e] += P[j] * M[j] * doi[e];
+      }
+      memset(dq, 0, (size_t)F * sizeof *dq);
+      for (int64_t j = 0; j < T; j++) {
+        double ds = P[j] * (dP[j] - r) * scale;
+        for (int64_t f = 0; f < F; f++) {
+          dq[f] += ds * k[j * F + f];
+          dk[j * F + f] += ds * qi[f];
+        }
+      }
+      for (int64_t f = 0; f < F; f++) DQ[(p * T + i) * F + f] = (float)dq[f];
+    }
+    for (int64_t i = 0; i < T * F; i++) DK[p * T * F + i] = (float)dk[i];
+    for (int64_t i = 0; i < T * Dv; i++) DV[p * T * Dv + i] = (float)dv[i];
+    free(P);
+    free(M);
+    free(dP);
+    free(dq);
+    free(dk);
+    free(dv);
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Fused linear + cross-entropy. Logits are made one row at a time
+ * (logits_r = h_r w^T, V floats) and never stored whole. */
+
+/* linear_cross_entropy (h[N, D], w[V, D], targets[N]; ignore) ->
+ * cross_entropy(linear(h, w), targets) */
+int zoo_cpu_linear_cross_entropy(zoo_cpu *c, const zoo_node *n) {
+  shape ws = in_shape(c, n, 1);
+  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[2]];
+  const float *H = in_f(c, n, 0), *W = in_f(c, n, 1);
+  const int32_t *t = in_i(c, n, 2);
+  int64_t ignore = n->attrs.i[0];
+  int64_t labelled = check_targets(c, "linear_cross_entropy", t, N, V, ignore);
+  if (labelled < 0) return -1;
+  float *wt = xcalloc((size_t)(V * D), sizeof *wt); /* w^T [D, V] */
+  transpose(wt, W, V, D);
+  double *loss = xcalloc((size_t)N, sizeof *loss);
+#pragma omp parallel for if (N * V * D > 65536)
+  for (int64_t r = 0; r < N; r++) {
+    if (t[r] == ignore) continue;
+    float *logits = xcalloc((size_t)V, sizeof *logits);
+    row_gemm(logits, H + r * D, wt, D, V);
+    loss[r] = row_logsumexp(logits, V) - logits[t[r]];
+    free(logits);
+  }
+  double sum = 0;
+  for (int64_t r = 0; r < N; r++) sum += loss[r];
+  out_f(c, n, 0)[0] = labelled ? (float)(sum / (double)labelled) : 0.0f;
+  free(loss);
+  free(wt);
+  return 0;
+}
+
+/* linear_cross_entropy_bwd (dloss, h, w, targets) -> dh, dw. With
+ * g_rv = dloss / labelled (softmax(logits_r)_v - [v = t_r]) on labelled rows:
+ * dh_r = sum_v g_rv w_v (one pass over rows), dw_v = sum_r g_rv h_r (a second pass
+ * over vocabulary rows, recomputing the logits it needs from each row's logsumexp). */
+int zoo_cpu_linear_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape ws = in_shape(c, n, 2);
+  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[3]];
+  const float *H = in_f(c, n, 1), *W = in_f(c, n, 2);
+  const int32_t *t = in_i(c, n, 3);
+  float *DH = out_f(c, n, 0), *DW = out_f(c, n, 1);
+  int64_t ignore = n->attrs.i[0];
+  int64_t labelled = check_targets(c, "linear_cross_entropy", t, N, V, ignore);
+  if (labelled < 0) return -1;
+  double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
+  float *wt = xcalloc((size_t)(V * D), sizeof *wt);
+  transpose(wt, W, V, D);
+  double *lse = xcalloc((size_t)N, sizeof *lse);
+#pragma omp parallel for if (N * V * D > 65536)
+  for (int64_t r = 0; r < N; r++) {
+    float *dh = DH + r * D;
+    memset(dh, 0, (size_t)D * sizeof *dh);
+    if (t[r] == ignore) continue;
+    float *logits = xcalloc((size_t)V, sizeof *logits);
+    row_gemm(logits, H + r * D, wt, D, V);
+    lse[r] = row_logsumexp(logits, V);
+    double *acc = xcalloc((size_t)D, sizeof *acc);
+    for (int64_t v = 0; v < V; v++) {
+      double g = scale * (exp(logits[v] - lse[r]) - (v == t[r]));
+      for (int64_t j = 0; j < D; j++) acc[j] += g * W[v * D + j];
+    }
+    for (int64_t j = 0; j < D; j++) dh[j] = (float)acc[j];
+    free(acc);
+    free(logits);
+  }
+#pragma omp parallel for if (N * V * D > 65536)
+  for (int64_t v = 0; v < V; v++) {
+    double *acc = xcalloc((size_t)D, sizeof *acc);
+    const float *wv = W + v * D;
+    for (int64_t r = 0; r < N; r++) {
+      if (t[r] == ignore) continue;
+      /* the same logit as row_gemm computes: f32 products summed in order */
+      float logit = 0.0f;
+      for (int64_t j = 0; j < D; j++) logit += H[r * D + j] * wv[j];
+      double g = scale * (exp(logit - lse[r]) - (v == t[r]));
+      for (int64_t j = 0; j < D; j++) acc[j] += g * H[r * D + j];
+    }
+    for (int64_t j = 0; j < D; j++) DW[v * D + j] = (float)acc[j];
+    free(acc);
+  }
+  free(lse);
+  free(wt);
+  return 0;
+}
