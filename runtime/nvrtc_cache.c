@@ -1,0 +1,216 @@
+/* nvrtc_cache.c: NVRTC compilation with an on-disk CUBIN cache (see nvrtc_cache.h). */
+#include "nvrtc_cache.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cuda_api.h"
+
+/* 64-bit FNV-1a over bytes, continuing from h. */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *s = p;
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+/* A 128-bit key: two FNV-1a lanes from different starting points, each finished
+ * with a SplitMix64 mixer so nearby inputs spread. */
+typedef struct key128 {
+  uint64_t a, b;
+} key128;
+
+static void key_add(key128 *k, const void *p, size_t n) {
+  k->a = fnv1a(k->a, p, n);
+  k->b = fnv1a(k->b ^ 0x9e3779b97f4a7c15ULL, p, n);
+  /* a separator, so ("ab", "c") and ("a", "bc") differ */
+  unsigned char sep = 0xff;
+  k->a = fnv1a(k->a, &sep, 1);
+  k->b = fnv1a(k->b, &sep, 1);
+}
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* mkdir -p for one path; 0 when the folder exists afterwards. */
+static int make_dirs(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    mkdir(buf, 0755);
+    *p = '/';
+  }
+  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+  struct stat st;
+  return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+char *zoo_nvrtc_cache_dir(char *buf, size_t n) {
+  const char *dir = getenv("ZOO_CACHE_DIR");
+  const char *xdg = getenv("XDG_CACHE_HOME");
+  const char *home = getenv("HOME");
+  if (dir && dir[0]) snprintf(buf, n, "%s", dir);
+  else if (xdg && xdg[0]) snprintf(buf, n, "%s/zoo", xdg);
+  else if (home && home[0]) snprintf(buf, n, "%s/.cache/zoo", home);
+  else snprintf(buf, n, "/tmp/zoo-cache");
+  return make_dirs(buf) == 0 ? buf : NULL;
+}
+
+int zoo_nvrtc_version(char *buf, size_t n, char *err, size_t errlen) {
+  if (zoo_nvrtc_load(err, errlen) != 0) return -1;
+  int major = 0, minor = 0;
+  ZOO_NVRTC_N(err, errlen, nvrtcVersion(&major, &minor));
+  snprintf(buf, n, "%d.%d", major, minor);
+  return 0;
+}
+
+/* Reads a whole file into malloc'ed memory; NULL if missing. */
+static void *read_file(const char *path, size_t *size) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  if (len <= 0) {
+    fclose(f);
+    return NULL;
+  }
+  void *data = malloc((size_t)len);
+  size_t got = fread(data, 1, (size_t)len, f);
+  fclose(f);
+  if (got != (size_t)len) {
+    free(data);
+    return NULL;
+  }
+  *size = got;
+  return data;
+}
+
+/* Writes a file under a temporary name, then renames it, so a reader never sees
+ * half a file (several processes may share the cache). */
+static int write_file_atomic(const char *path, const void *data, size_t size) {
+  char tmp[1200];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+  FILE *f = fopen(tmp, "wb");
+  if (!f) return -1;
+  size_t put = fwrite(data, 1, size, f);
+  if (fclose(f) != 0 || put != size || rename(tmp, path) != 0) {
+    remove(tmp);
+    return -1;
+  }
+  return 0;
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Runs NVRTC proper: source to CUBIN, or the log on failure (kept beside the
+ * cached failing source). */
+static int compile_now(const char *src, const char *name, const char **opts, int nopts,
+                       const char *failed_path, zoo_cubin *out, char *err, size_t errlen) {
+  nvrtcProgram prog;
+  ZOO_NVRTC_N(err, errlen, nvrtcCreateProgram(&prog, src, name, 0, NULL, NULL));
+  nvrtcResult r = zoo_nvrtc.nvrtcCompileProgram(prog, nopts, opts);
+  size_t logsize = 0;
+  zoo_nvrtc.nvrtcGetProgramLogSize(prog, &logsize);
+  char *log = calloc(1, logsize + 1);
+  if (logsize > 1) zoo_nvrtc.nvrtcGetProgramLog(prog, log);
+  if (r != NVRTC_SUCCESS) {
+    int kept = failed_path && write_file_atomic(failed_path, src, strlen(src)) == 0;
+    fprintf(stderr, "zoo: NVRTC failed to compile %s (%s):\n%s\n", name,
+            zoo_nvrtc.nvrtcGetErrorString(r), log);
+    if (kept) fprintf(stderr, "zoo: the failing source is kept in %s\n", failed_path);
+    snprintf(err, errlen, "NVRTC could not compile %s: %s; source kept in %s; log: %.300s", name,
+             zoo_nvrtc.nvrtcGetErrorString(r), kept ? failed_path : "(not kept)", log);
+    free(log);
+    zoo_nvrtc.nvrtcDestroyProgram(&prog);
+    return -1;
+  }
+  if (getenv("ZOO_NVRTC_LOG") && logsize > 1) fprintf(stderr, "zoo: NVRTC log for %s:\n%s\n", name, log);
+  free(log);
+  size_t size = 0;
+  nvrtcResult r2 = zoo_nvrtc.nvrtcGetCUBINSize(prog, &size);
+  if (r2 != NVRTC_SUCCESS || size == 0) {
+    zoo_nvrtc.nvrtcDestroyProgram(&prog);
+    snprintf(err, errlen, "nvrtcGetCUBINSize failed for %s (is the architecture a real sm_XX?)", name);
+    return -1;
+  }
+  out->data = malloc(size);
+  out->size = size;
+  r2 = zoo_nvrtc.nvrtcGetCUBIN(prog, out->data);
+  zoo_nvrtc.nvrtcDestroyProgram(&prog);
+  if (r2 != NVRTC_SUCCESS) {
+    free(out->data);
+    out->data = NULL;
+    return zoo_nvrtc_fail(r2, "nvrtcGetCUBIN(prog, data)", __FILE__, __LINE__, err, errlen);
+  }
+  return 0;
+}
+
+int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const char *const *opts,
+                      zoo_cubin *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  if (zoo_nvrtc_load(err, errlen) != 0) return -1;
+  int major = 0, minor = 0;
+  ZOO_NVRTC_N(err, errlen, nvrtcVersion(&major, &minor));
+
+  char archopt[64];
+  snprintf(archopt, sizeof archopt, "-arch=%s", arch);
+  const char *all[64];
+  int nall = 0;
+  all[nall++] = archopt;
+  all[nall++] = "--std=c++17";
+  all[nall++] = "-default-device";
+  for (int i = 0; opts && opts[i] && nall < 63; i++) all[nall++] = opts[i];
+
+  key128 k = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
+  key_add(&k, src, strlen(src));
+  for (int i = 0; i < nall; i++) key_add(&k, all[i], strlen(all[i]));
+  int ver[2] = {major, minor};
+  key_add(&k, ver, sizeof ver);
+  snprintf(out->key, sizeof out->key, "%016llx%016llx", (unsigned long long)mix64(k.a),
+           (unsigned long long)mix64(k.b));
+
+  char dir[1024], path[1100], failed[1100];
+  const char *nocache = getenv("ZOO_NO_CACHE");
+  int use_cache = !(nocache && strcmp(nocache, "1") == 0) && zoo_nvrtc_cache_dir(dir, sizeof dir);
+  if (!use_cache) snprintf(dir, sizeof dir, "/tmp");
+  snprintf(path, sizeof path, "%s/%s.cubin", dir, out->key);
+  snprintf(failed, sizeof failed, "%s/%s.failed.cu", dir, out->key);
+
+  if (use_cache) {
+    out->data = read_file(path, &out->size);
+    if (out->data) {
+      out->cached = 1;
+      return 0;
+    }
+  }
+  double t0 = now_ms();
+  if (compile_now(src, name, all, nall, failed, out, err, errlen) != 0) return -1;
+  out->compile_ms = now_ms() - t0;
+  if (use_cache && write_file_atomic(path, out->data, out->size) != 0)
+    fprintf(stderr, "zoo: warning: cannot write the kernel cache file %s\n", path);
+  return 0;
+}
+
+void zoo_cubin_free(zoo_cubin *c) {
+  free(c->data);
+  c->data = NULL;
+  c->size = 0;
+}

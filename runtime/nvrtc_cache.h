@@ -1,0 +1,43 @@
+/* nvrtc_cache.h: CUDA C to CUBIN through NVRTC, with an on-disk cache.
+ *
+ * The cache key hashes the source, the options, the architecture and NVRTC's
+ * version (128 bits); a hit reads <dir>/<key>.cubin and skips the compiler. The
+ * folder is $ZOO_CACHE_DIR, else $XDG_CACHE_HOME/zoo, else ~/.cache/zoo;
+ * ZOO_NO_CACHE=1 turns the cache off. On a compile error the NVRTC log is
+ * printed to stderr and the failing source is kept as <dir>/<key>.failed.cu, and
+ * the returned message names that file.
+ *
+ * (Not named nvrtc.h: that would hide the toolkit header of the same name,
+ * since runtime/ comes first on the include path.)
+ *
+ * NVRTC needs no GPU, so this works (and is tested) on machines without one.
+ */
+#ifndef ZOO_NVRTC_CACHE_H
+#define ZOO_NVRTC_CACHE_H
+
+#include <stddef.h>
+
+typedef struct zoo_cubin {
+  void *data; /* malloc'ed CUBIN image */
+  size_t size;
+  int cached;          /* 1 when it came from the disk cache */
+  double compile_ms;   /* time spent in NVRTC (0 on a hit) */
+  char key[33];        /* the cache key, hex */
+} zoo_cubin;
+
+/* Compiles `src` (a whole module, named `name` in messages) for `arch` ("sm_90").
+ * Options always given: -arch=<arch> --std=c++17 -default-device; `opts` adds
+ * more (NULL-terminated list, may be NULL), e.g. "-lineinfo". Returns 0 and fills
+ * out, or -1 with the reason in err. */
+int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const char *const *opts,
+                      zoo_cubin *out, char *err, size_t errlen);
+void zoo_cubin_free(zoo_cubin *c);
+
+/* The cache folder (made if missing) into buf; returns buf, or NULL if no folder
+ * could be made. */
+char *zoo_nvrtc_cache_dir(char *buf, size_t n);
+
+/* "13.0" into buf (NVRTC's version), or -1 when NVRTC cannot be loaded. */
+int zoo_nvrtc_version(char *buf, size_t n, char *err, size_t errlen);
+
+#endif
