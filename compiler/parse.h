@@ -42,6 +42,11 @@ typedef struct zoo_parser {
   const char *module_name;
   zoo_span module_at;
 
+  /* after `model` (`module`, `import`) inside a module body: the scanner first
+   * returns resync_braces '}'s, then this token again (see zoo.y) */
+  int resync_braces, resync_token;
+  zoo_span resync_at;
+
   int nerrors;        /* errors this parse reported */
   int last_reported;  /* the last error was printed (so its notes may be) */
   int stop;           /* the error cap was reached: the scanner returns end of file */

@@ -33,8 +33,14 @@
  * `value_stmt` and `value_member` rules below). For statements, "always shift"
  * is the one precedence declaration, VALUE_END < 'if', on the rule that would
  * end the value before the `if`: shifting loses nothing, because value_stmt
- * parses the statement that follows too. There is no %expect and no other
- * conflict.
+ * parses the statement that follows too.
+ *
+ * The dangling else: a statement may not start with `else`, except in the
+ * error rule that reports a stray one (and so keeps the block after it from
+ * cascading into more errors). That rule makes `if c { } else { }` read two
+ * ways; NO_ELSE < ELSE on the empty else_opt says the `else` belongs to the
+ * `if`, which is the only reading that is not an error. These two precedence
+ * pairs are the only conflict resolutions in the grammar; there is no %expect.
  *
  * Errors: the scanner reports lexical errors itself; syntax errors go through
  * yyreport_syntax_error, which names tokens the way a reader would ("unexpected
@@ -87,6 +93,9 @@ static zoo_ast *make_if(zoo_parser *p, zoo_span at, zoo_ast *cond, zoo_ast *then
 static zoo_ast *make_cond(zoo_parser *p, zoo_ast *then, zoo_ast *cond, zoo_ast *els);
 static void push_arg(zoo_parser *p, zoo_ast_list *args, zoo_ast *arg);
 static void push_stmt(zoo_parser *p, zoo_ast_list *l, zoo_valtail s);
+static void stray_else(zoo_parser *p, zoo_span at);
+static void chained_comparison(zoo_parser *p, zoo_span at, zoo_ast *a, int op1, zoo_ast *b, int op2,
+                               zoo_ast *c);
 }
 
 %define api.prefix {zoo_yy}
@@ -124,6 +133,8 @@ static void push_stmt(zoo_parser *p, zoo_ast_list *l, zoo_valtail s);
        FALSE "'false'" NONE "'none'"
 %precedence VALUE_END /* see "always shifts the `if`" above */
 %precedence IF
+%precedence NO_ELSE /* see "dangling else" below */
+%precedence ELSE
 %token EQ "'=='" NE "'!='" LE "'<='" GE "'>='" IDIV "'//'" POW "'**'" ARROW "'->'"
 
 %type <list> items members stmts params_opt params exprs_opt exprs args_opt args
@@ -282,6 +293,8 @@ stmt:
       $$ = (zoo_valtail){n, NULL};
     }
   | if_stmt { $$ = (zoo_valtail){$1, NULL}; }
+  | ELSE block { stray_else(p, @1); $$ = (zoo_valtail){NULL, NULL}; }
+  | ELSE if_stmt { stray_else(p, @1); $$ = (zoo_valtail){NULL, NULL}; }
   ;
 
 /* The expression of a let or return: `a`, `a if c else b`, or `a` followed by
@@ -301,7 +314,7 @@ if_stmt:
 
 /* else { ... }, or else if ...: a BLOCK holding that one IF */
 else_opt:
-    %empty { $$ = NULL; }
+    %empty %prec NO_ELSE { $$ = NULL; }
   | ELSE block { $$ = $2; }
   | ELSE if_stmt { $$ = leaf(p, ZOO_AST_BLOCK, @2); zoo_ast_set_items($$, NULL); $$->items = zoo_arena_alloc(p->arena, sizeof(zoo_ast *)); $$->items[0] = $2; $$->nitems = 1; }
   ;
@@ -332,8 +345,7 @@ cmp_expr:
     arith { $$ = $1; }
   | arith cmp_op arith { $$ = zoo_ast_binary(p->arena, $2, $1, $3); }
   | arith cmp_op arith cmp_op arith {
-      zoo_parse_error(p, @4, "comparisons do not chain; write (a %s b) and (b %s c)",
-                      zoo_binop_spelling($2), zoo_binop_spelling($4));
+      chained_comparison(p, @4, $1, $2, $3, $4, $5);
       $$ = zoo_ast_binary(p->arena, $2, $1, $3);
     }
   ;
@@ -452,8 +464,31 @@ static void push_arg(zoo_parser *p, zoo_ast_list *args, zoo_ast *arg) {
 
 /* Appends a statement, and the `if` statement that followed its expression. */
 static void push_stmt(zoo_parser *p, zoo_ast_list *l, zoo_valtail s) {
-  zoo_ast_list_push(p->arena, l, s.value);
+  if (s.value) zoo_ast_list_push(p->arena, l, s.value);
   if (s.tail) zoo_ast_list_push(p->arena, l, s.tail);
+}
+
+static void stray_else(zoo_parser *p, zoo_span at) {
+  zoo_parse_error(p, at, "unexpected 'else' without a matching 'if'");
+}
+
+/* The source text of a node when it is short and on one line, else `dflt`. */
+static const char *short_text(zoo_parser *p, zoo_ast *n, const char *dflt) {
+  zoo_span s = n->span;
+  const char *text = p->src->text;
+  if (s.line != s.end_line || s.end_col - s.col > 24) return dflt;
+  size_t start = 0;
+  for (int line = 1; line < s.line; start++)
+    if (text[start] == '\n') line++;
+  return zoo_arena_strndup(p->arena, text + start + s.col - 1, (size_t)(s.end_col - s.col));
+}
+
+/* a < b < c: says how to write what was probably meant. */
+static void chained_comparison(zoo_parser *p, zoo_span at, zoo_ast *a, int op1, zoo_ast *b, int op2,
+                               zoo_ast *c) {
+  zoo_parse_error(p, at, "comparisons do not chain; write (%s %s %s) and (%s %s %s)",
+                  short_text(p, a, "a"), zoo_binop_spelling(op1), short_text(p, b, "b"),
+                  short_text(p, b, "b"), zoo_binop_spelling(op2), short_text(p, c, "c"));
 }
 
 /* Bison calls yyerror itself only when its stack is exhausted, which takes
@@ -496,6 +531,29 @@ static int is_keyword(yysymbol_kind_t k) {
   return k >= YYSYMBOL_IMPORT && k <= YYSYMBOL_NONE;
 }
 
+/* Whether the token the parser stopped at is the first on its line. */
+static int first_on_line(zoo_parser *p) {
+  for (size_t i = p->tok_pos; i > 0; i--) {
+    char c = p->src->text[i - 1];
+    if (c == '\n') return 1;
+    if (c != ' ' && c != '\t' && c != '\r') return 0;
+  }
+  return 1;
+}
+
+/* `import`, `module` or `model` inside a module's body: the body was most
+ * likely left open. The parser recovers inside the body and drops the token;
+ * the scanner then closes each open '{' and hands the token over again, so
+ * the declaration that follows parses at file level. */
+static void resync_at_file_level(zoo_parser *p, yysymbol_kind_t tok, zoo_span at) {
+  int braces = 0;
+  for (int i = 0; i < p->nopen_before; i++) braces += p->open[i].ch == '{';
+  if (braces == 0) return;
+  p->resync_braces = braces;
+  p->resync_token = tok == YYSYMBOL_IMPORT ? TOK_IMPORT : tok == YYSYMBOL_MODULE ? TOK_MODULE : TOK_MODEL;
+  p->resync_at = at;
+}
+
 /* Removes a group of tokens from want[]; returns whether any was there. */
 static int take(char *want, const int *kinds, int n) {
   int any = 0;
@@ -526,12 +584,14 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner, zoo_par
                                   SYM('%'), YYSYMBOL_POW, YYSYMBOL_EQ, YYSYMBOL_NE, SYM('<'),
                                   YYSYMBOL_LE, SYM('>'), YYSYMBOL_GE, YYSYMBOL_AND, YYSYMBOL_OR,
                                   YYSYMBOL_IF, SYM('('), SYM('['), SYM('.')};
-  int stmt_start[] = {YYSYMBOL_LET, YYSYMBOL_RETURN, YYSYMBOL_FOR, YYSYMBOL_IF};
+  int stmt_start[] = {YYSYMBOL_LET, YYSYMBOL_RETURN, YYSYMBOL_FOR, YYSYMBOL_IF, YYSYMBOL_ELSE};
   int member_start[] = {YYSYMBOL_LET, YYSYMBOL_IDENT, YYSYMBOL_FORWARD};
   const char *phrase[YYNTOKENS];
   int nphrase = 0;
-  if (want[SYM('*')] && take(want, operators, sizeof operators / sizeof *operators))
+  if (want[SYM('*')] && take(want, operators, sizeof operators / sizeof *operators)) {
     phrase[nphrase++] = "an operator";
+    want[SYM('=')] = 0; /* f(x = 1): after a name, but rarely what was meant */
+  }
   if (want[YYSYMBOL_INT] && take(want, expr_start, sizeof expr_start / sizeof *expr_start))
     phrase[nphrase++] = "an expression";
   if (want[YYSYMBOL_RETURN] && take(want, stmt_start, sizeof stmt_start / sizeof *stmt_start))
@@ -552,7 +612,8 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner, zoo_par
       len += snprintf(msg + len, sizeof msg - len, "%s%s",
                       i == 0 ? "" : i == nphrase - 1 ? " or " : ", ", phrase[i]);
   }
-  if (is_keyword(tok) && raw[YYSYMBOL_IDENT] && !raw[YYSYMBOL_FORWARD] && !raw[YYSYMBOL_RETURN])
+  if (is_keyword(tok) && raw[YYSYMBOL_IDENT] && !raw[YYSYMBOL_FORWARD] && !raw[YYSYMBOL_RETURN] &&
+      !first_on_line(p))
     snprintf(msg + len, sizeof msg - len, " (%s is a keyword, not a name)", yysymbol_name(tok));
   else if (tok == YYSYMBOL_IDENT && raw[YYSYMBOL_RETURN])
     snprintf(msg + len, sizeof msg - len, " (a statement starts with let, return, for or if)");
@@ -563,14 +624,22 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner, zoo_par
   if (p->nopen_before > 0) {
     const zoo_parse_open *o = &p->open[p->nopen_before - 1];
     int closer = o->ch == '(' ? ')' : o->ch == '[' ? ']' : '}';
-    if (raw[SYM(closer)] && (o->ch != '{' || tok == YYSYMBOL_YYEOF) &&
+    /* worth a note when the bracket is out of sight: on another line, or the
+     * token is a bracket of another kind or the end of the file */
+    int apart = at.line != o->at.line || tok == YYSYMBOL_YYEOF || tok == SYM(')') ||
+                tok == SYM(']') || tok == SYM('}');
+    if (raw[SYM(closer)] && apart && (o->ch != '{' || tok == YYSYMBOL_YYEOF) &&
         !(o->ch == '{' && p->module_name)) {
       zoo_parse_note(p, o->at, "to match this '%c'", o->ch);
       return 0;
     }
   }
-  if (tok == YYSYMBOL_YYEOF && p->module_name)
+  /* a declaration keyword starting a line inside a module body */
+  int toplevel = (tok == YYSYMBOL_IMPORT || tok == YYSYMBOL_MODULE || tok == YYSYMBOL_MODEL) &&
+                 first_on_line(p);
+  if ((tok == YYSYMBOL_YYEOF || toplevel) && p->module_name)
     zoo_parse_note(p, p->module_at, "unterminated module body? (module '%s' opened here)",
                    p->module_name);
+  if (toplevel && p->module_name) resync_at_file_level(p, tok, at);
   return 0;
 }
