@@ -6,7 +6,7 @@
  * cuBLASLt. Shapes are bound before emission, so sizes are compile-time
  * constants in the generated code. Emitters for elementwise, reduction and
  * movement ops are generated from the op table in compiler/codegen_cuda.c; the
- * hand-written intrinsics live in runtime/kernels/*.cu and their emitters in
+ * hand-written intrinsics live in runtime/kernels/<name>.cu and their emitters in
  * compiler/codegen_intrinsics.c, which specialise them with #defines.
  *
  * Pointers reach kernels as arguments (ZOO_ARG_TENSOR), never baked into the
@@ -30,7 +30,10 @@ void zoo_strbuf_free(zoo_strbuf *b);
 
 typedef enum zoo_arg_kind {
   ZOO_ARG_TENSOR,  /* device pointer of tensor `tensor` */
-  ZOO_ARG_SCRATCH, /* device pointer to this step's scratch area + `i` bytes */
+  ZOO_ARG_SCRATCH, /* device pointer to this step's scratch area + `i` bytes; the
+                      steps of one node share one area (the largest scratch_bytes
+                      among them), so a first kernel can leave partials there
+                      for a second */
   ZOO_ARG_I64,     /* long long i */
   ZOO_ARG_F32,     /* float f */
   ZOO_ARG_SEED,    /* unsigned long long: the step's RNG seed (dropout) */
@@ -82,10 +85,33 @@ typedef struct zoo_cuda_emit {
   int nsteps, steps_cap;
   int uid;                /* for unique kernel names */
   char err[256];
+  /* Added with the generic emitters (all zero in a fresh emit: the defaults). */
+  const unsigned char *keep; /* per tensor, set by the caller: 1 = must reach memory
+                                even when fusion could keep it in a register (tests
+                                that read intermediates); NULL: only the graph's
+                                output, loss, metrics and parameter gradients */
+  int *alias;              /* per tensor, filled by zoo_cuda_emit_graph: the tensor whose
+                              memory it shares (reshape is free), -1 if none */
+  unsigned char *stored;   /* per tensor, filled by zoo_cuda_emit_graph: 1 if some
+                              node outside its group (or the caller) reads it */
+  int nforward_steps;      /* of the last zoo_cuda_emit_graph call */
+  char **owned;            /* strings made by zoo_cuda_strdup, freed with e */
+  int nowned, owned_cap;
 } zoo_cuda_emit;
 
-/* Appends a step and returns it (zeroed, node set). */
+/* A copy of s that lives as long as e (for zoo_step.func). */
+const char *zoo_cuda_strdup(zoo_cuda_emit *e, const char *s);
+
+/* Appends a step and returns it (zeroed, node set). The pointer is valid until
+ * the next zoo_cuda_step call. */
 zoo_step *zoo_cuda_step(zoo_cuda_emit *e, zoo_step_kind kind, int node);
+
+/* Shape helpers for emitters: dims of tensor t with the symbols bound. */
+int64_t zoo_cuda_dim(const zoo_cuda_emit *e, int t, int axis);
+int64_t zoo_cuda_numel(const zoo_cuda_emit *e, int t);
+/* Appends a comment line naming node i's op and .zoo span:
+ *   // add  models/std/nn.zoo:12:5 */
+void zoo_cuda_comment_node(zoo_cuda_emit *e, int node);
 
 /* Emitters, one per op. Return 0, or -1 with e->err set. */
 #define X(NAME, name, cls, nin_min, nin_max, nout, flags) \
@@ -95,7 +121,10 @@ zoo_step *zoo_cuda_step(zoo_cuda_emit *e, zoo_step_kind kind, int node);
 
 /* Emits the whole graph (after fusion): the module source and every step in
  * node order. Steps of nodes [0, g->nforward) come first; *nforward_steps says
- * how many. Returns 0, or -1 with the reason in e->err. */
+ * how many. Returns 0, or -1 with the reason in e->err. A second call on the
+ * same e (another graph over the same tensors, e.g. the evaluation graph)
+ * appends its kernels and steps after the first's; *nforward_steps then counts
+ * that call's steps only. */
 int zoo_cuda_emit_graph(zoo_cuda_emit *e, const zoo_graph *g, const int64_t *sym,
                         int *nforward_steps);
 void zoo_cuda_emit_free(zoo_cuda_emit *e);
