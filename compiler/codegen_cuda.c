@@ -214,29 +214,20 @@ static void offset_expr(char *buf, size_t n, const char *var, const axis *ax, in
   size_t len = 0;
   buf[0] = 0;
   int64_t inner = 1;
-  for (int k = 0; k < nax; k++) {
+  for (int k = 0; k < nax && len < n; k++) {
     if (ax[k].stride != 0) {
-      char term[200], q[96];
+      /* coord = var / inner % size, without the parts that do nothing */
       int outermost = inner * ax[k].size >= total;
-      if (inner == 1) snprintf(q, sizeof q, "%s", var);
-      else if (outermost) snprintf(q, sizeof q, "%s / %lld", var, (long long)inner);
-      else snprintf(q, sizeof q, "(%s / %lld)", var, (long long)inner);
-      if (outermost) snprintf(term, sizeof term, "%s", q);
-      else snprintf(term, sizeof term, "%s %% %lld", q, (long long)ax[k].size);
-      /* a product needs the parentheses of a quotient or a remainder */
-      if (ax[k].stride != 1 && strpbrk(term, "/%")) {
-        char t3[190];
-        snprintf(t3, sizeof t3, "(%s)", term);
-        snprintf(term, sizeof term, "%s", t3);
-      }
-      if (ax[k].stride != 1) {
-        char t2[200];
-        snprintf(t2, sizeof t2, "%s * %lld", term, (long long)ax[k].stride);
-        len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? " + " : "", t2);
-      } else {
-        len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? " + " : "", term);
-      }
-      if (len >= n) break;
+      int div = inner != 1, mod = !outermost, mul = ax[k].stride != 1;
+      int paren = mul && (div || mod); /* (coord) * stride */
+      len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? " + " : "", paren ? "(" : "");
+      if (div && mod) len += (size_t)snprintf(buf + len, n - len, "(%s / %lld) %% %lld", var,
+                                              (long long)inner, (long long)ax[k].size);
+      else if (div) len += (size_t)snprintf(buf + len, n - len, "%s / %lld", var, (long long)inner);
+      else if (mod) len += (size_t)snprintf(buf + len, n - len, "%s %% %lld", var, (long long)ax[k].size);
+      else len += (size_t)snprintf(buf + len, n - len, "%s", var);
+      if (len < n) len += (size_t)snprintf(buf + len, n - len, "%s", paren ? ")" : "");
+      if (len < n && mul) len += (size_t)snprintf(buf + len, n - len, " * %lld", (long long)ax[k].stride);
     }
     inner *= ax[k].size;
   }
