@@ -153,19 +153,26 @@ const char *zoo_value_describe(zoo_lowering *L, const zoo_value *v) {
 
 /* ---- errors ---- */
 
-void zoo_lower_notes(zoo_lowering *L) {
+/* Notes for what is being instantiated or traced, innermost first; one at the
+ * error's own span would only repeat it. */
+static void notes_after(zoo_lowering *L, zoo_span err) {
   for (int i = L->depth - 1; i >= 0; i--) {
+    zoo_span at = L->stack[i].at;
+    if (at.src == err.src && at.line == err.line && at.col == err.col && at.end_col == err.end_col)
+      continue;
     const char *how = L->stack[i].module && strchr(L->stack[i].what, '.') ? "called" : "instantiated";
-    zoo_note(L->d, L->stack[i].at, "in %s, %s here", L->stack[i].what, how);
+    zoo_note(L->d, at, "in %s, %s here", L->stack[i].what, how);
   }
 }
+
+void zoo_lower_notes(zoo_lowering *L) { notes_after(L, zoo_nospan); }
 
 zoo_value *zoo_lower_error(zoo_lowering *L, zoo_span at, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   zoo_verror(L->d, at, fmt, ap);
   va_end(ap);
-  zoo_lower_notes(L);
+  notes_after(L, at);
   return NULL;
 }
 
@@ -511,15 +518,16 @@ static zoo_value *dim_binary(zoo_lowering *L, int op, zoo_value *a, zoo_value *b
                          zoo_value_format(L, a->kind == ZOO_V_DIM ? a : b));
 }
 
-static zoo_value *control_error(zoo_lowering *L, zoo_span at, const char *what) {
+/* A tensor where a compile-time value is needed. */
+static zoo_value *control_error(zoo_lowering *L, zoo_span at, const char *what, const char *hint) {
   return zoo_lower_error(L, at, "a tensor cannot %s: tensors have values only when the model "
-                         "runs, and control flow happens at compile time", what);
+                         "runs, while control flow happens at compile time%s", what, hint);
 }
 
 /* The bool of a condition, or -1 after reporting. */
 static int want_bool(zoo_lowering *L, const zoo_value *v, zoo_span at, const char *what) {
   if (v->kind == ZOO_V_BOOL) return (int)v->i;
-  if (v->kind == ZOO_V_TENSOR) control_error(L, at, "decide control flow");
+  if (v->kind == ZOO_V_TENSOR) control_error(L, at, "decide control flow", "");
   else zoo_lower_error(L, at, "%s must be a bool, got %s", what, zoo_value_describe(L, v));
   return -1;
 }
@@ -546,7 +554,7 @@ static zoo_value *eval_binary(zoo_lowering *L, zoo_env *env, const zoo_ast *n) {
     if ((a->kind == ZOO_V_TENSOR && b->kind != ZOO_V_NONE) ||
         (b->kind == ZOO_V_TENSOR && a->kind != ZOO_V_NONE))
       return control_error(L, a->kind == ZOO_V_TENSOR ? n->a->span : n->b->span,
-                           "be compared at compile time");
+                           "be compared here", "; only '== none' and '!= none' test tensors");
     int eq = values_equal(a, b, &ok);
     if (!ok)
       return zoo_lower_error(L, at, "%s and %s cannot be compared at compile time",
@@ -556,7 +564,7 @@ static zoo_value *eval_binary(zoo_lowering *L, zoo_env *env, const zoo_ast *n) {
   if (a->kind == ZOO_V_TENSOR || b->kind == ZOO_V_TENSOR) {
     if (op >= ZOO_BIN_LT && op <= ZOO_BIN_GE)
       return control_error(L, a->kind == ZOO_V_TENSOR ? n->a->span : n->b->span,
-                           "be compared at compile time (gt(a, b) compares tensors)");
+                           "be compared here", "; gt(a, b) compares tensors elementwise");
     return tensor_binary(L, op, a, b, at);
   }
   if (a->kind == ZOO_V_DIM || b->kind == ZOO_V_DIM) return dim_binary(L, op, a, b, at);
@@ -828,7 +836,7 @@ static zoo_value *eval_index(zoo_lowering *L, zoo_env *env, const zoo_ast *n) {
     return zoo_lower_error(L, n->span, "tensors cannot be indexed; use slice(x, axis, start, length)");
   if (a->kind != ZOO_V_LIST)
     return zoo_lower_error(L, n->a->span, "%s cannot be indexed", zoo_value_describe(L, a));
-  if (i->kind == ZOO_V_TENSOR) return control_error(L, n->b->span, "be a list index");
+  if (i->kind == ZOO_V_TENSOR) return control_error(L, n->b->span, "be a list index", "");
   int64_t k;
   if (zoo_value_want_int(L, i, n->b->span, "a list index", &k)) return NULL;
   if (k < -a->nitems || k >= a->nitems)
@@ -938,7 +946,7 @@ static int exec_block(zoo_lowering *L, zoo_env *env, zoo_ast **items, int nitems
       zoo_value *seq = eval(L, env, s->a);
       if (!seq) return EXEC_ERROR;
       if (seq->kind == ZOO_V_TENSOR) {
-        control_error(L, s->a->span, "be iterated at compile time");
+        control_error(L, s->a->span, "be iterated", "");
         return EXEC_ERROR;
       }
       if (seq->kind != ZOO_V_LIST) {
@@ -1219,6 +1227,13 @@ int zoo_lower(zoo_program *p, const zoo_unit *main, const zoo_compile_opts *o, z
       !zoo_dim_eq(ot->dim[1], tt.dim[1]) || ot->dim[2].sym != 0) {
     zoo_error(d, model->a->span, "a model's forward must return the logits f32[B, T, vocab]; "
               "%s.forward returns %s", root->inst->module->str, zoo_value_describe(L, out));
+    return -1;
+  }
+  /* The runtime feeds tokens below the config's vocab_size: the logits must cover them. */
+  const zoo_value *vocab = env_get_frame(env, "vocab_size");
+  if (vocab && vocab->kind == ZOO_V_INT && vocab->i != ot->dim[2].coef) {
+    zoo_error(d, model->a->span, "the logits %s have %lld classes, but the model's vocab_size is %lld",
+              zoo_value_describe(L, out), (long long)ot->dim[2].coef, (long long)vocab->i);
     return -1;
   }
   L->g->output = out->tensor;
