@@ -579,3 +579,151 @@ TEST(grad_every_op_covered) {
     CHECKF(found, "no finite-difference test for %s", zoo_ops[op].name);
   }
 }
+
+/* ---------------------------------------------------------------------------
+ * Whole models: the shipped .zoo models on tiny shapes, through zoo_compile and
+ * zoo_train_graph, against finite differences of the loss. */
+
+/* Mean cross-entropy over labelled targets, from the logits, in double. */
+static double host_loss(zoo_cpu *cpu, const zoo_graph *g, const int32_t *targets) {
+  int64_t dims[ZOO_MAX_DIMS];
+  int nd = zoo_cpu_dims(cpu, g->output, dims);
+  int64_t V = dims[nd - 1], N = cpu->numel[g->output] / V;
+  const float *L = zoo_cpu_f32(cpu, g->output);
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t r = 0; r < N; r++) {
+    if (targets[r] == -100) continue;
+    double m = -INFINITY, s = 0;
+    for (int64_t v = 0; v < V; v++) m = fmax(m, L[r * V + v]);
+    for (int64_t v = 0; v < V; v++) s += exp(L[r * V + v] - m);
+    sum += m + log(s) - L[r * V + targets[r]];
+    n++;
+  }
+  return n ? sum / (double)n : 0;
+}
+
+/* Compiles models/<name>.zoo with the tiny shapes and -D extra, builds the
+ * training graph, and checks the gradient of a few entries of every parameter
+ * (the largest two and two random ones) against finite differences. Dropout
+ * stays on with a fixed seed, so the forward pass is a fixed function. */
+static int model_fd(const char *name, const char *extra) {
+  char path[64], exbuf[64];
+  snprintf(path, sizeof path, "models/%s.zoo", name);
+  zoo_define defs[5] = {{"vocab_size", "32"}, {"d_model", "24"}, {"seq_len", "8"}};
+  int ndefs = 3;
+  if (extra) {
+    snprintf(exbuf, sizeof exbuf, "%s", extra);
+    char *eq = strchr(exbuf, '=');
+    *eq = 0;
+    defs[ndefs++] = (zoo_define){exbuf, eq + 1};
+  }
+  zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = ndefs, .std_dir = "models"};
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *p = NULL;
+  if (zoo_compile(&o, &d, &p) != 0 || !p) {
+    fprintf(stderr, "  %s: does not compile\n", name);
+    return -1;
+  }
+  zoo_graph *g = &p->graph;
+  int rc = -1;
+  if (zoo_train_graph(g, &d) != 0) {
+    fprintf(stderr, "  %s: zoo_train_graph failed\n", name);
+    zoo_program_free(p);
+    return -1;
+  }
+  enum { B = 2, T = 8, V = 32 };
+  int64_t syms[ZOO_MAX_SYMS] = {0};
+  for (int s = 0; s < g->nsyms; s++)
+    syms[s] = strcmp(g->sym_names[s], "B") == 0 ? B : strcmp(g->sym_names[s], "T") == 0 ? T : 1;
+  zoo_cpu cpu;
+  if (zoo_cpu_init(&cpu, g, syms) != 0) {
+    fprintf(stderr, "  %s: %s\n", name, cpu.err);
+    zoo_program_free(p);
+    return -1;
+  }
+  cpu.training = 1;
+  cpu.seed = 77;
+  uint64_t rng = 2024;
+#define URAND() (rng = rng * 6364136223846793005ULL + 1442695040888963407ULL, \
+                 (double)(rng >> 11) / 9007199254740992.0)
+  for (int i = 0; i < g->nparams; i++) { /* larger than the real inits, so gradients are not tiny */
+    int t = g->params[i];
+    float *v = zoo_cpu_f32(&cpu, t);
+    zoo_init_kind k = g->tensors[t].init.kind;
+    for (int64_t j = 0; j < cpu.numel[t]; j++) {
+      double u = 2 * URAND() - 1;
+      v[j] = (float)(k == ZOO_INIT_ONES ? 1 + 0.2 * u : k == ZOO_INIT_ZEROS ? 0.1 * u : 0.3 * u);
+    }
+  }
+  int tokens = -1;
+  for (int i = 0; i < g->ninputs; i++)
+    if (strcmp(g->tensors[g->inputs[i]].name, "tokens") == 0) tokens = g->inputs[i];
+  int32_t *tok = zoo_cpu_i32(&cpu, tokens), *tgt = zoo_cpu_i32(&cpu, g->targets);
+  for (int i = 0; i < B * T; i++) {
+    tok[i] = (int32_t)(URAND() * V);
+    tgt[i] = URAND() < 0.4 ? -100 : (int32_t)(URAND() * V);
+  }
+  zoo_cpu_f32(&cpu, g->dloss)[0] = 1.0f;
+  if (zoo_cpu_run(&cpu, 0, g->nnodes) != 0) {
+    fprintf(stderr, "  %s: %s\n", name, cpu.err);
+    goto done;
+  }
+  double l0 = host_loss(&cpu, g, tgt);
+  if (fabs(l0 - zoo_cpu_f32(&cpu, g->loss)[0]) > 1e-5 * l0) {
+    fprintf(stderr, "  %s: loss %g, recomputed %g\n", name, zoo_cpu_f32(&cpu, g->loss)[0], l0);
+    goto done;
+  }
+  int checked = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    int t = g->params[i], gt = g->tensors[t].grad;
+    const char *pname = g->tensors[t].name;
+    if (gt < 0) {
+      fprintf(stderr, "  %s: %s has no gradient\n", name, pname);
+      goto done;
+    }
+    int64_t n = cpu.numel[t];
+    const float *grad = zoo_cpu_f32(&cpu, gt);
+    int64_t pick[4] = {0, 0, (int64_t)(URAND() * n), (int64_t)(URAND() * n)};
+    for (int64_t j = 0; j < n; j++) { /* the two largest |gradient| entries */
+      if (fabs(grad[j]) > fabs(grad[pick[0]])) pick[1] = pick[0], pick[0] = j;
+      else if (j != pick[0] && fabs(grad[j]) > fabs(grad[pick[1]])) pick[1] = j;
+    }
+    float *v = zoo_cpu_f32(&cpu, t);
+    for (int s = 0; s < 4; s++) {
+      int64_t j = pick[s];
+      double an = grad[j]; /* read before the forward runs below (they do not touch it) */
+      float orig = v[j], up = orig + 1e-3f, down = orig - 1e-3f;
+      v[j] = up;
+      int e1 = zoo_cpu_run(&cpu, 0, g->nforward);
+      double lp = host_loss(&cpu, g, tgt);
+      v[j] = down;
+      int e2 = zoo_cpu_run(&cpu, 0, g->nforward);
+      double lm = host_loss(&cpu, g, tgt);
+      v[j] = orig;
+      if (e1 || e2) {
+        fprintf(stderr, "  %s: %s\n", name, cpu.err);
+        goto done;
+      }
+      double fd = (lp - lm) / ((double)up - (double)down);
+      if (!(fabs(fd - an) <= 2e-2 * fmax(fabs(fd), fabs(an)) + 1e-4)) {
+        fprintf(stderr, "  %s: %s[%lld]: autodiff %.6g, finite difference %.6g\n", name, pname,
+                (long long)j, an, fd);
+        goto done;
+      }
+      checked++;
+    }
+  }
+  rc = checked > 0 ? 0 : -1;
+#undef URAND
+done:
+  zoo_cpu_free(&cpu);
+  zoo_program_free(p);
+  return rc;
+}
+
+TEST(grad_model_rebased) { CHECK(model_fd("rebased", "num_heads=2") == 0); }
+TEST(grad_model_based) { CHECK(model_fd("based", "num_heads=2") == 0); }
+TEST(grad_model_conv_attention) { CHECK(model_fd("conv_attention", "num_heads=2") == 0); }
+TEST(grad_model_attention) { CHECK(model_fd("attention", "num_heads=2") == 0); }
