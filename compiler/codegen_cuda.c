@@ -1052,3 +1052,52 @@ int zoo_cuda_emit_graph(zoo_cuda_emit *e, const zoo_graph *g, const int64_t *sym
   free(members);
   return status;
 }
+
+/* ---------------------------------------------------------------------------
+ * The runtime's kernels: AdamW over the flat parameter buffer, gradient
+ * accumulation over micro-batches, metric sums. */
+
+void zoo_cuda_emit_optimizer(zoo_cuda_emit *e) {
+  zoo_strbuf_puts(&e->src,
+                  "\n// ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----\n"
+                  "#ifndef ZOO_OPTIMIZER_KERNELS\n"
+                  "#define ZOO_OPTIMIZER_KERNELS\n"
+                  "struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long step; };\n"
+                  "\n"
+                  "// torch.optim.AdamW over flat arrays: p -= lr wd p; m, v updated; then\n"
+                  "// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).\n"
+                  "extern \"C\" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,\n"
+                  "    const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,\n"
+                  "    const zoo_hyper *__restrict__ h, long long n) {\n"
+                  "  float lr = h->lr, b1 = h->beta1, b2 = h->beta2, eps = h->eps, wd = h->weight_decay;\n"
+                  "  double t = (double)h->step;\n"
+                  "  float step_size = lr / (float)(1.0 - pow((double)b1, t));\n"
+                  "  float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));\n"
+                  "  for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256) {\n"
+                  "    float gi = g[i];\n"
+                  "    float pi = p[i] * (1.0f - lr * wd);\n"
+                  "    float mi = b1 * m[i] + (1.0f - b1) * gi;\n"
+                  "    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;\n"
+                  "    m[i] = mi;\n"
+                  "    v[i] = vi;\n"
+                  "    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);\n"
+                  "  }\n"
+                  "}\n"
+                  "\n"
+                  "// Gradient accumulation over micro-batches: acc = g (first) or acc + g.\n"
+                  "extern \"C\" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restrict__ acc,\n"
+                  "    const float *__restrict__ g, long long n, int first) {\n"
+                  "  for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256)\n"
+                  "    acc[i] = first ? g[i] : acc[i] + g[i];\n"
+                  "}\n"
+                  "\n"
+                  "// Metric sums over micro-batches: acc = (loss, correct, labelled).\n"
+                  "extern \"C\" __global__ void zoo_metrics_accumulate(float *__restrict__ acc,\n"
+                  "    const float *__restrict__ loss, const float *__restrict__ metrics, int first) {\n"
+                  "  if (threadIdx.x != 0 || blockIdx.x != 0) return;\n"
+                  "  float l = loss[0], c = metrics[0], n = metrics[1];\n"
+                  "  if (first) acc[0] = l, acc[1] = c, acc[2] = n;\n"
+                  "  else acc[0] += l, acc[1] += c, acc[2] += n;\n"
+                  "}\n"
+                  "#endif\n");
+}

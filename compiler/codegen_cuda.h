@@ -129,4 +129,18 @@ int zoo_cuda_emit_graph(zoo_cuda_emit *e, const zoo_graph *g, const int64_t *sym
                         int *nforward_steps);
 void zoo_cuda_emit_free(zoo_cuda_emit *e);
 
+/* The optimiser's inputs on the device, written by the host before each step
+ * (the module declares the same struct). */
+typedef struct zoo_hyper {
+  float lr, beta1, beta2, eps, weight_decay, pad;
+  int64_t step; /* AdamW's t, from 1 */
+} zoo_hyper;
+
+/* Appends the runtime's own kernels, once per module:
+ *   zoo_adamw(p, g, m, v, const zoo_hyper *h, long long n)    torch.optim.AdamW
+ *   zoo_accumulate(acc, g, long long n, int first)             acc = g or acc + g
+ *   zoo_metrics_accumulate(acc[3], loss, metrics[2], int first) loss, correct, labelled
+ * all over flat fp32 arrays; grid-stride loops of 256 threads. */
+void zoo_cuda_emit_optimizer(zoo_cuda_emit *e);
+
 #endif

@@ -1,0 +1,256 @@
+/* generate.c: fuse, emit and plan a training graph for the GPU (see generate.h). */
+#include "generate.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fuse.h"
+
+static void *memdup(const void *p, size_t n) {
+  void *q = malloc(n ? n : 1);
+  if (!q) abort(); /* out of memory */
+  if (n) memcpy(q, p, n);
+  return q;
+}
+
+int64_t zoo_micro_batch(int64_t T) {
+  if (T < 512) return 512;
+  int64_t b = 256 / (T / 512);
+  return b > 0 ? b : 1;
+}
+
+/* Binds B and T by name; any other symbol is an error. */
+static int bind_symbols(const zoo_graph *g, int64_t B, int64_t T, int64_t *sym, char *err, size_t n) {
+  for (int s = 0; s < ZOO_MAX_SYMS; s++) sym[s] = 1;
+  for (int s = 0; s < g->nsyms; s++) {
+    if (strcmp(g->sym_names[s], "B") == 0) sym[s] = B;
+    else if (strcmp(g->sym_names[s], "T") == 0) sym[s] = T;
+    else {
+      snprintf(err, n, "the graph has a symbol %s; the CUDA backend binds only B and T", g->sym_names[s]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Evaluation's copy of the forward nodes: what draws random numbers draws none. */
+static void dropout_off(zoo_node *n) {
+  if (n->op == ZOO_OP_DROPOUT) n->attrs.f[0] = 0.0;
+  if (n->op == ZOO_OP_SOFTMAX_ATTENTION) n->attrs.f[1] = 0.0;
+}
+
+int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,
+                           int fuse, int reuse, char *err, size_t errlen) {
+  memset(cp, 0, sizeof *cp);
+  cp->B = B;
+  cp->T = T;
+  if (train->loss < 0 || train->metrics < 0 || train->nforward <= 0) {
+    snprintf(err, errlen, "the CUDA backend needs a training graph (zoo_train_graph)");
+    return -1;
+  }
+  if (bind_symbols(train, B, T, cp->sym, err, errlen) != 0) return -1;
+
+  cp->train = *train;
+  cp->train.nodes = memdup(train->nodes, (size_t)train->nnodes * sizeof *train->nodes);
+  cp->train.nodes_cap = train->nnodes;
+  zoo_fuse(&cp->train, fuse);
+
+  cp->eval = *train;
+  cp->eval.nnodes = train->nforward;
+  cp->eval.nodes = memdup(train->nodes, (size_t)train->nforward * sizeof *train->nodes);
+  cp->eval.nodes_cap = train->nforward;
+  for (int i = 0; i < cp->eval.nnodes; i++) dropout_off(&cp->eval.nodes[i]);
+  zoo_fuse(&cp->eval, fuse);
+
+  zoo_cuda_emit *e = &cp->emit;
+  if (zoo_cuda_emit_graph(e, &cp->train, cp->sym, &cp->nforward) != 0) {
+    snprintf(err, errlen, "code generation (training step): %s", e->err);
+    return -1;
+  }
+  cp->ntrain = e->nsteps;
+  int nf_eval = 0;
+  zoo_strbuf_puts(&e->src, "\n// ======== evaluation: the forward pass without dropout ========\n");
+  if (zoo_cuda_emit_graph(e, &cp->eval, cp->sym, &nf_eval) != 0) {
+    snprintf(err, errlen, "code generation (evaluation): %s", e->err);
+    return -1;
+  }
+  cp->neval = e->nsteps - cp->ntrain;
+  zoo_cuda_emit_optimizer(e);
+
+  /* The plans need the aliases of both emissions; the second call replaced
+   * e->alias with the evaluation graph's, a subset of the training graph's
+   * (the same forward nodes), so re-derive the training ones from reshapes. */
+  int nt = train->ntensors;
+  int *alias = malloc((size_t)(nt ? nt : 1) * sizeof *alias);
+  if (!alias) abort();
+  for (int t = 0; t < nt; t++) alias[t] = -1;
+  for (int i = 0; i < train->nnodes; i++)
+    if (train->nodes[i].op == ZOO_OP_RESHAPE) alias[train->nodes[i].out[0]] = train->nodes[i].in[0];
+  int keep[2] = {train->loss, train->metrics};
+  int status = zoo_plan_build(&cp->train_plan, &cp->train, cp->sym, e->steps, cp->ntrain, alias, keep,
+                              2, reuse, err, errlen);
+  if (status == 0)
+    status = zoo_plan_build(&cp->eval_plan, &cp->eval, cp->sym, e->steps + cp->ntrain, cp->neval,
+                            alias, keep, 2, reuse, err, errlen);
+  free(alias);
+  return status;
+}
+
+void zoo_cuda_program_free(zoo_cuda_program *cp) {
+  free(cp->train.nodes);
+  free(cp->eval.nodes);
+  zoo_cuda_emit_free(&cp->emit);
+  zoo_plan_free(&cp->train_plan);
+  zoo_plan_free(&cp->eval_plan);
+  memset(cp, 0, sizeof *cp);
+}
+
+/* A deep copy of a graph (the program's stays untouched). */
+static void graph_clone(zoo_graph *dst, const zoo_graph *src) {
+  *dst = *src;
+  dst->nodes = memdup(src->nodes, (size_t)src->nnodes * sizeof *src->nodes);
+  dst->nodes_cap = src->nnodes;
+  dst->tensors = memdup(src->tensors, (size_t)src->ntensors * sizeof *src->tensors);
+  dst->tensors_cap = src->ntensors;
+  for (int t = 0; t < src->ntensors; t++)
+    if (src->tensors[t].name) dst->tensors[t].name = strdup(src->tensors[t].name);
+  dst->params = memdup(src->params, (size_t)src->nparams * sizeof *src->params);
+  dst->params_cap = src->nparams;
+  dst->inputs = memdup(src->inputs, (size_t)src->ninputs * sizeof *src->inputs);
+  dst->inputs_cap = src->ninputs;
+  for (int s = 0; s < src->nsyms; s++) dst->sym_names[s] = strdup(src->sym_names[s]);
+}
+
+int zoo_generate_train_graph(const zoo_program *p, zoo_graph *out, int64_t *B, int64_t *T,
+                             zoo_diag *d) {
+  int64_t seq = -1;
+  for (int i = 0; i < p->nbindings; i++)
+    if (strcmp(p->bindings[i].name, "seq_len") == 0) seq = strtoll(p->bindings[i].value, NULL, 10);
+  if (seq <= 0) {
+    zoo_error(d, zoo_nospan, "model %s has no seq_len parameter to bind T with",
+              p->model_name ? p->model_name : "?");
+    return -1;
+  }
+  graph_clone(out, &p->graph);
+  if (out->loss < 0 && zoo_train_graph(out, d) != 0) {
+    zoo_graph_free(out);
+    return -1;
+  }
+  *T = seq;
+  *B = zoo_micro_batch(seq);
+  return 0;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *q = buf + 1; *q; q++) {
+    if (*q != '/') continue;
+    *q = 0;
+    mkdir(buf, 0755);
+    *q = '/';
+  }
+  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+  struct stat st;
+  return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+/* Builds the program for p's model (fuse as asked, planned with reuse). */
+static int build_for(const zoo_program *p, int fuse, zoo_graph *g, zoo_cuda_program *cp, zoo_diag *d) {
+  int64_t B, T;
+  if (zoo_generate_train_graph(p, g, &B, &T, d) != 0) return -1;
+  char err[512];
+  if (zoo_cuda_program_build(cp, g, B, T, fuse, 1, err, sizeof err) != 0) {
+    zoo_error(d, zoo_nospan, "%s", err);
+    zoo_cuda_program_free(cp);
+    zoo_graph_free(g);
+    return -1;
+  }
+  return 0;
+}
+
+int zoo_generate(const zoo_program *p, const char *dir, zoo_diag *d) {
+  zoo_graph g;
+  zoo_cuda_program cp;
+  if (build_for(p, 1, &g, &cp, d) != 0) return -1;
+  int status = 0;
+  char path[1200];
+  if (make_dirs(dir) != 0) {
+    zoo_error(d, zoo_nospan, "cannot make the folder %s: %s", dir, strerror(errno));
+    status = -1;
+  }
+  snprintf(path, sizeof path, "%s/kernels.cu", dir);
+  FILE *f = status == 0 ? fopen(path, "w") : NULL;
+  if (status == 0 && !f) {
+    zoo_error(d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
+    status = -1;
+  }
+  if (f) {
+    fputs(cp.emit.src.s, f);
+    fclose(f);
+  }
+  snprintf(path, sizeof path, "%s/plan.txt", dir);
+  f = status == 0 ? fopen(path, "w") : NULL;
+  if (status == 0 && !f) {
+    zoo_error(d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
+    status = -1;
+  }
+  if (f) {
+    fprintf(f, "# %s: B = %lld, T = %lld (generated by zooc -o; do not edit)\n",
+            p->model_name ? p->model_name : "model", (long long)cp.B, (long long)cp.T);
+    zoo_plan_summary(f, &cp.train_plan, &cp.train, cp.emit.steps, 1);
+    fprintf(f, "\n# ======== training step ========\n");
+    zoo_plan_write(f, &cp.train_plan, &cp.train, cp.emit.steps, cp.nforward);
+    fprintf(f, "\n# ======== evaluation (forward, no dropout) ========\n");
+    zoo_plan_write(f, &cp.eval_plan, &cp.eval, cp.emit.steps + cp.ntrain, cp.neval);
+    fclose(f);
+  }
+  zoo_cuda_program_free(&cp);
+  zoo_graph_free(&g);
+  return status;
+}
+
+int zoo_generate_summary(FILE *out, const zoo_program *p, int fuse, zoo_diag *d) {
+  zoo_graph g;
+  zoo_cuda_program cp;
+  if (build_for(p, fuse, &g, &cp, d) != 0) return -1;
+  fprintf(out, "CUDA at B = %lld, T = %lld:\n", (long long)cp.B, (long long)cp.T);
+  zoo_plan_summary(out, &cp.train_plan, &cp.train, cp.emit.steps, 1);
+  zoo_cuda_program_free(&cp);
+  zoo_graph_free(&g);
+  return 0;
+}
+
+/* --dump=fused: each group with its nodes. */
+static void dump_groups(FILE *out, const zoo_graph *g) {
+  int *order = malloc((size_t)(g->nnodes ? g->nnodes : 1) * sizeof *order);
+  if (!order) abort();
+  int n = zoo_fuse_order(g, order);
+  fprintf(out, "# %d kernels' worth of groups for %d nodes, in launch order\n", n, g->nnodes);
+  for (int q = 0; q < n; q++) {
+    fprintf(out, "group %d:", order[q]);
+    for (int i = order[q]; i < g->nnodes; i++)
+      if (zoo_node_group(g, i) == order[q]) fprintf(out, " %d:%s", i, zoo_ops[g->nodes[i].op].name);
+    fprintf(out, "\n");
+  }
+  free(order);
+}
+
+int zoo_generate_dump(FILE *out, const zoo_program *p, const char *what, int fuse, zoo_diag *d) {
+  if (strcmp(what, "fused") != 0 && strcmp(what, "plan") != 0 && strcmp(what, "cuda") != 0) {
+    zoo_error(d, zoo_nospan, "unknown dump '%s' (fused, plan or cuda)", what);
+    return -1;
+  }
+  zoo_graph g;
+  zoo_cuda_program cp;
+  if (build_for(p, fuse, &g, &cp, d) != 0) return -1;
+  if (strcmp(what, "fused") == 0) dump_groups(out, &cp.train);
+  else if (strcmp(what, "plan") == 0) zoo_plan_write(out, &cp.train_plan, &cp.train, cp.emit.steps, cp.nforward);
+  else fputs(cp.emit.src.s, out);
+  zoo_cuda_program_free(&cp);
+  zoo_graph_free(&g);
+  return 0;
+}
