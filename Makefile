@@ -20,6 +20,22 @@ GRAMMAR_C = $(BUILD)/grammar/zoo.tab.c $(BUILD)/grammar/zoo.lex.c
 MAINS     = compiler/zooc.c runtime/zoorun.c
 LIB_SRC   = $(filter-out $(MAINS),$(wildcard compiler/*.c runtime/*.c))
 LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/%.o) $(GRAMMAR_C:.c=.o)
+
+# ---- begin: hand-written CUDA kernels embedded as C strings (runtime/kernels/) ----
+# Every runtime/kernels/*.cu, and runtime/rng.h which they use, becomes a string
+# in $(BUILD)/kernels_src.c; zoo_kernel_source("poly_attention.cu") returns it.
+# compiler/codegen_intrinsics.c pastes them into the generated modules.
+KERNEL_SRC = $(sort $(wildcard runtime/kernels/*.cu)) runtime/rng.h
+LIB_OBJ   += $(BUILD)/kernels_src.o
+
+$(BUILD)/kernels_src.c: $(KERNEL_SRC) runtime/kernels/embed.sh
+	@mkdir -p $(BUILD)
+	sh runtime/kernels/embed.sh $(KERNEL_SRC) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/kernels_src.o: $(BUILD)/kernels_src.c
+	$(CC) $(CFLAGS) -c $< -o $@
+# ---- end: hand-written CUDA kernels ----
+
 TEST_SRC  = $(wildcard tests/*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS   = $(wildcard compiler/*.h compiler/*.def runtime/*.h tests/*.h) $(BUILD)/grammar/zoo.tab.h

@@ -1,0 +1,856 @@
+/* codegen_intrinsics.c: CUDA emitters of the hand-written kernels.
+ *
+ * The kernels live in runtime/kernels/ (one .cu file per op family) as __device__ templates whose
+ * template arguments are shape constants; the Makefile embeds those files as C
+ * strings (zoo_kernel_source). An emitter here
+ *   1. pastes the files it needs into the module, once per module (common.cu
+ *      first; rng.h before softmax_attention.cu),
+ *   2. writes one small extern "C" __global__ wrapper per kernel of the node,
+ *      named zoo_<op>_<part>_<uid>, that instantiates the template with the
+ *      node's sizes and passes float attributes as literals,
+ *   3. appends the launches (zoo_cuda_step) with their grids and arguments.
+ * Ops that need several kernels (a pass over rows, then a reduction) keep their
+ * intermediate values in the step's scratch area: every step of such a node
+ * declares the same scratch_bytes, and the runtime gives the node's steps one
+ * area that lives across them (as the generic reductions of codegen_cuda.c do).
+ *
+ * Each kernel file's header comment gives its launch geometry; the choices of
+ * tile sizes below follow those comments.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen_cuda.h"
+
+/* The text of runtime/kernels/<name> (or "rng.h"), from the generated
+ * build/kernels_src.c; NULL for an unknown name. */
+const char *zoo_kernel_source(const char *name);
+
+/* ---------------------------------------------------------------------------
+ * Helpers */
+
+__attribute__((format(printf, 2, 3))) static int fail(zoo_cuda_emit *e, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->err, sizeof e->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static int node_of(const zoo_cuda_emit *e, const zoo_node *n) { return (int)(n - e->g->nodes); }
+
+static int ndim_of(const zoo_cuda_emit *e, int t) { return e->g->tensors[t].type.ndim; }
+
+/* Size of axis k of tensor t; k < 0 counts from the end. */
+static int64_t dim_of(const zoo_cuda_emit *e, int t, int k) {
+  if (k < 0) k += ndim_of(e, t);
+  return zoo_cuda_dim(e, t, k);
+}
+
+/* A float literal that reads back as the same float. */
+static const char *flit(char *buf, size_t n, double v) {
+  float f = (float)v;
+  if (isinf(f)) snprintf(buf, n, "%s__int_as_float(0x7f800000)", f < 0 ? "-" : "");
+  else if (isnan(f)) snprintf(buf, n, "__int_as_float(0x7fc00000)");
+  else {
+    snprintf(buf, n, "%.9g", (double)f);
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", n - strlen(buf) - 1);
+    strncat(buf, "f", n - strlen(buf) - 1);
+  }
+  return buf;
+}
+
+/* Template arguments are ints: sizes must fit. */
+static int want_int(zoo_cuda_emit *e, const char *what, int64_t v) {
+  if (v < 0 || v > 2147483647LL) return fail(e, "%s = %lld does not fit the kernels' int sizes", what, (long long)v);
+  return 0;
+}
+
+/* Pastes runtime/kernels/<file> (or rng.h) into the module unless its include
+ * guard is there already. */
+static int paste(zoo_cuda_emit *e, const char *file) {
+  char guard[96];
+  if (strcmp(file, "rng.h") == 0) {
+    snprintf(guard, sizeof guard, "#define ZOO_RNG_H\n");
+  } else { /* poly_attention.cu -> ZK_POLY_ATTENTION_CU */
+    int k = snprintf(guard, sizeof guard, "#define ZK_");
+    for (const char *p = file; *p && k < (int)sizeof guard - 1; p++)
+      guard[k++] = *p == '.' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+    guard[k] = 0;
+    strncat(guard, "\n", sizeof guard - strlen(guard) - 1);
+  }
+  if (e->src.s && strstr(e->src.s, guard)) return 0;
+  const char *text = zoo_kernel_source(file);
+  if (!text) return fail(e, "kernel source %s is not built into the library", file);
+  zoo_strbuf_printf(&e->src, "\n// ---- runtime/kernels/%s ----\n", file);
+  zoo_strbuf_puts(&e->src, text);
+  return 0;
+}
+
+/* Pastes common.cu and then each named file, in order. */
+static int need(zoo_cuda_emit *e, const char *a, const char *b, const char *c) {
+  if (paste(e, "common.cu")) return -1;
+  const char *files[3] = {a, b, c};
+  for (int k = 0; k < 3; k++)
+    if (files[k] && paste(e, files[k])) return -1;
+  return 0;
+}
+
+/* A fresh kernel name zoo_<base>_<uid> into buf; the header comment of the
+ * wrapper names the node. */
+static const char *kernel_name(zoo_cuda_emit *e, const zoo_node *n, const char *base, char *buf,
+                               size_t len) {
+  snprintf(buf, len, "zoo_%s_%d", base, e->uid++);
+  zoo_strbuf_printf(&e->src, "\n// %s: node %d\n", buf, node_of(e, n));
+  zoo_cuda_comment_node(e, node_of(e, n));
+  return buf;
+}
+
+/* A kernel launch of `name` over a 1-D grid. */
+static zoo_step *launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, int64_t grid,
+                        unsigned block, unsigned smem) {
+  if (grid < 1) grid = 1;
+  if (grid > 2147483647LL) {
+    fail(e, "%s needs %lld blocks (at most 2^31 - 1)", name, (long long)grid);
+    return NULL;
+  }
+  zoo_step *s = zoo_cuda_step(e, ZOO_STEP_KERNEL, node_of(e, n));
+  s->func = strdup(name);
+  s->grid[0] = (unsigned)grid, s->grid[1] = s->grid[2] = 1;
+  s->block[0] = block, s->block[1] = s->block[2] = 1;
+  s->smem = smem;
+  return s;
+}
+
+static void arg_tensor(zoo_step *s, int t) { s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, t, 0, 0}; }
+static void arg_scratch(zoo_step *s, int64_t offset) {
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, offset, 0};
+}
+static void arg_seed(zoo_step *s) { s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SEED, -1, 0, 0}; }
+
+/* A step that clears tensor t. */
+static void zero_step(zoo_cuda_emit *e, const zoo_node *n, int t) {
+  zoo_step *s = zoo_cuda_step(e, ZOO_STEP_ZERO, node_of(e, n));
+  s->gemm.c = t;
+}
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t align16(int64_t a) { return (a + 15) / 16 * 16; }
+
+/* Emits the zk_sum_partials wrapper and its launch: part (scratch at offset 0,
+ * [P][M]) summed over P into out0[0 .. M0) and out1[0 .. M - M0). */
+static int sum_partials(zoo_cuda_emit *e, const zoo_node *n, int64_t P, int64_t M, int64_t M0,
+                        int out0, int out1, int64_t scratch) {
+  char name[64];
+  kernel_name(e, n, "sum_partials", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ part, "
+                    "float *__restrict__ out0%s) {\n"
+                    "  zk_sum_partials<%lld, %lld, %lld>(part, out0, %s);\n}\n",
+                    name, out1 >= 0 ? ", float *__restrict__ out1" : "", (long long)P, (long long)M,
+                    (long long)M0, out1 >= 0 ? "out1" : "nullptr");
+  zoo_step *s = launch(e, n, name, cdiv(M, 256), 256, 0);
+  if (!s) return -1;
+  arg_scratch(s, 0);
+  arg_tensor(s, out0);
+  if (out1 >= 0) arg_tensor(s, out1);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* Rows (all leading axes) and width (last axis) of tensor t. */
+static void rows_cols(const zoo_cuda_emit *e, int t, int64_t *rows, int64_t *cols) {
+  int64_t total = zoo_cuda_numel(e, t);
+  *cols = ndim_of(e, t) > 0 ? dim_of(e, t, -1) : 1;
+  *rows = *cols ? total / *cols : 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * poly_attention: runtime/kernels/poly_attention.cu */
+
+typedef struct attn_dims {
+  int64_t BH, T, F, DV;
+} attn_dims;
+
+/* Sizes of q [B, H, T, F] and v [B, H, T, DV] at inputs qi, qi + 2. */
+static int attn_dims_of(zoo_cuda_emit *e, const zoo_node *n, int qi, attn_dims *a) {
+  int q = n->in[qi], v = n->in[qi + 2];
+  a->T = dim_of(e, q, -2), a->F = dim_of(e, q, -1), a->DV = dim_of(e, v, -1);
+  a->BH = a->T > 0 && a->F > 0 ? zoo_cuda_numel(e, q) / (a->T * a->F) : 0;
+  if (want_int(e, "T", a->T) || want_int(e, "B*H", a->BH)) return -1;
+  if (a->F > 1024 || a->DV > 1024)
+    return fail(e, "attention head widths %lld, %lld exceed 1024", (long long)a->F, (long long)a->DV);
+  return 0;
+}
+
+static int poly_tile(int64_t T) { return T <= 32 ? 32 : 64; }
+
+/* The five float attributes as literals "c0, c1, c2, scale" and eps. */
+static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_t elen) {
+  char a[4][48];
+  for (int k = 0; k < 4; k++) flit(a[k], sizeof a[k], n->attrs.f[k]);
+  snprintf(c, len, "%s, %s, %s, %s", a[0], a[1], a[2], a[3]);
+  flit(eps, elen, n->attrs.f[4]);
+}
+
+int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
+  attn_dims a;
+  if (attn_dims_of(e, n, 0, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
+  int BQ = poly_tile(a.T);
+  char name[64], c[200], eps[48];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  kernel_name(e, n, "poly_attn_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
+                    "  zk_poly_fwd<%lld, %lld, %d, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c, eps);
+  zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, BQ), (unsigned)BQ, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->in[2]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  attn_dims a;
+  if (attn_dims_of(e, n, 1, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
+  int BQ = poly_tile(a.T);
+  int64_t scratch = a.BH * a.T * (a.DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
+  int64_t grid = a.BH * cdiv(a.T, BQ);
+  char name[64], c[200], eps[48];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+
+  kernel_name(e, n, "poly_attn_bwd_q", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "float *__restrict__ dq, float *__restrict__ stats) {\n"
+                    "  zk_poly_bwd_q<%lld, %lld, %d, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c, eps);
+  zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "poly_attn_bwd_kv", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
+                    "  zk_poly_bwd_kv<%lld, %lld, %d, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c);
+  s = launch(e, n, name, grid, (unsigned)BQ, 0);
+  if (!s) return -1;
+  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[1]);
+  arg_tensor(s, n->out[2]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * softmax_attention: runtime/kernels/softmax_attention.cu */
+
+/* Rows per tile: the largest of 32, 16, ..., 1 whose backward (the kernel with
+ * the most shared memory) stays under 48 KB of static shared memory. */
+static int sattn_rows(int64_t F, int64_t DV) {
+  for (int R = 32; R >= 1; R /= 2) {
+    int64_t floats = 2 * R * (F + 1) + 2 * R * (DV + 1) + 2 * R * (R + 1) + 2 * R;
+    if (floats * 4 <= 47 * 1024) return R;
+  }
+  return 0;
+}
+
+typedef struct sattn_cfg {
+  attn_dims a;
+  int R, causal, drop;
+  char scale[48], p[48];
+  long long stream;
+} sattn_cfg;
+
+static int sattn_setup(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c) {
+  if (attn_dims_of(e, n, qi, &c->a)) return -1;
+  c->R = sattn_rows(c->a.F, c->a.DV);
+  if (!c->R) return fail(e, "softmax attention head widths %lld, %lld are too large for the kernel",
+                         (long long)c->a.F, (long long)c->a.DV);
+  c->causal = n->attrs.i[1] != 0;
+  c->drop = n->attrs.f[1] != 0.0;
+  c->stream = (long long)n->attrs.i[0];
+  flit(c->scale, sizeof c->scale, n->attrs.f[0]);
+  flit(c->p, sizeof c->p, n->attrs.f[1]);
+  return need(e, "rng.h", "softmax_attention.cu", NULL);
+}
+
+/* "<F, DV, R, T, CAUSAL, DROP>" */
+static void sattn_targs(const sattn_cfg *c, char *buf, size_t len) {
+  snprintf(buf, len, "<%lld, %lld, %d, %lld, %s, %s>", (long long)c->a.F, (long long)c->a.DV, c->R,
+           (long long)c->a.T, c->causal ? "true" : "false", c->drop ? "true" : "false");
+}
+
+/* ", scale, p, seed, stream" of a call; the wrapper has a seed parameter only
+ * when dropping. */
+static void sattn_tail(const sattn_cfg *c, char *buf, size_t len) {
+  snprintf(buf, len, "%s, %s, %s, %lldULL", c->scale, c->p, c->drop ? "seed" : "0ULL", c->stream);
+}
+
+int zoo_cuda_softmax_attention(zoo_cuda_emit *e, const zoo_node *n) {
+  sattn_cfg c;
+  if (sattn_setup(e, n, 0, &c)) return -1;
+  char name[64], targs[96], tail[160];
+  sattn_targs(&c, targs, sizeof targs);
+  sattn_tail(&c, tail, sizeof tail);
+  kernel_name(e, n, "softmax_attn_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o%s) {\n"
+                    "  zk_sattn_fwd%s(q, k, v, o, %s);\n}\n",
+                    name, c.drop ? ", unsigned long long seed" : "", targs, tail);
+  zoo_step *s = launch(e, n, name, c.a.BH * cdiv(c.a.T, c.R), 128, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  if (c.drop) arg_seed(s);
+  return 0;
+}
+
+int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  sattn_cfg c;
+  if (sattn_setup(e, n, 1, &c)) return -1;
+  char name[64], targs[96], tail[160];
+  sattn_targs(&c, targs, sizeof targs);
+  sattn_tail(&c, tail, sizeof tail);
+  int64_t grid = c.a.BH * cdiv(c.a.T, c.R);
+  int64_t scratch = c.a.BH * c.a.T * 2 * (int64_t)sizeof(float); /* lse_i, D_i */
+  const char *seedp = c.drop ? ", unsigned long long seed" : "";
+
+  kernel_name(e, n, "softmax_attn_bwd_q", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "float *__restrict__ dq, float *__restrict__ stats%s) {\n"
+                    "  zk_sattn_bwd_q%s(dout, q, k, v, dq, stats, %s);\n}\n",
+                    name, seedp, targs, tail);
+  zoo_step *s = launch(e, n, name, grid, 128, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  if (c.drop) arg_seed(s);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "softmax_attn_bwd_kv", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv%s) {\n"
+                    "  zk_sattn_bwd_kv%s(dout, q, k, v, stats, dk, dv, %s);\n}\n",
+                    name, seedp, targs, tail);
+  s = launch(e, n, name, grid, 128, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[1]);
+  arg_tensor(s, n->out[2]);
+  if (c.drop) arg_seed(s);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * linear_cross_entropy: runtime/kernels/linear_cross_entropy.cu */
+
+enum { LCE_RT = 16 };
+
+typedef struct lce_cfg {
+  int64_t N, D, V, ignore;
+  int64_t off_count, off_rows, scratch; /* scratch: idx [N] i32, count, rows [N] f32 */
+} lce_cfg;
+
+static int lce_setup(zoo_cuda_emit *e, const zoo_node *n, int hi, lce_cfg *c) {
+  int w = n->in[hi + 1], t = n->in[hi + 2];
+  c->N = zoo_cuda_numel(e, t);
+  c->V = dim_of(e, w, 0), c->D = dim_of(e, w, 1);
+  c->ignore = n->attrs.i[0];
+  if (want_int(e, "rows", c->N) || want_int(e, "V", c->V) || want_int(e, "D", c->D)) return -1;
+  c->off_count = align16(c->N * 4);
+  c->off_rows = c->off_count + 16;
+  c->scratch = c->off_rows + align16(c->N * 4);
+  return need(e, "linear_cross_entropy.cu", NULL, NULL);
+}
+
+/* The compaction of labelled rows and the per-row pass (forward: loss, or
+ * backward: lse), common to both directions. */
+static int lce_rows(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *c, int lse) {
+  char name[64];
+  kernel_name(e, n, "lce_compact", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                    "int *__restrict__ idx, int *__restrict__ count) {\n"
+                    "  zk_lce_compact<%lld, %lld>(targets, idx, count);\n}\n",
+                    name, (long long)c->N, (long long)c->ignore);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[hi + 2]);
+  arg_scratch(s, 0);
+  arg_scratch(s, c->off_count);
+  s->scratch_bytes = c->scratch;
+
+  kernel_name(e, n, lse ? "lce_lse" : "lce_loss_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ h, "
+                    "const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, "
+                    "const int *__restrict__ count, float *__restrict__ rows) {\n"
+                    "  zk_lce_rows<%lld, %lld, %d, %s>(h, w, targets, idx, count, rows);\n}\n",
+                    name, (long long)c->D, (long long)c->V, LCE_RT, lse ? "true" : "false");
+  s = launch(e, n, name, cdiv(c->N, LCE_RT), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[hi + k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, c->off_count);
+  arg_scratch(s, c->off_rows);
+  s->scratch_bytes = c->scratch;
+  return 0;
+}
+
+int zoo_cuda_linear_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
+  lce_cfg c;
+  if (lce_setup(e, n, 0, &c) || lce_rows(e, n, 0, &c, 0)) return -1;
+  char name[64];
+  kernel_name(e, n, "lce_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rows, "
+                    "const int *__restrict__ count, float *__restrict__ loss) {\n"
+                    "  zk_lce_finish<%lld>(rows, count, loss);\n}\n",
+                    name, (long long)c.N);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_scratch(s, c.off_rows);
+  arg_scratch(s, c.off_count);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = c.scratch;
+  return 0;
+}
+
+int zoo_cuda_linear_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  lce_cfg c;
+  if (lce_setup(e, n, 1, &c) || lce_rows(e, n, 1, &c, 1)) return -1;
+  zero_step(e, n, n->out[0]); /* dh of ignored rows */
+  char name[64];
+  kernel_name(e, n, "lce_bwd_dh", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dloss, "
+                    "const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, "
+                    "const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, "
+                    "float *__restrict__ dh) {\n"
+                    "  zk_lce_bwd_dh<%lld, %lld, %d>(dloss, h, w, targets, idx, count, lse, dh);\n}\n",
+                    name, (long long)c.D, (long long)c.V, LCE_RT);
+  zoo_step *s = launch(e, n, name, cdiv(c.N, LCE_RT), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, c.off_count);
+  arg_scratch(s, c.off_rows);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = c.scratch;
+
+  kernel_name(e, n, "lce_bwd_dw", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dloss, "
+                    "const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, "
+                    "const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, "
+                    "float *__restrict__ dw) {\n"
+                    "  zk_lce_bwd_dw<%lld, %lld>(dloss, h, w, targets, idx, count, lse, dw);\n}\n",
+                    name, (long long)c.D, (long long)c.V);
+  s = launch(e, n, name, cdiv(c.V, 16), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, c.off_count);
+  arg_scratch(s, c.off_rows);
+  arg_tensor(s, n->out[1]);
+  s->scratch_bytes = c.scratch;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * causal_conv1d: runtime/kernels/causal_conv1d.cu */
+
+int zoo_cuda_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n) {
+  int x = n->in[0], w = n->in[1];
+  int64_t T = dim_of(e, x, 1), C = dim_of(e, x, 2), K = dim_of(e, w, 2);
+  int64_t N = zoo_cuda_numel(e, x) / (C ? C : 1);
+  int has_b = n->nin > 2;
+  if (want_int(e, "T", T) || want_int(e, "C", C) || need(e, "causal_conv1d.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, "conv1d_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "const float *__restrict__ w, %sfloat *__restrict__ y) {\n"
+                    "  zk_conv1d_fwd<%lld, %lld, %lld, %s>(x, w, %s, y, %lldLL);\n}\n",
+                    name, has_b ? "const float *__restrict__ b, " : "", (long long)T, (long long)C,
+                    (long long)K, has_b ? "true" : "false", has_b ? "b" : "nullptr", (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N * C, 256), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+/* Blocks of a rows-then-partials backward: about 64 rows each, at most 512. */
+static int64_t partial_blocks(int64_t rows) {
+  int64_t P = cdiv(rows, 64);
+  return P < 1 ? 1 : P > 512 ? 512 : P;
+}
+
+int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int x = n->in[1], w = n->in[2];
+  int64_t T = dim_of(e, x, 1), C = dim_of(e, x, 2), K = dim_of(e, w, 2);
+  int64_t N = zoo_cuda_numel(e, x) / (C ? C : 1);
+  if (want_int(e, "T", T) || want_int(e, "C", C) || need(e, "causal_conv1d.cu", NULL, NULL)) return -1;
+  int64_t P = partial_blocks(N), M = C * (K + 1);
+  if (M * 4 > 48 * 1024) return fail(e, "causal_conv1d_bwd: %lld channels x %lld taps is too wide", (long long)C, (long long)K);
+  int64_t scratch = P * M * 4;
+  char name[64];
+  kernel_name(e, n, "conv1d_bwd_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
+                    "const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, "
+                    "float *__restrict__ part) {\n"
+                    "  zk_conv1d_bwd_rows<%lld, %lld, %lld, %lld>(dy, x, w, dx, part, %lldLL);\n}\n",
+                    name, (long long)T, (long long)C, (long long)K, (long long)P, (long long)N);
+  zoo_step *s = launch(e, n, name, P, 256, (unsigned)(M * 4));
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+  return sum_partials(e, n, P, M, C * K, n->out[1], n->out[2], scratch);
+}
+
+/* ---------------------------------------------------------------------------
+ * layernorm, rmsnorm: runtime/kernels/layernorm.cu, rmsnorm.cu. One warp per
+ * row, 8 rows per block. */
+
+int zoo_cuda_layernorm(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, C;
+  rows_cols(e, n->in[0], &N, &C);
+  if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
+  int has_w = n->nin > 1, has_b = n->nin > 2;
+  char name[64], eps[48];
+  flit(eps, sizeof eps, n->attrs.f[0]);
+  kernel_name(e, n, "layernorm_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "%s%sfloat *__restrict__ y) {\n"
+                    "  zk_layernorm_fwd<%lld, %s, %s>(x, %s, %s, y, %lld, %s);\n}\n",
+                    name, has_w ? "const float *__restrict__ w, " : "",
+                    has_b ? "const float *__restrict__ b, " : "", (long long)C,
+                    has_w ? "true" : "false", has_b ? "true" : "false", has_w ? "w" : "nullptr",
+                    has_b ? "b" : "nullptr", (long long)N, eps);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, C;
+  rows_cols(e, n->in[1], &N, &C);
+  if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
+  if (2 * C * 4 > 48 * 1024) return fail(e, "layernorm_bwd: rows of %lld are too wide", (long long)C);
+  int has_w = n->nin > 2;
+  int64_t P = partial_blocks(N), scratch = P * 2 * C * 4;
+  char name[64], eps[48];
+  flit(eps, sizeof eps, n->attrs.f[0]);
+  kernel_name(e, n, "layernorm_bwd_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
+                    "const float *__restrict__ x, %sfloat *__restrict__ dx, float *__restrict__ part) {\n"
+                    "  zk_layernorm_bwd_rows<%lld, %s, %lld>(dy, x, %s, dx, part, %lld, %s);\n}\n",
+                    name, has_w ? "const float *__restrict__ w, " : "", (long long)C,
+                    has_w ? "true" : "false", (long long)P, has_w ? "w" : "nullptr", (long long)N, eps);
+  zoo_step *s = launch(e, n, name, P, 256, (unsigned)(2 * C * 4));
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+  if (!has_w) { /* ops.def: dw, db are zeros without w */
+    zero_step(e, n, n->out[1]);
+    zero_step(e, n, n->out[2]);
+    return 0;
+  }
+  return sum_partials(e, n, P, 2 * C, C, n->out[1], n->out[2], scratch);
+}
+
+int zoo_cuda_rmsnorm(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, C;
+  rows_cols(e, n->in[0], &N, &C);
+  if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "rmsnorm.cu", NULL, NULL)) return -1;
+  char name[64], eps[48];
+  flit(eps, sizeof eps, n->attrs.f[0]);
+  kernel_name(e, n, "rmsnorm_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "const float *__restrict__ w, float *__restrict__ y) {\n"
+                    "  zk_rmsnorm_fwd<%lld>(x, w, y, %lld, %s);\n}\n",
+                    name, (long long)C, (long long)N, eps);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_rmsnorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, C;
+  rows_cols(e, n->in[1], &N, &C);
+  if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "rmsnorm.cu", NULL, NULL)) return -1;
+  if (C * 4 > 48 * 1024) return fail(e, "rmsnorm_bwd: rows of %lld are too wide", (long long)C);
+  int64_t P = partial_blocks(N), scratch = P * C * 4;
+  char name[64], eps[48];
+  flit(eps, sizeof eps, n->attrs.f[0]);
+  kernel_name(e, n, "rmsnorm_bwd_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
+                    "const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, "
+                    "float *__restrict__ part) {\n"
+                    "  zk_rmsnorm_bwd_rows<%lld, %lld>(dy, x, w, dx, part, %lld, %s);\n}\n",
+                    name, (long long)C, (long long)P, (long long)N, eps);
+  zoo_step *s = launch(e, n, name, P, 256, (unsigned)(C * 4));
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+  return sum_partials(e, n, P, C, C, n->out[1], -1, scratch);
+}
+
+/* ---------------------------------------------------------------------------
+ * Row-wise ops over the last axis: runtime/kernels/softmax.cu and
+ * cross_entropy.cu. One warp per row, 8 rows per block. */
+
+/* softmax (LOG = 0) or logsumexp (LOG = 1) */
+static int softmax_like(zoo_cuda_emit *e, const zoo_node *n, int log) {
+  int64_t N, V;
+  rows_cols(e, n->in[0], &N, &V);
+  if (want_int(e, "rows", N) || want_int(e, "V", V) || need(e, "softmax.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, log ? "logsumexp" : "softmax", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "float *__restrict__ y) {\n"
+                    "  zk_softmax_rows<%lld, %s>(x, y, %lld);\n}\n",
+                    name, (long long)V, log ? "true" : "false", (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_softmax(zoo_cuda_emit *e, const zoo_node *n) { return softmax_like(e, n, 0); }
+int zoo_cuda_logsumexp(zoo_cuda_emit *e, const zoo_node *n) { return softmax_like(e, n, 1); }
+
+int zoo_cuda_argmax(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, V;
+  rows_cols(e, n->in[0], &N, &V);
+  if (want_int(e, "rows", N) || want_int(e, "V", V) || need(e, "softmax.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, "argmax", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "int *__restrict__ y) {\n"
+                    "  zk_argmax_rows<%lld>(x, y, %lld);\n}\n",
+                    name, (long long)V, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+/* Rows and vocabulary of a loss over logits at input li with targets at ti. */
+static int loss_dims(zoo_cuda_emit *e, const zoo_node *n, int li, int ti, int64_t *N, int64_t *V) {
+  int64_t rows;
+  rows_cols(e, n->in[li], &rows, V);
+  *N = zoo_cuda_numel(e, n->in[ti]);
+  if (*N != rows) return fail(e, "%lld targets for %lld rows of logits", (long long)*N, (long long)rows);
+  if (want_int(e, "rows", *N) || want_int(e, "V", *V)) return -1;
+  return need(e, "softmax.cu", "cross_entropy.cu", NULL);
+}
+
+int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, V, ig = n->attrs.i[0];
+  if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
+  int64_t scratch = align16(N * 4); /* rowloss [N] */
+  char name[64];
+  kernel_name(e, n, "ce_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
+                    "const int *__restrict__ targets, float *__restrict__ rowloss) {\n"
+                    "  zk_ce_rows<%lld, %lld>(logits, targets, rowloss, %lld);\n}\n",
+                    name, (long long)V, (long long)ig, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "ce_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
+                    "const int *__restrict__ targets, float *__restrict__ loss) {\n"
+                    "  zk_ce_finish<%lld, %lld>(rowloss, targets, loss);\n}\n",
+                    name, (long long)N, (long long)ig);
+  s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_scratch(s, 0);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+int zoo_cuda_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, V, ig = n->attrs.i[0];
+  if (loss_dims(e, n, 1, 2, &N, &V)) return -1;
+  int64_t scratch = 16; /* the labelled count, a float */
+  char name[64];
+  kernel_name(e, n, "ce_count", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                    "float *__restrict__ count) {\n"
+                    "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
+                    name, (long long)N, (long long)ig);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[2]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "ce_bwd_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dloss, "
+                    "const float *__restrict__ logits, const int *__restrict__ targets, "
+                    "const float *__restrict__ count, float *__restrict__ dlogits) {\n"
+                    "  zk_ce_bwd_rows<%lld, %lld>(dloss, logits, targets, count, dlogits, %lld);\n}\n",
+                    name, (long long)V, (long long)ig, (long long)N);
+  s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+int zoo_cuda_accuracy(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, V, ig = n->attrs.i[0];
+  if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
+  int64_t scratch = align16(N * 4); /* hit [N] i32 */
+  char name[64];
+  kernel_name(e, n, "acc_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
+                    "const int *__restrict__ targets, int *__restrict__ hit) {\n"
+                    "  zk_acc_rows<%lld, %lld>(logits, targets, hit, %lld);\n}\n",
+                    name, (long long)V, (long long)ig, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "acc_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ hit, "
+                    "const int *__restrict__ targets, float *__restrict__ out) {\n"
+                    "  zk_acc_finish<%lld, %lld>(hit, targets, out);\n}\n",
+                    name, (long long)N, (long long)ig);
+  s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_scratch(s, 0);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * embedding, cumsum: runtime/kernels/embedding.cu, cumsum.cu */
+
+int zoo_cuda_embedding(zoo_cuda_emit *e, const zoo_node *n) {
+  int w = n->in[0], ids = n->in[1];
+  int64_t V = dim_of(e, w, 0), D = dim_of(e, w, 1), N = zoo_cuda_numel(e, ids);
+  if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, "embedding_fwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ w, "
+                    "const int *__restrict__ ids, float *__restrict__ y) {\n"
+                    "  zk_embedding_fwd<%lld, %lld>(w, ids, y, %lldLL);\n}\n",
+                    name, (long long)V, (long long)D, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N * D, 256), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, w);
+  arg_tensor(s, ids);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int dw = n->out[0], ids = n->in[1];
+  int64_t V = dim_of(e, dw, 0), D = dim_of(e, dw, 1), N = zoo_cuda_numel(e, ids);
+  if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
+  zero_step(e, n, dw);
+  char name[64];
+  kernel_name(e, n, "embedding_bwd", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
+                    "const int *__restrict__ ids, float *__restrict__ dw) {\n"
+                    "  zk_embedding_bwd<%lld, %lld>(dy, ids, dw, %lldLL);\n}\n",
+                    name, (long long)V, (long long)D, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N * D, 256), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, ids);
+  arg_tensor(s, dw);
+  return 0;
+}
+
+int zoo_cuda_cumsum(zoo_cuda_emit *e, const zoo_node *n) {
+  int x = n->in[0], nd = ndim_of(e, x);
+  int axis = (int)n->attrs.i[0];
+  if (axis < 0) axis += nd;
+  if (axis < 0 || axis >= nd) return fail(e, "cumsum: axis %lld of a rank-%d tensor", (long long)n->attrs.i[0], nd);
+  int64_t outer = 1, inner = 1, L = dim_of(e, x, axis);
+  for (int k = 0; k < axis; k++) outer *= dim_of(e, x, k);
+  for (int k = axis + 1; k < nd; k++) inner *= dim_of(e, x, k);
+  if (need(e, "cumsum.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, "cumsum", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "float *__restrict__ y) {\n"
+                    "  zk_cumsum<%lldLL, %lldLL, %lldLL>(x, y);\n}\n",
+                    name, (long long)outer, (long long)L, (long long)inner);
+  zoo_step *s = launch(e, n, name, cdiv(outer * inner, 256), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, x);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}

@@ -1,0 +1,132 @@
+/* common.cu: helpers shared by zoo's hand-written CUDA kernels.
+ *
+ * compiler/codegen_intrinsics.c pastes this once at the top of a module, before
+ * any other file of runtime/kernels/ (they all assume it). It is guarded, so a
+ * second paste is harmless. Nothing here depends on a shape.
+ *
+ * Conventions of the kernel files:
+ *   - each file defines __device__ templates zk_<op>_<part><CONSTANTS>(...) whose
+ *     template arguments are the shape constants (all sizes are known when the
+ *     module is generated); the emitter instantiates them from a small
+ *     extern "C" __global__ wrapper named zoo_<op>_<part>_<uid>;
+ *   - tensors are row-major and contiguous, fp32 (i32 for ids and targets);
+ *     element offsets are computed in 64 bits;
+ *   - sums are in fp32 unless the file says otherwise, in a fixed order (no
+ *     atomics) except where a file says it scatters with atomicAdd.
+ */
+#ifndef ZK_COMMON_CU
+#define ZK_COMMON_CU
+
+#define ZK_NEG_INF (__int_as_float(0xff800000))
+#define ZK_FULL_MASK 0xffffffffu
+
+typedef long long zk_i64;
+
+/* Sum of v over the 32 lanes of a warp, in every lane. */
+__device__ __forceinline__ float zk_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(ZK_FULL_MASK, v, o);
+  return v;
+}
+
+__device__ __forceinline__ int zk_warp_sum_int(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(ZK_FULL_MASK, v, o);
+  return v;
+}
+
+/* Maximum of v over a warp, in every lane. */
+__device__ __forceinline__ float zk_warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(ZK_FULL_MASK, v, o));
+  return v;
+}
+
+/* Online logsumexp: (m, s) stands for log(s) + m, i.e. s = sum exp(x - m) over
+ * the values seen. zk_lse_push adds one value x, zk_lse_merge another pair. An
+ * empty pair is (-inf, 0). */
+__device__ __forceinline__ void zk_lse_push(float &m, float &s, float x) {
+  if (x > m) {
+    s = s * expf(m - x) + 1.0f; /* m = -inf: expf(-inf) = 0 */
+    m = x;
+  } else if (m != ZK_NEG_INF) {
+    s += expf(x - m);
+  }
+}
+
+__device__ __forceinline__ void zk_lse_merge(float &m, float &s, float m2, float s2) {
+  float mn = fmaxf(m, m2);
+  if (mn == ZK_NEG_INF) return; /* both empty */
+  s = s * expf(m - mn) + s2 * expf(m2 - mn);
+  m = mn;
+}
+
+/* The merged (m, s) of a warp, in every lane. */
+__device__ __forceinline__ void zk_warp_lse(float &m, float &s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float m2 = __shfl_xor_sync(ZK_FULL_MASK, m, o);
+    float s2 = __shfl_xor_sync(ZK_FULL_MASK, s, o);
+    zk_lse_merge(m, s, m2, s2);
+  }
+}
+
+/* Argmax pairs: the larger value wins, a tie goes to the smaller index, so a
+ * merge of per-lane first maxima gives the row's first maximum (as the CPU's
+ * `if (x[j] > x[best])` scan). */
+__device__ __forceinline__ void zk_argmax_merge(float &v, int &i, float v2, int i2) {
+  if (v2 > v || (v2 == v && i2 < i)) {
+    v = v2;
+    i = i2;
+  }
+}
+
+__device__ __forceinline__ void zk_warp_argmax(float &v, int &i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float v2 = __shfl_xor_sync(ZK_FULL_MASK, v, o);
+    int i2 = __shfl_xor_sync(ZK_FULL_MASK, i, o);
+    zk_argmax_merge(v, i, v2, i2);
+  }
+}
+
+/* Sum of v over the block (blockDim.x a multiple of 32, at most 1024), returned
+ * to every thread. sh: 32 floats of shared memory. Every thread must call it. */
+__device__ __forceinline__ float zk_block_sum(float v, float *sh) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = zk_warp_sum(v);
+  __syncthreads(); /* sh may still be read by a previous call */
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : 0.0f;
+  return zk_warp_sum(v);
+}
+
+__device__ __forceinline__ int zk_block_sum_int(int v, int *sh) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = zk_warp_sum_int(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  v = lane < nw ? sh[lane] : 0;
+  return zk_warp_sum_int(v);
+}
+
+/* Column sums of block partials: part is [P][M]; out0[m] = sum_p part[p][m] for
+ * m < M0, out1[m - M0] for the rest (out1 may be null when M0 == M). One thread
+ * per column, blocks of any size, grid ceil(M / blockDim.x); the sum runs over p
+ * in order, so it is deterministic. Used by the *_bwd kernels whose parameter
+ * gradients are sums over rows. */
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
+}
+
+#endif /* ZK_COMMON_CU */

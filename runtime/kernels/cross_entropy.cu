@@ -1,0 +1,124 @@
+/* cross_entropy.cu: cross_entropy, cross_entropy_bwd and accuracy (ops.def).
+ * Needs softmax.cu (zk_row_lse, zk_row_argmax), pasted before it.
+ *
+ * Shapes: logits [N, V] (leading axes flattened), targets i32 [N]; a row is
+ * labelled when its target != IGNORE. Constants: V, N, IGNORE.
+ *
+ * cross_entropy, two kernels sharing a scratch array rowloss [N] floats:
+ *   zk_ce_rows<V, IGNORE>: one warp per row (256-thread blocks, grid
+ *     ceil(N / 8)): rowloss[r] = logsumexp(row) - row[target], 0 on ignored rows.
+ *     A target outside [0, V) gives NaN (the data layer rejects those).
+ *   zk_ce_finish<N, IGNORE>: one block of 1024 threads: loss = sum(rowloss) /
+ *     labelled (0 when none), summed in a fixed order.
+ * cross_entropy_bwd, two kernels sharing scratch count [1] float:
+ *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
+ *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
+ *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * accuracy, two kernels sharing scratch hit [N] ints:
+ *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
+ *     maximum is the target.
+ *   zk_acc_finish<N, IGNORE>: one block of 1024 threads: out[0] = correct,
+ *     out[1] = labelled (exact integer sums, stored as floats).
+ */
+#ifndef ZK_CROSS_ENTROPY_CU
+#define ZK_CROSS_ENTROPY_CU
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_rows(const float *__restrict__ logits,
+                                           const int *__restrict__ targets,
+                                           float *__restrict__ rowloss, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float loss = 0.0f;
+  if (t != IGNORE) {
+    const float *xr = logits + row * V;
+    float lse = zk_row_lse<V>(xr);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+  }
+  if ((threadIdx.x & 31) == 0) rowloss[row] = loss;
+}
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_finish(const float *__restrict__ rowloss,
+                                             const int *__restrict__ targets,
+                                             float *__restrict__ out) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
+  float s = 0.0f;
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      cnt++;
+    }
+  }
+  s = zk_block_sum(s, shf);
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) out[0] = cnt > 0 ? s / (float)cnt : 0.0f;
+}
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
+                                            float *__restrict__ count) {
+  __shared__ int shi[32];
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) cnt += targets[r] != IGNORE;
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) count[0] = (float)cnt;
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  int lane = threadIdx.x & 31;
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float *dr = dlogits + row * V;
+  if (t == IGNORE) {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    return;
+  }
+  const float *xr = logits + row * V;
+  float lse = zk_row_lse<V>(xr);
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_acc_rows(const float *__restrict__ logits,
+                                            const int *__restrict__ targets,
+                                            int *__restrict__ hit, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  int h = 0;
+  if (t != IGNORE) h = zk_row_argmax<V>(logits + row * V) == t;
+  if ((threadIdx.x & 31) == 0) hit[row] = h;
+}
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
+                                              const int *__restrict__ targets,
+                                              float *__restrict__ out) {
+  __shared__ int shi[32];
+  int correct = 0, labelled = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  correct = zk_block_sum_int(correct, shi);
+  labelled = zk_block_sum_int(labelled, shi);
+  if (threadIdx.x == 0) {
+    out[0] = (float)correct;
+    out[1] = (float)labelled;
+  }
+}
+
+#endif /* ZK_CROSS_ENTROPY_CU */

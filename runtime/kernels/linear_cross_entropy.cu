@@ -1,0 +1,325 @@
+/* linear_cross_entropy.cu: the fused LM head and loss (ops.def):
+ * cross_entropy(h w^T, targets) without the [N, V] logits in memory, and its
+ * backward. Only labelled rows (target != IGNORE) cost anything.
+ *
+ * Shapes: h, dh [N, D]; w, dw [V, D]; targets i32 [N]; loss f32[].
+ * Constants: N, D, V, IGNORE; RT (labelled rows per block, 16), 256 threads per
+ * block everywhere. Scratch (shared by the kernels of one node):
+ *   idx [N] i32      labelled row numbers, in row order (the first `count`)
+ *   count [1] i32
+ *   rows [N] f32     per labelled row: loss (forward) or logsumexp (backward)
+ *
+ * zk_lce_compact<N, IGNORE>: one block of 1024 threads; each thread takes a
+ *   contiguous run of rows, a block scan of the per-thread counts places their
+ *   labelled rows: idx, count. Deterministic.
+ * zk_lce_rows<D, V, RT, LSE>: grid ceil(N / RT) blocks, those past count/RT exit.
+ *   A block takes RT labelled rows and streams the vocabulary in chunks of 256
+ *   (one vocabulary row per thread), each chunk's logits made in slices of 32
+ *   along D from shared memory: h slice [RT][32], w slice [256][33 (padded)].
+ *   Each thread keeps an online (max, sum) per row for its vocabulary rows; the
+ *   block merges them at the end. rows[] gets lse - logit[target] (LSE = 0) or
+ *   lse (LSE = 1).
+ * zk_lce_finish<N>: one block of 1024: loss = sum(rows[0 .. count)) / count, 0
+ *   when count = 0; summed in a fixed order.
+ * Backward, g_rv = dloss / count (softmax(logits_r)_v - [v = t_r]):
+ * zk_lce_bwd_dh<D, V, RT>: same tiling as zk_lce_rows (slices of 16 along D):
+ *   per vocabulary chunk the logits again, g into shared memory [RT][257],
+ *   then dh_r += g w_chunk, the dh tile [RT][D] in registers (one element of
+ *   each 16-wide slice per thread). dh rows of ignored targets are cleared by a
+ *   ZOO_STEP_ZERO before.
+ * zk_lce_bwd_dw<D, V>: grid ceil(V / 16) blocks; a block owns 16 vocabulary
+ *   rows of dw and walks the labelled rows 256 at a time (one row per thread):
+ *   logits of (row, its 16 vocabulary rows), g into shared memory [16][257],
+ *   then dw_v += g^T h_chunk with the dw tile [16][D] in registers.
+ *
+ * Cost: forward N_lab V D multiply-adds; backward three times that (the logits
+ * are made twice). Faster later: register tiles (each thread 4 vocabulary rows
+ * x 4 h rows instead of 1 x RT, to lift the FMA to shared-load ratio from ~1
+ * to ~4), TF32 tensor cores (mma.sync m16n8k8) for the three products, and a
+ * split of V across blocks for the dh pass when few rows are labelled.
+ */
+#ifndef ZK_LINEAR_CROSS_ENTROPY_CU
+#define ZK_LINEAR_CROSS_ENTROPY_CU
+
+#define ZK_LCE_NT 256
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_lce_compact(const int *__restrict__ targets,
+                                               int *__restrict__ idx, int *__restrict__ count) {
+  __shared__ int warp_tot[32];
+  constexpr int CH = (N + 1023) / 1024; /* rows per thread */
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int r0 = threadIdx.x * CH, r1 = r0 + CH < N ? r0 + CH : N;
+  int mine = 0;
+  for (int r = r0; r < r1; r++) mine += targets[r] != IGNORE;
+  /* inclusive scan over the warp, then over the warps' totals */
+  int inc = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int y = __shfl_up_sync(ZK_FULL_MASK, inc, o);
+    if (lane >= o) inc += y;
+  }
+  if (lane == 31) warp_tot[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    int t = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int y = __shfl_up_sync(ZK_FULL_MASK, t, o);
+      if (lane >= o) t += y;
+    }
+    warp_tot[lane] = t; /* inclusive over warps */
+  }
+  __syncthreads();
+  int pos = inc - mine + (warp > 0 ? warp_tot[warp - 1] : 0);
+  for (int r = r0; r < r1; r++)
+    if (targets[r] != IGNORE) idx[pos++] = r;
+  if (threadIdx.x == blockDim.x - 1) count[0] = pos;
+}
+
+/* The block's labelled rows (rowid -1 past count), their targets; returns the
+ * number of labelled rows, or 0 when this block has none (then it exits). */
+template <int RT>
+__device__ __forceinline__ int zk_lce_rows_of_block(const int *__restrict__ idx,
+                                                    const int *__restrict__ count,
+                                                    const int *__restrict__ targets, int *rowid,
+                                                    int *tgt) {
+  int n = count[0], base = blockIdx.x * RT;
+  if (base >= n) return 0;
+  if (threadIdx.x < RT) {
+    int row = base + (int)threadIdx.x < n ? idx[base + threadIdx.x] : -1;
+    rowid[threadIdx.x] = row;
+    tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
+  }
+  __syncthreads();
+  return n;
+}
+
+/* acc[r] = h[rowid[r]] . w[v0 + threadIdx.x] for the RT rows, through shared
+ * slices of DC columns: hs [RT][DC], ws [256][DC + 1]. */
+template <int D, int V, int RT, int DC>
+__device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
+                                              const float *__restrict__ w, const int *rowid,
+                                              float *hs, float *ws, int v0, float *acc) {
+  constexpr int DCP = DC + 1;
+#pragma unroll
+  for (int r = 0; r < RT; r++) acc[r] = 0.0f;
+  for (int d0 = 0; d0 < D; d0 += DC) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < RT * DC; e += ZK_LCE_NT) {
+      int r = e / DC, c = e - r * DC, row = rowid[r];
+      hs[e] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
+    }
+    for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
+      int vv = e / DC, c = e - vv * DC;
+      ws[vv * DCP + c] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < DC; c++) {
+      float wv = ws[threadIdx.x * DCP + c];
+#pragma unroll
+      for (int r = 0; r < RT; r++) acc[r] += hs[r * DC + c] * wv;
+    }
+  }
+}
+
+template <int D, int V, int RT, bool LSE>
+__device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
+                                            const float *__restrict__ w,
+                                            const int *__restrict__ targets,
+                                            const int *__restrict__ idx,
+                                            const int *__restrict__ count,
+                                            float *__restrict__ rows) {
+  constexpr int DC = 32;
+  __shared__ float hs[RT * DC], ws[ZK_LCE_NT * (DC + 1)], tl[RT];
+  __shared__ float red_m[ZK_LCE_NT / 32][RT], red_s[ZK_LCE_NT / 32][RT];
+  __shared__ int rowid[RT], tgt[RT];
+  if (threadIdx.x < RT) tl[threadIdx.x] = 0.0f;
+  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
+
+  float m[RT], s[RT], acc[RT];
+#pragma unroll
+  for (int r = 0; r < RT; r++) m[r] = ZK_NEG_INF, s[r] = 0.0f;
+  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
+    zk_lce_logits<D, V, RT, DC>(h, w, rowid, hs, ws, v0, acc);
+    int v = v0 + threadIdx.x;
+    if (v < V) {
+#pragma unroll
+      for (int r = 0; r < RT; r++) {
+        zk_lse_push(m[r], s[r], acc[r]);
+        if (v == tgt[r]) tl[r] = acc[r];
+      }
+    }
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < RT; r++) {
+    zk_warp_lse(m[r], s[r]);
+    if (lane == 0) red_m[warp][r] = m[r], red_s[warp][r] = s[r];
+  }
+  __syncthreads();
+  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
+    int r = threadIdx.x;
+    float mm = red_m[0][r], ss = red_s[0][r];
+    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_lse_merge(mm, ss, red_m[k][r], red_s[k][r]);
+    float lse = mm + logf(ss);
+    rows[blockIdx.x * RT + r] = LSE ? lse : lse - tl[r];
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zk_lce_finish(const float *__restrict__ rows,
+                                              const int *__restrict__ count,
+                                              float *__restrict__ out) {
+  __shared__ float sh[32];
+  int n = count[0];
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
+  s = zk_block_sum(s, sh);
+  if (threadIdx.x == 0) out[0] = n > 0 ? s / (float)n : 0.0f;
+}
+
+template <int D, int V, int RT>
+__device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
+                                              const float *__restrict__ h,
+                                              const float *__restrict__ w,
+                                              const int *__restrict__ targets,
+                                              const int *__restrict__ idx,
+                                              const int *__restrict__ count,
+                                              const float *__restrict__ lse,
+                                              float *__restrict__ dh) {
+  constexpr int DC = 16, DCP = DC + 1, NDC = (D + DC - 1) / DC, GP = ZK_LCE_NT + 1;
+  static_assert(RT * DC == ZK_LCE_NT, "one dh element per thread per slice");
+  __shared__ float hs[RT * DC], ws[ZK_LCE_NT * DCP], gs[RT * GP], lses[RT];
+  __shared__ int rowid[RT], tgt[RT];
+  int n = zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt);
+  if (!n) return;
+  if (threadIdx.x < RT) lses[threadIdx.x] = rowid[threadIdx.x] >= 0 ? lse[blockIdx.x * RT + threadIdx.x] : 0.0f;
+  float scale = dloss[0] / (float)n;
+  int my_r = threadIdx.x / DC, my_d = threadIdx.x % DC; /* this thread's dh element per slice */
+  float dha[NDC], acc[RT];
+#pragma unroll
+  for (int k = 0; k < NDC; k++) dha[k] = 0.0f;
+
+  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
+    zk_lce_logits<D, V, RT, DC>(h, w, rowid, hs, ws, v0, acc);
+    int v = v0 + threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+      float g = 0.0f;
+      if (v < V && rowid[r] >= 0) g = scale * (expf(acc[r] - lses[r]) - (v == tgt[r] ? 1.0f : 0.0f));
+      gs[r * GP + threadIdx.x] = g;
+    }
+    /* dh[r, d] += sum_vv g[r, vv] w[v0 + vv, d], slice by slice */
+#pragma unroll
+    for (int k = 0; k < NDC; k++) {
+      int d0 = k * DC;
+      __syncthreads();
+      for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
+        int vv = e / DC, c = e - vv * DC;
+        ws[vv * DCP + c] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
+      }
+      __syncthreads();
+      float sacc = dha[k];
+      for (int vv = 0; vv < ZK_LCE_NT; vv++) sacc += gs[my_r * GP + vv] * ws[vv * DCP + my_d];
+      dha[k] = sacc;
+    }
+  }
+  int row = rowid[my_r];
+  if (row >= 0) {
+#pragma unroll
+    for (int k = 0; k < NDC; k++) {
+      int d = k * DC + my_d;
+      if (d < D) dh[(zk_i64)row * D + d] = dha[k];
+    }
+  }
+}
+
+template <int D, int V>
+__device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
+                                              const float *__restrict__ h,
+                                              const float *__restrict__ w,
+                                              const int *__restrict__ targets,
+                                              const int *__restrict__ idx,
+                                              const int *__restrict__ count,
+                                              const float *__restrict__ lse,
+                                              float *__restrict__ dw) {
+  constexpr int VW = 16, DC = 16, DCP = DC + 1, NDC = (D + DC - 1) / DC, RC = ZK_LCE_NT;
+  constexpr int GP = RC + 1;
+  static_assert(VW * DC == ZK_LCE_NT, "one dw element per thread per slice");
+  __shared__ float hs[RC * DCP], wsv[VW * DC], gs[VW * GP];
+  __shared__ int rowid[RC], tgt[RC];
+  __shared__ float lses[RC];
+  int n = count[0], v0 = blockIdx.x * VW;
+  float scale = n > 0 ? dloss[0] / (float)n : 0.0f;
+  int my_v = threadIdx.x / DC, my_d = threadIdx.x % DC; /* this thread's dw element per slice */
+  float dwa[NDC], acc[VW];
+#pragma unroll
+  for (int k = 0; k < NDC; k++) dwa[k] = 0.0f;
+
+  for (int base = 0; base < n; base += RC) {
+    __syncthreads();
+    {
+      int i = base + threadIdx.x, row = i < n ? idx[i] : -1;
+      rowid[threadIdx.x] = row;
+      tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
+      lses[threadIdx.x] = row >= 0 ? lse[i] : 0.0f;
+    }
+    /* logits of (row threadIdx.x, vocabulary rows v0 .. v0 + VW) */
+#pragma unroll
+    for (int vv = 0; vv < VW; vv++) acc[vv] = 0.0f;
+    for (int d0 = 0; d0 < D; d0 += DC) {
+      __syncthreads();
+      for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
+        int r = e / DC, c = e - r * DC, row = rowid[r];
+        hs[r * DCP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
+      }
+      for (int e = threadIdx.x; e < VW * DC; e += ZK_LCE_NT) {
+        int vv = e / DC, c = e - vv * DC;
+        wsv[e] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int c = 0; c < DC; c++) {
+        float hv = hs[threadIdx.x * DCP + c];
+#pragma unroll
+        for (int vv = 0; vv < VW; vv++) acc[vv] += hv * wsv[vv * DC + c];
+      }
+    }
+    {
+      int row = rowid[threadIdx.x], t = tgt[threadIdx.x];
+      float l = lses[threadIdx.x];
+#pragma unroll
+      for (int vv = 0; vv < VW; vv++) {
+        float g = 0.0f;
+        if (row >= 0 && v0 + vv < V) g = scale * (expf(acc[vv] - l) - (v0 + vv == t ? 1.0f : 0.0f));
+        gs[vv * GP + threadIdx.x] = g;
+      }
+    }
+    /* dw[v, d] += sum_r g[v, r] h[r, d], slice by slice */
+#pragma unroll
+    for (int k = 0; k < NDC; k++) {
+      int d0 = k * DC;
+      __syncthreads();
+      for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
+        int r = e / DC, c = e - r * DC, row = rowid[r];
+        hs[r * DCP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
+      }
+      __syncthreads();
+      float sacc = dwa[k];
+      for (int r = 0; r < RC; r++) sacc += gs[my_v * GP + r] * hs[r * DCP + my_d];
+      dwa[k] = sacc;
+    }
+  }
+  int v = v0 + my_v;
+  if (v < V) {
+#pragma unroll
+    for (int k = 0; k < NDC; k++) {
+      int d = k * DC + my_d;
+      if (d < D) dw[(zk_i64)v * D + d] = dwa[k];
+    }
+  }
+}
+
+#endif /* ZK_LINEAR_CROSS_ENTROPY_CU */

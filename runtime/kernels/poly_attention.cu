@@ -1,0 +1,238 @@
+/* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
+ * backward, in the quadratic tiled form (ops.def).
+ *
+ * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H.
+ *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
+ *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
+ * Constants: F (feature width, 16 in the shipped models), DV (value width: 2,
+ * 5, 10, 21, 42, ... no power-of-two assumption), BQ (tile: queries per block =
+ * keys per shared-memory tile = threads per block, 64), T; c0, c1, c2, scale,
+ * eps are float arguments (literals in the wrapper, folded by the compiler).
+ *
+ * Launch geometry (all three): grid BH * ceil(T / BQ) blocks of BQ threads;
+ * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per row
+ * (query, or key in the dk/dv kernel); its F and DV vectors live in registers
+ * (loops over F and DV are unrolled from the constants), the other side's tile
+ * sits in shared memory and every thread reads the same element (broadcast).
+ * All sums are fp32.
+ *
+ * zk_poly_fwd<F, DV, BQ, T>: thread i walks the key tiles 0 .. its own,
+ *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
+ *
+ * Backward, for y_i = n_i / (d_i + eps):
+ *   dn_i = do_i / (d_i + eps), dd_i = -(do_i . y_i) / (d_i + eps),
+ *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
+ *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
+ *   dv_j = sum_i a_ij dn_i.
+ * zk_poly_bwd_q<F, DV, BQ, T>: per query: a first walk over keys recomputes
+ *   n_i, d_i (the forward output alone does not give d_i), a second gives dq_i.
+ *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1].
+ * zk_poly_bwd_kv<F, DV, BQ, T>: per key j: walks the query tiles from its own
+ *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
+ *   without atomics.
+ *
+ * Faster later: several rows per thread (register blocking) to raise the FMA
+ * to shared-load ratio, and the chunked linear form (the 136-wide symmetric
+ * feature state of F = 16) for long sequences.
+ */
+#ifndef ZK_POLY_ATTENTION_CU
+#define ZK_POLY_ATTENTION_CU
+
+/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][W] (zeros past T),
+ * scaled by mul. All BQ threads of the block take part. */
+template <int W, int BQ, int T>
+__device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
+                                                  float mul) {
+  for (int e = threadIdx.x; e < BQ * W; e += BQ) {
+    int r = r0 + e / W;
+    sh[e] = r < T ? src[(zk_i64)r0 * W + e] * mul : 0.0f;
+  }
+}
+
+template <int F, int DV, int BQ, int T>
+__device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
+                                            const float *__restrict__ k,
+                                            const float *__restrict__ v, float *__restrict__ o,
+                                            float c0, float c1, float c2, float scale,
+                                            float eps) {
+  constexpr int NTILE = (T + BQ - 1) / BQ;
+  __shared__ float ks[BQ * F], vs[BQ * DV];
+  int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
+  int i = tile * BQ + threadIdx.x;
+  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
+  const float *vb = v + (zk_i64)bh * T * DV;
+
+  float qi[F], num[DV], den = 0.0f;
+#pragma unroll
+  for (int f = 0; f < F; f++) qi[f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+#pragma unroll
+  for (int e = 0; e < DV; e++) num[e] = 0.0f;
+
+  for (int kt = 0; kt <= tile; kt++) {
+    __syncthreads();
+    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    __syncthreads();
+    int jend = kt < tile ? BQ : threadIdx.x + 1; /* causal: j <= i */
+    if (i >= T) jend = 0;
+    for (int jj = 0; jj < jend; jj++) {
+      float s = 0.0f;
+#pragma unroll
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      float a = c0 + s * (c1 + c2 * s);
+      den += a;
+#pragma unroll
+      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DV + e];
+    }
+  }
+  if (i < T) {
+    float inv = 1.0f / (den + eps);
+    float *ob = o + ((zk_i64)bh * T + i) * DV;
+#pragma unroll
+    for (int e = 0; e < DV; e++) ob[e] = num[e] * inv;
+  }
+}
+
+template <int F, int DV, int BQ, int T>
+__device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
+                                              const float *__restrict__ q,
+                                              const float *__restrict__ k,
+                                              const float *__restrict__ v,
+                                              float *__restrict__ dq, float *__restrict__ stats,
+                                              float c0, float c1, float c2, float scale,
+                                              float eps) {
+  constexpr int NTILE = (T + BQ - 1) / BQ;
+  __shared__ float ks[BQ * F], vs[BQ * DV];
+  int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
+  int i = tile * BQ + threadIdx.x;
+  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
+  const float *vb = v + (zk_i64)bh * T * DV;
+
+  float qi[F], dn[DV], den = 0.0f;
+#pragma unroll
+  for (int f = 0; f < F; f++) qi[f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+#pragma unroll
+  for (int e = 0; e < DV; e++) dn[e] = 0.0f; /* n_i during the first walk */
+
+  /* first walk: n_i and d_i */
+  for (int kt = 0; kt <= tile; kt++) {
+    __syncthreads();
+    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    __syncthreads();
+    int jend = kt < tile ? BQ : threadIdx.x + 1;
+    if (i >= T) jend = 0;
+    for (int jj = 0; jj < jend; jj++) {
+      float s = 0.0f;
+#pragma unroll
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      float a = c0 + s * (c1 + c2 * s);
+      den += a;
+#pragma unroll
+      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DV + e];
+    }
+  }
+
+  /* dn_i, dd_i */
+  float inv = 1.0f / (den + eps), doy = 0.0f;
+  const float *dob = dout + ((zk_i64)bh * T + i) * DV;
+#pragma unroll
+  for (int e = 0; e < DV; e++) {
+    float de = i < T ? dob[e] : 0.0f;
+    doy += de * dn[e] * inv;
+    dn[e] = de * inv;
+  }
+  float dd = -doy * inv;
+
+  /* second walk: dq_i */
+  float dqi[F];
+#pragma unroll
+  for (int f = 0; f < F; f++) dqi[f] = 0.0f;
+  for (int kt = 0; kt <= tile; kt++) {
+    __syncthreads();
+    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    __syncthreads();
+    int jend = kt < tile ? BQ : threadIdx.x + 1;
+    if (i >= T) jend = 0;
+    for (int jj = 0; jj < jend; jj++) {
+      float s = 0.0f, da = dd;
+#pragma unroll
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+#pragma unroll
+      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DV + e];
+      float ds = da * (c1 + 2.0f * c2 * s);
+#pragma unroll
+      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * F + f];
+    }
+  }
+  if (i < T) {
+    float *dqb = dq + ((zk_i64)bh * T + i) * F;
+#pragma unroll
+    for (int f = 0; f < F; f++) dqb[f] = dqi[f] * scale;
+    float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
+#pragma unroll
+    for (int e = 0; e < DV; e++) st[e] = dn[e];
+    st[DV] = dd;
+  }
+}
+
+template <int F, int DV, int BQ, int T>
+__device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
+                                               const float *__restrict__ k,
+                                               const float *__restrict__ v,
+                                               const float *__restrict__ stats,
+                                               float *__restrict__ dk, float *__restrict__ dv,
+                                               float c0, float c1, float c2, float scale) {
+  constexpr int NTILE = (T + BQ - 1) / BQ;
+  __shared__ float qs[BQ * F], sts[BQ * (DV + 1)];
+  int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
+  int j = tile * BQ + threadIdx.x;
+  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
+  const float *vb = v + (zk_i64)bh * T * DV, *sb = stats + (zk_i64)bh * T * (DV + 1);
+
+  float kj[F], vj[DV], dkj[F], dvj[DV];
+#pragma unroll
+  for (int f = 0; f < F; f++) {
+    kj[f] = j < T ? kb[(zk_i64)j * F + f] : 0.0f;
+    dkj[f] = 0.0f;
+  }
+#pragma unroll
+  for (int e = 0; e < DV; e++) {
+    vj[e] = j < T ? vb[(zk_i64)j * DV + e] : 0.0f;
+    dvj[e] = 0.0f;
+  }
+
+  for (int qt = tile; qt < NTILE; qt++) {
+    __syncthreads();
+    zk_poly_load_tile<F, BQ, T>(qs, qb, qt * BQ, scale); /* scale q_i once here */
+    zk_poly_load_tile<DV + 1, BQ, T>(sts, sb, qt * BQ, 1.0f);
+    __syncthreads();
+    int ibeg = qt > tile ? 0 : threadIdx.x; /* causal: i >= j */
+    int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
+    if (j >= T) iend = 0;
+    for (int ii = ibeg; ii < iend; ii++) {
+      const float *qi = qs + ii * F, *st = sts + ii * (DV + 1);
+      float s = 0.0f, da = st[DV];
+#pragma unroll
+      for (int f = 0; f < F; f++) s += qi[f] * kj[f];
+#pragma unroll
+      for (int e = 0; e < DV; e++) da += st[e] * vj[e];
+      float a = c0 + s * (c1 + c2 * s);
+      float ds = da * (c1 + 2.0f * c2 * s);
+#pragma unroll
+      for (int f = 0; f < F; f++) dkj[f] += ds * qi[f]; /* qi holds scale q_i */
+#pragma unroll
+      for (int e = 0; e < DV; e++) dvj[e] += a * st[e];
+    }
+  }
+  if (j < T) {
+    float *dkb = dk + ((zk_i64)bh * T + j) * F, *dvb = dv + ((zk_i64)bh * T + j) * DV;
+#pragma unroll
+    for (int f = 0; f < F; f++) dkb[f] = dkj[f];
+#pragma unroll
+    for (int e = 0; e < DV; e++) dvb[e] = dvj[e];
+  }
+}
+
+#endif /* ZK_POLY_ATTENTION_CU */

@@ -1,0 +1,362 @@
+/* test_intrinsics_nvrtc.c: the hand-written kernels (runtime/kernels/, one .cu per op
+ * family) and their emitters (compiler/codegen_intrinsics.c), without a GPU.
+ *
+ * Each test builds a small graph of one op family at the sizes the shipped
+ * models produce (value head widths 2, 5, 10, 21, 42; feature width 16;
+ * T = 48, 128, 512, 2048; d_model 32 .. 512; vocabulary 8192), runs the
+ * emitters, and compiles the module through NVRTC for sm_90; every launched
+ * kernel must be in the CUBIN. Tests that need NVRTC skip when it cannot be
+ * loaded. The emitter tests check steps, scratch and arguments.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen_cuda.h"
+#include "cuda_api.h"
+#include "graph.h"
+#include "nvrtc_cache.h"
+#include "test.h"
+
+const char *zoo_kernel_source(const char *name); /* build/kernels_src.c */
+
+/* A graph under construction with an emitter over it. */
+typedef struct kt {
+  zoo_graph g;
+  zoo_diag d;
+  zoo_cuda_emit e;
+  int64_t sym[ZOO_MAX_SYMS];
+  int failed; /* an emitter or shape rule failed */
+} kt;
+
+static void kt_init(kt *k) {
+  memset(k, 0, sizeof *k);
+  zoo_graph_init(&k->g);
+  zoo_diag_init(&k->d, stderr);
+  k->e.g = &k->g;
+  k->e.sym = k->sym;
+}
+
+static void kt_free(kt *k) {
+  for (int i = 0; i < k->e.nsteps; i++) free((void *)k->e.steps[i].func);
+  zoo_cuda_emit_free(&k->e);
+  zoo_graph_free(&k->g);
+}
+
+/* An input of constant shape dims[0 .. nd). */
+static int kt_input(kt *k, zoo_dtype dt, int nd, const int64_t *dims) {
+  zoo_type t = {0};
+  t.dtype = dt;
+  t.ndim = nd;
+  for (int i = 0; i < nd; i++) t.dim[i] = zoo_dim_const(dims[i]);
+  char name[32];
+  snprintf(name, sizeof name, "in%d", k->g.ntensors);
+  return zoo_graph_input(&k->g, name, t);
+}
+
+/* A scalar f32 input (dloss). */
+static int kt_scalar(kt *k) {
+  zoo_type t = {0};
+  t.dtype = ZOO_F32;
+  char name[32];
+  snprintf(name, sizeof name, "in%d", k->g.ntensors);
+  return zoo_graph_input(&k->g, name, t);
+}
+
+#define KT_F32(k, ...) kt_input(k, ZOO_F32, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
+#define KT_I32(k, ...) kt_input(k, ZOO_I32, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
+
+typedef int (*emitter)(zoo_cuda_emit *e, const zoo_node *n);
+
+/* Adds a node and emits it; returns its first output (-1 on failure). */
+static int kt_node(kt *k, zoo_op op, emitter emit, int nin, const int *in, const zoo_attrs *a) {
+  int out = zoo_graph_node(&k->g, op, nin, in, a, zoo_nospan, &k->d);
+  if (out < 0) {
+    k->failed = 1;
+    return -1;
+  }
+  if (emit(&k->e, &k->g.nodes[k->g.nnodes - 1]) != 0) {
+    fprintf(stderr, "  emitter of %s failed: %s\n", zoo_ops[op].name, k->e.err);
+    k->failed = 1;
+    return -1;
+  }
+  return out;
+}
+
+/* Compiles the module for sm_90 and checks every kernel step's function is in
+ * the CUBIN. Returns 1 when NVRTC is missing (the caller skips), 0 when all is
+ * well, -1 on failure (reported). */
+static int kt_compile(kt *k, const char *what) {
+  char err[1024];
+  if (zoo_nvrtc_load(err, sizeof err) != 0) return 1;
+  zoo_cubin cubin = {0};
+  if (zoo_nvrtc_compile(k->e.src.s, what, "sm_90", NULL, &cubin, err, sizeof err) != 0) {
+    fprintf(stderr, "  %s: %s\n", what, err);
+    return -1;
+  }
+  int status = 0;
+  for (int i = 0; i < k->e.nsteps; i++) {
+    const zoo_step *s = &k->e.steps[i];
+    if (s->kind != ZOO_STEP_KERNEL) continue;
+    if (!s->func || !memmem(cubin.data, cubin.size, s->func, strlen(s->func) + 1)) {
+      fprintf(stderr, "  %s: kernel %s is not in the CUBIN\n", what, s->func ? s->func : "(null)");
+      status = -1;
+    }
+  }
+  zoo_cubin_free(&cubin);
+  return status;
+}
+
+#define KT_COMPILE(k, what)                                              \
+  do {                                                                   \
+    int rc_ = kt_compile(k, what);                                       \
+    if (rc_ == 1) {                                                      \
+      kt_free(k);                                                        \
+      SKIP("libnvrtc cannot be loaded");                                 \
+    }                                                                    \
+    if (rc_ != 0) kt_free(k);                                            \
+    CHECK(rc_ == 0);                                                     \
+  } while (0)
+
+/* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV]. */
+static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
+  int q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
+  int dout = KT_F32(k, 2, 12, T, DV);
+  zoo_attrs a = {0};
+  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  int in[4] = {q, kk, v, -1};
+  kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
+  int bin[4] = {dout, q, kk, v};
+  kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, 4, bin, &a);
+}
+
+TEST(intrinsics_nvrtc_poly_attention) {
+  kt k;
+  kt_init(&k);
+  /* ReBased at the shipped (d_model, T): head widths d_model / 12 */
+  add_poly(&k, 48, 2, 0, 0, 1);    /* d 32, T 48 */
+  add_poly(&k, 128, 5, 0, 0, 1);   /* d 64, T 128 */
+  add_poly(&k, 512, 10, 0, 0, 1);  /* d 128, T 512 */
+  add_poly(&k, 512, 21, 0, 0, 1);  /* d 256 */
+  add_poly(&k, 2048, 42, 0, 0, 1); /* d 512, T 2048 */
+  add_poly(&k, 2048, 5, 1, 1, 0.5); /* Based, d 64 */
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "poly_attention");
+  kt_free(&k);
+}
+
+static void add_sattn(kt *k, int64_t B, int64_t T, int64_t d, double p) {
+  int q = KT_F32(k, B, 1, T, d), kk = KT_F32(k, B, 1, T, d), v = KT_F32(k, B, 1, T, d);
+  int dout = KT_F32(k, B, 1, T, d);
+  zoo_attrs a = {0};
+  a.f[0] = 1.0 / sqrt((double)d), a.f[1] = p, a.i[0] = 3, a.i[1] = 1;
+  int in[4] = {q, kk, v, -1};
+  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION, zoo_cuda_softmax_attention, 3, in, &a);
+  int bin[4] = {dout, q, kk, v};
+  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION_BWD, zoo_cuda_softmax_attention_bwd, 4, bin, &a);
+}
+
+TEST(intrinsics_nvrtc_softmax_attention) {
+  kt k;
+  kt_init(&k);
+  add_sattn(&k, 4, 128, 64, 0.1); /* conv_attention d 64 */
+  add_sattn(&k, 2, 512, 128, 0.1);
+  add_sattn(&k, 2, 512, 256, 0.0); /* no dropout: no seed argument */
+  add_sattn(&k, 1, 2048, 512, 0.1);
+  add_sattn(&k, 2, 48, 32, 0.1);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "softmax_attention");
+  kt_free(&k);
+}
+
+static void add_lce(kt *k, int64_t B, int64_t T, int64_t D) {
+  int h = KT_F32(k, B, T, D), w = KT_F32(k, 8192, D), t = KT_I32(k, B, T), dl = kt_scalar(k);
+  zoo_attrs a = {0};
+  a.i[0] = -100;
+  int in[3] = {h, w, t};
+  kt_node(k, ZOO_OP_LINEAR_CROSS_ENTROPY, zoo_cuda_linear_cross_entropy, 3, in, &a);
+  int bin[4] = {dl, h, w, t};
+  kt_node(k, ZOO_OP_LINEAR_CROSS_ENTROPY_BWD, zoo_cuda_linear_cross_entropy_bwd, 4, bin, &a);
+}
+
+TEST(intrinsics_nvrtc_linear_cross_entropy) {
+  kt k;
+  kt_init(&k);
+  add_lce(&k, 512, 48, 32);
+  add_lce(&k, 512, 128, 64);
+  add_lce(&k, 256, 512, 128);
+  add_lce(&k, 64, 2048, 512);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "linear_cross_entropy");
+  kt_free(&k);
+}
+
+TEST(intrinsics_nvrtc_norms) {
+  kt k;
+  kt_init(&k);
+  zoo_attrs a = {0};
+  a.f[0] = 1e-5;
+  int64_t widths[] = {32, 64, 128, 192, 256, 512};
+  for (int i = 0; i < 6; i++) {
+    int64_t C = widths[i];
+    int x = KT_F32(&k, 8, 128, C), dy = KT_F32(&k, 8, 128, C), w = KT_F32(&k, C), b = KT_F32(&k, C);
+    int in3[3] = {x, w, b};
+    kt_node(&k, ZOO_OP_LAYERNORM, zoo_cuda_layernorm, 3, in3, &a);
+    int bin[3] = {dy, x, w};
+    kt_node(&k, ZOO_OP_LAYERNORM_BWD, zoo_cuda_layernorm_bwd, 3, bin, &a);
+    kt_node(&k, ZOO_OP_LAYERNORM, zoo_cuda_layernorm, 1, in3, &a); /* no affine */
+    kt_node(&k, ZOO_OP_LAYERNORM_BWD, zoo_cuda_layernorm_bwd, 2, bin, &a);
+    int rin[2] = {x, w};
+    kt_node(&k, ZOO_OP_RMSNORM, zoo_cuda_rmsnorm, 2, rin, &a);
+    kt_node(&k, ZOO_OP_RMSNORM_BWD, zoo_cuda_rmsnorm_bwd, 3, bin, &a);
+  }
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "norms");
+  kt_free(&k);
+}
+
+TEST(intrinsics_nvrtc_rows) {
+  kt k;
+  kt_init(&k);
+  zoo_attrs a = {0};
+  a.i[0] = -100;
+  int64_t shapes[][2] = {{512, 48}, {64, 2048}};
+  for (int i = 0; i < 2; i++) {
+    int x = KT_F32(&k, shapes[i][0], shapes[i][1], 8192), tg = KT_I32(&k, shapes[i][0], shapes[i][1]);
+    int dl = kt_scalar(&k);
+    int in[2] = {x, tg};
+    kt_node(&k, ZOO_OP_CROSS_ENTROPY, zoo_cuda_cross_entropy, 2, in, &a);
+    int bin[3] = {dl, x, tg};
+    kt_node(&k, ZOO_OP_CROSS_ENTROPY_BWD, zoo_cuda_cross_entropy_bwd, 3, bin, &a);
+    kt_node(&k, ZOO_OP_ACCURACY, zoo_cuda_accuracy, 2, in, &a);
+    kt_node(&k, ZOO_OP_SOFTMAX, zoo_cuda_softmax, 1, in, &a);
+    kt_node(&k, ZOO_OP_LOGSUMEXP, zoo_cuda_logsumexp, 1, in, &a);
+    kt_node(&k, ZOO_OP_ARGMAX, zoo_cuda_argmax, 1, in, &a);
+  }
+  int small = KT_F32(&k, 4, 7, 5); /* a row narrower than a warp */
+  zoo_attrs none = {0};
+  kt_node(&k, ZOO_OP_SOFTMAX, zoo_cuda_softmax, 1, &small, &none);
+  kt_node(&k, ZOO_OP_ARGMAX, zoo_cuda_argmax, 1, &small, &none);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "rows");
+  kt_free(&k);
+}
+
+TEST(intrinsics_nvrtc_conv_embedding_cumsum) {
+  kt k;
+  kt_init(&k);
+  int64_t dms[] = {32, 64, 128, 512};
+  for (int i = 0; i < 4; i++) {
+    int64_t D = dms[i], T = i == 3 ? 2048 : 128;
+    int x = KT_F32(&k, 4, T, D), dy = KT_F32(&k, 4, T, D), w = KT_F32(&k, D, 1, 3), b = KT_F32(&k, D);
+    zoo_attrs none = {0};
+    int in[3] = {x, w, b};
+    kt_node(&k, ZOO_OP_CAUSAL_CONV1D, zoo_cuda_causal_conv1d, 3, in, &none);
+    kt_node(&k, ZOO_OP_CAUSAL_CONV1D, zoo_cuda_causal_conv1d, 2, in, &none);
+    int bin[3] = {dy, x, w};
+    kt_node(&k, ZOO_OP_CAUSAL_CONV1D_BWD, zoo_cuda_causal_conv1d_bwd, 3, bin, &none);
+
+    int ew = KT_F32(&k, 8192, D), ids = KT_I32(&k, 4, T), pw = KT_F32(&k, T, D), pos = KT_I32(&k, T);
+    int ein[2] = {ew, ids};
+    kt_node(&k, ZOO_OP_EMBEDDING, zoo_cuda_embedding, 2, ein, &none);
+    int pin[2] = {pw, pos};
+    kt_node(&k, ZOO_OP_EMBEDDING, zoo_cuda_embedding, 2, pin, &none);
+    zoo_attrs ea = {0};
+    ea.ndim = 2, ea.dims[0] = zoo_dim_const(8192), ea.dims[1] = zoo_dim_const(D);
+    int bein[2] = {dy, ids};
+    kt_node(&k, ZOO_OP_EMBEDDING_BWD, zoo_cuda_embedding_bwd, 2, bein, &ea);
+
+    for (int axis = -1; axis <= 1; axis++) {
+      zoo_attrs ca = {0};
+      ca.i[0] = axis;
+      kt_node(&k, ZOO_OP_CUMSUM, zoo_cuda_cumsum, 1, &x, &ca);
+    }
+  }
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "conv_embedding_cumsum");
+  kt_free(&k);
+}
+
+/* ---------------------------------------------------------------------------
+ * Emitters without NVRTC */
+
+/* The number of times needle occurs in hay. */
+static int count_of(const char *hay, const char *needle) {
+  int c = 0;
+  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle)) c++;
+  return c;
+}
+
+TEST(intrinsics_sources_embedded) {
+  const char *files[] = {"common.cu", "poly_attention.cu", "softmax_attention.cu",
+                         "linear_cross_entropy.cu", "causal_conv1d.cu", "layernorm.cu",
+                         "rmsnorm.cu", "softmax.cu", "cross_entropy.cu", "embedding.cu",
+                         "cumsum.cu", "rng.h"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    const char *s = zoo_kernel_source(files[i]);
+    CHECKF(s != NULL && strlen(s) > 100, "%s", files[i]);
+  }
+  CHECK(zoo_kernel_source("nope.cu") == NULL);
+  /* the embedded text is the file, byte for byte */
+  char *disk = zoo_test_read("runtime/kernels/poly_attention.cu", NULL);
+  if (disk) {
+    int same = strcmp(disk, zoo_kernel_source("poly_attention.cu")) == 0;
+    free(disk);
+    CHECK(same);
+  }
+}
+
+TEST(intrinsics_emit_steps) {
+  kt k;
+  kt_init(&k);
+  add_poly(&k, 128, 5, 0, 0, 1);
+  add_poly(&k, 512, 10, 0, 0, 1);
+  CHECK(!k.failed);
+  /* each kernel file once, whatever the number of nodes */
+  CHECK(count_of(k.e.src.s, "#define ZK_COMMON_CU\n") == 1);
+  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 1);
+  /* forward: one launch; backward: two sharing one scratch area of dn, dd */
+  CHECK(k.e.nsteps == 6);
+  const zoo_step *f = &k.e.steps[0], *q = &k.e.steps[1], *kv = &k.e.steps[2];
+  CHECK(f->kind == ZOO_STEP_KERNEL && f->nargs == 4 && f->scratch_bytes == 0);
+  CHECK(f->grid[0] == 2 * 12 * 2 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
+  CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
+  CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 128>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 512>") != NULL);
+  CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
+  kt_free(&k);
+
+  /* dropout brings rng.h and a seed argument; its absence neither */
+  kt_init(&k);
+  add_sattn(&k, 2, 128, 64, 0.1);
+  CHECK(!k.failed);
+  CHECK(count_of(k.e.src.s, "#define ZOO_RNG_H\n") == 1);
+  CHECK(k.e.nsteps == 3);
+  CHECK(k.e.steps[0].args[k.e.steps[0].nargs - 1].kind == ZOO_ARG_SEED);
+  CHECK(k.e.steps[2].args[k.e.steps[2].nargs - 1].kind == ZOO_ARG_SEED);
+  CHECK(strstr(k.e.src.s, "<64, 64, 32, 128, true, true>") != NULL);
+  add_sattn(&k, 2, 128, 64, 0.0);
+  CHECK(k.e.steps[3].args[k.e.steps[3].nargs - 1].kind == ZOO_ARG_TENSOR);
+  kt_free(&k);
+
+  /* the fused loss: compaction, per-row pass, finish; backward clears dh */
+  kt_init(&k);
+  add_lce(&k, 8, 128, 64);
+  CHECK(!k.failed);
+  CHECK(k.e.nsteps == 3 + 5);
+  CHECK(k.e.steps[5].kind == ZOO_STEP_ZERO && k.e.steps[5].gemm.c == k.g.nodes[1].out[0]);
+  for (int i = 0; i < k.e.nsteps; i++)
+    if (k.e.steps[i].kind == ZOO_STEP_KERNEL) CHECK(k.e.steps[i].scratch_bytes >= 2 * 8 * 128 * 4);
+  kt_free(&k);
+
+  /* layernorm_bwd without w: dw and db cleared, no reduction kernel */
+  kt_init(&k);
+  zoo_attrs a = {0};
+  a.f[0] = 1e-5;
+  int x = KT_F32(&k, 4, 16, 48), dy = KT_F32(&k, 4, 16, 48);
+  int bin[2] = {dy, x};
+  kt_node(&k, ZOO_OP_LAYERNORM_BWD, zoo_cuda_layernorm_bwd, 2, bin, &a);
+  CHECK(!k.failed);
+  CHECK(k.e.nsteps == 3 && k.e.steps[1].kind == ZOO_STEP_ZERO && k.e.steps[2].kind == ZOO_STEP_ZERO);
+  kt_free(&k);
+}
