@@ -141,7 +141,7 @@ static int binary(zoo_cpu *c, const zoo_node *n) {
   bcast_init(&b, c, n, 2);
   const float *A = in_f(c, n, 0), *B = in_f(c, n, 1);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (b.rows * b.last > 16384)
+#pragma omp parallel for if (b.rows * b.last > (1 << 20))
   for (int64_t r = 0; r < b.rows; r++) {
     int64_t off[2];
     bcast_row(&b, 2, r, off);
@@ -164,7 +164,7 @@ int zoo_cpu_where(zoo_cpu *c, const zoo_node *n) {
   const float *C = in_f(c, n, 0), *A = in_f(c, n, 1), *B = in_f(c, n, 2);
   float *Y = out_f(c, n, 0);
   int k = b.nd - 1;
-#pragma omp parallel for if (b.rows * b.last > 16384)
+#pragma omp parallel for if (b.rows * b.last > (1 << 20))
   for (int64_t r = 0; r < b.rows; r++) {
     int64_t off[3];
     bcast_row(&b, 3, r, off);
@@ -217,7 +217,7 @@ static int unary(zoo_cpu *c, const zoo_node *n) {
   const float *x = in_f(c, n, 0);
   float *y = out_f(c, n, 0);
   int64_t len = c->numel[n->out[0]];
-#pragma omp parallel for if (len > 16384)
+#pragma omp parallel for if (len > (1 << 20))
   for (int64_t i = 0; i < len; i++) y[i] = unary_one(n->op, &n->attrs, x[i]);
   return 0;
 }
@@ -245,7 +245,7 @@ int zoo_cpu_gelu_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *dy = in_f(c, n, 0), *x = in_f(c, n, 1);
   float *dx = out_f(c, n, 0);
   int64_t len = c->numel[n->out[0]];
-#pragma omp parallel for if (len > 16384)
+#pragma omp parallel for if (len > (1 << 20))
   for (int64_t i = 0; i < len; i++) dx[i] = dy[i] * gelu_gradf(x[i]);
   return 0;
 }
@@ -264,7 +264,7 @@ int zoo_cpu_dropout(zoo_cpu *c, const zoo_node *n) {
   }
   float scale = 1.0f / (1.0f - p);
   int64_t stream = n->attrs.i[0];
-#pragma omp parallel for if (len > 16384)
+#pragma omp parallel for if (len > (1 << 20))
   for (int64_t i = 0; i < len; i++) y[i] = keep(c->seed, stream, i, p) ? x[i] * scale : 0.0f;
   return 0;
 }
@@ -279,7 +279,7 @@ static int reduce_axis(zoo_cpu *c, const zoo_node *n, int mean) {
   int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
   const float *x = in_f(c, n, 0);
   float *y = out_f(c, n, 0);
-#pragma omp parallel for if (outer * inner * len > 16384)
+#pragma omp parallel for if (outer * inner * len > (1 << 20))
   for (int64_t oi = 0; oi < outer * inner; oi++) {
     int64_t o = oi / inner, i = oi % inner;
     double acc = 0;
@@ -342,7 +342,7 @@ int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
   const float *w = n->nin > 1 ? in_f(c, n, 1) : NULL, *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
   double eps = n->attrs.f[0];
-#pragma omp parallel for if (N * C > 16384)
+#pragma omp parallel for if (N * C > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     const float *x = X + r * C;
     float *y = Y + r * C;
@@ -368,7 +368,7 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1), *db = out_f(c, n, 2);
   double eps = n->attrs.f[0];
   double *mean = xcalloc((size_t)N, sizeof *mean), *rstd = xcalloc((size_t)N, sizeof *rstd);
-#pragma omp parallel for if (N * C > 16384)
+#pragma omp parallel for if (N * C > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     const float *x = X + r * C, *dy = DY + r * C;
     row_moments(x, C, eps, &mean[r], &rstd[r]);
@@ -385,18 +385,20 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
       DX[r * C + j] = (float)(rstd[r] * (g - mg - xh * mgx));
     }
   }
-  /* per channel sums over rows: each thread owns channels */
-#pragma omp parallel for if (N * C > 16384)
-  for (int64_t j = 0; j < C; j++) {
-    double sw = 0, sb = 0;
-    for (int64_t r = 0; r < N; r++) {
+  /* per channel sums over rows, in row order (one pass, row-major) */
+  double *sw = xcalloc((size_t)C, sizeof *sw), *sb = xcalloc((size_t)C, sizeof *sb);
+  for (int64_t r = 0; r < N; r++)
+    for (int64_t j = 0; j < C; j++) {
       double dy = DY[r * C + j];
-      sw += dy * (X[r * C + j] - mean[r]) * rstd[r];
-      sb += dy;
+      sw[j] += dy * (X[r * C + j] - mean[r]) * rstd[r];
+      sb[j] += dy;
     }
-    dw[j] = w ? (float)sw : 0.0f;
-    db[j] = w ? (float)sb : 0.0f;
+  for (int64_t j = 0; j < C; j++) {
+    dw[j] = w ? (float)sw[j] : 0.0f;
+    db[j] = w ? (float)sb[j] : 0.0f;
   }
+  free(sw);
+  free(sb);
   free(mean);
   free(rstd);
   return 0;
@@ -415,7 +417,7 @@ int zoo_cpu_rmsnorm(zoo_cpu *c, const zoo_node *n) {
   int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
   const float *X = in_f(c, n, 0), *w = in_f(c, n, 1);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * C > 16384)
+#pragma omp parallel for if (N * C > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     double ri = row_rms_inv(X + r * C, C, n->attrs.f[0]);
     for (int64_t j = 0; j < C; j++) Y[r * C + j] = (float)(X[r * C + j] * ri * w[j]);
@@ -431,7 +433,7 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *w = in_f(c, n, 2);
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1);
   double *rinv = xcalloc((size_t)N, sizeof *rinv);
-#pragma omp parallel for if (N * C > 16384)
+#pragma omp parallel for if (N * C > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     const float *x = X + r * C, *dy = DY + r * C;
     double ri = rinv[r] = row_rms_inv(x, C, n->attrs.f[0]);
@@ -441,12 +443,11 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
     for (int64_t j = 0; j < C; j++)
       DX[r * C + j] = (float)(ri * dy[j] * w[j] - x[j] * ri * ri * ri * mgx);
   }
-#pragma omp parallel for if (N * C > 16384)
-  for (int64_t j = 0; j < C; j++) {
-    double acc = 0;
-    for (int64_t r = 0; r < N; r++) acc += (double)DY[r * C + j] * X[r * C + j] * rinv[r];
-    dw[j] = (float)acc;
-  }
+  double *acc = xcalloc((size_t)C, sizeof *acc); /* sums over rows, in row order */
+  for (int64_t r = 0; r < N; r++)
+    for (int64_t j = 0; j < C; j++) acc[j] += (double)DY[r * C + j] * X[r * C + j] * rinv[r];
+  for (int64_t j = 0; j < C; j++) dw[j] = (float)acc[j];
+  free(acc);
   free(rinv);
   return 0;
 }
@@ -467,7 +468,7 @@ int zoo_cpu_softmax(zoo_cpu *c, const zoo_node *n) {
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * V > 16384)
+#pragma omp parallel for if (N * V > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     double lse = row_logsumexp(X + r * V, V);
     for (int64_t j = 0; j < V; j++) Y[r * V + j] = (float)exp(X[r * V + j] - lse);
@@ -480,7 +481,7 @@ int zoo_cpu_logsumexp(zoo_cpu *c, const zoo_node *n) {
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * V > 16384)
+#pragma omp parallel for if (N * V > (1 << 20))
   for (int64_t r = 0; r < N; r++) Y[r] = (float)row_logsumexp(X + r * V, V);
   return 0;
 }
@@ -510,7 +511,7 @@ int zoo_cpu_cross_entropy(zoo_cpu *c, const zoo_node *n) {
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
   double *loss = xcalloc((size_t)N, sizeof *loss);
-#pragma omp parallel for if (N * V > 16384)
+#pragma omp parallel for if (N * V > (1 << 20))
   for (int64_t r = 0; r < N; r++)
     if (t[r] != ignore) loss[r] = row_logsumexp(L + r * V, V) - L[r * V + t[r]];
   double sum = 0; /* in row order, whatever the thread count */
@@ -532,7 +533,7 @@ int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
   double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
-#pragma omp parallel for if (N * V > 16384)
+#pragma omp parallel for if (N * V > (1 << 20))
   for (int64_t r = 0; r < N; r++) {
     float *d = D + r * V;
     if (t[r] == ignore) {
@@ -606,7 +607,7 @@ int zoo_cpu_permute(zoo_cpu *c, const zoo_node *n) {
   const word *X = in_w(c, n, 0);
   word *Y = out_w(c, n, 0);
   int64_t last = y.d[y.nd - 1], rows = last ? y.n / last : 0;
-#pragma omp parallel for if (y.n > 16384)
+#pragma omp parallel for if (y.n > (1 << 20))
   for (int64_t r = 0; r < rows; r++) {
     int64_t off = 0, rem = r;
     for (int k = y.nd - 2; k >= 0; k--) {
@@ -696,16 +697,82 @@ int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
 }
 
 /* ---------------------------------------------------------------------------
- * Matrix products. All of them come down to C[m, n] (+)= A[m, k] B[k, n] with
- * row-major A and B, computed row by row in i-k-j order (the inner loop runs
- * along contiguous rows of B and C, which the compiler vectorises). */
+ * Matrix products. All of them come down to C[m, n] += A[m, k] B[k, n] with
+ * row-major A and B (transposed operands are copied to that layout first),
+ * computed four rows of C at a time, i-k-j order: each C element is the f32 sum
+ * C + A[i,0] B[0,j] + A[i,1] B[1,j] + ... in that order, whichever path below
+ * computes it (8-wide vector columns, or the scalar tail), so results do not
+ * depend on the shape of the blocking or on the machine. (zoo builds with
+ * -std=c11, under which gcc does not contract a * b + c into an FMA.) */
+
+typedef float f32x8 __attribute__((vector_size(32)));
+
+/* C[r, 0..n) += sum_p A[r, p] B[p, 0..n) for r < rows (rows <= 4); lda and ldc
+ * are the row strides of A and C. Compiled twice, for AVX2 and for any x86-64,
+ * and picked at load time. */
+__attribute__((target_clones("avx2", "default")))
+static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const float *B,
+                      int64_t k, int64_t n, int rows) {
+  int64_t j = 0;
+  if (rows == 4) { /* 4 rows x 16 columns of C held in registers over the k loop */
+    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda;
+    float *c0 = C, *c1 = C + ldc, *c2 = C + 2 * ldc, *c3 = C + 3 * ldc;
+    for (; j + 16 <= n; j += 16) {
+      f32x8 s00, s01, s10, s11, s20, s21, s30, s31;
+      memcpy(&s00, c0 + j, 32), memcpy(&s01, c0 + j + 8, 32);
+      memcpy(&s10, c1 + j, 32), memcpy(&s11, c1 + j + 8, 32);
+      memcpy(&s20, c2 + j, 32), memcpy(&s21, c2 + j + 8, 32);
+      memcpy(&s30, c3 + j, 32), memcpy(&s31, c3 + j + 8, 32);
+      for (int64_t p = 0; p < k; p++) {
+        f32x8 b0, b1;
+        memcpy(&b0, B + p * n + j, 32);
+        memcpy(&b1, B + p * n + j + 8, 32);
+        s00 += a0[p] * b0, s01 += a0[p] * b1;
+        s10 += a1[p] * b0, s11 += a1[p] * b1;
+        s20 += a2[p] * b0, s21 += a2[p] * b1;
+        s30 += a3[p] * b0, s31 += a3[p] * b1;
+      }
+      memcpy(c0 + j, &s00, 32), memcpy(c0 + j + 8, &s01, 32);
+      memcpy(c1 + j, &s10, 32), memcpy(c1 + j + 8, &s11, 32);
+      memcpy(c2 + j, &s20, 32), memcpy(c2 + j + 8, &s21, 32);
+      memcpy(c3 + j, &s30, 32), memcpy(c3 + j + 8, &s31, 32);
+    }
+  }
+  for (int r = 0; r < rows; r++) { /* the columns left, row by row */
+    float *cr = C + r * ldc;
+    const float *ar = A + r * lda;
+    int64_t jj = j;
+    for (; jj + 8 <= n; jj += 8) {
+      f32x8 s;
+      memcpy(&s, cr + jj, 32);
+      for (int64_t p = 0; p < k; p++) {
+        f32x8 b;
+        memcpy(&b, B + p * n + jj, 32);
+        s += ar[p] * b;
+      }
+      memcpy(cr + jj, &s, 32);
+    }
+    for (; jj < n; jj++) {
+      float s = cr[jj];
+      for (int64_t p = 0; p < k; p++) s += ar[p] * B[p * n + jj];
+      cr[jj] = s;
+    }
+  }
+}
 
 /* c[0..n) += a[0..k) B[k, n], one output row */
 static void row_gemm(float *crow, const float *arow, const float *B, int64_t k, int64_t n) {
-  for (int64_t p = 0; p < k; p++) {
-    float a = arow[p];
-    const float *b = B + p * n;
-    for (int64_t j = 0; j < n; j++) crow[j] += a * b[j];
+  gemm_rows(crow, n, arow, k, B, k, n, 1);
+}
+
+/* C[m, n] += A[m, k] B[k, n], blocks of four rows spread over the threads */
+static void gemm(float *C, const float *A, const float *B, int64_t m, int64_t k, int64_t n) {
+  int64_t blocks = (m + 3) / 4;
+#pragma omp parallel for schedule(static) if (m * k * n > 65536)
+  for (int64_t bi = 0; bi < blocks; bi++) {
+    int64_t i = bi * 4;
+    int rows = (int)(m - i < 4 ? m - i : 4);
+    gemm_rows(C + i * n, n, A + i * k, k, B, k, n, rows);
   }
 }
 
@@ -724,12 +791,9 @@ int zoo_cpu_linear(zoo_cpu *c, const zoo_node *n) {
   float *Y = out_f(c, n, 0);
   float *wt = xcalloc((size_t)(I * O), sizeof *wt); /* w^T [in, out] */
   transpose(wt, W, O, I);
-#pragma omp parallel for if (N * I * O > 65536)
-  for (int64_t r = 0; r < N; r++) {
-    float *y = Y + r * O;
-    for (int64_t j = 0; j < O; j++) y[j] = b ? b[j] : 0.0f;
-    row_gemm(y, X + r * I, wt, I, O);
-  }
+  for (int64_t r = 0; r < N; r++)
+    for (int64_t j = 0; j < O; j++) Y[r * O + j] = b ? b[j] : 0.0f;
+  gemm(Y, X, wt, N, I, O);
   free(wt);
   return 0;
 }
@@ -758,14 +822,12 @@ int zoo_cpu_matmul(zoo_cpu *c, const zoo_node *n) {
     for (int64_t q = 0; q < bbatch; q++) transpose(bt + q * K * Nn, B + q * K * Nn, Nn, K);
     B = bt;
   }
-#pragma omp parallel for if (batch * M * K * Nn > 65536)
-  for (int64_t qi = 0; qi < batch * M; qi++) {
-    int64_t q = qi / M, i = qi % M;
-    const float *a = A + (as.nd > 2 ? q : 0) * M * K + i * K;
-    const float *bm = B + (bs.nd > 2 ? q : 0) * K * Nn;
-    float *y = Y + (q * M + i) * Nn;
-    for (int64_t j = 0; j < Nn; j++) y[j] = 0.0f;
-    row_gemm(y, a, bm, K, Nn);
+  memset(Y, 0, (size_t)(batch * M * Nn) * sizeof *Y);
+  if (as.nd > 2 || bs.nd == 2) { /* a batched (b shared or batched too) */
+    for (int64_t q = 0; q < batch; q++)
+      gemm(Y + q * M * Nn, A + q * M * K, B + (bs.nd > 2 ? q : 0) * K * Nn, M, K, Nn);
+  } else { /* a shared by every batch of b */
+    for (int64_t q = 0; q < batch; q++) gemm(Y + q * M * Nn, A, B + q * K * Nn, M, K, Nn);
   }
   free(at);
   free(bt);
@@ -805,7 +867,7 @@ int zoo_cpu_embedding_bwd(zoo_cpu *c, const zoo_node *n) {
   const int32_t *ids = in_i(c, n, 1);
   if (check_ids(c, "embedding", ids, N, V)) return -1;
   double *acc = xcalloc((size_t)(V * D), sizeof *acc);
-#pragma omp parallel for if (N * D > 16384)
+#pragma omp parallel for if (N * D > (1 << 20))
   for (int64_t j = 0; j < D; j++)
     for (int64_t r = 0; r < N; r++) acc[ids[r] * D + j] += DY[r * D + j];
   float *dw = out_f(c, n, 0);
@@ -831,7 +893,7 @@ int zoo_cpu_cumsum(zoo_cpu *c, const zoo_node *n) {
   int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (s.n > 16384)
+#pragma omp parallel for if (s.n > (1 << 20))
   for (int64_t oi = 0; oi < outer * inner; oi++) {
     int64_t o = oi / inner, i = oi % inner;
     double acc = 0;
@@ -850,7 +912,7 @@ int zoo_cpu_causal_conv1d(zoo_cpu *c, const zoo_node *n) {
   int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 1).d[2];
   const float *X = in_f(c, n, 0), *W = in_f(c, n, 1), *bias = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (xs.n * K > 16384)
+#pragma omp parallel for if (xs.n * K > (1 << 20))
   for (int64_t bt = 0; bt < B * T; bt++) {
     int64_t b = bt / T, t = bt % T;
     for (int64_t ch = 0; ch < C; ch++) {
@@ -873,7 +935,7 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 2).d[2];
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *W = in_f(c, n, 2);
   float *DX = out_f(c, n, 0), *DW = out_f(c, n, 1), *DB = out_f(c, n, 2);
-#pragma omp parallel for if (xs.n * K > 16384)
+#pragma omp parallel for if (xs.n * K > (1 << 20))
   for (int64_t bs = 0; bs < B * T; bs++) {
     int64_t b = bs / T, s = bs % T;
     for (int64_t ch = 0; ch < C; ch++) {
@@ -885,21 +947,23 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
       DX[bs * C + ch] = (float)acc;
     }
   }
-#pragma omp parallel for if (xs.n * K > 16384)
-  for (int64_t ch = 0; ch < C; ch++) {
-    double sb = 0;
-    for (int64_t bt = 0; bt < B * T; bt++) sb += DY[bt * C + ch];
-    DB[ch] = (float)sb;
-    for (int64_t j = 0; j < K; j++) {
-      double sw = 0;
-      for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-          int64_t s = t - K + 1 + j;
-          if (s >= 0) sw += (double)DY[(b * T + t) * C + ch] * X[(b * T + s) * C + ch];
-        }
-      DW[ch * K + j] = (float)sw;
+  /* dw, db: sums over (b, t) in that order, one row-major pass */
+  double *sw = xcalloc((size_t)(C * K), sizeof *sw), *sb = xcalloc((size_t)C, sizeof *sb);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      const float *dy = DY + (b * T + t) * C;
+      for (int64_t ch = 0; ch < C; ch++) sb[ch] += dy[ch];
+      for (int64_t j = 0; j < K; j++) {
+        int64_t s = t - K + 1 + j;
+        if (s < 0) continue;
+        const float *x = X + (b * T + s) * C;
+        for (int64_t ch = 0; ch < C; ch++) sw[ch * K + j] += (double)dy[ch] * x[ch];
+      }
     }
-  }
+  for (int64_t i = 0; i < C * K; i++) DW[i] = (float)sw[i];
+  for (int64_t ch = 0; ch < C; ch++) DB[ch] = (float)sb[ch];
+  free(sw);
+  free(sb);
   return 0;
 }
 
@@ -907,39 +971,70 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
  * Attention intrinsics. Both work one (batch, head) pair at a time: q, k [T, F]
  * and v [T, Dv] are rows of the pair's slices; pairs run in parallel. */
 
+/* a.b in double (vectorised: the terms are summed in lanes, in a fixed order) */
 static double dot(const float *a, const float *b, int64_t n) {
   double s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
   return s;
 }
 
+/* x[T, W] (f32) as xt[W, T] (double): one pair's keys or values with time
+ * running along rows, so the loops over j below are contiguous. */
+static void to_columns(double *xt, const float *x, int64_t T, int64_t W) {
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t w = 0; w < W; w++) xt[w * T + t] = x[t * W + w];
+}
+
+/* Row i of one pair's poly attention: s[j] = scale q_i.k_j and a[j] = c0 + c1 s
+ * + c2 s^2 for j <= i, from kt = k in columns; returns z_i = sum_j a[j] + eps. */
+static double poly_row(const zoo_node *n, const float *qi, const double *kt, int64_t i, int64_t T,
+                       int64_t F, double *s, double *a) {
+  const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
+  const double scale = n->attrs.f[3], eps = n->attrs.f[4];
+  for (int64_t j = 0; j <= i; j++) s[j] = 0;
+  for (int64_t f = 0; f < F; f++) {
+    double qf = qi[f];
+    const double *kf = kt + f * T;
+#pragma omp simd
+    for (int64_t j = 0; j <= i; j++) s[j] += qf * kf[j];
+  }
+  double z = 0;
+#pragma omp simd reduction(+ : z)
+  for (int64_t j = 0; j <= i; j++) {
+    s[j] *= scale;
+    a[j] = c0 + c1 * s[j] + c2 * s[j] * s[j];
+    z += a[j];
+  }
+  return z + eps;
+}
+
 /* poly_attention (q, k, v; c0, c1, c2, scale, eps), causal:
  * s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 (j <= i),
- * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). */
+ * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). In double throughout. */
 int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
   shape qs = in_shape(c, n, 0), vs = in_shape(c, n, 2);
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
-  const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
-  const double scale = n->attrs.f[3], eps = n->attrs.f[4];
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
-    float *o = O + p * T * Dv;
-    double *num = xcalloc((size_t)Dv, sizeof *num);
+    const float *q = Q + p * T * F;
+    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+    double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
+    to_columns(kt, K + p * T * F, T, F);
+    to_columns(vt, V + p * T * Dv, T, Dv);
     for (int64_t i = 0; i < T; i++) {
-      double den = 0;
-      memset(num, 0, (size_t)Dv * sizeof *num);
-      for (int64_t j = 0; j <= i; j++) {
-        double s = scale * dot(q + i * F, k + j * F, F);
-        double a = c0 + c1 * s + c2 * s * s;
-        den += a;
-        for (int64_t e = 0; e < Dv; e++) num[e] += a * v[j * Dv + e];
+      double z = poly_row(n, q + i * F, kt, i, T, F, s, a);
+      for (int64_t e = 0; e < Dv; e++) {
+        const double *ve = vt + e * T;
+        double num = 0;
+#pragma omp simd reduction(+ : num)
+        for (int64_t j = 0; j <= i; j++) num += a[j] * ve[j];
+        O[(p * T + i) * Dv + e] = (float)(num / z);
       }
-      for (int64_t e = 0; e < Dv; e++) o[i * Dv + e] = (float)(num[e] / (den + eps));
     }
-    free(num);
+    free(kt), free(vt), free(s), free(a);
   }
   return 0;
 }
@@ -950,51 +1045,57 @@ int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
 int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   shape qs = in_shape(c, n, 1), vs = in_shape(c, n, 3);
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
-  const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
-  const double scale = n->attrs.f[3], eps = n->attrs.f[4];
+  const double c1 = n->attrs.f[1], c2 = n->attrs.f[2], scale = n->attrs.f[3];
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
-    const float *dout = DO + p * T * Dv;
-    double *dq = xcalloc((size_t)F, sizeof *dq);
-    double *dk = xcalloc((size_t)(T * F), sizeof *dk), *dv = xcalloc((size_t)(T * Dv), sizeof *dv);
-    double *num = xcalloc((size_t)Dv, sizeof *num);
+    const float *q = Q + p * T * F, *dout = DO + p * T * Dv;
+    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+    double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
+    double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
+    double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
+    double *ds = xcalloc((size_t)T, sizeof *ds);
+    to_columns(kt, K + p * T * F, T, F);
+    to_columns(vt, V + p * T * Dv, T, Dv);
     for (int64_t i = 0; i < T; i++) {
       const float *qi = q + i * F, *doi = dout + i * Dv;
-      /* forward again for row i: z_i and do_i . o_i */
-      double z = eps;
-      memset(num, 0, (size_t)Dv * sizeof *num);
-      for (int64_t j = 0; j <= i; j++) {
-        double s = scale * dot(qi, k + j * F, F);
-        double a = c0 + c1 * s + c2 * s * s;
-        z += a;
-        for (int64_t e = 0; e < Dv; e++) num[e] += a * v[j * Dv + e];
+      double z = poly_row(n, qi, kt, i, T, F, s, a);
+      /* ds[j] = do_i.v_j first; then do_i.o_i = sum_j a_j do_i.v_j / z */
+      for (int64_t j = 0; j <= i; j++) ds[j] = 0;
+      for (int64_t e = 0; e < Dv; e++) {
+        double de = doi[e];
+        const double *ve = vt + e * T;
+#pragma omp simd
+        for (int64_t j = 0; j <= i; j++) ds[j] += de * ve[j];
       }
       double do_o = 0;
-      for (int64_t e = 0; e < Dv; e++) do_o += doi[e] * (num[e] / z);
-      memset(dq, 0, (size_t)F * sizeof *dq);
-      for (int64_t j = 0; j <= i; j++) {
-        const float *kj = k + j * F;
-        double s = scale * dot(qi, kj, F);
-        double a = c0 + c1 * s + c2 * s * s;
-        double da = (dot(doi, v + j * Dv, Dv) - do_o) / z;
-        double ds = da * (c1 + 2 * c2 * s);
-        for (int64_t f = 0; f < F; f++) {
-          dq[f] += scale * ds * kj[f];
-          dk[j * F + f] += scale * ds * qi[f];
+#pragma omp simd reduction(+ : do_o)
+      for (int64_t j = 0; j <= i; j++) do_o += a[j] * ds[j];
+      do_o /= z;
+#pragma omp simd
+      for (int64_t j = 0; j <= i; j++) ds[j] = scale * (ds[j] - do_o) / z * (c1 + 2 * c2 * s[j]);
+      for (int64_t f = 0; f < F; f++) {
+        const double *kf = kt + f * T;
+        double *dkf = dkt + f * T, qf = qi[f], acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j <= i; j++) {
+          acc += ds[j] * kf[j];
+          dkf[j] += ds[j] * qf;
         }
-        for (int64_t e = 0; e < Dv; e++) dv[j * Dv + e] += a / z * doi[e];
+        DQ[(p * T + i) * F + f] = (float)acc;
       }
-      for (int64_t f = 0; f < F; f++) DQ[p * T * F + i * F + f] = (float)dq[f];
+      for (int64_t e = 0; e < Dv; e++) {
+        double *dve = dvt + e * T, w = doi[e] / z;
+#pragma omp simd
+        for (int64_t j = 0; j <= i; j++) dve[j] += a[j] * w;
+      }
     }
-    for (int64_t i = 0; i < T * F; i++) DK[p * T * F + i] = (float)dk[i];
-    for (int64_t i = 0; i < T * Dv; i++) DV[p * T * Dv + i] = (float)dv[i];
-    free(dq);
-    free(dk);
-    free(dv);
-    free(num);
+    for (int64_t t = 0; t < T; t++) {
+      for (int64_t f = 0; f < F; f++) DK[(p * T + t) * F + f] = (float)dkt[f * T + t];
+      for (int64_t e = 0; e < Dv; e++) DV[(p * T + t) * Dv + e] = (float)dvt[e * T + t];
+    }
+    free(kt), free(vt), free(dkt), free(dvt), free(s), free(a), free(ds);
   }
   return 0;
 }
