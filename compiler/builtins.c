@@ -373,7 +373,7 @@ static zoo_value *fn_range(zoo_lowering *L, const zoo_builtin *b, const zoo_arg 
   if (step == 0) return zoo_lower_error(L, uses[2], "the step of range is zero");
   double count = ceil(((double)stop - (double)start) / (double)step);
   if (count < 0) count = 0;
-  if (count > 1000000) return zoo_lower_error(L, at, "range of %.0f numbers is too long", count);
+  if (count > 100000) return zoo_lower_error(L, at, "range of %.0f numbers is too long", count);
   zoo_value *list = zoo_value_new(L, ZOO_V_LIST, at);
   list->items = zoo_arena_alloc(L->a, (size_t)(count + 1) * sizeof *list->items);
   for (int64_t i = 0; i < (int64_t)count; i++)

@@ -28,7 +28,8 @@
 
 #define ZOO_MAX_STEPS 20000000L /* evaluation steps before "runs too long" */
 #define ZOO_MAX_NESTING 1000    /* nested evaluations (deep expressions) */
-#define ZOO_MAX_LIST 1000000    /* elements in a compile-time list */
+#define ZOO_MAX_LIST 100000     /* elements in a compile-time list */
+#define ZOO_MAX_NODES 200000    /* nodes of a traced graph */
 
 enum { EXEC_NEXT, EXEC_RETURN, EXEC_ERROR };
 
@@ -228,6 +229,8 @@ int zoo_value_want_dim(zoo_lowering *L, const zoo_value *v, zoo_span at, const c
 
 zoo_value *zoo_lower_node(zoo_lowering *L, zoo_op op, int nin, const int *in, const zoo_attrs *attrs,
                           zoo_span at) {
+  if (L->g->nnodes >= ZOO_MAX_NODES)
+    return zoo_lower_error(L, at, "the graph grows past %d nodes (a huge loop?)", ZOO_MAX_NODES);
   int id = zoo_graph_node(L->g, op, nin, in, attrs, at, L->d);
   if (id < 0) {
     zoo_lower_notes(L);
@@ -458,10 +461,13 @@ static zoo_value *int_binary(zoo_lowering *L, int op, int64_t a, int64_t b, zoo_
     if (a == INT64_MIN && b == -1) overflow = 1;
     else r = op == ZOO_BIN_IDIV ? floor_div(a, b) : a - floor_div(a, b) * b;
     break;
-  case ZOO_BIN_POW:
+  case ZOO_BIN_POW: /* by squaring */
     if (b < 0) return zoo_value_float(L, pow((double)a, (double)b), at);
     r = 1;
-    for (int64_t i = 0; i < b && !overflow; i++) overflow = __builtin_mul_overflow(r, a, &r);
+    for (int64_t base = a, e = b; e > 0 && !overflow; e >>= 1) {
+      if (e & 1) overflow = __builtin_mul_overflow(r, base, &r);
+      if (e > 1 && !overflow) overflow = __builtin_mul_overflow(base, base, &base);
+    }
     break;
   case ZOO_BIN_LT: return value_bool(L, a < b, at);
   case ZOO_BIN_LE: return value_bool(L, a <= b, at);

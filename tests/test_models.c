@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "compile.h"
@@ -133,9 +134,9 @@ TEST(model_rebased_names) {
   int ok = g->nparams == n;
   for (int i = 0; ok && i < n; i++) {
     char buf[64];
-    const zoo_tensor *t = &g->tensors[g->params[i]];
-    if (strcmp(t->name, want[i].name) != 0 || strcmp(zoo_type_str(g, &t->type, buf, sizeof buf), want[i].shape) != 0) {
-      fprintf(stderr, "  param %d: %s %s, want %s %s\n", i, t->name, buf, want[i].name, want[i].shape);
+    const zoo_tensor *x = &g->tensors[g->params[i]];
+    if (strcmp(x->name, want[i].name) != 0 || strcmp(zoo_type_str(g, &x->type, buf, sizeof buf), want[i].shape) != 0) {
+      fprintf(stderr, "  param %d: %s %s, want %s %s\n", i, x->name, buf, want[i].name, want[i].shape);
       ok = 0;
     }
   }
@@ -448,4 +449,158 @@ TEST(model_lang_symbolic_sizes) {
   zoo_program_free(p);
   CHECK(reshapes == 2);
   CHECKF(strcmp(buf, "f32[B*T, 8]") == 0, "flat is %s", buf);
+}
+
+/* ---- fuzzing the whole compiler ---- */
+
+static uint64_t fuzz_state;
+static uint64_t fuzz_next(void) {
+  fuzz_state ^= fuzz_state << 13;
+  fuzz_state ^= fuzz_state >> 7;
+  fuzz_state ^= fuzz_state << 17;
+  return fuzz_state;
+}
+
+/* One small edit of text that usually keeps it parsing: a number or a name
+ * replaced, an operator changed, a line deleted or repeated. */
+static char *mutate(const char *text) {
+  size_t n = strlen(text);
+  static const char *const numbers[] = {"0", "1", "-1", "2.5", "100000", "3", "64", "1e-5"};
+  static const char *const ops[] = {"+", "-", "*", "/", "//", "**", "%"};
+  for (int tries = 0; tries < 20; tries++) {
+    size_t at = fuzz_next() % n;
+    int kind = (int)(fuzz_next() % 5);
+    size_t start = at, end = at;
+    const char *repl = NULL;
+    char name[64];
+    if (kind == 0 && text[at] >= '0' && text[at] <= '9') {
+      while (start > 0 && (text[start - 1] == '.' || (text[start - 1] >= '0' && text[start - 1] <= '9'))) start--;
+      while (end < n && (text[end] == '.' || text[end] == 'e' || text[end] == '-' || (text[end] >= '0' && text[end] <= '9'))) end++;
+      repl = numbers[fuzz_next() % 8];
+    } else if (kind == 1 && (text[at] == '_' || (text[at] >= 'a' && text[at] <= 'z'))) {
+      while (start > 0 && (text[start - 1] == '_' || (text[start - 1] >= 'a' && text[start - 1] <= 'z'))) start--;
+      while (end < n && (text[end] == '_' || (text[end] >= 'a' && text[end] <= 'z'))) end++;
+      /* another name of the file */
+      size_t o = fuzz_next() % n, os, oe;
+      while (o < n && !(text[o] >= 'a' && text[o] <= 'z')) o++;
+      os = o;
+      while (o < n && (text[o] == '_' || (text[o] >= 'a' && text[o] <= 'z'))) o++;
+      oe = o;
+      if (oe == os || oe - os >= sizeof name) continue;
+      snprintf(name, sizeof name, "%.*s", (int)(oe - os), text + os);
+      repl = name;
+    } else if (kind == 2 && strchr("+-*/", text[at])) {
+      end = at + 1;
+      repl = ops[fuzz_next() % 7];
+    } else if (kind == 3 || kind == 4) {
+      while (start > 0 && text[start - 1] != '\n') start--;
+      end = at;
+      while (end < n && text[end] != '\n') end++;
+      if (end < n) end++;
+      if (kind == 4) { /* repeat the line */
+        char *out = malloc(n + (end - start) + 1);
+        memcpy(out, text, end);
+        memcpy(out + end, text + start, end - start);
+        memcpy(out + end + (end - start), text + end, n - end + 1);
+        return out;
+      }
+      repl = "";
+    } else {
+      continue;
+    }
+    size_t rl = strlen(repl);
+    char *out = malloc(n - (end - start) + rl + 1);
+    memcpy(out, text, start);
+    memcpy(out + start, repl, rl);
+    memcpy(out + start + rl, text + end, n - end + 1);
+    return out;
+  }
+  return strdup(text);
+}
+
+static int write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "wb");
+  if (!f) return -1;
+  fputs(text, f);
+  return fclose(f);
+}
+
+/* Mutated models and standard library: zoo_compile always returns, reports an
+ * error exactly when it fails, and a success has logits. */
+TEST(fuzz_compile_mutations) {
+  static const char *const files[] = {"rebased.zoo", "std/nn.zoo", "std/mixers.zoo", "std/lm.zoo"};
+  char *orig[4];
+  for (int i = 0; i < 4; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "models/%s", files[i]);
+    orig[i] = zoo_test_read(path, NULL);
+    CHECKF(orig[i], "cannot read %s", path);
+  }
+  /* tmpfs when there is one: writing files on some disks costs milliseconds each */
+  char dir[64];
+  snprintf(dir, sizeof dir, "%s/zoo_fuzz_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+  CHECK(mkdtemp(dir));
+  char std[160], main_path[160];
+  snprintf(std, sizeof std, "%s/std", dir);
+  mkdir(std, 0700);
+  snprintf(main_path, sizeof main_path, "%s/rebased.zoo", dir);
+  /* ZOO_FUZZ_SCALE=k: k times as many mutants, from another seed */
+  const char *scale_env = getenv("ZOO_FUZZ_SCALE");
+  int scale = scale_env && atoi(scale_env) > 0 ? atoi(scale_env) : 1;
+  int iters = 300 * scale;
+  fuzz_state = 0x9E3779B97F4A7C15ull + (uint64_t)(scale - 1);
+  int compiled = 0, failed_ok = 1, bad_success = 0;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int last = -1;
+  for (int iter = 0; iter < iters; iter++) {
+    /* Only the file mutated now and the one mutated last time need writing. */
+    int which = (int)(fuzz_next() % 4);
+    for (int i = 0; i < 4; i++) {
+      if (iter > 0 && i != which && i != last) continue;
+      char path[200];
+      snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+      char *text = strdup(orig[i]);
+      int edits = i == which ? 1 + (int)(fuzz_next() % 3) : 0;
+      for (int e = 0; e < edits; e++) {
+        char *next = mutate(text);
+        free(text);
+        text = next;
+      }
+      write_file(path, text);
+      free(text);
+    }
+    last = which;
+    zoo_compile_opts o = {.path = main_path, .std_dir = dir};
+    char *errors;
+    size_t len;
+    FILE *out = open_memstream(&errors, &len);
+    zoo_diag d;
+    zoo_diag_init(&d, out);
+    zoo_program *p = NULL;
+    int rc = zoo_compile(&o, &d, &p);
+    fclose(out);
+    if (rc == 0) {
+      compiled++;
+      if (d.nerrors || !p || p->graph.output < 0) bad_success = 1;
+    } else if (d.nerrors == 0 || p) {
+      failed_ok = 0;
+    }
+    zoo_program_free(p);
+    free(errors);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  for (int i = 0; i < 4; i++) {
+    char path[200];
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    unlink(path);
+    free(orig[i]);
+  }
+  rmdir(std);
+  rmdir(dir);
+  double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  CHECK(failed_ok);
+  CHECK(!bad_success);
+  CHECKF(compiled > iters / 30 && compiled < iters, "%d of %d mutants compiled", compiled, iters);
+  CHECKF(s < 20.0 * scale, "took %.1f s", s);
 }
