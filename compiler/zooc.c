@@ -1,7 +1,8 @@
 /* zooc: the zoo compiler's command line.
  *
  *   zooc FILE [-D name=value]... [--model NAME] [--summary]
- *        [--dump=ast|graph|grad|dot] [-o DIR] [--help]
+ *        [--dump=ast|graph|grad|fused|plan|cuda|dot] [--no-fuse]
+ *        [-o DIR] [--help]
  *
  * Exit status: 0 on success, 1 when the model has errors, 2 on bad usage.
  */
@@ -18,12 +19,14 @@
 
 static const char usage[] =
     "usage: zooc FILE [-D name=value]... [--model NAME] [--summary]\n"
-    "            [--dump=ast|graph|grad|dot] [-o DIR] [--help]\n";
+    "            [--dump=ast|graph|grad|fused|plan|cuda|dot] [--no-fuse]\n"
+    "            [-o DIR] [--help]\n";
 
 static const char help[] =
     "zooc compiles a .zoo model: it loads the file and its imports, instantiates\n"
     "the model, traces its forward into a graph and checks every shape. With no\n"
-    "other flag it prints the summary (parameters, their count, ops).\n"
+    "other flag it prints the summary: the model's parameters, every parameter\n"
+    "tensor and the total, the ops, and the generated kernels and memory.\n"
     "\n"
     "  FILE                 the .zoo file; its last `model` is compiled\n"
     "  -D name=value        sets a parameter of the model declaration; value is\n"
@@ -34,8 +37,13 @@ static const char help[] =
     "  --dump=ast           prints the syntax tree of FILE and stops\n"
     "  --dump=graph         prints the forward graph, one node a line\n"
     "  --dump=grad          prints the training graph: forward, loss, backward\n"
+    "  --dump=fused         prints the training graph's fused kernel groups\n"
+    "  --dump=plan          prints the launch plan and the memory arena\n"
+    "  --dump=cuda          prints the generated CUDA module\n"
     "  --dump=dot           prints the forward graph for Graphviz (dot -Tsvg)\n"
+    "  --no-fuse            one kernel per node (summary, --dump=fused|plan|cuda)\n"
     "  -o DIR               writes the generated CUDA and the plan into DIR\n"
+    "                       (kernels.cu, plan.txt), for the model's own seq_len\n"
     "  --help               prints this text\n"
     "\n"
     "Imports are looked up next to the importing file, then in models/ (which\n"
@@ -45,6 +53,7 @@ static const char help[] =
     "  zooc models/rebased.zoo\n"
     "  zooc models/rebased.zoo -D d_model=128 -D seq_len=512\n"
     "  zooc models/based.zoo --dump=graph\n"
+    "  zooc models/rebased.zoo --dump=cuda --no-fuse | less\n"
     "  zooc models/attention.zoo --dump=dot | dot -Tsvg > attention.svg\n"
     "  zooc models/rebased.zoo -o generated/rebased\n"
     "\n"
@@ -72,7 +81,7 @@ int main(int argc, char **argv) {
   memset(&o, 0, sizeof o);
   zoo_define *defines = calloc((size_t)argc, sizeof *defines);
   const char *dump = NULL, *outdir = NULL;
-  int summary = 0;
+  int summary = 0, fuse = 1;
 
   for (int i = 1; i < argc; i++) {
     char *a = argv[i];
@@ -97,9 +106,13 @@ int main(int argc, char **argv) {
       summary = 1;
     } else if (strncmp(a, "--dump=", 7) == 0) {
       dump = a + 7;
-      if (strcmp(dump, "ast") != 0 && strcmp(dump, "graph") != 0 && strcmp(dump, "grad") != 0 &&
-          strcmp(dump, "dot") != 0)
-        return bad_usage("unknown dump '%s' (ast, graph, grad or dot)", dump);
+      static const char *const dumps[] = {"ast", "graph", "grad", "fused", "plan", "cuda", "dot"};
+      int known = 0;
+      for (int k = 0; k < 7; k++) known |= strcmp(dump, dumps[k]) == 0;
+      if (!known) return bad_usage("unknown dump '%s' (ast, graph, grad, fused, plan, cuda or dot)", dump);
+    } else if (strcmp(a, "--no-fuse") == 0) {
+      fuse = 0;
+
     } else if (strcmp(a, "-o") == 0) {
       if (i + 1 >= argc) return bad_usage("-o needs a DIR", "");
       outdir = argv[++i];
@@ -127,12 +140,22 @@ int main(int argc, char **argv) {
   if (o.stop_after_parse) {
     zoo_ast_dump(stdout, p->file);
   } else {
-    if (summary) zoo_program_summary(stdout, p);
+    if (summary) {
+      zoo_program_summary(stdout, p);
+#ifdef ZOOC_HAVE_GENERATE
+      fputc('\n', stdout);
+      if (zoo_generate_summary(stdout, p, fuse, &d) != 0) status = 1;
+#endif
+    }
     if (dump && strcmp(dump, "graph") == 0) zoo_graph_dump(stdout, &p->graph);
     if (dump && strcmp(dump, "dot") == 0) zoo_graph_dump_dot(stdout, &p->graph);
-    if (dump && strcmp(dump, "grad") == 0) {
-      if (zoo_train_graph(&p->graph, &d) != 0) status = 1;
-      else zoo_graph_dump(stdout, &p->graph);
+    if (dump && (strcmp(dump, "fused") == 0 || strcmp(dump, "plan") == 0 || strcmp(dump, "cuda") == 0)) {
+#ifdef ZOOC_HAVE_GENERATE
+      if (zoo_generate_dump(stdout, p, dump, fuse, &d) != 0) status = 1;
+#else
+      fprintf(stderr, "zooc: --dump=%s: this build has no code generator\n", dump);
+      status = 1;
+#endif
     }
     if (outdir && status == 0) {
 #ifdef ZOOC_HAVE_GENERATE
@@ -141,6 +164,11 @@ int main(int argc, char **argv) {
       fprintf(stderr, "zooc: -o: this build has no code generator\n");
       status = 1;
 #endif
+    }
+    /* Last: the training graph is built on top of p's graph, in place. */
+    if (dump && strcmp(dump, "grad") == 0 && status == 0) {
+      if (zoo_train_graph(&p->graph, &d) != 0) status = 1;
+      else zoo_graph_dump(stdout, &p->graph);
     }
   }
   zoo_program_free(p);
