@@ -154,15 +154,21 @@ const char *zoo_value_describe(zoo_lowering *L, const zoo_value *v) {
 
 /* ---- errors ---- */
 
-/* Notes for what is being instantiated or traced, innermost first; one at the
- * error's own span would only repeat it. */
+/* Notes for what is being instantiated or traced, innermost first (the ten
+ * innermost); one at the error's own span would only repeat it. */
 static void notes_after(zoo_lowering *L, zoo_span err) {
+  int shown = 0;
   for (int i = L->depth - 1; i >= 0; i--) {
     zoo_span at = L->stack[i].at;
     if (at.src == err.src && at.line == err.line && at.col == err.col && at.end_col == err.end_col)
       continue;
-    const char *how = L->stack[i].module && strchr(L->stack[i].what, '.') ? "called" : "instantiated";
-    zoo_note(L->d, at, "in %s, %s here", L->stack[i].what, how);
+    if (shown++ == 10) {
+      zoo_note(L->d, zoo_nospan, "... and %d outer calls", i + 1);
+      break;
+    }
+    const char *m = L->stack[i].module->str;
+    if (L->stack[i].forward) zoo_note(L->d, at, "in %s.forward, called here", m);
+    else zoo_note(L->d, at, "in module %s, instantiated here", m);
   }
 }
 
@@ -679,13 +685,13 @@ static const zoo_ast *find_forward(const zoo_ast *module) {
   return NULL;
 }
 
-static int push(zoo_lowering *L, const zoo_ast *module, const char *what, zoo_span at) {
+static int push(zoo_lowering *L, const zoo_ast *module, int forward, zoo_span at) {
   if (L->depth == (int)(sizeof L->stack / sizeof L->stack[0])) {
     zoo_lower_error(L, at, "modules nested too deeply");
     return -1;
   }
   L->stack[L->depth].module = module;
-  L->stack[L->depth].what = what;
+  L->stack[L->depth].forward = forward;
   L->stack[L->depth].at = at;
   L->depth++;
   return 0;
@@ -726,14 +732,14 @@ static zoo_value *instantiate(zoo_lowering *L, const zoo_ast *m, const zoo_unit 
     return zoo_lower_error(L, at, "module %s is instantiated inside forward; create modules in "
                            "fields (or lets) of a module", m->str);
   for (int i = 0; i < L->depth; i++) {
-    if (L->stack[i].module != m || strchr(L->stack[i].what, '.')) continue;
+    if (L->stack[i].module != m || L->stack[i].forward) continue;
     const char *chain = "";
     for (int j = i; j < L->depth; j++)
-      if (!strchr(L->stack[j].what, '.'))
+      if (!L->stack[j].forward)
         chain = zoo_arena_printf(L->a, "%s%s -> ", chain, L->stack[j].module->str);
     return zoo_lower_error(L, at, "module %s instantiates itself (%s%s)", m->str, chain, m->str);
   }
-  if (push(L, m, zoo_arena_printf(L->a, "module %s", m->str), at)) return NULL;
+  if (push(L, m, 0, at)) return NULL;
 
   zoo_instance *inst = zoo_arena_alloc(L->a, sizeof *inst);
   inst->module = m;
@@ -779,7 +785,7 @@ static zoo_value *call_instance(zoo_lowering *L, zoo_instance *inst, const zoo_a
   const zoo_ast *fwd = find_forward(m);
   if (!fwd) return zoo_lower_error(L, at, "module %s has no forward, so it cannot be called", m->str);
   const char *what = zoo_arena_printf(L->a, "%s.forward", m->str);
-  if (push(L, m, what, at)) return NULL;
+  if (push(L, m, 1, at)) return NULL;
 
   zoo_env *env = env_new(L, inst->env, inst->unit);
   if (bind_params(L, env, what, fwd->params, fwd->nparams, args, nargs, at)) return NULL;

@@ -144,7 +144,7 @@ typedef struct zoo_lowering {
    * check and the "note: in ..." lines under an error. */
   struct {
     const zoo_ast *module;
-    const char *what; /* "module Linear", "Linear.forward" */
+    int forward;      /* 1: tracing its forward; 0: instantiating it */
     zoo_span at;      /* the call */
   } stack[128];
   int depth;
