@@ -38,7 +38,8 @@
   X(cuMemGetInfo) X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize)          \
   X(cuStreamBeginCapture) X(cuStreamEndCapture) X(cuStreamGetCaptureInfo)              \
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)       \
-  X(cuGraphExecKernelNodeSetParams) X(cuGraphKernelNodeGetParams) X(cuEventCreate)     \
+  X(cuGraphExecKernelNodeSetParams) X(cuGraphKernelNodeGetParams) X(cuGraphGetNodes)    \
+  X(cuEventCreate)                                                                     \
   X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)       \
   X(cuEventQuery)
 

@@ -1,0 +1,1113 @@
+/* cuda.c: the CUDA backend (backend.h), and a plain graph executor for tests.
+ *
+ * At init the training graph is fused, emitted and planned for the bound B and
+ * T (compiler/generate.c), the module is compiled by NVRTC for the device's own
+ * architecture (cached on disk), and the memory is allocated once: the arena of
+ * activations, five flat buffers of the parameters' layout (parameters,
+ * gradients, accumulated gradients, AdamW m and v), the inputs and cuBLASLt's
+ * workspace.
+ *
+ * A training step (every micro-batch's upload, forward and backward, gradient
+ * accumulation, metric sums, AdamW and the metrics' copy back) is captured once
+ * as a CUDA graph and replayed. Two graphs alternate, each with its own pinned
+ * host buffers (tokens, targets, hyper-parameters, metrics), so the host fills
+ * step k+1's buffers while step k runs. The learning rate and step count reach
+ * AdamW through device memory (copied from the pinned buffer inside the graph);
+ * the dropout seed is a kernel argument, updated in the graph's nodes before each
+ * launch. Nothing waits for the GPU except the delivery of metrics, which come
+ * one step late: train_step returns 1 with the previous step's metrics (zeros on
+ * the first call) and sync() returns the last step's.
+ *
+ * Every CUDA call is checked; a failure names the call, the file and line, and,
+ * when it happens in a step, the step's kernel and .zoo node. ZOO_DEBUG=1 runs
+ * the steps one by one with a synchronisation after each.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../compiler/fuse.h"
+#include "../compiler/generate.h"
+#include "backend.h"
+#include "cuda_api.h"
+#include "cuda_backend.h"
+#include "nvrtc_cache.h"
+
+#define WORKSPACE_BYTES (32u << 20)
+
+/* cuBLASLt's description of one GEMM step. */
+typedef struct gemm_plan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc; /* la: our b (cuBLAS's A), lb: our a */
+  cublasLtMatmulAlgo_t algo;
+  int ready;
+} gemm_plan;
+
+/* A kernel node of a captured graph whose arguments hold the dropout seed. */
+typedef struct seed_node {
+  CUgraphNode node;
+  int step; /* index in the emitted steps */
+  int micro;
+} seed_node;
+
+typedef struct captured {
+  CUgraph graph;
+  CUgraphExec exec;
+  seed_node *seeds;
+  int nseeds, seeds_cap;
+  int nodes; /* launches it holds */
+} captured;
+
+/* What running steps needs: shared by the backend and the test executor. */
+typedef struct core {
+  CUdevice dev;
+  CUcontext ctx;
+  int ctx_retained;
+  CUstream stream;
+  CUmodule mod;
+  const zoo_cuda_emit *emit;
+  CUfunction *func;    /* per emitted step (kernels) */
+  gemm_plan *gemm;     /* per emitted step (GEMMs) */
+  int nsteps;
+  cublasLtHandle_t lt;
+  CUdeviceptr workspace;
+  CUdeviceptr base[5]; /* per zoo_mem: ARENA, PARAM, GRAD, INPUT */
+  char arch[16], device[128];
+  double compile_ms;
+  int cached;
+  int debug;
+  int module_kernels;
+  captured *capturing; /* set while a graph is being captured */
+  char *err;
+  size_t errlen;
+} core;
+
+/* ---------------------------------------------------------------------------
+ * Device, module, steps */
+
+/* Describes step i for messages: "step 12 (zoo_k12_add; node 34 add at
+ * models/std/nn.zoo:3:4)". */
+static void step_desc(const core *c, const zoo_graph *g, int i, char *buf, size_t n) {
+  const zoo_step *s = &c->emit->steps[i];
+  const char *what = s->kind == ZOO_STEP_GEMM ? "GEMM" : s->kind == ZOO_STEP_ZERO ? "clear" : s->func;
+  if (g && s->node >= 0 && s->node < g->nnodes) {
+    const zoo_node *nd = &g->nodes[s->node];
+    if (nd->span.src)
+      snprintf(buf, n, "step %d (%s; node %d %s at %s:%d:%d)", i, what ? what : "?", s->node,
+               zoo_ops[nd->op].name, nd->span.src->path, nd->span.line, nd->span.col);
+    else
+      snprintf(buf, n, "step %d (%s; node %d %s)", i, what ? what : "?", s->node, zoo_ops[nd->op].name);
+  } else {
+    snprintf(buf, n, "step %d (%s)", i, what ? what : "?");
+  }
+}
+
+/* Prefixes c->err with context ("while X: "). Returns -1. */
+static int context(core *c, const char *what) {
+  char tmp[1024];
+  snprintf(tmp, sizeof tmp, "%s", c->err);
+  snprintf(c->err, c->errlen, "%s: %s", what, tmp);
+  return -1;
+}
+
+/* Opens the libraries, picks the device and makes its primary context
+ * current. */
+static int core_device(core *c, int device) {
+  if (zoo_cu_load(c->err, c->errlen) != 0) return -1;
+  if (zoo_cublaslt_load(c->err, c->errlen) != 0) return -1;
+  if (zoo_nvrtc_load(c->err, c->errlen) != 0) return -1;
+  int count = 0;
+  ZOO_CU_N(c->err, c->errlen, cuDeviceGetCount(&count));
+  if (device < 0 || device >= count) {
+    snprintf(c->err, c->errlen, "no CUDA device %d (%d present)", device, count);
+    return -1;
+  }
+  ZOO_CU_N(c->err, c->errlen, cuDeviceGet(&c->dev, device));
+  int major = 0, minor = 0;
+  ZOO_CU_N(c->err, c->errlen, cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, c->dev));
+  ZOO_CU_N(c->err, c->errlen, cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, c->dev));
+  snprintf(c->arch, sizeof c->arch, "sm_%d%d", major, minor);
+  ZOO_CU_N(c->err, c->errlen, cuDeviceGetName(c->device, (int)sizeof c->device, c->dev));
+  ZOO_CU_N(c->err, c->errlen, cuDevicePrimaryCtxRetain(&c->ctx, c->dev));
+  c->ctx_retained = 1;
+  ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
+  ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
+  const char *dbg = getenv("ZOO_DEBUG");
+  c->debug = dbg && dbg[0] && strcmp(dbg, "0") != 0;
+  return 0;
+}
+
+/* Compiles the module and looks up every kernel its steps launch. */
+static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_graph) {
+  c->emit = e;
+  c->nsteps = e->nsteps;
+  const char *opts[] = {"-lineinfo", NULL};
+  zoo_cubin cubin;
+  if (zoo_nvrtc_compile(e->src.s, "zoo_module.cu", c->arch, c->debug ? opts : NULL, &cubin, c->err,
+                        c->errlen) != 0)
+    return -1;
+  c->compile_ms = cubin.compile_ms;
+  c->cached = cubin.cached;
+  CUresult r = zoo_cu.cuModuleLoadData(&c->mod, cubin.data);
+  zoo_cubin_free(&cubin);
+  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuModuleLoadData(&mod, cubin)", __FILE__, __LINE__, c->err, c->errlen);
+  c->func = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->func);
+  c->gemm = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->gemm);
+  if (!c->func || !c->gemm) abort();
+  for (int i = 0; i < e->nsteps; i++) {
+    const zoo_step *s = &e->steps[i];
+    if (s->kind != ZOO_STEP_KERNEL) continue;
+    if (!s->func) {
+      char d[400];
+      step_desc(c, names_graph, i, d, sizeof d);
+      snprintf(c->err, c->errlen, "%s has no kernel name", d);
+      return -1;
+    }
+    /* a kernel launched by several steps is looked up once */
+    for (int j = 0; j < i && !c->func[i]; j++)
+      if (c->func[j] && e->steps[j].kind == ZOO_STEP_KERNEL && strcmp(e->steps[j].func, s->func) == 0)
+        c->func[i] = c->func[j];
+    if (!c->func[i]) {
+      CUresult rr = zoo_cu.cuModuleGetFunction(&c->func[i], c->mod, s->func);
+      if (rr != CUDA_SUCCESS) {
+        zoo_cu_fail(rr, "cuModuleGetFunction(&f, mod, name)", __FILE__, __LINE__, c->err, c->errlen);
+        char d[400];
+        step_desc(c, names_graph, i, d, sizeof d);
+        return context(c, d);
+      }
+      c->module_kernels++;
+    }
+    if (s->smem > 48 * 1024)
+      ZOO_CU_N(c->err, c->errlen,
+               cuFuncSetAttribute(c->func[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)s->smem));
+  }
+  return 0;
+}
+
+static int core_alloc(core *c, CUdeviceptr *p, int64_t bytes) {
+  ZOO_CU_N(c->err, c->errlen, cuMemAlloc(p, (size_t)(bytes > 0 ? bytes : 256)));
+  return 0;
+}
+
+/* The device address of tensor t under plan p. */
+static CUdeviceptr tensor_ptr(const core *c, const zoo_plan *p, int t) {
+  if (t < 0 || p->mem[t] == ZOO_MEM_NONE) return 0;
+  return c->base[p->mem[t]] + (CUdeviceptr)p->offset[t];
+}
+
+#define ZOO_LT(call)                                                                             \
+  do {                                                                                           \
+    cublasStatus_t st_ = zoo_cublaslt.call;                                                      \
+    if (st_ != CUBLAS_STATUS_SUCCESS) return zoo_cublaslt_fail(st_, #call, __FILE__, __LINE__, c->err, c->errlen); \
+  } while (0)
+
+/* cuBLASLt's plan for a row-major GEMM (see zoo_gemm): computed as the
+ * column-major C^T[n, m] = op(b)^T op(a)^T, i.e. with the operands swapped. */
+static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias) {
+  ZOO_LT(cublasLtMatmulDescCreate(&gp->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t opa = gm->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS's A = our b */
+  cublasOperation_t opb = gm->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS's B = our a */
+  ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+  ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  if (gm->bias >= 0) {
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    void *bp = (void *)(uintptr_t)bias;
+    ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+  }
+  uint64_t m = (uint64_t)gm->m, n = (uint64_t)gm->n, k = (uint64_t)gm->k;
+  /* our b stored row-major [k, n] (or [n, k] transposed) is column-major [n, k] ([k, n]) */
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->la, CUDA_R_32F, gm->trans_b ? k : n, gm->trans_b ? n : k,
+                                    (int64_t)(gm->trans_b ? k : n)));
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lb, CUDA_R_32F, gm->trans_a ? m : k, gm->trans_a ? k : m,
+                                    (int64_t)(gm->trans_a ? m : k)));
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lc, CUDA_R_32F, n, m, (int64_t)n));
+  if (gm->batch > 1) {
+    int32_t count = (int32_t)gm->batch;
+    int64_t sa = gm->stride_b, sb = gm->stride_a, sc = gm->stride_c;
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sa, sizeof sa));
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof sb));
+    ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sc, sizeof sc));
+  }
+  cublasLtMatmulPreference_t pref;
+  ZOO_LT(cublasLtMatmulPreferenceCreate(&pref));
+  uint64_t ws = WORKSPACE_BYTES;
+  cublasStatus_t st = zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = zoo_cublaslt.cublasLtMatmulAlgoGetHeuristic(c->lt, gp->desc, gp->la, gp->lb, gp->lc, gp->lc,
+                                                     pref, 1, &res, &found);
+  zoo_cublaslt.cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return zoo_cublaslt_fail(st, "cublasLtMatmulAlgoGetHeuristic(...)", __FILE__, __LINE__, c->err, c->errlen);
+  if (found < 1) {
+    snprintf(c->err, c->errlen,
+             "cuBLASLt has no fp32 algorithm for m=%lld n=%lld k=%lld batch=%lld (transposes %d %d)",
+             (long long)gm->m, (long long)gm->n, (long long)gm->k, (long long)gm->batch, gm->trans_a,
+             gm->trans_b);
+    return -1;
+  }
+  gp->algo = res.algo;
+  gp->ready = 1;
+  return 0;
+}
+
+static void gemm_release(gemm_plan *gp) {
+  if (!gp->ready && !gp->desc) return;
+  if (gp->desc) zoo_cublaslt.cublasLtMatmulDescDestroy(gp->desc);
+  if (gp->la) zoo_cublaslt.cublasLtMatrixLayoutDestroy(gp->la);
+  if (gp->lb) zoo_cublaslt.cublasLtMatrixLayoutDestroy(gp->lb);
+  if (gp->lc) zoo_cublaslt.cublasLtMatrixLayoutDestroy(gp->lc);
+  memset(gp, 0, sizeof *gp);
+}
+
+/* GEMM plans for steps [first, first + n) under plan p. */
+static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_graph *g) {
+  for (int i = first; i < first + n; i++) {
+    const zoo_step *s = &c->emit->steps[i];
+    if (s->kind != ZOO_STEP_GEMM) continue;
+    if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0) {
+      char d[400];
+      step_desc(c, g, i, d, sizeof d);
+      return context(c, d);
+    }
+  }
+  return 0;
+}
+
+/* One kernel argument's value. */
+typedef union arg_value {
+  CUdeviceptr ptr;
+  long long i;
+  float f;
+  unsigned long long u;
+} arg_value;
+
+/* Fills the argument values of kernel step i (first is the index of the plan's
+ * first step, to find its scratch). */
+static int kernel_args(const core *c, const zoo_plan *p, int i, int first, uint64_t seed,
+                       arg_value *vals, void **params) {
+  const zoo_step *s = &c->emit->steps[i];
+  for (int a = 0; a < s->nargs; a++) {
+    const zoo_arg *x = &s->args[a];
+    switch (x->kind) {
+    case ZOO_ARG_TENSOR:
+      vals[a].ptr = tensor_ptr(c, p, x->tensor);
+      if (!vals[a].ptr) return -1;
+      break;
+    case ZOO_ARG_SCRATCH:
+      if (p->scratch[i - first] < 0) return -1;
+      vals[a].ptr = c->base[ZOO_MEM_ARENA] + (CUdeviceptr)(p->scratch[i - first] + x->i);
+      break;
+    case ZOO_ARG_I64: vals[a].i = (long long)x->i; break;
+    case ZOO_ARG_F32: vals[a].f = x->f; break;
+    case ZOO_ARG_SEED: vals[a].u = seed; break;
+    }
+    params[a] = &vals[a];
+  }
+  return 0;
+}
+
+static int step_has_seed(const zoo_step *s) {
+  for (int a = 0; a < s->nargs; a++)
+    if (s->args[a].kind == ZOO_ARG_SEED) return 1;
+  return 0;
+}
+
+/* Launches step i (of the plan whose first step is `first`) on the stream. */
+static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, int first,
+                       uint64_t seed, int micro) {
+  const zoo_step *s = &c->emit->steps[i];
+  CUresult r = CUDA_SUCCESS;
+  const char *call = "";
+  if (s->kind == ZOO_STEP_KERNEL) {
+    arg_value vals[ZOO_MAX_ARGS];
+    void *params[ZOO_MAX_ARGS];
+    if (kernel_args(c, p, i, first, seed, vals, params) != 0) {
+      char d[400];
+      step_desc(c, g, i, d, sizeof d);
+      snprintf(c->err, c->errlen, "%s: an argument has no memory in the plan (bug)", d);
+      return -1;
+    }
+    r = zoo_cu.cuLaunchKernel(c->func[i], s->grid[0], s->grid[1], s->grid[2], s->block[0], s->block[1],
+                              s->block[2], s->smem, c->stream, params, NULL);
+    call = "cuLaunchKernel(...)";
+    if (r == CUDA_SUCCESS && c->capturing && step_has_seed(s)) {
+      /* remember the node just captured: the seed changes each step */
+      CUstreamCaptureStatus status;
+      const CUgraphNode *deps = NULL;
+      size_t ndeps = 0;
+      r = zoo_cu.cuStreamGetCaptureInfo(c->stream, &status, NULL, NULL, &deps, NULL, &ndeps);
+      call = "cuStreamGetCaptureInfo(...)";
+      if (r == CUDA_SUCCESS && ndeps == 1) {
+        captured *cap = c->capturing;
+        if (cap->nseeds == cap->seeds_cap) {
+          cap->seeds_cap = cap->seeds_cap ? 2 * cap->seeds_cap : 8;
+          cap->seeds = realloc(cap->seeds, (size_t)cap->seeds_cap * sizeof *cap->seeds);
+          if (!cap->seeds) abort();
+        }
+        cap->seeds[cap->nseeds++] = (seed_node){deps[0], i, micro};
+      } else if (r == CUDA_SUCCESS) {
+        snprintf(c->err, c->errlen, "capture: a kernel node has %zu dependencies, expected 1", ndeps);
+        return -1;
+      }
+    }
+  } else if (s->kind == ZOO_STEP_GEMM) {
+    const zoo_gemm *gm = &s->gemm;
+    const gemm_plan *gp = &c->gemm[i];
+    float alpha = gm->alpha, beta = gm->beta;
+    CUdeviceptr A = tensor_ptr(c, p, gm->a), B = tensor_ptr(c, p, gm->b), C = tensor_ptr(c, p, gm->c);
+    if (!gp->ready || !A || !B || !C) {
+      char d[400];
+      step_desc(c, g, i, d, sizeof d);
+      snprintf(c->err, c->errlen, "%s: GEMM not prepared or an operand has no memory (bug)", d);
+      return -1;
+    }
+    cublasStatus_t st = zoo_cublaslt.cublasLtMatmul(
+        c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la, (const void *)(uintptr_t)A, gp->lb,
+        &beta, (const void *)(uintptr_t)C, gp->lc, (void *)(uintptr_t)C, gp->lc, &gp->algo,
+        (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      zoo_cublaslt_fail(st, "cublasLtMatmul(...)", __FILE__, __LINE__, c->err, c->errlen);
+      char d[400];
+      step_desc(c, g, i, d, sizeof d);
+      return context(c, d);
+    }
+  } else {
+    CUdeviceptr C = tensor_ptr(c, p, s->gemm.c);
+    r = zoo_cu.cuMemsetD32Async(C, 0, (size_t)(p->bytes[s->gemm.c] / 4), c->stream);
+    call = "cuMemsetD32Async(...)";
+  }
+  if (r == CUDA_SUCCESS && c->debug && !c->capturing) {
+    r = zoo_cu.cuStreamSynchronize(c->stream);
+    call = "cuStreamSynchronize(stream) after the step (ZOO_DEBUG)";
+  }
+  if (r != CUDA_SUCCESS) {
+    zoo_cu_fail(r, call, __FILE__, __LINE__, c->err, c->errlen);
+    char d[400];
+    step_desc(c, g, i, d, sizeof d);
+    return context(c, d);
+  }
+  return 0;
+}
+
+/* Launches steps [first, first + n) under plan p. */
+static int run_steps(core *c, const zoo_plan *p, const zoo_graph *g, int first, int n, uint64_t seed,
+                     int micro) {
+  for (int i = first; i < first + n; i++)
+    if (launch_step(c, p, g, i, first, seed, micro) != 0) return -1;
+  return 0;
+}
+
+static void captured_free(captured *cap) {
+  if (cap->exec) zoo_cu.cuGraphExecDestroy(cap->exec);
+  if (cap->graph) zoo_cu.cuGraphDestroy(cap->graph);
+  free(cap->seeds);
+  memset(cap, 0, sizeof *cap);
+}
+
+static void core_free(core *c) {
+  if (!c->ctx) return;
+  zoo_cu.cuCtxSetCurrent(c->ctx);
+  if (c->stream) zoo_cu.cuStreamSynchronize(c->stream);
+  for (int i = 0; i < c->nsteps && c->gemm; i++) gemm_release(&c->gemm[i]);
+  free(c->gemm);
+  free(c->func);
+  if (c->lt) zoo_cublaslt.cublasLtDestroy(c->lt);
+  for (int m = 1; m < 5; m++)
+    if (c->base[m]) zoo_cu.cuMemFree(c->base[m]);
+  if (c->workspace) zoo_cu.cuMemFree(c->workspace);
+  if (c->mod) zoo_cu.cuModuleUnload(c->mod);
+  if (c->stream) zoo_cu.cuStreamDestroy(c->stream);
+  if (c->ctx_retained) zoo_cu.cuDevicePrimaryCtxRelease(c->dev);
+  memset(c, 0, sizeof *c);
+}
+
+/* ---------------------------------------------------------------------------
+ * The backend */
+
+typedef struct slot {
+  int32_t *tokens, *targets; /* pinned [accum][B*T] */
+  zoo_hyper *hyper;          /* pinned */
+  float *metrics;            /* pinned [4]: loss sum, correct, labelled */
+  int accum;
+  int undelivered;           /* its step's metrics are not yet returned */
+  CUevent done, t0, t1;
+  captured graph;
+} slot;
+
+typedef struct zoo_cuda {
+  zoo_backend be; /* first: the interface */
+  core c;
+  zoo_cuda_program prog;
+  int64_t B, T;
+  CUdeviceptr acc, adam_m, adam_v, hyper, metrics_acc;
+  float *dloss;              /* pinned: 1 / accum of the captured graphs */
+  slot slots[2];
+  int accum;                 /* of the captured training graphs; 0 before the first */
+  int64_t launched;          /* training steps launched */
+  int64_t step;              /* AdamW's t */
+  float last_ms;
+  /* evaluation */
+  int32_t *eval_tokens, *eval_targets;
+  float *eval_metrics;
+  captured eval_graph;
+  int64_t mem_free_before, mem_used_delta;
+  int64_t device_bytes;
+  CUfunction f_adamw, f_accum, f_metrics;
+  int tokens_in, targets_in, dloss_in; /* input tensor ids */
+} zoo_cuda;
+
+#define BE_ERR(x) (x)->be.err, sizeof (x)->be.err
+
+static unsigned blocks_for(int64_t n) {
+  int64_t b = (n + 255) / 256;
+  return (unsigned)(b > 4096 ? 4096 : b < 1 ? 1 : b);
+}
+
+/* Launches one of the runtime's own kernels. */
+static int launch_rt(zoo_cuda *x, CUfunction f, unsigned grid, unsigned block, void **params,
+                     const char *name) {
+  CUresult r = zoo_cu.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, x->c.stream, params, NULL);
+  if (r == CUDA_SUCCESS && x->c.debug && !x->c.capturing) r = zoo_cu.cuStreamSynchronize(x->c.stream);
+  if (r != CUDA_SUCCESS) {
+    zoo_cu_fail(r, name, __FILE__, __LINE__, x->c.err, x->c.errlen);
+    return -1;
+  }
+  return 0;
+}
+
+/* The work of one training step, on the stream: captured once per slot, or
+ * run eagerly under ZOO_DEBUG. */
+static int enqueue_train(zoo_cuda *x, slot *s, uint64_t seed) {
+  core *c = &x->c;
+  zoo_cuda_program *cp = &x->prog;
+  const zoo_plan *p = &cp->train_plan;
+  int64_t bt = x->B * x->T;
+  CUdeviceptr tok = tensor_ptr(c, p, x->tokens_in), tgt = tensor_ptr(c, p, x->targets_in);
+  CUdeviceptr dl = tensor_ptr(c, p, x->dloss_in);
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(x->hyper, s->hyper, sizeof(zoo_hyper), c->stream));
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(dl, x->dloss, sizeof(float), c->stream));
+  CUdeviceptr loss = tensor_ptr(c, p, cp->train.loss), metrics = tensor_ptr(c, p, cp->train.metrics);
+  long long n = (long long)(p->param_bytes / 4);
+  for (int m = 0; m < s->accum; m++) {
+    ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tok, s->tokens + m * bt, (size_t)bt * 4, c->stream));
+    ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tgt, s->targets + m * bt, (size_t)bt * 4, c->stream));
+    if (run_steps(c, p, &cp->train, 0, cp->ntrain, seed + (uint64_t)m, m) != 0) return -1;
+    int first = m == 0;
+    if (s->accum > 1) {
+      CUdeviceptr grads = c->base[ZOO_MEM_GRAD];
+      void *params[] = {&x->acc, &grads, &n, &first};
+      if (launch_rt(x, x->f_accum, blocks_for(n), 256, params, "zoo_accumulate") != 0) return -1;
+    }
+    void *mp[] = {&x->metrics_acc, &loss, &metrics, &first};
+    if (launch_rt(x, x->f_metrics, 1, 32, mp, "zoo_metrics_accumulate") != 0) return -1;
+  }
+  CUdeviceptr grads = s->accum > 1 ? x->acc : c->base[ZOO_MEM_GRAD];
+  CUdeviceptr params_d = c->base[ZOO_MEM_PARAM];
+  void *ap[] = {&params_d, &grads, &x->adam_m, &x->adam_v, &x->hyper, &n};
+  if (launch_rt(x, x->f_adamw, blocks_for(n), 256, ap, "zoo_adamw") != 0) return -1;
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyDtoHAsync(s->metrics, x->metrics_acc, 3 * sizeof(float), c->stream));
+  return 0;
+}
+
+/* Captures the training step of slot s as a CUDA graph. */
+static int capture_train(zoo_cuda *x, slot *s) {
+  core *c = &x->c;
+  captured_free(&s->graph);
+  ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  c->capturing = &s->graph;
+  int status = enqueue_train(x, s, 0);
+  c->capturing = NULL;
+  CUgraph graph = NULL;
+  CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
+  if (status != 0) {
+    if (graph) zoo_cu.cuGraphDestroy(graph);
+    return context(c, "while capturing the training step");
+  }
+  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(stream, &graph)", __FILE__, __LINE__, c->err, c->errlen);
+  s->graph.graph = graph;
+  size_t nodes = 0;
+  ZOO_CU_N(c->err, c->errlen, cuGraphGetNodes(graph, NULL, &nodes));
+  s->graph.nodes = (int)nodes;
+  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&s->graph.exec, graph, 0));
+  return 0;
+}
+
+/* Points the seed arguments of slot s's graph at this step's seed. */
+static int update_seeds(zoo_cuda *x, slot *s, uint64_t seed) {
+  core *c = &x->c;
+  for (int k = 0; k < s->graph.nseeds; k++) {
+    const seed_node *sn = &s->graph.seeds[k];
+    const zoo_step *st = &c->emit->steps[sn->step];
+    arg_value vals[ZOO_MAX_ARGS];
+    void *params[ZOO_MAX_ARGS];
+    if (kernel_args(c, &x->prog.train_plan, sn->step, 0, seed + (uint64_t)sn->micro, vals, params) != 0) {
+      snprintf(c->err, c->errlen, "seed update: step %d has an argument without memory (bug)", sn->step);
+      return -1;
+    }
+    CUDA_KERNEL_NODE_PARAMS kp;
+    memset(&kp, 0, sizeof kp);
+    kp.func = c->func[sn->step];
+    kp.gridDimX = st->grid[0], kp.gridDimY = st->grid[1], kp.gridDimZ = st->grid[2];
+    kp.blockDimX = st->block[0], kp.blockDimY = st->block[1], kp.blockDimZ = st->block[2];
+    kp.sharedMemBytes = st->smem;
+    kp.kernelParams = params;
+    ZOO_CU_N(c->err, c->errlen, cuGraphExecKernelNodeSetParams(s->graph.exec, sn->node, &kp));
+  }
+  return 0;
+}
+
+static void release_slot_memory(slot *s) {
+  if (s->tokens) zoo_cu.cuMemFreeHost(s->tokens);
+  if (s->targets) zoo_cu.cuMemFreeHost(s->targets);
+  s->tokens = s->targets = NULL;
+}
+
+/* (Re)captures both slots' graphs for `accum` micro-batches. */
+static int prepare_accum(zoo_cuda *x, int accum) {
+  core *c = &x->c;
+  if (x->accum == accum) return 0;
+  ZOO_CU_N(c->err, c->errlen, cuStreamSynchronize(c->stream));
+  size_t bytes = (size_t)(x->B * x->T * accum) * 4;
+  for (int k = 0; k < 2; k++) {
+    slot *s = &x->slots[k];
+    release_slot_memory(s);
+    void *a = NULL, *b = NULL;
+    ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&a, bytes, 0));
+    s->tokens = a;
+    ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&b, bytes, 0));
+    s->targets = b;
+    s->accum = accum;
+  }
+  *x->dloss = 1.0f / (float)accum;
+  x->accum = accum;
+  if (!c->debug)
+    for (int k = 0; k < 2; k++)
+      if (capture_train(x, &x->slots[k]) != 0) {
+        x->accum = 0;
+        return -1;
+      }
+  return 0;
+}
+
+/* Copies `rows` rows into a B-row pinned block, padding with token 0 and
+ * target -100. */
+static void fill_rows(int32_t *dst_tok, int32_t *dst_tgt, const int32_t *tok, const int32_t *tgt,
+                      int rows, int64_t B, int64_t T) {
+  size_t used = (size_t)rows * (size_t)T;
+  if (rows > 0) {
+    memcpy(dst_tok, tok, used * 4);
+    memcpy(dst_tgt, tgt, used * 4);
+  }
+  for (size_t i = used; i < (size_t)(B * T); i++) dst_tok[i] = 0, dst_tgt[i] = -100;
+}
+
+static void read_metrics(const slot *s, zoo_metrics *m) {
+  m->loss = (double)s->metrics[0] / (double)(s->accum ? s->accum : 1);
+  m->correct = s->metrics[1];
+  m->labelled = s->metrics[2];
+}
+
+static int cuda_train_step(zoo_backend *be, int accum, const int32_t *const *tokens,
+                           const int32_t *const *targets, const int *rows, const zoo_adamw *opt,
+                           uint64_t seed, zoo_metrics *m) {
+  zoo_cuda *x = be->impl;
+  core *c = &x->c;
+  memset(m, 0, sizeof *m);
+  ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
+  if (accum < 1) {
+    snprintf(be->err, sizeof be->err, "train_step: accum is %d", accum);
+    return -1;
+  }
+  for (int k = 0; k < accum; k++)
+    if (rows[k] < 0 || rows[k] > x->B) {
+      snprintf(be->err, sizeof be->err, "train_step: micro-batch %d has %d rows; the backend was built for %lld",
+               k, rows[k], (long long)x->B);
+      return -1;
+    }
+  if (prepare_accum(x, accum) != 0) return -1;
+  int p = (int)(x->launched % 2);
+  slot *s = &x->slots[p];
+  /* slot p's previous step finished: the last call waited for it */
+  int64_t bt = x->B * x->T;
+  for (int k = 0; k < accum; k++)
+    fill_rows(s->tokens + k * bt, s->targets + k * bt, tokens[k], targets[k], rows[k], x->B, x->T);
+  *s->hyper = (zoo_hyper){opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, 0, ++x->step};
+  if (c->debug) {
+    ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->t0, c->stream));
+    if (enqueue_train(x, s, seed) != 0) return -1;
+    ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->t1, c->stream));
+  } else {
+    if (update_seeds(x, s, seed) != 0) return -1;
+    ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->t0, c->stream));
+    CUresult r = zoo_cu.cuGraphLaunch(s->graph.exec, c->stream);
+    if (r != CUDA_SUCCESS) {
+      zoo_cu_fail(r, "cuGraphLaunch(exec, stream)", __FILE__, __LINE__, c->err, c->errlen);
+      return context(c, "training step (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+    }
+    ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->t1, c->stream));
+  }
+  ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->done, c->stream));
+  x->launched++;
+  s->undelivered = 1;
+  slot *prev = &x->slots[1 - p];
+  if (prev->undelivered) {
+    CUresult r = zoo_cu.cuEventSynchronize(prev->done);
+    if (r != CUDA_SUCCESS) {
+      zoo_cu_fail(r, "cuEventSynchronize(done)", __FILE__, __LINE__, c->err, c->errlen);
+      return context(c, "training step (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+    }
+    read_metrics(prev, m);
+    zoo_cu.cuEventElapsedTime(&x->last_ms, prev->t0, prev->t1);
+    prev->undelivered = 0;
+  }
+  return 1;
+}
+
+/* Waits for the stream; the metrics of a step not yet delivered go to last. */
+static int cuda_sync(zoo_backend *be, zoo_metrics *last) {
+  zoo_cuda *x = be->impl;
+  core *c = &x->c;
+  if (last) memset(last, 0, sizeof *last);
+  ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
+  CUresult r = zoo_cu.cuStreamSynchronize(c->stream);
+  if (r != CUDA_SUCCESS) {
+    zoo_cu_fail(r, "cuStreamSynchronize(stream)", __FILE__, __LINE__, c->err, c->errlen);
+    return context(c, "waiting for the GPU (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+  }
+  for (int k = 0; k < 2; k++) {
+    slot *s = &x->slots[(x->launched + k) % 2]; /* the older one first */
+    if (!s->undelivered) continue;
+    if (last) read_metrics(s, last);
+    zoo_cu.cuEventElapsedTime(&x->last_ms, s->t0, s->t1);
+    s->undelivered = 0;
+  }
+  return 0;
+}
+
+static int enqueue_eval(zoo_cuda *x) {
+  core *c = &x->c;
+  zoo_cuda_program *cp = &x->prog;
+  const zoo_plan *p = &cp->eval_plan;
+  int64_t bt = x->B * x->T;
+  CUdeviceptr tok = tensor_ptr(c, p, x->tokens_in), tgt = tensor_ptr(c, p, x->targets_in);
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tok, x->eval_tokens, (size_t)bt * 4, c->stream));
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tgt, x->eval_targets, (size_t)bt * 4, c->stream));
+  if (run_steps(c, p, &cp->eval, cp->ntrain, cp->neval, 0, 0) != 0) return -1;
+  CUdeviceptr loss = tensor_ptr(c, p, cp->eval.loss), metrics = tensor_ptr(c, p, cp->eval.metrics);
+  CUdeviceptr acc = x->metrics_acc + 64;
+  int first = 1;
+  void *mp[] = {&acc, &loss, &metrics, &first};
+  if (launch_rt(x, x->f_metrics, 1, 32, mp, "zoo_metrics_accumulate") != 0) return -1;
+  ZOO_CU_N(c->err, c->errlen, cuMemcpyDtoHAsync(x->eval_metrics, acc, 3 * sizeof(float), c->stream));
+  return 0;
+}
+
+static int cuda_eval_batch(zoo_backend *be, const int32_t *tokens, const int32_t *targets, int rows,
+                           zoo_metrics *m) {
+  zoo_cuda *x = be->impl;
+  core *c = &x->c;
+  memset(m, 0, sizeof *m);
+  ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
+  if (rows < 0 || rows > x->B) {
+    snprintf(be->err, sizeof be->err, "eval_batch: %d rows; the backend was built for %lld", rows,
+             (long long)x->B);
+    return -1;
+  }
+  /* the pinned buffers may still feed the previous evaluation's copies */
+  ZOO_CU_N(c->err, c->errlen, cuStreamSynchronize(c->stream));
+  fill_rows(x->eval_tokens, x->eval_targets, tokens, targets, rows, x->B, x->T);
+  if (c->debug) {
+    if (enqueue_eval(x) != 0) return -1;
+  } else {
+    if (!x->eval_graph.exec) {
+      ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+      c->capturing = &x->eval_graph;
+      int status = enqueue_eval(x);
+      c->capturing = NULL;
+      CUgraph graph = NULL;
+      CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
+      if (status != 0) {
+        if (graph) zoo_cu.cuGraphDestroy(graph);
+        return context(c, "while capturing the evaluation step");
+      }
+      if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(...)", __FILE__, __LINE__, c->err, c->errlen);
+      x->eval_graph.graph = graph;
+      ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&x->eval_graph.exec, graph, 0));
+    }
+    CUresult r = zoo_cu.cuGraphLaunch(x->eval_graph.exec, c->stream);
+    if (r != CUDA_SUCCESS) {
+      zoo_cu_fail(r, "cuGraphLaunch(eval, stream)", __FILE__, __LINE__, c->err, c->errlen);
+      return context(c, "evaluation (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+    }
+  }
+  CUresult r = zoo_cu.cuStreamSynchronize(c->stream);
+  if (r != CUDA_SUCCESS) {
+    zoo_cu_fail(r, "cuStreamSynchronize(stream)", __FILE__, __LINE__, c->err, c->errlen);
+    return context(c, "evaluation (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+  }
+  m->loss = x->eval_metrics[0];
+  m->correct = x->eval_metrics[1];
+  m->labelled = x->eval_metrics[2];
+  return 0;
+}
+
+/* Copies a flat buffer to or from per-parameter host arrays. */
+static int copy_flat(zoo_cuda *x, CUdeviceptr flat, float *const *host, int to_host) {
+  const zoo_graph *g = &x->prog.train;
+  for (int i = 0; i < g->nparams; i++) {
+    size_t bytes = (size_t)x->prog.train_plan.bytes[g->params[i]];
+    CUdeviceptr d = flat + (CUdeviceptr)x->prog.train_plan.param_offset[i];
+    if (to_host) ZOO_CU(x->be.err, cuMemcpyDtoH(host[i], d, bytes));
+    else ZOO_CU(x->be.err, cuMemcpyHtoD(d, host[i], bytes));
+  }
+  return 0;
+}
+
+static int cuda_get_state(zoo_backend *be, float **params, float **m, float **v, int64_t *step) {
+  zoo_cuda *x = be->impl;
+  ZOO_CU(be->err, cuCtxSetCurrent(x->c.ctx));
+  ZOO_CU(be->err, cuStreamSynchronize(x->c.stream));
+  if (params && copy_flat(x, x->c.base[ZOO_MEM_PARAM], params, 1) != 0) return -1;
+  if (m && copy_flat(x, x->adam_m, m, 1) != 0) return -1;
+  if (v && copy_flat(x, x->adam_v, v, 1) != 0) return -1;
+  if (step) *step = x->step;
+  return 0;
+}
+
+static int cuda_set_state(zoo_backend *be, float *const *params, float *const *m, float *const *v,
+                          int64_t step) {
+  zoo_cuda *x = be->impl;
+  ZOO_CU(be->err, cuCtxSetCurrent(x->c.ctx));
+  ZOO_CU(be->err, cuStreamSynchronize(x->c.stream));
+  int64_t bytes = x->prog.train_plan.param_bytes;
+  if (params && copy_flat(x, x->c.base[ZOO_MEM_PARAM], params, 0) != 0) return -1;
+  if (m) {
+    if (copy_flat(x, x->adam_m, m, 0) != 0) return -1;
+  } else {
+    ZOO_CU(be->err, cuMemsetD8Async(x->adam_m, 0, (size_t)bytes, x->c.stream));
+  }
+  if (v) {
+    if (copy_flat(x, x->adam_v, v, 0) != 0) return -1;
+  } else {
+    ZOO_CU(be->err, cuMemsetD8Async(x->adam_v, 0, (size_t)bytes, x->c.stream));
+  }
+  ZOO_CU(be->err, cuStreamSynchronize(x->c.stream));
+  x->step = step;
+  return 0;
+}
+
+static void cuda_free(zoo_backend *be) {
+  if (!be) return;
+  zoo_cuda *x = be->impl;
+  if (x->c.ctx) {
+    zoo_cu.cuCtxSetCurrent(x->c.ctx);
+    if (x->c.stream) zoo_cu.cuStreamSynchronize(x->c.stream);
+    for (int k = 0; k < 2; k++) {
+      slot *s = &x->slots[k];
+      captured_free(&s->graph);
+      release_slot_memory(s);
+      if (s->hyper) zoo_cu.cuMemFreeHost(s->hyper);
+      if (s->metrics) zoo_cu.cuMemFreeHost(s->metrics);
+      if (s->done) zoo_cu.cuEventDestroy(s->done);
+      if (s->t0) zoo_cu.cuEventDestroy(s->t0);
+      if (s->t1) zoo_cu.cuEventDestroy(s->t1);
+    }
+    captured_free(&x->eval_graph);
+    CUdeviceptr bufs[] = {x->acc, x->adam_m, x->adam_v, x->hyper, x->metrics_acc};
+    for (int k = 0; k < 5; k++)
+      if (bufs[k]) zoo_cu.cuMemFree(bufs[k]);
+    void *pinned[] = {x->dloss, x->eval_tokens, x->eval_targets, x->eval_metrics};
+    for (int k = 0; k < 4; k++)
+      if (pinned[k]) zoo_cu.cuMemFreeHost(pinned[k]);
+  }
+  core_free(&x->c);
+  zoo_cuda_program_free(&x->prog);
+  free(x);
+}
+
+/* Looks up an input tensor by name; -1 if absent. */
+static int input_named(const zoo_graph *g, const char *name) {
+  for (int i = 0; i < g->ninputs; i++) {
+    const char *n = g->tensors[g->inputs[i]].name;
+    if (n && strcmp(n, name) == 0) return g->inputs[i];
+  }
+  return -1;
+}
+
+static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
+  core *c = &x->c;
+  c->err = x->be.err;
+  c->errlen = sizeof x->be.err;
+  x->tokens_in = input_named(g, "tokens");
+  x->targets_in = g->targets;
+  x->dloss_in = g->dloss;
+  if (x->tokens_in < 0 || x->targets_in < 0 || x->dloss_in < 0 || g->ninputs != 3) {
+    snprintf(c->err, c->errlen, "the CUDA backend needs a training graph with the inputs tokens, "
+                                "targets and dloss (and no others)");
+    return -1;
+  }
+  if (core_device(c, device) != 0) return -1;
+  size_t free0 = 0, total = 0;
+  ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free0, &total));
+  x->mem_free_before = (int64_t)free0;
+  const char *nofuse = getenv("ZOO_NO_FUSE");
+  int fuse = !(nofuse && nofuse[0] && strcmp(nofuse, "0") != 0);
+  if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse, 1, c->err, c->errlen) != 0) return -1;
+  zoo_cuda_program *cp = &x->prog;
+  if (core_module(c, &cp->emit, &cp->train) != 0) return -1;
+  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_adamw, c->mod, "zoo_adamw"));
+  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_accum, c->mod, "zoo_accumulate"));
+  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_metrics, c->mod, "zoo_metrics_accumulate"));
+
+  /* memory */
+  int64_t arena = cp->train_plan.arena_bytes > cp->eval_plan.arena_bytes ? cp->train_plan.arena_bytes
+                                                                          : cp->eval_plan.arena_bytes;
+  int64_t pb = cp->train_plan.param_bytes, ib = cp->train_plan.input_bytes;
+  if (core_alloc(c, &c->base[ZOO_MEM_ARENA], arena) != 0 || core_alloc(c, &c->base[ZOO_MEM_PARAM], pb) != 0 ||
+      core_alloc(c, &c->base[ZOO_MEM_GRAD], pb) != 0 || core_alloc(c, &c->base[ZOO_MEM_INPUT], ib) != 0 ||
+      core_alloc(c, &x->acc, pb) != 0 || core_alloc(c, &x->adam_m, pb) != 0 ||
+      core_alloc(c, &x->adam_v, pb) != 0 || core_alloc(c, &x->hyper, 256) != 0 ||
+      core_alloc(c, &x->metrics_acc, 256) != 0 || core_alloc(c, &c->workspace, WORKSPACE_BYTES) != 0)
+    return context(c, "allocating device memory");
+  x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
+  CUdeviceptr zero[] = {c->base[ZOO_MEM_PARAM], c->base[ZOO_MEM_GRAD], x->acc, x->adam_m, x->adam_v};
+  for (int k = 0; k < 5; k++) ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(zero[k], 0, (size_t)(pb > 0 ? pb : 1), c->stream));
+  ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_ARENA], 0, (size_t)(arena > 0 ? arena : 1), c->stream));
+  ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_INPUT], 0, (size_t)(ib > 0 ? ib : 1), c->stream));
+
+  ZOO_LT(cublasLtCreate(&c->lt));
+  if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train) != 0) return -1;
+  if (core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval) != 0) return -1;
+
+  /* pinned host memory and events */
+  for (int k = 0; k < 2; k++) {
+    slot *s = &x->slots[k];
+    void *h = NULL, *mt = NULL;
+    ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&h, sizeof(zoo_hyper), 0));
+    s->hyper = h;
+    ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&mt, 4 * sizeof(float), 0));
+    s->metrics = mt;
+    memset(s->metrics, 0, 4 * sizeof(float));
+    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&s->done, CU_EVENT_DISABLE_TIMING));
+    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&s->t0, CU_EVENT_DEFAULT));
+    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&s->t1, CU_EVENT_DEFAULT));
+  }
+  void *dl = NULL, *et = NULL, *eg = NULL, *em = NULL;
+  size_t bt = (size_t)(x->B * x->T) * 4;
+  ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&dl, sizeof(float), 0));
+  ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&et, bt, 0));
+  ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&eg, bt, 0));
+  ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&em, 4 * sizeof(float), 0));
+  x->dloss = dl, x->eval_tokens = et, x->eval_targets = eg, x->eval_metrics = em;
+  ZOO_CU_N(c->err, c->errlen, cuStreamSynchronize(c->stream));
+  size_t free1 = 0;
+  ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free1, &total));
+  x->mem_used_delta = x->mem_free_before - (int64_t)free1;
+  x->last_ms = -1;
+  return 0;
+}
+
+zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T, int device,
+                                   char *err, size_t errlen) {
+  zoo_cuda *x = calloc(1, sizeof *x);
+  if (!x) abort();
+  x->be.name = "cuda";
+  x->be.train_step = cuda_train_step;
+  x->be.eval_batch = cuda_eval_batch;
+  x->be.get_state = cuda_get_state;
+  x->be.set_state = cuda_set_state;
+  x->be.sync = cuda_sync;
+  x->be.free = cuda_free;
+  x->be.impl = x;
+  x->B = rows_B;
+  x->T = seq_T;
+  if (cuda_init(x, g, device) != 0) {
+    snprintf(err, errlen, "%s", x->be.err);
+    cuda_free(&x->be);
+    return NULL;
+  }
+  return &x->be;
+}
+
+int zoo_cuda_available(char *why, size_t n) {
+  char err[512];
+  if (zoo_cu_load(err, sizeof err) != 0) {
+    snprintf(why, n, "no CUDA driver: %s", err);
+    return 0;
+  }
+  int count = 0;
+  CUresult r = zoo_cu.cuDeviceGetCount(&count);
+  if (r != CUDA_SUCCESS || count < 1) {
+    snprintf(why, n, "the CUDA driver sees no GPU");
+    return 0;
+  }
+  if (zoo_nvrtc_load(err, sizeof err) != 0) {
+    snprintf(why, n, "a GPU is present but NVRTC is missing: %s", err);
+    return 0;
+  }
+  if (zoo_cublaslt_load(err, sizeof err) != 0) {
+    snprintf(why, n, "a GPU is present but cuBLASLt is missing: %s", err);
+    return 0;
+  }
+  snprintf(why, n, "%d CUDA device%s", count, count == 1 ? "" : "s");
+  return 1;
+}
+
+int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s) {
+  memset(s, 0, sizeof *s);
+  if (!be || strcmp(be->name, "cuda") != 0) return -1;
+  zoo_cuda *x = be->impl;
+  if (cuda_sync(be, NULL) != 0) return -1;
+  const zoo_plan *p = &x->prog.train_plan;
+  snprintf(s->device, sizeof s->device, "%s", x->c.device);
+  snprintf(s->arch, sizeof s->arch, "%s", x->c.arch);
+  s->kernels = p->kernels;
+  s->gemms = p->gemms;
+  s->clears = p->zeros;
+  int accum = x->accum ? x->accum : 1;
+  /* per micro-batch: 2 uploads, the steps, accumulation (accum > 1), metric
+   * sum; per step: hyper and dloss uploads, AdamW, the metrics' copy back */
+  s->launches_per_step = accum * (2 + p->nsteps + (accum > 1) + 1) + 4;
+  if (x->slots[0].graph.nodes > 0) s->launches_per_step = x->slots[0].graph.nodes; /* exact */
+  s->module_kernels = x->c.module_kernels + 3;
+  s->arena_bytes = x->prog.train_plan.arena_bytes > x->prog.eval_plan.arena_bytes
+                       ? x->prog.train_plan.arena_bytes
+                       : x->prog.eval_plan.arena_bytes;
+  s->param_bytes = p->param_bytes;
+  s->workspace_bytes = WORKSPACE_BYTES;
+  s->device_bytes = x->device_bytes;
+  s->mem_used_delta = x->mem_used_delta;
+  s->compile_ms = x->c.compile_ms;
+  s->cached = x->c.cached;
+  s->last_step_ms = x->last_ms;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The plain executor (tests) */
+
+struct zoo_cuda_exec {
+  core c;
+  zoo_graph g; /* own node array */
+  int64_t sym[ZOO_MAX_SYMS];
+  zoo_cuda_emit emit;
+  zoo_plan plan;
+  char err[1024];
+};
+
+const char *zoo_cuda_exec_error(const zoo_cuda_exec *x) { return x->err; }
+
+zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fuse,
+                                  const unsigned char *keep, char *err, size_t errlen) {
+  zoo_cuda_exec *x = calloc(1, sizeof *x);
+  if (!x) abort();
+  core *c = &x->c;
+  c->err = x->err;
+  c->errlen = sizeof x->err;
+  x->g = *g;
+  x->g.nodes = malloc((size_t)(g->nnodes ? g->nnodes : 1) * sizeof *g->nodes);
+  if (!x->g.nodes) abort();
+  memcpy(x->g.nodes, g->nodes, (size_t)g->nnodes * sizeof *g->nodes);
+  memcpy(x->sym, sym, sizeof x->sym);
+  unsigned char *all = NULL;
+  int *keep_ids = malloc((size_t)(g->ntensors ? g->ntensors : 1) * sizeof *keep_ids);
+  int nkeep = 0;
+  if (!keep) {
+    all = malloc((size_t)(g->ntensors ? g->ntensors : 1));
+    if (!all) abort();
+    memset(all, 1, (size_t)g->ntensors);
+    keep = all;
+  }
+  for (int t = 0; t < g->ntensors; t++)
+    if (keep[t]) keep_ids[nkeep++] = t;
+  zoo_fuse(&x->g, fuse);
+  x->emit.keep = keep;
+  int status = core_device(c, 0);
+  int nf = 0;
+  if (status == 0 && zoo_cuda_emit_graph(&x->emit, &x->g, x->sym, &nf) != 0) {
+    snprintf(x->err, sizeof x->err, "code generation: %s", x->emit.err);
+    status = -1;
+  }
+  x->emit.keep = NULL;
+  if (status == 0)
+    status = zoo_plan_build(&x->plan, &x->g, x->sym, x->emit.steps, x->emit.nsteps, x->emit.alias,
+                            keep_ids, nkeep, 1, x->err, sizeof x->err);
+  free(all);
+  free(keep_ids);
+  if (status == 0) status = core_module(c, &x->emit, &x->g);
+  if (status == 0) {
+    int64_t sizes[5] = {0, x->plan.arena_bytes, x->plan.param_bytes, x->plan.param_bytes, x->plan.input_bytes};
+    for (int m = 1; m < 5 && status == 0; m++) {
+      status = core_alloc(c, &c->base[m], sizes[m]);
+      if (status == 0) {
+        CUresult r = zoo_cu.cuMemsetD8Async(c->base[m], 0, (size_t)(sizes[m] > 0 ? sizes[m] : 256), c->stream);
+        if (r != CUDA_SUCCESS) status = zoo_cu_fail(r, "cuMemsetD8Async", __FILE__, __LINE__, x->err, sizeof x->err);
+      }
+    }
+    if (status == 0) status = core_alloc(c, &c->workspace, WORKSPACE_BYTES);
+  }
+  if (status == 0) {
+    cublasStatus_t st = zoo_cublaslt.cublasLtCreate(&c->lt);
+    if (st != CUBLAS_STATUS_SUCCESS) status = zoo_cublaslt_fail(st, "cublasLtCreate", __FILE__, __LINE__, x->err, sizeof x->err);
+  }
+  if (status == 0) status = core_gemms(c, &x->plan, 0, x->emit.nsteps, &x->g);
+  if (status != 0) {
+    snprintf(err, errlen, "%s", x->err);
+    zoo_cuda_exec_free(x);
+    return NULL;
+  }
+  return x;
+}
+
+int zoo_cuda_exec_upload(zoo_cuda_exec *x, int tensor, const void *host) {
+  CUdeviceptr d = tensor_ptr(&x->c, &x->plan, tensor);
+  if (!d) {
+    snprintf(x->err, sizeof x->err, "tensor %d has no memory (kept in a register, or unused)", tensor);
+    return -1;
+  }
+  ZOO_CU(x->err, cuCtxSetCurrent(x->c.ctx));
+  ZOO_CU(x->err, cuStreamSynchronize(x->c.stream));
+  ZOO_CU(x->err, cuMemcpyHtoD(d, host, (size_t)x->plan.bytes[tensor]));
+  return 0;
+}
+
+int zoo_cuda_exec_download(zoo_cuda_exec *x, int tensor, void *host) {
+  CUdeviceptr d = tensor_ptr(&x->c, &x->plan, tensor);
+  if (!d) {
+    snprintf(x->err, sizeof x->err, "tensor %d has no memory (kept in a register, or unused)", tensor);
+    return -1;
+  }
+  ZOO_CU(x->err, cuCtxSetCurrent(x->c.ctx));
+  ZOO_CU(x->err, cuStreamSynchronize(x->c.stream));
+  ZOO_CU(x->err, cuMemcpyDtoH(host, d, (size_t)x->plan.bytes[tensor]));
+  return 0;
+}
+
+int zoo_cuda_exec_run(zoo_cuda_exec *x, uint64_t seed) {
+  ZOO_CU(x->err, cuCtxSetCurrent(x->c.ctx));
+  if (run_steps(&x->c, &x->plan, &x->g, 0, x->emit.nsteps, seed, 0) != 0) return -1;
+  CUresult r = zoo_cu.cuStreamSynchronize(x->c.stream);
+  if (r != CUDA_SUCCESS) {
+    zoo_cu_fail(r, "cuStreamSynchronize(stream)", __FILE__, __LINE__, x->err, sizeof x->err);
+    return context(&x->c, "running the graph (rerun with ZOO_DEBUG=1 to name the failing kernel)");
+  }
+  return 0;
+}
+
+void zoo_cuda_exec_free(zoo_cuda_exec *x) {
+  if (!x) return;
+  core_free(&x->c);
+  zoo_cuda_emit_free(&x->emit);
+  zoo_plan_free(&x->plan);
+  free(x->g.nodes);
+  free(x);
+}

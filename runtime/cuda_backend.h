@@ -1,0 +1,59 @@
+/* cuda_backend.h: what the benchmark and the GPU tests ask of the CUDA backend
+ * beyond backend.h.
+ *
+ * (Not named cuda.h: that would hide the toolkit's cuda.h, since runtime/ comes
+ * first on the include path.)
+ *
+ * Environment:
+ *   ZOO_DEBUG=1    no CUDA graph: every step is launched on its own and followed
+ *                  by a synchronisation, so a failure names its kernel and node
+ *   ZOO_NO_FUSE=1  every node its own kernel (bisects a fusion bug)
+ *   ZOO_CACHE_DIR, ZOO_NO_CACHE  the kernel cache (nvrtc_cache.h)
+ */
+#ifndef ZOO_CUDA_BACKEND_H
+#define ZOO_CUDA_BACKEND_H
+
+#include <stdint.h>
+
+#include "backend.h"
+
+typedef struct zoo_cuda_stats {
+  char device[128];          /* "NVIDIA H200" */
+  char arch[16];             /* "sm_90" */
+  int kernels, gemms, clears; /* steps of one micro-batch (forward and backward) */
+  int launches_per_step;     /* every node of the captured training graph: the steps of
+                                each micro-batch, copies, accumulation, AdamW */
+  int module_kernels;        /* distinct kernels in the module */
+  int64_t arena_bytes;       /* activations (largest of training and evaluation plans) */
+  int64_t param_bytes;       /* one flat buffer; parameters, gradients, their
+                                accumulation, AdamW m and v take 5 of them */
+  int64_t workspace_bytes;   /* cuBLASLt */
+  int64_t device_bytes;      /* all of the above and the inputs: what zoo allocated */
+  int64_t mem_used_delta;    /* cuMemGetInfo's used memory after init minus before
+                                (includes the context, module and library overheads
+                                of first use) */
+  double compile_ms;         /* NVRTC time (0 when the cache had the module) */
+  int cached;
+  float last_step_ms;        /* GPU time of the last finished training step (CUDA
+                                events around its graph launch); -1 if none */
+} zoo_cuda_stats;
+
+/* Fills s (waits for outstanding work first). Returns 0, or -1 with be->err. */
+int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s);
+
+/* Runs a plain graph (no training graph needed) on the GPU: every node, once,
+ * with eager launches, for op-by-op tests against the CPU executor. Tensors the
+ * test reads back must be in keep (per tensor, 1 = keep; NULL keeps every
+ * tensor), so fusion leaves them in memory. */
+typedef struct zoo_cuda_exec zoo_cuda_exec;
+zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fuse,
+                                  const unsigned char *keep, char *err, size_t errlen);
+/* Host to device and back; the tensor's whole contents (4-byte elements). */
+int zoo_cuda_exec_upload(zoo_cuda_exec *x, int tensor, const void *host);
+int zoo_cuda_exec_download(zoo_cuda_exec *x, int tensor, void *host);
+/* Runs every step; seed feeds dropout. Returns 0 or -1 (zoo_cuda_exec_error). */
+int zoo_cuda_exec_run(zoo_cuda_exec *x, uint64_t seed);
+const char *zoo_cuda_exec_error(const zoo_cuda_exec *x);
+void zoo_cuda_exec_free(zoo_cuda_exec *x);
+
+#endif
