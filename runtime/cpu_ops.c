@@ -126,6 +126,23 @@ static void bcast_row(const bcast *b, int nin, int64_t r, int64_t *off) {
 /* One row of a binary op: y[j] = a[j*sa] op b[j*sb]. */
 static void binary_row(zoo_op op, float *y, const float *a, int64_t sa, const float *b,
                        int64_t sb, int64_t n) {
+  if (sa == 1 && sb == 1) { /* the common case, in loops the compiler vectorises */
+    switch (op) {
+    case ZOO_OP_ADD:
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++) y[j] = a[j] + b[j];
+      return;
+    case ZOO_OP_SUB:
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++) y[j] = a[j] - b[j];
+      return;
+    case ZOO_OP_MUL:
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++) y[j] = a[j] * b[j];
+      return;
+    default: break;
+    }
+  }
   switch (op) {
   case ZOO_OP_ADD: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] + b[j * sb]; break;
   case ZOO_OP_SUB: for (int64_t j = 0; j < n; j++) y[j] = a[j * sa] - b[j * sb]; break;
@@ -141,7 +158,7 @@ static int binary(zoo_cpu *c, const zoo_node *n) {
   bcast_init(&b, c, n, 2);
   const float *A = in_f(c, n, 0), *B = in_f(c, n, 1);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (b.rows * b.last > (1 << 20))
+#pragma omp parallel for if (b.rows * b.last > (1 << 17))
   for (int64_t r = 0; r < b.rows; r++) {
     int64_t off[2];
     bcast_row(&b, 2, r, off);
@@ -164,7 +181,7 @@ int zoo_cpu_where(zoo_cpu *c, const zoo_node *n) {
   const float *C = in_f(c, n, 0), *A = in_f(c, n, 1), *B = in_f(c, n, 2);
   float *Y = out_f(c, n, 0);
   int k = b.nd - 1;
-#pragma omp parallel for if (b.rows * b.last > (1 << 20))
+#pragma omp parallel for if (b.rows * b.last > (1 << 17))
   for (int64_t r = 0; r < b.rows; r++) {
     int64_t off[3];
     bcast_row(&b, 3, r, off);
@@ -217,7 +234,7 @@ static int unary(zoo_cpu *c, const zoo_node *n) {
   const float *x = in_f(c, n, 0);
   float *y = out_f(c, n, 0);
   int64_t len = c->numel[n->out[0]];
-#pragma omp parallel for if (len > (1 << 20))
+#pragma omp parallel for if (len > (1 << 17))
   for (int64_t i = 0; i < len; i++) y[i] = unary_one(n->op, &n->attrs, x[i]);
   return 0;
 }
@@ -245,7 +262,7 @@ int zoo_cpu_gelu_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *dy = in_f(c, n, 0), *x = in_f(c, n, 1);
   float *dx = out_f(c, n, 0);
   int64_t len = c->numel[n->out[0]];
-#pragma omp parallel for if (len > (1 << 20))
+#pragma omp parallel for if (len > (1 << 17))
   for (int64_t i = 0; i < len; i++) dx[i] = dy[i] * gelu_gradf(x[i]);
   return 0;
 }
@@ -264,7 +281,7 @@ int zoo_cpu_dropout(zoo_cpu *c, const zoo_node *n) {
   }
   float scale = 1.0f / (1.0f - p);
   int64_t stream = n->attrs.i[0];
-#pragma omp parallel for if (len > (1 << 20))
+#pragma omp parallel for if (len > (1 << 17))
   for (int64_t i = 0; i < len; i++) y[i] = keep(c->seed, stream, i, p) ? x[i] * scale : 0.0f;
   return 0;
 }
@@ -279,7 +296,7 @@ static int reduce_axis(zoo_cpu *c, const zoo_node *n, int mean) {
   int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
   const float *x = in_f(c, n, 0);
   float *y = out_f(c, n, 0);
-#pragma omp parallel for if (outer * inner * len > (1 << 20))
+#pragma omp parallel for if (outer * inner * len > (1 << 17))
   for (int64_t oi = 0; oi < outer * inner; oi++) {
     int64_t o = oi / inner, i = oi % inner;
     double acc = 0;
@@ -326,8 +343,10 @@ int zoo_cpu_reduce_to(zoo_cpu *c, const zoo_node *n) {
 /* Mean and 1/sqrt(var + eps) (biased variance) of one row, in double. */
 static void row_moments(const float *x, int64_t C, double eps, double *mean, double *rstd) {
   double m = 0, v = 0;
+#pragma omp simd reduction(+ : m)
   for (int64_t j = 0; j < C; j++) m += x[j];
   m /= (double)C;
+#pragma omp simd reduction(+ : v)
   for (int64_t j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
   v /= (double)C;
   *mean = m;
@@ -342,7 +361,7 @@ int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
   const float *w = n->nin > 1 ? in_f(c, n, 1) : NULL, *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
   double eps = n->attrs.f[0];
-#pragma omp parallel for if (N * C > (1 << 20))
+#pragma omp parallel for if (N * C > (1 << 16))
   for (int64_t r = 0; r < N; r++) {
     const float *x = X + r * C;
     float *y = Y + r * C;
@@ -358,6 +377,11 @@ int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
+/* Row chunks for per-channel sums over rows (weight gradients): each chunk of
+ * ROW_CHUNK rows sums into its own partial, and the partials are added in chunk
+ * order, so the result does not depend on the number of threads. */
+enum { ROW_CHUNK = 128 };
+
 /* layernorm_bwd (dy, x, [w]) -> dx, dw, db. With xh = (x - mean) rstd and
  * g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)), dw = sum dy xh, db = sum dy. */
 int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
@@ -367,40 +391,42 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *w = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1), *db = out_f(c, n, 2);
   double eps = n->attrs.f[0];
-  double *mean = xcalloc((size_t)N, sizeof *mean), *rstd = xcalloc((size_t)N, sizeof *rstd);
-#pragma omp parallel for if (N * C > (1 << 20))
-  for (int64_t r = 0; r < N; r++) {
-    const float *x = X + r * C, *dy = DY + r * C;
-    row_moments(x, C, eps, &mean[r], &rstd[r]);
-    double mg = 0, mgx = 0;
-    for (int64_t j = 0; j < C; j++) {
-      double g = dy[j] * (w ? w[j] : 1.0), xh = (x[j] - mean[r]) * rstd[r];
-      mg += g;
-      mgx += g * xh;
+  int64_t nchunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
+  double *part = xcalloc((size_t)(nchunks * 2 * C), sizeof *part); /* [chunk][dw | db] */
+#pragma omp parallel for if (N * C > (1 << 16))
+  for (int64_t ch = 0; ch < nchunks; ch++) {
+    double *pw = part + ch * 2 * C, *pb = pw + C;
+    double *g = xcalloc((size_t)C, sizeof *g), *xh = xcalloc((size_t)C, sizeof *xh);
+    for (int64_t r = ch * ROW_CHUNK; r < N && r < (ch + 1) * ROW_CHUNK; r++) {
+      const float *x = X + r * C, *dy = DY + r * C;
+      double mean, rstd, mg = 0, mgx = 0;
+      row_moments(x, C, eps, &mean, &rstd);
+#pragma omp simd reduction(+ : mg, mgx)
+      for (int64_t j = 0; j < C; j++) {
+        g[j] = dy[j] * (w ? w[j] : 1.0);
+        xh[j] = (x[j] - mean) * rstd;
+        mg += g[j];
+        mgx += g[j] * xh[j];
+      }
+      mg /= (double)C;
+      mgx /= (double)C;
+#pragma omp simd
+      for (int64_t j = 0; j < C; j++) {
+        DX[r * C + j] = (float)(rstd * (g[j] - mg - xh[j] * mgx));
+        pw[j] += dy[j] * xh[j];
+        pb[j] += dy[j];
+      }
     }
-    mg /= (double)C;
-    mgx /= (double)C;
-    for (int64_t j = 0; j < C; j++) {
-      double g = dy[j] * (w ? w[j] : 1.0), xh = (x[j] - mean[r]) * rstd[r];
-      DX[r * C + j] = (float)(rstd[r] * (g - mg - xh * mgx));
-    }
+    free(g);
+    free(xh);
   }
-  /* per channel sums over rows, in row order (one pass, row-major) */
-  double *sw = xcalloc((size_t)C, sizeof *sw), *sb = xcalloc((size_t)C, sizeof *sb);
-  for (int64_t r = 0; r < N; r++)
-    for (int64_t j = 0; j < C; j++) {
-      double dy = DY[r * C + j];
-      sw[j] += dy * (X[r * C + j] - mean[r]) * rstd[r];
-      sb[j] += dy;
-    }
   for (int64_t j = 0; j < C; j++) {
-    dw[j] = w ? (float)sw[j] : 0.0f;
-    db[j] = w ? (float)sb[j] : 0.0f;
+    double sw = 0, sb = 0;
+    for (int64_t ch = 0; ch < nchunks; ch++) sw += part[ch * 2 * C + j], sb += part[ch * 2 * C + C + j];
+    dw[j] = w ? (float)sw : 0.0f;
+    db[j] = w ? (float)sb : 0.0f;
   }
-  free(sw);
-  free(sb);
-  free(mean);
-  free(rstd);
+  free(part);
   return 0;
 }
 
@@ -417,7 +443,7 @@ int zoo_cpu_rmsnorm(zoo_cpu *c, const zoo_node *n) {
   int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
   const float *X = in_f(c, n, 0), *w = in_f(c, n, 1);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * C > (1 << 20))
+#pragma omp parallel for if (N * C > (1 << 17))
   for (int64_t r = 0; r < N; r++) {
     double ri = row_rms_inv(X + r * C, C, n->attrs.f[0]);
     for (int64_t j = 0; j < C; j++) Y[r * C + j] = (float)(X[r * C + j] * ri * w[j]);
@@ -426,29 +452,34 @@ int zoo_cpu_rmsnorm(zoo_cpu *c, const zoo_node *n) {
 }
 
 /* rmsnorm_bwd (dy, x, w) -> dx, dw. With r = 1/rms and g = dy w:
- * dx = r g - x r^3 mean(g x), dw = sum dy x r. */
+ * dx = r g - x r^3 mean(g x), dw = sum dy x r (in row chunks, as layernorm_bwd). */
 int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
   shape s = in_shape(c, n, 1);
   int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *w = in_f(c, n, 2);
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1);
-  double *rinv = xcalloc((size_t)N, sizeof *rinv);
-#pragma omp parallel for if (N * C > (1 << 20))
-  for (int64_t r = 0; r < N; r++) {
-    const float *x = X + r * C, *dy = DY + r * C;
-    double ri = rinv[r] = row_rms_inv(x, C, n->attrs.f[0]);
-    double mgx = 0;
-    for (int64_t j = 0; j < C; j++) mgx += (double)dy[j] * w[j] * x[j];
-    mgx /= (double)C;
-    for (int64_t j = 0; j < C; j++)
-      DX[r * C + j] = (float)(ri * dy[j] * w[j] - x[j] * ri * ri * ri * mgx);
+  int64_t nchunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
+  double *part = xcalloc((size_t)(nchunks * C), sizeof *part);
+#pragma omp parallel for if (N * C > (1 << 16))
+  for (int64_t ch = 0; ch < nchunks; ch++) {
+    double *pw = part + ch * C;
+    for (int64_t r = ch * ROW_CHUNK; r < N && r < (ch + 1) * ROW_CHUNK; r++) {
+      const float *x = X + r * C, *dy = DY + r * C;
+      double ri = row_rms_inv(x, C, n->attrs.f[0]), mgx = 0;
+      for (int64_t j = 0; j < C; j++) mgx += (double)dy[j] * w[j] * x[j];
+      mgx /= (double)C;
+      for (int64_t j = 0; j < C; j++) {
+        DX[r * C + j] = (float)(ri * dy[j] * w[j] - x[j] * ri * ri * ri * mgx);
+        pw[j] += (double)dy[j] * x[j] * ri;
+      }
+    }
   }
-  double *acc = xcalloc((size_t)C, sizeof *acc); /* sums over rows, in row order */
-  for (int64_t r = 0; r < N; r++)
-    for (int64_t j = 0; j < C; j++) acc[j] += (double)DY[r * C + j] * X[r * C + j] * rinv[r];
-  for (int64_t j = 0; j < C; j++) dw[j] = (float)acc[j];
-  free(acc);
-  free(rinv);
+  for (int64_t j = 0; j < C; j++) {
+    double acc = 0;
+    for (int64_t ch = 0; ch < nchunks; ch++) acc += part[ch * C + j];
+    dw[j] = (float)acc;
+  }
+  free(part);
   return 0;
 }
 
@@ -468,7 +499,7 @@ int zoo_cpu_softmax(zoo_cpu *c, const zoo_node *n) {
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * V > (1 << 20))
+#pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++) {
     double lse = row_logsumexp(X + r * V, V);
     for (int64_t j = 0; j < V; j++) Y[r * V + j] = (float)exp(X[r * V + j] - lse);
@@ -481,7 +512,7 @@ int zoo_cpu_logsumexp(zoo_cpu *c, const zoo_node *n) {
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (N * V > (1 << 20))
+#pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++) Y[r] = (float)row_logsumexp(X + r * V, V);
   return 0;
 }
@@ -511,7 +542,7 @@ int zoo_cpu_cross_entropy(zoo_cpu *c, const zoo_node *n) {
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
   double *loss = xcalloc((size_t)N, sizeof *loss);
-#pragma omp parallel for if (N * V > (1 << 20))
+#pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++)
     if (t[r] != ignore) loss[r] = row_logsumexp(L + r * V, V) - L[r * V + t[r]];
   double sum = 0; /* in row order, whatever the thread count */
@@ -533,7 +564,7 @@ int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
   double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
-#pragma omp parallel for if (N * V > (1 << 20))
+#pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++) {
     float *d = D + r * V;
     if (t[r] == ignore) {
@@ -607,7 +638,7 @@ int zoo_cpu_permute(zoo_cpu *c, const zoo_node *n) {
   const word *X = in_w(c, n, 0);
   word *Y = out_w(c, n, 0);
   int64_t last = y.d[y.nd - 1], rows = last ? y.n / last : 0;
-#pragma omp parallel for if (y.n > (1 << 20))
+#pragma omp parallel for if (y.n > (1 << 17))
   for (int64_t r = 0; r < rows; r++) {
     int64_t off = 0, rem = r;
     for (int k = y.nd - 2; k >= 0; k--) {
@@ -626,11 +657,12 @@ int zoo_cpu_split_heads(zoo_cpu *c, const zoo_node *n) {
   int64_t P = (H * T * d) != 0 ? y.n / (H * T * d) : 0;
   const word *X = in_w(c, n, 0);
   word *Y = out_w(c, n, 0);
+#pragma omp parallel for if (y.n > (1 << 17))
   for (int64_t p = 0; p < P; p++)
     for (int64_t h = 0; h < H; h++)
       for (int64_t t = 0; t < T; t++)
-        memcpy(Y + ((p * H + h) * T + t) * d, X + (p * T + t) * H * d + h * d,
-               (size_t)d * sizeof(word));
+        for (int64_t e = 0; e < d; e++)
+          Y[((p * H + h) * T + t) * d + e] = X[(p * T + t) * H * d + h * d + e];
   return 0;
 }
 
@@ -641,11 +673,12 @@ int zoo_cpu_merge_heads(zoo_cpu *c, const zoo_node *n) {
   int64_t P = (H * T * d) != 0 ? x.n / (H * T * d) : 0;
   const word *X = in_w(c, n, 0);
   word *Y = out_w(c, n, 0);
+#pragma omp parallel for if (x.n > (1 << 17))
   for (int64_t p = 0; p < P; p++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t t = 0; t < T; t++)
-        memcpy(Y + (p * T + t) * H * d + h * d, X + ((p * H + h) * T + t) * d,
-               (size_t)d * sizeof(word));
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t e = 0; e < d; e++)
+          Y[(p * T + t) * H * d + h * d + e] = X[((p * H + h) * T + t) * d + e];
   return 0;
 }
 
@@ -707,12 +740,12 @@ int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
 
 typedef float f32x8 __attribute__((vector_size(32)));
 
-/* C[r, 0..n) += sum_p A[r, p] B[p, 0..n) for r < rows (rows <= 4); lda and ldc
- * are the row strides of A and C. Compiled twice, for AVX2 and for any x86-64,
- * and picked at load time. */
+/* C[r, 0..n) += sum_p A[r, p] B[p, 0..n) for r < rows (rows <= 4); lda, ldb
+ * and ldc are the row strides. Compiled twice, for AVX2 and for any x86-64, and
+ * picked at load time. */
 __attribute__((target_clones("avx2", "default")))
 static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const float *B,
-                      int64_t k, int64_t n, int rows) {
+                      int64_t ldb, int64_t k, int64_t n, int rows) {
   int64_t j = 0;
   if (rows == 4) { /* 4 rows x 16 columns of C held in registers over the k loop */
     const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda;
@@ -725,8 +758,8 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
       memcpy(&s30, c3 + j, 32), memcpy(&s31, c3 + j + 8, 32);
       for (int64_t p = 0; p < k; p++) {
         f32x8 b0, b1;
-        memcpy(&b0, B + p * n + j, 32);
-        memcpy(&b1, B + p * n + j + 8, 32);
+        memcpy(&b0, B + p * ldb + j, 32);
+        memcpy(&b1, B + p * ldb + j + 8, 32);
         s00 += a0[p] * b0, s01 += a0[p] * b1;
         s10 += a1[p] * b0, s11 += a1[p] * b1;
         s20 += a2[p] * b0, s21 += a2[p] * b1;
@@ -747,14 +780,14 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
       memcpy(&s, cr + jj, 32);
       for (int64_t p = 0; p < k; p++) {
         f32x8 b;
-        memcpy(&b, B + p * n + jj, 32);
+        memcpy(&b, B + p * ldb + jj, 32);
         s += ar[p] * b;
       }
       memcpy(cr + jj, &s, 32);
     }
     for (; jj < n; jj++) {
       float s = cr[jj];
-      for (int64_t p = 0; p < k; p++) s += ar[p] * B[p * n + jj];
+      for (int64_t p = 0; p < k; p++) s += ar[p] * B[p * ldb + jj];
       cr[jj] = s;
     }
   }
@@ -762,17 +795,28 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
 
 /* c[0..n) += a[0..k) B[k, n], one output row */
 static void row_gemm(float *crow, const float *arow, const float *B, int64_t k, int64_t n) {
-  gemm_rows(crow, n, arow, k, B, k, n, 1);
+  gemm_rows(crow, n, arow, k, B, n, k, n, 1);
 }
 
-/* C[m, n] += A[m, k] B[k, n], blocks of four rows spread over the threads */
+/* C[m, n] += A[m, k] B[k, n]: panels of B of GEMM_KC x GEMM_NC (which stay in
+ * cache) in order, each swept by blocks of four rows of C spread over the
+ * threads. Going through k in blocks continues each C element's sum where the
+ * previous block left it, so the order of the terms is unchanged. */
+enum { GEMM_KC = 256, GEMM_NC = 512 };
+
 static void gemm(float *C, const float *A, const float *B, int64_t m, int64_t k, int64_t n) {
   int64_t blocks = (m + 3) / 4;
-#pragma omp parallel for schedule(static) if (m * k * n > 65536)
-  for (int64_t bi = 0; bi < blocks; bi++) {
-    int64_t i = bi * 4;
-    int rows = (int)(m - i < 4 ? m - i : 4);
-    gemm_rows(C + i * n, n, A + i * k, k, B, k, n, rows);
+  for (int64_t kc = 0; kc < k; kc += GEMM_KC) {
+    int64_t kk = k - kc < GEMM_KC ? k - kc : GEMM_KC;
+    for (int64_t jc = 0; jc < n; jc += GEMM_NC) {
+      int64_t nn = n - jc < GEMM_NC ? n - jc : GEMM_NC;
+#pragma omp parallel for schedule(static) if (m * kk * nn > 65536)
+      for (int64_t bi = 0; bi < blocks; bi++) {
+        int64_t i = bi * 4;
+        int rows = (int)(m - i < 4 ? m - i : 4);
+        gemm_rows(C + i * n + jc, n, A + i * k + kc, k, B + kc * n + jc, n, kk, nn, rows);
+      }
+    }
   }
 }
 
@@ -867,7 +911,7 @@ int zoo_cpu_embedding_bwd(zoo_cpu *c, const zoo_node *n) {
   const int32_t *ids = in_i(c, n, 1);
   if (check_ids(c, "embedding", ids, N, V)) return -1;
   double *acc = xcalloc((size_t)(V * D), sizeof *acc);
-#pragma omp parallel for if (N * D > (1 << 20))
+#pragma omp parallel for if (N * D > (1 << 17))
   for (int64_t j = 0; j < D; j++)
     for (int64_t r = 0; r < N; r++) acc[ids[r] * D + j] += DY[r * D + j];
   float *dw = out_f(c, n, 0);
@@ -893,7 +937,7 @@ int zoo_cpu_cumsum(zoo_cpu *c, const zoo_node *n) {
   int64_t outer = prod_before(&s, a), len = s.d[a], inner = prod_after(&s, a);
   const float *X = in_f(c, n, 0);
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (s.n > (1 << 20))
+#pragma omp parallel for if (s.n > (1 << 17))
   for (int64_t oi = 0; oi < outer * inner; oi++) {
     int64_t o = oi / inner, i = oi % inner;
     double acc = 0;
@@ -912,7 +956,7 @@ int zoo_cpu_causal_conv1d(zoo_cpu *c, const zoo_node *n) {
   int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 1).d[2];
   const float *X = in_f(c, n, 0), *W = in_f(c, n, 1), *bias = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
-#pragma omp parallel for if (xs.n * K > (1 << 20))
+#pragma omp parallel for if (xs.n * K > (1 << 17))
   for (int64_t bt = 0; bt < B * T; bt++) {
     int64_t b = bt / T, t = bt % T;
     for (int64_t ch = 0; ch < C; ch++) {
@@ -935,7 +979,7 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t B = xs.d[0], T = xs.d[1], C = xs.d[2], K = in_shape(c, n, 2).d[2];
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *W = in_f(c, n, 2);
   float *DX = out_f(c, n, 0), *DW = out_f(c, n, 1), *DB = out_f(c, n, 2);
-#pragma omp parallel for if (xs.n * K > (1 << 20))
+#pragma omp parallel for if (xs.n * K > (1 << 17))
   for (int64_t bs = 0; bs < B * T; bs++) {
     int64_t b = bs / T, s = bs % T;
     for (int64_t ch = 0; ch < C; ch++) {
@@ -970,14 +1014,6 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
 /* ---------------------------------------------------------------------------
  * Attention intrinsics. Both work one (batch, head) pair at a time: q, k [T, F]
  * and v [T, Dv] are rows of the pair's slices; pairs run in parallel. */
-
-/* a.b in double (vectorised: the terms are summed in lanes, in a fixed order) */
-static double dot(const float *a, const float *b, int64_t n) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
-  return s;
-}
 
 /* x[T, W] (f32) as xt[W, T] (double): one pair's keys or values with time
  * running along rows, so the loops over j below are contiguous. */
@@ -1112,13 +1148,20 @@ int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
  * tensor (p = b*H + h here), for every j, masked or not. The CUDA kernels must
  * draw exactly these indices. */
 static void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
-                          int64_t F, const float *q, const float *k, double *P, double *M) {
+                          int64_t F, const float *qi, const double *kt, double *P, double *M) {
   double scale = n->attrs.f[0];
   float drop = (float)n->attrs.f[1];
   int causal = n->attrs.i[1] != 0, dropping = c->training && drop > 0.0f;
+  for (int64_t j = 0; j < T; j++) P[j] = 0;
+  for (int64_t f = 0; f < F; f++) { /* q_i.k_j for every j, kt = k in columns */
+    double qf = qi[f];
+    const double *kf = kt + f * T;
+#pragma omp simd
+    for (int64_t j = 0; j < T; j++) P[j] += qf * kf[j];
+  }
   double m = -INFINITY;
   for (int64_t j = 0; j < T; j++) {
-    P[j] = scale * dot(q + i * F, k + j * F, F) + (causal && j > i ? -10000.0 : 0.0);
+    P[j] = scale * P[j] + (causal && j > i ? -10000.0 : 0.0);
     if (P[j] > m) m = P[j];
   }
   double sum = 0;
@@ -1140,19 +1183,23 @@ int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
   float *O = out_f(c, n, 0);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
+    const float *q = Q + p * T * F;
+    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
     double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-    double *acc = xcalloc((size_t)Dv, sizeof *acc);
+    to_columns(kt, K + p * T * F, T, F);
+    to_columns(vt, V + p * T * Dv, T, Dv);
     for (int64_t i = 0; i < T; i++) {
-      attention_row(c, n, p, i, T, F, q, k, P, M);
-      memset(acc, 0, (size_t)Dv * sizeof *acc);
-      for (int64_t j = 0; j < T; j++)
-        for (int64_t e = 0; e < Dv; e++) acc[e] += P[j] * M[j] * v[j * Dv + e];
-      for (int64_t e = 0; e < Dv; e++) O[(p * T + i) * Dv + e] = (float)acc[e];
+      attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
+      for (int64_t j = 0; j < T; j++) P[j] *= M[j];
+      for (int64_t e = 0; e < Dv; e++) {
+        const double *ve = vt + e * T;
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < T; j++) acc += P[j] * ve[j];
+        O[(p * T + i) * Dv + e] = (float)acc;
+      }
     }
-    free(P);
-    free(M);
-    free(acc);
+    free(kt), free(vt), free(P), free(M);
   }
   return 0;
 }
@@ -1168,38 +1215,51 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   double scale = n->attrs.f[0];
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *k = K + p * T * F, *v = V + p * T * Dv;
-    const float *dout = DO + p * T * Dv;
+    const float *q = Q + p * T * F, *dout = DO + p * T * Dv;
+    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+    double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
+    double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
     double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-    double *dP = xcalloc((size_t)T, sizeof *dP), *dq = xcalloc((size_t)F, sizeof *dq);
-    double *dk = xcalloc((size_t)(T * F), sizeof *dk), *dv = xcalloc((size_t)(T * Dv), sizeof *dv);
+    double *dP = xcalloc((size_t)T, sizeof *dP);
+    to_columns(kt, K + p * T * F, T, F);
+    to_columns(vt, V + p * T * Dv, T, Dv);
     for (int64_t i = 0; i < T; i++) {
       const float *doi = dout + i * Dv, *qi = q + i * F;
-      attention_row(c, n, p, i, T, F, q, k, P, M);
-      double r = 0;
-      for (int64_t j = 0; j < T; j++) {
-        dP[j] = M[j] * dot(doi, v + j * Dv, Dv);
-        r += P[j] * dP[j];
-        for (int64_t e = 0; e < Dv; e++) dv[j * Dv + e] += P[j] * M[j] * doi[e];
-      }
-      memset(dq, 0, (size_t)F * sizeof *dq);
-      for (int64_t j = 0; j < T; j++) {
-        double ds = P[j] * (dP[j] - r) * scale;
-        for (int64_t f = 0; f < F; f++) {
-          dq[f] += ds * k[j * F + f];
-          dk[j * F + f] += ds * qi[f];
+      attention_row(c, n, p, i, T, F, qi, kt, P, M);
+      for (int64_t j = 0; j < T; j++) dP[j] = 0;
+      for (int64_t e = 0; e < Dv; e++) { /* dv_j += P M do_i; dP_j = do_i.v_j */
+        const double *ve = vt + e * T;
+        double *dve = dvt + e * T, de = doi[e];
+#pragma omp simd
+        for (int64_t j = 0; j < T; j++) {
+          dP[j] += de * ve[j];
+          dve[j] += P[j] * M[j] * de;
         }
       }
-      for (int64_t f = 0; f < F; f++) DQ[(p * T + i) * F + f] = (float)dq[f];
+      double r = 0;
+#pragma omp simd reduction(+ : r)
+      for (int64_t j = 0; j < T; j++) {
+        dP[j] *= M[j];
+        r += P[j] * dP[j];
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < T; j++) dP[j] = P[j] * (dP[j] - r) * scale; /* now dS_ij */
+      for (int64_t f = 0; f < F; f++) {
+        const double *kf = kt + f * T;
+        double *dkf = dkt + f * T, qf = qi[f], acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < T; j++) {
+          acc += dP[j] * kf[j];
+          dkf[j] += dP[j] * qf;
+        }
+        DQ[(p * T + i) * F + f] = (float)acc;
+      }
     }
-    for (int64_t i = 0; i < T * F; i++) DK[p * T * F + i] = (float)dk[i];
-    for (int64_t i = 0; i < T * Dv; i++) DV[p * T * Dv + i] = (float)dv[i];
-    free(P);
-    free(M);
-    free(dP);
-    free(dq);
-    free(dk);
-    free(dv);
+    for (int64_t t = 0; t < T; t++) {
+      for (int64_t f = 0; f < F; f++) DK[(p * T + t) * F + f] = (float)dkt[f * T + t];
+      for (int64_t e = 0; e < Dv; e++) DV[(p * T + t) * Dv + e] = (float)dvt[e * T + t];
+    }
+    free(kt), free(vt), free(dkt), free(dvt), free(P), free(M), free(dP);
   }
   return 0;
 }

@@ -885,3 +885,65 @@ TEST(op_linear_speed) {
   free(x), free(w);
   og_free(&o);
 }
+
+/* Shapes that cross the GEMM's blocking (k > 256, n > 512, rows not a multiple
+ * of 4, columns not a multiple of 8): every entry is exactly the f32 sum taken
+ * in order, as the kernel's comment promises. */
+TEST(op_matmul_blocking_exact) {
+  enum { M = 7, KK = 300, N = 601 };
+  og o;
+  og_init(&o);
+  float *A = randv(M * KK), *Bm = randv(KK * N);
+  int ta = og_input(&o, F32T(K(M), K(KK)), A), tb = og_input(&o, F32T(K(KK), K(N)), Bm);
+  int y = og_node2(&o, ZOO_OP_MATMUL, ta, tb, NULL);
+  CHECK(og_run(&o, 0, 0) == 0);
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      float s = 0.0f;
+      for (int k = 0; k < KK; k++) s += A[i * KK + k] * Bm[k * N + j];
+      CHECKF(og_f(&o, y)[i * N + j] == s, "(%d, %d): %.9g vs %.9g", i, j, og_f(&o, y)[i * N + j], s);
+    }
+  free(A), free(Bm);
+  og_free(&o);
+}
+
+/* layernorm_bwd and rmsnorm_bwd over more rows than one chunk of their
+ * weight-gradient sums, against plain double formulas. */
+TEST(op_norm_bwd_many_rows) {
+  enum { N = 300, C = 7 };
+  og o;
+  og_init(&o);
+  float *x = randv(N * C), *dy = randv(N * C), *w = randv(C);
+  int tx = og_input(&o, F32T(K(N), K(C)), x), td = og_input(&o, F32T(K(N), K(C)), dy);
+  int tw = og_input(&o, F32T(K(C)), w);
+  zoo_attrs a = {0};
+  a.f[0] = 1e-5;
+  int lb = og_node3(&o, ZOO_OP_LAYERNORM_BWD, td, tx, tw, &a);
+  int rb = og_node3(&o, ZOO_OP_RMSNORM_BWD, td, tx, tw, &a);
+  CHECK(og_run(&o, 0, 0) == 0);
+  double dw[C] = {0}, db[C] = {0}, rw[C] = {0};
+  for (int r = 0; r < N; r++) {
+    double m = 0, v = 0, ms = 0, g[C], xh[C], mg = 0, mgx = 0, mrx = 0;
+    for (int j = 0; j < C; j++) m += x[r * C + j] / (double)C, ms += x[r * C + j] * (double)x[r * C + j] / C;
+    for (int j = 0; j < C; j++) v += (x[r * C + j] - m) * (x[r * C + j] - m) / C;
+    double rstd = 1 / sqrt(v + 1e-5), ri = 1 / sqrt(ms + 1e-5);
+    for (int j = 0; j < C; j++) {
+      g[j] = dy[r * C + j] * (double)w[j];
+      xh[j] = (x[r * C + j] - m) * rstd;
+      mg += g[j] / C, mgx += g[j] * xh[j] / C, mrx += g[j] * x[r * C + j] / C;
+      dw[j] += dy[r * C + j] * xh[j], db[j] += dy[r * C + j];
+      rw[j] += dy[r * C + j] * (double)x[r * C + j] * ri;
+    }
+    for (int j = 0; j < C; j++) {
+      double want = rstd * (g[j] - mg - xh[j] * mgx);
+      CHECK(fabs(og_f(&o, lb)[r * C + j] - want) < 1e-5 * (1 + fabs(want)));
+      want = ri * g[j] - x[r * C + j] * ri * ri * ri * mrx;
+      CHECK(fabs(og_f(&o, rb)[r * C + j] - want) < 1e-5 * (1 + fabs(want)));
+    }
+  }
+  CHECK(maxdiff(og_f(&o, lb + 1), dw, C) < 1e-6);
+  CHECK(maxdiff(og_f(&o, lb + 2), db, C) < 1e-6);
+  CHECK(maxdiff(og_f(&o, rb + 1), rw, C) < 1e-6);
+  free(x), free(dy), free(w);
+  og_free(&o);
+}
