@@ -604,3 +604,35 @@ TEST(fuzz_compile_mutations) {
   CHECKF(compiled > iters / 30 && compiled < iters, "%d of %d mutants compiled", compiled, iters);
   CHECKF(s < 20.0 * scale, "took %.1f s", s);
 }
+
+/* The std modules the shipped models do not use: an MLP as the state mixer,
+ * RMSNorm, Based with its own head count. */
+TEST(model_std_library) {
+  char *errors;
+  zoo_program *p = compile_text(
+      "import \"std/nn.zoo\"\n"
+      "import \"std/mixers.zoo\"\n"
+      "import \"std/lm.zoo\"\n"
+      "module Normed(d) {\n"
+      "  norm = RMSNorm(d)\n"
+      "  mlp = MLP(d, hidden = 2 * d)\n"
+      "  forward(x: f32[B, T, d]) -> f32[B, T, d] { return mlp(norm(x)) }\n"
+      "}\n"
+      "model m(vocab_size = 32, d_model = 24, seq_len = 16) =\n"
+      "  LanguageModel(vocab_size, d_model, max_positions = seq_len, layers = [\n"
+      "    TransformerBlock(d_model, Based(d_model, num_heads = 4), state_mixer = Normed(d_model)),\n"
+      "  ])\n",
+      &errors);
+  CHECKF(p, "%s", errors);
+  free(errors);
+  const zoo_graph *g = &p->graph;
+  int fc2 = find_param(g, "backbone.layers.0.state_mixer.mlp.fc2.weight");
+  int rms = find_param(g, "backbone.layers.0.state_mixer.norm.weight");
+  int v = find_param(g, "backbone.layers.0.sequence_mixer.proj_v.weight");
+  int ok = fc2 >= 0 && g->tensors[fc2].init.kind == ZOO_INIT_NORMAL &&
+           fabs(g->tensors[fc2].init.a - 0.01) < 1e-12 && rms >= 0 && v >= 0 &&
+           g->tensors[v].type.dim[0].coef == 24 && count_op(g, ZOO_OP_GELU) == 1 &&
+           count_op(g, ZOO_OP_RMSNORM) == 1;
+  zoo_program_free(p);
+  CHECK(ok);
+}
