@@ -22,16 +22,9 @@
 
 #include "fuse.h"
 
-/* runtime/rng.h's text, embedded by the assembler at build time, so the module
- * draws dropout masks with the very function the CPU reference uses. (make runs
- * from the repository root, where the path resolves.) */
-__asm__(".section .rodata\n"
-        ".global zoo_rng_h_text\n"
-        "zoo_rng_h_text:\n"
-        ".incbin \"runtime/rng.h\"\n"
-        ".byte 0\n"
-        ".previous\n");
-extern const char zoo_rng_h_text[];
+/* runtime/rng.h's text (embedded into libzoo by runtime/kernels/embed.sh), so
+ * the module draws dropout masks with the very function the CPU reference uses. */
+const char *zoo_kernel_source(const char *name);
 
 /* ---------------------------------------------------------------------------
  * Buffers and steps */
@@ -938,8 +931,10 @@ static void emit_prelude(zoo_cuda_emit *e) {
     zoo_strbuf_printf(b, " %s = %lld", g->sym_names[s], (long long)e->sym[s]);
   zoo_strbuf_puts(b, ". Do not edit; regenerate.\n"
                      "// Tensors are named by their id in the graph: v12 is the value of tensor 12.\n\n");
+  const char *rng = zoo_kernel_source("rng.h");
+  if (!rng) abort(); /* the build embeds it; missing means a broken build */
   zoo_strbuf_puts(b, "// ---- runtime/rng.h (the same generator as the CPU reference) ----\n");
-  zoo_strbuf_puts(b, zoo_rng_h_text);
+  zoo_strbuf_puts(b, rng);
   zoo_strbuf_puts(b,
                   "\n// ---- helpers of the generated kernels ----\n"
                   "#ifndef ZG_HELPERS\n"

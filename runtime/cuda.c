@@ -203,12 +203,38 @@ static CUdeviceptr tensor_ptr(const core *c, const zoo_plan *p, int t) {
     if (st_ != CUBLAS_STATUS_SUCCESS) return zoo_cublaslt_fail(st_, #call, __FILE__, __LINE__, c->err, c->errlen); \
   } while (0)
 
-/* cuBLASLt's plan for a row-major GEMM (see zoo_gemm): computed as the
- * column-major C^T[n, m] = op(b)^T op(a)^T, i.e. with the operands swapped. */
+/* A row-major matrix stored [r, c] is, read column-major, the [c, r] matrix
+ * with leading dimension c: its transpose, for free. So row-major
+ * C[m, n] = op(a) op(b) is column-major C^T[n, m] = op(b)^T op(a)^T: cuBLAS's A
+ * is our b, its B our a, each transposed exactly when ours is. */
+void zoo_cuda_gemm_colmajor(const zoo_gemm *gm, zoo_colmajor_gemm *o) {
+  int64_t m = gm->m, n = gm->n, k = gm->k;
+  o->trans_a = gm->trans_b;
+  o->trans_b = gm->trans_a;
+  /* our b: stored [k, n] (column-major [n, k], ld n), or [n, k] when transposed */
+  o->a_rows = gm->trans_b ? k : n;
+  o->a_cols = gm->trans_b ? n : k;
+  o->lda = o->a_rows;
+  /* our a: stored [m, k] (column-major [k, m], ld k), or [k, m] when transposed */
+  o->b_rows = gm->trans_a ? m : k;
+  o->b_cols = gm->trans_a ? k : m;
+  o->ldb = o->b_rows;
+  o->c_rows = n;
+  o->c_cols = m;
+  o->ldc = n;
+  o->stride_a = gm->stride_b;
+  o->stride_b = gm->stride_a;
+  o->stride_c = gm->stride_c;
+  o->batch = gm->batch;
+}
+
+/* cuBLASLt's plan for a row-major GEMM (see zoo_cuda_gemm_colmajor). */
 static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias) {
+  zoo_colmajor_gemm cm;
+  zoo_cuda_gemm_colmajor(gm, &cm);
   ZOO_LT(cublasLtMatmulDescCreate(&gp->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  cublasOperation_t opa = gm->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS's A = our b */
-  cublasOperation_t opb = gm->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS's B = our a */
+  cublasOperation_t opa = cm.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t opb = cm.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   if (gm->bias >= 0) {
@@ -217,16 +243,12 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
     ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
   }
-  uint64_t m = (uint64_t)gm->m, n = (uint64_t)gm->n, k = (uint64_t)gm->k;
-  /* our b stored row-major [k, n] (or [n, k] transposed) is column-major [n, k] ([k, n]) */
-  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->la, CUDA_R_32F, gm->trans_b ? k : n, gm->trans_b ? n : k,
-                                    (int64_t)(gm->trans_b ? k : n)));
-  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lb, CUDA_R_32F, gm->trans_a ? m : k, gm->trans_a ? k : m,
-                                    (int64_t)(gm->trans_a ? m : k)));
-  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lc, CUDA_R_32F, n, m, (int64_t)n));
-  if (gm->batch > 1) {
-    int32_t count = (int32_t)gm->batch;
-    int64_t sa = gm->stride_b, sb = gm->stride_a, sc = gm->stride_c;
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->la, CUDA_R_32F, (uint64_t)cm.a_rows, (uint64_t)cm.a_cols, cm.lda));
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lb, CUDA_R_32F, (uint64_t)cm.b_rows, (uint64_t)cm.b_cols, cm.ldb));
+  ZOO_LT(cublasLtMatrixLayoutCreate(&gp->lc, CUDA_R_32F, (uint64_t)cm.c_rows, (uint64_t)cm.c_cols, cm.ldc));
+  if (cm.batch > 1) {
+    int32_t count = (int32_t)cm.batch;
+    int64_t sa = cm.stride_a, sb = cm.stride_b, sc = cm.stride_c;
     ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
     ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
     ZOO_LT(cublasLtMatrixLayoutSetAttribute(gp->lc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));

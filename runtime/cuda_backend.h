@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 
+#include "../compiler/codegen_cuda.h"
 #include "backend.h"
 
 typedef struct zoo_cuda_stats {
@@ -40,6 +41,18 @@ typedef struct zoo_cuda_stats {
 
 /* Fills s (waits for outstanding work first). Returns 0, or -1 with be->err. */
 int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s);
+
+/* cuBLAS's column-major view of a row-major zoo_gemm: cuBLAS computes
+ * D = op(A) op(B) with A = our b and B = our a (C^T = op(b)^T op(a)^T), each
+ * operand described by its stored rows, columns and leading dimension. */
+typedef struct zoo_colmajor_gemm {
+  int trans_a, trans_b;          /* cuBLAS's ops: 1 = transposed */
+  int64_t a_rows, a_cols, lda;   /* cuBLAS's A: our b */
+  int64_t b_rows, b_cols, ldb;   /* cuBLAS's B: our a */
+  int64_t c_rows, c_cols, ldc;   /* D = C^T: n x m */
+  int64_t stride_a, stride_b, stride_c, batch;
+} zoo_colmajor_gemm;
+void zoo_cuda_gemm_colmajor(const zoo_gemm *gm, zoo_colmajor_gemm *out);
 
 /* Runs a plain graph (no training graph needed) on the GPU: every node, once,
  * with eager launches, for op-by-op tests against the CPU executor. Tensors the
