@@ -740,15 +740,19 @@ int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
 
 typedef float f32x8 __attribute__((vector_size(32)));
 
-/* C[r, 0..n) += sum_p A[r, p] B[p, 0..n) for r < rows (rows <= 4); lda, ldb
- * and ldc are the row strides. Compiled twice, for AVX2 and for any x86-64, and
- * picked at load time. */
-__attribute__((target_clones("avx2", "default")))
-static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const float *B,
-                      int64_t ldb, int64_t k, int64_t n, int rows) {
+/* Hot kernels are compiled for AVX2 and for any x86-64; the loader picks one. */
+#define ZOO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+
+/* C[r, 0..n) += sum_p A(r, p) B[p, 0..n) for r < rows (rows <= 4), where
+ * A(r, p) = A[r * ar + p * ap] (ap = 1: A row-major; ar = 1: A stored
+ * transposed); ldb and ldc are the row strides of B and C. Compiled twice, for
+ * AVX2 and for any x86-64, and picked at load time. */
+ZOO_CPU_CLONES
+static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t ar, int64_t ap,
+                      const float *B, int64_t ldb, int64_t k, int64_t n, int rows) {
   int64_t j = 0;
   if (rows == 4) { /* 4 rows x 16 columns of C held in registers over the k loop */
-    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda;
+    const float *a0 = A, *a1 = A + ar, *a2 = A + 2 * ar, *a3 = A + 3 * ar;
     float *c0 = C, *c1 = C + ldc, *c2 = C + 2 * ldc, *c3 = C + 3 * ldc;
     for (; j + 16 <= n; j += 16) {
       f32x8 s00, s01, s10, s11, s20, s21, s30, s31;
@@ -760,10 +764,11 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
         f32x8 b0, b1;
         memcpy(&b0, B + p * ldb + j, 32);
         memcpy(&b1, B + p * ldb + j + 8, 32);
-        s00 += a0[p] * b0, s01 += a0[p] * b1;
-        s10 += a1[p] * b0, s11 += a1[p] * b1;
-        s20 += a2[p] * b0, s21 += a2[p] * b1;
-        s30 += a3[p] * b0, s31 += a3[p] * b1;
+        float x0 = a0[p * ap], x1 = a1[p * ap], x2 = a2[p * ap], x3 = a3[p * ap];
+        s00 += x0 * b0, s01 += x0 * b1;
+        s10 += x1 * b0, s11 += x1 * b1;
+        s20 += x2 * b0, s21 += x2 * b1;
+        s30 += x3 * b0, s31 += x3 * b1;
       }
       memcpy(c0 + j, &s00, 32), memcpy(c0 + j + 8, &s01, 32);
       memcpy(c1 + j, &s10, 32), memcpy(c1 + j + 8, &s11, 32);
@@ -773,7 +778,7 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
   }
   for (int r = 0; r < rows; r++) { /* the columns left, row by row */
     float *cr = C + r * ldc;
-    const float *ar = A + r * lda;
+    const float *arow = A + r * ar;
     int64_t jj = j;
     for (; jj + 8 <= n; jj += 8) {
       f32x8 s;
@@ -781,13 +786,13 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
       for (int64_t p = 0; p < k; p++) {
         f32x8 b;
         memcpy(&b, B + p * ldb + jj, 32);
-        s += ar[p] * b;
+        s += arow[p * ap] * b;
       }
       memcpy(cr + jj, &s, 32);
     }
     for (; jj < n; jj++) {
       float s = cr[jj];
-      for (int64_t p = 0; p < k; p++) s += ar[p] * B[p * ldb + jj];
+      for (int64_t p = 0; p < k; p++) s += arow[p * ap] * B[p * ldb + jj];
       cr[jj] = s;
     }
   }
@@ -795,17 +800,19 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t lda, const 
 
 /* c[0..n) += a[0..k) B[k, n], one output row */
 static void row_gemm(float *crow, const float *arow, const float *B, int64_t k, int64_t n) {
-  gemm_rows(crow, n, arow, k, B, n, k, n, 1);
+  gemm_rows(crow, n, arow, k, 1, B, n, k, n, 1);
 }
 
-/* C[m, n] += A[m, k] B[k, n]: panels of B of GEMM_KC x GEMM_NC (which stay in
- * cache) in order, each swept by blocks of four rows of C spread over the
- * threads. Going through k in blocks continues each C element's sum where the
- * previous block left it, so the order of the terms is unchanged. */
+/* C[m, n] += A(m, k) B[k, n], with A row-major, or stored transposed ([k, m])
+ * when ta: panels of B of GEMM_KC x GEMM_NC (which stay in cache) in order,
+ * each swept by blocks of four rows of C spread over the threads. Going through
+ * k in blocks continues each C element's sum where the previous block left it,
+ * so the order of the terms is unchanged. */
 enum { GEMM_KC = 256, GEMM_NC = 512 };
 
-static void gemm(float *C, const float *A, const float *B, int64_t m, int64_t k, int64_t n) {
-  int64_t blocks = (m + 3) / 4;
+static void gemm(float *C, const float *A, int ta, const float *B, int64_t m, int64_t k,
+                 int64_t n) {
+  int64_t blocks = (m + 3) / 4, ar = ta ? 1 : k, ap = ta ? m : 1;
   for (int64_t kc = 0; kc < k; kc += GEMM_KC) {
     int64_t kk = k - kc < GEMM_KC ? k - kc : GEMM_KC;
     for (int64_t jc = 0; jc < n; jc += GEMM_NC) {
@@ -814,7 +821,8 @@ static void gemm(float *C, const float *A, const float *B, int64_t m, int64_t k,
       for (int64_t bi = 0; bi < blocks; bi++) {
         int64_t i = bi * 4;
         int rows = (int)(m - i < 4 ? m - i : 4);
-        gemm_rows(C + i * n + jc, n, A + i * k + kc, k, B + kc * n + jc, n, kk, nn, rows);
+        gemm_rows(C + i * n + jc, n, A + i * ar + kc * ap, ar, ap, B + kc * n + jc, n, kk, nn,
+                  rows);
       }
     }
   }
@@ -837,43 +845,34 @@ int zoo_cpu_linear(zoo_cpu *c, const zoo_node *n) {
   transpose(wt, W, O, I);
   for (int64_t r = 0; r < N; r++)
     for (int64_t j = 0; j < O; j++) Y[r * O + j] = b ? b[j] : 0.0f;
-  gemm(Y, X, wt, N, I, O);
+  gemm(Y, X, 0, wt, N, I, O);
   free(wt);
   return 0;
 }
 
 /* matmul (a[..., m, k], b[..., k, n]; i0 = a transposed (stored [..., k, m]),
  * i1 = b transposed (stored [..., n, k])). Batch axes equal, or absent in one
- * operand, which is then shared by every batch. Transposed operands are copied
- * to their plain layout first. */
+ * operand, which is then shared by every batch. A transposed b is copied to its
+ * plain layout first (gemm reads a either way). */
 int zoo_cpu_matmul(zoo_cpu *c, const zoo_node *n) {
   shape as = in_shape(c, n, 0), bs = in_shape(c, n, 1), ys = out_shape(c, n, 0);
   int ta = n->attrs.i[0] != 0, tb = n->attrs.i[1] != 0;
   int64_t M = ys.d[ys.nd - 2], Nn = ys.d[ys.nd - 1];
   int64_t K = as.d[as.nd - 1 - ta];
   int64_t batch = prod_before(&ys, ys.nd - 2);
-  int64_t abatch = as.nd > 2 ? batch : 1, bbatch = bs.nd > 2 ? batch : 1;
+  int64_t bbatch = bs.nd > 2 ? batch : 1;
   const float *A = in_f(c, n, 0), *B = in_f(c, n, 1);
   float *Y = out_f(c, n, 0);
-  float *at = NULL, *bt = NULL;
-  if (ta) { /* plain copies [abatch][M, K] */
-    at = xcalloc((size_t)(abatch * M * K), sizeof *at);
-    for (int64_t q = 0; q < abatch; q++) transpose(at + q * M * K, A + q * M * K, K, M);
-    A = at;
-  }
+  float *bt = NULL;
   if (tb) { /* [bbatch][K, N] */
     bt = xcalloc((size_t)(bbatch * K * Nn), sizeof *bt);
     for (int64_t q = 0; q < bbatch; q++) transpose(bt + q * K * Nn, B + q * K * Nn, Nn, K);
     B = bt;
   }
   memset(Y, 0, (size_t)(batch * M * Nn) * sizeof *Y);
-  if (as.nd > 2 || bs.nd == 2) { /* a batched (b shared or batched too) */
-    for (int64_t q = 0; q < batch; q++)
-      gemm(Y + q * M * Nn, A + q * M * K, B + (bs.nd > 2 ? q : 0) * K * Nn, M, K, Nn);
-  } else { /* a shared by every batch of b */
-    for (int64_t q = 0; q < batch; q++) gemm(Y + q * M * Nn, A, B + q * K * Nn, M, K, Nn);
-  }
-  free(at);
+  for (int64_t q = 0; q < batch; q++)
+    gemm(Y + q * M * Nn, A + (as.nd > 2 ? q : 0) * M * K, ta, B + (bs.nd > 2 ? q : 0) * K * Nn,
+         M, K, Nn);
   free(bt);
   return 0;
 }
@@ -1024,7 +1023,7 @@ static void to_columns(double *xt, const float *x, int64_t T, int64_t W) {
 
 /* Row i of one pair's poly attention: s[j] = scale q_i.k_j and a[j] = c0 + c1 s
  * + c2 s^2 for j <= i, from kt = k in columns; returns z_i = sum_j a[j] + eps. */
-static double poly_row(const zoo_node *n, const float *qi, const double *kt, int64_t i, int64_t T,
+static inline double poly_row(const zoo_node *n, const float *qi, const double *kt, int64_t i, int64_t T,
                        int64_t F, double *s, double *a) {
   const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
   const double scale = n->attrs.f[3], eps = n->attrs.f[4];
@@ -1045,6 +1044,31 @@ static double poly_row(const zoo_node *n, const float *qi, const double *kt, int
   return z + eps;
 }
 
+/* The attention kernels below work on one (batch, head) pair per call and are
+ * compiled twice like gemm_rows (4 or 2 double lanes; the lane sums can differ
+ * in the last bits of a double, never visibly in the f32 results). */
+
+/* One pair of poly_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
+ZOO_CPU_CLONES
+static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *q,
+                      const float *k, const float *v, float *o) {
+  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+  double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
+  to_columns(kt, k, T, F);
+  to_columns(vt, v, T, Dv);
+  for (int64_t i = 0; i < T; i++) {
+    double z = poly_row(n, q + i * F, kt, i, T, F, s, a);
+    for (int64_t e = 0; e < Dv; e++) {
+      const double *ve = vt + e * T;
+      double num = 0;
+#pragma omp simd reduction(+ : num)
+      for (int64_t j = 0; j <= i; j++) num += a[j] * ve[j];
+      o[i * Dv + e] = (float)(num / z);
+    }
+  }
+  free(kt), free(vt), free(s), free(a);
+}
+
 /* poly_attention (q, k, v; c0, c1, c2, scale, eps), causal:
  * s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 (j <= i),
  * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). In double throughout. */
@@ -1054,25 +1078,62 @@ int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F;
-    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-    double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
-    to_columns(kt, K + p * T * F, T, F);
-    to_columns(vt, V + p * T * Dv, T, Dv);
-    for (int64_t i = 0; i < T; i++) {
-      double z = poly_row(n, q + i * F, kt, i, T, F, s, a);
-      for (int64_t e = 0; e < Dv; e++) {
-        const double *ve = vt + e * T;
-        double num = 0;
-#pragma omp simd reduction(+ : num)
-        for (int64_t j = 0; j <= i; j++) num += a[j] * ve[j];
-        O[(p * T + i) * Dv + e] = (float)(num / z);
-      }
-    }
-    free(kt), free(vt), free(s), free(a);
-  }
+  for (int64_t p = 0; p < BH; p++)
+    poly_pair(n, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv);
   return 0;
+}
+
+/* One pair of poly_attention_bwd: do [T, Dv], q, k [T, F], v [T, Dv] -> dq, dk, dv. */
+ZOO_CPU_CLONES
+static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *dout,
+                          const float *q, const float *k, const float *v, float *dq, float *dk,
+                          float *dv) {
+  const double c1 = n->attrs.f[1], c2 = n->attrs.f[2], scale = n->attrs.f[3];
+  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+  double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
+  double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
+  double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
+  double *ds = xcalloc((size_t)T, sizeof *ds);
+  to_columns(kt, k, T, F);
+  to_columns(vt, v, T, Dv);
+  for (int64_t i = 0; i < T; i++) {
+    const float *qi = q + i * F, *doi = dout + i * Dv;
+    double z = poly_row(n, qi, kt, i, T, F, s, a);
+    /* ds[j] = do_i.v_j first; then do_i.o_i = sum_j a_j do_i.v_j / z */
+    for (int64_t j = 0; j <= i; j++) ds[j] = 0;
+    for (int64_t e = 0; e < Dv; e++) {
+      double de = doi[e];
+      const double *ve = vt + e * T;
+#pragma omp simd
+      for (int64_t j = 0; j <= i; j++) ds[j] += de * ve[j];
+    }
+    double do_o = 0;
+#pragma omp simd reduction(+ : do_o)
+    for (int64_t j = 0; j <= i; j++) do_o += a[j] * ds[j];
+    do_o /= z;
+#pragma omp simd
+    for (int64_t j = 0; j <= i; j++) ds[j] = scale * (ds[j] - do_o) / z * (c1 + 2 * c2 * s[j]);
+    for (int64_t f = 0; f < F; f++) {
+      const double *kf = kt + f * T;
+      double *dkf = dkt + f * T, qf = qi[f], acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j <= i; j++) {
+        acc += ds[j] * kf[j];
+        dkf[j] += ds[j] * qf;
+      }
+      dq[i * F + f] = (float)acc;
+    }
+    for (int64_t e = 0; e < Dv; e++) {
+      double *dve = dvt + e * T, w = doi[e] / z;
+#pragma omp simd
+      for (int64_t j = 0; j <= i; j++) dve[j] += a[j] * w;
+    }
+  }
+  for (int64_t t = 0; t < T; t++) {
+    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkt[f * T + t];
+    for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
+  }
+  free(kt), free(vt), free(dkt), free(dvt), free(s), free(a), free(ds);
 }
 
 /* poly_attention_bwd (do, q, k, v) -> dq, dk, dv. With z_i = sum_j a_ij + eps and
@@ -1081,58 +1142,12 @@ int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
 int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   shape qs = in_shape(c, n, 1), vs = in_shape(c, n, 3);
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
-  const double c1 = n->attrs.f[1], c2 = n->attrs.f[2], scale = n->attrs.f[3];
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *dout = DO + p * T * Dv;
-    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-    double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
-    double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
-    double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
-    double *ds = xcalloc((size_t)T, sizeof *ds);
-    to_columns(kt, K + p * T * F, T, F);
-    to_columns(vt, V + p * T * Dv, T, Dv);
-    for (int64_t i = 0; i < T; i++) {
-      const float *qi = q + i * F, *doi = dout + i * Dv;
-      double z = poly_row(n, qi, kt, i, T, F, s, a);
-      /* ds[j] = do_i.v_j first; then do_i.o_i = sum_j a_j do_i.v_j / z */
-      for (int64_t j = 0; j <= i; j++) ds[j] = 0;
-      for (int64_t e = 0; e < Dv; e++) {
-        double de = doi[e];
-        const double *ve = vt + e * T;
-#pragma omp simd
-        for (int64_t j = 0; j <= i; j++) ds[j] += de * ve[j];
-      }
-      double do_o = 0;
-#pragma omp simd reduction(+ : do_o)
-      for (int64_t j = 0; j <= i; j++) do_o += a[j] * ds[j];
-      do_o /= z;
-#pragma omp simd
-      for (int64_t j = 0; j <= i; j++) ds[j] = scale * (ds[j] - do_o) / z * (c1 + 2 * c2 * s[j]);
-      for (int64_t f = 0; f < F; f++) {
-        const double *kf = kt + f * T;
-        double *dkf = dkt + f * T, qf = qi[f], acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j <= i; j++) {
-          acc += ds[j] * kf[j];
-          dkf[j] += ds[j] * qf;
-        }
-        DQ[(p * T + i) * F + f] = (float)acc;
-      }
-      for (int64_t e = 0; e < Dv; e++) {
-        double *dve = dvt + e * T, w = doi[e] / z;
-#pragma omp simd
-        for (int64_t j = 0; j <= i; j++) dve[j] += a[j] * w;
-      }
-    }
-    for (int64_t t = 0; t < T; t++) {
-      for (int64_t f = 0; f < F; f++) DK[(p * T + t) * F + f] = (float)dkt[f * T + t];
-      for (int64_t e = 0; e < Dv; e++) DV[(p * T + t) * Dv + e] = (float)dvt[e * T + t];
-    }
-    free(kt), free(vt), free(dkt), free(dvt), free(s), free(a), free(ds);
-  }
+  for (int64_t p = 0; p < BH; p++)
+    poly_pair_bwd(n, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv,
+                  DQ + p * T * F, DK + p * T * F, DV + p * T * Dv);
   return 0;
 }
 
@@ -1147,7 +1162,7 @@ int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
  * i.e. the draw's index is the probability's flat index in a [B, H, T, T]
  * tensor (p = b*H + h here), for every j, masked or not. The CUDA kernels must
  * draw exactly these indices. */
-static void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
+static inline void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
                           int64_t F, const float *qi, const double *kt, double *P, double *M) {
   double scale = n->attrs.f[0];
   float drop = (float)n->attrs.f[1];
@@ -1174,6 +1189,28 @@ static void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_
   }
 }
 
+/* One pair (index p) of softmax_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
+ZOO_CPU_CLONES
+static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T, int64_t F,
+                         int64_t Dv, const float *q, const float *k, const float *v, float *o) {
+  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+  double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
+  to_columns(kt, k, T, F);
+  to_columns(vt, v, T, Dv);
+  for (int64_t i = 0; i < T; i++) {
+    attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
+    for (int64_t j = 0; j < T; j++) P[j] *= M[j];
+    for (int64_t e = 0; e < Dv; e++) {
+      const double *ve = vt + e * T;
+      double acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < T; j++) acc += P[j] * ve[j];
+      o[i * Dv + e] = (float)acc;
+    }
+  }
+  free(kt), free(vt), free(P), free(M);
+}
+
 /* softmax_attention (q, k, v; scale, dropout p, stream, causal):
  * o_i = sum_j P_ij M_ij v_j with P, M from attention_row. */
 int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
@@ -1182,26 +1219,61 @@ int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F;
-    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-    double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-    to_columns(kt, K + p * T * F, T, F);
-    to_columns(vt, V + p * T * Dv, T, Dv);
-    for (int64_t i = 0; i < T; i++) {
-      attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
-      for (int64_t j = 0; j < T; j++) P[j] *= M[j];
-      for (int64_t e = 0; e < Dv; e++) {
-        const double *ve = vt + e * T;
-        double acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < T; j++) acc += P[j] * ve[j];
-        O[(p * T + i) * Dv + e] = (float)acc;
+  for (int64_t p = 0; p < BH; p++)
+    softmax_pair(c, n, p, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv);
+  return 0;
+}
+
+/* One pair (index p) of softmax_attention_bwd. */
+ZOO_CPU_CLONES
+static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T,
+                             int64_t F, int64_t Dv, const float *dout, const float *q,
+                             const float *k, const float *v, float *dq, float *dk, float *dv) {
+  double scale = n->attrs.f[0];
+  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
+  double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
+  double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
+  double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
+  double *dP = xcalloc((size_t)T, sizeof *dP);
+  to_columns(kt, k, T, F);
+  to_columns(vt, v, T, Dv);
+  for (int64_t i = 0; i < T; i++) {
+    const float *doi = dout + i * Dv, *qi = q + i * F;
+    attention_row(c, n, p, i, T, F, qi, kt, P, M);
+    for (int64_t j = 0; j < T; j++) dP[j] = 0;
+    for (int64_t e = 0; e < Dv; e++) { /* dv_j += P M do_i; dP_j = do_i.v_j */
+      const double *ve = vt + e * T;
+      double *dve = dvt + e * T, de = doi[e];
+#pragma omp simd
+      for (int64_t j = 0; j < T; j++) {
+        dP[j] += de * ve[j];
+        dve[j] += P[j] * M[j] * de;
       }
     }
-    free(kt), free(vt), free(P), free(M);
+    double r = 0;
+#pragma omp simd reduction(+ : r)
+    for (int64_t j = 0; j < T; j++) {
+      dP[j] *= M[j];
+      r += P[j] * dP[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < T; j++) dP[j] = P[j] * (dP[j] - r) * scale; /* now dS_ij */
+    for (int64_t f = 0; f < F; f++) {
+      const double *kf = kt + f * T;
+      double *dkf = dkt + f * T, qf = qi[f], acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < T; j++) {
+        acc += dP[j] * kf[j];
+        dkf[j] += dP[j] * qf;
+      }
+      dq[i * F + f] = (float)acc;
+    }
   }
-  return 0;
+  for (int64_t t = 0; t < T; t++) {
+    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkt[f * T + t];
+    for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
+  }
+  free(kt), free(vt), free(dkt), free(dvt), free(P), free(M), free(dP);
 }
 
 /* softmax_attention_bwd (do, q, k, v) -> dq, dk, dv, with the same dropout mask:
@@ -1212,55 +1284,10 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
-  double scale = n->attrs.f[0];
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++) {
-    const float *q = Q + p * T * F, *dout = DO + p * T * Dv;
-    double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-    double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
-    double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
-    double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-    double *dP = xcalloc((size_t)T, sizeof *dP);
-    to_columns(kt, K + p * T * F, T, F);
-    to_columns(vt, V + p * T * Dv, T, Dv);
-    for (int64_t i = 0; i < T; i++) {
-      const float *doi = dout + i * Dv, *qi = q + i * F;
-      attention_row(c, n, p, i, T, F, qi, kt, P, M);
-      for (int64_t j = 0; j < T; j++) dP[j] = 0;
-      for (int64_t e = 0; e < Dv; e++) { /* dv_j += P M do_i; dP_j = do_i.v_j */
-        const double *ve = vt + e * T;
-        double *dve = dvt + e * T, de = doi[e];
-#pragma omp simd
-        for (int64_t j = 0; j < T; j++) {
-          dP[j] += de * ve[j];
-          dve[j] += P[j] * M[j] * de;
-        }
-      }
-      double r = 0;
-#pragma omp simd reduction(+ : r)
-      for (int64_t j = 0; j < T; j++) {
-        dP[j] *= M[j];
-        r += P[j] * dP[j];
-      }
-#pragma omp simd
-      for (int64_t j = 0; j < T; j++) dP[j] = P[j] * (dP[j] - r) * scale; /* now dS_ij */
-      for (int64_t f = 0; f < F; f++) {
-        const double *kf = kt + f * T;
-        double *dkf = dkt + f * T, qf = qi[f], acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < T; j++) {
-          acc += dP[j] * kf[j];
-          dkf[j] += dP[j] * qf;
-        }
-        DQ[(p * T + i) * F + f] = (float)acc;
-      }
-    }
-    for (int64_t t = 0; t < T; t++) {
-      for (int64_t f = 0; f < F; f++) DK[(p * T + t) * F + f] = (float)dkt[f * T + t];
-      for (int64_t e = 0; e < Dv; e++) DV[(p * T + t) * Dv + e] = (float)dvt[e * T + t];
-    }
-    free(kt), free(vt), free(dkt), free(dvt), free(P), free(M), free(dP);
-  }
+  for (int64_t p = 0; p < BH; p++)
+    softmax_pair_bwd(c, n, p, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F,
+                     V + p * T * Dv, DQ + p * T * F, DK + p * T * F, DV + p * T * Dv);
   return 0;
 }
 

@@ -890,21 +890,27 @@ TEST(op_linear_speed) {
  * of 4, columns not a multiple of 8): every entry is exactly the f32 sum taken
  * in order, as the kernel's comment promises. */
 TEST(op_matmul_blocking_exact) {
-  enum { M = 7, KK = 300, N = 601 };
-  og o;
-  og_init(&o);
-  float *A = randv(M * KK), *Bm = randv(KK * N);
-  int ta = og_input(&o, F32T(K(M), K(KK)), A), tb = og_input(&o, F32T(K(KK), K(N)), Bm);
-  int y = og_node2(&o, ZOO_OP_MATMUL, ta, tb, NULL);
-  CHECK(og_run(&o, 0, 0) == 0);
-  for (int i = 0; i < M; i++)
-    for (int j = 0; j < N; j++) {
-      float s = 0.0f;
-      for (int k = 0; k < KK; k++) s += A[i * KK + k] * Bm[k * N + j];
-      CHECKF(og_f(&o, y)[i * N + j] == s, "(%d, %d): %.9g vs %.9g", i, j, og_f(&o, y)[i * N + j], s);
-    }
-  free(A), free(Bm);
-  og_free(&o);
+  enum { M = 7, KK = 300, N = 521 };
+  for (int ta = 0; ta < 2; ta++) {
+    og o;
+    og_init(&o);
+    float *A = randv(M * KK), *Bm = randv(KK * N);
+    zoo_type at = ta ? F32T(K(KK), K(M)) : F32T(K(M), K(KK));
+    int tA = og_input(&o, at, A), tB = og_input(&o, F32T(K(KK), K(N)), Bm);
+    zoo_attrs a = {0};
+    a.i[0] = ta;
+    int y = og_node2(&o, ZOO_OP_MATMUL, tA, tB, &a);
+    CHECK(og_run(&o, 0, 0) == 0);
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        float s = 0.0f;
+        for (int k = 0; k < KK; k++) s += (ta ? A[k * M + i] : A[i * KK + k]) * Bm[k * N + j];
+        CHECKF(og_f(&o, y)[i * N + j] == s, "ta %d (%d, %d): %.9g vs %.9g", ta, i, j,
+               og_f(&o, y)[i * N + j], s);
+      }
+    free(A), free(Bm);
+    og_free(&o);
+  }
 }
 
 /* layernorm_bwd and rmsnorm_bwd over more rows than one chunk of their
