@@ -238,6 +238,13 @@ static int bound(const checker *c, const char *name) {
 }
 
 static void unknown(checker *c, const zoo_ast *n, const char *kind) {
+  /* Declared in a loaded file that this one does not import? */
+  for (int k = 0; k < c->r->nunits; k++)
+    if (local_module(c->r->units[k], n->str)) {
+      zoo_error(c->r->d, n->span, "unknown %s '%s'; it is declared in %s, which this file does not "
+                "import", kind, n->str, c->r->units[k]->src->path);
+      return;
+    }
   const char *s = zoo_resolve_suggest(c->u, n->str, c->names, c->n);
   zoo_error(c->r->d, n->span, "unknown %s '%s'%s%s%s", kind, n->str, s ? "; did you mean '" : "",
             s ? s : "", s ? "'?" : "");
