@@ -11,8 +11,10 @@
  *   3. appends the launches (zoo_cuda_step) with their grids and arguments.
  * Ops that need several kernels (a pass over rows, then a reduction) keep their
  * intermediate values in the step's scratch area: every step of such a node
- * declares the same scratch_bytes, and the runtime gives the node's steps one
- * area that lives across them (as the generic reductions of codegen_cuda.c do).
+ * declares the same scratch_bytes, and the plan gives a node's consecutive
+ * steps that declare scratch one area that lives across them (as the generic
+ * reductions of codegen_cuda.c use it). So a ZOO_STEP_ZERO of such a node
+ * comes before or after its scratch steps, never between them.
  *
  * Each kernel file's header comment gives its launch geometry; the choices of
  * tile sizes below follow those comments.
@@ -442,8 +444,12 @@ int zoo_cuda_linear_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
 
 int zoo_cuda_linear_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   lce_cfg c;
-  if (lce_setup(e, n, 1, &c) || lce_rows(e, n, 1, &c, 1)) return -1;
-  zero_step(e, n, n->out[0]); /* dh of ignored rows */
+  if (lce_setup(e, n, 1, &c)) return -1;
+  /* dh rows of ignored targets stay zero. First: the plan shares one scratch
+   * area among a node's consecutive steps that declare scratch, and a step
+   * without it in between would split them. */
+  zero_step(e, n, n->out[0]);
+  if (lce_rows(e, n, 1, &c, 1)) return -1;
   char name[64];
   kernel_name(e, n, "lce_bwd_dh", name, sizeof name);
   zoo_strbuf_printf(&e->src,

@@ -111,6 +111,52 @@ __device__ __forceinline__ void zk_sattn_probs(const float *qs, const float *ks,
   __syncthreads();
 }
 
+/* acc (the R x W tile spread over the threads: element e = threadIdx.x + a*NT
+ * is row e / W, column e % W) <- acc * alpha[row] + P B, with P [R][R + 1] and
+ * B [R][WP] in shared memory. The key loop stays a loop; the register loop is
+ * unrolled (registers need constant indices). */
+template <int W, int WP, int R, bool RESCALE>
+__device__ __forceinline__ void zk_sattn_accum(float *acc, const float *ps, const float *b,
+                                               const float *alpha) {
+  constexpr int ACC = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, RP = R + 1;
+  if (RESCALE) {
+#pragma unroll
+    for (int a = 0; a < ACC; a++) {
+      int e = threadIdx.x + a * ZK_SATTN_NT;
+      if (e < R * W) acc[a] *= alpha[e / W];
+    }
+  }
+#pragma unroll 1
+  for (int jj = 0; jj < R; jj++) {
+#pragma unroll
+    for (int a = 0; a < ACC; a++) {
+      int e = threadIdx.x + a * ZK_SATTN_NT;
+      if (e < R * W) {
+        int r = e / W, c = e - r * W;
+        acc[a] += ps[r * RP + jj] * b[jj * WP + c];
+      }
+    }
+  }
+}
+
+/* The transposed product for the key side: acc (R x W, row = key c) += P^T B,
+ * i.e. acc[c][f] += sum_r P[r][c] B[r][f]. */
+template <int W, int WP, int R>
+__device__ __forceinline__ void zk_sattn_accum_t(float *acc, const float *ps, const float *b) {
+  constexpr int ACC = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, RP = R + 1;
+#pragma unroll 1
+  for (int r = 0; r < R; r++) {
+#pragma unroll
+    for (int a = 0; a < ACC; a++) {
+      int e = threadIdx.x + a * ZK_SATTN_NT;
+      if (e < R * W) {
+        int c = e / W, f = e - c * W;
+        acc[a] += ps[r * RP + c] * b[r * WP + f];
+      }
+    }
+  }
+}
+
 template <int F, int DV, int R, int T, bool CAUSAL, bool DROP>
 __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q,
                                              const float *__restrict__ k,
@@ -143,16 +189,7 @@ __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q,
     __syncthreads();
     zk_sattn_probs<F, R, T, CAUSAL, DROP>(qs, ks, ps, mrow, lrow, arow, bh, i0, kt * R, scale, p,
                                           inv_keep, seed, stream);
-#pragma unroll
-    for (int a = 0; a < ACC; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * DV) {
-        int r = e / DV, c = e - r * DV;
-        float s = acc[a] * arow[r];
-        for (int jj = 0; jj < R; jj++) s += ps[r * RP + jj] * vs[jj * DV + c];
-        acc[a] = s;
-      }
-    }
+    zk_sattn_accum<DV, DV, R, true>(acc, ps, vs, arow);
   }
 #pragma unroll
   for (int a = 0; a < ACC; a++) {
@@ -203,16 +240,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
     __syncthreads();
     zk_sattn_probs<F, R, T, CAUSAL, DROP>(qs, ks, ps, mrow, lrow, arow, bh, i0, kt * R, scale, p,
                                           inv_keep, seed, stream);
-#pragma unroll
-    for (int a = 0; a < ACC; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * DV) {
-        int r = e / DV, c = e - r * DV;
-        float s = acc[a] * arow[r];
-        for (int jj = 0; jj < R; jj++) s += ps[r * RP + jj] * vs[jj * DVP + c];
-        acc[a] = s;
-      }
-    }
+    zk_sattn_accum<DV, DVP, R, true>(acc, ps, vs, arow);
   }
 
   /* D_i = do_i . o_i (products through ps, summed by one warp per row, in
@@ -262,16 +290,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
       ps[r * RP + c] = ds;
     }
     __syncthreads();
-#pragma unroll
-    for (int a = 0; a < ACCQ; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * F) {
-        int r = e / F, c = e - r * F;
-        float s = dqa[a];
-        for (int jj = 0; jj < R; jj++) s += ps[r * RP + jj] * ks[jj * FP + c];
-        dqa[a] = s;
-      }
-    }
+    zk_sattn_accum<F, FP, R, false>(dqa, ps, ks, nullptr);
   }
 #pragma unroll
   for (int a = 0; a < ACCQ; a++) {
@@ -344,26 +363,8 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
       dss[r * RP + c] = ds;
     }
     __syncthreads();
-#pragma unroll
-    for (int a = 0; a < ACCV; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * DV) {
-        int c = e / DV, f = e - c * DV; /* key row c, column f */
-        float s = dva[a];
-        for (int r = 0; r < R; r++) s += pz[r * RP + c] * dos[r * DVP + f];
-        dva[a] = s;
-      }
-    }
-#pragma unroll
-    for (int a = 0; a < ACCK; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * F) {
-        int c = e / F, f = e - c * F;
-        float s = dka[a];
-        for (int r = 0; r < R; r++) s += dss[r * RP + c] * qs[r * FP + f];
-        dka[a] = s;
-      }
-    }
+    zk_sattn_accum_t<DV, DVP, R>(dva, pz, dos); /* dv_j += sum_i (P M)_ij do_i */
+    zk_sattn_accum_t<F, FP, R>(dka, dss, qs);   /* dk_j += sum_i dS_ij q_i */
   }
 #pragma unroll
   for (int a = 0; a < ACCV; a++) {
