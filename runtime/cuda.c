@@ -34,6 +34,7 @@
 #include "cuda_api.h"
 #include "cuda_backend.h"
 #include "nvrtc_cache.h"
+#include "rng.h"
 
 #define WORKSPACE_BYTES (32u << 20)
 
@@ -506,6 +507,12 @@ static int launch_rt(zoo_cuda *x, CUfunction f, unsigned grid, unsigned block, v
   return 0;
 }
 
+/* Micro-batch m's dropout seed: the CPU backend's rule (runtime/cpu_backend.c),
+ * so both draw the same masks. */
+static uint64_t micro_seed(uint64_t seed, int m) {
+  return zoo_rng_mix(seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(m + 1));
+}
+
 /* The work of one training step, on the stream: captured once per slot, or
  * run eagerly under ZOO_DEBUG. */
 static int enqueue_train(zoo_cuda *x, slot *s, uint64_t seed) {
@@ -522,7 +529,7 @@ static int enqueue_train(zoo_cuda *x, slot *s, uint64_t seed) {
   for (int m = 0; m < s->accum; m++) {
     ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tok, s->tokens + m * bt, (size_t)bt * 4, c->stream));
     ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tgt, s->targets + m * bt, (size_t)bt * 4, c->stream));
-    if (run_steps(c, p, &cp->train, 0, cp->ntrain, seed + (uint64_t)m, m) != 0) return -1;
+    if (run_steps(c, p, &cp->train, 0, cp->ntrain, micro_seed(seed, m), m) != 0) return -1;
     int first = m == 0;
     if (s->accum > 1) {
       CUdeviceptr grads = c->base[ZOO_MEM_GRAD];
@@ -571,7 +578,7 @@ static int update_seeds(zoo_cuda *x, slot *s, uint64_t seed) {
     const zoo_step *st = &c->emit->steps[sn->step];
     arg_value vals[ZOO_MAX_ARGS];
     void *params[ZOO_MAX_ARGS];
-    if (kernel_args(c, &x->prog.train_plan, sn->step, 0, seed + (uint64_t)sn->micro, vals, params) != 0) {
+    if (kernel_args(c, &x->prog.train_plan, sn->step, 0, micro_seed(seed, sn->micro), vals, params) != 0) {
       snprintf(c->err, c->errlen, "seed update: step %d has an argument without memory (bug)", sn->step);
       return -1;
     }

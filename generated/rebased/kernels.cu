@@ -1722,18 +1722,21 @@ struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long ste
 extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
-  float lr = h->lr, b1 = h->beta1, b2 = h->beta2, eps = h->eps, wd = h->weight_decay;
+  // the scalars in double, the update in fp32, term for term as the CPU backend
   double t = (double)h->step;
-  float step_size = lr / (float)(1.0 - pow((double)b1, t));
-  float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));
+  double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
+  float decay = (float)(1.0 - (double)h->lr * h->weight_decay);
+  float one_b1 = (float)(1.0 - h->beta1), b2 = h->beta2, one_b2 = (float)(1.0 - h->beta2);
+  float step_size = (float)(h->lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = h->eps;
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256) {
-    float gi = g[i];
-    float pi = p[i] * (1.0f - lr * wd);
-    float mi = b1 * m[i] + (1.0f - b1) * gi;
-    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+    float gi = g[i], mi = m[i], vi = v[i];
+    float pi = p[i] * decay;
+    mi += one_b1 * (gi - mi); // torch: exp_avg.lerp_(grad, 1 - beta1)
+    vi = vi * b2 + one_b2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    p[i] = pi - step_size * (mi / denom);
   }
 }
 
