@@ -953,3 +953,25 @@ TEST(op_norm_bwd_many_rows) {
   free(x), free(dy), free(w);
   og_free(&o);
 }
+
+/* Every op of the table has a CPU test: above, or in test_grad.c for the two
+ * attention backward kernels (checked there against finite differences). */
+TEST(op_every_op_covered) {
+  const char *tested[] = {
+      "add", "sub", "mul", "div", "gt", "where", "neg", "exp", "log", "sqrt", "rsqrt", "square",
+      "sigmoid", "silu", "softplus", "relu", "gelu", "gelu_bwd", "tanh", "sin", "cos", "adds",
+      "muls", "pows", "dropout", "sum", "mean", "reduce_to", "layernorm", "layernorm_bwd",
+      "rmsnorm", "rmsnorm_bwd", "softmax", "logsumexp", "cross_entropy", "cross_entropy_bwd",
+      "argmax", "accuracy", "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
+      "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",
+      "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",
+      "linear_cross_entropy", "linear_cross_entropy_bwd",
+      "poly_attention_bwd", "softmax_attention_bwd", /* test_grad.c */
+  };
+  int n = (int)(sizeof tested / sizeof tested[0]);
+  for (int op = 0; op < ZOO_OP_COUNT; op++) {
+    int found = 0;
+    for (int i = 0; i < n; i++) found |= strcmp(tested[i], zoo_ops[op].name) == 0;
+    CHECKF(found, "no CPU test for %s", zoo_ops[op].name);
+  }
+}
