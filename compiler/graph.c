@@ -84,7 +84,7 @@ int zoo_graph_node(zoo_graph *g, zoo_op op, int nin, const int *in, const zoo_at
   n.op = op;
   n.nin = nin;
   n.nout = info->nout;
-  memcpy(n.in, in, (size_t)nin * sizeof *in);
+  if (nin > 0) memcpy(n.in, in, (size_t)nin * sizeof *in);
   if (attrs) n.attrs = *attrs;
   n.span = at;
   n.group = -1;
