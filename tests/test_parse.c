@@ -322,7 +322,7 @@ static int spans_nest(const zoo_ast *n, zoo_span outer) {
   return spans_nest(n->a, s) && spans_nest(n->b, s) && spans_nest(n->c, s);
 }
 
-static const char sketch[] =
+const char zoo_test_sketch[] = /* shared with test_fuzz.c */
     "# models/rebased.zoo: BaseConv in layer 0, ReBased attention in layer 1.\n"
     "import \"std/nn.zoo\"\n"
     "import \"std/lm.zoo\"\n"
@@ -354,7 +354,7 @@ static const char sketch[] =
 /* The design's sketch of models/rebased.zoo, dumped and compared with its golden tree. */
 TEST(parse_sketch) {
   parsed r;
-  parse_bytes(&r, "sketch.zoo", sketch, sizeof sketch - 1);
+  parse_bytes(&r, "sketch.zoo", zoo_test_sketch, sizeof zoo_test_sketch - 1);
   CHECKF(r.file && r.nerrors == 0, "%s", r.errors);
   CHECK(spans_nest(r.file, r.file->span));
   char *dump;
