@@ -727,3 +727,16 @@ TEST(grad_model_rebased) { CHECK(model_fd("rebased", "num_heads=2") == 0); }
 TEST(grad_model_based) { CHECK(model_fd("based", "num_heads=2") == 0); }
 TEST(grad_model_conv_attention) { CHECK(model_fd("conv_attention", "num_heads=2") == 0); }
 TEST(grad_model_attention) { CHECK(model_fd("attention", "num_heads=2") == 0); }
+
+/* The same tensor as both operands: both contributions are summed. */
+TEST(grad_same_input_twice) {
+  zoo_op ops[] = {ZOO_OP_ADD, ZOO_OP_MUL, ZOO_OP_DIV, ZOO_OP_MATMUL};
+  for (int k = 0; k < 4; k++) {
+    gcase c;
+    gc_init(&c);
+    int x = gc_param(&c, F32T(K(3), K(3)), ops[k] == ZOO_OP_DIV ? VAL_AWAY : VAL_SIGNED);
+    char what[32];
+    snprintf(what, sizeof what, "%s(x, x)", zoo_ops[ops[k]].name);
+    CHECK(gc_finish(&c, what, gc2(&c, ops[k], x, x, NULL)) == 0);
+  }
+}
