@@ -598,8 +598,15 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner, zoo_par
     phrase[nphrase++] = "a statement";
   if (want[YYSYMBOL_FORWARD] && take(want, member_start, sizeof member_start / sizeof *member_start))
     phrase[nphrase++] = "a member";
+  if (want[YYSYMBOL_IMPORT]) want[YYSYMBOL_YYEOF] = 0; /* at file level: implied */
+  /* single tokens, closing brackets last */
+  int closers[] = {SYM(')'), SYM(']'), SYM('}')};
+  char closing[3] = {want[closers[0]], want[closers[1]], want[closers[2]]};
+  take(want, closers, 3);
   for (int k = 0; k < YYNTOKENS; k++)
     if (want[k]) phrase[nphrase++] = expected_name((yysymbol_kind_t)k);
+  for (int k = 0; k < 3; k++)
+    if (closing[k]) phrase[nphrase++] = expected_name((yysymbol_kind_t)closers[k]);
 
   char msg[512], what[96];
   describe_token(p, tok, what, sizeof what);
