@@ -1,0 +1,625 @@
+/* train.c: the trainer (see train.h). */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../compiler/compile.h"
+#include "backend.h"
+#include "checkpoint.h"
+#include "mqar.h"
+#include "rng.h"
+
+/* The CUDA backend plugs in once runtime/cuda.c exists (written separately);
+ * until then this build is CPU-only. */
+#if __has_include("cuda.c")
+#define ZOO_HAVE_CUDA 1
+#else
+#define ZOO_HAVE_CUDA 0
+#endif
+
+static double train_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------- init */
+
+void zoo_train_init_params(const zoo_graph *g, uint64_t seed, float **params) {
+  for (int i = 0; i < g->nparams; i++) {
+    const zoo_tensor *t = &g->tensors[g->params[i]];
+    int64_t n = zoo_type_numel(&t->type, NULL);
+    float *p = params[i];
+    uint64_t s = zoo_rng_mix(seed ^ 0x696e6974ULL) + 0x9e3779b97f4a7c15ULL * (uint64_t)(i + 1);
+    double a = t->init.a;
+    for (int64_t k = 0; k < n; k++) {
+      switch (t->init.kind) {
+      case ZOO_INIT_ZEROS: p[k] = 0; break;
+      case ZOO_INIT_ONES: p[k] = 1; break;
+      case ZOO_INIT_CONST: p[k] = (float)a; break;
+      case ZOO_INIT_UNIFORM: {
+        double u = (double)(zoo_rng_mix(s += 0x9e3779b97f4a7c15ULL) >> 11) * 0x1p-53;
+        p[k] = (float)(a * (2 * u - 1));
+        break;
+      }
+      case ZOO_INIT_NORMAL: { /* Box-Muller, one of the pair */
+        double u1 = ((double)(zoo_rng_mix(s += 0x9e3779b97f4a7c15ULL) >> 11) + 1) * 0x1p-53;
+        double u2 = (double)(zoo_rng_mix(s += 0x9e3779b97f4a7c15ULL) >> 11) * 0x1p-53;
+        p[k] = (float)(a * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2));
+        break;
+      }
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- pieces */
+
+typedef struct trainer {
+  zoo_config *c;
+  const zoo_train_opts *o;
+  zoo_diag *d;
+  FILE *out;
+  zoo_program *prog;
+  const zoo_graph *g;
+  zoo_backend *be;
+  zoo_mqar train_gen, test_gen;
+  int32_t *test_tokens, *test_targets; /* [ntest, T] */
+  char dir[1024], ckpt_path[1100], metrics_path[1100];
+  FILE *metrics;
+  int tty;
+  int have_ckpt; /* a checkpoint of this run exists on disk */
+  /* progress */
+  int epoch, start_epoch;
+  int64_t step, start_step;
+  double best, last_acc, last_vloss;
+  double t0, elapsed_base; /* elapsed_s = elapsed_base + now - t0 */
+  double last_draw;
+  int early_stopped;
+  float **params, **m, **v; /* host copies for checkpoints */
+} trainer;
+
+static int train_mkdirs(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++)
+    if (*p == '/') {
+      *p = 0;
+      if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+      *p = '/';
+    }
+  return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+/* Picks and makes the backend; says which and why. */
+static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chosen) {
+  const char *dev = tr->o->device ? tr->o->device : "auto";
+  char err[512] = "", why[256] = "";
+  int want_cuda = !strcmp(dev, "cuda");
+  if (strcmp(dev, "auto") && strcmp(dev, "cpu") && !want_cuda) {
+    zoo_error(tr->d, zoo_nospan, "unknown device '%s' (auto, cpu or cuda)", dev);
+    return NULL;
+  }
+  if (!strcmp(dev, "auto")) {
+#if ZOO_HAVE_CUDA
+    want_cuda = zoo_cuda_available(why, sizeof why);
+#else
+    snprintf(why, sizeof why, "this build has no CUDA backend");
+#endif
+  }
+  zoo_backend *be = NULL;
+  if (want_cuda) {
+#if ZOO_HAVE_CUDA
+    be = zoo_cuda_backend_init(tr->g, B, T, 0, err, sizeof err);
+#else
+    snprintf(err, sizeof err, "this build has no CUDA backend");
+#endif
+    if (!be) {
+      zoo_error(tr->d, zoo_nospan, "cannot use CUDA: %s", err);
+      return NULL;
+    }
+    snprintf(chosen, 16, "cuda");
+    if (!tr->o->quiet)
+      fprintf(tr->out, "device: cuda (%s)\n", !strcmp(dev, "auto") ? "auto: a GPU is present" : "--device cuda");
+    return be;
+  }
+  be = zoo_cpu_backend_init(tr->g, B, T, err, sizeof err);
+  if (!be) {
+    zoo_error(tr->d, zoo_nospan, "cannot start the CPU backend: %s", err);
+    return NULL;
+  }
+  snprintf(chosen, 16, "cpu");
+  if (!tr->o->quiet)
+    fprintf(tr->out, "device: cpu (%s%s)\n", !strcmp(dev, "auto") ? "auto: " : "--device cpu",
+            !strcmp(dev, "auto") ? why : "");
+  return be;
+}
+
+static void train_alloc_state(trainer *tr) {
+  const zoo_graph *g = tr->g;
+  tr->params = calloc((size_t)g->nparams + 1, sizeof *tr->params);
+  tr->m = calloc((size_t)g->nparams + 1, sizeof *tr->m);
+  tr->v = calloc((size_t)g->nparams + 1, sizeof *tr->v);
+  for (int i = 0; i < g->nparams; i++) {
+    int64_t n = zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    tr->params[i] = calloc((size_t)(n ? n : 1), sizeof(float));
+    tr->m[i] = calloc((size_t)(n ? n : 1), sizeof(float));
+    tr->v[i] = calloc((size_t)(n ? n : 1), sizeof(float));
+  }
+}
+
+static void train_free_state(trainer *tr) {
+  for (int i = 0; tr->g && i < tr->g->nparams; i++) {
+    if (tr->params) free(tr->params[i]);
+    if (tr->m) free(tr->m[i]);
+    if (tr->v) free(tr->v[i]);
+  }
+  free(tr->params);
+  free(tr->m);
+  free(tr->v);
+}
+
+static double train_elapsed(const trainer *tr) { return tr->elapsed_base + train_now() - tr->t0; }
+
+/* Writes the checkpoint of the state after `epochs` complete epochs. */
+static int train_save(trainer *tr, int finished) {
+  int64_t step;
+  if (tr->be->get_state(tr->be, tr->params, tr->m, tr->v, &step)) {
+    zoo_error(tr->d, zoo_nospan, "cannot read the backend's state: %s", tr->be->err);
+    return -1;
+  }
+  char epoch[32], steps[32], best[40], last[40], vloss[40], seed[32], dseed[32], hash[24],
+      mhash[24], elapsed[40];
+  snprintf(epoch, sizeof epoch, "%d", tr->epoch);
+  snprintf(steps, sizeof steps, "%lld", (long long)step);
+  snprintf(best, sizeof best, "%.17g", tr->best);
+  snprintf(last, sizeof last, "%.17g", tr->last_acc);
+  snprintf(vloss, sizeof vloss, "%.17g", tr->last_vloss);
+  snprintf(seed, sizeof seed, "%lld", (long long)tr->c->seed);
+  snprintf(dseed, sizeof dseed, "%lld", (long long)tr->c->data_seed);
+  snprintf(hash, sizeof hash, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
+  snprintf(mhash, sizeof mhash, "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
+  snprintf(elapsed, sizeof elapsed, "%.3f", train_elapsed(tr));
+  zoo_ckpt_meta meta[] = {
+      {"format", "zoo"},           {"version", "1"},          {"epoch", epoch},
+      {"step", steps},             {"best_accuracy", best},   {"last_accuracy", last},
+      {"last_valid_loss", vloss},  {"seed", seed},            {"data_seed", dseed},
+      {"config_hash", hash},       {"model_hash", mhash},     {"elapsed_s", elapsed},
+      {"finished", finished ? "1" : "0"},
+  };
+  zoo_ckpt_state s = {tr->params, tr->m, tr->v};
+  char err[600];
+  if (zoo_ckpt_save_model(tr->ckpt_path, tr->g, tr->prog->aliases, tr->prog->naliases, &s, meta,
+                          (int)(sizeof meta / sizeof *meta), err, sizeof err)) {
+    zoo_error(tr->d, zoo_nospan, "cannot save the checkpoint: %s", err);
+    return -1;
+  }
+  tr->have_ckpt = 1;
+  return 0;
+}
+
+/* Loads the run's checkpoint into the backend and the progress counters.
+ * Returns 0, 1 when the run had already finished, or -1. */
+static int train_resume(trainer *tr) {
+  zoo_ckpt ck;
+  char err[600];
+  if (access(tr->ckpt_path, F_OK) != 0) {
+    zoo_error(tr->d, zoo_nospan, "nothing to resume: there is no checkpoint at %s", tr->ckpt_path);
+    return -1;
+  }
+  if (zoo_ckpt_load(tr->ckpt_path, &ck, err, sizeof err)) {
+    zoo_error(tr->d, zoo_nospan, "cannot resume: %s", err);
+    return -1;
+  }
+  const char *format = zoo_ckpt_meta_get(&ck, "format"), *version = zoo_ckpt_meta_get(&ck, "version");
+  const char *epoch = zoo_ckpt_meta_get(&ck, "epoch"), *step = zoo_ckpt_meta_get(&ck, "step");
+  const char *mhash = zoo_ckpt_meta_get(&ck, "model_hash"), *hash = zoo_ckpt_meta_get(&ck, "config_hash");
+  int rc = 0;
+  if (!format || strcmp(format, "zoo") || !version || strcmp(version, "1") || !epoch || !step) {
+    zoo_error(tr->d, zoo_nospan,
+              "cannot resume: %s is not a zoo training checkpoint (format zoo, version 1, epoch "
+              "and step in its metadata)",
+              tr->ckpt_path);
+    rc = -1;
+  }
+  char want[24];
+  snprintf(want, sizeof want, "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
+  if (!rc && (!mhash || strcmp(mhash, want))) {
+    zoo_error(tr->d, zoo_nospan,
+              "cannot resume: %s was written for another model (model hash %s, this config's "
+              "%s)",
+              tr->ckpt_path, mhash ? mhash : "none", want);
+    rc = -1;
+  }
+  snprintf(want, sizeof want, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
+  if (!rc && hash && strcmp(hash, want) && !tr->o->quiet)
+    fprintf(tr->out, "note: the config differs from the one that wrote the checkpoint (hash %s, "
+                     "now %s); resuming with the new settings\n", hash, want);
+  zoo_ckpt_state s = {tr->params, tr->m, tr->v};
+  if (!rc && zoo_ckpt_restore_model(&ck, tr->ckpt_path, tr->g, tr->prog->aliases,
+                                    tr->prog->naliases, &s, err, sizeof err)) {
+    zoo_error(tr->d, zoo_nospan, "cannot resume: %s", err);
+    rc = -1;
+  }
+  if (!rc) {
+    tr->epoch = tr->start_epoch = atoi(epoch);
+    tr->step = tr->start_step = strtoll(step, NULL, 10);
+    const char *b = zoo_ckpt_meta_get(&ck, "best_accuracy"), *l = zoo_ckpt_meta_get(&ck, "last_accuracy");
+    const char *vl = zoo_ckpt_meta_get(&ck, "last_valid_loss"), *el = zoo_ckpt_meta_get(&ck, "elapsed_s");
+    const char *fin = zoo_ckpt_meta_get(&ck, "finished");
+    tr->best = b ? strtod(b, NULL) : 0;
+    tr->last_acc = l ? strtod(l, NULL) : 0;
+    tr->last_vloss = vl ? strtod(vl, NULL) : 0;
+    tr->elapsed_base = el ? strtod(el, NULL) : 0;
+    tr->early_stopped = fin && !strcmp(fin, "1");
+    if (tr->be->set_state(tr->be, tr->params, tr->m, tr->v, tr->step)) {
+      zoo_error(tr->d, zoo_nospan, "cannot load the state into the backend: %s", tr->be->err);
+      rc = -1;
+    } else {
+      tr->have_ckpt = 1;
+      if (!tr->o->quiet)
+        fprintf(tr->out, "resuming %s: %d epochs and %lld steps done, best accuracy %.4f\n",
+                tr->ckpt_path, tr->epoch, (long long)tr->step, tr->best);
+      if (tr->early_stopped || tr->epoch >= tr->c->max_epochs) rc = 1;
+    }
+  }
+  zoo_ckpt_free(&ck);
+  return rc;
+}
+
+static void train_fmt_time(char *buf, size_t n, double s) {
+  if (!(s >= 0) || s > 1e7) {
+    snprintf(buf, n, "?");
+    return;
+  }
+  long t = (long)(s + 0.5);
+  if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* The progress bar (terminals only), redrawn at most ten times a second. */
+static void train_progress(trainer *tr, int64_t done, int64_t per_epoch, double loss, double rate,
+                           int force) {
+  if (!tr->tty || tr->o->quiet) return;
+  double now = train_now();
+  if (!force && now - tr->last_draw < 0.1) return;
+  tr->last_draw = now;
+  int width = 24, fill = per_epoch ? (int)(width * done / per_epoch) : width;
+  char bar[32];
+  for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+  bar[width] = 0;
+  int64_t left = per_epoch - done + (int64_t)(tr->c->max_epochs - tr->epoch - 1) * per_epoch;
+  char eta_epoch[24], eta_all[24];
+  train_fmt_time(eta_epoch, sizeof eta_epoch, rate > 0 ? (double)(per_epoch - done) / rate : -1);
+  train_fmt_time(eta_all, sizeof eta_all, rate > 0 ? (double)left / rate : -1);
+  fprintf(tr->out, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.4f (best %.4f) %.1f steps/s "
+                   "left %s (all epochs %s)",
+          tr->epoch + 1, tr->c->max_epochs, bar, (long long)done, (long long)per_epoch, loss,
+          tr->last_acc, tr->best, rate, eta_epoch, eta_all);
+  fflush(tr->out);
+}
+
+static void train_log_step(trainer *tr, int64_t step, double loss, double lr) {
+  if (!tr->metrics) return;
+  fprintf(tr->metrics, "{\"step\": %lld, \"epoch\": %d, \"loss\": %.9g, \"lr\": %.9g, "
+                       "\"elapsed_s\": %.3f}\n",
+          (long long)step, tr->epoch, loss, lr, train_elapsed(tr));
+}
+
+/* The loss was not finite: says so, keeps the last checkpoint, fails the run. */
+static int train_nan(trainer *tr, int64_t step, double loss) {
+  if (tr->tty && !tr->o->quiet) fputc('\n', tr->out);
+  fflush(tr->out);
+  if (tr->have_ckpt)
+    zoo_error(tr->d, zoo_nospan,
+              "loss is %s at step %lld (epoch %d); the last good checkpoint is kept at %s",
+              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch, tr->ckpt_path);
+  else
+    zoo_error(tr->d, zoo_nospan,
+              "loss is %s at step %lld (epoch %d); no checkpoint was written yet",
+              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch);
+  return -1;
+}
+
+/* Validation on the whole test split: accuracy = correct / labelled; loss = mean
+ * of the batches' losses (the reference's). */
+static int train_validate(trainer *tr, double *acc, double *loss) {
+  int64_t B = tr->c->batch_size, T = tr->c->input_seq_len, n = tr->c->num_test_examples;
+  double correct = 0, labelled = 0, lsum = 0;
+  int batches = 0;
+  for (int64_t i = 0; i < n; i += B) {
+    int rows = (int)(n - i < B ? n - i : B);
+    zoo_metrics m;
+    if (tr->be->eval_batch(tr->be, tr->test_tokens + i * T, tr->test_targets + i * T, rows, &m)) {
+      zoo_error(tr->d, zoo_nospan, "validation failed: %s", tr->be->err);
+      return -1;
+    }
+    correct += m.correct;
+    labelled += m.labelled;
+    lsum += m.loss;
+    batches++;
+  }
+  *acc = labelled > 0 ? correct / labelled : 0;
+  *loss = batches ? lsum / batches : 0;
+  return 0;
+}
+
+static void train_summary(trainer *tr, zoo_train_result *r, const char *status) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s/summary.json", tr->dir);
+  FILE *f = fopen(path, "w");
+  if (!f) return;
+  fprintf(f,
+          "{\n  \"run_id\": \"%s\",\n  \"status\": \"%s\",\n  \"best_valid_accuracy\": %.6f,\n"
+          "  \"last_valid_accuracy\": %.6f,\n  \"last_valid_loss\": %.6f,\n  \"epochs\": %d,\n"
+          "  \"max_epochs\": %d,\n  \"early_stopped\": %s,\n  \"steps\": %lld,\n"
+          "  \"wall_s\": %.3f,\n  \"steps_per_s\": %.3f,\n  \"device\": \"%s\",\n"
+          "  \"parameters\": %lld,\n  \"model\": \"%s\"\n}\n",
+          tr->c->run_id, status, tr->best, tr->last_acc, tr->last_vloss, tr->epoch,
+          tr->c->max_epochs, tr->early_stopped ? "true" : "false", (long long)tr->step,
+          train_elapsed(tr), r->steps_per_s, r->device, (long long)r->parameters,
+          tr->c->model_file);
+  fclose(f);
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+static int train_run(trainer *tr, zoo_train_result *r) {
+  zoo_config *c = tr->c;
+  int64_t B = c->batch_size, T = c->input_seq_len, ntrain = c->num_train_examples;
+  int accum = c->gradient_accumulation_steps;
+  int64_t micro = (ntrain + B - 1) / B, per_epoch = micro / accum;
+  if (per_epoch < 1) {
+    zoo_error(tr->d, zoo_nospan,
+              "an epoch of %lld examples in micro-batches of %lld has fewer than %d "
+              "micro-batches: no optimiser step",
+              (long long)ntrain, (long long)B, accum);
+    return -1;
+  }
+  int64_t *order = malloc((size_t)ntrain * sizeof *order);
+  int32_t **tok = calloc((size_t)accum, sizeof *tok), **tgt = calloc((size_t)accum, sizeof *tgt);
+  int *rows = calloc((size_t)accum, sizeof *rows);
+  for (int k = 0; k < accum; k++) {
+    tok[k] = malloc((size_t)(B * T) * sizeof **tok);
+    tgt[k] = malloc((size_t)(B * T) * sizeof **tgt);
+  }
+  zoo_adamw opt = {(float)c->learning_rate, 0.9f, 0.999f, 1e-8f, (float)c->weight_decay};
+  int rc = 0, epochs_this_call = 0;
+  double steps_time = 0;
+  int64_t steps_this_call = 0;
+
+  for (; tr->epoch < c->max_epochs && !rc; tr->epoch++) {
+    int e = tr->epoch;
+    double lr = c->learning_rate * (1 + cos(M_PI * e / c->max_epochs)) / 2;
+    opt.lr = (float)lr;
+    zoo_mqar_shuffle(order, ntrain, (uint64_t)c->seed, (uint64_t)e);
+    double epoch_t0 = train_now(), loss_sum = 0;
+    int64_t logged = tr->step; /* steps whose metrics were logged */
+    zoo_metrics m = {0};
+    for (int64_t s = 0; s < per_epoch; s++) {
+      for (int k = 0; k < accum; k++) {
+        int64_t first = (s * accum + k) * B;
+        rows[k] = (int)(ntrain - first < B ? ntrain - first : B);
+        zoo_mqar_batch(&tr->train_gen, (uint64_t)c->data_seed, order + first, 0, rows[k], tok[k],
+                       tgt[k]);
+      }
+      uint64_t seed = zoo_rng_mix((uint64_t)c->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)tr->step);
+      int got = tr->be->train_step(tr->be, accum, (const int32_t *const *)tok,
+                                   (const int32_t *const *)tgt, rows, &opt, seed, &m);
+      if (got < 0) {
+        zoo_error(tr->d, zoo_nospan, "training step %lld failed: %s", (long long)tr->step + 1,
+                  tr->be->err);
+        rc = -1;
+        break;
+      }
+      tr->step++;
+      steps_this_call++;
+      int64_t which = got == 0 ? tr->step : tr->step - 1; /* the step m belongs to */
+      if (which > logged) {
+        if (!isfinite(m.loss)) {
+          rc = train_nan(tr, which, m.loss);
+          break;
+        }
+        train_log_step(tr, which, m.loss, lr);
+        loss_sum += m.loss;
+        logged = which;
+      }
+      double rate = (double)(s + 1) / (train_now() - epoch_t0);
+      train_progress(tr, s + 1, per_epoch, m.loss, rate, 0);
+    }
+    if (rc) break;
+    if (tr->be->sync(tr->be, &m)) {
+      zoo_error(tr->d, zoo_nospan, "the backend failed: %s", tr->be->err);
+      rc = -1;
+      break;
+    }
+    if (tr->step > logged) {
+      if (!isfinite(m.loss)) {
+        rc = train_nan(tr, tr->step, m.loss);
+        break;
+      }
+      train_log_step(tr, tr->step, m.loss, lr);
+      loss_sum += m.loss;
+    }
+    double train_s = train_now() - epoch_t0;
+    steps_time += train_s;
+    double acc, vloss;
+    if (train_validate(tr, &acc, &vloss)) {
+      rc = -1;
+      break;
+    }
+    tr->last_acc = acc;
+    tr->last_vloss = vloss;
+    if (acc > tr->best) tr->best = acc;
+    if (tr->metrics) {
+      fprintf(tr->metrics, "{\"epoch\": %d, \"valid_loss\": %.9g, \"valid_accuracy\": %.9g, "
+                           "\"train_loss\": %.9g, \"lr\": %.9g, \"elapsed_s\": %.3f}\n",
+              e, vloss, acc, loss_sum / (double)per_epoch, lr, train_elapsed(tr));
+      fflush(tr->metrics);
+    }
+    tr->early_stopped = c->early_stopping && acc > c->early_stopping_threshold;
+    int done = tr->epoch + 1;
+    if (!tr->o->quiet) {
+      if (tr->tty) fputs("\r\033[K", tr->out);
+      fprintf(tr->out,
+              "epoch %d/%d: train loss %.4f, valid loss %.4f, valid accuracy %.4f (best %.4f), "
+              "%.1f steps/s, %.1f s\n",
+              done, c->max_epochs, loss_sum / (double)per_epoch, vloss, acc, tr->best,
+              (double)per_epoch / train_s, train_elapsed(tr));
+      fflush(tr->out);
+    }
+    tr->epoch = done; /* the checkpoint holds completed epochs */
+    if (train_save(tr, tr->early_stopped)) {
+      rc = -1;
+      break;
+    }
+    tr->epoch = done - 1;
+    epochs_this_call++;
+    if (tr->early_stopped) {
+      if (!tr->o->quiet)
+        fprintf(tr->out, "early stop at epoch %d: valid accuracy %.4f > %g\n", done, acc,
+                c->early_stopping_threshold);
+      tr->epoch++;
+      break;
+    }
+    if (tr->o->stop_after_epochs > 0 && epochs_this_call >= tr->o->stop_after_epochs) {
+      tr->epoch++;
+      break;
+    }
+  }
+  r->steps_per_s = steps_time > 0 ? (double)steps_this_call / steps_time : 0;
+  for (int k = 0; k < accum; k++) free(tok[k]), free(tgt[k]);
+  free(tok);
+  free(tgt);
+  free(rows);
+  free(order);
+  return rc;
+}
+
+int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_diag *d) {
+  memset(r, 0, sizeof *r);
+  trainer tr = {.c = c, .o = o, .d = d, .out = o->out ? o->out : stdout};
+  tr.tty = isatty(fileno(tr.out));
+  int rc = -1;
+  double t_start = train_now();
+  tr.t0 = t_start;
+
+  if (zoo_config_check_model(c, d)) return -1;
+  zoo_compile_opts co = {.path = c->model_file, .defines = c->defines, .ndefines = c->ndefines};
+  if (zoo_compile(&co, d, &tr.prog)) return -1;
+  if (zoo_train_graph(&tr.prog->graph, d)) goto done;
+  tr.g = &tr.prog->graph;
+  r->parameters = zoo_graph_param_count(tr.g);
+  if (!o->quiet) {
+    fprintf(tr.out, "model: %s %s(", c->model_file, tr.prog->model_name ? tr.prog->model_name : "");
+    for (int i = 0; i < tr.prog->nbindings; i++)
+      fprintf(tr.out, "%s%s=%s", i ? ", " : "", tr.prog->bindings[i].name, tr.prog->bindings[i].value);
+    fprintf(tr.out, "): %lld parameters\n", (long long)r->parameters);
+  }
+
+  char err[512];
+  zoo_mqar_opts mo = {c->vocab_size, c->input_seq_len, c->num_kv_pairs, c->train_power_a,
+                      c->random_non_queries};
+  if (zoo_mqar_init(&tr.train_gen, &mo, err, sizeof err)) {
+    zoo_error(d, zoo_nospan, "%s: cannot make the data: %s", c->path, err);
+    goto done;
+  }
+  mo.power_a = c->test_power_a;
+  if (zoo_mqar_init(&tr.test_gen, &mo, err, sizeof err)) {
+    zoo_error(d, zoo_nospan, "%s: cannot make the data: %s", c->path, err);
+    goto done;
+  }
+  int64_t T = c->input_seq_len, ntest = c->num_test_examples;
+  tr.test_tokens = malloc((size_t)(ntest * T) * sizeof *tr.test_tokens);
+  tr.test_targets = malloc((size_t)(ntest * T) * sizeof *tr.test_targets);
+  double tg = train_now();
+  zoo_mqar_batch(&tr.test_gen, (uint64_t)c->data_seed + 10, NULL, 0, ntest, tr.test_tokens,
+                 tr.test_targets);
+  if (!o->quiet)
+    fprintf(tr.out,
+            "data: MQAR, %lld train (made per batch) and %lld test examples (%.2f s), "
+            "L = %d, %d pairs, V = %d, batch %d x %d\n",
+            (long long)c->num_train_examples, (long long)ntest, train_now() - tg,
+            c->input_seq_len, c->num_kv_pairs, c->vocab_size, c->batch_size,
+            c->gradient_accumulation_steps);
+
+  tr.be = train_backend(&tr, c->batch_size, T, r->device);
+  if (!tr.be) goto done;
+  train_alloc_state(&tr);
+
+  snprintf(tr.dir, sizeof tr.dir, "%s", o->out_dir ? o->out_dir : "runs");
+  if (!o->out_dir) snprintf(tr.dir, sizeof tr.dir, "runs/%s", c->run_id);
+  snprintf(r->run_dir, sizeof r->run_dir, "%s", tr.dir);
+  if (train_mkdirs(tr.dir)) {
+    zoo_error(d, zoo_nospan, "cannot make the run folder %s: %s", tr.dir, strerror(errno));
+    goto done;
+  }
+  snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.safetensors", tr.dir);
+  snprintf(tr.metrics_path, sizeof tr.metrics_path, "%s/metrics.jsonl", tr.dir);
+
+  int finished = 0;
+  if (o->resume) {
+    int got = train_resume(&tr);
+    if (got < 0) goto done;
+    finished = got == 1;
+  } else {
+    if (access(tr.ckpt_path, F_OK) == 0 && !o->quiet)
+      fprintf(tr.out, "note: starting over in %s (--resume continues the run there)\n", tr.dir);
+    zoo_train_init_params(tr.g, (uint64_t)c->seed, tr.params);
+    if (tr.be->set_state(tr.be, tr.params, NULL, NULL, 0)) {
+      zoo_error(d, zoo_nospan, "cannot load the parameters into the backend: %s", tr.be->err);
+      goto done;
+    }
+  }
+
+  char cfg_path[1100];
+  snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", tr.dir);
+  FILE *cf = fopen(cfg_path, "w");
+  if (cf) {
+    zoo_config_write(cf, c);
+    fclose(cf);
+  }
+  if (finished) {
+    if (!o->quiet)
+      fprintf(tr.out, "the run is complete: %d epochs, best valid accuracy %.4f\n", tr.epoch,
+              tr.best);
+    rc = 0;
+  } else {
+    tr.metrics = fopen(tr.metrics_path, o->resume ? "a" : "w");
+    tr.t0 = train_now();
+    rc = train_run(&tr, r);
+    if (tr.metrics) fclose(tr.metrics);
+    tr.metrics = NULL;
+  }
+  r->best_accuracy = tr.best;
+  r->last_accuracy = tr.last_acc;
+  r->last_valid_loss = tr.last_vloss;
+  r->epochs = tr.epoch;
+  r->steps = tr.step;
+  r->early_stopped = tr.early_stopped;
+  r->wall_s = train_now() - t_start;
+  train_summary(&tr, r, rc ? "failed" : tr.early_stopped ? "early stopped"
+                                      : tr.epoch >= c->max_epochs ? "finished" : "interrupted");
+  if (!o->quiet && !rc && !finished)
+    fprintf(tr.out,
+            "done: best valid accuracy %.4f after %d epochs%s; %lld steps, %.1f steps/s "
+            "(%.1f ms/step) on %s; %s/\n",
+            tr.best, tr.epoch, tr.early_stopped ? " (early stop)" : "", (long long)tr.step,
+            r->steps_per_s, r->steps_per_s > 0 ? 1000 / r->steps_per_s : 0.0, r->device, tr.dir);
+
+done:
+  if (tr.be) tr.be->free(tr.be);
+  train_free_state(&tr);
+  zoo_mqar_free(&tr.train_gen);
+  zoo_mqar_free(&tr.test_gen);
+  free(tr.test_tokens);
+  free(tr.test_targets);
+  zoo_program_free(tr.prog);
+  return rc;
+}
