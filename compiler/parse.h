@@ -29,8 +29,9 @@ typedef struct zoo_parser {
   /* scanner position: the next byte to read, as offset, line and column */
   size_t pos;
   int line, col;
-  /* the token last returned (what "unexpected ..." shows) */
-  size_t tok_pos, tok_len;
+  /* the token last returned (what "unexpected ..." shows), and the one before */
+  size_t tok_pos, tok_len, prev_pos, prev_len;
+  zoo_span prev_at;
   int tok_end_line, tok_end_col; /* end of the last token that was not blank */
 
   /* brackets open now, innermost last; nopen_before: as it was before the

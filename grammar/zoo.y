@@ -513,11 +513,17 @@ static const char *expected_name(yysymbol_kind_t k) {
   }
 }
 
-/* How "unexpected ..." names the token the parser stopped at, with its text. */
+/* How "unexpected ..." names the token the parser stopped at, with its text
+ * (at most 32 bytes of it, control bytes shown as '?'). */
 static void describe_token(zoo_parser *p, yysymbol_kind_t k, char *buf, size_t size) {
-  const char *text = p->src->text + p->tok_pos;
+  char text[33];
   int len = p->tok_len > 32 ? 32 : (int)p->tok_len;
   const char *more = p->tok_len > 32 ? "..." : "";
+  for (int i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)p->src->text[p->tok_pos + (size_t)i];
+    text[i] = c < 32 || c == 127 ? '?' : (char)c;
+  }
+  text[len] = 0;
   switch (k) {
   case YYSYMBOL_IDENT: snprintf(buf, size, "identifier '%.*s%s'", len, text, more); break;
   case YYSYMBOL_INT:
@@ -628,6 +634,13 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner, zoo_par
     snprintf(msg + len, sizeof msg - len, " (statements belong in a forward body)");
   zoo_parse_error(p, at, "%s", msg);
 
+  /* an expression cut short at the end of the line before: show where */
+  if (raw[YYSYMBOL_INT] && tok != YYSYMBOL_YYEOF && first_on_line(p) && p->prev_len > 0 &&
+      p->prev_at.line > 0 && p->prev_at.line < at.line && p->prev_len <= 8) {
+    zoo_parse_note(p, p->prev_at, "the line before ends with '%.*s', which needs an expression after it",
+                   (int)p->prev_len, p->src->text + p->prev_pos);
+    return 0;
+  }
   if (p->nopen_before > 0) {
     const zoo_parse_open *o = &p->open[p->nopen_before - 1];
     int closer = o->ch == '(' ? ')' : o->ch == '[' ? ']' : '}';

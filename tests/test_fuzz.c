@@ -142,7 +142,7 @@ TEST(fuzz_mutations) {
   char *buf = malloc(cap);
   double t0 = now_s();
   int n = 0, bad = -1;
-  for (; n < 20000 * scale && now_s() - t0 < 0.75 * SLOW * scale; n++) {
+  for (; n < 20000 * scale && now_s() - t0 < 0.5 * SLOW * scale; n++) {
     int b = (int)rng_below(&s, (size_t)nbases);
     size_t len = lens[b] < cap / 2 ? lens[b] : cap / 2;
     memcpy(buf, bases[b], len);
