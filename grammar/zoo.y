@@ -7,7 +7,7 @@
  *   param    = IDENT [ ":" type ] [ "=" expr ] ;
  *   type     = IDENT "[" expr { "," expr } [ "," ] "]" ;     f32[B, T, d_model]
  *   member   = "let" IDENT "=" expr
- *            | IDENT "=" expr [ "if" expr ]
+ *            | IDENT "=" expr [ "if" or ]                    (a field, present if ...)
  *            | "forward" "(" [ params ] ")" [ "->" type ] block ;
  *   block    = "{" { stmt | ";" } "}" ;
  *   stmt     = "let" IDENT "=" expr | "return" expr
@@ -133,7 +133,7 @@ static void chained_comparison(zoo_parser *p, zoo_span at, zoo_ast *a, int op1, 
        FALSE "'false'" NONE "'none'"
 %precedence VALUE_END /* see "always shifts the `if`" above */
 %precedence IF
-%precedence NO_ELSE /* see "dangling else" below */
+%precedence NO_ELSE /* see "The dangling else" above */
 %precedence ELSE
 %token EQ "'=='" NE "'!='" LE "'<='" GE "'>='" IDIV "'//'" POW "'**'" ARROW "'->'"
 
@@ -316,7 +316,12 @@ if_stmt:
 else_opt:
     %empty %prec NO_ELSE { $$ = NULL; }
   | ELSE block { $$ = $2; }
-  | ELSE if_stmt { $$ = leaf(p, ZOO_AST_BLOCK, @2); zoo_ast_set_items($$, NULL); $$->items = zoo_arena_alloc(p->arena, sizeof(zoo_ast *)); $$->items[0] = $2; $$->nitems = 1; }
+  | ELSE if_stmt {
+      zoo_ast_list *one = zoo_ast_list_new(p->arena);
+      zoo_ast_list_push(p->arena, one, $2);
+      $$ = leaf(p, ZOO_AST_BLOCK, @2);
+      zoo_ast_set_items($$, one);
+    }
   ;
 
 /* a if c else b */
