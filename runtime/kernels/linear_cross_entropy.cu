@@ -96,12 +96,14 @@ __device__ __forceinline__ int zk_lce_rows_of_block(const int *__restrict__ idx,
 }
 
 /* acc[r] = h[rowid[r]] . w[v0 + threadIdx.x] for the RT rows, through shared
- * slices of DC columns: hs [RT][DC], ws [256][DC + 1]. */
-template <int D, int V, int RT, int DC>
+ * slices of 16 columns: hs [RT][16] (read as float4, the same address for the
+ * whole warp) and ws [16][257] (transposed: thread t reads column t). Per four
+ * columns a thread does 20 shared loads for 4 RT multiply-adds. */
+template <int D, int V, int RT>
 __device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
                                               const float *__restrict__ w, const int *rowid,
                                               float *hs, float *ws, int v0, float *acc) {
-  constexpr int DCP = DC + 1;
+  constexpr int DC = 16, WP = ZK_LCE_NT + 1;
 #pragma unroll
   for (int r = 0; r < RT; r++) acc[r] = 0.0f;
   for (int d0 = 0; d0 < D; d0 += DC) {
@@ -112,15 +114,91 @@ __device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
     }
     for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
       int vv = e / DC, c = e - vv * DC;
-      ws[vv * DCP + c] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
+      ws[c * WP + vv] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
     }
     __syncthreads();
 #pragma unroll
-    for (int c = 0; c < DC; c++) {
-      float wv = ws[threadIdx.x * DCP + c];
+    for (int c = 0; c < DC; c += 4) {
+      float w0 = ws[c * WP + threadIdx.x], w1 = ws[(c + 1) * WP + threadIdx.x];
+      float w2 = ws[(c + 2) * WP + threadIdx.x], w3 = ws[(c + 3) * WP + threadIdx.x];
 #pragma unroll
-      for (int r = 0; r < RT; r++) acc[r] += hs[r * DC + c] * wv;
+      for (int r = 0; r < RT; r++) {
+        float4 hv = *(const float4 *)&hs[r * DC + c];
+        acc[r] += hv.x * w0;
+        acc[r] += hv.y * w1;
+        acc[r] += hv.z * w2;
+        acc[r] += hv.w * w3;
+      }
     }
+  }
+}
+
+/* How the 256 threads cover an M x D accumulator tile (M = 16 rows of dh, or
+ * 16 vocabulary rows of dw): CW = min(D, 256) columns per pass, G row groups
+ * (G = 256 / CW, at most M); thread t is in group t / CW (idle when >= G) at
+ * column c0 = t % CW and holds rows group + G i (i < RPG) at columns
+ * c0 + CW j (j < CPT): RPG x CPT accumulators, with offsets that are
+ * constants plus the thread's own, so they cost no registers. */
+template <int M, int D>
+struct zk_lce_map {
+  static constexpr int CW = D < ZK_LCE_NT ? D : ZK_LCE_NT;
+  static constexpr int G = ZK_LCE_NT / CW < M ? ZK_LCE_NT / CW : M;
+  static constexpr int RPG = (M + G - 1) / G;
+  static constexpr int CPT = (D + CW - 1) / CW;
+  static constexpr int ACC = RPG * CPT;
+};
+
+/* acc[i CPT + j] += sum_{k < KR} g[r][k0 + k] src[k][c] for the thread's rows r
+ * and columns c (zk_lce_map), src [KR][D] and g [M][GP] in shared memory. The
+ * caller loads src. */
+template <int M, int D, int KR, int GP>
+__device__ __forceinline__ void zk_lce_accum(float *acc, const float *g, const float *src,
+                                             int k0) {
+  typedef zk_lce_map<M, D> mp;
+  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
+  if (group >= mp::G) return;
+#pragma unroll 2
+  for (int k = 0; k < KR; k++) {
+#pragma unroll
+    for (int i = 0; i < mp::RPG; i++) {
+      int r = group + mp::G * i;
+      float gv = r < M ? g[r * GP + k0 + k] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < mp::CPT; j++) {
+        int c = c0 + mp::CW * j;
+        if (c < D) acc[i * mp::CPT + j] += gv * src[k * D + c];
+      }
+    }
+  }
+}
+
+/* out[rows[r]][c] = acc for the thread's elements, rows[r] < 0 skipped. */
+template <int M, int D>
+__device__ __forceinline__ void zk_lce_store(const float *acc, float *__restrict__ out,
+                                             const int *rows) {
+  typedef zk_lce_map<M, D> mp;
+  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
+  if (group >= mp::G) return;
+#pragma unroll
+  for (int i = 0; i < mp::RPG; i++) {
+    int r = group + mp::G * i;
+    int row = r < M ? rows[r] : -1;
+    if (row < 0) continue;
+#pragma unroll
+    for (int j = 0; j < mp::CPT; j++) {
+      int c = c0 + mp::CW * j;
+      if (c < D) out[(zk_i64)row * D + c] = acc[i * mp::CPT + j];
+    }
+  }
+}
+
+/* src[k][0 .. D) = rows[k] of a [*, D] matrix for k < KR (zeros for rows < 0). */
+template <int D, int KR>
+__device__ __forceinline__ void zk_lce_load_rows(float *src, const float *__restrict__ m,
+                                                 const int *rows) {
+  for (int e = threadIdx.x; e < KR * D; e += ZK_LCE_NT) {
+    int k = e / D, c = e - k * D, row = rows[k];
+    src[e] = row >= 0 ? m[(zk_i64)row * D + c] : 0.0f;
   }
 }
 
@@ -131,8 +209,8 @@ __device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
                                             const int *__restrict__ idx,
                                             const int *__restrict__ count,
                                             float *__restrict__ rows) {
-  constexpr int DC = 32;
-  __shared__ float hs[RT * DC], ws[ZK_LCE_NT * (DC + 1)], tl[RT];
+  __shared__ __align__(16) float hs[RT * 16];
+  __shared__ float ws[16 * (ZK_LCE_NT + 1)], tl[RT];
   __shared__ float red_m[ZK_LCE_NT / 32][RT], red_s[ZK_LCE_NT / 32][RT];
   __shared__ int rowid[RT], tgt[RT];
   if (threadIdx.x < RT) tl[threadIdx.x] = 0.0f;
@@ -142,7 +220,7 @@ __device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
 #pragma unroll
   for (int r = 0; r < RT; r++) m[r] = ZK_NEG_INF, s[r] = 0.0f;
   for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT, DC>(h, w, rowid, hs, ws, v0, acc);
+    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
     int v = v0 + threadIdx.x;
     if (v < V) {
 #pragma unroll
@@ -180,6 +258,14 @@ __device__ __forceinline__ void zk_lce_finish(const float *__restrict__ rows,
   if (threadIdx.x == 0) out[0] = n > 0 ? s / (float)n : 0.0f;
 }
 
+/* Rows of a shared sub-chunk in the accumulation phases: KR x D floats, at
+ * most 16 KB when D <= 4096. A power of two, so that it divides the 256 rows
+ * of a chunk. */
+template <int D>
+struct zk_lce_kr {
+  static constexpr int value = D <= 512 ? 8 : D <= 1024 ? 4 : D <= 2048 ? 2 : 1;
+};
+
 template <int D, int V, int RT>
 __device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
                                               const float *__restrict__ h,
@@ -189,21 +275,22 @@ __device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
                                               const int *__restrict__ count,
                                               const float *__restrict__ lse,
                                               float *__restrict__ dh) {
-  constexpr int DC = 16, DCP = DC + 1, NDC = (D + DC - 1) / DC, GP = ZK_LCE_NT + 1;
-  static_assert(RT * DC == ZK_LCE_NT, "one dh element per thread per slice");
-  __shared__ float hs[RT * DC], ws[ZK_LCE_NT * DCP], gs[RT * GP], lses[RT];
-  __shared__ int rowid[RT], tgt[RT];
+  constexpr int KR = zk_lce_kr<D>::value, GP = ZK_LCE_NT + 1;
+  constexpr int WS = 16 * (ZK_LCE_NT + 1) > KR * D ? 16 * (ZK_LCE_NT + 1) : KR * D;
+  constexpr int ACC = zk_lce_map<RT, D>::ACC;
+  __shared__ __align__(16) float hs[RT * 16];
+  __shared__ float ws[WS], gs[RT * GP], lses[RT]; /* ws: W slices, then W sub-chunks */
+  __shared__ int rowid[RT], tgt[RT], vrow[ZK_LCE_NT];
   int n = zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt);
   if (!n) return;
   if (threadIdx.x < RT) lses[threadIdx.x] = rowid[threadIdx.x] >= 0 ? lse[blockIdx.x * RT + threadIdx.x] : 0.0f;
   float scale = dloss[0] / (float)n;
-  int my_r = threadIdx.x / DC, my_d = threadIdx.x % DC; /* this thread's dh element per slice */
-  float dha[NDC], acc[RT];
+  float dha[ACC], acc[RT];
 #pragma unroll
-  for (int k = 0; k < NDC; k++) dha[k] = 0.0f;
+  for (int a = 0; a < ACC; a++) dha[a] = 0.0f;
 
   for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT, DC>(h, w, rowid, hs, ws, v0, acc);
+    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
     int v = v0 + threadIdx.x;
 #pragma unroll
     for (int r = 0; r < RT; r++) {
@@ -211,29 +298,16 @@ __device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
       if (v < V && rowid[r] >= 0) g = scale * (expf(acc[r] - lses[r]) - (v == tgt[r] ? 1.0f : 0.0f));
       gs[r * GP + threadIdx.x] = g;
     }
-    /* dh[r, d] += sum_vv g[r, vv] w[v0 + vv, d], slice by slice */
-#pragma unroll
-    for (int k = 0; k < NDC; k++) {
-      int d0 = k * DC;
+    vrow[threadIdx.x] = v < V ? v : -1;
+    /* dh[r, :] += sum_vv g[r, vv] w[v0 + vv, :], KR vocabulary rows at a time */
+    for (int k0 = 0; k0 < ZK_LCE_NT; k0 += KR) {
       __syncthreads();
-      for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
-        int vv = e / DC, c = e - vv * DC;
-        ws[vv * DCP + c] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
-      }
+      zk_lce_load_rows<D, KR>(ws, w, vrow + k0);
       __syncthreads();
-      float sacc = dha[k];
-      for (int vv = 0; vv < ZK_LCE_NT; vv++) sacc += gs[my_r * GP + vv] * ws[vv * DCP + my_d];
-      dha[k] = sacc;
+      zk_lce_accum<RT, D, KR, GP>(dha, gs, ws, k0);
     }
   }
-  int row = rowid[my_r];
-  if (row >= 0) {
-#pragma unroll
-    for (int k = 0; k < NDC; k++) {
-      int d = k * DC + my_d;
-      if (d < D) dh[(zk_i64)row * D + d] = dha[k];
-    }
-  }
+  zk_lce_store<RT, D>(dha, dh, rowid);
 }
 
 template <int D, int V>
@@ -245,18 +319,20 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
                                               const int *__restrict__ count,
                                               const float *__restrict__ lse,
                                               float *__restrict__ dw) {
-  constexpr int VW = 16, DC = 16, DCP = DC + 1, NDC = (D + DC - 1) / DC, RC = ZK_LCE_NT;
-  constexpr int GP = RC + 1;
-  static_assert(VW * DC == ZK_LCE_NT, "one dw element per thread per slice");
-  __shared__ float hs[RC * DCP], wsv[VW * DC], gs[VW * GP];
+  constexpr int VW = 16, DC = 16, HP = DC + 4, RC = ZK_LCE_NT, GP = RC + 1;
+  constexpr int KR = zk_lce_kr<D>::value;
+  constexpr int HS = RC * HP > KR * D ? RC * HP : KR * D;
+  constexpr int ACC = zk_lce_map<VW, D>::ACC;
+  /* hs: h slices [RC][HP] (rows 16-byte aligned), then h sub-chunks [KR][D] */
+  __shared__ __align__(16) float hs[HS];
+  __shared__ __align__(16) float wsv[VW * DC];
+  __shared__ float gs[VW * GP], lses[RC];
   __shared__ int rowid[RC], tgt[RC];
-  __shared__ float lses[RC];
   int n = count[0], v0 = blockIdx.x * VW;
   float scale = n > 0 ? dloss[0] / (float)n : 0.0f;
-  int my_v = threadIdx.x / DC, my_d = threadIdx.x % DC; /* this thread's dw element per slice */
-  float dwa[NDC], acc[VW];
+  float dwa[ACC], acc[VW];
 #pragma unroll
-  for (int k = 0; k < NDC; k++) dwa[k] = 0.0f;
+  for (int a = 0; a < ACC; a++) dwa[a] = 0.0f;
 
   for (int base = 0; base < n; base += RC) {
     __syncthreads();
@@ -273,7 +349,7 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
       __syncthreads();
       for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
         int r = e / DC, c = e - r * DC, row = rowid[r];
-        hs[r * DCP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
+        hs[r * HP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
       }
       for (int e = threadIdx.x; e < VW * DC; e += ZK_LCE_NT) {
         int vv = e / DC, c = e - vv * DC;
@@ -281,10 +357,16 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
       }
       __syncthreads();
 #pragma unroll
-      for (int c = 0; c < DC; c++) {
-        float hv = hs[threadIdx.x * DCP + c];
+      for (int c = 0; c < DC; c += 4) {
+        float4 hv = *(const float4 *)&hs[threadIdx.x * HP + c];
 #pragma unroll
-        for (int vv = 0; vv < VW; vv++) acc[vv] += hv * wsv[vv * DC + c];
+        for (int vv = 0; vv < VW; vv++) {
+          float4 wv = *(const float4 *)&wsv[vv * DC + c];
+          acc[vv] += hv.x * wv.x;
+          acc[vv] += hv.y * wv.y;
+          acc[vv] += hv.z * wv.z;
+          acc[vv] += hv.w * wv.w;
+        }
       }
     }
     {
@@ -297,29 +379,18 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
         gs[vv * GP + threadIdx.x] = g;
       }
     }
-    /* dw[v, d] += sum_r g[v, r] h[r, d], slice by slice */
-#pragma unroll
-    for (int k = 0; k < NDC; k++) {
-      int d0 = k * DC;
+    /* dw[v, :] += sum_r g[v, r] h[r, :], KR rows at a time */
+    for (int k0 = 0; k0 < RC; k0 += KR) {
       __syncthreads();
-      for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
-        int r = e / DC, c = e - r * DC, row = rowid[r];
-        hs[r * DCP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
-      }
+      zk_lce_load_rows<D, KR>(hs, h, rowid + k0);
       __syncthreads();
-      float sacc = dwa[k];
-      for (int r = 0; r < RC; r++) sacc += gs[my_v * GP + r] * hs[r * DCP + my_d];
-      dwa[k] = sacc;
+      zk_lce_accum<VW, D, KR, GP>(dwa, gs, hs, k0);
     }
   }
-  int v = v0 + my_v;
-  if (v < V) {
-#pragma unroll
-    for (int k = 0; k < NDC; k++) {
-      int d = k * DC + my_d;
-      if (d < D) dw[(zk_i64)v * D + d] = dwa[k];
-    }
-  }
+  __syncthreads();
+  if (threadIdx.x < VW) rowid[threadIdx.x] = v0 + (int)threadIdx.x < V ? v0 + (int)threadIdx.x : -1;
+  __syncthreads();
+  zk_lce_store<VW, D>(dwa, dw, rowid); /* rowid now names the block's vocabulary rows */
 }
 
 #endif /* ZK_LINEAR_CROSS_ENTROPY_CU */
