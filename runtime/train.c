@@ -80,7 +80,7 @@ typedef struct trainer {
   int64_t step, start_step;
   double best, last_acc, last_vloss;
   double t0, elapsed_base; /* elapsed_s = elapsed_base + now - t0 */
-  double last_draw;
+  double last_draw, last_flush;
   int early_stopped;
   float **params, **m, **v; /* host copies for checkpoints */
 } trainer;
@@ -204,6 +204,31 @@ static int train_save(trainer *tr, int finished) {
   return 0;
 }
 
+/* Drops the lines of metrics.jsonl written after the checkpoint (a run killed
+ * mid-epoch logged steps that the resumed run makes again). */
+static void train_trim_metrics(trainer *tr) {
+  FILE *f = fopen(tr->metrics_path, "r");
+  if (!f) return;
+  char *kept = NULL, *line = NULL;
+  size_t klen = 0, cap = 0;
+  FILE *k = open_memstream(&kept, &klen);
+  while (getline(&line, &cap, f) > 0) {
+    long long step = -1, epoch = -1;
+    int is_step = sscanf(line, "{\"step\": %lld", &step) == 1;
+    int is_epoch = !is_step && sscanf(line, "{\"epoch\": %lld", &epoch) == 1;
+    if ((is_step && step <= tr->step) || (is_epoch && epoch < tr->epoch)) fputs(line, k);
+  }
+  free(line);
+  fclose(f);
+  fclose(k);
+  f = fopen(tr->metrics_path, "w");
+  if (f) {
+    fwrite(kept, 1, klen, f);
+    fclose(f);
+  }
+  free(kept);
+}
+
 /* Loads the run's checkpoint into the backend and the progress counters.
  * Returns 0, 1 when the run had already finished, or -1. */
 static int train_resume(trainer *tr) {
@@ -263,6 +288,7 @@ static int train_resume(trainer *tr) {
       rc = -1;
     } else {
       tr->have_ckpt = 1;
+      train_trim_metrics(tr);
       if (!tr->o->quiet)
         fprintf(tr->out, "resuming %s: %d epochs and %lld steps done, best accuracy %.4f\n",
                 tr->ckpt_path, tr->epoch, (long long)tr->step, tr->best);
@@ -307,9 +333,14 @@ static void train_progress(trainer *tr, int64_t done, int64_t per_epoch, double 
 
 static void train_log_step(trainer *tr, int64_t step, double loss, double lr) {
   if (!tr->metrics) return;
+  double now = train_now();
   fprintf(tr->metrics, "{\"step\": %lld, \"epoch\": %d, \"loss\": %.9g, \"lr\": %.9g, "
                        "\"elapsed_s\": %.3f}\n",
           (long long)step, tr->epoch, loss, lr, train_elapsed(tr));
+  if (now - tr->last_flush > 1) { /* readable while the run goes on */
+    fflush(tr->metrics);
+    tr->last_flush = now;
+  }
 }
 
 /* The loss was not finite: says so, keeps the last checkpoint, fails the run. */
@@ -550,6 +581,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
             c->gradient_accumulation_steps);
 
   tr.be = train_backend(&tr, c->batch_size, T, r->device);
+  fflush(tr.out);
   if (!tr.be) goto done;
   train_alloc_state(&tr);
 

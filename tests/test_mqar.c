@@ -204,7 +204,7 @@ TEST(mqar_speed) {
   zoo_mqar m;
   char err[200];
   CHECK(zoo_mqar_init(&m, &o, err, sizeof err) == 0);
-  int64_t n = 100000, L = o.seq_len, chunk = 512;
+  int64_t n = 100000, L = o.seq_len, chunk = 10000;
   int32_t *tok = malloc(sizeof(int32_t) * chunk * L), *tgt = malloc(sizeof(int32_t) * chunk * L);
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -1,0 +1,322 @@
+/* test_train.c: the trainer end to end on the CPU (configs/tiny_mqar.yaml), resume
+ * against an uninterrupted run, a loss that turns nan, and the CPU backend's
+ * AdamW against the formula. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../runtime/backend.h"
+#include "../runtime/checkpoint.h"
+#include "../runtime/config.h"
+#include "../runtime/train.h"
+#include "test.h"
+
+/* Loads tiny_mqar.yaml with flags. */
+static int tr_config(zoo_config *c, const char **flags, int n) {
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  if (zoo_config_load(c, "configs/tiny_mqar.yaml", &d)) return -1;
+  for (int i = 0; i < n; i++)
+    if (zoo_config_override(c, flags[i], &d)) return -1;
+  return zoo_config_finish(c, &d, NULL);
+}
+
+static const char *tr_dir(const char *name) {
+  static char buf[4][256];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(buf[k], sizeof buf[k], "/tmp/zoo_test_train_%d/%s", (int)getpid(), name);
+  return buf[k];
+}
+
+/* Trains; the diagnostics go to *text. One thread: the numbers do not depend on
+ * the machine, and a busy machine does not slow the suite down. */
+static int tr_train(zoo_config *c, const char *dir, int resume, int stop_after,
+                    zoo_train_result *r, char **text) {
+  size_t len;
+  FILE *out = open_memstream(text, &len);
+  zoo_diag d;
+  zoo_diag_init(&d, out);
+  zoo_train_opts o = {.device = "cpu", .out_dir = dir, .resume = resume,
+                      .stop_after_epochs = stop_after, .quiet = 1, .out = out};
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  int rc = zoo_train(c, &o, r, &d);
+  omp_set_num_threads(threads);
+  fclose(out);
+  return rc;
+}
+
+static int tr_exists(const char *dir, const char *file) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/%s", dir, file);
+  return access(p, R_OK) == 0;
+}
+
+static void tr_rmdir(const char *dir) {
+  const char *files[] = {"config.yaml", "metrics.jsonl", "summary.json",
+                         "checkpoint.safetensors", "checkpoint.safetensors.tmp"};
+  char p[512];
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+    unlink(p);
+  }
+  rmdir(dir);
+}
+
+TEST(train_tiny_mqar_reaches_099) {
+  zoo_config c;
+  CHECK(tr_config(&c, NULL, 0) == 0);
+  const char *dir = tr_dir("tiny");
+  zoo_train_result r;
+  char *text;
+  int rc = tr_train(&c, dir, 0, 0, &r, &text);
+  CHECKF(rc == 0, "%s", text);
+  free(text);
+  printf("  tiny_mqar: best valid accuracy %.4f after %d epochs, %lld steps, %.1f steps/s, "
+         "%.2f s\n",
+         r.best_accuracy, r.epochs, (long long)r.steps, r.steps_per_s, r.wall_s);
+  CHECK(r.best_accuracy >= 0.99 && r.early_stopped);
+  CHECK(r.epochs < c.max_epochs && r.steps == r.epochs * ((8000 + 63) / 64));
+  CHECK(tr_exists(dir, "config.yaml") && tr_exists(dir, "metrics.jsonl") &&
+        tr_exists(dir, "summary.json") && !tr_exists(dir, "checkpoint.safetensors.tmp"));
+  /* metrics: one line per step, one per epoch */
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  char *m = zoo_test_read(p, NULL);
+  int steps = 0, epochs = 0;
+  for (char *s = m; (s = strstr(s, "{\"step\": ")); s++) steps++;
+  for (char *s = m; (s = strstr(s, "\"valid_accuracy\": ")); s++) epochs++;
+  free(m);
+  CHECK(steps == r.steps && epochs == r.epochs);
+  /* the checkpoint: every parameter, the optimiser state, the progress */
+  zoo_ckpt ck;
+  char err[600];
+  snprintf(p, sizeof p, "%s/checkpoint.safetensors", dir);
+  CHECKF(zoo_ckpt_load(p, &ck, err, sizeof err) == 0, "%s", err);
+  CHECK(atoi(zoo_ckpt_meta_get(&ck, "epoch")) == r.epochs);
+  CHECK(atoll(zoo_ckpt_meta_get(&ck, "step")) == r.steps);
+  CHECK(!strcmp(zoo_ckpt_meta_get(&ck, "finished"), "1"));
+  CHECK(zoo_ckpt_find(&ck, "backbone.embeddings.word_embeddings.weight") != NULL);
+  CHECK(zoo_ckpt_find(&ck, "optim.m.backbone.embeddings.word_embeddings.weight") != NULL);
+  zoo_ckpt_free(&ck);
+  /* resuming a finished run does nothing and succeeds */
+  zoo_train_result first = r;
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == 0);
+  free(text);
+  CHECK(r.epochs == first.epochs && r.steps == first.steps && r.best_accuracy >= 0.99);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* The step losses of metrics.jsonl, in order. */
+static int tr_losses(const char *dir, double *out, int cap) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  char *m = zoo_test_read(p, NULL);
+  int n = 0;
+  for (char *s = m; m && (s = strstr(s, "\"loss\": ")) && n < cap; s++) out[n++] = atof(s + 8);
+  free(m);
+  return n;
+}
+
+/* Three epochs straight, or one, a stop and --resume: the same parameters, the
+ * same optimiser state, the same losses. */
+TEST(train_resume_matches_uninterrupted) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128", "--max_epochs=3",
+                         "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *a = tr_dir("straight"), *b = tr_dir("resumed");
+  zoo_train_result ra, rb;
+  char *text;
+  CHECK(tr_train(&c, a, 0, 0, &ra, &text) == 0);
+  free(text);
+  CHECK(tr_train(&c, b, 0, 1, &rb, &text) == 0);
+  free(text);
+  CHECK(rb.epochs == 1 && ra.epochs == 3);
+  /* as if killed mid-epoch: lines past the checkpoint, which resuming drops */
+  char pm[512];
+  snprintf(pm, sizeof pm, "%s/metrics.jsonl", b);
+  FILE *f = fopen(pm, "a");
+  CHECK(f != NULL);
+  fprintf(f, "{\"step\": 9999, \"epoch\": 1, \"loss\": 123, \"lr\": 0, \"elapsed_s\": 0}\n");
+  fclose(f);
+  CHECK(tr_train(&c, b, 1, 0, &rb, &text) == 0);
+  CHECKF(rb.epochs == 3 && rb.steps == ra.steps, "%s", text);
+  free(text);
+  CHECK(rb.best_accuracy == ra.best_accuracy && rb.last_accuracy == ra.last_accuracy);
+
+  zoo_ckpt ka, kb;
+  char pa[512], pb[512], err[600];
+  snprintf(pa, sizeof pa, "%s/checkpoint.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/checkpoint.safetensors", b);
+  CHECK(zoo_ckpt_load(pa, &ka, err, sizeof err) == 0 && zoo_ckpt_load(pb, &kb, err, sizeof err) == 0);
+  CHECK(ka.ntensors == kb.ntensors && ka.ntensors > 0);
+  for (int i = 0; i < ka.ntensors; i++) {
+    const zoo_ckpt_tensor *tb = zoo_ckpt_find(&kb, ka.tensors[i].name);
+    CHECKF(tb && tb->numel == ka.tensors[i].numel, "%s", ka.tensors[i].name);
+    CHECKF(!memcmp(tb->data, ka.tensors[i].data, (size_t)tb->numel * sizeof(float)),
+           "tensor %s differs after resume", ka.tensors[i].name);
+  }
+  zoo_ckpt_free(&ka);
+  zoo_ckpt_free(&kb);
+  double la[200], lb[200];
+  int na = tr_losses(a, la, 200), nb = tr_losses(b, lb, 200);
+  CHECK(na == nb && na == ra.steps);
+  for (int i = 0; i < na; i++) CHECKF(la[i] == lb[i], "step %d: %g vs %g", i + 1, la[i], lb[i]);
+  zoo_config_free(&c);
+  tr_rmdir(a);
+  tr_rmdir(b);
+}
+
+/* An absurd learning rate: the run stops at the first non-finite loss, says
+ * where, exits with an error, and the previous epoch's checkpoint survives. */
+TEST(train_nan_loss_keeps_checkpoint) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128", "--max_epochs=3",
+                         "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("nan");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  zoo_config_free(&c);
+
+  const char *bad[] = {"--data.num_train_examples=640", "--data.num_test_examples=128", "--max_epochs=3",
+                       "--early_stopping_threshold=2", "--learning_rate=1e30"};
+  CHECK(tr_config(&c, bad, 5) == 0);
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == -1);
+  char ckpt[512], want[700];
+  snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", dir);
+  snprintf(want, sizeof want, "(epoch 1); the last good checkpoint is kept at %s\n", ckpt);
+  CHECKF((strstr(text, "error: loss is nan at step ") || strstr(text, "error: loss is inf at step ")) &&
+             strstr(text, want),
+         "%s", text);
+  free(text);
+  zoo_ckpt ck;
+  char err[600];
+  CHECKF(zoo_ckpt_load(ckpt, &ck, err, sizeof err) == 0, "%s", err);
+  CHECK(!strcmp(zoo_ckpt_meta_get(&ck, "epoch"), "1"));
+  for (int i = 0; i < ck.ntensors; i++)
+    for (int64_t k = 0; k < ck.tensors[i].numel; k++) CHECK(isfinite(ck.tensors[i].data[k]));
+  zoo_ckpt_free(&ck);
+  char p[512];
+  snprintf(p, sizeof p, "%s/summary.json", dir);
+  char *summary = zoo_test_read(p, NULL);
+  CHECK(summary && strstr(summary, "\"status\": \"failed\""));
+  free(summary);
+  zoo_config_free(&c);
+
+  /* from the start: nothing to keep */
+  const char *dir2 = tr_dir("nan_fresh");
+  CHECK(tr_config(&c, bad, 5) == 0);
+  CHECK(tr_train(&c, dir2, 0, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "(epoch 0); no checkpoint was written yet"), "%s", text);
+  CHECK(!tr_exists(dir2, "checkpoint.safetensors"));
+  free(text);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+  tr_rmdir(dir2);
+}
+
+/* A bad resume: no checkpoint, or a checkpoint of another model. */
+TEST(train_resume_refused) {
+  const char *flags[] = {"--data.num_train_examples=640", "--max_epochs=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 2) == 0);
+  const char *dir = tr_dir("refused");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "nothing to resume: there is no checkpoint at"), "%s", text);
+  free(text);
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  zoo_config_free(&c);
+  const char *other[] = {"--data.num_train_examples=640", "--max_epochs=2",
+                         "--model.params.d_model=16"};
+  CHECK(tr_config(&c, other, 3) == 0);
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "was written for another model"), "%s", text);
+  free(text);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* The CPU backend on a one-op model (logits = embedding rows): two micro-batches
+ * accumulated with the seed 1/2, then one AdamW step, against the formulas. */
+TEST(train_cpu_backend_adamw) {
+  enum { V = 5, B = 2, T = 3 };
+  zoo_graph g;
+  zoo_graph_init(&g);
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_dim Bd = {1, 1u << zoo_graph_symbol(&g, "B")}, Td = {1, 1u << zoo_graph_symbol(&g, "T")};
+  int tokens = zoo_graph_input(&g, "tokens", (zoo_type){ZOO_I32, 2, {Bd, Td}});
+  int w = zoo_graph_param(&g, "w", (zoo_type){ZOO_F32, 2, {{V, 0}, {V, 0}}},
+                          (zoo_init){ZOO_INIT_NORMAL, 0.5});
+  int in[2] = {w, tokens};
+  g.output = zoo_graph_node(&g, ZOO_OP_EMBEDDING, 2, in, &(zoo_attrs){0}, zoo_nospan, &d);
+  CHECK(g.output >= 0 && zoo_train_graph(&g, &d) == 0);
+  char err[300];
+  zoo_backend *be = zoo_cpu_backend_init(&g, B, T, err, sizeof err);
+  CHECKF(be != NULL, "%s", err);
+  float p0[V * V];
+  float *pp[] = {p0};
+  zoo_train_init_params(&g, 7, pp);
+  CHECK(be->set_state(be, pp, NULL, NULL, 0) == 0);
+
+  /* micro-batch 0: two rows; micro-batch 1: one row (the other padded) */
+  int32_t tok0[B * T] = {1, 2, 3, 4, 0, 1}, tgt0[B * T] = {2, -100, 4, 0, 1, -100};
+  int32_t tok1[B * T] = {3, 3, 2}, tgt1[B * T] = {1, 2, -100};
+  const int32_t *toks[] = {tok0, tok1}, *tgts[] = {tgt0, tgt1};
+  int rows[] = {2, 1};
+  zoo_adamw opt = {0.01f, 0.9f, 0.999f, 1e-8f, 0.1f};
+  zoo_metrics m;
+  CHECK(be->train_step(be, 2, toks, tgts, rows, &opt, 1, &m) == 0);
+
+  /* expected: g = sum over micro-batches of (1/2) mean over labelled (softmax - onehot) */
+  double grad[V * V] = {0}, loss[2] = {0};
+  for (int mb = 0; mb < 2; mb++) {
+    const int32_t *tk = toks[mb], *tg = tgts[mb];
+    int labelled = 0;
+    for (int i = 0; i < rows[mb] * T; i++) labelled += tg[i] != -100;
+    for (int i = 0; i < rows[mb] * T; i++) {
+      if (tg[i] == -100) continue;
+      const float *row = p0 + tk[i] * V;
+      double mx = row[0], z = 0;
+      for (int k = 1; k < V; k++) mx = row[k] > mx ? row[k] : mx;
+      for (int k = 0; k < V; k++) z += exp(row[k] - mx);
+      loss[mb] += (log(z) + mx - row[tg[i]]) / labelled;
+      for (int k = 0; k < V; k++)
+        grad[tk[i] * V + k] += 0.5 * (exp(row[k] - mx) / z - (k == tg[i])) / labelled;
+    }
+  }
+  CHECKF(fabs(m.loss - (loss[0] + loss[1]) / 2) < 1e-5, "loss %g, want %g", m.loss,
+         (loss[0] + loss[1]) / 2);
+  CHECK(m.labelled == 4 + 2);
+  float p1[V * V], m1[V * V], v1[V * V];
+  float *pp1[] = {p1}, *mm[] = {m1}, *vv[] = {v1};
+  int64_t step;
+  CHECK(be->get_state(be, pp1, mm, vv, &step) == 0 && step == 1);
+  for (int i = 0; i < V * V; i++) {
+    double gi = grad[i];
+    double mi = 0.1 * gi, vi = 0.001 * gi * gi;
+    double want = p0[i] * (1 - 0.01 * 0.1) - 0.01 * (mi / 0.1) / (sqrt(vi / 0.001) + 1e-8);
+    CHECKF(fabs(m1[i] - mi) < 1e-7 && fabs(v1[i] - vi) < 1e-9, "moment %d", i);
+    CHECKF(fabs(p1[i] - want) < 2e-6, "param %d: %g, want %g (grad %g)", i, p1[i], want, gi);
+  }
+  /* eval sees the new parameters and does not train */
+  zoo_metrics e;
+  CHECK(be->eval_batch(be, tok0, tgt0, 2, &e) == 0 && e.labelled == 4);
+  float p2[V * V];
+  float *pp2[] = {p2};
+  CHECK(be->get_state(be, pp2, NULL, NULL, &step) == 0 && step == 1);
+  CHECK(!memcmp(p1, p2, sizeof p1));
+  be->free(be);
+  zoo_graph_free(&g);
+}
