@@ -15,14 +15,6 @@
 #include "mqar.h"
 #include "rng.h"
 
-/* The CUDA backend plugs in once runtime/cuda.c exists (written separately);
- * until then this build is CPU-only. */
-#if __has_include("cuda.c")
-#define ZOO_HAVE_CUDA 1
-#else
-#define ZOO_HAVE_CUDA 0
-#endif
-
 static double train_now(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -106,27 +98,18 @@ static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chose
     zoo_error(tr->d, zoo_nospan, "unknown device '%s' (auto, cpu or cuda)", dev);
     return NULL;
   }
-  if (!strcmp(dev, "auto")) {
-#if ZOO_HAVE_CUDA
-    want_cuda = zoo_cuda_available(why, sizeof why);
-#else
-    snprintf(why, sizeof why, "this build has no CUDA backend");
-#endif
-  }
+  if (!strcmp(dev, "auto")) want_cuda = zoo_cuda_available(why, sizeof why);
   zoo_backend *be = NULL;
   if (want_cuda) {
-#if ZOO_HAVE_CUDA
     be = zoo_cuda_backend_init(tr->g, B, T, 0, err, sizeof err);
-#else
-    snprintf(err, sizeof err, "this build has no CUDA backend");
-#endif
     if (!be) {
       zoo_error(tr->d, zoo_nospan, "cannot use CUDA: %s", err);
       return NULL;
     }
     snprintf(chosen, 16, "cuda");
     if (!tr->o->quiet)
-      fprintf(tr->out, "device: cuda (%s)\n", !strcmp(dev, "auto") ? "auto: a GPU is present" : "--device cuda");
+      fprintf(tr->out, "device: cuda (%s%s)\n", !strcmp(dev, "auto") ? "auto: " : "--device cuda",
+              !strcmp(dev, "auto") ? why : "");
     return be;
   }
   be = zoo_cpu_backend_init(tr->g, B, T, err, sizeof err);

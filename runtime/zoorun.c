@@ -12,15 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "config.h"
 #include "train.h"
-
-#if __has_include("bench.h")
-#include "bench.h"
-#define ZOORUN_HAVE_BENCH 1
-#else
-#define ZOORUN_HAVE_BENCH 0
-#endif
 
 static void zoorun_usage(FILE *out) {
   fputs("usage: zoorun --config FILE [--device auto|cpu|cuda] [--resume] [--out DIR]\n"
@@ -91,14 +85,7 @@ int main(int argc, char **argv) {
     setenv("OMP_WAIT_POLICY", "passive", 1);
     execv("/proc/self/exe", argv); /* on failure, carry on as we are */
   }
-  if (argc >= 2 && !strcmp(argv[1], "bench")) {
-#if ZOORUN_HAVE_BENCH
-    return zoo_bench_main(argc - 1, argv + 1);
-#else
-    fprintf(stderr, "zoorun: error: this build has no benchmarks (runtime/bench.c)\n");
-    return 1;
-#endif
-  }
+  if (argc >= 2 && !strcmp(argv[1], "bench")) return zoo_bench_main(argc - 1, argv + 1);
   const char *config = NULL, *sweep = NULL;
   zoo_train_opts o = {.device = "auto"};
   int dry_run = 0;
