@@ -38,14 +38,20 @@
 #ifndef ZK_POLY_ATTENTION_CU
 #define ZK_POLY_ATTENTION_CU
 
-/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][W] (zeros past T),
- * scaled by mul. All BQ threads of the block take part. */
+/* Width of a shared-memory row holding w floats: a multiple of 4, so that
+ * rows are 16-byte aligned and a thread reads them with 16-byte loads. */
+#define ZK_POLY_PAD(w) (((w) + 3) / 4 * 4)
+
+/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][ZK_POLY_PAD(W)]
+ * (zeros past T and in the padding), scaled by mul. All BQ threads of the
+ * block take part. */
 template <int W, int BQ, int T>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  for (int e = threadIdx.x; e < BQ * W; e += BQ) {
-    int r = r0 + e / W;
-    sh[e] = r < T ? src[(zk_i64)r0 * W + e] * mul : 0.0f;
+  constexpr int WP = ZK_POLY_PAD(W);
+  for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
+    int r = e / WP, c = e - r * WP;
+    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * W + c] * mul : 0.0f;
   }
 }
 
@@ -56,7 +62,9 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float c0, float c1, float c2, float scale,
                                             float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float ks[BQ * F], vs[BQ * DV];
+  constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  __shared__ __align__(16) float ks[BQ * FP];
+  __shared__ __align__(16) float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -78,11 +86,11 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
       float a = c0 + s * (c1 + c2 * s);
       den += a;
 #pragma unroll
-      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DVP + e];
     }
   }
   if (i < T) {
@@ -102,7 +110,9 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float ks[BQ * F], vs[BQ * DV];
+  constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  __shared__ __align__(16) float ks[BQ * FP];
+  __shared__ __align__(16) float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -125,11 +135,11 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
       float a = c0 + s * (c1 + c2 * s);
       den += a;
 #pragma unroll
-      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DVP + e];
     }
   }
 
@@ -158,12 +168,12 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f, da = dd;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DVP + e];
       float ds = da * (c1 + 2.0f * c2 * s);
 #pragma unroll
-      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * F + f];
+      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * FP + f];
     }
   }
   if (i < T) {
@@ -185,7 +195,9 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float *__restrict__ dk, float *__restrict__ dv,
                                                float c0, float c1, float c2, float scale) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float qs[BQ * F], sts[BQ * (DV + 1)];
+  constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
+  __shared__ __align__(16) float qs[BQ * FP];
+  __shared__ __align__(16) float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int j = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -212,7 +224,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
     if (j >= T) iend = 0;
     for (int ii = ibeg; ii < iend; ii++) {
-      const float *qi = qs + ii * F, *st = sts + ii * (DV + 1);
+      const float *qi = qs + ii * FP, *st = sts + ii * SP;
       float s = 0.0f, da = st[DV];
 #pragma unroll
       for (int f = 0; f < F; f++) s += qi[f] * kj[f];
