@@ -293,8 +293,8 @@ static void train_fmt_time(char *buf, size_t n, double s) {
 }
 
 /* The progress bar (terminals only), redrawn at most ten times a second. */
-static void train_progress(trainer *tr, int64_t done, int64_t per_epoch, double loss, double rate,
-                           int force) {
+static void train_progress(trainer *tr, int64_t done, int64_t per_epoch, const zoo_metrics *m,
+                           double rate, int force) {
   if (!tr->tty || tr->o->quiet) return;
   double now = train_now();
   if (!force && now - tr->last_draw < 0.1) return;
@@ -307,10 +307,11 @@ static void train_progress(trainer *tr, int64_t done, int64_t per_epoch, double 
   char eta_epoch[24], eta_all[24];
   train_fmt_time(eta_epoch, sizeof eta_epoch, rate > 0 ? (double)(per_epoch - done) / rate : -1);
   train_fmt_time(eta_all, sizeof eta_all, rate > 0 ? (double)left / rate : -1);
-  fprintf(tr->out, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.4f (best %.4f) %.1f steps/s "
-                   "left %s (all epochs %s)",
-          tr->epoch + 1, tr->c->max_epochs, bar, (long long)done, (long long)per_epoch, loss,
-          tr->last_acc, tr->best, rate, eta_epoch, eta_all);
+  fprintf(tr->out, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.4f (valid %.4f, best %.4f) "
+                   "%.1f steps/s, left %s (all epochs %s)",
+          tr->epoch + 1, tr->c->max_epochs, bar, (long long)done, (long long)per_epoch, m->loss,
+          m->labelled > 0 ? m->correct / m->labelled : 0.0, tr->last_acc, tr->best, rate,
+          eta_epoch, eta_all);
   fflush(tr->out);
 }
 
@@ -445,7 +446,7 @@ static int train_run(trainer *tr, zoo_train_result *r) {
         logged = which;
       }
       double rate = (double)(s + 1) / (train_now() - epoch_t0);
-      train_progress(tr, s + 1, per_epoch, m.loss, rate, 0);
+      train_progress(tr, s + 1, per_epoch, &m, rate, 0);
     }
     if (rc) break;
     if (tr->be->sync(tr->be, &m)) {
