@@ -12,7 +12,10 @@
  *   - tensors are row-major and contiguous, fp32 (i32 for ids and targets);
  *     element offsets are computed in 64 bits;
  *   - sums are in fp32 unless the file says otherwise, in a fixed order (no
- *     atomics) except where a file says it scatters with atomicAdd.
+ *     atomics) except where a file says it scatters with atomicAdd;
+ *   - aligned shared arrays are written `__align__(16) __shared__ float x[N]`
+ *     (attribute first), which also compiles as host C++ where __shared__ is
+ *     `static` and __align__ is alignas (the CPU emulator of tests/emu.c).
  */
 #ifndef ZK_COMMON_CU
 #define ZK_COMMON_CU
@@ -21,6 +24,12 @@
 #define ZK_FULL_MASK 0xffffffffu
 
 typedef long long zk_i64;
+
+/* Four floats read or written at once (16-byte shared and global accesses);
+ * like CUDA's float4, defined here so the kernels need nothing else. */
+struct __align__(16) zk_f4 {
+  float x, y, z, w;
+};
 
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {

@@ -96,7 +96,7 @@ __device__ __forceinline__ int zk_lce_rows_of_block(const int *__restrict__ idx,
 }
 
 /* acc[r] = h[rowid[r]] . w[v0 + threadIdx.x] for the RT rows, through shared
- * slices of 16 columns: hs [RT][16] (read as float4, the same address for the
+ * slices of 16 columns: hs [RT][16] (read 4 floats at a time, the same address for the
  * whole warp) and ws [16][257] (transposed: thread t reads column t). Per four
  * columns a thread does 20 shared loads for 4 RT multiply-adds. */
 template <int D, int V, int RT>
@@ -123,7 +123,7 @@ __device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
       float w2 = ws[(c + 2) * WP + threadIdx.x], w3 = ws[(c + 3) * WP + threadIdx.x];
 #pragma unroll
       for (int r = 0; r < RT; r++) {
-        float4 hv = *(const float4 *)&hs[r * DC + c];
+        zk_f4 hv = *(const zk_f4 *)&hs[r * DC + c];
         acc[r] += hv.x * w0;
         acc[r] += hv.y * w1;
         acc[r] += hv.z * w2;
@@ -209,7 +209,7 @@ __device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
                                             const int *__restrict__ idx,
                                             const int *__restrict__ count,
                                             float *__restrict__ rows) {
-  __shared__ __align__(16) float hs[RT * 16];
+  __align__(16) __shared__ float hs[RT * 16];
   __shared__ float ws[16 * (ZK_LCE_NT + 1)], tl[RT];
   __shared__ float red_m[ZK_LCE_NT / 32][RT], red_s[ZK_LCE_NT / 32][RT];
   __shared__ int rowid[RT], tgt[RT];
@@ -278,7 +278,7 @@ __device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
   constexpr int KR = zk_lce_kr<D>::value, GP = ZK_LCE_NT + 1;
   constexpr int WS = 16 * (ZK_LCE_NT + 1) > KR * D ? 16 * (ZK_LCE_NT + 1) : KR * D;
   constexpr int ACC = zk_lce_map<RT, D>::ACC;
-  __shared__ __align__(16) float hs[RT * 16];
+  __align__(16) __shared__ float hs[RT * 16];
   __shared__ float ws[WS], gs[RT * GP], lses[RT]; /* ws: W slices, then W sub-chunks */
   __shared__ int rowid[RT], tgt[RT], vrow[ZK_LCE_NT];
   int n = zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt);
@@ -324,8 +324,8 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
   constexpr int HS = RC * HP > KR * D ? RC * HP : KR * D;
   constexpr int ACC = zk_lce_map<VW, D>::ACC;
   /* hs: h slices [RC][HP] (rows 16-byte aligned), then h sub-chunks [KR][D] */
-  __shared__ __align__(16) float hs[HS];
-  __shared__ __align__(16) float wsv[VW * DC];
+  __align__(16) __shared__ float hs[HS];
+  __align__(16) __shared__ float wsv[VW * DC];
   __shared__ float gs[VW * GP], lses[RC];
   __shared__ int rowid[RC], tgt[RC];
   int n = count[0], v0 = blockIdx.x * VW;
@@ -358,10 +358,10 @@ __device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
       __syncthreads();
 #pragma unroll
       for (int c = 0; c < DC; c += 4) {
-        float4 hv = *(const float4 *)&hs[threadIdx.x * HP + c];
+        zk_f4 hv = *(const zk_f4 *)&hs[threadIdx.x * HP + c];
 #pragma unroll
         for (int vv = 0; vv < VW; vv++) {
-          float4 wv = *(const float4 *)&wsv[vv * DC + c];
+          zk_f4 wv = *(const zk_f4 *)&wsv[vv * DC + c];
           acc[vv] += hv.x * wv.x;
           acc[vv] += hv.y * wv.y;
           acc[vv] += hv.z * wv.z;

@@ -63,8 +63,8 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  __shared__ __align__(16) float ks[BQ * FP];
-  __shared__ __align__(16) float vs[BQ * DVP];
+  __align__(16) __shared__ float ks[BQ * FP];
+  __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -111,8 +111,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  __shared__ __align__(16) float ks[BQ * FP];
-  __shared__ __align__(16) float vs[BQ * DVP];
+  __align__(16) __shared__ float ks[BQ * FP];
+  __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -196,8 +196,8 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
-  __shared__ __align__(16) float qs[BQ * FP];
-  __shared__ __align__(16) float sts[BQ * SP];
+  __align__(16) __shared__ float qs[BQ * FP];
+  __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int j = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
