@@ -50,7 +50,7 @@ typedef struct bench_result {
   double zoo_mib, used_mib, arena_mib;
   double compile_s;
   double first_loss, last_loss;
-  char error[600];
+  char error[1100];
 } bench_result;
 
 static const char usage[] =
@@ -276,7 +276,7 @@ int zoo_bench_main(int argc, char **argv) {
     }
     fflush(stdout);
     if (js) {
-      char esc[1400];
+      char esc[2400];
       fprintf(js,
               "{\"mixer\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
               "\"params\": %lld, \"ref_params\": %lld, \"ms_per_step\": %.4f, \"ms_min\": %.4f, "

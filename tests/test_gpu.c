@@ -1,0 +1,880 @@
+/* test_gpu.c: the GPU against the CPU reference. Skipped unless ZOO_GPU_TESTS=1
+ * and a GPU is present (make test-gpu).
+ *
+ * Op tests: each case builds a small graph around one op (every op of ops.def
+ * appears in a case, the INTERNAL ones through autodiff), seeds autodiff with a
+ * random tensor of the output's type, and runs the whole graph, forward and
+ * backward, on the CPU executor and on the GPU (fused, as the backend runs it,
+ * with every tensor kept in memory). Every tensor is compared: i32 exactly, f32
+ * within tol of the tensor's largest magnitude:
+ *
+ *   max |gpu - cpu| <= tol * max(1, max |cpu|)
+ *
+ * tol is 2e-5 for elementwise and movement ops (the same fp32 formulas), 1e-4
+ * for reductions and GEMMs (other summation orders), 1e-3 for the attention
+ * intrinsics and cross-entropy (long fp32 sums against the CPU's double).
+ * Dropout masks must match exactly (one RNG), which the tolerance demands.
+ *
+ * Training tests: each shipped model, shrunk (vocabulary 64, d_model 24,
+ * seq_len 16, 8 rows), takes 3 AdamW steps on the CPU backend and on the CUDA
+ * backend from the same initial parameters and batches (the last batch short,
+ * to exercise padding). Step losses must agree to 1e-3 relative, correct and
+ * labelled counts exactly; the parameters' changes to 2% (relative norm: AdamW
+ * divides by tiny second moments, so a few coordinates may differ by up to
+ * 2 lr per step), and no parameter by more than 6 lr. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../compiler/compile.h"
+#include "../compiler/fuse.h"
+#include "../runtime/backend.h"
+#include "../runtime/cpu.h"
+#include "../runtime/cuda_backend.h"
+#include "../runtime/rng.h"
+#include "../runtime/train.h"
+#include "emu.h"
+#include "test.h"
+
+/* SKIPs unless asked for and possible. */
+#define GPU_OR_SKIP()                                                             \
+  do {                                                                            \
+    const char *on = getenv("ZOO_GPU_TESTS");                                     \
+    char why_[512];                                                               \
+    if (!on || strcmp(on, "1") != 0) SKIP("set ZOO_GPU_TESTS=1 (make test-gpu)"); \
+    if (!zoo_cuda_available(why_, sizeof why_)) SKIP("%s", why_);                 \
+  } while (0)
+
+/* SKIPs without a C++ compiler for the emulator. */
+#define EMU_OR_SKIP()                                                         \
+  do {                                                                        \
+    char why_[256];                                                           \
+    const char *on_ = getenv("ZOO_EMU_TESTS");                                \
+    if (!on_ || strcmp(on_, "1") != 0) SKIP("set ZOO_EMU_TESTS=1 to emulate"); \
+    if (!emu_available(why_, sizeof why_)) SKIP("%s", why_);                  \
+  } while (0)
+
+/* ---------------------------------------------------------------------------
+ * One-op cases */
+
+typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS } vkind;
+
+typedef struct ocase {
+  zoo_graph g;
+  zoo_diag d;
+  int64_t sym[ZOO_MAX_SYMS];
+  int in[12];
+  vkind kind[12];
+  int lo[12], hi[12]; /* range of integer inputs */
+  int nin;
+  uint64_t rng;
+  double tol;
+  const char *name;
+  int bad;
+} ocase;
+
+static void oc_init(ocase *c, const char *name, double tol) {
+  memset(c, 0, sizeof *c);
+  zoo_graph_init(&c->g);
+  zoo_diag_init(&c->d, stderr);
+  c->name = name;
+  c->tol = tol;
+  c->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)strlen(name) * 1000003ULL;
+  for (int s = 0; s < ZOO_MAX_SYMS; s++) c->sym[s] = 1;
+}
+
+static zoo_type ty(zoo_dtype dt, int nd, const int64_t *dims) {
+  zoo_type t = {.dtype = dt, .ndim = nd};
+  for (int k = 0; k < nd; k++) t.dim[k] = zoo_dim_const(dims[k]);
+  return t;
+}
+
+#define DIMS(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+
+static int oc_f32(ocase *c, vkind k, int nd, const int64_t *dims) {
+  char name[16];
+  snprintf(name, sizeof name, "x%d", c->nin);
+  int t = zoo_graph_input(&c->g, name, ty(ZOO_F32, nd, dims));
+  c->in[c->nin] = t;
+  c->kind[c->nin++] = k;
+  return t;
+}
+
+static int oc_i32(ocase *c, vkind k, int lo, int hi, int nd, const int64_t *dims) {
+  char name[16];
+  snprintf(name, sizeof name, "i%d", c->nin);
+  int t = zoo_graph_input(&c->g, name, ty(ZOO_I32, nd, dims));
+  c->in[c->nin] = t;
+  c->kind[c->nin] = k;
+  c->lo[c->nin] = lo;
+  c->hi[c->nin++] = hi;
+  return t;
+}
+
+static int oc_op(ocase *c, zoo_op op, int nin, const int *in, const zoo_attrs *a) {
+  int y = zoo_graph_node(&c->g, op, nin, in, a, zoo_nospan, &c->d);
+  if (y < 0) c->bad = 1;
+  return y;
+}
+
+static double urand(ocase *c) {
+  c->rng = c->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+  return (double)(c->rng >> 11) / 9007199254740992.0;
+}
+
+/* Fills input k with values of its kind. */
+static void fill(ocase *c, int k, void *data, int64_t n) {
+  float *f = data;
+  int32_t *i = data;
+  for (int64_t e = 0; e < n; e++) {
+    double u = urand(c);
+    switch (c->kind[k]) {
+    case V_SIGNED: f[e] = (float)(2 * u - 1); break;
+    case V_POSITIVE: f[e] = (float)(0.1 + 1.9 * u); break;
+    case V_AWAY: f[e] = (float)((u < 0.5 ? -1 : 1) * (0.5 + u)); break;
+    case V_BINARY: f[e] = u < 0.5 ? 0.0f : 1.0f; break;
+    case V_IDS: i[e] = c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
+    case V_TARGETS: i[e] = u < 0.3 ? -100 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
+    }
+  }
+}
+
+/* Where a case runs: the GPU (zoo_cuda_exec) or the CPU emulation of the
+ * generated module (tests/emu.h); either way every tensor is kept in memory. */
+typedef struct dev {
+  int emu;
+  zoo_cuda_exec *x;
+  zoo_graph g; /* emu: own node array */
+  zoo_cuda_emit e;
+  zoo_plan p;
+  emu_module *m;
+  emu_mem mem;
+  char err[1024];
+} dev;
+
+static int dev_init(dev *d, const zoo_graph *g, const int64_t *sym, int emu) {
+  memset(d, 0, sizeof *d);
+  d->emu = emu;
+  if (!emu) {
+    d->x = zoo_cuda_exec_init(g, sym, 1, NULL, d->err, sizeof d->err);
+    return d->x ? 0 : -1;
+  }
+  d->g = *g;
+  d->g.nodes = malloc((size_t)(g->nnodes ? g->nnodes : 1) * sizeof *g->nodes);
+  memcpy(d->g.nodes, g->nodes, (size_t)g->nnodes * sizeof *g->nodes);
+  zoo_fuse(&d->g, 1);
+  unsigned char *keep = malloc((size_t)g->ntensors + 1);
+  int *ids = malloc(((size_t)g->ntensors + 1) * sizeof *ids);
+  memset(keep, 1, (size_t)g->ntensors + 1);
+  for (int t = 0; t < g->ntensors; t++) ids[t] = t;
+  d->e.keep = keep;
+  int r = zoo_cuda_emit_graph(&d->e, &d->g, sym, NULL);
+  d->e.keep = NULL;
+  if (r != 0) snprintf(d->err, sizeof d->err, "codegen: %s", d->e.err);
+  if (r == 0) r = zoo_plan_build(&d->p, &d->g, sym, d->e.steps, d->e.nsteps, d->e.alias, ids, g->ntensors, 1, d->err, sizeof d->err);
+  free(keep);
+  free(ids);
+  if (r == 0 && !(d->m = emu_load(&d->e, d->err, sizeof d->err))) r = -1;
+  if (r == 0) emu_mem_init(&d->mem, &d->p);
+  return r;
+}
+
+static int dev_upload(dev *d, int t, const void *host) {
+  if (!d->emu) return zoo_cuda_exec_upload(d->x, t, host);
+  void *at = emu_ptr(&d->mem, &d->p, t);
+  if (!at) return snprintf(d->err, sizeof d->err, "tensor %d has no memory", t), -1;
+  memcpy(at, host, (size_t)d->p.bytes[t]);
+  return 0;
+}
+
+static int dev_download(dev *d, int t, void *host) {
+  if (!d->emu) return zoo_cuda_exec_download(d->x, t, host);
+  void *at = emu_ptr(&d->mem, &d->p, t);
+  if (!at) return snprintf(d->err, sizeof d->err, "tensor %d has no memory", t), -1;
+  memcpy(host, at, (size_t)d->p.bytes[t]);
+  return 0;
+}
+
+static int dev_run(dev *d, uint64_t seed) {
+  if (!d->emu) return zoo_cuda_exec_run(d->x, seed);
+  return emu_run(d->m, &d->e, &d->p, &d->mem, 0, d->e.nsteps, seed, d->err, sizeof d->err);
+}
+
+static const char *dev_error(dev *d) { return d->emu ? d->err : zoo_cuda_exec_error(d->x); }
+
+static void dev_free(dev *d) {
+  if (!d->emu) {
+    zoo_cuda_exec_free(d->x);
+    return;
+  }
+  emu_unload(d->m);
+  emu_mem_free(&d->mem);
+  zoo_plan_free(&d->p);
+  zoo_cuda_emit_free(&d->e);
+  free(d->g.nodes);
+}
+
+/* Adds the backward pass of y (if y's op differentiates), runs the case on both
+ * sides and compares every tensor. Returns 1 when they agree. */
+static int oc_run(zoo_test_ctx *t, ocase *c, int y, int grad, int emu) {
+  if (c->bad || y < 0) {
+    fprintf(stderr, "  %s: the case does not build\n", c->name);
+    return 0;
+  }
+  c->g.output = y;
+  c->g.nforward = c->g.nnodes;
+  if (grad && c->g.tensors[y].type.dtype == ZOO_F32) {
+    int w = oc_f32(c, V_SIGNED, 0, NULL);
+    c->g.tensors[w].type = c->g.tensors[y].type; /* the seed has y's type */
+    if (zoo_autodiff(&c->g, y, w, &c->d) != 0) {
+      fprintf(stderr, "  %s: autodiff failed\n", c->name);
+      return 0;
+    }
+  }
+  zoo_cpu cpu;
+  if (zoo_cpu_init(&cpu, &c->g, c->sym) != 0) {
+    fprintf(stderr, "  %s: cpu init: %s\n", c->name, cpu.err);
+    return 0;
+  }
+  cpu.training = 1;
+  cpu.seed = 12345;
+  dev dv, *x = &dv;
+  if (dev_init(x, &c->g, c->sym, emu) != 0) {
+    fprintf(stderr, "  %s: %s init: %s\n", c->name, emu ? "emulator" : "GPU", x->err);
+    dev_free(x);
+    zoo_cpu_free(&cpu);
+    return 0;
+  }
+  int ok = 1;
+  for (int k = 0; k < c->nin && ok; k++) {
+    int tt = c->in[k];
+    fill(c, k, cpu.data[tt], cpu.numel[tt]);
+    if (dev_upload(x, tt, cpu.data[tt]) != 0) {
+      fprintf(stderr, "  %s: upload: %s\n", c->name, dev_error(x));
+      ok = 0;
+    }
+  }
+  if (ok && zoo_cpu_run(&cpu, 0, c->g.nnodes) != 0) {
+    fprintf(stderr, "  %s: cpu: %s\n", c->name, cpu.err);
+    ok = 0;
+  }
+  if (ok && dev_run(x, 12345) != 0) {
+    fprintf(stderr, "  %s: gpu: %s\n", c->name, dev_error(x));
+    ok = 0;
+  }
+  for (int tt = 0; ok && tt < c->g.ntensors; tt++) {
+    if (c->g.tensors[tt].kind != ZOO_T_VALUE) continue;
+    int64_t n = cpu.numel[tt];
+    void *got = malloc((size_t)(n ? n : 1) * 4);
+    if (dev_download(x, tt, got) != 0) {
+      fprintf(stderr, "  %s: download of t%d: %s\n", c->name, tt, dev_error(x));
+      ok = 0;
+    } else if (c->g.tensors[tt].type.dtype == ZOO_I32) {
+      const int32_t *a = cpu.data[tt], *b = got;
+      for (int64_t e = 0; e < n && ok; e++)
+        if (a[e] != b[e]) {
+          fprintf(stderr, "  %s: t%d (%s) element %lld: gpu %d, cpu %d\n", c->name, tt,
+                  zoo_ops[c->g.nodes[c->g.tensors[tt].producer].op].name, (long long)e, b[e], a[e]);
+          ok = 0;
+        }
+    } else {
+      const float *a = cpu.data[tt], *b = got;
+      double scale = 1, worst = 0;
+      int64_t at = 0;
+      for (int64_t e = 0; e < n; e++)
+        if (fabs(a[e]) > scale) scale = fabs(a[e]);
+      for (int64_t e = 0; e < n; e++) {
+        double d = fabs((double)a[e] - (double)b[e]);
+        if (!(d <= worst)) worst = d, at = e; /* NaN counts as worst */
+      }
+      if (!(worst <= c->tol * scale)) {
+        const zoo_node *p = &c->g.nodes[c->g.tensors[tt].producer];
+        fprintf(stderr, "  %s: t%d (%s%s) differs by %.3g at element %lld (gpu %.9g, cpu %.9g; tolerance %.3g)\n",
+                c->name, tt, zoo_ops[p->op].name, c->g.tensors[tt].producer >= c->g.nforward ? ", backward" : "",
+                worst, (long long)at, b[at], a[at], c->tol * scale);
+        ok = 0;
+      }
+    }
+    free(got);
+  }
+  dev_free(x);
+  zoo_cpu_free(&cpu);
+  (void)t;
+  return ok;
+}
+
+static void oc_free(ocase *c) { zoo_graph_free(&c->g); }
+
+/* Runs a case built by fn; counts failures. */
+typedef int (*case_fn)(ocase *c);
+typedef struct named_case {
+  const char *name;
+  case_fn build; /* returns y */
+  double tol;
+  int grad;
+} named_case;
+
+static int run_cases(zoo_test_ctx *t, const named_case *cases, int n, int emu) {
+  int failed = 0;
+  for (int i = 0; i < n; i++) {
+    ocase c;
+    oc_init(&c, cases[i].name, cases[i].tol);
+    int y = cases[i].build(&c);
+    if (!oc_run(t, &c, y, cases[i].grad, emu)) failed++;
+    oc_free(&c);
+  }
+  return failed;
+}
+
+/* ---- elementwise */
+
+static zoo_attrs A0(void) {
+  zoo_attrs a;
+  memset(&a, 0, sizeof a);
+  return a;
+}
+
+static int c_binary(ocase *c, zoo_op op, vkind kb) {
+  int a = oc_f32(c, V_SIGNED, DIMS(2, 3, 8)), b = oc_f32(c, kb, DIMS(3, 1));
+  int in[2] = {a, b};
+  return oc_op(c, op, 2, in, NULL);
+}
+static int c_add(ocase *c) {
+  int a = oc_f32(c, V_SIGNED, DIMS(2, 3, 8)), b = oc_f32(c, V_SIGNED, DIMS(8));
+  int in[2] = {a, b};
+  return oc_op(c, ZOO_OP_ADD, 2, in, NULL);
+}
+static int c_sub(ocase *c) { return c_binary(c, ZOO_OP_SUB, V_SIGNED); }
+static int c_mul(ocase *c) { return c_binary(c, ZOO_OP_MUL, V_SIGNED); }
+static int c_div(ocase *c) { return c_binary(c, ZOO_OP_DIV, V_AWAY); }
+static int c_gt(ocase *c) { return c_binary(c, ZOO_OP_GT, V_SIGNED); }
+static int c_where(ocase *c) {
+  int k = oc_f32(c, V_BINARY, DIMS(4, 9)), a = oc_f32(c, V_SIGNED, DIMS(4, 9)), b = oc_f32(c, V_SIGNED, DIMS(9));
+  int in[3] = {k, a, b};
+  return oc_op(c, ZOO_OP_WHERE, 3, in, NULL);
+}
+static int c_unary(ocase *c, zoo_op op, vkind k, double f0) {
+  int x = oc_f32(c, k, DIMS(5, 37));
+  zoo_attrs a = A0();
+  a.f[0] = f0;
+  return oc_op(c, op, 1, &x, &a);
+}
+#define UNARY(fn, op, k, f0) \
+  static int fn(ocase *c) { return c_unary(c, op, k, f0); }
+UNARY(c_neg, ZOO_OP_NEG, V_SIGNED, 0)
+UNARY(c_exp, ZOO_OP_EXP, V_SIGNED, 0)
+UNARY(c_log, ZOO_OP_LOG, V_POSITIVE, 0)
+UNARY(c_sqrt, ZOO_OP_SQRT, V_POSITIVE, 0)
+UNARY(c_rsqrt, ZOO_OP_RSQRT, V_POSITIVE, 0)
+UNARY(c_square, ZOO_OP_SQUARE, V_SIGNED, 0)
+UNARY(c_sigmoid, ZOO_OP_SIGMOID, V_SIGNED, 0)
+UNARY(c_silu, ZOO_OP_SILU, V_SIGNED, 0)
+UNARY(c_softplus, ZOO_OP_SOFTPLUS, V_SIGNED, 0)
+UNARY(c_relu, ZOO_OP_RELU, V_AWAY, 0)
+UNARY(c_gelu, ZOO_OP_GELU, V_SIGNED, 0)
+UNARY(c_tanh, ZOO_OP_TANH, V_SIGNED, 0)
+UNARY(c_sin, ZOO_OP_SIN, V_SIGNED, 0)
+UNARY(c_cos, ZOO_OP_COS, V_SIGNED, 0)
+UNARY(c_adds, ZOO_OP_ADDS, V_SIGNED, 0.5)
+UNARY(c_muls, ZOO_OP_MULS, V_SIGNED, -1.5)
+UNARY(c_pows, ZOO_OP_POWS, V_POSITIVE, 2.5)
+UNARY(c_pows_int, ZOO_OP_POWS, V_SIGNED, 3)
+static int c_dropout(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 33, 8));
+  zoo_attrs a = A0();
+  a.f[0] = 0.3;
+  a.i[0] = 7;
+  return oc_op(c, ZOO_OP_DROPOUT, 1, &x, &a);
+}
+/* a chain that fuses into one kernel, with values used twice */
+static int c_chain(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 5, 16)), b = oc_f32(c, V_SIGNED, DIMS(16));
+  int in[2] = {x, b};
+  int s = oc_op(c, ZOO_OP_ADD, 2, in, NULL);
+  int e = oc_op(c, ZOO_OP_SIGMOID, 1, &s, NULL);
+  int m[2] = {e, x};
+  int y = oc_op(c, ZOO_OP_MUL, 2, m, NULL);
+  int g = oc_op(c, ZOO_OP_GELU, 1, &y, NULL);
+  int q[2] = {g, s};
+  return oc_op(c, ZOO_OP_SUB, 2, q, NULL);
+}
+
+static const named_case elementwise_cases[] = {
+      {"add", c_add, 2e-5, 1},         {"sub", c_sub, 2e-5, 1},         {"mul", c_mul, 2e-5, 1},
+      {"div", c_div, 2e-5, 1},         {"gt", c_gt, 0, 0},              {"where", c_where, 2e-5, 1},
+      {"neg", c_neg, 2e-5, 1},         {"exp", c_exp, 2e-5, 1},         {"log", c_log, 2e-5, 1},
+      {"sqrt", c_sqrt, 2e-5, 1},       {"rsqrt", c_rsqrt, 2e-5, 1},     {"square", c_square, 2e-5, 1},
+      {"sigmoid", c_sigmoid, 2e-5, 1}, {"silu", c_silu, 2e-5, 1},       {"softplus", c_softplus, 2e-5, 1},
+      {"relu", c_relu, 2e-5, 1},       {"gelu", c_gelu, 2e-5, 1},       {"tanh", c_tanh, 2e-5, 1},
+      {"sin", c_sin, 2e-5, 1},         {"cos", c_cos, 2e-5, 1},         {"adds", c_adds, 2e-5, 1},
+      {"muls", c_muls, 2e-5, 1},       {"pows", c_pows, 2e-5, 1},       {"pows_int", c_pows_int, 2e-5, 1},
+      {"dropout", c_dropout, 2e-5, 1}, {"fused_chain", c_chain, 2e-5, 1},
+};
+
+TEST(gpu_ops_elementwise) {
+  GPU_OR_SKIP();
+  int failed = run_cases(t, elementwise_cases, (int)(sizeof elementwise_cases / sizeof *elementwise_cases), 0);
+  CHECKF(failed == 0, "%d elementwise case(s) differ", failed);
+}
+
+TEST(emu_ops_elementwise) {
+  EMU_OR_SKIP();
+  int failed = run_cases(t, elementwise_cases, (int)(sizeof elementwise_cases / sizeof *elementwise_cases), 1);
+  CHECKF(failed == 0, "%d elementwise case(s) differ (emulated)", failed);
+}
+
+/* ---- reductions */
+
+static int c_sum_axis(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 33, 7));
+  zoo_attrs a = A0();
+  a.i[0] = 1;
+  return oc_op(c, ZOO_OP_SUM, 1, &x, &a);
+}
+static int c_mean_last(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 33, 7));
+  zoo_attrs a = A0();
+  a.i[0] = -1;
+  a.i[1] = 1;
+  return oc_op(c, ZOO_OP_MEAN, 1, &x, &a);
+}
+static int c_sum_columns(ocase *c) { /* many rows: split in chunks */
+  int x = oc_f32(c, V_SIGNED, DIMS(3000, 5));
+  zoo_attrs a = A0();
+  return oc_op(c, ZOO_OP_SUM, 1, &x, &a);
+}
+static int c_mean_rows(ocase *c) { /* long rows: warps along r, split */
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 3000));
+  zoo_attrs a = A0();
+  a.i[0] = 1;
+  return oc_op(c, ZOO_OP_MEAN, 1, &x, &a);
+}
+static int c_reduce_to(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 33, 7));
+  zoo_attrs a = A0();
+  a.ndim = 2;
+  a.dims[0] = zoo_dim_const(33);
+  a.dims[1] = zoo_dim_const(1);
+  return oc_op(c, ZOO_OP_REDUCE_TO, 1, &x, &a);
+}
+static int c_reduce_to_bias(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(64, 40, 8));
+  zoo_attrs a = A0();
+  a.ndim = 1;
+  a.dims[0] = zoo_dim_const(8);
+  return oc_op(c, ZOO_OP_REDUCE_TO, 1, &x, &a);
+}
+static int c_layernorm(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(6, 40)), w = oc_f32(c, V_SIGNED, DIMS(40)), b = oc_f32(c, V_SIGNED, DIMS(40));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
+}
+static int c_layernorm_plain(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 3, 192));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-12;
+  return oc_op(c, ZOO_OP_LAYERNORM, 1, &x, &a);
+}
+static int c_rmsnorm(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(6, 40)), w = oc_f32(c, V_SIGNED, DIMS(40));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[2] = {x, w};
+  return oc_op(c, ZOO_OP_RMSNORM, 2, in, &a);
+}
+static int c_softmax(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 33));
+  return oc_op(c, ZOO_OP_SOFTMAX, 1, &x, NULL);
+}
+static int c_logsumexp(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 33));
+  return oc_op(c, ZOO_OP_LOGSUMEXP, 1, &x, NULL);
+}
+static int c_cross_entropy(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 7, 50)), tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[2] = {x, tg};
+  return oc_op(c, ZOO_OP_CROSS_ENTROPY, 2, in, &a);
+}
+static int c_accuracy(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 7, 50)), tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[2] = {x, tg};
+  return oc_op(c, ZOO_OP_ACCURACY, 2, in, &a);
+}
+static int c_argmax(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 33));
+  return oc_op(c, ZOO_OP_ARGMAX, 1, &x, NULL);
+}
+
+static const named_case reductions_cases[] = {
+      {"sum_axis", c_sum_axis, 1e-4, 1},
+      {"mean_last_keepdim", c_mean_last, 1e-4, 1},
+      {"sum_columns_split", c_sum_columns, 1e-4, 1},
+      {"mean_rows_split", c_mean_rows, 1e-4, 1},
+      {"reduce_to", c_reduce_to, 1e-4, 1},
+      {"reduce_to_bias", c_reduce_to_bias, 1e-4, 1},
+      {"layernorm", c_layernorm, 1e-4, 1},
+      {"layernorm_plain", c_layernorm_plain, 1e-4, 1},
+      {"rmsnorm", c_rmsnorm, 1e-4, 1},
+      {"softmax", c_softmax, 1e-4, 1},
+      {"logsumexp", c_logsumexp, 1e-4, 1},
+      {"cross_entropy", c_cross_entropy, 1e-3, 1},
+      {"accuracy", c_accuracy, 0, 0},
+      {"argmax", c_argmax, 0, 0},
+};
+
+TEST(gpu_ops_reductions) {
+  GPU_OR_SKIP();
+  int failed = run_cases(t, reductions_cases, (int)(sizeof reductions_cases / sizeof *reductions_cases), 0);
+  CHECKF(failed == 0, "%d reduction case(s) differ", failed);
+}
+
+TEST(emu_ops_reductions) {
+  EMU_OR_SKIP();
+  int failed = run_cases(t, reductions_cases, (int)(sizeof reductions_cases / sizeof *reductions_cases), 1);
+  CHECKF(failed == 0, "%d reduction case(s) differ (emulated)", failed);
+}
+
+/* ---- movement */
+
+static int c_reshape(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 3, 8));
+  zoo_attrs a = A0();
+  a.ndim = 2;
+  a.dims[0] = zoo_dim_const(6);
+  a.dims[1] = zoo_dim_const(8);
+  return oc_op(c, ZOO_OP_RESHAPE, 1, &x, &a);
+}
+static int c_permute(ocase *c, const int *perm) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 3, 4, 5));
+  zoo_attrs a = A0();
+  a.ndim = 4;
+  for (int k = 0; k < 4; k++) a.dims[k] = zoo_dim_const(perm[k]);
+  return oc_op(c, ZOO_OP_PERMUTE, 1, &x, &a);
+}
+static int c_permute1(ocase *c) { return c_permute(c, (const int[]){0, 2, 1, 3}); }
+static int c_permute2(ocase *c) { return c_permute(c, (const int[]){3, 0, 2, 1}); }
+static int c_split_heads(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 5, 15));
+  zoo_attrs a = A0();
+  a.i[0] = 3;
+  return oc_op(c, ZOO_OP_SPLIT_HEADS, 1, &x, &a);
+}
+static int c_merge_heads(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 3, 5, 4));
+  return oc_op(c, ZOO_OP_MERGE_HEADS, 1, &x, NULL);
+}
+static int c_slice(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 7, 4));
+  zoo_attrs a = A0();
+  a.i[0] = 1;
+  a.i[1] = 2;
+  a.ndim = 1;
+  a.dims[0] = zoo_dim_const(3);
+  return oc_op(c, ZOO_OP_SLICE, 1, &x, &a);
+}
+static int c_concat(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 3, 4)), y = oc_f32(c, V_SIGNED, DIMS(2, 3, 5));
+  zoo_attrs a = A0();
+  a.i[0] = -1;
+  int in[2] = {x, y};
+  return oc_op(c, ZOO_OP_CONCAT, 2, in, &a);
+}
+static int c_shift(ocase *c, int k) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 7, 3));
+  zoo_attrs a = A0();
+  a.i[0] = 1;
+  a.i[1] = k;
+  return oc_op(c, ZOO_OP_SHIFT, 1, &x, &a);
+}
+static int c_shift_fwd(ocase *c) { return c_shift(c, 2); }
+static int c_shift_back(ocase *c) { return c_shift(c, -1); }
+
+static const named_case movement_cases[] = {
+      {"reshape", c_reshape, 0, 1},         {"permute_0213", c_permute1, 0, 1},
+      {"permute_3021", c_permute2, 0, 1},   {"split_heads", c_split_heads, 0, 1},
+      {"merge_heads", c_merge_heads, 0, 1}, {"slice", c_slice, 0, 1},
+      {"concat", c_concat, 0, 1},           {"shift_2", c_shift_fwd, 0, 1},
+      {"shift_-1", c_shift_back, 0, 1},
+};
+
+TEST(gpu_ops_movement) {
+  GPU_OR_SKIP();
+  int failed = run_cases(t, movement_cases, (int)(sizeof movement_cases / sizeof *movement_cases), 0);
+  CHECKF(failed == 0, "%d movement case(s) differ", failed);
+}
+
+TEST(emu_ops_movement) {
+  EMU_OR_SKIP();
+  int failed = run_cases(t, movement_cases, (int)(sizeof movement_cases / sizeof *movement_cases), 1);
+  CHECKF(failed == 0, "%d movement case(s) differ (emulated)", failed);
+}
+
+/* ---- matrix products */
+
+static int c_linear(ocase *c, int bias) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 5, 16)), w = oc_f32(c, V_SIGNED, DIMS(24, 16));
+  int in[3] = {x, w, bias ? oc_f32(c, V_SIGNED, DIMS(24)) : -1};
+  return oc_op(c, ZOO_OP_LINEAR, bias ? 3 : 2, in, NULL);
+}
+static int c_linear_bias(ocase *c) { return c_linear(c, 1); }
+static int c_linear_nobias(ocase *c) { return c_linear(c, 0); }
+static int c_matmul(ocase *c, int ta, int tb, int abatch, int bbatch) {
+  int64_t M = 7, K = 5, N = 9;
+  int64_t ad[3] = {2, ta ? K : M, ta ? M : K}, bd[3] = {2, tb ? N : K, tb ? K : N};
+  int a = abatch ? oc_f32(c, V_SIGNED, 3, ad) : oc_f32(c, V_SIGNED, 2, ad + 1);
+  int b = bbatch ? oc_f32(c, V_SIGNED, 3, bd) : oc_f32(c, V_SIGNED, 2, bd + 1);
+  zoo_attrs at = A0();
+  at.i[0] = ta;
+  at.i[1] = tb;
+  int in[2] = {a, b};
+  return oc_op(c, ZOO_OP_MATMUL, 2, in, &at);
+}
+static int c_mm(ocase *c) { return c_matmul(c, 0, 0, 1, 1); }
+static int c_mm_ta(ocase *c) { return c_matmul(c, 1, 0, 1, 1); }
+static int c_mm_tb(ocase *c) { return c_matmul(c, 0, 1, 1, 1); }
+static int c_mm_tab(ocase *c) { return c_matmul(c, 1, 1, 1, 1); }
+static int c_mm_shared_b(ocase *c) { return c_matmul(c, 0, 0, 1, 0); }
+static int c_mm_shared_a(ocase *c) { return c_matmul(c, 0, 1, 0, 1); }
+static int c_mm_2d(ocase *c) { return c_matmul(c, 1, 0, 0, 0); }
+
+static const named_case matmul_cases[] = {
+      {"linear_bias", c_linear_bias, 1e-4, 1}, {"linear", c_linear_nobias, 1e-4, 1},
+      {"matmul", c_mm, 1e-4, 1},               {"matmul_ta", c_mm_ta, 1e-4, 1},
+      {"matmul_tb", c_mm_tb, 1e-4, 1},         {"matmul_tab", c_mm_tab, 1e-4, 1},
+      {"matmul_shared_b", c_mm_shared_b, 1e-4, 1}, {"matmul_shared_a", c_mm_shared_a, 1e-4, 1},
+      {"matmul_2d", c_mm_2d, 1e-4, 1},
+};
+
+TEST(gpu_ops_matmul) {
+  GPU_OR_SKIP();
+  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), 0);
+  CHECKF(failed == 0, "%d matrix product case(s) differ", failed);
+}
+
+TEST(emu_ops_matmul) {
+  EMU_OR_SKIP();
+  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), 1);
+  CHECKF(failed == 0, "%d matrix product case(s) differ (emulated)", failed);
+}
+
+/* ---- gather, scan, intrinsics */
+
+static int c_embedding(ocase *c) {
+  int w = oc_f32(c, V_SIGNED, DIMS(50, 16)), ids = oc_i32(c, V_IDS, 0, 50, DIMS(3, 7));
+  int in[2] = {w, ids};
+  return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
+}
+static int c_arange(ocase *c) {
+  zoo_attrs a = A0();
+  a.ndim = 1;
+  a.dims[0] = zoo_dim_const(9);
+  return oc_op(c, ZOO_OP_ARANGE, 0, NULL, &a);
+}
+static int c_cumsum(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 9, 4));
+  zoo_attrs a = A0();
+  a.i[0] = 1;
+  return oc_op(c, ZOO_OP_CUMSUM, 1, &x, &a);
+}
+static int c_conv(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 9, 6)), w = oc_f32(c, V_SIGNED, DIMS(6, 1, 3)), b = oc_f32(c, V_SIGNED, DIMS(6));
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_CAUSAL_CONV1D, 3, in, NULL);
+}
+static int c_poly(ocase *c, double c0, double c1, double c2, int64_t dv) {
+  int q = oc_f32(c, V_SIGNED, DIMS(2, 3, 9, 16)), k = oc_f32(c, V_SIGNED, DIMS(2, 3, 9, 16));
+  int64_t vd[4] = {2, 3, 9, dv};
+  int v = oc_f32(c, V_SIGNED, 4, vd);
+  zoo_attrs a = A0();
+  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  int in[3] = {q, k, v};
+  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
+}
+static int c_rebased(ocase *c) { return c_poly(c, 0, 0, 1, 5); }
+static int c_based(ocase *c) { return c_poly(c, 1, 1, 0.5, 10); }
+static int c_softmax_attention(ocase *c, double p) {
+  int q = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), k = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), v = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8));
+  zoo_attrs a = A0();
+  a.f[0] = 0.35355339, a.f[1] = p;
+  a.i[0] = 3, a.i[1] = 1;
+  int in[3] = {q, k, v};
+  return oc_op(c, ZOO_OP_SOFTMAX_ATTENTION, 3, in, &a);
+}
+static int c_sa(ocase *c) { return c_softmax_attention(c, 0); }
+static int c_sa_dropout(ocase *c) { return c_softmax_attention(c, 0.1); }
+static int c_lce(ocase *c) {
+  int h = oc_f32(c, V_SIGNED, DIMS(3, 7, 16)), w = oc_f32(c, V_SIGNED, DIMS(50, 16));
+  int tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[3] = {h, w, tg};
+  return oc_op(c, ZOO_OP_LINEAR_CROSS_ENTROPY, 3, in, &a);
+}
+
+static const named_case intrinsics_cases[] = {
+      {"embedding", c_embedding, 1e-4, 1},
+      {"arange", c_arange, 0, 0},
+      {"cumsum", c_cumsum, 1e-4, 1},
+      {"causal_conv1d", c_conv, 1e-4, 1},
+      {"poly_attention_rebased", c_rebased, 1e-3, 1},
+      {"poly_attention_based", c_based, 1e-3, 1},
+      {"softmax_attention", c_sa, 1e-3, 1},
+      {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
+      {"linear_cross_entropy", c_lce, 1e-3, 1},
+};
+
+TEST(gpu_ops_intrinsics) {
+  GPU_OR_SKIP();
+  int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), 0);
+  CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ", failed);
+}
+
+TEST(emu_ops_intrinsics) {
+  EMU_OR_SKIP();
+  int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), 1);
+  CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ (emulated)", failed);
+}
+
+/* ---------------------------------------------------------------------------
+ * Whole training steps: CUDA backend against the CPU backend */
+
+static void train_compare(zoo_test_ctx *t, const char *model, int accum) {
+  GPU_OR_SKIP();
+  char path[128];
+  snprintf(path, sizeof path, "models/%s.zoo", model);
+  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
+  zoo_compile_opts o = {0};
+  o.path = path;
+  o.defines = defs;
+  o.ndefines = 3;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *p = NULL;
+  CHECKF(zoo_compile(&o, &d, &p) == 0, "%s does not compile", path);
+  zoo_graph *g = &p->graph;
+  CHECK(zoo_train_graph(g, &d) == 0);
+  const int64_t B = 8, T = 16, V = 64;
+  char err[1024];
+  zoo_backend *cpu = zoo_cpu_backend_init(g, B, T, err, sizeof err);
+  CHECKF(cpu != NULL, "cpu backend: %s", err);
+  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, err, sizeof err);
+  if (!gpu) {
+    cpu->free(cpu);
+    zoo_program_free(p);
+    CHECKF(0, "cuda backend: %s", err);
+  }
+  int np = g->nparams;
+  float **p0 = calloc((size_t)np, sizeof *p0), **pc = calloc((size_t)np, sizeof *pc),
+        **pg = calloc((size_t)np, sizeof *pg);
+  for (int i = 0; i < np; i++) {
+    size_t n = (size_t)zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    p0[i] = malloc(n * 4), pc[i] = malloc(n * 4), pg[i] = malloc(n * 4);
+  }
+  zoo_train_init_params(g, 7, p0);
+  int ok = cpu->set_state(cpu, p0, NULL, NULL, 0) == 0 && gpu->set_state(gpu, p0, NULL, NULL, 0) == 0;
+  /* batches: random tokens, about a quarter of the targets labelled; the last
+   * micro-batch of the last step is short */
+  int32_t *tok[4], *tgt[4];
+  for (int k = 0; k < accum; k++) tok[k] = malloc((size_t)(B * T) * 4), tgt[k] = malloc((size_t)(B * T) * 4);
+  uint64_t r = 99;
+  zoo_adamw opt = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f};
+  const int steps = 3;
+  zoo_metrics mc[3], mg[4];
+  memset(mg, 0, sizeof mg);
+  int gpu_seen = 0; /* metrics delivered by the GPU so far */
+  for (int s = 0; s < steps && ok; s++) {
+    int rows[4];
+    for (int k = 0; k < accum; k++) {
+      rows[k] = (s == steps - 1 && k == accum - 1) ? 5 : (int)B;
+      for (int64_t e = 0; e < B * T; e++) {
+        r = zoo_rng_mix(r + 1);
+        tok[k][e] = (int32_t)(r % (uint64_t)V);
+        tgt[k][e] = (r >> 20) % 4 == 0 ? (int32_t)((r >> 30) % (uint64_t)V) : -100;
+      }
+    }
+    uint64_t seed = zoo_rng_mix(1000 + (uint64_t)s);
+    zoo_metrics m;
+    if (cpu->train_step(cpu, accum, (const int32_t *const *)tok, (const int32_t *const *)tgt, rows, &opt, seed, &mc[s]) < 0) {
+      fprintf(stderr, "  cpu step: %s\n", cpu->err);
+      ok = 0;
+      break;
+    }
+    int got = gpu->train_step(gpu, accum, (const int32_t *const *)tok, (const int32_t *const *)tgt, rows, &opt, seed, &m);
+    if (got < 0) {
+      fprintf(stderr, "  gpu step: %s\n", gpu->err);
+      ok = 0;
+      break;
+    }
+    if (got == 0) mg[gpu_seen++] = m;
+    else if (s > 0) mg[gpu_seen++] = m; /* the previous step's */
+  }
+  zoo_metrics last;
+  if (ok && gpu->sync(gpu, &last) != 0) {
+    fprintf(stderr, "  gpu sync: %s\n", gpu->err);
+    ok = 0;
+  }
+  if (ok && gpu_seen < steps) mg[gpu_seen++] = last;
+  for (int s = 0; ok && s < steps; s++) {
+    double dl = fabs(mc[s].loss - mg[s].loss);
+    if (!(dl <= 1e-3 * fabs(mc[s].loss) + 1e-5) || mc[s].correct != mg[s].correct ||
+        mc[s].labelled != mg[s].labelled) {
+      fprintf(stderr, "  %s step %d: cpu loss %.7f correct %.0f labelled %.0f; gpu loss %.7f correct %.0f labelled %.0f\n",
+              model, s + 1, mc[s].loss, mc[s].correct, mc[s].labelled, mg[s].loss, mg[s].correct, mg[s].labelled);
+      ok = 0;
+    }
+  }
+  int64_t cstep = 0, gstep = 0;
+  if (ok) ok = cpu->get_state(cpu, pc, NULL, NULL, &cstep) == 0 && gpu->get_state(gpu, pg, NULL, NULL, &gstep) == 0;
+  if (ok && cstep != gstep) {
+    fprintf(stderr, "  step counts differ: cpu %lld gpu %lld\n", (long long)cstep, (long long)gstep);
+    ok = 0;
+  }
+  double num = 0, den = 0, worst = 0;
+  const char *worst_name = "";
+  for (int i = 0; ok && i < np; i++) {
+    int64_t n = zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    for (int64_t e = 0; e < n; e++) {
+      double dc = (double)pc[i][e] - p0[i][e], dg = (double)pg[i][e] - p0[i][e];
+      num += (dc - dg) * (dc - dg);
+      den += dc * dc;
+      if (fabs(dc - dg) > worst) worst = fabs(dc - dg), worst_name = g->tensors[g->params[i]].name;
+    }
+  }
+  if (ok && !(sqrt(num) <= 0.02 * sqrt(den) && worst <= 6 * opt.lr)) {
+    fprintf(stderr, "  %s: parameter changes differ: relative %.3g, worst %.3g in %s\n", model,
+            den > 0 ? sqrt(num / den) : 0.0, worst, worst_name);
+    ok = 0;
+  }
+  /* evaluation of the last batch */
+  zoo_metrics ec, eg;
+  if (ok && (cpu->eval_batch(cpu, tok[0], tgt[0], 6, &ec) != 0 || gpu->eval_batch(gpu, tok[0], tgt[0], 6, &eg) != 0)) {
+    fprintf(stderr, "  eval: %s / %s\n", cpu->err, gpu->err);
+    ok = 0;
+  }
+  if (ok && (!(fabs(ec.loss - eg.loss) <= 1e-3 * fabs(ec.loss) + 1e-5) || ec.correct != eg.correct || ec.labelled != eg.labelled)) {
+    fprintf(stderr, "  %s eval: cpu loss %.7f correct %.0f/%.0f; gpu loss %.7f correct %.0f/%.0f\n", model, ec.loss,
+            ec.correct, ec.labelled, eg.loss, eg.correct, eg.labelled);
+    ok = 0;
+  }
+  for (int i = 0; i < np; i++) free(p0[i]), free(pc[i]), free(pg[i]);
+  free(p0), free(pc), free(pg);
+  for (int k = 0; k < accum; k++) free(tok[k]), free(tgt[k]);
+  gpu->free(gpu);
+  cpu->free(cpu);
+  zoo_program_free(p);
+  CHECKF(ok, "%s (accum %d): the GPU's training steps differ from the CPU's", model, accum);
+}
+
+TEST(gpu_train_rebased) { train_compare(t, "rebased", 1); }
+TEST(gpu_train_based) { train_compare(t, "based", 1); }
+TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1); }
+TEST(gpu_train_attention) { train_compare(t, "attention", 1); }
+TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2); }
+TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3); }
