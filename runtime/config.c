@@ -226,8 +226,9 @@ static zoo_span cfg_key_span(const zoo_yaml *root, const char *path) {
   return zoo_nospan;
 }
 
-/* Sets the node at a dotted path, making maps on the way; returns the map that
- * now holds it, or NULL when something on the way is not a map (*blocker set). */
+/* Sets the node at a dotted path, making maps on the way (a null on the way
+ * becomes one). Returns 0, or -1 when a value that is not a map is in the way
+ * (*blocker is that value). */
 static int cfg_set(zoo_arena *a, zoo_yaml *root, const char *path, zoo_yaml *value,
                    zoo_span key_span, const zoo_yaml **blocker) {
   zoo_yaml *n = root;
