@@ -333,12 +333,13 @@ static int train_nan(trainer *tr, int64_t step, double loss) {
   fflush(tr->out);
   if (tr->have_ckpt)
     zoo_error(tr->d, zoo_nospan,
-              "loss is %s at step %lld (epoch %d); the last good checkpoint is kept at %s",
-              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch, tr->ckpt_path);
+              "loss is %s at step %lld (epoch %d/%d); the last good checkpoint is kept at %s",
+              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch + 1, tr->c->max_epochs,
+              tr->ckpt_path);
   else
     zoo_error(tr->d, zoo_nospan,
-              "loss is %s at step %lld (epoch %d); no checkpoint was written yet",
-              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch);
+              "loss is %s at step %lld (epoch %d/%d); no checkpoint was written yet",
+              isnan(loss) ? "nan" : "inf", (long long)step, tr->epoch + 1, tr->c->max_epochs);
   return -1;
 }
 
