@@ -40,6 +40,8 @@ TEST_SRC  = $(wildcard tests/*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS   = $(wildcard compiler/*.h compiler/*.def runtime/*.h tests/*.h) $(BUILD)/grammar/zoo.tab.h
 
+.DEFAULT_GOAL := all
+
 .PHONY: all test test-asan test-gpu run run-tiny bench clean generated check-generated
 
 all: $(BIN)/zooc $(BIN)/zoorun $(BUILD)/zoo_test
