@@ -425,6 +425,9 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
       }
       params[a] = &vals[a];
     }
+    if (getenv("ZOO_EMU_TRACE"))
+      fprintf(stderr, "emu: step %d %s <<<(%u,%u,%u), (%u,%u,%u), %u>>>\n", i, s->func, s->grid[0], s->grid[1],
+              s->grid[2], s->block[0], s->block[1], s->block[2], s->smem);
     if (emu_launch(m, s->func, s->grid, s->block, s->smem, params) != 0) {
       snprintf(err, errlen, "step %d: kernel %s missing or block too large", i, s->func);
       return -1;

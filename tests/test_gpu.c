@@ -29,6 +29,7 @@
 
 #include "../compiler/compile.h"
 #include "../compiler/fuse.h"
+#include "../compiler/generate.h"
 #include "../runtime/backend.h"
 #include "../runtime/cpu.h"
 #include "../runtime/cuda_backend.h"
@@ -878,3 +879,203 @@ TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1); }
 TEST(gpu_train_attention) { train_compare(t, "attention", 1); }
 TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2); }
 TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3); }
+
+/* ---------------------------------------------------------------------------
+ * The backend's program, emulated: the very module, steps and plans the CUDA
+ * backend builds (training step fused and planned with memory reuse, the
+ * evaluation graph, the optimiser kernels), run on the CPU emulation and
+ * compared with the CPU executor and the CPU backend. */
+
+static int input_named(const zoo_graph *g, const char *name) {
+  for (int i = 0; i < g->ninputs; i++)
+    if (g->tensors[g->inputs[i]].name && !strcmp(g->tensors[g->inputs[i]].name, name)) return g->inputs[i];
+  return -1;
+}
+
+/* max |a - b| <= tol * max(1, max |b|) over n floats; prints what differs. */
+static int close_enough(const char *what, const float *a, const float *b, int64_t n, double tol) {
+  double scale = 1, worst = 0;
+  int64_t at = 0;
+  for (int64_t e = 0; e < n; e++)
+    if (fabs(b[e]) > scale) scale = fabs(b[e]);
+  for (int64_t e = 0; e < n; e++) {
+    double d = fabs((double)a[e] - (double)b[e]);
+    if (!(d <= worst)) worst = d, at = e;
+  }
+  if (worst <= tol * scale) return 1;
+  fprintf(stderr, "  %s differs by %.3g at %lld (emulated %.9g, cpu %.9g)\n", what, worst, (long long)at,
+          a[at], b[at]);
+  return 0;
+}
+
+static void emu_program(zoo_test_ctx *t, const char *model, int accum) {
+  EMU_OR_SKIP();
+  char path[128];
+  snprintf(path, sizeof path, "models/%s.zoo", model);
+  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
+  zoo_compile_opts o = {0};
+  o.path = path;
+  o.defines = defs;
+  o.ndefines = 3;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *prog = NULL;
+  CHECKF(zoo_compile(&o, &d, &prog) == 0, "%s does not compile", path);
+  zoo_graph *g = &prog->graph;
+  CHECK(zoo_train_graph(g, &d) == 0);
+  const int64_t B = 4, T = 16, V = 64;
+  zoo_cuda_program cp;
+  char err[1024];
+  CHECKF(zoo_cuda_program_build(&cp, g, B, T, 1, 1, err, sizeof err) == 0, "%s", err);
+  emu_module *m = emu_load(&cp.emit, err, sizeof err);
+  if (!m) {
+    zoo_cuda_program_free(&cp);
+    zoo_program_free(prog);
+    CHECKF(0, "%s", err);
+  }
+  const zoo_plan *tp = &cp.train_plan, *ep = &cp.eval_plan;
+  emu_mem mem;
+  emu_mem_init(&mem, tp);
+  int64_t arena = tp->arena_bytes > ep->arena_bytes ? tp->arena_bytes : ep->arena_bytes;
+  free(mem.base[ZOO_MEM_ARENA]);
+  mem.base[ZOO_MEM_ARENA] = calloc(1, (size_t)arena + 256);
+  int64_t pb = tp->param_bytes;
+  float *acc = calloc(1, (size_t)pb + 4), *am = calloc(1, (size_t)pb + 4), *av = calloc(1, (size_t)pb + 4);
+  float *metrics = calloc(4, sizeof(float));
+
+  /* the same start on both sides */
+  int np = g->nparams;
+  float **p0 = calloc((size_t)np, sizeof *p0), **pc = calloc((size_t)np, sizeof *pc);
+  for (int i = 0; i < np; i++) {
+    size_t n = (size_t)zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    p0[i] = malloc(n * 4), pc[i] = malloc(n * 4);
+  }
+  zoo_train_init_params(g, 5, p0);
+  for (int i = 0; i < np; i++)
+    memcpy(mem.base[ZOO_MEM_PARAM] + tp->param_offset[i], p0[i], (size_t)tp->bytes[g->params[i]]);
+  int32_t *tok[4], *tgt[4];
+  int rows[4];
+  uint64_t r = 3;
+  for (int k = 0; k < accum; k++) {
+    tok[k] = malloc((size_t)(B * T) * 4), tgt[k] = malloc((size_t)(B * T) * 4);
+    rows[k] = (int)B;
+    for (int64_t e = 0; e < B * T; e++) {
+      r = zoo_rng_mix(r + 1);
+      tok[k][e] = (int32_t)(r % (uint64_t)V);
+      tgt[k][e] = (r >> 20) % 3 == 0 ? (int32_t)((r >> 30) % (uint64_t)V) : -100;
+    }
+  }
+  uint64_t seed = 77;
+  int tokens = input_named(g, "tokens");
+  int ok = 1;
+
+  /* the training step's kernels, micro-batch by micro-batch, as cuda.c runs them */
+  float dl = 1.0f / (float)accum;
+  memcpy(emu_ptr(&mem, tp, g->dloss), &dl, 4);
+  long long nflat = (long long)(pb / 4);
+  unsigned g1[3] = {4, 1, 1}, b256[3] = {256, 1, 1}, b32[3] = {32, 1, 1}, one[3] = {1, 1, 1};
+  for (int k = 0; ok && k < accum; k++) {
+    memcpy(emu_ptr(&mem, tp, tokens), tok[k], (size_t)(B * T) * 4);
+    memcpy(emu_ptr(&mem, tp, g->targets), tgt[k], (size_t)(B * T) * 4);
+    uint64_t ms = zoo_rng_mix(seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(k + 1));
+    if (emu_run(m, &cp.emit, tp, &mem, 0, cp.ntrain, ms, err, sizeof err) != 0) {
+      fprintf(stderr, "  %s\n", err);
+      ok = 0;
+      break;
+    }
+    if (k == 0) { /* gradients of the first micro-batch against the CPU executor */
+      zoo_cpu cpu;
+      CHECK(zoo_cpu_init(&cpu, g, cp.sym) == 0);
+      for (int i = 0; i < np; i++) memcpy(cpu.data[g->params[i]], p0[i], (size_t)tp->bytes[g->params[i]]);
+      memcpy(cpu.data[tokens], tok[0], (size_t)(B * T) * 4);
+      memcpy(cpu.data[g->targets], tgt[0], (size_t)(B * T) * 4);
+      zoo_cpu_f32(&cpu, g->dloss)[0] = dl;
+      cpu.training = 1;
+      cpu.seed = ms;
+      ok = zoo_cpu_run(&cpu, 0, g->nnodes) == 0;
+      ok = ok && close_enough("loss", emu_ptr(&mem, tp, g->loss), cpu.data[g->loss], 1, 1e-4);
+      ok = ok && close_enough("metrics", emu_ptr(&mem, tp, g->metrics), cpu.data[g->metrics], 2, 0);
+      for (int i = 0; ok && i < np; i++) {
+        int gt = g->tensors[g->params[i]].grad;
+        char what[300];
+        snprintf(what, sizeof what, "gradient of %s", g->tensors[g->params[i]].name);
+        ok = close_enough(what, (float *)(mem.base[ZOO_MEM_GRAD] + tp->param_offset[i]), cpu.data[gt],
+                          cpu.numel[gt], 2e-4);
+      }
+      zoo_cpu_free(&cpu);
+    }
+    int first = k == 0;
+    void *gr = mem.base[ZOO_MEM_GRAD];
+    if (accum > 1) {
+      void *ap[] = {&acc, &gr, &nflat, &first};
+      ok = ok && emu_launch(m, "zoo_accumulate", g1, b256, 0, ap) == 0;
+    }
+    void *lp = emu_ptr(&mem, tp, g->loss), *mp = emu_ptr(&mem, tp, g->metrics);
+    void *mpar[] = {&metrics, &lp, &mp, &first};
+    ok = ok && emu_launch(m, "zoo_metrics_accumulate", one, b32, 0, mpar) == 0;
+  }
+  zoo_hyper h = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0, 1};
+  zoo_hyper *hp = &h;
+  void *flat = mem.base[ZOO_MEM_PARAM], *grads = accum > 1 ? (void *)acc : (void *)mem.base[ZOO_MEM_GRAD];
+  void *adam[] = {&flat, &grads, &am, &av, &hp, &nflat};
+  ok = ok && emu_launch(m, "zoo_adamw", g1, b256, 0, adam) == 0;
+
+  /* the CPU backend's step from the same start */
+  zoo_backend *cpu = zoo_cpu_backend_init(g, B, T, err, sizeof err);
+  CHECKF(cpu != NULL, "%s", err);
+  zoo_adamw opt = {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay};
+  zoo_metrics mc;
+  ok = ok && cpu->set_state(cpu, p0, NULL, NULL, 0) == 0;
+  ok = ok && cpu->train_step(cpu, accum, (const int32_t *const *)tok, (const int32_t *const *)tgt, rows, &opt, seed, &mc) == 0;
+  ok = ok && cpu->get_state(cpu, pc, NULL, NULL, NULL) == 0;
+  if (ok && (fabs(metrics[0] / accum - mc.loss) > 1e-4 * fabs(mc.loss) + 1e-6 || metrics[1] != mc.correct ||
+             metrics[2] != mc.labelled)) {
+    fprintf(stderr, "  step metrics: emulated %g %g %g, cpu %g %g %g\n", metrics[0] / accum, metrics[1],
+            metrics[2], mc.loss, mc.correct, mc.labelled);
+    ok = 0;
+  }
+  double num = 0, den = 0;
+  for (int i = 0; ok && i < np; i++) {
+    const float *pe = (const float *)(mem.base[ZOO_MEM_PARAM] + tp->param_offset[i]);
+    for (int64_t e = 0; e < zoo_type_numel(&g->tensors[g->params[i]].type, NULL); e++) {
+      double dc = (double)pc[i][e] - p0[i][e], de = (double)pe[e] - p0[i][e];
+      num += (dc - de) * (dc - de);
+      den += dc * dc;
+    }
+  }
+  if (ok && !(sqrt(num) <= 0.02 * sqrt(den))) {
+    fprintf(stderr, "  parameter updates differ: relative %.3g\n", sqrt(num / den));
+    ok = 0;
+  }
+
+  /* evaluation: the forward pass without dropout, on the evaluation plan */
+  if (ok) {
+    memcpy(emu_ptr(&mem, ep, tokens), tok[0], (size_t)(B * T) * 4);
+    memcpy(emu_ptr(&mem, ep, g->targets), tgt[0], (size_t)(B * T) * 4);
+    if (emu_run(m, &cp.emit, ep, &mem, cp.ntrain, cp.neval, 0, err, sizeof err) != 0) {
+      fprintf(stderr, "  eval: %s\n", err);
+      ok = 0;
+    }
+    zoo_metrics ec;
+    ok = ok && cpu->eval_batch(cpu, tok[0], tgt[0], (int)B, &ec) == 0;
+    float want[3] = {(float)ec.loss, (float)ec.correct, (float)ec.labelled};
+    ok = ok && close_enough("eval loss", emu_ptr(&mem, ep, g->loss), want, 1, 1e-4);
+    ok = ok && close_enough("eval metrics", emu_ptr(&mem, ep, g->metrics), want + 1, 2, 0);
+  }
+  cpu->free(cpu);
+  for (int i = 0; i < np; i++) free(p0[i]), free(pc[i]);
+  free(p0), free(pc);
+  for (int k = 0; k < accum; k++) free(tok[k]), free(tgt[k]);
+  free(acc), free(am), free(av), free(metrics);
+  emu_mem_free(&mem);
+  emu_unload(m);
+  zoo_cuda_program_free(&cp);
+  zoo_program_free(prog);
+  CHECKF(ok, "%s: the emulated program differs from the CPU", model);
+}
+
+TEST(emu_program_rebased) { emu_program(t, "rebased", 1); }
+TEST(emu_program_based) { emu_program(t, "based", 1); }
+TEST(emu_program_conv_attention) { emu_program(t, "conv_attention", 1); }
+TEST(emu_program_attention) { emu_program(t, "attention", 1); }
+TEST(emu_program_rebased_accum) { emu_program(t, "rebased", 2); }
