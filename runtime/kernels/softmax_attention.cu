@@ -20,7 +20,9 @@
  * the -10000 is added as the reference does.
  *
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
- *   R x R scores (one thread per entry, dot products from shared memory), the
+ *   R x R scores (dot products from shared memory, each over SPLIT = 128 / R^2
+ *   lanes when the tile has fewer entries than threads, else one thread per
+ *   entry), the
  *   running row max m and sum l updated by one warp per row, then the
  *   accumulator o (R x DV entries spread over the threads, in registers)
  *   rescaled by exp(m_old - m_new) and increased by (P M) V. The row sum l
@@ -62,15 +64,47 @@ __device__ __forceinline__ float zk_sattn_keep(zk_i64 bh, int i, int j, float p,
   return zoo_rng_uniform(seed, stream, idx) >= p ? inv_keep : 0.0f;
 }
 
-/* score of (query row r of the q tile, key row c of the k tile) */
-template <int F, int FP, int T, bool CAUSAL>
-__device__ __forceinline__ float zk_sattn_score(const float *qs, const float *ks, int r, int c,
-                                                int i, int j, float scale) {
-  if (j >= T) return ZK_NEG_INF; /* no such key */
+/* Lanes per dot product: the R x R entries of a tile times SPLIT lanes cover
+ * the block at least once (SPLIT a power of two, at most 32), so that small
+ * tiles of wide heads still use every thread. */
+template <int R>
+struct zk_sattn_split {
+  static constexpr int value = R * R >= ZK_SATTN_NT ? 1 : ZK_SATTN_NT / (R * R) > 32 ? 32 : ZK_SATTN_NT / (R * R);
+};
+
+/* a . b over W floats, split over the SPLIT consecutive lanes that share the
+ * entry (lane part of them takes elements part, part + SPLIT, ...); the sum
+ * reaches every one of those lanes. All lanes of the warp must call it. */
+template <int W, int SPLIT>
+__device__ __forceinline__ float zk_sattn_dot(const float *a, const float *b, int part) {
   float s = 0.0f;
-#pragma unroll 8
-  for (int f = 0; f < F; f++) s += qs[r * FP + f] * ks[c * FP + f];
-  s *= scale;
+#pragma unroll 4
+  for (int f = part; f < W; f += SPLIT) s += a[f] * b[f];
+#pragma unroll
+  for (int o = SPLIT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(ZK_FULL_MASK, s, o);
+  return s;
+}
+
+/* Walks the R x R entries of a tile, SPLIT lanes per entry: calls
+ * fn(r, c, part, valid) with every thread a warp-uniform number of times
+ * (entries past R x R come with valid = 0 and r, c clamped). */
+template <int R, class Fn>
+__device__ __forceinline__ void zk_sattn_entries(Fn fn) {
+  constexpr int SPLIT = zk_sattn_split<R>::value;
+  for (int base = 0; base < R * R * SPLIT; base += ZK_SATTN_NT) {
+    int e = (base + (int)threadIdx.x) / SPLIT, part = (base + (int)threadIdx.x) % SPLIT;
+    int valid = e < R * R;
+    if (!valid) e = 0;
+    fn(e / R, e % R, part, valid);
+  }
+}
+
+/* score of (query row r of the q tile, key row c of the k tile), split */
+template <int F, int FP, int T, bool CAUSAL, int SPLIT>
+__device__ __forceinline__ float zk_sattn_score(const float *qs, const float *ks, int r, int c,
+                                                int i, int j, float scale, int part) {
+  float s = zk_sattn_dot<F, SPLIT>(qs + r * FP, ks + c * FP, part) * scale;
+  if (j >= T) return ZK_NEG_INF; /* no such key */
   if (CAUSAL && j > i) s += -10000.0f;
   return s;
 }
@@ -83,11 +117,11 @@ __device__ __forceinline__ void zk_sattn_probs(const float *qs, const float *ks,
                                                int i0, int j0, float scale, float p,
                                                float inv_keep, unsigned long long seed,
                                                unsigned long long stream) {
-  constexpr int FP = F + 1, RP = R + 1;
-  for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-    int r = e / R, c = e - r * R;
-    ps[r * RP + c] = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i0 + r, j0 + c, scale);
-  }
+  constexpr int FP = F + 1, RP = R + 1, SPLIT = zk_sattn_split<R>::value;
+  zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
+    float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i0 + r, j0 + c, scale, part);
+    if (valid && part == 0) ps[r * RP + c] = s;
+  });
   __syncthreads();
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int r = warp; r < R; r += ZK_SATTN_NT / 32) {
@@ -212,6 +246,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
   constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
   constexpr int ACC = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
   constexpr int ACCQ = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
+  constexpr int SPLIT = zk_sattn_split<R>::value;
   __shared__ float qs[R * FP], ks[R * FP], vs[R * DVP], dos[R * DVP], ps[R * RP];
   __shared__ float mrow[R], lrow[R], arow[R], drow[R];
   zk_i64 bh = blockIdx.x / NTILE;
@@ -275,20 +310,18 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
     zk_sattn_load<DV, DVP, R, T>(vs, vb, kt * R);
     __syncthreads();
     int j0 = kt * R;
-    for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-      int r = e / R, c = e - r * R, i = i0 + r, j = j0 + c;
-      float s = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i, j, scale);
+    zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
+      int i = i0 + r, j = j0 + c;
+      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
+      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
       float ds = 0.0f;
       if (s != ZK_NEG_INF && i < T) {
         float pr = expf(s - mrow[r]);
-        float dp = 0.0f;
-#pragma unroll 8
-        for (int f = 0; f < DV; f++) dp += dos[r * DVP + f] * vs[c * DVP + f];
         dp *= zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
         ds = pr * (dp - drow[r]);
       }
-      ps[r * RP + c] = ds;
-    }
+      if (valid && part == 0) ps[r * RP + c] = ds;
+    });
     __syncthreads();
     zk_sattn_accum<F, FP, R, false>(dqa, ps, ks, nullptr);
   }
@@ -319,6 +352,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
   constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
   constexpr int ACCV = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
   constexpr int ACCK = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
+  constexpr int SPLIT = zk_sattn_split<R>::value;
   __shared__ float ks[R * FP], vs[R * DVP], qs[R * FP], dos[R * DVP];
   __shared__ float pz[R * RP], dss[R * RP], lse[R], drow[R];
   zk_i64 bh = blockIdx.x / NTILE;
@@ -346,22 +380,22 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
       drow[threadIdx.x] = i < T ? sb[(zk_i64)i * 2 + 1] : 0.0f;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-      int r = e / R, c = e - r * R, i = i0 + r, j = j0 + c; /* r: query, c: key */
-      float s = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i, j, scale);
+    zk_sattn_entries<R>([&](int r, int c, int part, int valid) { /* r: query, c: key */
+      int i = i0 + r, j = j0 + c;
+      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
+      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
       float pm = 0.0f, ds = 0.0f;
       if (s != ZK_NEG_INF && i < T) {
         float pr = expf(s - lse[r]);
         float m = zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
-        float dp = 0.0f;
-#pragma unroll 8
-        for (int f = 0; f < DV; f++) dp += dos[r * DVP + f] * vs[c * DVP + f];
         pm = pr * m;
         ds = pr * (dp * m - drow[r]);
       }
-      pz[r * RP + c] = pm;
-      dss[r * RP + c] = ds;
-    }
+      if (valid && part == 0) {
+        pz[r * RP + c] = pm;
+        dss[r * RP + c] = ds;
+      }
+    });
     __syncthreads();
     zk_sattn_accum_t<DV, DVP, R>(dva, pz, dos); /* dv_j += sum_i (P M)_ij do_i */
     zk_sattn_accum_t<F, FP, R>(dka, dss, qs);   /* dk_j += sum_i dS_ij q_i */
