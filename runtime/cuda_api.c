@@ -157,6 +157,22 @@ int zoo_cublaslt_load(char *err, size_t n) {
   return r;
 }
 
+void zoo_cuda_api_set(const zoo_cu_api *cu, const zoo_cublaslt_api *lt) {
+  lib_state *libs[2] = {&cu_lib, &cublaslt_lib};
+  for (int k = 0; k < 2; k++) {
+    pthread_mutex_lock(&libs[k]->lock);
+    libs[k]->done = cu != NULL;
+    libs[k]->status = 0;
+    libs[k]->handle = NULL;
+    libs[k]->why[0] = 0;
+    pthread_mutex_unlock(&libs[k]->lock);
+  }
+  if (cu) zoo_cu = *cu;
+  else memset(&zoo_cu, 0, sizeof zoo_cu);
+  if (lt) zoo_cublaslt = *lt;
+  else memset(&zoo_cublaslt, 0, sizeof zoo_cublaslt);
+}
+
 int zoo_cu_fail(CUresult r, const char *call, const char *file, int line, char *err, size_t n) {
   const char *name = NULL, *what = NULL;
   if (zoo_cu.cuGetErrorName) zoo_cu.cuGetErrorName(r, &name);

@@ -81,6 +81,11 @@ int zoo_cu_load(char *err, size_t n);
 int zoo_nvrtc_load(char *err, size_t n);
 int zoo_cublaslt_load(char *err, size_t n);
 
+/* Tests only: uses these tables instead of the libraries (a fake driver,
+ * tests/fake_cuda.c); NULL, NULL forgets them, so the next load opens the real
+ * libraries again. */
+void zoo_cuda_api_set(const zoo_cu_api *cu, const zoo_cublaslt_api *lt);
+
 /* Formats "CALL failed at FILE:LINE: NAME: description" into err. Return -1. */
 int zoo_cu_fail(CUresult r, const char *call, const char *file, int line, char *err, size_t n);
 int zoo_nvrtc_fail(nvrtcResult r, const char *call, const char *file, int line, char *err,

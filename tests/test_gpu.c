@@ -36,6 +36,7 @@
 #include "../runtime/rng.h"
 #include "../runtime/train.h"
 #include "emu.h"
+#include "fake_cuda.h"
 #include "test.h"
 
 /* SKIPs unless asked for and possible. */
@@ -746,8 +747,9 @@ TEST(emu_ops_intrinsics) {
 /* ---------------------------------------------------------------------------
  * Whole training steps: CUDA backend against the CPU backend */
 
-static void train_compare(zoo_test_ctx *t, const char *model, int accum) {
-  GPU_OR_SKIP();
+static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake) {
+  if (fake) EMU_OR_SKIP();
+  else GPU_OR_SKIP();
   char path[128];
   snprintf(path, sizeof path, "models/%s.zoo", model);
   zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
@@ -765,8 +767,28 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum) {
   char err[1024];
   zoo_backend *cpu = zoo_cpu_backend_init(g, B, T, err, sizeof err);
   CHECKF(cpu != NULL, "cpu backend: %s", err);
+  /* fake: the CUDA backend over the fake driver, its kernels emulated */
+  zoo_cuda_program fake_prog;
+  emu_module *fake_mod = NULL;
+  if (fake) {
+    int built = zoo_cuda_program_build(&fake_prog, g, B, T, 1, 1, err, sizeof err) == 0;
+    if (built) fake_mod = emu_load(&fake_prog.emit, err, sizeof err);
+    if (!fake_mod) {
+      if (built) zoo_cuda_program_free(&fake_prog);
+      cpu->free(cpu);
+      zoo_program_free(p);
+      CHECKF(0, "emulated module: %s", err);
+    }
+    fake_cuda_install();
+    fake_cuda_module(fake_mod, &fake_prog.emit);
+  }
   zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, err, sizeof err);
   if (!gpu) {
+    if (fake) {
+      fake_cuda_uninstall();
+      emu_unload(fake_mod);
+      zoo_cuda_program_free(&fake_prog);
+    }
     cpu->free(cpu);
     zoo_program_free(p);
     CHECKF(0, "cuda backend: %s", err);
@@ -868,17 +890,42 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum) {
   free(p0), free(pc), free(pg);
   for (int k = 0; k < accum; k++) free(tok[k]), free(tgt[k]);
   gpu->free(gpu);
+  if (fake) {
+    fake_cuda_stats fs = fake_cuda_counters();
+    if (ok && getenv("ZOO_DEBUG") == NULL && fs.graph_launches < steps) {
+      fprintf(stderr, "  the training steps did not run as graphs (%ld launches)\n", fs.graph_launches);
+      ok = 0;
+    }
+    if (ok && fs.allocations != 0) {
+      fprintf(stderr, "  %ld device allocations were not freed\n", fs.allocations);
+      ok = 0;
+    }
+    fake_cuda_uninstall();
+    emu_unload(fake_mod);
+    zoo_cuda_program_free(&fake_prog);
+  }
   cpu->free(cpu);
   zoo_program_free(p);
   CHECKF(ok, "%s (accum %d): the GPU's training steps differ from the CPU's", model, accum);
 }
 
-TEST(gpu_train_rebased) { train_compare(t, "rebased", 1); }
-TEST(gpu_train_based) { train_compare(t, "based", 1); }
-TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1); }
-TEST(gpu_train_attention) { train_compare(t, "attention", 1); }
-TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2); }
-TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3); }
+TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0); }
+TEST(gpu_train_based) { train_compare(t, "based", 1, 0); }
+TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0); }
+TEST(gpu_train_attention) { train_compare(t, "attention", 1, 0); }
+TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0); }
+TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0); }
+
+/* The same comparisons through runtime/cuda.c over the fake driver
+ * (tests/fake_cuda.h): capture, replay, seeds, double buffers, late metrics,
+ * accumulation, state copies, evaluation; the kernels emulated on the CPU. */
+TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1); }
+TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1); }
+TEST(emu_backend_debug_mode) {
+  setenv("ZOO_DEBUG", "1", 1);
+  train_compare(t, "conv_attention", 2, 1);
+  unsetenv("ZOO_DEBUG");
+}
 
 /* ---------------------------------------------------------------------------
  * The backend's program, emulated: the very module, steps and plans the CUDA
