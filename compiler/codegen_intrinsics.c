@@ -823,14 +823,17 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t V = dim_of(e, dw, 0), D = dim_of(e, dw, 1), N = zoo_cuda_numel(e, ids);
   if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
   zero_step(e, n, dw);
+  /* blocks of about 16 rows per thread group (see embedding.cu) */
+  int64_t groups = 256 / (D < 256 ? D : 256), P = cdiv(N, 16 * groups);
+  if (P < 1) P = 1;
   char name[64];
   kernel_name(e, n, "embedding_bwd", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
                     "const int *__restrict__ ids, float *__restrict__ dw) {\n"
-                    "  zk_embedding_bwd<%lld, %lld>(dy, ids, dw, %lldLL);\n}\n",
-                    name, (long long)V, (long long)D, (long long)N);
-  zoo_step *s = launch(e, n, name, cdiv(N * D, 256), 256, 0);
+                    "  zk_embedding_bwd<%lld, %lld, %lld>(dy, ids, dw, %lldLL);\n}\n",
+                    name, (long long)V, (long long)D, (long long)P, (long long)N);
+  zoo_step *s = launch(e, n, name, P, 256, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
   arg_tensor(s, ids);
