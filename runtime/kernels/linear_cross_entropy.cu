@@ -14,29 +14,34 @@
  *   labelled rows: idx, count. Deterministic.
  * zk_lce_rows<D, V, RT, LSE>: grid ceil(N / RT) blocks, those past count/RT exit.
  *   A block takes RT labelled rows and streams the vocabulary in chunks of 256
- *   (one vocabulary row per thread), each chunk's logits made in slices of 32
- *   along D from shared memory: h slice [RT][32], w slice [256][33 (padded)].
- *   Each thread keeps an online (max, sum) per row for its vocabulary rows; the
- *   block merges them at the end. rows[] gets lse - logit[target] (LSE = 0) or
- *   lse (LSE = 1).
+ *   (one vocabulary row per thread), each chunk's logits made in slices of 16
+ *   along D from shared memory: h slice [RT][16] (read 4 floats at a time, the
+ *   same address for the whole warp), w slice transposed [16][257]. Each thread
+ *   keeps an online (max, sum) per row for its vocabulary rows; the block
+ *   merges them at the end. rows[] gets lse - logit[target] (LSE = 0) or lse
+ *   (LSE = 1).
  * zk_lce_finish<N>: one block of 1024: loss = sum(rows[0 .. count)) / count, 0
  *   when count = 0; summed in a fixed order.
  * Backward, g_rv = dloss / count (softmax(logits_r)_v - [v = t_r]):
- * zk_lce_bwd_dh<D, V, RT>: same tiling as zk_lce_rows (slices of 16 along D):
- *   per vocabulary chunk the logits again, g into shared memory [RT][257],
- *   then dh_r += g w_chunk, the dh tile [RT][D] in registers (one element of
- *   each 16-wide slice per thread). dh rows of ignored targets are cleared by a
- *   ZOO_STEP_ZERO before.
+ * zk_lce_bwd_dh<D, V, RT>: same tiling as zk_lce_rows: per vocabulary chunk the
+ *   logits again, g into shared memory [RT][257], then dh_r += g w_chunk, KR
+ *   vocabulary rows (all of D, KR = 8 for D <= 512) at a time through shared
+ *   memory, the dh tile [RT][D] in registers (zk_lce_map: each thread a few
+ *   rows x columns c0, c0 + 256, ...). dh rows of ignored targets are cleared
+ *   by a ZOO_STEP_ZERO before.
  * zk_lce_bwd_dw<D, V>: grid ceil(V / 16) blocks; a block owns 16 vocabulary
  *   rows of dw and walks the labelled rows 256 at a time (one row per thread):
- *   logits of (row, its 16 vocabulary rows), g into shared memory [16][257],
- *   then dw_v += g^T h_chunk with the dw tile [16][D] in registers.
+ *   logits of (row, its 16 vocabulary rows) from h slices [256][20] and w
+ *   slices [16][16], g into shared memory [16][257], then dw_v += g^T h_chunk,
+ *   KR rows of h at a time, the dw tile [16][D] in registers.
  *
  * Cost: forward N_lab V D multiply-adds; backward three times that (the logits
- * are made twice). Faster later: register tiles (each thread 4 vocabulary rows
- * x 4 h rows instead of 1 x RT, to lift the FMA to shared-load ratio from ~1
- * to ~4), TF32 tensor cores (mma.sync m16n8k8) for the three products, and a
- * split of V across blocks for the dh pass when few rows are labelled.
+ * are made twice). About 100 registers and at most 41 KB of static shared
+ * memory per kernel at D = 512. Faster later: register tiles of 4 vocabulary
+ * rows x 4 h rows per thread in the logits (an FMA to shared-load ratio of
+ * ~8 instead of ~3), TF32 tensor cores (mma.sync m16n8k8) for the three
+ * products if fp32 accuracy allows, and a split of V across blocks for the dh
+ * pass when few rows are labelled.
  */
 #ifndef ZK_LINEAR_CROSS_ENTROPY_CU
 #define ZK_LINEAR_CROSS_ENTROPY_CU
