@@ -13,8 +13,9 @@
  * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per row
  * (query, or key in the dk/dv kernel); its F and DV vectors live in registers
  * (loops over F and DV are unrolled from the constants), the other side's tile
- * sits in shared memory and every thread reads the same element (broadcast).
- * All sums are fp32.
+ * sits in shared memory, its rows padded to a multiple of 4 floats (16-byte
+ * loads), and every thread reads the same element (broadcast). All sums are
+ * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
  * zk_poly_fwd<F, DV, BQ, T>: thread i walks the key tiles 0 .. its own,
  *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
