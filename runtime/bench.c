@@ -39,7 +39,7 @@ static const bench_cell cells[] = {
 #define NCELLS (int)(sizeof cells / sizeof *cells)
 
 typedef struct bench_opts {
-  int device, steps, warmup, quick;
+  int device, steps, warmup, quick, precompile;
   const char *only, *json;
 } bench_opts;
 
@@ -59,7 +59,9 @@ static const char usage[] =
     "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention)\n"
     "  --steps N     timed steps per cell (20)       --warmup N  untimed steps first (3)\n"
     "  --only MIXER  cells of that mixer only        --quick     the four small cells only\n"
-    "  --json FILE   also write one JSON line per cell\n";
+    "  --json FILE   also write one JSON line per cell\n"
+    "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
+    "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC\n";
 
 static double now_s(void) {
   struct timespec ts;
@@ -205,8 +207,39 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   zoo_program_free(p);
 }
 
+/* --precompile: each cell's module into the kernel cache, for sm_90. */
+static int precompile_cells(const bench_opts *o) {
+  int failures = 0;
+  for (int i = 0; i < NCELLS; i++) {
+    const bench_cell *c = &cells[i];
+    if (o->only && strcmp(o->only, c->mixer) != 0) continue;
+    if (o->quick && c->seq_len > 128) continue;
+    char path[128], dm[32], sl[32], err[1024];
+    snprintf(path, sizeof path, "models/%s.zoo", c->mixer);
+    snprintf(dm, sizeof dm, "%d", c->d_model);
+    snprintf(sl, sizeof sl, "%d", c->seq_len);
+    zoo_define defs[2] = {{"d_model", dm}, {"seq_len", sl}};
+    zoo_compile_opts co = {0};
+    co.path = path;
+    co.defines = defs;
+    co.ndefines = 2;
+    zoo_diag d;
+    zoo_diag_init(&d, stderr);
+    zoo_program *p = NULL;
+    double t0 = now_s();
+    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph(&p->graph, &d) == 0 &&
+             zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, "sm_90", err, sizeof err) == 0;
+    printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
+           now_s() - t0);
+    fflush(stdout);
+    failures += !ok;
+    zoo_program_free(p);
+  }
+  return failures ? 1 : 0;
+}
+
 int zoo_bench_main(int argc, char **argv) {
-  bench_opts o = {0, 20, 3, 0, NULL, NULL};
+  bench_opts o = {0, 20, 3, 0, 0, NULL, NULL};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -231,6 +264,8 @@ int zoo_bench_main(int argc, char **argv) {
       o.json = v, i++;
     } else if (!strcmp(a, "--quick")) {
       o.quick = 1;
+    } else if (!strcmp(a, "--precompile")) {
+      o.precompile = 1;
     } else {
       fprintf(stderr, "zoorun bench: unknown option '%s'\n%s", a, usage);
       return 2;
@@ -241,6 +276,7 @@ int zoo_bench_main(int argc, char **argv) {
     return 2;
   }
   char why[512];
+  if (o.precompile) return precompile_cells(&o);
   if (!zoo_cuda_available(why, sizeof why)) {
     fprintf(stderr, "zoorun bench: no GPU: %s\n", why);
     return 1;

@@ -113,6 +113,12 @@ static int context(core *c, const char *what) {
   return -1;
 }
 
+/* ZOO_DEBUG=1 set (and not "0")? */
+static int debug_mode(void) {
+  const char *dbg = getenv("ZOO_DEBUG");
+  return dbg && dbg[0] && strcmp(dbg, "0") != 0;
+}
+
 /* Opens the libraries, picks the device and makes its primary context
  * current. */
 static int core_device(core *c, int device) {
@@ -135,20 +141,23 @@ static int core_device(core *c, int device) {
   c->ctx_retained = 1;
   ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
   ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
-  const char *dbg = getenv("ZOO_DEBUG");
-  c->debug = dbg && dbg[0] && strcmp(dbg, "0") != 0;
+  c->debug = debug_mode();
   return 0;
 }
 
 /* Compiles the module and looks up every kernel its steps launch. */
+/* NVRTC over a module's source, with the options every caller uses (so a
+ * precompiled CUBIN is found in the cache by the run that needs it). */
+static int compile_module(const char *src, const char *arch, zoo_cubin *cubin, char *err, size_t n) {
+  const char *opts[] = {"-lineinfo", NULL};
+  return zoo_nvrtc_compile(src, "zoo_module.cu", arch, debug_mode() ? opts : NULL, cubin, err, n);
+}
+
 static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_graph) {
   c->emit = e;
   c->nsteps = e->nsteps;
-  const char *opts[] = {"-lineinfo", NULL};
   zoo_cubin cubin;
-  if (zoo_nvrtc_compile(e->src.s, "zoo_module.cu", c->arch, c->debug ? opts : NULL, &cubin, c->err,
-                        c->errlen) != 0)
-    return -1;
+  if (compile_module(e->src.s, c->arch, &cubin, c->err, c->errlen) != 0) return -1;
   c->compile_ms = cubin.compile_ms;
   c->cached = cubin.cached;
   CUresult r = zoo_cu.cuModuleLoadData(&c->mod, cubin.data);
@@ -872,6 +881,26 @@ static int input_named(const zoo_graph *g, const char *name) {
   return -1;
 }
 
+/* ZOO_NO_FUSE=1: every node its own kernel. */
+static int fuse_mode(void) {
+  const char *nofuse = getenv("ZOO_NO_FUSE");
+  return !(nofuse && nofuse[0] && strcmp(nofuse, "0") != 0);
+}
+
+int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const char *arch, char *err,
+                        size_t errlen) {
+  zoo_cuda_program cp;
+  if (zoo_cuda_program_build(&cp, g, rows_B, seq_T, fuse_mode(), 1, err, errlen) != 0) {
+    zoo_cuda_program_free(&cp);
+    return -1;
+  }
+  zoo_cubin cubin;
+  int r = compile_module(cp.emit.src.s, arch, &cubin, err, errlen);
+  if (r == 0) zoo_cubin_free(&cubin);
+  zoo_cuda_program_free(&cp);
+  return r;
+}
+
 static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   core *c = &x->c;
   c->err = x->be.err;
@@ -888,9 +917,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   size_t free0 = 0, total = 0;
   ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free0, &total));
   x->mem_free_before = (int64_t)free0;
-  const char *nofuse = getenv("ZOO_NO_FUSE");
-  int fuse = !(nofuse && nofuse[0] && strcmp(nofuse, "0") != 0);
-  if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse, 1, c->err, c->errlen) != 0) return -1;
+  if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->err, c->errlen) != 0) return -1;
   zoo_cuda_program *cp = &x->prog;
   if (core_module(c, &cp->emit, &cp->train) != 0) return -1;
   ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_adamw, c->mod, "zoo_adamw"));
@@ -1035,13 +1062,9 @@ struct zoo_cuda_exec {
 
 const char *zoo_cuda_exec_error(const zoo_cuda_exec *x) { return x->err; }
 
-zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fuse,
-                                  const unsigned char *keep, char *err, size_t errlen) {
-  zoo_cuda_exec *x = calloc(1, sizeof *x);
-  if (!x) abort();
-  core *c = &x->c;
-  c->err = x->err;
-  c->errlen = sizeof x->err;
+/* The executor's module, steps and plan (no device needed). */
+static int exec_emit(zoo_cuda_exec *x, const zoo_graph *g, const int64_t *sym, int fuse,
+                     const unsigned char *keep) {
   x->g = *g;
   x->g.nodes = malloc((size_t)(g->nnodes ? g->nnodes : 1) * sizeof *g->nodes);
   if (!x->g.nodes) abort();
@@ -1060,9 +1083,8 @@ zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fu
     if (keep[t]) keep_ids[nkeep++] = t;
   zoo_fuse(&x->g, fuse);
   x->emit.keep = keep;
-  int status = core_device(c, 0);
-  int nf = 0;
-  if (status == 0 && zoo_cuda_emit_graph(&x->emit, &x->g, x->sym, &nf) != 0) {
+  int status = 0, nf = 0;
+  if (zoo_cuda_emit_graph(&x->emit, &x->g, x->sym, &nf) != 0) {
     snprintf(x->err, sizeof x->err, "code generation: %s", x->emit.err);
     status = -1;
   }
@@ -1072,6 +1094,31 @@ zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fu
                             keep_ids, nkeep, 1, x->err, sizeof x->err);
   free(all);
   free(keep_ids);
+  return status;
+}
+
+int zoo_cuda_exec_precompile(const zoo_graph *g, const int64_t *sym, int fuse, const unsigned char *keep,
+                             const char *arch, char *err, size_t errlen) {
+  zoo_cuda_exec *x = calloc(1, sizeof *x);
+  if (!x) abort();
+  int status = exec_emit(x, g, sym, fuse, keep);
+  zoo_cubin cubin;
+  if (status == 0) status = compile_module(x->emit.src.s, arch, &cubin, x->err, sizeof x->err);
+  if (status == 0) zoo_cubin_free(&cubin);
+  else snprintf(err, errlen, "%s", x->err);
+  zoo_cuda_exec_free(x);
+  return status;
+}
+
+zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fuse,
+                                  const unsigned char *keep, char *err, size_t errlen) {
+  zoo_cuda_exec *x = calloc(1, sizeof *x);
+  if (!x) abort();
+  core *c = &x->c;
+  c->err = x->err;
+  c->errlen = sizeof x->err;
+  int status = exec_emit(x, g, sym, fuse, keep);
+  if (status == 0) status = core_device(c, 0);
   if (status == 0) status = core_module(c, &x->emit, &x->g);
   if (status == 0) {
     int64_t sizes[5] = {0, x->plan.arena_bytes, x->plan.param_bytes, x->plan.param_bytes, x->plan.input_bytes};

@@ -42,6 +42,16 @@ typedef struct zoo_cuda_stats {
 /* Fills s (waits for outstanding work first). Returns 0, or -1 with be->err. */
 int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s);
 
+/* Compiles, without a GPU, the module a backend (zoo_cuda_backend_init) or an
+ * executor (zoo_cuda_exec_init) would compile for this graph, into the kernel
+ * cache, for arch ("sm_90"): run on a machine without a GPU, with ZOO_CACHE_DIR
+ * set, it saves the GPU machine the NVRTC time. Same environment (ZOO_DEBUG,
+ * ZOO_NO_FUSE) as the run it prepares. Returns 0, or -1 with err. */
+int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const char *arch, char *err,
+                        size_t errlen);
+int zoo_cuda_exec_precompile(const zoo_graph *g, const int64_t *sym, int fuse, const unsigned char *keep,
+                             const char *arch, char *err, size_t errlen);
+
 /* cuBLAS's column-major view of a row-major zoo_gemm: cuBLAS computes
  * D = op(A) op(B) with A = our b and B = our a (C^T = op(b)^T op(a)^T), each
  * operand described by its stored rows, columns and leading dimension. */

@@ -39,13 +39,23 @@
 #include "fake_cuda.h"
 #include "test.h"
 
-/* SKIPs unless asked for and possible. */
-#define GPU_OR_SKIP()                                                             \
-  do {                                                                            \
-    const char *on = getenv("ZOO_GPU_TESTS");                                     \
-    char why_[512];                                                               \
-    if (!on || strcmp(on, "1") != 0) SKIP("set ZOO_GPU_TESTS=1 (make test-gpu)"); \
-    if (!zoo_cuda_available(why_, sizeof why_)) SKIP("%s", why_);                 \
+/* Where the gpu_ tests run: MODE_GPU, or MODE_PRECOMPILE with
+ * ZOO_GPU_PRECOMPILE=1, which builds every module the GPU run will need and
+ * compiles it for sm_90 into the kernel cache (ZOO_CACHE_DIR), no GPU needed,
+ * so the GPU machine finds them there. Otherwise SKIPs unless asked for and
+ * possible. */
+enum { MODE_GPU, MODE_EMU, MODE_PRECOMPILE };
+#define GPU_MODE_OR_SKIP(mode)                                                      \
+  do {                                                                              \
+    const char *on = getenv("ZOO_GPU_TESTS"), *pre = getenv("ZOO_GPU_PRECOMPILE");  \
+    char why_[512];                                                                 \
+    if (pre && strcmp(pre, "1") == 0) {                                             \
+      (mode) = MODE_PRECOMPILE;                                                     \
+      break;                                                                        \
+    }                                                                               \
+    if (!on || strcmp(on, "1") != 0) SKIP("set ZOO_GPU_TESTS=1 (make test-gpu)");   \
+    if (!zoo_cuda_available(why_, sizeof why_)) SKIP("%s", why_);                   \
+    (mode) = MODE_GPU;                                                              \
   } while (0)
 
 /* SKIPs without a C++ compiler for the emulator. */
@@ -234,6 +244,14 @@ static int oc_run(zoo_test_ctx *t, ocase *c, int y, int grad, int emu) {
       return 0;
     }
   }
+  if (emu == MODE_PRECOMPILE) {
+    char perr[1024];
+    if (zoo_cuda_exec_precompile(&c->g, c->sym, 1, NULL, "sm_90", perr, sizeof perr) != 0) {
+      fprintf(stderr, "  %s: precompile: %s\n", c->name, perr);
+      return 0;
+    }
+    return 1;
+  }
   zoo_cpu cpu;
   if (zoo_cpu_init(&cpu, &c->g, c->sym) != 0) {
     fprintf(stderr, "  %s: cpu init: %s\n", c->name, cpu.err);
@@ -415,9 +433,11 @@ static const named_case elementwise_cases[] = {
 };
 
 TEST(gpu_ops_elementwise) {
-  GPU_OR_SKIP();
-  int failed = run_cases(t, elementwise_cases, (int)(sizeof elementwise_cases / sizeof *elementwise_cases), 0);
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = run_cases(t, elementwise_cases, (int)(sizeof elementwise_cases / sizeof *elementwise_cases), mode);
   CHECKF(failed == 0, "%d elementwise case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
 }
 
 TEST(emu_ops_elementwise) {
@@ -532,9 +552,11 @@ static const named_case reductions_cases[] = {
 };
 
 TEST(gpu_ops_reductions) {
-  GPU_OR_SKIP();
-  int failed = run_cases(t, reductions_cases, (int)(sizeof reductions_cases / sizeof *reductions_cases), 0);
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = run_cases(t, reductions_cases, (int)(sizeof reductions_cases / sizeof *reductions_cases), mode);
   CHECKF(failed == 0, "%d reduction case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
 }
 
 TEST(emu_ops_reductions) {
@@ -607,9 +629,11 @@ static const named_case movement_cases[] = {
 };
 
 TEST(gpu_ops_movement) {
-  GPU_OR_SKIP();
-  int failed = run_cases(t, movement_cases, (int)(sizeof movement_cases / sizeof *movement_cases), 0);
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = run_cases(t, movement_cases, (int)(sizeof movement_cases / sizeof *movement_cases), mode);
   CHECKF(failed == 0, "%d movement case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
 }
 
 TEST(emu_ops_movement) {
@@ -655,9 +679,11 @@ static const named_case matmul_cases[] = {
 };
 
 TEST(gpu_ops_matmul) {
-  GPU_OR_SKIP();
-  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), 0);
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), mode);
   CHECKF(failed == 0, "%d matrix product case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
 }
 
 TEST(emu_ops_matmul) {
@@ -733,9 +759,11 @@ static const named_case intrinsics_cases[] = {
 };
 
 TEST(gpu_ops_intrinsics) {
-  GPU_OR_SKIP();
-  int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), 0);
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), mode);
   CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
 }
 
 TEST(emu_ops_intrinsics) {
@@ -748,8 +776,9 @@ TEST(emu_ops_intrinsics) {
  * Whole training steps: CUDA backend against the CPU backend */
 
 static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake) {
+  int mode = MODE_EMU;
   if (fake) EMU_OR_SKIP();
-  else GPU_OR_SKIP();
+  else GPU_MODE_OR_SKIP(mode);
   char path[128];
   snprintf(path, sizeof path, "models/%s.zoo", model);
   zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
@@ -765,6 +794,12 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   CHECK(zoo_train_graph(g, &d) == 0);
   const int64_t B = 8, T = 16, V = 64;
   char err[1024];
+  if (mode == MODE_PRECOMPILE) {
+    int r = zoo_cuda_precompile(g, B, T, "sm_90", err, sizeof err);
+    zoo_program_free(p);
+    CHECKF(r == 0, "precompile: %s", err);
+    SKIP("precompiled for sm_90 only");
+  }
   zoo_backend *cpu = zoo_cpu_backend_init(g, B, T, err, sizeof err);
   CHECKF(cpu != NULL, "cpu backend: %s", err);
   /* fake: the CUDA backend over the fake driver, its kernels emulated */
