@@ -69,7 +69,10 @@ __device__ __forceinline__ float zg_warp_sum(float v) {
  *   - tensors are row-major and contiguous, fp32 (i32 for ids and targets);
  *     element offsets are computed in 64 bits;
  *   - sums are in fp32 unless the file says otherwise, in a fixed order (no
- *     atomics) except where a file says it scatters with atomicAdd.
+ *     atomics) except where a file says it scatters with atomicAdd;
+ *   - aligned shared arrays are written `__align__(16) __shared__ float x[N]`
+ *     (attribute first), which also compiles as host C++ where __shared__ is
+ *     `static` and __align__ is alignas (the CPU emulator of tests/emu.c).
  */
 #ifndef ZK_COMMON_CU
 #define ZK_COMMON_CU
@@ -78,6 +81,12 @@ __device__ __forceinline__ float zg_warp_sum(float v) {
 #define ZK_FULL_MASK 0xffffffffu
 
 typedef long long zk_i64;
+
+/* Four floats read or written at once (16-byte shared and global accesses);
+ * like CUDA's float4, defined here so the kernels need nothing else. */
+struct __align__(16) zk_f4 {
+  float x, y, z, w;
+};
 
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
@@ -192,15 +201,21 @@ __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
 /* embedding.cu: embedding (gather) and embedding_bwd (scatter-add) (ops.def).
  *
  * Shapes: w, dw [V, D]; ids i32 [N] (leading axes flattened); y, dy [N, D].
- * Constants: V, D. One thread per element of y (or dy), 256-thread blocks,
- * grid ceil(N D / 256); consecutive threads take consecutive columns, so the
- * loads and stores are coalesced.
+ * Constants: V, D, P. Consecutive threads take consecutive columns, so loads
+ * and stores are coalesced. An id outside [0, V) (which the data layer rejects
+ * before a step) reads and writes nothing.
  *
- * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d]. An id outside [0, V) (which
- *   the data layer rejects before a step) reads nothing and gives a zero row.
- * zk_embedding_bwd<V, D>: dw[ids[n], d] += dy[n, d] with atomicAdd, into a dw
- *   that the emitter clears first (a ZOO_STEP_ZERO step). The order of the
- *   additions is not fixed, so dw can differ from run to run in the last bits.
+ * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d] (a zero row for a bad id).
+ *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256).
+ * zk_embedding_bwd<V, D, P>: dw[ids[n], d] += dy[n, d], into a dw that the
+ *   emitter clears first (a ZOO_STEP_ZERO step). Grid P blocks of 256 threads;
+ *   block p takes rows [p R, p R + R), R = ceil(N / P). Its threads form
+ *   G = 256 / CW groups of CW = min(D, 256) columns; group g walks a contiguous
+ *   share of the block's rows in order, summing dy while the id stays the same
+ *   and adding the sum with one atomicAdd when it changes. MQAR batches are
+ *   mostly token 0 in long runs, so this takes most atomics off the hot rows.
+ *   The order of the additions is not fixed: dw can differ from run to run in
+ *   the last bits.
  */
 #ifndef ZK_EMBEDDING_CU
 #define ZK_EMBEDDING_CU
@@ -217,16 +232,50 @@ __device__ __forceinline__ void zk_embedding_fwd(const float *__restrict__ w,
   y[e] = (id >= 0 && id < V) ? w[(zk_i64)id * D + d] : 0.0f;
 }
 
-template <int V, int D>
+template <int V, int D, int P>
 __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
                                                  const int *__restrict__ ids,
                                                  float *__restrict__ dw, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * D) return;
-  zk_i64 n = e / D;
-  int d = (int)(e - n * D);
-  int id = ids[n];
-  if (id >= 0 && id < V) atomicAdd(&dw[(zk_i64)id * D + d], dy[e]);
+  constexpr int CW = D < 256 ? D : 256, G = 256 / CW, CPT = (D + CW - 1) / CW;
+  int g = threadIdx.x / CW, c0 = threadIdx.x % CW;
+  if (g >= G) return;
+  zk_i64 R = (N + P - 1) / P, RG = (R + G - 1) / G;
+  zk_i64 r0 = (zk_i64)blockIdx.x * R + g * RG, r1 = r0 + RG;
+  zk_i64 end = (zk_i64)blockIdx.x * R + R;
+  if (r1 > end) r1 = end;
+  if (r1 > N) r1 = N;
+  float acc[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+  int cur = -1; /* the id being summed, -1 before the first row */
+  for (zk_i64 n = r0; n < r1; n++) {
+    int id = ids[n];
+    if (id != cur) {
+      if (cur >= 0 && cur < V) {
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+          int c = c0 + CW * j;
+          if (c < D) atomicAdd(&dw[(zk_i64)cur * D + c], acc[j]);
+          acc[j] = 0.0f;
+        }
+      }
+      cur = id;
+#pragma unroll
+      for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < CPT; j++) {
+      int c = c0 + CW * j;
+      if (c < D) acc[j] += dy[n * D + c];
+    }
+  }
+  if (cur >= 0 && cur < V) {
+#pragma unroll
+    for (int j = 0; j < CPT; j++) {
+      int c = c0 + CW * j;
+      if (c < D) atomicAdd(&dw[(zk_i64)cur * D + c], acc[j]);
+    }
+  }
 }
 
 #endif /* ZK_EMBEDDING_CU */
@@ -479,7 +528,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
  * the -10000 is added as the reference does.
  *
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
- *   R x R scores (one thread per entry, dot products from shared memory), the
+ *   R x R scores (dot products from shared memory, each over SPLIT = 128 / R^2
+ *   lanes when the tile has fewer entries than threads, else one thread per
+ *   entry), the
  *   running row max m and sum l updated by one warp per row, then the
  *   accumulator o (R x DV entries spread over the threads, in registers)
  *   rescaled by exp(m_old - m_new) and increased by (P M) V. The row sum l
@@ -521,15 +572,47 @@ __device__ __forceinline__ float zk_sattn_keep(zk_i64 bh, int i, int j, float p,
   return zoo_rng_uniform(seed, stream, idx) >= p ? inv_keep : 0.0f;
 }
 
-/* score of (query row r of the q tile, key row c of the k tile) */
-template <int F, int FP, int T, bool CAUSAL>
-__device__ __forceinline__ float zk_sattn_score(const float *qs, const float *ks, int r, int c,
-                                                int i, int j, float scale) {
-  if (j >= T) return ZK_NEG_INF; /* no such key */
+/* Lanes per dot product: the R x R entries of a tile times SPLIT lanes cover
+ * the block at least once (SPLIT a power of two, at most 32), so that small
+ * tiles of wide heads still use every thread. */
+template <int R>
+struct zk_sattn_split {
+  static constexpr int value = R * R >= ZK_SATTN_NT ? 1 : ZK_SATTN_NT / (R * R) > 32 ? 32 : ZK_SATTN_NT / (R * R);
+};
+
+/* a . b over W floats, split over the SPLIT consecutive lanes that share the
+ * entry (lane part of them takes elements part, part + SPLIT, ...); the sum
+ * reaches every one of those lanes. All lanes of the warp must call it. */
+template <int W, int SPLIT>
+__device__ __forceinline__ float zk_sattn_dot(const float *a, const float *b, int part) {
   float s = 0.0f;
-#pragma unroll 8
-  for (int f = 0; f < F; f++) s += qs[r * FP + f] * ks[c * FP + f];
-  s *= scale;
+#pragma unroll 4
+  for (int f = part; f < W; f += SPLIT) s += a[f] * b[f];
+#pragma unroll
+  for (int o = SPLIT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(ZK_FULL_MASK, s, o);
+  return s;
+}
+
+/* Walks the R x R entries of a tile, SPLIT lanes per entry: calls
+ * fn(r, c, part, valid) with every thread a warp-uniform number of times
+ * (entries past R x R come with valid = 0 and r, c clamped). */
+template <int R, class Fn>
+__device__ __forceinline__ void zk_sattn_entries(Fn fn) {
+  constexpr int SPLIT = zk_sattn_split<R>::value;
+  for (int base = 0; base < R * R * SPLIT; base += ZK_SATTN_NT) {
+    int e = (base + (int)threadIdx.x) / SPLIT, part = (base + (int)threadIdx.x) % SPLIT;
+    int valid = e < R * R;
+    if (!valid) e = 0;
+    fn(e / R, e % R, part, valid);
+  }
+}
+
+/* score of (query row r of the q tile, key row c of the k tile), split */
+template <int F, int FP, int T, bool CAUSAL, int SPLIT>
+__device__ __forceinline__ float zk_sattn_score(const float *qs, const float *ks, int r, int c,
+                                                int i, int j, float scale, int part) {
+  float s = zk_sattn_dot<F, SPLIT>(qs + r * FP, ks + c * FP, part) * scale;
+  if (j >= T) return ZK_NEG_INF; /* no such key */
   if (CAUSAL && j > i) s += -10000.0f;
   return s;
 }
@@ -542,11 +625,11 @@ __device__ __forceinline__ void zk_sattn_probs(const float *qs, const float *ks,
                                                int i0, int j0, float scale, float p,
                                                float inv_keep, unsigned long long seed,
                                                unsigned long long stream) {
-  constexpr int FP = F + 1, RP = R + 1;
-  for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-    int r = e / R, c = e - r * R;
-    ps[r * RP + c] = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i0 + r, j0 + c, scale);
-  }
+  constexpr int FP = F + 1, RP = R + 1, SPLIT = zk_sattn_split<R>::value;
+  zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
+    float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i0 + r, j0 + c, scale, part);
+    if (valid && part == 0) ps[r * RP + c] = s;
+  });
   __syncthreads();
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int r = warp; r < R; r += ZK_SATTN_NT / 32) {
@@ -671,6 +754,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
   constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
   constexpr int ACC = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
   constexpr int ACCQ = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
+  constexpr int SPLIT = zk_sattn_split<R>::value;
   __shared__ float qs[R * FP], ks[R * FP], vs[R * DVP], dos[R * DVP], ps[R * RP];
   __shared__ float mrow[R], lrow[R], arow[R], drow[R];
   zk_i64 bh = blockIdx.x / NTILE;
@@ -734,20 +818,18 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
     zk_sattn_load<DV, DVP, R, T>(vs, vb, kt * R);
     __syncthreads();
     int j0 = kt * R;
-    for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-      int r = e / R, c = e - r * R, i = i0 + r, j = j0 + c;
-      float s = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i, j, scale);
+    zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
+      int i = i0 + r, j = j0 + c;
+      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
+      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
       float ds = 0.0f;
       if (s != ZK_NEG_INF && i < T) {
         float pr = expf(s - mrow[r]);
-        float dp = 0.0f;
-#pragma unroll 8
-        for (int f = 0; f < DV; f++) dp += dos[r * DVP + f] * vs[c * DVP + f];
         dp *= zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
         ds = pr * (dp - drow[r]);
       }
-      ps[r * RP + c] = ds;
-    }
+      if (valid && part == 0) ps[r * RP + c] = ds;
+    });
     __syncthreads();
     zk_sattn_accum<F, FP, R, false>(dqa, ps, ks, nullptr);
   }
@@ -778,6 +860,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
   constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
   constexpr int ACCV = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
   constexpr int ACCK = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
+  constexpr int SPLIT = zk_sattn_split<R>::value;
   __shared__ float ks[R * FP], vs[R * DVP], qs[R * FP], dos[R * DVP];
   __shared__ float pz[R * RP], dss[R * RP], lse[R], drow[R];
   zk_i64 bh = blockIdx.x / NTILE;
@@ -805,22 +888,22 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
       drow[threadIdx.x] = i < T ? sb[(zk_i64)i * 2 + 1] : 0.0f;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < R * R; e += ZK_SATTN_NT) {
-      int r = e / R, c = e - r * R, i = i0 + r, j = j0 + c; /* r: query, c: key */
-      float s = zk_sattn_score<F, FP, T, CAUSAL>(qs, ks, r, c, i, j, scale);
+    zk_sattn_entries<R>([&](int r, int c, int part, int valid) { /* r: query, c: key */
+      int i = i0 + r, j = j0 + c;
+      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
+      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
       float pm = 0.0f, ds = 0.0f;
       if (s != ZK_NEG_INF && i < T) {
         float pr = expf(s - lse[r]);
         float m = zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
-        float dp = 0.0f;
-#pragma unroll 8
-        for (int f = 0; f < DV; f++) dp += dos[r * DVP + f] * vs[c * DVP + f];
         pm = pr * m;
         ds = pr * (dp * m - drow[r]);
       }
-      pz[r * RP + c] = pm;
-      dss[r * RP + c] = ds;
-    }
+      if (valid && part == 0) {
+        pz[r * RP + c] = pm;
+        dss[r * RP + c] = ds;
+      }
+    });
     __syncthreads();
     zk_sattn_accum_t<DV, DVP, R>(dva, pz, dos); /* dv_j += sum_i (P M)_ij do_i */
     zk_sattn_accum_t<F, FP, R>(dka, dss, qs);   /* dk_j += sum_i dS_ij q_i */
@@ -1860,13 +1943,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to_fin(const fl
 // zoo_embedding_bwd_92: node 116
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_92(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
-  zk_embedding_bwd<128, 64>(dy, ids, dw, 128LL);
+  zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_93: node 117
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_93(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
-  zk_embedding_bwd<8192, 64>(dy, ids, dw, 65536LL);
+  zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k94_add: 1 elementwise op over 524288 elements

@@ -69,7 +69,10 @@ __device__ __forceinline__ float zg_warp_sum(float v) {
  *   - tensors are row-major and contiguous, fp32 (i32 for ids and targets);
  *     element offsets are computed in 64 bits;
  *   - sums are in fp32 unless the file says otherwise, in a fixed order (no
- *     atomics) except where a file says it scatters with atomicAdd.
+ *     atomics) except where a file says it scatters with atomicAdd;
+ *   - aligned shared arrays are written `__align__(16) __shared__ float x[N]`
+ *     (attribute first), which also compiles as host C++ where __shared__ is
+ *     `static` and __align__ is alignas (the CPU emulator of tests/emu.c).
  */
 #ifndef ZK_COMMON_CU
 #define ZK_COMMON_CU
@@ -78,6 +81,12 @@ __device__ __forceinline__ float zg_warp_sum(float v) {
 #define ZK_FULL_MASK 0xffffffffu
 
 typedef long long zk_i64;
+
+/* Four floats read or written at once (16-byte shared and global accesses);
+ * like CUDA's float4, defined here so the kernels need nothing else. */
+struct __align__(16) zk_f4 {
+  float x, y, z, w;
+};
 
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
@@ -192,15 +201,21 @@ __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
 /* embedding.cu: embedding (gather) and embedding_bwd (scatter-add) (ops.def).
  *
  * Shapes: w, dw [V, D]; ids i32 [N] (leading axes flattened); y, dy [N, D].
- * Constants: V, D. One thread per element of y (or dy), 256-thread blocks,
- * grid ceil(N D / 256); consecutive threads take consecutive columns, so the
- * loads and stores are coalesced.
+ * Constants: V, D, P. Consecutive threads take consecutive columns, so loads
+ * and stores are coalesced. An id outside [0, V) (which the data layer rejects
+ * before a step) reads and writes nothing.
  *
- * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d]. An id outside [0, V) (which
- *   the data layer rejects before a step) reads nothing and gives a zero row.
- * zk_embedding_bwd<V, D>: dw[ids[n], d] += dy[n, d] with atomicAdd, into a dw
- *   that the emitter clears first (a ZOO_STEP_ZERO step). The order of the
- *   additions is not fixed, so dw can differ from run to run in the last bits.
+ * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d] (a zero row for a bad id).
+ *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256).
+ * zk_embedding_bwd<V, D, P>: dw[ids[n], d] += dy[n, d], into a dw that the
+ *   emitter clears first (a ZOO_STEP_ZERO step). Grid P blocks of 256 threads;
+ *   block p takes rows [p R, p R + R), R = ceil(N / P). Its threads form
+ *   G = 256 / CW groups of CW = min(D, 256) columns; group g walks a contiguous
+ *   share of the block's rows in order, summing dy while the id stays the same
+ *   and adding the sum with one atomicAdd when it changes. MQAR batches are
+ *   mostly token 0 in long runs, so this takes most atomics off the hot rows.
+ *   The order of the additions is not fixed: dw can differ from run to run in
+ *   the last bits.
  */
 #ifndef ZK_EMBEDDING_CU
 #define ZK_EMBEDDING_CU
@@ -217,16 +232,50 @@ __device__ __forceinline__ void zk_embedding_fwd(const float *__restrict__ w,
   y[e] = (id >= 0 && id < V) ? w[(zk_i64)id * D + d] : 0.0f;
 }
 
-template <int V, int D>
+template <int V, int D, int P>
 __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
                                                  const int *__restrict__ ids,
                                                  float *__restrict__ dw, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * D) return;
-  zk_i64 n = e / D;
-  int d = (int)(e - n * D);
-  int id = ids[n];
-  if (id >= 0 && id < V) atomicAdd(&dw[(zk_i64)id * D + d], dy[e]);
+  constexpr int CW = D < 256 ? D : 256, G = 256 / CW, CPT = (D + CW - 1) / CW;
+  int g = threadIdx.x / CW, c0 = threadIdx.x % CW;
+  if (g >= G) return;
+  zk_i64 R = (N + P - 1) / P, RG = (R + G - 1) / G;
+  zk_i64 r0 = (zk_i64)blockIdx.x * R + g * RG, r1 = r0 + RG;
+  zk_i64 end = (zk_i64)blockIdx.x * R + R;
+  if (r1 > end) r1 = end;
+  if (r1 > N) r1 = N;
+  float acc[CPT];
+#pragma unroll
+  for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+  int cur = -1; /* the id being summed, -1 before the first row */
+  for (zk_i64 n = r0; n < r1; n++) {
+    int id = ids[n];
+    if (id != cur) {
+      if (cur >= 0 && cur < V) {
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+          int c = c0 + CW * j;
+          if (c < D) atomicAdd(&dw[(zk_i64)cur * D + c], acc[j]);
+          acc[j] = 0.0f;
+        }
+      }
+      cur = id;
+#pragma unroll
+      for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < CPT; j++) {
+      int c = c0 + CW * j;
+      if (c < D) acc[j] += dy[n * D + c];
+    }
+  }
+  if (cur >= 0 && cur < V) {
+#pragma unroll
+    for (int j = 0; j < CPT; j++) {
+      int c = c0 + CW * j;
+      if (c < D) atomicAdd(&dw[(zk_i64)cur * D + c], acc[j]);
+    }
+  }
 }
 
 #endif /* ZK_EMBEDDING_CU */
@@ -611,8 +660,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k12_split_heads(const floa
  * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per row
  * (query, or key in the dk/dv kernel); its F and DV vectors live in registers
  * (loops over F and DV are unrolled from the constants), the other side's tile
- * sits in shared memory and every thread reads the same element (broadcast).
- * All sums are fp32.
+ * sits in shared memory, its rows padded to a multiple of 4 floats (16-byte
+ * loads), and every thread reads the same element (broadcast). All sums are
+ * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
  * zk_poly_fwd<F, DV, BQ, T>: thread i walks the key tiles 0 .. its own,
  *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
@@ -636,14 +686,20 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k12_split_heads(const floa
 #ifndef ZK_POLY_ATTENTION_CU
 #define ZK_POLY_ATTENTION_CU
 
-/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][W] (zeros past T),
- * scaled by mul. All BQ threads of the block take part. */
+/* Width of a shared-memory row holding w floats: a multiple of 4, so that
+ * rows are 16-byte aligned and a thread reads them with 16-byte loads. */
+#define ZK_POLY_PAD(w) (((w) + 3) / 4 * 4)
+
+/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][ZK_POLY_PAD(W)]
+ * (zeros past T and in the padding), scaled by mul. All BQ threads of the
+ * block take part. */
 template <int W, int BQ, int T>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  for (int e = threadIdx.x; e < BQ * W; e += BQ) {
-    int r = r0 + e / W;
-    sh[e] = r < T ? src[(zk_i64)r0 * W + e] * mul : 0.0f;
+  constexpr int WP = ZK_POLY_PAD(W);
+  for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
+    int r = e / WP, c = e - r * WP;
+    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * W + c] * mul : 0.0f;
   }
 }
 
@@ -654,7 +710,9 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float c0, float c1, float c2, float scale,
                                             float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float ks[BQ * F], vs[BQ * DV];
+  constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  __align__(16) __shared__ float ks[BQ * FP];
+  __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -676,11 +734,11 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
       float a = c0 + s * (c1 + c2 * s);
       den += a;
 #pragma unroll
-      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DVP + e];
     }
   }
   if (i < T) {
@@ -700,7 +758,9 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float ks[BQ * F], vs[BQ * DV];
+  constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  __align__(16) __shared__ float ks[BQ * FP];
+  __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -723,11 +783,11 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
       float a = c0 + s * (c1 + c2 * s);
       den += a;
 #pragma unroll
-      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DVP + e];
     }
   }
 
@@ -756,12 +816,12 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     for (int jj = 0; jj < jend; jj++) {
       float s = 0.0f, da = dd;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * F + f];
+      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DV + e];
+      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DVP + e];
       float ds = da * (c1 + 2.0f * c2 * s);
 #pragma unroll
-      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * F + f];
+      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * FP + f];
     }
   }
   if (i < T) {
@@ -783,7 +843,9 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float *__restrict__ dk, float *__restrict__ dv,
                                                float c0, float c1, float c2, float scale) {
   constexpr int NTILE = (T + BQ - 1) / BQ;
-  __shared__ float qs[BQ * F], sts[BQ * (DV + 1)];
+  constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
+  __align__(16) __shared__ float qs[BQ * FP];
+  __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   int j = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
@@ -810,7 +872,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
     if (j >= T) iend = 0;
     for (int ii = ibeg; ii < iend; ii++) {
-      const float *qi = qs + ii * F, *st = sts + ii * (DV + 1);
+      const float *qi = qs + ii * FP, *st = sts + ii * SP;
       float s = 0.0f, da = st[DV];
 #pragma unroll
       for (int f = 0; f < F; f++) s += qi[f] * kj[f];
@@ -1449,13 +1511,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to_fin(const fl
 // zoo_embedding_bwd_51: node 85
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
-  zk_embedding_bwd<128, 64>(dy, ids, dw, 128LL);
+  zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_52: node 86
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
-  zk_embedding_bwd<8192, 64>(dy, ids, dw, 65536LL);
+  zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k53_add: 1 elementwise op over 524288 elements
