@@ -469,7 +469,8 @@ typedef struct slot {
   int32_t *tokens, *targets; /* pinned [accum][B*T] */
   zoo_hyper *hyper;          /* pinned */
   float *metrics;            /* pinned [4]: loss sum, correct, labelled */
-  int accum;
+  int accum;                 /* micro-batches of the captured graph */
+  int launched_accum;        /* of the step last launched from this slot */
   int undelivered;           /* its step's metrics are not yet returned */
   CUevent done, t0, t1;
   captured graph;
@@ -649,7 +650,7 @@ static void fill_rows(int32_t *dst_tok, int32_t *dst_tgt, const int32_t *tok, co
 }
 
 static void read_metrics(const slot *s, zoo_metrics *m) {
-  m->loss = (double)s->metrics[0] / (double)(s->accum ? s->accum : 1);
+  m->loss = (double)s->metrics[0] / (double)(s->launched_accum ? s->launched_accum : 1);
   m->correct = s->metrics[1];
   m->labelled = s->metrics[2];
 }
@@ -696,6 +697,7 @@ static int cuda_train_step(zoo_backend *be, int accum, const int32_t *const *tok
   ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->done, c->stream));
   x->launched++;
   s->undelivered = 1;
+  s->launched_accum = accum;
   slot *prev = &x->slots[1 - p];
   if (prev->undelivered) {
     CUresult r = zoo_cu.cuEventSynchronize(prev->done);
