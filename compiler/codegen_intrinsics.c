@@ -389,9 +389,9 @@ static int lce_setup(zoo_cuda_emit *e, const zoo_node *n, int hi, lce_cfg *c) {
   return need(e, "linear_cross_entropy.cu", NULL, NULL);
 }
 
-/* The compaction of labelled rows and the per-row pass (forward: loss, or
- * backward: lse), common to both directions. */
-static int lce_rows(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *c, int lse) {
+/* The compaction of labelled rows (idx, count), which every kernel of these
+ * nodes reads. */
+static int lce_compact(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *c) {
   char name[64];
   kernel_name(e, n, "lce_compact", name, sizeof name);
   zoo_strbuf_printf(&e->src,
@@ -405,7 +405,14 @@ static int lce_rows(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *
   arg_scratch(s, 0);
   arg_scratch(s, c->off_count);
   s->scratch_bytes = c->scratch;
+  return 0;
+}
 
+/* The compaction and the per-row pass (forward: loss, or backward: lse),
+ * common to both directions. */
+static int lce_rows(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *c, int lse) {
+  if (lce_compact(e, n, hi, c)) return -1;
+  char name[64];
   kernel_name(e, n, lse ? "lce_lse" : "lce_loss_rows", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ h, "
@@ -413,7 +420,7 @@ static int lce_rows(zoo_cuda_emit *e, const zoo_node *n, int hi, const lce_cfg *
                     "const int *__restrict__ count, float *__restrict__ rows) {\n"
                     "  zk_lce_rows<%lld, %lld, %d, %s>(h, w, targets, idx, count, rows);\n}\n",
                     name, (long long)c->D, (long long)c->V, LCE_RT, lse ? "true" : "false");
-  s = launch(e, n, name, cdiv(c->N, LCE_RT), 256, 0);
+  zoo_step *s = launch(e, n, name, cdiv(c->N, LCE_RT), 256, 0);
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[hi + k]);
   arg_scratch(s, 0);
@@ -763,7 +770,45 @@ int zoo_cuda_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
+/* accuracy (h, w, targets): the labelled rows compacted as for
+ * linear_cross_entropy, a hit per row from the argmax of its logits, then the
+ * counts (runtime/kernels/linear_cross_entropy.cu). */
+static int accuracy_head(zoo_cuda_emit *e, const zoo_node *n) {
+  lce_cfg c;
+  if (lce_setup(e, n, 0, &c) || lce_compact(e, n, 0, &c)) return -1;
+  char name[64];
+  kernel_name(e, n, "lce_argmax", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ h, "
+                    "const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, "
+                    "const int *__restrict__ count, float *__restrict__ rows) {\n"
+                    "  zk_lce_argmax_rows<%lld, %lld, %d>(h, w, targets, idx, count, rows);\n}\n",
+                    name, (long long)c.D, (long long)c.V, LCE_RT);
+  zoo_step *s = launch(e, n, name, cdiv(c.N, LCE_RT), 256, 0);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, c.off_count);
+  arg_scratch(s, c.off_rows);
+  s->scratch_bytes = c.scratch;
+
+  kernel_name(e, n, "lce_acc_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rows, "
+                    "const int *__restrict__ count, float *__restrict__ out) {\n"
+                    "  zk_lce_acc_finish<%lld>(rows, count, out);\n}\n",
+                    name, (long long)c.N);
+  s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_scratch(s, c.off_rows);
+  arg_scratch(s, c.off_count);
+  arg_tensor(s, n->out[0]);
+  s->scratch_bytes = c.scratch;
+  return 0;
+}
+
 int zoo_cuda_accuracy(zoo_cuda_emit *e, const zoo_node *n) {
+  if (n->nin == 3) return accuracy_head(e, n);
   int64_t N, V, ig = n->attrs.i[0];
   if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
   int64_t scratch = align16(N * 4); /* hit [N] i32 */

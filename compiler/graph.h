@@ -129,7 +129,8 @@ typedef struct zoo_graph {
   int nparams, params_cap;
   int *inputs; /* tensor ids of ZOO_T_INPUT tensors, in order */
   int ninputs, inputs_cap;
-  int output;  /* the model's returned tensor (logits), -1 if none */
+  int output;  /* the model's returned tensor (logits), -1 if none; also -1 after
+                  zoo_train_graph fused the head into the loss (the logits are gone) */
   /* Set by zoo_train_graph: */
   int targets, loss, metrics, dloss; /* tensor ids, -1 if absent */
   int nforward; /* nodes [0, nforward) are the forward pass (loss and metrics included) */
@@ -176,8 +177,16 @@ int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *
  * [B, T, V]: adds the i32 input "targets" [B, T], cross_entropy (ignore -100) as
  * g->loss, accuracy as g->metrics, the scalar input "dloss" (the loss's gradient
  * seed, 1 / accumulation steps), sets nforward, then runs autodiff so that every
- * parameter's tensor has .grad. Returns 0, or -1 after reporting through d. */
+ * parameter's tensor has .grad. Returns 0, or -1 after reporting through d.
+ *
+ * The fused head: when the logits come from linear(h, w) without bias and feed
+ * nothing else, that node is dropped and the loss is linear_cross_entropy(h, w,
+ * targets), the metrics accuracy(h, w, targets), so the [B*T, V] logits are
+ * never made (g->output becomes -1). zoo_train_graph does this unless the
+ * environment has ZOO_NO_FUSED_HEAD=1 (for bisecting); zoo_train_graph_head
+ * takes the choice as an argument (fuse_head 0: keep the logits). */
 int zoo_train_graph(zoo_graph *g, zoo_diag *d);
+int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d);
 
 /* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
  * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of

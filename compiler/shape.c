@@ -330,9 +330,11 @@ static int zoo_shape_argmax(shape_ctx *s) {
   return 0;
 }
 
-/* accuracy -> f32[2] (correct, labelled) */
+static int want_lce(shape_ctx *s, int hi);
+
+/* accuracy (logits, targets) or (h, w, targets) -> f32[2] (correct, labelled) */
 static int zoo_shape_accuracy(shape_ctx *s) {
-  if (want_logits_targets(s, 0, 1)) return -1;
+  if (s->n->nin == 3 ? want_lce(s, 0) : want_logits_targets(s, 0, 1)) return -1;
   s->out[0] = vec_type(zoo_dim_const(2));
   return 0;
 }

@@ -4,12 +4,62 @@
  * (accuracy: correct and labelled counts), the loss's gradient seed "dloss", and
  * the backward pass, so that every parameter has a gradient tensor. See
  * zoo_train_graph in graph.h.
+ *
+ * The fused head. A language model's logits are h w^T, [B*T, V] with V = 8192,
+ * and MQAR labels a quarter of the positions or fewer: making the logits, their
+ * softmax and their gradient for every row is most of a step's work and memory.
+ * When the logits are a bias-free linear that nothing else reads, its node is
+ * dropped and the loss and the metrics read (h, w) instead:
+ * linear_cross_entropy(h, w, targets) and accuracy(h, w, targets) make logits
+ * for the labelled rows only, a few rows at a time. ZOO_NO_FUSED_HEAD=1 in the
+ * environment keeps the plain form (the same loss, metrics and gradients up to
+ * rounding), to bisect a difference to this rewrite.
  */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "graph.h"
 
+/* The node making the model's output when it is linear(h, w) without bias and
+ * no node reads the output; -1 otherwise. */
+static int fusable_head(const zoo_graph *g) {
+  int p = g->tensors[g->output].producer;
+  if (p < 0) return -1;
+  const zoo_node *n = &g->nodes[p];
+  if (n->op != ZOO_OP_LINEAR || n->nin != 2 || n->nout != 1) return -1;
+  for (int i = 0; i < g->nnodes; i++)
+    for (int k = 0; k < g->nodes[i].nin; k++)
+      if (g->nodes[i].in[k] == g->output) return -1;
+  return p;
+}
+
+/* Removes node p (the head) and its output, which no node reads. The output
+ * leaves the tensor table when it is the last tensor, as a model's final op
+ * makes it; otherwise it stays behind as a value that no node produces, which
+ * the backends neither compute nor allocate. */
+static void drop_head(zoo_graph *g, int p) {
+  int t = g->nodes[p].out[0];
+  memmove(&g->nodes[p], &g->nodes[p + 1], (size_t)(g->nnodes - p - 1) * sizeof *g->nodes);
+  g->nnodes--;
+  for (int i = 0; i < g->ntensors; i++)
+    if (g->tensors[i].producer > p) g->tensors[i].producer--;
+  if (t == g->ntensors - 1) {
+    free((char *)g->tensors[t].name);
+    g->ntensors--;
+  } else {
+    g->tensors[t].producer = -1;
+  }
+  g->output = -1;
+}
+
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
+  const char *off = getenv("ZOO_NO_FUSED_HEAD");
+  int plain = off && *off && strcmp(off, "0") != 0;
+  return zoo_train_graph_head(g, !plain, d);
+}
+
+int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d) {
   if (g->output < 0) {
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
@@ -24,17 +74,29 @@ int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
     return -1;
   }
 
+  /* the loss's and the metrics' inputs but the targets: (logits) or (h, w) */
+  int in[3] = {g->output, -1, -1}, nin = 2;
+  zoo_op loss_op = ZOO_OP_CROSS_ENTROPY;
+  int head = fuse_head ? fusable_head(g) : -1;
+  if (head >= 0) {
+    in[0] = g->nodes[head].in[0];
+    in[1] = g->nodes[head].in[1];
+    nin = 3;
+    loss_op = ZOO_OP_LINEAR_CROSS_ENTROPY;
+    drop_head(g, head); /* first, so that the logits can leave the tensor table */
+  }
+
   zoo_type tt = logits; /* the logits' leading axes */
   tt.dtype = ZOO_I32;
   tt.ndim--;
   g->targets = zoo_graph_input(g, "targets", tt);
+  in[nin - 1] = g->targets;
 
   zoo_attrs ignore = {0};
   ignore.i[0] = -100;
-  int in[2] = {g->output, g->targets};
-  g->loss = zoo_graph_node(g, ZOO_OP_CROSS_ENTROPY, 2, in, &ignore, at, d);
+  g->loss = zoo_graph_node(g, loss_op, nin, in, &ignore, at, d);
   if (g->loss < 0) return -1;
-  g->metrics = zoo_graph_node(g, ZOO_OP_ACCURACY, 2, in, &ignore, at, d);
+  g->metrics = zoo_graph_node(g, ZOO_OP_ACCURACY, nin, in, &ignore, at, d);
   if (g->metrics < 0) return -1;
   zoo_type scalar = {.dtype = ZOO_F32, .ndim = 0};
   g->dloss = zoo_graph_input(g, "dloss", scalar);

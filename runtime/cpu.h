@@ -21,12 +21,25 @@ typedef struct zoo_cpu {
   int training;              /* dropout active */
   uint64_t seed;             /* RNG seed of this step */
   char err[256];             /* set by a kernel that fails (e.g. token out of range) */
+  void *scratch;             /* kernels' temporary memory (zoo_cpu_scratch), kept */
+  size_t scratch_bytes;
+  double *prof_s;            /* ZOO_CPU_PROFILE=1: seconds per op kind, else NULL */
+  int64_t *prof_calls;
 } zoo_cpu;
 
 /* Binds symbols (sym_values[i] for g->sym_names[i]) and allocates every tensor,
- * zeroed. Returns 0, or -1 with the reason in c->err. */
+ * zeroed (a value no node produces, such as the logits of a fused head, gets
+ * one element). Returns 0, or -1 with the reason in c->err.
+ *
+ * With ZOO_CPU_PROFILE=1 in the environment, zoo_cpu_run times every node and
+ * zoo_cpu_free prints the seconds spent per op kind to stderr. */
 int zoo_cpu_init(zoo_cpu *c, const zoo_graph *g, const int64_t *sym_values);
 void zoo_cpu_free(zoo_cpu *c);
+
+/* At least `bytes` of memory for a kernel's temporaries (16-byte aligned,
+ * contents undefined), reused from run to run so that steps do not allocate.
+ * Valid until the next call; one kernel runs at a time. Aborts when out of memory. */
+void *zoo_cpu_scratch(zoo_cpu *c, size_t bytes);
 
 /* Runs nodes [first, end). Returns 0, or -1 with c->err set. */
 int zoo_cpu_run(zoo_cpu *c, int first, int end);

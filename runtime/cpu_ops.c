@@ -595,8 +595,12 @@ int zoo_cpu_argmax(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
-/* accuracy -> (correct, labelled) over labelled targets */
+static int accuracy_head(zoo_cpu *c, const zoo_node *n);
+
+/* accuracy (logits, targets) -> (correct, labelled) over labelled targets;
+ * (h, w, targets): the same from logits = h w^T (accuracy_head, below) */
 int zoo_cpu_accuracy(zoo_cpu *c, const zoo_node *n) {
+  if (n->nin == 3) return accuracy_head(c, n);
   shape s = in_shape(c, n, 0);
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
   const float *L = in_f(c, n, 0);
@@ -796,11 +800,6 @@ static void gemm_rows(float *C, int64_t ldc, const float *A, int64_t ar, int64_t
       cr[jj] = s;
     }
   }
-}
-
-/* c[0..n) += a[0..k) B[k, n], one output row */
-static void row_gemm(float *crow, const float *arow, const float *B, int64_t k, int64_t n) {
-  gemm_rows(crow, n, arow, k, 1, B, n, k, n, 1);
 }
 
 /* C[m, n] += A(m, k) B[k, n], with A row-major, or stored transposed ([k, m])
@@ -1292,88 +1291,168 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
 }
 
 /* ---------------------------------------------------------------------------
- * Fused linear + cross-entropy. Logits are made one row at a time
- * (logits_r = h_r w^T, V floats) and never stored whole. */
+ * The fused head: linear_cross_entropy, its backward, and accuracy over (h, w).
+ *
+ * Only labelled rows cost anything. Their numbers are gathered first; then they
+ * go HEAD_CHUNK at a time: their h rows are copied into hc [HEAD_CHUNK, D] and
+ * their logits made into lc [HEAD_CHUNK, V], blocks of four rows spread over
+ * the threads, by the same gemm_rows and term order as linear. So every logit,
+ * and from it every loss term, gradient and argmax, is bit for bit what the
+ * plain head (linear, then cross_entropy or accuracy) computes; unlabelled rows
+ * add exact zeros there, here nothing. Each row's results are written by one
+ * thread and summed in row order, so nothing depends on the thread count.
+ * Temporaries live in the executor's scratch (no allocation per step). */
+
+enum { HEAD_CHUNK = 128, HEAD_RB = 4 };
+
+typedef struct head {
+  int64_t N, D, V, m;  /* rows, width, vocabulary, labelled rows */
+  const float *H, *W;  /* h [N, D], w [V, D] */
+  const int32_t *t;    /* targets [N] */
+  int64_t ignore;
+  int64_t *rows;       /* [m] the labelled rows' numbers, in order */
+  float *wt;           /* w^T [D, V] */
+  float *hc, *lc;      /* a chunk's h rows [HEAD_CHUNK, D], logits [HEAD_CHUNK, V] */
+  double *per_row;     /* [m]: each labelled row's loss term, or logsumexp */
+  float *dhc;          /* backward: a chunk's dh rows [HEAD_CHUNK, D] */
+} head;
+
+/* Bytes rounded up to a cache line. */
+static size_t line_up(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+/* Sets up hd for node n whose h, w, targets are inputs hi .. hi + 2: the
+ * labelled rows, w^T and the chunk buffers, in c's scratch. */
+static void head_init(zoo_cpu *c, const zoo_node *n, int hi, head *hd) {
+  shape ws = in_shape(c, n, hi + 1);
+  hd->V = ws.d[0], hd->D = ws.d[1], hd->N = c->numel[n->in[hi + 2]];
+  hd->H = in_f(c, n, hi), hd->W = in_f(c, n, hi + 1), hd->t = in_i(c, n, hi + 2);
+  hd->ignore = n->attrs.i[0];
+  int64_t N = hd->N, D = hd->D, V = hd->V;
+  size_t at[6], total = 0, sizes[6] = {
+      (size_t)N * sizeof(int64_t), (size_t)(D * V) * sizeof(float),
+      (size_t)(HEAD_CHUNK * D) * sizeof(float), (size_t)(HEAD_CHUNK * V) * sizeof(float),
+      (size_t)N * sizeof(double), (size_t)(HEAD_CHUNK * D) * sizeof(float)};
+  for (int k = 0; k < 6; k++) at[k] = total, total += line_up(sizes[k]);
+  char *s = zoo_cpu_scratch(c, total);
+  hd->rows = (int64_t *)(s + at[0]);
+  hd->wt = (float *)(s + at[1]);
+  hd->hc = (float *)(s + at[2]);
+  hd->lc = (float *)(s + at[3]);
+  hd->per_row = (double *)(s + at[4]);
+  hd->dhc = (float *)(s + at[5]);
+  hd->m = 0;
+  for (int64_t r = 0; r < N; r++)
+    if (hd->t[r] != hd->ignore) hd->rows[hd->m++] = r;
+  transpose(hd->wt, hd->W, V, D);
+}
+
+/* Block b (four rows) of the chunk of labelled rows starting at c0: their h
+ * rows into hc and their logits into lc, at the block's place; returns the
+ * number of rows (fewer at the end). */
+static int head_block_logits(const head *hd, int64_t c0, int64_t nc, int64_t b) {
+  int64_t D = hd->D, V = hd->V, i0 = b * HEAD_RB;
+  int nr = (int)(nc - i0 < HEAD_RB ? nc - i0 : HEAD_RB);
+  float *hs = hd->hc + i0 * D, *ls = hd->lc + i0 * V;
+  for (int r = 0; r < nr; r++) memcpy(hs + r * D, hd->H + hd->rows[c0 + i0 + r] * D, (size_t)D * sizeof *hs);
+  memset(ls, 0, (size_t)(nr * V) * sizeof *ls);
+  gemm_rows(ls, V, hs, D, 1, hd->wt, V, D, V, nr);
+  return nr;
+}
+
+/* Rows of a chunk and its blocks of four. */
+static int64_t chunk_rows(const head *hd, int64_t c0) { return hd->m - c0 < HEAD_CHUNK ? hd->m - c0 : HEAD_CHUNK; }
+static int64_t chunk_blocks(int64_t nc) { return (nc + HEAD_RB - 1) / HEAD_RB; }
 
 /* linear_cross_entropy (h[N, D], w[V, D], targets[N]; ignore) ->
- * cross_entropy(linear(h, w), targets) */
+ * cross_entropy(linear(h, w), targets): mean over labelled rows of
+ * logsumexp(logits_r) - logits_r[target]. */
 int zoo_cpu_linear_cross_entropy(zoo_cpu *c, const zoo_node *n) {
-  shape ws = in_shape(c, n, 1);
-  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[2]];
-  const float *H = in_f(c, n, 0), *W = in_f(c, n, 1);
-  const int32_t *t = in_i(c, n, 2);
-  int64_t ignore = n->attrs.i[0];
-  int64_t labelled = check_targets(c, "linear_cross_entropy", t, N, V, ignore);
-  if (labelled < 0) return -1;
-  float *wt = xcalloc((size_t)(V * D), sizeof *wt); /* w^T [D, V] */
-  transpose(wt, W, V, D);
-  double *loss = xcalloc((size_t)N, sizeof *loss);
-#pragma omp parallel for if (N * V * D > 65536)
-  for (int64_t r = 0; r < N; r++) {
-    if (t[r] == ignore) continue;
-    float *logits = xcalloc((size_t)V, sizeof *logits);
-    row_gemm(logits, H + r * D, wt, D, V);
-    loss[r] = row_logsumexp(logits, V) - logits[t[r]];
-    free(logits);
+  head hd;
+  head_init(c, n, 0, &hd);
+  if (check_targets(c, "linear_cross_entropy", hd.t, hd.N, hd.V, hd.ignore) < 0) return -1;
+  for (int64_t c0 = 0; c0 < hd.m; c0 += HEAD_CHUNK) {
+    int64_t nc = chunk_rows(&hd, c0);
+#pragma omp parallel for schedule(static) if (nc * hd.V * hd.D > 65536)
+    for (int64_t b = 0; b < chunk_blocks(nc); b++) {
+      int nr = head_block_logits(&hd, c0, nc, b);
+      for (int r = 0; r < nr; r++) {
+        int64_t i = b * HEAD_RB + r;
+        const float *l = hd.lc + i * hd.V;
+        hd.per_row[c0 + i] = row_logsumexp(l, hd.V) - l[hd.t[hd.rows[c0 + i]]];
+      }
+    }
   }
-  double sum = 0;
-  for (int64_t r = 0; r < N; r++) sum += loss[r];
-  out_f(c, n, 0)[0] = labelled ? (float)(sum / (double)labelled) : 0.0f;
-  free(loss);
-  free(wt);
+  double sum = 0; /* in row order, whatever the thread count */
+  for (int64_t i = 0; i < hd.m; i++) sum += hd.per_row[i];
+  out_f(c, n, 0)[0] = hd.m ? (float)(sum / (double)hd.m) : 0.0f;
   return 0;
 }
 
 /* linear_cross_entropy_bwd (dloss, h, w, targets) -> dh, dw. With
- * g_rv = dloss / labelled (softmax(logits_r)_v - [v = t_r]) on labelled rows:
- * dh_r = sum_v g_rv w_v (one pass over rows), dw_v = sum_r g_rv h_r (a second pass
- * over vocabulary rows, recomputing the logits it needs from each row's logsumexp). */
+ * g_rv = dloss / labelled (softmax(logits_r)_v - [v = t_r]) on labelled rows
+ * (in f32, as cross_entropy_bwd makes it): dh_r = sum_v g_rv w_v, zero on
+ * unlabelled rows; dw_v = sum over labelled r, in row order, of g_rv h_r. Per
+ * chunk: logits, then g in their place, and dh, blocks of rows over the
+ * threads; then dw += g^T h, blocks of four vocabulary rows over the threads
+ * (each continues its sums where the previous chunk left them). */
 int zoo_cpu_linear_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
-  shape ws = in_shape(c, n, 2);
-  int64_t V = ws.d[0], D = ws.d[1], N = c->numel[n->in[3]];
-  const float *H = in_f(c, n, 1), *W = in_f(c, n, 2);
-  const int32_t *t = in_i(c, n, 3);
+  head hd;
+  head_init(c, n, 1, &hd);
+  if (check_targets(c, "linear_cross_entropy", hd.t, hd.N, hd.V, hd.ignore) < 0) return -1;
+  int64_t D = hd.D, V = hd.V;
   float *DH = out_f(c, n, 0), *DW = out_f(c, n, 1);
-  int64_t ignore = n->attrs.i[0];
-  int64_t labelled = check_targets(c, "linear_cross_entropy", t, N, V, ignore);
-  if (labelled < 0) return -1;
-  double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
-  float *wt = xcalloc((size_t)(V * D), sizeof *wt);
-  transpose(wt, W, V, D);
-  double *lse = xcalloc((size_t)N, sizeof *lse);
-#pragma omp parallel for if (N * V * D > 65536)
-  for (int64_t r = 0; r < N; r++) {
-    float *dh = DH + r * D;
-    memset(dh, 0, (size_t)D * sizeof *dh);
-    if (t[r] == ignore) continue;
-    float *logits = xcalloc((size_t)V, sizeof *logits);
-    row_gemm(logits, H + r * D, wt, D, V);
-    lse[r] = row_logsumexp(logits, V);
-    double *acc = xcalloc((size_t)D, sizeof *acc);
-    for (int64_t v = 0; v < V; v++) {
-      double g = scale * (exp(logits[v] - lse[r]) - (v == t[r]));
-      for (int64_t j = 0; j < D; j++) acc[j] += g * W[v * D + j];
+  double scale = hd.m ? in_f(c, n, 0)[0] / (double)hd.m : 0.0;
+  memset(DH, 0, (size_t)(hd.N * D) * sizeof *DH);
+  memset(DW, 0, (size_t)(V * D) * sizeof *DW);
+  for (int64_t c0 = 0; c0 < hd.m; c0 += HEAD_CHUNK) {
+    int64_t nc = chunk_rows(&hd, c0);
+#pragma omp parallel for schedule(static) if (nc * V * D > 65536)
+    for (int64_t b = 0; b < chunk_blocks(nc); b++) {
+      int nr = head_block_logits(&hd, c0, nc, b);
+      int64_t i0 = b * HEAD_RB;
+      for (int r = 0; r < nr; r++) {
+        float *g = hd.lc + (i0 + r) * V;
+        int64_t target = hd.t[hd.rows[c0 + i0 + r]];
+        double lse = row_logsumexp(g, V);
+        for (int64_t v = 0; v < V; v++) g[v] = (float)(scale * (exp(g[v] - lse) - (v == target)));
+      }
+      float *dh = hd.dhc + i0 * D;
+      memset(dh, 0, (size_t)(nr * D) * sizeof *dh);
+      gemm_rows(dh, D, hd.lc + i0 * V, V, 1, hd.W, D, V, D, nr);
+      for (int r = 0; r < nr; r++)
+        memcpy(DH + hd.rows[c0 + i0 + r] * D, dh + r * D, (size_t)D * sizeof *dh);
     }
-    for (int64_t j = 0; j < D; j++) dh[j] = (float)acc[j];
-    free(acc);
-    free(logits);
-  }
-#pragma omp parallel for if (N * V * D > 65536)
-  for (int64_t v = 0; v < V; v++) {
-    double *acc = xcalloc((size_t)D, sizeof *acc);
-    const float *wv = W + v * D;
-    for (int64_t r = 0; r < N; r++) {
-      if (t[r] == ignore) continue;
-      /* the same logit as row_gemm computes: f32 products summed in order */
-      float logit = 0.0f;
-      for (int64_t j = 0; j < D; j++) logit += H[r * D + j] * wv[j];
-      double g = scale * (exp(logit - lse[r]) - (v == t[r]));
-      for (int64_t j = 0; j < D; j++) acc[j] += g * H[r * D + j];
+#pragma omp parallel for schedule(static) if (nc * V * D > 65536)
+    for (int64_t vb = 0; vb < (V + HEAD_RB - 1) / HEAD_RB; vb++) {
+      int64_t v = vb * HEAD_RB;
+      int nv = (int)(V - v < HEAD_RB ? V - v : HEAD_RB);
+      /* dw[v .. v + nv) += g[:, v .. v + nv)^T hc: A(i, p) = g[p][v + i] */
+      gemm_rows(DW + v * D, D, hd.lc + v, 1, V, hd.hc, D, nc, D, nv);
     }
-    for (int64_t j = 0; j < D; j++) DW[v * D + j] = (float)acc[j];
-    free(acc);
   }
-  free(lse);
-  free(wt);
+  return 0;
+}
+
+/* accuracy (h, w, targets): the labelled rows whose logits' first maximum is
+ * the target, and the labelled rows. */
+static int accuracy_head(zoo_cpu *c, const zoo_node *n) {
+  head hd;
+  head_init(c, n, 0, &hd);
+  for (int64_t c0 = 0; c0 < hd.m; c0 += HEAD_CHUNK) {
+    int64_t nc = chunk_rows(&hd, c0);
+#pragma omp parallel for schedule(static) if (nc * hd.V * hd.D > 65536)
+    for (int64_t b = 0; b < chunk_blocks(nc); b++) {
+      int nr = head_block_logits(&hd, c0, nc, b);
+      for (int r = 0; r < nr; r++) {
+        int64_t i = b * HEAD_RB + r;
+        hd.per_row[c0 + i] = row_argmax(hd.lc + i * hd.V, hd.V) == hd.t[hd.rows[c0 + i]];
+      }
+    }
+  }
+  int64_t correct = 0;
+  for (int64_t i = 0; i < hd.m; i++) correct += hd.per_row[i] != 0;
+  float *y = out_f(c, n, 0);
+  y[0] = (float)correct;
+  y[1] = (float)hd.m;
   return 0;
 }

@@ -584,22 +584,44 @@ TEST(grad_every_op_covered) {
  * Whole models: the shipped .zoo models on tiny shapes, through zoo_compile and
  * zoo_train_graph, against finite differences of the loss. */
 
-/* Mean cross-entropy over labelled targets, from the logits, in double. */
+/* Mean cross-entropy over labelled targets, in double, from the logits, or
+ * from the loss node's (h, w) when the training graph fused the head. */
 static double host_loss(zoo_cpu *cpu, const zoo_graph *g, const int32_t *targets) {
+  const zoo_node *ln = &g->nodes[g->tensors[g->loss].producer];
+  int fused = ln->op == ZOO_OP_LINEAR_CROSS_ENTROPY;
   int64_t dims[ZOO_MAX_DIMS];
-  int nd = zoo_cpu_dims(cpu, g->output, dims);
-  int64_t V = dims[nd - 1], N = cpu->numel[g->output] / V;
-  const float *L = zoo_cpu_f32(cpu, g->output);
+  int64_t V, D = 0, N;
+  const float *L = NULL, *H = NULL, *W = NULL;
+  if (fused) {
+    zoo_cpu_dims(cpu, ln->in[1], dims);
+    V = dims[0], D = dims[1], N = cpu->numel[ln->in[0]] / D;
+    H = zoo_cpu_f32(cpu, ln->in[0]), W = zoo_cpu_f32(cpu, ln->in[1]);
+  } else {
+    int nd = zoo_cpu_dims(cpu, g->output, dims);
+    V = dims[nd - 1], N = cpu->numel[g->output] / V;
+    L = zoo_cpu_f32(cpu, g->output);
+  }
+  double *row = malloc((size_t)V * sizeof *row);
   double sum = 0;
   int64_t n = 0;
   for (int64_t r = 0; r < N; r++) {
     if (targets[r] == -100) continue;
+    for (int64_t v = 0; v < V; v++) {
+      if (!fused) {
+        row[v] = L[r * V + v];
+        continue;
+      }
+      double acc = 0;
+      for (int64_t j = 0; j < D; j++) acc += (double)H[r * D + j] * W[v * D + j];
+      row[v] = acc;
+    }
     double m = -INFINITY, s = 0;
-    for (int64_t v = 0; v < V; v++) m = fmax(m, L[r * V + v]);
-    for (int64_t v = 0; v < V; v++) s += exp(L[r * V + v] - m);
-    sum += m + log(s) - L[r * V + targets[r]];
+    for (int64_t v = 0; v < V; v++) m = fmax(m, row[v]);
+    for (int64_t v = 0; v < V; v++) s += exp(row[v] - m);
+    sum += m + log(s) - row[targets[r]];
     n++;
   }
+  free(row);
   return n ? sum / (double)n : 0;
 }
 

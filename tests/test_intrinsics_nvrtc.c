@@ -176,6 +176,7 @@ static void add_lce(kt *k, int64_t B, int64_t T, int64_t D) {
   kt_node(k, ZOO_OP_LINEAR_CROSS_ENTROPY, zoo_cuda_linear_cross_entropy, 3, in, &a);
   int bin[4] = {dl, h, w, t};
   kt_node(k, ZOO_OP_LINEAR_CROSS_ENTROPY_BWD, zoo_cuda_linear_cross_entropy_bwd, 4, bin, &a);
+  kt_node(k, ZOO_OP_ACCURACY, zoo_cuda_accuracy, 3, in, &a); /* the fused head's metrics */
 }
 
 TEST(intrinsics_nvrtc_linear_cross_entropy) {
@@ -339,12 +340,15 @@ TEST(intrinsics_emit_steps) {
   CHECK(k.e.steps[3].args[k.e.steps[3].nargs - 1].kind == ZOO_ARG_TENSOR);
   kt_free(&k);
 
-  /* the fused loss: compaction, per-row pass, finish; backward clears dh */
+  /* the fused loss: compaction, per-row pass, finish; backward clears dh;
+   * accuracy (h, w, t): compaction, argmax pass, finish */
   kt_init(&k);
   add_lce(&k, 8, 128, 64);
   CHECK(!k.failed);
-  CHECK(k.e.nsteps == 3 + 5);
+  CHECK(k.e.nsteps == 3 + 5 + 3);
   CHECK(k.e.steps[3].kind == ZOO_STEP_ZERO && k.e.steps[3].gemm.c == k.g.nodes[1].out[0]);
+  CHECK(strstr(k.e.src.s, "zk_lce_argmax_rows<64, 8192, 16>") != NULL);
+  CHECK(k.e.steps[10].nargs == 3 && k.e.steps[10].args[2].tensor == k.g.nodes[2].out[0]);
   /* every kernel declares the scratch, and the scratch steps of a node are
    * consecutive (the plan shares one area only along such a run) */
   for (int i = 0; i < k.e.nsteps; i++) {

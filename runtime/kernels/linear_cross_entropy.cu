@@ -1,13 +1,14 @@
 /* linear_cross_entropy.cu: the fused LM head and loss (ops.def):
- * cross_entropy(h w^T, targets) without the [N, V] logits in memory, and its
- * backward. Only labelled rows (target != IGNORE) cost anything.
+ * cross_entropy(h w^T, targets) without the [N, V] logits in memory, its
+ * backward, and accuracy(h, w, targets). Only labelled rows (target != IGNORE) cost anything.
  *
  * Shapes: h, dh [N, D]; w, dw [V, D]; targets i32 [N]; loss f32[].
  * Constants: N, D, V, IGNORE; RT (labelled rows per block, 16), 256 threads per
  * block everywhere. Scratch (shared by the kernels of one node):
  *   idx [N] i32      labelled row numbers, in row order (the first `count`)
  *   count [1] i32
- *   rows [N] f32     per labelled row: loss (forward) or logsumexp (backward)
+ *   rows [N] f32     per labelled row: loss (forward), logsumexp (backward) or
+ *                    1 / 0 for a hit (accuracy)
  *
  * zk_lce_compact<N, IGNORE>: one block of 1024 threads; each thread takes a
  *   contiguous run of rows, a block scan of the per-thread counts places their
@@ -34,6 +35,16 @@
  *   logits of (row, its 16 vocabulary rows) from h slices [256][20] and w
  *   slices [16][16], g into shared memory [16][257], then dw_v += g^T h_chunk,
  *   KR rows of h at a time, the dw tile [16][D] in registers.
+ *
+ * accuracy (h, w, targets), the 3-input form (ops.def), with the same scratch:
+ * zk_lce_compact as above, then
+ * zk_lce_argmax_rows<D, V, RT>: the tiling of zk_lce_rows; each thread keeps the
+ *   first maximum of its vocabulary rows per row (strictly greater wins, and it
+ *   sees them in increasing order), warps and then the block merge them with
+ *   zk_argmax_merge (a tie goes to the smaller index), so the result is the
+ *   row's first maximum, as the CPU's scan. rows[] gets 1 (the target) or 0.
+ * zk_lce_acc_finish<N>: one block of 1024: out = (sum of rows[0 .. count),
+ *   count), exact integer sums stored as floats.
  *
  * Cost: forward N_lab V D multiply-adds; backward three times that (the logits
  * are made twice). About 100 registers and at most 41 KB of static shared
@@ -261,6 +272,63 @@ __device__ __forceinline__ void zk_lce_finish(const float *__restrict__ rows,
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
   s = zk_block_sum(s, sh);
   if (threadIdx.x == 0) out[0] = n > 0 ? s / (float)n : 0.0f;
+}
+
+template <int D, int V, int RT>
+__device__ __forceinline__ void zk_lce_argmax_rows(const float *__restrict__ h,
+                                                   const float *__restrict__ w,
+                                                   const int *__restrict__ targets,
+                                                   const int *__restrict__ idx,
+                                                   const int *__restrict__ count,
+                                                   float *__restrict__ rows) {
+  __align__(16) __shared__ float hs[RT * 16];
+  __shared__ float ws[16 * (ZK_LCE_NT + 1)];
+  __shared__ float red_v[ZK_LCE_NT / 32][RT];
+  __shared__ int red_i[ZK_LCE_NT / 32][RT];
+  __shared__ int rowid[RT], tgt[RT];
+  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
+
+  float best[RT], acc[RT];
+  int bi[RT];
+#pragma unroll
+  for (int r = 0; r < RT; r++) best[r] = ZK_NEG_INF, bi[r] = 0x7fffffff;
+  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
+    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
+    int v = v0 + threadIdx.x;
+    if (v < V) {
+#pragma unroll
+      for (int r = 0; r < RT; r++)
+        if (acc[r] > best[r]) best[r] = acc[r], bi[r] = v;
+    }
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < RT; r++) {
+    zk_warp_argmax(best[r], bi[r]);
+    if (lane == 0) red_v[warp][r] = best[r], red_i[warp][r] = bi[r];
+  }
+  __syncthreads();
+  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
+    int r = threadIdx.x;
+    float bv = red_v[0][r];
+    int bx = red_i[0][r];
+    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_argmax_merge(bv, bx, red_v[k][r], red_i[k][r]);
+    rows[blockIdx.x * RT + r] = bx == tgt[r] ? 1.0f : 0.0f;
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zk_lce_acc_finish(const float *__restrict__ rows,
+                                                  const int *__restrict__ count,
+                                                  float *__restrict__ out) {
+  __shared__ int sh[32];
+  int n = count[0], correct = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) correct += rows[i] != 0.0f;
+  correct = zk_block_sum_int(correct, sh);
+  if (threadIdx.x == 0) {
+    out[0] = (float)correct;
+    out[1] = (float)n;
+  }
 }
 
 /* Rows of a shared sub-chunk in the accumulation phases: KR x D floats, at
