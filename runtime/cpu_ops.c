@@ -11,6 +11,7 @@
  * B batch, H heads, T time, F feature width of q and k, Dv value width.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,9 @@
 
 /* ---------------------------------------------------------------------------
  * Helpers */
+
+/* Hot kernels are compiled for AVX2 and for any x86-64; the loader picks one. */
+#define ZOO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 
 /* A tensor's concrete shape. */
 typedef struct shape {
@@ -483,14 +487,90 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
-/* max and log(sum(exp(x - max))) + max of one row, in double */
-static double row_logsumexp(const float *x, int64_t V) {
+/* Exponentials of the losses' rows. libm's exp, at some 6 ns a call, was most
+ * of a CPU step of the fused head; exp4 takes four at once in plain IEEE
+ * operations (the same bits on every machine and code path) and is within
+ * 1e-14 relative of libm on its range [-708, 0]: with x = k ln2 + r and
+ * |r| <= ln2 / 2, exp(x) = 2^k exp(r), exp(r) by its Taylor series to degree
+ * 11, and 2^k written into the exponent bits. k is x / ln2 rounded by adding
+ * 1.5 * 2^52, whose low mantissa bits then hold it (two's complement). */
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef int64_t i64x4 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+/* v = exp(v), lane by lane. (Vectors go through pointers: a vector argument
+ * would have a different ABI in the AVX2 and plain clones.) */
+static inline void exp4(f64x4 *v) {
+  f64x4 x = *v;
+  const double magic = 0x1.8p52, ln2_hi = 6.93147180369123816490e-01,
+               ln2_lo = 1.90821492927058770002e-10;
+  f64x4 t = x * 1.44269504088896338700 + magic;
+  f64x4 k = t - magic;
+  f64x4 r = x - k * ln2_hi - k * ln2_lo;
+  f64x4 p = r * (1.0 / 39916800) + 1.0 / 3628800;
+  p = p * r + 1.0 / 362880, p = p * r + 1.0 / 40320, p = p * r + 1.0 / 5040;
+  p = p * r + 1.0 / 720, p = p * r + 1.0 / 120, p = p * r + 1.0 / 24;
+  p = p * r + 1.0 / 6, p = p * r + 0.5, p = p * r + 1.0, p = p * r + 1.0;
+  i64x4 two_k = ((i64x4)t - 0x4338000000000000LL + 1023) << 52; /* bits of 1.5 * 2^52 */
+  *v = p * (f64x4)two_k;
+}
+
+/* The maximum of a row (NaN never wins; -inf for an empty row). */
+static double row_max(const float *x, int64_t V) {
   double m = -INFINITY;
   for (int64_t j = 0; j < V; j++)
     if (x[j] > m) m = x[j];
-  double s = 0;
-  for (int64_t j = 0; j < V; j++) s += exp(x[j] - m);
-  return m + log(s);
+  return m;
+}
+
+/* y = exp(x[j] - m) for j in [j0, j0 + n), n <= 4, as four lanes (lanes past
+ * n are 0); below -708 counts as -708, NaN stays NaN. */
+static inline void exp4_at(f64x4 *y, const float *x, int64_t j0, int n, double m) {
+  const f64x4 lo = {-708.0, -708.0, -708.0, -708.0};
+  f32x4 xf = {0, 0, 0, 0};
+  memcpy(&xf, x + j0, (size_t)n * sizeof(float));
+  f64x4 d = __builtin_convertvector(xf, f64x4) - m;
+  i64x4 low = d < lo; /* all ones where d < -708 */
+  *y = (f64x4)(((i64x4)d & ~low) | ((i64x4)lo & low));
+  exp4(y);
+  for (int k = n; k < 4; k++) (*y)[k] = 0.0;
+}
+
+/* sum_j exp(x[j] - m) over a row, in double, four lanes each summed in order
+ * and then added (lane 0 + lane 1) + (lane 2 + lane 3); e[j] gets each term
+ * unless e is NULL. Terms below exp(-708) count as exp(-708): nothing beside
+ * the maximum's term 1. */
+ZOO_CPU_CLONES
+static double row_sum_exp(const float *x, int64_t V, double m, double *e) {
+  f64x4 acc = {0, 0, 0, 0}, y;
+  int64_t j = 0;
+  for (; j + 4 <= V; j += 4) {
+    exp4_at(&y, x, j, 4, m);
+    acc += y;
+    if (e) memcpy(e + j, &y, sizeof y);
+  }
+  if (j < V) {
+    exp4_at(&y, x, j, (int)(V - j), m);
+    acc += y;
+    if (e) memcpy(e + j, &y, (size_t)(V - j) * sizeof(double));
+  }
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/* log(sum(exp(x - max))) + max of one row, in double */
+static double row_logsumexp(const float *x, int64_t V) {
+  double m = row_max(x, V);
+  return m + log(row_sum_exp(x, V, m, NULL));
+}
+
+/* g[j] = scale (softmax(x)_j - [j = target]) in f32 for one row, through e
+ * (V doubles of room); g may be x itself. cross_entropy_bwd and
+ * linear_cross_entropy_bwd both make their gradients here. */
+static void row_ce_grad(float *g, const float *x, int64_t V, int64_t target, double scale,
+                        double *e) {
+  double m = row_max(x, V);
+  double w = scale / row_sum_exp(x, V, m, e);
+  for (int64_t j = 0; j < V; j++) g[j] = (float)(e[j] * w - (j == target ? scale : 0.0));
 }
 
 /* softmax over the last axis */
@@ -553,7 +633,8 @@ int zoo_cpu_cross_entropy(zoo_cpu *c, const zoo_node *n) {
 }
 
 /* cross_entropy_bwd (dloss, logits, targets) -> dlogits =
- * dloss / labelled * (softmax(row) - onehot(target)) on labelled rows, 0 elsewhere. */
+ * dloss / labelled * (softmax(row) - onehot(target)) on labelled rows, 0 elsewhere
+ * (row_ce_grad, with a row of doubles per thread from the scratch). */
 int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
   shape s = in_shape(c, n, 1);
   int64_t V = s.d[s.nd - 1], N = V ? s.n / V : 0;
@@ -564,16 +645,12 @@ int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
   double scale = labelled ? in_f(c, n, 0)[0] / (double)labelled : 0.0;
+  double *ebuf = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * V) * sizeof *ebuf);
 #pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++) {
     float *d = D + r * V;
-    if (t[r] == ignore) {
-      memset(d, 0, (size_t)V * sizeof *d);
-      continue;
-    }
-    const float *l = L + r * V;
-    double lse = row_logsumexp(l, V);
-    for (int64_t j = 0; j < V; j++) d[j] = (float)(scale * (exp(l[j] - lse) - (j == t[r])));
+    if (t[r] == ignore) memset(d, 0, (size_t)V * sizeof *d);
+    else row_ce_grad(d, L + r * V, V, t[r], scale, ebuf + omp_get_thread_num() * V);
   }
   return 0;
 }
@@ -743,9 +820,6 @@ int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
  * -std=c11, under which gcc does not contract a * b + c into an FMA.) */
 
 typedef float f32x8 __attribute__((vector_size(32)));
-
-/* Hot kernels are compiled for AVX2 and for any x86-64; the loader picks one. */
-#define ZOO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 
 /* C[r, 0..n) += sum_p A(r, p) B[p, 0..n) for r < rows (rows <= 4), where
  * A(r, p) = A[r * ar + p * ap] (ap = 1: A row-major; ar = 1: A stored
@@ -1303,7 +1377,7 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
  * thread and summed in row order, so nothing depends on the thread count.
  * Temporaries live in the executor's scratch (no allocation per step). */
 
-enum { HEAD_CHUNK = 128, HEAD_RB = 4 };
+enum { HEAD_CHUNK = 128, HEAD_RB = 4, HEAD_NS = 16 };
 
 typedef struct head {
   int64_t N, D, V, m;  /* rows, width, vocabulary, labelled rows */
@@ -1311,11 +1385,26 @@ typedef struct head {
   const int32_t *t;    /* targets [N] */
   int64_t ignore;
   int64_t *rows;       /* [m] the labelled rows' numbers, in order */
-  float *wt;           /* w^T [D, V] */
+  float *wp;           /* w^T [D, V] in strips of HEAD_NS columns (head_pack) */
   float *hc, *lc;      /* a chunk's h rows [HEAD_CHUNK, D], logits [HEAD_CHUNK, V] */
   double *per_row;     /* [m]: each labelled row's loss term, or logsumexp */
   float *dhc;          /* backward: a chunk's dh rows [HEAD_CHUNK, D] */
+  double *ebuf;        /* backward: V doubles per thread (row_ce_grad) */
 } head;
+
+/* w^T [D, V] as strips of HEAD_NS columns, each stored [D][HEAD_NS] (the last
+ * one [D][V mod HEAD_NS]): strip s, column j of it, row p at
+ * wp[s * HEAD_NS * D + p * width + j]. gemm_rows then reads each strip's rows
+ * one after another instead of D rows V floats apart (which share a cache set
+ * when V is a power of two). */
+static void head_pack(float *wp, const float *W, int64_t V, int64_t D) {
+  for (int64_t v0 = 0; v0 < V; v0 += HEAD_NS) {
+    int64_t width = V - v0 < HEAD_NS ? V - v0 : HEAD_NS;
+    float *strip = wp + v0 * D;
+    for (int64_t j = 0; j < width; j++)
+      for (int64_t p = 0; p < D; p++) strip[p * width + j] = W[(v0 + j) * D + p];
+  }
+}
 
 /* Bytes rounded up to a cache line. */
 static size_t line_up(size_t bytes) { return (bytes + 63) / 64 * 64; }
@@ -1328,22 +1417,24 @@ static void head_init(zoo_cpu *c, const zoo_node *n, int hi, head *hd) {
   hd->H = in_f(c, n, hi), hd->W = in_f(c, n, hi + 1), hd->t = in_i(c, n, hi + 2);
   hd->ignore = n->attrs.i[0];
   int64_t N = hd->N, D = hd->D, V = hd->V;
-  size_t at[6], total = 0, sizes[6] = {
+  size_t at[7], total = 0, sizes[7] = {
       (size_t)N * sizeof(int64_t), (size_t)(D * V) * sizeof(float),
       (size_t)(HEAD_CHUNK * D) * sizeof(float), (size_t)(HEAD_CHUNK * V) * sizeof(float),
-      (size_t)N * sizeof(double), (size_t)(HEAD_CHUNK * D) * sizeof(float)};
-  for (int k = 0; k < 6; k++) at[k] = total, total += line_up(sizes[k]);
+      (size_t)N * sizeof(double), (size_t)(HEAD_CHUNK * D) * sizeof(float),
+      (size_t)(omp_get_max_threads() * V) * sizeof(double)};
+  for (int k = 0; k < 7; k++) at[k] = total, total += line_up(sizes[k]);
   char *s = zoo_cpu_scratch(c, total);
   hd->rows = (int64_t *)(s + at[0]);
-  hd->wt = (float *)(s + at[1]);
+  hd->wp = (float *)(s + at[1]);
   hd->hc = (float *)(s + at[2]);
   hd->lc = (float *)(s + at[3]);
   hd->per_row = (double *)(s + at[4]);
   hd->dhc = (float *)(s + at[5]);
+  hd->ebuf = (double *)(s + at[6]);
   hd->m = 0;
   for (int64_t r = 0; r < N; r++)
     if (hd->t[r] != hd->ignore) hd->rows[hd->m++] = r;
-  transpose(hd->wt, hd->W, V, D);
+  head_pack(hd->wp, hd->W, V, D);
 }
 
 /* Block b (four rows) of the chunk of labelled rows starting at c0: their h
@@ -1355,7 +1446,10 @@ static int head_block_logits(const head *hd, int64_t c0, int64_t nc, int64_t b) 
   float *hs = hd->hc + i0 * D, *ls = hd->lc + i0 * V;
   for (int r = 0; r < nr; r++) memcpy(hs + r * D, hd->H + hd->rows[c0 + i0 + r] * D, (size_t)D * sizeof *hs);
   memset(ls, 0, (size_t)(nr * V) * sizeof *ls);
-  gemm_rows(ls, V, hs, D, 1, hd->wt, V, D, V, nr);
+  for (int64_t v0 = 0; v0 < V; v0 += HEAD_NS) {
+    int64_t width = V - v0 < HEAD_NS ? V - v0 : HEAD_NS;
+    gemm_rows(ls + v0, V, hs, D, 1, hd->wp + v0 * D, width, D, width, nr);
+  }
   return nr;
 }
 
@@ -1410,11 +1504,10 @@ int zoo_cpu_linear_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
     for (int64_t b = 0; b < chunk_blocks(nc); b++) {
       int nr = head_block_logits(&hd, c0, nc, b);
       int64_t i0 = b * HEAD_RB;
+      double *e = hd.ebuf + omp_get_thread_num() * V;
       for (int r = 0; r < nr; r++) {
         float *g = hd.lc + (i0 + r) * V;
-        int64_t target = hd.t[hd.rows[c0 + i0 + r]];
-        double lse = row_logsumexp(g, V);
-        for (int64_t v = 0; v < V; v++) g[v] = (float)(scale * (exp(g[v] - lse) - (v == target)));
+        row_ce_grad(g, g, V, hd.t[hd.rows[c0 + i0 + r]], scale, e);
       }
       float *dh = hd.dhc + i0 * D;
       memset(dh, 0, (size_t)(nr * D) * sizeof *dh);
@@ -1422,12 +1515,18 @@ int zoo_cpu_linear_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
       for (int r = 0; r < nr; r++)
         memcpy(DH + hd.rows[c0 + i0 + r] * D, dh + r * D, (size_t)D * sizeof *dh);
     }
+    /* dw[v] += sum over the chunk's rows p, in order, of g[p][v] hc[p]: HEAD_NS
+     * vocabulary rows at a time, their columns of g copied into gt (rows of
+     * it contiguous, one cache line of g read once) for four rows at a time. */
 #pragma omp parallel for schedule(static) if (nc * V * D > 65536)
-    for (int64_t vb = 0; vb < (V + HEAD_RB - 1) / HEAD_RB; vb++) {
-      int64_t v = vb * HEAD_RB;
-      int nv = (int)(V - v < HEAD_RB ? V - v : HEAD_RB);
-      /* dw[v .. v + nv) += g[:, v .. v + nv)^T hc: A(i, p) = g[p][v + i] */
-      gemm_rows(DW + v * D, D, hd.lc + v, 1, V, hd.hc, D, nc, D, nv);
+    for (int64_t vb = 0; vb < (V + HEAD_NS - 1) / HEAD_NS; vb++) {
+      float gt[HEAD_NS * HEAD_CHUNK];
+      int64_t v0 = vb * HEAD_NS, nv = V - v0 < HEAD_NS ? V - v0 : HEAD_NS;
+      for (int64_t p = 0; p < nc; p++)
+        for (int64_t i = 0; i < nv; i++) gt[i * HEAD_CHUNK + p] = hd.lc[p * V + v0 + i];
+      for (int64_t i = 0; i < nv; i += HEAD_RB)
+        gemm_rows(DW + (v0 + i) * D, D, gt + i * HEAD_CHUNK, HEAD_CHUNK, 1, hd.hc, D, nc, D,
+                  (int)(nv - i < HEAD_RB ? nv - i : HEAD_RB));
     }
   }
   return 0;

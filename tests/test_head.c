@@ -446,3 +446,58 @@ TEST(head_kernels_nothing_labelled) {
   free(a.dh), free(a.dw);
   CHECK(a.loss == 0.0f && a.acc3[0] == 0.0f && a.acc3[1] == 0.0f && zeros);
 }
+
+/* The losses' exponentials (exp4 in cpu_ops.c) against libm: logsumexp and
+ * cross_entropy_bwd rows of many lengths, with terms far below the maximum and
+ * -inf, agree to within one f32 ulp; NaN stays NaN. */
+static int ulps_apart(float a, float b) {
+  if (a == b) return 0;
+  int k = 0;
+  for (float x = a; x != b && k < 3; k++) x = nextafterf(x, b);
+  return k;
+}
+
+TEST(head_exp_rows) {
+  int lengths[] = {1, 2, 3, 4, 5, 7, 8, 9, 31, 8192};
+  for (int li = 0; li < 10; li++) {
+    int L = lengths[li];
+    zoo_graph g;
+    zoo_graph_init(&g);
+    zoo_diag d;
+    zoo_diag_init(&d, stderr);
+    zoo_type xt = {.dtype = ZOO_F32, .ndim = 2, .dim = {{2, 0}, {L, 0}}};
+    zoo_type tt = {.dtype = ZOO_I32, .ndim = 1, .dim = {{2, 0}}};
+    zoo_type st = {.dtype = ZOO_F32, .ndim = 0};
+    int x = zoo_graph_input(&g, "x", xt), tg = zoo_graph_input(&g, "t", tt), dl = zoo_graph_input(&g, "dl", st);
+    zoo_attrs a = {0};
+    a.i[0] = -100;
+    int in3[3] = {dl, x, tg};
+    int lse = zoo_graph_node(&g, ZOO_OP_LOGSUMEXP, 1, &x, NULL, zoo_nospan, &d);
+    int grad = zoo_graph_node(&g, ZOO_OP_CROSS_ENTROPY_BWD, 3, in3, &a, zoo_nospan, &d);
+    zoo_cpu c;
+    CHECK(grad >= 0 && zoo_cpu_init(&c, &g, NULL) == 0);
+    float *X = zoo_cpu_f32(&c, x);
+    for (int j = 0; j < L; j++) X[j] = X[L + j] = (float)(30 * sin(0.7 * j + L));
+    if (L > 1) X[1] = -1000.0f;
+    if (L > 2) X[2] = -INFINITY;
+    X[L + L / 2] = NAN; /* row 1 */
+    zoo_cpu_i32(&c, tg)[0] = L - 1, zoo_cpu_i32(&c, tg)[1] = 0;
+    zoo_cpu_f32(&c, dl)[0] = 0.5f;
+    int rc = zoo_cpu_run(&c, 0, g.nnodes);
+    double m = -INFINITY, s = 0;
+    for (int j = 0; j < L; j++) m = fmax(m, X[j]);
+    for (int j = 0; j < L; j++) s += exp(X[j] - m);
+    int worst = ulps_apart(zoo_cpu_f32(&c, lse)[0], (float)(m + log(s)));
+    for (int j = 0; j < L; j++) {
+      float want = (float)(0.25 * (exp(X[j] - m) / s - (j == L - 1))); /* dloss / 2 rows */
+      int u = ulps_apart(zoo_cpu_f32(&c, grad)[j], want);
+      if (u > worst) worst = u;
+    }
+    int nan_row = isnan(zoo_cpu_f32(&c, lse)[1]) && isnan(zoo_cpu_f32(&c, grad)[L]);
+    zoo_cpu_free(&c);
+    zoo_graph_free(&g);
+    CHECK(rc == 0);
+    CHECKF(worst <= 1, "length %d: %d ulps from libm", L, worst);
+    CHECKF(nan_row, "length %d: NaN lost", L);
+  }
+}
