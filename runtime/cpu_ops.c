@@ -26,6 +26,14 @@
 /* Hot kernels are compiled for AVX2 and for any x86-64; the loader picks one. */
 #define ZOO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 
+/* GCC vector types for the explicitly vectorised loops (lane-wise IEEE
+ * arithmetic: every path, clone and machine computes the same bits). */
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef int64_t i64x4 __attribute__((vector_size(32)));
+
 /* A tensor's concrete shape. */
 typedef struct shape {
   int nd;
@@ -494,9 +502,6 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
  * |r| <= ln2 / 2, exp(x) = 2^k exp(r), exp(r) by its Taylor series to degree
  * 11, and 2^k written into the exponent bits. k is x / ln2 rounded by adding
  * 1.5 * 2^52, whose low mantissa bits then hold it (two's complement). */
-typedef double f64x4 __attribute__((vector_size(32)));
-typedef int64_t i64x4 __attribute__((vector_size(32)));
-typedef float f32x4 __attribute__((vector_size(16)));
 
 /* v = exp(v), lane by lane. (Vectors go through pointers: a vector argument
  * would have a different ABI in the AVX2 and plain clones.) */
@@ -515,10 +520,22 @@ static inline void exp4(f64x4 *v) {
   *v = p * (f64x4)two_k;
 }
 
-/* The maximum of a row (NaN never wins; -inf for an empty row). */
+/* The maximum of a row (NaN never wins; -inf for an empty row), eight lanes
+ * at a time. */
+ZOO_CPU_CLONES
 static double row_max(const float *x, int64_t V) {
-  double m = -INFINITY;
-  for (int64_t j = 0; j < V; j++)
+  f32x8 m8 = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int64_t j = 0;
+  for (; j + 8 <= V; j += 8) {
+    f32x8 v;
+    memcpy(&v, x + j, sizeof v);
+    i32x8 more = v > m8; /* all ones where v wins */
+    m8 = (f32x8)(((i32x8)v & more) | ((i32x8)m8 & ~more));
+  }
+  float m = -INFINITY;
+  for (int k = 0; k < 8; k++)
+    if (m8[k] > m) m = m8[k];
+  for (; j < V; j++)
     if (x[j] > m) m = x[j];
   return m;
 }
@@ -570,7 +587,8 @@ static void row_ce_grad(float *g, const float *x, int64_t V, int64_t target, dou
                         double *e) {
   double m = row_max(x, V);
   double w = scale / row_sum_exp(x, V, m, e);
-  for (int64_t j = 0; j < V; j++) g[j] = (float)(e[j] * w - (j == target ? scale : 0.0));
+  for (int64_t j = 0; j < V; j++) g[j] = (float)(e[j] * w);
+  if (target >= 0 && target < V) g[target] = (float)(e[target] * w - scale);
 }
 
 /* softmax over the last axis */
@@ -655,12 +673,15 @@ int zoo_cpu_cross_entropy_bwd(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
-/* Index of the first maximum of a row. */
+/* Index of the first maximum of a row: the j a scan keeping `if (x[j] >
+ * x[best]) best = j` ends with (NaN never wins, and a NaN at 0 is never
+ * beaten). The maximum first (vectorised), then its first position. */
 static int64_t row_argmax(const float *x, int64_t V) {
-  int64_t best = 0;
-  for (int64_t j = 1; j < V; j++)
-    if (x[j] > x[best]) best = j;
-  return best;
+  if (V == 0 || isnan(x[0])) return 0;
+  double m = row_max(x, V);
+  for (int64_t j = 0; j < V; j++)
+    if (x[j] == m) return j;
+  return 0;
 }
 
 int zoo_cpu_argmax(zoo_cpu *c, const zoo_node *n) {
@@ -818,8 +839,6 @@ int zoo_cpu_shift(zoo_cpu *c, const zoo_node *n) {
  * computes it (8-wide vector columns, or the scalar tail), so results do not
  * depend on the shape of the blocking or on the machine. (zoo builds with
  * -std=c11, under which gcc does not contract a * b + c into an FMA.) */
-
-typedef float f32x8 __attribute__((vector_size(32)));
 
 /* C[r, 0..n) += sum_p A(r, p) B[p, 0..n) for r < rows (rows <= 4), where
  * A(r, p) = A[r * ar + p * ap] (ap = 1: A row-major; ar = 1: A stored

@@ -501,3 +501,33 @@ TEST(head_exp_rows) {
     CHECKF(nan_row, "length %d: NaN lost", L);
   }
 }
+
+/* argmax keeps the scan's answer: the first maximum; NaN never wins, and a NaN
+ * in column 0 is never beaten. */
+TEST(head_argmax_rows) {
+  enum { R = 6, L = 20 };
+  float x[R * L];
+  for (int i = 0; i < R * L; i++) x[i] = (float)(i % 7) - 10.0f;
+  int32_t want[R] = {0, 2, 0, 0, 17, 2};
+  x[0] = NAN, x[1] = 5, x[2] = 6;                           /* row 0: NaN first */
+  x[L + 1] = NAN, x[L + 2] = 3, x[L + 3] = 3;               /* row 1: tie after a NaN */
+  for (int j = 0; j < L; j++) x[2 * L + j] = -INFINITY;     /* row 2: all -inf */
+  for (int j = 0; j < L; j++) x[3 * L + j] = j % 2 ? 0.0f : -0.0f; /* row 3: zeros */
+  x[4 * L + 17] = 9, x[4 * L + 19] = 9;                     /* row 4: tie in the tail */
+  x[5 * L + 2] = 50, x[5 * L + 9] = 50, x[5 * L + 16] = 50; /* row 5: ties across lanes */
+  zoo_graph g;
+  zoo_graph_init(&g);
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_type xt = {.dtype = ZOO_F32, .ndim = 2, .dim = {{R, 0}, {L, 0}}};
+  int xi = zoo_graph_input(&g, "x", xt);
+  int am = zoo_graph_node(&g, ZOO_OP_ARGMAX, 1, &xi, NULL, zoo_nospan, &d);
+  zoo_cpu c;
+  CHECK(am >= 0 && zoo_cpu_init(&c, &g, NULL) == 0);
+  memcpy(zoo_cpu_f32(&c, xi), x, sizeof x);
+  int rc = zoo_cpu_run(&c, 0, 1), ok = 1;
+  for (int r = 0; r < R; r++) ok &= zoo_cpu_i32(&c, am)[r] == want[r];
+  zoo_cpu_free(&c);
+  zoo_graph_free(&g);
+  CHECK(rc == 0 && ok);
+}
