@@ -39,7 +39,7 @@ static const bench_cell cells[] = {
 #define NCELLS (int)(sizeof cells / sizeof *cells)
 
 typedef struct bench_opts {
-  int device, steps, warmup, quick, precompile;
+  int device, steps, warmup, quick, precompile, profile;
   const char *only, *json;
 } bench_opts;
 
@@ -51,15 +51,18 @@ typedef struct bench_result {
   double compile_s;
   double first_loss, last_loss;
   char error[1100];
+  char *profile; /* --profile's lines, or NULL */
 } bench_result;
 
 static const char usage[] =
     "usage: zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only MIXER] [--quick]\n"
-    "                    [--json FILE]\n"
+    "                    [--json FILE] [--profile]\n"
     "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention)\n"
     "  --steps N     timed steps per cell (20)       --warmup N  untimed steps first (3)\n"
     "  --only MIXER  cells of that mixer only        --quick     the four small cells only\n"
     "  --json FILE   also write one JSON line per cell\n"
+    "  --profile     after timing, GPU time per kernel kind of one micro-batch (steps run one by\n"
+    "                one between CUDA events), the 15 largest\n"
     "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
     "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC\n";
 
@@ -189,6 +192,14 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
     r->ms_median = o->steps % 2 ? ms[o->steps / 2] : 0.5 * (ms[o->steps / 2 - 1] + ms[o->steps / 2]);
     r->ms_min = ms[0];
   }
+  if (ok && o->profile) {
+    r->profile = malloc(1 << 16);
+    FILE *f = r->profile ? fmemopen(r->profile, 1 << 16, "w") : NULL;
+    if (f) {
+      if (zoo_cuda_backend_profile(be, 5, 15, f) != 0) fprintf(f, "    profile failed: %s\n", be->err);
+      fclose(f);
+    }
+  }
   zoo_cuda_stats st;
   if (ok && zoo_cuda_backend_stats(be, &st) == 0) {
     r->launches = st.launches_per_step;
@@ -239,7 +250,7 @@ static int precompile_cells(const bench_opts *o) {
 }
 
 int zoo_bench_main(int argc, char **argv) {
-  bench_opts o = {0, 20, 3, 0, 0, NULL, NULL};
+  bench_opts o = {0, 20, 3, 0, 0, 0, NULL, NULL};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +275,8 @@ int zoo_bench_main(int argc, char **argv) {
       o.json = v, i++;
     } else if (!strcmp(a, "--quick")) {
       o.quick = 1;
+    } else if (!strcmp(a, "--profile")) {
+      o.profile = 1;
     } else if (!strcmp(a, "--precompile")) {
       o.precompile = 1;
     } else {
@@ -310,6 +323,8 @@ int zoo_bench_main(int argc, char **argv) {
              r.first_loss, r.last_loss, r.params != c->params ? "  (parameter count differs from the reference's)" : "");
       if (!isfinite(r.last_loss)) failures++;
     }
+    if (r.profile) fputs(r.profile, stdout);
+    free(r.profile);
     fflush(stdout);
     if (js) {
       char esc[2400];

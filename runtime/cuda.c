@@ -1050,6 +1050,102 @@ int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s) {
   return 0;
 }
 
+/* The profile's name for step s: the kernel's name without "zoo_", the
+ * generated kernels' "k<N>_" and the emitters' "_<N>" (zoo_k6_mul_add_add ->
+ * mul_add_add, zoo_poly_attn_fwd_15 -> poly_attn_fwd); GEMMs by their node's op
+ * and the pass; clears as "memset". */
+static void profile_key(const zoo_step *s, const zoo_graph *g, int backward, char *buf, size_t n) {
+  if (s->kind == ZOO_STEP_ZERO) {
+    snprintf(buf, n, "memset");
+    return;
+  }
+  if (s->kind == ZOO_STEP_GEMM) {
+    const char *op = s->node >= 0 && s->node < g->nnodes ? zoo_ops[g->nodes[s->node].op].name : "?";
+    snprintf(buf, n, "gemm %s (%s)", backward ? "bwd" : "fwd", op);
+    return;
+  }
+  const char *f = s->func ? s->func : "?";
+  if (!strncmp(f, "zoo_", 4)) f += 4;
+  if (f[0] == 'k' && f[1] >= '0' && f[1] <= '9') {
+    const char *u = strchr(f, '_');
+    if (u) f = u + 1;
+  }
+  snprintf(buf, n, "%s", f);
+  size_t len = strlen(buf);
+  size_t e = len;
+  while (e > 0 && buf[e - 1] >= '0' && buf[e - 1] <= '9') e--;
+  if (e < len && e > 1 && buf[e - 1] == '_' && s->func && strncmp(s->func, "zoo_k", 5) != 0) buf[e - 1] = 0;
+}
+
+typedef struct profile_row {
+  char key[64];
+  double ms;
+  int count;
+} profile_row;
+
+static int by_ms_desc(const void *a, const void *b) {
+  double x = ((const profile_row *)a)->ms, y = ((const profile_row *)b)->ms;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out) {
+  if (!be || strcmp(be->name, "cuda") != 0) return -1;
+  zoo_cuda *x = be->impl;
+  core *c = &x->c;
+  zoo_cuda_program *cp = &x->prog;
+  const zoo_plan *p = &cp->train_plan;
+  int n = cp->ntrain;
+  if (repeats < 1) repeats = 1;
+  if (cuda_sync(be, NULL) != 0) return -1;
+  CUevent *ev = calloc((size_t)n + 1, sizeof *ev);
+  double *ms = calloc((size_t)n, sizeof *ms);
+  profile_row *rows = calloc((size_t)n, sizeof *rows);
+  if (!ev || !ms || !rows) abort();
+  int status = 0, nrows = 0;
+  for (int i = 0; i <= n && status == 0; i++)
+    if (zoo_cu.cuEventCreate(&ev[i], 0) != CUDA_SUCCESS) status = -1;
+  /* the inputs of the last step are still on the device: run its micro-batch's
+   * steps one by one, an event before each, `repeats` times (first one untimed) */
+  for (int r = 0; r <= repeats && status == 0; r++) {
+    for (int i = 0; i < n && status == 0; i++) {
+      if (zoo_cu.cuEventRecord(ev[i], c->stream) != CUDA_SUCCESS) status = -1;
+      else status = launch_step(c, p, &cp->train, i, 0, micro_seed(1, 0), 0);
+    }
+    if (status == 0 && zoo_cu.cuEventRecord(ev[n], c->stream) != CUDA_SUCCESS) status = -1;
+    if (status == 0 && zoo_cu.cuEventSynchronize(ev[n]) != CUDA_SUCCESS) status = -1;
+    for (int i = 0; i < n && status == 0 && r > 0; i++) {
+      float t = 0;
+      zoo_cu.cuEventElapsedTime(&t, ev[i], ev[i + 1]);
+      ms[i] += t / repeats;
+    }
+  }
+  double total = 0;
+  for (int i = 0; i < n && status == 0; i++) {
+    char key[64];
+    profile_key(&c->emit->steps[i], &cp->train, i >= cp->nforward, key, sizeof key);
+    int k = 0;
+    while (k < nrows && strcmp(rows[k].key, key) != 0) k++;
+    if (k == nrows) snprintf(rows[nrows++].key, sizeof rows->key, "%s", key);
+    rows[k].ms += ms[i];
+    rows[k].count++;
+    total += ms[i];
+  }
+  if (status == 0) {
+    qsort(rows, (size_t)nrows, sizeof *rows, by_ms_desc);
+    fprintf(out, "    profile: one micro-batch, %d steps run one by one, %.3f ms in all (mean of %d)\n", n,
+            total, repeats);
+    for (int k = 0; k < nrows && k < top; k++)
+      fprintf(out, "    %8.3f ms %5.1f%%  x%-3d %s\n", rows[k].ms, total > 0 ? 100 * rows[k].ms / total : 0,
+              rows[k].count, rows[k].key);
+  }
+  for (int i = 0; i <= n; i++)
+    if (ev[i]) zoo_cu.cuEventDestroy(ev[i]);
+  free(ev);
+  free(ms);
+  free(rows);
+  return status;
+}
+
 /* ---------------------------------------------------------------------------
  * The plain executor (tests) */
 

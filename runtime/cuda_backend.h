@@ -14,6 +14,7 @@
 #define ZOO_CUDA_BACKEND_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "../compiler/codegen_cuda.h"
 #include "backend.h"
@@ -41,6 +42,13 @@ typedef struct zoo_cuda_stats {
 
 /* Fills s (waits for outstanding work first). Returns 0, or -1 with be->err. */
 int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s);
+
+/* ZOO profiling: runs one micro-batch's training steps one by one (after a
+ * training step, on its inputs), with CUDA events around each step, `repeats`
+ * times after one untimed pass, and prints to out the GPU time per kernel kind
+ * (kernel name without its numbers; GEMMs by pass and op), the `top` largest.
+ * Leaves the gradients changed (not the parameters). Returns 0 or -1. */
+int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out);
 
 /* Compiles, without a GPU, the module a backend (zoo_cuda_backend_init) or an
  * executor (zoo_cuda_exec_init) would compile for this graph, into the kernel
