@@ -42,7 +42,7 @@ HEADERS   = $(wildcard compiler/*.h compiler/*.def runtime/*.h tests/*.h) $(BUIL
 
 .DEFAULT_GOAL := all
 
-.PHONY: all test test-asan test-gpu run run-tiny bench clean generated check-generated
+.PHONY: all test test-asan test-emu test-gpu run run-tiny bench clean generated check-generated
 
 all: $(BIN)/zooc $(BIN)/zoorun $(BUILD)/zoo_test
 
@@ -86,6 +86,11 @@ test-asan:
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  build-asan/zoo_test
 	ASAN_OPTIONS=detect_leaks=0 build-asan/zoo_test lex parse fuzz error golden
+
+# The CUDA backend itself (runtime/cuda.c over a fake driver, kernels emulated on
+# the CPU): slow, so not part of make test.
+test-emu: all
+	ZOO_EMU_TESTS=1 $(BUILD)/zoo_test emu_
 
 # On a machine with an NVIDIA GPU.
 test-gpu: all
