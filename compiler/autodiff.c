@@ -111,6 +111,7 @@ NO_GRAD(embedding_bwd)
 NO_GRAD(arange)
 NO_GRAD(causal_conv1d_bwd)
 NO_GRAD(poly_attention_bwd)
+NO_GRAD(wkv4_bwd)
 NO_GRAD(softmax_attention_bwd)
 NO_GRAD(linear_cross_entropy_bwd)
 
@@ -543,6 +544,14 @@ int zoo_grad_linear_cross_entropy(zoo_grad_ctx *c, const zoo_node *n, const int 
   return 0;
 }
 
+/* wkv4: one backward node (dy, w, u, k, v) -> dw, du, dk, dv, same attributes */
+int zoo_grad_wkv4(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
+  int in[5] = {dout[0], n->in[0], n->in[1], n->in[2], n->in[3]};
+  int first = emit_same(c, ZOO_OP_WKV4_BWD, 5, in, n);
+  for (int k = 0; k < 4; k++) din[k] = first + k;
+  return 0;
+}
+
 /* ---------------------------------------------------------------------------
  * The walk */
 
@@ -599,7 +608,8 @@ int zoo_autodiff(zoo_graph *g, int loss, int seed, zoo_diag *d) {
       any_in |= c.want[j];
     }
     if (!any_out || !any_in) continue;
-    int din[ZOO_MAX_IN] = {-1, -1, -1, -1};
+    int din[ZOO_MAX_IN];
+    for (int j = 0; j < ZOO_MAX_IN; j++) din[j] = -1;
     if (grad_rules[n.op](&c, &n, dout, din) != 0) {
       rc = -1;
       break;

@@ -15,8 +15,11 @@
  *
  * Compile-time functions (len, range, min, max, int, float, abs, sqrt on numbers,
  * ...) compute values, and param(shape, init = normal(0.02)) with the
- * initialisers normal(std), uniform(bound), zeros(), ones(), constant(v)
- * declares a parameter.
+ * initialisers normal(std), uniform(bound), zeros(), ones(), constant(v),
+ * ramp(denom, power, scale = 1, offset = 0) (element i of the flattened
+ * parameter: offset + scale * (i / denom)^power) and zigzag(amplitude,
+ * offset = 0) (offset + amplitude * ((i + 1) % 3 - 1)), the last two for RWKV's
+ * per-channel inits, declares a parameter.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -90,6 +93,7 @@ static const zoo_builtin builtins[] = {
      "q, k, v, scale:f0, dropout:f1=0, causal:i1=true", NULL},
     {"linear_cross_entropy", ZOO_OP_LINEAR_CROSS_ENTROPY, "h, w, targets, ignore_index:i0=-100",
      NULL},
+    {"wkv4", ZOO_OP_WKV4, "w, u, k, v, bf16:i0=false", NULL},
     /* compile-time functions */
     {"len", -1, "x", fn_len},
     {"range", -1, "start, stop=none, step=1", fn_range},
@@ -104,6 +108,8 @@ static const zoo_builtin builtins[] = {
     {"zeros", -1, "", fn_init},
     {"ones", -1, "", fn_init},
     {"constant", -1, "value", fn_init},
+    {"ramp", -1, "denom, power, scale=1, offset=0", fn_init},
+    {"zigzag", -1, "amplitude, offset=0", fn_init},
 };
 
 #define NBUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
@@ -473,7 +479,7 @@ static zoo_value *fn_param(zoo_lowering *L, const zoo_builtin *b, const zoo_arg 
     p->type.dim[k] = zoo_dim_const(d);
   }
   if (v[1]->kind == ZOO_V_NONE) {
-    p->init = (zoo_init){ZOO_INIT_NORMAL, 0.02};
+    p->init = (zoo_init){.kind = ZOO_INIT_NORMAL, .a = 0.02};
   } else if (v[1]->kind == ZOO_V_INIT) {
     p->init = v[1]->init;
   } else {
@@ -501,7 +507,19 @@ static zoo_value *fn_init(zoo_lowering *L, const zoo_builtin *b, const zoo_arg *
   r->init.kind = strcmp(name, "normal") == 0 ? ZOO_INIT_NORMAL
                : strcmp(name, "uniform") == 0 ? ZOO_INIT_UNIFORM
                : strcmp(name, "zeros") == 0 ? ZOO_INIT_ZEROS
-               : strcmp(name, "ones") == 0 ? ZOO_INIT_ONES : ZOO_INIT_CONST;
+               : strcmp(name, "ones") == 0 ? ZOO_INIT_ONES
+               : strcmp(name, "ramp") == 0 ? ZOO_INIT_RAMP
+               : strcmp(name, "zigzag") == 0 ? ZOO_INIT_ZIGZAG : ZOO_INIT_CONST;
+  if (r->init.kind == ZOO_INIT_RAMP || r->init.kind == ZOO_INIT_ZIGZAG) {
+    double *slot[4] = {&r->init.a, &r->init.b, &r->init.c, &r->init.d};
+    for (int k = 0; k < n; k++) {
+      const char *what = zoo_arena_printf(L->a, "argument %d of %s", k + 1, name);
+      if (zoo_value_want_number(L, v[k], uses[k], what, slot[k])) return NULL;
+    }
+    if (r->init.kind == ZOO_INIT_RAMP && !(r->init.a > 0))
+      return zoo_lower_error(L, uses[0], "the denominator of ramp must be positive");
+    return r;
+  }
   if (n == 1) {
     const char *what = zoo_arena_printf(L->a, "the argument of %s", name);
     if (zoo_value_want_number(L, v[0], uses[0], what, &r->init.a)) return NULL;

@@ -18,6 +18,10 @@ static void print_init(FILE *out, zoo_init init) {
   case ZOO_INIT_NORMAL: fprintf(out, "normal(%g)", init.a); break;
   case ZOO_INIT_UNIFORM: fprintf(out, "uniform(%g)", init.a); break;
   case ZOO_INIT_CONST: fprintf(out, "constant(%g)", init.a); break;
+  case ZOO_INIT_RAMP:
+    fprintf(out, "ramp(%g, %g, scale=%g, offset=%g)", init.a, init.b, init.c, init.d);
+    break;
+  case ZOO_INIT_ZIGZAG: fprintf(out, "zigzag(%g, offset=%g)", init.a, init.b); break;
   }
 }
 

@@ -19,8 +19,8 @@
 #include "diag.h"
 
 #define ZOO_MAX_DIMS 6
-#define ZOO_MAX_IN 4
-#define ZOO_MAX_OUT 3
+#define ZOO_MAX_IN 5
+#define ZOO_MAX_OUT 4
 #define ZOO_MAX_SYMS 8
 
 typedef enum zoo_op {
@@ -91,11 +91,15 @@ typedef enum zoo_init_kind {
   ZOO_INIT_NORMAL,  /* mean 0, std a */
   ZOO_INIT_UNIFORM, /* in [-a, a] */
   ZOO_INIT_CONST,   /* every element a */
+  ZOO_INIT_RAMP,    /* element i (flat index): d + c * (i / a)^b */
+  ZOO_INIT_ZIGZAG,  /* element i: b + a * ((i + 1) % 3 - 1) */
 } zoo_init_kind;
 
+/* a is the only number of the first five kinds; RAMP and ZIGZAG (RWKV's
+ * per-channel inits) use a..d as their comments say. */
 typedef struct zoo_init {
   zoo_init_kind kind;
-  double a;
+  double a, b, c, d;
 } zoo_init;
 
 typedef struct zoo_tensor {

@@ -106,6 +106,15 @@ static const char *init_str(zoo_lowering *L, zoo_init init) {
   case ZOO_INIT_NORMAL: return zoo_arena_printf(L->a, "normal(%s)", f);
   case ZOO_INIT_UNIFORM: return zoo_arena_printf(L->a, "uniform(%s)", f);
   case ZOO_INIT_CONST: return zoo_arena_printf(L->a, "constant(%s)", f);
+  case ZOO_INIT_RAMP:
+  case ZOO_INIT_ZIGZAG: {
+    char b[64], c[64], d[64];
+    format_float(b, sizeof b, init.b);
+    format_float(c, sizeof c, init.c);
+    format_float(d, sizeof d, init.d);
+    if (init.kind == ZOO_INIT_ZIGZAG) return zoo_arena_printf(L->a, "zigzag(%s, offset = %s)", f, b);
+    return zoo_arena_printf(L->a, "ramp(%s, %s, scale = %s, offset = %s)", f, b, c, d);
+  }
   }
   return "?";
 }
@@ -376,7 +385,9 @@ static int values_equal(const zoo_value *a, const zoo_value *b, int *ok) {
   case ZOO_V_MODULE: return a->module == b->module;
   case ZOO_V_BUILTIN: return a->builtin == b->builtin;
   case ZOO_V_PARAM: return a->param == b->param;
-  case ZOO_V_INIT: return a->init.kind == b->init.kind && a->init.a == b->init.a;
+  case ZOO_V_INIT:
+    return a->init.kind == b->init.kind && a->init.a == b->init.a && a->init.b == b->init.b &&
+           a->init.c == b->init.c && a->init.d == b->init.d;
   case ZOO_V_TENSOR: *ok = 0; return 0;
   default: return 0;
   }

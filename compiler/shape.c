@@ -654,6 +654,35 @@ static int zoo_shape_linear_cross_entropy_bwd(shape_ctx *s) {
   return 0;
 }
 
+/* w[C], u[C], k[B,T,C], v[B,T,C] at inputs wi .. wi+3 */
+static int want_wkv(shape_ctx *s, int wi) {
+  const zoo_type *w = s->in[wi], *u = s->in[wi + 1], *k = s->in[wi + 2], *v = s->in[wi + 3];
+  if (want_f32(s, wi, "w") || want_f32(s, wi + 1, "u") || want_f32(s, wi + 2, "k") ||
+      want_f32(s, wi + 3, "v"))
+    return -1;
+  if (k->ndim != 3) return fail(s, "k must be [B, T, C], got %s", ts(s, k));
+  if (!zoo_type_eq(k, v)) return fail(s, "k %s and v %s differ", ts(s, k), ts(s, v));
+  if (w->ndim != 1 || !zoo_dim_eq(w->dim[0], k->dim[2]))
+    return fail(s, "w must be [%s] for k %s, got %s", ds(s, k->dim[2]), ts(s, k), ts(s, w));
+  if (!zoo_type_eq(w, u)) return fail(s, "w %s and u %s differ", ts(s, w), ts(s, u));
+  return 0;
+}
+
+static int zoo_shape_wkv4(shape_ctx *s) {
+  if (want_wkv(s, 0)) return -1;
+  s->out[0] = *s->in[2];
+  return 0;
+}
+
+/* (dy, w, u, k, v) -> dw, du, dk, dv */
+static int zoo_shape_wkv4_bwd(shape_ctx *s) {
+  if (want_wkv(s, 1)) return -1;
+  if (!zoo_type_eq(s->in[0], s->in[3]))
+    return fail(s, "dy %s must be k's type %s", ts(s, s->in[0]), ts(s, s->in[3]));
+  for (int k = 0; k < 4; k++) s->out[k] = *s->in[1 + k];
+  return 0;
+}
+
 typedef int (*shape_fn)(shape_ctx *s);
 
 static const shape_fn shape_rules[ZOO_OP_COUNT] = {

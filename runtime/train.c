@@ -35,6 +35,10 @@ void zoo_train_init_params(const zoo_graph *g, uint64_t seed, float **params) {
       case ZOO_INIT_ZEROS: p[k] = 0; break;
       case ZOO_INIT_ONES: p[k] = 1; break;
       case ZOO_INIT_CONST: p[k] = (float)a; break;
+      case ZOO_INIT_RAMP:
+        p[k] = (float)(t->init.d + t->init.c * pow((double)k / a, t->init.b));
+        break;
+      case ZOO_INIT_ZIGZAG: p[k] = (float)(t->init.b + a * (double)((k + 1) % 3 - 1)); break;
       case ZOO_INIT_UNIFORM: {
         double u = (double)(zoo_rng_mix(s += 0x9e3779b97f4a7c15ULL) >> 11) * 0x1p-53;
         p[k] = (float)(a * (2 * u - 1));

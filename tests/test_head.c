@@ -227,7 +227,7 @@ static void hand_build(hand *h, int bias, int reader, int after) {
   zoo_type tt = {.dtype = ZOO_I32, .ndim = 2, .dim = {{1, 1u << B}, {5, 0}}};
   zoo_type et = {.dtype = ZOO_F32, .ndim = 2, .dim = {{7, 0}, {3, 0}}};
   zoo_type bt = {.dtype = ZOO_F32, .ndim = 1, .dim = {{7, 0}}};
-  zoo_init init = {ZOO_INIT_NORMAL, 0.5};
+  zoo_init init = {.kind = ZOO_INIT_NORMAL, .a = 0.5};
   h->tokens = zoo_graph_input(&h->g, "tokens", tt);
   h->E = zoo_graph_param(&h->g, "E", et, init);
   int b = bias ? zoo_graph_param(&h->g, "b", bt, init) : -1;

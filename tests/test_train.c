@@ -258,7 +258,7 @@ TEST(train_cpu_backend_adamw) {
   zoo_dim Bd = {1, 1u << zoo_graph_symbol(&g, "B")}, Td = {1, 1u << zoo_graph_symbol(&g, "T")};
   int tokens = zoo_graph_input(&g, "tokens", (zoo_type){ZOO_I32, 2, {Bd, Td}});
   int w = zoo_graph_param(&g, "w", (zoo_type){ZOO_F32, 2, {{V, 0}, {V, 0}}},
-                          (zoo_init){ZOO_INIT_NORMAL, 0.5});
+                          (zoo_init){.kind = ZOO_INIT_NORMAL, .a = 0.5});
   int in[2] = {w, tokens};
   g.output = zoo_graph_node(&g, ZOO_OP_EMBEDDING, 2, in, &(zoo_attrs){0}, zoo_nospan, &d);
   CHECK(g.output >= 0 && zoo_train_graph(&g, &d) == 0);
