@@ -570,7 +570,8 @@ TEST(grad_every_op_covered) {
                           "layernorm", "rmsnorm", "softmax", "logsumexp", "cross_entropy",
                           "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
                           "shift", "linear", "matmul", "embedding", "cumsum", "causal_conv1d",
-                          "poly_attention", "softmax_attention", "linear_cross_entropy"};
+                          "poly_attention", "softmax_attention", "linear_cross_entropy",
+                          "wkv4"};
   int n = (int)(sizeof tested / sizeof tested[0]);
   for (int op = 0; op < ZOO_OP_COUNT; op++) {
     if (!(zoo_ops[op].flags & ZOO_OPF_GRAD)) continue;
@@ -749,6 +750,8 @@ TEST(grad_model_rebased) { CHECK(model_fd("rebased", "num_heads=2") == 0); }
 TEST(grad_model_based) { CHECK(model_fd("based", "num_heads=2") == 0); }
 TEST(grad_model_conv_attention) { CHECK(model_fd("conv_attention", "num_heads=2") == 0); }
 TEST(grad_model_attention) { CHECK(model_fd("attention", "num_heads=2") == 0); }
+/* fp32 WKV: bf16 rounding would make the loss a step function at FD's scale */
+TEST(grad_model_rwkv) { CHECK(model_fd("rwkv", "bf16=false") == 0); }
 
 /* The same tensor as both operands: both contributions are summed. */
 TEST(grad_same_input_twice) {
@@ -760,5 +763,24 @@ TEST(grad_same_input_twice) {
     char what[32];
     snprintf(what, sizeof what, "%s(x, x)", zoo_ops[ops[k]].name);
     CHECK(gc_finish(&c, what, gc2(&c, ops[k], x, x, NULL)) == 0);
+  }
+}
+
+/* wkv4 in fp32 against finite differences: plain values, then k scaled by 8
+ * (through muls, so the stable form's rescaling is exercised) */
+TEST(grad_wkv4) {
+  for (int big = 0; big < 2; big++) {
+    gcase c;
+    gc_init(&c);
+    int w = gc_param(&c, F32T(K(3)), VAL_SIGNED), u = gc_param(&c, F32T(K(3)), VAL_SIGNED);
+    int k = gc_param(&c, F32T(K(2), K(6), K(3)), VAL_SIGNED);
+    int v = gc_param(&c, F32T(K(2), K(6), K(3)), VAL_SIGNED);
+    if (big) {
+      zoo_attrs m = {0};
+      m.f[0] = 8;
+      k = gc1(&c, ZOO_OP_MULS, k, &m);
+    }
+    int in[4] = {w, u, k, v};
+    CHECK(gc_finish(&c, big ? "wkv4 (large k)" : "wkv4", gc_node(&c, ZOO_OP_WKV4, 4, in, NULL)) == 0);
   }
 }

@@ -967,6 +967,7 @@ TEST(op_every_op_covered) {
       "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",
       "linear_cross_entropy", "linear_cross_entropy_bwd",
       "poly_attention_bwd", "softmax_attention_bwd", /* test_grad.c */
+      "wkv4", "wkv4_bwd", /* op_wkv4 and op_wkv4_bf16 below, grad_wkv4 in test_grad.c */
   };
   int n = (int)(sizeof tested / sizeof tested[0]);
   for (int op = 0; op < ZOO_OP_COUNT; op++) {
@@ -974,4 +975,116 @@ TEST(op_every_op_covered) {
     for (int i = 0; i < n; i++) found |= strcmp(tested[i], zoo_ops[op].name) == 0;
     CHECKF(found, "no CPU test for %s", zoo_ops[op].name);
   }
+}
+
+/* ---- wkv4 (RWKV v4), appended ---- */
+
+/* wkv4 straight from its definition, sums of exponentials shifted by the
+ * largest exponent of each step (so k may be large): y [B, T, C] in double. */
+static void wkv4_naive(const float *w, const float *u, const float *k, const float *v, double *y,
+                       int B, int T, int C) {
+  for (int b = 0; b < B; b++)
+    for (int c = 0; c < C; c++) {
+      double d = -exp((double)w[c]);
+      for (int t = 0; t < T; t++) {
+        double ex[64], mx = u[c] + (double)k[(b * T + t) * C + c];
+        for (int i = 0; i < t; i++) {
+          ex[i] = (t - 1 - i) * d + k[(b * T + i) * C + c];
+          mx = fmax(mx, ex[i]);
+        }
+        double num = exp(u[c] + (double)k[(b * T + t) * C + c] - mx) * v[(b * T + t) * C + c];
+        double den = exp(u[c] + (double)k[(b * T + t) * C + c] - mx);
+        for (int i = 0; i < t; i++) {
+          num += exp(ex[i] - mx) * v[(b * T + i) * C + c];
+          den += exp(ex[i] - mx);
+        }
+        y[(b * T + t) * C + c] = num / den;
+      }
+    }
+}
+
+/* Builds wkv4 (and, with dy, its backward) over the given values and runs it. */
+static int wkv4_graph(og *o, int B, int T, int C, const float *w, const float *u, const float *k,
+                      const float *v, const float *dy, int bf16, int *y, int *bw) {
+  og_init(o);
+  int tw = og_input(o, F32T(K(C)), w), tu = og_input(o, F32T(K(C)), u);
+  int tk = og_input(o, F32T(K(B), K(T), K(C)), k), tv = og_input(o, F32T(K(B), K(T), K(C)), v);
+  zoo_attrs a = {0};
+  a.i[0] = bf16;
+  int in4[4] = {tw, tu, tk, tv};
+  *y = og_node(o, ZOO_OP_WKV4, 4, in4, &a);
+  if (dy) {
+    int in5[5] = {og_input(o, F32T(K(B), K(T), K(C)), dy), tw, tu, tk, tv};
+    *bw = og_node(o, ZOO_OP_WKV4_BWD, 5, in5, &a);
+  }
+  return *y >= 0 && (!dy || *bw >= 0) ? og_run(o, 0, 0) : -1;
+}
+
+TEST(op_wkv4) {
+  enum { B = 2, T = 9, C = 5, N = B * T * C };
+  float *w = randv(C), *u = randv(C), *k = randv(N), *v = randv(N);
+  double ref[N];
+  for (int big = 0; big < 2; big++) {
+    if (big) /* exponents far beyond float's range: the stable form must not overflow */
+      for (int i = 0; i < N; i++) k[i] = 60 * k[i] + (i % 3 == 0 ? 40 : 0);
+    og o;
+    int y, bw;
+    CHECK(wkv4_graph(&o, B, T, C, w, u, k, v, NULL, 0, &y, &bw) == 0);
+    wkv4_naive(w, u, k, v, ref, B, T, C);
+    CHECKF(maxdiff(og_f(&o, y), ref, N) < 1e-5, "big %d: %g", big, maxdiff(og_f(&o, y), ref, N));
+    /* the first step sees only its own token: y_0 = v_0 */
+    for (int b = 0; b < B; b++)
+      for (int c = 0; c < C; c++) CHECK(og_f(&o, y)[b * T * C + c] == v[b * T * C + c]);
+    og_free(&o);
+  }
+  /* shape rule: w must match the channels */
+  zoo_graph g;
+  zoo_graph_init(&g);
+  int in[4] = {zoo_graph_input(&g, "w", F32T(K(4))), zoo_graph_input(&g, "u", F32T(K(4))),
+               zoo_graph_input(&g, "k", F32T(K(2), K(3), K(5))),
+               zoo_graph_input(&g, "v", F32T(K(2), K(3), K(5)))};
+  zoo_type out[4];
+  char err[256];
+  CHECK(shape_of_node(&g, ZOO_OP_WKV4, 4, in, NULL, out, err) != 0);
+  CHECKF(strstr(err, "w must be [5]") != NULL, "%s", err);
+  zoo_graph_free(&g);
+  free(w), free(u), free(k), free(v);
+}
+
+static int is_bf16(float x) {
+  uint32_t b;
+  memcpy(&b, &x, 4);
+  return (b & 0xffffu) == 0;
+}
+
+/* The bf16 mode: y and every gradient are the fp32 results rounded to bf16
+ * (nearest even), the gradient computed from dy rounded to bf16. */
+TEST(op_wkv4_bf16) {
+  enum { B = 2, T = 7, C = 3, N = B * T * C };
+  float *w = randv(C), *u = randv(C), *k = randv(N), *v = randv(N), *dy = randv(N);
+  float dyr[N];
+  og o16, o32;
+  int y16, b16, y32, b32;
+  CHECK(wkv4_graph(&o16, B, T, C, w, u, k, v, dy, 1, &y16, &b16) == 0);
+  for (int i = 0; i < N; i++) { /* dy rounded to bf16 by hand: ties to even */
+    uint32_t b;
+    memcpy(&b, &dy[i], 4);
+    b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&dyr[i], &b, 4);
+  }
+  CHECK(wkv4_graph(&o32, B, T, C, w, u, k, v, dyr, 0, &y32, &b32) == 0);
+  int64_t sizes[5] = {N, C, C, N, N};
+  int t16[5] = {y16, b16, b16 + 1, b16 + 2, b16 + 3}, t32[5] = {y32, b32, b32 + 1, b32 + 2, b32 + 3};
+  for (int j = 0; j < 5; j++)
+    for (int64_t i = 0; i < sizes[j]; i++) {
+      float a = og_f(&o16, t16[j])[i], r = og_f(&o32, t32[j])[i];
+      uint32_t rb;
+      memcpy(&rb, &r, 4);
+      rb = (rb + 0x7fffu + ((rb >> 16) & 1u)) & 0xffff0000u;
+      float want;
+      memcpy(&want, &rb, 4);
+      CHECKF(is_bf16(a) && a == want, "output %d [%lld]: %.9g, fp32 %.9g", j, (long long)i, a, r);
+    }
+  og_free(&o16), og_free(&o32);
+  free(w), free(u), free(k), free(v), free(dy);
 }
