@@ -3,6 +3,7 @@
  * the language's compile-time semantics hold on small programs.
  *
  * Run from the repository root (paths are relative to it). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "compile.h"
+#include "train.h"
 #include "test.h"
 #include "value.h"
 
@@ -63,8 +65,7 @@ static int count_op(const zoo_graph *g, zoo_op op) {
   return n;
 }
 
-/* NOTES.md "Parameter counts". The rwkv row (1,247,744) needs an RWKV model,
- * which zoo does not ship yet. */
+/* NOTES.md "Parameter counts". */
 TEST(model_param_counts) {
   static const struct {
     const char *model;
@@ -75,7 +76,7 @@ TEST(model_param_counts) {
       {"based", 64, 128, 569792},        {"conv_attention", 64, 128, 554176},
       {"rebased", 128, 512, 1213056},    {"based", 128, 512, 1212288},
       {"rebased", 512, 512, 5439744},    {"rebased", 64, 2048, 693440},
-      {"rebased", 512, 2048, 6226176},
+      {"rebased", 512, 2048, 6226176},  {"rwkv", 128, 512, 1247744},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
     char path[64], d[32], l[32];
@@ -298,6 +299,7 @@ TEST(golden_rebased) { golden_model(t, "rebased"); }
 TEST(golden_based) { golden_model(t, "based"); }
 TEST(golden_conv_attention) { golden_model(t, "conv_attention"); }
 TEST(golden_attention) { golden_model(t, "attention"); }
+TEST(golden_rwkv) { golden_model(t, "rwkv"); }
 
 /* ---- the language ---- */
 
@@ -635,4 +637,53 @@ TEST(model_std_library) {
            count_op(g, ZOO_OP_RMSNORM) == 1;
   zoo_program_free(p);
   CHECK(ok);
+}
+
+/* RWKV's names, shapes and per-channel inits (src/mixers/rwkv.py, n_layer 2):
+ * time_decay[c] = -5 + 8 (c / (C-1))^(0.7 + 1.3 l), time_first[c] = log 0.3 +
+ * 0.5 ((c+1) % 3 - 1), time_mix_k = (c / C)^(1 - l/2), time_mix_v the same +
+ * 0.3 l, time_mix_r = (c / C)^((1 - l/2) / 2), for layer l = 0, 1. */
+TEST(model_rwkv_inits) {
+  enum { C = 8 };
+  const char *defs[] = {"d_model=8", "seq_len=16", "vocab_size=32"};
+  char *errors;
+  zoo_program *p = compile_with("models/rwkv.zoo", defs, 3, &errors);
+  CHECKF(p, "%s", errors);
+  free(errors);
+  if (!p) return;
+  const zoo_graph *g = &p->graph;
+  float **params = calloc((size_t)g->nparams, sizeof *params);
+  for (int i = 0; i < g->nparams; i++)
+    params[i] = calloc((size_t)zoo_type_numel(&g->tensors[g->params[i]].type, NULL), sizeof(float));
+  zoo_train_init_params(g, 1, params);
+  const char *fields[5] = {"time_decay", "time_first", "time_mix_k", "time_mix_v", "time_mix_r"};
+  int found = 0;
+  for (int l = 0; l < 2; l++)
+    for (int f = 0; f < 5; f++) {
+      char name[96];
+      snprintf(name, sizeof name, "backbone.layers.%d.sequence_mixer.%s", l, fields[f]);
+      int i = 0;
+      while (i < g->nparams && strcmp(g->tensors[g->params[i]].name, name) != 0) i++;
+      CHECKF(i < g->nparams, "no parameter %s", name);
+      if (i == g->nparams) continue;
+      const zoo_type *ty = &g->tensors[g->params[i]].type;
+      CHECKF(ty->ndim == (f < 2 ? 1 : 3) && zoo_dim_eq(ty->dim[ty->ndim - 1], zoo_dim_const(C)) &&
+                 1,
+             "%s has the wrong shape", name);
+      found++;
+      for (int c = 0; c < C; c++) {
+        double r1 = 1 - l / 2.0, want;
+        if (f == 0) want = -5 + 8 * pow(c / (C - 1.0), 0.7 + 1.3 * l);
+        else if (f == 1) want = log(0.3) + 0.5 * ((c + 1) % 3 - 1);
+        else if (f == 2) want = pow(c / (double)C, r1);
+        else if (f == 3) want = pow(c / (double)C, r1) + 0.3 * l;
+        else want = pow(c / (double)C, 0.5 * r1);
+        CHECKF(fabs(params[i][c] - want) < 1e-6, "%s[%d] = %.9g, want %.9g", name, c,
+               params[i][c], want);
+      }
+    }
+  CHECK(found == 10);
+  for (int i = 0; i < g->nparams; i++) free(params[i]);
+  free(params);
+  zoo_program_free(p);
 }
