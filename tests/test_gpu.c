@@ -758,6 +758,18 @@ static int c_lce(ocase *c) {
   int in[3] = {h, w, tg};
   return oc_op(c, ZOO_OP_LINEAR_CROSS_ENTROPY, 3, in, &a);
 }
+static int c_wkv4_t(ocase *c, int64_t T, int bf16) {
+  int w = oc_f32(c, V_SIGNED, DIMS(6)), u = oc_f32(c, V_SIGNED, DIMS(6));
+  int64_t kd[3] = {3, T, 6};
+  int k = oc_f32(c, V_SIGNED, 3, kd), v = oc_f32(c, V_SIGNED, 3, kd);
+  zoo_attrs a = A0();
+  a.i[0] = bf16;
+  int in[4] = {w, u, k, v};
+  return oc_op(c, ZOO_OP_WKV4, 4, in, &a);
+}
+static int c_wkv4(ocase *c) { return c_wkv4_t(c, 9, 0); }
+static int c_wkv4_long(ocase *c) { return c_wkv4_t(c, 300, 0); }
+static int c_wkv4_bf16(ocase *c) { return c_wkv4_t(c, 9, 1); }
 
 static const named_case intrinsics_cases[] = {
       {"embedding", c_embedding, 1e-4, 1},
@@ -771,6 +783,9 @@ static const named_case intrinsics_cases[] = {
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"linear_cross_entropy", c_lce, 1e-3, 1},
+      {"wkv4", c_wkv4, 1e-4, 1},
+      {"wkv4_long", c_wkv4_long, 1e-3, 1},
+      {"wkv4_bf16", c_wkv4_bf16, 1e-2, 1}, /* one bf16 step of fp32 vs double rounding */
 };
 
 TEST(gpu_ops_intrinsics) {
@@ -963,6 +978,7 @@ TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0); }
 TEST(gpu_train_based) { train_compare(t, "based", 1, 0); }
 TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0); }
 TEST(gpu_train_attention) { train_compare(t, "attention", 1, 0); }
+TEST(gpu_train_rwkv) { train_compare(t, "rwkv", 1, 0); }
 TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0); }
 TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0); }
 
@@ -1175,4 +1191,5 @@ TEST(emu_program_rebased) { emu_program(t, "rebased", 1); }
 TEST(emu_program_based) { emu_program(t, "based", 1); }
 TEST(emu_program_conv_attention) { emu_program(t, "conv_attention", 1); }
 TEST(emu_program_attention) { emu_program(t, "attention", 1); }
+TEST(emu_program_rwkv) { emu_program(t, "rwkv", 1); }
 TEST(emu_program_rebased_accum) { emu_program(t, "rebased", 2); }
