@@ -59,7 +59,7 @@ static const char *wkv_name(zoo_cuda_emit *e, const zoo_node *n, const char *bas
 static zoo_step *wkv_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, int64_t grid,
                             unsigned block) {
   zoo_step *s = zoo_cuda_step(e, ZOO_STEP_KERNEL, (int)(n - e->g->nodes));
-  s->func = zoo_cuda_strdup(e, name);
+  s->func = strdup(name); /* owned by the caller, as the other intrinsics' names */
   s->grid[0] = (unsigned)(grid < 1 ? 1 : grid), s->grid[1] = s->grid[2] = 1;
   s->block[0] = block, s->block[1] = s->block[2] = 1;
   return s;

@@ -371,3 +371,33 @@ TEST(intrinsics_emit_steps) {
   CHECK(k.e.nsteps == 3 && k.e.steps[1].kind == ZOO_STEP_ZERO && k.e.steps[2].kind == ZOO_STEP_ZERO);
   kt_free(&k);
 }
+
+/* wkv4 and its backward (both bf16 modes) at the shipped sizes: C = d_model,
+ * T = seq_len, B the micro-batch. */
+static void add_wkv4(kt *k, int64_t B, int64_t T, int64_t C, int bf16) {
+  int w = KT_F32(k, C), u = KT_F32(k, C), kk = KT_F32(k, B, T, C), v = KT_F32(k, B, T, C);
+  int dy = KT_F32(k, B, T, C);
+  zoo_attrs a = {0};
+  a.i[0] = bf16;
+  int in[4] = {w, u, kk, v};
+  kt_node(k, ZOO_OP_WKV4, zoo_cuda_wkv4, 4, in, &a);
+  int bin[5] = {dy, w, u, kk, v};
+  kt_node(k, ZOO_OP_WKV4_BWD, zoo_cuda_wkv4_bwd, 5, bin, &a);
+}
+
+TEST(intrinsics_nvrtc_wkv4) {
+  kt k;
+  kt_init(&k);
+  add_wkv4(&k, 256, 128, 64, 1);
+  add_wkv4(&k, 256, 512, 128, 1);
+  add_wkv4(&k, 64, 2048, 512, 0);
+  CHECK(!k.failed);
+  /* forward: one launch; backward: the scan, then the sum over B, sharing scratch */
+  CHECK(k.e.nsteps == 9);
+  CHECK(k.e.steps[1].scratch_bytes == (2 * 256 * 64 + 3 * 256 * 128 * 64) * 4);
+  CHECK(k.e.steps[2].scratch_bytes == k.e.steps[1].scratch_bytes);
+  CHECK(strstr(k.e.src.s, "zk_wkv4_fwd<512, 128, true>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_wkv4_sum<64, 512, false>") != NULL);
+  KT_COMPILE(&k, "wkv4");
+  kt_free(&k);
+}
