@@ -1108,23 +1108,32 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
 
 /* x[T, W] (f32) as xt[W, T] (double): one pair's keys or values with time
  * running along rows, so the loops over j below are contiguous. */
-static void to_columns(double *xt, const float *x, int64_t T, int64_t W) {
+static void to_columns(double *xt, const float *x, int64_t T, int64_t W, int64_t ld) {
+  for (int64_t w = 0; w < W; w++)
+    for (int64_t t = T; t < ld; t++) xt[w * ld + t] = 0; /* padding */
   for (int64_t t = 0; t < T; t++)
-    for (int64_t w = 0; w < W; w++) xt[w * T + t] = x[t * W + w];
+    for (int64_t w = 0; w < W; w++) xt[w * ld + t] = x[t * W + w];
 }
 
 /* Row i of one pair's poly attention: s[j] = scale q_i.k_j and a[j] = c0 + c1 s
- * + c2 s^2 for j <= i, from kt = k in columns; returns z_i = sum_j a[j] + eps. */
-static inline double poly_row(const zoo_node *n, const float *qi, const double *kt, int64_t i, int64_t T,
-                       int64_t F, double *s, double *a) {
+ * + c2 s^2 for j <= i, from kt = k in columns of ld (a multiple of 16, zeros
+ * past T); returns z_i = sum_j a[j] + eps. The dot products go sixteen keys at
+ * a time (four independent vector sums), each summed over f in order; s has
+ * room for ld values (those past i are scratch). */
+static inline double poly_row(const zoo_node *n, const float *qi, const double *kt, int64_t i,
+                              int64_t ld, int64_t F, double *s, double *a) {
   const double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
   const double scale = n->attrs.f[3], eps = n->attrs.f[4];
-  for (int64_t j = 0; j <= i; j++) s[j] = 0;
-  for (int64_t f = 0; f < F; f++) {
-    double qf = qi[f];
-    const double *kf = kt + f * T;
-#pragma omp simd
-    for (int64_t j = 0; j <= i; j++) s[j] += qf * kf[j];
+  for (int64_t j0 = 0; j0 <= i; j0 += 16) {
+    f64x4 s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, k0, k1, k2, k3;
+    for (int64_t f = 0; f < F; f++) {
+      const double *kf = kt + f * ld + j0;
+      memcpy(&k0, kf, 32), memcpy(&k1, kf + 4, 32), memcpy(&k2, kf + 8, 32), memcpy(&k3, kf + 12, 32);
+      double qf = qi[f];
+      s0 += qf * k0, s1 += qf * k1, s2 += qf * k2, s3 += qf * k3;
+    }
+    memcpy(s + j0, &s0, 32), memcpy(s + j0 + 4, &s1, 32);
+    memcpy(s + j0 + 8, &s2, 32), memcpy(s + j0 + 12, &s3, 32);
   }
   double z = 0;
 #pragma omp simd reduction(+ : z)
@@ -1140,16 +1149,21 @@ static inline double poly_row(const zoo_node *n, const float *qi, const double *
  * compiled twice like gemm_rows (4 or 2 double lanes; the lane sums can differ
  * in the last bits of a double, never visibly in the f32 results). */
 
+/* Doubles of work space one pair of poly_attention or its backward needs
+ * (each thread has its own, from the executor's scratch). */
+static int64_t poly_ld(int64_t T) { return (T + 15) / 16 * 16; }
+static int64_t poly_work(int64_t T, int64_t F, int64_t Dv) { return 2 * (F + Dv + 2) * poly_ld(T) + F; }
+
 /* One pair of poly_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
 ZOO_CPU_CLONES
 static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *q,
-                      const float *k, const float *v, float *o) {
-  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-  double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
-  to_columns(kt, k, T, F);
-  to_columns(vt, v, T, Dv);
+                      const float *k, const float *v, float *o, double *work) {
+  int64_t ld = poly_ld(T); /* poly_work(T, F, Dv) doubles: */
+  double *kt = work, *vt = kt + F * ld, *s = vt + Dv * T, *a = s + ld;
+  to_columns(kt, k, T, F, ld);
+  to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
-    double z = poly_row(n, q + i * F, kt, i, T, F, s, a);
+    double z = poly_row(n, q + i * F, kt, i, ld, F, s, a);
     for (int64_t e = 0; e < Dv; e++) {
       const double *ve = vt + e * T;
       double num = 0;
@@ -1158,7 +1172,6 @@ static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const
       o[i * Dv + e] = (float)(num / z);
     }
   }
-  free(kt), free(vt), free(s), free(a);
 }
 
 /* poly_attention (q, k, v; c0, c1, c2, scale, eps), causal:
@@ -1169,28 +1182,32 @@ int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
+  int64_t per = poly_work(T, F, Dv);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
-    poly_pair(n, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv);
+    poly_pair(n, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv,
+              work + omp_get_thread_num() * per);
   return 0;
 }
 
-/* One pair of poly_attention_bwd: do [T, Dv], q, k [T, F], v [T, Dv] -> dq, dk, dv. */
+/* One pair of poly_attention_bwd: do [T, Dv], q, k [T, F], v [T, Dv] -> dq, dk, dv.
+ * dq_i and dk_j run along rows of F (q, k as stored): no sum across lanes. */
 ZOO_CPU_CLONES
 static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *dout,
                           const float *q, const float *k, const float *v, float *dq, float *dk,
-                          float *dv) {
+                          float *dv, double *work) {
   const double c1 = n->attrs.f[1], c2 = n->attrs.f[2], scale = n->attrs.f[3];
-  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-  double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
-  double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
-  double *s = xcalloc((size_t)T, sizeof *s), *a = xcalloc((size_t)T, sizeof *a);
-  double *ds = xcalloc((size_t)T, sizeof *ds);
-  to_columns(kt, k, T, F);
-  to_columns(vt, v, T, Dv);
+  int64_t ld = poly_ld(T); /* poly_work(T, F, Dv) doubles: */
+  double *kt = work, *vt = kt + F * ld, *dkr = vt + Dv * T, *dvt = dkr + F * T;
+  double *s = dvt + Dv * T, *a = s + ld, *ds = a + ld, *dqi = ds + ld;
+  memset(dkr, 0, (size_t)(F * T) * sizeof *dkr);
+  memset(dvt, 0, (size_t)(Dv * T) * sizeof *dvt);
+  to_columns(kt, k, T, F, ld);
+  to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
     const float *qi = q + i * F, *doi = dout + i * Dv;
-    double z = poly_row(n, qi, kt, i, T, F, s, a);
+    double z = poly_row(n, qi, kt, i, ld, F, s, a);
     /* ds[j] = do_i.v_j first; then do_i.o_i = sum_j a_j do_i.v_j / z */
     for (int64_t j = 0; j <= i; j++) ds[j] = 0;
     for (int64_t e = 0; e < Dv; e++) {
@@ -1205,16 +1222,18 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
     do_o /= z;
 #pragma omp simd
     for (int64_t j = 0; j <= i; j++) ds[j] = scale * (ds[j] - do_o) / z * (c1 + 2 * c2 * s[j]);
-    for (int64_t f = 0; f < F; f++) {
-      const double *kf = kt + f * T;
-      double *dkf = dkt + f * T, qf = qi[f], acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j <= i; j++) {
-        acc += ds[j] * kf[j];
-        dkf[j] += ds[j] * qf;
+    /* dq_i = sum_j ds_j k_j; dk_j += ds_j q_i */
+    for (int64_t f = 0; f < F; f++) dqi[f] = 0;
+    for (int64_t j = 0; j <= i; j++) {
+      const float *kj = k + j * F;
+      double *dkj = dkr + j * F, d = ds[j];
+#pragma omp simd
+      for (int64_t f = 0; f < F; f++) {
+        dqi[f] += d * kj[f];
+        dkj[f] += d * qi[f];
       }
-      dq[i * F + f] = (float)acc;
     }
+    for (int64_t f = 0; f < F; f++) dq[i * F + f] = (float)dqi[f];
     for (int64_t e = 0; e < Dv; e++) {
       double *dve = dvt + e * T, w = doi[e] / z;
 #pragma omp simd
@@ -1222,10 +1241,9 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
     }
   }
   for (int64_t t = 0; t < T; t++) {
-    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkt[f * T + t];
+    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkr[t * F + f];
     for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
   }
-  free(kt), free(vt), free(dkt), free(dvt), free(s), free(a), free(ds);
 }
 
 /* poly_attention_bwd (do, q, k, v) -> dq, dk, dv. With z_i = sum_j a_ij + eps and
@@ -1236,10 +1254,12 @@ int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
+  int64_t per = poly_work(T, F, Dv);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
     poly_pair_bwd(n, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv,
-                  DQ + p * T * F, DK + p * T * F, DV + p * T * Dv);
+                  DQ + p * T * F, DK + p * T * F, DV + p * T * Dv, work + omp_get_thread_num() * per);
   return 0;
 }
 
@@ -1287,8 +1307,8 @@ static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t
                          int64_t Dv, const float *q, const float *k, const float *v, float *o) {
   double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
   double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-  to_columns(kt, k, T, F);
-  to_columns(vt, v, T, Dv);
+  to_columns(kt, k, T, F, T);
+  to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
     attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
     for (int64_t j = 0; j < T; j++) P[j] *= M[j];
@@ -1327,8 +1347,8 @@ static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int
   double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
   double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
   double *dP = xcalloc((size_t)T, sizeof *dP);
-  to_columns(kt, k, T, F);
-  to_columns(vt, v, T, Dv);
+  to_columns(kt, k, T, F, T);
+  to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
     const float *doi = dout + i * Dv, *qi = q + i * F;
     attention_row(c, n, p, i, T, F, qi, kt, P, M);
