@@ -190,6 +190,14 @@ static int attn_dims_of(zoo_cuda_emit *e, const zoo_node *n, int qi, attn_dims *
 
 static int poly_tile(int64_t T) { return T <= 32 ? 32 : 64; }
 
+/* Rows per thread (register blocking): `most` for narrow values, fewer for
+ * wide ones (registers), never more slabs than T has tiles. */
+static int poly_rows(int64_t T, int64_t DV, int most) {
+  int R = DV <= 8 ? most : DV <= 16 && most > 2 ? 2 : 1;
+  int64_t tiles = cdiv(T, poly_tile(T));
+  return R > tiles ? (int)tiles : R;
+}
+
 /* The five float attributes as literals "c0, c1, c2, scale" and eps. */
 static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_t elen) {
   char a[4][48];
@@ -201,16 +209,16 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
 int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   attn_dims a;
   if (attn_dims_of(e, n, 0, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
-  int BQ = poly_tile(a.T);
+  int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
   char name[64], c[200], eps[48];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_attn_fwd", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
-                    "  zk_poly_fwd<%lld, %lld, %d, %lld>(q, k, v, o, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c, eps);
-  zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, BQ), (unsigned)BQ, 0);
+                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, c, eps);
+  zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, (int64_t)BQ * R), (unsigned)BQ, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
   arg_tensor(s, n->in[1]);
@@ -222,9 +230,9 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
 int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   attn_dims a;
   if (attn_dims_of(e, n, 1, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
-  int BQ = poly_tile(a.T);
+  int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 2);
   int64_t scratch = a.BH * a.T * (a.DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
-  int64_t grid = a.BH * cdiv(a.T, BQ);
+  int64_t grid = a.BH * cdiv(a.T, (int64_t)BQ * R);
   char name[64], c[200], eps[48];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
 
@@ -233,8 +241,8 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "float *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_bwd_q<%lld, %lld, %d, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c, eps);
+                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, c, eps);
   zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
@@ -247,8 +255,8 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_bwd_kv<%lld, %lld, %d, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, (long long)a.T, c);
+                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, c);
   s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);

@@ -315,15 +315,16 @@ TEST(intrinsics_emit_steps) {
   /* each kernel file once, whatever the number of nodes */
   CHECK(count_of(k.e.src.s, "#define ZK_COMMON_CU\n") == 1);
   CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 1);
-  /* forward: one launch; backward: two sharing one scratch area of dn, dd */
+  /* forward: one launch (two query slabs of 64 per block at T = 128); backward:
+   * two sharing one scratch area of dn, dd */
   CHECK(k.e.nsteps == 6);
   const zoo_step *f = &k.e.steps[0], *q = &k.e.steps[1], *kv = &k.e.steps[2];
   CHECK(f->kind == ZOO_STEP_KERNEL && f->nargs == 4 && f->scratch_bytes == 0);
-  CHECK(f->grid[0] == 2 * 12 * 2 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
+  CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 128>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 512>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
   kt_free(&k);
 

@@ -668,9 +668,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k14_split_heads(const floa
  * keys per shared-memory tile = threads per block, 64), T; c0, c1, c2, scale,
  * eps are float arguments (literals in the wrapper, folded by the compiler).
  *
- * Launch geometry (all three): grid BH * ceil(T / BQ) blocks of BQ threads;
- * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per row
- * (query, or key in the dk/dv kernel); its F and DV vectors live in registers
+ * Launch geometry (all three): grid BH * ceil(T / (R BQ)) blocks of BQ threads;
+ * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per R rows
+ * (queries, or keys in the dk/dv kernel); their F and DV vectors live in registers
  * (loops over F and DV are unrolled from the constants), the other side's tile
  * sits in shared memory, its rows padded to a multiple of 4 floats (16-byte
  * loads), and every thread reads the same element (broadcast). All sums are
@@ -691,9 +691,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k14_split_heads(const floa
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
  *
- * Faster later: several rows per thread (register blocking) to raise the FMA
- * to shared-load ratio, and the chunked linear form (the 136-wide symmetric
- * feature state of F = 16) for long sequences.
+ * Faster later: the chunked linear form (the 136-wide symmetric feature state
+ * of F = 16) for long sequences.
  */
 #ifndef ZK_POLY_ATTENTION_CU
 #define ZK_POLY_ATTENTION_CU
@@ -715,53 +714,77 @@ __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__rest
   }
 }
 
-template <int F, int DV, int BQ, int T>
+/* Register blocking (all three kernels): a block of BQ threads takes R slabs
+ * of BQ rows, rows tile R BQ + r BQ + threadIdx.x for r < R, so each element
+ * read from shared memory feeds R rows, and the R dot products are independent
+ * chains. The other side's tiles are BQ rows; for slab r a tile is whole (every
+ * pair causal), diagonal (masked per pair) or skipped, the same for the whole
+ * block. */
+template <int F, int DV, int BQ, int R, int T>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
                                             float c0, float c1, float c2, float scale,
                                             float eps) {
-  constexpr int NTILE = (T + BQ - 1) / BQ;
+  constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
   const float *vb = v + (zk_i64)bh * T * DV;
 
-  float qi[F], num[DV], den = 0.0f;
+  float qi[R][F], num[R][DV], den[R];
 #pragma unroll
-  for (int f = 0; f < F; f++) qi[f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+  for (int r = 0; r < R; r++) {
+    int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
-  for (int e = 0; e < DV; e++) num[e] = 0.0f;
-
-  for (int kt = 0; kt <= tile; kt++) {
+    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+#pragma unroll
+    for (int e = 0; e < DV; e++) num[r][e] = 0.0f;
+    den[r] = 0.0f;
+  }
+  int slab0 = tile * R; /* slab r covers key tile slab0 + r */
+  int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
+  for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
     zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
     zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
-    int jend = kt < tile ? BQ : threadIdx.x + 1; /* causal: j <= i */
-    if (i >= T) jend = 0;
-    for (int jj = 0; jj < jend; jj++) {
-      float s = 0.0f;
+#pragma unroll 2
+    for (int jj = 0; jj < BQ; jj++) {
+      float kv[F], vv[DV];
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
-      float a = c0 + s * (c1 + c2 * s);
-      den += a;
+      for (int f = 0; f < F; f++) kv[f] = ks[jj * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) num[e] += a * vs[jj * DVP + e];
+      for (int e = 0; e < DV; e++) vv[e] = vs[jj * DVP + e];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (kt > slab0 + r) continue; /* the whole tile is after slab r */
+        float s = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qi[r][f] * kv[f];
+        float a = c0 + s * (c1 + c2 * s);
+        if (kt == slab0 + r && jj > (int)threadIdx.x) a = 0.0f; /* causal: j <= i */
+        den[r] += a;
+#pragma unroll
+        for (int e = 0; e < DV; e++) num[r][e] += a * vv[e];
+      }
     }
   }
-  if (i < T) {
-    float inv = 1.0f / (den + eps);
-    float *ob = o + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
-    for (int e = 0; e < DV; e++) ob[e] = num[e] * inv;
+  for (int r = 0; r < R; r++) {
+    int i = tile * QT + r * BQ + threadIdx.x;
+    if (i < T) {
+      float inv = 1.0f / (den[r] + eps);
+      float *ob = o + ((zk_i64)bh * T + i) * DV;
+#pragma unroll
+      for (int e = 0; e < DV; e++) ob[e] = num[r][e] * inv;
+    }
   }
 }
 
-template <int F, int DV, int BQ, int T>
+template <int F, int DV, int BQ, int R, int T>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -769,141 +792,192 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float *__restrict__ dq, float *__restrict__ stats,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
-  constexpr int NTILE = (T + BQ - 1) / BQ;
+  constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  int i = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
   const float *vb = v + (zk_i64)bh * T * DV;
 
-  float qi[F], dn[DV], den = 0.0f;
+  float qi[R][F], dn[R][DV], dd[R];
 #pragma unroll
-  for (int f = 0; f < F; f++) qi[f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+  for (int r = 0; r < R; r++) {
+    int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
-  for (int e = 0; e < DV; e++) dn[e] = 0.0f; /* n_i during the first walk */
+    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+#pragma unroll
+    for (int e = 0; e < DV; e++) dn[r][e] = 0.0f; /* n_i during the first walk */
+    dd[r] = 0.0f;                                  /* d_i during the first walk */
+  }
+  int slab0 = tile * R;
+  int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
 
   /* first walk: n_i and d_i */
-  for (int kt = 0; kt <= tile; kt++) {
+  for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
     zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
     zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
-    int jend = kt < tile ? BQ : threadIdx.x + 1;
-    if (i >= T) jend = 0;
-    for (int jj = 0; jj < jend; jj++) {
-      float s = 0.0f;
+#pragma unroll 2
+    for (int jj = 0; jj < BQ; jj++) {
+      float kv[F], vv[DV];
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
-      float a = c0 + s * (c1 + c2 * s);
-      den += a;
+      for (int f = 0; f < F; f++) kv[f] = ks[jj * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) dn[e] += a * vs[jj * DVP + e];
+      for (int e = 0; e < DV; e++) vv[e] = vs[jj * DVP + e];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        if (kt > slab0 + r) continue;
+        float s = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qi[r][f] * kv[f];
+        float a = c0 + s * (c1 + c2 * s);
+        if (kt == slab0 + r && jj > (int)threadIdx.x) a = 0.0f;
+        dd[r] += a;
+#pragma unroll
+        for (int e = 0; e < DV; e++) dn[r][e] += a * vv[e];
+      }
     }
   }
 
   /* dn_i, dd_i */
-  float inv = 1.0f / (den + eps), doy = 0.0f;
-  const float *dob = dout + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
-  for (int e = 0; e < DV; e++) {
-    float de = i < T ? dob[e] : 0.0f;
-    doy += de * dn[e] * inv;
-    dn[e] = de * inv;
+  for (int r = 0; r < R; r++) {
+    int i = tile * QT + r * BQ + threadIdx.x;
+    float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+    const float *dob = dout + ((zk_i64)bh * T + i) * DV;
+#pragma unroll
+    for (int e = 0; e < DV; e++) {
+      float de = i < T ? dob[e] : 0.0f;
+      doy += de * dn[r][e] * inv;
+      dn[r][e] = de * inv;
+    }
+    dd[r] = -doy * inv;
   }
-  float dd = -doy * inv;
 
   /* second walk: dq_i */
-  float dqi[F];
+  float dqi[R][F];
 #pragma unroll
-  for (int f = 0; f < F; f++) dqi[f] = 0.0f;
-  for (int kt = 0; kt <= tile; kt++) {
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int f = 0; f < F; f++) dqi[r][f] = 0.0f;
+  for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
     zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
     zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
-    int jend = kt < tile ? BQ : threadIdx.x + 1;
-    if (i >= T) jend = 0;
-    for (int jj = 0; jj < jend; jj++) {
-      float s = 0.0f, da = dd;
+#pragma unroll 2
+    for (int jj = 0; jj < BQ; jj++) {
+      float kv[F], vv[DV];
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * ks[jj * FP + f];
+      for (int f = 0; f < F; f++) kv[f] = ks[jj * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) da += dn[e] * vs[jj * DVP + e];
-      float ds = da * (c1 + 2.0f * c2 * s);
+      for (int e = 0; e < DV; e++) vv[e] = vs[jj * DVP + e];
 #pragma unroll
-      for (int f = 0; f < F; f++) dqi[f] += ds * ks[jj * FP + f];
+      for (int r = 0; r < R; r++) {
+        if (kt > slab0 + r) continue;
+        float s = 0.0f, da = dd[r];
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qi[r][f] * kv[f];
+#pragma unroll
+        for (int e = 0; e < DV; e++) da += dn[r][e] * vv[e];
+        float ds = da * (c1 + 2.0f * c2 * s);
+        if (kt == slab0 + r && jj > (int)threadIdx.x) ds = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) dqi[r][f] += ds * kv[f];
+      }
     }
   }
-  if (i < T) {
-    float *dqb = dq + ((zk_i64)bh * T + i) * F;
 #pragma unroll
-    for (int f = 0; f < F; f++) dqb[f] = dqi[f] * scale;
-    float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
+  for (int r = 0; r < R; r++) {
+    int i = tile * QT + r * BQ + threadIdx.x;
+    if (i < T) {
+      float *dqb = dq + ((zk_i64)bh * T + i) * F;
 #pragma unroll
-    for (int e = 0; e < DV; e++) st[e] = dn[e];
-    st[DV] = dd;
+      for (int f = 0; f < F; f++) dqb[f] = dqi[r][f] * scale;
+      float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
+#pragma unroll
+      for (int e = 0; e < DV; e++) st[e] = dn[r][e];
+      st[DV] = dd[r];
+    }
   }
 }
 
-template <int F, int DV, int BQ, int T>
+/* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
+ * the last. */
+template <int F, int DV, int BQ, int R, int T>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
                                                const float *__restrict__ stats,
                                                float *__restrict__ dk, float *__restrict__ dv,
                                                float c0, float c1, float c2, float scale) {
-  constexpr int NTILE = (T + BQ - 1) / BQ;
+  constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  int j = tile * BQ + threadIdx.x;
   const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
   const float *vb = v + (zk_i64)bh * T * DV, *sb = stats + (zk_i64)bh * T * (DV + 1);
 
-  float kj[F], vj[DV], dkj[F], dvj[DV];
+  float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll
-  for (int f = 0; f < F; f++) {
-    kj[f] = j < T ? kb[(zk_i64)j * F + f] : 0.0f;
-    dkj[f] = 0.0f;
-  }
+  for (int r = 0; r < R; r++) {
+    int j = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
-  for (int e = 0; e < DV; e++) {
-    vj[e] = j < T ? vb[(zk_i64)j * DV + e] : 0.0f;
-    dvj[e] = 0.0f;
+    for (int f = 0; f < F; f++) {
+      kj[r][f] = j < T ? kb[(zk_i64)j * F + f] : 0.0f;
+      dkj[r][f] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < DV; e++) {
+      vj[r][e] = j < T ? vb[(zk_i64)j * DV + e] : 0.0f;
+      dvj[r][e] = 0.0f;
+    }
   }
-
-  for (int qt = tile; qt < NTILE; qt++) {
+  int slab0 = tile * R;
+  for (int qt = slab0; qt < NT; qt++) {
     __syncthreads();
     zk_poly_load_tile<F, BQ, T>(qs, qb, qt * BQ, scale); /* scale q_i once here */
     zk_poly_load_tile<DV + 1, BQ, T>(sts, sb, qt * BQ, 1.0f);
     __syncthreads();
-    int ibeg = qt > tile ? 0 : threadIdx.x; /* causal: i >= j */
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
-    if (j >= T) iend = 0;
-    for (int ii = ibeg; ii < iend; ii++) {
-      const float *qi = qs + ii * FP, *st = sts + ii * SP;
-      float s = 0.0f, da = st[DV];
+#pragma unroll 2
+    for (int ii = 0; ii < iend; ii++) {
+      float qv[F], sv[DV + 1];
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qi[f] * kj[f];
+      for (int f = 0; f < F; f++) qv[f] = qs[ii * FP + f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) da += st[e] * vj[e];
-      float a = c0 + s * (c1 + c2 * s);
-      float ds = da * (c1 + 2.0f * c2 * s);
+      for (int e = 0; e <= DV; e++) sv[e] = sts[ii * SP + e];
 #pragma unroll
-      for (int f = 0; f < F; f++) dkj[f] += ds * qi[f]; /* qi holds scale q_i */
+      for (int r = 0; r < R; r++) {
+        if (qt < slab0 + r) continue; /* the whole tile is before key slab r */
+        float s = 0.0f, da = sv[DV];
 #pragma unroll
-      for (int e = 0; e < DV; e++) dvj[e] += a * st[e];
+        for (int f = 0; f < F; f++) s += qv[f] * kj[r][f];
+#pragma unroll
+        for (int e = 0; e < DV; e++) da += sv[e] * vj[r][e];
+        float a = c0 + s * (c1 + c2 * s);
+        float ds = da * (c1 + 2.0f * c2 * s);
+        if (qt == slab0 + r && ii < (int)threadIdx.x) a = ds = 0.0f; /* causal: i >= j */
+#pragma unroll
+        for (int f = 0; f < F; f++) dkj[r][f] += ds * qv[f]; /* qv holds scale q_i */
+#pragma unroll
+        for (int e = 0; e < DV; e++) dvj[r][e] += a * sv[e];
+      }
     }
   }
-  if (j < T) {
-    float *dkb = dk + ((zk_i64)bh * T + j) * F, *dvb = dv + ((zk_i64)bh * T + j) * DV;
 #pragma unroll
-    for (int f = 0; f < F; f++) dkb[f] = dkj[f];
+  for (int r = 0; r < R; r++) {
+    int j = tile * QT + r * BQ + threadIdx.x;
+    if (j < T) {
+      float *dkb = dk + ((zk_i64)bh * T + j) * F, *dvb = dv + ((zk_i64)bh * T + j) * DV;
 #pragma unroll
-    for (int e = 0; e < DV; e++) dvb[e] = dvj[e];
+      for (int f = 0; f < F; f++) dkb[f] = dkj[r][f];
+#pragma unroll
+      for (int e = 0; e < DV; e++) dvb[e] = dvj[r][e];
+    }
   }
 }
 
@@ -912,7 +986,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 // zoo_poly_attn_fwd_15: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_15(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+  zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k16_merge_heads: merge heads, 3932160 elements
@@ -1547,13 +1621,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_split_heads(const floa
 // zoo_poly_attn_bwd_q_37: node 41
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_37(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+  zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_poly_attn_bwd_kv_38: node 41
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_38(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
+  zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
 // zoo_k39_merge_heads: merge heads, 3932160 elements
@@ -1984,7 +2058,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k78_split_heads(const floa
 // zoo_poly_attn_fwd_79: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_79(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+  zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k80_merge_heads: merge heads, 3932160 elements
