@@ -4,8 +4,11 @@
  * are the oracle every GPU kernel is checked against, so they favour the obvious
  * loop over the fast one; long sums (norm statistics, logsumexp, attention
  * denominators, reductions) accumulate in double and store f32. The heavy ones
- * (linear, matmul, attention, the losses) run their outer loop with OpenMP; each
- * thread writes disjoint outputs, so results do not depend on the thread count.
+ * (linear, matmul, attention, the losses) run their outer loop with OpenMP,
+ * only above a work threshold (an `if` clause: waking threads costs more than
+ * small loops); each thread writes disjoint outputs, so results do not depend
+ * on the thread count. Temporaries come from the executor's scratch
+ * (zoo_cpu_scratch), so a step allocates nothing.
  *
  * Letters: N rows (all leading axes flattened), C channels, V vocabulary,
  * B batch, H heads, T time, F feature width of q and k, Dv value width.
@@ -80,12 +83,11 @@ __attribute__((format(printf, 2, 3))) static int cpu_fail(zoo_cpu *c, const char
   return -1;
 }
 
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) {
-    fprintf(stderr, "zoo: out of memory in a CPU kernel\n");
-    abort();
-  }
+/* n zeroed elements of `size` bytes from the executor's scratch (see
+ * zoo_cpu_scratch): kernels' temporaries without an allocation per step. */
+static void *scratch_zeroed(zoo_cpu *c, size_t n, size_t size) {
+  void *p = zoo_cpu_scratch(c, n * size);
+  memset(p, 0, n * size);
   return p;
 }
 
@@ -337,7 +339,7 @@ int zoo_cpu_reduce_to(zoo_cpu *c, const zoo_node *n) {
   }
   b.last = x.d[x.nd - 1];
   b.rows = b.last ? x.n / b.last : 0;
-  double *acc = xcalloc((size_t)t.n, sizeof *acc);
+  double *acc = scratch_zeroed(c, (size_t)t.n, sizeof *acc);
   const float *X = in_f(c, n, 0);
   int64_t sl = b.st[0][b.nd - 1];
   for (int64_t r = 0; r < b.rows; r++) {
@@ -348,7 +350,6 @@ int zoo_cpu_reduce_to(zoo_cpu *c, const zoo_node *n) {
   }
   float *y = out_f(c, n, 0);
   for (int64_t i = 0; i < t.n; i++) y[i] = (float)acc[i];
-  free(acc);
   return 0;
 }
 
@@ -404,11 +405,12 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1), *db = out_f(c, n, 2);
   double eps = n->attrs.f[0];
   int64_t nchunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
-  double *part = xcalloc((size_t)(nchunks * 2 * C), sizeof *part); /* [chunk][dw | db] */
+  /* [chunk][dw | db], then g and xh rows for each thread */
+  double *part = scratch_zeroed(c, (size_t)((nchunks + omp_get_max_threads()) * 2 * C), sizeof *part);
 #pragma omp parallel for if (N * C > (1 << 16))
   for (int64_t ch = 0; ch < nchunks; ch++) {
     double *pw = part + ch * 2 * C, *pb = pw + C;
-    double *g = xcalloc((size_t)C, sizeof *g), *xh = xcalloc((size_t)C, sizeof *xh);
+    double *g = part + (nchunks + omp_get_thread_num()) * 2 * C, *xh = g + C;
     for (int64_t r = ch * ROW_CHUNK; r < N && r < (ch + 1) * ROW_CHUNK; r++) {
       const float *x = X + r * C, *dy = DY + r * C;
       double mean, rstd, mg = 0, mgx = 0;
@@ -429,8 +431,6 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
         pb[j] += dy[j];
       }
     }
-    free(g);
-    free(xh);
   }
   for (int64_t j = 0; j < C; j++) {
     double sw = 0, sb = 0;
@@ -438,7 +438,6 @@ int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
     dw[j] = w ? (float)sw : 0.0f;
     db[j] = w ? (float)sb : 0.0f;
   }
-  free(part);
   return 0;
 }
 
@@ -471,7 +470,7 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1), *w = in_f(c, n, 2);
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1);
   int64_t nchunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
-  double *part = xcalloc((size_t)(nchunks * C), sizeof *part);
+  double *part = scratch_zeroed(c, (size_t)(nchunks * C), sizeof *part);
 #pragma omp parallel for if (N * C > (1 << 16))
   for (int64_t ch = 0; ch < nchunks; ch++) {
     double *pw = part + ch * C;
@@ -491,7 +490,6 @@ int zoo_cpu_rmsnorm_bwd(zoo_cpu *c, const zoo_node *n) {
     for (int64_t ch = 0; ch < nchunks; ch++) acc += part[ch * C + j];
     dw[j] = (float)acc;
   }
-  free(part);
   return 0;
 }
 
@@ -639,13 +637,12 @@ int zoo_cpu_cross_entropy(zoo_cpu *c, const zoo_node *n) {
   int64_t ignore = n->attrs.i[0];
   int64_t labelled = check_targets(c, "cross_entropy", t, N, V, ignore);
   if (labelled < 0) return -1;
-  double *loss = xcalloc((size_t)N, sizeof *loss);
+  double *loss = scratch_zeroed(c, (size_t)N, sizeof *loss);
 #pragma omp parallel for if (N * V > (1 << 17))
   for (int64_t r = 0; r < N; r++)
     if (t[r] != ignore) loss[r] = row_logsumexp(L + r * V, V) - L[r * V + t[r]];
   double sum = 0; /* in row order, whatever the thread count */
   for (int64_t r = 0; r < N; r++) sum += loss[r];
-  free(loss);
   out_f(c, n, 0)[0] = labelled ? (float)(sum / (double)labelled) : 0.0f;
   return 0;
 }
@@ -933,12 +930,11 @@ int zoo_cpu_linear(zoo_cpu *c, const zoo_node *n) {
   int64_t N = c->numel[n->out[0]] / (O ? O : 1);
   const float *X = in_f(c, n, 0), *W = in_f(c, n, 1), *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
-  float *wt = xcalloc((size_t)(I * O), sizeof *wt); /* w^T [in, out] */
+  float *wt = zoo_cpu_scratch(c, (size_t)(I * O) * sizeof *wt); /* w^T [in, out] */
   transpose(wt, W, O, I);
   for (int64_t r = 0; r < N; r++)
     for (int64_t j = 0; j < O; j++) Y[r * O + j] = b ? b[j] : 0.0f;
   gemm(Y, X, 0, wt, N, I, O);
-  free(wt);
   return 0;
 }
 
@@ -957,7 +953,7 @@ int zoo_cpu_matmul(zoo_cpu *c, const zoo_node *n) {
   float *Y = out_f(c, n, 0);
   float *bt = NULL;
   if (tb) { /* [bbatch][K, N] */
-    bt = xcalloc((size_t)(bbatch * K * Nn), sizeof *bt);
+    bt = zoo_cpu_scratch(c, (size_t)(bbatch * K * Nn) * sizeof *bt);
     for (int64_t q = 0; q < bbatch; q++) transpose(bt + q * K * Nn, B + q * K * Nn, Nn, K);
     B = bt;
   }
@@ -965,7 +961,6 @@ int zoo_cpu_matmul(zoo_cpu *c, const zoo_node *n) {
   for (int64_t q = 0; q < batch; q++)
     gemm(Y + q * M * Nn, A + (as.nd > 2 ? q : 0) * M * K, ta, B + (bs.nd > 2 ? q : 0) * K * Nn,
          M, K, Nn);
-  free(bt);
   return 0;
 }
 
@@ -1001,13 +996,12 @@ int zoo_cpu_embedding_bwd(zoo_cpu *c, const zoo_node *n) {
   const float *DY = in_f(c, n, 0);
   const int32_t *ids = in_i(c, n, 1);
   if (check_ids(c, "embedding", ids, N, V)) return -1;
-  double *acc = xcalloc((size_t)(V * D), sizeof *acc);
+  double *acc = scratch_zeroed(c, (size_t)(V * D), sizeof *acc);
 #pragma omp parallel for if (N * D > (1 << 17))
   for (int64_t j = 0; j < D; j++)
     for (int64_t r = 0; r < N; r++) acc[ids[r] * D + j] += DY[r * D + j];
   float *dw = out_f(c, n, 0);
   for (int64_t i = 0; i < V * D; i++) dw[i] = (float)acc[i];
-  free(acc);
   return 0;
 }
 
@@ -1083,7 +1077,7 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
     }
   }
   /* dw, db: sums over (b, t) in that order, one row-major pass */
-  double *sw = xcalloc((size_t)(C * K), sizeof *sw), *sb = xcalloc((size_t)C, sizeof *sb);
+  double *sw = scratch_zeroed(c, (size_t)(C * K + C), sizeof *sw), *sb = sw + C * K;
   for (int64_t b = 0; b < B; b++)
     for (int64_t t = 0; t < T; t++) {
       const float *dy = DY + (b * T + t) * C;
@@ -1097,8 +1091,6 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
     }
   for (int64_t i = 0; i < C * K; i++) DW[i] = (float)sw[i];
   for (int64_t ch = 0; ch < C; ch++) DB[ch] = (float)sb[ch];
-  free(sw);
-  free(sb);
   return 0;
 }
 
@@ -1301,12 +1293,16 @@ static inline void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p,
   }
 }
 
+/* Doubles of work space one pair of softmax_attention or its backward needs
+ * (each thread has its own, from the executor's scratch). */
+static int64_t softmax_work(int64_t T, int64_t F, int64_t Dv) { return 2 * (F + Dv) * T + 3 * T; }
+
 /* One pair (index p) of softmax_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
 ZOO_CPU_CLONES
 static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T, int64_t F,
-                         int64_t Dv, const float *q, const float *k, const float *v, float *o) {
-  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-  double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
+                         int64_t Dv, const float *q, const float *k, const float *v, float *o,
+                         double *work) {
+  double *kt = work, *vt = kt + F * T, *P = vt + Dv * T, *M = P + T; /* softmax_work */
   to_columns(kt, k, T, F, T);
   to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
@@ -1320,7 +1316,6 @@ static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t
       o[i * Dv + e] = (float)acc;
     }
   }
-  free(kt), free(vt), free(P), free(M);
 }
 
 /* softmax_attention (q, k, v; scale, dropout p, stream, causal):
@@ -1330,9 +1325,12 @@ int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
+  int64_t per = softmax_work(T, F, Dv);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
-    softmax_pair(c, n, p, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv);
+    softmax_pair(c, n, p, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv,
+                 work + omp_get_thread_num() * per);
   return 0;
 }
 
@@ -1340,13 +1338,12 @@ int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
 ZOO_CPU_CLONES
 static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T,
                              int64_t F, int64_t Dv, const float *dout, const float *q,
-                             const float *k, const float *v, float *dq, float *dk, float *dv) {
+                             const float *k, const float *v, float *dq, float *dk, float *dv,
+                             double *work) {
   double scale = n->attrs.f[0];
-  double *kt = xcalloc((size_t)(F * T), sizeof *kt), *vt = xcalloc((size_t)(Dv * T), sizeof *vt);
-  double *dkt = xcalloc((size_t)(F * T), sizeof *dkt);
-  double *dvt = xcalloc((size_t)(Dv * T), sizeof *dvt);
-  double *P = xcalloc((size_t)T, sizeof *P), *M = xcalloc((size_t)T, sizeof *M);
-  double *dP = xcalloc((size_t)T, sizeof *dP);
+  double *kt = work, *vt = kt + F * T, *dkt = vt + Dv * T, *dvt = dkt + F * T; /* softmax_work */
+  double *P = dvt + Dv * T, *M = P + T, *dP = M + T;
+  memset(dkt, 0, (size_t)((F + Dv) * T) * sizeof *dkt);
   to_columns(kt, k, T, F, T);
   to_columns(vt, v, T, Dv, T);
   for (int64_t i = 0; i < T; i++) {
@@ -1385,7 +1382,6 @@ static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int
     for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkt[f * T + t];
     for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
   }
-  free(kt), free(vt), free(dkt), free(dvt), free(P), free(M), free(dP);
 }
 
 /* softmax_attention_bwd (do, q, k, v) -> dq, dk, dv, with the same dropout mask:
@@ -1396,10 +1392,13 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
+  int64_t per = softmax_work(T, F, Dv);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
     softmax_pair_bwd(c, n, p, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F,
-                     V + p * T * Dv, DQ + p * T * F, DK + p * T * F, DV + p * T * Dv);
+                     V + p * T * Dv, DQ + p * T * F, DK + p * T * F, DV + p * T * Dv,
+                     work + omp_get_thread_num() * per);
   return 0;
 }
 
