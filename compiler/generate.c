@@ -134,7 +134,8 @@ int zoo_generate_train_graph(const zoo_program *p, zoo_graph *out, int64_t *B, i
     return -1;
   }
   graph_clone(out, &p->graph);
-  if (out->loss < 0 && zoo_train_graph(out, d) != 0) {
+  /* The plain head, as zoorun trains on CUDA (runtime/train.c says why). */
+  if (out->loss < 0 && zoo_train_graph_head(out, 0, d) != 0) {
     zoo_graph_free(out);
     return -1;
   }

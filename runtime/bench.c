@@ -112,7 +112,7 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   }
   zoo_graph *g = &p->graph;
   r->params = zoo_graph_param_count(g);
-  if (zoo_train_graph(g, &d) != 0) {
+  if (zoo_train_graph_head(g, 0, &d) != 0) {
     snprintf(r->error, sizeof r->error, "no training graph");
     zoo_program_free(p);
     return;
@@ -238,7 +238,7 @@ static int precompile_cells(const bench_opts *o) {
     zoo_diag_init(&d, stderr);
     zoo_program *p = NULL;
     double t0 = now_s();
-    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph(&p->graph, &d) == 0 &&
+    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph_head(&p->graph, 0, &d) == 0 &&
              zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, "sm_90", err, sizeof err) == 0;
     printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
            now_s() - t0);

@@ -1073,587 +1073,303 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_28(const flo
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// ---- runtime/kernels/linear_cross_entropy.cu ----
-/* linear_cross_entropy.cu: the fused LM head and loss (ops.def):
- * cross_entropy(h w^T, targets) without the [N, V] logits in memory, its
- * backward, and accuracy(h, w, targets). Only labelled rows (target != IGNORE) cost anything.
- *
- * Shapes: h, dh [N, D]; w, dw [V, D]; targets i32 [N]; loss f32[].
- * Constants: N, D, V, IGNORE; RT (labelled rows per block, 16), 256 threads per
- * block everywhere. Scratch (shared by the kernels of one node):
- *   idx [N] i32      labelled row numbers, in row order (the first `count`)
- *   count [1] i32
- *   rows [N] f32     per labelled row: loss (forward), logsumexp (backward) or
- *                    1 / 0 for a hit (accuracy)
- *
- * zk_lce_compact<N, IGNORE>: one block of 1024 threads; each thread takes a
- *   contiguous run of rows, a block scan of the per-thread counts places their
- *   labelled rows: idx, count. Deterministic.
- * zk_lce_rows<D, V, RT, LSE>: grid ceil(N / RT) blocks, those past count/RT exit.
- *   A block takes RT labelled rows and streams the vocabulary in chunks of 256
- *   (one vocabulary row per thread), each chunk's logits made in slices of 16
- *   along D from shared memory: h slice [RT][16] (read 4 floats at a time, the
- *   same address for the whole warp), w slice transposed [16][257]. Each thread
- *   keeps an online (max, sum) per row for its vocabulary rows; the block
- *   merges them at the end. rows[] gets lse - logit[target] (LSE = 0) or lse
- *   (LSE = 1).
- * zk_lce_finish<N>: one block of 1024: loss = sum(rows[0 .. count)) / count, 0
- *   when count = 0; summed in a fixed order.
- * Backward, g_rv = dloss / count (softmax(logits_r)_v - [v = t_r]):
- * zk_lce_bwd_dh<D, V, RT>: same tiling as zk_lce_rows: per vocabulary chunk the
- *   logits again, g into shared memory [RT][257], then dh_r += g w_chunk, KR
- *   vocabulary rows (all of D, KR = 8 for D <= 512) at a time through shared
- *   memory, the dh tile [RT][D] in registers (zk_lce_map: each thread a few
- *   rows x columns c0, c0 + 256, ...). dh rows of ignored targets are cleared
- *   by a ZOO_STEP_ZERO before.
- * zk_lce_bwd_dw<D, V>: grid ceil(V / 16) blocks; a block owns 16 vocabulary
- *   rows of dw and walks the labelled rows 256 at a time (one row per thread):
- *   logits of (row, its 16 vocabulary rows) from h slices [256][20] and w
- *   slices [16][16], g into shared memory [16][257], then dw_v += g^T h_chunk,
- *   KR rows of h at a time, the dw tile [16][D] in registers.
- *
- * accuracy (h, w, targets), the 3-input form (ops.def), with the same scratch:
- * zk_lce_compact as above, then
- * zk_lce_argmax_rows<D, V, RT>: the tiling of zk_lce_rows; each thread keeps the
- *   first maximum of its vocabulary rows per row (strictly greater wins, and it
- *   sees them in increasing order), warps and then the block merge them with
- *   zk_argmax_merge (a tie goes to the smaller index), so the result is the
- *   row's first maximum, as the CPU's scan. rows[] gets 1 (the target) or 0.
- * zk_lce_acc_finish<N>: one block of 1024: out = (sum of rows[0 .. count),
- *   count), exact integer sums stored as floats.
- *
- * Cost: forward N_lab V D multiply-adds; backward three times that (the logits
- * are made twice). About 100 registers and at most 41 KB of static shared
- * memory per kernel at D = 512. Faster later: register tiles of 4 vocabulary
- * rows x 4 h rows per thread in the logits (an FMA to shared-load ratio of
- * ~8 instead of ~3), TF32 tensor cores (mma.sync m16n8k8) for the three
- * products if fp32 accuracy allows, and a split of V across blocks for the dh
- * pass when few rows are labelled.
- */
-#ifndef ZK_LINEAR_CROSS_ENTROPY_CU
-#define ZK_LINEAR_CROSS_ENTROPY_CU
+// GEMM (cuBLASLt, fp32): t55[65536 x 8192] = t54 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
 
-#define ZK_LCE_NT 256
+// ---- runtime/kernels/softmax.cu ----
+/* softmax.cu: softmax, logsumexp and argmax over the last axis (ops.def).
+ *
+ * Shapes: x [N, V] (leading axes flattened); softmax y [N, V], logsumexp
+ * y [N], argmax y i32 [N]. Constant: V. One warp per row, 8 warps (256
+ * threads) per block in the emitter, grid ceil(N / 8).
+ *
+ * zk_softmax_rows<V, LOG>: a first pass keeps an online (max, sum) per lane,
+ *   merged over the warp: lse = max + log(sum). LOG = 0 writes exp(x - lse)
+ *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout.
+ * zk_argmax_rows<V>: each lane keeps its first maximum, the warp merges pairs
+ *   so that ties go to the smaller index: the row's first maximum, as the CPU.
+ */
+#ifndef ZK_SOFTMAX_CU
+#define ZK_SOFTMAX_CU
+
+/* (m, s) of row xr over the warp, in every lane */
+template <int V>
+__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+  int lane = threadIdx.x & 31;
+  float m = ZK_NEG_INF, s = 0.0f;
+  for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+  zk_warp_lse(m, s);
+  return m + logf(s);
+}
+
+template <int V, bool LOG>
+__device__ __forceinline__ void zk_softmax_rows(const float *__restrict__ x, float *__restrict__ y,
+                                                int N) {
+  int lane = threadIdx.x & 31;
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const float *xr = x + row * V;
+  float lse = zk_row_lse<V>(xr);
+  if (LOG) {
+    if (lane == 0) y[row] = lse;
+  } else {
+    float *yr = y + row * V;
+    for (int j = lane; j < V; j += 32) yr[j] = expf(xr[j] - lse);
+  }
+}
+
+/* index of the first maximum of row xr, in every lane */
+template <int V>
+__device__ __forceinline__ int zk_row_argmax(const float *__restrict__ xr) {
+  int lane = threadIdx.x & 31;
+  float best = lane < V ? xr[lane] : ZK_NEG_INF;
+  int bi = lane < V ? lane : 0x7fffffff;
+  for (int j = lane + 32; j < V; j += 32) {
+    float v = xr[j];
+    if (v > best) {
+      best = v;
+      bi = j;
+    }
+  }
+  zk_warp_argmax(best, bi);
+  return bi;
+}
+
+template <int V>
+__device__ __forceinline__ void zk_argmax_rows(const float *__restrict__ x, int *__restrict__ y,
+                                               int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int bi = zk_row_argmax<V>(x + row * V);
+  if ((threadIdx.x & 31) == 0) y[row] = bi;
+}
+
+#endif /* ZK_SOFTMAX_CU */
+
+// ---- runtime/kernels/cross_entropy.cu ----
+/* cross_entropy.cu: cross_entropy, cross_entropy_bwd and accuracy (ops.def).
+ * Needs softmax.cu (zk_row_lse, zk_row_argmax), pasted before it.
+ *
+ * Shapes: logits [N, V] (leading axes flattened), targets i32 [N]; a row is
+ * labelled when its target != IGNORE. Constants: V, N, IGNORE.
+ *
+ * cross_entropy, two kernels sharing a scratch array rowloss [N] floats:
+ *   zk_ce_rows<V, IGNORE>: one warp per row (256-thread blocks, grid
+ *     ceil(N / 8)): rowloss[r] = logsumexp(row) - row[target], 0 on ignored rows.
+ *     A target outside [0, V) gives NaN (the data layer rejects those).
+ *   zk_ce_finish<N, IGNORE>: one block of 1024 threads: loss = sum(rowloss) /
+ *     labelled (0 when none), summed in a fixed order.
+ * cross_entropy_bwd, two kernels sharing scratch count [1] float:
+ *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
+ *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
+ *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * accuracy, two kernels sharing scratch hit [N] ints:
+ *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
+ *     maximum is the target.
+ *   zk_acc_finish<N, IGNORE>: one block of 1024 threads: out[0] = correct,
+ *     out[1] = labelled (exact integer sums, stored as floats).
+ */
+#ifndef ZK_CROSS_ENTROPY_CU
+#define ZK_CROSS_ENTROPY_CU
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_rows(const float *__restrict__ logits,
+                                           const int *__restrict__ targets,
+                                           float *__restrict__ rowloss, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float loss = 0.0f;
+  if (t != IGNORE) {
+    const float *xr = logits + row * V;
+    float lse = zk_row_lse<V>(xr);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+  }
+  if ((threadIdx.x & 31) == 0) rowloss[row] = loss;
+}
 
 template <int N, int IGNORE>
-__device__ __forceinline__ void zk_lce_compact(const int *__restrict__ targets,
-                                               int *__restrict__ idx, int *__restrict__ count) {
-  __shared__ int warp_tot[32];
-  constexpr int CH = (N + 1023) / 1024; /* rows per thread */
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int r0 = threadIdx.x * CH, r1 = r0 + CH < N ? r0 + CH : N;
-  int mine = 0;
-  for (int r = r0; r < r1; r++) mine += targets[r] != IGNORE;
-  /* inclusive scan over the warp, then over the warps' totals */
-  int inc = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    int y = __shfl_up_sync(ZK_FULL_MASK, inc, o);
-    if (lane >= o) inc += y;
-  }
-  if (lane == 31) warp_tot[warp] = inc;
-  __syncthreads();
-  if (warp == 0) {
-    int t = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      int y = __shfl_up_sync(ZK_FULL_MASK, t, o);
-      if (lane >= o) t += y;
-    }
-    warp_tot[lane] = t; /* inclusive over warps */
-  }
-  __syncthreads();
-  int pos = inc - mine + (warp > 0 ? warp_tot[warp - 1] : 0);
-  for (int r = r0; r < r1; r++)
-    if (targets[r] != IGNORE) idx[pos++] = r;
-  if (threadIdx.x == blockDim.x - 1) count[0] = pos;
-}
-
-/* The block's labelled rows (rowid -1 past count), their targets; returns the
- * number of labelled rows, or 0 when this block has none (then it exits). */
-template <int RT>
-__device__ __forceinline__ int zk_lce_rows_of_block(const int *__restrict__ idx,
-                                                    const int *__restrict__ count,
-                                                    const int *__restrict__ targets, int *rowid,
-                                                    int *tgt) {
-  int n = count[0], base = blockIdx.x * RT;
-  if (base >= n) return 0;
-  if (threadIdx.x < RT) {
-    int row = base + (int)threadIdx.x < n ? idx[base + threadIdx.x] : -1;
-    rowid[threadIdx.x] = row;
-    tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
-  }
-  __syncthreads();
-  return n;
-}
-
-/* acc[r] = h[rowid[r]] . w[v0 + threadIdx.x] for the RT rows, through shared
- * slices of 16 columns: hs [RT][16] (read 4 floats at a time, the same address for the
- * whole warp) and ws [16][257] (transposed: thread t reads column t). Per four
- * columns a thread does 20 shared loads for 4 RT multiply-adds. */
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
-                                              const float *__restrict__ w, const int *rowid,
-                                              float *hs, float *ws, int v0, float *acc) {
-  constexpr int DC = 16, WP = ZK_LCE_NT + 1;
-#pragma unroll
-  for (int r = 0; r < RT; r++) acc[r] = 0.0f;
-  for (int d0 = 0; d0 < D; d0 += DC) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < RT * DC; e += ZK_LCE_NT) {
-      int r = e / DC, c = e - r * DC, row = rowid[r];
-      hs[e] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
-    }
-    for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
-      int vv = e / DC, c = e - vv * DC;
-      ws[c * WP + vv] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < DC; c += 4) {
-      float w0 = ws[c * WP + threadIdx.x], w1 = ws[(c + 1) * WP + threadIdx.x];
-      float w2 = ws[(c + 2) * WP + threadIdx.x], w3 = ws[(c + 3) * WP + threadIdx.x];
-#pragma unroll
-      for (int r = 0; r < RT; r++) {
-        zk_f4 hv = *(const zk_f4 *)&hs[r * DC + c];
-        acc[r] += hv.x * w0;
-        acc[r] += hv.y * w1;
-        acc[r] += hv.z * w2;
-        acc[r] += hv.w * w3;
-      }
-    }
-  }
-}
-
-/* How the 256 threads cover an M x D accumulator tile (M = 16 rows of dh, or
- * 16 vocabulary rows of dw): CW = min(D, 256) columns per pass, G row groups
- * (G = 256 / CW, at most M); thread t is in group t / CW (idle when >= G) at
- * column c0 = t % CW and holds rows group + G i (i < RPG) at columns
- * c0 + CW j (j < CPT): RPG x CPT accumulators, with offsets that are
- * constants plus the thread's own, so they cost no registers. */
-template <int M, int D>
-struct zk_lce_map {
-  static constexpr int CW = D < ZK_LCE_NT ? D : ZK_LCE_NT;
-  static constexpr int G = ZK_LCE_NT / CW < M ? ZK_LCE_NT / CW : M;
-  static constexpr int RPG = (M + G - 1) / G;
-  static constexpr int CPT = (D + CW - 1) / CW;
-  static constexpr int ACC = RPG * CPT;
-};
-
-/* acc[i CPT + j] += sum_{k < KR} g[r][k0 + k] src[k][c] for the thread's rows r
- * and columns c (zk_lce_map), src [KR][D] and g [M][GP] in shared memory. The
- * caller loads src. */
-template <int M, int D, int KR, int GP>
-__device__ __forceinline__ void zk_lce_accum(float *acc, const float *g, const float *src,
-                                             int k0) {
-  typedef zk_lce_map<M, D> mp;
-  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
-  if (group >= mp::G) return;
-#pragma unroll 2
-  for (int k = 0; k < KR; k++) {
-#pragma unroll
-    for (int i = 0; i < mp::RPG; i++) {
-      int r = group + mp::G * i;
-      float gv = r < M ? g[r * GP + k0 + k] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < mp::CPT; j++) {
-        int c = c0 + mp::CW * j;
-        if (c < D) acc[i * mp::CPT + j] += gv * src[k * D + c];
-      }
-    }
-  }
-}
-
-/* out[rows[r]][c] = acc for the thread's elements, rows[r] < 0 skipped. */
-template <int M, int D>
-__device__ __forceinline__ void zk_lce_store(const float *acc, float *__restrict__ out,
-                                             const int *rows) {
-  typedef zk_lce_map<M, D> mp;
-  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
-  if (group >= mp::G) return;
-#pragma unroll
-  for (int i = 0; i < mp::RPG; i++) {
-    int r = group + mp::G * i;
-    int row = r < M ? rows[r] : -1;
-    if (row < 0) continue;
-#pragma unroll
-    for (int j = 0; j < mp::CPT; j++) {
-      int c = c0 + mp::CW * j;
-      if (c < D) out[(zk_i64)row * D + c] = acc[i * mp::CPT + j];
-    }
-  }
-}
-
-/* src[k][0 .. D) = rows[k] of a [*, D] matrix for k < KR (zeros for rows < 0). */
-template <int D, int KR>
-__device__ __forceinline__ void zk_lce_load_rows(float *src, const float *__restrict__ m,
-                                                 const int *rows) {
-  for (int e = threadIdx.x; e < KR * D; e += ZK_LCE_NT) {
-    int k = e / D, c = e - k * D, row = rows[k];
-    src[e] = row >= 0 ? m[(zk_i64)row * D + c] : 0.0f;
-  }
-}
-
-template <int D, int V, int RT, bool LSE>
-__device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
-                                            const float *__restrict__ w,
-                                            const int *__restrict__ targets,
-                                            const int *__restrict__ idx,
-                                            const int *__restrict__ count,
-                                            float *__restrict__ rows) {
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[16 * (ZK_LCE_NT + 1)], tl[RT];
-  __shared__ float red_m[ZK_LCE_NT / 32][RT], red_s[ZK_LCE_NT / 32][RT];
-  __shared__ int rowid[RT], tgt[RT];
-  if (threadIdx.x < RT) tl[threadIdx.x] = 0.0f;
-  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
-
-  float m[RT], s[RT], acc[RT];
-#pragma unroll
-  for (int r = 0; r < RT; r++) m[r] = ZK_NEG_INF, s[r] = 0.0f;
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-    if (v < V) {
-#pragma unroll
-      for (int r = 0; r < RT; r++) {
-        zk_lse_push(m[r], s[r], acc[r]);
-        if (v == tgt[r]) tl[r] = acc[r];
-      }
-    }
-  }
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int r = 0; r < RT; r++) {
-    zk_warp_lse(m[r], s[r]);
-    if (lane == 0) red_m[warp][r] = m[r], red_s[warp][r] = s[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
-    int r = threadIdx.x;
-    float mm = red_m[0][r], ss = red_s[0][r];
-    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_lse_merge(mm, ss, red_m[k][r], red_s[k][r]);
-    float lse = mm + logf(ss);
-    rows[blockIdx.x * RT + r] = LSE ? lse : lse - tl[r];
-  }
-}
-
-template <int N>
-__device__ __forceinline__ void zk_lce_finish(const float *__restrict__ rows,
-                                              const int *__restrict__ count,
-                                              float *__restrict__ out) {
-  __shared__ float sh[32];
-  int n = count[0];
+__device__ __forceinline__ void zk_ce_finish(const float *__restrict__ rowloss,
+                                             const int *__restrict__ targets,
+                                             float *__restrict__ out) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
   float s = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
-  s = zk_block_sum(s, sh);
-  if (threadIdx.x == 0) out[0] = n > 0 ? s / (float)n : 0.0f;
-}
-
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_argmax_rows(const float *__restrict__ h,
-                                                   const float *__restrict__ w,
-                                                   const int *__restrict__ targets,
-                                                   const int *__restrict__ idx,
-                                                   const int *__restrict__ count,
-                                                   float *__restrict__ rows) {
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[16 * (ZK_LCE_NT + 1)];
-  __shared__ float red_v[ZK_LCE_NT / 32][RT];
-  __shared__ int red_i[ZK_LCE_NT / 32][RT];
-  __shared__ int rowid[RT], tgt[RT];
-  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
-
-  float best[RT], acc[RT];
-  int bi[RT];
-#pragma unroll
-  for (int r = 0; r < RT; r++) best[r] = ZK_NEG_INF, bi[r] = 0x7fffffff;
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-    if (v < V) {
-#pragma unroll
-      for (int r = 0; r < RT; r++)
-        if (acc[r] > best[r]) best[r] = acc[r], bi[r] = v;
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      cnt++;
     }
   }
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int r = 0; r < RT; r++) {
-    zk_warp_argmax(best[r], bi[r]);
-    if (lane == 0) red_v[warp][r] = best[r], red_i[warp][r] = bi[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
-    int r = threadIdx.x;
-    float bv = red_v[0][r];
-    int bx = red_i[0][r];
-    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_argmax_merge(bv, bx, red_v[k][r], red_i[k][r]);
-    rows[blockIdx.x * RT + r] = bx == tgt[r] ? 1.0f : 0.0f;
-  }
+  s = zk_block_sum(s, shf);
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) out[0] = cnt > 0 ? s / (float)cnt : 0.0f;
 }
 
-template <int N>
-__device__ __forceinline__ void zk_lce_acc_finish(const float *__restrict__ rows,
-                                                  const int *__restrict__ count,
-                                                  float *__restrict__ out) {
-  __shared__ int sh[32];
-  int n = count[0], correct = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) correct += rows[i] != 0.0f;
-  correct = zk_block_sum_int(correct, sh);
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
+                                            float *__restrict__ count) {
+  __shared__ int shi[32];
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) cnt += targets[r] != IGNORE;
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) count[0] = (float)cnt;
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  int lane = threadIdx.x & 31;
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float *dr = dlogits + row * V;
+  if (t == IGNORE) {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    return;
+  }
+  const float *xr = logits + row * V;
+  float lse = zk_row_lse<V>(xr);
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_acc_rows(const float *__restrict__ logits,
+                                            const int *__restrict__ targets,
+                                            int *__restrict__ hit, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  int h = 0;
+  if (t != IGNORE) h = zk_row_argmax<V>(logits + row * V) == t;
+  if ((threadIdx.x & 31) == 0) hit[row] = h;
+}
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
+                                              const int *__restrict__ targets,
+                                              float *__restrict__ out) {
+  __shared__ int shi[32];
+  int correct = 0, labelled = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  correct = zk_block_sum_int(correct, shi);
+  labelled = zk_block_sum_int(labelled, shi);
   if (threadIdx.x == 0) {
     out[0] = (float)correct;
-    out[1] = (float)n;
+    out[1] = (float)labelled;
   }
 }
 
-/* Rows of a shared sub-chunk in the accumulation phases: KR x D floats, at
- * most 16 KB when D <= 4096. A power of two, so that it divides the 256 rows
- * of a chunk. */
-template <int D>
-struct zk_lce_kr {
-  static constexpr int value = D <= 512 ? 8 : D <= 1024 ? 4 : D <= 2048 ? 2 : 1;
-};
+#endif /* ZK_CROSS_ENTROPY_CU */
 
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
-                                              const float *__restrict__ h,
-                                              const float *__restrict__ w,
-                                              const int *__restrict__ targets,
-                                              const int *__restrict__ idx,
-                                              const int *__restrict__ count,
-                                              const float *__restrict__ lse,
-                                              float *__restrict__ dh) {
-  constexpr int KR = zk_lce_kr<D>::value, GP = ZK_LCE_NT + 1;
-  constexpr int WS = 16 * (ZK_LCE_NT + 1) > KR * D ? 16 * (ZK_LCE_NT + 1) : KR * D;
-  constexpr int ACC = zk_lce_map<RT, D>::ACC;
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[WS], gs[RT * GP], lses[RT]; /* ws: W slices, then W sub-chunks */
-  __shared__ int rowid[RT], tgt[RT], vrow[ZK_LCE_NT];
-  int n = zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt);
-  if (!n) return;
-  if (threadIdx.x < RT) lses[threadIdx.x] = rowid[threadIdx.x] >= 0 ? lse[blockIdx.x * RT + threadIdx.x] : 0.0f;
-  float scale = dloss[0] / (float)n;
-  float dha[ACC], acc[RT];
-#pragma unroll
-  for (int a = 0; a < ACC; a++) dha[a] = 0.0f;
-
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < RT; r++) {
-      float g = 0.0f;
-      if (v < V && rowid[r] >= 0) g = scale * (expf(acc[r] - lses[r]) - (v == tgt[r] ? 1.0f : 0.0f));
-      gs[r * GP + threadIdx.x] = g;
-    }
-    vrow[threadIdx.x] = v < V ? v : -1;
-    /* dh[r, :] += sum_vv g[r, vv] w[v0 + vv, :], KR vocabulary rows at a time */
-    for (int k0 = 0; k0 < ZK_LCE_NT; k0 += KR) {
-      __syncthreads();
-      zk_lce_load_rows<D, KR>(ws, w, vrow + k0);
-      __syncthreads();
-      zk_lce_accum<RT, D, KR, GP>(dha, gs, ws, k0);
-    }
-  }
-  zk_lce_store<RT, D>(dha, dh, rowid);
+// zoo_ce_rows_29: node 35
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_29(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-template <int D, int V>
-__device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
-                                              const float *__restrict__ h,
-                                              const float *__restrict__ w,
-                                              const int *__restrict__ targets,
-                                              const int *__restrict__ idx,
-                                              const int *__restrict__ count,
-                                              const float *__restrict__ lse,
-                                              float *__restrict__ dw) {
-  constexpr int VW = 16, DC = 16, HP = DC + 4, RC = ZK_LCE_NT, GP = RC + 1;
-  constexpr int KR = zk_lce_kr<D>::value;
-  constexpr int HS = RC * HP > KR * D ? RC * HP : KR * D;
-  constexpr int ACC = zk_lce_map<VW, D>::ACC;
-  /* hs: h slices [RC][HP] (rows 16-byte aligned), then h sub-chunks [KR][D] */
-  __align__(16) __shared__ float hs[HS];
-  __align__(16) __shared__ float wsv[VW * DC];
-  __shared__ float gs[VW * GP], lses[RC];
-  __shared__ int rowid[RC], tgt[RC];
-  int n = count[0], v0 = blockIdx.x * VW;
-  float scale = n > 0 ? dloss[0] / (float)n : 0.0f;
-  float dwa[ACC], acc[VW];
-#pragma unroll
-  for (int a = 0; a < ACC; a++) dwa[a] = 0.0f;
-
-  for (int base = 0; base < n; base += RC) {
-    __syncthreads();
-    {
-      int i = base + threadIdx.x, row = i < n ? idx[i] : -1;
-      rowid[threadIdx.x] = row;
-      tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
-      lses[threadIdx.x] = row >= 0 ? lse[i] : 0.0f;
-    }
-    /* logits of (row threadIdx.x, vocabulary rows v0 .. v0 + VW) */
-#pragma unroll
-    for (int vv = 0; vv < VW; vv++) acc[vv] = 0.0f;
-    for (int d0 = 0; d0 < D; d0 += DC) {
-      __syncthreads();
-      for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
-        int r = e / DC, c = e - r * DC, row = rowid[r];
-        hs[r * HP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
-      }
-      for (int e = threadIdx.x; e < VW * DC; e += ZK_LCE_NT) {
-        int vv = e / DC, c = e - vv * DC;
-        wsv[e] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int c = 0; c < DC; c += 4) {
-        zk_f4 hv = *(const zk_f4 *)&hs[threadIdx.x * HP + c];
-#pragma unroll
-        for (int vv = 0; vv < VW; vv++) {
-          zk_f4 wv = *(const zk_f4 *)&wsv[vv * DC + c];
-          acc[vv] += hv.x * wv.x;
-          acc[vv] += hv.y * wv.y;
-          acc[vv] += hv.z * wv.z;
-          acc[vv] += hv.w * wv.w;
-        }
-      }
-    }
-    {
-      int row = rowid[threadIdx.x], t = tgt[threadIdx.x];
-      float l = lses[threadIdx.x];
-#pragma unroll
-      for (int vv = 0; vv < VW; vv++) {
-        float g = 0.0f;
-        if (row >= 0 && v0 + vv < V) g = scale * (expf(acc[vv] - l) - (v0 + vv == t ? 1.0f : 0.0f));
-        gs[vv * GP + threadIdx.x] = g;
-      }
-    }
-    /* dw[v, :] += sum_r g[v, r] h[r, :], KR rows at a time */
-    for (int k0 = 0; k0 < RC; k0 += KR) {
-      __syncthreads();
-      zk_lce_load_rows<D, KR>(hs, h, rowid + k0);
-      __syncthreads();
-      zk_lce_accum<VW, D, KR, GP>(dwa, gs, hs, k0);
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x < VW) rowid[threadIdx.x] = v0 + (int)threadIdx.x < V ? v0 + (int)threadIdx.x : -1;
-  __syncthreads();
-  zk_lce_store<VW, D>(dwa, dw, rowid); /* rowid now names the block's vocabulary rows */
+// zoo_ce_finish_30: node 35
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_30(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-#endif /* ZK_LINEAR_CROSS_ENTROPY_CU */
-
-// zoo_lce_compact_29: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_29(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
-}
-
-// zoo_lce_loss_rows_30: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_loss_rows_30(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, false>(h, w, targets, idx, count, rows);
-}
-
-// zoo_lce_finish_31: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_finish_31(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ loss) {
-  zk_lce_finish<65536>(rows, count, loss);
-}
-
-// zoo_lce_compact_32: node 35
+// zoo_acc_rows_31: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_32(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_31(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_lce_argmax_33: node 35
+// zoo_acc_finish_32: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_argmax_33(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_argmax_rows<64, 8192, 16>(h, w, targets, idx, count, rows);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_32(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
-// zoo_lce_acc_finish_34: node 35
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_acc_finish_34(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ out) {
-  zk_lce_acc_finish<65536>(rows, count, out);
+// zoo_ce_count_33: node 37
+//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_33(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_ce_count<65536, -100>(targets, count);
 }
 
-// zoo_lce_compact_35: node 36
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_35(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+// zoo_ce_bwd_rows_34: node 37
+//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_34(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 65536);
 }
 
-// zoo_lce_lse_36: node 36
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_lse_36(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, true>(h, w, targets, idx, count, rows);
-}
+// t61 is t60 reshaped (same memory, no kernel)
 
-// zoo_lce_bwd_dh_37: node 36
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_bwd_dh_37(const float *__restrict__ dloss, const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, float *__restrict__ dh) {
-  zk_lce_bwd_dh<64, 8192, 16>(dloss, h, w, targets, idx, count, lse, dh);
-}
-
-// zoo_lce_bwd_dw_38: node 36
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_bwd_dw_38(const float *__restrict__ dloss, const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, float *__restrict__ dw) {
-  zk_lce_bwd_dw<64, 8192>(dloss, h, w, targets, idx, count, lse, dw);
-}
-
-// zoo_layernorm_bwd_rows_39: node 37
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_40: node 37
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_41: node 38
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_42: node 38
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k43_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v61 = t61[i];
-    float v64 = t64[i];
-    float v67 = v61 + v64;  // add
-    t67[i] = v67;
-  }
-}
-
-// t68 is t67 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t69[65536 x 64] = t68 * t12, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t62[65536 x 64] = t61 * t0, batch 1, k = 8192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t70 is t69 reshaped (same memory, no kernel)
+// t63 is t62 reshaped (same memory, no kernel)
 
-// t71 is t49 reshaped (same memory, no kernel)
+// t64 is t54 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t72[64 x 64] = (t68)^T * t71, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t61)^T * t64, batch 1, k = 65536
+//   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
+
+// zoo_layernorm_bwd_rows_35: node 43
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_36: node 43
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_layernorm_bwd_rows_37: node 44
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_38: node 44
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k39_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t66, const float *__restrict__ t69, float *__restrict__ t72) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v66 = t66[i];
+    float v69 = t69[i];
+    float v72 = v66 + v69;  // add
+    t72[i] = v72;
+  }
+}
+
+// t73 is t72 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t74[65536 x 64] = t73 * t12, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t75 is t74 reshaped (same memory, no kernel)
+
+// t76 is t49 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t77[64 x 64] = (t73)^T * t76, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1672,8 +1388,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__res
   }
 }
 
-// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1681,179 +1397,179 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k45_split_heads: split heads, 4194304 elements
+// zoo_k41_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_46: node 47
+// zoo_softmax_attn_bwd_q_42: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_46(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_47: node 47
+// zoo_softmax_attn_bwd_kv_43: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_47(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_43(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k48_merge_heads: merge heads, 4194304 elements
+// zoo_k44_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k49_slice: slice, 8388608 elements
+// zoo_k45_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k50_muls: 1 elementwise op over 8388608 elements
+// zoo_k46_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t79, float *__restrict__ t80) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_muls(const float *__restrict__ t84, float *__restrict__ t85) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v79 = t79[i];
-    float v80 = v79 * 0.0f;  // muls
-    t80[i] = v80;
+    float v84 = t84[i];
+    float v85 = v84 * 0.0f;  // muls
+    t85[i] = v85;
   }
 }
 
-// zoo_k51_concat: rows of 128 + 64 elements
+// zoo_k47_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k52_merge_heads: merge heads, 4194304 elements
+// zoo_k48_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k53_slice: slice, 4194304 elements
+// zoo_k49_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k54_muls: 1 elementwise op over 4194304 elements
+// zoo_k50_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__restrict__ t83, float *__restrict__ t84) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t88, float *__restrict__ t89) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v83 = t83[i];
-    float v84 = v83 * 0.0f;  // muls
-    t84[i] = v84;
+    float v88 = t88[i];
+    float v89 = v88 * 0.0f;  // muls
+    t89[i] = v89;
   }
 }
 
-// zoo_k55_concat: rows of 64 + 64 elements
+// zoo_k51_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k56_slice: slice, 4194304 elements
+// zoo_k52_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k57_muls: 1 elementwise op over 4194304 elements
+// zoo_k53_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__restrict__ t86, float *__restrict__ t87) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__restrict__ t91, float *__restrict__ t92) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v86 = t86[i];
-    float v87 = v86 * 0.0f;  // muls
-    t87[i] = v87;
-  }
-}
-
-// zoo_k58_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// zoo_k59_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k60_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[64 + i % 128 + (i / 128) * 192];
-}
-
-// zoo_k61_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_muls(const float *__restrict__ t91, float *__restrict__ t92) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v91 = t91[i];
     float v92 = v91 * 0.0f;  // muls
     t92[i] = v92;
   }
 }
 
-// zoo_k62_concat: rows of 64 + 128 elements
+// zoo_k54_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
+    int o = i / 192, j = i % 192;
+    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
+  }
+}
+
+// zoo_k55_merge_heads: merge heads, 4194304 elements
+//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k56_slice: slice, 8388608 elements
+//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
+    y[i] = x[64 + i % 128 + (i / 128) * 192];
+}
+
+// zoo_k57_muls: 1 elementwise op over 8388608 elements
+//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__restrict__ t96, float *__restrict__ t97) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
+    float v96 = t96[i];
+    float v97 = v96 * 0.0f;  // muls
+    t97[i] = v97;
+  }
+}
+
+// zoo_k58_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k63_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k59_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_add(const float *__restrict__ t81, const float *__restrict__ t88, const float *__restrict__ t93, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_add(const float *__restrict__ t86, const float *__restrict__ t93, const float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    float v81 = t81[i];
-    float v88 = t88[i];
+    float v86 = t86[i];
     float v93 = t93[i];
-    float v89 = v81 + v88;  // add
-    float v94 = v89 + v93;  // add
-    t94[i] = v94;
+    float v98 = t98[i];
+    float v94 = v86 + v93;  // add
+    float v99 = v94 + v98;  // add
+    t99[i] = v99;
   }
 }
 
-// t95 is t94 reshaped (same memory, no kernel)
+// t100 is t99 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t96[65536 x 64] = t95 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t101[65536 x 64] = t100 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t97 is t96 reshaped (same memory, no kernel)
+// t102 is t101 reshaped (same memory, no kernel)
 
-// t98 is t40 reshaped (same memory, no kernel)
+// t103 is t40 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t99[192 x 64] = (t95)^T * t98, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t104[192 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k64_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k60_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1872,8 +1588,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__res
   }
 }
 
-// zoo_k64_sum_fin: adds the 44 partials of zoo_k64_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k60_sum_fin: adds the 44 partials of zoo_k60_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1881,67 +1597,67 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_65: node 71
+// zoo_layernorm_bwd_rows_61: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_61(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_66: node 71
+// zoo_sum_partials_62: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_62(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k67_add: 1 elementwise op over 4194304 elements
+// zoo_k63_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add(const float *__restrict__ t67, const float *__restrict__ t101, float *__restrict__ t104) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__restrict__ t72, const float *__restrict__ t106, float *__restrict__ t109) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v67 = t67[i];
-    float v101 = t101[i];
-    float v104 = v67 + v101;  // add
-    t104[i] = v104;
+    float v72 = t72[i];
+    float v106 = t106[i];
+    float v109 = v72 + v106;  // add
+    t109[i] = v109;
   }
 }
 
-// zoo_layernorm_bwd_rows_68: node 73
+// zoo_layernorm_bwd_rows_64: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_68(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_64(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_69: node 73
+// zoo_sum_partials_65: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_69(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_65(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k70_add: 1 elementwise op over 4194304 elements
+// zoo_k66_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_add(const float *__restrict__ t104, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__restrict__ t109, const float *__restrict__ t110, float *__restrict__ t113) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v104 = t104[i];
-    float v105 = t105[i];
-    float v108 = v104 + v105;  // add
-    t108[i] = v108;
+    float v109 = t109[i];
+    float v110 = t110[i];
+    float v113 = v109 + v110;  // add
+    t113[i] = v113;
   }
 }
 
-// t109 is t108 reshaped (same memory, no kernel)
+// t114 is t113 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t110[65536 x 64] = t109 * t4, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t115[65536 x 64] = t114 * t4, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t111 is t110 reshaped (same memory, no kernel)
+// t116 is t115 reshaped (same memory, no kernel)
 
-// t112 is t35 reshaped (same memory, no kernel)
+// t117 is t35 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t113[64 x 64] = (t109)^T * t112, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t118[64 x 64] = (t114)^T * t117, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k71_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k67_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1960,8 +1676,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum(const float *__res
   }
 }
 
-// zoo_k71_sum_fin: adds the 132 partials of zoo_k71_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k67_sum_fin: adds the 132 partials of zoo_k67_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1969,179 +1685,179 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k72_split_heads: split heads, 4194304 elements
+// zoo_k68_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_73: node 82
+// zoo_softmax_attn_bwd_q_69: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_73(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_69(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_74: node 82
+// zoo_softmax_attn_bwd_kv_70: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_74(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_70(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k75_merge_heads: merge heads, 4194304 elements
+// zoo_k71_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k76_slice: slice, 8388608 elements
+// zoo_k72_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k77_muls: 1 elementwise op over 8388608 elements
+// zoo_k73_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__restrict__ t120, float *__restrict__ t121) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_muls(const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v120 = t120[i];
-    float v121 = v120 * 0.0f;  // muls
-    t121[i] = v121;
+    float v125 = t125[i];
+    float v126 = v125 * 0.0f;  // muls
+    t126[i] = v126;
   }
 }
 
-// zoo_k78_concat: rows of 128 + 64 elements
+// zoo_k74_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k79_merge_heads: merge heads, 4194304 elements
+// zoo_k75_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k80_slice: slice, 4194304 elements
+// zoo_k76_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k81_muls: 1 elementwise op over 4194304 elements
+// zoo_k77_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_muls(const float *__restrict__ t124, float *__restrict__ t125) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__restrict__ t129, float *__restrict__ t130) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v124 = t124[i];
-    float v125 = v124 * 0.0f;  // muls
-    t125[i] = v125;
+    float v129 = t129[i];
+    float v130 = v129 * 0.0f;  // muls
+    t130[i] = v130;
   }
 }
 
-// zoo_k82_concat: rows of 64 + 64 elements
+// zoo_k78_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k83_slice: slice, 4194304 elements
+// zoo_k79_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k84_muls: 1 elementwise op over 4194304 elements
+// zoo_k80_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__restrict__ t127, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_muls(const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v127 = t127[i];
-    float v128 = v127 * 0.0f;  // muls
-    t128[i] = v128;
-  }
-}
-
-// zoo_k85_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// zoo_k86_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k87_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[64 + i % 128 + (i / 128) * 192];
-}
-
-// zoo_k88_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_muls(const float *__restrict__ t132, float *__restrict__ t133) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v132 = t132[i];
     float v133 = v132 * 0.0f;  // muls
     t133[i] = v133;
   }
 }
 
-// zoo_k89_concat: rows of 64 + 128 elements
+// zoo_k81_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
+    int o = i / 192, j = i % 192;
+    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
+  }
+}
+
+// zoo_k82_merge_heads: merge heads, 4194304 elements
+//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k83_slice: slice, 8388608 elements
+//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k83_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
+    y[i] = x[64 + i % 128 + (i / 128) * 192];
+}
+
+// zoo_k84_muls: 1 elementwise op over 8388608 elements
+//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__restrict__ t137, float *__restrict__ t138) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
+    float v137 = t137[i];
+    float v138 = v137 * 0.0f;  // muls
+    t138[i] = v138;
+  }
+}
+
+// zoo_k85_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k85_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k90_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k86_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_add(const float *__restrict__ t122, const float *__restrict__ t129, const float *__restrict__ t134, float *__restrict__ t135) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_add_add(const float *__restrict__ t127, const float *__restrict__ t134, const float *__restrict__ t139, float *__restrict__ t140) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    float v122 = t122[i];
-    float v129 = t129[i];
+    float v127 = t127[i];
     float v134 = t134[i];
-    float v130 = v122 + v129;  // add
-    float v135 = v130 + v134;  // add
-    t135[i] = v135;
+    float v139 = t139[i];
+    float v135 = v127 + v134;  // add
+    float v140 = v135 + v139;  // add
+    t140[i] = v140;
   }
 }
 
-// t136 is t135 reshaped (same memory, no kernel)
+// t141 is t140 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t137[65536 x 64] = t136 * t2, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t142[65536 x 64] = t141 * t2, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t138 is t137 reshaped (same memory, no kernel)
+// t143 is t142 reshaped (same memory, no kernel)
 
-// t139 is t26 reshaped (same memory, no kernel)
+// t144 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t140[192 x 64] = (t136)^T * t139, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t145[192 x 64] = (t141)^T * t144, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k91_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k87_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2160,8 +1876,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum(const float *__res
   }
 }
 
-// zoo_k91_sum_fin: adds the 44 partials of zoo_k91_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k87_sum_fin: adds the 44 partials of zoo_k87_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -2169,34 +1885,34 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_92: node 106
+// zoo_layernorm_bwd_rows_88: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_92(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_88(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_93: node 106
+// zoo_sum_partials_89: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_93(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_89(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k94_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k90_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_add_dropout(const float *__restrict__ t108, const float *__restrict__ t142, float *__restrict__ t146, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_dropout(const float *__restrict__ t113, const float *__restrict__ t147, float *__restrict__ t151, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v108 = t108[i];
-    float v142 = t142[i];
-    float v145 = v108 + v142;  // add
-    float v146 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v145 * 1.11111116f : 0.0f;  // dropout
-    t146[i] = v146;
+    float v113 = t113[i];
+    float v147 = t147[i];
+    float v150 = v113 + v147;  // add
+    float v151 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v150 * 1.11111116f : 0.0f;  // dropout
+    t151[i] = v151;
   }
 }
 
-// zoo_k95_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k91_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2215,8 +1931,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to(const float 
   }
 }
 
-// zoo_k95_reduce_to_fin: adds the 2 partials of zoo_k95_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k91_reduce_to_fin: adds the 2 partials of zoo_k91_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2224,53 +1940,53 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_96: node 110
+// zoo_embedding_bwd_92: node 116
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_96(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_92(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_97: node 111
+// zoo_embedding_bwd_93: node 117
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_97(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_93(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k98_add: 1 elementwise op over 524288 elements
+// zoo_k94_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k98_add(const float *__restrict__ t60, const float *__restrict__ t149, float *__restrict__ t150) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k94_add(const float *__restrict__ t65, const float *__restrict__ t154, float *__restrict__ t155) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v60 = t60[i];
-    float v149 = t149[i];
-    float v150 = v60 + v149;  // add
-    t150[i] = v150;
+    float v65 = t65[i];
+    float v154 = t154[i];
+    float v155 = v65 + v154;  // add
+    t155[i] = v155;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_99: node 0
+// zoo_embedding_fwd_95: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_99(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_95(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k100_arange: 0 .. 127
+// zoo_k96_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k100_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k96_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_101: node 2
+// zoo_embedding_fwd_97: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_101(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_97(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k102_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k98_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k102_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k98_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v21 = t21[i];
     float v23 = t23[i % 8192];
@@ -2280,66 +1996,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k102_add_dropout(const flo
   }
 }
 
-// zoo_layernorm_fwd_103: node 5
+// zoo_layernorm_fwd_99: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_103(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_99(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k104_slice: slice, 4194304 elements
+// zoo_k100_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k100_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k105_split_heads: split heads, 4194304 elements
+// zoo_k101_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k101_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k102_slice: slice, 4194304 elements
+//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k102_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[64 + i % 64 + (i / 64) * 192];
+}
+
+// zoo_k103_split_heads: split heads, 4194304 elements
+//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k103_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k104_slice: slice, 4194304 elements
+//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[128 + i % 64 + (i / 64) * 192];
+}
+
+// zoo_k105_split_heads: split heads, 4194304 elements
+//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k105_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k106_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k106_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k107_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k107_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k108_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k109_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_softmax_attn_fwd_110: node 13
+// zoo_softmax_attn_fwd_106: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_110(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_106(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k111_merge_heads: merge heads, 4194304 elements
+// zoo_k107_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k107_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2347,9 +2063,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k112_add: 1 elementwise op over 4194304 elements
+// zoo_k108_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k112_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k108_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v36 = t36[i];
     float v25 = t25[i];
@@ -2358,15 +2074,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k112_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_113: node 17
+// zoo_layernorm_fwd_109: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_113(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_109(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k114_add: 1 elementwise op over 4194304 elements
+// zoo_k110_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k114_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k110_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v38 = t38[i];
     float v37 = t37[i];
@@ -2375,66 +2091,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k114_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_115: node 19
+// zoo_layernorm_fwd_111: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_115(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_111(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k116_slice: slice, 4194304 elements
+// zoo_k112_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k116_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k112_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k117_split_heads: split heads, 4194304 elements
+// zoo_k113_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k113_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k114_slice: slice, 4194304 elements
+//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k114_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[64 + i % 64 + (i / 64) * 192];
+}
+
+// zoo_k115_split_heads: split heads, 4194304 elements
+//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k115_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[i];
+}
+
+// zoo_k116_slice: slice, 4194304 elements
+//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k116_slice(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
+    y[i] = x[128 + i % 64 + (i / 64) * 192];
+}
+
+// zoo_k117_split_heads: split heads, 4194304 elements
+//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k117_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k118_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k118_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k119_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k119_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k120_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k120_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k121_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k121_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_softmax_attn_fwd_122: node 27
+// zoo_softmax_attn_fwd_118: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_122(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_118(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k123_merge_heads: merge heads, 4194304 elements
+// zoo_k119_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k123_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k119_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2442,9 +2158,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k123_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k124_add: 1 elementwise op over 4194304 elements
+// zoo_k120_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k124_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k120_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v50 = t50[i];
     float v39 = t39[i];
@@ -2453,15 +2169,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k124_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_125: node 31
+// zoo_layernorm_fwd_121: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_125(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_121(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k126_add: 1 elementwise op over 4194304 elements
+// zoo_k122_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k126_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k122_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v52 = t52[i];
     float v51 = t51[i];
@@ -2470,46 +2186,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k126_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_127: node 33
+// zoo_layernorm_fwd_123: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_127(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_123(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_lce_compact_128: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_128(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+// GEMM (cuBLASLt, fp32): t55[65536 x 8192] = t54 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+
+// zoo_ce_rows_124: node 35
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_124(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_lce_loss_rows_129: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_loss_rows_129(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, false>(h, w, targets, idx, count, rows);
+// zoo_ce_finish_125: node 35
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_125(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_lce_finish_130: node 34
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_finish_130(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ loss) {
-  zk_lce_finish<65536>(rows, count, loss);
-}
-
-// zoo_lce_compact_131: node 35
+// zoo_acc_rows_126: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_131(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_126(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_lce_argmax_132: node 35
+// zoo_acc_finish_127: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_argmax_132(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_argmax_rows<64, 8192, 16>(h, w, targets, idx, count, rows);
-}
-
-// zoo_lce_acc_finish_133: node 35
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_acc_finish_133(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ out) {
-  zk_lce_acc_finish<65536>(rows, count, out);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_127(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----

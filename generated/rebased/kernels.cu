@@ -1033,767 +1033,483 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_20(const flo
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// ---- runtime/kernels/linear_cross_entropy.cu ----
-/* linear_cross_entropy.cu: the fused LM head and loss (ops.def):
- * cross_entropy(h w^T, targets) without the [N, V] logits in memory, its
- * backward, and accuracy(h, w, targets). Only labelled rows (target != IGNORE) cost anything.
- *
- * Shapes: h, dh [N, D]; w, dw [V, D]; targets i32 [N]; loss f32[].
- * Constants: N, D, V, IGNORE; RT (labelled rows per block, 16), 256 threads per
- * block everywhere. Scratch (shared by the kernels of one node):
- *   idx [N] i32      labelled row numbers, in row order (the first `count`)
- *   count [1] i32
- *   rows [N] f32     per labelled row: loss (forward), logsumexp (backward) or
- *                    1 / 0 for a hit (accuracy)
- *
- * zk_lce_compact<N, IGNORE>: one block of 1024 threads; each thread takes a
- *   contiguous run of rows, a block scan of the per-thread counts places their
- *   labelled rows: idx, count. Deterministic.
- * zk_lce_rows<D, V, RT, LSE>: grid ceil(N / RT) blocks, those past count/RT exit.
- *   A block takes RT labelled rows and streams the vocabulary in chunks of 256
- *   (one vocabulary row per thread), each chunk's logits made in slices of 16
- *   along D from shared memory: h slice [RT][16] (read 4 floats at a time, the
- *   same address for the whole warp), w slice transposed [16][257]. Each thread
- *   keeps an online (max, sum) per row for its vocabulary rows; the block
- *   merges them at the end. rows[] gets lse - logit[target] (LSE = 0) or lse
- *   (LSE = 1).
- * zk_lce_finish<N>: one block of 1024: loss = sum(rows[0 .. count)) / count, 0
- *   when count = 0; summed in a fixed order.
- * Backward, g_rv = dloss / count (softmax(logits_r)_v - [v = t_r]):
- * zk_lce_bwd_dh<D, V, RT>: same tiling as zk_lce_rows: per vocabulary chunk the
- *   logits again, g into shared memory [RT][257], then dh_r += g w_chunk, KR
- *   vocabulary rows (all of D, KR = 8 for D <= 512) at a time through shared
- *   memory, the dh tile [RT][D] in registers (zk_lce_map: each thread a few
- *   rows x columns c0, c0 + 256, ...). dh rows of ignored targets are cleared
- *   by a ZOO_STEP_ZERO before.
- * zk_lce_bwd_dw<D, V>: grid ceil(V / 16) blocks; a block owns 16 vocabulary
- *   rows of dw and walks the labelled rows 256 at a time (one row per thread):
- *   logits of (row, its 16 vocabulary rows) from h slices [256][20] and w
- *   slices [16][16], g into shared memory [16][257], then dw_v += g^T h_chunk,
- *   KR rows of h at a time, the dw tile [16][D] in registers.
- *
- * accuracy (h, w, targets), the 3-input form (ops.def), with the same scratch:
- * zk_lce_compact as above, then
- * zk_lce_argmax_rows<D, V, RT>: the tiling of zk_lce_rows; each thread keeps the
- *   first maximum of its vocabulary rows per row (strictly greater wins, and it
- *   sees them in increasing order), warps and then the block merge them with
- *   zk_argmax_merge (a tie goes to the smaller index), so the result is the
- *   row's first maximum, as the CPU's scan. rows[] gets 1 (the target) or 0.
- * zk_lce_acc_finish<N>: one block of 1024: out = (sum of rows[0 .. count),
- *   count), exact integer sums stored as floats.
- *
- * Cost: forward N_lab V D multiply-adds; backward three times that (the logits
- * are made twice). About 100 registers and at most 41 KB of static shared
- * memory per kernel at D = 512. Faster later: register tiles of 4 vocabulary
- * rows x 4 h rows per thread in the logits (an FMA to shared-load ratio of
- * ~8 instead of ~3), TF32 tensor cores (mma.sync m16n8k8) for the three
- * products if fp32 accuracy allows, and a split of V across blocks for the dh
- * pass when few rows are labelled.
- */
-#ifndef ZK_LINEAR_CROSS_ENTROPY_CU
-#define ZK_LINEAR_CROSS_ENTROPY_CU
+// GEMM (cuBLASLt, fp32): t54[65536 x 8192] = t53 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
 
-#define ZK_LCE_NT 256
+// ---- runtime/kernels/softmax.cu ----
+/* softmax.cu: softmax, logsumexp and argmax over the last axis (ops.def).
+ *
+ * Shapes: x [N, V] (leading axes flattened); softmax y [N, V], logsumexp
+ * y [N], argmax y i32 [N]. Constant: V. One warp per row, 8 warps (256
+ * threads) per block in the emitter, grid ceil(N / 8).
+ *
+ * zk_softmax_rows<V, LOG>: a first pass keeps an online (max, sum) per lane,
+ *   merged over the warp: lse = max + log(sum). LOG = 0 writes exp(x - lse)
+ *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout.
+ * zk_argmax_rows<V>: each lane keeps its first maximum, the warp merges pairs
+ *   so that ties go to the smaller index: the row's first maximum, as the CPU.
+ */
+#ifndef ZK_SOFTMAX_CU
+#define ZK_SOFTMAX_CU
+
+/* (m, s) of row xr over the warp, in every lane */
+template <int V>
+__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+  int lane = threadIdx.x & 31;
+  float m = ZK_NEG_INF, s = 0.0f;
+  for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+  zk_warp_lse(m, s);
+  return m + logf(s);
+}
+
+template <int V, bool LOG>
+__device__ __forceinline__ void zk_softmax_rows(const float *__restrict__ x, float *__restrict__ y,
+                                                int N) {
+  int lane = threadIdx.x & 31;
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  const float *xr = x + row * V;
+  float lse = zk_row_lse<V>(xr);
+  if (LOG) {
+    if (lane == 0) y[row] = lse;
+  } else {
+    float *yr = y + row * V;
+    for (int j = lane; j < V; j += 32) yr[j] = expf(xr[j] - lse);
+  }
+}
+
+/* index of the first maximum of row xr, in every lane */
+template <int V>
+__device__ __forceinline__ int zk_row_argmax(const float *__restrict__ xr) {
+  int lane = threadIdx.x & 31;
+  float best = lane < V ? xr[lane] : ZK_NEG_INF;
+  int bi = lane < V ? lane : 0x7fffffff;
+  for (int j = lane + 32; j < V; j += 32) {
+    float v = xr[j];
+    if (v > best) {
+      best = v;
+      bi = j;
+    }
+  }
+  zk_warp_argmax(best, bi);
+  return bi;
+}
+
+template <int V>
+__device__ __forceinline__ void zk_argmax_rows(const float *__restrict__ x, int *__restrict__ y,
+                                               int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int bi = zk_row_argmax<V>(x + row * V);
+  if ((threadIdx.x & 31) == 0) y[row] = bi;
+}
+
+#endif /* ZK_SOFTMAX_CU */
+
+// ---- runtime/kernels/cross_entropy.cu ----
+/* cross_entropy.cu: cross_entropy, cross_entropy_bwd and accuracy (ops.def).
+ * Needs softmax.cu (zk_row_lse, zk_row_argmax), pasted before it.
+ *
+ * Shapes: logits [N, V] (leading axes flattened), targets i32 [N]; a row is
+ * labelled when its target != IGNORE. Constants: V, N, IGNORE.
+ *
+ * cross_entropy, two kernels sharing a scratch array rowloss [N] floats:
+ *   zk_ce_rows<V, IGNORE>: one warp per row (256-thread blocks, grid
+ *     ceil(N / 8)): rowloss[r] = logsumexp(row) - row[target], 0 on ignored rows.
+ *     A target outside [0, V) gives NaN (the data layer rejects those).
+ *   zk_ce_finish<N, IGNORE>: one block of 1024 threads: loss = sum(rowloss) /
+ *     labelled (0 when none), summed in a fixed order.
+ * cross_entropy_bwd, two kernels sharing scratch count [1] float:
+ *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
+ *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
+ *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * accuracy, two kernels sharing scratch hit [N] ints:
+ *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
+ *     maximum is the target.
+ *   zk_acc_finish<N, IGNORE>: one block of 1024 threads: out[0] = correct,
+ *     out[1] = labelled (exact integer sums, stored as floats).
+ */
+#ifndef ZK_CROSS_ENTROPY_CU
+#define ZK_CROSS_ENTROPY_CU
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_rows(const float *__restrict__ logits,
+                                           const int *__restrict__ targets,
+                                           float *__restrict__ rowloss, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float loss = 0.0f;
+  if (t != IGNORE) {
+    const float *xr = logits + row * V;
+    float lse = zk_row_lse<V>(xr);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+  }
+  if ((threadIdx.x & 31) == 0) rowloss[row] = loss;
+}
 
 template <int N, int IGNORE>
-__device__ __forceinline__ void zk_lce_compact(const int *__restrict__ targets,
-                                               int *__restrict__ idx, int *__restrict__ count) {
-  __shared__ int warp_tot[32];
-  constexpr int CH = (N + 1023) / 1024; /* rows per thread */
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int r0 = threadIdx.x * CH, r1 = r0 + CH < N ? r0 + CH : N;
-  int mine = 0;
-  for (int r = r0; r < r1; r++) mine += targets[r] != IGNORE;
-  /* inclusive scan over the warp, then over the warps' totals */
-  int inc = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    int y = __shfl_up_sync(ZK_FULL_MASK, inc, o);
-    if (lane >= o) inc += y;
-  }
-  if (lane == 31) warp_tot[warp] = inc;
-  __syncthreads();
-  if (warp == 0) {
-    int t = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      int y = __shfl_up_sync(ZK_FULL_MASK, t, o);
-      if (lane >= o) t += y;
-    }
-    warp_tot[lane] = t; /* inclusive over warps */
-  }
-  __syncthreads();
-  int pos = inc - mine + (warp > 0 ? warp_tot[warp - 1] : 0);
-  for (int r = r0; r < r1; r++)
-    if (targets[r] != IGNORE) idx[pos++] = r;
-  if (threadIdx.x == blockDim.x - 1) count[0] = pos;
-}
-
-/* The block's labelled rows (rowid -1 past count), their targets; returns the
- * number of labelled rows, or 0 when this block has none (then it exits). */
-template <int RT>
-__device__ __forceinline__ int zk_lce_rows_of_block(const int *__restrict__ idx,
-                                                    const int *__restrict__ count,
-                                                    const int *__restrict__ targets, int *rowid,
-                                                    int *tgt) {
-  int n = count[0], base = blockIdx.x * RT;
-  if (base >= n) return 0;
-  if (threadIdx.x < RT) {
-    int row = base + (int)threadIdx.x < n ? idx[base + threadIdx.x] : -1;
-    rowid[threadIdx.x] = row;
-    tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
-  }
-  __syncthreads();
-  return n;
-}
-
-/* acc[r] = h[rowid[r]] . w[v0 + threadIdx.x] for the RT rows, through shared
- * slices of 16 columns: hs [RT][16] (read 4 floats at a time, the same address for the
- * whole warp) and ws [16][257] (transposed: thread t reads column t). Per four
- * columns a thread does 20 shared loads for 4 RT multiply-adds. */
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_logits(const float *__restrict__ h,
-                                              const float *__restrict__ w, const int *rowid,
-                                              float *hs, float *ws, int v0, float *acc) {
-  constexpr int DC = 16, WP = ZK_LCE_NT + 1;
-#pragma unroll
-  for (int r = 0; r < RT; r++) acc[r] = 0.0f;
-  for (int d0 = 0; d0 < D; d0 += DC) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < RT * DC; e += ZK_LCE_NT) {
-      int r = e / DC, c = e - r * DC, row = rowid[r];
-      hs[e] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
-    }
-    for (int e = threadIdx.x; e < ZK_LCE_NT * DC; e += ZK_LCE_NT) {
-      int vv = e / DC, c = e - vv * DC;
-      ws[c * WP + vv] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < DC; c += 4) {
-      float w0 = ws[c * WP + threadIdx.x], w1 = ws[(c + 1) * WP + threadIdx.x];
-      float w2 = ws[(c + 2) * WP + threadIdx.x], w3 = ws[(c + 3) * WP + threadIdx.x];
-#pragma unroll
-      for (int r = 0; r < RT; r++) {
-        zk_f4 hv = *(const zk_f4 *)&hs[r * DC + c];
-        acc[r] += hv.x * w0;
-        acc[r] += hv.y * w1;
-        acc[r] += hv.z * w2;
-        acc[r] += hv.w * w3;
-      }
-    }
-  }
-}
-
-/* How the 256 threads cover an M x D accumulator tile (M = 16 rows of dh, or
- * 16 vocabulary rows of dw): CW = min(D, 256) columns per pass, G row groups
- * (G = 256 / CW, at most M); thread t is in group t / CW (idle when >= G) at
- * column c0 = t % CW and holds rows group + G i (i < RPG) at columns
- * c0 + CW j (j < CPT): RPG x CPT accumulators, with offsets that are
- * constants plus the thread's own, so they cost no registers. */
-template <int M, int D>
-struct zk_lce_map {
-  static constexpr int CW = D < ZK_LCE_NT ? D : ZK_LCE_NT;
-  static constexpr int G = ZK_LCE_NT / CW < M ? ZK_LCE_NT / CW : M;
-  static constexpr int RPG = (M + G - 1) / G;
-  static constexpr int CPT = (D + CW - 1) / CW;
-  static constexpr int ACC = RPG * CPT;
-};
-
-/* acc[i CPT + j] += sum_{k < KR} g[r][k0 + k] src[k][c] for the thread's rows r
- * and columns c (zk_lce_map), src [KR][D] and g [M][GP] in shared memory. The
- * caller loads src. */
-template <int M, int D, int KR, int GP>
-__device__ __forceinline__ void zk_lce_accum(float *acc, const float *g, const float *src,
-                                             int k0) {
-  typedef zk_lce_map<M, D> mp;
-  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
-  if (group >= mp::G) return;
-#pragma unroll 2
-  for (int k = 0; k < KR; k++) {
-#pragma unroll
-    for (int i = 0; i < mp::RPG; i++) {
-      int r = group + mp::G * i;
-      float gv = r < M ? g[r * GP + k0 + k] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < mp::CPT; j++) {
-        int c = c0 + mp::CW * j;
-        if (c < D) acc[i * mp::CPT + j] += gv * src[k * D + c];
-      }
-    }
-  }
-}
-
-/* out[rows[r]][c] = acc for the thread's elements, rows[r] < 0 skipped. */
-template <int M, int D>
-__device__ __forceinline__ void zk_lce_store(const float *acc, float *__restrict__ out,
-                                             const int *rows) {
-  typedef zk_lce_map<M, D> mp;
-  int group = threadIdx.x / mp::CW, c0 = threadIdx.x % mp::CW;
-  if (group >= mp::G) return;
-#pragma unroll
-  for (int i = 0; i < mp::RPG; i++) {
-    int r = group + mp::G * i;
-    int row = r < M ? rows[r] : -1;
-    if (row < 0) continue;
-#pragma unroll
-    for (int j = 0; j < mp::CPT; j++) {
-      int c = c0 + mp::CW * j;
-      if (c < D) out[(zk_i64)row * D + c] = acc[i * mp::CPT + j];
-    }
-  }
-}
-
-/* src[k][0 .. D) = rows[k] of a [*, D] matrix for k < KR (zeros for rows < 0). */
-template <int D, int KR>
-__device__ __forceinline__ void zk_lce_load_rows(float *src, const float *__restrict__ m,
-                                                 const int *rows) {
-  for (int e = threadIdx.x; e < KR * D; e += ZK_LCE_NT) {
-    int k = e / D, c = e - k * D, row = rows[k];
-    src[e] = row >= 0 ? m[(zk_i64)row * D + c] : 0.0f;
-  }
-}
-
-template <int D, int V, int RT, bool LSE>
-__device__ __forceinline__ void zk_lce_rows(const float *__restrict__ h,
-                                            const float *__restrict__ w,
-                                            const int *__restrict__ targets,
-                                            const int *__restrict__ idx,
-                                            const int *__restrict__ count,
-                                            float *__restrict__ rows) {
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[16 * (ZK_LCE_NT + 1)], tl[RT];
-  __shared__ float red_m[ZK_LCE_NT / 32][RT], red_s[ZK_LCE_NT / 32][RT];
-  __shared__ int rowid[RT], tgt[RT];
-  if (threadIdx.x < RT) tl[threadIdx.x] = 0.0f;
-  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
-
-  float m[RT], s[RT], acc[RT];
-#pragma unroll
-  for (int r = 0; r < RT; r++) m[r] = ZK_NEG_INF, s[r] = 0.0f;
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-    if (v < V) {
-#pragma unroll
-      for (int r = 0; r < RT; r++) {
-        zk_lse_push(m[r], s[r], acc[r]);
-        if (v == tgt[r]) tl[r] = acc[r];
-      }
-    }
-  }
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int r = 0; r < RT; r++) {
-    zk_warp_lse(m[r], s[r]);
-    if (lane == 0) red_m[warp][r] = m[r], red_s[warp][r] = s[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
-    int r = threadIdx.x;
-    float mm = red_m[0][r], ss = red_s[0][r];
-    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_lse_merge(mm, ss, red_m[k][r], red_s[k][r]);
-    float lse = mm + logf(ss);
-    rows[blockIdx.x * RT + r] = LSE ? lse : lse - tl[r];
-  }
-}
-
-template <int N>
-__device__ __forceinline__ void zk_lce_finish(const float *__restrict__ rows,
-                                              const int *__restrict__ count,
-                                              float *__restrict__ out) {
-  __shared__ float sh[32];
-  int n = count[0];
+__device__ __forceinline__ void zk_ce_finish(const float *__restrict__ rowloss,
+                                             const int *__restrict__ targets,
+                                             float *__restrict__ out) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
   float s = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
-  s = zk_block_sum(s, sh);
-  if (threadIdx.x == 0) out[0] = n > 0 ? s / (float)n : 0.0f;
-}
-
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_argmax_rows(const float *__restrict__ h,
-                                                   const float *__restrict__ w,
-                                                   const int *__restrict__ targets,
-                                                   const int *__restrict__ idx,
-                                                   const int *__restrict__ count,
-                                                   float *__restrict__ rows) {
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[16 * (ZK_LCE_NT + 1)];
-  __shared__ float red_v[ZK_LCE_NT / 32][RT];
-  __shared__ int red_i[ZK_LCE_NT / 32][RT];
-  __shared__ int rowid[RT], tgt[RT];
-  if (!zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt)) return;
-
-  float best[RT], acc[RT];
-  int bi[RT];
-#pragma unroll
-  for (int r = 0; r < RT; r++) best[r] = ZK_NEG_INF, bi[r] = 0x7fffffff;
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-    if (v < V) {
-#pragma unroll
-      for (int r = 0; r < RT; r++)
-        if (acc[r] > best[r]) best[r] = acc[r], bi[r] = v;
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      cnt++;
     }
   }
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int r = 0; r < RT; r++) {
-    zk_warp_argmax(best[r], bi[r]);
-    if (lane == 0) red_v[warp][r] = best[r], red_i[warp][r] = bi[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < RT && rowid[threadIdx.x] >= 0) {
-    int r = threadIdx.x;
-    float bv = red_v[0][r];
-    int bx = red_i[0][r];
-    for (int k = 1; k < ZK_LCE_NT / 32; k++) zk_argmax_merge(bv, bx, red_v[k][r], red_i[k][r]);
-    rows[blockIdx.x * RT + r] = bx == tgt[r] ? 1.0f : 0.0f;
-  }
+  s = zk_block_sum(s, shf);
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) out[0] = cnt > 0 ? s / (float)cnt : 0.0f;
 }
 
-template <int N>
-__device__ __forceinline__ void zk_lce_acc_finish(const float *__restrict__ rows,
-                                                  const int *__restrict__ count,
-                                                  float *__restrict__ out) {
-  __shared__ int sh[32];
-  int n = count[0], correct = 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) correct += rows[i] != 0.0f;
-  correct = zk_block_sum_int(correct, sh);
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
+                                            float *__restrict__ count) {
+  __shared__ int shi[32];
+  int cnt = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) cnt += targets[r] != IGNORE;
+  cnt = zk_block_sum_int(cnt, shi);
+  if (threadIdx.x == 0) count[0] = (float)cnt;
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  int lane = threadIdx.x & 31;
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  float *dr = dlogits + row * V;
+  if (t == IGNORE) {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    return;
+  }
+  const float *xr = logits + row * V;
+  float lse = zk_row_lse<V>(xr);
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_acc_rows(const float *__restrict__ logits,
+                                            const int *__restrict__ targets,
+                                            int *__restrict__ hit, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  int h = 0;
+  if (t != IGNORE) h = zk_row_argmax<V>(logits + row * V) == t;
+  if ((threadIdx.x & 31) == 0) hit[row] = h;
+}
+
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
+                                              const int *__restrict__ targets,
+                                              float *__restrict__ out) {
+  __shared__ int shi[32];
+  int correct = 0, labelled = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  correct = zk_block_sum_int(correct, shi);
+  labelled = zk_block_sum_int(labelled, shi);
   if (threadIdx.x == 0) {
     out[0] = (float)correct;
-    out[1] = (float)n;
+    out[1] = (float)labelled;
   }
 }
 
-/* Rows of a shared sub-chunk in the accumulation phases: KR x D floats, at
- * most 16 KB when D <= 4096. A power of two, so that it divides the 256 rows
- * of a chunk. */
-template <int D>
-struct zk_lce_kr {
-  static constexpr int value = D <= 512 ? 8 : D <= 1024 ? 4 : D <= 2048 ? 2 : 1;
-};
+#endif /* ZK_CROSS_ENTROPY_CU */
 
-template <int D, int V, int RT>
-__device__ __forceinline__ void zk_lce_bwd_dh(const float *__restrict__ dloss,
-                                              const float *__restrict__ h,
-                                              const float *__restrict__ w,
-                                              const int *__restrict__ targets,
-                                              const int *__restrict__ idx,
-                                              const int *__restrict__ count,
-                                              const float *__restrict__ lse,
-                                              float *__restrict__ dh) {
-  constexpr int KR = zk_lce_kr<D>::value, GP = ZK_LCE_NT + 1;
-  constexpr int WS = 16 * (ZK_LCE_NT + 1) > KR * D ? 16 * (ZK_LCE_NT + 1) : KR * D;
-  constexpr int ACC = zk_lce_map<RT, D>::ACC;
-  __align__(16) __shared__ float hs[RT * 16];
-  __shared__ float ws[WS], gs[RT * GP], lses[RT]; /* ws: W slices, then W sub-chunks */
-  __shared__ int rowid[RT], tgt[RT], vrow[ZK_LCE_NT];
-  int n = zk_lce_rows_of_block<RT>(idx, count, targets, rowid, tgt);
-  if (!n) return;
-  if (threadIdx.x < RT) lses[threadIdx.x] = rowid[threadIdx.x] >= 0 ? lse[blockIdx.x * RT + threadIdx.x] : 0.0f;
-  float scale = dloss[0] / (float)n;
-  float dha[ACC], acc[RT];
-#pragma unroll
-  for (int a = 0; a < ACC; a++) dha[a] = 0.0f;
-
-  for (int v0 = 0; v0 < V; v0 += ZK_LCE_NT) {
-    zk_lce_logits<D, V, RT>(h, w, rowid, hs, ws, v0, acc);
-    int v = v0 + threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < RT; r++) {
-      float g = 0.0f;
-      if (v < V && rowid[r] >= 0) g = scale * (expf(acc[r] - lses[r]) - (v == tgt[r] ? 1.0f : 0.0f));
-      gs[r * GP + threadIdx.x] = g;
-    }
-    vrow[threadIdx.x] = v < V ? v : -1;
-    /* dh[r, :] += sum_vv g[r, vv] w[v0 + vv, :], KR vocabulary rows at a time */
-    for (int k0 = 0; k0 < ZK_LCE_NT; k0 += KR) {
-      __syncthreads();
-      zk_lce_load_rows<D, KR>(ws, w, vrow + k0);
-      __syncthreads();
-      zk_lce_accum<RT, D, KR, GP>(dha, gs, ws, k0);
-    }
-  }
-  zk_lce_store<RT, D>(dha, dh, rowid);
+// zoo_ce_rows_21: node 30
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-template <int D, int V>
-__device__ __forceinline__ void zk_lce_bwd_dw(const float *__restrict__ dloss,
-                                              const float *__restrict__ h,
-                                              const float *__restrict__ w,
-                                              const int *__restrict__ targets,
-                                              const int *__restrict__ idx,
-                                              const int *__restrict__ count,
-                                              const float *__restrict__ lse,
-                                              float *__restrict__ dw) {
-  constexpr int VW = 16, DC = 16, HP = DC + 4, RC = ZK_LCE_NT, GP = RC + 1;
-  constexpr int KR = zk_lce_kr<D>::value;
-  constexpr int HS = RC * HP > KR * D ? RC * HP : KR * D;
-  constexpr int ACC = zk_lce_map<VW, D>::ACC;
-  /* hs: h slices [RC][HP] (rows 16-byte aligned), then h sub-chunks [KR][D] */
-  __align__(16) __shared__ float hs[HS];
-  __align__(16) __shared__ float wsv[VW * DC];
-  __shared__ float gs[VW * GP], lses[RC];
-  __shared__ int rowid[RC], tgt[RC];
-  int n = count[0], v0 = blockIdx.x * VW;
-  float scale = n > 0 ? dloss[0] / (float)n : 0.0f;
-  float dwa[ACC], acc[VW];
-#pragma unroll
-  for (int a = 0; a < ACC; a++) dwa[a] = 0.0f;
-
-  for (int base = 0; base < n; base += RC) {
-    __syncthreads();
-    {
-      int i = base + threadIdx.x, row = i < n ? idx[i] : -1;
-      rowid[threadIdx.x] = row;
-      tgt[threadIdx.x] = row >= 0 ? targets[row] : -1;
-      lses[threadIdx.x] = row >= 0 ? lse[i] : 0.0f;
-    }
-    /* logits of (row threadIdx.x, vocabulary rows v0 .. v0 + VW) */
-#pragma unroll
-    for (int vv = 0; vv < VW; vv++) acc[vv] = 0.0f;
-    for (int d0 = 0; d0 < D; d0 += DC) {
-      __syncthreads();
-      for (int e = threadIdx.x; e < RC * DC; e += ZK_LCE_NT) {
-        int r = e / DC, c = e - r * DC, row = rowid[r];
-        hs[r * HP + c] = (row >= 0 && d0 + c < D) ? h[(zk_i64)row * D + d0 + c] : 0.0f;
-      }
-      for (int e = threadIdx.x; e < VW * DC; e += ZK_LCE_NT) {
-        int vv = e / DC, c = e - vv * DC;
-        wsv[e] = (v0 + vv < V && d0 + c < D) ? w[(zk_i64)(v0 + vv) * D + d0 + c] : 0.0f;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int c = 0; c < DC; c += 4) {
-        zk_f4 hv = *(const zk_f4 *)&hs[threadIdx.x * HP + c];
-#pragma unroll
-        for (int vv = 0; vv < VW; vv++) {
-          zk_f4 wv = *(const zk_f4 *)&wsv[vv * DC + c];
-          acc[vv] += hv.x * wv.x;
-          acc[vv] += hv.y * wv.y;
-          acc[vv] += hv.z * wv.z;
-          acc[vv] += hv.w * wv.w;
-        }
-      }
-    }
-    {
-      int row = rowid[threadIdx.x], t = tgt[threadIdx.x];
-      float l = lses[threadIdx.x];
-#pragma unroll
-      for (int vv = 0; vv < VW; vv++) {
-        float g = 0.0f;
-        if (row >= 0 && v0 + vv < V) g = scale * (expf(acc[vv] - l) - (v0 + vv == t ? 1.0f : 0.0f));
-        gs[vv * GP + threadIdx.x] = g;
-      }
-    }
-    /* dw[v, :] += sum_r g[v, r] h[r, :], KR rows at a time */
-    for (int k0 = 0; k0 < RC; k0 += KR) {
-      __syncthreads();
-      zk_lce_load_rows<D, KR>(hs, h, rowid + k0);
-      __syncthreads();
-      zk_lce_accum<VW, D, KR, GP>(dwa, gs, hs, k0);
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x < VW) rowid[threadIdx.x] = v0 + (int)threadIdx.x < V ? v0 + (int)threadIdx.x : -1;
-  __syncthreads();
-  zk_lce_store<VW, D>(dwa, dw, rowid); /* rowid now names the block's vocabulary rows */
+// zoo_ce_finish_22: node 30
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_22(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-#endif /* ZK_LINEAR_CROSS_ENTROPY_CU */
-
-// zoo_lce_compact_21: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_21(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
-}
-
-// zoo_lce_loss_rows_22: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_loss_rows_22(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, false>(h, w, targets, idx, count, rows);
-}
-
-// zoo_lce_finish_23: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_finish_23(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ loss) {
-  zk_lce_finish<65536>(rows, count, loss);
-}
-
-// zoo_lce_compact_24: node 30
+// zoo_acc_rows_23: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_24(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_23(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_lce_argmax_25: node 30
+// zoo_acc_finish_24: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_argmax_25(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_argmax_rows<64, 8192, 16>(h, w, targets, idx, count, rows);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_24(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
-// zoo_lce_acc_finish_26: node 30
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_acc_finish_26(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ out) {
-  zk_lce_acc_finish<65536>(rows, count, out);
+// zoo_ce_count_25: node 32
+//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_25(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_ce_count<65536, -100>(targets, count);
 }
 
-// zoo_lce_compact_27: node 31
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_27(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+// zoo_ce_bwd_rows_26: node 32
+//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_26(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 65536);
 }
 
-// zoo_lce_lse_28: node 31
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_lse_28(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, true>(h, w, targets, idx, count, rows);
-}
+// t60 is t59 reshaped (same memory, no kernel)
 
-// zoo_lce_bwd_dh_29: node 31
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_bwd_dh_29(const float *__restrict__ dloss, const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, float *__restrict__ dh) {
-  zk_lce_bwd_dh<64, 8192, 16>(dloss, h, w, targets, idx, count, lse, dh);
-}
+// GEMM (cuBLASLt, fp32): t61[65536 x 64] = t60 * t0, batch 1, k = 8192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// zoo_lce_bwd_dw_30: node 31
-//   linear_cross_entropy_bwd -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_bwd_dw_30(const float *__restrict__ dloss, const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, const float *__restrict__ lse, float *__restrict__ dw) {
-  zk_lce_bwd_dw<64, 8192>(dloss, h, w, targets, idx, count, lse, dw);
-}
+// t62 is t61 reshaped (same memory, no kernel)
 
-// zoo_layernorm_bwd_rows_31: node 32
+// t63 is t53 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t64[8192 x 64] = (t60)^T * t63, batch 1, k = 65536
+//   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
+
+// zoo_layernorm_bwd_rows_27: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 32
+// zoo_sum_partials_28: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_33: node 33
+// zoo_layernorm_bwd_rows_29: node 39
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 33
+// zoo_sum_partials_30: node 39
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k35_add: 1 elementwise op over 4194304 elements
+// zoo_k31_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t60, const float *__restrict__ t63, float *__restrict__ t66) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__restrict__ t65, const float *__restrict__ t68, float *__restrict__ t71) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v60 = t60[i];
-    float v63 = t63[i];
-    float v66 = v60 + v63;  // add
-    t66[i] = v66;
+    float v65 = t65[i];
+    float v68 = t68[i];
+    float v71 = v65 + v68;  // add
+    t71[i] = v71;
   }
 }
 
-// t67 is t66 reshaped (same memory, no kernel)
+// t72 is t71 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t68[65536 x 60] = t67 * t13, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t73[65536 x 60] = t72 * t13, batch 1, k = 64
 //   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
 
-// t69 is t68 reshaped (same memory, no kernel)
+// t74 is t73 reshaped (same memory, no kernel)
 
-// t70 is t48 reshaped (same memory, no kernel)
+// t75 is t48 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t71[64 x 60] = (t67)^T * t70, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t76[64 x 60] = (t72)^T * t75, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k36_split_heads: split heads, 3932160 elements
+// zoo_k32_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_37: node 41
+// zoo_poly_attn_bwd_q_33: node 47
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_37(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_38: node 41
+// zoo_poly_attn_bwd_kv_34: node 47
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_38(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_34(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k39_merge_heads: merge heads, 3932160 elements
+// zoo_k35_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// t77 is t76 reshaped (same memory, no kernel)
+// t82 is t81 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t78[65536 x 64] = t77 * t12, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t83[65536 x 64] = t82 * t12, batch 1, k = 60
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t79 is t78 reshaped (same memory, no kernel)
+// t84 is t83 reshaped (same memory, no kernel)
 
-// t80 is t38 reshaped (same memory, no kernel)
+// t85 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t81[60 x 64] = (t77)^T * t80, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t86[60 x 64] = (t82)^T * t85, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_merge_heads: merge heads, 12582912 elements
+// zoo_k36_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_41: node 49
+// zoo_layernorm_bwd_rows_37: node 55
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_42: node 49
+// zoo_sum_partials_38: node 55
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t86 is t83 reshaped (same memory, no kernel)
+// t91 is t88 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t87[65536 x 64] = t86 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t92[65536 x 64] = t91 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t88 is t87 reshaped (same memory, no kernel)
+// t93 is t92 reshaped (same memory, no kernel)
 
-// t89 is t38 reshaped (same memory, no kernel)
+// t94 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t90[192 x 64] = (t86)^T * t89, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k43_merge_heads: merge heads, 12582912 elements
+// zoo_k39_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_44: node 57
+// zoo_layernorm_bwd_rows_40: node 63
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 57
+// zoo_sum_partials_41: node 63
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t96 is t93 reshaped (same memory, no kernel)
+// t101 is t98 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t97[65536 x 64] = t96 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t102[65536 x 64] = t101 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t98 is t97 reshaped (same memory, no kernel)
+// t103 is t102 reshaped (same memory, no kernel)
 
-// zoo_k46_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k42_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *__restrict__ t79, const float *__restrict__ t88, const float *__restrict__ t98, float *__restrict__ t101) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_add(const float *__restrict__ t84, const float *__restrict__ t93, const float *__restrict__ t103, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v79 = t79[i];
-    float v88 = t88[i];
-    float v98 = t98[i];
-    float v91 = v79 + v88;  // add
-    float v101 = v91 + v98;  // add
-    t101[i] = v101;
+    float v84 = t84[i];
+    float v93 = t93[i];
+    float v103 = t103[i];
+    float v96 = v84 + v93;  // add
+    float v106 = v96 + v103;  // add
+    t106[i] = v106;
   }
 }
 
-// t99 is t38 reshaped (same memory, no kernel)
+// t104 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t100[192 x 64] = (t96)^T * t99, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t105[192 x 64] = (t101)^T * t104, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_47: node 64
+// zoo_layernorm_bwd_rows_43: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_48: node 64
+// zoo_sum_partials_44: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k49_add: 1 elementwise op over 4194304 elements
+// zoo_k45_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add(const float *__restrict__ t66, const float *__restrict__ t102, float *__restrict__ t105) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_add(const float *__restrict__ t71, const float *__restrict__ t107, float *__restrict__ t110) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v66 = t66[i];
-    float v102 = t102[i];
-    float v105 = v66 + v102;  // add
-    t105[i] = v105;
+    float v71 = t71[i];
+    float v107 = t107[i];
+    float v110 = v71 + v107;  // add
+    t110[i] = v110;
   }
 }
 
-// zoo_layernorm_bwd_rows_50: node 66
+// zoo_layernorm_bwd_rows_46: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_51: node 66
+// zoo_sum_partials_47: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k52_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k48_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_mul_mul(const float *__restrict__ t110, const float *__restrict__ t111, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t114, float *__restrict__ t115, float *__restrict__ t116) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v105 = t105[i];
-    float v106 = t106[i];
+    float v110 = t110[i];
+    float v111 = t111[i];
     float v32 = t32[i];
     float v31 = t31[i];
-    float v109 = v105 + v106;  // add
-    float v110 = v109 * v32;  // mul
-    float v111 = v109 * v31;  // mul
-    t109[i] = v109;
-    t110[i] = v110;
-    t111[i] = v111;
+    float v114 = v110 + v111;  // add
+    float v115 = v114 * v32;  // mul
+    float v116 = v114 * v31;  // mul
+    t114[i] = v114;
+    t115[i] = v115;
+    t116[i] = v116;
   }
 }
 
-// t112 is t111 reshaped (same memory, no kernel)
+// t117 is t116 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t113[65536 x 64] = t112 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t118[65536 x 64] = t117 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t114 is t113 reshaped (same memory, no kernel)
+// t119 is t118 reshaped (same memory, no kernel)
 
-// t115 is t30 reshaped (same memory, no kernel)
+// t120 is t30 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t116[64 x 64] = (t112)^T * t115, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t121[64 x 64] = (t117)^T * t120, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k53_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k49_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1812,8 +1528,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__res
   }
 }
 
-// zoo_k53_sum_fin: adds the 132 partials of zoo_k53_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k49_sum_fin: adds the 132 partials of zoo_k49_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1821,60 +1537,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_54: node 77
+// zoo_conv1d_bwd_rows_50: node 83
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_54(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_55: node 77
+// zoo_sum_partials_51: node 83
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_55(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k56_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k52_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_add(const float *__restrict__ t114, const float *__restrict__ t119, const float *__restrict__ t124, float *__restrict__ t127) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v109 = t109[i];
     float v114 = t114[i];
     float v119 = t119[i];
-    float v118 = v109 + v114;  // add
-    float v122 = v118 + v119;  // add
-    t122[i] = v122;
-  }
-}
-
-// zoo_layernorm_bwd_rows_57: node 79
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_57(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_58: node 79
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_58(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k59_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v109 = t109[i];
-    float v123 = t123[i];
-    float v126 = v109 + v123;  // add
-    float v127 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v126 * 1.11111116f : 0.0f;  // dropout
+    float v124 = t124[i];
+    float v123 = v114 + v119;  // add
+    float v127 = v123 + v124;  // add
     t127[i] = v127;
   }
 }
 
-// zoo_k60_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_layernorm_bwd_rows_53: node 85
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_53(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_54: node 85
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_54(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k55_add_dropout: 2 elementwise ops over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_add_dropout(const float *__restrict__ t114, const float *__restrict__ t128, float *__restrict__ t132, unsigned long long seed) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v114 = t114[i];
+    float v128 = t128[i];
+    float v131 = v114 + v128;  // add
+    float v132 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v131 * 1.11111116f : 0.0f;  // dropout
+    t132[i] = v132;
+  }
+}
+
+// zoo_k56_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1893,8 +1609,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to(const float 
   }
 }
 
-// zoo_k60_reduce_to_fin: adds the 2 partials of zoo_k60_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k56_reduce_to_fin: adds the 2 partials of zoo_k56_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1902,53 +1618,53 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_61: node 83
+// zoo_embedding_bwd_57: node 89
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_61(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_57(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_62: node 84
+// zoo_embedding_bwd_58: node 90
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_62(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_58(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k63_add: 1 elementwise op over 524288 elements
+// zoo_k59_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__restrict__ t59, const float *__restrict__ t130, float *__restrict__ t131) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__restrict__ t64, const float *__restrict__ t135, float *__restrict__ t136) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v59 = t59[i];
-    float v130 = t130[i];
-    float v131 = v59 + v130;  // add
-    t131[i] = v131;
+    float v64 = t64[i];
+    float v135 = t135[i];
+    float v136 = v64 + v135;  // add
+    t136[i] = v136;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_64: node 0
+// zoo_embedding_fwd_60: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_64(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k65_arange: 0 .. 127
+// zoo_k61_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_66: node 2
+// zoo_embedding_fwd_62: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_66(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_62(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k67_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k63_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_dropout(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v25 = t25[i];
     float v27 = t27[i % 8192];
@@ -1958,26 +1674,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const floa
   }
 }
 
-// zoo_layernorm_fwd_68: node 5
+// zoo_layernorm_fwd_64: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_68(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_64(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_conv1d_fwd_69: node 6
+// zoo_conv1d_fwd_65: node 6
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_69(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_65(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k70_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_k66_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_mul_add_add(const float *__restrict__ t31, const float *__restrict__ t32, const float *__restrict__ t30, const float *__restrict__ t29, float *__restrict__ t35) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_mul_add_add(const float *__restrict__ t31, const float *__restrict__ t32, const float *__restrict__ t30, const float *__restrict__ t29, float *__restrict__ t35) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v31 = t31[i];
     float v32 = t32[i];
@@ -1990,15 +1706,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_mul_add_add(const floa
   }
 }
 
-// zoo_layernorm_fwd_71: node 11
+// zoo_layernorm_fwd_67: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_71(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_67(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k72_add: 1 elementwise op over 4194304 elements
+// zoo_k68_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_add(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v36 = t36[i];
     float v35 = t35[i];
@@ -2007,24 +1723,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_73: node 13
+// zoo_layernorm_fwd_69: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_73(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_69(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_74: node 15
+// zoo_layernorm_fwd_70: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_74(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_70(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k75_split_heads: split heads, 12582912 elements
+// zoo_k71_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2032,15 +1748,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k75_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_76: node 18
+// zoo_layernorm_fwd_72: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_76(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_72(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k77_split_heads: split heads, 12582912 elements
+// zoo_k73_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2048,22 +1764,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k78_split_heads: split heads, 3932160 elements
+// zoo_k74_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_79: node 22
+// zoo_poly_attn_fwd_75: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_79(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_75(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k80_merge_heads: merge heads, 3932160 elements
+// zoo_k76_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2071,9 +1787,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k81_add: 1 elementwise op over 4194304 elements
+// zoo_k77_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_add(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_add(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v49 = t49[i];
     float v37 = t37[i];
@@ -2082,15 +1798,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k81_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_82: node 26
+// zoo_layernorm_fwd_78: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_82(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_78(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k83_add: 1 elementwise op over 4194304 elements
+// zoo_k79_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_add(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_add(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v51 = t51[i];
     float v50 = t50[i];
@@ -2099,46 +1815,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k83_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_84: node 28
+// zoo_layernorm_fwd_80: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_84(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_80(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_lce_compact_85: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_85(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+// GEMM (cuBLASLt, fp32): t54[65536 x 8192] = t53 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+
+// zoo_ce_rows_81: node 30
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_81(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_lce_loss_rows_86: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_loss_rows_86(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_rows<64, 8192, 16, false>(h, w, targets, idx, count, rows);
+// zoo_ce_finish_82: node 30
+//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_82(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_lce_finish_87: node 29
-//   linear_cross_entropy -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_finish_87(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ loss) {
-  zk_lce_finish<65536>(rows, count, loss);
-}
-
-// zoo_lce_compact_88: node 30
+// zoo_acc_rows_83: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_compact_88(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ count) {
-  zk_lce_compact<65536, -100>(targets, idx, count);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_83(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_lce_argmax_89: node 30
+// zoo_acc_finish_84: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_lce_argmax_89(const float *__restrict__ h, const float *__restrict__ w, const int *__restrict__ targets, const int *__restrict__ idx, const int *__restrict__ count, float *__restrict__ rows) {
-  zk_lce_argmax_rows<64, 8192, 16>(h, w, targets, idx, count, rows);
-}
-
-// zoo_lce_acc_finish_90: node 30
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_lce_acc_finish_90(const float *__restrict__ rows, const int *__restrict__ count, float *__restrict__ out) {
-  zk_lce_acc_finish<65536>(rows, count, out);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_84(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
