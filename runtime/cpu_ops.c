@@ -1425,7 +1425,7 @@ typedef struct head {
   int64_t *rows;       /* [m] the labelled rows' numbers, in order */
   float *wp;           /* w^T [D, V] in strips of HEAD_NS columns (head_pack) */
   float *hc, *lc;      /* a chunk's h rows [HEAD_CHUNK, D], logits [HEAD_CHUNK, V] */
-  double *per_row;     /* [m]: each labelled row's loss term, or logsumexp */
+  double *per_row;     /* [m]: each labelled row's loss term, or 1 for a hit (accuracy) */
   float *dhc;          /* backward: a chunk's dh rows [HEAD_CHUNK, D] */
   double *ebuf;        /* backward: V doubles per thread (row_ce_grad) */
 } head;
