@@ -109,6 +109,8 @@ NO_GRAD(argmax)
 NO_GRAD(accuracy)
 NO_GRAD(embedding_bwd)
 NO_GRAD(arange)
+NO_GRAD(label_rows)
+NO_GRAD(scatter_rows)
 NO_GRAD(causal_conv1d_bwd)
 NO_GRAD(poly_attention_bwd)
 NO_GRAD(wkv4_bwd)
@@ -497,6 +499,13 @@ int zoo_grad_embedding(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int 
   a.dims[1] = tw.dim[1];
   int in[2] = {dout[0], n->in[1]};
   din[0] = emit(c, ZOO_OP_EMBEDDING_BWD, 2, in, &a);
+  return 0;
+}
+
+/* the rows go back where they came from: dx = scatter_rows(dy, pos) */
+int zoo_grad_gather_rows(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
+  int in[2] = {dout[0], n->in[2]};
+  din[0] = emit(c, ZOO_OP_SCATTER_ROWS, 2, in, NULL);
   return 0;
 }
 

@@ -894,6 +894,53 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
+/* ---------------------------------------------------------------------------
+ * label_rows, gather_rows, scatter_rows: runtime/kernels/rows.cu */
+
+int zoo_cuda_label_rows(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N = zoo_cuda_numel(e, n->in[0]), M = zoo_cuda_numel(e, n->out[0]);
+  int64_t ig = n->attrs.i[0];
+  if (ig < -2147483647LL || ig > 2147483647LL) return fail(e, "label_rows: ignore_index %lld", (long long)ig);
+  if (need(e, "rows.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, "label_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                    "int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {\n"
+                    "  zk_label_rows<%lldLL, %lldLL, %lld, 1024>(targets, idx, pos, tc);\n}\n",
+                    name, (long long)N, (long long)M, (long long)ig);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->out[k]);
+  return 0;
+}
+
+/* gather_rows (x, idx, pos) -> y and scatter_rows (dy, pos) -> dx: one thread
+ * per element written */
+static int rows_copy(zoo_cuda_emit *e, const zoo_node *n, int gather) {
+  int wide = gather ? n->in[0] : n->out[0], narrow = gather ? n->out[0] : n->in[0];
+  int64_t D = dim_of(e, narrow, 1), M = dim_of(e, narrow, 0), N = zoo_cuda_numel(e, wide) / D;
+  if (want_int(e, "D", D) || need(e, "rows.cu", NULL, NULL)) return -1;
+  char name[64];
+  kernel_name(e, n, gather ? "gather_rows" : "scatter_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ src, "
+                    "const int *__restrict__ map, float *__restrict__ dst) {\n"
+                    "  zk_%s<%lldLL, %lldLL, %lld>(src, map, dst);\n}\n",
+                    name, gather ? "gather_rows" : "scatter_rows", (long long)N, (long long)M,
+                    (long long)D);
+  zoo_step *s = launch(e, n, name, cdiv((gather ? M : N) * D, 256), 256, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+int zoo_cuda_gather_rows(zoo_cuda_emit *e, const zoo_node *n) { return rows_copy(e, n, 1); }
+int zoo_cuda_scatter_rows(zoo_cuda_emit *e, const zoo_node *n) { return rows_copy(e, n, 0); }
+
 int zoo_cuda_cumsum(zoo_cuda_emit *e, const zoo_node *n) {
   int x = n->in[0], nd = ndim_of(e, x);
   int axis = (int)n->attrs.i[0];

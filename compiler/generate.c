@@ -134,8 +134,9 @@ int zoo_generate_train_graph(const zoo_program *p, zoo_graph *out, int64_t *B, i
     return -1;
   }
   graph_clone(out, &p->graph);
-  /* The plain head, as zoorun trains on CUDA (runtime/train.c says why). */
-  if (out->loss < 0 && zoo_train_graph_head(out, 0, d) != 0) {
+  /* The compacted head, as zoorun trains on CUDA, sized for the most labels
+   * MQAR can put in a sequence (4 N <= L: a quarter of the positions). */
+  if (out->loss < 0 && zoo_train_graph_head(out, ZOO_HEAD_COMPACT, seq / 4 > 0 ? seq / 4 : 1, d) != 0) {
     zoo_graph_free(out);
     return -1;
   }

@@ -183,14 +183,27 @@ int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *
  * seed, 1 / accumulation steps), sets nforward, then runs autodiff so that every
  * parameter's tensor has .grad. Returns 0, or -1 after reporting through d.
  *
- * The fused head: when the logits come from linear(h, w) without bias and feed
- * nothing else, that node is dropped and the loss is linear_cross_entropy(h, w,
- * targets), the metrics accuracy(h, w, targets), so the [B*T, V] logits are
- * never made (g->output becomes -1). zoo_train_graph does this unless the
- * environment has ZOO_NO_FUSED_HEAD=1 (for bisecting); zoo_train_graph_head
- * takes the choice as an argument (fuse_head 0: keep the logits). */
+ * The head, when the logits come from linear(h, w) without bias and feed
+ * nothing else (otherwise the plain form is kept):
+ *   ZOO_HEAD_PLAIN    the logits [B*T, V] are made, cross_entropy and accuracy
+ *                     read them.
+ *   ZOO_HEAD_FUSED    that node is dropped and the loss is
+ *                     linear_cross_entropy(h, w, targets), the metrics
+ *                     accuracy(h, w, targets): no logits are made at all (the
+ *                     CPU's choice).
+ *   ZOO_HEAD_COMPACT  label_rows lists the labelled positions, gather_rows takes
+ *                     their rows of h, and linear, cross_entropy and accuracy run
+ *                     over those M rows only: logits [M, V] with M = `per_seq`
+ *                     rows per sequence (the most labelled positions a sequence
+ *                     of the data has). Plain GEMMs, a quarter of the work or
+ *                     less in MQAR (the CUDA backend's choice).
+ * g->output becomes -1 when the head is rewritten. zoo_train_graph picks
+ * ZOO_HEAD_FUSED unless the environment has ZOO_NO_FUSED_HEAD=1 (for
+ * bisecting); zoo_train_graph_head takes the choice as arguments (per_seq is
+ * read by ZOO_HEAD_COMPACT only). */
+typedef enum zoo_head { ZOO_HEAD_PLAIN, ZOO_HEAD_FUSED, ZOO_HEAD_COMPACT } zoo_head;
 int zoo_train_graph(zoo_graph *g, zoo_diag *d);
-int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d);
+int zoo_train_graph_head(zoo_graph *g, zoo_head head, int64_t per_seq, zoo_diag *d);
 
 /* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
  * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of

@@ -535,6 +535,53 @@ static int zoo_shape_embedding_bwd(shape_ctx *s) {
   return 0;
 }
 
+/* label_rows (targets i32[..., T]; i0 = ignore, i1 = per sequence)
+ *   -> idx i32[M], pos i32[..., T], tc i32[M], M = i1 * the sequences */
+static int zoo_shape_label_rows(shape_ctx *s) {
+  const zoo_type *t = s->in[0];
+  if (want_i32(s, 0, "the targets") || want_rank(s, 0, 1, "the targets")) return -1;
+  int64_t per = s->n->attrs.i[1];
+  if (per < 1) return fail(s, "needs at least one labelled position per sequence, not %lld", (long long)per);
+  zoo_dim m = {per, 0};
+  for (int k = 0; k + 1 < t->ndim; k++) m = zoo_dim_mul(m, t->dim[k]);
+  zoo_type rows = {.dtype = ZOO_I32, .ndim = 1};
+  rows.dim[0] = m;
+  s->out[0] = rows;
+  s->out[1] = *t;
+  s->out[2] = rows;
+  return 0;
+}
+
+/* gather_rows (x[..., D], idx i32[M], pos i32[...]) -> [M, D] */
+static int zoo_shape_gather_rows(shape_ctx *s) {
+  const zoo_type *x = s->in[0], *idx = s->in[1], *pos = s->in[2];
+  if (want_f32(s, 0, "the rows") || want_rank(s, 0, 2, "the rows") || want_i32(s, 1, "idx") ||
+      want_i32(s, 2, "pos"))
+    return -1;
+  if (idx->ndim != 1) return fail(s, "idx must be i32[M], got %s", ts(s, idx));
+  if (!leading_eq(x, 1, pos))
+    return fail(s, "pos %s does not match the rows %s (expected their leading axes)", ts(s, pos),
+                ts(s, x));
+  zoo_type o = {.dtype = ZOO_F32, .ndim = 2};
+  o.dim[0] = idx->dim[0];
+  o.dim[1] = x->dim[x->ndim - 1];
+  s->out[0] = o;
+  return 0;
+}
+
+/* scatter_rows (dy[M, D], pos i32[...]) -> [..., D] */
+static int zoo_shape_scatter_rows(shape_ctx *s) {
+  const zoo_type *dy = s->in[0], *pos = s->in[1];
+  if (want_f32(s, 0, "dy") || want_i32(s, 1, "pos")) return -1;
+  if (dy->ndim != 2) return fail(s, "dy must be [M, D], got %s", ts(s, dy));
+  if (pos->ndim + 1 > ZOO_MAX_DIMS) return fail(s, "pos %s has too many axes", ts(s, pos));
+  zoo_type o = *pos;
+  o.dtype = ZOO_F32;
+  o.dim[o.ndim++] = dy->dim[1];
+  s->out[0] = o;
+  return 0;
+}
+
 /* arange (; dims[0] = n) -> i32[n] */
 static int zoo_shape_arange(shape_ctx *s) {
   if (s->n->attrs.ndim != 1) return fail(s, "needs one length");

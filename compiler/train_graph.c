@@ -56,10 +56,34 @@ static void drop_head(zoo_graph *g, int p) {
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
   const char *off = getenv("ZOO_NO_FUSED_HEAD");
   int plain = off && *off && strcmp(off, "0") != 0;
-  return zoo_train_graph_head(g, !plain, d);
+  return zoo_train_graph_head(g, plain ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
 }
 
-int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d) {
+/* The compacted head's rows: (idx, pos, tc) = label_rows(targets), then
+ * hc = gather_rows(h, idx, pos) and logits = linear(hc, w). Sets in[0] to the
+ * logits and in[1] to tc, the loss's and the metrics' inputs. */
+static int compact_head(zoo_graph *g, int h, int w, int64_t per_seq, zoo_span at, int *in,
+                        zoo_diag *d) {
+  if (per_seq < 1) {
+    zoo_error(d, at, "the compacted head needs the most labelled positions per sequence (got %lld)",
+              (long long)per_seq);
+    return -1;
+  }
+  zoo_attrs a = {0};
+  a.i[0] = -100;
+  a.i[1] = per_seq;
+  int idx = zoo_graph_node(g, ZOO_OP_LABEL_ROWS, 1, &g->targets, &a, at, d);
+  if (idx < 0) return -1;
+  int rows[3] = {h, idx, idx + 1};
+  int hc = zoo_graph_node(g, ZOO_OP_GATHER_ROWS, 3, rows, NULL, at, d);
+  if (hc < 0) return -1;
+  int lin[2] = {hc, w};
+  in[0] = zoo_graph_node(g, ZOO_OP_LINEAR, 2, lin, NULL, at, d);
+  in[1] = idx + 2;
+  return in[0] < 0 ? -1 : 0;
+}
+
+int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag *d) {
   if (g->output < 0) {
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
@@ -77,12 +101,11 @@ int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d) {
   /* the loss's and the metrics' inputs but the targets: (logits) or (h, w) */
   int in[3] = {g->output, -1, -1}, nin = 2;
   zoo_op loss_op = ZOO_OP_CROSS_ENTROPY;
-  int head = fuse_head ? fusable_head(g) : -1;
+  int head = mode != ZOO_HEAD_PLAIN ? fusable_head(g) : -1;
+  int h = -1, w = -1;
   if (head >= 0) {
-    in[0] = g->nodes[head].in[0];
-    in[1] = g->nodes[head].in[1];
-    nin = 3;
-    loss_op = ZOO_OP_LINEAR_CROSS_ENTROPY;
+    h = g->nodes[head].in[0];
+    w = g->nodes[head].in[1];
     drop_head(g, head); /* first, so that the logits can leave the tensor table */
   }
 
@@ -91,6 +114,13 @@ int zoo_train_graph_head(zoo_graph *g, int fuse_head, zoo_diag *d) {
   tt.ndim--;
   g->targets = zoo_graph_input(g, "targets", tt);
   in[nin - 1] = g->targets;
+  if (head >= 0 && mode == ZOO_HEAD_FUSED) {
+    in[0] = h, in[1] = w, in[2] = g->targets;
+    nin = 3;
+    loss_op = ZOO_OP_LINEAR_CROSS_ENTROPY;
+  } else if (head >= 0 && compact_head(g, h, w, per_seq, at, in, d) != 0) {
+    return -1;
+  }
 
   zoo_attrs ignore = {0};
   ignore.i[0] = -100;

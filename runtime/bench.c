@@ -38,6 +38,10 @@ static const bench_cell cells[] = {
 };
 #define NCELLS (int)(sizeof cells / sizeof *cells)
 
+/* The key-value pairs of a cell's MQAR data, as the paper's sweep makes them:
+ * 16 at L = 128, else L / 4. Each pair labels one position of a sequence. */
+static int cell_pairs(const bench_cell *c) { return c->seq_len == 128 ? 16 : c->seq_len / 4; }
+
 typedef struct bench_opts {
   int device, steps, warmup, quick, precompile, profile;
   const char *only, *json;
@@ -112,7 +116,7 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   }
   zoo_graph *g = &p->graph;
   r->params = zoo_graph_param_count(g);
-  if (zoo_train_graph_head(g, 0, &d) != 0) {
+  if (zoo_train_graph_head(g, ZOO_HEAD_COMPACT, cell_pairs(c), &d) != 0) {
     snprintf(r->error, sizeof r->error, "no training graph");
     zoo_program_free(p);
     return;
@@ -137,9 +141,9 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   for (int i = 0; i < np; i++) free(params[i]);
   free(params);
 
-  /* MQAR batches as the paper's sweep makes them (16 pairs at L = 128, else L / 4) */
+  /* MQAR batches as the paper's sweep makes them */
   zoo_mqar gen;
-  zoo_mqar_opts mo = {8192, c->seq_len, c->seq_len == 128 ? 16 : c->seq_len / 4, 0.01, 0};
+  zoo_mqar_opts mo = {8192, c->seq_len, cell_pairs(c), 0.01, 0};
   int32_t **tok = calloc((size_t)c->accum, sizeof *tok), **tgt = calloc((size_t)c->accum, sizeof *tgt);
   int rows[64];
   if (ok && zoo_mqar_init(&gen, &mo, err, sizeof err) != 0) {
@@ -238,7 +242,7 @@ static int precompile_cells(const bench_opts *o) {
     zoo_diag_init(&d, stderr);
     zoo_program *p = NULL;
     double t0 = now_s();
-    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph_head(&p->graph, 0, &d) == 0 &&
+    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph_head(&p->graph, ZOO_HEAD_COMPACT, cell_pairs(c), &d) == 0 &&
              zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, "sm_90", err, sizeof err) == 0;
     printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
            now_s() - t0);

@@ -1012,6 +1012,60 @@ int zoo_cpu_arange(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
+/* label_rows (targets; i0 = ignore, i1 = per sequence) -> idx[M], pos, tc[M] */
+int zoo_cpu_label_rows(zoo_cpu *c, const zoo_node *n) {
+  const int32_t *t = in_i(c, n, 0);
+  int32_t *idx = zoo_cpu_i32(c, n->out[0]), *pos = zoo_cpu_i32(c, n->out[1]);
+  int32_t *tc = zoo_cpu_i32(c, n->out[2]);
+  int64_t N = c->numel[n->in[0]], M = c->numel[n->out[0]], r = 0;
+  int32_t ignore = (int32_t)n->attrs.i[0];
+  for (int64_t j = 0; j < N; j++) {
+    pos[j] = -1;
+    if (t[j] == ignore) continue;
+    if (r == M)
+      return cpu_fail(c, "label_rows: more than %lld labelled positions (%lld per sequence)",
+                      (long long)M, (long long)n->attrs.i[1]);
+    idx[r] = (int32_t)j, tc[r] = t[j], pos[j] = (int32_t)r;
+    r++;
+  }
+  for (; r < M; r++) idx[r] = -1, tc[r] = ignore;
+  return 0;
+}
+
+/* gather_rows (x[N, D], idx[M], pos) -> y[M, D] */
+int zoo_cpu_gather_rows(zoo_cpu *c, const zoo_node *n) {
+  shape ys = out_shape(c, n, 0);
+  int64_t M = ys.d[0], D = ys.d[1], N = c->numel[n->in[0]] / D;
+  const float *X = in_f(c, n, 0);
+  const int32_t *idx = in_i(c, n, 1);
+  float *Y = out_f(c, n, 0);
+  for (int64_t r = 0; r < M; r++) {
+    if (idx[r] >= N) return cpu_fail(c, "gather_rows: row %d of %lld", idx[r], (long long)N);
+    if (idx[r] < 0)
+      memset(Y + r * D, 0, (size_t)D * sizeof *Y);
+    else
+      memcpy(Y + r * D, X + idx[r] * D, (size_t)D * sizeof *Y);
+  }
+  return 0;
+}
+
+/* scatter_rows (dy[M, D], pos[N]) -> dx[N, D] */
+int zoo_cpu_scatter_rows(zoo_cpu *c, const zoo_node *n) {
+  shape ds = in_shape(c, n, 0);
+  int64_t M = ds.d[0], D = ds.d[1], N = c->numel[n->in[1]];
+  const float *DY = in_f(c, n, 0);
+  const int32_t *pos = in_i(c, n, 1);
+  float *DX = out_f(c, n, 0);
+  for (int64_t j = 0; j < N; j++) {
+    if (pos[j] >= M) return cpu_fail(c, "scatter_rows: row %d of %lld", pos[j], (long long)M);
+    if (pos[j] < 0)
+      memset(DX + j * D, 0, (size_t)D * sizeof *DX);
+    else
+      memcpy(DX + j * D, DY + pos[j] * D, (size_t)D * sizeof *DX);
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------------------------
  * Scans and convolutions */
 

@@ -496,6 +496,7 @@ typedef struct zoo_cuda {
   int64_t device_bytes;
   CUfunction f_adamw, f_accum, f_metrics;
   int tokens_in, targets_in, dloss_in; /* input tensor ids */
+  int64_t label_cap; /* labelled positions a micro-batch may have (0: any) */
 } zoo_cuda;
 
 #define BE_ERR(x) (x)->be.err, sizeof (x)->be.err
@@ -649,6 +650,21 @@ static void fill_rows(int32_t *dst_tok, int32_t *dst_tgt, const int32_t *tok, co
   for (size_t i = used; i < (size_t)(B * T); i++) dst_tok[i] = 0, dst_tgt[i] = -100;
 }
 
+/* The compacted head (label_rows) takes at most x->label_cap labelled positions
+ * per micro-batch; a batch with more is refused before it reaches the GPU,
+ * where the rows past the cap would be dropped. */
+static int check_labels(zoo_cuda *x, const int32_t *tgt, const char *what, int k) {
+  if (x->label_cap <= 0) return 0;
+  int64_t n = 0, bt = x->B * x->T;
+  for (int64_t i = 0; i < bt; i++) n += tgt[i] != -100;
+  if (n <= x->label_cap) return 0;
+  snprintf(x->be.err, sizeof x->be.err,
+           "%s %d has %lld labelled positions; the training graph's head was built for at most "
+           "%lld (%lld per sequence)",
+           what, k, (long long)n, (long long)x->label_cap, (long long)(x->label_cap / x->B));
+  return -1;
+}
+
 static void read_metrics(const slot *s, zoo_metrics *m) {
   m->loss = (double)s->metrics[0] / (double)(s->launched_accum ? s->launched_accum : 1);
   m->correct = s->metrics[1];
@@ -677,8 +693,10 @@ static int cuda_train_step(zoo_backend *be, int accum, const int32_t *const *tok
   slot *s = &x->slots[p];
   /* slot p's previous step finished: the last call waited for it */
   int64_t bt = x->B * x->T;
-  for (int k = 0; k < accum; k++)
+  for (int k = 0; k < accum; k++) {
     fill_rows(s->tokens + k * bt, s->targets + k * bt, tokens[k], targets[k], rows[k], x->B, x->T);
+    if (check_labels(x, s->targets + k * bt, "train_step: micro-batch", k) != 0) return -1;
+  }
   *s->hyper = (zoo_hyper){opt->lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, 0, ++x->step};
   if (c->debug) {
     ZOO_CU_N(c->err, c->errlen, cuEventRecord(s->t0, c->stream));
@@ -765,6 +783,7 @@ static int cuda_eval_batch(zoo_backend *be, const int32_t *tokens, const int32_t
   /* the pinned buffers may still feed the previous evaluation's copies */
   ZOO_CU_N(c->err, c->errlen, cuStreamSynchronize(c->stream));
   fill_rows(x->eval_tokens, x->eval_targets, tokens, targets, rows, x->B, x->T);
+  if (check_labels(x, x->eval_targets, "eval_batch: batch", 0) != 0) return -1;
   if (c->debug) {
     if (enqueue_eval(x) != 0) return -1;
   } else {
@@ -910,6 +929,8 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   x->tokens_in = input_named(g, "tokens");
   x->targets_in = g->targets;
   x->dloss_in = g->dloss;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].op == ZOO_OP_LABEL_ROWS) x->label_cap = g->nodes[i].attrs.i[1] * x->B;
   if (x->tokens_in < 0 || x->targets_in < 0 || x->dloss_in < 0 || g->ninputs != 3) {
     snprintf(c->err, c->errlen, "the CUDA backend needs a training graph with the inputs tokens, "
                                 "targets and dloss (and no others)");

@@ -533,14 +533,15 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   if (zoo_config_check_model(c, d)) return -1;
   zoo_compile_opts co = {.path = c->model_file, .defines = c->defines, .ndefines = c->ndefines};
   if (zoo_compile(&co, d, &tr.prog)) return -1;
-  /* The fused LM head (linear_cross_entropy over labelled rows only) is what the
-   * CPU wants; on CUDA its kernels are still slower than cuBLAS over every row
-   * (zoorun bench --profile shows them at 57-87% of a step), so a CUDA run keeps
-   * the plain head. */
+  /* The LM head over labelled rows only: on the CPU fused (linear_cross_entropy,
+   * no logits at all); on CUDA compacted (the labelled rows gathered, then
+   * cuBLAS GEMMs over them), sized by the pairs per sequence, each of which
+   * labels one position. */
   const char *dev = o->device ? o->device : "auto";
   char why[256];
   int on_cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && zoo_cuda_available(why, sizeof why));
-  if ((on_cuda ? zoo_train_graph_head(&tr.prog->graph, 0, d) : zoo_train_graph(&tr.prog->graph, d)))
+  if ((on_cuda ? zoo_train_graph_head(&tr.prog->graph, ZOO_HEAD_COMPACT, c->num_kv_pairs, d)
+               : zoo_train_graph(&tr.prog->graph, d)))
     goto done;
   tr.g = &tr.prog->graph;
   r->parameters = zoo_graph_param_count(tr.g);

@@ -247,7 +247,7 @@ TEST(fuzz_large_valid_file) {
   zoo_arena_free(&arena);
   free(text);
   CHECK(items == copies + 1);
-  CHECKF(dt < 1.0 * SLOW, "%.2f s for %zu bytes", dt, len);
+  CHECKF(dt < 4.0 * SLOW, "%.2f s for %zu bytes (linear time takes about 0.3 s)", dt, len);
 }
 
 /* Parses text; 1 when it failed with exactly one error containing `want`. */

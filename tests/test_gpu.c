@@ -823,7 +823,7 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   zoo_graph *g = &p->graph;
   /* The plain head, as zoorun trains on CUDA (runtime/train.c); the emulated
    * programs below keep the fused one, so both heads are covered. */
-  CHECK(zoo_train_graph_head(g, 0, &d) == 0);
+  CHECK(zoo_train_graph_head(g, ZOO_HEAD_PLAIN, 0, &d) == 0);
   const int64_t B = 8, T = 16, V = 64;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {

@@ -487,6 +487,22 @@ TEST(grad_embedding_tied) {
                                             NULL)) == 0);
 }
 
+/* the compacted head's rows: labelled rows gathered (unused rows zero), and
+ * their gradient scattered back with zeros in the unlabelled rows */
+TEST(grad_gather_rows) {
+  gcase c;
+  gc_init(&c);
+  int32_t tg[8] = {-100, 3, -100, 0, 2, -100, -100, -100};
+  int x = gc_param(&c, F32T(K(2), K(4), K(5)), VAL_SIGNED);
+  int tt = gc_fixed(&c, I32T(K(2), K(4)), tg);
+  zoo_attrs a = {0};
+  a.i[0] = -100;
+  a.i[1] = 3; /* 6 rows for 3 labelled positions */
+  int idx = gc1(&c, ZOO_OP_LABEL_ROWS, tt, &a);
+  int y = gc3(&c, ZOO_OP_GATHER_ROWS, x, idx, idx + 1, NULL);
+  CHECK(gc_finish(&c, "gather_rows", gc1(&c, ZOO_OP_TANH, y, NULL)) == 0);
+}
+
 TEST(grad_causal_conv1d) {
   for (int bias = 0; bias < 2; bias++) {
     gcase c;
@@ -571,7 +587,7 @@ TEST(grad_every_op_covered) {
                           "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
                           "shift", "linear", "matmul", "embedding", "cumsum", "causal_conv1d",
                           "poly_attention", "softmax_attention", "linear_cross_entropy",
-                          "wkv4"};
+                          "wkv4", "gather_rows"};
   int n = (int)(sizeof tested / sizeof tested[0]);
   for (int op = 0; op < ZOO_OP_COUNT; op++) {
     if (!(zoo_ops[op].flags & ZOO_OPF_GRAD)) continue;

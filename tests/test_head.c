@@ -33,11 +33,28 @@ static double urand(uint64_t *s) { return (double)lcg(s) / 9007199254740992.0; }
 
 enum { HB = 8, HT = 32, HV = 37 }; /* a vocabulary no other width of the models equals */
 
+/* The batch's tokens and targets (40% unlabelled), from a fixed seed, and the
+ * most labelled positions a sequence has. */
+static int make_batch(int32_t *tok, int32_t *tgt) {
+  uint64_t seed = 7;
+  int most = 0;
+  for (int b = 0; b < HB; b++) {
+    int n = 0;
+    for (int i = b * HT; i < (b + 1) * HT; i++) {
+      tok[i] = (int32_t)(urand(&seed) * HV);
+      tgt[i] = urand(&seed) < 0.4 ? -100 : (int32_t)(urand(&seed) * HV);
+      n += tgt[i] != -100;
+    }
+    if (n > most) most = n;
+  }
+  return most;
+}
+
 /* Compiles models/<name>.zoo at vocabulary HV, d_model 24, seq_len HT, two
- * heads; builds its training graph with or without the fused head; binds B = HB,
- * T = HT and fills parameters, tokens and targets (40% unlabelled) from fixed
- * seeds, the same for both forms. */
-static int run_init(run *r, const char *name, int fused) {
+ * heads; builds its training graph with the given head (the compacted one with
+ * two rows to spare per sequence); binds B = HB, T = HT and fills parameters,
+ * tokens and targets from fixed seeds, the same for every form. */
+static int run_init(run *r, const char *name, zoo_head head) {
   memset(r, 0, sizeof *r);
   char path[64];
   snprintf(path, sizeof path, "models/%s.zoo", name);
@@ -47,7 +64,9 @@ static int run_init(run *r, const char *name, int fused) {
   zoo_diag_init(&d, stderr);
   if (zoo_compile(&o, &d, &r->p) != 0 || !r->p) return -1;
   zoo_graph *g = &r->p->graph;
-  if (zoo_train_graph_head(g, fused, &d) != 0) return -1;
+  int32_t tok0[HB * HT], tgt0[HB * HT];
+  int most = make_batch(tok0, tgt0);
+  if (zoo_train_graph_head(g, head, most + 2, &d) != 0) return -1;
   int64_t syms[ZOO_MAX_SYMS] = {0};
   for (int s = 0; s < g->nsyms; s++)
     syms[s] = strcmp(g->sym_names[s], "B") == 0 ? HB : strcmp(g->sym_names[s], "T") == 0 ? HT : 1;
@@ -66,11 +85,8 @@ static int run_init(run *r, const char *name, int fused) {
   int tokens = -1;
   for (int i = 0; i < g->ninputs; i++)
     if (strcmp(g->tensors[g->inputs[i]].name, "tokens") == 0) tokens = g->inputs[i];
-  int32_t *tok = zoo_cpu_i32(&r->cpu, tokens), *tgt = zoo_cpu_i32(&r->cpu, g->targets);
-  for (int i = 0; i < HB * HT; i++) {
-    tok[i] = (int32_t)(urand(&seed) * HV);
-    tgt[i] = urand(&seed) < 0.4 ? -100 : (int32_t)(urand(&seed) * HV);
-  }
+  memcpy(zoo_cpu_i32(&r->cpu, tokens), tok0, sizeof tok0);
+  memcpy(zoo_cpu_i32(&r->cpu, g->targets), tgt0, sizeof tgt0);
   zoo_cpu_f32(&r->cpu, g->dloss)[0] = 0.5f;
   r->cpu.training = 1;
   r->cpu.seed = 1234;
@@ -115,16 +131,8 @@ static int count_op(const zoo_graph *g, zoo_op op, int end) {
   return c;
 }
 
-/* The two forms of model `name`: graph shape, then training step and evaluation. */
-static void head_model(zoo_test_ctx *t, const char *name) {
-  run f, p;
-  int rf = run_init(&f, name, 1), rp = run_init(&p, name, 0);
-  if (rf || rp) {
-    run_free(&f), run_free(&p);
-    CHECKF(0, "%s does not compile or bind", name);
-  }
-  const zoo_graph *gf = &f.p->graph, *gp = &p.p->graph;
-  /* the logits node is gone, and nothing dangles */
+/* The fused head: the logits node is gone, and nothing dangles. */
+static int fused_shape(const zoo_graph *gf, const zoo_graph *gp) {
   const zoo_node *lf = &gf->nodes[gf->tensors[gf->loss].producer];
   const zoo_node *mf = &gf->nodes[gf->tensors[gf->metrics].producer];
   int shape_ok = gf->output == -1 && gp->output >= 0 && lf->op == ZOO_OP_LINEAR_CROSS_ENTROPY &&
@@ -140,9 +148,40 @@ static void head_model(zoo_test_ctx *t, const char *name) {
           (ty->ndim != 2 || ty->dim[0].sym != 0))
         shape_ok = 0;
     }
+  return shape_ok;
+}
+
+/* The compacted head: label_rows, gather_rows and the logits over M rows, the
+ * loss and metrics reading those; the backward scatters the rows back. */
+static int compact_shape(const zoo_graph *gf, const zoo_graph *gp) {
+  const zoo_node *lf = &gf->nodes[gf->tensors[gf->loss].producer];
+  const zoo_type *lt = &gf->tensors[lf->in[0]].type;
+  int lr = -1;
+  for (int i = 0; i < gf->nnodes; i++)
+    if (gf->nodes[i].op == ZOO_OP_LABEL_ROWS) lr = i;
+  return gf->output == -1 && lf->op == ZOO_OP_CROSS_ENTROPY && lr >= 0 && lt->ndim == 2 &&
+         zoo_dim_eq(lt->dim[0], gf->tensors[gf->nodes[lr].out[0]].type.dim[0]) &&
+         lt->dim[0].sym != 0 && lt->dim[1].coef == HV && lf->in[1] == gf->nodes[lr].out[2] &&
+         count_op(gf, ZOO_OP_GATHER_ROWS, gf->nforward) == 1 &&
+         count_op(gf, ZOO_OP_SCATTER_ROWS, gf->nnodes) == 1 &&
+         gf->nforward == gp->nforward + 2 && graph_consistent(gf) && graph_consistent(gp);
+}
+
+/* Model `name` with a rewritten head against the plain one: graph shape, then
+ * training step and evaluation. */
+static void head_model(zoo_test_ctx *t, const char *name, zoo_head head) {
+  run f, p;
+  int rf = run_init(&f, name, head), rp = run_init(&p, name, ZOO_HEAD_PLAIN);
+  if (rf || rp) {
+    run_free(&f), run_free(&p);
+    CHECKF(0, "%s does not compile or bind", name);
+  }
+  const zoo_graph *gf = &f.p->graph, *gp = &p.p->graph;
+  int shape_ok = head == ZOO_HEAD_FUSED ? fused_shape(gf, gp) : compact_shape(gf, gp);
   if (!shape_ok) {
     run_free(&f), run_free(&p);
-    CHECKF(0, "%s: the fused training graph is not as expected", name);
+    CHECKF(0, "%s: the %s training graph is not as expected", name,
+           head == ZOO_HEAD_FUSED ? "fused" : "compacted");
   }
 
   int e1 = zoo_cpu_run(&f.cpu, 0, gf->nnodes), e2 = zoo_cpu_run(&p.cpu, 0, gp->nnodes);
@@ -180,10 +219,14 @@ static void head_model(zoo_test_ctx *t, const char *name) {
   CHECKF(eval_same, "%s: evaluation differs", name);
 }
 
-TEST(head_rebased) { head_model(t, "rebased"); }
-TEST(head_based) { head_model(t, "based"); }
-TEST(head_conv_attention) { head_model(t, "conv_attention"); }
-TEST(head_attention) { head_model(t, "attention"); }
+TEST(head_rebased) { head_model(t, "rebased", ZOO_HEAD_FUSED); }
+TEST(head_based) { head_model(t, "based", ZOO_HEAD_FUSED); }
+TEST(head_conv_attention) { head_model(t, "conv_attention", ZOO_HEAD_FUSED); }
+TEST(head_attention) { head_model(t, "attention", ZOO_HEAD_FUSED); }
+TEST(head_compact_rebased) { head_model(t, "rebased", ZOO_HEAD_COMPACT); }
+TEST(head_compact_based) { head_model(t, "based", ZOO_HEAD_COMPACT); }
+TEST(head_compact_conv_attention) { head_model(t, "conv_attention", ZOO_HEAD_COMPACT); }
+TEST(head_compact_attention) { head_model(t, "attention", ZOO_HEAD_COMPACT); }
 
 /* ZOO_NO_FUSED_HEAD=1 keeps the logits; zoo_train_graph fuses by default. */
 TEST(head_switch) {
@@ -247,7 +290,7 @@ TEST(head_rewrite_conditions) {
     hand h;
     hand_build(&h, cases[c].bias, cases[c].reader, cases[c].after);
     int nt = h.g.ntensors;
-    CHECK(zoo_train_graph_head(&h.g, 1, &h.d) == 0);
+    CHECK(zoo_train_graph_head(&h.g, ZOO_HEAD_FUSED, 0, &h.d) == 0);
     const zoo_node *ln = &h.g.nodes[h.g.tensors[h.g.loss].producer];
     int fused = ln->op == ZOO_OP_LINEAR_CROSS_ENTROPY;
     int ok = fused == cases[c].fused && graph_consistent(&h.g) && (h.g.output == -1) == fused;

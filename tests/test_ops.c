@@ -617,6 +617,45 @@ TEST(op_embedding_arange) {
   og_free(&o);
 }
 
+/* label_rows lists the labelled positions in order (idx, tc), marks them in
+ * pos and pads; gather_rows and scatter_rows move rows both ways; more labelled
+ * positions than rows is an error */
+TEST(op_label_gather_scatter_rows) {
+  og o;
+  og_init(&o);
+  int32_t tg[6] = {-100, 7, 5, -100, -100, 2}; /* [2, 3] */
+  float x[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}; /* [6, 2] as [2, 3, 2] */
+  float dy[8] = {1, 2, 3, 4, 5, 6, 7, 8};                /* [4, 2] */
+  int tt = og_input(&o, I32T(K(2), K(3)), tg);
+  int tx = og_input(&o, F32T(K(2), K(3), K(2)), x);
+  int td = og_input(&o, F32T(K(4), K(2)), dy);
+  zoo_attrs a = {0};
+  a.i[0] = -100, a.i[1] = 2; /* 4 rows */
+  int idx = og_node(&o, ZOO_OP_LABEL_ROWS, 1, &tt, &a);
+  int gi[3] = {tx, idx, idx + 1};
+  int y = og_node(&o, ZOO_OP_GATHER_ROWS, 3, gi, NULL);
+  int dx = og_node2(&o, ZOO_OP_SCATTER_ROWS, td, idx + 1, NULL);
+  CHECK(og_run(&o, 0, 0) == 0);
+  int32_t e_idx[4] = {1, 2, 5, -1}, e_pos[6] = {-1, 0, 1, -1, -1, 2}, e_tc[4] = {7, 5, 2, -100};
+  CHECK(memcmp(zoo_cpu_i32(&o.cpu, idx), e_idx, sizeof e_idx) == 0);
+  CHECK(memcmp(zoo_cpu_i32(&o.cpu, idx + 1), e_pos, sizeof e_pos) == 0);
+  CHECK(memcmp(zoo_cpu_i32(&o.cpu, idx + 2), e_tc, sizeof e_tc) == 0);
+  double e_y[8] = {3, 4, 5, 6, 11, 12, 0, 0};
+  double e_dx[12] = {0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 5, 6};
+  CHECK(maxdiff(og_f(&o, y), e_y, 8) == 0);
+  CHECK(maxdiff(og_f(&o, dx), e_dx, 12) == 0);
+  og_free(&o);
+
+  og_init(&o);
+  int32_t many[6] = {1, 2, 3, -100, 4, 5};
+  tt = og_input(&o, I32T(K(2), K(3)), many);
+  og_node(&o, ZOO_OP_LABEL_ROWS, 1, &tt, &a);
+  CHECK(og_run(&o, 0, 0) == -1);
+  CHECKF(strcmp(o.cpu.err, "label_rows: more than 4 labelled positions (2 per sequence)") == 0, "%s",
+         o.cpu.err);
+  og_free(&o);
+}
+
 TEST(op_cumsum) {
   og o;
   og_init(&o);
@@ -964,6 +1003,7 @@ TEST(op_every_op_covered) {
       "rmsnorm", "rmsnorm_bwd", "softmax", "logsumexp", "cross_entropy", "cross_entropy_bwd",
       "argmax", "accuracy", "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
       "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",
+      "label_rows", "gather_rows", "scatter_rows",
       "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",
       "linear_cross_entropy", "linear_cross_entropy_bwd",
       "poly_attention_bwd", "softmax_attention_bwd", /* test_grad.c */

@@ -1021,8 +1021,113 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const flo
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// GEMM (cuBLASLt, fp32): t48[65536 x 8192] = t47 * (t0)^T, batch 1, k = 64
-//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+// ---- runtime/kernels/rows.cu ----
+/* rows.cu: label_rows, gather_rows and scatter_rows (ops.def), the compacted
+ * LM head's bookkeeping: the labelled positions of a batch are listed once, the
+ * head's rows are gathered from them, and the rows' gradients go back.
+ *
+ * Shapes: targets, pos i32 [N] (leading axes flattened); idx, tc i32 [M];
+ * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE, THREADS.
+ *
+ * zk_label_rows<N, M, IGNORE, THREADS>: one block of THREADS threads. Thread i
+ *   owns the positions [i S, i S + S), S = ceil(N / THREADS): it counts its
+ *   labelled ones, the block turns the counts into offsets (an exclusive scan
+ *   in shared memory, one warp scan per warp then one over the warp totals),
+ *   and the thread writes its rows in order. So row r is the r-th labelled
+ *   position, as on the CPU. Rows past the count get idx -1, tc IGNORE; rows
+ *   past M are dropped (the backends refuse such a batch before the step).
+ * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
+ *   per element of y.
+ * zk_scatter_rows<N, M, D>: dx[j, d] = dy[pos[j], d], 0 for pos[j] < 0; one
+ *   thread per element of dx, so dx is written whole and needs no clearing.
+ */
+#ifndef ZK_ROWS_CU
+#define ZK_ROWS_CU
+
+template <zk_i64 N, zk_i64 M, int IGNORE, int THREADS>
+__device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
+                                              int *__restrict__ idx, int *__restrict__ pos,
+                                              int *__restrict__ tc) {
+  constexpr zk_i64 S = (N + THREADS - 1) / THREADS;
+  constexpr int WARPS = THREADS / 32;
+  __shared__ int warp_total[WARPS];
+  __shared__ int all_total;
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  zk_i64 j0 = (zk_i64)tid * S, j1 = j0 + S < N ? j0 + S : N;
+  int mine = 0;
+  for (zk_i64 j = j0; j < j1; j++) mine += targets[j] != IGNORE;
+  /* inclusive scan within the warp, then over the warps' totals */
+  int incl = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int v = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int t = lane < WARPS ? warp_total[lane] : 0, w = t;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
+      if (lane >= o) w += v;
+    }
+    if (lane < WARPS) warp_total[lane] = w - t; /* exclusive */
+    if (lane == 31) all_total = w;
+  }
+  __syncthreads();
+  zk_i64 r = warp_total[warp] + incl - mine;
+  for (zk_i64 j = j0; j < j1; j++) {
+    int t = targets[j];
+    if (t == IGNORE) {
+      pos[j] = -1;
+      continue;
+    }
+    pos[j] = r < M ? (int)r : -1;
+    if (r < M) idx[r] = (int)j, tc[r] = t;
+    r++;
+  }
+  for (zk_i64 q = all_total + tid; q < M; q += THREADS) idx[q] = -1, tc[q] = IGNORE;
+}
+
+template <zk_i64 N, zk_i64 M, int D>
+__device__ __forceinline__ void zk_gather_rows(const float *__restrict__ x,
+                                               const int *__restrict__ idx,
+                                               float *__restrict__ y) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= M * D) return;
+  zk_i64 r = e / D;
+  int d = (int)(e - r * D), j = idx[r];
+  y[e] = j >= 0 && j < N ? x[(zk_i64)j * D + d] : 0.0f;
+}
+
+template <zk_i64 N, zk_i64 M, int D>
+__device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
+                                                const int *__restrict__ pos,
+                                                float *__restrict__ dx) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * D) return;
+  zk_i64 j = e / D;
+  int d = (int)(e - j * D), r = pos[j];
+  dx[e] = r >= 0 && r < M ? dy[(zk_i64)r * D + d] : 0.0f;
+}
+
+#endif /* ZK_ROWS_CU */
+
+// zoo_label_rows_19: node 27
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_19(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+}
+
+// zoo_gather_rows_20: node 28
+//   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_20(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/softmax.cu ----
 /* softmax.cu: softmax, logsumexp and argmax over the last axis (ops.def).
@@ -1220,260 +1325,260 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_19: node 28
+// zoo_ce_rows_21: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_20: node 28
+// zoo_ce_finish_22: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_20(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<65536, -100>(rowloss, targets, loss);
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_22(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_21: node 29
+// zoo_acc_rows_23: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_23(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_22: node 29
+// zoo_acc_finish_24: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_22(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<65536, -100>(hit, targets, out);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_24(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_23: node 30
-//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_23(const int *__restrict__ targets, float *__restrict__ count) {
-  zk_ce_count<65536, -100>(targets, count);
+// zoo_ce_count_25: node 32
+//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_25(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_24: node 30
-//   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
-  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 65536);
+// zoo_ce_bwd_rows_26: node 32
+//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_26(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
-// t54 is t53 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t58[16384 x 64] = t57 * t0, batch 1, k = 8192
+//   matmul         -> f32[32*B, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t55[65536 x 64] = t54 * t0, batch 1, k = 8192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t56 is t55 reshaped (same memory, no kernel)
-
-// t57 is t47 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t58[8192 x 64] = (t54)^T * t57, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_25: node 36
+// zoo_scatter_rows_27: node 35
+//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_27(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// zoo_layernorm_bwd_rows_28: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_26: node 36
+// zoo_sum_partials_29: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_27: node 37
+// zoo_layernorm_bwd_rows_30: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_28: node 37
+// zoo_sum_partials_31: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k29_add: 1 elementwise op over 4194304 elements
+// zoo_k32_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__restrict__ t59, const float *__restrict__ t62, float *__restrict__ t65) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v59 = t59[i];
-    float v62 = t62[i];
-    float v65 = v59 + v62;  // add
-    t65[i] = v65;
+    float v61 = t61[i];
+    float v64 = t64[i];
+    float v67 = v61 + v64;  // add
+    t67[i] = v67;
   }
 }
 
-// t66 is t65 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t67[65536 x 60] = t66 * t13, batch 1, k = 64
-//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
-
 // t68 is t67 reshaped (same memory, no kernel)
 
-// t69 is t42 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t69[65536 x 60] = t68 * t13, batch 1, k = 64
+//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t70[64 x 60] = (t66)^T * t69, batch 1, k = 65536
+// t70 is t69 reshaped (same memory, no kernel)
+
+// t71 is t42 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k30_split_heads: split heads, 3932160 elements
+// zoo_k33_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_31: node 45
+// zoo_poly_attn_bwd_q_34: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_32: node 45
+// zoo_poly_attn_bwd_kv_35: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_32(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_35(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k33_merge_heads: merge heads, 3932160 elements
+// zoo_k36_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// t76 is t75 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t77[65536 x 64] = t76 * t12, batch 1, k = 60
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
 // t78 is t77 reshaped (same memory, no kernel)
 
-// t79 is t34 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t79[65536 x 64] = t78 * t12, batch 1, k = 60
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t80[60 x 64] = (t76)^T * t79, batch 1, k = 65536
+// t80 is t79 reshaped (same memory, no kernel)
+
+// t81 is t34 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k34_merge_heads: merge heads, 12582912 elements
+// zoo_k37_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
-
-// t82 is t81 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t83[65536 x 64] = t82 * t11, batch 1, k = 192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t84 is t83 reshaped (same memory, no kernel)
 
-// t85 is t34 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t11, batch 1, k = 192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t86[192 x 64] = (t82)^T * t85, batch 1, k = 65536
+// t86 is t85 reshaped (same memory, no kernel)
+
+// t87 is t34 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k35_merge_heads: merge heads, 12582912 elements
+// zoo_k38_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// t89 is t88 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t90[65536 x 64] = t89 * t10, batch 1, k = 192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
 // t91 is t90 reshaped (same memory, no kernel)
 
-// zoo_k36_add_add: 2 elementwise ops over 4194304 elements
+// GEMM (cuBLASLt, fp32): t92[65536 x 64] = t91 * t10, batch 1, k = 192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t93 is t92 reshaped (same memory, no kernel)
+
+// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *__restrict__ t78, const float *__restrict__ t84, const float *__restrict__ t91, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v78 = t78[i];
-    float v84 = t84[i];
-    float v91 = t91[i];
-    float v87 = v78 + v84;  // add
-    float v94 = v87 + v91;  // add
-    t94[i] = v94;
+    float v80 = t80[i];
+    float v86 = t86[i];
+    float v93 = t93[i];
+    float v89 = v80 + v86;  // add
+    float v96 = v89 + v93;  // add
+    t96[i] = v96;
   }
 }
 
-// t92 is t34 reshaped (same memory, no kernel)
+// t94 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t93[192 x 64] = (t89)^T * t92, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_37: node 66
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_38: node 66
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k39_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t65, const float *__restrict__ t95, float *__restrict__ t98) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v65 = t65[i];
-    float v95 = t95[i];
-    float v98 = v65 + v95;  // add
-    t98[i] = v98;
-  }
-}
-
-// zoo_layernorm_bwd_rows_40: node 68
+// zoo_layernorm_bwd_rows_40: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 68
+// zoo_sum_partials_41: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k42_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_mul_mul(const float *__restrict__ t98, const float *__restrict__ t99, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ t104) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v98 = t98[i];
-    float v99 = t99[i];
-    float v28 = t28[i];
-    float v27 = t27[i];
-    float v102 = v98 + v99;  // add
-    float v103 = v102 * v28;  // mul
-    float v104 = v102 * v27;  // mul
-    t102[i] = v102;
-    t103[i] = v103;
-    t104[i] = v104;
+    float v67 = t67[i];
+    float v97 = t97[i];
+    float v100 = v67 + v97;  // add
+    t100[i] = v100;
   }
 }
 
-// t105 is t104 reshaped (same memory, no kernel)
+// zoo_layernorm_bwd_rows_43: node 68
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
-// GEMM (cuBLASLt, fp32): t106[65536 x 64] = t105 * t2, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// zoo_sum_partials_44: node 68
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k45_add_mul_mul: 3 elementwise ops over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v100 = t100[i];
+    float v101 = t101[i];
+    float v28 = t28[i];
+    float v27 = t27[i];
+    float v104 = v100 + v101;  // add
+    float v105 = v104 * v28;  // mul
+    float v106 = v104 * v27;  // mul
+    t104[i] = v104;
+    t105[i] = v105;
+    t106[i] = v106;
+  }
+}
 
 // t107 is t106 reshaped (same memory, no kernel)
 
-// t108 is t26 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t108[65536 x 64] = t107 * t2, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t109[64 x 64] = (t105)^T * t108, batch 1, k = 65536
+// t109 is t108 reshaped (same memory, no kernel)
+
+// t110 is t26 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k46_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1492,8 +1597,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__res
   }
 }
 
-// zoo_k43_sum_fin: adds the 132 partials of zoo_k43_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k46_sum_fin: adds the 132 partials of zoo_k46_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1501,60 +1606,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_44: node 79
+// zoo_conv1d_bwd_rows_47: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_45: node 79
+// zoo_sum_partials_48: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k46_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k49_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *__restrict__ t102, const float *__restrict__ t107, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v102 = t102[i];
-    float v107 = t107[i];
-    float v112 = t112[i];
-    float v111 = v102 + v107;  // add
-    float v115 = v111 + v112;  // add
-    t115[i] = v115;
+    float v104 = t104[i];
+    float v109 = t109[i];
+    float v114 = t114[i];
+    float v113 = v104 + v109;  // add
+    float v117 = v113 + v114;  // add
+    t117[i] = v117;
   }
 }
 
-// zoo_layernorm_bwd_rows_47: node 81
+// zoo_layernorm_bwd_rows_50: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_48: node 81
+// zoo_sum_partials_51: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k49_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k52_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_dropout(const float *__restrict__ t102, const float *__restrict__ t116, float *__restrict__ t120, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v102 = t102[i];
-    float v116 = t116[i];
-    float v119 = v102 + v116;  // add
-    float v120 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v119 * 1.11111116f : 0.0f;  // dropout
-    t120[i] = v120;
+    float v104 = t104[i];
+    float v118 = t118[i];
+    float v121 = v104 + v118;  // add
+    float v122 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v121 * 1.11111116f : 0.0f;  // dropout
+    t122[i] = v122;
   }
 }
 
-// zoo_k50_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k53_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1573,8 +1678,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float 
   }
 }
 
-// zoo_k50_reduce_to_fin: adds the 2 partials of zoo_k50_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k53_reduce_to_fin: adds the 2 partials of zoo_k53_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1582,53 +1687,53 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_51: node 85
+// zoo_embedding_bwd_54: node 85
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_52: node 86
+// zoo_embedding_bwd_55: node 86
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k53_add: 1 elementwise op over 524288 elements
+// zoo_k56_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__restrict__ t58, const float *__restrict__ t123, float *__restrict__ t124) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v58 = t58[i];
-    float v123 = t123[i];
-    float v124 = v58 + v123;  // add
-    t124[i] = v124;
+    float v59 = t59[i];
+    float v125 = t125[i];
+    float v126 = v59 + v125;  // add
+    t126[i] = v126;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_54: node 0
+// zoo_embedding_fwd_57: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k55_arange: 0 .. 127
+// zoo_k58_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_56: node 2
+// zoo_embedding_fwd_59: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_59(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k57_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k60_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v21 = t21[i];
     float v23 = t23[i % 8192];
@@ -1638,26 +1743,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_add_dropout(const floa
   }
 }
 
-// zoo_layernorm_fwd_58: node 5
+// zoo_layernorm_fwd_61: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_58(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_conv1d_fwd_59: node 6
+// zoo_conv1d_fwd_62: node 6
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_59(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k60_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_k63_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v27 = t27[i];
     float v28 = t28[i];
@@ -1670,15 +1775,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_mul_add_add(const floa
   }
 }
 
-// zoo_layernorm_fwd_61: node 11
+// zoo_layernorm_fwd_64: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_64(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k62_add: 1 elementwise op over 4194304 elements
+// zoo_k65_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v32 = t32[i];
     float v31 = t31[i];
@@ -1687,18 +1792,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k62_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_63: node 13
+// zoo_layernorm_fwd_66: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k64_split_heads: split heads, 12582912 elements
+// zoo_k67_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1706,9 +1811,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_split_heads: split heads, 12582912 elements
+// zoo_k68_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1716,22 +1821,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k66_split_heads: split heads, 3932160 elements
+// zoo_k69_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_67: node 20
+// zoo_poly_attn_fwd_70: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_67(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_70(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k68_merge_heads: merge heads, 3932160 elements
+// zoo_k71_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1739,9 +1844,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k69_add: 1 elementwise op over 4194304 elements
+// zoo_k72_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v43 = t43[i];
     float v33 = t33[i];
@@ -1750,15 +1855,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k69_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_70: node 24
+// zoo_layernorm_fwd_73: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_70(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_73(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k71_add: 1 elementwise op over 4194304 elements
+// zoo_k74_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v45 = t45[i];
     float v44 = t44[i];
@@ -1767,37 +1872,49 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_72: node 26
+// zoo_layernorm_fwd_75: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_72(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_75(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// GEMM (cuBLASLt, fp32): t48[65536 x 8192] = t47 * (t0)^T, batch 1, k = 64
-//   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
+// zoo_label_rows_76: node 27
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_76(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+}
 
-// zoo_ce_rows_73: node 28
+// zoo_gather_rows_77: node 28
+//   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_77(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
+//   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
+
+// zoo_ce_rows_78: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_78(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_74: node 28
+// zoo_ce_finish_79: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_74(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<65536, -100>(rowloss, targets, loss);
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_79(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+  zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_75: node 29
+// zoo_acc_rows_80: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_76: node 29
+// zoo_acc_finish_81: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_76(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<65536, -100>(hit, targets, out);
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_81(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+  zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
