@@ -58,9 +58,18 @@ struct zoo_backend {
 /* CPU reference backend (runtime/cpu.c). */
 zoo_backend *zoo_cpu_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T,
                                   char *err, size_t errlen);
+/* The matmuls' arithmetic on CUDA (config key `precision`). Parameters,
+ * gradients, optimiser state and every other kernel stay fp32 in all three:
+ *   ZOO_FP32  fp32 GEMMs (the reference's, and the default)
+ *   ZOO_TF32  GEMM inputs rounded to TF32 on the tensor cores, fp32 sums
+ *   ZOO_BF16  GEMM inputs rounded to bf16 on the tensor cores, fp32 sums
+ * The CPU backend computes in fp32 whatever the setting. */
+typedef enum zoo_precision { ZOO_FP32, ZOO_TF32, ZOO_BF16 } zoo_precision;
+const char *zoo_precision_name(zoo_precision p);
+
 /* CUDA backend (runtime/cuda.c); NULL with a reason in err when no driver/GPU. */
 zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T,
-                                   int device, char *err, size_t errlen);
+                                   int device, zoo_precision precision, char *err, size_t errlen);
 int zoo_cuda_available(char *why, size_t n);
 
 /* The counter-based RNG that dropout uses on every backend: a uniform float in

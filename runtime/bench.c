@@ -44,6 +44,7 @@ static int cell_pairs(const bench_cell *c) { return c->seq_len == 128 ? 16 : c->
 
 typedef struct bench_opts {
   int device, steps, warmup, quick, precompile, profile;
+  zoo_precision precision;
   const char *only, *json;
 } bench_opts;
 
@@ -60,13 +61,14 @@ typedef struct bench_result {
 
 static const char usage[] =
     "usage: zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only MIXER] [--quick]\n"
-    "                    [--json FILE] [--profile]\n"
+    "                    [--json FILE] [--profile] [--precision fp32|tf32|bf16]\n"
     "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention)\n"
     "  --steps N     timed steps per cell (20)       --warmup N  untimed steps first (3)\n"
     "  --only MIXER  cells of that mixer only        --quick     the four small cells only\n"
     "  --json FILE   also write one JSON line per cell\n"
     "  --profile     after timing, GPU time per kernel kind of one micro-batch (steps run one by\n"
     "                one between CUDA events), the 15 largest\n"
+    "  --precision P the GEMMs' arithmetic (fp32, the reference's and the default; tf32; bf16)\n"
     "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
     "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC\n";
 
@@ -124,7 +126,7 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   int64_t B = c->micro_batch, T = c->seq_len;
   char err[1024];
   double t0 = now_s();
-  zoo_backend *be = zoo_cuda_backend_init(g, B, T, o->device, err, sizeof err);
+  zoo_backend *be = zoo_cuda_backend_init(g, B, T, o->device, o->precision, err, sizeof err);
   r->compile_s = now_s() - t0;
   if (!be) {
     snprintf(r->error, sizeof r->error, "%s", err);
@@ -254,7 +256,7 @@ static int precompile_cells(const bench_opts *o) {
 }
 
 int zoo_bench_main(int argc, char **argv) {
-  bench_opts o = {0, 20, 3, 0, 0, 0, NULL, NULL};
+  bench_opts o = {0, 20, 3, 0, 0, 0, ZOO_FP32, NULL, NULL};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -277,6 +279,14 @@ int zoo_bench_main(int argc, char **argv) {
       o.only = v, i++;
     } else if (!strcmp(a, "--json") && v) {
       o.json = v, i++;
+    } else if (!strcmp(a, "--precision") && v) {
+      if (!strcmp(v, "fp32") || !strcmp(v, "tf32") || !strcmp(v, "bf16")) {
+        o.precision = !strcmp(v, "tf32") ? ZOO_TF32 : !strcmp(v, "bf16") ? ZOO_BF16 : ZOO_FP32;
+      } else {
+        fprintf(stderr, "zoorun bench: --precision takes fp32, tf32 or bf16, not '%s'\n", v);
+        return 2;
+      }
+      i++;
     } else if (!strcmp(a, "--quick")) {
       o.quick = 1;
     } else if (!strcmp(a, "--profile")) {
@@ -303,8 +313,9 @@ int zoo_bench_main(int argc, char **argv) {
     fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
     return 1;
   }
-  printf("zoo bench on %s: median GPU ms per optimiser step over %d steps after %d warm-up; "
-         "reference: PyTorch+Triton fp32 on one H200\n\n", why, o.steps, o.warmup);
+  printf("zoo bench on %s, %s matmuls: median GPU ms per optimiser step over %d steps after %d "
+         "warm-up; reference: PyTorch+Triton fp32 on one H200\n\n",
+         why, zoo_precision_name(o.precision), o.steps, o.warmup);
   printf("%-15s %4s %5s %7s %8s | %8s %8s %8s %7s | %8s %8s %8s %8s | %7s %s\n", "mixer", "D", "L",
          "batch", "params", "ms/step", "wall ms", "ref ms", "speedup", "launches", "zoo MiB",
          "used MiB", "ref MiB", "NVRTC s", "loss first -> last");
@@ -333,13 +344,13 @@ int zoo_bench_main(int argc, char **argv) {
     if (js) {
       char esc[2400];
       fprintf(js,
-              "{\"mixer\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
+              "{\"mixer\": \"%s\", \"precision\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
               "\"params\": %lld, \"ref_params\": %lld, \"ms_per_step\": %.4f, \"ms_min\": %.4f, "
               "\"ms_wall\": %.4f, \"ref_ms_per_step\": %.2f, \"speedup\": %.4f, \"launches_per_step\": %d, "
               "\"kernels_per_micro_batch\": %d, \"gemms_per_micro_batch\": %d, \"zoo_mib\": %.1f, "
               "\"used_mib\": %.1f, \"arena_mib\": %.1f, \"ref_peak_mib\": %.0f, \"nvrtc_s\": %.2f, "
               "\"first_loss\": %.6f, \"last_loss\": %.6f, \"error\": \"%s\"}\n",
-              c->mixer, c->d_model, c->seq_len, c->micro_batch, c->accum, r.params, c->params, r.ms_median,
+              c->mixer, zoo_precision_name(o.precision), c->d_model, c->seq_len, c->micro_batch, c->accum, r.params, c->params, r.ms_median,
               r.ms_min, r.ms_wall, c->ref_ms, r.ms_median > 0 ? c->ref_ms / r.ms_median : 0.0, r.launches,
               r.kernels, r.gemms, r.zoo_mib, r.used_mib, r.arena_mib, c->ref_peak_mib, r.compile_s,
               isfinite(r.first_loss) ? r.first_loss : -1.0, isfinite(r.last_loss) ? r.last_loss : -1.0,

@@ -358,6 +358,7 @@ static const cfg_field cfg_fields[] = {
     {"launch_id", CFG_STR_NULL, NOSTORE, NULL, note_ignored},
     {"sweep_id", CFG_STR_NULL, NOSTORE, NULL, note_ignored},
     {"run_id", CFG_STR, AT(run_id), NULL, NULL},
+    {"precision", CFG_STR, AT(precision), NULL, NULL},
     {"tags", CFG_STRS, NOSTORE, NULL, NULL},
     {"_wandb", CFG_ANY, NOSTORE, NULL, note_logger},
 };
@@ -712,6 +713,7 @@ static void cfg_defaults(zoo_config *c) {
   c->early_stopping = 1;
   c->early_stopping_threshold = 0.99;
   c->run_id = "default";
+  c->precision = "fp32";
   c->tags = NULL;
   c->ntags = 0;
 }
@@ -838,6 +840,8 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
   if (c->model_vocab_size < c->vocab_size)
     cfg_error_at(c, d, "model.vocab_size", "must hold the data's %d tokens (got %d)",
                  c->vocab_size, c->model_vocab_size);
+  if (strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"))
+    cfg_error_at(c, d, "precision", "must be fp32, tf32 or bf16 (got '%s')", c->precision);
   if (!c->run_id[0] || strchr(c->run_id, '/') || !strcmp(c->run_id, "..") ||
       !strcmp(c->run_id, "."))
     cfg_error_at(c, d, "run_id", "must be a plain name (it names the folder runs/<run_id>)");
@@ -1071,7 +1075,7 @@ void zoo_config_write(FILE *out, const zoo_config *c) {
   fprintf(out, "early_stopping_metric: %s\nearly_stopping_threshold: ",
           c->early_stopping ? "valid/accuracy" : "null");
   cfg_write_double(out, c->early_stopping_threshold);
-  fprintf(out, "\nrun_id: ");
+  fprintf(out, "\nprecision: %s\nrun_id: ", c->precision);
   cfg_write_string(out, c->run_id);
   fprintf(out, "\ntags: [");
   for (int i = 0; i < c->ntags; i++) {

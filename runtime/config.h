@@ -86,6 +86,7 @@ typedef struct zoo_config {
   int early_stopping;              /* early_stopping_metric is valid/accuracy (not null) */
   double early_stopping_threshold; /* 0.99 */
   const char *run_id;              /* "default" */
+  const char *precision;           /* "fp32", "tf32" or "bf16": the CUDA GEMMs' (backend.h) */
   const char **tags;
   int ntags;
 } zoo_config;

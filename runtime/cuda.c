@@ -81,6 +81,7 @@ typedef struct core {
   int debug;
   int module_kernels;
   captured *capturing; /* set while a graph is being captured */
+  zoo_precision precision; /* the GEMMs' (backend.h) */
   char *err;
   size_t errlen;
 } core;
@@ -242,7 +243,10 @@ void zoo_cuda_gemm_colmajor(const zoo_gemm *gm, zoo_colmajor_gemm *o) {
 static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias) {
   zoo_colmajor_gemm cm;
   zoo_cuda_gemm_colmajor(gm, &cm);
-  ZOO_LT(cublasLtMatmulDescCreate(&gp->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasComputeType_t compute = c->precision == ZOO_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                : c->precision == ZOO_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                           : CUBLAS_COMPUTE_32F;
+  ZOO_LT(cublasLtMatmulDescCreate(&gp->desc, compute, CUDA_R_32F));
   cublasOperation_t opa = cm.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t opb = cm.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   ZOO_LT(cublasLtMatmulDescSetAttribute(gp->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
@@ -281,8 +285,8 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
     return zoo_cublaslt_fail(st, "cublasLtMatmulAlgoGetHeuristic(...)", __FILE__, __LINE__, c->err, c->errlen);
   if (found < 1) {
     snprintf(c->err, c->errlen,
-             "cuBLASLt has no fp32 algorithm for m=%lld n=%lld k=%lld batch=%lld (transposes %d %d)",
-             (long long)gm->m, (long long)gm->n, (long long)gm->k, (long long)gm->batch, gm->trans_a,
+             "cuBLASLt has no %s algorithm for m=%lld n=%lld k=%lld batch=%lld (transposes %d %d)",
+             zoo_precision_name(c->precision), (long long)gm->m, (long long)gm->n, (long long)gm->k, (long long)gm->batch, gm->trans_a,
              gm->trans_b);
     return -1;
   }
@@ -995,10 +999,15 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   return 0;
 }
 
+const char *zoo_precision_name(zoo_precision p) {
+  return p == ZOO_TF32 ? "tf32" : p == ZOO_BF16 ? "bf16" : "fp32";
+}
+
 zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T, int device,
-                                   char *err, size_t errlen) {
+                                   zoo_precision precision, char *err, size_t errlen) {
   zoo_cuda *x = calloc(1, sizeof *x);
   if (!x) abort();
+  x->c.precision = precision;
   x->be.name = "cuda";
   x->be.train_step = cuda_train_step;
   x->be.eval_batch = cuda_eval_batch;

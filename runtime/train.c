@@ -105,15 +105,19 @@ static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chose
   if (!strcmp(dev, "auto")) want_cuda = zoo_cuda_available(why, sizeof why);
   zoo_backend *be = NULL;
   if (want_cuda) {
-    be = zoo_cuda_backend_init(tr->g, B, T, 0, err, sizeof err);
+    zoo_precision prec = !strcmp(tr->c->precision, "tf32")   ? ZOO_TF32
+                         : !strcmp(tr->c->precision, "bf16") ? ZOO_BF16
+                                                             : ZOO_FP32;
+    be = zoo_cuda_backend_init(tr->g, B, T, 0, prec, err, sizeof err);
     if (!be) {
       zoo_error(tr->d, zoo_nospan, "cannot use CUDA: %s", err);
       return NULL;
     }
     snprintf(chosen, 16, "cuda");
     if (!tr->o->quiet)
-      fprintf(tr->out, "device: cuda (%s%s)\n", !strcmp(dev, "auto") ? "auto: " : "--device cuda",
-              !strcmp(dev, "auto") ? why : "");
+      fprintf(tr->out, "device: cuda (%s%s), %s matmuls\n",
+              !strcmp(dev, "auto") ? "auto: " : "--device cuda", !strcmp(dev, "auto") ? why : "",
+              zoo_precision_name(prec));
     return be;
   }
   be = zoo_cpu_backend_init(tr->g, B, T, err, sizeof err);
@@ -125,6 +129,9 @@ static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chose
   if (!tr->o->quiet)
     fprintf(tr->out, "device: cpu (%s%s)\n", !strcmp(dev, "auto") ? "auto: " : "--device cpu",
             !strcmp(dev, "auto") ? why : "");
+  if (strcmp(tr->c->precision, "fp32") && !tr->o->quiet)
+    fprintf(tr->out, "note: precision: %s applies to CUDA; the CPU backend computes in fp32\n",
+            tr->c->precision);
   return be;
 }
 

@@ -163,6 +163,32 @@ TEST(config_native_form) {
   zoo_config_free(&c);
 }
 
+/* precision: fp32 by default; tf32 and bf16 accepted and written back */
+TEST(config_precision) {
+  const char *vals[3] = {NULL, "tf32", "bf16"}, *want[3] = {"fp32", "tf32", "bf16"};
+  for (int k = 0; k < 3; k++) {
+    char text[256];
+    snprintf(text, sizeof text, "data:\n  input_seq_len: 16\n  vocab_size: 64\nmodel:\n"
+             "  file: models/rebased.zoo\n%s%s\n", vals[k] ? "precision: " : "", vals[k] ? vals[k] : "");
+    zoo_diag d;
+    zoo_diag_init(&d, stderr);
+    zoo_config c;
+    CHECK(zoo_config_load_string(&c, "p.yaml", text, &d) == 0);
+    CHECK(zoo_config_finish(&c, &d, NULL) == 0);
+    CHECK(!strcmp(c.precision, want[k]));
+    char *out = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&out, &n);
+    zoo_config_write(f, &c);
+    fclose(f);
+    char line[32];
+    snprintf(line, sizeof line, "\nprecision: %s\n", want[k]);
+    CHECKF(strstr(out, line) != NULL, "%s", out);
+    free(out);
+    zoo_config_free(&c);
+  }
+}
+
 /* One golden file per bad input: the whole diagnostic text. */
 static void cfg_golden(zoo_test_ctx *t, const char *name, const char **flags, int nflags,
                        const char *base) {

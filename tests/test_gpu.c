@@ -849,7 +849,7 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
     fake_cuda_install();
     fake_cuda_module(fake_mod, &fake_prog.emit);
   }
-  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, err, sizeof err);
+  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, ZOO_FP32, err, sizeof err);
   if (!gpu) {
     if (fake) {
       fake_cuda_uninstall();

@@ -444,7 +444,7 @@ TEST(cuda_backend_without_gpu) {
   zoo_graph g;
   zoo_graph_init(&g);
   char err[512] = "";
-  zoo_backend *be = zoo_cuda_backend_init(&g, 2, 4, 0, err, sizeof err);
+  zoo_backend *be = zoo_cuda_backend_init(&g, 2, 4, 0, ZOO_FP32, err, sizeof err);
   CHECK(be == NULL);
   CHECK(err[0] != 0);
   zoo_graph_free(&g);
