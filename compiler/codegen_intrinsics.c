@@ -902,17 +902,35 @@ int zoo_cuda_label_rows(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t ig = n->attrs.i[0];
   if (ig < -2147483647LL || ig > 2147483647LL) return fail(e, "label_rows: ignore_index %lld", (long long)ig);
   if (need(e, "rows.cu", NULL, NULL)) return -1;
+  /* tiles of 256 threads x 4 positions (see rows.cu) */
+  const int threads = 256, per = 4, tile = threads * per;
+  int64_t tiles = cdiv(N, tile);
   char name[64];
-  kernel_name(e, n, "label_rows", name, sizeof name);
+  kernel_name(e, n, "label_count", name, sizeof name);
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
-                    "int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {\n"
-                    "  zk_label_rows<%lldLL, %lldLL, %lld, 1024>(targets, idx, pos, tc);\n}\n",
-                    name, (long long)N, (long long)M, (long long)ig);
-  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const int *__restrict__ targets, "
+                    "int *__restrict__ counts) {\n"
+                    "  zk_label_count<%lldLL, %lld, %d>(targets, counts);\n}\n",
+                    threads, name, (long long)N, (long long)ig, tile);
+  zoo_step *s = launch(e, n, name, tiles, (unsigned)threads, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = align16(tiles * 4);
+
+  kernel_name(e, n, "label_write", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const int *__restrict__ targets, "
+                    "const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, "
+                    "int *__restrict__ tc) {\n"
+                    "  zk_label_write<%lldLL, %lldLL, %lld, %d, %d, %lldLL>(targets, counts, idx, pos, tc);\n}\n",
+                    threads, name, (long long)N, (long long)M, (long long)ig, tile, per, (long long)tiles);
+  s = launch(e, n, name, tiles, (unsigned)threads, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_scratch(s, 0);
   for (int k = 0; k < 3; k++) arg_tensor(s, n->out[k]);
+  s->scratch_bytes = align16(tiles * 4);
   return 0;
 }
 

@@ -771,6 +771,19 @@ static int c_wkv4(ocase *c) { return c_wkv4_t(c, 9, 0); }
 static int c_wkv4_long(ocase *c) { return c_wkv4_t(c, 300, 0); }
 static int c_wkv4_bf16(ocase *c) { return c_wkv4_t(c, 9, 1); }
 
+/* the compacted head's rows: label_rows, then gather_rows (its gradient is
+ * scatter_rows); 7 rows per sequence of 7 so no batch overflows */
+static int c_rows(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 7, 16));
+  int tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
+  zoo_attrs a = A0();
+  a.i[0] = -100, a.i[1] = 7;
+  int idx = oc_op(c, ZOO_OP_LABEL_ROWS, 1, &tg, &a);
+  if (idx < 0) return -1;
+  int in[3] = {x, idx, idx + 1};
+  return oc_op(c, ZOO_OP_GATHER_ROWS, 3, in, NULL);
+}
+
 static const named_case intrinsics_cases[] = {
       {"embedding", c_embedding, 1e-4, 1},
       {"arange", c_arange, 0, 0},
@@ -783,6 +796,7 @@ static const named_case intrinsics_cases[] = {
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"linear_cross_entropy", c_lce, 1e-3, 1},
+      {"label_gather_scatter_rows", c_rows, 0, 1},
       {"wkv4", c_wkv4, 1e-4, 1},
       {"wkv4_long", c_wkv4_long, 1e-3, 1},
       {"wkv4_bf16", c_wkv4_bf16, 1e-2, 1}, /* one bf16 step of fp32 vs double rounding */
@@ -821,9 +835,10 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   zoo_program *p = NULL;
   CHECKF(zoo_compile(&o, &d, &p) == 0, "%s does not compile", path);
   zoo_graph *g = &p->graph;
-  /* The plain head, as zoorun trains on CUDA (runtime/train.c); the emulated
-   * programs below keep the fused one, so both heads are covered. */
-  CHECK(zoo_train_graph_head(g, ZOO_HEAD_PLAIN, 0, &d) == 0);
+  /* The compacted head, as zoorun trains on CUDA (runtime/train.c), with room
+   * for 10 labelled positions per sequence (the batches below label about 4 of
+   * 16); the emulated programs below also run the fused one. */
+  CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 10, &d) == 0);
   const int64_t B = 8, T = 16, V = 64;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {
@@ -1023,7 +1038,7 @@ static int close_enough(const char *what, const float *a, const float *b, int64_
   return 0;
 }
 
-static void emu_program(zoo_test_ctx *t, const char *model, int accum) {
+static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head head) {
   EMU_OR_SKIP();
   char path[128];
   snprintf(path, sizeof path, "models/%s.zoo", model);
@@ -1037,7 +1052,7 @@ static void emu_program(zoo_test_ctx *t, const char *model, int accum) {
   zoo_program *prog = NULL;
   CHECKF(zoo_compile(&o, &d, &prog) == 0, "%s does not compile", path);
   zoo_graph *g = &prog->graph;
-  CHECK(zoo_train_graph(g, &d) == 0);
+  CHECK(zoo_train_graph_head(g, head, 16, &d) == 0);
   const int64_t B = 4, T = 16, V = 64;
   zoo_cuda_program cp;
   char err[1024];
@@ -1189,9 +1204,11 @@ static void emu_program(zoo_test_ctx *t, const char *model, int accum) {
   CHECKF(ok, "%s: the emulated program differs from the CPU", model);
 }
 
-TEST(emu_program_rebased) { emu_program(t, "rebased", 1); }
-TEST(emu_program_based) { emu_program(t, "based", 1); }
-TEST(emu_program_conv_attention) { emu_program(t, "conv_attention", 1); }
-TEST(emu_program_attention) { emu_program(t, "attention", 1); }
-TEST(emu_program_rwkv) { emu_program(t, "rwkv", 1); }
-TEST(emu_program_rebased_accum) { emu_program(t, "rebased", 2); }
+TEST(emu_program_rebased) { emu_program(t, "rebased", 1, ZOO_HEAD_FUSED); }
+TEST(emu_program_based) { emu_program(t, "based", 1, ZOO_HEAD_FUSED); }
+TEST(emu_program_conv_attention) { emu_program(t, "conv_attention", 1, ZOO_HEAD_FUSED); }
+TEST(emu_program_attention) { emu_program(t, "attention", 1, ZOO_HEAD_FUSED); }
+TEST(emu_program_rwkv) { emu_program(t, "rwkv", 1, ZOO_HEAD_FUSED); }
+TEST(emu_program_rebased_accum) { emu_program(t, "rebased", 2, ZOO_HEAD_FUSED); }
+TEST(emu_program_rebased_compact) { emu_program(t, "rebased", 1, ZOO_HEAD_COMPACT); }
+TEST(emu_program_attention_compact) { emu_program(t, "attention", 2, ZOO_HEAD_COMPACT); }

@@ -1079,15 +1079,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_28(const flo
  * head's rows are gathered from them, and the rows' gradients go back.
  *
  * Shapes: targets, pos i32 [N] (leading axes flattened); idx, tc i32 [M];
- * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE, THREADS.
+ * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE and the tiling.
  *
- * zk_label_rows<N, M, IGNORE, THREADS>: one block of THREADS threads. Thread i
- *   owns the positions [i S, i S + S), S = ceil(N / THREADS): it counts its
- *   labelled ones, the block turns the counts into offsets (an exclusive scan
- *   in shared memory, one warp scan per warp then one over the warp totals),
- *   and the thread writes its rows in order. So row r is the r-th labelled
- *   position, as on the CPU. Rows past the count get idx -1, tc IGNORE; rows
- *   past M are dropped (the backends refuse such a batch before the step).
+ * label_rows, two kernels over tiles of TILE positions (TILES of them), sharing
+ *   scratch counts [TILES] ints:
+ *   zk_label_count<N, IGNORE, TILE>: block b counts tile b's labelled positions.
+ *   zk_label_write<N, M, IGNORE, TILE, PER, TILES>: block b adds up the counts
+ *     of the tiles before it, scans its own tile (each thread PER consecutive
+ *     positions; a warp scan, then one over the warps' totals) and writes its
+ *     rows in order. So row r is the r-th labelled position, as on the CPU.
+ *     Rows past the total get idx -1, tc IGNORE; rows past M are dropped (the
+ *     backends refuse such a batch before the step).
  * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
  *   per element of y.
  * zk_scatter_rows<N, M, D>: dx[j, d] = dy[pos[j], d], 0 for pos[j] < 0; one
@@ -1096,19 +1098,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_28(const flo
 #ifndef ZK_ROWS_CU
 #define ZK_ROWS_CU
 
-template <zk_i64 N, zk_i64 M, int IGNORE, int THREADS>
-__device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
-                                              int *__restrict__ idx, int *__restrict__ pos,
-                                              int *__restrict__ tc) {
-  constexpr zk_i64 S = (N + THREADS - 1) / THREADS;
-  constexpr int WARPS = THREADS / 32;
-  __shared__ int warp_total[WARPS];
-  __shared__ int all_total;
-  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  zk_i64 j0 = (zk_i64)tid * S, j1 = j0 + S < N ? j0 + S : N;
-  int mine = 0;
-  for (zk_i64 j = j0; j < j1; j++) mine += targets[j] != IGNORE;
-  /* inclusive scan within the warp, then over the warps' totals */
+/* Labelled positions among the TILE positions of block b, in every thread. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ int zk_tile_count(const int *__restrict__ targets, zk_i64 b, int *sh) {
+  int n = 0;
+  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
+    n += targets[j] != IGNORE;
+  return zk_block_sum_int(n, sh);
+}
+
+/* Pass 1: counts[b] = labelled positions of tile b. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ void zk_label_count(const int *__restrict__ targets,
+                                               int *__restrict__ counts) {
+  __shared__ int sh[32];
+  int n = zk_tile_count<N, IGNORE, TILE>(targets, blockIdx.x, sh);
+  if (threadIdx.x == 0) counts[blockIdx.x] = n;
+}
+
+/* Pass 2: block b starts at the sum of the earlier tiles' counts and writes
+ * its tile's rows in order (a block-wide exclusive scan, TILE = the block's
+ * threads times PER positions, each thread PER consecutive ones); every block
+ * also pads its share of the rows past the total. */
+template <zk_i64 N, zk_i64 M, int IGNORE, int TILE, int PER, zk_i64 TILES>
+__device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
+                                               const int *__restrict__ counts,
+                                               int *__restrict__ idx, int *__restrict__ pos,
+                                               int *__restrict__ tc) {
+  __shared__ int sh[32];
+  __shared__ int warp_total[32];
+  int before = 0, total = 0;
+  for (zk_i64 q = threadIdx.x; q < TILES; q += blockDim.x) {
+    int c = counts[q];
+    total += c;
+    if (q < (zk_i64)blockIdx.x) before += c;
+  }
+  before = zk_block_sum_int(before, sh);
+  total = zk_block_sum_int(total, sh);
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)tid * PER;
+  int t[PER], mine = 0;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    t[k] = j0 + k < N ? targets[j0 + k] : IGNORE;
+    mine += t[k] != IGNORE;
+  }
   int incl = mine;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -1118,28 +1152,30 @@ __device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   if (warp == 0) {
-    int t = lane < WARPS ? warp_total[lane] : 0, w = t;
+    int w0 = lane < warps ? warp_total[lane] : 0, w = w0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
       if (lane >= o) w += v;
     }
-    if (lane < WARPS) warp_total[lane] = w - t; /* exclusive */
-    if (lane == 31) all_total = w;
+    if (lane < warps) warp_total[lane] = w - w0; /* exclusive */
   }
   __syncthreads();
-  zk_i64 r = warp_total[warp] + incl - mine;
-  for (zk_i64 j = j0; j < j1; j++) {
-    int t = targets[j];
-    if (t == IGNORE) {
+  zk_i64 r = (zk_i64)before + warp_total[warp] + incl - mine;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    zk_i64 j = j0 + k;
+    if (j >= N) break;
+    if (t[k] == IGNORE) {
       pos[j] = -1;
       continue;
     }
     pos[j] = r < M ? (int)r : -1;
-    if (r < M) idx[r] = (int)j, tc[r] = t;
+    if (r < M) idx[r] = (int)j, tc[r] = t[k];
     r++;
   }
-  for (zk_i64 q = all_total + tid; q < M; q += THREADS) idx[q] = -1, tc[q] = IGNORE;
+  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + tid; q < M; q += (zk_i64)gridDim.x * blockDim.x)
+    idx[q] = -1, tc[q] = IGNORE;
 }
 
 template <zk_i64 N, zk_i64 M, int D>
@@ -1166,15 +1202,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_rows_29: node 34
+// zoo_label_count_29: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_29(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_29(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_30: node 35
+// zoo_label_write_30: node 34
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_30(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_31: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_30(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_31(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1377,39 +1419,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_31: node 37
+// zoo_ce_rows_32: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_31(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_32(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_32: node 37
+// zoo_ce_finish_33: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_32(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_33(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_33: node 38
+// zoo_acc_rows_34: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_33(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_34(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_34: node 38
+// zoo_acc_finish_35: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_34(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_35(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_35: node 39
+// zoo_ce_count_36: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_35(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_36(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_36: node 39
+// zoo_ce_bwd_rows_37: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_36(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_37(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1419,39 +1461,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_36(const float
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_37: node 42
+// zoo_scatter_rows_38: node 42
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_37(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_38(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_38: node 43
+// zoo_layernorm_bwd_rows_39: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 43
+// zoo_sum_partials_40: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_40: node 44
+// zoo_layernorm_bwd_rows_41: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 44
+// zoo_sum_partials_42: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add: 1 elementwise op over 4194304 elements
+// zoo_k43_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1472,9 +1514,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1493,8 +1535,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__res
   }
 }
 
-// zoo_k43_sum_fin: adds the 132 partials of zoo_k43_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1502,42 +1544,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k44_split_heads: split heads, 4194304 elements
+// zoo_k45_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_45: node 53
+// zoo_softmax_attn_bwd_q_46: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_45(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_46(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_46: node 53
+// zoo_softmax_attn_bwd_kv_47: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_46(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_47(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k47_merge_heads: merge heads, 4194304 elements
+// zoo_k48_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k48_slice: slice, 8388608 elements
+// zoo_k49_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k49_muls: 1 elementwise op over 8388608 elements
+// zoo_k50_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__restrict__ t86, float *__restrict__ t87) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t86, float *__restrict__ t87) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v87 = v86 * 0.0f;  // muls
@@ -1545,32 +1587,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__re
   }
 }
 
-// zoo_k50_concat: rows of 128 + 64 elements
+// zoo_k51_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k51_merge_heads: merge heads, 4194304 elements
+// zoo_k52_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k52_slice: slice, 4194304 elements
+// zoo_k53_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k53_muls: 1 elementwise op over 4194304 elements
+// zoo_k54_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__restrict__ t90, float *__restrict__ t91) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__restrict__ t90, float *__restrict__ t91) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v90 = t90[i];
     float v91 = v90 * 0.0f;  // muls
@@ -1578,25 +1620,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__re
   }
 }
 
-// zoo_k54_concat: rows of 64 + 64 elements
+// zoo_k55_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k55_slice: slice, 4194304 elements
+// zoo_k56_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k56_muls: 1 elementwise op over 4194304 elements
+// zoo_k57_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_muls(const float *__restrict__ t93, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__restrict__ t93, float *__restrict__ t94) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
     float v94 = v93 * 0.0f;  // muls
@@ -1604,32 +1646,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_muls(const float *__re
   }
 }
 
-// zoo_k57_concat: rows of 128 + 64 elements
+// zoo_k58_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k58_merge_heads: merge heads, 4194304 elements
+// zoo_k59_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k59_slice: slice, 8388608 elements
+// zoo_k60_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k60_muls: 1 elementwise op over 8388608 elements
+// zoo_k61_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_muls(const float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_muls(const float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v98 = t98[i];
     float v99 = v98 * 0.0f;  // muls
@@ -1637,19 +1679,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_muls(const float *__re
   }
 }
 
-// zoo_k61_concat: rows of 64 + 128 elements
+// zoo_k62_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k62_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k63_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_add_add(const float *__restrict__ t88, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t101) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_add(const float *__restrict__ t88, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t101) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v88 = t88[i];
     float v95 = t95[i];
@@ -1672,9 +1714,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k62_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k63_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k64_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1693,8 +1735,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum(const float *__res
   }
 }
 
-// zoo_k63_sum_fin: adds the 44 partials of zoo_k63_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k64_sum_fin: adds the 44 partials of zoo_k64_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1702,21 +1744,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_64: node 77
+// zoo_layernorm_bwd_rows_65: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_64(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_65: node 77
+// zoo_sum_partials_66: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_65(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k66_add: 1 elementwise op over 4194304 elements
+// zoo_k67_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
     float v108 = t108[i];
@@ -1725,21 +1767,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_67: node 79
+// zoo_layernorm_bwd_rows_68: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_67(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_68(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_68: node 79
+// zoo_sum_partials_69: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_68(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_69(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k69_add: 1 elementwise op over 4194304 elements
+// zoo_k70_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_add(const float *__restrict__ t111, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_add(const float *__restrict__ t111, const float *__restrict__ t112, float *__restrict__ t115) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v111 = t111[i];
     float v112 = t112[i];
@@ -1760,9 +1802,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k69_add(const float *__res
 // GEMM (cuBLASLt, fp32): t120[64 x 64] = (t116)^T * t119, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k70_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k71_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1781,8 +1823,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_sum(const float *__res
   }
 }
 
-// zoo_k70_sum_fin: adds the 132 partials of zoo_k70_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k71_sum_fin: adds the 132 partials of zoo_k71_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1790,42 +1832,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k71_split_heads: split heads, 4194304 elements
+// zoo_k72_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_72: node 88
+// zoo_softmax_attn_bwd_q_73: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_72(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_73(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_73: node 88
+// zoo_softmax_attn_bwd_kv_74: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_73(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_74(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k74_merge_heads: merge heads, 4194304 elements
+// zoo_k75_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k74_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k75_slice: slice, 8388608 elements
+// zoo_k76_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k76_muls: 1 elementwise op over 8388608 elements
+// zoo_k77_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_muls(const float *__restrict__ t127, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__restrict__ t127, float *__restrict__ t128) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v127 = t127[i];
     float v128 = v127 * 0.0f;  // muls
@@ -1833,32 +1875,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k76_muls(const float *__re
   }
 }
 
-// zoo_k77_concat: rows of 128 + 64 elements
+// zoo_k78_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k78_merge_heads: merge heads, 4194304 elements
+// zoo_k79_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k79_slice: slice, 4194304 elements
+// zoo_k80_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k80_muls: 1 elementwise op over 4194304 elements
+// zoo_k81_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_muls(const float *__restrict__ t131, float *__restrict__ t132) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_muls(const float *__restrict__ t131, float *__restrict__ t132) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v131 = t131[i];
     float v132 = v131 * 0.0f;  // muls
@@ -1866,25 +1908,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_muls(const float *__re
   }
 }
 
-// zoo_k81_concat: rows of 64 + 64 elements
+// zoo_k82_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k82_slice: slice, 4194304 elements
+// zoo_k83_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k83_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k83_muls: 1 elementwise op over 4194304 elements
+// zoo_k84_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_muls(const float *__restrict__ t134, float *__restrict__ t135) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__restrict__ t134, float *__restrict__ t135) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v134 = t134[i];
     float v135 = v134 * 0.0f;  // muls
@@ -1892,32 +1934,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k83_muls(const float *__re
   }
 }
 
-// zoo_k84_concat: rows of 128 + 64 elements
+// zoo_k85_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k85_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k85_merge_heads: merge heads, 4194304 elements
+// zoo_k86_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k86_slice: slice, 8388608 elements
+// zoo_k87_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k87_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k87_muls: 1 elementwise op over 8388608 elements
+// zoo_k88_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_muls(const float *__restrict__ t139, float *__restrict__ t140) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k88_muls(const float *__restrict__ t139, float *__restrict__ t140) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v139 = t139[i];
     float v140 = v139 * 0.0f;  // muls
@@ -1925,19 +1967,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k87_muls(const float *__re
   }
 }
 
-// zoo_k88_concat: rows of 64 + 128 elements
+// zoo_k89_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k89_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k89_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k90_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_add_add(const float *__restrict__ t129, const float *__restrict__ t136, const float *__restrict__ t141, float *__restrict__ t142) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_add(const float *__restrict__ t129, const float *__restrict__ t136, const float *__restrict__ t141, float *__restrict__ t142) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v129 = t129[i];
     float v136 = t136[i];
@@ -1960,9 +2002,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k89_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t147[192 x 64] = (t143)^T * t146, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k90_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k91_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1981,8 +2023,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_sum(const float *__res
   }
 }
 
-// zoo_k90_sum_fin: adds the 44 partials of zoo_k90_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k91_sum_fin: adds the 44 partials of zoo_k91_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1990,22 +2032,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_91: node 112
+// zoo_layernorm_bwd_rows_92: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_91(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_92(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_92: node 112
+// zoo_sum_partials_93: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_92(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_93(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k93_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k94_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k93_add_dropout(const float *__restrict__ t115, const float *__restrict__ t149, float *__restrict__ t153, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k94_add_dropout(const float *__restrict__ t115, const float *__restrict__ t149, float *__restrict__ t153, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
     float v149 = t149[i];
@@ -2015,9 +2057,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k93_add_dropout(const floa
   }
 }
 
-// zoo_k94_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k95_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2036,8 +2078,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k94_reduce_to(const float 
   }
 }
 
-// zoo_k94_reduce_to_fin: adds the 2 partials of zoo_k94_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k95_reduce_to_fin: adds the 2 partials of zoo_k95_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2045,21 +2087,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k94_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_95: node 116
+// zoo_embedding_bwd_96: node 116
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_95(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_96(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_96: node 117
+// zoo_embedding_bwd_97: node 117
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_96(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_97(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k97_add: 1 elementwise op over 524288 elements
+// zoo_k98_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k97_add(const float *__restrict__ t66, const float *__restrict__ t156, float *__restrict__ t157) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k98_add(const float *__restrict__ t66, const float *__restrict__ t156, float *__restrict__ t157) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v156 = t156[i];
@@ -2070,28 +2112,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k97_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_98: node 0
+// zoo_embedding_fwd_99: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_98(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_99(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k99_arange: 0 .. 127
+// zoo_k100_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k99_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k100_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_100: node 2
+// zoo_embedding_fwd_101: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_100(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_101(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k101_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k102_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k101_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k102_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v21 = t21[i];
     float v23 = t23[i % 8192];
@@ -2101,66 +2143,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k101_add_dropout(const flo
   }
 }
 
-// zoo_layernorm_fwd_102: node 5
+// zoo_layernorm_fwd_103: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_102(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_103(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k103_slice: slice, 4194304 elements
+// zoo_k104_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k103_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k104_split_heads: split heads, 4194304 elements
+// zoo_k105_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k104_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k105_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k105_slice: slice, 4194304 elements
+// zoo_k106_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k105_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k106_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k106_split_heads: split heads, 4194304 elements
+// zoo_k107_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k106_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k107_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k107_slice: slice, 4194304 elements
+// zoo_k108_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k107_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k108_split_heads: split heads, 4194304 elements
+// zoo_k109_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k108_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_109: node 13
+// zoo_softmax_attn_fwd_110: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_109(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_110(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k110_merge_heads: merge heads, 4194304 elements
+// zoo_k111_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k110_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2168,9 +2210,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k110_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k111_add: 1 elementwise op over 4194304 elements
+// zoo_k112_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k111_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k112_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v36 = t36[i];
     float v25 = t25[i];
@@ -2179,15 +2221,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k111_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_112: node 17
+// zoo_layernorm_fwd_113: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_112(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_113(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k113_add: 1 elementwise op over 4194304 elements
+// zoo_k114_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k113_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k114_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v38 = t38[i];
     float v37 = t37[i];
@@ -2196,66 +2238,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k113_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_114: node 19
+// zoo_layernorm_fwd_115: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_114(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_115(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k115_slice: slice, 4194304 elements
+// zoo_k116_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k115_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k116_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k116_split_heads: split heads, 4194304 elements
+// zoo_k117_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k116_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k117_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k117_slice: slice, 4194304 elements
+// zoo_k118_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k117_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k118_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k118_split_heads: split heads, 4194304 elements
+// zoo_k119_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k118_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k119_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k119_slice: slice, 4194304 elements
+// zoo_k120_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k119_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k120_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k120_split_heads: split heads, 4194304 elements
+// zoo_k121_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k120_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k121_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_121: node 27
+// zoo_softmax_attn_fwd_122: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_121(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_122(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k122_merge_heads: merge heads, 4194304 elements
+// zoo_k123_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k122_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k123_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2263,9 +2305,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k122_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k123_add: 1 elementwise op over 4194304 elements
+// zoo_k124_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k123_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k124_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v50 = t50[i];
     float v39 = t39[i];
@@ -2274,15 +2316,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k123_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_124: node 31
+// zoo_layernorm_fwd_125: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_124(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_125(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k125_add: 1 elementwise op over 4194304 elements
+// zoo_k126_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k125_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k126_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v52 = t52[i];
     float v51 = t51[i];
@@ -2291,48 +2333,54 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k125_add(const float *__re
   }
 }
 
-// zoo_layernorm_fwd_126: node 33
+// zoo_layernorm_fwd_127: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_126(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_127(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_rows_127: node 34
+// zoo_label_count_128: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_127(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_128(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_128: node 35
+// zoo_label_write_129: node 34
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_129(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_130: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_128(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_130(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_129: node 37
+// zoo_ce_rows_131: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_129(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_131(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_130: node 37
+// zoo_ce_finish_132: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_130(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_132(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_131: node 38
+// zoo_acc_rows_133: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_131(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_133(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_132: node 38
+// zoo_acc_finish_134: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_132(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_134(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

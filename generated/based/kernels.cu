@@ -1027,15 +1027,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const flo
  * head's rows are gathered from them, and the rows' gradients go back.
  *
  * Shapes: targets, pos i32 [N] (leading axes flattened); idx, tc i32 [M];
- * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE, THREADS.
+ * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE and the tiling.
  *
- * zk_label_rows<N, M, IGNORE, THREADS>: one block of THREADS threads. Thread i
- *   owns the positions [i S, i S + S), S = ceil(N / THREADS): it counts its
- *   labelled ones, the block turns the counts into offsets (an exclusive scan
- *   in shared memory, one warp scan per warp then one over the warp totals),
- *   and the thread writes its rows in order. So row r is the r-th labelled
- *   position, as on the CPU. Rows past the count get idx -1, tc IGNORE; rows
- *   past M are dropped (the backends refuse such a batch before the step).
+ * label_rows, two kernels over tiles of TILE positions (TILES of them), sharing
+ *   scratch counts [TILES] ints:
+ *   zk_label_count<N, IGNORE, TILE>: block b counts tile b's labelled positions.
+ *   zk_label_write<N, M, IGNORE, TILE, PER, TILES>: block b adds up the counts
+ *     of the tiles before it, scans its own tile (each thread PER consecutive
+ *     positions; a warp scan, then one over the warps' totals) and writes its
+ *     rows in order. So row r is the r-th labelled position, as on the CPU.
+ *     Rows past the total get idx -1, tc IGNORE; rows past M are dropped (the
+ *     backends refuse such a batch before the step).
  * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
  *   per element of y.
  * zk_scatter_rows<N, M, D>: dx[j, d] = dy[pos[j], d], 0 for pos[j] < 0; one
@@ -1044,19 +1046,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const flo
 #ifndef ZK_ROWS_CU
 #define ZK_ROWS_CU
 
-template <zk_i64 N, zk_i64 M, int IGNORE, int THREADS>
-__device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
-                                              int *__restrict__ idx, int *__restrict__ pos,
-                                              int *__restrict__ tc) {
-  constexpr zk_i64 S = (N + THREADS - 1) / THREADS;
-  constexpr int WARPS = THREADS / 32;
-  __shared__ int warp_total[WARPS];
-  __shared__ int all_total;
-  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  zk_i64 j0 = (zk_i64)tid * S, j1 = j0 + S < N ? j0 + S : N;
-  int mine = 0;
-  for (zk_i64 j = j0; j < j1; j++) mine += targets[j] != IGNORE;
-  /* inclusive scan within the warp, then over the warps' totals */
+/* Labelled positions among the TILE positions of block b, in every thread. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ int zk_tile_count(const int *__restrict__ targets, zk_i64 b, int *sh) {
+  int n = 0;
+  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
+    n += targets[j] != IGNORE;
+  return zk_block_sum_int(n, sh);
+}
+
+/* Pass 1: counts[b] = labelled positions of tile b. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ void zk_label_count(const int *__restrict__ targets,
+                                               int *__restrict__ counts) {
+  __shared__ int sh[32];
+  int n = zk_tile_count<N, IGNORE, TILE>(targets, blockIdx.x, sh);
+  if (threadIdx.x == 0) counts[blockIdx.x] = n;
+}
+
+/* Pass 2: block b starts at the sum of the earlier tiles' counts and writes
+ * its tile's rows in order (a block-wide exclusive scan, TILE = the block's
+ * threads times PER positions, each thread PER consecutive ones); every block
+ * also pads its share of the rows past the total. */
+template <zk_i64 N, zk_i64 M, int IGNORE, int TILE, int PER, zk_i64 TILES>
+__device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
+                                               const int *__restrict__ counts,
+                                               int *__restrict__ idx, int *__restrict__ pos,
+                                               int *__restrict__ tc) {
+  __shared__ int sh[32];
+  __shared__ int warp_total[32];
+  int before = 0, total = 0;
+  for (zk_i64 q = threadIdx.x; q < TILES; q += blockDim.x) {
+    int c = counts[q];
+    total += c;
+    if (q < (zk_i64)blockIdx.x) before += c;
+  }
+  before = zk_block_sum_int(before, sh);
+  total = zk_block_sum_int(total, sh);
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)tid * PER;
+  int t[PER], mine = 0;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    t[k] = j0 + k < N ? targets[j0 + k] : IGNORE;
+    mine += t[k] != IGNORE;
+  }
   int incl = mine;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -1066,28 +1100,30 @@ __device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   if (warp == 0) {
-    int t = lane < WARPS ? warp_total[lane] : 0, w = t;
+    int w0 = lane < warps ? warp_total[lane] : 0, w = w0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
       if (lane >= o) w += v;
     }
-    if (lane < WARPS) warp_total[lane] = w - t; /* exclusive */
-    if (lane == 31) all_total = w;
+    if (lane < warps) warp_total[lane] = w - w0; /* exclusive */
   }
   __syncthreads();
-  zk_i64 r = warp_total[warp] + incl - mine;
-  for (zk_i64 j = j0; j < j1; j++) {
-    int t = targets[j];
-    if (t == IGNORE) {
+  zk_i64 r = (zk_i64)before + warp_total[warp] + incl - mine;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    zk_i64 j = j0 + k;
+    if (j >= N) break;
+    if (t[k] == IGNORE) {
       pos[j] = -1;
       continue;
     }
     pos[j] = r < M ? (int)r : -1;
-    if (r < M) idx[r] = (int)j, tc[r] = t;
+    if (r < M) idx[r] = (int)j, tc[r] = t[k];
     r++;
   }
-  for (zk_i64 q = all_total + tid; q < M; q += THREADS) idx[q] = -1, tc[q] = IGNORE;
+  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + tid; q < M; q += (zk_i64)gridDim.x * blockDim.x)
+    idx[q] = -1, tc[q] = IGNORE;
 }
 
 template <zk_i64 N, zk_i64 M, int D>
@@ -1114,15 +1150,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_rows_19: node 27
+// zoo_label_count_19: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_19(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_19(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_20: node 28
+// zoo_label_write_20: node 27
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_20(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_21: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_20(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1325,39 +1367,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_21: node 30
+// zoo_ce_rows_22: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_22(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_22: node 30
+// zoo_ce_finish_23: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_22(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_23(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_23: node 31
+// zoo_acc_rows_24: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_23(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_24(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_24: node 31
+// zoo_acc_finish_25: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_24(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_25(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_25: node 32
+// zoo_ce_count_26: node 32
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_25(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_26(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_26: node 32
+// zoo_ce_bwd_rows_27: node 32
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_26(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_27(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1367,39 +1409,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_26(const float
 // GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_27: node 35
+// zoo_scatter_rows_28: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_27(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_28(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_28: node 36
+// zoo_layernorm_bwd_rows_29: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_29: node 36
+// zoo_sum_partials_30: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_30: node 37
+// zoo_layernorm_bwd_rows_31: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_31: node 37
+// zoo_sum_partials_32: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k32_add: 1 elementwise op over 4194304 elements
+// zoo_k33_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v61 = t61[i];
     float v64 = t64[i];
@@ -1420,28 +1462,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__res
 // GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k33_split_heads: split heads, 3932160 elements
+// zoo_k34_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_34: node 45
+// zoo_poly_attn_bwd_q_35: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_35(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_35: node 45
+// zoo_poly_attn_bwd_kv_36: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_35(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_36(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k36_merge_heads: merge heads, 3932160 elements
+// zoo_k37_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1458,9 +1500,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k37_merge_heads: merge heads, 12582912 elements
+// zoo_k38_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1477,9 +1519,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k38_merge_heads: merge heads, 12582912 elements
+// zoo_k39_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1491,10 +1533,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const floa
 
 // t93 is t92 reshaped (same memory, no kernel)
 
-// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v86 = t86[i];
@@ -1510,21 +1552,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_40: node 66
+// zoo_layernorm_bwd_rows_41: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 66
+// zoo_sum_partials_42: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add: 1 elementwise op over 4194304 elements
+// zoo_k43_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v97 = t97[i];
@@ -1533,23 +1575,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_43: node 68
+// zoo_layernorm_bwd_rows_44: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_44: node 68
+// zoo_sum_partials_45: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k45_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k46_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v100 = t100[i];
     float v101 = t101[i];
@@ -1576,9 +1618,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k46_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k47_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1597,8 +1639,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__res
   }
 }
 
-// zoo_k46_sum_fin: adds the 132 partials of zoo_k46_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k47_sum_fin: adds the 132 partials of zoo_k47_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1606,22 +1648,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_47: node 79
+// zoo_conv1d_bwd_rows_48: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_48: node 79
+// zoo_sum_partials_49: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k49_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v109 = t109[i];
@@ -1632,22 +1674,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_50: node 81
+// zoo_layernorm_bwd_rows_51: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_51(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_51: node 81
+// zoo_sum_partials_52: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k52_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v118 = t118[i];
@@ -1657,9 +1699,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const floa
   }
 }
 
-// zoo_k53_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1678,8 +1720,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float 
   }
 }
 
-// zoo_k53_reduce_to_fin: adds the 2 partials of zoo_k53_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k54_reduce_to_fin: adds the 2 partials of zoo_k54_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1687,21 +1729,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_54: node 85
+// zoo_embedding_bwd_55: node 85
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_55: node 86
+// zoo_embedding_bwd_56: node 86
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k56_add: 1 elementwise op over 524288 elements
+// zoo_k57_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
     float v125 = t125[i];
@@ -1712,28 +1754,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_57: node 0
+// zoo_embedding_fwd_58: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k58_arange: 0 .. 127
+// zoo_k59_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_59: node 2
+// zoo_embedding_fwd_60: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_59(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k60_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k61_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v21 = t21[i];
     float v23 = t23[i % 8192];
@@ -1743,26 +1785,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_add_dropout(const floa
   }
 }
 
-// zoo_layernorm_fwd_61: node 5
+// zoo_layernorm_fwd_62: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_conv1d_fwd_62: node 6
+// zoo_conv1d_fwd_63: node 6
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k63_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_k64_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v27 = t27[i];
     float v28 = t28[i];
@@ -1775,15 +1817,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_mul_add_add(const floa
   }
 }
 
-// zoo_layernorm_fwd_64: node 11
+// zoo_layernorm_fwd_65: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_64(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_65(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k65_add: 1 elementwise op over 4194304 elements
+// zoo_k66_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v32 = t32[i];
     float v31 = t31[i];
@@ -1792,18 +1834,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_66: node 13
+// zoo_layernorm_fwd_67: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_67(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k67_split_heads: split heads, 12582912 elements
+// zoo_k68_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1811,9 +1853,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k68_split_heads: split heads, 12582912 elements
+// zoo_k69_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1821,22 +1863,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k69_split_heads: split heads, 3932160 elements
+// zoo_k70_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_70: node 20
+// zoo_poly_attn_fwd_71: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_70(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_71(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k71_merge_heads: merge heads, 3932160 elements
+// zoo_k72_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1844,9 +1886,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k72_add: 1 elementwise op over 4194304 elements
+// zoo_k73_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v43 = t43[i];
     float v33 = t33[i];
@@ -1855,15 +1897,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_73: node 24
+// zoo_layernorm_fwd_74: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_73(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_74(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k74_add: 1 elementwise op over 4194304 elements
+// zoo_k75_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v45 = t45[i];
     float v44 = t44[i];
@@ -1872,48 +1914,54 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_75: node 26
+// zoo_layernorm_fwd_76: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_75(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_76(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_rows_76: node 27
+// zoo_label_count_77: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_76(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_77(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_77: node 28
+// zoo_label_write_78: node 27
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_78(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_79: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_77(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_79(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_78: node 30
+// zoo_ce_rows_80: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_78(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_79: node 30
+// zoo_ce_finish_81: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_79(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_81(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_80: node 31
+// zoo_acc_rows_82: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_82(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_81: node 31
+// zoo_acc_finish_83: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_81(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_83(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

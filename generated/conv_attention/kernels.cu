@@ -1138,15 +1138,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_21(const flo
  * head's rows are gathered from them, and the rows' gradients go back.
  *
  * Shapes: targets, pos i32 [N] (leading axes flattened); idx, tc i32 [M];
- * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE, THREADS.
+ * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE and the tiling.
  *
- * zk_label_rows<N, M, IGNORE, THREADS>: one block of THREADS threads. Thread i
- *   owns the positions [i S, i S + S), S = ceil(N / THREADS): it counts its
- *   labelled ones, the block turns the counts into offsets (an exclusive scan
- *   in shared memory, one warp scan per warp then one over the warp totals),
- *   and the thread writes its rows in order. So row r is the r-th labelled
- *   position, as on the CPU. Rows past the count get idx -1, tc IGNORE; rows
- *   past M are dropped (the backends refuse such a batch before the step).
+ * label_rows, two kernels over tiles of TILE positions (TILES of them), sharing
+ *   scratch counts [TILES] ints:
+ *   zk_label_count<N, IGNORE, TILE>: block b counts tile b's labelled positions.
+ *   zk_label_write<N, M, IGNORE, TILE, PER, TILES>: block b adds up the counts
+ *     of the tiles before it, scans its own tile (each thread PER consecutive
+ *     positions; a warp scan, then one over the warps' totals) and writes its
+ *     rows in order. So row r is the r-th labelled position, as on the CPU.
+ *     Rows past the total get idx -1, tc IGNORE; rows past M are dropped (the
+ *     backends refuse such a batch before the step).
  * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
  *   per element of y.
  * zk_scatter_rows<N, M, D>: dx[j, d] = dy[pos[j], d], 0 for pos[j] < 0; one
@@ -1155,19 +1157,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_21(const flo
 #ifndef ZK_ROWS_CU
 #define ZK_ROWS_CU
 
-template <zk_i64 N, zk_i64 M, int IGNORE, int THREADS>
-__device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
-                                              int *__restrict__ idx, int *__restrict__ pos,
-                                              int *__restrict__ tc) {
-  constexpr zk_i64 S = (N + THREADS - 1) / THREADS;
-  constexpr int WARPS = THREADS / 32;
-  __shared__ int warp_total[WARPS];
-  __shared__ int all_total;
-  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  zk_i64 j0 = (zk_i64)tid * S, j1 = j0 + S < N ? j0 + S : N;
-  int mine = 0;
-  for (zk_i64 j = j0; j < j1; j++) mine += targets[j] != IGNORE;
-  /* inclusive scan within the warp, then over the warps' totals */
+/* Labelled positions among the TILE positions of block b, in every thread. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ int zk_tile_count(const int *__restrict__ targets, zk_i64 b, int *sh) {
+  int n = 0;
+  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
+    n += targets[j] != IGNORE;
+  return zk_block_sum_int(n, sh);
+}
+
+/* Pass 1: counts[b] = labelled positions of tile b. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ void zk_label_count(const int *__restrict__ targets,
+                                               int *__restrict__ counts) {
+  __shared__ int sh[32];
+  int n = zk_tile_count<N, IGNORE, TILE>(targets, blockIdx.x, sh);
+  if (threadIdx.x == 0) counts[blockIdx.x] = n;
+}
+
+/* Pass 2: block b starts at the sum of the earlier tiles' counts and writes
+ * its tile's rows in order (a block-wide exclusive scan, TILE = the block's
+ * threads times PER positions, each thread PER consecutive ones); every block
+ * also pads its share of the rows past the total. */
+template <zk_i64 N, zk_i64 M, int IGNORE, int TILE, int PER, zk_i64 TILES>
+__device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
+                                               const int *__restrict__ counts,
+                                               int *__restrict__ idx, int *__restrict__ pos,
+                                               int *__restrict__ tc) {
+  __shared__ int sh[32];
+  __shared__ int warp_total[32];
+  int before = 0, total = 0;
+  for (zk_i64 q = threadIdx.x; q < TILES; q += blockDim.x) {
+    int c = counts[q];
+    total += c;
+    if (q < (zk_i64)blockIdx.x) before += c;
+  }
+  before = zk_block_sum_int(before, sh);
+  total = zk_block_sum_int(total, sh);
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)tid * PER;
+  int t[PER], mine = 0;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    t[k] = j0 + k < N ? targets[j0 + k] : IGNORE;
+    mine += t[k] != IGNORE;
+  }
   int incl = mine;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -1177,28 +1211,30 @@ __device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   if (warp == 0) {
-    int t = lane < WARPS ? warp_total[lane] : 0, w = t;
+    int w0 = lane < warps ? warp_total[lane] : 0, w = w0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
       if (lane >= o) w += v;
     }
-    if (lane < WARPS) warp_total[lane] = w - t; /* exclusive */
-    if (lane == 31) all_total = w;
+    if (lane < warps) warp_total[lane] = w - w0; /* exclusive */
   }
   __syncthreads();
-  zk_i64 r = warp_total[warp] + incl - mine;
-  for (zk_i64 j = j0; j < j1; j++) {
-    int t = targets[j];
-    if (t == IGNORE) {
+  zk_i64 r = (zk_i64)before + warp_total[warp] + incl - mine;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    zk_i64 j = j0 + k;
+    if (j >= N) break;
+    if (t[k] == IGNORE) {
       pos[j] = -1;
       continue;
     }
     pos[j] = r < M ? (int)r : -1;
-    if (r < M) idx[r] = (int)j, tc[r] = t;
+    if (r < M) idx[r] = (int)j, tc[r] = t[k];
     r++;
   }
-  for (zk_i64 q = all_total + tid; q < M; q += THREADS) idx[q] = -1, tc[q] = IGNORE;
+  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + tid; q < M; q += (zk_i64)gridDim.x * blockDim.x)
+    idx[q] = -1, tc[q] = IGNORE;
 }
 
 template <zk_i64 N, zk_i64 M, int D>
@@ -1225,15 +1261,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_rows_22: node 28
+// zoo_label_count_22: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_22(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_22(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_23: node 29
+// zoo_label_write_23: node 28
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_23(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_24: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_23(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_24(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1436,39 +1478,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_24: node 31
+// zoo_ce_rows_25: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_24(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_25(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_25: node 31
+// zoo_ce_finish_26: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_25(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_26(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_26: node 32
+// zoo_acc_rows_27: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_26(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_27(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_27: node 32
+// zoo_acc_finish_28: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_27(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_28(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_28: node 33
+// zoo_ce_count_29: node 33
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_28(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_29(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_29: node 33
+// zoo_ce_bwd_rows_30: node 33
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_29(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_30(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1478,39 +1520,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_29(const float
 // GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_30: node 36
+// zoo_scatter_rows_31: node 36
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_30(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_31(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_31: node 37
+// zoo_layernorm_bwd_rows_32: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 37
+// zoo_sum_partials_33: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_33: node 38
+// zoo_layernorm_bwd_rows_34: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 38
+// zoo_sum_partials_35: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k35_add: 1 elementwise op over 4194304 elements
+// zoo_k36_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v62 = t62[i];
     float v65 = t65[i];
@@ -1531,9 +1573,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__res
 // GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k37_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1552,8 +1594,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
   }
 }
 
-// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k37_sum_fin: adds the 132 partials of zoo_k37_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1561,42 +1603,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k37_split_heads: split heads, 4194304 elements
+// zoo_k38_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_38: node 47
+// zoo_softmax_attn_bwd_q_39: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_38(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_39(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_39: node 47
+// zoo_softmax_attn_bwd_kv_40: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_39(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_40(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k40_merge_heads: merge heads, 4194304 elements
+// zoo_k41_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k41_slice: slice, 8388608 elements
+// zoo_k42_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k42_muls: 1 elementwise op over 8388608 elements
+// zoo_k43_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_muls(const float *__restrict__ t80, float *__restrict__ t81) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_muls(const float *__restrict__ t80, float *__restrict__ t81) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v81 = v80 * 0.0f;  // muls
@@ -1604,32 +1646,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_muls(const float *__re
   }
 }
 
-// zoo_k43_concat: rows of 128 + 64 elements
+// zoo_k44_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k44_merge_heads: merge heads, 4194304 elements
+// zoo_k45_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k45_slice: slice, 4194304 elements
+// zoo_k46_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k46_muls: 1 elementwise op over 4194304 elements
+// zoo_k47_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_muls(const float *__restrict__ t84, float *__restrict__ t85) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_muls(const float *__restrict__ t84, float *__restrict__ t85) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v84 = t84[i];
     float v85 = v84 * 0.0f;  // muls
@@ -1637,25 +1679,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_muls(const float *__re
   }
 }
 
-// zoo_k47_concat: rows of 64 + 64 elements
+// zoo_k48_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k48_slice: slice, 4194304 elements
+// zoo_k49_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k49_muls: 1 elementwise op over 4194304 elements
+// zoo_k50_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__restrict__ t87, float *__restrict__ t88) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t87, float *__restrict__ t88) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
     float v88 = v87 * 0.0f;  // muls
@@ -1663,32 +1705,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__re
   }
 }
 
-// zoo_k50_concat: rows of 128 + 64 elements
+// zoo_k51_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k51_merge_heads: merge heads, 4194304 elements
+// zoo_k52_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k52_slice: slice, 8388608 elements
+// zoo_k53_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k53_muls: 1 elementwise op over 8388608 elements
+// zoo_k54_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__restrict__ t92, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__restrict__ t92, float *__restrict__ t93) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v92 = t92[i];
     float v93 = v92 * 0.0f;  // muls
@@ -1696,19 +1738,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__re
   }
 }
 
-// zoo_k54_concat: rows of 64 + 128 elements
+// zoo_k55_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k55_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k56_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_add_add(const float *__restrict__ t82, const float *__restrict__ t89, const float *__restrict__ t94, float *__restrict__ t95) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *__restrict__ t82, const float *__restrict__ t89, const float *__restrict__ t94, float *__restrict__ t95) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v82 = t82[i];
     float v89 = t89[i];
@@ -1731,9 +1773,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t100[192 x 64] = (t96)^T * t99, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k56_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k57_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1752,8 +1794,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_sum(const float *__res
   }
 }
 
-// zoo_k56_sum_fin: adds the 44 partials of zoo_k56_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k57_sum_fin: adds the 44 partials of zoo_k57_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1761,21 +1803,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_57: node 71
+// zoo_layernorm_bwd_rows_58: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_57(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_58(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_58: node 71
+// zoo_sum_partials_59: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_58(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_59(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k59_add: 1 elementwise op over 4194304 elements
+// zoo_k60_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__restrict__ t68, const float *__restrict__ t102, float *__restrict__ t105) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__restrict__ t68, const float *__restrict__ t102, float *__restrict__ t105) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v102 = t102[i];
@@ -1784,23 +1826,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_60: node 73
+// zoo_layernorm_bwd_rows_61: node 73
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_60(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_61(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_61: node 73
+// zoo_sum_partials_62: node 73
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_61(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_62(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k62_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k63_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v105 = t105[i];
     float v106 = t106[i];
@@ -1827,9 +1869,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k62_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t116[64 x 64] = (t112)^T * t115, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k63_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k64_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1848,8 +1890,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum(const float *__res
   }
 }
 
-// zoo_k63_sum_fin: adds the 132 partials of zoo_k63_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k64_sum_fin: adds the 132 partials of zoo_k64_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1857,22 +1899,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_64: node 84
+// zoo_conv1d_bwd_rows_65: node 84
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_64(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_65: node 84
+// zoo_sum_partials_66: node 84
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_65(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k66_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k67_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v109 = t109[i];
     float v114 = t114[i];
@@ -1883,22 +1925,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_67: node 86
+// zoo_layernorm_bwd_rows_68: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_67(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_68(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_68: node 86
+// zoo_sum_partials_69: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_68(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_69(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k69_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k70_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v109 = t109[i];
     float v123 = t123[i];
@@ -1908,9 +1950,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k69_add_dropout(const floa
   }
 }
 
-// zoo_k70_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k71_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1929,8 +1971,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_reduce_to(const float 
   }
 }
 
-// zoo_k70_reduce_to_fin: adds the 2 partials of zoo_k70_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k71_reduce_to_fin: adds the 2 partials of zoo_k71_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1938,21 +1980,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_71: node 90
+// zoo_embedding_bwd_72: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_71(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_72(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_72: node 91
+// zoo_embedding_bwd_73: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_72(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_73(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k73_add: 1 elementwise op over 524288 elements
+// zoo_k74_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_add(const float *__restrict__ t60, const float *__restrict__ t130, float *__restrict__ t131) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__restrict__ t60, const float *__restrict__ t130, float *__restrict__ t131) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
     float v130 = t130[i];
@@ -1963,28 +2005,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k73_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_74: node 0
+// zoo_embedding_fwd_75: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_74(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_75(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k75_arange: 0 .. 127
+// zoo_k76_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_76: node 2
+// zoo_embedding_fwd_77: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_76(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_77(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k77_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k78_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v21 = t21[i];
     float v23 = t23[i % 8192];
@@ -1994,26 +2036,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k77_add_dropout(const floa
   }
 }
 
-// zoo_layernorm_fwd_78: node 5
+// zoo_layernorm_fwd_79: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_78(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_79(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_conv1d_fwd_79: node 6
+// zoo_conv1d_fwd_80: node 6
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_79(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_80(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k80_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_k81_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v27 = t27[i];
     float v28 = t28[i];
@@ -2026,15 +2068,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_mul_add_add(const floa
   }
 }
 
-// zoo_layernorm_fwd_81: node 11
+// zoo_layernorm_fwd_82: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_81(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_82(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k82_add: 1 elementwise op over 4194304 elements
+// zoo_k83_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k83_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v32 = t32[i];
     float v31 = t31[i];
@@ -2043,66 +2085,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k82_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_83: node 13
+// zoo_layernorm_fwd_84: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_83(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_84(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k84_slice: slice, 4194304 elements
+// zoo_k85_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k85_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k85_split_heads: split heads, 4194304 elements
+// zoo_k86_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k86_slice: slice, 4194304 elements
+// zoo_k87_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k87_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k87_split_heads: split heads, 4194304 elements
+// zoo_k88_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k88_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k88_slice: slice, 4194304 elements
+// zoo_k89_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k89_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k89_split_heads: split heads, 4194304 elements
+// zoo_k90_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_90: node 21
+// zoo_softmax_attn_fwd_91: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_90(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_91(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k91_merge_heads: merge heads, 4194304 elements
+// zoo_k92_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k92_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2110,9 +2152,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k92_add: 1 elementwise op over 4194304 elements
+// zoo_k93_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k92_add(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k93_add(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v44 = t44[i];
     float v33 = t33[i];
@@ -2121,15 +2163,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k92_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_93: node 25
+// zoo_layernorm_fwd_94: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_93(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_94(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k94_add: 1 elementwise op over 4194304 elements
+// zoo_k95_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_add(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k95_add(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v46 = t46[i];
     float v45 = t45[i];
@@ -2138,48 +2180,54 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k94_add(const float *__res
   }
 }
 
-// zoo_layernorm_fwd_95: node 27
+// zoo_layernorm_fwd_96: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_95(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_96(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_rows_96: node 28
+// zoo_label_count_97: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_label_rows_96(const int *__restrict__ targets, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_label_rows<65536LL, 16384LL, -100, 1024>(targets, idx, pos, tc);
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_97(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_gather_rows_97: node 29
+// zoo_label_write_98: node 28
+//   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_98(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
+}
+
+// zoo_gather_rows_99: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_97(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_99(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_98: node 31
+// zoo_ce_rows_100: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_98(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_100(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_99: node 31
+// zoo_ce_finish_101: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_99(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_101(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_100: node 32
+// zoo_acc_rows_102: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_100(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_102(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_101: node 32
+// zoo_acc_finish_103: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_101(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_103(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

@@ -3,15 +3,17 @@
  * head's rows are gathered from them, and the rows' gradients go back.
  *
  * Shapes: targets, pos i32 [N] (leading axes flattened); idx, tc i32 [M];
- * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE, THREADS.
+ * x, dx [N, D]; y, dy [M, D]. Constants: N, M, D, IGNORE and the tiling.
  *
- * zk_label_rows<N, M, IGNORE, THREADS>: one block of THREADS threads. Thread i
- *   owns the positions [i S, i S + S), S = ceil(N / THREADS): it counts its
- *   labelled ones, the block turns the counts into offsets (an exclusive scan
- *   in shared memory, one warp scan per warp then one over the warp totals),
- *   and the thread writes its rows in order. So row r is the r-th labelled
- *   position, as on the CPU. Rows past the count get idx -1, tc IGNORE; rows
- *   past M are dropped (the backends refuse such a batch before the step).
+ * label_rows, two kernels over tiles of TILE positions (TILES of them), sharing
+ *   scratch counts [TILES] ints:
+ *   zk_label_count<N, IGNORE, TILE>: block b counts tile b's labelled positions.
+ *   zk_label_write<N, M, IGNORE, TILE, PER, TILES>: block b adds up the counts
+ *     of the tiles before it, scans its own tile (each thread PER consecutive
+ *     positions; a warp scan, then one over the warps' totals) and writes its
+ *     rows in order. So row r is the r-th labelled position, as on the CPU.
+ *     Rows past the total get idx -1, tc IGNORE; rows past M are dropped (the
+ *     backends refuse such a batch before the step).
  * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
  *   per element of y.
  * zk_scatter_rows<N, M, D>: dx[j, d] = dy[pos[j], d], 0 for pos[j] < 0; one
@@ -20,19 +22,51 @@
 #ifndef ZK_ROWS_CU
 #define ZK_ROWS_CU
 
-template <zk_i64 N, zk_i64 M, int IGNORE, int THREADS>
-__device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
-                                              int *__restrict__ idx, int *__restrict__ pos,
-                                              int *__restrict__ tc) {
-  constexpr zk_i64 S = (N + THREADS - 1) / THREADS;
-  constexpr int WARPS = THREADS / 32;
-  __shared__ int warp_total[WARPS];
-  __shared__ int all_total;
-  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  zk_i64 j0 = (zk_i64)tid * S, j1 = j0 + S < N ? j0 + S : N;
-  int mine = 0;
-  for (zk_i64 j = j0; j < j1; j++) mine += targets[j] != IGNORE;
-  /* inclusive scan within the warp, then over the warps' totals */
+/* Labelled positions among the TILE positions of block b, in every thread. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ int zk_tile_count(const int *__restrict__ targets, zk_i64 b, int *sh) {
+  int n = 0;
+  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
+    n += targets[j] != IGNORE;
+  return zk_block_sum_int(n, sh);
+}
+
+/* Pass 1: counts[b] = labelled positions of tile b. */
+template <zk_i64 N, int IGNORE, int TILE>
+__device__ __forceinline__ void zk_label_count(const int *__restrict__ targets,
+                                               int *__restrict__ counts) {
+  __shared__ int sh[32];
+  int n = zk_tile_count<N, IGNORE, TILE>(targets, blockIdx.x, sh);
+  if (threadIdx.x == 0) counts[blockIdx.x] = n;
+}
+
+/* Pass 2: block b starts at the sum of the earlier tiles' counts and writes
+ * its tile's rows in order (a block-wide exclusive scan, TILE = the block's
+ * threads times PER positions, each thread PER consecutive ones); every block
+ * also pads its share of the rows past the total. */
+template <zk_i64 N, zk_i64 M, int IGNORE, int TILE, int PER, zk_i64 TILES>
+__device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
+                                               const int *__restrict__ counts,
+                                               int *__restrict__ idx, int *__restrict__ pos,
+                                               int *__restrict__ tc) {
+  __shared__ int sh[32];
+  __shared__ int warp_total[32];
+  int before = 0, total = 0;
+  for (zk_i64 q = threadIdx.x; q < TILES; q += blockDim.x) {
+    int c = counts[q];
+    total += c;
+    if (q < (zk_i64)blockIdx.x) before += c;
+  }
+  before = zk_block_sum_int(before, sh);
+  total = zk_block_sum_int(total, sh);
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)tid * PER;
+  int t[PER], mine = 0;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    t[k] = j0 + k < N ? targets[j0 + k] : IGNORE;
+    mine += t[k] != IGNORE;
+  }
   int incl = mine;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -42,28 +76,30 @@ __device__ __forceinline__ void zk_label_rows(const int *__restrict__ targets,
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   if (warp == 0) {
-    int t = lane < WARPS ? warp_total[lane] : 0, w = t;
+    int w0 = lane < warps ? warp_total[lane] : 0, w = w0;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
       if (lane >= o) w += v;
     }
-    if (lane < WARPS) warp_total[lane] = w - t; /* exclusive */
-    if (lane == 31) all_total = w;
+    if (lane < warps) warp_total[lane] = w - w0; /* exclusive */
   }
   __syncthreads();
-  zk_i64 r = warp_total[warp] + incl - mine;
-  for (zk_i64 j = j0; j < j1; j++) {
-    int t = targets[j];
-    if (t == IGNORE) {
+  zk_i64 r = (zk_i64)before + warp_total[warp] + incl - mine;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    zk_i64 j = j0 + k;
+    if (j >= N) break;
+    if (t[k] == IGNORE) {
       pos[j] = -1;
       continue;
     }
     pos[j] = r < M ? (int)r : -1;
-    if (r < M) idx[r] = (int)j, tc[r] = t;
+    if (r < M) idx[r] = (int)j, tc[r] = t[k];
     r++;
   }
-  for (zk_i64 q = all_total + tid; q < M; q += THREADS) idx[q] = -1, tc[q] = IGNORE;
+  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + tid; q < M; q += (zk_i64)gridDim.x * blockDim.x)
+    idx[q] = -1, tc[q] = IGNORE;
 }
 
 template <zk_i64 N, zk_i64 M, int D>
