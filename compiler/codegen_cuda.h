@@ -119,6 +119,26 @@ void zoo_cuda_comment_node(zoo_cuda_emit *e, int node);
 #include "ops.def"
 #undef X
 
+/* poly_attention's two forms (codegen_intrinsics.c): the quadratic tiled form
+ * (runtime/kernels/poly_attention.cu) and the chunked linear form with the
+ * feature state (poly_attention_chunked.cu). The one rule that chooses:
+ * ZOO_POLY_FORM=quadratic|chunked|auto in the environment, else auto, which
+ * takes the chunked form when T >= ZOO_POLY_CHUNKED_MIN_T and the form can
+ * run the shape (features exist, its shared memory fits). */
+typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
+
+/* Provisional: from operation counts alone (the chunked form does fewer from
+ * T of about 250 (DV 5) to 500 (DV 42), see the emitter's comment), with room
+ * for its state work being less efficient. To be set from `zoorun bench
+ * --poly` on an H200. */
+#define ZOO_POLY_CHUNKED_MIN_T 1024
+
+/* The form for q [.., T, F], v [.., T, DV] and coefficients c0, c1, c2. Returns
+ * 0, or -1 with err (ZOO_POLY_FORM unknown, or chunked asked for a shape it
+ * cannot run). */
+int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
+                       zoo_poly_form *form, char *err, size_t errlen);
+
 /* Emits the whole graph (after fusion): the module source and every step in
  * node order. Steps of nodes [0, g->nforward) come first; *nforward_steps says
  * how many. Returns 0, or -1 with the reason in e->err. A second call on the

@@ -206,9 +206,162 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
   flit(eps, elen, n->attrs.f[4]);
 }
 
+/* ---- the chunked form: runtime/kernels/poly_attention_chunked.cu
+ *
+ * Operation counts per (batch, head) pair, multiply-adds, W = DV + 1, D = 136
+ * features (ReBased; 153 Based), chunks of C:
+ *   quadratic  T^2 / 2 (F + W)                       forward
+ *   chunked    T (2 D W + C / 2 (F + W))             forward (outputs, state)
+ * equal near T = 4 D W / (F + W) + C: about 250 for DV 5, 500 for DV 42; the
+ * backward's ratio is alike. ZOO_POLY_CHUNKED_MIN_T sits above both. */
+
+enum { PC_CHUNK = 64, PC_THREADS = 256, PC_SMEM_MAX = 227 * 1024 };
+
+/* The kernel's zk_pc_shape and zk_poly_chunked_smem, mirrored (the wrappers
+ * static_assert that both agree). */
+typedef struct pc_layout {
+  int F, DV, C, NT, k0, k1, k2;
+  int NP, WQ, ZC, WS, D, NUB, UB, SW, FP;
+  int64_t smem[3]; /* bytes: fwd, bwd_q, bwd_kv */
+} pc_layout;
+
+static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double c1, double c2) {
+  memset(l, 0, sizeof *l);
+  l->F = (int)F, l->DV = (int)DV, l->C = PC_CHUNK, l->NT = PC_THREADS;
+  l->k0 = c0 != 0, l->k1 = c1 != 0, l->k2 = c2 != 0;
+  l->NP = l->NT / l->C;
+  l->WQ = (l->DV + l->NP - 1) / l->NP;
+  l->ZC = l->NP * l->WQ;
+  l->WS = l->ZC + 1;
+  l->D = l->k0 + l->k1 * l->F + l->k2 * l->F * (l->F + 1) / 2;
+  if (l->D == 0) return;
+  l->NUB = l->NT / l->D > 0 ? l->NT / l->D : 1;
+  l->UB = (l->WS + l->NUB - 1) / l->NUB;
+  l->SW = l->NUB * l->UB;
+  l->FP = l->F + 1;
+  int64_t common = (int64_t)l->D * l->SW + 2 * l->C * l->FP + l->C * l->SW + 2 * l->D;
+  l->smem[0] = 4 * common;
+  l->smem[1] = 4 * (common + 2 * l->C * l->SW + l->C * l->NP + l->C * l->NP * l->FP);
+  l->smem[2] = 4 * (common + l->C * l->SW + l->C * l->NP * l->FP);
+}
+
+/* Whether the chunked kernels can run this shape. */
+static int pc_fits(const pc_layout *l) {
+  return l->D > 0 && l->F <= 64 && l->DV <= 256 && l->smem[1] <= PC_SMEM_MAX && l->smem[2] <= PC_SMEM_MAX;
+}
+
+int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
+                       zoo_poly_form *form, char *err, size_t errlen) {
+  pc_layout l;
+  pc_layout_of(&l, F, DV, c0, c1, c2);
+  const char *env = getenv("ZOO_POLY_FORM");
+  if (env && !strcmp(env, "quadratic")) {
+    *form = ZOO_POLY_QUADRATIC;
+  } else if (env && !strcmp(env, "chunked")) {
+    if (!pc_fits(&l)) {
+      snprintf(err, errlen, "ZOO_POLY_FORM=chunked: the chunked form cannot run F %lld, DV %lld (%s)",
+               (long long)F, (long long)DV, l.D == 0 ? "no features: c0 = c1 = c2 = 0" : "too wide");
+      return -1;
+    }
+    *form = ZOO_POLY_CHUNKED;
+  } else if (!env || !env[0] || !strcmp(env, "auto")) {
+    *form = T >= ZOO_POLY_CHUNKED_MIN_T && pc_fits(&l) ? ZOO_POLY_CHUNKED : ZOO_POLY_QUADRATIC;
+  } else {
+    snprintf(err, errlen, "ZOO_POLY_FORM=%s: expected quadratic, chunked or auto", env);
+    return -1;
+  }
+  return 0;
+}
+
+/* Template arguments "F, DV, C, NT, K0, K1, K2" of the chunked kernels. */
+static void pc_targs(const pc_layout *l, char *buf, size_t len) {
+  snprintf(buf, len, "%d, %d, %d, %d, %s, %s, %s", l->F, l->DV, l->C, l->NT, l->k0 ? "true" : "false",
+           l->k1 ? "true" : "false", l->k2 ? "true" : "false");
+}
+
+/* The wrapper's check that the emitter's shared memory figure is the kernel's. */
+static void pc_assert(zoo_cuda_emit *e, const pc_layout *l, const char *targs, int part) {
+  zoo_strbuf_printf(&e->src, "static_assert(zk_poly_chunked_smem<%s>(%d) == %lld, \"shared memory\");\n", targs,
+                    part, (long long)l->smem[part]);
+}
+
+static int poly_chunked_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
+  if (need(e, "poly_attention_chunked.cu", NULL, NULL)) return -1;
+  pc_layout l;
+  pc_layout_of(&l, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2]);
+  char name[64], c[200], eps[48], targs[96];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  pc_targs(&l, targs, sizeof targs);
+  kernel_name(e, n, "poly_chunked_fwd", name, sizeof name);
+  pc_assert(e, &l, targs, 0);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
+                    "  zk_poly_chunked_fwd<%s, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, c, eps);
+  zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[0]);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
+  if (need(e, "poly_attention_chunked.cu", NULL, NULL)) return -1;
+  pc_layout l;
+  pc_layout_of(&l, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2]);
+  int64_t scratch = a->BH * a->T * (a->DV + 1) * (int64_t)sizeof(float); /* g_i = dn_i, dd_i */
+  char name[64], c[200], eps[48], targs[96];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  pc_targs(&l, targs, sizeof targs);
+
+  kernel_name(e, n, "poly_chunked_bwd_q", name, sizeof name);
+  pc_assert(e, &l, targs, 1);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "float *__restrict__ dq, float *__restrict__ stats) {\n"
+                    "  zk_poly_chunked_bwd_q<%s, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, c, eps);
+  zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[1]);
+  if (!s) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "poly_chunked_bwd_kv", name, sizeof name);
+  pc_assert(e, &l, targs, 2);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
+                    "  zk_poly_chunked_bwd_kv<%s, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, c);
+  s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[2]);
+  if (!s) return -1;
+  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[1]);
+  arg_tensor(s, n->out[2]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* The form of node n, or -1 with e->err. */
+static int poly_form_of(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, zoo_poly_form *form) {
+  if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], form, e->err,
+                         sizeof e->err) != 0)
+    return -1;
+  return 0;
+}
+
 int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   attn_dims a;
-  if (attn_dims_of(e, n, 0, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
+  zoo_poly_form form;
+  if (attn_dims_of(e, n, 0, &a) || poly_form_of(e, n, &a, &form)) return -1;
+  if (form == ZOO_POLY_CHUNKED) return poly_chunked_fwd(e, n, &a);
+  if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
   char name[64], c[200], eps[48];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
@@ -229,7 +382,10 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
 
 int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   attn_dims a;
-  if (attn_dims_of(e, n, 1, &a) || need(e, "poly_attention.cu", NULL, NULL)) return -1;
+  zoo_poly_form form;
+  if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
+  if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
+  if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 2);
   int64_t scratch = a.BH * a.T * (a.DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
   int64_t grid = a.BH * cdiv(a.T, (int64_t)BQ * R);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../compiler/codegen_cuda.h"
 #include "../compiler/compile.h"
 #include "backend.h"
 #include "cuda_backend.h"
@@ -43,7 +44,7 @@ static const bench_cell cells[] = {
 static int cell_pairs(const bench_cell *c) { return c->seq_len == 128 ? 16 : c->seq_len / 4; }
 
 typedef struct bench_opts {
-  int device, steps, warmup, quick, precompile, profile;
+  int device, steps, warmup, quick, precompile, profile, poly;
   zoo_precision precision;
   const char *only, *json;
 } bench_opts;
@@ -61,16 +62,21 @@ typedef struct bench_result {
 
 static const char usage[] =
     "usage: zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only MIXER] [--quick]\n"
-    "                    [--json FILE] [--profile] [--precision fp32|tf32|bf16]\n"
-    "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention)\n"
+    "                    [--json FILE] [--profile] [--poly] [--precompile]\n"
+    "                    [--precision fp32|tf32|bf16]\n"
+    "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention),\n"
+    "  then poly_attention alone (B 512, H 12, L 128 / 512 / 2048, value widths 5 and 42, each\n"
+    "  form: forward and backward ms, TFLOP/s, fraction of the fp32 peak)\n"
     "  --steps N     timed steps per cell (20)       --warmup N  untimed steps first (3)\n"
     "  --only MIXER  cells of that mixer only        --quick     the four small cells only\n"
     "  --json FILE   also write one JSON line per cell\n"
     "  --profile     after timing, GPU time per kernel kind of one micro-batch (steps run one by\n"
     "                one between CUDA events), the 15 largest\n"
     "  --precision P the GEMMs' arithmetic (fp32, the reference's and the default; tf32; bf16)\n"
+    "  --poly        poly_attention alone only (on device 0); left out by --only and --quick\n"
     "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
-    "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC\n";
+    "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC (with --poly: the poly\n"
+    "                section's modules)\n";
 
 static double now_s(void) {
   struct timespec ts;
@@ -255,8 +261,287 @@ static int precompile_cells(const bench_opts *o) {
   return failures ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------------------
+ * poly_attention alone (--poly): the intrinsic's forward and backward kernels
+ * at the training shapes of the reference's sweep, each form, so that the
+ * switch between the forms (ZOO_POLY_CHUNKED_MIN_T, codegen_cuda.h) can be set
+ * from measurement. */
+
+/* The fp32 (non-tensor) peak of one H200 SXM: 67 TFLOP/s, from NVIDIA's H200
+ * Tensor Core GPU datasheet (FP32: 67 TFLOPS, H200 SXM column). */
+#define H200_FP32_TFLOPS 67.0
+
+static const int poly_B = 512, poly_H = 12, poly_F = 16;
+static const int poly_T[] = {128, 512, 2048};
+static const int poly_DV[] = {5, 42};
+static const char *const poly_forms[] = {"quadratic", "chunked"};
+
+/* Useful work, in floating-point operations, of the quadratic causal form; the
+ * same count for both forms, so their TFLOP/s compare. Per (batch, head) pair,
+ * over the P = T (T + 1) / 2 pairs j <= i:
+ *   forward   2F (s_ij) + 4 (a_ij) + 2 DV (numerator) + 1 (denominator)
+ *   backward  2F (s_ij) + 4 (a_ij) + 2 (DV + 1) (da_ij) + 3 (ds_ij)
+ *             + 2F (dq) + 2F (dk) + 2 DV (dv)
+ * The backward's recomputation of the forward, the chunked form's state work
+ * and the per-row divisions are not counted. */
+static double poly_flops(double BH, double T, double F, double DV, int backward) {
+  double pairs = BH * T * (T + 1) / 2;
+  return pairs * (backward ? 6 * F + 4 * DV + 9 : 2 * F + 2 * DV + 5);
+}
+
+/* q, k [B, H, T, F], v [B, H, T, DV] -> poly_attention (ReBased's
+ * coefficients) and its backward from a seed dy; io: q, k, v, dy. */
+static int poly_graph(zoo_graph *g, int64_t T, int64_t DV, int io[4], zoo_diag *d) {
+  zoo_graph_init(g);
+  zoo_type tq = {.dtype = ZOO_F32, .ndim = 4}, tv;
+  int64_t dims[4] = {poly_B, poly_H, T, poly_F};
+  for (int k = 0; k < 4; k++) tq.dim[k] = zoo_dim_const(dims[k]);
+  tv = tq;
+  tv.dim[3] = zoo_dim_const(DV);
+  io[0] = zoo_graph_input(g, "q", tq);
+  io[1] = zoo_graph_input(g, "k", tq);
+  io[2] = zoo_graph_input(g, "v", tv);
+  zoo_attrs a;
+  memset(&a, 0, sizeof a);
+  a.f[2] = 1, a.f[3] = 0.25, a.f[4] = 1e-12; /* ReBased: c = 0, 0, 1; scale 16^-1/2 */
+  int y = zoo_graph_node(g, ZOO_OP_POLY_ATTENTION, 3, io, &a, zoo_nospan, d);
+  if (y < 0) return -1;
+  g->output = y;
+  g->nforward = g->nnodes;
+  io[3] = zoo_graph_input(g, "dy", tv);
+  return zoo_autodiff(g, y, io[3], d);
+}
+
+/* Sets ZOO_POLY_FORM to form (NULL: unsets it); returns the old value (to free). */
+static char *poly_form_env(const char *form) {
+  const char *old = getenv("ZOO_POLY_FORM");
+  char *saved = old ? strdup(old) : NULL;
+  if (form) setenv("ZOO_POLY_FORM", form, 1);
+  else unsetenv("ZOO_POLY_FORM");
+  return saved;
+}
+
+static void poly_form_restore(char *saved) {
+  if (saved) setenv("ZOO_POLY_FORM", saved, 1);
+  else unsetenv("ZOO_POLY_FORM");
+  free(saved);
+}
+
+typedef struct poly_result {
+  double ms[2];      /* median GPU ms: forward, backward */
+  double tflops[2];  /* poly_flops / time */
+  char error[1100];
+} poly_result;
+
+static double median_ms(float *ms, int n) {
+  qsort(ms, (size_t)n, sizeof *ms, by_float);
+  return n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+}
+
+/* Times one shape in one form; host holds random values for the largest input. */
+static void poly_run(int64_t T, int64_t DV, const char *form, const bench_opts *o, const float *host,
+                     poly_result *r) {
+  memset(r, 0, sizeof *r);
+  zoo_graph g;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  int io[4];
+  int64_t sym[ZOO_MAX_SYMS];
+  for (int k = 0; k < ZOO_MAX_SYMS; k++) sym[k] = 1;
+  char err[1024];
+  if (poly_graph(&g, T, DV, io, &d) != 0) {
+    snprintf(r->error, sizeof r->error, "the graph does not build");
+    zoo_graph_free(&g);
+    return;
+  }
+  char *saved = poly_form_env(form);
+  zoo_cuda_exec *x = zoo_cuda_exec_init(&g, sym, 1, NULL, err, sizeof err);
+  poly_form_restore(saved);
+  if (!x) {
+    snprintf(r->error, sizeof r->error, "%s", err);
+    zoo_graph_free(&g);
+    return;
+  }
+  int ok = 1;
+  for (int k = 0; k < 4 && ok; k++) /* every input a prefix of the same random values */
+    if (zoo_cuda_exec_upload(x, io[k], host) != 0) ok = 0;
+  int nf, n = zoo_cuda_exec_steps(x, &nf);
+  float *ms = calloc((size_t)o->steps, sizeof *ms);
+  double BH = (double)poly_B * poly_H;
+  for (int part = 0; part < 2 && ok; part++) {
+    int first = part ? nf : 0, count = part ? n - nf : nf;
+    if (zoo_cuda_exec_time(x, first, count, o->steps, ms) != 0) {
+      ok = 0;
+      break;
+    }
+    r->ms[part] = median_ms(ms, o->steps);
+    r->tflops[part] = poly_flops(BH, (double)T, poly_F, (double)DV, part) / (r->ms[part] * 1e-3) / 1e12;
+  }
+  if (!ok) snprintf(r->error, sizeof r->error, "%s", zoo_cuda_exec_error(x));
+  free(ms);
+  zoo_cuda_exec_free(x);
+  zoo_graph_free(&g);
+}
+
+/* The form the automatic rule picks for a shape. */
+static const char *poly_auto_form(int64_t T, int64_t DV) {
+  char *saved = poly_form_env(NULL), err[256];
+  zoo_poly_form f = ZOO_POLY_QUADRATIC;
+  int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, &f, err, sizeof err);
+  poly_form_restore(saved);
+  return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : "quadratic";
+}
+
+/* --precompile --poly: the section's modules into the kernel cache, for sm_90. */
+static int precompile_poly(void) {
+  int failures = 0;
+  for (int ti = 0; ti < 3; ti++)
+    for (int di = 0; di < 2; di++)
+      for (int fi = 0; fi < 2; fi++) {
+        zoo_graph g;
+        zoo_diag d;
+        zoo_diag_init(&d, stderr);
+        int io[4];
+        int64_t sym[ZOO_MAX_SYMS];
+        for (int k = 0; k < ZOO_MAX_SYMS; k++) sym[k] = 1;
+        char err[1024] = "the graph does not build";
+        double t0 = now_s();
+        int ok = poly_graph(&g, poly_T[ti], poly_DV[di], io, &d) == 0;
+        char *saved = poly_form_env(poly_forms[fi]);
+        ok = ok && zoo_cuda_exec_precompile(&g, sym, 1, NULL, "sm_90", err, sizeof err) == 0;
+        poly_form_restore(saved);
+        printf("poly_attention L %5d DV %2d %-9s: %s (%.1f s)\n", poly_T[ti], poly_DV[di], poly_forms[fi],
+               ok ? "compiled" : err, now_s() - t0);
+        fflush(stdout);
+        failures += !ok;
+        zoo_graph_free(&g);
+      }
+  return failures;
+}
+
+/* The poly_attention section: a table, and JSON lines into js (if not NULL).
+ * Returns the number of failures. */
+static int bench_poly(const bench_opts *o, FILE *js) {
+  int64_t most = 0; /* the largest input, in floats */
+  for (int ti = 0; ti < 3; ti++)
+    for (int di = 0; di < 2; di++) {
+      int64_t n = (int64_t)poly_B * poly_H * poly_T[ti] * (poly_DV[di] > poly_F ? poly_DV[di] : poly_F);
+      if (n > most) most = n;
+    }
+  float *host = malloc((size_t)most * sizeof *host);
+  if (!host) {
+    fprintf(stderr, "zoorun bench: no host memory for the poly_attention inputs\n");
+    return 1;
+  }
+  uint64_t r = 0x9e3779b97f4a7c15ULL;
+  for (int64_t e = 0; e < most; e++) {
+    r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+    host[e] = (float)((double)(r >> 40) / 16777216.0 * 2 - 1); /* uniform in [-1, 1) */
+  }
+  printf("\npoly_attention alone (ReBased: c = 0, 0, 1; F %d), B %d, H %d: median GPU ms over %d runs; "
+         "TFLOP/s of the quadratic form's useful work;\n%% of the H200's fp32 peak, %.0f TFLOP/s\n\n",
+         poly_F, poly_B, poly_H, o->steps, H200_FP32_TFLOPS);
+  printf("%5s %3s %-9s %-4s | %9s %8s %6s | %9s %8s %6s\n", "L", "DV", "form", "auto", "fwd ms", "TFLOP/s",
+         "peak", "bwd ms", "TFLOP/s", "peak");
+  int failures = 0;
+  for (int ti = 0; ti < 3; ti++)
+    for (int di = 0; di < 2; di++)
+      for (int fi = 0; fi < 2; fi++) {
+        int64_t T = poly_T[ti], DV = poly_DV[di];
+        const char *form = poly_forms[fi], *chosen = poly_auto_form(T, DV);
+        poly_result pr;
+        poly_run(T, DV, form, o, host, &pr);
+        const char *mark = strcmp(chosen, form) == 0 ? "*" : "";
+        if (pr.error[0]) {
+          failures++;
+          printf("%5lld %3lld %-9s %-4s   FAILED: %s\n", (long long)T, (long long)DV, form, mark, pr.error);
+        } else {
+          printf("%5lld %3lld %-9s %-4s | %9.3f %8.2f %5.1f%% | %9.3f %8.2f %5.1f%%\n", (long long)T,
+                 (long long)DV, form, mark, pr.ms[0], pr.tflops[0], 100 * pr.tflops[0] / H200_FP32_TFLOPS,
+                 pr.ms[1], pr.tflops[1], 100 * pr.tflops[1] / H200_FP32_TFLOPS);
+        }
+        fflush(stdout);
+        if (js) {
+          char esc[2400];
+          fprintf(js,
+                  "{\"kind\": \"poly_attention\", \"coefficients\": \"rebased\", \"B\": %d, \"H\": %d, "
+                  "\"seq_len\": %lld, \"F\": %d, \"dv\": %lld, \"form\": \"%s\", \"auto_form\": \"%s\", "
+                  "\"fwd_ms\": %.4f, \"bwd_ms\": %.4f, \"fwd_gflop\": %.3f, \"bwd_gflop\": %.3f, "
+                  "\"fwd_tflops\": %.3f, \"bwd_tflops\": %.3f, \"fwd_peak_fraction\": %.4f, "
+                  "\"bwd_peak_fraction\": %.4f, \"peak_tflops\": %.1f, \"error\": \"%s\"}\n",
+                  poly_B, poly_H, (long long)T, poly_F, (long long)DV, form, chosen, pr.ms[0], pr.ms[1],
+                  poly_flops((double)poly_B * poly_H, (double)T, poly_F, (double)DV, 0) / 1e9,
+                  poly_flops((double)poly_B * poly_H, (double)T, poly_F, (double)DV, 1) / 1e9, pr.tflops[0],
+                  pr.tflops[1], pr.tflops[0] / H200_FP32_TFLOPS, pr.tflops[1] / H200_FP32_TFLOPS,
+                  H200_FP32_TFLOPS, json_str(pr.error, esc, sizeof esc));
+          fflush(js);
+        }
+      }
+  free(host);
+  printf("\n*: the form ZOO_POLY_FORM=auto picks (chunked from L = %d, ZOO_POLY_CHUNKED_MIN_T); forward: "
+         "poly_attention's kernel;\nbackward: poly_attention_bwd's kernels (dq, then dk and dv); FLOPs as "
+         "poly_flops in runtime/bench.c, the same for both forms.\n",
+         ZOO_POLY_CHUNKED_MIN_T);
+  return failures;
+}
+
+/* The cells' table, and JSON lines into js (if not NULL). Returns the number
+ * of failures. */
+static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
+  int failures = 0;
+  printf("zoo bench on %s, %s matmuls: median GPU ms per optimiser step over %d steps after %d "
+         "warm-up; reference: PyTorch+Triton fp32 on one H200\n\n",
+         why, zoo_precision_name(o->precision), o->steps, o->warmup);
+  printf("%-15s %4s %5s %7s %8s | %8s %8s %8s %7s | %8s %8s %8s %8s | %7s %s\n", "mixer", "D", "L",
+         "batch", "params", "ms/step", "wall ms", "ref ms", "speedup", "launches", "zoo MiB",
+         "used MiB", "ref MiB", "NVRTC s", "loss first -> last");
+  for (int i = 0; i < NCELLS; i++) {
+    const bench_cell *c = &cells[i];
+    if (o->only && strcmp(o->only, c->mixer) != 0) continue;
+    if (o->quick && c->seq_len > 128) continue;
+    bench_result r;
+    run_cell(c, o, &r);
+    char batch[32];
+    snprintf(batch, sizeof batch, "%dx%d", c->micro_batch, c->accum);
+    if (r.error[0]) {
+      failures++;
+      printf("%-15s %4d %5d %7s  FAILED: %s\n", c->mixer, c->d_model, c->seq_len, batch, r.error);
+    } else {
+      printf("%-15s %4d %5d %7s %8lld | %8.2f %8.2f %8.2f %6.2fx | %8d %8.0f %8.0f %8.0f | %7.1f %.4f -> %.4f%s\n",
+             c->mixer, c->d_model, c->seq_len, batch, r.params, r.ms_median, r.ms_wall, c->ref_ms,
+             c->ref_ms / r.ms_median, r.launches, r.zoo_mib, r.used_mib, c->ref_peak_mib, r.compile_s,
+             r.first_loss, r.last_loss, r.params != c->params ? "  (parameter count differs from the reference's)" : "");
+      if (!isfinite(r.last_loss)) failures++;
+    }
+    if (r.profile) fputs(r.profile, stdout);
+    free(r.profile);
+    fflush(stdout);
+    if (js) {
+      char esc[2400];
+      fprintf(js,
+              "{\"mixer\": \"%s\", \"precision\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
+              "\"params\": %lld, \"ref_params\": %lld, \"ms_per_step\": %.4f, \"ms_min\": %.4f, "
+              "\"ms_wall\": %.4f, \"ref_ms_per_step\": %.2f, \"speedup\": %.4f, \"launches_per_step\": %d, "
+              "\"kernels_per_micro_batch\": %d, \"gemms_per_micro_batch\": %d, \"zoo_mib\": %.1f, "
+              "\"used_mib\": %.1f, \"arena_mib\": %.1f, \"ref_peak_mib\": %.0f, \"nvrtc_s\": %.2f, "
+              "\"first_loss\": %.6f, \"last_loss\": %.6f, \"error\": \"%s\"}\n",
+              c->mixer, zoo_precision_name(o->precision), c->d_model, c->seq_len, c->micro_batch, c->accum, r.params, c->params, r.ms_median,
+              r.ms_min, r.ms_wall, c->ref_ms, r.ms_median > 0 ? c->ref_ms / r.ms_median : 0.0, r.launches,
+              r.kernels, r.gemms, r.zoo_mib, r.used_mib, r.arena_mib, c->ref_peak_mib, r.compile_s,
+              isfinite(r.first_loss) ? r.first_loss : -1.0, isfinite(r.last_loss) ? r.last_loss : -1.0,
+              json_str(r.error, esc, sizeof esc));
+      fflush(js);
+    }
+  }
+  printf("\nms/step: GPU time of one step's graph (CUDA events), median; wall ms: steps launched back to "
+         "back, wall clock per step;\nzoo MiB: everything zoo allocated (activations arena, 5 parameter-sized "
+         "buffers, inputs, cuBLASLt workspace);\nused MiB: the driver's used memory after set-up minus before "
+         "(adds context, module, libraries); ref MiB: torch's max_memory_allocated.\n");
+  return failures;
+}
+
 int zoo_bench_main(int argc, char **argv) {
-  bench_opts o = {0, 20, 3, 0, 0, 0, ZOO_FP32, NULL, NULL};
+  bench_opts o = {0, 20, 3, 0, 0, 0, 0, ZOO_FP32, NULL, NULL};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -293,6 +578,8 @@ int zoo_bench_main(int argc, char **argv) {
       o.profile = 1;
     } else if (!strcmp(a, "--precompile")) {
       o.precompile = 1;
+    } else if (!strcmp(a, "--poly")) {
+      o.poly = 1;
     } else {
       fprintf(stderr, "zoorun bench: unknown option '%s'\n%s", a, usage);
       return 2;
@@ -303,7 +590,13 @@ int zoo_bench_main(int argc, char **argv) {
     return 2;
   }
   char why[512];
-  if (o.precompile) return precompile_cells(&o);
+  /* the cells, then poly_attention alone; --poly: that alone; --only, --quick: the cells */
+  int cells_on = !o.poly, poly_on = o.poly || (!o.only && !o.quick);
+  if (o.precompile) {
+    int failures = cells_on ? precompile_cells(&o) : 0;
+    if (poly_on) failures += precompile_poly();
+    return failures ? 1 : 0;
+  }
   if (!zoo_cuda_available(why, sizeof why)) {
     fprintf(stderr, "zoorun bench: no GPU: %s\n", why);
     return 1;
@@ -313,55 +606,9 @@ int zoo_bench_main(int argc, char **argv) {
     fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
     return 1;
   }
-  printf("zoo bench on %s, %s matmuls: median GPU ms per optimiser step over %d steps after %d "
-         "warm-up; reference: PyTorch+Triton fp32 on one H200\n\n",
-         why, zoo_precision_name(o.precision), o.steps, o.warmup);
-  printf("%-15s %4s %5s %7s %8s | %8s %8s %8s %7s | %8s %8s %8s %8s | %7s %s\n", "mixer", "D", "L",
-         "batch", "params", "ms/step", "wall ms", "ref ms", "speedup", "launches", "zoo MiB",
-         "used MiB", "ref MiB", "NVRTC s", "loss first -> last");
   int failures = 0;
-  for (int i = 0; i < NCELLS; i++) {
-    const bench_cell *c = &cells[i];
-    if (o.only && strcmp(o.only, c->mixer) != 0) continue;
-    if (o.quick && c->seq_len > 128) continue;
-    bench_result r;
-    run_cell(c, &o, &r);
-    char batch[32];
-    snprintf(batch, sizeof batch, "%dx%d", c->micro_batch, c->accum);
-    if (r.error[0]) {
-      failures++;
-      printf("%-15s %4d %5d %7s  FAILED: %s\n", c->mixer, c->d_model, c->seq_len, batch, r.error);
-    } else {
-      printf("%-15s %4d %5d %7s %8lld | %8.2f %8.2f %8.2f %6.2fx | %8d %8.0f %8.0f %8.0f | %7.1f %.4f -> %.4f%s\n",
-             c->mixer, c->d_model, c->seq_len, batch, r.params, r.ms_median, r.ms_wall, c->ref_ms,
-             c->ref_ms / r.ms_median, r.launches, r.zoo_mib, r.used_mib, c->ref_peak_mib, r.compile_s,
-             r.first_loss, r.last_loss, r.params != c->params ? "  (parameter count differs from the reference's)" : "");
-      if (!isfinite(r.last_loss)) failures++;
-    }
-    if (r.profile) fputs(r.profile, stdout);
-    free(r.profile);
-    fflush(stdout);
-    if (js) {
-      char esc[2400];
-      fprintf(js,
-              "{\"mixer\": \"%s\", \"precision\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
-              "\"params\": %lld, \"ref_params\": %lld, \"ms_per_step\": %.4f, \"ms_min\": %.4f, "
-              "\"ms_wall\": %.4f, \"ref_ms_per_step\": %.2f, \"speedup\": %.4f, \"launches_per_step\": %d, "
-              "\"kernels_per_micro_batch\": %d, \"gemms_per_micro_batch\": %d, \"zoo_mib\": %.1f, "
-              "\"used_mib\": %.1f, \"arena_mib\": %.1f, \"ref_peak_mib\": %.0f, \"nvrtc_s\": %.2f, "
-              "\"first_loss\": %.6f, \"last_loss\": %.6f, \"error\": \"%s\"}\n",
-              c->mixer, zoo_precision_name(o.precision), c->d_model, c->seq_len, c->micro_batch, c->accum, r.params, c->params, r.ms_median,
-              r.ms_min, r.ms_wall, c->ref_ms, r.ms_median > 0 ? c->ref_ms / r.ms_median : 0.0, r.launches,
-              r.kernels, r.gemms, r.zoo_mib, r.used_mib, r.arena_mib, c->ref_peak_mib, r.compile_s,
-              isfinite(r.first_loss) ? r.first_loss : -1.0, isfinite(r.last_loss) ? r.last_loss : -1.0,
-              json_str(r.error, esc, sizeof esc));
-      fflush(js);
-    }
-  }
+  if (cells_on) failures += bench_cells(&o, js, why);
+  if (poly_on) failures += bench_poly(&o, js);
   if (js) fclose(js);
-  printf("\nms/step: GPU time of one step's graph (CUDA events), median; wall ms: steps launched back to "
-         "back, wall clock per step;\nzoo MiB: everything zoo allocated (activations arena, 5 parameter-sized "
-         "buffers, inputs, cuBLASLt workspace);\nused MiB: the driver's used memory after set-up minus before "
-         "(adds context, module, libraries); ref MiB: torch's max_memory_allocated.\n");
   return failures ? 1 : 0;
 }

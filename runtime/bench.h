@@ -9,8 +9,15 @@
  * the ratio to the reference, kernel launches per step, device memory (zoo's
  * allocations, and the driver's used-memory delta) and the reference's peak.
  *
+ *
+ * Then poly_attention alone (--poly: that section only): its forward and
+ * backward kernels at B 512, H 12, L 128 / 512 / 2048, value widths 5 and 42,
+ * in each form (quadratic and chunked), with TFLOP/s of the quadratic form's
+ * useful work and the fraction of the H200's fp32 peak, so that the switch
+ * between the forms (ZOO_POLY_CHUNKED_MIN_T) can be set from measurement.
+ *
  *   zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only NAME]
- *                [--quick] [--json FILE]
+ *                [--quick] [--json FILE] [--profile] [--poly] [--precompile]
  */
 #ifndef ZOO_BENCH_H
 #define ZOO_BENCH_H

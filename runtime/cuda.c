@@ -1307,6 +1307,36 @@ int zoo_cuda_exec_run(zoo_cuda_exec *x, uint64_t seed) {
   return 0;
 }
 
+int zoo_cuda_exec_steps(const zoo_cuda_exec *x, int *nforward) {
+  if (nforward) *nforward = x->emit.nforward_steps;
+  return x->emit.nsteps;
+}
+
+int zoo_cuda_exec_time(zoo_cuda_exec *x, int first, int n, int repeats, float *ms) {
+  ZOO_CU(x->err, cuCtxSetCurrent(x->c.ctx));
+  CUevent ev[2] = {NULL, NULL};
+  int status = 0;
+  for (int k = 0; k < 2 && status == 0; k++) {
+    CUresult r = zoo_cu.cuEventCreate(&ev[k], CU_EVENT_DEFAULT);
+    if (r != CUDA_SUCCESS) status = zoo_cu_fail(r, "cuEventCreate", __FILE__, __LINE__, x->err, sizeof x->err);
+  }
+  for (int rep = -1; rep < repeats && status == 0; rep++) { /* rep -1: untimed */
+    CUresult r = zoo_cu.cuEventRecord(ev[0], x->c.stream);
+    for (int i = first; i < first + n && r == CUDA_SUCCESS && status == 0; i++)
+      status = launch_step(&x->c, &x->plan, &x->g, i, 0, 0, 0);
+    if (status != 0) break;
+    if (r == CUDA_SUCCESS) r = zoo_cu.cuEventRecord(ev[1], x->c.stream);
+    if (r == CUDA_SUCCESS) r = zoo_cu.cuEventSynchronize(ev[1]);
+    float t = 0;
+    if (r == CUDA_SUCCESS) r = zoo_cu.cuEventElapsedTime(&t, ev[0], ev[1]);
+    if (r != CUDA_SUCCESS) status = zoo_cu_fail(r, "timing the steps (cuEvent*)", __FILE__, __LINE__, x->err, sizeof x->err);
+    else if (rep >= 0) ms[rep] = t;
+  }
+  for (int k = 0; k < 2; k++)
+    if (ev[k]) zoo_cu.cuEventDestroy(ev[k]);
+  return status;
+}
+
 void zoo_cuda_exec_free(zoo_cuda_exec *x) {
   if (!x) return;
   core_free(&x->c);

@@ -85,6 +85,13 @@ int zoo_cuda_exec_download(zoo_cuda_exec *x, int tensor, void *host);
 /* Runs every step; seed feeds dropout. Returns 0 or -1 (zoo_cuda_exec_error). */
 int zoo_cuda_exec_run(zoo_cuda_exec *x, uint64_t seed);
 const char *zoo_cuda_exec_error(const zoo_cuda_exec *x);
+/* The executor's steps; *nforward (if not NULL) of them run the graph's nodes
+ * [0, g->nforward), the others follow. */
+int zoo_cuda_exec_steps(const zoo_cuda_exec *x, int *nforward);
+/* Times steps [first, first + n) (bench): one untimed run, then `repeats` runs,
+ * ms[r] the GPU time of run r (CUDA events around it). Dropout's seed is 0.
+ * Returns 0 or -1 (zoo_cuda_exec_error). */
+int zoo_cuda_exec_time(zoo_cuda_exec *x, int first, int n, int repeats, float *ms);
 void zoo_cuda_exec_free(zoo_cuda_exec *x);
 
 #endif

@@ -740,6 +740,55 @@ static int c_based(ocase *c) { return c_poly(c, 1, 1, 0.5, 10); }
 /* several key tiles and register-blocked slabs, a partial last tile */
 static int c_rebased_long(ocase *c) { return c_poly_t(c, 0, 0, 1, 5, 200); }
 static int c_based_long(ocase *c) { return c_poly_t(c, 1, 1, 0.5, 10, 150); }
+/* The chunked form (poly_attention_chunked.cu, chunks of 64), forced by
+ * ZOO_POLY_FORM=chunked: T = 100 and 200 end in a partial chunk, 200 carries
+ * the state across three chunk boundaries; value widths 5 and 42 leave spare
+ * columns in the last part (WQ 2 and 11 of 4 parts). */
+static int c_poly_shape(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
+  int64_t qd[4] = {B, H, T, 16}, vd[4] = {B, H, T, dv};
+  int q = oc_f32(c, V_SIGNED, 4, qd), k = oc_f32(c, V_SIGNED, 4, qd), v = oc_f32(c, V_SIGNED, 4, vd);
+  zoo_attrs a = A0();
+  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  int in[3] = {q, k, v};
+  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
+}
+static int c_chunked_rebased_5(ocase *c) { return c_poly_shape(c, 0, 0, 1, 1, 2, 100, 5); }
+static int c_chunked_rebased_42(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 1, 200, 42); }
+static int c_chunked_based_5(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 2, 1, 200, 5); }
+static int c_chunked_based_42(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2, 100, 42); }
+static int c_chunked_short(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 9, 10); } /* one partial chunk */
+/* the realistic shapes (GPU only): B 2, H 12, T 2048, DV 42 and 5. Tolerance
+ * 1e-3, the other poly cases': with random q, k a few rows have a_ii near 0
+ * and d_i + eps tiny, where the backward's fp32 error grows (emulated, both
+ * the quadratic form stays within 1e-4 of the largest |dq|, |dk|, the chunked
+ * within 1.4e-4, both off at such a row) */
+static int c_chunked_rebased_2048(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 12, 2048, 42); }
+static int c_chunked_based_2048(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 2, 12, 2048, 5); }
+
+static const named_case poly_chunked_cases[] = {
+      {"poly_chunked_rebased_dv5", c_chunked_rebased_5, 1e-4, 1},
+      {"poly_chunked_rebased_dv42", c_chunked_rebased_42, 1e-4, 1},
+      {"poly_chunked_based_dv5", c_chunked_based_5, 1e-4, 1},
+      {"poly_chunked_based_dv42", c_chunked_based_42, 1e-4, 1},
+      {"poly_chunked_short", c_chunked_short, 1e-4, 1},
+};
+static const named_case poly_chunked_long_cases[] = {
+      {"poly_chunked_rebased_2048", c_chunked_rebased_2048, 1e-3, 1},
+      {"poly_chunked_based_2048", c_chunked_based_2048, 1e-3, 1},
+};
+
+/* Runs cases with ZOO_POLY_FORM=form, restoring the variable after. */
+static int run_cases_form(zoo_test_ctx *t, const named_case *cases, int n, int emu, const char *form) {
+  const char *old = getenv("ZOO_POLY_FORM");
+  char *saved = old ? strdup(old) : NULL;
+  setenv("ZOO_POLY_FORM", form, 1);
+  int failed = run_cases(t, cases, n, emu);
+  if (saved) setenv("ZOO_POLY_FORM", saved, 1);
+  else unsetenv("ZOO_POLY_FORM");
+  free(saved);
+  return failed;
+}
+
 static int c_softmax_attention(ocase *c, double p) {
   int q = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), k = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), v = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8));
   zoo_attrs a = A0();
@@ -814,6 +863,28 @@ TEST(emu_ops_intrinsics) {
   EMU_OR_SKIP();
   int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), 1);
   CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ (emulated)", failed);
+}
+
+/* poly_attention's chunked form against the CPU, forward and backward: the
+ * small cases emulated, those and the realistic shapes on a GPU, where the
+ * quadratic form runs the long shapes too. */
+TEST(gpu_ops_poly_chunked) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int n = (int)(sizeof poly_chunked_cases / sizeof *poly_chunked_cases);
+  int nl = (int)(sizeof poly_chunked_long_cases / sizeof *poly_chunked_long_cases);
+  int failed = run_cases_form(t, poly_chunked_cases, n, mode, "chunked");
+  failed += run_cases_form(t, poly_chunked_long_cases, nl, mode, "chunked");
+  failed += run_cases_form(t, poly_chunked_long_cases, nl, mode, "quadratic");
+  CHECKF(failed == 0, "%d poly_attention chunked case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_poly_chunked) {
+  EMU_OR_SKIP();
+  int n = (int)(sizeof poly_chunked_cases / sizeof *poly_chunked_cases);
+  int failed = run_cases_form(t, poly_chunked_cases, n, 1, "chunked");
+  CHECKF(failed == 0, "%d poly_attention chunked case(s) differ (emulated)", failed);
 }
 
 /* ---------------------------------------------------------------------------

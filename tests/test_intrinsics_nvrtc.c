@@ -129,9 +129,16 @@ static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double 
   kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, 4, bin, &a);
 }
 
+/* Sets ZOO_POLY_FORM (NULL: unsets it). */
+static void poly_form_env(const char *form) {
+  if (form) setenv("ZOO_POLY_FORM", form, 1);
+  else unsetenv("ZOO_POLY_FORM");
+}
+
 TEST(intrinsics_nvrtc_poly_attention) {
   kt k;
   kt_init(&k);
+  poly_form_env("quadratic"); /* T = 2048 would take the chunked form */
   /* ReBased at the shipped (d_model, T): head widths d_model / 12 */
   add_poly(&k, 48, 2, 0, 0, 1);    /* d 32, T 48 */
   add_poly(&k, 128, 5, 0, 0, 1);   /* d 64, T 128 */
@@ -139,9 +146,55 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly(&k, 512, 21, 0, 0, 1);  /* d 256 */
   add_poly(&k, 2048, 42, 0, 0, 1); /* d 512, T 2048 */
   add_poly(&k, 2048, 5, 1, 1, 0.5); /* Based, d 64 */
+  poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention");
   kt_free(&k);
+}
+
+/* The chunked form (poly_attention_chunked.cu) at every value width, ReBased
+ * and Based, and a T that ends in a partial chunk. */
+TEST(intrinsics_nvrtc_poly_chunked) {
+  kt k;
+  kt_init(&k);
+  poly_form_env("chunked");
+  int64_t widths[] = {2, 5, 10, 21, 42};
+  for (int i = 0; i < 5; i++) add_poly(&k, 2048, widths[i], 0, 0, 1);
+  add_poly(&k, 2048, 5, 1, 1, 0.5);
+  add_poly(&k, 2048, 42, 1, 1, 0.5);
+  add_poly(&k, 100, 42, 0, 0, 1);
+  poly_form_env(NULL);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "poly_attention_chunked");
+  kt_free(&k);
+}
+
+/* The choice of form: the threshold, the override, its errors. */
+TEST(intrinsics_poly_form) {
+  zoo_poly_form f;
+  char err[256];
+  poly_form_env(NULL);
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T - 1, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 &&
+        f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 &&
+        f == ZOO_POLY_CHUNKED);
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 5, 1, 1, 0.5, &f, err, sizeof err) == 0 &&
+        f == ZOO_POLY_CHUNKED);
+  /* no features (all coefficients 0), or a state too wide: quadratic */
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(4096, 64, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  poly_form_env("quadratic");
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  poly_form_env("chunked");
+  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
+  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 0, &f, err, sizeof err) == -1);
+  CHECKF(strstr(err, "cannot run") != NULL, "%s", err);
+  poly_form_env("auto");
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
+  poly_form_env("fast");
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == -1);
+  CHECKF(strcmp(err, "ZOO_POLY_FORM=fast: expected quadratic, chunked or auto") == 0, "%s", err);
+  poly_form_env(NULL);
 }
 
 static void add_sattn(kt *k, int64_t B, int64_t T, int64_t d, double p) {
@@ -288,7 +341,7 @@ static int count_of(const char *hay, const char *needle) {
 }
 
 TEST(intrinsics_sources_embedded) {
-  const char *files[] = {"common.cu", "poly_attention.cu", "softmax_attention.cu",
+  const char *files[] = {"common.cu", "poly_attention.cu", "poly_attention_chunked.cu", "softmax_attention.cu",
                          "linear_cross_entropy.cu", "causal_conv1d.cu", "layernorm.cu",
                          "rmsnorm.cu", "softmax.cu", "cross_entropy.cu", "embedding.cu",
                          "cumsum.cu", "rng.h"};
@@ -326,6 +379,22 @@ TEST(intrinsics_emit_steps) {
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128>") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
+  kt_free(&k);
+
+  /* the chunked form at T = 2048: one block of 256 threads per pair, dynamic
+   * shared memory over 48 KB for the backward, the same scratch of g_i */
+  kt_init(&k);
+  add_poly(&k, 2048, 42, 0, 0, 1);
+  CHECK(!k.failed);
+  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CHUNKED_CU\n") == 1);
+  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 0);
+  CHECK(k.e.nsteps == 3);
+  f = &k.e.steps[0], q = &k.e.steps[1], kv = &k.e.steps[2];
+  CHECK(f->grid[0] == 2 * 12 && f->block[0] == 256 && f->scratch_bytes == 0 && f->smem > 0);
+  CHECK(q->smem > 48 * 1024 && kv->smem > 48 * 1024);
+  CHECK(q->scratch_bytes == 2 * 12 * 2048 * 43 * 4 && kv->scratch_bytes == q->scratch_bytes);
+  CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048>") != NULL);
   kt_free(&k);
 
   /* dropout brings rng.h and a seed argument; its absence neither */

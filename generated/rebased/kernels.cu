@@ -691,8 +691,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k14_split_heads(const floa
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
  *
- * Faster later: the chunked linear form (the 136-wide symmetric feature state
- * of F = 16) for long sequences.
+ * Long sequences take the chunked linear form instead (the 136-wide symmetric
+ * feature state of F = 16): poly_attention_chunked.cu; the choice is
+ * zoo_cuda_poly_form's (codegen_cuda.h).
  */
 #ifndef ZK_POLY_ATTENTION_CU
 #define ZK_POLY_ATTENTION_CU
