@@ -541,6 +541,30 @@ static int c_argmax(ocase *c) {
   return oc_op(c, ZOO_OP_ARGMAX, 1, &x, NULL);
 }
 
+/* rows of a multiple of 128: the float4 paths of softmax.cu and cross_entropy.cu */
+static int c_cross_entropy_wide(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 5, 256)), tg = oc_i32(c, V_TARGETS, 0, 256, DIMS(3, 5));
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[2] = {x, tg};
+  return oc_op(c, ZOO_OP_CROSS_ENTROPY, 2, in, &a);
+}
+static int c_accuracy_wide(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 9, 384)), tg = oc_i32(c, V_TARGETS, 0, 384, DIMS(4, 9));
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[2] = {x, tg};
+  return oc_op(c, ZOO_OP_ACCURACY, 2, in, &a);
+}
+static int c_argmax_wide(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(7, 256));
+  return oc_op(c, ZOO_OP_ARGMAX, 1, &x, NULL);
+}
+static int c_logsumexp_wide(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 128));
+  return oc_op(c, ZOO_OP_LOGSUMEXP, 1, &x, NULL);
+}
+
 static const named_case reductions_cases[] = {
       {"sum_axis", c_sum_axis, 1e-4, 1},
       {"mean_last_keepdim", c_mean_last, 1e-4, 1},
@@ -556,6 +580,10 @@ static const named_case reductions_cases[] = {
       {"cross_entropy", c_cross_entropy, 1e-3, 1},
       {"accuracy", c_accuracy, 0, 0},
       {"argmax", c_argmax, 0, 0},
+      {"cross_entropy_wide", c_cross_entropy_wide, 1e-3, 1},
+      {"accuracy_wide", c_accuracy_wide, 0, 0},
+      {"argmax_wide", c_argmax_wide, 0, 0},
+      {"logsumexp_wide", c_logsumexp_wide, 1e-4, 1},
 };
 
 TEST(gpu_ops_reductions) {

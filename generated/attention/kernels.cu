@@ -1232,7 +1232,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_31(const float
  *
  * zk_softmax_rows<V, LOG>: a first pass keeps an online (max, sum) per lane,
  *   merged over the warp: lse = max + log(sum). LOG = 0 writes exp(x - lse)
- *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout.
+ *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout. When V is a
+ *   multiple of 128 (the LM head's 8192), lanes read whole float4s and fold
+ *   each into (max, sum) at once.
  * zk_argmax_rows<V>: each lane keeps its first maximum, the warp merges pairs
  *   so that ties go to the smaller index: the row's first maximum, as the CPU.
  */
@@ -1244,7 +1246,21 @@ template <int V>
 __device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
   int lane = threadIdx.x & 31;
   float m = ZK_NEG_INF, s = 0.0f;
-  for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+  if (V % 128 == 0) { /* rows of whole float4s per lane: 16-byte loads */
+    const zk_f4 *x4 = (const zk_f4 *)xr;
+    for (int j = lane; j < V / 4; j += 32) {
+      zk_f4 v = x4[j];
+      float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
+      if (mx == ZK_NEG_INF) continue;
+      if (mx > m) {
+        s *= expf(m - mx);
+        m = mx;
+      }
+      s += expf(v.x - m) + expf(v.y - m) + expf(v.z - m) + expf(v.w - m);
+    }
+  } else {
+    for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+  }
   zk_warp_lse(m, s);
   return m + logf(s);
 }
@@ -1269,13 +1285,26 @@ __device__ __forceinline__ void zk_softmax_rows(const float *__restrict__ x, flo
 template <int V>
 __device__ __forceinline__ int zk_row_argmax(const float *__restrict__ xr) {
   int lane = threadIdx.x & 31;
-  float best = lane < V ? xr[lane] : ZK_NEG_INF;
-  int bi = lane < V ? lane : 0x7fffffff;
-  for (int j = lane + 32; j < V; j += 32) {
-    float v = xr[j];
-    if (v > best) {
-      best = v;
-      bi = j;
+  float best = ZK_NEG_INF;
+  int bi = 0x7fffffff;
+  if (V % 128 == 0) { /* a lane's indices 4j .. 4j + 3 in increasing order */
+    const zk_f4 *x4 = (const zk_f4 *)xr;
+    for (int j = lane; j < V / 4; j += 32) {
+      zk_f4 v = x4[j];
+      if (v.x > best || bi == 0x7fffffff) best = v.x, bi = 4 * j;
+      if (v.y > best) best = v.y, bi = 4 * j + 1;
+      if (v.z > best) best = v.z, bi = 4 * j + 2;
+      if (v.w > best) best = v.w, bi = 4 * j + 3;
+    }
+  } else {
+    best = lane < V ? xr[lane] : ZK_NEG_INF;
+    bi = lane < V ? lane : 0x7fffffff;
+    for (int j = lane + 32; j < V; j += 32) {
+      float v = xr[j];
+      if (v > best) {
+        best = v;
+        bi = j;
+      }
     }
   }
   zk_warp_argmax(best, bi);
@@ -1376,12 +1405,30 @@ __device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
   int t = targets[row];
   float *dr = dlogits + row * V;
   if (t == IGNORE) {
-    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    if (V % 128 == 0) {
+      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
+    } else {
+      for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    }
     return;
   }
   const float *xr = logits + row * V;
   float lse = zk_row_lse<V>(xr);
   float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  if (V % 128 == 0) { /* 16-byte loads and stores */
+    const zk_f4 *x4 = (const zk_f4 *)xr;
+    zk_f4 *d4 = (zk_f4 *)dr;
+    for (int j = lane; j < V / 4; j += 32) {
+      zk_f4 v = x4[j], g;
+      g.x = scale * (expf(v.x - lse) - (4 * j == t ? 1.0f : 0.0f));
+      g.y = scale * (expf(v.y - lse) - (4 * j + 1 == t ? 1.0f : 0.0f));
+      g.z = scale * (expf(v.z - lse) - (4 * j + 2 == t ? 1.0f : 0.0f));
+      g.w = scale * (expf(v.w - lse) - (4 * j + 3 == t ? 1.0f : 0.0f));
+      d4[j] = g;
+    }
+    return;
+  }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
 }
 

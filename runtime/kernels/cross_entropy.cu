@@ -80,12 +80,30 @@ __device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
   int t = targets[row];
   float *dr = dlogits + row * V;
   if (t == IGNORE) {
-    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    if (V % 128 == 0) {
+      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
+    } else {
+      for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
+    }
     return;
   }
   const float *xr = logits + row * V;
   float lse = zk_row_lse<V>(xr);
   float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  if (V % 128 == 0) { /* 16-byte loads and stores */
+    const zk_f4 *x4 = (const zk_f4 *)xr;
+    zk_f4 *d4 = (zk_f4 *)dr;
+    for (int j = lane; j < V / 4; j += 32) {
+      zk_f4 v = x4[j], g;
+      g.x = scale * (expf(v.x - lse) - (4 * j == t ? 1.0f : 0.0f));
+      g.y = scale * (expf(v.y - lse) - (4 * j + 1 == t ? 1.0f : 0.0f));
+      g.z = scale * (expf(v.z - lse) - (4 * j + 2 == t ? 1.0f : 0.0f));
+      g.w = scale * (expf(v.w - lse) - (4 * j + 3 == t ? 1.0f : 0.0f));
+      d4[j] = g;
+    }
+    return;
+  }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
 }
 
