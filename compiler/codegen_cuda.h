@@ -127,10 +127,11 @@ void zoo_cuda_comment_node(zoo_cuda_emit *e, int node);
  * run the shape (features exist, its shared memory fits). */
 typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
 
-/* Provisional: from operation counts alone (the chunked form does fewer from
- * T of about 250 (DV 5) to 500 (DV 42), see the emitter's comment), with room
- * for its state work being less efficient. To be set from `zoorun bench
- * --poly` on an H200. */
+/* Measured with `zoorun bench --poly` on an H200 (B 512, H 12, ReBased): at
+ * T = 512 the quadratic form is 1.5-1.8x faster (forward and backward, DV 5
+ * and 42), at T = 2048 the chunked one is 1.65-1.94x faster. Their ratio moves
+ * with T (quadratic against linear work), which puts the crossover near
+ * T = 900-1000: chunked from 1024. */
 #define ZOO_POLY_CHUNKED_MIN_T 1024
 
 /* The form for q [.., T, F], v [.., T, DV] and coefficients c0, c1, c2. Returns
