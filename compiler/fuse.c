@@ -180,10 +180,10 @@ static void prologues(fuse_state *s, int nforward) {
   }
 }
 
-int zoo_fuse(zoo_graph *g, int enable) {
+int zoo_fuse(zoo_graph *g, int level) {
   int N = g->nnodes;
   for (int i = 0; i < N; i++) g->nodes[i].group = i;
-  if (!enable || N == 0) return N;
+  if (level == ZOO_FUSE_OFF || N == 0) return N;
 
   fuse_state s = {g, xmalloc((size_t)N * sizeof(int)), xmalloc((size_t)N * sizeof(int)),
                   calloc((size_t)N, sizeof(int)), xmalloc((size_t)N * sizeof(int)), 0};
@@ -213,8 +213,10 @@ int zoo_fuse(zoo_graph *g, int enable) {
   }
   /* the rewrites, in this order: a stencil inlined into a group can then be
    * part of a prologue */
-  inline_stencils(&s, nforward);
-  prologues(&s, nforward);
+  if (level != ZOO_FUSE_CHAINS) {
+    inline_stencils(&s, nforward);
+    prologues(&s, nforward);
+  }
   int ngroups = 0;
   for (int i = 0; i < N; i++)
     if (g->nodes[i].group == i) ngroups++;

@@ -31,9 +31,14 @@
 
 #include "graph.h"
 
-/* Sets every node's group. With enable == 0 (zooc --no-fuse) each node is its
- * own group. Returns the number of groups. */
-int zoo_fuse(zoo_graph *g, int enable);
+/* What zoo_fuse does: nothing (zooc --no-fuse: each node is its own group),
+ * all three steps, or the elementwise chains alone (zooc --no-fuse-rewrites,
+ * to bisect a difference to the rewrites and to count what they save). */
+enum { ZOO_FUSE_OFF = 0, ZOO_FUSE_ALL = 1, ZOO_FUSE_CHAINS = 2 };
+
+/* Sets every node's group at the given ZOO_FUSE_* level (any other nonzero
+ * value is ZOO_FUSE_ALL). Returns the number of groups. */
+int zoo_fuse(zoo_graph *g, int level);
 
 /* The groups in launch order: a topological order of the groups, earliest first
  * node first, so the forward pass comes before the backward pass. Nodes whose

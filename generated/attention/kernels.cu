@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v21 = t21[i];
-    float v23 = t23[i % 8192];
-    float v24 = v21 + v23;  // add
-    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
-    t25[i] = v25;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,53 +452,65 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t25:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v21 = t21[i];
+    float v23 = t23[i % 8192];
+    float v24 = v21 + v23;  // add
+    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
+    t25[i] = v25;
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k5_slice: slice, 4194304 elements
+// zoo_k4_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k6_split_heads: split heads, 4194304 elements
+// zoo_k5_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k5_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k7_slice: slice, 4194304 elements
+// zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k8_split_heads: split heads, 4194304 elements
+// zoo_k7_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k9_slice: slice, 4194304 elements
+// zoo_k8_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k9_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k10_split_heads: split heads, 4194304 elements
+// zoo_k9_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -928,15 +938,15 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_11: node 13
+// zoo_softmax_attn_fwd_10: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_10(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k12_merge_heads: merge heads, 4194304 elements
+// zoo_k11_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k11_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -944,94 +954,92 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k13_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_12: node 17
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k13_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v25 = t25[i];
     float v37 = v36 + v25;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_14: node 17
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_14(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k15_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_13: node 19
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v38 = t38[i];
     float v37 = t37[i];
     float v39 = v38 + v37;  // add
     t39[i] = v39;
-  }
-}
-
-// zoo_layernorm_fwd_16: node 19
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_16(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v39;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k17_slice: slice, 4194304 elements
+// zoo_k14_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k14_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k18_split_heads: split heads, 4194304 elements
+// zoo_k15_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k18_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k15_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k19_slice: slice, 4194304 elements
+// zoo_k16_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k19_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k16_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k20_split_heads: split heads, 4194304 elements
+// zoo_k17_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k20_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k17_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k21_slice: slice, 4194304 elements
+// zoo_k18_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k18_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k22_split_heads: split heads, 4194304 elements
+// zoo_k19_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k19_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_23: node 27
+// zoo_softmax_attn_fwd_20: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_23(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_20(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k24_merge_heads: merge heads, 4194304 elements
+// zoo_k21_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k21_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -1039,37 +1047,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k25_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_22: node 31
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_22(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v50 = t50[i];
     float v39 = t39[i];
     float v51 = v50 + v39;  // add
     t51[i] = v51;
-  }
-}
-
-// zoo_layernorm_fwd_26: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_26(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v51;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k27_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_23: node 33
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_23(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v52 = t52[i];
     float v51 = t51[i];
     float v53 = v52 + v51;  // add
     t53[i] = v53;
-  }
-}
-
-// zoo_layernorm_fwd_28: node 33
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_28(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v53;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1272,39 +1278,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_29: node 35
+// zoo_ce_rows_24: node 35
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_29(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_24(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_ce_finish_30: node 35
+// zoo_ce_finish_25: node 35
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_30(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_25(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_31: node 36
+// zoo_acc_rows_26: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_31(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_26(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_acc_finish_32: node 36
+// zoo_acc_finish_27: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_32(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_27(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_33: node 37
+// zoo_ce_count_28: node 37
 //   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_33(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_28(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<65536, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_34: node 37
+// zoo_ce_bwd_rows_29: node 37
 //   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_34(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_29(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 65536);
 }
 
@@ -1320,33 +1326,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_34(const float
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t61)^T * t64, batch 1, k = 65536
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_35: node 43
+// zoo_layernorm_bwd_rows_30: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_36: node 43
+// zoo_sum_partials_31: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_37: node 44
+// zoo_layernorm_bwd_rows_32: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 44
+// zoo_sum_partials_33: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k39_add: 1 elementwise op over 4194304 elements
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t66, const float *__restrict__ t69, float *__restrict__ t72) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t66, const float *__restrict__ t69, float *__restrict__ t72) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v69 = t69[i];
@@ -1367,9 +1373,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__res
 // GEMM (cuBLASLt, fp32): t77[64 x 64] = (t73)^T * t76, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k35_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1388,8 +1394,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
   }
 }
 
-// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k35_sum_fin: adds the 132 partials of zoo_k35_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1397,42 +1403,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k41_split_heads: split heads, 4194304 elements
+// zoo_k36_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_42: node 53
+// zoo_softmax_attn_bwd_q_37: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_37(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_43: node 53
+// zoo_softmax_attn_bwd_kv_38: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_43(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_38(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k44_merge_heads: merge heads, 4194304 elements
+// zoo_k39_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k45_slice: slice, 8388608 elements
+// zoo_k40_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k46_muls: 1 elementwise op over 8388608 elements
+// zoo_k41_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_muls(const float *__restrict__ t84, float *__restrict__ t85) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_muls(const float *__restrict__ t84, float *__restrict__ t85) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v84 = t84[i];
     float v85 = v84 * 0.0f;  // muls
@@ -1440,32 +1446,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_muls(const float *__re
   }
 }
 
-// zoo_k47_concat: rows of 128 + 64 elements
+// zoo_k42_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k48_merge_heads: merge heads, 4194304 elements
+// zoo_k43_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k49_slice: slice, 4194304 elements
+// zoo_k44_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k50_muls: 1 elementwise op over 4194304 elements
+// zoo_k45_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t88, float *__restrict__ t89) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_muls(const float *__restrict__ t88, float *__restrict__ t89) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v88 = t88[i];
     float v89 = v88 * 0.0f;  // muls
@@ -1473,25 +1479,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__re
   }
 }
 
-// zoo_k51_concat: rows of 64 + 64 elements
+// zoo_k46_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k52_slice: slice, 4194304 elements
+// zoo_k47_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k53_muls: 1 elementwise op over 4194304 elements
+// zoo_k48_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__restrict__ t91, float *__restrict__ t92) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_muls(const float *__restrict__ t91, float *__restrict__ t92) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v91 = t91[i];
     float v92 = v91 * 0.0f;  // muls
@@ -1499,32 +1505,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_muls(const float *__re
   }
 }
 
-// zoo_k54_concat: rows of 128 + 64 elements
+// zoo_k49_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k55_merge_heads: merge heads, 4194304 elements
+// zoo_k50_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k56_slice: slice, 8388608 elements
+// zoo_k51_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k57_muls: 1 elementwise op over 8388608 elements
+// zoo_k52_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__restrict__ t96, float *__restrict__ t97) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_muls(const float *__restrict__ t96, float *__restrict__ t97) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v96 = t96[i];
     float v97 = v96 * 0.0f;  // muls
@@ -1532,19 +1538,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__re
   }
 }
 
-// zoo_k58_concat: rows of 64 + 128 elements
+// zoo_k53_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k59_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k54_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_add(const float *__restrict__ t86, const float *__restrict__ t93, const float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add_add(const float *__restrict__ t86, const float *__restrict__ t93, const float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v93 = t93[i];
@@ -1567,9 +1573,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t104[192 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k60_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k55_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1588,8 +1594,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum(const float *__res
   }
 }
 
-// zoo_k60_sum_fin: adds the 44 partials of zoo_k60_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k55_sum_fin: adds the 44 partials of zoo_k55_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1597,21 +1603,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_61: node 77
+// zoo_layernorm_bwd_rows_56: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_61(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_56(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_62: node 77
+// zoo_sum_partials_57: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_62(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_57(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k63_add: 1 elementwise op over 4194304 elements
+// zoo_k58_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__restrict__ t72, const float *__restrict__ t106, float *__restrict__ t109) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_add(const float *__restrict__ t72, const float *__restrict__ t106, float *__restrict__ t109) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v72 = t72[i];
     float v106 = t106[i];
@@ -1620,21 +1626,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_64: node 79
+// zoo_layernorm_bwd_rows_59: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_64(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_59(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_65: node 79
+// zoo_sum_partials_60: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_65(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_60(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k66_add: 1 elementwise op over 4194304 elements
+// zoo_k61_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__restrict__ t109, const float *__restrict__ t110, float *__restrict__ t113) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_add(const float *__restrict__ t109, const float *__restrict__ t110, float *__restrict__ t113) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v109 = t109[i];
     float v110 = t110[i];
@@ -1655,9 +1661,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__res
 // GEMM (cuBLASLt, fp32): t118[64 x 64] = (t114)^T * t117, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k67_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k62_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1676,8 +1682,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum(const float *__res
   }
 }
 
-// zoo_k67_sum_fin: adds the 132 partials of zoo_k67_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k62_sum_fin: adds the 132 partials of zoo_k62_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1685,42 +1691,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k68_split_heads: split heads, 4194304 elements
+// zoo_k63_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_69: node 88
+// zoo_softmax_attn_bwd_q_64: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_69(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_64(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_70: node 88
+// zoo_softmax_attn_bwd_kv_65: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_70(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_65(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k71_merge_heads: merge heads, 4194304 elements
+// zoo_k66_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k72_slice: slice, 8388608 elements
+// zoo_k67_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k73_muls: 1 elementwise op over 8388608 elements
+// zoo_k68_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_muls(const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_muls(const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v125 = t125[i];
     float v126 = v125 * 0.0f;  // muls
@@ -1728,32 +1734,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k73_muls(const float *__re
   }
 }
 
-// zoo_k74_concat: rows of 128 + 64 elements
+// zoo_k69_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k74_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k69_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k75_merge_heads: merge heads, 4194304 elements
+// zoo_k70_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k76_slice: slice, 4194304 elements
+// zoo_k71_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k77_muls: 1 elementwise op over 4194304 elements
+// zoo_k72_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__restrict__ t129, float *__restrict__ t130) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_muls(const float *__restrict__ t129, float *__restrict__ t130) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v129 = t129[i];
     float v130 = v129 * 0.0f;  // muls
@@ -1761,25 +1767,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__re
   }
 }
 
-// zoo_k78_concat: rows of 64 + 64 elements
+// zoo_k73_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k79_slice: slice, 4194304 elements
+// zoo_k74_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k80_muls: 1 elementwise op over 4194304 elements
+// zoo_k75_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_muls(const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_muls(const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v132 = t132[i];
     float v133 = v132 * 0.0f;  // muls
@@ -1787,32 +1793,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_muls(const float *__re
   }
 }
 
-// zoo_k81_concat: rows of 128 + 64 elements
+// zoo_k76_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k82_merge_heads: merge heads, 4194304 elements
+// zoo_k77_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k83_slice: slice, 8388608 elements
+// zoo_k78_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k84_muls: 1 elementwise op over 8388608 elements
+// zoo_k79_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_muls(const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v137 = t137[i];
     float v138 = v137 * 0.0f;  // muls
@@ -1820,19 +1826,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__re
   }
 }
 
-// zoo_k85_concat: rows of 64 + 128 elements
+// zoo_k80_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k86_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k81_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_add_add(const float *__restrict__ t127, const float *__restrict__ t134, const float *__restrict__ t139, float *__restrict__ t140) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_add_add(const float *__restrict__ t127, const float *__restrict__ t134, const float *__restrict__ t139, float *__restrict__ t140) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v127 = t127[i];
     float v134 = t134[i];
@@ -1855,9 +1861,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k86_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t145[192 x 64] = (t141)^T * t144, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k87_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k82_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1876,8 +1882,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum(const float *__res
   }
 }
 
-// zoo_k87_sum_fin: adds the 44 partials of zoo_k87_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k82_sum_fin: adds the 44 partials of zoo_k82_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1885,22 +1891,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k87_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_88: node 112
+// zoo_layernorm_bwd_rows_83: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_88(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_83(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_89: node 112
+// zoo_sum_partials_84: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_89(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_84(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k90_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k85_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_dropout(const float *__restrict__ t113, const float *__restrict__ t147, float *__restrict__ t151, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k85_add_dropout(const float *__restrict__ t113, const float *__restrict__ t147, float *__restrict__ t151, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v113 = t113[i];
     float v147 = t147[i];
@@ -1910,9 +1916,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_dropout(const floa
   }
 }
 
-// zoo_k91_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k86_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1931,8 +1937,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to(const float 
   }
 }
 
-// zoo_k91_reduce_to_fin: adds the 2 partials of zoo_k91_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k86_reduce_to_fin: adds the 2 partials of zoo_k86_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1940,21 +1946,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_92: node 116
+// zoo_embedding_bwd_87: node 116
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_92(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_87(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_93: node 117
+// zoo_embedding_bwd_88: node 117
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_93(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_88(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k94_add: 1 elementwise op over 524288 elements
+// zoo_k89_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_add(const float *__restrict__ t65, const float *__restrict__ t154, float *__restrict__ t155) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k89_add(const float *__restrict__ t65, const float *__restrict__ t154, float *__restrict__ t155) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
     float v154 = t154[i];
@@ -1965,97 +1971,96 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k94_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_95: node 0
+// zoo_embedding_fwd_90: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_95(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_90(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k96_arange: 0 .. 127
+// zoo_k91_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k96_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_97: node 2
+// zoo_embedding_fwd_92: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_97(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_92(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k98_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_93: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k98_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_93(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v21 = t21[i];
     float v23 = t23[i % 8192];
     float v24 = v21 + v23;  // add
     float v25 = v24;  // dropout
     t25[i] = v25;
-  }
-}
-
-// zoo_layernorm_fwd_99: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_99(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k100_slice: slice, 4194304 elements
+// zoo_k94_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k100_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k94_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k101_split_heads: split heads, 4194304 elements
+// zoo_k95_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k101_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k95_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k102_slice: slice, 4194304 elements
+// zoo_k96_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k102_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k96_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k103_split_heads: split heads, 4194304 elements
+// zoo_k97_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k103_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k97_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k104_slice: slice, 4194304 elements
+// zoo_k98_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k98_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k105_split_heads: split heads, 4194304 elements
+// zoo_k99_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k105_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k99_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_106: node 13
+// zoo_softmax_attn_fwd_100: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_106(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_100(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k107_merge_heads: merge heads, 4194304 elements
+// zoo_k101_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k107_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k101_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2063,94 +2068,92 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k107_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k108_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_102: node 17
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k108_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_102(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v25 = t25[i];
     float v37 = v36 + v25;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_109: node 17
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_109(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k110_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_103: node 19
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k110_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_103(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v38 = t38[i];
     float v37 = t37[i];
     float v39 = v38 + v37;  // add
     t39[i] = v39;
-  }
-}
-
-// zoo_layernorm_fwd_111: node 19
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_111(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v39;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k112_slice: slice, 4194304 elements
+// zoo_k104_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k112_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k113_split_heads: split heads, 4194304 elements
+// zoo_k105_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k113_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k105_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k114_slice: slice, 4194304 elements
+// zoo_k106_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k114_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k106_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k115_split_heads: split heads, 4194304 elements
+// zoo_k107_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k115_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k107_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k116_slice: slice, 4194304 elements
+// zoo_k108_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k116_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k117_split_heads: split heads, 4194304 elements
+// zoo_k109_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k117_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_118: node 27
+// zoo_softmax_attn_fwd_110: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_118(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_110(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k119_merge_heads: merge heads, 4194304 elements
+// zoo_k111_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k119_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2158,64 +2161,61 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k119_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k120_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_112: node 31
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k120_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_112(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v50 = t50[i];
     float v39 = t39[i];
     float v51 = v50 + v39;  // add
     t51[i] = v51;
-  }
-}
-
-// zoo_layernorm_fwd_121: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_121(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v51;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k122_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_113: node 33
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k122_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_113(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v52 = t52[i];
     float v51 = t51[i];
     float v53 = v52 + v51;  // add
-    t53[i] = v53;
-  }
-}
-
-// zoo_layernorm_fwd_123: node 33
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_123(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v53;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t55[65536 x 8192] = t54 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_124: node 35
+// zoo_ce_rows_114: node 35
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_124(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_114(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_ce_finish_125: node 35
+// zoo_ce_finish_115: node 35
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_125(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_115(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_126: node 36
+// zoo_acc_rows_116: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_126(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_116(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_acc_finish_127: node 36
+// zoo_acc_finish_117: node 36
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_127(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_117(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<65536, -100>(hit, targets, out);
 }
 

@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v21 = t21[i];
-    float v23 = t23[i % 8192];
-    float v24 = v21 + v23;  // add
-    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
-    t25[i] = v25;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,11 +452,26 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t25:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v21 = t21[i];
+    float v23 = t23[i % 8192];
+    float v24 = v21 + v23;  // add
+    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
+    t25[i] = v25;
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
+
+// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/causal_conv1d.cu ----
 /* causal_conv1d.cu: depthwise causal convolution and its backward (ops.def).
@@ -466,6 +479,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
  * Shapes: x, y, dy, dx [B, T, C]; w, dw [C, 1, K]; b, db [C]. N = B T rows.
  * Constants: T, C, K, HAS_B, P.
  *   y[b, t, c] = b[c] + sum_j w[c, j] x[b, t - K + 1 + j, c], zeros before t = 0.
+ *
+ * zk_conv1d_at<T, C, K, HAS_B>(x, w, b, e): output element e (= row C + c),
+ *   computed where it is needed: by zk_conv1d_fwd, and inline by the kernel of
+ *   an elementwise group that consumes the convolution (compiler/fuse.c, the
+ *   op's ZOO_OPF_INLINE), which reads x at t - K + 1 .. t itself.
  *
  * zk_conv1d_fwd<T, C, K, HAS_B>: one thread per output element, 256-thread
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
@@ -485,12 +503,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
 #define ZK_CAUSAL_CONV1D_CU
 
 template <int T, int C, int K, bool HAS_B>
-__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+__device__ __forceinline__ float zk_conv1d_at(const float *__restrict__ x,
                                               const float *__restrict__ w,
-                                              const float *__restrict__ bias,
-                                              float *__restrict__ y, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * C) return;
+                                              const float *__restrict__ bias, zk_i64 e) {
   zk_i64 row = e / C;
   int c = (int)(e - row * C);
   int t = (int)(row % T);
@@ -500,7 +515,17 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
     int s = t - K + 1 + j;
     if (s >= 0) acc += w[c * K + j] * x[e + (zk_i64)(j - K + 1) * C];
   }
-  y[e] = acc;
+  return acc;
+}
+
+template <int T, int C, int K, bool HAS_B>
+__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+                                              const float *__restrict__ w,
+                                              const float *__restrict__ bias,
+                                              float *__restrict__ y, zk_i64 N) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * C) return;
+  y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
 template <int T, int C, int K, int P>
@@ -565,61 +590,52 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 
 #endif /* ZK_CAUSAL_CONV1D_CU */
 
-// zoo_conv1d_fwd_5: node 6
+// zoo_layernorm_fused_4: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_5(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
-}
-
-// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
-
-// zoo_k6_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t27, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
+    t27[i] = v27;
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_7: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k8_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_5: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_9: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_9(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k10_split_heads: split heads, 12582912 elements
+// zoo_k6_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -627,9 +643,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k11_split_heads: split heads, 12582912 elements
+// zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -637,9 +653,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k12_split_heads: split heads, 3932160 elements
+// zoo_k8_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -971,15 +987,15 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_13: node 20
+// zoo_poly_attn_fwd_9: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_13(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k14_merge_heads: merge heads, 3932160 elements
+// zoo_k10_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k14_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -987,37 +1003,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k14_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k15_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_11: node 24
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v43 = t43[i];
     float v33 = t33[i];
     float v44 = v43 + v33;  // add
     t44[i] = v44;
-  }
-}
-
-// zoo_layernorm_fwd_16: node 24
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_16(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v44;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k17_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_12: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v45 = t45[i];
     float v44 = t44[i];
     float v46 = v45 + v44;  // add
     t46[i] = v46;
-  }
-}
-
-// zoo_layernorm_fwd_18: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v46;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1220,39 +1234,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_19: node 28
+// zoo_ce_rows_13: node 28
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_13(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_ce_finish_20: node 28
+// zoo_ce_finish_14: node 28
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_20(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_14(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_21: node 29
+// zoo_acc_rows_15: node 29
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_15(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_acc_finish_22: node 29
+// zoo_acc_finish_16: node 29
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_22(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_16(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_23: node 30
+// zoo_ce_count_17: node 30
 //   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_23(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_17(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<65536, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_24: node 30
+// zoo_ce_bwd_rows_18: node 30
 //   cross_entropy_bwd -> f32[B, T, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_18(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 65536);
 }
 
@@ -1268,33 +1282,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float
 // GEMM (cuBLASLt, fp32): t58[8192 x 64] = (t54)^T * t57, batch 1, k = 65536
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_25: node 36
+// zoo_layernorm_bwd_rows_19: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_26: node 36
+// zoo_sum_partials_20: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_20(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_27: node 37
+// zoo_layernorm_bwd_rows_21: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_28: node 37
+// zoo_sum_partials_22: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k29_add: 1 elementwise op over 4194304 elements
+// zoo_k23_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__restrict__ t59, const float *__restrict__ t62, float *__restrict__ t65) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__restrict__ t59, const float *__restrict__ t62, float *__restrict__ t65) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v59 = t59[i];
     float v62 = t62[i];
@@ -1315,28 +1329,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__res
 // GEMM (cuBLASLt, fp32): t70[64 x 60] = (t66)^T * t69, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k30_split_heads: split heads, 3932160 elements
+// zoo_k24_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_31: node 45
+// zoo_poly_attn_bwd_q_25: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_32: node 45
+// zoo_poly_attn_bwd_kv_26: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_32(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_26(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k33_merge_heads: merge heads, 3932160 elements
+// zoo_k27_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1353,9 +1367,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t80[60 x 64] = (t76)^T * t79, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k34_merge_heads: merge heads, 12582912 elements
+// zoo_k28_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1372,9 +1386,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t86[192 x 64] = (t82)^T * t85, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k35_merge_heads: merge heads, 12582912 elements
+// zoo_k29_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1386,10 +1400,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const floa
 
 // t91 is t90 reshaped (same memory, no kernel)
 
-// zoo_k36_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k30_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *__restrict__ t78, const float *__restrict__ t84, const float *__restrict__ t91, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_add(const float *__restrict__ t78, const float *__restrict__ t84, const float *__restrict__ t91, float *__restrict__ t94) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v78 = t78[i];
     float v84 = t84[i];
@@ -1405,21 +1419,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t93[192 x 64] = (t89)^T * t92, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_37: node 66
+// zoo_layernorm_bwd_rows_31: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 66
+// zoo_sum_partials_32: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k39_add: 1 elementwise op over 4194304 elements
+// zoo_k33_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t65, const float *__restrict__ t95, float *__restrict__ t98) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__restrict__ t65, const float *__restrict__ t95, float *__restrict__ t98) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v65 = t65[i];
     float v95 = t95[i];
@@ -1428,23 +1442,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_40: node 68
+// zoo_layernorm_bwd_rows_34: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 68
+// zoo_sum_partials_35: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k36_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_mul_mul(const float *__restrict__ t98, const float *__restrict__ t99, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ t104) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_mul_mul(const float *__restrict__ t98, const float *__restrict__ t99, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ t104) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v98 = t98[i];
     float v99 = t99[i];
@@ -1471,9 +1485,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t109[64 x 64] = (t105)^T * t108, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k37_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1492,8 +1506,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__res
   }
 }
 
-// zoo_k43_sum_fin: adds the 132 partials of zoo_k43_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k37_sum_fin: adds the 132 partials of zoo_k37_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1501,22 +1515,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_44: node 79
+// zoo_conv1d_bwd_rows_38: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_45: node 79
+// zoo_sum_partials_39: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k46_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *__restrict__ t102, const float *__restrict__ t107, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t102, const float *__restrict__ t107, const float *__restrict__ t112, float *__restrict__ t115) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v102 = t102[i];
     float v107 = t107[i];
@@ -1527,22 +1541,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_47: node 81
+// zoo_layernorm_bwd_rows_41: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_48: node 81
+// zoo_sum_partials_42: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k49_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k43_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_dropout(const float *__restrict__ t102, const float *__restrict__ t116, float *__restrict__ t120, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_dropout(const float *__restrict__ t102, const float *__restrict__ t116, float *__restrict__ t120, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v102 = t102[i];
     float v116 = t116[i];
@@ -1552,9 +1566,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_dropout(const floa
   }
 }
 
-// zoo_k50_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k44_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1573,8 +1587,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float 
   }
 }
 
-// zoo_k50_reduce_to_fin: adds the 2 partials of zoo_k50_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_reduce_to_fin: adds the 2 partials of zoo_k44_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1582,21 +1596,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_51: node 85
+// zoo_embedding_bwd_45: node 85
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_52: node 86
+// zoo_embedding_bwd_46: node 86
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k53_add: 1 elementwise op over 524288 elements
+// zoo_k47_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__restrict__ t58, const float *__restrict__ t123, float *__restrict__ t124) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add(const float *__restrict__ t58, const float *__restrict__ t123, float *__restrict__ t124) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v58 = t58[i];
     float v123 = t123[i];
@@ -1607,98 +1621,90 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_54: node 0
+// zoo_embedding_fwd_48: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_48(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k55_arange: 0 .. 127
+// zoo_k49_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_56: node 2
+// zoo_embedding_fwd_50: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_50(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k57_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_51: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v21 = t21[i];
     float v23 = t23[i % 8192];
     float v24 = v21 + v23;  // add
     float v25 = v24;  // dropout
     t25[i] = v25;
-  }
-}
-
-// zoo_layernorm_fwd_58: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_58(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_conv1d_fwd_59: node 6
-//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_59(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k60_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_52: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
+//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_61: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k62_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_53: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_63: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k64_split_heads: split heads, 12582912 elements
+// zoo_k54_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1706,9 +1712,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_split_heads: split heads, 12582912 elements
+// zoo_k55_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1716,22 +1722,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k66_split_heads: split heads, 3932160 elements
+// zoo_k56_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_67: node 20
+// zoo_poly_attn_fwd_57: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_67(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_57(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k68_merge_heads: merge heads, 3932160 elements
+// zoo_k58_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1739,64 +1745,61 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k69_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_59: node 24
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v43 = t43[i];
     float v33 = t33[i];
     float v44 = v43 + v33;  // add
     t44[i] = v44;
-  }
-}
-
-// zoo_layernorm_fwd_70: node 24
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_70(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v44;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k71_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_60: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v45 = t45[i];
     float v44 = t44[i];
     float v46 = v45 + v44;  // add
-    t46[i] = v46;
-  }
-}
-
-// zoo_layernorm_fwd_72: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_72(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v46;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t48[65536 x 8192] = t47 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_73: node 28
+// zoo_ce_rows_61: node 28
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_61(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 65536);
 }
 
-// zoo_ce_finish_74: node 28
+// zoo_ce_finish_62: node 28
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_74(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_62(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<65536, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_75: node 29
+// zoo_acc_rows_63: node 29
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_63(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 65536);
 }
 
-// zoo_acc_finish_76: node 29
+// zoo_acc_finish_64: node 29
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_76(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_64(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<65536, -100>(hit, targets, out);
 }
 
