@@ -1,7 +1,9 @@
 /* codegen_cuda.c: CUDA C for the generic ops, and the driver over a fused graph.
  *
  * Emitted here: every elementwise op (fused groups: one kernel per group, the
- * values of a group in registers, each op a C expression from ew_exprs[]),
+ * values of a group in registers, each op a C expression from ew_exprs[]; an
+ * inline stencil of the group through its inline form, and a group that is a
+ * row op's prologue as a lambda handed to that op's kernel: fuse.h),
  * dropout (the counter RNG of runtime/rng.h, pasted into the module), sum, mean
  * and reduce_to (a two-stage column/row reduction), the movement ops (reshape is
  * an alias, the rest one gather kernel each), linear and matmul (GEMM steps for
