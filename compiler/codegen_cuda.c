@@ -1,7 +1,9 @@
 /* codegen_cuda.c: CUDA C for the generic ops, and the driver over a fused graph.
  *
  * Emitted here: every elementwise op (fused groups: one kernel per group, the
- * values of a group in registers, each op a C expression from ew_exprs[]),
+ * values of a group in registers, each op a C expression from ew_exprs[]; an
+ * inline stencil of the group through its inline form, and a group that is a
+ * row op's prologue as a lambda handed to that op's kernel: fuse.h),
  * dropout (the counter RNG of runtime/rng.h, pasted into the module), sum, mean
  * and reduce_to (a two-stage column/row reduction), the movement ops (reshape is
  * an alias, the rest one gather kernel each), linear and matmul (GEMM steps for
@@ -331,11 +333,20 @@ static int must_store(const zoo_cuda_emit *e, int t, const int *nodes, int lo, i
   return 0;
 }
 
+static int emitters_call(zoo_cuda_emit *e, const zoo_node *n);
+
 typedef struct ew_io {
   int inputs[ZOO_MAX_ARGS * 2], ninputs;
+  unsigned char load[ZOO_MAX_ARGS * 2]; /* per input: read at the element (an elementwise
+                                           member reads it), else only through its
+                                           pointer (an inline stencil reads it) */
   int outputs[ZOO_MAX_ARGS * 2], noutputs;
   int random; /* needs the seed */
 } ew_io;
+
+static int is_inline(const zoo_graph *g, int node) {
+  return (zoo_ops[g->nodes[node].op].flags & ZOO_OPF_INLINE) != 0;
+}
 
 /* The kernel arguments of members nodes[lo, hi): tensors read from outside,
  * tensors stored, the seed. */
@@ -344,13 +355,19 @@ static void ew_collect(const zoo_cuda_emit *e, const int *nodes, int lo, int hi,
   memset(io, 0, sizeof *io);
   for (int k = lo; k < hi; k++) {
     const zoo_node *n = &e->g->nodes[nodes[k]];
+    int loads = !is_inline(e->g, nodes[k]);
     if (n->op == ZOO_OP_DROPOUT && n->attrs.f[0] != 0.0) io->random = 1;
     for (int j = 0; j < n->nin; j++) {
       int t = n->in[j];
       if (made_in(e, t, nodes, lo, hi)) continue;
-      int dup = 0;
-      for (int q = 0; q < io->ninputs; q++) dup |= io->inputs[q] == t;
-      if (!dup && io->ninputs < ZOO_MAX_ARGS * 2) io->inputs[io->ninputs++] = t;
+      int at = -1;
+      for (int q = 0; q < io->ninputs; q++)
+        if (io->inputs[q] == t) at = q;
+      if (at < 0 && io->ninputs < ZOO_MAX_ARGS * 2) {
+        at = io->ninputs++;
+        io->inputs[at] = t;
+      }
+      if (at >= 0 && loads) io->load[at] = 1;
     }
     if (must_store(e, n->out[0], nodes, lo, hi, count) && io->noutputs < ZOO_MAX_ARGS * 2)
       io->outputs[io->noutputs++] = n->out[0];
@@ -359,47 +376,51 @@ static void ew_collect(const zoo_cuda_emit *e, const int *nodes, int lo, int hi,
 
 static int ew_nargs(const ew_io *io) { return io->ninputs + io->noutputs + io->random; }
 
-/* One kernel for members nodes[lo, hi) of an elementwise group (all with the
- * output shape of the first). */
-static int emit_ew_chunk(zoo_cuda_emit *e, const int *nodes, int lo, int hi, int count) {
+/* Inline forms of the ZOO_OPF_INLINE ops (codegen_intrinsics.c). */
+typedef int (*zoo_cuda_inline_emitter)(zoo_cuda_emit *e, const zoo_node *n, char *expr, size_t len);
+static const zoo_cuda_inline_emitter inline_emitters[ZOO_OP_COUNT] = {
+    [ZOO_OP_CAUSAL_CONV1D] = zoo_cuda_inline_causal_conv1d,
+};
+
+/* Row ops that take a prologue (ZOO_OPF_PROLOGUE; codegen_intrinsics.c). */
+typedef int (*zoo_cuda_prologue_emitter)(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
+static const zoo_cuda_prologue_emitter prologue_emitters[ZOO_OP_COUNT] = {
+    [ZOO_OP_LAYERNORM] = zoo_cuda_layernorm_prologue,
+};
+
+int zoo_cuda_op_fusion(zoo_op op) {
+  return (inline_emitters[op] ? ZOO_OPF_INLINE : 0) | (prologue_emitters[op] ? ZOO_OPF_PROLOGUE : 0);
+}
+
+/* The statements that compute members nodes[lo, hi) at the flat index `i` (of
+ * the output dims od[0..ond)), into b, each line indented by ind: the loads of
+ * io's inputs, one line per member (an inline stencil through its emitter,
+ * which may paste its kernel file into the module first), the stores. */
+static int ew_body(zoo_cuda_emit *e, zoo_strbuf *b, const int *nodes, int lo, int hi,
+                   const ew_io *io, const int64_t *od, int ond, const char *ind) {
   const zoo_graph *g = e->g;
-  ew_io io;
-  ew_collect(e, nodes, lo, hi, count, &io);
-  int first = nodes[lo];
-  int64_t od[ZOO_MAX_DIMS];
-  int ond = dims_of(e, g->nodes[first].out[0], od);
-  int64_t N = zoo_cuda_numel(e, g->nodes[first].out[0]);
-
-  char kname[96];
-  int len = snprintf(kname, sizeof kname, "zoo_k%d", e->uid++);
-  for (int k = lo; k < hi && k < lo + 3; k++)
-    len += snprintf(kname + len, sizeof kname - (size_t)len, "_%s", zoo_ops[g->nodes[nodes[k]].op].name);
-  if (hi - lo > 3) snprintf(kname + len, sizeof kname - (size_t)len, "_etc");
-
-  zoo_strbuf *b = &e->src;
-  zoo_strbuf_printf(b, "\n// %s: %d elementwise op%s over %lld elements\n", kname, hi - lo,
-                    hi - lo == 1 ? "" : "s", (long long)N);
-  for (int k = lo; k < hi; k++) zoo_cuda_comment_node(e, nodes[k]);
-  zoo_strbuf_printf(b, "extern \"C\" __global__ void __launch_bounds__(256) %s(", kname);
-  for (int q = 0; q < io.ninputs; q++)
-    zoo_strbuf_printf(b, "%sconst float *__restrict__ t%d", q ? ", " : "", io.inputs[q]);
-  for (int q = 0; q < io.noutputs; q++)
-    zoo_strbuf_printf(b, "%sfloat *__restrict__ t%d", io.ninputs + q ? ", " : "", io.outputs[q]);
-  if (io.random) zoo_strbuf_printf(b, "%sunsigned long long seed", ew_nargs(&io) > 1 ? ", " : "");
-  const char *ity = index_type(N);
-  zoo_strbuf_printf(b, ") {\n  for (%s i = blockIdx.x * 256 + threadIdx.x; i < %lld; i += gridDim.x * 256) {\n",
-                    ity, (long long)N);
-  for (int q = 0; q < io.ninputs; q++) {
+  for (int q = 0; q < io->ninputs; q++) {
+    if (!io->load[q]) continue;
     char idx[512];
-    broadcast_index(e, io.inputs[q], od, ond, "i", idx, sizeof idx);
-    zoo_strbuf_printf(b, "    float v%d = t%d[%s];\n", io.inputs[q], io.inputs[q], idx);
+    broadcast_index(e, io->inputs[q], od, ond, "i", idx, sizeof idx);
+    zoo_strbuf_printf(b, "%sfloat v%d = t%d[%s];\n", ind, io->inputs[q], io->inputs[q], idx);
   }
   for (int k = lo; k < hi; k++) {
     const zoo_node *n = &g->nodes[nodes[k]];
     char names[3][24], f0[64];
     for (int j = 0; j < n->nin && j < 3; j++) snprintf(names[j], sizeof names[j], "v%d", n->in[j]);
     float_lit(f0, sizeof f0, n->attrs.f[0]);
-    zoo_strbuf_printf(b, "    float v%d = ", n->out[0]);
+    if (is_inline(g, nodes[k])) {
+      char expr[512];
+      if (!inline_emitters[n->op]) return emit_fail(e, "no inline form for op %s", zoo_ops[n->op].name);
+      for (int j = 0; j < n->nin; j++)
+        if (made_in(e, n->in[j], nodes, lo, hi))
+          return emit_fail(e, "%s reads t%d, made in its own kernel", zoo_ops[n->op].name, n->in[j]);
+      if (inline_emitters[n->op](e, n, expr, sizeof expr) != 0) return -1;
+      zoo_strbuf_printf(b, "%sfloat v%d = %s;  // %s, inline\n", ind, n->out[0], expr, zoo_ops[n->op].name);
+      continue;
+    }
+    zoo_strbuf_printf(b, "%sfloat v%d = ", ind, n->out[0]);
     if (n->op == ZOO_OP_DROPOUT) {
       double p = n->attrs.f[0];
       if (p == 0.0) {
@@ -418,17 +439,69 @@ static int emit_ew_chunk(zoo_cuda_emit *e, const int *nodes, int lo, int hi, int
     }
     zoo_strbuf_printf(b, "  // %s\n", zoo_ops[n->op].name);
   }
-  for (int q = 0; q < io.noutputs; q++)
-    zoo_strbuf_printf(b, "    t%d[i] = v%d;\n", io.outputs[q], io.outputs[q]);
-  zoo_strbuf_puts(b, "  }\n}\n");
+  for (int q = 0; q < io->noutputs; q++)
+    zoo_strbuf_printf(b, "%st%d[i] = v%d;\n", ind, io->outputs[q], io->outputs[q]);
+  return 0;
+}
 
+/* The kernel parameters of io ("const float *__restrict__ t3, float
+ * *__restrict__ t9, unsigned long long seed") into b, and their launch
+ * arguments appended to args. */
+static void ew_params(zoo_strbuf *b, const ew_io *io, zoo_arg *args, int *nargs) {
+  for (int q = 0; q < io->ninputs; q++) {
+    zoo_strbuf_printf(b, "%sconst float *__restrict__ t%d", q ? ", " : "", io->inputs[q]);
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->inputs[q], 0, 0};
+  }
+  for (int q = 0; q < io->noutputs; q++) {
+    zoo_strbuf_printf(b, "%sfloat *__restrict__ t%d", io->ninputs + q ? ", " : "", io->outputs[q]);
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->outputs[q], 0, 0};
+  }
+  if (io->random) {
+    zoo_strbuf_printf(b, "%sunsigned long long seed", ew_nargs(io) > 1 ? ", " : "");
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_SEED, -1, 0, 0};
+  }
+}
+
+/* One kernel for members nodes[lo, hi) of an elementwise group (all with the
+ * output shape of the first). */
+static int emit_ew_chunk(zoo_cuda_emit *e, const int *nodes, int lo, int hi, int count) {
+  const zoo_graph *g = e->g;
+  ew_io io;
+  ew_collect(e, nodes, lo, hi, count, &io);
+  int first = nodes[lo];
+  int64_t od[ZOO_MAX_DIMS];
+  int ond = dims_of(e, g->nodes[first].out[0], od);
+  int64_t N = zoo_cuda_numel(e, g->nodes[first].out[0]);
+
+  /* the body first: an inline member may paste its kernel file into the module */
+  zoo_strbuf body = {0};
+  if (ew_body(e, &body, nodes, lo, hi, &io, od, ond, "    ") != 0) {
+    zoo_strbuf_free(&body);
+    return -1;
+  }
+
+  char kname[96];
+  int len = snprintf(kname, sizeof kname, "zoo_k%d", e->uid++);
+  for (int k = lo; k < hi && k < lo + 3; k++)
+    len += snprintf(kname + len, sizeof kname - (size_t)len, "_%s", zoo_ops[g->nodes[nodes[k]].op].name);
+  if (hi - lo > 3) snprintf(kname + len, sizeof kname - (size_t)len, "_etc");
+
+  zoo_strbuf *b = &e->src;
+  zoo_strbuf_printf(b, "\n// %s: %d elementwise op%s over %lld elements\n", kname, hi - lo,
+                    hi - lo == 1 ? "" : "s", (long long)N);
+  for (int k = lo; k < hi; k++) zoo_cuda_comment_node(e, nodes[k]);
+  zoo_strbuf_printf(b, "extern \"C\" __global__ void __launch_bounds__(256) %s(", kname);
   zoo_step *s = zoo_cuda_step(e, ZOO_STEP_KERNEL, first);
-  s->func = NULL; /* set below from the name */
+  ew_params(b, &io, s->args, &s->nargs);
+  const char *ity = index_type(N);
+  zoo_strbuf_printf(b, ") {\n  for (%s i = blockIdx.x * 256 + threadIdx.x; i < %lld; i += gridDim.x * 256) {\n",
+                    ity, (long long)N);
+  zoo_strbuf_puts(b, body.s ? body.s : "");
+  zoo_strbuf_puts(b, "  }\n}\n");
+  zoo_strbuf_free(&body);
+
   s->grid[0] = grid_for(N), s->grid[1] = s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  for (int q = 0; q < io.ninputs; q++) s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, io.inputs[q], 0, 0};
-  for (int q = 0; q < io.noutputs; q++) s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, io.outputs[q], 0, 0};
-  if (io.random) s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SEED, -1, 0, 0};
   s->func = zoo_cuda_strdup(e, kname);
   return 0;
 }
@@ -453,6 +526,49 @@ static int emit_elementwise(zoo_cuda_emit *e, const int *nodes, int count) {
     lo = hi;
   }
   return 0;
+}
+
+/* A group of pointwise members (nodes, count of them) and one row op `row`
+ * whose input 0 they make: the row op's kernel with the members as its
+ * prologue, computed at each element of each row (a lambda the row kernel
+ * calls instead of loading input 0), storing what other groups read. When the
+ * arguments would not fit one kernel, the members are one kernel (input 0
+ * stored) and the row op another, as without the rewrite. */
+static int emit_prologue_group(zoo_cuda_emit *e, const int *nodes, int count, int row) {
+  const zoo_graph *g = e->g;
+  const zoo_node *rn = &g->nodes[row];
+  int x = rn->in[0];
+  if (!prologue_emitters[rn->op]) return emit_fail(e, "op %s takes no prologue", zoo_ops[rn->op].name);
+  if (!made_in(e, x, nodes, 0, count))
+    return emit_fail(e, "the prologue of %s (node %d) does not make its input", zoo_ops[rn->op].name, row);
+  ew_io io;
+  ew_collect(e, nodes, 0, count, count, &io);
+  /* the row op's own arguments: its other inputs and its outputs */
+  if (ew_nargs(&io) + rn->nin - 1 + rn->nout > ZOO_MAX_ARGS) {
+    e->stored[x] = 1;
+    if (emit_elementwise(e, nodes, count) != 0) return -1;
+    return emitters_call(e, rn);
+  }
+  int64_t od[ZOO_MAX_DIMS];
+  int ond = dims_of(e, x, od);
+  const char *ity = index_type(zoo_cuda_numel(e, x));
+  zoo_strbuf body = {0}, params = {0};
+  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n", ity, ity);
+  if (ew_body(e, &body, nodes, 0, count, &io, od, ond, "    ") != 0) {
+    zoo_strbuf_free(&body);
+    return -1;
+  }
+  zoo_strbuf_printf(&body, "    return v%d;\n", x);
+  zoo_cuda_prologue p = {0};
+  ew_params(&params, &io, p.args, &p.nargs);
+  p.params = params.s ? params.s : "";
+  p.body = body.s;
+  p.nodes = nodes;
+  p.count = count;
+  int status = prologue_emitters[rn->op](e, rn, &p);
+  zoo_strbuf_free(&body);
+  zoo_strbuf_free(&params);
+  return status;
 }
 
 /* The per-op entry points of the elementwise ops: a group of one. */
@@ -921,6 +1037,28 @@ static const zoo_cuda_emitter emitters[ZOO_OP_COUNT] = {
 #undef X
 };
 
+static int emitters_call(zoo_cuda_emit *e, const zoo_node *n) { return emitters[n->op](e, n); }
+
+/* A group of several nodes (fuse.h): pointwise members (elementwise and inline
+ * stencils), and at most one row op that takes them as its prologue. */
+static int emit_group(zoo_cuda_emit *e, int *members, int count) {
+  const zoo_graph *g = e->g;
+  int row = -1, npoint = 0;
+  for (int k = 0; k < count; k++) {
+    int m = members[k];
+    if (zoo_ops[g->nodes[m].op].cls == ZOO_CLASS_ELEMENTWISE || is_inline(g, m)) {
+      members[npoint++] = m; /* in place: the pointwise members keep their order */
+    } else if (row < 0 && (zoo_ops[g->nodes[m].op].flags & ZOO_OPF_PROLOGUE)) {
+      row = m;
+    } else {
+      return emit_fail(e, "group %d holds %s (node %d), which does not fuse", members[0],
+                       zoo_ops[g->nodes[m].op].name, m);
+    }
+  }
+  if (row < 0) return emit_elementwise(e, members, npoint);
+  return emit_prologue_group(e, members, npoint, row);
+}
+
 /* The module's first lines: what it is, the RNG, small helpers. */
 static void emit_prelude(zoo_cuda_emit *e) {
   const zoo_graph *g = e->g;
@@ -1019,11 +1157,8 @@ int zoo_cuda_emit_graph(zoo_cuda_emit *e, const zoo_graph *g, const int64_t *sym
     for (int i = head[gid]; i >= 0; i = next[i]) members[count++] = i;
     if (g->nforward > 0 && members[0] >= g->nforward && nfwd < 0) nfwd = e->nsteps - first_step;
     const zoo_node *n = &g->nodes[members[0]];
-    if (zoo_ops[n->op].cls == ZOO_CLASS_ELEMENTWISE) {
-      status = emit_elementwise(e, members, count);
-    } else if (count != 1) {
-      status = emit_fail(e, "group %d of %d %s nodes: only elementwise nodes fuse", gid, count,
-                         zoo_ops[n->op].name);
+    if (zoo_ops[n->op].cls == ZOO_CLASS_ELEMENTWISE || count > 1) {
+      status = emit_group(e, members, count);
     } else {
       char saved[sizeof e->err];
       status = emitters[n->op](e, n);

@@ -140,6 +140,37 @@ typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_for
 int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
                        zoo_poly_form *form, char *err, size_t errlen);
 
+/* Fused groups beyond elementwise chains (fuse.h).
+ *
+ * A row op with ZOO_OPF_PROLOGUE gets its input 0 from a prologue: the kernel
+ * parameters of the group's tensors (what it reads, what it stores for other
+ * groups, the seed), the statements that compute input 0 at the flat index
+ * i_ (a long long) and return it, to be the body of a lambda
+ * `[&](long long i_) -> float { body }` that the row kernel calls once per
+ * element instead of loading input 0, and the launch arguments in the order
+ * of params. zoo_cuda_<op>_prologue emits the op's kernel with it (NULL: input
+ * 0 read from memory, as zoo_cuda_<op>). */
+typedef struct zoo_cuda_prologue {
+  const char *params;      /* "const float *__restrict__ t3, float *__restrict__ t9"; may be "" */
+  const char *body;
+  zoo_arg args[ZOO_MAX_ARGS];
+  int nargs;
+  const int *nodes;        /* the prologue's nodes, for the kernel's header comment */
+  int count;
+} zoo_cuda_prologue;
+
+int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
+
+/* An op with ZOO_OPF_INLINE computed inside an elementwise group's kernel:
+ * zoo_cuda_inline_<op> writes to expr the C expression of node n's output
+ * element at the flat index `i`, reading each input t through its kernel
+ * parameter t<id> (pasting the kernel file it needs into the module first). */
+int zoo_cuda_inline_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n, char *expr, size_t len);
+
+/* The fusion flags (ZOO_OPF_INLINE, ZOO_OPF_PROLOGUE) whose forms the CUDA
+ * generator has for op: equal to the op's flags in ops.def (a test checks). */
+int zoo_cuda_op_fusion(zoo_op op);
+
 /* Emits the whole graph (after fusion): the module source and every step in
  * node order. Steps of nodes [0, g->nforward) come first; *nforward_steps says
  * how many. Returns 0, or -1 with the reason in e->err. A second call on the

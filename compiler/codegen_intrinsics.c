@@ -682,6 +682,21 @@ int zoo_cuda_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
+/* causal_conv1d inline, in the kernel of the elementwise group that consumes it
+ * (fuse.h): zk_conv1d_at, the very function zk_conv1d_fwd computes each output
+ * with, at the group's flat index i. */
+int zoo_cuda_inline_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n, char *expr, size_t len) {
+  int x = n->in[0], w = n->in[1];
+  int64_t T = dim_of(e, x, 1), C = dim_of(e, x, 2), K = dim_of(e, w, 2);
+  int has_b = n->nin > 2;
+  if (want_int(e, "T", T) || want_int(e, "C", C) || need(e, "causal_conv1d.cu", NULL, NULL)) return -1;
+  char bias[32] = "nullptr";
+  if (has_b) snprintf(bias, sizeof bias, "t%d", n->in[2]);
+  snprintf(expr, len, "zk_conv1d_at<%lld, %lld, %lld, %s>(t%d, t%d, %s, i)", (long long)T, (long long)C,
+           (long long)K, has_b ? "true" : "false", x, w, bias);
+  return 0;
+}
+
 /* Blocks of a rows-then-partials backward: about 64 rows each, at most 512. */
 static int64_t partial_blocks(int64_t rows) {
   int64_t P = cdiv(rows, 64);
@@ -717,28 +732,42 @@ int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * layernorm, rmsnorm: runtime/kernels/layernorm.cu, rmsnorm.cu. One warp per
  * row, 8 rows per block. */
 
-int zoo_cuda_layernorm(zoo_cuda_emit *e, const zoo_node *n) {
+/* layernorm, alone (input 0 from memory through zk_load) or with a prologue
+ * (codegen_cuda.h): the same template, whose loader is then a lambda over the
+ * fused group's values. */
+int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p) {
   int64_t N, C;
   rows_cols(e, n->in[0], &N, &C);
   if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
   int has_w = n->nin > 1, has_b = n->nin > 2;
+  if (p && p->nargs + n->nin - 1 + 1 > ZOO_MAX_ARGS)
+    return fail(e, "layernorm with a prologue needs %d kernel arguments (at most %d)", p->nargs + n->nin, ZOO_MAX_ARGS);
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
-  kernel_name(e, n, "layernorm_fwd", name, sizeof name);
+  kernel_name(e, n, p ? "layernorm_fused" : "layernorm_fwd", name, sizeof name);
+  if (p) {
+    zoo_strbuf_printf(&e->src, "// with the prologue that makes its input t%d:\n", n->in[0]);
+    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
+  }
+  const char *sep = p && p->params[0] ? ", " : "";
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
-                    "%s%sfloat *__restrict__ y) {\n"
-                    "  zk_layernorm_fwd<%lld, %s, %s>(x, %s, %s, y, %lld, %s);\n}\n",
-                    name, has_w ? "const float *__restrict__ w, " : "",
-                    has_b ? "const float *__restrict__ b, " : "", (long long)C,
-                    has_w ? "true" : "false", has_b ? "true" : "false", has_w ? "w" : "nullptr",
-                    has_b ? "b" : "nullptr", (long long)N, eps);
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(%s%s%s%s%sfloat *__restrict__ y) {\n",
+                    name, p ? p->params : "", sep, p ? "" : "const float *__restrict__ x, ",
+                    has_w ? "const float *__restrict__ w, " : "", has_b ? "const float *__restrict__ b, " : "");
+  if (p) zoo_strbuf_printf(&e->src, "  auto x = [&](long long i_) -> float {\n%s  };\n", p->body);
+  zoo_strbuf_printf(&e->src, "  zk_layernorm_fwd<%lld, %s, %s>(%s, %s, %s, y, %lld, %s);\n}\n", (long long)C,
+                    has_w ? "true" : "false", has_b ? "true" : "false", p ? "x" : "zk_load{x}",
+                    has_w ? "w" : "nullptr", has_b ? "b" : "nullptr", (long long)N, eps);
   zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
   if (!s) return -1;
-  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  if (p)
+    for (int k = 0; k < p->nargs; k++) s->args[s->nargs++] = p->args[k];
+  for (int k = p ? 1 : 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   return 0;
 }
+
+int zoo_cuda_layernorm(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_prologue(e, n, NULL); }
 
 int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, C;

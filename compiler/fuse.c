@@ -69,16 +69,127 @@ static int joining_makes_cycle(fuse_state *s, int grp, int i) {
   return 0;
 }
 
-int zoo_fuse(zoo_graph *g, int enable) {
+/* ---------------------------------------------------------------------------
+ * The rewrites after the elementwise pass (fuse.h): stencils inlined into the
+ * elementwise group that consumes them, elementwise groups made the prologue of
+ * the row op they feed. Both merge two groups into one, so both ask the same
+ * question first: would the merged group wait on itself? */
+
+static int is_pointwise(const zoo_graph *g, int node) {
+  return is_elementwise(g, node) || (zoo_ops[g->nodes[node].op].flags & ZOO_OPF_INLINE);
+}
+
+/* Is every member of group grp pointwise (elementwise or inline)? */
+static int group_pointwise(const fuse_state *s, int grp) {
+  for (int m = grp; m >= 0; m = s->next[m])
+    if (!is_pointwise(s->g, m)) return 0;
+  return 1;
+}
+
+/* Does every member of group grp make a value of type t's dims? */
+static int group_dims(const fuse_state *s, int grp, const zoo_type *t) {
+  for (int m = grp; m >= 0; m = s->next[m])
+    if (!same_dims(t, &s->g->tensors[s->g->nodes[m].out[0]].type)) return 0;
+  return 1;
+}
+
+/* Does a member of group grp produce tensor t? */
+static int made_by_group(const fuse_state *s, int grp, int t) {
+  int p = s->g->tensors[t].producer;
+  return p >= 0 && s->g->nodes[p].group == grp;
+}
+
+/* Would merging groups a and b make a cycle? Only through a third group that
+ * depends on one and feeds the other. */
+static int merge_makes_cycle(fuse_state *s, int a, int b) {
+  const zoo_graph *g = s->g;
+  for (int side = 0; side < 2; side++) {
+    int from = side ? b : a, to = side ? a : b;
+    for (int m = from; m >= 0; m = s->next[m]) {
+      const zoo_node *n = &g->nodes[m];
+      for (int k = 0; k < n->nin; k++) {
+        int p = g->tensors[n->in[k]].producer;
+        if (p < 0) continue;
+        int h = g->nodes[p].group;
+        if (h != a && h != b && depends_on(s, h, to)) return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Merges groups a and b; the id of the result is the smaller (its first
+ * node, as fuse.h promises). */
+static void merge_groups(fuse_state *s, int a, int b) {
+  if (b < a) {
+    int t = a;
+    a = b;
+    b = t;
+  }
+  for (int m = b; m >= 0; m = s->next[m]) s->g->nodes[m].group = a;
+  s->next[s->tail[a]] = b;
+  s->tail[a] = s->tail[b];
+}
+
+/* Inline stencils: a node whose op has ZOO_OPF_INLINE (causal_conv1d) joins the
+ * group of its first consumer that is elementwise, when that group is all
+ * pointwise, every member has the stencil's output dims, both lie on the same
+ * side of the forward/backward boundary, the stencil reads nothing the group
+ * makes (it reads neighbours, which the same kernel cannot provide), and no
+ * cycle follows. Other consumers (the backward pass) still find its output in
+ * memory: the kernel stores it when someone outside reads it. */
+static void inline_stencils(fuse_state *s, int nforward) {
+  zoo_graph *g = s->g;
+  for (int i = 0; i < g->nnodes; i++) {
+    zoo_node *n = &g->nodes[i];
+    if (!(zoo_ops[n->op].flags & ZOO_OPF_INLINE) || n->group != i || s->next[i] >= 0) continue;
+    const zoo_type *shape = &g->tensors[n->out[0]].type;
+    for (int c = i + 1; c < g->nnodes; c++) {
+      const zoo_node *m = &g->nodes[c];
+      int reads = 0;
+      for (int k = 0; k < m->nin; k++) reads |= m->in[k] == n->out[0];
+      if (!reads || !is_elementwise(g, c)) continue;
+      int grp = m->group;
+      if ((grp < nforward) != (i < nforward)) continue;
+      if (!group_pointwise(s, grp) || !group_dims(s, grp, shape)) continue;
+      int feeds = 0;
+      for (int k = 0; k < n->nin; k++) feeds |= made_by_group(s, grp, n->in[k]);
+      if (feeds || merge_makes_cycle(s, grp, i)) continue;
+      merge_groups(s, grp, i);
+      break;
+    }
+  }
+}
+
+/* Prologues: a node whose op has ZOO_OPF_PROLOGUE (layernorm) joins the group
+ * that makes its input 0 when that group is all pointwise (so it holds no other
+ * row op), every member has input 0's dims (the row kernel computes the group at
+ * each element of a row), same side, no cycle. */
+static void prologues(fuse_state *s, int nforward) {
+  zoo_graph *g = s->g;
+  for (int i = 0; i < g->nnodes; i++) {
+    zoo_node *n = &g->nodes[i];
+    if (!(zoo_ops[n->op].flags & ZOO_OPF_PROLOGUE) || n->group != i || s->next[i] >= 0) continue;
+    int p = g->tensors[n->in[0]].producer;
+    if (p < 0) continue;
+    int grp = g->nodes[p].group;
+    if ((grp < nforward) != (i < nforward)) continue;
+    if (!group_pointwise(s, grp) || !group_dims(s, grp, &g->tensors[n->in[0]].type)) continue;
+    if (merge_makes_cycle(s, grp, i)) continue;
+    merge_groups(s, grp, i);
+  }
+}
+
+int zoo_fuse(zoo_graph *g, int level) {
   int N = g->nnodes;
   for (int i = 0; i < N; i++) g->nodes[i].group = i;
-  if (!enable || N == 0) return N;
+  if (level == ZOO_FUSE_OFF || N == 0) return N;
 
   fuse_state s = {g, xmalloc((size_t)N * sizeof(int)), xmalloc((size_t)N * sizeof(int)),
                   calloc((size_t)N, sizeof(int)), xmalloc((size_t)N * sizeof(int)), 0};
   if (!s.stamp) abort();
   int nforward = g->nforward > 0 ? g->nforward : N;
-  int ngroups = 0;
+  /* elementwise chains */
   for (int i = 0; i < N; i++) {
     zoo_node *n = &g->nodes[i];
     s.next[i] = -1;
@@ -99,8 +210,16 @@ int zoo_fuse(zoo_graph *g, int enable) {
         break;
       }
     }
-    if (n->group == i) ngroups++;
   }
+  /* the rewrites, in this order: a stencil inlined into a group can then be
+   * part of a prologue */
+  if (level != ZOO_FUSE_CHAINS) {
+    inline_stencils(&s, nforward);
+    prologues(&s, nforward);
+  }
+  int ngroups = 0;
+  for (int i = 0; i < N; i++)
+    if (g->nodes[i].group == i) ngroups++;
   free(s.next);
   free(s.tail);
   free(s.stamp);

@@ -1,12 +1,28 @@
 /* fuse.h: grouping graph nodes into kernels.
  *
- * The pass reads only the op table's fusion classes, never lists of op names:
- * an elementwise node joins the group of the elementwise node that produced one
- * of its inputs when both have the same output shape (other inputs may
- * broadcast), both lie on the same side of the forward/backward boundary, and
- * joining creates no cycle between groups. A group becomes one kernel; a value
- * made and used only inside it stays in a register (codegen decides, from the
- * consumers). Every other node is a group of its own.
+ * The pass reads only the op table's fusion classes and flags, never lists of
+ * op names. Three steps, in order:
+ *
+ *  1. Elementwise chains: an elementwise node joins the group of the
+ *     elementwise node that produced one of its inputs when both have the same
+ *     output shape (other inputs may broadcast), both lie on the same side of
+ *     the forward/backward boundary, and joining creates no cycle between
+ *     groups.
+ *  2. Inline stencils (ZOO_OPF_INLINE, e.g. causal_conv1d): the stencil joins
+ *     the elementwise group that consumes it when the shapes match and it reads
+ *     nothing the group makes; the group's kernel computes it at each element
+ *     from its inputs in memory. BaseConv's conv(u) * proj(u) + u is one kernel.
+ *  3. Prologues (ZOO_OPF_PROLOGUE, e.g. layernorm): a row op joins the
+ *     pointwise group (steps 1 and 2) that makes its input 0 when every member
+ *     has that input's shape; the row op's kernel computes the group at each
+ *     element of its rows, storing what other groups read. The pre-norm
+ *     residual add, r = h + r; x = layernorm(r), is one kernel that writes r
+ *     and x.
+ *
+ * Steps 2 and 3 keep steps 1's rules (same side, no cycle: merge_makes_cycle).
+ * A group becomes one kernel; a value made and used only inside it stays in a
+ * register (codegen decides, from the consumers). Every other node is a group
+ * of its own.
  *
  * A group's id is the index of its first node; zoo_node.group holds it.
  */
@@ -15,9 +31,14 @@
 
 #include "graph.h"
 
-/* Sets every node's group. With enable == 0 (zooc --no-fuse) each node is its
- * own group. Returns the number of groups. */
-int zoo_fuse(zoo_graph *g, int enable);
+/* What zoo_fuse does: nothing (zooc --no-fuse: each node is its own group),
+ * all three steps, or the elementwise chains alone (zooc --no-fuse-rewrites,
+ * to bisect a difference to the rewrites and to count what they save). */
+enum { ZOO_FUSE_OFF = 0, ZOO_FUSE_ALL = 1, ZOO_FUSE_CHAINS = 2 };
+
+/* Sets every node's group at the given ZOO_FUSE_* level (any other nonzero
+ * value is ZOO_FUSE_ALL). Returns the number of groups. */
+int zoo_fuse(zoo_graph *g, int level);
 
 /* The groups in launch order: a topological order of the groups, earliest first
  * node first, so the forward pass comes before the backward pass. Nodes whose

@@ -30,8 +30,8 @@ typedef struct zoo_cuda_program {
 } zoo_cuda_program;
 
 /* Builds the program for a training graph (zoo_train_graph's result, which must
- * outlive cp) with B rows and T positions. fuse = 0 (zooc --no-fuse) gives
- * every node its own kernel; reuse = 0 (--no-plan) gives every value its own
+ * outlive cp) with B rows and T positions. fuse is zoo_fuse's level (fuse.h):
+ * 0 (zooc --no-fuse) gives every node its own kernel; reuse = 0 (--no-plan) gives every value its own
  * memory. Returns 0, or -1 with the reason in err. */
 int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,
                            int fuse, int reuse, char *err, size_t errlen);

@@ -44,6 +44,15 @@ enum {
   ZOO_OPF_GRAD = 1,     /* has a gradient with respect to its float inputs */
   ZOO_OPF_RANDOM = 2,   /* draws from the counter-based RNG (attrs.i[0] = stream) */
   ZOO_OPF_INTERNAL = 4, /* made by passes; not a .zoo builtin */
+  /* Fusion beyond the class (compiler/fuse.c; codegen_cuda.c emits them): */
+  ZOO_OPF_INLINE = 8,   /* output element e reads a fixed, small window of its inputs
+                           around e (a stencil such as a short causal conv): the kernel
+                           of an elementwise group that consumes it can compute it in
+                           place, as if it were elementwise */
+  ZOO_OPF_PROLOGUE = 16, /* works on input 0 row by row (last axis), each element
+                            read once: input 0 can be computed inside its kernel by
+                            the elementwise group that makes it (the group becomes
+                            the op's prologue) */
 };
 
 typedef struct zoo_op_info {

@@ -2,7 +2,7 @@
  *
  *   zooc FILE [-D name=value]... [--model NAME] [--summary]
  *        [--dump=ast|graph|grad|fused|plan|cuda|dot] [--no-fuse]
- *        [-o DIR] [--help]
+ *        [--no-fuse-rewrites] [-o DIR] [--help]
  *
  * Exit status: 0 on success, 1 when the model has errors, 2 on bad usage.
  */
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "compile.h"
+#include "fuse.h"
 #include "graph.h"
 #if __has_include("generate.h")
 #include "generate.h"
@@ -20,6 +21,7 @@
 static const char usage[] =
     "usage: zooc FILE [-D name=value]... [--model NAME] [--summary]\n"
     "            [--dump=ast|graph|grad|fused|plan|cuda|dot] [--no-fuse]\n"
+    "            [--no-fuse-rewrites]\n"
     "            [-o DIR] [--help]\n";
 
 static const char help[] =
@@ -42,6 +44,8 @@ static const char help[] =
     "  --dump=cuda          prints the generated CUDA module\n"
     "  --dump=dot           prints the forward graph for Graphviz (dot -Tsvg)\n"
     "  --no-fuse            one kernel per node (summary, --dump=fused|plan|cuda)\n"
+    "  --no-fuse-rewrites   fuse elementwise chains only: no inlined convolution,\n"
+    "                       no prologue of a LayerNorm (compiler/fuse.h)\n"
     "  -o DIR               writes the generated CUDA and the plan into DIR\n"
     "                       (kernels.cu, plan.txt), for the model's own seq_len\n"
     "  --help               prints this text\n"
@@ -111,8 +115,9 @@ int main(int argc, char **argv) {
       for (int k = 0; k < 7; k++) known |= strcmp(dump, dumps[k]) == 0;
       if (!known) return bad_usage("unknown dump '%s' (ast, graph, grad, fused, plan, cuda or dot)", dump);
     } else if (strcmp(a, "--no-fuse") == 0) {
-      fuse = 0;
-
+      fuse = ZOO_FUSE_OFF;
+    } else if (strcmp(a, "--no-fuse-rewrites") == 0) {
+      if (fuse != ZOO_FUSE_OFF) fuse = ZOO_FUSE_CHAINS;
     } else if (strcmp(a, "-o") == 0) {
       if (i + 1 >= argc) return bad_usage("-o needs a DIR", "");
       outdir = argv[++i];

@@ -915,6 +915,84 @@ TEST(emu_ops_poly_chunked) {
   CHECKF(failed == 0, "%d poly_attention chunked case(s) differ (emulated)", failed);
 }
 
+/* ---- the fusion pass's rewrites (compiler/fuse.h): kernels made of several ops */
+
+/* BaseConv with the pre-norm block around it: y = layernorm(conv(u) * p + u + r),
+ * one kernel (the conv inline, the rest the layernorm's prologue), which also
+ * stores the conv (its gradient needs it) and the residual sum. */
+static int c_fused_baseconv(ocase *c) {
+  int u = oc_f32(c, V_SIGNED, DIMS(3, 9, 40)), p = oc_f32(c, V_SIGNED, DIMS(3, 9, 40));
+  int r = oc_f32(c, V_SIGNED, DIMS(3, 9, 40));
+  int w = oc_f32(c, V_SIGNED, DIMS(40, 1, 3)), b = oc_f32(c, V_SIGNED, DIMS(40));
+  int lw = oc_f32(c, V_SIGNED, DIMS(40)), lb = oc_f32(c, V_SIGNED, DIMS(40));
+  int conv = oc_op(c, ZOO_OP_CAUSAL_CONV1D, 3, (int[]){u, w, b}, NULL);
+  int m = oc_op(c, ZOO_OP_MUL, 2, (int[]){conv, p}, NULL);
+  int a = oc_op(c, ZOO_OP_ADD, 2, (int[]){m, u}, NULL);
+  int s = oc_op(c, ZOO_OP_ADD, 2, (int[]){a, r}, NULL);
+  zoo_attrs la = A0();
+  la.f[0] = 1e-5;
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, (int[]){s, lw, lb}, &la);
+}
+/* The embeddings' add (a broadcast position table) and dropout as the prologue
+ * of a layernorm without affine: the seed reaches the row kernel. */
+static int c_fused_dropout_layernorm(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(4, 11, 72)), pos = oc_f32(c, V_SIGNED, DIMS(11, 72));
+  int s = oc_op(c, ZOO_OP_ADD, 2, (int[]){x, pos}, NULL);
+  zoo_attrs da = A0();
+  da.f[0] = 0.2;
+  da.i[0] = 3;
+  int d = oc_op(c, ZOO_OP_DROPOUT, 1, &s, &da);
+  zoo_attrs la = A0();
+  la.f[0] = 1e-5;
+  return oc_op(c, ZOO_OP_LAYERNORM, 1, &d, &la);
+}
+/* The conv inline in a plain elementwise kernel (no layernorm). */
+static int c_fused_conv_gate(ocase *c) {
+  int u = oc_f32(c, V_SIGNED, DIMS(2, 17, 8)), w = oc_f32(c, V_SIGNED, DIMS(8, 1, 4));
+  int conv = oc_op(c, ZOO_OP_CAUSAL_CONV1D, 2, (int[]){u, w}, NULL);
+  int g = oc_op(c, ZOO_OP_SIGMOID, 1, &conv, NULL);
+  return oc_op(c, ZOO_OP_MUL, 2, (int[]){g, u}, NULL);
+}
+
+static const named_case fused_cases[] = {
+      {"fused_baseconv_residual_layernorm", c_fused_baseconv, 1e-4, 1},
+      {"fused_dropout_layernorm", c_fused_dropout_layernorm, 1e-4, 1},
+      {"fused_conv_gate", c_fused_conv_gate, 2e-5, 1},
+};
+
+/* Each fused case's forward is one kernel once fused (else it tests nothing new). */
+static int fused_cases_fuse(void) {
+  int n = (int)(sizeof fused_cases / sizeof *fused_cases);
+  for (int i = 0; i < n; i++) {
+    ocase c;
+    oc_init(&c, fused_cases[i].name, fused_cases[i].tol);
+    int y = fused_cases[i].build(&c);
+    int groups = y >= 0 && !c.bad ? zoo_fuse(&c.g, ZOO_FUSE_ALL) : -1;
+    oc_free(&c);
+    if (groups != 1) {
+      fprintf(stderr, "  %s: %d groups, want 1\n", fused_cases[i].name, groups);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+TEST(gpu_ops_fused) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  CHECK(fused_cases_fuse());
+  int failed = run_cases(t, fused_cases, (int)(sizeof fused_cases / sizeof *fused_cases), mode);
+  CHECKF(failed == 0, "%d fused case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_fused) {
+  EMU_OR_SKIP();
+  CHECK(fused_cases_fuse());
+  int failed = run_cases(t, fused_cases, (int)(sizeof fused_cases / sizeof *fused_cases), 1);
+  CHECKF(failed == 0, "%d fused case(s) differ (emulated)", failed);
+}
+
 /* ---------------------------------------------------------------------------
  * Whole training steps: CUDA backend against the CPU backend */
 

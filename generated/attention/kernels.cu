@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v21 = t21[i];
-    float v23 = t23[i % 8192];
-    float v24 = v21 + v23;  // add
-    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
-    t25[i] = v25;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,53 +452,65 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t25:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v21 = t21[i];
+    float v23 = t23[i % 8192];
+    float v24 = v21 + v23;  // add
+    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
+    t25[i] = v25;
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k5_slice: slice, 4194304 elements
+// zoo_k4_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k6_split_heads: split heads, 4194304 elements
+// zoo_k5_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k5_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k7_slice: slice, 4194304 elements
+// zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k8_split_heads: split heads, 4194304 elements
+// zoo_k7_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k9_slice: slice, 4194304 elements
+// zoo_k8_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k9_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k10_split_heads: split heads, 4194304 elements
+// zoo_k9_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -928,15 +938,15 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_11: node 13
+// zoo_softmax_attn_fwd_10: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_10(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k12_merge_heads: merge heads, 4194304 elements
+// zoo_k11_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k11_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -944,94 +954,92 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k13_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_12: node 17
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k13_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v25 = t25[i];
     float v37 = v36 + v25;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_14: node 17
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_14(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k15_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_13: node 19
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v38 = t38[i];
     float v37 = t37[i];
     float v39 = v38 + v37;  // add
     t39[i] = v39;
-  }
-}
-
-// zoo_layernorm_fwd_16: node 19
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_16(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v39;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k17_slice: slice, 4194304 elements
+// zoo_k14_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k14_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k18_split_heads: split heads, 4194304 elements
+// zoo_k15_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k18_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k15_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k19_slice: slice, 4194304 elements
+// zoo_k16_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k19_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k16_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k20_split_heads: split heads, 4194304 elements
+// zoo_k17_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k20_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k17_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k21_slice: slice, 4194304 elements
+// zoo_k18_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k18_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k22_split_heads: split heads, 4194304 elements
+// zoo_k19_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k19_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_23: node 27
+// zoo_softmax_attn_fwd_20: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_23(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_20(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k24_merge_heads: merge heads, 4194304 elements
+// zoo_k21_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k21_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -1039,37 +1047,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k25_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_22: node 31
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_22(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v50 = t50[i];
     float v39 = t39[i];
     float v51 = v50 + v39;  // add
     t51[i] = v51;
-  }
-}
-
-// zoo_layernorm_fwd_26: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_26(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v51;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k27_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_23: node 33
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_23(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v52 = t52[i];
     float v51 = t51[i];
     float v53 = v52 + v51;  // add
     t53[i] = v53;
-  }
-}
-
-// zoo_layernorm_fwd_28: node 33
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_28(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v53;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1202,21 +1208,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_29: node 34
+// zoo_label_count_24: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_29(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_24(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_30: node 34
+// zoo_label_write_25: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_30(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_25(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_31: node 35
+// zoo_gather_rows_26: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_31(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_26(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1466,39 +1472,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_32: node 37
+// zoo_ce_rows_27: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_32(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_27(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_33: node 37
+// zoo_ce_finish_28: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_33(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_28(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_34: node 38
+// zoo_acc_rows_29: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_34(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_29(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_35: node 38
+// zoo_acc_finish_30: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_35(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_30(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_36: node 39
+// zoo_ce_count_31: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_36(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_31(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_37: node 39
+// zoo_ce_bwd_rows_32: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_37(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_32(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1508,39 +1514,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_37(const float
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_38: node 42
+// zoo_scatter_rows_33: node 42
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_38(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_33(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_39: node 43
+// zoo_layernorm_bwd_rows_34: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_40: node 43
+// zoo_sum_partials_35: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_41: node 44
+// zoo_layernorm_bwd_rows_36: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_42: node 44
+// zoo_sum_partials_37: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k43_add: 1 elementwise op over 4194304 elements
+// zoo_k38_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1561,9 +1567,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k39_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1582,8 +1588,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__res
   }
 }
 
-// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k39_sum_fin: adds the 132 partials of zoo_k39_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1591,42 +1597,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k45_split_heads: split heads, 4194304 elements
+// zoo_k40_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_46: node 53
+// zoo_softmax_attn_bwd_q_41: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_46(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_47: node 53
+// zoo_softmax_attn_bwd_kv_42: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_47(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k48_merge_heads: merge heads, 4194304 elements
+// zoo_k43_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k49_slice: slice, 8388608 elements
+// zoo_k44_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k50_muls: 1 elementwise op over 8388608 elements
+// zoo_k45_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t86, float *__restrict__ t87) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_muls(const float *__restrict__ t86, float *__restrict__ t87) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v87 = v86 * 0.0f;  // muls
@@ -1634,32 +1640,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__re
   }
 }
 
-// zoo_k51_concat: rows of 128 + 64 elements
+// zoo_k46_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k52_merge_heads: merge heads, 4194304 elements
+// zoo_k47_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k53_slice: slice, 4194304 elements
+// zoo_k48_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k54_muls: 1 elementwise op over 4194304 elements
+// zoo_k49_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__restrict__ t90, float *__restrict__ t91) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__restrict__ t90, float *__restrict__ t91) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v90 = t90[i];
     float v91 = v90 * 0.0f;  // muls
@@ -1667,25 +1673,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__re
   }
 }
 
-// zoo_k55_concat: rows of 64 + 64 elements
+// zoo_k50_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k56_slice: slice, 4194304 elements
+// zoo_k51_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k57_muls: 1 elementwise op over 4194304 elements
+// zoo_k52_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__restrict__ t93, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_muls(const float *__restrict__ t93, float *__restrict__ t94) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
     float v94 = v93 * 0.0f;  // muls
@@ -1693,32 +1699,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_muls(const float *__re
   }
 }
 
-// zoo_k58_concat: rows of 128 + 64 elements
+// zoo_k53_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k59_merge_heads: merge heads, 4194304 elements
+// zoo_k54_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k60_slice: slice, 8388608 elements
+// zoo_k55_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k61_muls: 1 elementwise op over 8388608 elements
+// zoo_k56_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_muls(const float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_muls(const float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v98 = t98[i];
     float v99 = v98 * 0.0f;  // muls
@@ -1726,19 +1732,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k61_muls(const float *__re
   }
 }
 
-// zoo_k62_concat: rows of 64 + 128 elements
+// zoo_k57_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k63_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k58_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_add(const float *__restrict__ t88, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t101) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_add_add(const float *__restrict__ t88, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t101) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v88 = t88[i];
     float v95 = t95[i];
@@ -1761,9 +1767,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k64_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k59_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1782,8 +1788,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__res
   }
 }
 
-// zoo_k64_sum_fin: adds the 44 partials of zoo_k64_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k59_sum_fin: adds the 44 partials of zoo_k59_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1791,21 +1797,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_65: node 77
+// zoo_layernorm_bwd_rows_60: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_60(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_66: node 77
+// zoo_sum_partials_61: node 77
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_61(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k67_add: 1 elementwise op over 4194304 elements
+// zoo_k62_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
     float v108 = t108[i];
@@ -1814,21 +1820,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_68: node 79
+// zoo_layernorm_bwd_rows_63: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_68(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_63(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_69: node 79
+// zoo_sum_partials_64: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_69(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_64(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k70_add: 1 elementwise op over 4194304 elements
+// zoo_k65_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_add(const float *__restrict__ t111, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_add(const float *__restrict__ t111, const float *__restrict__ t112, float *__restrict__ t115) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v111 = t111[i];
     float v112 = t112[i];
@@ -1849,9 +1855,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_add(const float *__res
 // GEMM (cuBLASLt, fp32): t120[64 x 64] = (t116)^T * t119, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k71_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k66_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1870,8 +1876,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum(const float *__res
   }
 }
 
-// zoo_k71_sum_fin: adds the 132 partials of zoo_k71_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k66_sum_fin: adds the 132 partials of zoo_k66_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1879,42 +1885,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k72_split_heads: split heads, 4194304 elements
+// zoo_k67_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_73: node 88
+// zoo_softmax_attn_bwd_q_68: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_73(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_68(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_74: node 88
+// zoo_softmax_attn_bwd_kv_69: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_74(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_69(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k75_merge_heads: merge heads, 4194304 elements
+// zoo_k70_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k76_slice: slice, 8388608 elements
+// zoo_k71_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k77_muls: 1 elementwise op over 8388608 elements
+// zoo_k72_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__restrict__ t127, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k72_muls(const float *__restrict__ t127, float *__restrict__ t128) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v127 = t127[i];
     float v128 = v127 * 0.0f;  // muls
@@ -1922,32 +1928,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k77_muls(const float *__re
   }
 }
 
-// zoo_k78_concat: rows of 128 + 64 elements
+// zoo_k73_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k79_merge_heads: merge heads, 4194304 elements
+// zoo_k74_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k74_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k80_slice: slice, 4194304 elements
+// zoo_k75_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k81_muls: 1 elementwise op over 4194304 elements
+// zoo_k76_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_muls(const float *__restrict__ t131, float *__restrict__ t132) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_muls(const float *__restrict__ t131, float *__restrict__ t132) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v131 = t131[i];
     float v132 = v131 * 0.0f;  // muls
@@ -1955,25 +1961,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k81_muls(const float *__re
   }
 }
 
-// zoo_k82_concat: rows of 64 + 64 elements
+// zoo_k77_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k83_slice: slice, 4194304 elements
+// zoo_k78_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k84_muls: 1 elementwise op over 4194304 elements
+// zoo_k79_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__restrict__ t134, float *__restrict__ t135) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_muls(const float *__restrict__ t134, float *__restrict__ t135) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v134 = t134[i];
     float v135 = v134 * 0.0f;  // muls
@@ -1981,32 +1987,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k84_muls(const float *__re
   }
 }
 
-// zoo_k85_concat: rows of 128 + 64 elements
+// zoo_k80_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k86_merge_heads: merge heads, 4194304 elements
+// zoo_k81_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k87_slice: slice, 8388608 elements
+// zoo_k82_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k88_muls: 1 elementwise op over 8388608 elements
+// zoo_k83_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_muls(const float *__restrict__ t139, float *__restrict__ t140) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k83_muls(const float *__restrict__ t139, float *__restrict__ t140) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v139 = t139[i];
     float v140 = v139 * 0.0f;  // muls
@@ -2014,19 +2020,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k88_muls(const float *__re
   }
 }
 
-// zoo_k89_concat: rows of 64 + 128 elements
+// zoo_k84_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k84_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k90_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k85_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_add(const float *__restrict__ t129, const float *__restrict__ t136, const float *__restrict__ t141, float *__restrict__ t142) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k85_add_add(const float *__restrict__ t129, const float *__restrict__ t136, const float *__restrict__ t141, float *__restrict__ t142) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v129 = t129[i];
     float v136 = t136[i];
@@ -2049,9 +2055,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t147[192 x 64] = (t143)^T * t146, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k91_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k86_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2070,8 +2076,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum(const float *__res
   }
 }
 
-// zoo_k91_sum_fin: adds the 44 partials of zoo_k91_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k86_sum_fin: adds the 44 partials of zoo_k86_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -2079,22 +2085,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k91_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_92: node 112
+// zoo_layernorm_bwd_rows_87: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_92(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_87(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_93: node 112
+// zoo_sum_partials_88: node 112
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_93(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_88(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k94_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k89_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k94_add_dropout(const float *__restrict__ t115, const float *__restrict__ t149, float *__restrict__ t153, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k89_add_dropout(const float *__restrict__ t115, const float *__restrict__ t149, float *__restrict__ t153, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
     float v149 = t149[i];
@@ -2104,9 +2110,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k94_add_dropout(const floa
   }
 }
 
-// zoo_k95_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k90_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2125,8 +2131,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to(const float 
   }
 }
 
-// zoo_k95_reduce_to_fin: adds the 2 partials of zoo_k95_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k90_reduce_to_fin: adds the 2 partials of zoo_k90_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2134,21 +2140,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k95_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_96: node 116
+// zoo_embedding_bwd_91: node 116
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_96(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_91(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_97: node 117
+// zoo_embedding_bwd_92: node 117
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_97(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_92(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k98_add: 1 elementwise op over 524288 elements
+// zoo_k93_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k98_add(const float *__restrict__ t66, const float *__restrict__ t156, float *__restrict__ t157) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k93_add(const float *__restrict__ t66, const float *__restrict__ t156, float *__restrict__ t157) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v156 = t156[i];
@@ -2159,97 +2165,96 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k98_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_99: node 0
+// zoo_embedding_fwd_94: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_99(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_94(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k100_arange: 0 .. 127
+// zoo_k95_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k100_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k95_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_101: node 2
+// zoo_embedding_fwd_96: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_101(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_96(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k102_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_97: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k102_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_97(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v21 = t21[i];
     float v23 = t23[i % 8192];
     float v24 = v21 + v23;  // add
     float v25 = v24;  // dropout
     t25[i] = v25;
-  }
-}
-
-// zoo_layernorm_fwd_103: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_103(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k104_slice: slice, 4194304 elements
+// zoo_k98_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k104_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k98_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k105_split_heads: split heads, 4194304 elements
+// zoo_k99_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k105_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k99_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k106_slice: slice, 4194304 elements
+// zoo_k100_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k106_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k100_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k107_split_heads: split heads, 4194304 elements
+// zoo_k101_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k107_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k101_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k108_slice: slice, 4194304 elements
+// zoo_k102_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k102_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k109_split_heads: split heads, 4194304 elements
+// zoo_k103_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k103_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_110: node 13
+// zoo_softmax_attn_fwd_104: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_110(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_104(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k111_merge_heads: merge heads, 4194304 elements
+// zoo_k105_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k105_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2257,94 +2262,92 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k111_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k112_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_106: node 17
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k112_add(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_106(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v25 = t25[i];
     float v37 = v36 + v25;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_113: node 17
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_113(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k114_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_107: node 19
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k114_add(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_107(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v38 = t38[i];
     float v37 = t37[i];
     float v39 = v38 + v37;  // add
     t39[i] = v39;
-  }
-}
-
-// zoo_layernorm_fwd_115: node 19
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_115(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v39;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k116_slice: slice, 4194304 elements
+// zoo_k108_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k116_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k117_split_heads: split heads, 4194304 elements
+// zoo_k109_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k117_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k118_slice: slice, 4194304 elements
+// zoo_k110_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k118_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k110_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k119_split_heads: split heads, 4194304 elements
+// zoo_k111_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k119_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k111_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k120_slice: slice, 4194304 elements
+// zoo_k112_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k120_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k112_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k121_split_heads: split heads, 4194304 elements
+// zoo_k113_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k121_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k113_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_122: node 27
+// zoo_softmax_attn_fwd_114: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_122(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_114(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k123_merge_heads: merge heads, 4194304 elements
+// zoo_k115_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k123_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k115_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2352,82 +2355,79 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k123_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k124_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_116: node 31
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k124_add(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_116(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v50 = t50[i];
     float v39 = t39[i];
     float v51 = v50 + v39;  // add
     t51[i] = v51;
-  }
-}
-
-// zoo_layernorm_fwd_125: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_125(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v51;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k126_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_117: node 33
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k126_add(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_117(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v52 = t52[i];
     float v51 = t51[i];
     float v53 = v52 + v51;  // add
-    t53[i] = v53;
-  }
-}
-
-// zoo_layernorm_fwd_127: node 33
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_127(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v53;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_128: node 34
+// zoo_label_count_118: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_128(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_118(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_129: node 34
+// zoo_label_write_119: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_129(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_119(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_130: node 35
+// zoo_gather_rows_120: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_130(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_120(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_131: node 37
+// zoo_ce_rows_121: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_131(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_121(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_132: node 37
+// zoo_ce_finish_122: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_132(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_122(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_133: node 38
+// zoo_acc_rows_123: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_133(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_123(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_134: node 38
+// zoo_acc_finish_124: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_134(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_124(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v21 = t21[i];
-    float v23 = t23[i % 8192];
-    float v24 = v21 + v23;  // add
-    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
-    t25[i] = v25;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,11 +452,26 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t25:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v21 = t21[i];
+    float v23 = t23[i % 8192];
+    float v24 = v21 + v23;  // add
+    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
+    t25[i] = v25;
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
+
+// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/causal_conv1d.cu ----
 /* causal_conv1d.cu: depthwise causal convolution and its backward (ops.def).
@@ -466,6 +479,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
  * Shapes: x, y, dy, dx [B, T, C]; w, dw [C, 1, K]; b, db [C]. N = B T rows.
  * Constants: T, C, K, HAS_B, P.
  *   y[b, t, c] = b[c] + sum_j w[c, j] x[b, t - K + 1 + j, c], zeros before t = 0.
+ *
+ * zk_conv1d_at<T, C, K, HAS_B>(x, w, b, e): output element e (= row C + c),
+ *   computed where it is needed: by zk_conv1d_fwd, and inline by the kernel of
+ *   an elementwise group that consumes the convolution (compiler/fuse.c, the
+ *   op's ZOO_OPF_INLINE), which reads x at t - K + 1 .. t itself.
  *
  * zk_conv1d_fwd<T, C, K, HAS_B>: one thread per output element, 256-thread
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
@@ -485,12 +503,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
 #define ZK_CAUSAL_CONV1D_CU
 
 template <int T, int C, int K, bool HAS_B>
-__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+__device__ __forceinline__ float zk_conv1d_at(const float *__restrict__ x,
                                               const float *__restrict__ w,
-                                              const float *__restrict__ bias,
-                                              float *__restrict__ y, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * C) return;
+                                              const float *__restrict__ bias, zk_i64 e) {
   zk_i64 row = e / C;
   int c = (int)(e - row * C);
   int t = (int)(row % T);
@@ -500,7 +515,17 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
     int s = t - K + 1 + j;
     if (s >= 0) acc += w[c * K + j] * x[e + (zk_i64)(j - K + 1) * C];
   }
-  y[e] = acc;
+  return acc;
+}
+
+template <int T, int C, int K, bool HAS_B>
+__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+                                              const float *__restrict__ w,
+                                              const float *__restrict__ bias,
+                                              float *__restrict__ y, zk_i64 N) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * C) return;
+  y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
 template <int T, int C, int K, int P>
@@ -565,61 +590,52 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 
 #endif /* ZK_CAUSAL_CONV1D_CU */
 
-// zoo_conv1d_fwd_5: node 6
+// zoo_layernorm_fused_4: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_5(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
-}
-
-// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
-
-// zoo_k6_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t27, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
+    t27[i] = v27;
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_7: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k8_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_5: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_9: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_9(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k10_split_heads: split heads, 12582912 elements
+// zoo_k6_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -627,9 +643,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k11_split_heads: split heads, 12582912 elements
+// zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -637,9 +653,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k12_split_heads: split heads, 3932160 elements
+// zoo_k8_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -972,15 +988,15 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_13: node 20
+// zoo_poly_attn_fwd_9: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_13(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k14_merge_heads: merge heads, 3932160 elements
+// zoo_k10_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k14_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -988,37 +1004,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k14_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k15_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_11: node 24
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v43 = t43[i];
     float v33 = t33[i];
     float v44 = v43 + v33;  // add
     t44[i] = v44;
-  }
-}
-
-// zoo_layernorm_fwd_16: node 24
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_16(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v44;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k17_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_12: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v45 = t45[i];
     float v44 = t44[i];
     float v46 = v45 + v44;  // add
     t46[i] = v46;
-  }
-}
-
-// zoo_layernorm_fwd_18: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v46;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1151,21 +1165,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_19: node 27
+// zoo_label_count_13: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_19(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_20: node 27
+// zoo_label_write_14: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_20(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_21: node 28
+// zoo_gather_rows_15: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1415,39 +1429,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_22: node 30
+// zoo_ce_rows_16: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_22(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_16(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_23: node 30
+// zoo_ce_finish_17: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_23(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_17(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_24: node 31
+// zoo_acc_rows_18: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_24(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_18(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_25: node 31
+// zoo_acc_finish_19: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_25(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_19(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_26: node 32
+// zoo_ce_count_20: node 32
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_26(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_20(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_27: node 32
+// zoo_ce_bwd_rows_21: node 32
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_27(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_21(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1457,39 +1471,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_27(const float
 // GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_28: node 35
+// zoo_scatter_rows_22: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_28(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_29: node 36
+// zoo_layernorm_bwd_rows_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_30: node 36
+// zoo_sum_partials_24: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_31: node 37
+// zoo_layernorm_bwd_rows_25: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 37
+// zoo_sum_partials_26: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k33_add: 1 elementwise op over 4194304 elements
+// zoo_k27_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v61 = t61[i];
     float v64 = t64[i];
@@ -1510,28 +1524,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__res
 // GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k34_split_heads: split heads, 3932160 elements
+// zoo_k28_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_35: node 45
+// zoo_poly_attn_bwd_q_29: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_35(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_36: node 45
+// zoo_poly_attn_bwd_kv_30: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_36(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_30(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k37_merge_heads: merge heads, 3932160 elements
+// zoo_k31_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1548,9 +1562,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k38_merge_heads: merge heads, 12582912 elements
+// zoo_k32_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1567,9 +1581,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k39_merge_heads: merge heads, 12582912 elements
+// zoo_k33_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1581,10 +1595,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const floa
 
 // t93 is t92 reshaped (same memory, no kernel)
 
-// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v86 = t86[i];
@@ -1600,21 +1614,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_41: node 66
+// zoo_layernorm_bwd_rows_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_42: node 66
+// zoo_sum_partials_36: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k43_add: 1 elementwise op over 4194304 elements
+// zoo_k37_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v97 = t97[i];
@@ -1623,23 +1637,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_44: node 68
+// zoo_layernorm_bwd_rows_38: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 68
+// zoo_sum_partials_39: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k46_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k40_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v100 = t100[i];
     float v101 = t101[i];
@@ -1666,9 +1680,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k47_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k41_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1687,8 +1701,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__res
   }
 }
 
-// zoo_k47_sum_fin: adds the 132 partials of zoo_k47_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k41_sum_fin: adds the 132 partials of zoo_k41_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1696,22 +1710,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_48: node 79
+// zoo_conv1d_bwd_rows_42: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_49: node 79
+// zoo_sum_partials_43: node 79
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k50_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k44_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v109 = t109[i];
@@ -1722,22 +1736,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_51: node 81
+// zoo_layernorm_bwd_rows_45: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_51(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_52: node 81
+// zoo_sum_partials_46: node 81
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k47_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v118 = t118[i];
@@ -1747,9 +1761,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const floa
   }
 }
 
-// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k48_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1768,8 +1782,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float 
   }
 }
 
-// zoo_k54_reduce_to_fin: adds the 2 partials of zoo_k54_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k48_reduce_to_fin: adds the 2 partials of zoo_k48_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1777,21 +1791,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_55: node 85
+// zoo_embedding_bwd_49: node 85
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_49(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_56: node 86
+// zoo_embedding_bwd_50: node 86
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k57_add: 1 elementwise op over 524288 elements
+// zoo_k51_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
     float v125 = t125[i];
@@ -1802,98 +1816,90 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_58: node 0
+// zoo_embedding_fwd_52: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_52(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k59_arange: 0 .. 127
+// zoo_k53_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_60: node 2
+// zoo_embedding_fwd_54: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k61_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_55: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v21 = t21[i];
     float v23 = t23[i % 8192];
     float v24 = v21 + v23;  // add
     float v25 = v24;  // dropout
     t25[i] = v25;
-  }
-}
-
-// zoo_layernorm_fwd_62: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_conv1d_fwd_63: node 6
-//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k64_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_56: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
+//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_65: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_65(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k66_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_57: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_67: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_67(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k68_split_heads: split heads, 12582912 elements
+// zoo_k58_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1901,9 +1907,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k69_split_heads: split heads, 12582912 elements
+// zoo_k59_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1911,22 +1917,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k70_split_heads: split heads, 3932160 elements
+// zoo_k60_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_71: node 20
+// zoo_poly_attn_fwd_61: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_71(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_61(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k72_merge_heads: merge heads, 3932160 elements
+// zoo_k62_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1934,82 +1940,79 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k72_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k73_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_63: node 24
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_add(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v43 = t43[i];
     float v33 = t33[i];
     float v44 = v43 + v33;  // add
     t44[i] = v44;
-  }
-}
-
-// zoo_layernorm_fwd_74: node 24
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_74(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v44;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k75_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_64: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_add(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v45 = t45[i];
     float v44 = t44[i];
     float v46 = v45 + v44;  // add
-    t46[i] = v46;
-  }
-}
-
-// zoo_layernorm_fwd_76: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_76(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v46;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_77: node 27
+// zoo_label_count_65: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_77(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_65(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_78: node 27
+// zoo_label_write_66: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_78(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_66(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_79: node 28
+// zoo_gather_rows_67: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_79(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_67(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_80: node 30
+// zoo_ce_rows_68: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_68(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_81: node 30
+// zoo_ce_finish_69: node 30
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_81(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_69(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_82: node 31
+// zoo_acc_rows_70: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_82(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_70(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_83: node 31
+// zoo_acc_finish_71: node 31
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_83(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_71(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v21 = t21[i];
-    float v23 = t23[i % 8192];
-    float v24 = v21 + v23;  // add
-    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
-    t25[i] = v25;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,11 +452,26 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t25:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v21 = t21[i];
+    float v23 = t23[i % 8192];
+    float v24 = v21 + v23;  // add
+    float v25 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v24 * 1.11111116f : 0.0f;  // dropout
+    t25[i] = v25;
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
+
+// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/causal_conv1d.cu ----
 /* causal_conv1d.cu: depthwise causal convolution and its backward (ops.def).
@@ -466,6 +479,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
  * Shapes: x, y, dy, dx [B, T, C]; w, dw [C, 1, K]; b, db [C]. N = B T rows.
  * Constants: T, C, K, HAS_B, P.
  *   y[b, t, c] = b[c] + sum_j w[c, j] x[b, t - K + 1 + j, c], zeros before t = 0.
+ *
+ * zk_conv1d_at<T, C, K, HAS_B>(x, w, b, e): output element e (= row C + c),
+ *   computed where it is needed: by zk_conv1d_fwd, and inline by the kernel of
+ *   an elementwise group that consumes the convolution (compiler/fuse.c, the
+ *   op's ZOO_OPF_INLINE), which reads x at t - K + 1 .. t itself.
  *
  * zk_conv1d_fwd<T, C, K, HAS_B>: one thread per output element, 256-thread
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
@@ -485,12 +503,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
 #define ZK_CAUSAL_CONV1D_CU
 
 template <int T, int C, int K, bool HAS_B>
-__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+__device__ __forceinline__ float zk_conv1d_at(const float *__restrict__ x,
                                               const float *__restrict__ w,
-                                              const float *__restrict__ bias,
-                                              float *__restrict__ y, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * C) return;
+                                              const float *__restrict__ bias, zk_i64 e) {
   zk_i64 row = e / C;
   int c = (int)(e - row * C);
   int t = (int)(row % T);
@@ -500,7 +515,17 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
     int s = t - K + 1 + j;
     if (s >= 0) acc += w[c * K + j] * x[e + (zk_i64)(j - K + 1) * C];
   }
-  y[e] = acc;
+  return acc;
+}
+
+template <int T, int C, int K, bool HAS_B>
+__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+                                              const float *__restrict__ w,
+                                              const float *__restrict__ bias,
+                                              float *__restrict__ y, zk_i64 N) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * C) return;
+  y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
 template <int T, int C, int K, int P>
@@ -565,96 +590,87 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 
 #endif /* ZK_CAUSAL_CONV1D_CU */
 
-// zoo_conv1d_fwd_5: node 6
+// zoo_layernorm_fused_4: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_5(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
-}
-
-// GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
-
-// zoo_k6_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t27, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
+    t27[i] = v27;
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_7: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k8_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_5: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_9: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_9(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k10_slice: slice, 4194304 elements
+// zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k11_split_heads: split heads, 4194304 elements
+// zoo_k7_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k12_slice: slice, 4194304 elements
+// zoo_k8_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k13_split_heads: split heads, 4194304 elements
+// zoo_k9_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k13_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k14_slice: slice, 4194304 elements
+// zoo_k10_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k14_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k15_split_heads: split heads, 4194304 elements
+// zoo_k11_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -1082,15 +1098,15 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_16: node 21
+// zoo_softmax_attn_fwd_12: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_16(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_12(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k17_merge_heads: merge heads, 4194304 elements
+// zoo_k13_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k13_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -1098,37 +1114,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k17_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k18_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_14: node 25
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k18_add(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v44 = t44[i];
     float v33 = t33[i];
     float v45 = v44 + v33;  // add
     t45[i] = v45;
-  }
-}
-
-// zoo_layernorm_fwd_19: node 25
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_19(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v45;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k20_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_15: node 27
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_15(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v46 = t46[i];
     float v45 = t45[i];
     float v47 = v46 + v45;  // add
     t47[i] = v47;
-  }
-}
-
-// zoo_layernorm_fwd_21: node 27
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_21(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v47;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1261,21 +1275,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_22: node 28
+// zoo_label_count_16: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_22(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_16(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_23: node 28
+// zoo_label_write_17: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_23(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_17(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_24: node 29
+// zoo_gather_rows_18: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_24(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1525,39 +1539,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_25: node 31
+// zoo_ce_rows_19: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_25(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_26: node 31
+// zoo_ce_finish_20: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_26(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_20(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_27: node 32
+// zoo_acc_rows_21: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_27(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_28: node 32
+// zoo_acc_finish_22: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_28(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_22(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_29: node 33
+// zoo_ce_count_23: node 33
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_29(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_23(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_30: node 33
+// zoo_ce_bwd_rows_24: node 33
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_30(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1567,39 +1581,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_30(const float
 // GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_31: node 36
+// zoo_scatter_rows_25: node 36
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_31(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_25(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_32: node 37
+// zoo_layernorm_bwd_rows_26: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_26(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_33: node 37
+// zoo_sum_partials_27: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_27(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_34: node 38
+// zoo_layernorm_bwd_rows_28: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 38
+// zoo_sum_partials_29: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// zoo_k30_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v62 = t62[i];
     float v65 = t65[i];
@@ -1620,9 +1634,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__res
 // GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k37_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k31_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1641,8 +1655,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__res
   }
 }
 
-// zoo_k37_sum_fin: adds the 132 partials of zoo_k37_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k31_sum_fin: adds the 132 partials of zoo_k31_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1650,42 +1664,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k38_split_heads: split heads, 4194304 elements
+// zoo_k32_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_39: node 47
+// zoo_softmax_attn_bwd_q_33: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_39(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_40: node 47
+// zoo_softmax_attn_bwd_kv_34: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_40(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k41_merge_heads: merge heads, 4194304 elements
+// zoo_k35_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k42_slice: slice, 8388608 elements
+// zoo_k36_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[i % 128 + (i / 128) * 192];
 }
 
-// zoo_k43_muls: 1 elementwise op over 8388608 elements
+// zoo_k37_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_muls(const float *__restrict__ t80, float *__restrict__ t81) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_muls(const float *__restrict__ t80, float *__restrict__ t81) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v81 = v80 * 0.0f;  // muls
@@ -1693,32 +1707,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_muls(const float *__re
   }
 }
 
-// zoo_k44_concat: rows of 128 + 64 elements
+// zoo_k38_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k45_merge_heads: merge heads, 4194304 elements
+// zoo_k39_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k46_slice: slice, 4194304 elements
+// zoo_k40_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k47_muls: 1 elementwise op over 4194304 elements
+// zoo_k41_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_muls(const float *__restrict__ t84, float *__restrict__ t85) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_muls(const float *__restrict__ t84, float *__restrict__ t85) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v84 = t84[i];
     float v85 = v84 * 0.0f;  // muls
@@ -1726,25 +1740,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_muls(const float *__re
   }
 }
 
-// zoo_k48_concat: rows of 64 + 64 elements
+// zoo_k42_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k49_slice: slice, 4194304 elements
+// zoo_k43_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k50_muls: 1 elementwise op over 4194304 elements
+// zoo_k44_muls: 1 elementwise op over 4194304 elements
 //   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__restrict__ t87, float *__restrict__ t88) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_muls(const float *__restrict__ t87, float *__restrict__ t88) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
     float v88 = v87 * 0.0f;  // muls
@@ -1752,32 +1766,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_muls(const float *__re
   }
 }
 
-// zoo_k51_concat: rows of 128 + 64 elements
+// zoo_k45_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k52_merge_heads: merge heads, 4194304 elements
+// zoo_k46_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k53_slice: slice, 8388608 elements
+// zoo_k47_slice: slice, 8388608 elements
 //   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
     y[i] = x[64 + i % 128 + (i / 128) * 192];
 }
 
-// zoo_k54_muls: 1 elementwise op over 8388608 elements
+// zoo_k48_muls: 1 elementwise op over 8388608 elements
 //   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__restrict__ t92, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_muls(const float *__restrict__ t92, float *__restrict__ t93) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     float v92 = t92[i];
     float v93 = v92 * 0.0f;  // muls
@@ -1785,19 +1799,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_muls(const float *__re
   }
 }
 
-// zoo_k55_concat: rows of 64 + 128 elements
+// zoo_k49_concat: rows of 64 + 128 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
   }
 }
 
-// zoo_k56_add_add: 2 elementwise ops over 12582912 elements
+// zoo_k50_add_add: 2 elementwise ops over 12582912 elements
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
 //   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *__restrict__ t82, const float *__restrict__ t89, const float *__restrict__ t94, float *__restrict__ t95) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t82, const float *__restrict__ t89, const float *__restrict__ t94, float *__restrict__ t95) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     float v82 = t82[i];
     float v89 = t89[i];
@@ -1820,9 +1834,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t100[192 x 64] = (t96)^T * t99, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k57_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k51_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1841,8 +1855,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum(const float *__res
   }
 }
 
-// zoo_k57_sum_fin: adds the 44 partials of zoo_k57_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k51_sum_fin: adds the 44 partials of zoo_k51_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1850,21 +1864,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_58: node 71
+// zoo_layernorm_bwd_rows_52: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_58(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_52(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_59: node 71
+// zoo_sum_partials_53: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_59(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_53(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k60_add: 1 elementwise op over 4194304 elements
+// zoo_k54_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__restrict__ t68, const float *__restrict__ t102, float *__restrict__ t105) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t68, const float *__restrict__ t102, float *__restrict__ t105) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v102 = t102[i];
@@ -1873,23 +1887,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_61: node 73
+// zoo_layernorm_bwd_rows_55: node 73
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_61(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_55(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_62: node 73
+// zoo_sum_partials_56: node 73
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_62(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_56(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k63_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k57_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v105 = t105[i];
     float v106 = t106[i];
@@ -1916,9 +1930,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t116[64 x 64] = (t112)^T * t115, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k64_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k58_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1937,8 +1951,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__res
   }
 }
 
-// zoo_k64_sum_fin: adds the 132 partials of zoo_k64_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k58_sum_fin: adds the 132 partials of zoo_k58_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1946,22 +1960,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_65: node 84
+// zoo_conv1d_bwd_rows_59: node 84
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_59(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_66: node 84
+// zoo_sum_partials_60: node 84
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_60(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k67_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k61_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v109 = t109[i];
     float v114 = t114[i];
@@ -1972,22 +1986,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_68: node 86
+// zoo_layernorm_bwd_rows_62: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_68(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_62(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_69: node 86
+// zoo_sum_partials_63: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_69(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_63(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k70_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k64_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v109 = t109[i];
     float v123 = t123[i];
@@ -1997,9 +2011,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_add_dropout(const floa
   }
 }
 
-// zoo_k71_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k65_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2018,8 +2032,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to(const float 
   }
 }
 
-// zoo_k71_reduce_to_fin: adds the 2 partials of zoo_k71_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k65_reduce_to_fin: adds the 2 partials of zoo_k65_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2027,21 +2041,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_72: node 90
+// zoo_embedding_bwd_66: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_72(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_66(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_73: node 91
+// zoo_embedding_bwd_67: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_73(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_67(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k74_add: 1 elementwise op over 524288 elements
+// zoo_k68_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__restrict__ t60, const float *__restrict__ t130, float *__restrict__ t131) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_add(const float *__restrict__ t60, const float *__restrict__ t130, float *__restrict__ t131) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
     float v130 = t130[i];
@@ -2052,146 +2066,138 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k74_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_75: node 0
+// zoo_embedding_fwd_69: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_75(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_69(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k76_arange: 0 .. 127
+// zoo_k70_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_77: node 2
+// zoo_embedding_fwd_71: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_77(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_71(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k78_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_72: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_add_dropout(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v21 = t21[i];
     float v23 = t23[i % 8192];
     float v24 = v21 + v23;  // add
     float v25 = v24;  // dropout
     t25[i] = v25;
-  }
-}
-
-// zoo_layernorm_fwd_79: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_79(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v25;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_conv1d_fwd_80: node 6
-//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_80(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k81_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_73: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t31:
+//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_mul_add_add(const float *__restrict__ t27, const float *__restrict__ t28, const float *__restrict__ t26, const float *__restrict__ t25, float *__restrict__ t31) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v27 = t27[i];
-    float v28 = t28[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_73(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v26 = t26[i];
+    float v28 = t28[i];
     float v25 = t25[i];
+    float v27 = zk_conv1d_at<128, 64, 3, true>(t26, t4, t5, i);  // causal_conv1d, inline
     float v29 = v27 * v28;  // mul
     float v30 = v29 + v26;  // add
     float v31 = v30 + v25;  // add
     t31[i] = v31;
-  }
-}
-
-// zoo_layernorm_fwd_82: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_82(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v31;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k83_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_74: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_add(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_74(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v32 = t32[i];
     float v31 = t31[i];
     float v33 = v32 + v31;  // add
     t33[i] = v33;
-  }
-}
-
-// zoo_layernorm_fwd_84: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_84(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v33;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k85_slice: slice, 4194304 elements
+// zoo_k75_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k75_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k86_split_heads: split heads, 4194304 elements
+// zoo_k76_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k87_slice: slice, 4194304 elements
+// zoo_k77_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k88_split_heads: split heads, 4194304 elements
+// zoo_k78_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k89_slice: slice, 4194304 elements
+// zoo_k79_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k90_split_heads: split heads, 4194304 elements
+// zoo_k80_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_91: node 21
+// zoo_softmax_attn_fwd_81: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_91(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_81(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k92_merge_heads: merge heads, 4194304 elements
+// zoo_k82_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k92_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k82_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2199,82 +2205,79 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k92_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k93_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_83: node 25
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k93_add(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_83(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v44 = t44[i];
     float v33 = t33[i];
     float v45 = v44 + v33;  // add
     t45[i] = v45;
-  }
-}
-
-// zoo_layernorm_fwd_94: node 25
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_94(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v45;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k95_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_84: node 27
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_add(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v46 = t46[i];
     float v45 = t45[i];
     float v47 = v46 + v45;  // add
-    t47[i] = v47;
-  }
-}
-
-// zoo_layernorm_fwd_96: node 27
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_96(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v47;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_97: node 28
+// zoo_label_count_85: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_97(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_85(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_98: node 28
+// zoo_label_write_86: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_98(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_86(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_99: node 29
+// zoo_gather_rows_87: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_99(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_87(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_100: node 31
+// zoo_ce_rows_88: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_100(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_88(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_101: node 31
+// zoo_ce_finish_89: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_101(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_89(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_102: node 32
+// zoo_acc_rows_90: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_102(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_90(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_103: node 32
+// zoo_acc_finish_91: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_103(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_91(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

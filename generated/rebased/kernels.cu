@@ -88,6 +88,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -298,19 +305,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k3_add_dropout: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
-//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, unsigned long long seed) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v25 = t25[i];
-    float v27 = t27[i % 8192];
-    float v28 = v25 + v27;  // add
-    float v29 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v28 * 1.11111116f : 0.0f;  // dropout
-    t29[i] = v29;
-  }
-}
-
 // ---- runtime/kernels/layernorm.cu ----
 /* layernorm.cu: layernorm and layernorm_bwd over the last axis (ops.def).
  *
@@ -320,10 +314,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -338,8 +337,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k3_add_dropout(const float
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -347,13 +346,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
@@ -454,11 +452,26 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 
 #endif /* ZK_LAYERNORM_CU */
 
-// zoo_layernorm_fwd_4: node 5
+// zoo_layernorm_fused_3: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+// with the prologue that makes its input t29:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
+//   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v25 = t25[i];
+    float v27 = t27[i % 8192];
+    float v28 = v25 + v27;  // add
+    float v29 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v28 * 1.11111116f : 0.0f;  // dropout
+    t29[i] = v29;
+    return v29;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
+
+// GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/causal_conv1d.cu ----
 /* causal_conv1d.cu: depthwise causal convolution and its backward (ops.def).
@@ -466,6 +479,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
  * Shapes: x, y, dy, dx [B, T, C]; w, dw [C, 1, K]; b, db [C]. N = B T rows.
  * Constants: T, C, K, HAS_B, P.
  *   y[b, t, c] = b[c] + sum_j w[c, j] x[b, t - K + 1 + j, c], zeros before t = 0.
+ *
+ * zk_conv1d_at<T, C, K, HAS_B>(x, w, b, e): output element e (= row C + c),
+ *   computed where it is needed: by zk_conv1d_fwd, and inline by the kernel of
+ *   an elementwise group that consumes the convolution (compiler/fuse.c, the
+ *   op's ZOO_OPF_INLINE), which reads x at t - K + 1 .. t itself.
  *
  * zk_conv1d_fwd<T, C, K, HAS_B>: one thread per output element, 256-thread
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
@@ -485,12 +503,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_4(const floa
 #define ZK_CAUSAL_CONV1D_CU
 
 template <int T, int C, int K, bool HAS_B>
-__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+__device__ __forceinline__ float zk_conv1d_at(const float *__restrict__ x,
                                               const float *__restrict__ w,
-                                              const float *__restrict__ bias,
-                                              float *__restrict__ y, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * C) return;
+                                              const float *__restrict__ bias, zk_i64 e) {
   zk_i64 row = e / C;
   int c = (int)(e - row * C);
   int t = (int)(row % T);
@@ -500,7 +515,17 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
     int s = t - K + 1 + j;
     if (s >= 0) acc += w[c * K + j] * x[e + (zk_i64)(j - K + 1) * C];
   }
-  y[e] = acc;
+  return acc;
+}
+
+template <int T, int C, int K, bool HAS_B>
+__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+                                              const float *__restrict__ w,
+                                              const float *__restrict__ bias,
+                                              float *__restrict__ y, zk_i64 N) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * C) return;
+  y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
 template <int T, int C, int K, int P>
@@ -565,67 +590,58 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 
 #endif /* ZK_CAUSAL_CONV1D_CU */
 
-// zoo_conv1d_fwd_5: node 6
+// zoo_layernorm_fused_4: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_5(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
-}
-
-// GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
-
-// zoo_k6_mul_add_add: 3 elementwise ops over 4194304 elements
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_mul_add_add(const float *__restrict__ t31, const float *__restrict__ t32, const float *__restrict__ t30, const float *__restrict__ t29, float *__restrict__ t35) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v31 = t31[i];
-    float v32 = t32[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t31, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v30 = t30[i];
+    float v32 = t32[i];
     float v29 = t29[i];
+    float v31 = zk_conv1d_at<128, 64, 3, true>(t30, t4, t5, i);  // causal_conv1d, inline
     float v33 = v31 * v32;  // mul
     float v34 = v33 + v30;  // add
     float v35 = v34 + v29;  // add
+    t31[i] = v31;
     t35[i] = v35;
-  }
-}
-
-// zoo_layernorm_fwd_7: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v35;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k8_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_5: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_add(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v35 = t35[i];
     float v37 = v36 + v35;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_9: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_9(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_10: node 15
+// zoo_layernorm_fwd_6: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_10(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k11_split_heads: split heads, 12582912 elements
+// zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -633,15 +649,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_12: node 18
+// zoo_layernorm_fwd_8: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_12(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_8(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k13_split_heads: split heads, 12582912 elements
+// zoo_k9_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k13_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -649,9 +665,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k13_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k14_split_heads: split heads, 3932160 elements
+// zoo_k10_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k14_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -984,15 +1000,15 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_15: node 22
+// zoo_poly_attn_fwd_11: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_15(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k16_merge_heads: merge heads, 3932160 elements
+// zoo_k12_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k16_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1000,37 +1016,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k16_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k17_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_13: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_add(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v49 = t49[i];
     float v37 = t37[i];
     float v50 = v49 + v37;  // add
     t50[i] = v50;
-  }
-}
-
-// zoo_layernorm_fwd_18: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_18(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v50;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k19_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_14: node 28
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k19_add(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v51 = t51[i];
     float v50 = t50[i];
     float v52 = v51 + v50;  // add
     t52[i] = v52;
-  }
-}
-
-// zoo_layernorm_fwd_20: node 28
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_20(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v52;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
@@ -1163,21 +1177,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_21: node 29
+// zoo_label_count_15: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_21(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_15(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_22: node 29
+// zoo_label_write_16: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_22(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_16(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_23: node 30
+// zoo_gather_rows_17: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_23(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1427,39 +1441,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_24: node 32
+// zoo_ce_rows_18: node 32
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_24(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_18(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_25: node 32
+// zoo_ce_finish_19: node 32
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_25(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_19(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_26: node 33
+// zoo_acc_rows_20: node 33
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_26(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_20(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_27: node 33
+// zoo_acc_finish_21: node 33
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_27(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_21(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_28: node 34
+// zoo_ce_count_22: node 34
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_28(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_22(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_29: node 34
+// zoo_ce_bwd_rows_23: node 34
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_29(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_23(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1469,39 +1483,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_29(const float
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_30: node 37
+// zoo_scatter_rows_24: node 37
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_30(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_24(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_31: node 38
+// zoo_layernorm_bwd_rows_25: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 38
+// zoo_sum_partials_26: node 38
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_33: node 39
+// zoo_layernorm_bwd_rows_27: node 39
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 39
+// zoo_sum_partials_28: node 39
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k35_add: 1 elementwise op over 4194304 elements
+// zoo_k29_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1522,28 +1536,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k36_split_heads: split heads, 3932160 elements
+// zoo_k30_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_37: node 47
+// zoo_poly_attn_bwd_q_31: node 47
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_37(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_38: node 47
+// zoo_poly_attn_bwd_kv_32: node 47
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_38(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_kv_32(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k39_merge_heads: merge heads, 3932160 elements
+// zoo_k33_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1560,22 +1574,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_merge_heads: merge heads, 12582912 elements
+// zoo_k34_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_41: node 55
+// zoo_layernorm_bwd_rows_35: node 55
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_42: node 55
+// zoo_sum_partials_36: node 55
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
@@ -1591,22 +1605,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k43_merge_heads: merge heads, 12582912 elements
+// zoo_k37_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_44: node 63
+// zoo_layernorm_bwd_rows_38: node 63
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 63
+// zoo_sum_partials_39: node 63
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
@@ -1617,10 +1631,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const floa
 
 // t105 is t104 reshaped (same memory, no kernel)
 
-// zoo_k46_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v95 = t95[i];
@@ -1636,21 +1650,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_47: node 70
+// zoo_layernorm_bwd_rows_41: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_48: node 70
+// zoo_sum_partials_42: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k49_add: 1 elementwise op over 4194304 elements
+// zoo_k43_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v73 = t73[i];
     float v109 = t109[i];
@@ -1659,23 +1673,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_50: node 72
+// zoo_layernorm_bwd_rows_44: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_51: node 72
+// zoo_sum_partials_45: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k52_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k46_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v112 = t112[i];
     float v113 = t113[i];
@@ -1702,9 +1716,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k53_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k47_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1723,8 +1737,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__res
   }
 }
 
-// zoo_k53_sum_fin: adds the 132 partials of zoo_k53_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k47_sum_fin: adds the 132 partials of zoo_k47_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1732,22 +1746,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_54: node 83
+// zoo_conv1d_bwd_rows_48: node 83
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_54(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_55: node 83
+// zoo_sum_partials_49: node 83
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_55(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k56_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v121 = t121[i];
@@ -1758,22 +1772,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_57: node 85
+// zoo_layernorm_bwd_rows_51: node 85
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_57(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_51(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_58: node 85
+// zoo_sum_partials_52: node 85
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_58(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k59_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v130 = t130[i];
@@ -1783,9 +1797,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_add_dropout(const floa
   }
 }
 
-// zoo_k60_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1804,8 +1818,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to(const float 
   }
 }
 
-// zoo_k60_reduce_to_fin: adds the 2 partials of zoo_k60_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k54_reduce_to_fin: adds the 2 partials of zoo_k54_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1813,21 +1827,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_61: node 89
+// zoo_embedding_bwd_55: node 89
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_61(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_62: node 90
+// zoo_embedding_bwd_56: node 90
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_62(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k63_add: 1 elementwise op over 524288 elements
+// zoo_k57_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
     float v137 = t137[i];
@@ -1838,104 +1852,96 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_64: node 0
+// zoo_embedding_fwd_58: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_64(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k65_arange: 0 .. 127
+// zoo_k59_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_66: node 2
+// zoo_embedding_fwd_60: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_66(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_k67_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_61: node 5
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v25 = t25[i];
     float v27 = t27[i % 8192];
     float v28 = v25 + v27;  // add
     float v29 = v28;  // dropout
     t29[i] = v29;
-  }
-}
-
-// zoo_layernorm_fwd_68: node 5
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_68(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v29;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_conv1d_fwd_69: node 6
-//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_fwd_69(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_conv1d_fwd<128, 64, 3, true>(x, w, b, y, 65536LL);
 }
 
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k70_mul_add_add: 3 elementwise ops over 4194304 elements
+// zoo_layernorm_fused_62: node 11
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t35:
+//   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_mul_add_add(const float *__restrict__ t31, const float *__restrict__ t32, const float *__restrict__ t30, const float *__restrict__ t29, float *__restrict__ t35) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v31 = t31[i];
-    float v32 = t32[i];
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v30 = t30[i];
+    float v32 = t32[i];
     float v29 = t29[i];
+    float v31 = zk_conv1d_at<128, 64, 3, true>(t30, t4, t5, i);  // causal_conv1d, inline
     float v33 = v31 * v32;  // mul
     float v34 = v33 + v30;  // add
     float v35 = v34 + v29;  // add
     t35[i] = v35;
-  }
-}
-
-// zoo_layernorm_fwd_71: node 11
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_71(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v35;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k72_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_63: node 13
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_add(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v36 = t36[i];
     float v35 = t35[i];
     float v37 = v36 + v35;  // add
     t37[i] = v37;
-  }
-}
-
-// zoo_layernorm_fwd_73: node 13
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_73(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v37;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_74: node 15
+// zoo_layernorm_fwd_64: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_74(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_64(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k75_split_heads: split heads, 12582912 elements
+// zoo_k65_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1943,15 +1949,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k75_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_76: node 18
+// zoo_layernorm_fwd_66: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_76(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_layernorm_fwd<192, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k77_split_heads: split heads, 12582912 elements
+// zoo_k67_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -1959,22 +1965,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k78_split_heads: split heads, 3932160 elements
+// zoo_k68_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_79: node 22
+// zoo_poly_attn_fwd_69: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_79(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k80_merge_heads: merge heads, 3932160 elements
+// zoo_k70_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1982,82 +1988,79 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_k81_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_71: node 26
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_add(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v49 = t49[i];
     float v37 = t37[i];
     float v50 = v49 + v37;  // add
     t50[i] = v50;
-  }
-}
-
-// zoo_layernorm_fwd_82: node 26
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_82(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v50;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k83_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_fused_72: node 28
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_add(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
     float v51 = t51[i];
     float v50 = t50[i];
     float v52 = v51 + v50;  // add
-    t52[i] = v52;
-  }
-}
-
-// zoo_layernorm_fwd_84: node 28
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_84(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+    return v52;
+  };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_85: node 29
+// zoo_label_count_73: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_85(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_73(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_86: node 29
+// zoo_label_write_74: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_86(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_74(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_87: node 30
+// zoo_gather_rows_75: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_87(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_75(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_88: node 32
+// zoo_ce_rows_76: node 32
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_88(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_89: node 32
+// zoo_ce_finish_77: node 32
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_89(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_77(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_90: node 33
+// zoo_acc_rows_78: node 33
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_90(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_78(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_91: node 33
+// zoo_acc_finish_79: node 33
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_91(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_79(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

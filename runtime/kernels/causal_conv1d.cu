@@ -4,6 +4,11 @@
  * Constants: T, C, K, HAS_B, P.
  *   y[b, t, c] = b[c] + sum_j w[c, j] x[b, t - K + 1 + j, c], zeros before t = 0.
  *
+ * zk_conv1d_at<T, C, K, HAS_B>(x, w, b, e): output element e (= row C + c),
+ *   computed where it is needed: by zk_conv1d_fwd, and inline by the kernel of
+ *   an elementwise group that consumes the convolution (compiler/fuse.c, the
+ *   op's ZOO_OPF_INLINE), which reads x at t - K + 1 .. t itself.
+ *
  * zk_conv1d_fwd<T, C, K, HAS_B>: one thread per output element, 256-thread
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
  *
@@ -22,12 +27,9 @@
 #define ZK_CAUSAL_CONV1D_CU
 
 template <int T, int C, int K, bool HAS_B>
-__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+__device__ __forceinline__ float zk_conv1d_at(const float *__restrict__ x,
                                               const float *__restrict__ w,
-                                              const float *__restrict__ bias,
-                                              float *__restrict__ y, zk_i64 N) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= N * C) return;
+                                              const float *__restrict__ bias, zk_i64 e) {
   zk_i64 row = e / C;
   int c = (int)(e - row * C);
   int t = (int)(row % T);
@@ -37,7 +39,17 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
     int s = t - K + 1 + j;
     if (s >= 0) acc += w[c * K + j] * x[e + (zk_i64)(j - K + 1) * C];
   }
-  y[e] = acc;
+  return acc;
+}
+
+template <int T, int C, int K, bool HAS_B>
+__device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
+                                              const float *__restrict__ w,
+                                              const float *__restrict__ bias,
+                                              float *__restrict__ y, zk_i64 N) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= N * C) return;
+  y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
 template <int T, int C, int K, int P>

@@ -31,6 +31,13 @@ struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
 
+/* A loader of the row kernels that take one (zk_layernorm_fwd): element e of
+ * a tensor in memory. A fused kernel passes a lambda in its place. */
+struct zk_load {
+  const float *__restrict__ p;
+  __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
+};
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll

@@ -6,10 +6,15 @@
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>
+ * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
  *   one warp per row, any number of warps per block (the emitter uses 8 =
  *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them).
+ *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   pointer: x(e) returns element e = row C + c of the input, called once per
+ *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
+ *   (compiler/fuse.c) passes a lambda that computes the element from its own
+ *   inputs and stores the values the rest of the graph needs (the prologue),
+ *   so the input of the norm never has to make a round trip through memory.
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
@@ -24,8 +29,8 @@
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
-template <int C, bool HAS_W, bool HAS_B>
-__device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
+template <int C, bool HAS_W, bool HAS_B, class LoadX>
+__device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
@@ -33,13 +38,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(const float *__restrict__ x,
   int lane = threadIdx.x & 31;
   zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= N) return; /* the whole warp leaves together */
-  const float *xr = x + row * C;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = lane + 32 * k;
-    v[k] = c < C ? xr[c] : 0.0f;
+    v[k] = c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
   float mean = zk_warp_sum(sum) / (float)C;
