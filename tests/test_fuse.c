@@ -340,7 +340,7 @@ static void emu_fuse(zoo_test_ctx *t, const char *model) {
   zoo_graph *g = &p->graph;
   zoo_diag d;
   zoo_diag_init(&d, stderr);
-  CHECK(zoo_train_graph_head(g, 0, &d) == 0); /* the plain head, as CUDA trains */
+  CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 16, &d) == 0); /* the head CUDA trains with */
   const int64_t B = 3, T = 16, V = 64;
   int np = g->nparams;
   float **p0 = calloc((size_t)np, sizeof *p0);
