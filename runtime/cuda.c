@@ -239,50 +239,8 @@ void zoo_cuda_gemm_colmajor(const zoo_gemm *gm, zoo_colmajor_gemm *o) {
   o->batch = gm->batch;
 }
 
-/* Candidates cuBLASLt's heuristic offers per GEMM, timed once at set-up when
- * it offers more than one (ZOO_GEMM_TUNE=0: take its first). The skinny
- * shapes of small models (K or N of 32-64 against rows in the tens of
- * thousands) are where its first choice is least reliable. */
-#define GEMM_CANDIDATES 6
-
-static int gemm_tune_enabled(void) {
-  const char *v = getenv("ZOO_GEMM_TUNE");
-  return !(v && !strcmp(v, "0"));
-}
-
-/* GPU ms of 3 runs of algorithm `algo` of plan gp on operands A, B, C (after
- * one untimed run); -1 when it fails. C is overwritten: the step that runs
- * the GEMM in training rewrites it (or clears it first when it accumulates). */
-static float gemm_time(core *c, const gemm_plan *gp, const cublasLtMatmulAlgo_t *algo,
-                       const zoo_gemm *gm, CUdeviceptr A, CUdeviceptr B, CUdeviceptr C) {
-  CUevent e0 = NULL, e1 = NULL;
-  float ms = -1, alpha = gm->alpha, beta = gm->beta;
-  if (zoo_cu.cuEventCreate(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
-      zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS)
-    goto out;
-  for (int r = 0; r < 4; r++) {
-    if (r == 1 && zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS) goto out;
-    if (zoo_cublaslt.cublasLtMatmul(c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la,
-                                    (const void *)(uintptr_t)A, gp->lb, &beta,
-                                    (const void *)(uintptr_t)C, gp->lc, (void *)(uintptr_t)C, gp->lc,
-                                    algo, (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES,
-                                    (cudaStream_t)c->stream) != CUBLAS_STATUS_SUCCESS)
-      goto out;
-  }
-  if (zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS ||
-      zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
-      zoo_cu.cuEventElapsedTime(&ms, e0, e1) != CUDA_SUCCESS)
-    ms = -1;
-out:
-  if (e0) zoo_cu.cuEventDestroy(e0);
-  if (e1) zoo_cu.cuEventDestroy(e1);
-  return ms;
-}
-
-/* cuBLASLt's plan for a row-major GEMM (see zoo_cuda_gemm_colmajor); with
- * operands A, B, C to time candidates on (0: take the heuristic's first). */
-static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias,
-                        CUdeviceptr A, CUdeviceptr B, CUdeviceptr C) {
+/* cuBLASLt's plan for a row-major GEMM (see zoo_cuda_gemm_colmajor). */
+static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias) {
   zoo_colmajor_gemm cm;
   zoo_cuda_gemm_colmajor(gm, &cm);
   cublasComputeType_t compute = c->precision == ZOO_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
@@ -317,11 +275,11 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
   uint64_t ws = WORKSPACE_BYTES;
   cublasStatus_t st = zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-  cublasLtMatmulHeuristicResult_t res[GEMM_CANDIDATES];
-  int found = 0, want = A && B && C && gemm_tune_enabled() ? GEMM_CANDIDATES : 1;
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
     st = zoo_cublaslt.cublasLtMatmulAlgoGetHeuristic(c->lt, gp->desc, gp->la, gp->lb, gp->lc, gp->lc,
-                                                     pref, want, res, &found);
+                                                     pref, 1, &res, &found);
   zoo_cublaslt.cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS)
     return zoo_cublaslt_fail(st, "cublasLtMatmulAlgoGetHeuristic(...)", __FILE__, __LINE__, c->err, c->errlen);
@@ -332,13 +290,7 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
              gm->trans_b);
     return -1;
   }
-  int best = 0;
-  float best_ms = -1;
-  for (int k = 0; found > 1 && k < found; k++) {
-    float ms = gemm_time(c, gp, &res[k].algo, gm, A, B, C);
-    if (ms >= 0 && (best_ms < 0 || ms < best_ms)) best = k, best_ms = ms;
-  }
-  gp->algo = res[best].algo;
+  gp->algo = res.algo;
   gp->ready = 1;
   return 0;
 }
@@ -357,9 +309,7 @@ static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_gr
   for (int i = first; i < first + n; i++) {
     const zoo_step *s = &c->emit->steps[i];
     if (s->kind != ZOO_STEP_GEMM) continue;
-    const zoo_gemm *gm = &s->gemm;
-    if (gemm_prepare(c, &c->gemm[i], gm, tensor_ptr(c, p, gm->bias), tensor_ptr(c, p, gm->a),
-                     tensor_ptr(c, p, gm->b), tensor_ptr(c, p, gm->c)) != 0) {
+    if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0) {
       char d[400];
       step_desc(c, g, i, d, sizeof d);
       return context(c, d);
