@@ -996,7 +996,10 @@ TEST(emu_ops_fused) {
 /* ---------------------------------------------------------------------------
  * Whole training steps: CUDA backend against the CPU backend */
 
-static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake) {
+/* prec: the GEMMs' (backend.h); tf32 and bf16 round the GEMM inputs, so their
+ * steps are held to looser bounds (loss within 2%, parameter changes within
+ * 15% overall) and the argmax counts are not compared. */
+static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec) {
   int mode = MODE_EMU;
   if (fake) EMU_OR_SKIP_LEVEL(1);
   else GPU_MODE_OR_SKIP(mode);
@@ -1041,7 +1044,9 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
     fake_cuda_install();
     fake_cuda_module(fake_mod, &fake_prog.emit);
   }
-  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, ZOO_FP32, err, sizeof err);
+  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, prec, err, sizeof err);
+  const double loss_tol = prec == ZOO_FP32 ? 1e-3 : 2e-2, change_tol = prec == ZOO_FP32 ? 0.02 : 0.15;
+  const int exact = prec == ZOO_FP32;
   if (!gpu) {
     if (fake) {
       fake_cuda_uninstall();
@@ -1105,7 +1110,7 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   if (ok && gpu_seen < steps) mg[gpu_seen++] = last;
   for (int s = 0; ok && s < steps; s++) {
     double dl = fabs(mc[s].loss - mg[s].loss);
-    if (!(dl <= 1e-3 * fabs(mc[s].loss) + 1e-5) || mc[s].correct != mg[s].correct ||
+    if (!(dl <= loss_tol * fabs(mc[s].loss) + 1e-5) || (exact && mc[s].correct != mg[s].correct) ||
         mc[s].labelled != mg[s].labelled) {
       fprintf(stderr, "  %s step %d: cpu loss %.7f correct %.0f labelled %.0f; gpu loss %.7f correct %.0f labelled %.0f\n",
               model, s + 1, mc[s].loss, mc[s].correct, mc[s].labelled, mg[s].loss, mg[s].correct, mg[s].labelled);
@@ -1129,7 +1134,7 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
       if (fabs(dc - dg) > worst) worst = fabs(dc - dg), worst_name = g->tensors[g->params[i]].name;
     }
   }
-  if (ok && !(sqrt(num) <= 0.02 * sqrt(den) && worst <= 6 * opt.lr)) {
+  if (ok && !(sqrt(num) <= change_tol * sqrt(den) && worst <= 6 * opt.lr)) {
     fprintf(stderr, "  %s: parameter changes differ: relative %.3g, worst %.3g in %s\n", model,
             den > 0 ? sqrt(num / den) : 0.0, worst, worst_name);
     ok = 0;
@@ -1140,7 +1145,8 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
     fprintf(stderr, "  eval: %s / %s\n", cpu->err, gpu->err);
     ok = 0;
   }
-  if (ok && (!(fabs(ec.loss - eg.loss) <= 1e-3 * fabs(ec.loss) + 1e-5) || ec.correct != eg.correct || ec.labelled != eg.labelled)) {
+  if (ok && (!(fabs(ec.loss - eg.loss) <= loss_tol * fabs(ec.loss) + 1e-5) ||
+             (exact && ec.correct != eg.correct) || ec.labelled != eg.labelled)) {
     fprintf(stderr, "  %s eval: cpu loss %.7f correct %.0f/%.0f; gpu loss %.7f correct %.0f/%.0f\n", model, ec.loss,
             ec.correct, ec.labelled, eg.loss, eg.correct, eg.labelled);
     ok = 0;
@@ -1168,22 +1174,24 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   CHECKF(ok, "%s (accum %d): the GPU's training steps differ from the CPU's", model, accum);
 }
 
-TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0); }
-TEST(gpu_train_based) { train_compare(t, "based", 1, 0); }
-TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0); }
-TEST(gpu_train_attention) { train_compare(t, "attention", 1, 0); }
-TEST(gpu_train_rwkv) { train_compare(t, "rwkv", 1, 0); }
-TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0); }
-TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0); }
+TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0, ZOO_FP32); }
+TEST(gpu_train_based) { train_compare(t, "based", 1, 0, ZOO_FP32); }
+TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0, ZOO_FP32); }
+TEST(gpu_train_attention) { train_compare(t, "attention", 1, 0, ZOO_FP32); }
+TEST(gpu_train_rwkv) { train_compare(t, "rwkv", 1, 0, ZOO_FP32); }
+TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0, ZOO_FP32); }
+TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0, ZOO_FP32); }
+TEST(gpu_train_rebased_tf32) { train_compare(t, "rebased", 1, 0, ZOO_TF32); }
+TEST(gpu_train_conv_attention_bf16) { train_compare(t, "conv_attention", 2, 0, ZOO_BF16); }
 
 /* The same comparisons through runtime/cuda.c over the fake driver
  * (tests/fake_cuda.h): capture, replay, seeds, double buffers, late metrics,
  * accumulation, state copies, evaluation; the kernels emulated on the CPU. */
-TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1); }
-TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1); }
+TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1, ZOO_FP32); }
+TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1, ZOO_FP32); }
 TEST(emu_backend_debug_mode) {
   setenv("ZOO_DEBUG", "1", 1);
-  train_compare(t, "conv_attention", 2, 1);
+  train_compare(t, "conv_attention", 2, 1, ZOO_FP32);
   unsetenv("ZOO_DEBUG");
 }
 
