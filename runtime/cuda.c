@@ -37,7 +37,6 @@
 #include "rng.h"
 
 #define WORKSPACE_BYTES (32u << 20)
-#define ZOO_MAX_STREAMS 4
 
 /* cuBLASLt's description of one GEMM step. */
 typedef struct gemm_plan {
@@ -82,15 +81,6 @@ typedef struct core {
   int debug;
   int module_kernels;
   captured *capturing; /* set while a graph is being captured */
-  /* Streams of a captured step (stream_plan below): streams[0] is `stream`;
-   * ws[s] the cuBLASLt workspace of stream s (ws[0] = workspace). */
-  int nstreams;
-  CUstream streams[ZOO_MAX_STREAMS];
-  CUdeviceptr ws[ZOO_MAX_STREAMS];
-  CUevent *step_done;  /* per emitted step, recorded when another stream waits on it */
-  CUevent fork, join[ZOO_MAX_STREAMS];
-  struct stream_plan *plans; /* one per run of steps (by first step), made on first capture */
-  int nplans;
   zoo_precision precision; /* the GEMMs' (backend.h) */
   char *err;
   size_t errlen;
@@ -368,11 +358,9 @@ static int step_has_seed(const zoo_step *s) {
 }
 
 /* Launches step i (of the plan whose first step is `first`) on the stream. */
-static int launch_step_on(core *c, const zoo_plan *p, const zoo_graph *g, int i, int first,
-                          uint64_t seed, int micro, int on) {
+static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, int first,
+                       uint64_t seed, int micro) {
   const zoo_step *s = &c->emit->steps[i];
-  CUstream stream = on > 0 ? c->streams[on] : c->stream;
-  CUdeviceptr workspace = on > 0 ? c->ws[on] : c->workspace;
   CUresult r = CUDA_SUCCESS;
   const char *call = "";
   if (s->kind == ZOO_STEP_KERNEL) {
@@ -385,14 +373,14 @@ static int launch_step_on(core *c, const zoo_plan *p, const zoo_graph *g, int i,
       return -1;
     }
     r = zoo_cu.cuLaunchKernel(c->func[i], s->grid[0], s->grid[1], s->grid[2], s->block[0], s->block[1],
-                              s->block[2], s->smem, stream, params, NULL);
+                              s->block[2], s->smem, c->stream, params, NULL);
     call = "cuLaunchKernel(...)";
     if (r == CUDA_SUCCESS && c->capturing && step_has_seed(s)) {
       /* remember the node just captured: the seed changes each step */
       CUstreamCaptureStatus status;
       const CUgraphNode *deps = NULL;
       size_t ndeps = 0;
-      r = zoo_cu.cuStreamGetCaptureInfo(stream, &status, NULL, NULL, &deps, NULL, &ndeps);
+      r = zoo_cu.cuStreamGetCaptureInfo(c->stream, &status, NULL, NULL, &deps, NULL, &ndeps);
       call = "cuStreamGetCaptureInfo(...)";
       if (r == CUDA_SUCCESS && ndeps == 1) {
         captured *cap = c->capturing;
@@ -421,7 +409,7 @@ static int launch_step_on(core *c, const zoo_plan *p, const zoo_graph *g, int i,
     cublasStatus_t st = zoo_cublaslt.cublasLtMatmul(
         c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la, (const void *)(uintptr_t)A, gp->lb,
         &beta, (const void *)(uintptr_t)C, gp->lc, (void *)(uintptr_t)C, gp->lc, &gp->algo,
-        (void *)(uintptr_t)workspace, WORKSPACE_BYTES, (cudaStream_t)stream);
+        (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
     if (st != CUBLAS_STATUS_SUCCESS) {
       zoo_cublaslt_fail(st, "cublasLtMatmul(...)", __FILE__, __LINE__, c->err, c->errlen);
       char d[400];
@@ -430,11 +418,11 @@ static int launch_step_on(core *c, const zoo_plan *p, const zoo_graph *g, int i,
     }
   } else {
     CUdeviceptr C = tensor_ptr(c, p, s->gemm.c);
-    r = zoo_cu.cuMemsetD32Async(C, 0, (size_t)(p->bytes[s->gemm.c] / 4), stream);
+    r = zoo_cu.cuMemsetD32Async(C, 0, (size_t)(p->bytes[s->gemm.c] / 4), c->stream);
     call = "cuMemsetD32Async(...)";
   }
   if (r == CUDA_SUCCESS && c->debug && !c->capturing) {
-    r = zoo_cu.cuStreamSynchronize(stream);
+    r = zoo_cu.cuStreamSynchronize(c->stream);
     call = "cuStreamSynchronize(stream) after the step (ZOO_DEBUG)";
   }
   if (r != CUDA_SUCCESS) {
@@ -447,250 +435,10 @@ static int launch_step_on(core *c, const zoo_plan *p, const zoo_graph *g, int i,
 }
 
 /* Launches steps [first, first + n) under plan p. */
-static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, int first,
-                       uint64_t seed, int micro) {
-  return launch_step_on(c, p, g, i, first, seed, micro, 0);
-}
-
-/* ---------------------------------------------------------------------------
- * Several streams in a captured step.
- *
- * A captured graph keeps the dependencies of the streams it was captured from,
- * so steps on different streams may run at once: at small shapes many kernels
- * and GEMMs fill a fraction of the GPU each (a weight's gradient GEMM beside
- * the input's, the q, k, v projections side by side). The dependencies come
- * from memory, not from the graph: two steps are ordered when the byte ranges
- * they touch overlap and one of them writes (reading after writing, and,
- * since the arena reuses memory, writing after reading or writing). A kernel
- * writes the tensors its group's nodes make and its scratch area, and reads
- * the rest of its arguments; a GEMM writes C and reads A, B and the bias; a
- * clear writes its tensor.
- *
- * Steps go to streams in order: a step continues the stream of its latest
- * dependency when that is the stream's last step, else takes a stream whose
- * last step it depends on, else the stream idle longest. It waits on an event
- * of each other stream it depends on (the latest such step there; earlier ones
- * on that stream come before it). Each run of steps starts with every stream
- * waiting for `stream` (fork) and ends with `stream` waiting for every stream
- * (join), so what comes before and after a run (copies, accumulation, AdamW)
- * stays ordered. ZOO_STREAMS=N (1 to 4, default 4) sets the number of
- * streams; 1 captures everything on one stream, as eager runs always do. */
-
-typedef struct stream_plan {
-  int first, n;
-  int *stream;          /* per step of the run */
-  int *wait_start;      /* n + 1 offsets into waits */
-  int *waits;           /* steps (absolute) to wait for */
-  unsigned char *record;/* per step: another stream waits for it */
-} stream_plan;
-
-typedef struct span_use {
-  CUdeviceptr lo, hi;
-  int write;
-} span_use;
-
-/* The byte ranges step i touches (at most ZOO_MAX_ARGS + 1). */
-static int step_uses(const core *c, const zoo_plan *p, const zoo_graph *g, int i, int first,
-                     span_use *u) {
-  const zoo_step *s = &c->emit->steps[i];
-  int n = 0;
-#define USE(t, w)                                                                       \
-  do {                                                                                  \
-    CUdeviceptr a_ = tensor_ptr(c, p, (t));                                             \
-    if (a_) u[n++] = (span_use){a_, a_ + (CUdeviceptr)p->bytes[(t)], (w)};              \
-  } while (0)
-  if (s->kind == ZOO_STEP_GEMM) {
-    USE(s->gemm.a, 0);
-    USE(s->gemm.b, 0);
-    if (s->gemm.bias >= 0) USE(s->gemm.bias, 0);
-    USE(s->gemm.c, 1);
-  } else if (s->kind == ZOO_STEP_ZERO) {
-    USE(s->gemm.c, 1);
-  } else {
-    int group = zoo_node_group(g, s->node);
-    for (int a = 0; a < s->nargs; a++) {
-      const zoo_arg *x = &s->args[a];
-      if (x->kind == ZOO_ARG_TENSOR) {
-        int pr = g->tensors[x->tensor].producer;
-        USE(x->tensor, pr >= 0 && zoo_node_group(g, pr) == group);
-      } else if (x->kind == ZOO_ARG_SCRATCH && p->scratch[i - first] >= 0) {
-        CUdeviceptr lo = c->base[ZOO_MEM_ARENA] + (CUdeviceptr)p->scratch[i - first];
-        u[n++] = (span_use){lo, lo + (CUdeviceptr)(s->scratch_bytes > 0 ? s->scratch_bytes : 1), 1};
-      }
-    }
-  }
-#undef USE
-  return n;
-}
-
-static int uses_conflict(const span_use *a, int na, const span_use *b, int nb) {
-  for (int i = 0; i < na; i++)
-    for (int j = 0; j < nb; j++)
-      if ((a[i].write || b[j].write) && a[i].lo < b[j].hi && b[j].lo < a[i].hi) return 1;
-  return 0;
-}
-
-static void stream_plan_free(stream_plan *sp) {
-  free(sp->stream), free(sp->wait_start), free(sp->waits), free(sp->record);
-}
-
-/* The streams and waits of steps [first, first + n). */
-static int stream_plan_build(const core *c, const zoo_plan *p, const zoo_graph *g, int first, int n,
-                             stream_plan *sp) {
-  memset(sp, 0, sizeof *sp);
-  sp->first = first, sp->n = n;
-  span_use *uses = malloc((size_t)(n ? n : 1) * (ZOO_MAX_ARGS + 2) * sizeof *uses);
-  int *nuse = calloc((size_t)(n ? n : 1), sizeof *nuse);
-  sp->stream = calloc((size_t)(n ? n : 1), sizeof *sp->stream);
-  sp->wait_start = calloc((size_t)n + 1, sizeof *sp->wait_start);
-  sp->record = calloc((size_t)(n ? n : 1), 1);
-  int cap = 4 * n + 4, nw = 0;
-  sp->waits = malloc((size_t)cap * sizeof *sp->waits);
-  if (!uses || !nuse || !sp->stream || !sp->wait_start || !sp->record || !sp->waits) abort();
-  for (int k = 0; k < n; k++) nuse[k] = step_uses(c, p, g, first + k, first, uses + (size_t)k * (ZOO_MAX_ARGS + 2));
-  int last[ZOO_MAX_STREAMS];
-  for (int s = 0; s < ZOO_MAX_STREAMS; s++) last[s] = -1;
-  for (int k = 0; k < n; k++) {
-    const span_use *uk = uses + (size_t)k * (ZOO_MAX_ARGS + 2);
-    int latest[ZOO_MAX_STREAMS], newest = -1; /* per stream: the latest step k depends on */
-    for (int s = 0; s < ZOO_MAX_STREAMS; s++) latest[s] = -1;
-    for (int j = k - 1; j >= 0; j--)
-      if (latest[sp->stream[j]] < j && uses_conflict(uk, nuse[k], uses + (size_t)j * (ZOO_MAX_ARGS + 2), nuse[j])) {
-        latest[sp->stream[j]] = j;
-        if (newest < 0) newest = j;
-      }
-    int on = -1;
-    if (newest >= 0 && last[sp->stream[newest]] == newest) on = sp->stream[newest];
-    for (int s = 0; on < 0 && s < c->nstreams; s++)
-      if (last[s] >= 0 && latest[s] == last[s]) on = s;
-    if (on < 0) {
-      on = 0;
-      for (int s = 1; s < c->nstreams; s++)
-        if (last[s] < last[on]) on = s;
-    }
-    sp->stream[k] = on;
-    last[on] = k;
-    sp->wait_start[k] = nw;
-    for (int s = 0; s < ZOO_MAX_STREAMS; s++)
-      if (s != on && latest[s] >= 0) {
-        if (nw == cap) {
-          cap *= 2;
-          sp->waits = realloc(sp->waits, (size_t)cap * sizeof *sp->waits);
-          if (!sp->waits) abort();
-        }
-        sp->waits[nw++] = first + latest[s];
-        sp->record[latest[s]] = 1;
-      }
-  }
-  sp->wait_start[n] = nw;
-  /* Check: every conflicting pair j < k is ordered, by its stream's order or
-   * a chain of waits. after[k][s]: the latest step of stream s that k runs
-   * after. A miss is a bug in the above; the caller then uses one stream. */
-  int bad = 0;
-  int(*after)[ZOO_MAX_STREAMS] = malloc((size_t)(n ? n : 1) * sizeof *after);
-  int prev[ZOO_MAX_STREAMS];
-  if (!after) abort();
-  for (int s = 0; s < ZOO_MAX_STREAMS; s++) prev[s] = -1;
-  for (int k = 0; k < n && !bad; k++) {
-    int on = sp->stream[k];
-    for (int s = 0; s < ZOO_MAX_STREAMS; s++) after[k][s] = prev[on] >= 0 ? after[prev[on]][s] : -1;
-    if (prev[on] >= 0) after[k][on] = prev[on];
-    for (int w = sp->wait_start[k]; w < sp->wait_start[k + 1]; w++) {
-      int j = sp->waits[w] - first;
-      for (int s = 0; s < ZOO_MAX_STREAMS; s++)
-        if (after[j][s] > after[k][s]) after[k][s] = after[j][s];
-      if (j > after[k][sp->stream[j]]) after[k][sp->stream[j]] = j;
-    }
-    prev[on] = k;
-    for (int j = 0; j < k && !bad; j++)
-      if (after[k][sp->stream[j]] < j && uses_conflict(uses + (size_t)k * (ZOO_MAX_ARGS + 2), nuse[k],
-                                                       uses + (size_t)j * (ZOO_MAX_ARGS + 2), nuse[j]))
-        bad = 1;
-  }
-  free(after);
-  free(uses);
-  free(nuse);
-  return bad ? -1 : 0;
-}
-
-static const stream_plan *stream_plan_for(core *c, const zoo_plan *p, const zoo_graph *g, int first,
-                                          int n) {
-  for (int i = 0; i < c->nplans; i++)
-    if (c->plans[i].first == first && c->plans[i].n == n) return &c->plans[i];
-  c->plans = realloc(c->plans, (size_t)(c->nplans + 1) * sizeof *c->plans);
-  if (!c->plans) abort();
-  if (stream_plan_build(c, p, g, first, n, &c->plans[c->nplans]) != 0) {
-    stream_plan_free(&c->plans[c->nplans]);
-    return NULL;
-  }
-  return &c->plans[c->nplans++];
-}
-
-/* The side streams, their workspaces and the events, once (ZOO_STREAMS). */
-static int core_streams(core *c) {
-  const char *v = getenv("ZOO_STREAMS");
-  int ns = v && *v ? atoi(v) : ZOO_MAX_STREAMS;
-  if (ns < 1) ns = 1;
-  if (ns > ZOO_MAX_STREAMS) ns = ZOO_MAX_STREAMS;
-  c->nstreams = ns;
-  c->streams[0] = c->stream;
-  c->ws[0] = c->workspace;
-  for (int s = 1; s < ns; s++) {
-    ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->streams[s], CU_STREAM_NON_BLOCKING));
-    ZOO_CU_N(c->err, c->errlen, cuMemAlloc(&c->ws[s], WORKSPACE_BYTES));
-    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->join[s], CU_EVENT_DISABLE_TIMING));
-  }
-  if (ns > 1) {
-    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->fork, CU_EVENT_DISABLE_TIMING));
-    c->step_done = calloc((size_t)(c->nsteps ? c->nsteps : 1), sizeof *c->step_done);
-    if (!c->step_done) abort();
-    for (int i = 0; i < c->nsteps; i++)
-      ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->step_done[i], CU_EVENT_DISABLE_TIMING));
-  }
-  return 0;
-}
-
-static void core_streams_free(core *c) {
-  for (int s = 1; s < c->nstreams; s++) {
-    if (c->streams[s]) zoo_cu.cuStreamDestroy(c->streams[s]);
-    if (c->ws[s]) zoo_cu.cuMemFree(c->ws[s]);
-    if (c->join[s]) zoo_cu.cuEventDestroy(c->join[s]);
-  }
-  if (c->fork) zoo_cu.cuEventDestroy(c->fork);
-  for (int i = 0; c->step_done && i < c->nsteps; i++)
-    if (c->step_done[i]) zoo_cu.cuEventDestroy(c->step_done[i]);
-  free(c->step_done);
-  for (int i = 0; i < c->nplans; i++) stream_plan_free(&c->plans[i]);
-  free(c->plans);
-}
-
 static int run_steps(core *c, const zoo_plan *p, const zoo_graph *g, int first, int n, uint64_t seed,
                      int micro) {
-  if (!c->capturing || c->debug || c->nstreams < 2) {
-    for (int i = first; i < first + n; i++)
-      if (launch_step(c, p, g, i, first, seed, micro) != 0) return -1;
-    return 0;
-  }
-  const stream_plan *sp = stream_plan_for(c, p, g, first, n);
-  if (!sp) {
-    snprintf(c->err, c->errlen, "steps %d to %d: the streams' waits miss an ordering (bug); "
-             "ZOO_STREAMS=1 captures on one stream", first, first + n - 1);
-    return -1;
-  }
-  ZOO_CU_N(c->err, c->errlen, cuEventRecord(c->fork, c->stream));
-  for (int s = 1; s < c->nstreams; s++)
-    ZOO_CU_N(c->err, c->errlen, cuStreamWaitEvent(c->streams[s], c->fork, 0));
-  for (int k = 0; k < n; k++) {
-    int on = sp->stream[k];
-    for (int w = sp->wait_start[k]; w < sp->wait_start[k + 1]; w++)
-      ZOO_CU_N(c->err, c->errlen, cuStreamWaitEvent(c->streams[on], c->step_done[sp->waits[w]], 0));
-    if (launch_step_on(c, p, g, first + k, first, seed, micro, on) != 0) return -1;
-    if (sp->record[k]) ZOO_CU_N(c->err, c->errlen, cuEventRecord(c->step_done[first + k], c->streams[on]));
-  }
-  for (int s = 1; s < c->nstreams; s++) {
-    ZOO_CU_N(c->err, c->errlen, cuEventRecord(c->join[s], c->streams[s]));
-    ZOO_CU_N(c->err, c->errlen, cuStreamWaitEvent(c->stream, c->join[s], 0));
-  }
+  for (int i = first; i < first + n; i++)
+    if (launch_step(c, p, g, i, first, seed, micro) != 0) return -1;
   return 0;
 }
 
@@ -711,7 +459,6 @@ static void core_free(core *c) {
   if (c->lt) zoo_cublaslt.cublasLtDestroy(c->lt);
   for (int m = 1; m < 5; m++)
     if (c->base[m]) zoo_cu.cuMemFree(c->base[m]);
-  core_streams_free(c);
   if (c->workspace) zoo_cu.cuMemFree(c->workspace);
   if (c->mod) zoo_cu.cuModuleUnload(c->mod);
   if (c->stream) zoo_cu.cuStreamDestroy(c->stream);
@@ -1214,8 +961,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
       core_alloc(c, &x->adam_v, pb) != 0 || core_alloc(c, &x->hyper, 256) != 0 ||
       core_alloc(c, &x->metrics_acc, 256) != 0 || core_alloc(c, &c->workspace, WORKSPACE_BYTES) != 0)
     return context(c, "allocating device memory");
-  if (core_streams(c) != 0) return context(c, "making the side streams");
-  x->device_bytes = arena + 5 * pb + ib + 512 + (int64_t)c->nstreams * WORKSPACE_BYTES;
+  x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
   CUdeviceptr zero[] = {c->base[ZOO_MEM_PARAM], c->base[ZOO_MEM_GRAD], x->acc, x->adam_m, x->adam_v};
   for (int k = 0; k < 5; k++) ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(zero[k], 0, (size_t)(pb > 0 ? pb : 1), c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_ARENA], 0, (size_t)(arena > 0 ? arena : 1), c->stream));

@@ -224,11 +224,6 @@ static CUresult f_cuMemGetInfo(size_t *fr, size_t *total) {
 }
 static CUresult f_cuStreamCreate(CUstream *s, unsigned flags) { return *s = (CUstream)(intptr_t)7, CUDA_SUCCESS; }
 static CUresult f_cuStreamDestroy(CUstream s) { return CUDA_SUCCESS; }
-/* Every launch runs at once, in program order, so waits have nothing to do. */
-static CUresult f_cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
-  F.st.stream_waits++;
-  return CUDA_SUCCESS;
-}
 static CUresult f_cuStreamSynchronize(CUstream s) {
   return F.capturing ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
 }
@@ -460,7 +455,6 @@ void fake_cuda_install(void) {
   cu.cuMemsetD32Async = f_cuMemsetD32Async;
   cu.cuMemGetInfo = f_cuMemGetInfo;
   cu.cuStreamCreate = f_cuStreamCreate;
-  cu.cuStreamWaitEvent = f_cuStreamWaitEvent;
   cu.cuStreamDestroy = f_cuStreamDestroy;
   cu.cuStreamSynchronize = f_cuStreamSynchronize;
   cu.cuStreamBeginCapture = f_cuStreamBeginCapture;

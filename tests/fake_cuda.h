@@ -29,7 +29,6 @@ void fake_cuda_module(emu_module *m, const zoo_cuda_emit *e);
  * launches, live device allocations. */
 typedef struct fake_cuda_stats {
   long kernel_launches, graph_launches, graph_nodes_replayed, setparams;
-  long stream_waits; /* cuStreamWaitEvent calls: captures over several streams */
   long allocations;
 } fake_cuda_stats;
 fake_cuda_stats fake_cuda_counters(void);
