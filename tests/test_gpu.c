@@ -1139,6 +1139,25 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
             den > 0 ? sqrt(num / den) : 0.0, worst, worst_name);
     ok = 0;
   }
+  /* a batch labelling more positions than the head holds (10 per sequence) is
+   * refused before it reaches the GPU, saying why */
+  if (ok) {
+    int32_t *full = malloc((size_t)(B * T) * 4);
+    for (int64_t e = 0; e < B * T; e++) full[e] = (int32_t)(e % V);
+    zoo_metrics mx;
+    const int32_t *fa[1] = {full};
+    int frows[1] = {(int)B};
+    int got = gpu->train_step(gpu, 1, fa, fa, frows, &opt, 5, &mx);
+    if (got >= 0 || !strstr(gpu->err, "labelled positions")) {
+      fprintf(stderr, "  an over-full batch: train_step gave %d (%s)\n", got, gpu->err);
+      ok = 0;
+    }
+    free(full);
+    if (ok && gpu->sync(gpu, &mx) != 0) {
+      fprintf(stderr, "  sync after the refused batch: %s\n", gpu->err);
+      ok = 0;
+    }
+  }
   /* evaluation of the last batch */
   zoo_metrics ec, eg;
   if (ok && (cpu->eval_batch(cpu, tok[0], tgt[0], 6, &ec) != 0 || gpu->eval_batch(gpu, tok[0], tgt[0], 6, &eg) != 0)) {
