@@ -432,10 +432,12 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * per kernel (part 0 fwd, 1 bwd_q, 2 bwd_kv) mirrors zk_sattn_smem (the
  * wrappers assert it). */
 #define SATTN_SMEM_MAX (200 * 1024)
+static int64_t sattn_pad(int64_t w) { return w % 4 == 0 ? w + 4 : w + 1; }
 static int64_t sattn_smem(int64_t F, int64_t DV, int BR, int BS, int part) {
-  int64_t common = BR * (F + 1) + BS * (F + 1) + BS * (DV + 1) + BR * (BS + 1);
-  if (part == 0) return 4 * common;
-  return 4 * (common + BR * (DV + 1) + (part == 2 ? 2 * BS : 0));
+  int64_t floats = (BR + BS) * sattn_pad(F) + BS * sattn_pad(DV) + BR * sattn_pad(BS);
+  if (part > 0) floats += BR * sattn_pad(DV);
+  if (part == 2) floats += 2 * BS;
+  return 4 * floats;
 }
 
 static int sattn_tiles(int64_t F, int64_t DV, int64_t T, int *BR, int *BS) {

@@ -540,8 +540,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float
  * statistics (max, sum, D) are reduced over the 16 lanes of a half warp in
  * registers and the accumulators are rescaled in place. Each product reads
  * its two operands from shared memory, one value per owned row and one per
- * owned column per step of the inner dimension (rows padded to odd strides:
- * no bank conflicts).
+ * owned column per step of the inner dimension, 4 steps in one 16-byte read
+ * where the operand is contiguous along it (rows padded: zk_sattn_pad).
  *
  * Causal key tiles wholly above the diagonal are skipped: their terms are
  * exp(s - 10000 - max) with max >= s_ii, which is exactly 0 in fp32 (and in
@@ -572,13 +572,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float
 
 #define ZK_SATTN_NT 128
 
+/* Row stride of a shared [rows][W] array: W + 4 when W is a multiple of 4 (rows
+ * 16-byte aligned for the products' 4-wide reads; consecutive rows 4 banks
+ * apart), else W + 1. */
+__host__ __device__ constexpr int zk_sattn_pad(int w) { return w % 4 == 0 ? w + 4 : w + 1; }
+
 /* Dynamic shared memory (floats) of kernel part 0 (fwd), 1 (bwd_q), 2
  * (bwd_kv); the emitter mirrors it (sattn_smem in codegen_intrinsics.c). */
 template <int F, int DV, int BR, int BS>
 __host__ __device__ constexpr int zk_sattn_smem(int part) {
-  return part == 0   ? BR * (F + 1) + BS * (F + 1) + BS * (DV + 1) + BR * (BS + 1)
-         : part == 1 ? BR * (F + 1) + BR * (DV + 1) + BS * (F + 1) + BS * (DV + 1) + BR * (BS + 1)
-                     : BR * (F + 1) + BR * (DV + 1) + BS * (F + 1) + BS * (DV + 1) + BR * (BS + 1) + 2 * BS;
+  return (BR + BS) * zk_sattn_pad(F) + BS * zk_sattn_pad(DV) + BR * zk_sattn_pad(BS) +
+         (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
 }
 
 /* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T). */
@@ -600,28 +604,50 @@ __device__ __forceinline__ float zk_sattn_keep(zk_i64 bh, int i, int j, float p,
   return zoo_rng_uniform(seed, stream, idx) >= p ? inv_keep : 0.0f;
 }
 
-/* acc[a][b] += sum_k A(ty + 8 a, k) B(col_b, k) over k < K, where
+/* KV consecutive values p[0], p[step], ...: one 16-byte read when V. */
+template <int KV, bool V>
+struct zk_sattn_ldk {
+  static __device__ __forceinline__ void run(float (&o)[KV], const float *p, int step) {
+#pragma unroll
+    for (int kk = 0; kk < KV; kk++) o[kk] = p[kk * step];
+  }
+};
+template <>
+struct zk_sattn_ldk<4, true> {
+  static __device__ __forceinline__ void run(float (&o)[4], const float *p, int) {
+    zk_f4 t = *(const zk_f4 *)p;
+    o[0] = t.x, o[1] = t.y, o[2] = t.z, o[3] = t.w;
+  }
+};
+
+/* acc[a][b] += sum_k A(ty + 8 a, k) B(col_b, k) over k < K in order, where
  * A(m, k) = A[m * AR + k * AK], B(n, k) = B[n * BN + k * BK] in shared memory
  * and col_b = min(tx + 16 b, N - 1) (columns past N are computed from the last
- * one and never stored). */
+ * one and never stored). An operand contiguous in k with 16-byte aligned rows
+ * is read 4 k at a time (A: two addresses per warp, one wavefront). */
 template <int MI, int NJ, int N, int K, int AR, int AK, int BN, int BK>
 __device__ __forceinline__ void zk_sattn_mm(float (&acc)[MI][NJ], const float *a, const float *b) {
+  constexpr bool AV = AK == 1 && AR % 4 == 0, BV = BK == 1 && BN % 4 == 0;
+  constexpr int KV = (AV || BV) && K % 4 == 0 ? 4 : 1;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const float *ap = a + ty * AR;
   int bo[NJ];
 #pragma unroll
   for (int j = 0; j < NJ; j++) bo[j] = (tx + 16 * j < N ? tx + 16 * j : N - 1) * BN;
-#pragma unroll 4
-  for (int k = 0; k < K; k++) {
-    float av[MI], bv[NJ];
+  constexpr int UNROLL = KV == 4 ? 1 : 4; /* 4 steps a pass either way (more spills in bwd_q) */
+#pragma unroll UNROLL
+  for (int k = 0; k < K; k += KV) {
+    float av[MI][KV], bv[NJ][KV];
 #pragma unroll
-    for (int i = 0; i < MI; i++) av[i] = ap[i * 8 * AR + k * AK];
+    for (int i = 0; i < MI; i++) zk_sattn_ldk<KV, AV && KV == 4>::run(av[i], ap + i * 8 * AR + k * AK, AK);
 #pragma unroll
-    for (int j = 0; j < NJ; j++) bv[j] = b[bo[j] + k * BK];
+    for (int j = 0; j < NJ; j++) zk_sattn_ldk<KV, BV && KV == 4>::run(bv[j], b + bo[j] + k * BK, BK);
 #pragma unroll
-    for (int i = 0; i < MI; i++)
+    for (int kk = 0; kk < KV; kk++)
 #pragma unroll
-      for (int j = 0; j < NJ; j++) acc[i][j] += av[i] * bv[j];
+      for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++) acc[i][j] += av[i][kk] * bv[j][kk];
   }
 }
 
@@ -662,8 +688,8 @@ __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const fl
   }
 }
 
-/* One key tile (keys j0.., in ks [BS][F + 1], vs [BS][DV + 1]) of the online
- * softmax for the query tile in qs [BR][F + 1] (queries i0..): scores, m, l,
+/* One key tile (keys j0.., in ks [BS][pad F], vs [BS][pad DV]) of the online
+ * softmax for the query tile in qs [BR][pad F] (queries i0..): scores, m, l,
  * acc (unnormalised o) rescaled and increased by (P M) V through ps. */
 template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
 __device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *ks, const float *vs, float *ps,
@@ -671,7 +697,8 @@ __device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *
                                                   float (&acc)[BR / 8][(DV + 15) / 16], zk_i64 bh, int i0,
                                                   int j0, float scale, float p, float inv_keep,
                                                   unsigned long long seed, unsigned long long stream) {
-  constexpr int MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16, FP = F + 1, DVP = DV + 1, SP = BS + 1;
+  constexpr int MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   float s[MI][NS];
   zk_sattn_zero(s);
@@ -715,7 +742,8 @@ __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const 
                                              const float *__restrict__ v, float *__restrict__ o, float scale,
                                              float p, unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
-  constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16, FP = F + 1, DVP = DV + 1;
+  constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *ks = qs + BR * FP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
   zk_i64 bh = blockIdx.x / NTILE;
@@ -757,7 +785,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
                                                float p, unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
   constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16, NF = (F + 15) / 16;
-  constexpr int FP = F + 1, DVP = DV + 1, SP = BS + 1;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *dos = qs + BR * FP, *ks = dos + BR * DVP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
   zk_i64 bh = blockIdx.x / NTILE;
@@ -858,7 +886,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
                                                 unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
   constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16, NF = (F + 15) / 16;
-  constexpr int FP = F + 1, DVP = DV + 1, SP = BS + 1;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   extern __shared__ float zk_sattn_sh[];
   float *ks = zk_sattn_sh, *vs = ks + BR * FP, *qs = vs + BR * DVP, *dos = qs + BS * FP, *pt = dos + BS * DVP;
   float *lse = pt + BR * SP, *drow = lse + BS;
@@ -931,7 +959,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
 
 // zoo_softmax_attn_fwd_10: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 41728, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_10(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -1025,7 +1053,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k19_split_heads(const floa
 
 // zoo_softmax_attn_fwd_20: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 41728, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_20(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
 }
@@ -1599,14 +1627,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_split_heads(const floa
 
 // zoo_softmax_attn_bwd_q_41: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 58368, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
 // zoo_softmax_attn_bwd_kv_42: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 58624, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
@@ -1889,14 +1917,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const floa
 
 // zoo_softmax_attn_bwd_q_68: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 58368, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_68(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
 // zoo_softmax_attn_bwd_kv_69: node 88
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 58624, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_69(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2245,7 +2273,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k103_split_heads(const flo
 
 // zoo_softmax_attn_fwd_104: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 41728, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_104(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2339,7 +2367,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k113_split_heads(const flo
 
 // zoo_softmax_attn_fwd_114: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 41728, "shared memory");
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_114(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
