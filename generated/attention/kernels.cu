@@ -585,9 +585,20 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
          (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
 }
 
-/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T). */
+/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T); 16 bytes
+ * at a time where the rows allow it. */
 template <int W, int WP, int R, int T>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
+  if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
+    constexpr int W4 = W / 4;
+    for (int e = threadIdx.x; e < R * W4; e += ZK_SATTN_NT) {
+      int r = e / W4, c = (e - r * W4) * 4;
+      zk_f4 x = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (r0 + r < T) x = *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c);
+      *(zk_f4 *)(sh + r * WP + c) = x;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < R * W; e += ZK_SATTN_NT) {
     int r = e / W, c = e - r * W;
     sh[r * WP + c] = r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
