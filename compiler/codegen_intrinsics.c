@@ -426,28 +426,50 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 /* ---------------------------------------------------------------------------
  * softmax_attention: runtime/kernels/softmax_attention.cu */
 
-/* Rows per tile: the largest of 32, 16, ..., 1 whose backward (the kernel with
- * the most shared memory) stays under 48 KB of static shared memory. */
-static int sattn_rows(int64_t F, int64_t DV) {
-  for (int R = 32; R >= 1; R /= 2) {
-    int64_t floats = 2 * R * (F + 1) + 2 * R * (DV + 1) + 2 * R * (R + 1) + 2 * R;
-    if (floats * 4 <= 47 * 1024) return R;
+/* Tiles: BR rows a block owns (the register tiles hold BR / 8 rows of up to
+ * ceil(max(F, DV) / 16) columns per thread: at most 32 accumulators each), BS
+ * rows of the tile it walks; no larger than T needs. Dynamic shared memory
+ * per kernel (part 0 fwd, 1 bwd_q, 2 bwd_kv) mirrors zk_sattn_smem (the
+ * wrappers assert it). */
+#define SATTN_SMEM_MAX (200 * 1024)
+static int64_t sattn_pad(int64_t w) { return w % 4 == 0 ? w + 4 : w + 1; }
+static int64_t sattn_smem(int64_t F, int64_t DV, int BR, int BS, int part) {
+  int64_t floats = (BR + BS) * sattn_pad(F) + BS * sattn_pad(DV) + BR * sattn_pad(BS);
+  if (part > 0) floats += BR * sattn_pad(DV);
+  if (part == 2) floats += 2 * BS;
+  return 4 * floats;
+}
+
+static int sattn_tiles(int64_t F, int64_t DV, int64_t T, int *BR, int *BS) {
+  int64_t w = F > DV ? F : DV, cols = (w + 15) / 16;
+  int br = 64;
+  while (br > 8 && (br / 8) * cols > 32) br /= 2;
+  while (br > 8 && br / 2 >= T) br /= 2; /* T <= br / 2: a smaller tile holds it */
+  int bs = br >= 32 ? 32 : 16;
+  while (bs > 16 && bs / 2 >= T) bs /= 2;
+  while (sattn_smem(F, DV, br, bs, 2) > SATTN_SMEM_MAX && (br > 8 || bs > 16)) {
+    if (bs > 16) bs /= 2;
+    else br /= 2;
   }
+  if (sattn_smem(F, DV, br, bs, 2) > SATTN_SMEM_MAX) return -1;
+  *BR = br, *BS = bs;
   return 0;
 }
 
 typedef struct sattn_cfg {
   attn_dims a;
-  int R, causal, drop;
+  int BR, BS, causal, drop;
+  int64_t smem[3];
   char scale[48], p[48];
   long long stream;
 } sattn_cfg;
 
 static int sattn_setup(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c) {
   if (attn_dims_of(e, n, qi, &c->a)) return -1;
-  c->R = sattn_rows(c->a.F, c->a.DV);
-  if (!c->R) return fail(e, "softmax attention head widths %lld, %lld are too large for the kernel",
-                         (long long)c->a.F, (long long)c->a.DV);
+  if (sattn_tiles(c->a.F, c->a.DV, c->a.T, &c->BR, &c->BS))
+    return fail(e, "softmax attention head widths %lld, %lld are too large for the kernel", (long long)c->a.F,
+                (long long)c->a.DV);
+  for (int part = 0; part < 3; part++) c->smem[part] = sattn_smem(c->a.F, c->a.DV, c->BR, c->BS, part);
   c->causal = n->attrs.i[1] != 0;
   c->drop = n->attrs.f[1] != 0.0;
   c->stream = (long long)n->attrs.i[0];
@@ -456,10 +478,16 @@ static int sattn_setup(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c
   return need(e, "rng.h", "softmax_attention.cu", NULL);
 }
 
-/* "<F, DV, R, T, CAUSAL, DROP>" */
+/* "<F, DV, BR, BS, T, CAUSAL, DROP>" */
 static void sattn_targs(const sattn_cfg *c, char *buf, size_t len) {
-  snprintf(buf, len, "<%lld, %lld, %d, %lld, %s, %s>", (long long)c->a.F, (long long)c->a.DV, c->R,
+  snprintf(buf, len, "<%lld, %lld, %d, %d, %lld, %s, %s>", (long long)c->a.F, (long long)c->a.DV, c->BR, c->BS,
            (long long)c->a.T, c->causal ? "true" : "false", c->drop ? "true" : "false");
+}
+
+/* The wrapper's check that the emitter's shared memory figure is the kernel's. */
+static void sattn_assert(zoo_cuda_emit *e, const sattn_cfg *c, int part) {
+  zoo_strbuf_printf(&e->src, "static_assert(4 * zk_sattn_smem<%lld, %lld, %d, %d>(%d) == %lld, \"shared memory\");\n",
+                    (long long)c->a.F, (long long)c->a.DV, c->BR, c->BS, part, (long long)c->smem[part]);
 }
 
 /* ", scale, p, seed, stream" of a call; the wrapper has a seed parameter only
@@ -475,12 +503,13 @@ int zoo_cuda_softmax_attention(zoo_cuda_emit *e, const zoo_node *n) {
   sattn_targs(&c, targs, sizeof targs);
   sattn_tail(&c, tail, sizeof tail);
   kernel_name(e, n, "softmax_attn_fwd", name, sizeof name);
+  sattn_assert(e, &c, 0);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o%s) {\n"
                     "  zk_sattn_fwd%s(q, k, v, o, %s);\n}\n",
                     name, c.drop ? ", unsigned long long seed" : "", targs, tail);
-  zoo_step *s = launch(e, n, name, c.a.BH * cdiv(c.a.T, c.R), 128, 0);
+  zoo_step *s = launch(e, n, name, c.a.BH * cdiv(c.a.T, c.BR), 128, (unsigned)c.smem[0]);
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
@@ -494,18 +523,19 @@ int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   char name[64], targs[96], tail[160];
   sattn_targs(&c, targs, sizeof targs);
   sattn_tail(&c, tail, sizeof tail);
-  int64_t grid = c.a.BH * cdiv(c.a.T, c.R);
+  int64_t grid = c.a.BH * cdiv(c.a.T, c.BR);
   int64_t scratch = c.a.BH * c.a.T * 2 * (int64_t)sizeof(float); /* lse_i, D_i */
   const char *seedp = c.drop ? ", unsigned long long seed" : "";
 
   kernel_name(e, n, "softmax_attn_bwd_q", name, sizeof name);
+  sattn_assert(e, &c, 1);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "float *__restrict__ dq, float *__restrict__ stats%s) {\n"
                     "  zk_sattn_bwd_q%s(dout, q, k, v, dq, stats, %s);\n}\n",
                     name, seedp, targs, tail);
-  zoo_step *s = launch(e, n, name, grid, 128, 0);
+  zoo_step *s = launch(e, n, name, grid, 128, (unsigned)c.smem[1]);
   if (!s) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
@@ -514,13 +544,14 @@ int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   s->scratch_bytes = scratch;
 
   kernel_name(e, n, "softmax_attn_bwd_kv", name, sizeof name);
+  sattn_assert(e, &c, 2);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv%s) {\n"
                     "  zk_sattn_bwd_kv%s(dout, q, k, v, stats, dk, dv, %s);\n}\n",
                     name, seedp, targs, tail);
-  s = launch(e, n, name, grid, 128, 0);
+  s = launch(e, n, name, grid, 128, (unsigned)c.smem[2]);
   if (!s) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
   arg_scratch(s, 0);

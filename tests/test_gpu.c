@@ -817,16 +817,22 @@ static int run_cases_form(zoo_test_ctx *t, const named_case *cases, int n, int e
   return failed;
 }
 
-static int c_softmax_attention(ocase *c, double p) {
-  int q = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), k = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8)), v = oc_f32(c, V_SIGNED, DIMS(2, 1, 9, 8));
+static int c_softmax_attention_t(ocase *c, double p, int64_t T, int64_t d, int causal) {
+  int q = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d)), k = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d)), v = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d));
   zoo_attrs a = A0();
-  a.f[0] = 0.35355339, a.f[1] = p;
-  a.i[0] = 3, a.i[1] = 1;
+  a.f[0] = 1.0 / sqrt((double)d), a.f[1] = p;
+  a.i[0] = 3, a.i[1] = causal;
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_SOFTMAX_ATTENTION, 3, in, &a);
 }
-static int c_sa(ocase *c) { return c_softmax_attention(c, 0); }
-static int c_sa_dropout(ocase *c) { return c_softmax_attention(c, 0.1); }
+static int c_sa(ocase *c) { return c_softmax_attention_t(c, 0, 9, 8, 1); }
+static int c_sa_dropout(ocase *c) { return c_softmax_attention_t(c, 0.1, 9, 8, 1); }
+/* not causal, width 10 (one partial column group; rows not a multiple of 4:
+ * the scalar loads and products), two partial tiles */
+static int c_sa_full(ocase *c) { return c_softmax_attention_t(c, 0.1, 70, 10, 0); }
+/* width 64 (the conv_attention cell's tiles): several query and key tiles, the
+ * last ones partial */
+static int c_sa_wide(ocase *c) { return c_softmax_attention_t(c, 0.1, 150, 64, 1); }
 static int c_lce(ocase *c) {
   int h = oc_f32(c, V_SIGNED, DIMS(3, 7, 16)), w = oc_f32(c, V_SIGNED, DIMS(50, 16));
   int tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
@@ -872,6 +878,8 @@ static const named_case intrinsics_cases[] = {
       {"poly_attention_based_long", c_based_long, 1e-3, 1},
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
+      {"softmax_attention_wide", c_sa_wide, 1e-3, 1},
+      {"softmax_attention_full", c_sa_full, 1e-3, 1},
       {"linear_cross_entropy", c_lce, 1e-3, 1},
       {"label_gather_scatter_rows", c_rows, 0, 1},
       {"wkv4", c_wkv4, 1e-4, 1},

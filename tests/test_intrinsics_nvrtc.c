@@ -405,7 +405,12 @@ TEST(intrinsics_emit_steps) {
   CHECK(k.e.nsteps == 3);
   CHECK(k.e.steps[0].args[k.e.steps[0].nargs - 1].kind == ZOO_ARG_SEED);
   CHECK(k.e.steps[2].args[k.e.steps[2].nargs - 1].kind == ZOO_ARG_SEED);
-  CHECK(strstr(k.e.src.s, "<64, 64, 32, 128, true, true>") != NULL);
+  /* <F, DV, BR, BS, T, ...>: 64 queries (keys in bwd_kv) a block, dynamic
+   * shared memory over 48 KB for the backward */
+  CHECK(strstr(k.e.src.s, "<64, 64, 64, 32, 128, true, true>") != NULL);
+  CHECK(k.e.steps[0].grid[0] == 2 * 2 && k.e.steps[1].grid[0] == 2 * 2 && k.e.steps[2].grid[0] == 2 * 2);
+  CHECK(k.e.steps[0].smem == 4 * (96 * 68 + 32 * 68 + 64 * 36));
+  CHECK(k.e.steps[1].smem > 48 * 1024 && k.e.steps[2].smem == k.e.steps[1].smem + 4 * 64);
   add_sattn(&k, 2, 128, 64, 0.0);
   CHECK(k.e.steps[3].args[k.e.steps[3].nargs - 1].kind == ZOO_ARG_TENSOR);
   kt_free(&k);

@@ -685,26 +685,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const floa
  *   o_i = sum_j P_ij M_ij v_j, M_ij = keep_ij / (1 - p) with
  *   keep_ij = zoo_rng_uniform(seed, stream, ((b H + h) T + i) T + j) >= p
  *   (the CPU reference's draw indices), M = 1 without dropout.
- * Constants: F, DV, T, R (rows per tile: queries per block and keys per
- * shared-memory tile, at most 32, chosen by the emitter so that the backward's
- * shared memory stays under 48 KB), CAUSAL, DROP (p > 0 and training);
- * scale, p, seed, stream are arguments. 128 threads per block (4 warps).
- * Launch geometry (all three kernels): grid BH * ceil(T / R); block x takes
- * pair bh = x / ntiles and tile x % ntiles.
+ * Constants: F, DV, T, BR (rows a block owns: queries in fwd and bwd_q, keys in
+ * bwd_kv; a multiple of 8), BS (rows of the tile it walks over: keys, resp.
+ * queries; a multiple of 16), CAUSAL, DROP (p > 0 and training); scale, p,
+ * seed, stream are arguments. The emitter picks BR, BS (sattn_tiles in
+ * compiler/codegen_intrinsics.c) and passes the dynamic shared memory of
+ * zk_sattn_smem.
+ * 128 threads per block (4 warps). Launch geometry (all three kernels): grid
+ * BH * ceil(T / BR); block x takes pair bh = x / ntiles and tile x % ntiles.
+ *
+ * Register tiles: thread t (tx = t % 16, ty = t / 16) owns the rows ty + 8 a
+ * (a < BR / 8) of every product whose rows are the block's own (scores, the
+ * output and gradient accumulators) and the columns tx + 16 b, so that row
+ * statistics (max, sum, D) are reduced over the 16 lanes of a half warp in
+ * registers and the accumulators are rescaled in place. Each product reads
+ * its two operands from shared memory, one value per owned row and one per
+ * owned column per step of the inner dimension, 4 steps in one 16-byte read
+ * where the operand is contiguous along it (rows padded: zk_sattn_pad).
  *
  * Causal key tiles wholly above the diagonal are skipped: their terms are
  * exp(s - 10000 - max) with max >= s_ii, which is exactly 0 in fp32 (and in
- * the reference's fp64) unless scores differ by ~10^4. On the diagonal tile
- * the -10000 is added as the reference does.
+ * the reference's fp64) unless scores differ by ~10^4. Inside the processed
+ * tiles the -10000 is added as the reference does.
  *
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
- *   R x R scores (dot products from shared memory, each over SPLIT = 128 / R^2
- *   lanes when the tile has fewer entries than threads, else one thread per
- *   entry), the
- *   running row max m and sum l updated by one warp per row, then the
- *   accumulator o (R x DV entries spread over the threads, in registers)
- *   rescaled by exp(m_old - m_new) and increased by (P M) V. The row sum l
- *   uses the undropped P, as softmax normalises before dropout.
+ *   BR x BS scores in registers, running row max m and sum l (the undropped
+ *   P: softmax normalises before dropout), the accumulator o rescaled by
+ *   exp(m_old - m_new) and increased by (P M) V through shared memory.
  *
  * Backward, with dP~_ij = do_i.v_j, D_i = do_i.o_i = sum_j P_ij M_ij dP~_ij:
  *   dS_ij = P_ij (M_ij dP~_ij - D_i), dq_i = scale sum_j dS_ij k_j,
@@ -712,20 +719,46 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_split_heads(const floa
  * zk_sattn_bwd_q: per query tile, the forward again (giving m, l, o, hence
  *   lse_i = m + log l and D_i), then a second walk over key tiles for dq.
  *   Stores (lse_i, D_i) into scratch stats[BH][T][2].
- * zk_sattn_bwd_kv: per key tile, walks the query tiles (from its own when
- *   causal) with q, do, lse, D of each in shared memory: dk, dv without atomics.
+ * zk_sattn_bwd_kv: per key tile, walks the query tiles (from the one holding
+ *   its first key when causal) with q, do, lse, D of each in shared memory:
+ *   the transposed scores S^T and dP~^T in registers, then dv, dk without
+ *   atomics.
  *
- * Faster later: register tiles (each thread a 4x4 block of scores), tensor
- * cores (TF32 mma) for the two products, a split of long key ranges.
+ * Faster later: double-buffered tile loads, a fused backward (one
+ * recomputation), a split of long key ranges.
  */
 #ifndef ZK_SOFTMAX_ATTENTION_CU
 #define ZK_SOFTMAX_ATTENTION_CU
 
 #define ZK_SATTN_NT 128
 
-/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T). */
+/* Row stride of a shared [rows][W] array: W + 4 when W is a multiple of 4 (rows
+ * 16-byte aligned for the products' 4-wide reads; consecutive rows 4 banks
+ * apart), else W + 1. */
+__host__ __device__ constexpr int zk_sattn_pad(int w) { return w % 4 == 0 ? w + 4 : w + 1; }
+
+/* Dynamic shared memory (floats) of kernel part 0 (fwd), 1 (bwd_q), 2
+ * (bwd_kv); the emitter mirrors it (sattn_smem in codegen_intrinsics.c). */
+template <int F, int DV, int BR, int BS>
+__host__ __device__ constexpr int zk_sattn_smem(int part) {
+  return (BR + BS) * zk_sattn_pad(F) + BS * zk_sattn_pad(DV) + BR * zk_sattn_pad(BS) +
+         (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
+}
+
+/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T); 16 bytes
+ * at a time where the rows allow it. */
 template <int W, int WP, int R, int T>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
+  if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
+    constexpr int W4 = W / 4;
+    for (int e = threadIdx.x; e < R * W4; e += ZK_SATTN_NT) {
+      int r = e / W4, c = (e - r * W4) * 4;
+      zk_f4 x = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (r0 + r < T) x = *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c);
+      *(zk_f4 *)(sh + r * WP + c) = x;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < R * W; e += ZK_SATTN_NT) {
     int r = e / W, c = e - r * W;
     sh[r * WP + c] = r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
@@ -742,366 +775,364 @@ __device__ __forceinline__ float zk_sattn_keep(zk_i64 bh, int i, int j, float p,
   return zoo_rng_uniform(seed, stream, idx) >= p ? inv_keep : 0.0f;
 }
 
-/* Lanes per dot product: the R x R entries of a tile times SPLIT lanes cover
- * the block at least once (SPLIT a power of two, at most 32), so that small
- * tiles of wide heads still use every thread. */
-template <int R>
-struct zk_sattn_split {
-  static constexpr int value = R * R >= ZK_SATTN_NT ? 1 : ZK_SATTN_NT / (R * R) > 32 ? 32 : ZK_SATTN_NT / (R * R);
+/* KV consecutive values p[0], p[step], ...: one 16-byte read when V. */
+template <int KV, bool V>
+struct zk_sattn_ldk {
+  static __device__ __forceinline__ void run(float (&o)[KV], const float *p, int step) {
+#pragma unroll
+    for (int kk = 0; kk < KV; kk++) o[kk] = p[kk * step];
+  }
+};
+template <>
+struct zk_sattn_ldk<4, true> {
+  static __device__ __forceinline__ void run(float (&o)[4], const float *p, int) {
+    zk_f4 t = *(const zk_f4 *)p;
+    o[0] = t.x, o[1] = t.y, o[2] = t.z, o[3] = t.w;
+  }
 };
 
-/* a . b over W floats, split over the SPLIT consecutive lanes that share the
- * entry (lane part of them takes elements part, part + SPLIT, ...); the sum
- * reaches every one of those lanes. All lanes of the warp must call it. */
-template <int W, int SPLIT>
-__device__ __forceinline__ float zk_sattn_dot(const float *a, const float *b, int part) {
-  float s = 0.0f;
-#pragma unroll 4
-  for (int f = part; f < W; f += SPLIT) s += a[f] * b[f];
+/* acc[a][b] += sum_k A(ty + 8 a, k) B(col_b, k) over k < K in order, where
+ * A(m, k) = A[m * AR + k * AK], B(n, k) = B[n * BN + k * BK] in shared memory
+ * and col_b = min(tx + 16 b, N - 1) (columns past N are computed from the last
+ * one and never stored). An operand contiguous in k with 16-byte aligned rows
+ * is read 4 k at a time (A: two addresses per warp, one wavefront). */
+template <int MI, int NJ, int N, int K, int AR, int AK, int BN, int BK>
+__device__ __forceinline__ void zk_sattn_mm(float (&acc)[MI][NJ], const float *a, const float *b) {
+  constexpr bool AV = AK == 1 && AR % 4 == 0, BV = BK == 1 && BN % 4 == 0;
+  constexpr int KV = (AV || BV) && K % 4 == 0 ? 4 : 1;
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const float *ap = a + ty * AR;
+  int bo[NJ];
 #pragma unroll
-  for (int o = SPLIT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(ZK_FULL_MASK, s, o);
-  return s;
-}
-
-/* Walks the R x R entries of a tile, SPLIT lanes per entry: calls
- * fn(r, c, part, valid) with every thread a warp-uniform number of times
- * (entries past R x R come with valid = 0 and r, c clamped). */
-template <int R, class Fn>
-__device__ __forceinline__ void zk_sattn_entries(Fn fn) {
-  constexpr int SPLIT = zk_sattn_split<R>::value;
-  for (int base = 0; base < R * R * SPLIT; base += ZK_SATTN_NT) {
-    int e = (base + (int)threadIdx.x) / SPLIT, part = (base + (int)threadIdx.x) % SPLIT;
-    int valid = e < R * R;
-    if (!valid) e = 0;
-    fn(e / R, e % R, part, valid);
+  for (int j = 0; j < NJ; j++) bo[j] = (tx + 16 * j < N ? tx + 16 * j : N - 1) * BN;
+  constexpr int UNROLL = KV == 4 ? 1 : 4; /* 4 steps a pass either way (more spills in bwd_q) */
+#pragma unroll UNROLL
+  for (int k = 0; k < K; k += KV) {
+    float av[MI][KV], bv[NJ][KV];
+#pragma unroll
+    for (int i = 0; i < MI; i++) zk_sattn_ldk<KV, AV && KV == 4>::run(av[i], ap + i * 8 * AR + k * AK, AK);
+#pragma unroll
+    for (int j = 0; j < NJ; j++) zk_sattn_ldk<KV, BV && KV == 4>::run(bv[j], b + bo[j] + k * BK, BK);
+#pragma unroll
+    for (int kk = 0; kk < KV; kk++)
+#pragma unroll
+      for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++) acc[i][j] += av[i][kk] * bv[j][kk];
   }
 }
 
-/* score of (query row r of the q tile, key row c of the k tile), split */
-template <int F, int FP, int T, bool CAUSAL, int SPLIT>
-__device__ __forceinline__ float zk_sattn_score(const float *qs, const float *ks, int r, int c,
-                                                int i, int j, float scale, int part) {
-  float s = zk_sattn_dot<F, SPLIT>(qs + r * FP, ks + c * FP, part) * scale;
-  if (j >= T) return ZK_NEG_INF; /* no such key */
-  if (CAUSAL && j > i) s += -10000.0f;
-  return s;
+template <int MI, int NJ>
+__device__ __forceinline__ void zk_sattn_zero(float (&acc)[MI][NJ]) {
+#pragma unroll
+  for (int i = 0; i < MI; i++)
+#pragma unroll
+    for (int j = 0; j < NJ; j++) acc[i][j] = 0.0f;
 }
 
-/* One key tile of the forward: scores into ps, online softmax update of
- * m, l (alpha = rescale factor per row), ps <- P M (unnormalised). */
-template <int F, int R, int T, bool CAUSAL, bool DROP>
-__device__ __forceinline__ void zk_sattn_probs(const float *qs, const float *ks, float *ps,
-                                               float *mrow, float *lrow, float *arow, zk_i64 bh,
-                                               int i0, int j0, float scale, float p,
-                                               float inv_keep, unsigned long long seed,
-                                               unsigned long long stream) {
-  constexpr int FP = F + 1, RP = R + 1, SPLIT = zk_sattn_split<R>::value;
-  zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
-    float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i0 + r, j0 + c, scale, part);
-    if (valid && part == 0) ps[r * RP + c] = s;
-  });
-  __syncthreads();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int r = warp; r < R; r += ZK_SATTN_NT / 32) {
-    float x = lane < R ? ps[r * RP + lane] : ZK_NEG_INF;
-    float mold = mrow[r];
-    float mnew = fmaxf(mold, zk_warp_max(x));
-    float e = x == ZK_NEG_INF ? 0.0f : expf(x - mnew);
-    float sum = zk_warp_sum(e);
-    if (lane < R) {
-      int i = i0 + r, j = j0 + lane;
+/* over the 16 lanes of a half warp (the threads sharing ty), in every lane */
+__device__ __forceinline__ float zk_sattn_hsum(float v) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(ZK_FULL_MASK, v, o);
+  return v;
+}
+__device__ __forceinline__ float zk_sattn_hmax(float v) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(ZK_FULL_MASK, v, o));
+  return v;
+}
+
+/* Stores acc (rows r0 + ty + 8 a, columns tx + 16 b < W) times mul[a] into
+ * dst[T][W]. */
+template <int MI, int NJ, int W, int T>
+__device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const float (&acc)[MI][NJ], int r0,
+                                               const float *mul) {
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < MI; i++) {
+    int r = r0 + ty + 8 * i;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      int c = tx + 16 * j;
+      if (r < T && c < W) dst[(zk_i64)r * W + c] = acc[i][j] * mul[i];
+    }
+  }
+}
+
+/* One key tile (keys j0.., in ks [BS][pad F], vs [BS][pad DV]) of the online
+ * softmax for the query tile in qs [BR][pad F] (queries i0..): scores, m, l,
+ * acc (unnormalised o) rescaled and increased by (P M) V through ps. */
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+__device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *ks, const float *vs, float *ps,
+                                                  float (&m)[BR / 8], float (&l)[BR / 8],
+                                                  float (&acc)[BR / 8][(DV + 15) / 16], zk_i64 bh, int i0,
+                                                  int j0, float scale, float p, float inv_keep,
+                                                  unsigned long long seed, unsigned long long stream) {
+  constexpr int MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  float s[MI][NS];
+  zk_sattn_zero(s);
+  zk_sattn_mm<MI, NS, BS, F, FP, 1, FP, 1>(s, qs, ks);
+#pragma unroll
+  for (int a = 0; a < MI; a++) {
+    int r = ty + 8 * a, i = i0 + r;
+    float tmax = ZK_NEG_INF;
+#pragma unroll
+    for (int b = 0; b < NS; b++) {
+      int j = j0 + tx + 16 * b;
+      float x = s[a][b] * scale;
+      if (j >= T) x = ZK_NEG_INF; /* no such key */
+      else if (CAUSAL && j > i) x += -10000.0f;
+      s[a][b] = x;
+      tmax = fmaxf(tmax, x);
+    }
+    float mold = m[a], mnew = fmaxf(mold, zk_sattn_hmax(tmax));
+    float sum = 0.0f;
+#pragma unroll
+    for (int b = 0; b < NS; b++) {
+      int c = tx + 16 * b, j = j0 + c;
+      float e = s[a][b] == ZK_NEG_INF ? 0.0f : expf(s[a][b] - mnew);
+      sum += e;
       if (DROP && i < T && j < T) e *= zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
-      ps[r * RP + lane] = e;
+      ps[r * SP + c] = e;
     }
-    if (lane == 0) {
-      float alpha = expf(mold - mnew); /* mold = -inf: 0 */
-      lrow[r] = lrow[r] * alpha + sum;
-      mrow[r] = mnew;
-      arow[r] = alpha;
-    }
+    sum = zk_sattn_hsum(sum);
+    float alpha = expf(mold - mnew); /* mold = -inf: 0 */
+    l[a] = l[a] * alpha + sum;
+    m[a] = mnew;
+#pragma unroll
+    for (int b = 0; b < NV; b++) acc[a][b] *= alpha;
   }
   __syncthreads();
+  zk_sattn_mm<MI, NV, DV, BS, SP, 1, 1, DVP>(acc, ps, vs);
 }
 
-/* acc (the R x W tile spread over the threads: element e = threadIdx.x + a*NT
- * is row e / W, column e % W) <- acc * alpha[row] + P B, with P [R][R + 1] and
- * B [R][WP] in shared memory. The key loop stays a loop; the register loop is
- * unrolled (registers need constant indices). */
-template <int W, int WP, int R, bool RESCALE>
-__device__ __forceinline__ void zk_sattn_accum(float *acc, const float *ps, const float *b,
-                                               const float *alpha) {
-  constexpr int ACC = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, RP = R + 1;
-  if (RESCALE) {
-#pragma unroll
-    for (int a = 0; a < ACC; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * W) acc[a] *= alpha[e / W];
-    }
-  }
-#pragma unroll 1
-  for (int jj = 0; jj < R; jj++) {
-#pragma unroll
-    for (int a = 0; a < ACC; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * W) {
-        int r = e / W, c = e - r * W;
-        acc[a] += ps[r * RP + jj] * b[jj * WP + c];
-      }
-    }
-  }
-}
-
-/* The transposed product for the key side: acc (R x W, row = key c) += P^T B,
- * i.e. acc[c][f] += sum_r P[r][c] B[r][f]. */
-template <int W, int WP, int R>
-__device__ __forceinline__ void zk_sattn_accum_t(float *acc, const float *ps, const float *b) {
-  constexpr int ACC = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, RP = R + 1;
-#pragma unroll 1
-  for (int r = 0; r < R; r++) {
-#pragma unroll
-    for (int a = 0; a < ACC; a++) {
-      int e = threadIdx.x + a * ZK_SATTN_NT;
-      if (e < R * W) {
-        int c = e / W, f = e - c * W;
-        acc[a] += ps[r * RP + c] * b[r * WP + f];
-      }
-    }
-  }
-}
-
-template <int F, int DV, int R, int T, bool CAUSAL, bool DROP>
-__device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q,
-                                             const float *__restrict__ k,
-                                             const float *__restrict__ v, float *__restrict__ o,
-                                             float scale, float p, unsigned long long seed,
-                                             unsigned long long stream) {
-  constexpr int NTILE = (T + R - 1) / R, FP = F + 1, RP = R + 1;
-  constexpr int ACC = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
-  __shared__ float qs[R * FP], ks[R * FP], vs[R * DV], ps[R * RP];
-  __shared__ float mrow[R], lrow[R], arow[R];
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+__device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const float *__restrict__ k,
+                                             const float *__restrict__ v, float *__restrict__ o, float scale,
+                                             float p, unsigned long long seed, unsigned long long stream) {
+  static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
+  constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV);
+  extern __shared__ float zk_sattn_sh[];
+  float *qs = zk_sattn_sh, *ks = qs + BR * FP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
   zk_i64 bh = blockIdx.x / NTILE;
-  int tile = blockIdx.x % NTILE, i0 = tile * R;
+  int tile = blockIdx.x % NTILE, i0 = tile * BR;
   const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
 
-  float acc[ACC];
+  float m[MI], l[MI], acc[MI][NV];
+  zk_sattn_zero(acc);
 #pragma unroll
-  for (int a = 0; a < ACC; a++) acc[a] = 0.0f;
-  if (threadIdx.x < R) {
-    mrow[threadIdx.x] = ZK_NEG_INF;
-    lrow[threadIdx.x] = 0.0f;
-  }
-  zk_sattn_load<F, FP, R, T>(qs, qb, i0);
-
-  int nkt = CAUSAL ? tile + 1 : NTILE;
-  for (int kt = 0; kt < nkt; kt++) {
+  for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
+  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
+  int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
+  for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, R, T>(ks, kb, kt * R);
-    zk_sattn_load<DV, DV, R, T>(vs, vb, kt * R);
+    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
     __syncthreads();
-    zk_sattn_probs<F, R, T, CAUSAL, DROP>(qs, ks, ps, mrow, lrow, arow, bh, i0, kt * R, scale, p,
-                                          inv_keep, seed, stream);
-    zk_sattn_accum<DV, DV, R, true>(acc, ps, vs, arow);
+    zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p, inv_keep,
+                                                      seed, stream);
   }
+  /* o = acc / l */
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 #pragma unroll
-  for (int a = 0; a < ACC; a++) {
-    int e = threadIdx.x + a * ZK_SATTN_NT;
-    if (e < R * DV) {
-      int r = e / DV, c = e - r * DV;
-      if (i0 + r < T) o[(bh * T + i0 + r) * DV + c] = acc[a] / lrow[r];
+  for (int a = 0; a < MI; a++) {
+    int r = i0 + ty + 8 * a;
+#pragma unroll
+    for (int b = 0; b < NV; b++) {
+      int c = tx + 16 * b;
+      if (r < T && c < DV) o[(bh * T + r) * DV + c] = acc[a][b] / l[a];
     }
   }
 }
 
-template <int F, int DV, int R, int T, bool CAUSAL, bool DROP>
-__device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout,
-                                               const float *__restrict__ q,
-                                               const float *__restrict__ k,
-                                               const float *__restrict__ v,
-                                               float *__restrict__ dq, float *__restrict__ stats,
-                                               float scale, float p, unsigned long long seed,
-                                               unsigned long long stream) {
-  constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
-  constexpr int ACC = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
-  constexpr int ACCQ = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
-  constexpr int SPLIT = zk_sattn_split<R>::value;
-  __shared__ float qs[R * FP], ks[R * FP], vs[R * DVP], dos[R * DVP], ps[R * RP];
-  __shared__ float mrow[R], lrow[R], arow[R], drow[R];
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+__device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
+                                               const float *__restrict__ k, const float *__restrict__ v,
+                                               float *__restrict__ dq, float *__restrict__ stats, float scale,
+                                               float p, unsigned long long seed, unsigned long long stream) {
+  static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
+  constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16, NF = (F + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
+  extern __shared__ float zk_sattn_sh[];
+  float *qs = zk_sattn_sh, *dos = qs + BR * FP, *ks = dos + BR * DVP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
   zk_i64 bh = blockIdx.x / NTILE;
-  int tile = blockIdx.x % NTILE, i0 = tile * R;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
-  const float *dob = dout + bh * T * DV;
+  int tile = blockIdx.x % NTILE, i0 = tile * BR;
+  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV, *dob = dout + bh * T * DV;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int nkt = CAUSAL ? tile + 1 : NTILE;
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
 
-  if (threadIdx.x < R) {
-    mrow[threadIdx.x] = ZK_NEG_INF;
-    lrow[threadIdx.x] = 0.0f;
-  }
-  zk_sattn_load<F, FP, R, T>(qs, qb, i0);
-  zk_sattn_load<DV, DVP, R, T>(dos, dob, i0);
+  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
+  zk_sattn_load<DV, DVP, BR, T>(dos, dob, i0);
 
   /* first walk: the forward's o (unnormalised), m and l */
-  float acc[ACC];
+  float m[MI], l[MI], dd[MI];
+  {
+    float acc[MI][NV];
+    zk_sattn_zero(acc);
 #pragma unroll
-  for (int a = 0; a < ACC; a++) acc[a] = 0.0f;
-  for (int kt = 0; kt < nkt; kt++) {
-    __syncthreads();
-    zk_sattn_load<F, FP, R, T>(ks, kb, kt * R);
-    zk_sattn_load<DV, DVP, R, T>(vs, vb, kt * R);
-    __syncthreads();
-    zk_sattn_probs<F, R, T, CAUSAL, DROP>(qs, ks, ps, mrow, lrow, arow, bh, i0, kt * R, scale, p,
-                                          inv_keep, seed, stream);
-    zk_sattn_accum<DV, DVP, R, true>(acc, ps, vs, arow);
-  }
-
-  /* D_i = do_i . o_i (products through ps, summed by one warp per row, in
-   * order), then mrow <- lse */
-  __syncthreads();
-#pragma unroll
-  for (int a = 0; a < ACC; a++) {
-    int e = threadIdx.x + a * ZK_SATTN_NT;
-    if (e < R * DV) {
-      int r = e / DV, c = e - r * DV;
-      vs[r * DVP + c] = dos[r * DVP + c] * (acc[a] / lrow[r]);
+    for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
+    for (int j0 = 0; j0 < kend; j0 += BS) {
+      __syncthreads();
+      zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
+      zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+      __syncthreads();
+      zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p,
+                                                        inv_keep, seed, stream);
     }
-  }
-  __syncthreads();
-  for (int r = warp; r < R; r += ZK_SATTN_NT / 32) {
-    float s = 0.0f;
-    for (int c = lane; c < DV; c += 32) s += vs[r * DVP + c];
-    s = zk_warp_sum(s);
-    if (lane == 0) {
-      drow[r] = s;
-      mrow[r] = mrow[r] + logf(lrow[r]);
+    /* D_i = do_i . o_i, then m <- lse */
+#pragma unroll
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a;
+      float s = 0.0f;
+#pragma unroll
+      for (int b = 0; b < NV; b++) {
+        int c = tx + 16 * b;
+        if (c < DV) s += dos[r * DVP + c] * (acc[a][b] / l[a]);
+      }
+      dd[a] = zk_sattn_hsum(s);
+      m[a] = m[a] + logf(l[a]);
     }
   }
 
   /* second walk: dS and dq */
-  float dqa[ACCQ];
+  float dqa[MI][NF];
+  zk_sattn_zero(dqa);
+  for (int j0 = 0; j0 < kend; j0 += BS) {
+    __syncthreads();
+    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    __syncthreads();
+    float s[MI][NS], dp[MI][NS];
+    zk_sattn_zero(s);
+    zk_sattn_zero(dp);
+    zk_sattn_mm<MI, NS, BS, F, FP, 1, FP, 1>(s, qs, ks);
+    zk_sattn_mm<MI, NS, BS, DV, DVP, 1, DVP, 1>(dp, dos, vs);
 #pragma unroll
-  for (int a = 0; a < ACCQ; a++) dqa[a] = 0.0f;
-  for (int kt = 0; kt < nkt; kt++) {
-    __syncthreads();
-    zk_sattn_load<F, FP, R, T>(ks, kb, kt * R);
-    zk_sattn_load<DV, DVP, R, T>(vs, vb, kt * R);
-    __syncthreads();
-    int j0 = kt * R;
-    zk_sattn_entries<R>([&](int r, int c, int part, int valid) {
-      int i = i0 + r, j = j0 + c;
-      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
-      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
-      float ds = 0.0f;
-      if (s != ZK_NEG_INF && i < T) {
-        float pr = expf(s - mrow[r]);
-        dp *= zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
-        ds = pr * (dp - drow[r]);
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a, i = i0 + r;
+#pragma unroll
+      for (int b = 0; b < NS; b++) {
+        int c = tx + 16 * b, j = j0 + c;
+        float ds = 0.0f;
+        if (j < T && i < T) {
+          float x = s[a][b] * scale;
+          if (CAUSAL && j > i) x += -10000.0f;
+          float pr = expf(x - m[a]);
+          float dpm = dp[a][b] * zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
+          ds = pr * (dpm - dd[a]);
+        }
+        ps[r * SP + c] = ds;
       }
-      if (valid && part == 0) ps[r * RP + c] = ds;
-    });
-    __syncthreads();
-    zk_sattn_accum<F, FP, R, false>(dqa, ps, ks, nullptr);
-  }
-#pragma unroll
-  for (int a = 0; a < ACCQ; a++) {
-    int e = threadIdx.x + a * ZK_SATTN_NT;
-    if (e < R * F) {
-      int r = e / F, c = e - r * F;
-      if (i0 + r < T) dq[(bh * T + i0 + r) * F + c] = dqa[a] * scale;
     }
+    __syncthreads();
+    zk_sattn_mm<MI, NF, F, BS, SP, 1, 1, FP>(dqa, ps, ks);
   }
-  if (threadIdx.x < R && i0 + (int)threadIdx.x < T) {
-    float *st = stats + (bh * T + i0 + threadIdx.x) * 2;
-    st[0] = mrow[threadIdx.x];
-    st[1] = drow[threadIdx.x];
+  float sc[MI];
+#pragma unroll
+  for (int a = 0; a < MI; a++) sc[a] = scale;
+  zk_sattn_store<MI, NF, F, T>(dq + bh * T * F, dqa, i0, sc);
+  if (tx == 0) {
+#pragma unroll
+    for (int a = 0; a < MI; a++) {
+      int i = i0 + ty + 8 * a;
+      if (i < T) {
+        float *st = stats + (bh * T + i) * 2;
+        st[0] = m[a];
+        st[1] = dd[a];
+      }
+    }
   }
 }
 
-template <int F, int DV, int R, int T, bool CAUSAL, bool DROP>
-__device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout,
-                                                const float *__restrict__ q,
-                                                const float *__restrict__ k,
-                                                const float *__restrict__ v,
-                                                const float *__restrict__ stats,
-                                                float *__restrict__ dk, float *__restrict__ dv,
-                                                float scale, float p, unsigned long long seed,
-                                                unsigned long long stream) {
-  constexpr int NTILE = (T + R - 1) / R, FP = F + 1, DVP = DV + 1, RP = R + 1;
-  constexpr int ACCV = (R * DV + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
-  constexpr int ACCK = (R * F + ZK_SATTN_NT - 1) / ZK_SATTN_NT;
-  constexpr int SPLIT = zk_sattn_split<R>::value;
-  __shared__ float ks[R * FP], vs[R * DVP], qs[R * FP], dos[R * DVP];
-  __shared__ float pz[R * RP], dss[R * RP], lse[R], drow[R];
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+__device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, const float *__restrict__ q,
+                                                const float *__restrict__ k, const float *__restrict__ v,
+                                                const float *__restrict__ stats, float *__restrict__ dk,
+                                                float *__restrict__ dv, float scale, float p,
+                                                unsigned long long seed, unsigned long long stream) {
+  static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
+  constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NS = BS / 16, NV = (DV + 15) / 16, NF = (F + 15) / 16;
+  constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
+  extern __shared__ float zk_sattn_sh[];
+  float *ks = zk_sattn_sh, *vs = ks + BR * FP, *qs = vs + BR * DVP, *dos = qs + BS * FP, *pt = dos + BS * DVP;
+  float *lse = pt + BR * SP, *drow = lse + BS;
   zk_i64 bh = blockIdx.x / NTILE;
-  int tile = blockIdx.x % NTILE, j0 = tile * R;
+  int tile = blockIdx.x % NTILE, j0 = tile * BR;
   const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
   const float *dob = dout + bh * T * DV, *sb = stats + bh * T * 2;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 
-  zk_sattn_load<F, FP, R, T>(ks, kb, j0);
-  zk_sattn_load<DV, DVP, R, T>(vs, vb, j0);
-  float dka[ACCK], dva[ACCV];
-#pragma unroll
-  for (int a = 0; a < ACCK; a++) dka[a] = 0.0f;
-#pragma unroll
-  for (int a = 0; a < ACCV; a++) dva[a] = 0.0f;
+  zk_sattn_load<F, FP, BR, T>(ks, kb, j0);
+  zk_sattn_load<DV, DVP, BR, T>(vs, vb, j0);
+  float dka[MI][NF], dva[MI][NV];
+  zk_sattn_zero(dka);
+  zk_sattn_zero(dva);
 
-  for (int qt = CAUSAL ? tile : 0; qt < NTILE; qt++) {
-    int i0 = qt * R;
+  for (int i0 = CAUSAL ? j0 / BS * BS : 0; i0 < T; i0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, R, T>(qs, qb, i0);
-    zk_sattn_load<DV, DVP, R, T>(dos, dob, i0);
-    if (threadIdx.x < R) {
-      int i = i0 + threadIdx.x;
-      lse[threadIdx.x] = i < T ? sb[(zk_i64)i * 2] : 0.0f;
-      drow[threadIdx.x] = i < T ? sb[(zk_i64)i * 2 + 1] : 0.0f;
+    zk_sattn_load<F, FP, BS, T>(qs, qb, i0);
+    zk_sattn_load<DV, DVP, BS, T>(dos, dob, i0);
+    for (int e = threadIdx.x; e < BS; e += ZK_SATTN_NT) {
+      int i = i0 + e;
+      lse[e] = i < T ? sb[(zk_i64)i * 2] : 0.0f;
+      drow[e] = i < T ? sb[(zk_i64)i * 2 + 1] : 0.0f;
     }
     __syncthreads();
-    zk_sattn_entries<R>([&](int r, int c, int part, int valid) { /* r: query, c: key */
-      int i = i0 + r, j = j0 + c;
-      float s = zk_sattn_score<F, FP, T, CAUSAL, SPLIT>(qs, ks, r, c, i, j, scale, part);
-      float dp = zk_sattn_dot<DV, SPLIT>(dos + r * DVP, vs + c * DVP, part);
-      float pm = 0.0f, ds = 0.0f;
-      if (s != ZK_NEG_INF && i < T) {
-        float pr = expf(s - lse[r]);
-        float m = zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
-        pm = pr * m;
-        ds = pr * (dp * m - drow[r]);
-      }
-      if (valid && part == 0) {
-        pz[r * RP + c] = pm;
-        dss[r * RP + c] = ds;
-      }
-    });
-    __syncthreads();
-    zk_sattn_accum_t<DV, DVP, R>(dva, pz, dos); /* dv_j += sum_i (P M)_ij do_i */
-    zk_sattn_accum_t<F, FP, R>(dka, dss, qs);   /* dk_j += sum_i dS_ij q_i */
-  }
+    /* transposed: row = key (ty + 8 a), column = query (tx + 16 b) */
+    float s[MI][NS], dp[MI][NS];
+    zk_sattn_zero(s);
+    zk_sattn_zero(dp);
+    zk_sattn_mm<MI, NS, BS, F, FP, 1, FP, 1>(s, ks, qs);
+    zk_sattn_mm<MI, NS, BS, DV, DVP, 1, DVP, 1>(dp, vs, dos);
 #pragma unroll
-  for (int a = 0; a < ACCV; a++) {
-    int e = threadIdx.x + a * ZK_SATTN_NT;
-    if (e < R * DV) {
-      int c = e / DV, f = e - c * DV;
-      if (j0 + c < T) dv[(bh * T + j0 + c) * DV + f] = dva[a];
-    }
-  }
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a, j = j0 + r;
 #pragma unroll
-  for (int a = 0; a < ACCK; a++) {
-    int e = threadIdx.x + a * ZK_SATTN_NT;
-    if (e < R * F) {
-      int c = e / F, f = e - c * F;
-      if (j0 + c < T) dk[(bh * T + j0 + c) * F + f] = dka[a] * scale;
+      for (int b = 0; b < NS; b++) {
+        int c = tx + 16 * b, i = i0 + c;
+        float pm = 0.0f, ds = 0.0f;
+        if (j < T && i < T) {
+          float x = s[a][b] * scale;
+          if (CAUSAL && j > i) x += -10000.0f;
+          float pr = expf(x - lse[c]);
+          float mk = zk_sattn_keep<DROP, T>(bh, i, j, p, inv_keep, seed, stream);
+          pm = pr * mk;
+          ds = pr * (dp[a][b] * mk - drow[c]);
+        }
+        pt[r * SP + c] = pm;
+        dp[a][b] = ds;
+      }
     }
+    __syncthreads();
+    zk_sattn_mm<MI, NV, DV, BS, SP, 1, 1, DVP>(dva, pt, dos); /* dv_j += sum_i (P M)_ij do_i */
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < MI; a++)
+#pragma unroll
+      for (int b = 0; b < NS; b++) pt[(ty + 8 * a) * SP + tx + 16 * b] = dp[a][b];
+    __syncthreads();
+    zk_sattn_mm<MI, NF, F, BS, SP, 1, 1, FP>(dka, pt, qs); /* dk_j += sum_i dS_ij q_i */
   }
+  float one[MI], sc[MI];
+#pragma unroll
+  for (int a = 0; a < MI; a++) one[a] = 1.0f, sc[a] = scale;
+  zk_sattn_store<MI, NV, DV, T>(dv + bh * T * DV, dva, j0, one);
+  zk_sattn_store<MI, NF, F, T>(dk + bh * T * F, dka, j0, sc);
 }
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
 // zoo_softmax_attn_fwd_12: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_12(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
-  zk_sattn_fwd<64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
 // zoo_k13_merge_heads: merge heads, 4194304 elements
@@ -1673,14 +1704,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_split_heads(const floa
 
 // zoo_softmax_attn_bwd_q_33: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
-  zk_sattn_bwd_q<64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
 // zoo_softmax_attn_bwd_kv_34: node 47
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
-  zk_sattn_bwd_kv<64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
 // zoo_k35_merge_heads: merge heads, 4194304 elements
@@ -2191,8 +2224,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k80_split_heads(const floa
 
 // zoo_softmax_attn_fwd_81: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_81(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_sattn_fwd<64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
 // zoo_k82_merge_heads: merge heads, 4194304 elements
