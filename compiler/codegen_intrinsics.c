@@ -406,13 +406,17 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;
 
+  /* bwd_kv keeps 2 R (F + DV) floats per thread; where that and one query
+   * row stay within 112, it is held to 128 registers (8 blocks of 64 threads
+   * per SM, without spills at F 16, DV 5 (R 2), 10, 21; DV 42 would spill) */
+  int kv_blocks = R * 2 * (a.F + a.DV) + a.F + a.DV + 1 <= 112 && BQ == 64 ? 8 : 1;
   kernel_name(e, n, "poly_attn_bwd_kv", name, sizeof name);
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
                     "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, c);
+                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, c);
   s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
