@@ -128,10 +128,10 @@ void zoo_cuda_comment_node(zoo_cuda_emit *e, int node);
 typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
 
 /* Measured with `zoorun bench --poly` on an H200 (B 512, H 12, ReBased): at
- * T = 512 the quadratic form is 1.5-1.8x faster (forward and backward, DV 5
- * and 42), at T = 2048 the chunked one is 1.65-1.94x faster. Their ratio moves
- * with T (quadratic against linear work), which puts the crossover near
- * T = 900-1000: chunked from 1024. */
+ * T = 512 the quadratic form is 1.65-2.4x faster (forward and backward, DV 5
+ * and 42), at T = 2048 the chunked one is 1.2-1.8x faster. Their ratio moves
+ * with T (quadratic against linear work), which puts the crossover between
+ * T = 850 and 1250: chunked from 1024. */
 #define ZOO_POLY_CHUNKED_MIN_T 1024
 
 /* The form for q [.., T, F], v [.., T, DV] and coefficients c0, c1, c2. Returns
