@@ -572,6 +572,99 @@ static const grad_fn grad_rules[ZOO_OP_COUNT] = {
 #undef X
 };
 
+/* ---------------------------------------------------------------------------
+ * Split tensors. A tensor read only by slices along one axis, at constant,
+ * disjoint ranges (the q, k, v thirds of a fused projection), gets the
+ * concatenation of the slices' gradients, zeros in the gaps, once all of them
+ * are known: summing each slice's gradient padded with zeros to the whole
+ * tensor (zoo_grad_slice) would make and add a full-size tensor per slice. */
+
+typedef struct split_piece {
+  int64_t start, len;
+  int grad; /* the slice's gradient, -1 if none (or not yet known) */
+  int node;
+} split_piece;
+
+typedef struct split_info {
+  int axis, npieces, done;
+  split_piece *pieces;
+} split_info;
+
+/* Fills split[t] for each tensor t that is such a split; NULL entries for the
+ * rest. Only forward nodes [0, nfwd) count as readers. */
+static split_info **find_splits(const zoo_graph *g, int nfwd) {
+  int nt = g->ntensors;
+  int *readers = calloc((size_t)nt + 1, sizeof *readers), *slices = calloc((size_t)nt + 1, sizeof *slices);
+  split_info **split = calloc((size_t)nt + 1, sizeof *split);
+  if (!readers || !slices || !split) abort();
+  for (int i = 0; i < nfwd; i++) {
+    const zoo_node *n = &g->nodes[i];
+    for (int j = 0; j < n->nin; j++) {
+      readers[n->in[j]]++;
+      if (n->op == ZOO_OP_SLICE && n->attrs.dims[0].sym == 0) slices[n->in[j]]++;
+    }
+  }
+  for (int t = 0; t < nt; t++) {
+    if (slices[t] < 2 || slices[t] != readers[t]) continue;
+    const zoo_type *ty = &g->tensors[t].type;
+    split_info *s = calloc(1, sizeof *s);
+    s->pieces = calloc((size_t)slices[t], sizeof *s->pieces);
+    if (!s->pieces) abort();
+    s->axis = -1;
+    int ok = 1;
+    for (int i = 0; i < nfwd && ok; i++) {
+      const zoo_node *n = &g->nodes[i];
+      if (n->op != ZOO_OP_SLICE || n->in[0] != t) continue;
+      int axis = (int)(n->attrs.i[0] < 0 ? n->attrs.i[0] + ty->ndim : n->attrs.i[0]);
+      if (s->axis >= 0 && axis != s->axis) ok = 0;
+      s->axis = axis;
+      split_piece pc = {n->attrs.i[1], n->attrs.dims[0].coef, -1, i};
+      for (int k = 0; k < s->npieces && ok; k++) /* disjoint */
+        ok = pc.start + pc.len <= s->pieces[k].start || s->pieces[k].start + s->pieces[k].len <= pc.start;
+      s->pieces[s->npieces++] = pc;
+    }
+    if (ok && ty->dim[s->axis].sym == 0) {
+      split[t] = s;
+    } else {
+      free(s->pieces);
+      free(s);
+    }
+  }
+  free(readers);
+  free(slices);
+  return split;
+}
+
+/* Once every slice of x has handed in its gradient: x's gradient, the pieces
+ * in order with zeros between them, or -1 when no slice had one. */
+static int split_gradient(zoo_grad_ctx *c, int x, split_info *s) {
+  int any = 0;
+  for (int k = 0; k < s->npieces; k++) any |= s->pieces[k].grad >= 0;
+  if (!any) return -1;
+  for (int a = 1; a < s->npieces; a++) /* by start */
+    for (int b = a; b > 0 && s->pieces[b - 1].start > s->pieces[b].start; b--) {
+      split_piece tmp = s->pieces[b];
+      s->pieces[b] = s->pieces[b - 1];
+      s->pieces[b - 1] = tmp;
+    }
+  int64_t full = type_of(c, x).dim[s->axis].coef, at = 0;
+  int g = -1;
+  for (int k = 0; k <= s->npieces; k++) {
+    int64_t start = k < s->npieces ? s->pieces[k].start : full;
+    int part;
+    if (start > at) { /* a gap */
+      part = slice_of(c, x, s->axis, at, zoo_dim_const(start - at), 1);
+      g = g < 0 ? part : concat_of(c, g, part, s->axis);
+    }
+    if (k == s->npieces) break;
+    const split_piece *p = &s->pieces[k];
+    part = p->grad >= 0 ? p->grad : slice_of(c, x, s->axis, p->start, zoo_dim_const(p->len), 1);
+    g = g < 0 ? part : concat_of(c, g, part, s->axis);
+    at = p->start + p->len;
+  }
+  return g;
+}
+
 int zoo_autodiff(zoo_graph *g, int loss, int seed, zoo_diag *d) {
   zoo_type tl = g->tensors[loss].type, ts = g->tensors[seed].type;
   if (!zoo_type_eq(&tl, &ts)) {
@@ -601,11 +694,23 @@ int zoo_autodiff(zoo_graph *g, int loss, int seed, zoo_diag *d) {
       needs[n->out[k]] = any && g->tensors[n->out[k]].type.dtype == ZOO_F32;
   }
   grad[loss] = seed;
+  split_info **split = find_splits(g, nfwd);
 
   int rc = 0;
   for (int i = nfwd - 1; i >= 0 && rc == 0; i--) {
     zoo_node n = g->nodes[i]; /* a copy: rules append nodes, which may move g->nodes */
     if (!(zoo_ops[n.op].flags & ZOO_OPF_GRAD)) continue;
+    split_info *sp = n.op == ZOO_OP_SLICE ? split[n.in[0]] : NULL;
+    if (sp) { /* hand the gradient in; the last slice assembles x's */
+      int x = n.in[0];
+      for (int k = 0; k < sp->npieces; k++)
+        if (sp->pieces[k].node == i) sp->pieces[k].grad = grad[n.out[0]];
+      if (++sp->done == sp->npieces && needs[x]) {
+        zoo_grad_ctx c = {.g = g, .d = d, .span = n.span};
+        grad[x] = split_gradient(&c, x, sp);
+      }
+      continue;
+    }
     int dout[ZOO_MAX_OUT], any_out = 0, any_in = 0;
     for (int k = 0; k < ZOO_MAX_OUT; k++) {
       dout[k] = k < n.nout ? grad[n.out[k]] : -1;
@@ -640,6 +745,9 @@ int zoo_autodiff(zoo_graph *g, int loss, int seed, zoo_diag *d) {
       grad[x] = grad[x] < 0 ? din[j] : op2(&c, ZOO_OP_ADD, grad[x], din[j]);
     }
   }
+  for (int t = 0; t < nt; t++)
+    if (split[t]) free(split[t]->pieces), free(split[t]);
+  free(split);
   for (int t = 0; t < nt && rc == 0; t++)
     if (grad[t] >= 0 && t != loss) g->tensors[t].grad = grad[t];
   if (rc == 0) g->tensors[loss].grad = seed;

@@ -487,6 +487,25 @@ TEST(grad_embedding_tied) {
                                             NULL)) == 0);
 }
 
+/* A tensor read only by slices (a fused q, k, v projection): its gradient is
+ * the slices' gradients side by side, zeros in the gaps [6, 7) and [11, 12)
+ * and under the slice [10, 11) that nothing reads on. All 48 entries checked. */
+TEST(grad_split_slices) {
+  gcase c;
+  gc_init(&c);
+  int x = gc_param(&c, F32T(K(2), K(2), K(12)), VAL_SIGNED);
+  int64_t at[4][2] = {{0, 3}, {3, 3}, {7, 3}, {10, 1}};
+  int s[4];
+  for (int k = 0; k < 4; k++) {
+    zoo_attrs a = {0};
+    a.i[0] = -1, a.i[1] = at[k][0];
+    a.ndim = 1, a.dims[0] = K(at[k][1]);
+    s[k] = gc1(&c, ZOO_OP_SLICE, x, &a);
+  }
+  int y = gc2(&c, ZOO_OP_ADD, gc2(&c, ZOO_OP_MUL, s[0], s[1], NULL), gc1(&c, ZOO_OP_TANH, s[2], NULL), NULL);
+  CHECK(gc_finish(&c, "split slices", y) == 0);
+}
+
 /* the compacted head's rows: labelled rows gathered (unused rows zero), and
  * their gradient scattered back with zeros in the unlabelled rows */
 TEST(grad_gather_rows) {

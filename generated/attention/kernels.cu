@@ -1657,153 +1657,53 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const floa
     y[i] = x[i];
 }
 
-// zoo_k44_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[i % 128 + (i / 128) * 192];
-}
-
-// zoo_k45_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_muls(const float *__restrict__ t86, float *__restrict__ t87) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v86 = t86[i];
-    float v87 = v86 * 0.0f;  // muls
-    t87[i] = v87;
-  }
-}
-
-// zoo_k46_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// zoo_k47_merge_heads: merge heads, 4194304 elements
+// zoo_k44_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k48_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_slice(const float *__restrict__ x, float *__restrict__ y) {
+// zoo_k45_merge_heads: merge heads, 4194304 elements
+//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
+    y[i] = x[i];
 }
 
-// zoo_k49_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_muls(const float *__restrict__ t90, float *__restrict__ t91) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v90 = t90[i];
-    float v91 = v90 * 0.0f;  // muls
-    t91[i] = v91;
-  }
-}
-
-// zoo_k50_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k46_concat: rows of 64 + 64 elements
+//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k51_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k52_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_muls(const float *__restrict__ t93, float *__restrict__ t94) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v93 = t93[i];
-    float v94 = v93 * 0.0f;  // muls
-    t94[i] = v94;
-  }
-}
-
-// zoo_k53_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k47_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k54_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t90 is t89 reshaped (same memory, no kernel)
 
-// zoo_k55_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[64 + i % 128 + (i / 128) * 192];
-}
-
-// zoo_k56_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_muls(const float *__restrict__ t98, float *__restrict__ t99) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v98 = t98[i];
-    float v99 = v98 * 0.0f;  // muls
-    t99[i] = v99;
-  }
-}
-
-// zoo_k57_concat: rows of 64 + 128 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
-  }
-}
-
-// zoo_k58_add_add: 2 elementwise ops over 12582912 elements
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_add_add(const float *__restrict__ t88, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t101) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    float v88 = t88[i];
-    float v95 = t95[i];
-    float v100 = t100[i];
-    float v96 = v88 + v95;  // add
-    float v101 = v96 + v100;  // add
-    t101[i] = v101;
-  }
-}
-
-// t102 is t101 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t103[65536 x 64] = t102 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t104 is t103 reshaped (same memory, no kernel)
+// t92 is t91 reshaped (same memory, no kernel)
 
-// t105 is t40 reshaped (same memory, no kernel)
+// t93 is t40 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k59_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k48_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1822,8 +1722,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum(const float *__res
   }
 }
 
-// zoo_k59_sum_fin: adds the 44 partials of zoo_k59_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k48_sum_fin: adds the 44 partials of zoo_k48_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1831,67 +1731,67 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_60: node 77
+// zoo_layernorm_bwd_rows_49: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_60(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_61: node 77
+// zoo_sum_partials_50: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_61(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k62_add: 1 elementwise op over 4194304 elements
+// zoo_k51_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
-    float v108 = t108[i];
-    float v111 = v74 + v108;  // add
-    t111[i] = v111;
+    float v96 = t96[i];
+    float v99 = v74 + v96;  // add
+    t99[i] = v99;
   }
 }
 
-// zoo_layernorm_bwd_rows_63: node 79
+// zoo_layernorm_bwd_rows_52: node 67
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_63(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_52(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_64: node 79
+// zoo_sum_partials_53: node 67
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_64(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_53(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k65_add: 1 elementwise op over 4194304 elements
+// zoo_k54_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_add(const float *__restrict__ t111, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v111 = t111[i];
-    float v112 = t112[i];
-    float v115 = v111 + v112;  // add
-    t115[i] = v115;
+    float v99 = t99[i];
+    float v100 = t100[i];
+    float v103 = v99 + v100;  // add
+    t103[i] = v103;
   }
 }
 
-// t116 is t115 reshaped (same memory, no kernel)
+// t104 is t103 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t117[65536 x 64] = t116 * t4, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t4, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t118 is t117 reshaped (same memory, no kernel)
+// t106 is t105 reshaped (same memory, no kernel)
 
-// t119 is t35 reshaped (same memory, no kernel)
+// t107 is t35 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t120[64 x 64] = (t116)^T * t119, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k66_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k55_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1910,8 +1810,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum(const float *__res
   }
 }
 
-// zoo_k66_sum_fin: adds the 132 partials of zoo_k66_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k55_sum_fin: adds the 132 partials of zoo_k55_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1919,181 +1819,81 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k67_split_heads: split heads, 4194304 elements
+// zoo_k56_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_bwd_q_68: node 88
+// zoo_softmax_attn_bwd_q_57: node 76
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_68(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_57(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_69: node 88
+// zoo_softmax_attn_bwd_kv_58: node 76
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_69(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_58(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k70_merge_heads: merge heads, 4194304 elements
+// zoo_k59_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k71_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[i % 128 + (i / 128) * 192];
-}
-
-// zoo_k72_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_muls(const float *__restrict__ t127, float *__restrict__ t128) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v127 = t127[i];
-    float v128 = v127 * 0.0f;  // muls
-    t128[i] = v128;
-  }
-}
-
-// zoo_k73_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// zoo_k74_merge_heads: merge heads, 4194304 elements
+// zoo_k60_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k74_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k75_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_slice(const float *__restrict__ x, float *__restrict__ y) {
+// zoo_k61_merge_heads: merge heads, 4194304 elements
+//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
+    y[i] = x[i];
 }
 
-// zoo_k76_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_muls(const float *__restrict__ t131, float *__restrict__ t132) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v131 = t131[i];
-    float v132 = v131 * 0.0f;  // muls
-    t132[i] = v132;
-  }
-}
-
-// zoo_k77_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k62_concat: rows of 64 + 64 elements
+//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k78_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k79_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_muls(const float *__restrict__ t134, float *__restrict__ t135) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v134 = t134[i];
-    float v135 = v134 * 0.0f;  // muls
-    t135[i] = v135;
-  }
-}
-
-// zoo_k80_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k63_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k81_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t119 is t118 reshaped (same memory, no kernel)
 
-// zoo_k82_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[64 + i % 128 + (i / 128) * 192];
-}
-
-// zoo_k83_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_muls(const float *__restrict__ t139, float *__restrict__ t140) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v139 = t139[i];
-    float v140 = v139 * 0.0f;  // muls
-    t140[i] = v140;
-  }
-}
-
-// zoo_k84_concat: rows of 64 + 128 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k84_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
-  }
-}
-
-// zoo_k85_add_add: 2 elementwise ops over 12582912 elements
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k85_add_add(const float *__restrict__ t129, const float *__restrict__ t136, const float *__restrict__ t141, float *__restrict__ t142) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    float v129 = t129[i];
-    float v136 = t136[i];
-    float v141 = t141[i];
-    float v137 = v129 + v136;  // add
-    float v142 = v137 + v141;  // add
-    t142[i] = v142;
-  }
-}
-
-// t143 is t142 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t144[65536 x 64] = t143 * t2, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t145 is t144 reshaped (same memory, no kernel)
+// t121 is t120 reshaped (same memory, no kernel)
 
-// t146 is t26 reshaped (same memory, no kernel)
+// t122 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t147[192 x 64] = (t143)^T * t146, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k86_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k64_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2112,8 +1912,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum(const float *__res
   }
 }
 
-// zoo_k86_sum_fin: adds the 44 partials of zoo_k86_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k64_sum_fin: adds the 44 partials of zoo_k64_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -2121,34 +1921,34 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k86_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_87: node 112
+// zoo_layernorm_bwd_rows_65: node 88
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_87(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_88: node 112
+// zoo_sum_partials_66: node 88
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_88(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k89_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k67_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_add_dropout(const float *__restrict__ t115, const float *__restrict__ t149, float *__restrict__ t153, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v115 = t115[i];
-    float v149 = t149[i];
-    float v152 = v115 + v149;  // add
-    float v153 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v152 * 1.11111116f : 0.0f;  // dropout
-    t153[i] = v153;
+    float v103 = t103[i];
+    float v125 = t125[i];
+    float v128 = v103 + v125;  // add
+    float v129 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v128 * 1.11111116f : 0.0f;  // dropout
+    t129[i] = v129;
   }
 }
 
-// zoo_k90_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k68_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2167,8 +1967,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to(const float 
   }
 }
 
-// zoo_k90_reduce_to_fin: adds the 2 partials of zoo_k90_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k68_reduce_to_fin: adds the 2 partials of zoo_k68_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2176,55 +1976,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k90_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_91: node 116
+// zoo_embedding_bwd_69: node 92
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_91(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_69(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_92: node 117
+// zoo_embedding_bwd_70: node 93
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_92(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_70(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k93_add: 1 elementwise op over 524288 elements
+// zoo_k71_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k93_add(const float *__restrict__ t66, const float *__restrict__ t156, float *__restrict__ t157) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
-    float v156 = t156[i];
-    float v157 = v66 + v156;  // add
-    t157[i] = v157;
+    float v132 = t132[i];
+    float v133 = v66 + v132;  // add
+    t133[i] = v133;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_94: node 0
+// zoo_embedding_fwd_72: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_94(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_72(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k95_arange: 0 .. 127
+// zoo_k73_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k95_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k73_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_96: node 2
+// zoo_embedding_fwd_74: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_96(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_74(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_97: node 5
+// zoo_layernorm_fused_75: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_97(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2240,58 +2040,58 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_97(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k98_slice: slice, 4194304 elements
+// zoo_k76_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k98_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k99_split_heads: split heads, 4194304 elements
+// zoo_k77_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k99_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k100_slice: slice, 4194304 elements
+// zoo_k78_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k100_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k78_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k101_split_heads: split heads, 4194304 elements
+// zoo_k79_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k101_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k79_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k102_slice: slice, 4194304 elements
+// zoo_k80_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k102_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k80_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k103_split_heads: split heads, 4194304 elements
+// zoo_k81_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k103_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k81_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_104: node 13
+// zoo_softmax_attn_fwd_82: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_104(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_82(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k105_merge_heads: merge heads, 4194304 elements
+// zoo_k83_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k105_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k83_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2299,11 +2099,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k105_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_106: node 17
+// zoo_layernorm_fused_84: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_106(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2315,11 +2115,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_106(const 
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_107: node 19
+// zoo_layernorm_fused_85: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_107(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_85(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2334,58 +2134,58 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_107(const 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k108_slice: slice, 4194304 elements
+// zoo_k86_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k108_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k86_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k109_split_heads: split heads, 4194304 elements
+// zoo_k87_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k109_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k87_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k110_slice: slice, 4194304 elements
+// zoo_k88_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k110_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k88_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k111_split_heads: split heads, 4194304 elements
+// zoo_k89_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k111_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k89_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k112_slice: slice, 4194304 elements
+// zoo_k90_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k112_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k90_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k113_split_heads: split heads, 4194304 elements
+// zoo_k91_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k113_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k91_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_114: node 27
+// zoo_softmax_attn_fwd_92: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_114(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_92(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k115_merge_heads: merge heads, 4194304 elements
+// zoo_k93_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k115_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k93_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2393,11 +2193,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k115_merge_heads(const flo
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_116: node 31
+// zoo_layernorm_fused_94: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_116(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_94(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2409,11 +2209,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_116(const 
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_117: node 33
+// zoo_layernorm_fused_95: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_117(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_95(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2424,48 +2224,48 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_117(const 
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_118: node 34
+// zoo_label_count_96: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_118(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_96(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_119: node 34
+// zoo_label_write_97: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_119(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_97(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_120: node 35
+// zoo_gather_rows_98: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_120(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_98(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_121: node 37
+// zoo_ce_rows_99: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_121(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_99(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_122: node 37
+// zoo_ce_finish_100: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_122(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_100(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_123: node 38
+// zoo_acc_rows_101: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_123(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_101(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_124: node 38
+// zoo_acc_finish_102: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_124(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_102(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 

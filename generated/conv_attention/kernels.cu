@@ -1723,153 +1723,53 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_merge_heads(const floa
     y[i] = x[i];
 }
 
-// zoo_k36_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[i % 128 + (i / 128) * 192];
-}
-
-// zoo_k37_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_muls(const float *__restrict__ t80, float *__restrict__ t81) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v80 = t80[i];
-    float v81 = v80 * 0.0f;  // muls
-    t81[i] = v81;
-  }
-}
-
-// zoo_k38_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// zoo_k39_merge_heads: merge heads, 4194304 elements
+// zoo_k36_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k40_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_slice(const float *__restrict__ x, float *__restrict__ y) {
+// zoo_k37_merge_heads: merge heads, 4194304 elements
+//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
+    y[i] = x[i];
 }
 
-// zoo_k41_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_muls(const float *__restrict__ t84, float *__restrict__ t85) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v84 = t84[i];
-    float v85 = v84 * 0.0f;  // muls
-    t85[i] = v85;
-  }
-}
-
-// zoo_k42_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k38_concat: rows of 64 + 64 elements
+//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k43_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// zoo_k44_muls: 1 elementwise op over 4194304 elements
-//   muls           -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_muls(const float *__restrict__ t87, float *__restrict__ t88) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v87 = t87[i];
-    float v88 = v87 * 0.0f;  // muls
-    t88[i] = v88;
-  }
-}
-
-// zoo_k45_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+// zoo_k39_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
   }
 }
 
-// zoo_k46_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t84 is t83 reshaped (same memory, no kernel)
 
-// zoo_k47_slice: slice, 8388608 elements
-//   slice          -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_slice(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256)
-    y[i] = x[64 + i % 128 + (i / 128) * 192];
-}
-
-// zoo_k48_muls: 1 elementwise op over 8388608 elements
-//   muls           -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_muls(const float *__restrict__ t92, float *__restrict__ t93) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    float v92 = t92[i];
-    float v93 = v92 * 0.0f;  // muls
-    t93[i] = v93;
-  }
-}
-
-// zoo_k49_concat: rows of 64 + 128 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 128 + j - 64];
-  }
-}
-
-// zoo_k50_add_add: 2 elementwise ops over 12582912 elements
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:55:25
-//   add            -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t82, const float *__restrict__ t89, const float *__restrict__ t94, float *__restrict__ t95) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    float v82 = t82[i];
-    float v89 = t89[i];
-    float v94 = t94[i];
-    float v90 = v82 + v89;  // add
-    float v95 = v90 + v94;  // add
-    t95[i] = v95;
-  }
-}
-
-// t96 is t95 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t97[65536 x 64] = t96 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t98 is t97 reshaped (same memory, no kernel)
+// t86 is t85 reshaped (same memory, no kernel)
 
-// t99 is t34 reshaped (same memory, no kernel)
+// t87 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t100[192 x 64] = (t96)^T * t99, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k51_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k40_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1888,8 +1788,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum(const float *__res
   }
 }
 
-// zoo_k51_sum_fin: adds the 44 partials of zoo_k51_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k40_sum_fin: adds the 44 partials of zoo_k40_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1897,75 +1797,75 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_52: node 71
+// zoo_layernorm_bwd_rows_41: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_52(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_53: node 71
+// zoo_sum_partials_42: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_53(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k54_add: 1 elementwise op over 4194304 elements
+// zoo_k43_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t68, const float *__restrict__ t102, float *__restrict__ t105) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
-    float v102 = t102[i];
-    float v105 = v68 + v102;  // add
-    t105[i] = v105;
+    float v90 = t90[i];
+    float v93 = v68 + v90;  // add
+    t93[i] = v93;
   }
 }
 
-// zoo_layernorm_bwd_rows_55: node 73
+// zoo_layernorm_bwd_rows_44: node 61
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_55(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_56: node 73
+// zoo_sum_partials_45: node 61
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_56(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k57_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k46_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add_mul_mul(const float *__restrict__ t105, const float *__restrict__ t106, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t109, float *__restrict__ t110, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v105 = t105[i];
-    float v106 = t106[i];
+    float v93 = t93[i];
+    float v94 = t94[i];
     float v28 = t28[i];
     float v27 = t27[i];
-    float v109 = v105 + v106;  // add
-    float v110 = v109 * v28;  // mul
-    float v111 = v109 * v27;  // mul
-    t109[i] = v109;
-    t110[i] = v110;
-    t111[i] = v111;
+    float v97 = v93 + v94;  // add
+    float v98 = v97 * v28;  // mul
+    float v99 = v97 * v27;  // mul
+    t97[i] = v97;
+    t98[i] = v98;
+    t99[i] = v99;
   }
 }
 
-// t112 is t111 reshaped (same memory, no kernel)
+// t100 is t99 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t113[65536 x 64] = t112 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t101[65536 x 64] = t100 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t114 is t113 reshaped (same memory, no kernel)
+// t102 is t101 reshaped (same memory, no kernel)
 
-// t115 is t26 reshaped (same memory, no kernel)
+// t103 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t116[64 x 64] = (t112)^T * t115, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k58_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k47_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1984,8 +1884,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum(const float *__res
   }
 }
 
-// zoo_k58_sum_fin: adds the 132 partials of zoo_k58_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k47_sum_fin: adds the 132 partials of zoo_k47_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1993,60 +1893,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k58_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_59: node 84
+// zoo_conv1d_bwd_rows_48: node 72
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_59(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_60: node 84
+// zoo_sum_partials_49: node 72
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_60(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k61_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_add_add(const float *__restrict__ t109, const float *__restrict__ t114, const float *__restrict__ t119, float *__restrict__ t122) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v109 = t109[i];
-    float v114 = t114[i];
-    float v119 = t119[i];
-    float v118 = v109 + v114;  // add
-    float v122 = v118 + v119;  // add
-    t122[i] = v122;
+    float v97 = t97[i];
+    float v102 = t102[i];
+    float v107 = t107[i];
+    float v106 = v97 + v102;  // add
+    float v110 = v106 + v107;  // add
+    t110[i] = v110;
   }
 }
 
-// zoo_layernorm_bwd_rows_62: node 86
+// zoo_layernorm_bwd_rows_51: node 74
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_62(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_51(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_63: node 86
+// zoo_sum_partials_52: node 74
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_63(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k64_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_add_dropout(const float *__restrict__ t109, const float *__restrict__ t123, float *__restrict__ t127, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v109 = t109[i];
-    float v123 = t123[i];
-    float v126 = v109 + v123;  // add
-    float v127 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v126 * 1.11111116f : 0.0f;  // dropout
-    t127[i] = v127;
+    float v97 = t97[i];
+    float v111 = t111[i];
+    float v114 = v97 + v111;  // add
+    float v115 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v114 * 1.11111116f : 0.0f;  // dropout
+    t115[i] = v115;
   }
 }
 
-// zoo_k65_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2065,8 +1965,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to(const float 
   }
 }
 
-// zoo_k65_reduce_to_fin: adds the 2 partials of zoo_k65_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k54_reduce_to_fin: adds the 2 partials of zoo_k54_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2074,55 +1974,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_66: node 90
+// zoo_embedding_bwd_55: node 78
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_66(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_67: node 91
+// zoo_embedding_bwd_56: node 79
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_67(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k68_add: 1 elementwise op over 524288 elements
+// zoo_k57_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_add(const float *__restrict__ t60, const float *__restrict__ t130, float *__restrict__ t131) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
-    float v130 = t130[i];
-    float v131 = v60 + v130;  // add
-    t131[i] = v131;
+    float v118 = t118[i];
+    float v119 = v60 + v118;  // add
+    t119[i] = v119;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_69: node 0
+// zoo_embedding_fwd_58: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_69(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k70_arange: 0 .. 127
+// zoo_k59_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_71: node 2
+// zoo_embedding_fwd_60: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_71(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_72: node 5
+// zoo_layernorm_fused_61: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2138,14 +2038,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_73: node 11
+// zoo_layernorm_fused_62: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_73(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2161,11 +2061,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_73(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_74: node 13
+// zoo_layernorm_fused_63: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_74(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2180,58 +2080,58 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_74(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k75_slice: slice, 4194304 elements
+// zoo_k64_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k75_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k76_split_heads: split heads, 4194304 elements
+// zoo_k65_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k77_slice: slice, 4194304 elements
+// zoo_k66_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k78_split_heads: split heads, 4194304 elements
+// zoo_k67_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_k79_slice: slice, 4194304 elements
+// zoo_k68_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k80_split_heads: split heads, 4194304 elements
+// zoo_k69_split_heads: split heads, 4194304 elements
 //   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k69_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
 
-// zoo_softmax_attn_fwd_81: node 21
+// zoo_softmax_attn_fwd_70: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_81(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_70(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k82_merge_heads: merge heads, 4194304 elements
+// zoo_k71_merge_heads: merge heads, 4194304 elements
 //   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k82_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k71_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i];
 }
@@ -2239,11 +2139,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k82_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_83: node 25
+// zoo_layernorm_fused_72: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_83(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v44 = t44[i];
@@ -2255,11 +2155,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_83(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_84: node 27
+// zoo_layernorm_fused_73: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_73(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v46 = t46[i];
@@ -2270,48 +2170,48 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_85: node 28
+// zoo_label_count_74: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_85(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_74(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_86: node 28
+// zoo_label_write_75: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_86(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_75(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_87: node 29
+// zoo_gather_rows_76: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_87(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_76(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_88: node 31
+// zoo_ce_rows_77: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_88(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_77(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_89: node 31
+// zoo_ce_finish_78: node 31
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_89(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_78(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_90: node 32
+// zoo_acc_rows_79: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_90(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_79(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_91: node 32
+// zoo_acc_finish_80: node 32
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_91(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_80(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
