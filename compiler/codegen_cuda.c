@@ -817,6 +817,14 @@ static int emit_gather(zoo_cuda_emit *e, const zoo_node *n, const int64_t *od, c
   return 0;
 }
 
+int zoo_cuda_is_view(const zoo_graph *g, const int64_t *sym, const zoo_node *n) {
+  if (n->op == ZOO_OP_RESHAPE) return 1;
+  if (n->op != ZOO_OP_SPLIT_HEADS && n->op != ZOO_OP_MERGE_HEADS) return 0;
+  const zoo_type *t = &g->tensors[n->op == ZOO_OP_SPLIT_HEADS ? n->out[0] : n->in[0]].type;
+  if (t->ndim < 3) return 0;
+  return zoo_dim_eval(t->dim[t->ndim - 3], sym) == 1 || zoo_dim_eval(t->dim[t->ndim - 2], sym) == 1;
+}
+
 /* reshape: the output shares the input's memory; no kernel */
 int zoo_cuda_reshape(zoo_cuda_emit *e, const zoo_node *n) {
   if (e->alias) e->alias[n->out[0]] = n->in[0];
@@ -840,24 +848,27 @@ int zoo_cuda_permute(zoo_cuda_emit *e, const zoo_node *n) {
   return emit_gather(e, n, yd, st, ynd, 0, "permute");
 }
 
-/* split_heads: y[p, h, t, e] = x[p, t, h*d + e] */
+/* split_heads: y[p, h, t, e] = x[p, t, h*d + e]; with one head (or one step)
+ * both layouts are the same, and it is a reshape */
 int zoo_cuda_split_heads(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t yd[ZOO_MAX_DIMS];
   int nd = dims_of(e, n->out[0], yd);
   if (nd < 3) return emit_fail(e, "split_heads: output has %d axes", nd);
   int64_t H = yd[nd - 3], T = yd[nd - 2], d = yd[nd - 1];
+  if (e->alias && zoo_cuda_is_view(e->g, e->sym, n)) return zoo_cuda_reshape(e, n);
   int64_t P = 1;
   for (int k = 0; k < nd - 3; k++) P *= yd[k];
   int64_t od[4] = {P, H, T, d}, st[4] = {T * H * d, d, H * d, 1};
   return emit_gather(e, n, od, st, 4, 0, "split heads");
 }
 
-/* merge_heads: y[p, t, h*d + e] = x[p, h, t, e] */
+/* merge_heads: y[p, t, h*d + e] = x[p, h, t, e]; a reshape with one head */
 int zoo_cuda_merge_heads(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t xd[ZOO_MAX_DIMS];
   int nd = dims_of(e, n->in[0], xd);
   if (nd < 3) return emit_fail(e, "merge_heads: input has %d axes", nd);
   int64_t H = xd[nd - 3], T = xd[nd - 2], d = xd[nd - 1];
+  if (e->alias && zoo_cuda_is_view(e->g, e->sym, n)) return zoo_cuda_reshape(e, n);
   int64_t P = 1;
   for (int k = 0; k < nd - 3; k++) P *= xd[k];
   int64_t od[4] = {P, T, H, d}, st[4] = {H * T * d, d, T * d, 1};

@@ -113,6 +113,12 @@ int64_t zoo_cuda_numel(const zoo_cuda_emit *e, int t);
  *   // add  models/std/nn.zoo:12:5 */
 void zoo_cuda_comment_node(zoo_cuda_emit *e, int node);
 
+/* Whether node n moves no data under the bound symbols sym: a reshape, or
+ * split_heads / merge_heads with one head (or one step), whose two layouts
+ * are the same. Its output is then an alias of its input (zoo_cuda_emit's
+ * alias), with no kernel. */
+int zoo_cuda_is_view(const zoo_graph *g, const int64_t *sym, const zoo_node *n);
+
 /* Emitters, one per op. Return 0, or -1 with e->err set. */
 #define X(NAME, name, cls, nin_min, nin_max, nout, flags) \
   int zoo_cuda_##name(zoo_cuda_emit *e, const zoo_node *n);

@@ -81,13 +81,13 @@ int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t
 
   /* The plans need the aliases of both emissions; the second call replaced
    * e->alias with the evaluation graph's, a subset of the training graph's
-   * (the same forward nodes), so re-derive the training ones from reshapes. */
+   * (the same forward nodes), so re-derive the training ones from the views. */
   int nt = train->ntensors;
   int *alias = malloc((size_t)(nt ? nt : 1) * sizeof *alias);
   if (!alias) abort();
   for (int t = 0; t < nt; t++) alias[t] = -1;
   for (int i = 0; i < train->nnodes; i++)
-    if (train->nodes[i].op == ZOO_OP_RESHAPE) alias[train->nodes[i].out[0]] = train->nodes[i].in[0];
+    if (zoo_cuda_is_view(train, cp->sym, &train->nodes[i])) alias[train->nodes[i].out[0]] = train->nodes[i].in[0];
   int keep[2] = {train->loss, train->metrics};
   int status = zoo_plan_build(&cp->train_plan, &cp->train, cp->sym, e->steps, cp->ntrain, alias, keep,
                               2, reuse, err, errlen);

@@ -396,3 +396,43 @@ static void emu_fuse(zoo_test_ctx *t, const char *model) {
 
 TEST(emu_fuse_rebased) { emu_fuse(t, "rebased"); }
 TEST(emu_fuse_conv_attention) { emu_fuse(t, "conv_attention"); }
+
+/* ---------------------------------------------------------------------------
+ * Views: with one head, split_heads and merge_heads move nothing, so they are
+ * aliases like reshape (no step); with twelve they stay gather kernels. */
+
+static int head_moves(const char *model, int *views) {
+  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
+  zoo_program *p = compile_model(model, defs, 3);
+  if (!p) return -1;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_cuda_program cp;
+  char err[512];
+  int steps = -1;
+  if (zoo_train_graph_head(&p->graph, ZOO_HEAD_COMPACT, 16, &d) == 0 &&
+      zoo_cuda_program_build(&cp, &p->graph, 4, 16, ZOO_FUSE_ALL, 1, err, sizeof err) == 0) {
+    steps = 0;
+    *views = 0;
+    for (int i = 0; i < cp.emit.nsteps; i++) {
+      const zoo_step *s = &cp.emit.steps[i];
+      if (s->node < 0) continue;
+      const zoo_graph *g = i < cp.ntrain ? &cp.train : &cp.eval;
+      zoo_op op = g->nodes[s->node].op;
+      steps += op == ZOO_OP_SPLIT_HEADS || op == ZOO_OP_MERGE_HEADS;
+    }
+    for (int i = 0; i < cp.train.nnodes; i++)
+      *views += (cp.train.nodes[i].op == ZOO_OP_SPLIT_HEADS || cp.train.nodes[i].op == ZOO_OP_MERGE_HEADS) &&
+                zoo_cuda_is_view(&cp.train, cp.sym, &cp.train.nodes[i]);
+    zoo_cuda_program_free(&cp);
+  }
+  zoo_program_free(p);
+  return steps;
+}
+
+TEST(fuse_one_head_views) {
+  int views = -1, steps = head_moves("attention", &views);
+  CHECKF(steps == 0 && views > 0, "attention (one head): %d head steps, %d views", steps, views);
+  steps = head_moves("rebased", &views);
+  CHECKF(steps > 0 && views == 0, "rebased (12 heads): %d head steps, %d views", steps, views);
+}

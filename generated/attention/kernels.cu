@@ -480,40 +480,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__re
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k5_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k5_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k6_slice: slice, 4194304 elements
+// zoo_k5_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k7_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k8_slice: slice, 4194304 elements
+// zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k9_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t33 is t32 reshaped (same memory, no kernel)
 
 // ---- runtime/kernels/softmax_attention.cu ----
 /* softmax_attention.cu: softmax attention with the reference's additive causal
@@ -968,28 +953,23 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_10: node 13
+// zoo_softmax_attn_fwd_7: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_10(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_7(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_k11_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t35 is t34 reshaped (same memory, no kernel)
 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_12: node 17
+// zoo_layernorm_fused_8: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -1001,11 +981,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_13: node 19
+// zoo_layernorm_fused_9: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -1020,70 +1000,50 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k14_slice: slice, 4194304 elements
+// zoo_k10_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k14_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k15_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k15_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k16_slice: slice, 4194304 elements
+// zoo_k11_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k16_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k11_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k17_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k17_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k18_slice: slice, 4194304 elements
+// zoo_k12_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k18_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k12_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k19_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k19_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_20: node 27
+// zoo_softmax_attn_fwd_13: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_20(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_13(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k21_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t49 is t48 reshaped (same memory, no kernel)
 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_22: node 31
+// zoo_layernorm_fused_14: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_22(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -1095,11 +1055,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_22(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_23: node 33
+// zoo_layernorm_fused_15: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_23(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_15(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -1240,21 +1200,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_24: node 34
+// zoo_label_count_16: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_24(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_16(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_25: node 34
+// zoo_label_write_17: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_25(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_17(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_26: node 35
+// zoo_gather_rows_18: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_26(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1504,39 +1464,39 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_27: node 37
+// zoo_ce_rows_19: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_27(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_28: node 37
+// zoo_ce_finish_20: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_28(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_20(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_29: node 38
+// zoo_acc_rows_21: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_29(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_30: node 38
+// zoo_acc_finish_22: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_30(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_22(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
-// zoo_ce_count_31: node 39
+// zoo_ce_count_23: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_31(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_23(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_32: node 39
+// zoo_ce_bwd_rows_24: node 39
 //   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_32(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
   zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
 }
 
@@ -1546,39 +1506,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_32(const float
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_33: node 42
+// zoo_scatter_rows_25: node 42
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_33(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_25(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_34: node 43
+// zoo_layernorm_bwd_rows_26: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_26(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 43
+// zoo_sum_partials_27: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_27(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_36: node 44
+// zoo_layernorm_bwd_rows_28: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_37: node 44
+// zoo_sum_partials_29: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k38_add: 1 elementwise op over 4194304 elements
+// zoo_k30_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1599,9 +1559,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k39_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k31_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1620,8 +1580,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum(const float *__res
   }
 }
 
-// zoo_k39_sum_fin: adds the 132 partials of zoo_k39_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k31_sum_fin: adds the 132 partials of zoo_k31_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1629,47 +1589,197 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_k40_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t81 is t77 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_41: node 53
+// zoo_softmax_attn_bwd_q_32: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_32(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_42: node 53
+// zoo_softmax_attn_bwd_kv_33: node 53
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_k43_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
+// t85 is t84 reshaped (same memory, no kernel)
+
+// t86 is t83 reshaped (same memory, no kernel)
+
+// t87 is t82 reshaped (same memory, no kernel)
+
+// zoo_k34_concat: rows of 64 + 64 elements
+//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
+    int o = i / 128, j = i % 128;
+    y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
+  }
 }
 
-// zoo_k44_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
+// zoo_k35_concat: rows of 128 + 64 elements
+//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
+    int o = i / 192, j = i % 192;
+    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
+  }
 }
 
-// zoo_k45_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
+// t90 is t89 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t10, batch 1, k = 192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t92 is t91 reshaped (same memory, no kernel)
+
+// t93 is t40 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
+//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
+
+// zoo_k36_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+//   sum            -> f32[192]               models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
+  const int O = 192, R = 65536, CH = 1490;
+  __shared__ float sh[8][33];
+  int o = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.0f;
+  if (o < O) {
+    int base = o;
+    int r1 = min(R, (int)blockIdx.y * CH + CH);
+    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 192];
+  }
+  sh[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && o < O) {
+    float s = 0.0f;
+    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
+    out[(long long)blockIdx.y * O + o] = s * 1.0f;
+  }
 }
+
+// zoo_k36_sum_fin: adds the 44 partials of zoo_k36_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+  int o = blockIdx.x * 256 + threadIdx.x;
+  if (o >= 192) return;
+  float s = 0.0f;
+  for (int k = 0; k < 44; k++) s += part[(long long)k * 192 + o];
+  out[o] = s * 1.0f;
+}
+
+// zoo_layernorm_bwd_rows_37: node 65
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_38: node 65
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k39_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v74 = t74[i];
+    float v96 = t96[i];
+    float v99 = v74 + v96;  // add
+    t99[i] = v99;
+  }
+}
+
+// zoo_layernorm_bwd_rows_40: node 67
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_41: node 67
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k42_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v99 = t99[i];
+    float v100 = t100[i];
+    float v103 = v99 + v100;  // add
+    t103[i] = v103;
+  }
+}
+
+// t104 is t103 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t4, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t106 is t105 reshaped (same memory, no kernel)
+
+// t107 is t35 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
+//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
+
+// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+//   sum            -> f32[64]                models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out) {
+  const int O = 64, R = 65536, CH = 497;
+  __shared__ float sh[8][33];
+  int o = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.0f;
+  if (o < O) {
+    int base = o;
+    int r1 = min(R, (int)blockIdx.y * CH + CH);
+    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 64];
+  }
+  sh[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && o < O) {
+    float s = 0.0f;
+    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
+    out[(long long)blockIdx.y * O + o] = s * 1.0f;
+  }
+}
+
+// zoo_k43_sum_fin: adds the 132 partials of zoo_k43_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+  int o = blockIdx.x * 256 + threadIdx.x;
+  if (o >= 64) return;
+  float s = 0.0f;
+  for (int k = 0; k < 132; k++) s += part[(long long)k * 64 + o];
+  out[o] = s * 1.0f;
+}
+
+// t110 is t106 reshaped (same memory, no kernel)
+
+// zoo_softmax_attn_bwd_q_44: node 76
+//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_44(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
+}
+
+// zoo_softmax_attn_bwd_kv_45: node 76
+//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_45(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
+}
+
+// t114 is t113 reshaped (same memory, no kernel)
+
+// t115 is t112 reshaped (same memory, no kernel)
+
+// t116 is t111 reshaped (same memory, no kernel)
 
 // zoo_k46_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
@@ -1689,16 +1799,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__
   }
 }
 
-// t90 is t89 reshaped (same memory, no kernel)
+// t119 is t118 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t92 is t91 reshaped (same memory, no kernel)
+// t121 is t120 reshaped (same memory, no kernel)
 
-// t93 is t40 reshaped (same memory, no kernel)
+// t122 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
 // zoo_k48_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
@@ -1731,212 +1841,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_49: node 65
+// zoo_layernorm_bwd_rows_49: node 88
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_50: node 65
+// zoo_sum_partials_50: node 88
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k51_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v74 = t74[i];
-    float v96 = t96[i];
-    float v99 = v74 + v96;  // add
-    t99[i] = v99;
-  }
-}
-
-// zoo_layernorm_bwd_rows_52: node 67
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_52(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_53: node 67
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_53(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k54_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v99 = t99[i];
-    float v100 = t100[i];
-    float v103 = v99 + v100;  // add
-    t103[i] = v103;
-  }
-}
-
-// t104 is t103 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t4, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t106 is t105 reshaped (same memory, no kernel)
-
-// t107 is t35 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-
-// zoo_k55_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
-//   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum(const float *__restrict__ x, float *__restrict__ out) {
-  const int O = 64, R = 65536, CH = 497;
-  __shared__ float sh[8][33];
-  int o = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (o < O) {
-    int base = o;
-    int r1 = min(R, (int)blockIdx.y * CH + CH);
-    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 64];
-  }
-  sh[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < O) {
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
-    out[(long long)blockIdx.y * O + o] = s * 1.0f;
-  }
-}
-
-// zoo_k55_sum_fin: adds the 132 partials of zoo_k55_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
-  int o = blockIdx.x * 256 + threadIdx.x;
-  if (o >= 64) return;
-  float s = 0.0f;
-  for (int k = 0; k < 132; k++) s += part[(long long)k * 64 + o];
-  out[o] = s * 1.0f;
-}
-
-// zoo_k56_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_softmax_attn_bwd_q_57: node 76
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_57(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
-  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
-}
-
-// zoo_softmax_attn_bwd_kv_58: node 76
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_58(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
-  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
-}
-
-// zoo_k59_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k60_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k61_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
-
-// zoo_k62_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    int o = i / 128, j = i % 128;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
-  }
-}
-
-// zoo_k63_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// t119 is t118 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t121 is t120 reshaped (same memory, no kernel)
-
-// t122 is t26 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-
-// zoo_k64_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
-//   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum(const float *__restrict__ x, float *__restrict__ out) {
-  const int O = 192, R = 65536, CH = 1490;
-  __shared__ float sh[8][33];
-  int o = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (o < O) {
-    int base = o;
-    int r1 = min(R, (int)blockIdx.y * CH + CH);
-    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 192];
-  }
-  sh[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < O) {
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
-    out[(long long)blockIdx.y * O + o] = s * 1.0f;
-  }
-}
-
-// zoo_k64_sum_fin: adds the 44 partials of zoo_k64_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
-  int o = blockIdx.x * 256 + threadIdx.x;
-  if (o >= 192) return;
-  float s = 0.0f;
-  for (int k = 0; k < 44; k++) s += part[(long long)k * 192 + o];
-  out[o] = s * 1.0f;
-}
-
-// zoo_layernorm_bwd_rows_65: node 88
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_65(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_66: node 88
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_66(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k67_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k51_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
     float v125 = t125[i];
@@ -1946,9 +1866,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_add_dropout(const floa
   }
 }
 
-// zoo_k68_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k52_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1967,8 +1887,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to(const float 
   }
 }
 
-// zoo_k68_reduce_to_fin: adds the 2 partials of zoo_k68_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k52_reduce_to_fin: adds the 2 partials of zoo_k52_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1976,21 +1896,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_69: node 92
+// zoo_embedding_bwd_53: node 92
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_69(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_70: node 93
+// zoo_embedding_bwd_54: node 93
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_70(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k71_add: 1 elementwise op over 524288 elements
+// zoo_k55_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v132 = t132[i];
@@ -2001,30 +1921,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k71_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_72: node 0
+// zoo_embedding_fwd_56: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_72(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k73_arange: 0 .. 127
+// zoo_k57_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_74: node 2
+// zoo_embedding_fwd_58: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_74(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_75: node 5
+// zoo_layernorm_fused_59: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2040,70 +1960,50 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k76_slice: slice, 4194304 elements
+// zoo_k60_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k76_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k77_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k77_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k78_slice: slice, 4194304 elements
+// zoo_k61_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k78_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k79_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k79_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k80_slice: slice, 4194304 elements
+// zoo_k62_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k80_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k81_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k81_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_82: node 13
+// zoo_softmax_attn_fwd_63: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_82(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// zoo_k83_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k83_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t35 is t34 reshaped (same memory, no kernel)
 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_84: node 17
+// zoo_layernorm_fused_64: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2115,11 +2015,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_84(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_85: node 19
+// zoo_layernorm_fused_65: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_85(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2134,70 +2034,50 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_85(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k86_slice: slice, 4194304 elements
+// zoo_k66_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k86_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
-// zoo_k87_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:54:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k87_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k88_slice: slice, 4194304 elements
+// zoo_k67_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k88_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k89_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:55:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k89_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k90_slice: slice, 4194304 elements
+// zoo_k68_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k90_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
-// zoo_k91_split_heads: split heads, 4194304 elements
-//   split_heads    -> f32[B, 1, T, 64]       models/std/mixers.zoo:56:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k91_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_92: node 27
+// zoo_softmax_attn_fwd_69: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_92(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// zoo_k93_merge_heads: merge heads, 4194304 elements
-//   merge_heads    -> f32[B, T, 64]          models/std/mixers.zoo:58:21
-extern "C" __global__ void __launch_bounds__(256) zoo_k93_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i];
-}
+// t49 is t48 reshaped (same memory, no kernel)
 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_94: node 31
+// zoo_layernorm_fused_70: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_94(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2209,11 +2089,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_94(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_95: node 33
+// zoo_layernorm_fused_71: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_95(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2224,48 +2104,48 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_95(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_96: node 34
+// zoo_label_count_72: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_96(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_72(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_97: node 34
+// zoo_label_write_73: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_97(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_73(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_98: node 35
+// zoo_gather_rows_74: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_98(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_74(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_99: node 37
+// zoo_ce_rows_75: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_99(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
   zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
 }
 
-// zoo_ce_finish_100: node 37
+// zoo_ce_finish_76: node 37
 //   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_100(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_76(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
   zk_ce_finish<16384, -100>(rowloss, targets, loss);
 }
 
-// zoo_acc_rows_101: node 38
+// zoo_acc_rows_77: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_101(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_77(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
   zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
 }
 
-// zoo_acc_finish_102: node 38
+// zoo_acc_finish_78: node 38
 //   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_102(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_78(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
   zk_acc_finish<16384, -100>(hit, targets, out);
 }
 
