@@ -1032,38 +1032,33 @@ int zoo_cpu_label_rows(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
-/* gather_rows (x[N, D], idx[M], pos) -> y[M, D] */
-int zoo_cpu_gather_rows(zoo_cpu *c, const zoo_node *n) {
-  shape ys = out_shape(c, n, 0);
-  int64_t M = ys.d[0], D = ys.d[1], N = c->numel[n->in[0]] / D;
-  const float *X = in_f(c, n, 0);
-  const int32_t *idx = in_i(c, n, 1);
-  float *Y = out_f(c, n, 0);
-  for (int64_t r = 0; r < M; r++) {
-    if (idx[r] >= N) return cpu_fail(c, "gather_rows: row %d of %lld", idx[r], (long long)N);
-    if (idx[r] < 0)
-      memset(Y + r * D, 0, (size_t)D * sizeof *Y);
+/* dst[i] = src[map[i]] for `rows` rows of D floats, zeros where map[i] < 0;
+ * map[i] must be below `have` (the source's rows). */
+static int copy_mapped_rows(zoo_cpu *c, const char *op, float *dst, const float *src,
+                            const int32_t *map, int64_t rows, int64_t have, int64_t D) {
+  for (int64_t i = 0; i < rows; i++) {
+    if (map[i] >= have) return cpu_fail(c, "%s: row %d of %lld", op, map[i], (long long)have);
+    if (map[i] < 0)
+      memset(dst + i * D, 0, (size_t)D * sizeof *dst);
     else
-      memcpy(Y + r * D, X + idx[r] * D, (size_t)D * sizeof *Y);
+      memcpy(dst + i * D, src + map[i] * D, (size_t)D * sizeof *dst);
   }
   return 0;
 }
 
-/* scatter_rows (dy[M, D], pos[N]) -> dx[N, D] */
+/* gather_rows (x[N, D], idx[M], pos) -> y[M, D] = x[idx] */
+int zoo_cpu_gather_rows(zoo_cpu *c, const zoo_node *n) {
+  shape ys = out_shape(c, n, 0);
+  int64_t M = ys.d[0], D = ys.d[1];
+  return copy_mapped_rows(c, "gather_rows", out_f(c, n, 0), in_f(c, n, 0), in_i(c, n, 1), M,
+                          c->numel[n->in[0]] / D, D);
+}
+
+/* scatter_rows (dy[M, D], pos[N]) -> dx[N, D] = dy[pos] */
 int zoo_cpu_scatter_rows(zoo_cpu *c, const zoo_node *n) {
   shape ds = in_shape(c, n, 0);
-  int64_t M = ds.d[0], D = ds.d[1], N = c->numel[n->in[1]];
-  const float *DY = in_f(c, n, 0);
-  const int32_t *pos = in_i(c, n, 1);
-  float *DX = out_f(c, n, 0);
-  for (int64_t j = 0; j < N; j++) {
-    if (pos[j] >= M) return cpu_fail(c, "scatter_rows: row %d of %lld", pos[j], (long long)M);
-    if (pos[j] < 0)
-      memset(DX + j * D, 0, (size_t)D * sizeof *DX);
-    else
-      memcpy(DX + j * D, DY + pos[j] * D, (size_t)D * sizeof *DX);
-  }
-  return 0;
+  return copy_mapped_rows(c, "scatter_rows", out_f(c, n, 0), in_f(c, n, 0), in_i(c, n, 1),
+                          c->numel[n->in[1]], ds.d[0], ds.d[1]);
 }
 
 /* ---------------------------------------------------------------------------

@@ -128,6 +128,36 @@ __device__ __forceinline__ int zk_block_sum_int(int v, int *sh) {
   return zk_warp_sum_int(v);
 }
 
+/* Exclusive prefix sum of v over the block in thread order (blockDim.x a
+ * multiple of 32, at most 1024): a scan within each warp, then one over the
+ * warps' totals. *total gets the block's sum. sh: 33 ints of shared memory.
+ * Every thread must call it. */
+__device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int y = __shfl_up_sync(ZK_FULL_MASK, inc, o);
+    if (lane >= o) inc += y;
+  }
+  __syncthreads(); /* sh may still be read by a previous call */
+  if (lane == 31) sh[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    int t = lane < nw ? sh[lane] : 0, w = t;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int y = __shfl_up_sync(ZK_FULL_MASK, w, o);
+      if (lane >= o) w += y;
+    }
+    if (lane < nw) sh[lane] = w - t; /* the warps' offsets */
+    if (lane == 31) sh[32] = w;
+  }
+  __syncthreads();
+  *total = sh[32];
+  return sh[warp] + inc - v;
+}
+
 /* Column sums of block partials: part is [P][M]; out0[m] = sum_p part[p][m] for
  * m < M0, out1[m - M0] for the rest (out1 may be null when M0 == M). One thread
  * per column, blocks of any size, grid ceil(M / blockDim.x); the sum runs over p

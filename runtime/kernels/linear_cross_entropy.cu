@@ -62,35 +62,15 @@
 template <int N, int IGNORE>
 __device__ __forceinline__ void zk_lce_compact(const int *__restrict__ targets,
                                                int *__restrict__ idx, int *__restrict__ count) {
-  __shared__ int warp_tot[32];
+  __shared__ int sh[33];
   constexpr int CH = (N + 1023) / 1024; /* rows per thread */
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int r0 = threadIdx.x * CH, r1 = r0 + CH < N ? r0 + CH : N;
-  int mine = 0;
+  int mine = 0, total;
   for (int r = r0; r < r1; r++) mine += targets[r] != IGNORE;
-  /* inclusive scan over the warp, then over the warps' totals */
-  int inc = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    int y = __shfl_up_sync(ZK_FULL_MASK, inc, o);
-    if (lane >= o) inc += y;
-  }
-  if (lane == 31) warp_tot[warp] = inc;
-  __syncthreads();
-  if (warp == 0) {
-    int t = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      int y = __shfl_up_sync(ZK_FULL_MASK, t, o);
-      if (lane >= o) t += y;
-    }
-    warp_tot[lane] = t; /* inclusive over warps */
-  }
-  __syncthreads();
-  int pos = inc - mine + (warp > 0 ? warp_tot[warp - 1] : 0);
+  int pos = zk_block_exscan_int(mine, sh, &total);
   for (int r = r0; r < r1; r++)
     if (targets[r] != IGNORE) idx[pos++] = r;
-  if (threadIdx.x == blockDim.x - 1) count[0] = pos;
+  if (threadIdx.x == 0) count[0] = total;
 }
 
 /* The block's labelled rows (rowid -1 past count), their targets; returns the

@@ -10,8 +10,7 @@
  *   zk_label_count<N, IGNORE, TILE>: block b counts tile b's labelled positions.
  *   zk_label_write<N, M, IGNORE, TILE, PER, TILES>: block b adds up the counts
  *     of the tiles before it, scans its own tile (each thread PER consecutive
- *     positions; a warp scan, then one over the warps' totals) and writes its
- *     rows in order. So row r is the r-th labelled position, as on the CPU.
+ *     positions; zk_block_exscan_int) and writes its rows in order. So row r is the r-th labelled position, as on the CPU.
  *     Rows past the total get idx -1, tc IGNORE; rows past M are dropped (the
  *     backends refuse such a batch before the step).
  * zk_gather_rows<N, M, D>: y[r, d] = x[idx[r], d], 0 for idx[r] < 0; one thread
@@ -22,22 +21,17 @@
 #ifndef ZK_ROWS_CU
 #define ZK_ROWS_CU
 
-/* Labelled positions among the TILE positions of block b, in every thread. */
-template <zk_i64 N, int IGNORE, int TILE>
-__device__ __forceinline__ int zk_tile_count(const int *__restrict__ targets, zk_i64 b, int *sh) {
-  int n = 0;
-  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
-    n += targets[j] != IGNORE;
-  return zk_block_sum_int(n, sh);
-}
-
 /* Pass 1: counts[b] = labelled positions of tile b. */
 template <zk_i64 N, int IGNORE, int TILE>
 __device__ __forceinline__ void zk_label_count(const int *__restrict__ targets,
                                                int *__restrict__ counts) {
   __shared__ int sh[32];
-  int n = zk_tile_count<N, IGNORE, TILE>(targets, blockIdx.x, sh);
-  if (threadIdx.x == 0) counts[blockIdx.x] = n;
+  zk_i64 b = blockIdx.x;
+  int n = 0;
+  for (zk_i64 j = b * TILE + threadIdx.x; j < (b + 1) * TILE && j < N; j += blockDim.x)
+    n += targets[j] != IGNORE;
+  n = zk_block_sum_int(n, sh);
+  if (threadIdx.x == 0) counts[b] = n;
 }
 
 /* Pass 2: block b starts at the sum of the earlier tiles' counts and writes
@@ -49,8 +43,7 @@ __device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
                                                const int *__restrict__ counts,
                                                int *__restrict__ idx, int *__restrict__ pos,
                                                int *__restrict__ tc) {
-  __shared__ int sh[32];
-  __shared__ int warp_total[32];
+  __shared__ int sh[33];
   int before = 0, total = 0;
   for (zk_i64 q = threadIdx.x; q < TILES; q += blockDim.x) {
     int c = counts[q];
@@ -59,33 +52,14 @@ __device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
   }
   before = zk_block_sum_int(before, sh);
   total = zk_block_sum_int(total, sh);
-  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)tid * PER;
-  int t[PER], mine = 0;
+  zk_i64 j0 = (zk_i64)blockIdx.x * TILE + (zk_i64)threadIdx.x * PER;
+  int t[PER], mine = 0, in_tile;
 #pragma unroll
   for (int k = 0; k < PER; k++) {
     t[k] = j0 + k < N ? targets[j0 + k] : IGNORE;
     mine += t[k] != IGNORE;
   }
-  int incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    int v = __shfl_up_sync(ZK_FULL_MASK, incl, o);
-    if (lane >= o) incl += v;
-  }
-  if (lane == 31) warp_total[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    int w0 = lane < warps ? warp_total[lane] : 0, w = w0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      int v = __shfl_up_sync(ZK_FULL_MASK, w, o);
-      if (lane >= o) w += v;
-    }
-    if (lane < warps) warp_total[lane] = w - w0; /* exclusive */
-  }
-  __syncthreads();
-  zk_i64 r = (zk_i64)before + warp_total[warp] + incl - mine;
+  zk_i64 r = (zk_i64)before + zk_block_exscan_int(mine, sh, &in_tile);
 #pragma unroll
   for (int k = 0; k < PER; k++) {
     zk_i64 j = j0 + k;
@@ -98,7 +72,8 @@ __device__ __forceinline__ void zk_label_write(const int *__restrict__ targets,
     if (r < M) idx[r] = (int)j, tc[r] = t[k];
     r++;
   }
-  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + tid; q < M; q += (zk_i64)gridDim.x * blockDim.x)
+  for (zk_i64 q = total + (zk_i64)blockIdx.x * blockDim.x + threadIdx.x; q < M;
+       q += (zk_i64)gridDim.x * blockDim.x)
     idx[q] = -1, tc[q] = IGNORE;
 }
 
