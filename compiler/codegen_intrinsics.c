@@ -998,6 +998,73 @@ int zoo_cuda_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
+/* Is t read by a node of the graph, or kept by the caller? */
+static int wanted(const zoo_cuda_emit *e, int t) {
+  if (e->keep && e->keep[t]) return 1;
+  for (int i = 0; i < e->g->nnodes; i++)
+    for (int k = 0; k < e->g->nodes[i].nin; k++)
+      if (e->g->nodes[i].in[k] == t) return 1;
+  return 0;
+}
+
+/* cross_entropy_step (logits, targets, dloss) -> loss, metrics, dlogits:
+ * runtime/kernels/cross_entropy.cu. The evaluation graph, which ends before
+ * the backward, reads no dlogits: then the rows kernel writes none (and needs
+ * no count), and the planner gives dlogits no memory. */
+int zoo_cuda_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t N, V, ig = n->attrs.i[0];
+  if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
+  int grad = wanted(e, n->out[2]);
+  int64_t off_loss = 16, off_hit = off_loss + align16(N * 4);
+  int64_t scratch = off_hit + align16(N * 4); /* count, rowloss [N], hit [N] */
+  char name[64];
+  zoo_step *s;
+  if (grad) {
+    kernel_name(e, n, "ce_count", name, sizeof name);
+    zoo_strbuf_printf(&e->src,
+                      "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                      "float *__restrict__ count) {\n"
+                      "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
+                      name, (long long)N, (long long)ig);
+    if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
+    arg_tensor(s, n->in[1]);
+    arg_scratch(s, 0);
+    s->scratch_bytes = scratch;
+  }
+
+  kernel_name(e, n, "ce_step_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
+                    "const int *__restrict__ targets, const float *__restrict__ dloss, "
+                    "const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit%s) {\n"
+                    "  zk_ce_step_rows<%lld, %lld, %s>(logits, targets, dloss, count, rowloss, hit, %s, %lld);\n}\n",
+                    name, grad ? ", float *__restrict__ dlogits" : "", (long long)V, (long long)ig,
+                    grad ? "true" : "false", grad ? "dlogits" : "nullptr", (long long)N);
+  if (!(s = launch(e, n, name, cdiv(N, 8), 256, 0))) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, off_loss);
+  arg_scratch(s, off_hit);
+  if (grad) arg_tensor(s, n->out[2]);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "ce_step_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
+                    "const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, "
+                    "float *__restrict__ metrics) {\n"
+                    "  zk_ce_step_finish<%lld, %lld>(rowloss, hit, targets, loss, metrics);\n}\n",
+                    name, (long long)N, (long long)ig);
+  if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
+  arg_scratch(s, off_loss);
+  arg_scratch(s, off_hit);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
 /* accuracy (h, w, targets): the labelled rows compacted as for
  * linear_cross_entropy, a hit per row from the argmax of its logits, then the
  * counts (runtime/kernels/linear_cross_entropy.cu). */

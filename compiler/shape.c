@@ -339,6 +339,15 @@ static int zoo_shape_accuracy(shape_ctx *s) {
   return 0;
 }
 
+/* cross_entropy_step (logits, targets, dloss[]) -> loss[], metrics[2], dlogits */
+static int zoo_shape_cross_entropy_step(shape_ctx *s) {
+  if (want_logits_targets(s, 0, 1) || want_scalar(s, 2, "dloss")) return -1;
+  s->out[0] = scalar_f32();
+  s->out[1] = vec_type(zoo_dim_const(2));
+  s->out[2] = *s->in[0];
+  return 0;
+}
+
 /* The product of a type's dims (a monomial). */
 static zoo_dim numel_dim(const zoo_type *t) {
   zoo_dim p = zoo_dim_const(1);

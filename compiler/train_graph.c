@@ -34,16 +34,22 @@ static int fusable_head(const zoo_graph *g) {
   return p;
 }
 
+/* Removes node p from the node list; the nodes after it move down one. */
+static void remove_node(zoo_graph *g, int p) {
+  memmove(&g->nodes[p], &g->nodes[p + 1], (size_t)(g->nnodes - p - 1) * sizeof *g->nodes);
+  g->nnodes--;
+  if (p < g->nforward) g->nforward--;
+  for (int i = 0; i < g->ntensors; i++)
+    if (g->tensors[i].producer > p) g->tensors[i].producer--;
+}
+
 /* Removes node p (the head) and its output, which no node reads. The output
  * leaves the tensor table when it is the last tensor, as a model's final op
  * makes it; otherwise it stays behind as a value that no node produces, which
  * the backends neither compute nor allocate. */
 static void drop_head(zoo_graph *g, int p) {
   int t = g->nodes[p].out[0];
-  memmove(&g->nodes[p], &g->nodes[p + 1], (size_t)(g->nnodes - p - 1) * sizeof *g->nodes);
-  g->nnodes--;
-  for (int i = 0; i < g->ntensors; i++)
-    if (g->tensors[i].producer > p) g->tensors[i].producer--;
+  remove_node(g, p);
   if (t == g->ntensors - 1) {
     free((char *)g->tensors[t].name);
     g->ntensors--;
@@ -51,6 +57,39 @@ static void drop_head(zoo_graph *g, int p) {
     g->tensors[t].producer = -1;
   }
   g->output = -1;
+}
+
+/* After autodiff, the logits of a plain or compacted head are read three
+ * times: by cross_entropy, by accuracy and by cross_entropy_bwd, whose dloss is
+ * the graph's seed, known before the step starts. One cross_entropy_step node,
+ * in cross_entropy's place, makes the three results in one pass over the
+ * logits (on the GPU: one read of each row instead of five, three launches
+ * instead of six). The tensors keep their ids. */
+static void fold_loss_step(zoo_graph *g) {
+  int pl = g->tensors[g->loss].producer, pm = g->tensors[g->metrics].producer;
+  if (pl < 0 || pm < 0) return;
+  zoo_node *ce = &g->nodes[pl], *acc = &g->nodes[pm];
+  if (ce->op != ZOO_OP_CROSS_ENTROPY || acc->op != ZOO_OP_ACCURACY || acc->nin != 2) return;
+  int logits = ce->in[0], targets = ce->in[1], pb = -1;
+  if (acc->in[0] != logits || acc->in[1] != targets || acc->attrs.i[0] != ce->attrs.i[0]) return;
+  for (int i = 0; i < g->nnodes; i++) {
+    const zoo_node *n = &g->nodes[i];
+    if (n->op != ZOO_OP_CROSS_ENTROPY_BWD) continue;
+    if (pb >= 0 || n->in[0] != g->dloss || n->in[1] != logits || n->in[2] != targets ||
+        n->attrs.i[0] != ce->attrs.i[0])
+      return;
+    pb = i;
+  }
+  if (pb < 0) return;
+  int metrics = g->metrics, dlogits = g->nodes[pb].out[0];
+  ce->op = ZOO_OP_CROSS_ENTROPY_STEP;
+  ce->nin = 3, ce->nout = 3;
+  ce->in[2] = g->dloss;
+  ce->out[1] = metrics, ce->out[2] = dlogits;
+  g->tensors[metrics].producer = pl, g->tensors[metrics].out_index = 1;
+  g->tensors[dlogits].producer = pl, g->tensors[dlogits].out_index = 2;
+  int gone[2] = {pb > pm ? pb : pm, pb > pm ? pm : pb}; /* the later one first */
+  for (int k = 0; k < 2; k++) remove_node(g, gone[k]);
 }
 
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
@@ -144,5 +183,6 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     if (z < 0) return -1;
     g->tensors[p].grad = z;
   }
+  fold_loss_step(g);
   return 0;
 }

@@ -62,7 +62,7 @@ typedef struct bench_result {
 
 static const char usage[] =
     "usage: zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only MIXER] [--quick]\n"
-    "                    [--json FILE] [--profile] [--poly] [--precompile]\n"
+    "                    [--json FILE] [--profile] [--profile-steps] [--poly] [--precompile]\n"
     "                    [--precision fp32|tf32|bf16]\n"
     "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention),\n"
     "  then poly_attention alone (B 512, H 12, L 128 / 512 / 2048, value widths 5 and 42, each\n"
@@ -72,6 +72,7 @@ static const char usage[] =
     "  --json FILE   also write one JSON line per cell\n"
     "  --profile     after timing, GPU time per kernel kind of one micro-batch (steps run one by\n"
     "                one between CUDA events), the 15 largest\n"
+    "  --profile-steps  the same for every step in order, GEMMs with their m, n, k\n"
     "  --precision P the GEMMs' arithmetic (fp32, the reference's and the default; tf32; bf16)\n"
     "  --poly        poly_attention alone only (on device 0); left out by --only and --quick\n"
     "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
@@ -205,10 +206,10 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
     r->ms_min = ms[0];
   }
   if (ok && o->profile) {
-    r->profile = malloc(1 << 16);
-    FILE *f = r->profile ? fmemopen(r->profile, 1 << 16, "w") : NULL;
+    r->profile = malloc(1 << 18);
+    FILE *f = r->profile ? fmemopen(r->profile, 1 << 18, "w") : NULL;
     if (f) {
-      if (zoo_cuda_backend_profile(be, 5, 15, f) != 0) fprintf(f, "    profile failed: %s\n", be->err);
+      if (zoo_cuda_backend_profile(be, 5, o->profile == 2 ? 0 : 15, f) != 0) fprintf(f, "    profile failed: %s\n", be->err);
       fclose(f);
     }
   }
@@ -576,6 +577,8 @@ int zoo_bench_main(int argc, char **argv) {
       o.quick = 1;
     } else if (!strcmp(a, "--profile")) {
       o.profile = 1;
+    } else if (!strcmp(a, "--profile-steps")) {
+      o.profile = 2;
     } else if (!strcmp(a, "--precompile")) {
       o.precompile = 1;
     } else if (!strcmp(a, "--poly")) {

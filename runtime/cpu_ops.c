@@ -713,6 +713,20 @@ int zoo_cpu_accuracy(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
+/* cross_entropy_step (logits, targets, dloss) -> loss, metrics, dlogits: the
+ * three ops it stands for, each on its own (the same numbers, bit for bit). */
+int zoo_cpu_cross_entropy_step(zoo_cpu *c, const zoo_node *n) {
+  zoo_node part = *n;
+  part.nin = 2, part.nout = 1;
+  if (zoo_cpu_cross_entropy(c, &part) != 0) return -1;
+  part.out[0] = n->out[1];
+  if (zoo_cpu_accuracy(c, &part) != 0) return -1;
+  part.nin = 3;
+  part.in[0] = n->in[2], part.in[1] = n->in[0], part.in[2] = n->in[1];
+  part.out[0] = n->out[2];
+  return zoo_cpu_cross_entropy_bwd(c, &part);
+}
+
 /* ---------------------------------------------------------------------------
  * Movement (f32 and i32 alike: both are 4-byte elements) */
 

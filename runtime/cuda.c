@@ -1160,7 +1160,20 @@ int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out) {
     rows[k].count++;
     total += ms[i];
   }
-  if (status == 0) {
+  if (status == 0 && top <= 0) { /* every step in order, GEMMs with their sizes */
+    fprintf(out, "    profile: one micro-batch, %d steps run one by one, %.3f ms in all (mean of %d)\n", n,
+            total, repeats);
+    for (int i = 0; i < n; i++) {
+      const zoo_step *s = &c->emit->steps[i];
+      char key[64];
+      profile_key(s, &cp->train, i >= cp->nforward, key, sizeof key);
+      fprintf(out, "    %4d %8.4f ms  %s", i, ms[i], key);
+      if (s->kind == ZOO_STEP_GEMM)
+        fprintf(out, " m=%lld n=%lld k=%lld%s%s", (long long)s->gemm.m, (long long)s->gemm.n,
+                (long long)s->gemm.k, s->gemm.trans_a ? " Ta" : "", s->gemm.trans_b ? " Tb" : "");
+      fputc('\n', out);
+    }
+  } else if (status == 0) {
     qsort(rows, (size_t)nrows, sizeof *rows, by_ms_desc);
     fprintf(out, "    profile: one micro-batch, %d steps run one by one, %.3f ms in all (mean of %d)\n", n,
             total, repeats);

@@ -46,7 +46,8 @@ int zoo_cuda_backend_stats(zoo_backend *be, zoo_cuda_stats *s);
 /* ZOO profiling: runs one micro-batch's training steps one by one (after a
  * training step, on its inputs), with CUDA events around each step, `repeats`
  * times after one untimed pass, and prints to out the GPU time per kernel kind
- * (kernel name without its numbers; GEMMs by pass and op), the `top` largest.
+ * (kernel name without its numbers; GEMMs by pass and op), the `top` largest;
+ * top <= 0 prints every step in order instead, GEMMs with their m, n, k.
  * Leaves the gradients changed (not the parameters). Returns 0 or -1. */
 int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out);
 

@@ -565,6 +565,19 @@ static int c_logsumexp_wide(ocase *c) {
   return oc_op(c, ZOO_OP_LOGSUMEXP, 1, &x, NULL);
 }
 
+/* the training graph's loss head: loss, metrics and dlogits in one pass, rows
+ * of 50 (scalar loads) and of 256 (float4s) */
+static int c_cross_entropy_step_t(ocase *c, int64_t V) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 7, V)), tg = oc_i32(c, V_TARGETS, 0, V, DIMS(3, 7));
+  int dl = oc_f32(c, V_POSITIVE, 0, NULL);
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[3] = {x, tg, dl};
+  return oc_op(c, ZOO_OP_CROSS_ENTROPY_STEP, 3, in, &a);
+}
+static int c_cross_entropy_step(ocase *c) { return c_cross_entropy_step_t(c, 50); }
+static int c_cross_entropy_step_wide(ocase *c) { return c_cross_entropy_step_t(c, 256); }
+
 static const named_case reductions_cases[] = {
       {"sum_axis", c_sum_axis, 1e-4, 1},
       {"mean_last_keepdim", c_mean_last, 1e-4, 1},
@@ -584,6 +597,8 @@ static const named_case reductions_cases[] = {
       {"accuracy_wide", c_accuracy_wide, 0, 0},
       {"argmax_wide", c_argmax_wide, 0, 0},
       {"logsumexp_wide", c_logsumexp_wide, 1e-4, 1},
+      {"cross_entropy_step", c_cross_entropy_step, 1e-4, 0},
+      {"cross_entropy_step_wide", c_cross_entropy_step_wide, 1e-4, 0},
 };
 
 TEST(gpu_ops_reductions) {

@@ -131,16 +131,30 @@ static int count_op(const zoo_graph *g, zoo_op op, int end) {
   return c;
 }
 
+/* A plain or compacted head's loss, metrics and dlogits come from one
+ * cross_entropy_step node (train_graph.c folds the three nodes after autodiff):
+ * no cross_entropy, accuracy or cross_entropy_bwd is left. */
+static int plain_step(const zoo_graph *g) {
+  int p = g->tensors[g->loss].producer;
+  const zoo_node *n = &g->nodes[p];
+  return n->op == ZOO_OP_CROSS_ENTROPY_STEP && g->tensors[g->metrics].producer == p &&
+         n->out[1] == g->metrics && n->in[2] == g->dloss && p < g->nforward &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY_STEP, g->nnodes) == 1 &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY, g->nnodes) == 0 && count_op(g, ZOO_OP_ACCURACY, g->nnodes) == 0 &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY_BWD, g->nnodes) == 0;
+}
+
 /* The fused head: the logits node is gone, and nothing dangles. */
 static int fused_shape(const zoo_graph *gf, const zoo_graph *gp) {
   const zoo_node *lf = &gf->nodes[gf->tensors[gf->loss].producer];
   const zoo_node *mf = &gf->nodes[gf->tensors[gf->metrics].producer];
   int shape_ok = gf->output == -1 && gp->output >= 0 && lf->op == ZOO_OP_LINEAR_CROSS_ENTROPY &&
-                 mf->op == ZOO_OP_ACCURACY && mf->nin == 3 &&
+                 mf->op == ZOO_OP_ACCURACY && mf->nin == 3 && plain_step(gp) &&
                  count_op(gf, ZOO_OP_LINEAR, gf->nforward) + 1 == count_op(gp, ZOO_OP_LINEAR, gp->nforward) &&
                  count_op(gf, ZOO_OP_CROSS_ENTROPY, gf->nnodes) == 0 &&
                  count_op(gf, ZOO_OP_CROSS_ENTROPY_BWD, gf->nnodes) == 0 &&
-                 gf->nforward == gp->nforward - 1 && graph_consistent(gf) && graph_consistent(gp);
+                 count_op(gf, ZOO_OP_CROSS_ENTROPY_STEP, gf->nnodes) == 0 &&
+                 gf->nforward == gp->nforward && graph_consistent(gf) && graph_consistent(gp);
   for (int i = 0; i < gf->nnodes; i++) /* no tensor of the logits' width [.., HV] but w and dw */
     for (int k = 0; k < gf->nodes[i].nout; k++) {
       const zoo_type *ty = &gf->tensors[gf->nodes[i].out[k]].type;
@@ -159,7 +173,7 @@ static int compact_shape(const zoo_graph *gf, const zoo_graph *gp) {
   int lr = -1;
   for (int i = 0; i < gf->nnodes; i++)
     if (gf->nodes[i].op == ZOO_OP_LABEL_ROWS) lr = i;
-  return gf->output == -1 && lf->op == ZOO_OP_CROSS_ENTROPY && lr >= 0 && lt->ndim == 2 &&
+  return gf->output == -1 && plain_step(gf) && plain_step(gp) && lr >= 0 && lt->ndim == 2 &&
          zoo_dim_eq(lt->dim[0], gf->tensors[gf->nodes[lr].out[0]].type.dim[0]) &&
          lt->dim[0].sym != 0 && lt->dim[1].coef == HV && lf->in[1] == gf->nodes[lr].out[2] &&
          count_op(gf, ZOO_OP_GATHER_ROWS, gf->nforward) == 1 &&
@@ -251,7 +265,7 @@ TEST(head_switch) {
   else unsetenv("ZOO_NO_FUSED_HEAD");
   free(saved);
   CHECK(outputs[0] == -1 && losses[0] == ZOO_OP_LINEAR_CROSS_ENTROPY);
-  CHECK(outputs[1] >= 0 && losses[1] == ZOO_OP_CROSS_ENTROPY);
+  CHECK(outputs[1] >= 0 && losses[1] == ZOO_OP_CROSS_ENTROPY_STEP);
 }
 
 /* Graphs made by hand: tokens -> embedding (E [V, D]) -> head, optionally a

@@ -285,6 +285,14 @@ TEST(intrinsics_nvrtc_rows) {
     kt_node(&k, ZOO_OP_SOFTMAX, zoo_cuda_softmax, 1, in, &a);
     kt_node(&k, ZOO_OP_LOGSUMEXP, zoo_cuda_logsumexp, 1, in, &a);
     kt_node(&k, ZOO_OP_ARGMAX, zoo_cuda_argmax, 1, in, &a);
+    /* cross_entropy_step with dlogits (kept, as a reader would) and without */
+    int sin[3] = {x, tg, dl};
+    static unsigned char all[256];
+    memset(all, 1, sizeof all);
+    k.e.keep = all;
+    kt_node(&k, ZOO_OP_CROSS_ENTROPY_STEP, zoo_cuda_cross_entropy_step, 3, sin, &a);
+    k.e.keep = NULL;
+    kt_node(&k, ZOO_OP_CROSS_ENTROPY_STEP, zoo_cuda_cross_entropy_step, 3, sin, &a);
   }
   int small = KT_F32(&k, 4, 7, 5); /* a row narrower than a warp */
   zoo_attrs none = {0};

@@ -440,6 +440,23 @@ TEST(op_cross_entropy_accuracy_argmax) {
   }
   og_free(&o);
 
+  /* cross_entropy_step: the three results above in one node, bit for bit */
+  og_init(&o);
+  tl = og_input(&o, F32T(K(2), K(2), K(3)), l), tt = og_input(&o, I32T(K(2), K(2)), tg);
+  float half = 0.5f;
+  td = og_input(&o, scalar_t, &half);
+  int step = og_node3(&o, ZOO_OP_CROSS_ENTROPY_STEP, tl, tt, td, &a);
+  ce = og_node2(&o, ZOO_OP_CROSS_ENTROPY, tl, tt, &a);
+  acc = og_node2(&o, ZOO_OP_ACCURACY, tl, tt, &a);
+  ceb = og_node3(&o, ZOO_OP_CROSS_ENTROPY_BWD, td, tl, tt, &a);
+  CHECK(ceb >= 0 && step >= 0);
+  CHECK(og_run(&o, 0, 0) == 0);
+  CHECK(og_f(&o, step)[0] == og_f(&o, ce)[0]);
+  CHECK(memcmp(og_f(&o, step + 1), og_f(&o, acc), 2 * sizeof(float)) == 0);
+  CHECK(memcmp(og_f(&o, step + 2), og_f(&o, ceb), 12 * sizeof(float)) == 0);
+  CHECK(og_f(&o, step + 2)[3] == 0.0f && og_f(&o, step + 1)[1] == 3.0f);
+  og_free(&o);
+
   /* a target out of range is a run-time error that says so */
   og_init(&o);
   int32_t bad[4] = {2, 3, 0, 0};
@@ -1001,7 +1018,7 @@ TEST(op_every_op_covered) {
       "sigmoid", "silu", "softplus", "relu", "gelu", "gelu_bwd", "tanh", "sin", "cos", "adds",
       "muls", "pows", "dropout", "sum", "mean", "reduce_to", "layernorm", "layernorm_bwd",
       "rmsnorm", "rmsnorm_bwd", "softmax", "logsumexp", "cross_entropy", "cross_entropy_bwd",
-      "argmax", "accuracy", "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
+      "argmax", "accuracy", "cross_entropy_step", "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
       "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",
       "label_rows", "gather_rows", "scatter_rows",
       "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",

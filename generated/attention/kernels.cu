@@ -1233,39 +1233,71 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_18(const float
  * y [N], argmax y i32 [N]. Constant: V. One warp per row, 8 warps (256
  * threads) per block in the emitter, grid ceil(N / 8).
  *
- * zk_softmax_rows<V, LOG>: a first pass keeps an online (max, sum) per lane,
- *   merged over the warp: lse = max + log(sum). LOG = 0 writes exp(x - lse)
- *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout. When V is a
- *   multiple of 128 (the LM head's 8192), lanes read whole float4s and fold
- *   each into (max, sum) at once.
- * zk_argmax_rows<V>: each lane keeps its first maximum, the warp merges pairs
- *   so that ties go to the smaller index: the row's first maximum, as the CPU.
+ * zk_row_scan<V, LSE, ARG> is one pass over a row that makes its logsumexp,
+ * its argmax or both (cross_entropy.cu's training step wants both at once).
+ * zk_softmax_rows<V, LOG>: lse from zk_row_scan; LOG = 0 writes exp(x - lse)
+ *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout.
+ * zk_argmax_rows<V>: the row's first maximum, as the CPU.
  */
 #ifndef ZK_SOFTMAX_CU
 #define ZK_SOFTMAX_CU
 
-/* (m, s) of row xr over the warp, in every lane */
-template <int V>
-__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+/* One pass of a warp over row xr: with LSE, lse = log(sum(exp(row))) from an
+ * online (max, sum) per lane merged over the warp; with ARG, arg = the index of
+ * the row's first maximum (each lane keeps its first maximum, the warp merges
+ * pairs so that ties go to the smaller index, as the CPU). Both in every lane.
+ * When V is a multiple of 128 (the LM head's 8192), lanes read whole float4s
+ * (a lane's indices 4j .. 4j + 3 in increasing order) and fold each into
+ * (max, sum) at once. */
+template <int V, bool LSE, bool ARG>
+__device__ __forceinline__ void zk_row_scan(const float *__restrict__ xr, float &lse, int &arg) {
   int lane = threadIdx.x & 31;
-  float m = ZK_NEG_INF, s = 0.0f;
-  if (V % 128 == 0) { /* rows of whole float4s per lane: 16-byte loads */
+  float m = ZK_NEG_INF, s = 0.0f, best = ZK_NEG_INF;
+  int bi = 0x7fffffff;
+  if (V % 128 == 0) {
     const zk_f4 *x4 = (const zk_f4 *)xr;
     for (int j = lane; j < V / 4; j += 32) {
       zk_f4 v = x4[j];
-      float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
-      if (mx == ZK_NEG_INF) continue;
-      if (mx > m) {
-        s *= expf(m - mx);
-        m = mx;
+      if (ARG) {
+        if (v.x > best || bi == 0x7fffffff) best = v.x, bi = 4 * j;
+        if (v.y > best) best = v.y, bi = 4 * j + 1;
+        if (v.z > best) best = v.z, bi = 4 * j + 2;
+        if (v.w > best) best = v.w, bi = 4 * j + 3;
       }
-      s += expf(v.x - m) + expf(v.y - m) + expf(v.z - m) + expf(v.w - m);
+      if (LSE) {
+        float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
+        if (mx == ZK_NEG_INF) continue;
+        if (mx > m) {
+          s *= expf(m - mx);
+          m = mx;
+        }
+        s += expf(v.x - m) + expf(v.y - m) + expf(v.z - m) + expf(v.w - m);
+      }
     }
   } else {
-    for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+    for (int j = lane; j < V; j += 32) {
+      float v = xr[j];
+      if (ARG && (v > best || bi == 0x7fffffff)) best = v, bi = j;
+      if (LSE) zk_lse_push(m, s, v);
+    }
   }
-  zk_warp_lse(m, s);
-  return m + logf(s);
+  if (LSE) {
+    zk_warp_lse(m, s);
+    lse = m + logf(s);
+  }
+  if (ARG) {
+    zk_warp_argmax(best, bi);
+    arg = bi;
+  }
+}
+
+/* logsumexp of row xr over the warp, in every lane */
+template <int V>
+__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+  float lse;
+  int unused;
+  zk_row_scan<V, true, false>(xr, lse, unused);
+  return lse;
 }
 
 template <int V, bool LOG>
@@ -1287,30 +1319,9 @@ __device__ __forceinline__ void zk_softmax_rows(const float *__restrict__ x, flo
 /* index of the first maximum of row xr, in every lane */
 template <int V>
 __device__ __forceinline__ int zk_row_argmax(const float *__restrict__ xr) {
-  int lane = threadIdx.x & 31;
-  float best = ZK_NEG_INF;
-  int bi = 0x7fffffff;
-  if (V % 128 == 0) { /* a lane's indices 4j .. 4j + 3 in increasing order */
-    const zk_f4 *x4 = (const zk_f4 *)xr;
-    for (int j = lane; j < V / 4; j += 32) {
-      zk_f4 v = x4[j];
-      if (v.x > best || bi == 0x7fffffff) best = v.x, bi = 4 * j;
-      if (v.y > best) best = v.y, bi = 4 * j + 1;
-      if (v.z > best) best = v.z, bi = 4 * j + 2;
-      if (v.w > best) best = v.w, bi = 4 * j + 3;
-    }
-  } else {
-    best = lane < V ? xr[lane] : ZK_NEG_INF;
-    bi = lane < V ? lane : 0x7fffffff;
-    for (int j = lane + 32; j < V; j += 32) {
-      float v = xr[j];
-      if (v > best) {
-        best = v;
-        bi = j;
-      }
-    }
-  }
-  zk_warp_argmax(best, bi);
+  float unused;
+  int bi;
+  zk_row_scan<V, false, true>(xr, unused, bi);
   return bi;
 }
 
@@ -1342,6 +1353,12 @@ __device__ __forceinline__ void zk_argmax_rows(const float *__restrict__ x, int 
  *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
  *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
  *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * cross_entropy_step, the three above in one pass over the logits (the training
+ * graph's rewrite, compiler/train_graph.c): zk_ce_count (when the gradient is
+ * wanted), then zk_ce_step_rows<V, IGNORE, GRAD>: one warp per row makes its
+ *   loss, its hit and (GRAD) its gradient row from one logsumexp; then
+ *   zk_ce_step_finish<N, IGNORE>: loss and (correct, labelled). Scratch: count,
+ *   rowloss [N], hit [N].
  * accuracy, two kernels sharing scratch hit [N] ints:
  *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
  *     maximum is the target.
@@ -1396,29 +1413,24 @@ __device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
   if (threadIdx.x == 0) count[0] = (float)cnt;
 }
 
-template <int V, int IGNORE>
-__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
-                                               const float *__restrict__ logits,
-                                               const int *__restrict__ targets,
-                                               const float *__restrict__ count,
-                                               float *__restrict__ dlogits, int N) {
+/* Row dr of zeros, by one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_zero_row(float *__restrict__ dr) {
   int lane = threadIdx.x & 31;
-  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= N) return;
-  int t = targets[row];
-  float *dr = dlogits + row * V;
-  if (t == IGNORE) {
-    if (V % 128 == 0) {
-      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
-    } else {
-      for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
-    }
-    return;
+  if (V % 128 == 0) {
+    zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
+  } else {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
   }
-  const float *xr = logits + row * V;
-  float lse = zk_row_lse<V>(xr);
-  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+}
+
+/* dr = scale * (softmax(xr) - onehot(t)) for a row whose logsumexp is lse, by
+ * one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_grad_row(const float *__restrict__ xr, float lse, int t,
+                                               float scale, float *__restrict__ dr) {
+  int lane = threadIdx.x & 31;
   if (V % 128 == 0) { /* 16-byte loads and stores */
     const zk_f4 *x4 = (const zk_f4 *)xr;
     zk_f4 *d4 = (zk_f4 *)dr;
@@ -1433,6 +1445,84 @@ __device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
     return;
   }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  if (t == IGNORE) {
+    zk_ce_zero_row<V>(dlogits + row * V);
+    return;
+  }
+  const float *xr = logits + row * V;
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  zk_ce_grad_row<V>(xr, zk_row_lse<V>(xr), t, scale, dlogits + row * V);
+}
+
+/* The training step's loss head in one pass over the logits (cross_entropy_step):
+ * one warp per row finds the row's logsumexp and first maximum together, stores
+ * its loss and hit, and (GRAD) writes its gradient row from the same lse. */
+template <int V, int IGNORE, bool GRAD>
+__device__ __forceinline__ void zk_ce_step_rows(const float *__restrict__ logits,
+                                                const int *__restrict__ targets,
+                                                const float *__restrict__ dloss,
+                                                const float *__restrict__ count,
+                                                float *__restrict__ rowloss, int *__restrict__ hit,
+                                                float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row], h = 0;
+  float loss = 0.0f;
+  if (t == IGNORE) {
+    if (GRAD) zk_ce_zero_row<V>(dlogits + row * V);
+  } else {
+    const float *xr = logits + row * V;
+    float lse;
+    int arg;
+    zk_row_scan<V, true, true>(xr, lse, arg);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+    h = arg == t;
+    if (GRAD) zk_ce_grad_row<V>(xr, lse, t, dloss[0] / count[0], dlogits + row * V);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    rowloss[row] = loss;
+    hit[row] = h;
+  }
+}
+
+/* loss = sum(rowloss) / labelled (0 when none), metrics = (correct, labelled):
+ * one block of 1024 threads, sums in a fixed order. */
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_step_finish(const float *__restrict__ rowloss,
+                                                  const int *__restrict__ hit,
+                                                  const int *__restrict__ targets,
+                                                  float *__restrict__ loss,
+                                                  float *__restrict__ metrics) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
+  float s = 0.0f;
+  int labelled = 0, correct = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  s = zk_block_sum(s, shf);
+  labelled = zk_block_sum_int(labelled, shi);
+  correct = zk_block_sum_int(correct, shi);
+  if (threadIdx.x == 0) {
+    loss[0] = labelled > 0 ? s / (float)labelled : 0.0f;
+    metrics[0] = (float)correct;
+    metrics[1] = (float)labelled;
+  }
 }
 
 template <int V, int IGNORE>
@@ -1469,40 +1559,22 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_19: node 37
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
-}
-
-// zoo_ce_finish_20: node 37
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_20(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<16384, -100>(rowloss, targets, loss);
-}
-
-// zoo_acc_rows_21: node 38
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_21(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
-}
-
-// zoo_acc_finish_22: node 38
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_22(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<16384, -100>(hit, targets, out);
-}
-
-// zoo_ce_count_23: node 39
-//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_23(const int *__restrict__ targets, float *__restrict__ count) {
+// zoo_ce_count_19: node 37
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_19(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_24: node 39
-//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
-  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
+// zoo_ce_step_rows_20: node 37
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_20(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_ce_step_rows<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits, 16384);
+}
+
+// zoo_ce_step_finish_21: node 37
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_21(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
 // GEMM (cuBLASLt, fp32): t65[16384 x 64] = t64 * t0, batch 1, k = 8192
@@ -1511,39 +1583,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_24(const float
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_25: node 42
+// zoo_scatter_rows_22: node 40
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_25(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_26: node 43
+// zoo_layernorm_bwd_rows_23: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_26(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_27: node 43
+// zoo_sum_partials_24: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_27(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_28: node 44
+// zoo_layernorm_bwd_rows_25: node 42
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_29: node 44
+// zoo_sum_partials_26: node 42
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k30_add: 1 elementwise op over 4194304 elements
+// zoo_k27_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1564,9 +1636,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k31_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1585,8 +1657,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__res
   }
 }
 
-// zoo_k31_sum_fin: adds the 132 partials of zoo_k31_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k28_sum_fin: adds the 132 partials of zoo_k28_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1596,17 +1668,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *_
 
 // t81 is t77 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_32: node 53
+// zoo_softmax_attn_bwd_q_29: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_32(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_33: node 53
+// zoo_softmax_attn_bwd_kv_30: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1616,18 +1688,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_33(con
 
 // t87 is t82 reshaped (same memory, no kernel)
 
-// zoo_k34_concat: rows of 64 + 64 elements
+// zoo_k31_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k35_concat: rows of 128 + 64 elements
+// zoo_k32_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1646,9 +1718,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_concat(const float *__
 // GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1667,13 +1739,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
   }
 }
 
-// zoo_k36_sum_fin: adds the 44 partials of zoo_k36_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k33_sum_fin: adds the 44 partials of zoo_k33_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
   for (int k = 0; k < 44; k++) s += part[(long long)k * 192 + o];
   out[o] = s * 1.0f;
+}
+
+// zoo_layernorm_bwd_rows_34: node 63
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_35: node 63
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k36_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v74 = t74[i];
+    float v96 = t96[i];
+    float v99 = v74 + v96;  // add
+    t99[i] = v99;
+  }
 }
 
 // zoo_layernorm_bwd_rows_37: node 65
@@ -1690,30 +1785,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const floa
 
 // zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v74 = t74[i];
-    float v96 = t96[i];
-    float v99 = v74 + v96;  // add
-    t99[i] = v99;
-  }
-}
-
-// zoo_layernorm_bwd_rows_40: node 67
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_41: node 67
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k42_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v99 = t99[i];
     float v100 = t100[i];
@@ -1734,9 +1806,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__res
 // GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1755,8 +1827,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__res
   }
 }
 
-// zoo_k43_sum_fin: adds the 132 partials of zoo_k43_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1766,17 +1838,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum_fin(const float *_
 
 // t110 is t106 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_44: node 76
+// zoo_softmax_attn_bwd_q_41: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_44(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_45: node 76
+// zoo_softmax_attn_bwd_kv_42: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_45(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1786,18 +1858,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_45(con
 
 // t116 is t111 reshaped (same memory, no kernel)
 
-// zoo_k46_concat: rows of 64 + 64 elements
+// zoo_k43_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k47_concat: rows of 128 + 64 elements
+// zoo_k44_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1816,9 +1888,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__
 // GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k48_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k45_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1837,8 +1909,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum(const float *__res
   }
 }
 
-// zoo_k48_sum_fin: adds the 44 partials of zoo_k48_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_sum_fin: adds the 44 partials of zoo_k45_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1846,22 +1918,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_49: node 88
+// zoo_layernorm_bwd_rows_46: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_50: node 88
+// zoo_sum_partials_47: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k51_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k48_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
     float v125 = t125[i];
@@ -1871,9 +1943,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const floa
   }
 }
 
-// zoo_k52_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1892,8 +1964,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float 
   }
 }
 
-// zoo_k52_reduce_to_fin: adds the 2 partials of zoo_k52_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k49_reduce_to_fin: adds the 2 partials of zoo_k49_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1901,21 +1973,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_53: node 92
+// zoo_embedding_bwd_50: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_54: node 93
+// zoo_embedding_bwd_51: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k55_add: 1 elementwise op over 524288 elements
+// zoo_k52_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v132 = t132[i];
@@ -1926,30 +1998,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_56: node 0
+// zoo_embedding_fwd_53: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k57_arange: 0 .. 127
+// zoo_k54_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_58: node 2
+// zoo_embedding_fwd_55: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_59: node 5
+// zoo_layernorm_fused_56: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -1965,37 +2037,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k60_slice: slice, 4194304 elements
+// zoo_k57_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k61_slice: slice, 4194304 elements
+// zoo_k58_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k62_slice: slice, 4194304 elements
+// zoo_k59_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_63: node 13
+// zoo_softmax_attn_fwd_60: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2004,11 +2076,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_64: node 17
+// zoo_layernorm_fused_61: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2020,11 +2092,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_65: node 19
+// zoo_layernorm_fused_62: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2039,37 +2111,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k66_slice: slice, 4194304 elements
+// zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k67_slice: slice, 4194304 elements
+// zoo_k64_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k68_slice: slice, 4194304 elements
+// zoo_k65_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_69: node 27
+// zoo_softmax_attn_fwd_66: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
@@ -2078,11 +2150,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_70: node 31
+// zoo_layernorm_fused_67: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2094,11 +2166,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_71: node 33
+// zoo_layernorm_fused_68: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2109,49 +2181,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_72: node 34
+// zoo_label_count_69: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_72(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_69(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_73: node 34
+// zoo_label_write_70: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_73(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_70(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_74: node 35
+// zoo_gather_rows_71: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_74(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_71(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_75: node 37
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
+// zoo_ce_step_rows_72: node 37
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_72(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_finish_76: node 37
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_76(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<16384, -100>(rowloss, targets, loss);
-}
-
-// zoo_acc_rows_77: node 38
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_77(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
-}
-
-// zoo_acc_finish_78: node 38
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_78(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<16384, -100>(hit, targets, out);
+// zoo_ce_step_finish_73: node 37
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_73(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----

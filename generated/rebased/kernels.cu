@@ -1272,39 +1272,71 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float
  * y [N], argmax y i32 [N]. Constant: V. One warp per row, 8 warps (256
  * threads) per block in the emitter, grid ceil(N / 8).
  *
- * zk_softmax_rows<V, LOG>: a first pass keeps an online (max, sum) per lane,
- *   merged over the warp: lse = max + log(sum). LOG = 0 writes exp(x - lse)
- *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout. When V is a
- *   multiple of 128 (the LM head's 8192), lanes read whole float4s and fold
- *   each into (max, sum) at once.
- * zk_argmax_rows<V>: each lane keeps its first maximum, the warp merges pairs
- *   so that ties go to the smaller index: the row's first maximum, as the CPU.
+ * zk_row_scan<V, LSE, ARG> is one pass over a row that makes its logsumexp,
+ * its argmax or both (cross_entropy.cu's training step wants both at once).
+ * zk_softmax_rows<V, LOG>: lse from zk_row_scan; LOG = 0 writes exp(x - lse)
+ *   (softmax), LOG = 1 writes lse (logsumexp). fp32 throughout.
+ * zk_argmax_rows<V>: the row's first maximum, as the CPU.
  */
 #ifndef ZK_SOFTMAX_CU
 #define ZK_SOFTMAX_CU
 
-/* (m, s) of row xr over the warp, in every lane */
-template <int V>
-__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+/* One pass of a warp over row xr: with LSE, lse = log(sum(exp(row))) from an
+ * online (max, sum) per lane merged over the warp; with ARG, arg = the index of
+ * the row's first maximum (each lane keeps its first maximum, the warp merges
+ * pairs so that ties go to the smaller index, as the CPU). Both in every lane.
+ * When V is a multiple of 128 (the LM head's 8192), lanes read whole float4s
+ * (a lane's indices 4j .. 4j + 3 in increasing order) and fold each into
+ * (max, sum) at once. */
+template <int V, bool LSE, bool ARG>
+__device__ __forceinline__ void zk_row_scan(const float *__restrict__ xr, float &lse, int &arg) {
   int lane = threadIdx.x & 31;
-  float m = ZK_NEG_INF, s = 0.0f;
-  if (V % 128 == 0) { /* rows of whole float4s per lane: 16-byte loads */
+  float m = ZK_NEG_INF, s = 0.0f, best = ZK_NEG_INF;
+  int bi = 0x7fffffff;
+  if (V % 128 == 0) {
     const zk_f4 *x4 = (const zk_f4 *)xr;
     for (int j = lane; j < V / 4; j += 32) {
       zk_f4 v = x4[j];
-      float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
-      if (mx == ZK_NEG_INF) continue;
-      if (mx > m) {
-        s *= expf(m - mx);
-        m = mx;
+      if (ARG) {
+        if (v.x > best || bi == 0x7fffffff) best = v.x, bi = 4 * j;
+        if (v.y > best) best = v.y, bi = 4 * j + 1;
+        if (v.z > best) best = v.z, bi = 4 * j + 2;
+        if (v.w > best) best = v.w, bi = 4 * j + 3;
       }
-      s += expf(v.x - m) + expf(v.y - m) + expf(v.z - m) + expf(v.w - m);
+      if (LSE) {
+        float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
+        if (mx == ZK_NEG_INF) continue;
+        if (mx > m) {
+          s *= expf(m - mx);
+          m = mx;
+        }
+        s += expf(v.x - m) + expf(v.y - m) + expf(v.z - m) + expf(v.w - m);
+      }
     }
   } else {
-    for (int j = lane; j < V; j += 32) zk_lse_push(m, s, xr[j]);
+    for (int j = lane; j < V; j += 32) {
+      float v = xr[j];
+      if (ARG && (v > best || bi == 0x7fffffff)) best = v, bi = j;
+      if (LSE) zk_lse_push(m, s, v);
+    }
   }
-  zk_warp_lse(m, s);
-  return m + logf(s);
+  if (LSE) {
+    zk_warp_lse(m, s);
+    lse = m + logf(s);
+  }
+  if (ARG) {
+    zk_warp_argmax(best, bi);
+    arg = bi;
+  }
+}
+
+/* logsumexp of row xr over the warp, in every lane */
+template <int V>
+__device__ __forceinline__ float zk_row_lse(const float *__restrict__ xr) {
+  float lse;
+  int unused;
+  zk_row_scan<V, true, false>(xr, lse, unused);
+  return lse;
 }
 
 template <int V, bool LOG>
@@ -1326,30 +1358,9 @@ __device__ __forceinline__ void zk_softmax_rows(const float *__restrict__ x, flo
 /* index of the first maximum of row xr, in every lane */
 template <int V>
 __device__ __forceinline__ int zk_row_argmax(const float *__restrict__ xr) {
-  int lane = threadIdx.x & 31;
-  float best = ZK_NEG_INF;
-  int bi = 0x7fffffff;
-  if (V % 128 == 0) { /* a lane's indices 4j .. 4j + 3 in increasing order */
-    const zk_f4 *x4 = (const zk_f4 *)xr;
-    for (int j = lane; j < V / 4; j += 32) {
-      zk_f4 v = x4[j];
-      if (v.x > best || bi == 0x7fffffff) best = v.x, bi = 4 * j;
-      if (v.y > best) best = v.y, bi = 4 * j + 1;
-      if (v.z > best) best = v.z, bi = 4 * j + 2;
-      if (v.w > best) best = v.w, bi = 4 * j + 3;
-    }
-  } else {
-    best = lane < V ? xr[lane] : ZK_NEG_INF;
-    bi = lane < V ? lane : 0x7fffffff;
-    for (int j = lane + 32; j < V; j += 32) {
-      float v = xr[j];
-      if (v > best) {
-        best = v;
-        bi = j;
-      }
-    }
-  }
-  zk_warp_argmax(best, bi);
+  float unused;
+  int bi;
+  zk_row_scan<V, false, true>(xr, unused, bi);
   return bi;
 }
 
@@ -1381,6 +1392,12 @@ __device__ __forceinline__ void zk_argmax_rows(const float *__restrict__ x, int 
  *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
  *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
  *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * cross_entropy_step, the three above in one pass over the logits (the training
+ * graph's rewrite, compiler/train_graph.c): zk_ce_count (when the gradient is
+ * wanted), then zk_ce_step_rows<V, IGNORE, GRAD>: one warp per row makes its
+ *   loss, its hit and (GRAD) its gradient row from one logsumexp; then
+ *   zk_ce_step_finish<N, IGNORE>: loss and (correct, labelled). Scratch: count,
+ *   rowloss [N], hit [N].
  * accuracy, two kernels sharing scratch hit [N] ints:
  *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
  *     maximum is the target.
@@ -1435,29 +1452,24 @@ __device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
   if (threadIdx.x == 0) count[0] = (float)cnt;
 }
 
-template <int V, int IGNORE>
-__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
-                                               const float *__restrict__ logits,
-                                               const int *__restrict__ targets,
-                                               const float *__restrict__ count,
-                                               float *__restrict__ dlogits, int N) {
+/* Row dr of zeros, by one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_zero_row(float *__restrict__ dr) {
   int lane = threadIdx.x & 31;
-  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= N) return;
-  int t = targets[row];
-  float *dr = dlogits + row * V;
-  if (t == IGNORE) {
-    if (V % 128 == 0) {
-      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
-    } else {
-      for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
-    }
-    return;
+  if (V % 128 == 0) {
+    zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
+  } else {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
   }
-  const float *xr = logits + row * V;
-  float lse = zk_row_lse<V>(xr);
-  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+}
+
+/* dr = scale * (softmax(xr) - onehot(t)) for a row whose logsumexp is lse, by
+ * one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_grad_row(const float *__restrict__ xr, float lse, int t,
+                                               float scale, float *__restrict__ dr) {
+  int lane = threadIdx.x & 31;
   if (V % 128 == 0) { /* 16-byte loads and stores */
     const zk_f4 *x4 = (const zk_f4 *)xr;
     zk_f4 *d4 = (zk_f4 *)dr;
@@ -1472,6 +1484,84 @@ __device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
     return;
   }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  if (t == IGNORE) {
+    zk_ce_zero_row<V>(dlogits + row * V);
+    return;
+  }
+  const float *xr = logits + row * V;
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  zk_ce_grad_row<V>(xr, zk_row_lse<V>(xr), t, scale, dlogits + row * V);
+}
+
+/* The training step's loss head in one pass over the logits (cross_entropy_step):
+ * one warp per row finds the row's logsumexp and first maximum together, stores
+ * its loss and hit, and (GRAD) writes its gradient row from the same lse. */
+template <int V, int IGNORE, bool GRAD>
+__device__ __forceinline__ void zk_ce_step_rows(const float *__restrict__ logits,
+                                                const int *__restrict__ targets,
+                                                const float *__restrict__ dloss,
+                                                const float *__restrict__ count,
+                                                float *__restrict__ rowloss, int *__restrict__ hit,
+                                                float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row], h = 0;
+  float loss = 0.0f;
+  if (t == IGNORE) {
+    if (GRAD) zk_ce_zero_row<V>(dlogits + row * V);
+  } else {
+    const float *xr = logits + row * V;
+    float lse;
+    int arg;
+    zk_row_scan<V, true, true>(xr, lse, arg);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+    h = arg == t;
+    if (GRAD) zk_ce_grad_row<V>(xr, lse, t, dloss[0] / count[0], dlogits + row * V);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    rowloss[row] = loss;
+    hit[row] = h;
+  }
+}
+
+/* loss = sum(rowloss) / labelled (0 when none), metrics = (correct, labelled):
+ * one block of 1024 threads, sums in a fixed order. */
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_step_finish(const float *__restrict__ rowloss,
+                                                  const int *__restrict__ hit,
+                                                  const int *__restrict__ targets,
+                                                  float *__restrict__ loss,
+                                                  float *__restrict__ metrics) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
+  float s = 0.0f;
+  int labelled = 0, correct = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  s = zk_block_sum(s, shf);
+  labelled = zk_block_sum_int(labelled, shi);
+  correct = zk_block_sum_int(correct, shi);
+  if (threadIdx.x == 0) {
+    loss[0] = labelled > 0 ? s / (float)labelled : 0.0f;
+    metrics[0] = (float)correct;
+    metrics[1] = (float)labelled;
+  }
 }
 
 template <int V, int IGNORE>
@@ -1508,40 +1598,22 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_rows_18: node 32
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_18(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
-}
-
-// zoo_ce_finish_19: node 32
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_19(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<16384, -100>(rowloss, targets, loss);
-}
-
-// zoo_acc_rows_20: node 33
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_20(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
-}
-
-// zoo_acc_finish_21: node 33
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_21(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<16384, -100>(hit, targets, out);
-}
-
-// zoo_ce_count_22: node 34
-//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_22(const int *__restrict__ targets, float *__restrict__ count) {
+// zoo_ce_count_18: node 32
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_18(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_bwd_rows_23: node 34
-//   cross_entropy_bwd -> f32[32*B, 8192]        models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_23(const float *__restrict__ dloss, const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ count, float *__restrict__ dlogits) {
-  zk_ce_bwd_rows<8192, -100>(dloss, logits, targets, count, dlogits, 16384);
+// zoo_ce_step_rows_19: node 32
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_ce_step_rows<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits, 16384);
+}
+
+// zoo_ce_step_finish_20: node 32
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
 // GEMM (cuBLASLt, fp32): t64[16384 x 64] = t63 * t0, batch 1, k = 8192
@@ -1550,39 +1622,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_ce_bwd_rows_23(const float
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_24: node 37
+// zoo_scatter_rows_21: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_24(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_25: node 38
+// zoo_layernorm_bwd_rows_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_26: node 38
+// zoo_sum_partials_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_27: node 39
+// zoo_layernorm_bwd_rows_24: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_28: node 39
+// zoo_sum_partials_25: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k29_add: 1 elementwise op over 4194304 elements
+// zoo_k26_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1603,28 +1675,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k30_split_heads: split heads, 3932160 elements
+// zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_31: node 47
+// zoo_poly_attn_bwd_q_28: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_32: node 47
+// zoo_poly_attn_bwd_kv_29: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_32(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k33_merge_heads: merge heads, 3932160 elements
+// zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1641,22 +1713,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k34_merge_heads: merge heads, 12582912 elements
+// zoo_k31_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_35: node 55
+// zoo_layernorm_bwd_rows_32: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_36: node 55
+// zoo_sum_partials_33: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
@@ -1672,22 +1744,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k37_merge_heads: merge heads, 12582912 elements
+// zoo_k34_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_38: node 63
+// zoo_layernorm_bwd_rows_35: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 63
+// zoo_sum_partials_36: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
@@ -1698,10 +1770,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const floa
 
 // t105 is t104 reshaped (same memory, no kernel)
 
-// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v95 = t95[i];
@@ -1717,6 +1789,29 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
+// zoo_layernorm_bwd_rows_38: node 68
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_39: node 68
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k40_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v73 = t73[i];
+    float v109 = t109[i];
+    float v112 = v73 + v109;  // add
+    t112[i] = v112;
+  }
+}
+
 // zoo_layernorm_bwd_rows_41: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
@@ -1729,34 +1824,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const floa
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k43_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v73 = t73[i];
-    float v109 = t109[i];
-    float v112 = v73 + v109;  // add
-    t112[i] = v112;
-  }
-}
-
-// zoo_layernorm_bwd_rows_44: node 72
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_45: node 72
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k46_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v112 = t112[i];
     float v113 = t113[i];
@@ -1783,9 +1855,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k47_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1804,8 +1876,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum(const float *__res
   }
 }
 
-// zoo_k47_sum_fin: adds the 132 partials of zoo_k47_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1813,22 +1885,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_48: node 83
+// zoo_conv1d_bwd_rows_45: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_49: node 83
+// zoo_sum_partials_46: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k50_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v121 = t121[i];
@@ -1839,22 +1911,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_51: node 85
+// zoo_layernorm_bwd_rows_48: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_51(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_52: node 85
+// zoo_sum_partials_49: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v130 = t130[i];
@@ -1864,9 +1936,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const floa
   }
 }
 
-// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1885,8 +1957,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float 
   }
 }
 
-// zoo_k54_reduce_to_fin: adds the 2 partials of zoo_k54_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1894,21 +1966,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_55: node 89
+// zoo_embedding_bwd_52: node 87
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_56: node 90
+// zoo_embedding_bwd_53: node 88
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k57_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
     float v137 = t137[i];
@@ -1919,30 +1991,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_58: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k59_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_60: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_61: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -1958,14 +2030,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_62: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -1981,11 +2053,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_63: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2000,15 +2072,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_64: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_64(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k65_split_heads: split heads, 12582912 elements
+// zoo_k62_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2016,15 +2088,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_66: node 18
+// zoo_layernorm_fwd_63: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k67_split_heads: split heads, 12582912 elements
+// zoo_k64_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2032,22 +2104,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k68_split_heads: split heads, 3932160 elements
+// zoo_k65_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_69: node 22
+// zoo_poly_attn_fwd_66: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k70_merge_heads: merge heads, 3932160 elements
+// zoo_k67_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2055,11 +2127,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_71: node 26
+// zoo_layernorm_fused_68: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -2071,11 +2143,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_72: node 28
+// zoo_layernorm_fused_69: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -2086,49 +2158,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_73: node 29
+// zoo_label_count_70: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_73(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_74: node 29
+// zoo_label_write_71: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_74(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_75: node 30
+// zoo_gather_rows_72: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_75(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_rows_76: node 32
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, float *__restrict__ rowloss) {
-  zk_ce_rows<8192, -100>(logits, targets, rowloss, 16384);
+// zoo_ce_step_rows_73: node 32
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_finish_77: node 32
-//   cross_entropy  -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_finish_77(const float *__restrict__ rowloss, const int *__restrict__ targets, float *__restrict__ loss) {
-  zk_ce_finish<16384, -100>(rowloss, targets, loss);
-}
-
-// zoo_acc_rows_78: node 33
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_acc_rows_78(const float *__restrict__ logits, const int *__restrict__ targets, int *__restrict__ hit) {
-  zk_acc_rows<8192, -100>(logits, targets, hit, 16384);
-}
-
-// zoo_acc_finish_79: node 33
-//   accuracy       -> f32[2]                 models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_acc_finish_79(const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ out) {
-  zk_acc_finish<16384, -100>(hit, targets, out);
+// zoo_ce_step_finish_74: node 32
+//   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----

@@ -14,6 +14,12 @@
  *   zk_ce_count<N, IGNORE>: one block of 1024 threads counts labelled rows.
  *   zk_ce_bwd_rows<V, IGNORE>: one warp per row: dlogits = dloss / count *
  *     (softmax(row) - onehot(target)), zeros on ignored rows.
+ * cross_entropy_step, the three above in one pass over the logits (the training
+ * graph's rewrite, compiler/train_graph.c): zk_ce_count (when the gradient is
+ * wanted), then zk_ce_step_rows<V, IGNORE, GRAD>: one warp per row makes its
+ *   loss, its hit and (GRAD) its gradient row from one logsumexp; then
+ *   zk_ce_step_finish<N, IGNORE>: loss and (correct, labelled). Scratch: count,
+ *   rowloss [N], hit [N].
  * accuracy, two kernels sharing scratch hit [N] ints:
  *   zk_acc_rows<V, IGNORE>: one warp per row: hit = labelled and the row's first
  *     maximum is the target.
@@ -68,29 +74,24 @@ __device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
   if (threadIdx.x == 0) count[0] = (float)cnt;
 }
 
-template <int V, int IGNORE>
-__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
-                                               const float *__restrict__ logits,
-                                               const int *__restrict__ targets,
-                                               const float *__restrict__ count,
-                                               float *__restrict__ dlogits, int N) {
+/* Row dr of zeros, by one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_zero_row(float *__restrict__ dr) {
   int lane = threadIdx.x & 31;
-  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= N) return;
-  int t = targets[row];
-  float *dr = dlogits + row * V;
-  if (t == IGNORE) {
-    if (V % 128 == 0) {
-      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
-    } else {
-      for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
-    }
-    return;
+  if (V % 128 == 0) {
+    zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = lane; j < V / 4; j += 32) ((zk_f4 *)dr)[j] = z;
+  } else {
+    for (int j = lane; j < V; j += 32) dr[j] = 0.0f;
   }
-  const float *xr = logits + row * V;
-  float lse = zk_row_lse<V>(xr);
-  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+}
+
+/* dr = scale * (softmax(xr) - onehot(t)) for a row whose logsumexp is lse, by
+ * one warp. */
+template <int V>
+__device__ __forceinline__ void zk_ce_grad_row(const float *__restrict__ xr, float lse, int t,
+                                               float scale, float *__restrict__ dr) {
+  int lane = threadIdx.x & 31;
   if (V % 128 == 0) { /* 16-byte loads and stores */
     const zk_f4 *x4 = (const zk_f4 *)xr;
     zk_f4 *d4 = (zk_f4 *)dr;
@@ -105,6 +106,84 @@ __device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
     return;
   }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
+}
+
+template <int V, int IGNORE>
+__device__ __forceinline__ void zk_ce_bwd_rows(const float *__restrict__ dloss,
+                                               const float *__restrict__ logits,
+                                               const int *__restrict__ targets,
+                                               const float *__restrict__ count,
+                                               float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row];
+  if (t == IGNORE) {
+    zk_ce_zero_row<V>(dlogits + row * V);
+    return;
+  }
+  const float *xr = logits + row * V;
+  float scale = dloss[0] / count[0]; /* count >= 1: this row is labelled */
+  zk_ce_grad_row<V>(xr, zk_row_lse<V>(xr), t, scale, dlogits + row * V);
+}
+
+/* The training step's loss head in one pass over the logits (cross_entropy_step):
+ * one warp per row finds the row's logsumexp and first maximum together, stores
+ * its loss and hit, and (GRAD) writes its gradient row from the same lse. */
+template <int V, int IGNORE, bool GRAD>
+__device__ __forceinline__ void zk_ce_step_rows(const float *__restrict__ logits,
+                                                const int *__restrict__ targets,
+                                                const float *__restrict__ dloss,
+                                                const float *__restrict__ count,
+                                                float *__restrict__ rowloss, int *__restrict__ hit,
+                                                float *__restrict__ dlogits, int N) {
+  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= N) return;
+  int t = targets[row], h = 0;
+  float loss = 0.0f;
+  if (t == IGNORE) {
+    if (GRAD) zk_ce_zero_row<V>(dlogits + row * V);
+  } else {
+    const float *xr = logits + row * V;
+    float lse;
+    int arg;
+    zk_row_scan<V, true, true>(xr, lse, arg);
+    loss = (t >= 0 && t < V) ? lse - xr[t] : __int_as_float(0x7fc00000);
+    h = arg == t;
+    if (GRAD) zk_ce_grad_row<V>(xr, lse, t, dloss[0] / count[0], dlogits + row * V);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    rowloss[row] = loss;
+    hit[row] = h;
+  }
+}
+
+/* loss = sum(rowloss) / labelled (0 when none), metrics = (correct, labelled):
+ * one block of 1024 threads, sums in a fixed order. */
+template <int N, int IGNORE>
+__device__ __forceinline__ void zk_ce_step_finish(const float *__restrict__ rowloss,
+                                                  const int *__restrict__ hit,
+                                                  const int *__restrict__ targets,
+                                                  float *__restrict__ loss,
+                                                  float *__restrict__ metrics) {
+  __shared__ float shf[32];
+  __shared__ int shi[32];
+  float s = 0.0f;
+  int labelled = 0, correct = 0;
+  for (int r = threadIdx.x; r < N; r += blockDim.x) {
+    if (targets[r] != IGNORE) {
+      s += rowloss[r];
+      labelled++;
+      correct += hit[r];
+    }
+  }
+  s = zk_block_sum(s, shf);
+  labelled = zk_block_sum_int(labelled, shi);
+  correct = zk_block_sum_int(correct, shi);
+  if (threadIdx.x == 0) {
+    loss[0] = labelled > 0 ? s / (float)labelled : 0.0f;
+    metrics[0] = (float)correct;
+    metrics[1] = (float)labelled;
+  }
 }
 
 template <int V, int IGNORE>
