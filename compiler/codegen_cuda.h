@@ -37,6 +37,9 @@ typedef enum zoo_arg_kind {
   ZOO_ARG_I64,     /* long long i */
   ZOO_ARG_F32,     /* float f */
   ZOO_ARG_SEED,    /* unsigned long long: the step's RNG seed (dropout) */
+  ZOO_ARG_COUNTER, /* unsigned *: counter number `i` of the plan's counters, zero
+                      before every launch; a kernel that counts its blocks
+                      (zk_finish_partials) puts it back to zero */
 } zoo_arg_kind;
 
 typedef struct zoo_arg {
@@ -97,6 +100,7 @@ typedef struct zoo_cuda_emit {
   int nforward_steps;      /* of the last zoo_cuda_emit_graph call */
   char **owned;            /* strings made by zoo_cuda_strdup, freed with e */
   int nowned, owned_cap;
+  int ncounters;           /* ZOO_ARG_COUNTER numbers handed out */
 } zoo_cuda_emit;
 
 /* A copy of s that lives as long as e (for zoo_step.func). */

@@ -163,7 +163,19 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
     p->offset[t] = at;
     at += align_up(p->bytes[t]);
   }
-  p->input_bytes = at;
+  /* the counters after the inputs: those the steps name, first to last (plans
+   * of one emit, which never run at once, may share the bytes) */
+  int64_t lo = INT64_MAX, hi = -1;
+  for (int s = 0; s < nsteps; s++)
+    for (int a = 0; a < steps[s].nargs; a++)
+      if (steps[s].args[a].kind == ZOO_ARG_COUNTER) {
+        int64_t i = steps[s].args[a].i;
+        if (i < lo) lo = i;
+        if (i > hi) hi = i;
+      }
+  p->counter_offset = at;
+  p->counter_first = hi >= 0 ? lo : 0;
+  p->input_bytes = at + (hi >= 0 ? align_up((hi - lo + 1) * 4) : 0);
 
   /* live ranges of the arena values */
   for (int s = 0; s < nsteps; s++) {
@@ -256,6 +268,10 @@ static void write_step(FILE *out, const zoo_plan *p, const zoo_graph *g, const z
       case ZOO_ARG_I64: fprintf(out, "%lld", (long long)x->i); break;
       case ZOO_ARG_F32: fprintf(out, "%.9g", (double)x->f); break;
       case ZOO_ARG_SEED: fprintf(out, "seed"); break;
+      case ZOO_ARG_COUNTER:
+        fprintf(out, "counter%lld@input+%lld", (long long)x->i,
+                (long long)(p->counter_offset + 4 * (x->i - p->counter_first)));
+        break;
       }
     }
     fprintf(out, ")");

@@ -47,7 +47,10 @@ typedef struct zoo_plan {
   int64_t param_bytes;    /* the flat parameter buffer (and the gradient buffer) */
   int64_t *param_offset;  /* per g->params entry, bytes */
   int64_t param_floats;   /* param_bytes / 4 */
-  int64_t input_bytes;
+  int64_t input_bytes;    /* the inputs, then the counters */
+  int64_t counter_offset; /* bytes into ZOO_MEM_INPUT of the counters (ZOO_ARG_COUNTER):
+                             ints that the backends zero once, with the inputs */
+  int64_t counter_first;  /* the number of the plan's first counter, at counter_offset */
   int kernels, gemms, zeros; /* steps by kind */
 } zoo_plan;
 

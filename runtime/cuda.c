@@ -345,6 +345,9 @@ static int kernel_args(const core *c, const zoo_plan *p, int i, int first, uint6
     case ZOO_ARG_I64: vals[a].i = (long long)x->i; break;
     case ZOO_ARG_F32: vals[a].f = x->f; break;
     case ZOO_ARG_SEED: vals[a].u = seed; break;
+    case ZOO_ARG_COUNTER:
+      vals[a].ptr = c->base[ZOO_MEM_INPUT] + (CUdeviceptr)(p->counter_offset + 4 * (x->i - p->counter_first));
+      break;
     }
     params[a] = &vals[a];
   }
@@ -955,6 +958,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   int64_t arena = cp->train_plan.arena_bytes > cp->eval_plan.arena_bytes ? cp->train_plan.arena_bytes
                                                                           : cp->eval_plan.arena_bytes;
   int64_t pb = cp->train_plan.param_bytes, ib = cp->train_plan.input_bytes;
+  if (cp->eval_plan.input_bytes > ib) ib = cp->eval_plan.input_bytes; /* its counters */
   if (core_alloc(c, &c->base[ZOO_MEM_ARENA], arena) != 0 || core_alloc(c, &c->base[ZOO_MEM_PARAM], pb) != 0 ||
       core_alloc(c, &c->base[ZOO_MEM_GRAD], pb) != 0 || core_alloc(c, &c->base[ZOO_MEM_INPUT], ib) != 0 ||
       core_alloc(c, &x->acc, pb) != 0 || core_alloc(c, &x->adam_m, pb) != 0 ||

@@ -92,6 +92,8 @@ static const char prelude[] =
     "}\n"
     "static inline int atomicAdd(int *a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }\n"
     "static inline unsigned atomicAdd(unsigned *a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }\n"
+    "static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }\n"
+    "template <class T> static inline T __ldcg(const T *p) { return *p; }\n"
     "template <class A, class B> static inline typename std::common_type<A, B>::type min(A a, B b) { return a < b ? a : b; }\n"
     "template <class A, class B> static inline typename std::common_type<A, B>::type max(A a, B b) { return a > b ? a : b; }\n"
     "template <class... A, size_t... I>\n"
@@ -422,6 +424,9 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
       case ZOO_ARG_I64: vals[a].i = x->i; break;
       case ZOO_ARG_F32: vals[a].f = x->f; break;
       case ZOO_ARG_SEED: vals[a].u = seed; break;
+      case ZOO_ARG_COUNTER:
+        vals[a].ptr = mem->base[ZOO_MEM_INPUT] + p->counter_offset + 4 * (x->i - p->counter_first);
+        break;
       }
       params[a] = &vals[a];
     }

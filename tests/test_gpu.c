@@ -514,6 +514,22 @@ static int c_rmsnorm(ocase *c) {
   int in[2] = {x, w};
   return oc_op(c, ZOO_OP_RMSNORM, 2, in, &a);
 }
+/* 500 rows: the backward's parameter gradients come from 8 blocks' partials,
+ * added by the last block to finish (zk_finish_partials) */
+static int c_layernorm_many(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(5, 100, 40)), w = oc_f32(c, V_SIGNED, DIMS(40)), b = oc_f32(c, V_SIGNED, DIMS(40));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
+}
+static int c_rmsnorm_many(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(500, 40)), w = oc_f32(c, V_SIGNED, DIMS(40));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[2] = {x, w};
+  return oc_op(c, ZOO_OP_RMSNORM, 2, in, &a);
+}
 static int c_softmax(ocase *c) {
   int x = oc_f32(c, V_SIGNED, DIMS(5, 33));
   return oc_op(c, ZOO_OP_SOFTMAX, 1, &x, NULL);
@@ -588,6 +604,8 @@ static const named_case reductions_cases[] = {
       {"layernorm", c_layernorm, 1e-4, 1},
       {"layernorm_plain", c_layernorm_plain, 1e-4, 1},
       {"rmsnorm", c_rmsnorm, 1e-4, 1},
+      {"layernorm_many_rows", c_layernorm_many, 1e-4, 1},
+      {"rmsnorm_many_rows", c_rmsnorm_many, 1e-4, 1},
       {"softmax", c_softmax, 1e-4, 1},
       {"logsumexp", c_logsumexp, 1e-4, 1},
       {"cross_entropy", c_cross_entropy, 1e-3, 1},
@@ -766,6 +784,11 @@ static int c_conv(ocase *c) {
   int in[3] = {x, w, b};
   return oc_op(c, ZOO_OP_CAUSAL_CONV1D, 3, in, NULL);
 }
+static int c_conv_many(ocase *c) { /* 400 rows: 7 blocks' partials */
+  int x = oc_f32(c, V_SIGNED, DIMS(8, 50, 6)), w = oc_f32(c, V_SIGNED, DIMS(6, 1, 3)), b = oc_f32(c, V_SIGNED, DIMS(6));
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_CAUSAL_CONV1D, 3, in, NULL);
+}
 static int c_poly_t(ocase *c, double c0, double c1, double c2, int64_t dv, int64_t T) {
   int q = oc_f32(c, V_SIGNED, DIMS(2, 3, T, 16)), k = oc_f32(c, V_SIGNED, DIMS(2, 3, T, 16));
   int64_t vd[4] = {2, 3, T, dv};
@@ -887,6 +910,7 @@ static const named_case intrinsics_cases[] = {
       {"arange", c_arange, 0, 0},
       {"cumsum", c_cumsum, 1e-4, 1},
       {"causal_conv1d", c_conv, 1e-4, 1},
+      {"causal_conv1d_many_rows", c_conv_many, 1e-4, 1},
       {"poly_attention_rebased", c_rebased, 1e-3, 1},
       {"poly_attention_based", c_based, 1e-3, 1},
       {"poly_attention_rebased_long", c_rebased_long, 1e-3, 1},

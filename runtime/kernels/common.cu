@@ -158,21 +158,45 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* Column sums of block partials: part is [P][M]; out0[m] = sum_p part[p][m] for
- * m < M0, out1[m - M0] for the rest (out1 may be null when M0 == M). One thread
- * per column, blocks of any size, grid ceil(M / blockDim.x); the sum runs over p
- * in order, so it is deterministic. Used by the *_bwd kernels whose parameter
- * gradients are sums over rows. */
-template <int P, int M, int M0>
-__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
-                                                float *__restrict__ out0,
-                                                float *__restrict__ out1) {
-  int m = blockIdx.x * blockDim.x + threadIdx.x;
-  if (m >= M) return;
-  float s = 0.0f;
-  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
-  if (m < M0) out0[m] = s;
-  else out1[m - M0] = s;
+/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
+ * sums to part [P][M]: the block that finishes last (counted on `counter`, a
+ * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
+ * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
+ * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
+ * sums are added in warp order, so the result is deterministic. This saves the
+ * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
+ * parameter gradients are sums over rows. Every thread must call it; blocks of
+ * at most 1024 threads. */
+template <int M, int M0>
+__device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
+                                                   float *__restrict__ out0,
+                                                   float *__restrict__ out1,
+                                                   unsigned *__restrict__ counter) {
+  __shared__ bool zk_last;
+  __shared__ float zk_fin[32][33];
+  __threadfence(); /* this block's partials, visible before it is counted */
+  __syncthreads();
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!zk_last) return;
+  __threadfence();
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int m0 = 0; m0 < M; m0 += 32) {
+    int m = m0 + lane;
+    float s = 0.0f;
+    if (m < M)
+      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+    zk_fin[warp][lane] = s;
+    __syncthreads();
+    if (warp == 0 && m < M) {
+      float t = 0.0f;
+      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+      if (m < M0) out0[m] = t;
+      else out1[m - M0] = t;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 #endif /* ZK_COMMON_CU */
