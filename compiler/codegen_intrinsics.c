@@ -142,25 +142,51 @@ static void zero_step(zoo_cuda_emit *e, const zoo_node *n, int t) {
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t align16(int64_t a) { return (a + 15) / 16 * 16; }
 
-/* Parameter gradients summed over rows (the *_bwd kernels): each block writes
- * its partial sums to part, and the last block to finish adds them up
- * (zk_finish_partials in common.cu). partials_params is the wrapper's extra
- * parameters, partials_finish closes its body, partials_args passes out0, out1
- * (when >= 0) and a counter. */
-static const char *partials_params(int two) {
+/* Parameter gradients summed over rows (the *_bwd kernels, common.cu): each
+ * of P blocks writes M partial sums to part, and then either the last block to
+ * finish adds them up (zk_finish_partials, when P M is small enough for one
+ * block to read quickly) or a second kernel does (zk_sum_partials).
+ * partials_params is the rows kernel's extra parameters, partials_close closes
+ * its body, partials_end passes out0, out1 (when >= 0) and the counter, or
+ * emits the second kernel. */
+#define PARTIALS_IN_KERNEL 32768 /* floats one block adds up at the end */
+
+static const char *partials_params(int64_t P, int64_t M, int two) {
+  if (P * M > PARTIALS_IN_KERNEL) return "";
   return two ? ", float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter"
              : ", float *__restrict__ out0, unsigned *__restrict__ counter";
 }
 
-static void partials_finish(zoo_cuda_emit *e, int64_t M, int64_t M0, int two) {
-  zoo_strbuf_printf(&e->src, "  zk_finish_partials<%lld, %lld>(part, out0, %s, counter);\n}\n", (long long)M,
-                    (long long)M0, two ? "out1" : "nullptr");
+static void partials_close(zoo_cuda_emit *e, int64_t P, int64_t M, int64_t M0, int two) {
+  if (P * M <= PARTIALS_IN_KERNEL)
+    zoo_strbuf_printf(&e->src, "  zk_finish_partials<%lld, %lld, %lld>(part, out0, %s, counter);\n",
+                      (long long)P, (long long)M, (long long)M0, two ? "out1" : "nullptr");
+  zoo_strbuf_puts(&e->src, "}\n");
 }
 
-static void partials_args(zoo_cuda_emit *e, zoo_step *s, int out0, int out1) {
-  arg_tensor(s, out0);
-  if (out1 >= 0) arg_tensor(s, out1);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+static int partials_end(zoo_cuda_emit *e, const zoo_node *n, zoo_step *s, int64_t P, int64_t M, int64_t M0,
+                        int out0, int out1, int64_t scratch) {
+  if (P * M <= PARTIALS_IN_KERNEL) {
+    arg_tensor(s, out0);
+    if (out1 >= 0) arg_tensor(s, out1);
+    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+    return 0;
+  }
+  char name[64];
+  kernel_name(e, n, "sum_partials", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ part, "
+                    "float *__restrict__ out0%s) {\n"
+                    "  zk_sum_partials<%lld, %lld, %lld>(part, out0, %s);\n}\n",
+                    name, out1 >= 0 ? ", float *__restrict__ out1" : "", (long long)P, (long long)M,
+                    (long long)M0, out1 >= 0 ? "out1" : "nullptr");
+  zoo_step *t = launch(e, n, name, cdiv(M, 256), 256, 0);
+  if (!t) return -1;
+  arg_scratch(t, 0);
+  arg_tensor(t, out0);
+  if (out1 >= 0) arg_tensor(t, out1);
+  t->scratch_bytes = scratch;
+  return 0;
 }
 
 /* Rows (all leading axes) and width (last axis) of tensor t. */
@@ -753,16 +779,16 @@ int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, "
                     "float *__restrict__ part%s) {\n"
                     "  zk_conv1d_bwd_rows<%lld, %lld, %lld, %lld>(dy, x, w, dx, part, %lldLL);\n",
-                    name, partials_params(1), (long long)T, (long long)C, (long long)K, (long long)P, (long long)N);
-  partials_finish(e, M, C * K, 1);
+                    name, partials_params(P, M, 1), (long long)T, (long long)C, (long long)K, (long long)P,
+                    (long long)N);
+  partials_close(e, P, M, C * K, 1);
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(M * 4));
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
-  partials_args(e, s, n->out[1], n->out[2]);
   s->scratch_bytes = scratch;
-  return 0;
+  return partials_end(e, n, s, P, M, C * K, n->out[1], n->out[2], scratch);
 }
 
 /* ---------------------------------------------------------------------------
@@ -820,22 +846,22 @@ int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
                     "const float *__restrict__ x, %sfloat *__restrict__ dx, float *__restrict__ part%s) {\n"
                     "  zk_layernorm_bwd_rows<%lld, %s, %lld>(dy, x, %s, dx, part, %lld, %s);\n",
-                    name, has_w ? "const float *__restrict__ w, " : "", has_w ? partials_params(1) : "",
+                    name, has_w ? "const float *__restrict__ w, " : "", has_w ? partials_params(P, 2 * C, 1) : "",
                     (long long)C, has_w ? "true" : "false", (long long)P, has_w ? "w" : "nullptr", (long long)N, eps);
-  if (has_w) partials_finish(e, 2 * C, C, 1);
+  if (has_w) partials_close(e, P, 2 * C, C, 1);
   else zoo_strbuf_puts(&e->src, "}\n");
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(2 * C * 4));
   if (!s) return -1;
   for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
-  if (has_w) partials_args(e, s, n->out[1], n->out[2]);
   s->scratch_bytes = scratch;
   if (!has_w) { /* ops.def: dw, db are zeros without w */
     zero_step(e, n, n->out[1]);
     zero_step(e, n, n->out[2]);
+    return 0;
   }
-  return 0;
+  return partials_end(e, n, s, P, 2 * C, C, n->out[1], n->out[2], scratch);
 }
 
 int zoo_cuda_rmsnorm(zoo_cuda_emit *e, const zoo_node *n) {
@@ -872,16 +898,15 @@ int zoo_cuda_rmsnorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, "
                     "float *__restrict__ part%s) {\n"
                     "  zk_rmsnorm_bwd_rows<%lld, %lld>(dy, x, w, dx, part, %lld, %s);\n",
-                    name, partials_params(0), (long long)C, (long long)P, (long long)N, eps);
-  partials_finish(e, C, C, 0);
+                    name, partials_params(P, C, 0), (long long)C, (long long)P, (long long)N, eps);
+  partials_close(e, P, C, C, 0);
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(C * 4));
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
-  partials_args(e, s, n->out[1], -1);
   s->scratch_bytes = scratch;
-  return 0;
+  return partials_end(e, n, s, P, C, C, n->out[1], -1, scratch);
 }
 
 /* ---------------------------------------------------------------------------

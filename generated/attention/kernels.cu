@@ -215,45 +215,63 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
- * sums to part [P][M]: the block that finishes last (counted on `counter`, a
- * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
- * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
- * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
- * sums are added in warp order, so the result is deterministic. This saves the
- * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
- * parameter gradients are sums over rows. Every thread must call it; blocks of
- * at most 1024 threads. */
-template <int M, int M0>
+/* Parameter gradients that are sums over rows (the *_bwd kernels): each of
+ * the P blocks writes a row of M partial sums to part [P][M], and out0[m] =
+ * sum_p part[p][m] for m < M0, out1[m - M0] for the rest (out1 may be null
+ * when M0 == M). Deterministic either way. Two ways to add them up:
+ *
+ * zk_finish_partials<P, M, M0>, at the end of the kernel (every thread must
+ * call it): each block fences its partials and counts itself on `counter` (a
+ * ZOO_ARG_COUNTER); the last one adds the rows up, 32 columns at a time with
+ * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
+ * and puts the counter back to zero. No second launch, but one block reads all
+ * of part: the emitter uses it when P M is small.
+ * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
+ * in order, grid ceil(M / blockDim.x). */
+template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
+  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[32][33];
+  __shared__ float zk_fin[NW][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
-  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane;
+    int m = m0 + lane < M ? m0 + lane : M - 1;
     float s = 0.0f;
-    if (m < M)
-      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll 16
+    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
     zk_fin[warp][lane] = s;
     __syncthreads();
-    if (warp == 0 && m < M) {
+    if (warp == 0 && m0 + lane < M) {
       float t = 0.0f;
-      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+#pragma unroll
+      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
       if (m < M0) out0[m] = t;
       else out1[m - M0] = t;
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
 }
 
 #endif /* ZK_COMMON_CU */
@@ -385,8 +403,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   rows; the block adds its warps' sums in warp order (deterministic) and
  *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
- * The wrapper ends with zk_finish_partials<2C, C> (common.cu): part summed
- * over p into dw, db.
+ * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
+ * summed over p into dw, db.
  * Without w the op's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU
@@ -1616,21 +1634,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const floa
 
 // zoo_layernorm_bwd_rows_23: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_layernorm_bwd_rows_24: node 42
+// zoo_sum_partials_24: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k25_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_25: node 42
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_26: node 42
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k27_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1651,9 +1679,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k26_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1672,8 +1700,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum(const float *__res
   }
 }
 
-// zoo_k26_sum_fin: adds the 132 partials of zoo_k26_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k28_sum_fin: adds the 132 partials of zoo_k28_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1683,17 +1711,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum_fin(const float *_
 
 // t81 is t77 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_27: node 51
+// zoo_softmax_attn_bwd_q_29: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_28: node 51
+// zoo_softmax_attn_bwd_kv_30: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1703,18 +1731,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_28(con
 
 // t87 is t82 reshaped (same memory, no kernel)
 
-// zoo_k29_concat: rows of 64 + 64 elements
+// zoo_k31_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k30_concat: rows of 128 + 64 elements
+// zoo_k32_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1733,9 +1761,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_concat(const float *__
 // GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k31_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1754,8 +1782,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__res
   }
 }
 
-// zoo_k31_sum_fin: adds the 44 partials of zoo_k31_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k33_sum_fin: adds the 44 partials of zoo_k33_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1763,16 +1791,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_32: node 63
+// zoo_layernorm_bwd_rows_34: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k33_add: 1 elementwise op over 4194304 elements
+// zoo_sum_partials_35: node 63
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k36_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
     float v96 = t96[i];
@@ -1781,16 +1814,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_34: node 65
+// zoo_layernorm_bwd_rows_37: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k35_add: 1 elementwise op over 4194304 elements
+// zoo_sum_partials_38: node 65
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v99 = t99[i];
     float v100 = t100[i];
@@ -1811,9 +1849,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__res
 // GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1832,8 +1870,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
   }
 }
 
-// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1843,17 +1881,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *_
 
 // t110 is t106 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_37: node 74
+// zoo_softmax_attn_bwd_q_41: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_37(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_38: node 74
+// zoo_softmax_attn_bwd_kv_42: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_38(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1863,18 +1901,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_38(con
 
 // t116 is t111 reshaped (same memory, no kernel)
 
-// zoo_k39_concat: rows of 64 + 64 elements
+// zoo_k43_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k40_concat: rows of 128 + 64 elements
+// zoo_k44_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1893,9 +1931,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_concat(const float *__
 // GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k41_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k45_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1914,8 +1952,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum(const float *__res
   }
 }
 
-// zoo_k41_sum_fin: adds the 44 partials of zoo_k41_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_sum_fin: adds the 44 partials of zoo_k45_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1923,17 +1961,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_42: node 86
+// zoo_layernorm_bwd_rows_46: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k43_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_47: node 86
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k48_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
     float v125 = t125[i];
@@ -1943,9 +1986,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_dropout(const floa
   }
 }
 
-// zoo_k44_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1964,8 +2007,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to(const float 
   }
 }
 
-// zoo_k44_reduce_to_fin: adds the 2 partials of zoo_k44_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k49_reduce_to_fin: adds the 2 partials of zoo_k49_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1973,21 +2016,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_45: node 90
+// zoo_embedding_bwd_50: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_46: node 91
+// zoo_embedding_bwd_51: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k47_add: 1 elementwise op over 524288 elements
+// zoo_k52_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v132 = t132[i];
@@ -1998,30 +2041,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_48: node 0
+// zoo_embedding_fwd_53: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_48(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k49_arange: 0 .. 127
+// zoo_k54_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_50: node 2
+// zoo_embedding_fwd_55: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_50(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_51: node 5
+// zoo_layernorm_fused_56: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2037,37 +2080,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k52_slice: slice, 4194304 elements
+// zoo_k57_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k53_slice: slice, 4194304 elements
+// zoo_k58_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k54_slice: slice, 4194304 elements
+// zoo_k59_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_55: node 13
+// zoo_softmax_attn_fwd_60: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_55(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2076,11 +2119,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_55(const 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_56: node 17
+// zoo_layernorm_fused_61: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2092,11 +2135,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_57: node 19
+// zoo_layernorm_fused_62: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2111,37 +2154,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k58_slice: slice, 4194304 elements
+// zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k59_slice: slice, 4194304 elements
+// zoo_k64_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k60_slice: slice, 4194304 elements
+// zoo_k65_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_61: node 27
+// zoo_softmax_attn_fwd_66: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_61(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
@@ -2150,11 +2193,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_61(const 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_62: node 31
+// zoo_layernorm_fused_67: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2166,11 +2209,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_63: node 33
+// zoo_layernorm_fused_68: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2181,36 +2224,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_64: node 34
+// zoo_label_count_69: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_64(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_69(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_65: node 34
+// zoo_label_write_70: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_65(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_70(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_66: node 35
+// zoo_gather_rows_71: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_66(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_71(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_67: node 37
+// zoo_ce_step_rows_72: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_67(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_72(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_68: node 37
+// zoo_ce_step_finish_73: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_68(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_73(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

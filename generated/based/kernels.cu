@@ -215,45 +215,63 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
- * sums to part [P][M]: the block that finishes last (counted on `counter`, a
- * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
- * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
- * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
- * sums are added in warp order, so the result is deterministic. This saves the
- * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
- * parameter gradients are sums over rows. Every thread must call it; blocks of
- * at most 1024 threads. */
-template <int M, int M0>
+/* Parameter gradients that are sums over rows (the *_bwd kernels): each of
+ * the P blocks writes a row of M partial sums to part [P][M], and out0[m] =
+ * sum_p part[p][m] for m < M0, out1[m - M0] for the rest (out1 may be null
+ * when M0 == M). Deterministic either way. Two ways to add them up:
+ *
+ * zk_finish_partials<P, M, M0>, at the end of the kernel (every thread must
+ * call it): each block fences its partials and counts itself on `counter` (a
+ * ZOO_ARG_COUNTER); the last one adds the rows up, 32 columns at a time with
+ * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
+ * and puts the counter back to zero. No second launch, but one block reads all
+ * of part: the emitter uses it when P M is small.
+ * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
+ * in order, grid ceil(M / blockDim.x). */
+template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
+  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[32][33];
+  __shared__ float zk_fin[NW][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
-  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane;
+    int m = m0 + lane < M ? m0 + lane : M - 1;
     float s = 0.0f;
-    if (m < M)
-      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll 16
+    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
     zk_fin[warp][lane] = s;
     __syncthreads();
-    if (warp == 0 && m < M) {
+    if (warp == 0 && m0 + lane < M) {
       float t = 0.0f;
-      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+#pragma unroll
+      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
       if (m < M0) out0[m] = t;
       else out1[m - M0] = t;
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
 }
 
 #endif /* ZK_COMMON_CU */
@@ -385,8 +403,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   rows; the block adds its warps' sums in warp order (deterministic) and
  *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
- * The wrapper ends with zk_finish_partials<2C, C> (common.cu): part summed
- * over p into dw, db.
+ * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
+ * summed over p into dw, db.
  * Without w the op's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU
@@ -552,7 +570,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   rows rs, rs + RS, ... of the block's range, summing in registers. The row
  *   slots are added in order through shared memory (deterministic) into
  *   part[p][C K + C]: dw at c K + j, db at C K + c. Dynamic shared memory:
- *   C (K + 1) floats. The wrapper ends with zk_finish_partials<C(K+1), CK>: dw, db.
+ *   C (K + 1) floats. Then zk_finish_partials or zk_sum_partials<P, C(K+1), CK>: dw, db.
  */
 #ifndef ZK_CAUSAL_CONV1D_CU
 #define ZK_CAUSAL_CONV1D_CU
@@ -1643,21 +1661,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const floa
 
 // zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_layernorm_bwd_rows_21: node 35
+// zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k22_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_22: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_23: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k24_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v61 = t61[i];
     float v64 = t64[i];
@@ -1678,28 +1706,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__res
 // GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k23_split_heads: split heads, 3932160 elements
+// zoo_k25_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k23_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_24: node 43
+// zoo_poly_attn_bwd_q_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_24(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_25: node 43
+// zoo_poly_attn_bwd_kv_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_25(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k26_merge_heads: merge heads, 3932160 elements
+// zoo_k28_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1716,9 +1744,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k27_merge_heads: merge heads, 12582912 elements
+// zoo_k29_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1735,9 +1763,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k28_merge_heads: merge heads, 12582912 elements
+// zoo_k30_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1749,10 +1777,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const floa
 
 // t93 is t92 reshaped (same memory, no kernel)
 
-// zoo_k29_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k31_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v86 = t86[i];
@@ -1768,16 +1796,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_30: node 64
+// zoo_layernorm_bwd_rows_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k31_add: 1 elementwise op over 4194304 elements
+// zoo_sum_partials_33: node 64
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v97 = t97[i];
@@ -1786,18 +1819,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_32: node 66
+// zoo_layernorm_bwd_rows_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k33_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_sum_partials_36: node 66
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v100 = t100[i];
     float v101 = t101[i];
@@ -1824,9 +1862,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k34_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1845,8 +1883,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum(const float *__res
   }
 }
 
-// zoo_k34_sum_fin: adds the 132 partials of zoo_k34_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k38_sum_fin: adds the 132 partials of zoo_k38_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1854,17 +1892,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_35: node 77
+// zoo_conv1d_bwd_rows_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
-  zk_finish_partials<256, 192>(part, out0, out1, counter);
 }
 
-// zoo_k36_add_add: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_40: node 77
+//   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 256, 192>(part, out0, out1);
+}
+
+// zoo_k41_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v109 = t109[i];
@@ -1875,17 +1918,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 79
+// zoo_layernorm_bwd_rows_42: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k38_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_43: node 79
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v118 = t118[i];
@@ -1895,9 +1943,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_add_dropout(const floa
   }
 }
 
-// zoo_k39_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1916,8 +1964,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to(const float 
   }
 }
 
-// zoo_k39_reduce_to_fin: adds the 2 partials of zoo_k39_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_reduce_to_fin: adds the 2 partials of zoo_k45_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1925,21 +1973,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_40: node 83
+// zoo_embedding_bwd_46: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_40(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_41: node 84
+// zoo_embedding_bwd_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_41(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k42_add: 1 elementwise op over 524288 elements
+// zoo_k48_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
     float v125 = t125[i];
@@ -1950,30 +1998,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_43: node 0
+// zoo_embedding_fwd_49: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_43(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k44_arange: 0 .. 127
+// zoo_k50_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_45: node 2
+// zoo_embedding_fwd_51: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_45(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_46: node 5
+// zoo_layernorm_fused_52: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -1989,14 +2037,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_47: node 11
+// zoo_layernorm_fused_53: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_47(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2012,11 +2060,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_47(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_48: node 13
+// zoo_layernorm_fused_54: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2031,9 +2079,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k49_split_heads: split heads, 12582912 elements
+// zoo_k55_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2041,9 +2089,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k50_split_heads: split heads, 12582912 elements
+// zoo_k56_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2051,22 +2099,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k51_split_heads: split heads, 3932160 elements
+// zoo_k57_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_52: node 20
+// zoo_poly_attn_fwd_58: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_52(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k53_merge_heads: merge heads, 3932160 elements
+// zoo_k59_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2074,11 +2122,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_54: node 24
+// zoo_layernorm_fused_60: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -2090,11 +2138,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_55: node 26
+// zoo_layernorm_fused_61: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -2105,36 +2153,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_56: node 27
+// zoo_label_count_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_56(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_57: node 27
+// zoo_label_write_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_57(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_58: node 28
+// zoo_gather_rows_64: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_58(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_59: node 30
+// zoo_ce_step_rows_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_59(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_60: node 30
+// zoo_ce_step_finish_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_60(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

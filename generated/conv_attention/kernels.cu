@@ -215,45 +215,63 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
- * sums to part [P][M]: the block that finishes last (counted on `counter`, a
- * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
- * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
- * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
- * sums are added in warp order, so the result is deterministic. This saves the
- * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
- * parameter gradients are sums over rows. Every thread must call it; blocks of
- * at most 1024 threads. */
-template <int M, int M0>
+/* Parameter gradients that are sums over rows (the *_bwd kernels): each of
+ * the P blocks writes a row of M partial sums to part [P][M], and out0[m] =
+ * sum_p part[p][m] for m < M0, out1[m - M0] for the rest (out1 may be null
+ * when M0 == M). Deterministic either way. Two ways to add them up:
+ *
+ * zk_finish_partials<P, M, M0>, at the end of the kernel (every thread must
+ * call it): each block fences its partials and counts itself on `counter` (a
+ * ZOO_ARG_COUNTER); the last one adds the rows up, 32 columns at a time with
+ * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
+ * and puts the counter back to zero. No second launch, but one block reads all
+ * of part: the emitter uses it when P M is small.
+ * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
+ * in order, grid ceil(M / blockDim.x). */
+template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
+  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[32][33];
+  __shared__ float zk_fin[NW][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
-  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane;
+    int m = m0 + lane < M ? m0 + lane : M - 1;
     float s = 0.0f;
-    if (m < M)
-      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll 16
+    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
     zk_fin[warp][lane] = s;
     __syncthreads();
-    if (warp == 0 && m < M) {
+    if (warp == 0 && m0 + lane < M) {
       float t = 0.0f;
-      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+#pragma unroll
+      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
       if (m < M0) out0[m] = t;
       else out1[m - M0] = t;
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
 }
 
 #endif /* ZK_COMMON_CU */
@@ -385,8 +403,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   rows; the block adds its warps' sums in warp order (deterministic) and
  *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
- * The wrapper ends with zk_finish_partials<2C, C> (common.cu): part summed
- * over p into dw, db.
+ * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
+ * summed over p into dw, db.
  * Without w the op's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU
@@ -552,7 +570,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   rows rs, rs + RS, ... of the block's range, summing in registers. The row
  *   slots are added in order through shared memory (deterministic) into
  *   part[p][C K + C]: dw at c K + j, db at C K + c. Dynamic shared memory:
- *   C (K + 1) floats. The wrapper ends with zk_finish_partials<C(K+1), CK>: dw, db.
+ *   C (K + 1) floats. Then zk_finish_partials or zk_sum_partials<P, C(K+1), CK>: dw, db.
  */
 #ifndef ZK_CAUSAL_CONV1D_CU
 #define ZK_CAUSAL_CONV1D_CU
@@ -1702,21 +1720,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_18(const floa
 
 // zoo_layernorm_bwd_rows_19: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_layernorm_bwd_rows_20: node 36
+// zoo_sum_partials_20: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_20(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k21_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_21: node 36
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_22: node 36
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k23_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v62 = t62[i];
     float v65 = t65[i];
@@ -1737,9 +1765,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k21_add(const float *__res
 // GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k22_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k24_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1758,8 +1786,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum(const float *__res
   }
 }
 
-// zoo_k22_sum_fin: adds the 132 partials of zoo_k22_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k24_sum_fin: adds the 132 partials of zoo_k24_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1769,17 +1797,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum_fin(const float *_
 
 // t75 is t71 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_23: node 45
+// zoo_softmax_attn_bwd_q_25: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_24: node 45
+// zoo_softmax_attn_bwd_kv_26: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_24(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1789,18 +1817,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_24(con
 
 // t81 is t76 reshaped (same memory, no kernel)
 
-// zoo_k25_concat: rows of 64 + 64 elements
+// zoo_k27_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k26_concat: rows of 128 + 64 elements
+// zoo_k28_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1819,9 +1847,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_concat(const float *__
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k27_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k29_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1840,8 +1868,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_sum(const float *__res
   }
 }
 
-// zoo_k27_sum_fin: adds the 44 partials of zoo_k27_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k29_sum_fin: adds the 44 partials of zoo_k29_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1849,16 +1877,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_28: node 57
+// zoo_layernorm_bwd_rows_30: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k29_add: 1 elementwise op over 4194304 elements
+// zoo_sum_partials_31: node 57
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k32_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v90 = t90[i];
@@ -1867,18 +1900,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_30: node 59
+// zoo_layernorm_bwd_rows_33: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k31_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_sum_partials_34: node 59
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
     float v94 = t94[i];
@@ -1905,9 +1943,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k32_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1926,8 +1964,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_sum(const float *__res
   }
 }
 
-// zoo_k32_sum_fin: adds the 132 partials of zoo_k32_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1935,17 +1973,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_33: node 70
+// zoo_conv1d_bwd_rows_37: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
-  zk_finish_partials<256, 192>(part, out0, out1, counter);
 }
 
-// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_38: node 70
+//   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 256, 192>(part, out0, out1);
+}
+
+// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v102 = t102[i];
@@ -1956,17 +1999,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_35: node 72
+// zoo_layernorm_bwd_rows_40: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k36_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_41: node 72
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v111 = t111[i];
@@ -1976,9 +2024,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_dropout(const floa
   }
 }
 
-// zoo_k37_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1997,8 +2045,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to(const float 
   }
 }
 
-// zoo_k37_reduce_to_fin: adds the 2 partials of zoo_k37_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k43_reduce_to_fin: adds the 2 partials of zoo_k43_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2006,21 +2054,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_38: node 76
+// zoo_embedding_bwd_44: node 76
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_38(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_39: node 77
+// zoo_embedding_bwd_45: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_39(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k40_add: 1 elementwise op over 524288 elements
+// zoo_k46_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
     float v118 = t118[i];
@@ -2031,30 +2079,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_41: node 0
+// zoo_embedding_fwd_47: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_41(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k42_arange: 0 .. 127
+// zoo_k48_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_43: node 2
+// zoo_embedding_fwd_49: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_43(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_44: node 5
+// zoo_layernorm_fused_50: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2070,14 +2118,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_45: node 11
+// zoo_layernorm_fused_51: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_45(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2093,11 +2141,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_45(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_46: node 13
+// zoo_layernorm_fused_52: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2112,37 +2160,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k47_slice: slice, 4194304 elements
+// zoo_k53_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t37 is t36 reshaped (same memory, no kernel)
 
-// zoo_k48_slice: slice, 4194304 elements
+// zoo_k54_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t39 is t38 reshaped (same memory, no kernel)
 
-// zoo_k49_slice: slice, 4194304 elements
+// zoo_k55_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t41 is t40 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_50: node 21
+// zoo_softmax_attn_fwd_56: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_50(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2151,11 +2199,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_50(const 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_51: node 25
+// zoo_layernorm_fused_57: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v44 = t44[i];
@@ -2167,11 +2215,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_52: node 27
+// zoo_layernorm_fused_58: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v46 = t46[i];
@@ -2182,36 +2230,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_53: node 28
+// zoo_label_count_59: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_53(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_59(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_54: node 28
+// zoo_label_write_60: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_54(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_60(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_55: node 29
+// zoo_gather_rows_61: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_55(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_56: node 31
+// zoo_ce_step_rows_62: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_56(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_62(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_57: node 31
+// zoo_ce_step_finish_63: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_57(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_63(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

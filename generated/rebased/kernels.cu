@@ -215,45 +215,63 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
- * sums to part [P][M]: the block that finishes last (counted on `counter`, a
- * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
- * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
- * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
- * sums are added in warp order, so the result is deterministic. This saves the
- * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
- * parameter gradients are sums over rows. Every thread must call it; blocks of
- * at most 1024 threads. */
-template <int M, int M0>
+/* Parameter gradients that are sums over rows (the *_bwd kernels): each of
+ * the P blocks writes a row of M partial sums to part [P][M], and out0[m] =
+ * sum_p part[p][m] for m < M0, out1[m - M0] for the rest (out1 may be null
+ * when M0 == M). Deterministic either way. Two ways to add them up:
+ *
+ * zk_finish_partials<P, M, M0>, at the end of the kernel (every thread must
+ * call it): each block fences its partials and counts itself on `counter` (a
+ * ZOO_ARG_COUNTER); the last one adds the rows up, 32 columns at a time with
+ * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
+ * and puts the counter back to zero. No second launch, but one block reads all
+ * of part: the emitter uses it when P M is small.
+ * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
+ * in order, grid ceil(M / blockDim.x). */
+template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
+  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[32][33];
+  __shared__ float zk_fin[NW][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
-  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane;
+    int m = m0 + lane < M ? m0 + lane : M - 1;
     float s = 0.0f;
-    if (m < M)
-      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll 16
+    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
     zk_fin[warp][lane] = s;
     __syncthreads();
-    if (warp == 0 && m < M) {
+    if (warp == 0 && m0 + lane < M) {
       float t = 0.0f;
-      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+#pragma unroll
+      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
       if (m < M0) out0[m] = t;
       else out1[m - M0] = t;
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
 }
 
 #endif /* ZK_COMMON_CU */
@@ -385,8 +403,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   rows; the block adds its warps' sums in warp order (deterministic) and
  *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
- * The wrapper ends with zk_finish_partials<2C, C> (common.cu): part summed
- * over p into dw, db.
+ * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
+ * summed over p into dw, db.
  * Without w the op's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU
@@ -552,7 +570,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   rows rs, rs + RS, ... of the block's range, summing in registers. The row
  *   slots are added in order through shared memory (deterministic) into
  *   part[p][C K + C]: dw at c K + j, db at C K + c. Dynamic shared memory:
- *   C (K + 1) floats. The wrapper ends with zk_finish_partials<C(K+1), CK>: dw, db.
+ *   C (K + 1) floats. Then zk_finish_partials or zk_sum_partials<P, C(K+1), CK>: dw, db.
  */
 #ifndef ZK_CAUSAL_CONV1D_CU
 #define ZK_CAUSAL_CONV1D_CU
@@ -1655,21 +1673,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const floa
 
 // zoo_layernorm_bwd_rows_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_layernorm_bwd_rows_23: node 37
+// zoo_sum_partials_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k24_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_24: node 37
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_25: node 37
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k26_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1690,28 +1718,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k25_split_heads: split heads, 3932160 elements
+// zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_26: node 45
+// zoo_poly_attn_bwd_q_28: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 45
+// zoo_poly_attn_bwd_kv_29: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k28_merge_heads: merge heads, 3932160 elements
+// zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1728,18 +1756,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k29_merge_heads: merge heads, 12582912 elements
+// zoo_k31_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_30: node 53
+// zoo_layernorm_bwd_rows_32: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<384, 192>(part, out0, out1, counter);
+}
+
+// zoo_sum_partials_33: node 53
+//   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
 // t93 is t90 reshaped (same memory, no kernel)
@@ -1754,18 +1787,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(cons
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k31_merge_heads: merge heads, 12582912 elements
+// zoo_k34_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// zoo_layernorm_bwd_rows_32: node 61
+// zoo_layernorm_bwd_rows_35: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<384, 192>(part, out0, out1, counter);
+}
+
+// zoo_sum_partials_36: node 61
+//   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
 // t103 is t100 reshaped (same memory, no kernel)
@@ -1775,10 +1813,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(cons
 
 // t105 is t104 reshaped (same memory, no kernel)
 
-// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v86 = t86[i];
     float v95 = t95[i];
@@ -1794,16 +1832,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_34: node 68
+// zoo_layernorm_bwd_rows_38: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k35_add: 1 elementwise op over 4194304 elements
+// zoo_sum_partials_39: node 68
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k40_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v73 = t73[i];
     float v109 = t109[i];
@@ -1812,18 +1855,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_36: node 70
+// zoo_layernorm_bwd_rows_41: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_sum_partials_42: node 70
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v112 = t112[i];
     float v113 = t113[i];
@@ -1850,9 +1898,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1871,8 +1919,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__res
   }
 }
 
-// zoo_k38_sum_fin: adds the 132 partials of zoo_k38_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1880,17 +1928,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_39: node 81
+// zoo_conv1d_bwd_rows_45: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
-  zk_finish_partials<256, 192>(part, out0, out1, counter);
 }
 
-// zoo_k40_add_add: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_46: node 81
+//   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 256, 192>(part, out0, out1);
+}
+
+// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v121 = t121[i];
@@ -1901,17 +1954,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_41: node 83
+// zoo_layernorm_bwd_rows_48: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-  zk_finish_partials<128, 64>(part, out0, out1, counter);
 }
 
-// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_sum_partials_49: node 83
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v116 = t116[i];
     float v130 = t130[i];
@@ -1921,9 +1979,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const floa
   }
 }
 
-// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1942,8 +2000,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float 
   }
 }
 
-// zoo_k43_reduce_to_fin: adds the 2 partials of zoo_k43_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1951,21 +2009,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_44: node 87
+// zoo_embedding_bwd_52: node 87
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_45: node 88
+// zoo_embedding_bwd_53: node 88
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k46_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
     float v137 = t137[i];
@@ -1976,30 +2034,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_47: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k48_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_49: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_50: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -2015,14 +2073,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_51: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -2038,11 +2096,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_52: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2057,15 +2115,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_53: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_53(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k54_split_heads: split heads, 12582912 elements
+// zoo_k62_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2073,15 +2131,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_55: node 18
+// zoo_layernorm_fwd_63: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_55(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k56_split_heads: split heads, 12582912 elements
+// zoo_k64_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2089,22 +2147,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k57_split_heads: split heads, 3932160 elements
+// zoo_k65_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_58: node 22
+// zoo_poly_attn_fwd_66: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k59_merge_heads: merge heads, 3932160 elements
+// zoo_k67_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2112,11 +2170,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_60: node 26
+// zoo_layernorm_fused_68: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -2128,11 +2186,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_61: node 28
+// zoo_layernorm_fused_69: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -2143,36 +2201,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_62: node 29
+// zoo_label_count_70: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_63: node 29
+// zoo_label_write_71: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_64: node 30
+// zoo_gather_rows_72: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_65: node 32
+// zoo_ce_step_rows_73: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_66: node 32
+// zoo_ce_step_finish_74: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

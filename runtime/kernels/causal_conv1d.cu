@@ -21,7 +21,7 @@
  *   rows rs, rs + RS, ... of the block's range, summing in registers. The row
  *   slots are added in order through shared memory (deterministic) into
  *   part[p][C K + C]: dw at c K + j, db at C K + c. Dynamic shared memory:
- *   C (K + 1) floats. The wrapper ends with zk_finish_partials<C(K+1), CK>: dw, db.
+ *   C (K + 1) floats. Then zk_finish_partials or zk_sum_partials<P, C(K+1), CK>: dw, db.
  */
 #ifndef ZK_CAUSAL_CONV1D_CU
 #define ZK_CAUSAL_CONV1D_CU

@@ -158,45 +158,63 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
   return sh[warp] + inc - v;
 }
 
-/* The end of a kernel whose P = gridDim.x blocks each wrote a row of M partial
- * sums to part [P][M]: the block that finishes last (counted on `counter`, a
- * ZOO_ARG_COUNTER, which it puts back to zero) adds the rows up into out0[m]
- * for m < M0 and out1[m - M0] for the rest (out1 may be null when M0 == M).
- * It takes 32 columns at a time: warp k adds rows k, k + 8, ... and the warps'
- * sums are added in warp order, so the result is deterministic. This saves the
- * separate launch a column-sum kernel would be. Used by the *_bwd kernels whose
- * parameter gradients are sums over rows. Every thread must call it; blocks of
- * at most 1024 threads. */
-template <int M, int M0>
+/* Parameter gradients that are sums over rows (the *_bwd kernels): each of
+ * the P blocks writes a row of M partial sums to part [P][M], and out0[m] =
+ * sum_p part[p][m] for m < M0, out1[m - M0] for the rest (out1 may be null
+ * when M0 == M). Deterministic either way. Two ways to add them up:
+ *
+ * zk_finish_partials<P, M, M0>, at the end of the kernel (every thread must
+ * call it): each block fences its partials and counts itself on `counter` (a
+ * ZOO_ARG_COUNTER); the last one adds the rows up, 32 columns at a time with
+ * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
+ * and puts the counter back to zero. No second launch, but one block reads all
+ * of part: the emitter uses it when P M is small.
+ * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
+ * in order, grid ceil(M / blockDim.x). */
+template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
+  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[32][33];
+  __shared__ float zk_fin[NW][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
-  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane;
+    int m = m0 + lane < M ? m0 + lane : M - 1;
     float s = 0.0f;
-    if (m < M)
-      for (int p = warp; p < (int)gridDim.x; p += nw) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll 16
+    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
     zk_fin[warp][lane] = s;
     __syncthreads();
-    if (warp == 0 && m < M) {
+    if (warp == 0 && m0 + lane < M) {
       float t = 0.0f;
-      for (int k = 0; k < nw; k++) t += zk_fin[k][lane];
+#pragma unroll
+      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
       if (m < M0) out0[m] = t;
       else out1[m - M0] = t;
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
+                                                float *__restrict__ out0,
+                                                float *__restrict__ out1) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  float s = 0.0f;
+  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
+  if (m < M0) out0[m] = s;
+  else out1[m - M0] = s;
 }
 
 #endif /* ZK_COMMON_CU */

@@ -23,8 +23,8 @@
  *   rows; the block adds its warps' sums in warp order (deterministic) and
  *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
- * The wrapper ends with zk_finish_partials<2C, C> (common.cu): part summed
- * over p into dw, db.
+ * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
+ * summed over p into dw, db.
  * Without w the op's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU

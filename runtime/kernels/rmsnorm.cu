@@ -11,7 +11,7 @@
  *   dx = r g - x r^3 mean(g x). Grid P blocks of NW warps, warp k of block p
  *   takes rows p*NW + k, + P*NW, ...; lanes sum dy x r per column, the block
  *   adds its warps in order and writes part[p][C]. Dynamic shared memory: C
- *   floats. The wrapper ends with zk_finish_partials<C, C> (common.cu): dw.
+ *   floats. Then zk_finish_partials or zk_sum_partials<P, C, C> (common.cu): dw.
  */
 #ifndef ZK_RMSNORM_CU
 #define ZK_RMSNORM_CU
