@@ -117,16 +117,28 @@ static int kt_compile(kt *k, const char *what) {
     CHECK(rc_ == 0);                                                     \
   } while (0)
 
-/* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV]. */
-static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
-  int q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
-  int dout = KT_F32(k, 2, 12, T, DV);
+/* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV],
+ * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV]. */
+static void add_poly_layout(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout) {
+  int q, kk, v, dout;
+  if (layout == 1) {
+    q = KT_F32(k, 2, T, 12 * 16), kk = KT_F32(k, 2, T, 12 * 16), v = KT_F32(k, 2, T, 12 * DV);
+    dout = KT_F32(k, 2, T, 12 * DV);
+  } else {
+    q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
+    dout = KT_F32(k, 2, 12, T, DV);
+  }
   zoo_attrs a = {0};
   a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  a.i[0] = layout, a.i[1] = layout == 1 ? 12 : 0;
   int in[4] = {q, kk, v, -1};
   kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
   int bin[4] = {dout, q, kk, v};
   kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, 4, bin, &a);
+}
+
+static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
+  add_poly_layout(k, T, DV, c0, c1, c2, 0);
 }
 
 /* Sets ZOO_POLY_FORM (NULL: unsets it). */
@@ -146,6 +158,8 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly(&k, 512, 21, 0, 0, 1);  /* d 256 */
   add_poly(&k, 2048, 42, 0, 0, 1); /* d 512, T 2048 */
   add_poly(&k, 2048, 5, 1, 1, 0.5); /* Based, d 64 */
+  add_poly_layout(&k, 48, 2, 0, 0, 1, 1);     /* heads interleaved, as ReBased trains */
+  add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);  /* and Based */
   poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention");
@@ -163,6 +177,8 @@ TEST(intrinsics_nvrtc_poly_chunked) {
   add_poly(&k, 2048, 5, 1, 1, 0.5);
   add_poly(&k, 2048, 42, 1, 1, 0.5);
   add_poly(&k, 100, 42, 0, 0, 1);
+  add_poly_layout(&k, 2048, 42, 0, 0, 1, 1); /* heads interleaved */
+  add_poly_layout(&k, 2048, 5, 1, 1, 0.5, 1);
   poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention_chunked");
