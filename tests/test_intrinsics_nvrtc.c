@@ -392,9 +392,21 @@ TEST(intrinsics_emit_steps) {
   CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
+  kt_free(&k);
+
+  /* the heads interleaved (layout 1): the same launches and scratch, HI = 12 */
+  kt_init(&k);
+  add_poly_layout(&k, 128, 5, 0, 0, 1, 1);
+  CHECK(!k.failed && k.e.nsteps == 3);
+  f = &k.e.steps[0], q = &k.e.steps[1], kv = &k.e.steps[2];
+  CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && q->grid[0] == f->grid[0] && kv->grid[0] == f->grid[0]);
+  CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>") != NULL);
   kt_free(&k);
 
   /* the chunked form at T = 2048: one block of 256 threads per pair, dynamic
@@ -410,7 +422,14 @@ TEST(intrinsics_emit_steps) {
   CHECK(q->smem > 48 * 1024 && kv->smem > 48 * 1024);
   CHECK(q->scratch_bytes == 2 * 12 * 2048 * 43 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
-  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048, 0>") != NULL);
+  kt_free(&k);
+  kt_init(&k);
+  add_poly_layout(&k, 2048, 42, 0, 0, 1, 1);
+  CHECK(!k.failed && k.e.nsteps == 3 && k.e.steps[0].grid[0] == 2 * 12);
+  CHECK(k.e.steps[1].scratch_bytes == 2 * 12 * 2048 * 43 * 4);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_bwd_kv<16, 42, 64, 256, false, false, true, 2048, 12>") != NULL);
   kt_free(&k);
 
   /* dropout brings rng.h and a seed argument; its absence neither */
