@@ -528,7 +528,9 @@ int zoo_grad_causal_conv1d(zoo_grad_ctx *c, const zoo_node *n, const int *dout, 
   return 0;
 }
 
-/* the intrinsics' backward ops: (do, q, k, v) -> dq, dk, dv */
+/* the intrinsics' backward ops: (do, q, k, v) -> dq, dk, dv, with the forward
+ * node's attributes, so poly_attention's layout (i0, i1) carries over: dq, dk,
+ * dv come out in q's, k's and v's layout, do is read in o's */
 static int attention_grad(zoo_grad_ctx *c, zoo_op bwd, const zoo_node *n, const int *dout,
                           int *din) {
   int in[4] = {dout[0], n->in[0], n->in[1], n->in[2]};

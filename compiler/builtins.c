@@ -575,4 +575,7 @@ void zoo_builtin_print_attrs(FILE *out, const zoo_graph *g, const zoo_node *n) {
     fputc(']', out);
   }
   if (zoo_ops[n->op].flags & ZOO_OPF_RANDOM) fprintf(out, " stream=%lld", (long long)a->i[0]);
+  /* set by a pass, not from .zoo (ops.def): poly_attention's heads-interleaved layout */
+  if ((n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD) && a->i[0] != 0)
+    fprintf(out, " layout=%lld heads=%lld", (long long)a->i[0], (long long)a->i[1]);
 }

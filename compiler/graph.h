@@ -214,6 +214,17 @@ typedef enum zoo_head { ZOO_HEAD_PLAIN, ZOO_HEAD_FUSED, ZOO_HEAD_COMPACT } zoo_h
 int zoo_train_graph(zoo_graph *g, zoo_diag *d);
 int zoo_train_graph_head(zoo_graph *g, zoo_head head, int64_t per_seq, zoo_diag *d);
 
+/* The heads-interleaved rewrite (compiler/train_graph.c), on a model graph
+ * before autodiff: each poly_attention whose q, k, v are split_heads of one
+ * H and whose output only merge_heads reads becomes a poly_attention in
+ * layout 1 (ops.def) that reads the split_heads' inputs and makes the
+ * merge_heads' output; the merge_heads is dropped, and each of those
+ * split_heads that nothing else reads. Other graphs are left as they are.
+ * zoo_train_graph_head runs it first unless the environment has
+ * ZOO_NO_INTERLEAVED_HEADS=1 (for bisecting). Returns the number of
+ * poly_attention nodes rewritten. */
+int zoo_interleave_heads(zoo_graph *g);
+
 /* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
  * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of
  * every tensor that receives one (parameters, and inputs that are f32). */

@@ -653,23 +653,54 @@ static zoo_type attention_out(shape_ctx *s, int qi) {
   return o;
 }
 
-static int zoo_shape_poly_attention(shape_ctx *s) {
-  if (want_qkv(s, 0)) return -1;
-  s->out[0] = attention_out(s, 0);
+/* poly_attention's q, k, v at inputs qi .. qi+2 in the node's layout (i0,
+ * ops.def): 0 as want_qkv; 1 (heads interleaved) q, k [B, T, H*F] and
+ * v [B, T, H*Dv] with H = i1. Fills the output's type into o. */
+static int want_poly_qkv(shape_ctx *s, int qi, zoo_type *o) {
+  int64_t layout = s->n->attrs.i[0], h = s->n->attrs.i[1];
+  if (layout == 0) {
+    if (want_qkv(s, qi)) return -1;
+    *o = attention_out(s, qi);
+    return 0;
+  }
+  if (layout != 1)
+    return fail(s, "layout %lld is neither 0 ([B, H, T, F]) nor 1 (heads interleaved, [B, T, H*F])",
+                (long long)layout);
+  if (h < 1) return fail(s, "heads interleaved: number of heads %lld must be positive", (long long)h);
+  const zoo_type *q = s->in[qi], *k = s->in[qi + 1], *v = s->in[qi + 2];
+  if (want_f32(s, qi, "q") || want_f32(s, qi + 1, "k") || want_f32(s, qi + 2, "v")) return -1;
+  if (q->ndim != 3) return fail(s, "q must be [B, T, H*F] (heads interleaved), got %s", ts(s, q));
+  if (!zoo_type_eq(q, k)) return fail(s, "q %s and k %s differ", ts(s, q), ts(s, k));
+  if (v->ndim != 3 || !zoo_dim_eq(v->dim[0], q->dim[0]) || !zoo_dim_eq(v->dim[1], q->dim[1]))
+    return fail(s, "v %s does not match q %s in [B, T]", ts(s, v), ts(s, q));
+  zoo_dim w;
+  if (!zoo_dim_div(q->dim[2], zoo_dim_const(h), &w))
+    return fail(s, "width %s of q %s is not divisible by %lld heads", ds(s, q->dim[2]), ts(s, q),
+                (long long)h);
+  if (!zoo_dim_div(v->dim[2], zoo_dim_const(h), &w))
+    return fail(s, "width %s of v %s is not divisible by %lld heads", ds(s, v->dim[2]), ts(s, v),
+                (long long)h);
+  *o = *v;
   return 0;
 }
 
-/* (do, q, k, v) -> dq, dk, dv */
-static int attention_bwd(shape_ctx *s) {
-  if (want_qkv(s, 1)) return -1;
-  zoo_type o = attention_out(s, 1);
-  if (!zoo_type_eq(s->in[0], &o))
-    return fail(s, "do %s must be the output's type %s", ts(s, s->in[0]), ts(s, &o));
+static int zoo_shape_poly_attention(shape_ctx *s) {
+  return want_poly_qkv(s, 0, &s->out[0]);
+}
+
+/* (do, q, k, v) -> dq, dk, dv, given the forward output's type o */
+static int attention_bwd(shape_ctx *s, const zoo_type *o) {
+  if (!zoo_type_eq(s->in[0], o))
+    return fail(s, "do %s must be the output's type %s", ts(s, s->in[0]), ts(s, o));
   for (int k = 0; k < 3; k++) s->out[k] = *s->in[1 + k];
   return 0;
 }
 
-static int zoo_shape_poly_attention_bwd(shape_ctx *s) { return attention_bwd(s); }
+static int zoo_shape_poly_attention_bwd(shape_ctx *s) {
+  zoo_type o;
+  if (want_poly_qkv(s, 1, &o)) return -1;
+  return attention_bwd(s, &o);
+}
 
 static int zoo_shape_softmax_attention(shape_ctx *s) {
   double p = s->n->attrs.f[1];
@@ -679,7 +710,11 @@ static int zoo_shape_softmax_attention(shape_ctx *s) {
   return 0;
 }
 
-static int zoo_shape_softmax_attention_bwd(shape_ctx *s) { return attention_bwd(s); }
+static int zoo_shape_softmax_attention_bwd(shape_ctx *s) {
+  if (want_qkv(s, 1)) return -1;
+  zoo_type o = attention_out(s, 1);
+  return attention_bwd(s, &o);
+}
 
 /* h[..., D], w[V, D], targets i32[...] at inputs hi, hi+1, hi+2 */
 static int want_lce(shape_ctx *s, int hi) {

@@ -14,6 +14,21 @@
  * for the labelled rows only, a few rows at a time. ZOO_NO_FUSED_HEAD=1 in the
  * environment keeps the plain form (the same loss, metrics and gradients up to
  * rounding), to bisect a difference to this rewrite.
+ *
+ * Interleaved heads. ReBased and Based compute
+ *     o = poly_attention(split_heads(q, H), split_heads(k, H), split_heads(v, H))
+ *     y = merge_heads(o)
+ * and each split_heads and merge_heads is a copy, a kernel on the GPU, as is
+ * each of their gradients: eight per layer and step. poly_attention's layout 1
+ * (ops.def) reads q, k, v as the projections make them, [B, T, H*F], and
+ * writes y in that layout, so before anything else the rewrite gives the
+ * poly_attention node the split_heads' inputs and the merge_heads' output and
+ * drops the merge_heads, and each split_heads that nothing else reads. The
+ * backward pass made afterwards reads and writes layout 1 as well. The node
+ * keeps its span, so messages still point at the .zoo call. Results are the
+ * same bit for bit (the copies moved values, computed nothing); with
+ * ZOO_NO_INTERLEAVED_HEADS=1 in the environment the copies stay, to bisect a
+ * difference to this rewrite.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,13 +49,33 @@ static int fusable_head(const zoo_graph *g) {
   return p;
 }
 
-/* Removes node p from the node list; the nodes after it move down one. */
-static void remove_node(zoo_graph *g, int p) {
-  memmove(&g->nodes[p], &g->nodes[p + 1], (size_t)(g->nnodes - p - 1) * sizeof *g->nodes);
-  g->nnodes--;
-  if (p < g->nforward) g->nforward--;
-  for (int i = 0; i < g->ntensors; i++)
-    if (g->tensors[i].producer > p) g->tensors[i].producer--;
+/* Removes the nodes marked dead (dead[i] != 0); the values they made stay
+ * behind with no producer, and the forward count follows. */
+static void drop_nodes(zoo_graph *g, const char *dead) {
+  int *renum = malloc(((size_t)g->nnodes + 1) * sizeof *renum);
+  if (!renum) abort();
+  int kept = 0, forward = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    renum[i] = dead[i] ? -1 : kept;
+    if (dead[i]) continue;
+    forward += i < g->nforward;
+    g->nodes[kept++] = g->nodes[i];
+  }
+  for (int t = 0; t < g->ntensors; t++)
+    if (g->tensors[t].producer >= 0) g->tensors[t].producer = renum[g->tensors[t].producer];
+  g->nnodes = kept;
+  g->nforward = forward;
+  free(renum);
+}
+
+/* Removes nodes p and q (q may be -1). */
+static void remove_nodes(zoo_graph *g, int p, int q) {
+  char *dead = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead) abort();
+  dead[p] = 1;
+  if (q >= 0) dead[q] = 1;
+  drop_nodes(g, dead);
+  free(dead);
 }
 
 /* Removes node p (the head) and its output, which no node reads. The output
@@ -49,7 +84,7 @@ static void remove_node(zoo_graph *g, int p) {
  * the backends neither compute nor allocate. */
 static void drop_head(zoo_graph *g, int p) {
   int t = g->nodes[p].out[0];
-  remove_node(g, p);
+  remove_nodes(g, p, -1);
   if (t == g->ntensors - 1) {
     free((char *)g->tensors[t].name);
     g->ntensors--;
@@ -88,8 +123,87 @@ static void fold_loss_step(zoo_graph *g) {
   ce->out[1] = metrics, ce->out[2] = dlogits;
   g->tensors[metrics].producer = pl, g->tensors[metrics].out_index = 1;
   g->tensors[dlogits].producer = pl, g->tensors[dlogits].out_index = 2;
-  int gone[2] = {pb > pm ? pb : pm, pb > pm ? pm : pb}; /* the later one first */
-  for (int k = 0; k < 2; k++) remove_node(g, gone[k]);
+  remove_nodes(g, pm, pb);
+}
+
+/* ---------------------------------------------------------------------------
+ * Interleaved heads (see the top of the file) */
+
+/* The split_heads node that makes tensor t from a [B, T, H*W] input, with
+ * *heads heads when *heads > 0 (else sets *heads); -1 if there is none. */
+static int split_of(const zoo_graph *g, int t, int64_t *heads) {
+  int p = g->tensors[t].producer;
+  if (p < 0) return -1;
+  const zoo_node *n = &g->nodes[p];
+  if (n->op != ZOO_OP_SPLIT_HEADS || g->tensors[n->in[0]].type.ndim != 3) return -1;
+  if (*heads > 0 && n->attrs.i[0] != *heads) return -1;
+  *heads = n->attrs.i[0];
+  return p;
+}
+
+/* The one node that reads tensor t (-1 when none or several do, counting
+ * a node that reads it twice as two; dead nodes do not count). */
+static int only_reader(const zoo_graph *g, int t, const char *dead) {
+  int reader = -1, count = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    for (int k = 0; k < g->nodes[i].nin; k++)
+      if (g->nodes[i].in[k] == t && !dead[i]) reader = i, count++;
+  return count == 1 ? reader : -1;
+}
+
+static int is_read(const zoo_graph *g, int t, const char *dead) {
+  for (int i = 0; i < g->nnodes; i++)
+    for (int k = 0; k < g->nodes[i].nin; k++)
+      if (g->nodes[i].in[k] == t && !dead[i]) return 1;
+  return t == g->output;
+}
+
+/* Rewrites poly_attention node i when its inputs come from split_heads of one
+ * H and its output goes to one merge_heads alone; marks the merge_heads dead
+ * and its split_heads in `touched`. Returns 1 when rewritten, else 0 with the
+ * graph as it was. */
+static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
+  zoo_node *n = &g->nodes[i];
+  if (n->op != ZOO_OP_POLY_ATTENTION || n->attrs.i[0] != 0) return 0;
+  int64_t heads = 0;
+  int split[3];
+  for (int k = 0; k < 3; k++)
+    if ((split[k] = split_of(g, n->in[k], &heads)) < 0) return 0;
+  int o = n->out[0];
+  int merge = o == g->output ? -1 : only_reader(g, o, dead);
+  if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
+  int y = g->nodes[merge].out[0];
+
+  zoo_node m = *n; /* the node in layout 1, checked before it replaces n */
+  for (int k = 0; k < 3; k++) m.in[k] = g->nodes[split[k]].in[0];
+  m.attrs.i[0] = 1;
+  m.attrs.i[1] = heads;
+  zoo_type out;
+  char err[256];
+  if (zoo_shape_infer(g, &m, &out, err, sizeof err) != 0 || !zoo_type_eq(&out, &g->tensors[y].type))
+    return 0;
+  m.out[0] = y;
+  *n = m;
+  g->tensors[y].producer = i;
+  g->tensors[y].out_index = 0;
+  g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
+  dead[merge] = 1;
+  for (int k = 0; k < 3; k++) touched[split[k]] = 1;
+  return 1;
+}
+
+int zoo_interleave_heads(zoo_graph *g) {
+  char *dead = calloc((size_t)g->nnodes + 1, 1), *touched = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead || !touched) abort();
+  int rewritten = 0;
+  for (int i = 0; i < g->nnodes; i++) rewritten += interleave_one(g, i, dead, touched);
+  /* the split_heads that fed a rewritten node and feed nothing now */
+  for (int i = 0; i < g->nnodes; i++)
+    if (touched[i] && !is_read(g, g->nodes[i].out[0], dead)) dead[i] = 1;
+  if (rewritten) drop_nodes(g, dead);
+  free(dead);
+  free(touched);
+  return rewritten;
 }
 
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
@@ -127,6 +241,9 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
   }
+  const char *keep_heads = getenv("ZOO_NO_INTERLEAVED_HEADS");
+  if (!(keep_heads && *keep_heads && strcmp(keep_heads, "0") != 0)) zoo_interleave_heads(g);
+
   zoo_type logits = g->tensors[g->output].type;
   int producer = g->tensors[g->output].producer;
   zoo_span at = producer >= 0 ? g->nodes[producer].span : zoo_nospan;

@@ -1159,15 +1159,18 @@ int zoo_cpu_causal_conv1d_bwd(zoo_cpu *c, const zoo_node *n) {
 
 /* ---------------------------------------------------------------------------
  * Attention intrinsics. Both work one (batch, head) pair at a time: q, k [T, F]
- * and v [T, Dv] are rows of the pair's slices; pairs run in parallel. */
+ * and v [T, Dv] are rows of the pair's slices; pairs run in parallel. A pair's
+ * rows are contiguous ([B, H, T, W]), or H W floats apart (poly_attention's
+ * layout 1, heads interleaved: [B, T, H*W]); the row stride is an argument. */
 
-/* x[T, W] (f32) as xt[W, T] (double): one pair's keys or values with time
- * running along rows, so the loops over j below are contiguous. */
-static void to_columns(double *xt, const float *x, int64_t T, int64_t W, int64_t ld) {
+/* x[T, W] (f32, rows sx floats apart) as xt[W, T] (double): one pair's keys or
+ * values with time running along rows, so the loops over j below are
+ * contiguous. */
+static void to_columns(double *xt, const float *x, int64_t T, int64_t W, int64_t sx, int64_t ld) {
   for (int64_t w = 0; w < W; w++)
     for (int64_t t = T; t < ld; t++) xt[w * ld + t] = 0; /* padding */
   for (int64_t t = 0; t < T; t++)
-    for (int64_t w = 0; w < W; w++) xt[w * ld + t] = x[t * W + w];
+    for (int64_t w = 0; w < W; w++) xt[w * ld + t] = x[t * sx + w];
 }
 
 /* Row i of one pair's poly attention: s[j] = scale q_i.k_j and a[j] = c0 + c1 s
@@ -1209,59 +1212,91 @@ static inline double poly_row(const zoo_node *n, const float *qi, const double *
 static int64_t poly_ld(int64_t T) { return (T + 15) / 16 * 16; }
 static int64_t poly_work(int64_t T, int64_t F, int64_t Dv) { return 2 * (F + Dv + 2) * poly_ld(T) + F; }
 
-/* One pair of poly_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
+/* poly_attention's sizes in the node's layout (ops.def): BH pairs of T rows,
+ * q and k rows of F floats lq apart, v and o rows of Dv floats lv apart. */
+typedef struct poly_dims {
+  int64_t BH, H, T, F, Dv; /* H: the heads of layout 1, 0 in layout 0 */
+  int64_t lq, lv;
+} poly_dims;
+
+/* From q and v at inputs qi, qi + 2. */
+static poly_dims poly_dims_of(zoo_cpu *c, const zoo_node *n, int qi) {
+  shape qs = in_shape(c, n, qi), vs = in_shape(c, n, qi + 2);
+  poly_dims d = {0};
+  if (n->attrs.i[0] == 1) { /* [B, T, H*W] */
+    d.H = n->attrs.i[1];
+    d.BH = qs.d[0] * d.H, d.T = qs.d[1], d.F = qs.d[2] / d.H, d.Dv = vs.d[2] / d.H;
+    d.lq = qs.d[2], d.lv = vs.d[2];
+  } else { /* [B, H, T, W] */
+    d.BH = qs.d[0] * qs.d[1], d.T = qs.d[2], d.F = qs.d[3], d.Dv = vs.d[3];
+    d.lq = d.F, d.lv = d.Dv;
+  }
+  return d;
+}
+
+/* Where pair p's slice of an operand W floats wide per head starts. */
+static int64_t poly_pair_at(const poly_dims *d, int64_t p, int64_t W) {
+  if (d->H == 0) return p * d->T * W;
+  return ((p / d->H) * d->T * d->H + p % d->H) * W;
+}
+
+/* One pair of poly_attention: q, k [T, F] (rows lq apart), v [T, Dv] (rows
+ * lv apart) -> o [T, Dv] (rows lv apart). */
 ZOO_CPU_CLONES
-static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *q,
-                      const float *k, const float *v, float *o, double *work) {
+static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, int64_t lq, int64_t lv,
+                      const float *q, const float *k, const float *v, float *o, double *work) {
   int64_t ld = poly_ld(T); /* poly_work(T, F, Dv) doubles: */
   double *kt = work, *vt = kt + F * ld, *s = vt + Dv * T, *a = s + ld;
-  to_columns(kt, k, T, F, ld);
-  to_columns(vt, v, T, Dv, T);
+  to_columns(kt, k, T, F, lq, ld);
+  to_columns(vt, v, T, Dv, lv, T);
   for (int64_t i = 0; i < T; i++) {
-    double z = poly_row(n, q + i * F, kt, i, ld, F, s, a);
+    double z = poly_row(n, q + i * lq, kt, i, ld, F, s, a);
     for (int64_t e = 0; e < Dv; e++) {
       const double *ve = vt + e * T;
       double num = 0;
 #pragma omp simd reduction(+ : num)
       for (int64_t j = 0; j <= i; j++) num += a[j] * ve[j];
-      o[i * Dv + e] = (float)(num / z);
+      o[i * lv + e] = (float)(num / z);
     }
   }
 }
 
-/* poly_attention (q, k, v; c0, c1, c2, scale, eps), causal:
+/* poly_attention (q, k, v; c0, c1, c2, scale, eps, layout, H), causal:
  * s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 (j <= i),
- * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). In double throughout. */
+ * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). In double throughout; both
+ * layouts do the same arithmetic in the same order. */
 int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
-  shape qs = in_shape(c, n, 0), vs = in_shape(c, n, 2);
-  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  poly_dims d = poly_dims_of(c, n, 0);
+  int64_t BH = d.BH, T = d.T, F = d.F, Dv = d.Dv;
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
   float *O = out_f(c, n, 0);
   int64_t per = poly_work(T, F, Dv);
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++)
-    poly_pair(n, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv,
-              work + omp_get_thread_num() * per);
+  for (int64_t p = 0; p < BH; p++) {
+    int64_t pq = poly_pair_at(&d, p, F), pv = poly_pair_at(&d, p, Dv);
+    poly_pair(n, T, F, Dv, d.lq, d.lv, Q + pq, K + pq, V + pv, O + pv, work + omp_get_thread_num() * per);
+  }
   return 0;
 }
 
-/* One pair of poly_attention_bwd: do [T, Dv], q, k [T, F], v [T, Dv] -> dq, dk, dv.
- * dq_i and dk_j run along rows of F (q, k as stored): no sum across lanes. */
+/* One pair of poly_attention_bwd: do [T, Dv], q, k [T, F], v [T, Dv] -> dq, dk, dv
+ * (rows of q, k, dq, dk lq apart, of do, v, dv lv apart). dq_i and dk_j run
+ * along rows of F (q, k as stored): no sum across lanes. */
 ZOO_CPU_CLONES
-static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, const float *dout,
-                          const float *q, const float *k, const float *v, float *dq, float *dk,
-                          float *dv, double *work) {
+static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, int64_t lq, int64_t lv,
+                          const float *dout, const float *q, const float *k, const float *v, float *dq,
+                          float *dk, float *dv, double *work) {
   const double c1 = n->attrs.f[1], c2 = n->attrs.f[2], scale = n->attrs.f[3];
   int64_t ld = poly_ld(T); /* poly_work(T, F, Dv) doubles: */
   double *kt = work, *vt = kt + F * ld, *dkr = vt + Dv * T, *dvt = dkr + F * T;
   double *s = dvt + Dv * T, *a = s + ld, *ds = a + ld, *dqi = ds + ld;
   memset(dkr, 0, (size_t)(F * T) * sizeof *dkr);
   memset(dvt, 0, (size_t)(Dv * T) * sizeof *dvt);
-  to_columns(kt, k, T, F, ld);
-  to_columns(vt, v, T, Dv, T);
+  to_columns(kt, k, T, F, lq, ld);
+  to_columns(vt, v, T, Dv, lv, T);
   for (int64_t i = 0; i < T; i++) {
-    const float *qi = q + i * F, *doi = dout + i * Dv;
+    const float *qi = q + i * lq, *doi = dout + i * lv;
     double z = poly_row(n, qi, kt, i, ld, F, s, a);
     /* ds[j] = do_i.v_j first; then do_i.o_i = sum_j a_j do_i.v_j / z */
     for (int64_t j = 0; j <= i; j++) ds[j] = 0;
@@ -1280,7 +1315,7 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
     /* dq_i = sum_j ds_j k_j; dk_j += ds_j q_i */
     for (int64_t f = 0; f < F; f++) dqi[f] = 0;
     for (int64_t j = 0; j <= i; j++) {
-      const float *kj = k + j * F;
+      const float *kj = k + j * lq;
       double *dkj = dkr + j * F, d = ds[j];
 #pragma omp simd
       for (int64_t f = 0; f < F; f++) {
@@ -1288,7 +1323,7 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
         dkj[f] += d * qi[f];
       }
     }
-    for (int64_t f = 0; f < F; f++) dq[i * F + f] = (float)dqi[f];
+    for (int64_t f = 0; f < F; f++) dq[i * lq + f] = (float)dqi[f];
     for (int64_t e = 0; e < Dv; e++) {
       double *dve = dvt + e * T, w = doi[e] / z;
 #pragma omp simd
@@ -1296,8 +1331,8 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
     }
   }
   for (int64_t t = 0; t < T; t++) {
-    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkr[t * F + f];
-    for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
+    for (int64_t f = 0; f < F; f++) dk[t * lq + f] = (float)dkr[t * F + f];
+    for (int64_t e = 0; e < Dv; e++) dv[t * lv + e] = (float)dvt[e * T + t];
   }
 }
 
@@ -1305,16 +1340,18 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, c
  * o_i = n_i / z_i: dL/da_ij = (do_i.v_j - do_i.o_i) / z_i, dv_j += a_ij do_i / z_i,
  * ds_ij = dL/da_ij (c1 + 2 c2 s_ij), dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i. */
 int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
-  shape qs = in_shape(c, n, 1), vs = in_shape(c, n, 3);
-  int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
+  poly_dims d = poly_dims_of(c, n, 1);
+  int64_t BH = d.BH, T = d.T, F = d.F, Dv = d.Dv;
   const float *DO = in_f(c, n, 0), *Q = in_f(c, n, 1), *K = in_f(c, n, 2), *V = in_f(c, n, 3);
   float *DQ = out_f(c, n, 0), *DK = out_f(c, n, 1), *DV = out_f(c, n, 2);
   int64_t per = poly_work(T, F, Dv);
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
-  for (int64_t p = 0; p < BH; p++)
-    poly_pair_bwd(n, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv,
-                  DQ + p * T * F, DK + p * T * F, DV + p * T * Dv, work + omp_get_thread_num() * per);
+  for (int64_t p = 0; p < BH; p++) {
+    int64_t pq = poly_pair_at(&d, p, F), pv = poly_pair_at(&d, p, Dv);
+    poly_pair_bwd(n, T, F, Dv, d.lq, d.lv, DO + pv, Q + pq, K + pq, V + pv, DQ + pq, DK + pq, DV + pv,
+                  work + omp_get_thread_num() * per);
+  }
   return 0;
 }
 
@@ -1366,8 +1403,8 @@ static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t
                          int64_t Dv, const float *q, const float *k, const float *v, float *o,
                          double *work) {
   double *kt = work, *vt = kt + F * T, *P = vt + Dv * T, *M = P + T; /* softmax_work */
-  to_columns(kt, k, T, F, T);
-  to_columns(vt, v, T, Dv, T);
+  to_columns(kt, k, T, F, F, T);
+  to_columns(vt, v, T, Dv, Dv, T);
   for (int64_t i = 0; i < T; i++) {
     attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
     for (int64_t j = 0; j < T; j++) P[j] *= M[j];
@@ -1407,8 +1444,8 @@ static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int
   double *kt = work, *vt = kt + F * T, *dkt = vt + Dv * T, *dvt = dkt + F * T; /* softmax_work */
   double *P = dvt + Dv * T, *M = P + T, *dP = M + T;
   memset(dkt, 0, (size_t)((F + Dv) * T) * sizeof *dkt);
-  to_columns(kt, k, T, F, T);
-  to_columns(vt, v, T, Dv, T);
+  to_columns(kt, k, T, F, F, T);
+  to_columns(vt, v, T, Dv, Dv, T);
   for (int64_t i = 0; i < T; i++) {
     const float *doi = dout + i * Dv, *qi = q + i * F;
     attention_row(c, n, p, i, T, F, qi, kt, P, M);

@@ -818,11 +818,27 @@ static int c_poly_shape(ocase *c, double c0, double c1, double c2, int64_t B, in
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
+/* The heads interleaved (poly_attention's layout 1, ops.def): q, k [B, T, H*16],
+ * v [B, T, H*dv], a pair's rows H 16 (H dv) floats apart; either form. */
+static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
+  int64_t qd[3] = {B, T, H * 16}, vd[3] = {B, T, H * dv};
+  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd), v = oc_f32(c, V_SIGNED, 3, vd);
+  zoo_attrs a = A0();
+  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  a.i[0] = 1, a.i[1] = H;
+  int in[3] = {q, k, v};
+  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
+}
+static int c_rebased_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 9, 5); }
+static int c_rebased_long_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 200, 5); }
+static int c_based_long_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 150, 10); }
 static int c_chunked_rebased_5(ocase *c) { return c_poly_shape(c, 0, 0, 1, 1, 2, 100, 5); }
 static int c_chunked_rebased_42(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 1, 200, 42); }
 static int c_chunked_based_5(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 2, 1, 200, 5); }
 static int c_chunked_based_42(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2, 100, 42); }
 static int c_chunked_short(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 9, 10); } /* one partial chunk */
+static int c_chunked_rebased_5_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 2, 200, 5); }
+static int c_chunked_based_42_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 100, 42); }
 /* the realistic shapes (GPU only): B 2, H 12, T 2048, DV 42 and 5. Tolerance
  * 1e-3, the other poly cases': with random q, k a few rows have a_ii near 0
  * and d_i + eps tiny, where the backward's fp32 error grows (emulated, both
@@ -830,6 +846,7 @@ static int c_chunked_short(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 9
  * within 1.4e-4, both off at such a row) */
 static int c_chunked_rebased_2048(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 12, 2048, 42); }
 static int c_chunked_based_2048(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 2, 12, 2048, 5); }
+static int c_chunked_rebased_2048_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 12, 2048, 42); }
 
 static const named_case poly_chunked_cases[] = {
       {"poly_chunked_rebased_dv5", c_chunked_rebased_5, 1e-4, 1},
@@ -837,10 +854,13 @@ static const named_case poly_chunked_cases[] = {
       {"poly_chunked_based_dv5", c_chunked_based_5, 1e-4, 1},
       {"poly_chunked_based_dv42", c_chunked_based_42, 1e-4, 1},
       {"poly_chunked_short", c_chunked_short, 1e-4, 1},
+      {"poly_chunked_rebased_dv5_heads", c_chunked_rebased_5_heads, 1e-4, 1},
+      {"poly_chunked_based_dv42_heads", c_chunked_based_42_heads, 1e-4, 1},
 };
 static const named_case poly_chunked_long_cases[] = {
       {"poly_chunked_rebased_2048", c_chunked_rebased_2048, 1e-3, 1},
       {"poly_chunked_based_2048", c_chunked_based_2048, 1e-3, 1},
+      {"poly_chunked_rebased_2048_heads", c_chunked_rebased_2048_heads, 1e-3, 1},
 };
 
 /* Runs cases with ZOO_POLY_FORM=form, restoring the variable after. */
@@ -915,6 +935,9 @@ static const named_case intrinsics_cases[] = {
       {"poly_attention_based", c_based, 1e-3, 1},
       {"poly_attention_rebased_long", c_rebased_long, 1e-3, 1},
       {"poly_attention_based_long", c_based_long, 1e-3, 1},
+      {"poly_attention_rebased_heads", c_rebased_heads, 1e-3, 1},
+      {"poly_attention_rebased_long_heads", c_rebased_long_heads, 1e-3, 1},
+      {"poly_attention_based_long_heads", c_based_long_heads, 1e-3, 1},
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},

@@ -117,16 +117,28 @@ static int kt_compile(kt *k, const char *what) {
     CHECK(rc_ == 0);                                                     \
   } while (0)
 
-/* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV]. */
-static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
-  int q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
-  int dout = KT_F32(k, 2, 12, T, DV);
+/* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV],
+ * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV]. */
+static void add_poly_layout(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout) {
+  int q, kk, v, dout;
+  if (layout == 1) {
+    q = KT_F32(k, 2, T, 12 * 16), kk = KT_F32(k, 2, T, 12 * 16), v = KT_F32(k, 2, T, 12 * DV);
+    dout = KT_F32(k, 2, T, 12 * DV);
+  } else {
+    q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
+    dout = KT_F32(k, 2, 12, T, DV);
+  }
   zoo_attrs a = {0};
   a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  a.i[0] = layout, a.i[1] = layout == 1 ? 12 : 0;
   int in[4] = {q, kk, v, -1};
   kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
   int bin[4] = {dout, q, kk, v};
   kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, 4, bin, &a);
+}
+
+static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
+  add_poly_layout(k, T, DV, c0, c1, c2, 0);
 }
 
 /* Sets ZOO_POLY_FORM (NULL: unsets it). */
@@ -146,6 +158,8 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly(&k, 512, 21, 0, 0, 1);  /* d 256 */
   add_poly(&k, 2048, 42, 0, 0, 1); /* d 512, T 2048 */
   add_poly(&k, 2048, 5, 1, 1, 0.5); /* Based, d 64 */
+  add_poly_layout(&k, 48, 2, 0, 0, 1, 1);     /* heads interleaved, as ReBased trains */
+  add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);  /* and Based */
   poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention");
@@ -163,6 +177,8 @@ TEST(intrinsics_nvrtc_poly_chunked) {
   add_poly(&k, 2048, 5, 1, 1, 0.5);
   add_poly(&k, 2048, 42, 1, 1, 0.5);
   add_poly(&k, 100, 42, 0, 0, 1);
+  add_poly_layout(&k, 2048, 42, 0, 0, 1, 1); /* heads interleaved */
+  add_poly_layout(&k, 2048, 5, 1, 1, 0.5, 1);
   poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention_chunked");
@@ -384,9 +400,21 @@ TEST(intrinsics_emit_steps) {
   CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
+  kt_free(&k);
+
+  /* the heads interleaved (layout 1): the same launches and scratch, HI = 12 */
+  kt_init(&k);
+  add_poly_layout(&k, 128, 5, 0, 0, 1, 1);
+  CHECK(!k.failed && k.e.nsteps == 3);
+  f = &k.e.steps[0], q = &k.e.steps[1], kv = &k.e.steps[2];
+  CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && q->grid[0] == f->grid[0] && kv->grid[0] == f->grid[0]);
+  CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>") != NULL);
   kt_free(&k);
 
   /* the chunked form at T = 2048: one block of 256 threads per pair, dynamic
@@ -402,7 +430,14 @@ TEST(intrinsics_emit_steps) {
   CHECK(q->smem > 48 * 1024 && kv->smem > 48 * 1024);
   CHECK(q->scratch_bytes == 2 * 12 * 2048 * 43 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
-  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048, 0>") != NULL);
+  kt_free(&k);
+  kt_init(&k);
+  add_poly_layout(&k, 2048, 42, 0, 0, 1, 1);
+  CHECK(!k.failed && k.e.nsteps == 3 && k.e.steps[0].grid[0] == 2 * 12);
+  CHECK(k.e.steps[1].scratch_bytes == 2 * 12 * 2048 * 43 * 4);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_chunked_bwd_kv<16, 42, 64, 256, false, false, true, 2048, 12>") != NULL);
   kt_free(&k);
 
   /* dropout brings rng.h and a seed argument; its absence neither */

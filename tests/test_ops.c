@@ -203,6 +203,38 @@ TEST(op_shape_messages) {
          "%s", err);
   CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){q, q, v}, NULL, out, err) == 0);
   CHECKF(strcmp(zoo_type_str(&g, &out[0], buf, sizeof buf), "f32[B, 2, T, 5]") == 0, "%s", buf);
+
+  /* poly_attention with the heads interleaved (i0 = 1, i1 = H): [B, T, H*W] */
+  int x10 = zoo_graph_input(&g, "v10", F32T(b, tt, K(10)));
+  a = (zoo_attrs){0};
+  a.i[0] = 1, a.i[1] = 2;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == 0);
+  CHECKF(strcmp(zoo_type_str(&g, &out[0], buf, sizeof buf), "f32[B, T, 10]") == 0, "%s", buf);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){x10, x32, x32, x10}, &a, out, err) == 0);
+  CHECKF(strcmp(zoo_type_str(&g, &out[0], buf, sizeof buf), "f32[B, T, 32]") == 0 &&
+         strcmp(zoo_type_str(&g, &out[2], buf, sizeof buf), "f32[B, T, 10]") == 0, "%s", buf);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){x32, x32, x32, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention_bwd: do f32[B, T, 32] must be the output's type f32[B, T, 10]") == 0,
+         "%s", err);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x48, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: q f32[B, T, 32] and k f32[B, T, 48] differ") == 0, "%s", err);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){q, q, v}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: q must be [B, T, H*F] (heads interleaved), got f32[B, 2, T, 16]") == 0,
+         "%s", err);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, w}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: v f32[128, 64] does not match q f32[B, T, 32] in [B, T]") == 0, "%s", err);
+  a.i[1] = 3;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x48, x48, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: width 10 of v f32[B, T, 10] is not divisible by 3 heads") == 0, "%s", err);
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x48}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: width 32 of q f32[B, T, 32] is not divisible by 3 heads") == 0, "%s", err);
+  a.i[1] = 0;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: heads interleaved: number of heads 0 must be positive") == 0, "%s", err);
+  a.i[0] = 2;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: layout 2 is neither 0 ([B, H, T, F]) nor 1 (heads interleaved, "
+                     "[B, T, H*F])") == 0, "%s", err);
   zoo_graph_free(&g);
 }
 
@@ -796,6 +828,52 @@ TEST(op_poly_attention) {
     og_free(&o);
   }
   free(q), free(k), free(v);
+}
+
+/* poly_attention and its backward with the heads interleaved (layout 1,
+ * [B, T, H*W]) against split_heads, layout 0 and merge_heads: the same bits,
+ * forward and backward. T = 21 crosses the kernel's blocks of 16 keys. */
+TEST(op_poly_attention_interleaved) {
+  enum { B = 2, H = 3, T = 21, F = 4, Dv = 5 };
+  float *q = randv(B * T * H * F), *k = randv(B * T * H * F), *v = randv(B * T * H * Dv);
+  float *dout = randv(B * T * H * Dv);
+  double coefs[2][5] = {{0, 0, 1, 0.5, 1e-12}, {1, 1, 0.5, 0.5, 1e-12}}; /* ReBased, Based */
+  for (int which = 0; which < 2; which++) {
+    og o;
+    og_init(&o);
+    int tq = og_input(&o, F32T(K(B), K(T), K(H * F)), q);
+    int tk = og_input(&o, F32T(K(B), K(T), K(H * F)), k);
+    int tv = og_input(&o, F32T(K(B), K(T), K(H * Dv)), v);
+    int td = og_input(&o, F32T(K(B), K(T), K(H * Dv)), dout);
+    zoo_attrs a = {0}, heads = {0};
+    for (int i = 0; i < 5; i++) a.f[i] = coefs[which][i];
+    heads.i[0] = H;
+    /* layout 0 between the copies */
+    int sq = og_node1(&o, ZOO_OP_SPLIT_HEADS, tq, &heads), sk = og_node1(&o, ZOO_OP_SPLIT_HEADS, tk, &heads);
+    int sv = og_node1(&o, ZOO_OP_SPLIT_HEADS, tv, &heads), sd = og_node1(&o, ZOO_OP_SPLIT_HEADS, td, &heads);
+    int y0 = og_node1(&o, ZOO_OP_MERGE_HEADS, og_node3(&o, ZOO_OP_POLY_ATTENTION, sq, sk, sv, &a), NULL);
+    int g0 = og_node(&o, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){sd, sq, sk, sv}, &a);
+    int d0[3];
+    for (int j = 0; j < 3; j++) d0[j] = og_node1(&o, ZOO_OP_MERGE_HEADS, g0 + j, NULL);
+    /* layout 1 */
+    a.i[0] = 1, a.i[1] = H;
+    int y1 = og_node3(&o, ZOO_OP_POLY_ATTENTION, tq, tk, tv, &a);
+    int g1 = og_node(&o, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){td, tq, tk, tv}, &a);
+    CHECK(y0 >= 0 && g0 >= 0 && y1 >= 0 && g1 >= 0);
+    CHECK(og_run(&o, 0, 0) == 0);
+    CHECKF(memcmp(og_f(&o, y0), og_f(&o, y1), B * T * H * Dv * sizeof(float)) == 0, "coefficients %d: o differs",
+           which);
+    for (int j = 0; j < 3; j++) {
+      int64_t n = o.cpu.numel[d0[j]];
+      CHECKF(o.cpu.numel[g1 + j] == n && memcmp(og_f(&o, d0[j]), og_f(&o, g1 + j), (size_t)n * sizeof(float)) == 0,
+             "coefficients %d: gradient %d differs", which, j);
+    }
+    double largest = 0; /* the comparison is not of zeros */
+    for (int64_t i = 0; i < B * T * H * F; i++) largest = fmax(largest, fabs(og_f(&o, g1)[i]));
+    CHECK(largest > 1e-3);
+    og_free(&o);
+  }
+  free(q), free(k), free(v), free(dout);
 }
 
 /* softmax attention straight from its definition, [B, H, T, T] scores in hand */

@@ -274,6 +274,19 @@ __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
   else out1[m - M0] = s;
 }
 
+/* Attention operands, per (batch, head) pair bh = b H + h, a [T, W] slice:
+ * with HI = 0 of [B, H, T, W], contiguous; with HI = H > 0 (heads
+ * interleaved, poly_attention's layout 1 in ops.def) of [B, T, H*W], from
+ * ((b T) H + h) W with rows H W floats apart. ZK_HEAD_LD is the row stride,
+ * zk_head_slice where the slice starts. */
+#define ZK_HEAD_LD(W, HI) ((HI) > 0 ? (HI) * (W) : (W))
+
+template <int W, int T, int HI>
+__device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
+  if (HI > 0) return ((zk_i64)(bh / HI) * T * HI + bh % HI) * W;
+  return (zk_i64)bh * T * W;
+}
+
 #endif /* ZK_COMMON_CU */
 
 // ---- runtime/kernels/embedding.cu ----

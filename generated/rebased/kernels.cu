@@ -274,6 +274,19 @@ __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
   else out1[m - M0] = s;
 }
 
+/* Attention operands, per (batch, head) pair bh = b H + h, a [T, W] slice:
+ * with HI = 0 of [B, H, T, W], contiguous; with HI = H > 0 (heads
+ * interleaved, poly_attention's layout 1 in ops.def) of [B, T, H*W], from
+ * ((b T) H + h) W with rows H W floats apart. ZK_HEAD_LD is the row stride,
+ * zk_head_slice where the slice starts. */
+#define ZK_HEAD_LD(W, HI) ((HI) > 0 ? (HI) * (W) : (W))
+
+template <int W, int T, int HI>
+__device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
+  if (HI > 0) return ((zk_i64)(bh / HI) * T * HI + bh % HI) * W;
+  return (zk_i64)bh * T * W;
+}
+
 #endif /* ZK_COMMON_CU */
 
 // ---- runtime/kernels/embedding.cu ----
@@ -712,50 +725,34 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const floa
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_k7_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
-}
-
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_8: node 18
+// zoo_layernorm_fwd_7: node 17
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_8(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_k9_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k10_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
-
 // ---- runtime/kernels/poly_attention.cu ----
 /* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
  * backward, in the quadratic tiled form (ops.def).
  *
- * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H.
+ * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H;
+ * or, with HI = H > 0 (layout 1, heads interleaved, ops.def), q, k, dq, dk
+ * [B, T, H*F] and v, o, do, dv [B, T, H*DV]: a pair's rows are then H F (H DV)
+ * floats apart instead of F (DV), from ((b T) H + h) F (zk_head_slice and
+ * ZK_HEAD_LD in common.cu); nothing else changes.
  *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
  *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
  * Constants: F (feature width, 16 in the shipped models), DV (value width: 2,
  * 5, 10, 21, 42, ... no power-of-two assumption), BQ (tile: queries per block =
- * keys per shared-memory tile = threads per block, 64), T; c0, c1, c2, scale,
- * eps are float arguments (literals in the wrapper, folded by the compiler).
+ * keys per shared-memory tile = threads per block, 64), T, HI (0, or H in
+ * layout 1); c0, c1, c2, scale, eps are float arguments (literals in the
+ * wrapper, folded by the compiler).
  *
  * Launch geometry (all three): grid BH * ceil(T / (R BQ)) blocks of BQ threads;
  * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per R rows
@@ -765,7 +762,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
  * loads), and every thread reads the same element (broadcast). All sums are
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
- * zk_poly_fwd<F, DV, BQ, T>: thread i walks the key tiles 0 .. its own,
+ * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
  *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
  *
  * Backward, for y_i = n_i / (d_i + eps):
@@ -773,11 +770,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
  *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
  *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
  *   dv_j = sum_i a_ij dn_i.
- * zk_poly_bwd_q<F, DV, BQ, T>: per query: a first walk over keys recomputes
+ * zk_poly_bwd_q<F, DV, BQ, R, T, HI>: per query: a first walk over keys recomputes
  *   n_i, d_i (the forward output alone does not give d_i), a second, from the
  *   last key tile back (the tile left in shared memory is not reloaded), dq_i.
- *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1].
- * zk_poly_bwd_kv<F, DV, BQ, T>: per key j: walks the query tiles from its own
+ *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1] (in
+ *   either layout).
+ * zk_poly_bwd_kv<F, DV, BQ, R, T, HI>: per key j: walks the query tiles from its own
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
  *
@@ -792,16 +790,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
  * rows are 16-byte aligned and a thread reads them with 16-byte loads. */
 #define ZK_POLY_PAD(w) (((w) + 3) / 4 * 4)
 
-/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][ZK_POLY_PAD(W)]
- * (zeros past T and in the padding), scaled by mul. All BQ threads of the
- * block take part. */
-template <int W, int BQ, int T>
+/* Loads rows [r0, r0 + BQ) of a [T, W] slice whose rows are LD floats apart
+ * into sh[BQ][ZK_POLY_PAD(W)] (zeros past T and in the padding), scaled by
+ * mul. All BQ threads of the block take part. */
+template <int W, int BQ, int T, int LD>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
   constexpr int WP = ZK_POLY_PAD(W);
   for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
     int r = e / WP, c = e - r * WP;
-    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * W + c] * mul : 0.0f;
+    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
   }
 }
 
@@ -905,7 +903,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -913,18 +911,20 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
-    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
 #pragma unroll
     for (int e = 0; e < DV; e++) num[r][e] = 0.0f;
     den[r] = 0.0f;
@@ -933,8 +933,8 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, num, den, unused, c0, c1, c2);
   }
@@ -943,14 +943,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
       float inv = 1.0f / (den[r] + eps);
-      float *ob = o + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
-      for (int e = 0; e < DV; e++) ob[e] = num[r][e] * inv;
+      for (int e = 0; e < DV; e++) ob[(zk_i64)i * LV + e] = num[r][e] * inv;
     }
   }
 }
 
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -960,11 +959,13 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
+  float *dqb = dq + zk_head_slice<F, T, HI>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
 #pragma unroll
@@ -972,7 +973,7 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
     for (int f = 0; f < F; f++) {
-      qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+      qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
       dqi[r][f] = 0.0f;
     }
 #pragma unroll
@@ -985,8 +986,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   /* first walk: n_i and d_i */
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
   }
@@ -996,10 +997,9 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
-    const float *dob = dout + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
     for (int e = 0; e < DV; e++) {
-      float de = i < T ? dob[e] : 0.0f;
+      float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
       doy += de * dn[r][e] * inv;
       dn[r][e] = de * inv;
     }
@@ -1011,8 +1011,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int kt = nkt - 1; kt >= 0; kt--) {
     if (kt != nkt - 1) {
       __syncthreads();
-      zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-      zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
     }
     zk_poly_qtile<F, DV, BQ, R, 1>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
@@ -1021,9 +1021,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-      float *dqb = dq + ((zk_i64)bh * T + i) * F;
 #pragma unroll
-      for (int f = 0; f < F; f++) dqb[f] = dqi[r][f] * scale;
+      for (int f = 0; f < F; f++) dqb[(zk_i64)i * LQ + f] = dqi[r][f] * scale;
       float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
 #pragma unroll
       for (int e = 0; e < DV; e++) st[e] = dn[r][e];
@@ -1069,7 +1068,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -1078,11 +1077,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV, *sb = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll
@@ -1090,20 +1091,20 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
     int j = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
     for (int f = 0; f < F; f++) {
-      kj[r][f] = j < T ? kb[(zk_i64)j * F + f] : 0.0f;
+      kj[r][f] = j < T ? kb[(zk_i64)j * LQ + f] : 0.0f;
       dkj[r][f] = 0.0f;
     }
 #pragma unroll
     for (int e = 0; e < DV; e++) {
-      vj[r][e] = j < T ? vb[(zk_i64)j * DV + e] : 0.0f;
+      vj[r][e] = j < T ? vb[(zk_i64)j * LV + e] : 0.0f;
       dvj[r][e] = 0.0f;
     }
   }
   int slab0 = tile * R;
   for (int qt = slab0; qt < NT; qt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(qs, qb, qt * BQ, scale); /* scale q_i once here */
-    zk_poly_load_tile<DV + 1, BQ, T>(sts, sb, qt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(qs, qb, qt * BQ, scale); /* scale q_i once here */
+    zk_poly_load_tile<DV + 1, BQ, T, DV + 1>(sts, sb, qt * BQ, 1.0f);
     __syncthreads();
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
     int rk = qt - slab0; /* slabs r < rk whole, slab rk diagonal, the rest skipped */
@@ -1124,38 +1125,30 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int j = tile * QT + r * BQ + threadIdx.x;
     if (j < T) {
-      float *dkb = dk + ((zk_i64)bh * T + j) * F, *dvb = dv + ((zk_i64)bh * T + j) * DV;
 #pragma unroll
-      for (int f = 0; f < F; f++) dkb[f] = dkj[r][f];
+      for (int f = 0; f < F; f++) dkb[(zk_i64)j * LQ + f] = dkj[r][f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) dvb[e] = dvj[r][e];
+      for (int e = 0; e < DV; e++) dvb[(zk_i64)j * LV + e] = dvj[r][e];
     }
   }
 }
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_11: node 22
-//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
-}
-
-// zoo_k12_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
+// zoo_poly_attn_fwd_8: node 19
+//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_8(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_13: node 26
+// zoo_layernorm_fused_9: node 22
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -1167,11 +1160,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_14: node 28
+// zoo_layernorm_fused_10: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -1287,21 +1280,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_15: node 29
+// zoo_label_count_11: node 25
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_15(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_11(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_16: node 29
+// zoo_label_write_12: node 25
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_16(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_12(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_17: node 30
+// zoo_gather_rows_13: node 26
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_13(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1641,21 +1634,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_18: node 32
+// zoo_ce_count_14: node 28
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_18(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_14(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_19: node 32
+// zoo_ce_step_rows_15: node 28
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_15(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_ce_step_rows<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits, 16384);
 }
 
-// zoo_ce_step_finish_20: node 32
+// zoo_ce_step_finish_16: node 28
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_16(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1665,39 +1658,39 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const f
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_21: node 35
+// zoo_scatter_rows_17: node 31
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_22: node 36
+// zoo_layernorm_bwd_rows_18: node 32
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_23: node 36
+// zoo_sum_partials_19: node 32
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_19(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_24: node 37
+// zoo_layernorm_bwd_rows_20: node 33
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_25: node 37
+// zoo_sum_partials_21: node 33
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k26_add: 1 elementwise op over 4194304 elements
+// zoo_k22_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1718,189 +1711,161 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k27_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
+// zoo_poly_attn_bwd_q_23: node 40
+//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 12>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_q_28: node 45
-//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+// zoo_poly_attn_bwd_kv_24: node 40
+//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_24(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_poly_attn_bwd_kv_29: node 45
-//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 2, 128>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
-}
+// t82 is t81 reshaped (same memory, no kernel)
 
-// zoo_k30_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
-}
+// GEMM (cuBLASLt, fp32): t83[65536 x 64] = t82 * t12, batch 1, k = 60
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t84 is t83 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t12, batch 1, k = 60
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// t85 is t38 reshaped (same memory, no kernel)
 
-// t86 is t85 reshaped (same memory, no kernel)
-
-// t87 is t38 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t86[60 x 64] = (t82)^T * t85, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k31_merge_heads: merge heads, 12582912 elements
-//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
-}
-
-// zoo_layernorm_bwd_rows_32: node 53
+// zoo_layernorm_bwd_rows_25: node 46
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_33: node 53
+// zoo_sum_partials_26: node 46
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t93 is t90 reshaped (same memory, no kernel)
+// t90 is t87 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t94[65536 x 64] = t93 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t95 is t94 reshaped (same memory, no kernel)
+// t92 is t91 reshaped (same memory, no kernel)
 
-// t96 is t38 reshaped (same memory, no kernel)
+// t93 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k34_merge_heads: merge heads, 12582912 elements
-//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
-}
-
-// zoo_layernorm_bwd_rows_35: node 61
+// zoo_layernorm_bwd_rows_27: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_36: node 61
+// zoo_sum_partials_28: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t103 is t100 reshaped (same memory, no kernel)
+// t99 is t96 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t104[65536 x 64] = t103 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t100[65536 x 64] = t99 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t105 is t104 reshaped (same memory, no kernel)
+// t101 is t100 reshaped (same memory, no kernel)
 
-// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k29_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_add_add(const float *__restrict__ t84, const float *__restrict__ t92, const float *__restrict__ t101, float *__restrict__ t104) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v86 = t86[i];
-    float v95 = t95[i];
+    float v84 = t84[i];
+    float v92 = t92[i];
+    float v101 = t101[i];
+    float v95 = v84 + v92;  // add
+    float v104 = v95 + v101;  // add
+    t104[i] = v104;
+  }
+}
+
+// t102 is t38 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t103[192 x 64] = (t99)^T * t102, batch 1, k = 65536
+//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
+
+// zoo_layernorm_bwd_rows_30: node 60
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_31: node 60
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k32_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t73, const float *__restrict__ t105, float *__restrict__ t108) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v73 = t73[i];
     float v105 = t105[i];
-    float v98 = v86 + v95;  // add
-    float v108 = v98 + v105;  // add
+    float v108 = v73 + v105;  // add
     t108[i] = v108;
   }
 }
 
-// t106 is t38 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-
-// zoo_layernorm_bwd_rows_38: node 68
+// zoo_layernorm_bwd_rows_33: node 62
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 68
+// zoo_sum_partials_34: node 62
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k40_add: 1 elementwise op over 4194304 elements
+// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t108, const float *__restrict__ t109, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t112, float *__restrict__ t113, float *__restrict__ t114) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v73 = t73[i];
+    float v108 = t108[i];
     float v109 = t109[i];
-    float v112 = v73 + v109;  // add
-    t112[i] = v112;
-  }
-}
-
-// zoo_layernorm_bwd_rows_41: node 70
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_42: node 70
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v112 = t112[i];
-    float v113 = t113[i];
     float v32 = t32[i];
     float v31 = t31[i];
-    float v116 = v112 + v113;  // add
-    float v117 = v116 * v32;  // mul
-    float v118 = v116 * v31;  // mul
-    t116[i] = v116;
-    t117[i] = v117;
-    t118[i] = v118;
+    float v112 = v108 + v109;  // add
+    float v113 = v112 * v32;  // mul
+    float v114 = v112 * v31;  // mul
+    t112[i] = v112;
+    t113[i] = v113;
+    t114[i] = v114;
   }
 }
 
-// t119 is t118 reshaped (same memory, no kernel)
+// t115 is t114 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t116[65536 x 64] = t115 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t121 is t120 reshaped (same memory, no kernel)
+// t117 is t116 reshaped (same memory, no kernel)
 
-// t122 is t30 reshaped (same memory, no kernel)
+// t118 is t30 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t119[64 x 64] = (t115)^T * t118, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1919,8 +1884,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__res
   }
 }
 
-// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1928,60 +1893,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_45: node 81
+// zoo_conv1d_bwd_rows_37: node 73
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_46: node 81
+// zoo_sum_partials_38: node 73
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t112, const float *__restrict__ t117, const float *__restrict__ t122, float *__restrict__ t125) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v116 = t116[i];
-    float v121 = t121[i];
-    float v126 = t126[i];
-    float v125 = v116 + v121;  // add
-    float v129 = v125 + v126;  // add
-    t129[i] = v129;
+    float v112 = t112[i];
+    float v117 = t117[i];
+    float v122 = t122[i];
+    float v121 = v112 + v117;  // add
+    float v125 = v121 + v122;  // add
+    t125[i] = v125;
   }
 }
 
-// zoo_layernorm_bwd_rows_48: node 83
+// zoo_layernorm_bwd_rows_40: node 75
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_49: node 83
+// zoo_sum_partials_41: node 75
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t112, const float *__restrict__ t126, float *__restrict__ t130, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v116 = t116[i];
-    float v130 = t130[i];
-    float v133 = v116 + v130;  // add
-    float v134 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v133 * 1.11111116f : 0.0f;  // dropout
-    t134[i] = v134;
+    float v112 = t112[i];
+    float v126 = t126[i];
+    float v129 = v112 + v126;  // add
+    float v130 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v129 * 1.11111116f : 0.0f;  // dropout
+    t130[i] = v130;
   }
 }
 
-// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2000,8 +1965,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float 
   }
 }
 
-// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k43_reduce_to_fin: adds the 2 partials of zoo_k43_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2009,55 +1974,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_52: node 87
+// zoo_embedding_bwd_44: node 79
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_53: node 88
+// zoo_embedding_bwd_45: node 80
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k54_add: 1 elementwise op over 524288 elements
+// zoo_k46_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t65, const float *__restrict__ t133, float *__restrict__ t134) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
-    float v137 = t137[i];
-    float v138 = v65 + v137;  // add
-    t138[i] = v138;
+    float v133 = t133[i];
+    float v134 = v65 + v133;  // add
+    t134[i] = v134;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_55: node 0
+// zoo_embedding_fwd_47: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k56_arange: 0 .. 127
+// zoo_k48_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_57: node 2
+// zoo_embedding_fwd_49: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_58: node 5
+// zoo_layernorm_fused_50: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -2073,14 +2038,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_59: node 11
+// zoo_layernorm_fused_51: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -2096,11 +2061,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_60: node 13
+// zoo_layernorm_fused_52: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2115,66 +2080,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_61: node 15
+// zoo_layernorm_fwd_53: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_53(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_k62_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_63: node 18
+// zoo_layernorm_fwd_54: node 17
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_54(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_k64_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k65_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
-
-// zoo_poly_attn_fwd_66: node 22
-//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
-}
-
-// zoo_k67_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
+// zoo_poly_attn_fwd_55: node 19
+//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_55(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_68: node 26
+// zoo_layernorm_fused_56: node 22
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -2186,11 +2123,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_69: node 28
+// zoo_layernorm_fused_57: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -2201,36 +2138,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_70: node 29
+// zoo_label_count_58: node 25
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_58(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_71: node 29
+// zoo_label_write_59: node 25
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_59(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_72: node 30
+// zoo_gather_rows_60: node 26
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_60(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_73: node 32
+// zoo_ce_step_rows_61: node 28
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_61(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_74: node 32
+// zoo_ce_step_finish_62: node 28
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_62(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

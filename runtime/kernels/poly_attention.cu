@@ -1,13 +1,18 @@
 /* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
  * backward, in the quadratic tiled form (ops.def).
  *
- * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H.
+ * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H;
+ * or, with HI = H > 0 (layout 1, heads interleaved, ops.def), q, k, dq, dk
+ * [B, T, H*F] and v, o, do, dv [B, T, H*DV]: a pair's rows are then H F (H DV)
+ * floats apart instead of F (DV), from ((b T) H + h) F (zk_head_slice and
+ * ZK_HEAD_LD in common.cu); nothing else changes.
  *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
  *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
  * Constants: F (feature width, 16 in the shipped models), DV (value width: 2,
  * 5, 10, 21, 42, ... no power-of-two assumption), BQ (tile: queries per block =
- * keys per shared-memory tile = threads per block, 64), T; c0, c1, c2, scale,
- * eps are float arguments (literals in the wrapper, folded by the compiler).
+ * keys per shared-memory tile = threads per block, 64), T, HI (0, or H in
+ * layout 1); c0, c1, c2, scale, eps are float arguments (literals in the
+ * wrapper, folded by the compiler).
  *
  * Launch geometry (all three): grid BH * ceil(T / (R BQ)) blocks of BQ threads;
  * block x takes pair bh = x / ntiles and tile x % ntiles. One thread per R rows
@@ -17,7 +22,7 @@
  * loads), and every thread reads the same element (broadcast). All sums are
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
- * zk_poly_fwd<F, DV, BQ, T>: thread i walks the key tiles 0 .. its own,
+ * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
  *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
  *
  * Backward, for y_i = n_i / (d_i + eps):
@@ -25,11 +30,12 @@
  *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
  *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
  *   dv_j = sum_i a_ij dn_i.
- * zk_poly_bwd_q<F, DV, BQ, T>: per query: a first walk over keys recomputes
+ * zk_poly_bwd_q<F, DV, BQ, R, T, HI>: per query: a first walk over keys recomputes
  *   n_i, d_i (the forward output alone does not give d_i), a second, from the
  *   last key tile back (the tile left in shared memory is not reloaded), dq_i.
- *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1].
- * zk_poly_bwd_kv<F, DV, BQ, T>: per key j: walks the query tiles from its own
+ *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1] (in
+ *   either layout).
+ * zk_poly_bwd_kv<F, DV, BQ, R, T, HI>: per key j: walks the query tiles from its own
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
  *
@@ -44,16 +50,16 @@
  * rows are 16-byte aligned and a thread reads them with 16-byte loads. */
 #define ZK_POLY_PAD(w) (((w) + 3) / 4 * 4)
 
-/* Loads rows [r0, r0 + BQ) of a [T, W] slice into sh[BQ][ZK_POLY_PAD(W)]
- * (zeros past T and in the padding), scaled by mul. All BQ threads of the
- * block take part. */
-template <int W, int BQ, int T>
+/* Loads rows [r0, r0 + BQ) of a [T, W] slice whose rows are LD floats apart
+ * into sh[BQ][ZK_POLY_PAD(W)] (zeros past T and in the padding), scaled by
+ * mul. All BQ threads of the block take part. */
+template <int W, int BQ, int T, int LD>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
   constexpr int WP = ZK_POLY_PAD(W);
   for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
     int r = e / WP, c = e - r * WP;
-    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * W + c] * mul : 0.0f;
+    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
   }
 }
 
@@ -157,7 +163,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -165,18 +171,20 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
-    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
 #pragma unroll
     for (int e = 0; e < DV; e++) num[r][e] = 0.0f;
     den[r] = 0.0f;
@@ -185,8 +193,8 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, num, den, unused, c0, c1, c2);
   }
@@ -195,14 +203,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
       float inv = 1.0f / (den[r] + eps);
-      float *ob = o + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
-      for (int e = 0; e < DV; e++) ob[e] = num[r][e] * inv;
+      for (int e = 0; e < DV; e++) ob[(zk_i64)i * LV + e] = num[r][e] * inv;
     }
   }
 }
 
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -212,11 +219,13 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
+  float *dqb = dq + zk_head_slice<F, T, HI>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
 #pragma unroll
@@ -224,7 +233,7 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     int i = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
     for (int f = 0; f < F; f++) {
-      qi[r][f] = i < T ? qb[(zk_i64)i * F + f] * scale : 0.0f;
+      qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
       dqi[r][f] = 0.0f;
     }
 #pragma unroll
@@ -237,8 +246,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   /* first walk: n_i and d_i */
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
   }
@@ -248,10 +257,9 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
-    const float *dob = dout + ((zk_i64)bh * T + i) * DV;
 #pragma unroll
     for (int e = 0; e < DV; e++) {
-      float de = i < T ? dob[e] : 0.0f;
+      float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
       doy += de * dn[r][e] * inv;
       dn[r][e] = de * inv;
     }
@@ -263,8 +271,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int kt = nkt - 1; kt >= 0; kt--) {
     if (kt != nkt - 1) {
       __syncthreads();
-      zk_poly_load_tile<F, BQ, T>(ks, kb, kt * BQ, 1.0f);
-      zk_poly_load_tile<DV, BQ, T>(vs, vb, kt * BQ, 1.0f);
+      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
     }
     zk_poly_qtile<F, DV, BQ, R, 1>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
@@ -273,9 +281,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-      float *dqb = dq + ((zk_i64)bh * T + i) * F;
 #pragma unroll
-      for (int f = 0; f < F; f++) dqb[f] = dqi[r][f] * scale;
+      for (int f = 0; f < F; f++) dqb[(zk_i64)i * LQ + f] = dqi[r][f] * scale;
       float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
 #pragma unroll
       for (int e = 0; e < DV; e++) st[e] = dn[r][e];
@@ -321,7 +328,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -330,11 +337,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F;
-  const float *vb = v + (zk_i64)bh * T * DV, *sb = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll
@@ -342,20 +351,20 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
     int j = tile * QT + r * BQ + threadIdx.x;
 #pragma unroll
     for (int f = 0; f < F; f++) {
-      kj[r][f] = j < T ? kb[(zk_i64)j * F + f] : 0.0f;
+      kj[r][f] = j < T ? kb[(zk_i64)j * LQ + f] : 0.0f;
       dkj[r][f] = 0.0f;
     }
 #pragma unroll
     for (int e = 0; e < DV; e++) {
-      vj[r][e] = j < T ? vb[(zk_i64)j * DV + e] : 0.0f;
+      vj[r][e] = j < T ? vb[(zk_i64)j * LV + e] : 0.0f;
       dvj[r][e] = 0.0f;
     }
   }
   int slab0 = tile * R;
   for (int qt = slab0; qt < NT; qt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T>(qs, qb, qt * BQ, scale); /* scale q_i once here */
-    zk_poly_load_tile<DV + 1, BQ, T>(sts, sb, qt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ>(qs, qb, qt * BQ, scale); /* scale q_i once here */
+    zk_poly_load_tile<DV + 1, BQ, T, DV + 1>(sts, sb, qt * BQ, 1.0f);
     __syncthreads();
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
     int rk = qt - slab0; /* slabs r < rk whole, slab rk diagonal, the rest skipped */
@@ -376,11 +385,10 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int j = tile * QT + r * BQ + threadIdx.x;
     if (j < T) {
-      float *dkb = dk + ((zk_i64)bh * T + j) * F, *dvb = dv + ((zk_i64)bh * T + j) * DV;
 #pragma unroll
-      for (int f = 0; f < F; f++) dkb[f] = dkj[r][f];
+      for (int f = 0; f < F; f++) dkb[(zk_i64)j * LQ + f] = dkj[r][f];
 #pragma unroll
-      for (int e = 0; e < DV; e++) dvb[e] = dvj[r][e];
+      for (int e = 0; e < DV; e++) dvb[(zk_i64)j * LV + e] = dvj[r][e];
     }
   }
 }

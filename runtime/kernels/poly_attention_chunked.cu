@@ -3,7 +3,11 @@
  * quadratic tiled form is poly_attention.cu, and compiler/codegen_intrinsics.c
  * chooses between them).
  *
- * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H.
+ * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H;
+ * or, with HI = H > 0 (layout 1, heads interleaved, ops.def), q, k, dq, dk
+ * [B, T, H*F] and v, o, do, dv [B, T, H*DV], a pair's rows H F (H DV) floats
+ * apart (zk_head_slice, ZK_HEAD_LD in common.cu). The scratch (stats) keeps its
+ * own layout [BH][T][DV + 1] in both.
  *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
  *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
  *
@@ -84,17 +88,17 @@ constexpr int zk_poly_chunked_smem(int part) {
   return 4 * (common + C * L::SW + C * L::NP * L::FP);                               /* g, red */
 }
 
-/* Rows [r0, r0 + C) of a [T, F] slice into sh[C][F + 1], times mul, a 1 at
- * column F of every row, zeros past T. */
-template <int F, int C, int NT, int T>
+/* Rows [r0, r0 + C) of a [T, F] slice (rows LD floats apart) into
+ * sh[C][F + 1], times mul, a 1 at column F of every row, zeros past T. */
+template <int F, int C, int NT, int T, int LD>
 __device__ __forceinline__ void zk_pc_load_fk(float *sh, const float *__restrict__ src, int r0, float mul) {
   for (int e = threadIdx.x; e < C * (F + 1); e += NT) {
     int r = e / (F + 1), c = e - r * (F + 1);
-    sh[e] = c == F ? 1.0f : r0 + r < T ? src[(zk_i64)(r0 + r) * F + c] * mul : 0.0f;
+    sh[e] = c == F ? 1.0f : r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
   }
 }
 
-/* Rows [r0, r0 + C) of a [T, SRCW] slice into sh[C][SW]: columns c < DV from
+/* Rows [r0, r0 + C) of a slice with rows SRCW floats apart into sh[C][SW]: columns c < DV from
  * the source; column ZC from ONES = 1 (a 1 on rows before T), 2 (source column
  * DV), else 0; zeros elsewhere and past T. */
 template <int DV, int SRCW, int ZC, int SW, int C, int NT, int T, int ONES>
@@ -190,7 +194,7 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                     const float *__restrict__ v, float *__restrict__ o,
                                                     float c0, float c1, float c2, float scale, float eps) {
@@ -199,17 +203,19 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F, *vb = v + (zk_i64)bh * T * DV;
-  float *ob = o + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, cp = threadIdx.x / C * L::WQ;
   for (int r0 = 0; r0 < T; r0 += C) {
     __syncthreads();
-    zk_pc_load_fk<F, C, NT, T>(qs, qb, r0, scale);
-    zk_pc_load_fk<F, C, NT, T>(ks, kb, r0, 1.0f);
-    zk_pc_load_cols<DV, DV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
+    zk_pc_load_fk<F, C, NT, T, LQ>(qs, qb, r0, scale);
+    zk_pc_load_fk<F, C, NT, T, LQ>(ks, kb, r0, 1.0f);
+    zk_pc_load_cols<DV, LV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
     __syncthreads();
     float qi[F + 1], acc[L::WQ], den;
 #pragma unroll
@@ -220,14 +226,14 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
       float inv = 1.0f / (den + eps);
 #pragma unroll
       for (int w = 0; w < L::WQ; w++)
-        if (cp + w < DV) ob[(zk_i64)i * DV + cp + w] = acc[w] * inv;
+        if (cp + w < DV) ob[(zk_i64)i * LV + cp + w] = acc[w] * inv;
     }
     __syncthreads();
     if (r0 + C < T) zk_pc_update<F, DV, C, NT, K0, K1, K2, false>(st, ks, vs, fc, fab);
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                       const float *__restrict__ k, const float *__restrict__ v,
                                                       float *__restrict__ dq, float *__restrict__ stats,
@@ -238,19 +244,20 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *dos = fc + 2 * L::D, *gs = dos + C * L::SW, *red = gs + C * L::SW, *red2 = red + C * L::NP;
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F, *vb = v + (zk_i64)bh * T * DV;
-  const float *dob = dout + (zk_i64)bh * T * DV;
-  float *dqb = dq + (zk_i64)bh * T * F, *sb = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
+  float *dqb = dq + zk_head_slice<F, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, part = threadIdx.x / C, cp = part * L::WQ;
   for (int r0 = 0; r0 < T; r0 += C) {
     __syncthreads();
-    zk_pc_load_fk<F, C, NT, T>(qs, qb, r0, scale);
-    zk_pc_load_fk<F, C, NT, T>(ks, kb, r0, 1.0f);
-    zk_pc_load_cols<DV, DV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
-    zk_pc_load_cols<DV, DV, L::ZC, L::SW, C, NT, T, 0>(dos, dob, r0);
+    zk_pc_load_fk<F, C, NT, T, LQ>(qs, qb, r0, scale);
+    zk_pc_load_fk<F, C, NT, T, LQ>(ks, kb, r0, 1.0f);
+    zk_pc_load_cols<DV, LV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
+    zk_pc_load_cols<DV, LV, L::ZC, L::SW, C, NT, T, 0>(dos, dob, r0);
     __syncthreads();
     /* n_i (this part's columns), d_i; do_i . n_i summed over the parts */
     float qi[F + 1], acc[L::WQ], den, dov[L::WQ];
@@ -319,13 +326,13 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
       for (int f = part; f < F; f += L::NP) {
         float x = 0.0f;
         for (int p = 0; p < L::NP; p++) x += red2[(p * C + row) * L::FP + f];
-        dqb[(zk_i64)i * F + f] = x * scale;
+        dqb[(zk_i64)i * LQ + f] = x * scale;
       }
     if (r0 + C < T) zk_pc_update<F, DV, C, NT, K0, K1, K2, false>(st, ks, vs, fc, fab);
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__ q, const float *__restrict__ k,
                                                        const float *__restrict__ v,
                                                        const float *__restrict__ stats, float *__restrict__ dk,
@@ -337,19 +344,20 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *gs = fc + 2 * L::D, *red2 = gs + C * L::SW;
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
-  const float *qb = q + (zk_i64)bh * T * F, *kb = k + (zk_i64)bh * T * F, *vb = v + (zk_i64)bh * T * DV;
-  const float *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + (zk_i64)bh * T * F, *dvb = dv + (zk_i64)bh * T * DV;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) rt[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, part = threadIdx.x / C, cp = part * L::WQ;
   constexpr int LAST = (T - 1) / C * C;
   for (int r0 = LAST; r0 >= 0; r0 -= C) {
     __syncthreads();
-    zk_pc_load_fk<F, C, NT, T>(qs, qb, r0, scale);
-    zk_pc_load_fk<F, C, NT, T>(ks, kb, r0, 1.0f);
-    zk_pc_load_cols<DV, DV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
+    zk_pc_load_fk<F, C, NT, T, LQ>(qs, qb, r0, scale);
+    zk_pc_load_fk<F, C, NT, T, LQ>(ks, kb, r0, 1.0f);
+    zk_pc_load_cols<DV, LV, L::ZC, L::SW, C, NT, T, 1>(vs, vb, r0);
     zk_pc_load_cols<DV, DV + 1, L::ZC, L::SW, C, NT, T, 2>(gs, sb, r0);
     __syncthreads();
     float kj[F + 1], vj[L::WS];
@@ -387,7 +395,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
     if (j < T) {
 #pragma unroll
       for (int w = 0; w < L::WQ; w++)
-        if (cp + w < DV) dvb[(zk_i64)j * DV + cp + w] = acc[w];
+        if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = acc[w];
     }
     /* dk_j: features d % NP == part into this thread's slots of red2, then its
      * intra partners */
@@ -424,7 +432,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
       for (int f = part; f < F; f += L::NP) {
         float x = 0.0f;
         for (int p = 0; p < L::NP; p++) x += red2[(p * C + row) * L::FP + f];
-        dkb[(zk_i64)j * F + f] = x;
+        dkb[(zk_i64)j * LQ + f] = x;
       }
     if (r0 > 0) zk_pc_update<F, DV, C, NT, K0, K1, K2, true>(rt, qs, gs, fc, fab);
   }

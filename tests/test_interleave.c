@@ -1,0 +1,346 @@
+/* test_interleave.c: the training graph's heads-interleaved rewrite
+ * (compiler/train_graph.c, zoo_interleave_heads in graph.h):
+ * split_heads -> poly_attention -> merge_heads becomes one poly_attention in
+ * layout 1 (ops.def).
+ *
+ *   interleave_<model>      ReBased and Based: the rewrite fires (no split_heads
+ *                           or merge_heads left, forward or backward; the node
+ *                           keeps its .zoo span), the CUDA program has 8 launches
+ *                           fewer per training step and 4 per evaluation, and a
+ *                           CPU training step gives the same loss, metrics and
+ *                           gradients, bit for bit, as with
+ *                           ZOO_NO_INTERLEAVED_HEADS=1 (evaluation too)
+ *   interleave_conditions   hand-made graphs: what it rewrites and what it leaves
+ *
+ * The layout-1 kernels themselves: op_poly_attention_interleaved (test_ops.c),
+ * grad_poly_attention_interleaved (test_grad.c), the *_heads cases of
+ * test_gpu.c (emulated and GPU) and intrinsics_nvrtc_poly_* (NVRTC). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../compiler/compile.h"
+#include "../compiler/generate.h"
+#include "../runtime/cpu.h"
+#include "test.h"
+
+/* Every node reads tensors made before it (or inputs and parameters), and
+ * every tensor a node makes names that node as its producer. */
+static int graph_consistent(const zoo_graph *g) {
+  for (int i = 0; i < g->nnodes; i++) {
+    const zoo_node *n = &g->nodes[i];
+    for (int k = 0; k < n->nin; k++) {
+      if (n->in[k] < 0 || n->in[k] >= g->ntensors) return 0;
+      const zoo_tensor *x = &g->tensors[n->in[k]];
+      if (x->kind == ZOO_T_VALUE && (x->producer < 0 || x->producer >= i)) return 0;
+    }
+    for (int k = 0; k < n->nout; k++)
+      if (g->tensors[n->out[k]].producer != i || g->tensors[n->out[k]].out_index != k) return 0;
+  }
+  return 1;
+}
+
+static int count_op(const zoo_graph *g, zoo_op op) {
+  int c = 0;
+  for (int i = 0; i < g->nnodes; i++) c += g->nodes[i].op == op;
+  return c;
+}
+
+static int find_op(const zoo_graph *g, zoo_op op) {
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].op == op) return i;
+  return -1;
+}
+
+/* ---------------------------------------------------------------------------
+ * The shipped models */
+
+enum { IB = 4, IT = 24, IV = 37 };
+
+/* Sets or clears ZOO_NO_INTERLEAVED_HEADS; returns the old value (to free). */
+static char *heads_env(int keep) {
+  const char *old = getenv("ZOO_NO_INTERLEAVED_HEADS");
+  char *saved = old ? strdup(old) : NULL;
+  if (keep) setenv("ZOO_NO_INTERLEAVED_HEADS", "1", 1);
+  else unsetenv("ZOO_NO_INTERLEAVED_HEADS");
+  return saved;
+}
+
+static void heads_env_restore(char *saved) {
+  if (saved) setenv("ZOO_NO_INTERLEAVED_HEADS", saved, 1);
+  else unsetenv("ZOO_NO_INTERLEAVED_HEADS");
+  free(saved);
+}
+
+/* models/<name>.zoo at d_model 30, six heads (value width 5), its training
+ * graph with `head`, the copies kept or not (the environment variable, as
+ * zoorun and zooc see it). */
+static zoo_program *compile_train(const char *name, zoo_head head, int keep) {
+  char path[64];
+  snprintf(path, sizeof path, "models/%s.zoo", name);
+  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", "30"}, {"seq_len", "24"}, {"num_heads", "6"}};
+  zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = 4, .std_dir = "models"};
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *p = NULL;
+  if (zoo_compile(&o, &d, &p) != 0 || !p) return NULL;
+  char *saved = heads_env(keep);
+  int rc = zoo_train_graph_head(&p->graph, head, IT, &d);
+  heads_env_restore(saved);
+  if (rc != 0) {
+    zoo_program_free(p);
+    return NULL;
+  }
+  return p;
+}
+
+/* A CPU training step and an evaluation of one batch from fixed parameters. */
+typedef struct cpu_step {
+  zoo_cpu cpu;
+  float loss, metrics[2], eval_loss, eval_metrics[2];
+  int ok;
+} cpu_step;
+
+static int run_step(cpu_step *r, const zoo_graph *g) {
+  memset(r, 0, sizeof *r);
+  int64_t syms[ZOO_MAX_SYMS] = {0};
+  for (int s = 0; s < g->nsyms; s++)
+    syms[s] = strcmp(g->sym_names[s], "B") == 0 ? IB : strcmp(g->sym_names[s], "T") == 0 ? IT : 1;
+  if (zoo_cpu_init(&r->cpu, g, syms) != 0) return -1;
+  r->ok = 1;
+  uint64_t seed = 5;
+#define NEXT() (seed = seed * 6364136223846793005ULL + 1442695040888963407ULL, (double)(seed >> 11) / 9007199254740992.0)
+  for (int i = 0; i < g->nparams; i++) {
+    int t = g->params[i];
+    float *v = zoo_cpu_f32(&r->cpu, t);
+    zoo_init_kind k = g->tensors[t].init.kind;
+    for (int64_t j = 0; j < r->cpu.numel[t]; j++) {
+      double u = 2 * NEXT() - 1;
+      v[j] = (float)(k == ZOO_INIT_ONES ? 1 + 0.2 * u : k == ZOO_INIT_ZEROS ? 0.1 * u : 0.5 * u);
+    }
+  }
+  int tokens = -1;
+  for (int i = 0; i < g->ninputs; i++)
+    if (strcmp(g->tensors[g->inputs[i]].name, "tokens") == 0) tokens = g->inputs[i];
+  int32_t *tok = zoo_cpu_i32(&r->cpu, tokens), *tgt = zoo_cpu_i32(&r->cpu, g->targets);
+  for (int i = 0; i < IB * IT; i++) {
+    tok[i] = (int32_t)(NEXT() * IV);
+    tgt[i] = NEXT() < 0.5 ? -100 : (int32_t)(NEXT() * IV);
+  }
+#undef NEXT
+  zoo_cpu_f32(&r->cpu, g->dloss)[0] = 1.0f;
+  r->cpu.training = 1;
+  r->cpu.seed = 99;
+  if (zoo_cpu_run(&r->cpu, 0, g->nnodes) != 0) return -1;
+  r->loss = zoo_cpu_f32(&r->cpu, g->loss)[0];
+  memcpy(r->metrics, zoo_cpu_f32(&r->cpu, g->metrics), sizeof r->metrics);
+  return 0;
+}
+
+/* Evaluation: the forward nodes again, without dropout (after the gradients
+ * were compared). */
+static int run_eval(cpu_step *r, const zoo_graph *g) {
+  r->cpu.training = 0;
+  if (zoo_cpu_run(&r->cpu, 0, g->nforward) != 0) return -1;
+  r->eval_loss = zoo_cpu_f32(&r->cpu, g->loss)[0];
+  memcpy(r->eval_metrics, zoo_cpu_f32(&r->cpu, g->metrics), sizeof r->eval_metrics);
+  return 0;
+}
+
+/* Launches per training step and per evaluation of the CUDA program. */
+static int cuda_launches(const zoo_graph *g, int *train, int *eval) {
+  zoo_cuda_program cp;
+  char err[512];
+  if (zoo_cuda_program_build(&cp, g, IB, IT, 1, 1, err, sizeof err) != 0) {
+    fprintf(stderr, "  %s\n", err);
+    return -1;
+  }
+  *train = cp.train_plan.kernels + cp.train_plan.gemms + cp.train_plan.zeros;
+  *eval = cp.eval_plan.kernels + cp.eval_plan.gemms + cp.eval_plan.zeros;
+  zoo_cuda_program_free(&cp);
+  return 0;
+}
+
+static void interleave_model(zoo_test_ctx *t, const char *name) {
+  /* the graphs, as the CPU (fused head) and CUDA (compacted head) build them */
+  zoo_program *pi = compile_train(name, ZOO_HEAD_FUSED, 0), *pk = compile_train(name, ZOO_HEAD_FUSED, 1);
+  zoo_program *ci = compile_train(name, ZOO_HEAD_COMPACT, 0), *ck = compile_train(name, ZOO_HEAD_COMPACT, 1);
+  int compiled = pi && pk && ci && ck;
+  int shape_ok = 0, span_ok = 0, launches_ok = 0;
+  int lt[2] = {0, 0}, le[2] = {0, 0};
+  if (compiled) {
+    const zoo_graph *gi = &pi->graph, *gk = &pk->graph;
+    int poly = find_op(gi, ZOO_OP_POLY_ATTENTION), bwd = find_op(gi, ZOO_OP_POLY_ATTENTION_BWD);
+    int poly0 = find_op(gk, ZOO_OP_POLY_ATTENTION);
+    shape_ok = count_op(gi, ZOO_OP_SPLIT_HEADS) == 0 && count_op(gi, ZOO_OP_MERGE_HEADS) == 0 &&
+               count_op(gk, ZOO_OP_SPLIT_HEADS) == 4 && count_op(gk, ZOO_OP_MERGE_HEADS) == 4 &&
+               poly >= 0 && bwd >= 0 && poly0 >= 0 && gi->nodes[poly].attrs.i[0] == 1 &&
+               gi->nodes[poly].attrs.i[1] == 6 && gi->nodes[bwd].attrs.i[0] == 1 &&
+               gk->nodes[poly0].attrs.i[0] == 0 && gi->nforward == gk->nforward - 4 &&
+               gi->nnodes == gk->nnodes - 8 && graph_consistent(gi) && graph_consistent(gk) &&
+               count_op(&ci->graph, ZOO_OP_SPLIT_HEADS) == 0 && graph_consistent(&ci->graph);
+    /* q is the LayerNorm's (ReBased) or the projection's (Based) output */
+    if (poly >= 0) {
+      const zoo_node *n = &gi->nodes[poly];
+      const zoo_type *qt = &gi->tensors[n->in[0]].type;
+      int qp = gi->tensors[n->in[0]].producer;
+      shape_ok &= qt->ndim == 3 && qp >= 0 &&
+                  gi->nodes[qp].op == (strcmp(name, "rebased") == 0 ? ZOO_OP_LAYERNORM : ZOO_OP_LINEAR);
+      span_ok = poly0 >= 0 && n->span.line == gk->nodes[poly0].span.line && n->span.line > 0 &&
+                n->span.col == gk->nodes[poly0].span.col && gi->nodes[bwd].span.line == n->span.line;
+    }
+    launches_ok = cuda_launches(&ci->graph, &lt[0], &le[0]) == 0 && cuda_launches(&ck->graph, &lt[1], &le[1]) == 0;
+  }
+  cpu_step a, b;
+  memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+  int ran = compiled && run_step(&a, &pi->graph) == 0 && run_step(&b, &pk->graph) == 0;
+  int same = 0;
+  double worst = 0;
+  if (ran) {
+    same = a.loss == b.loss && a.metrics[0] == b.metrics[0] && a.metrics[1] == b.metrics[1] && b.metrics[1] > 0;
+    for (int i = 0; i < pi->graph.nparams; i++) {
+      int ta = pi->graph.tensors[pi->graph.params[i]].grad, tb = pk->graph.tensors[pk->graph.params[i]].grad;
+      int64_t n = a.cpu.numel[ta];
+      const float *ga = zoo_cpu_f32(&a.cpu, ta), *gb = zoo_cpu_f32(&b.cpu, tb);
+      same &= n == b.cpu.numel[tb] && memcmp(ga, gb, (size_t)n * sizeof *ga) == 0;
+      for (int64_t e = 0; e < n; e++) worst = fmax(worst, fabs((double)ga[e] - gb[e]));
+    }
+    ran = run_eval(&a, &pi->graph) == 0 && run_eval(&b, &pk->graph) == 0;
+    same &= a.eval_loss == b.eval_loss && a.eval_metrics[0] == b.eval_metrics[0];
+  }
+  printf("  %s: loss %.6f (copies kept %.6f), launches per step %d (%d), per evaluation %d (%d)%s\n", name,
+         a.loss, b.loss, lt[0], lt[1], le[0], le[1], same ? ", bit for bit" : "");
+  if (a.ok) zoo_cpu_free(&a.cpu);
+  if (b.ok) zoo_cpu_free(&b.cpu);
+  zoo_program_free(pi), zoo_program_free(pk), zoo_program_free(ci), zoo_program_free(ck);
+  CHECKF(compiled, "%s does not compile", name);
+  CHECKF(shape_ok, "%s: the rewritten training graph is not as expected", name);
+  CHECKF(span_ok, "%s: the rewritten poly_attention lost its span", name);
+  CHECK(launches_ok);
+  /* fewer launches: 3 split_heads + 1 merge_heads forward, as many backward */
+  CHECKF(lt[1] - lt[0] == 8 && le[1] - le[0] == 4, "%s: %d -> %d launches per step, %d -> %d per evaluation",
+         name, lt[1], lt[0], le[1], le[0]);
+  CHECKF(ran, "%s: a CPU run failed", name);
+  CHECKF(same, "%s: the rewrite changes the step (gradients differ by up to %g)", name, worst);
+}
+
+TEST(interleave_rebased) { interleave_model(t, "rebased"); }
+TEST(interleave_based) { interleave_model(t, "based"); }
+
+/* ---------------------------------------------------------------------------
+ * Hand-made graphs */
+
+typedef struct hg {
+  zoo_graph g;
+  zoo_diag d;
+  int xq, xv;   /* inputs [B, T, 2*3], [B, T, 2*5] */
+  int q, k, v;  /* their split_heads */
+  int o, y;     /* poly_attention, merge_heads */
+} hg;
+
+static int node1(hg *h, zoo_op op, int x, const zoo_attrs *a) {
+  return zoo_graph_node(&h->g, op, 1, &x, a, zoo_nospan, &h->d);
+}
+
+/* q, k, v -> split_heads (2 heads) -> poly_attention; with k_split = 0 k is
+ * exp of q's split instead, with shared_q = 1 q and k read one split_heads.
+ * Returns the attention's output. */
+static int hg_build(hg *h, int k_split, int shared_q) {
+  memset(h, 0, sizeof *h);
+  zoo_graph_init(&h->g);
+  zoo_diag_init(&h->d, stderr);
+  int B = zoo_graph_symbol(&h->g, "B"), T = zoo_graph_symbol(&h->g, "T");
+  zoo_type tq = {.dtype = ZOO_F32, .ndim = 3, .dim = {{1, 1u << B}, {1, 1u << T}, {6, 0}}};
+  zoo_type tv = tq;
+  tv.dim[2] = zoo_dim_const(10);
+  h->xq = zoo_graph_input(&h->g, "q", tq);
+  int xk = zoo_graph_input(&h->g, "k", tq);
+  h->xv = zoo_graph_input(&h->g, "v", tv);
+  zoo_attrs two = {0};
+  two.i[0] = 2;
+  h->q = node1(h, ZOO_OP_SPLIT_HEADS, h->xq, &two);
+  h->k = shared_q ? h->q : k_split ? node1(h, ZOO_OP_SPLIT_HEADS, xk, &two) : node1(h, ZOO_OP_EXP, h->q, NULL);
+  h->v = node1(h, ZOO_OP_SPLIT_HEADS, h->xv, &two);
+  zoo_attrs a = {0};
+  a.f[2] = 1, a.f[3] = 0.5, a.f[4] = 1e-12;
+  int in[3] = {h->q, h->k, h->v};
+  h->o = zoo_graph_node(&h->g, ZOO_OP_POLY_ATTENTION, 3, in, &a, zoo_nospan, &h->d);
+  return h->o;
+}
+
+/* merge_heads -> exp, the output */
+static void hg_finish(hg *h) {
+  h->y = node1(h, ZOO_OP_MERGE_HEADS, h->o, NULL);
+  h->g.output = node1(h, ZOO_OP_EXP, h->y, NULL);
+}
+
+TEST(interleave_conditions) {
+  hg h;
+  /* the pattern: three splits, poly, merge, exp -> poly (layout 1), exp */
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g) == 1);
+  int p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
+  CHECK(h.g.nnodes == 2 && p == 0 && h.g.nodes[0].in[0] == h.xq && h.g.nodes[0].in[2] == h.xv &&
+        h.g.nodes[0].out[0] == h.y && h.g.nodes[0].attrs.i[0] == 1 && h.g.nodes[0].attrs.i[1] == 2 &&
+        h.g.tensors[h.o].producer == -1 && h.g.tensors[h.q].producer == -1 && graph_consistent(&h.g));
+  CHECK(zoo_interleave_heads(&h.g) == 0); /* once only */
+  zoo_graph_free(&h.g);
+
+  /* q and k from one split_heads: one input twice */
+  CHECK(hg_build(&h, 1, 1) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(h.g.nnodes == 2 && h.g.nodes[0].in[0] == h.xq && h.g.nodes[0].in[1] == h.xq && graph_consistent(&h.g));
+  zoo_graph_free(&h.g);
+
+  /* k is not a split_heads: unchanged */
+  CHECK(hg_build(&h, 0, 0) >= 0);
+  hg_finish(&h);
+  int n = h.g.nnodes;
+  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 1);
+  zoo_graph_free(&h.g);
+
+  /* the attention's output has a second reader: unchanged */
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  node1(&h, ZOO_OP_EXP, h.o, NULL);
+  hg_finish(&h);
+  n = h.g.nnodes;
+  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n);
+  zoo_graph_free(&h.g);
+
+  /* no merge_heads (the output read by something else, or the graph's output) */
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  h.g.output = node1(&h, ZOO_OP_EXP, h.o, NULL);
+  n = h.g.nnodes;
+  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n);
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  h.g.output = h.o;
+  CHECK(zoo_interleave_heads(&h.g) == 0);
+  zoo_graph_free(&h.g);
+
+  /* q's split is read elsewhere too: rewritten, that split stays */
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  int other = node1(&h, ZOO_OP_EXP, h.q, NULL);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(count_op(&h.g, ZOO_OP_SPLIT_HEADS) == 1 && h.g.tensors[h.q].producer == 0 &&
+        h.g.nodes[h.g.tensors[other].producer].in[0] == h.q && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 0 &&
+        graph_consistent(&h.g));
+  zoo_graph_free(&h.g);
+
+  /* a layout-1 graph differentiates into a layout-1 backward */
+  CHECK(hg_build(&h, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g) == 1);
+  int seed = zoo_graph_input(&h.g, "w", h.g.tensors[h.g.output].type);
+  CHECK(zoo_autodiff(&h.g, h.g.output, seed, &h.d) == 0);
+  int b = find_op(&h.g, ZOO_OP_POLY_ATTENTION_BWD);
+  CHECK(b >= 0 && h.g.nodes[b].attrs.i[0] == 1 && h.g.nodes[b].attrs.i[1] == 2 &&
+        count_op(&h.g, ZOO_OP_SPLIT_HEADS) == 0 && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 0 &&
+        h.g.tensors[h.xq].grad >= 0 && zoo_type_eq(&h.g.tensors[h.g.tensors[h.xq].grad].type,
+                                                   &h.g.tensors[h.xq].type));
+  zoo_graph_free(&h.g);
+}
