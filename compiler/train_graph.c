@@ -29,6 +29,12 @@
  * same bit for bit (the copies moved values, computed nothing); with
  * ZOO_NO_INTERLEAVED_HEADS=1 in the environment the copies stay, to bisect a
  * difference to this rewrite.
+ *   It pays only when a head's value rows are wide enough. In layout 1 the
+ * quadratic kernels read a row of DV floats out of every H DV, and at DV = 2
+ * or 5 the sectors they fetch are mostly other heads' values. Measured on the
+ * H200 (zoorun bench --only rebased, with and without the rewrite): DV 2
+ * (32/48) 1.33 vs 1.31 ms and DV 5 (64/128) 3.22 vs 3.17 ms with it, but DV 42
+ * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,9 +168,14 @@ static int is_read(const zoo_graph *g, int t, const char *dead) {
  * H and its output goes to one merge_heads alone; marks the merge_heads dead
  * and its split_heads in `touched`. Returns 1 when rewritten, else 0 with the
  * graph as it was. */
+#define ZOO_INTERLEAVE_MIN_DV 8 /* value floats per head: 32-byte rows */
+
 static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
   zoo_node *n = &g->nodes[i];
   if (n->op != ZOO_OP_POLY_ATTENTION || n->attrs.i[0] != 0) return 0;
+  const zoo_type *v = &g->tensors[n->in[2]].type;
+  zoo_dim dv = v->dim[v->ndim - 1];
+  if (dv.sym != 0 || dv.coef < ZOO_INTERLEAVE_MIN_DV) return 0;
   int64_t heads = 0;
   int split[3];
   for (int k = 0; k < 3; k++)

@@ -73,13 +73,13 @@ static void heads_env_restore(char *saved) {
   free(saved);
 }
 
-/* models/<name>.zoo at d_model 30, six heads (value width 5), its training
+/* models/<name>.zoo at d_model 48, six heads (value width 8), its training
  * graph with `head`, the copies kept or not (the environment variable, as
  * zoorun and zooc see it). */
 static zoo_program *compile_train(const char *name, zoo_head head, int keep) {
   char path[64];
   snprintf(path, sizeof path, "models/%s.zoo", name);
-  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", "30"}, {"seq_len", "24"}, {"num_heads", "6"}};
+  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", "48"}, {"seq_len", "24"}, {"num_heads", "6"}};
   zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = 4, .std_dir = "models"};
   zoo_diag d;
   zoo_diag_init(&d, stderr);
@@ -234,7 +234,7 @@ TEST(interleave_based) { interleave_model(t, "based"); }
 typedef struct hg {
   zoo_graph g;
   zoo_diag d;
-  int xq, xv;   /* inputs [B, T, 2*3], [B, T, 2*5] */
+  int xq, xv;   /* inputs [B, T, 2*3], [B, T, 2*dv] */
   int q, k, v;  /* their split_heads */
   int o, y;     /* poly_attention, merge_heads */
 } hg;
@@ -243,17 +243,17 @@ static int node1(hg *h, zoo_op op, int x, const zoo_attrs *a) {
   return zoo_graph_node(&h->g, op, 1, &x, a, zoo_nospan, &h->d);
 }
 
-/* q, k, v -> split_heads (2 heads) -> poly_attention; with k_split = 0 k is
- * exp of q's split instead, with shared_q = 1 q and k read one split_heads.
- * Returns the attention's output. */
-static int hg_build(hg *h, int k_split, int shared_q) {
+/* q, k, v -> split_heads (2 heads) -> poly_attention, value width dv; with
+ * k_split = 0 k is exp of q's split instead, with shared_q = 1 q and k read one
+ * split_heads. Returns the attention's output. */
+static int hg_build(hg *h, int64_t dv, int k_split, int shared_q) {
   memset(h, 0, sizeof *h);
   zoo_graph_init(&h->g);
   zoo_diag_init(&h->d, stderr);
   int B = zoo_graph_symbol(&h->g, "B"), T = zoo_graph_symbol(&h->g, "T");
   zoo_type tq = {.dtype = ZOO_F32, .ndim = 3, .dim = {{1, 1u << B}, {1, 1u << T}, {6, 0}}};
   zoo_type tv = tq;
-  tv.dim[2] = zoo_dim_const(10);
+  tv.dim[2] = zoo_dim_const(2 * dv);
   h->xq = zoo_graph_input(&h->g, "q", tq);
   int xk = zoo_graph_input(&h->g, "k", tq);
   h->xv = zoo_graph_input(&h->g, "v", tv);
@@ -278,7 +278,7 @@ static void hg_finish(hg *h) {
 TEST(interleave_conditions) {
   hg h;
   /* the pattern: three splits, poly, merge, exp -> poly (layout 1), exp */
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   hg_finish(&h);
   CHECK(zoo_interleave_heads(&h.g) == 1);
   int p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
@@ -288,22 +288,28 @@ TEST(interleave_conditions) {
   CHECK(zoo_interleave_heads(&h.g) == 0); /* once only */
   zoo_graph_free(&h.g);
 
+  /* value rows narrower than ZOO_INTERLEAVE_MIN_DV: unchanged */
+  CHECK(hg_build(&h, 5, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g) == 0 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) >= 0);
+  zoo_graph_free(&h.g);
+
   /* q and k from one split_heads: one input twice */
-  CHECK(hg_build(&h, 1, 1) >= 0);
+  CHECK(hg_build(&h, 8, 1, 1) >= 0);
   hg_finish(&h);
   CHECK(zoo_interleave_heads(&h.g) == 1);
   CHECK(h.g.nnodes == 2 && h.g.nodes[0].in[0] == h.xq && h.g.nodes[0].in[1] == h.xq && graph_consistent(&h.g));
   zoo_graph_free(&h.g);
 
   /* k is not a split_heads: unchanged */
-  CHECK(hg_build(&h, 0, 0) >= 0);
+  CHECK(hg_build(&h, 8, 0, 0) >= 0);
   hg_finish(&h);
   int n = h.g.nnodes;
   CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 1);
   zoo_graph_free(&h.g);
 
   /* the attention's output has a second reader: unchanged */
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   node1(&h, ZOO_OP_EXP, h.o, NULL);
   hg_finish(&h);
   n = h.g.nnodes;
@@ -311,18 +317,18 @@ TEST(interleave_conditions) {
   zoo_graph_free(&h.g);
 
   /* no merge_heads (the output read by something else, or the graph's output) */
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   h.g.output = node1(&h, ZOO_OP_EXP, h.o, NULL);
   n = h.g.nnodes;
   CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n);
   zoo_graph_free(&h.g);
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   h.g.output = h.o;
   CHECK(zoo_interleave_heads(&h.g) == 0);
   zoo_graph_free(&h.g);
 
   /* q's split is read elsewhere too: rewritten, that split stays */
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   int other = node1(&h, ZOO_OP_EXP, h.q, NULL);
   hg_finish(&h);
   CHECK(zoo_interleave_heads(&h.g) == 1);
@@ -332,7 +338,7 @@ TEST(interleave_conditions) {
   zoo_graph_free(&h.g);
 
   /* a layout-1 graph differentiates into a layout-1 backward */
-  CHECK(hg_build(&h, 1, 0) >= 0);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
   hg_finish(&h);
   CHECK(zoo_interleave_heads(&h.g) == 1);
   int seed = zoo_graph_input(&h.g, "w", h.g.tensors[h.g.output].type);

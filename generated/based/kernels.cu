@@ -719,11 +719,32 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
+// zoo_k6_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
+// zoo_k7_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
+
+// zoo_k8_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
+}
 
 // ---- runtime/kernels/poly_attention.cu ----
 /* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
@@ -1123,20 +1144,27 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_6: node 17
-//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_6(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+// zoo_poly_attn_fwd_9: node 20
+//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+}
+
+// zoo_k10_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_7: node 20
+// zoo_layernorm_fused_11: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_7(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -1148,11 +1176,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_7(const fl
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_8: node 22
+// zoo_layernorm_fused_12: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -1268,21 +1296,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_9: node 23
+// zoo_label_count_13: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_9(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_10: node 23
+// zoo_label_write_14: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_10(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_11: node 24
+// zoo_gather_rows_15: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_11(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1622,21 +1650,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_12: node 26
+// zoo_ce_count_16: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_12(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_13: node 26
+// zoo_ce_step_rows_17: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_13(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_ce_step_rows<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits, 16384);
 }
 
-// zoo_ce_step_finish_14: node 26
+// zoo_ce_step_finish_18: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_14(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1646,39 +1674,39 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_14(const f
 // GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_15: node 29
+// zoo_scatter_rows_19: node 33
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_16: node 30
+// zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_16(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_17: node 30
+// zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_17(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_18: node 31
+// zoo_layernorm_bwd_rows_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_19: node 31
+// zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_19(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k20_add: 1 elementwise op over 4194304 elements
+// zoo_k24_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v61 = t61[i];
     float v64 = t64[i];
@@ -1699,137 +1727,165 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__res
 // GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_poly_attn_bwd_q_21: node 38
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_21(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 12>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+// zoo_k25_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_kv_22: node 38
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_22(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
+// zoo_poly_attn_bwd_q_26: node 43
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// t76 is t75 reshaped (same memory, no kernel)
+// zoo_poly_attn_bwd_kv_27: node 43
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
+}
 
-// GEMM (cuBLASLt, fp32): t77[65536 x 64] = t76 * t12, batch 1, k = 60
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// zoo_k28_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
+}
 
 // t78 is t77 reshaped (same memory, no kernel)
 
-// t79 is t34 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t79[65536 x 64] = t78 * t12, batch 1, k = 60
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t80[60 x 64] = (t76)^T * t79, batch 1, k = 65536
+// t80 is t79 reshaped (same memory, no kernel)
+
+// t81 is t34 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// t81 is t74 reshaped (same memory, no kernel)
+// zoo_k29_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
 
-// GEMM (cuBLASLt, fp32): t82[65536 x 64] = t81 * t11, batch 1, k = 192
+// t84 is t83 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t83 is t82 reshaped (same memory, no kernel)
+// t86 is t85 reshaped (same memory, no kernel)
 
-// t84 is t34 reshaped (same memory, no kernel)
+// t87 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t85[192 x 64] = (t81)^T * t84, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// t87 is t73 reshaped (same memory, no kernel)
+// zoo_k30_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
 
-// GEMM (cuBLASLt, fp32): t88[65536 x 64] = t87 * t10, batch 1, k = 192
+// t91 is t90 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t92[65536 x 64] = t91 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t89 is t88 reshaped (same memory, no kernel)
+// t93 is t92 reshaped (same memory, no kernel)
 
-// zoo_k23_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k31_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k23_add_add(const float *__restrict__ t78, const float *__restrict__ t83, const float *__restrict__ t89, float *__restrict__ t92) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v78 = t78[i];
-    float v83 = t83[i];
-    float v89 = t89[i];
-    float v86 = v78 + v83;  // add
-    float v92 = v86 + v89;  // add
-    t92[i] = v92;
-  }
-}
-
-// t90 is t34 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t91[192 x 64] = (t87)^T * t90, batch 1, k = 65536
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-
-// zoo_layernorm_bwd_rows_24: node 56
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_25: node 56
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k26_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t93, float *__restrict__ t96) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v67 = t67[i];
+    float v80 = t80[i];
+    float v86 = t86[i];
     float v93 = t93[i];
-    float v96 = v67 + v93;  // add
+    float v89 = v80 + v86;  // add
+    float v96 = v89 + v93;  // add
     t96[i] = v96;
   }
 }
 
-// zoo_layernorm_bwd_rows_27: node 58
+// t94 is t34 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
+//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
+
+// zoo_layernorm_bwd_rows_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_28: node 58
+// zoo_sum_partials_33: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k29_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add_mul_mul(const float *__restrict__ t96, const float *__restrict__ t97, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t100, float *__restrict__ t101, float *__restrict__ t102) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v96 = t96[i];
+    float v67 = t67[i];
     float v97 = t97[i];
-    float v28 = t28[i];
-    float v27 = t27[i];
-    float v100 = v96 + v97;  // add
-    float v101 = v100 * v28;  // mul
-    float v102 = v100 * v27;  // mul
+    float v100 = v67 + v97;  // add
     t100[i] = v100;
-    t101[i] = v101;
-    t102[i] = v102;
   }
 }
 
-// t103 is t102 reshaped (same memory, no kernel)
+// zoo_layernorm_bwd_rows_35: node 66
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
-// GEMM (cuBLASLt, fp32): t104[65536 x 64] = t103 * t2, batch 1, k = 64
+// zoo_sum_partials_36: node 66
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v100 = t100[i];
+    float v101 = t101[i];
+    float v28 = t28[i];
+    float v27 = t27[i];
+    float v104 = v100 + v101;  // add
+    float v105 = v104 * v28;  // mul
+    float v106 = v104 * v27;  // mul
+    t104[i] = v104;
+    t105[i] = v105;
+    t106[i] = v106;
+  }
+}
+
+// t107 is t106 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t108[65536 x 64] = t107 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t105 is t104 reshaped (same memory, no kernel)
+// t109 is t108 reshaped (same memory, no kernel)
 
-// t106 is t26 reshaped (same memory, no kernel)
+// t110 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t107[64 x 64] = (t103)^T * t106, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k30_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1848,8 +1904,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum(const float *__res
   }
 }
 
-// zoo_k30_sum_fin: adds the 132 partials of zoo_k30_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k38_sum_fin: adds the 132 partials of zoo_k38_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1857,60 +1913,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_31: node 69
+// zoo_conv1d_bwd_rows_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_32: node 69
+// zoo_sum_partials_40: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k41_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t100, const float *__restrict__ t105, const float *__restrict__ t110, float *__restrict__ t113) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v100 = t100[i];
-    float v105 = t105[i];
-    float v110 = t110[i];
-    float v109 = v100 + v105;  // add
-    float v113 = v109 + v110;  // add
-    t113[i] = v113;
+    float v104 = t104[i];
+    float v109 = t109[i];
+    float v114 = t114[i];
+    float v113 = v104 + v109;  // add
+    float v117 = v113 + v114;  // add
+    t117[i] = v117;
   }
 }
 
-// zoo_layernorm_bwd_rows_34: node 71
+// zoo_layernorm_bwd_rows_42: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 71
+// zoo_sum_partials_43: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k36_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_dropout(const float *__restrict__ t100, const float *__restrict__ t114, float *__restrict__ t118, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v100 = t100[i];
-    float v114 = t114[i];
-    float v117 = v100 + v114;  // add
-    float v118 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v117 * 1.11111116f : 0.0f;  // dropout
-    t118[i] = v118;
+    float v104 = t104[i];
+    float v118 = t118[i];
+    float v121 = v104 + v118;  // add
+    float v122 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v121 * 1.11111116f : 0.0f;  // dropout
+    t122[i] = v122;
   }
 }
 
-// zoo_k37_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1929,8 +1985,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to(const float 
   }
 }
 
-// zoo_k37_reduce_to_fin: adds the 2 partials of zoo_k37_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_reduce_to_fin: adds the 2 partials of zoo_k45_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1938,55 +1994,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_38: node 75
+// zoo_embedding_bwd_46: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_38(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_39: node 76
+// zoo_embedding_bwd_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_39(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k40_add: 1 elementwise op over 524288 elements
+// zoo_k48_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t59, const float *__restrict__ t121, float *__restrict__ t122) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
-    float v121 = t121[i];
-    float v122 = v59 + v121;  // add
-    t122[i] = v122;
+    float v125 = t125[i];
+    float v126 = v59 + v125;  // add
+    t126[i] = v126;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_41: node 0
+// zoo_embedding_fwd_49: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_41(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k42_arange: 0 .. 127
+// zoo_k50_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_43: node 2
+// zoo_embedding_fwd_51: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_43(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_44: node 5
+// zoo_layernorm_fused_52: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2002,14 +2058,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_45: node 11
+// zoo_layernorm_fused_53: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_45(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2025,11 +2081,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_45(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_46: node 13
+// zoo_layernorm_fused_54: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2044,26 +2100,54 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
+// zoo_k55_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_k56_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_poly_attn_fwd_47: node 17
-//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_47(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+// zoo_k57_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
+}
+
+// zoo_poly_attn_fwd_58: node 20
+//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+}
+
+// zoo_k59_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_48: node 20
+// zoo_layernorm_fused_60: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -2075,11 +2159,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_49: node 22
+// zoo_layernorm_fused_61: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -2090,36 +2174,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_50: node 23
+// zoo_label_count_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_50(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_51: node 23
+// zoo_label_write_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_51(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_52: node 24
+// zoo_gather_rows_64: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_52(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_53: node 26
+// zoo_ce_step_rows_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_53(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_54: node 26
+// zoo_ce_step_finish_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_54(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

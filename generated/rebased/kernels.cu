@@ -725,17 +725,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const floa
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
+// zoo_k7_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_7: node 17
+// zoo_layernorm_fwd_8: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_8(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k9_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
+
+// zoo_k10_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
+}
 
 // ---- runtime/kernels/poly_attention.cu ----
 /* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
@@ -1135,20 +1156,27 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_8: node 19
-//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_8(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+// zoo_poly_attn_fwd_11: node 22
+//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+}
+
+// zoo_k12_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_9: node 22
+// zoo_layernorm_fused_13: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -1160,11 +1188,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const fl
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_10: node 24
+// zoo_layernorm_fused_14: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -1280,21 +1308,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_11: node 25
+// zoo_label_count_15: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_11(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_15(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_12: node 25
+// zoo_label_write_16: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_12(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_16(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_13: node 26
+// zoo_gather_rows_17: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_13(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1634,21 +1662,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_14: node 28
+// zoo_ce_count_18: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_14(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_18(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_15: node 28
+// zoo_ce_step_rows_19: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_15(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_ce_step_rows<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits, 16384);
 }
 
-// zoo_ce_step_finish_16: node 28
+// zoo_ce_step_finish_20: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_16(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1658,39 +1686,39 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_16(const f
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_17: node 31
+// zoo_scatter_rows_21: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_18: node 32
+// zoo_layernorm_bwd_rows_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_19: node 32
+// zoo_sum_partials_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_19(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_20: node 33
+// zoo_layernorm_bwd_rows_24: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_21: node 33
+// zoo_sum_partials_25: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k22_add: 1 elementwise op over 4194304 elements
+// zoo_k26_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1711,161 +1739,189 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_poly_attn_bwd_q_23: node 40
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 12>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+// zoo_k27_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_kv_24: node 40
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_24(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
+// zoo_poly_attn_bwd_q_28: node 45
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// t82 is t81 reshaped (same memory, no kernel)
+// zoo_poly_attn_bwd_kv_29: node 45
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
+}
 
-// GEMM (cuBLASLt, fp32): t83[65536 x 64] = t82 * t12, batch 1, k = 60
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// zoo_k30_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
+}
 
 // t84 is t83 reshaped (same memory, no kernel)
 
-// t85 is t38 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t12, batch 1, k = 60
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t86[60 x 64] = (t82)^T * t85, batch 1, k = 65536
+// t86 is t85 reshaped (same memory, no kernel)
+
+// t87 is t38 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_25: node 46
+// zoo_k31_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
+
+// zoo_layernorm_bwd_rows_32: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_26: node 46
+// zoo_sum_partials_33: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t90 is t87 reshaped (same memory, no kernel)
+// t93 is t90 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t94[65536 x 64] = t93 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t92 is t91 reshaped (same memory, no kernel)
+// t95 is t94 reshaped (same memory, no kernel)
 
-// t93 is t38 reshaped (same memory, no kernel)
+// t96 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_27: node 53
+// zoo_k34_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
+
+// zoo_layernorm_bwd_rows_35: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_28: node 53
+// zoo_sum_partials_36: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_28(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t99 is t96 reshaped (same memory, no kernel)
+// t103 is t100 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t100[65536 x 64] = t99 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t104[65536 x 64] = t103 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t101 is t100 reshaped (same memory, no kernel)
+// t105 is t104 reshaped (same memory, no kernel)
 
-// zoo_k29_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_add_add(const float *__restrict__ t84, const float *__restrict__ t92, const float *__restrict__ t101, float *__restrict__ t104) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v84 = t84[i];
-    float v92 = t92[i];
-    float v101 = t101[i];
-    float v95 = v84 + v92;  // add
-    float v104 = v95 + v101;  // add
-    t104[i] = v104;
-  }
-}
-
-// t102 is t38 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t103[192 x 64] = (t99)^T * t102, batch 1, k = 65536
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-
-// zoo_layernorm_bwd_rows_30: node 60
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_31: node 60
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k32_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t73, const float *__restrict__ t105, float *__restrict__ t108) {
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v73 = t73[i];
+    float v86 = t86[i];
+    float v95 = t95[i];
     float v105 = t105[i];
-    float v108 = v73 + v105;  // add
+    float v98 = v86 + v95;  // add
+    float v108 = v98 + v105;  // add
     t108[i] = v108;
   }
 }
 
-// zoo_layernorm_bwd_rows_33: node 62
+// t106 is t38 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
+//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
+
+// zoo_layernorm_bwd_rows_38: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 62
+// zoo_sum_partials_39: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k40_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t108, const float *__restrict__ t109, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t112, float *__restrict__ t113, float *__restrict__ t114) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v108 = t108[i];
+    float v73 = t73[i];
     float v109 = t109[i];
-    float v32 = t32[i];
-    float v31 = t31[i];
-    float v112 = v108 + v109;  // add
-    float v113 = v112 * v32;  // mul
-    float v114 = v112 * v31;  // mul
+    float v112 = v73 + v109;  // add
     t112[i] = v112;
-    t113[i] = v113;
-    t114[i] = v114;
   }
 }
 
-// t115 is t114 reshaped (same memory, no kernel)
+// zoo_layernorm_bwd_rows_41: node 70
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
-// GEMM (cuBLASLt, fp32): t116[65536 x 64] = t115 * t2, batch 1, k = 64
+// zoo_sum_partials_42: node 70
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v112 = t112[i];
+    float v113 = t113[i];
+    float v32 = t32[i];
+    float v31 = t31[i];
+    float v116 = v112 + v113;  // add
+    float v117 = v116 * v32;  // mul
+    float v118 = v116 * v31;  // mul
+    t116[i] = v116;
+    t117[i] = v117;
+    t118[i] = v118;
+  }
+}
+
+// t119 is t118 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t117 is t116 reshaped (same memory, no kernel)
+// t121 is t120 reshaped (same memory, no kernel)
 
-// t118 is t30 reshaped (same memory, no kernel)
+// t122 is t30 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t119[64 x 64] = (t115)^T * t118, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1884,8 +1940,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
   }
 }
 
-// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1893,60 +1949,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_37: node 73
+// zoo_conv1d_bwd_rows_45: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_38: node 73
+// zoo_sum_partials_46: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t112, const float *__restrict__ t117, const float *__restrict__ t122, float *__restrict__ t125) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v112 = t112[i];
-    float v117 = t117[i];
-    float v122 = t122[i];
-    float v121 = v112 + v117;  // add
-    float v125 = v121 + v122;  // add
-    t125[i] = v125;
+    float v116 = t116[i];
+    float v121 = t121[i];
+    float v126 = t126[i];
+    float v125 = v116 + v121;  // add
+    float v129 = v125 + v126;  // add
+    t129[i] = v129;
   }
 }
 
-// zoo_layernorm_bwd_rows_40: node 75
+// zoo_layernorm_bwd_rows_48: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 75
+// zoo_sum_partials_49: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t112, const float *__restrict__ t126, float *__restrict__ t130, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v112 = t112[i];
-    float v126 = t126[i];
-    float v129 = v112 + v126;  // add
-    float v130 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v129 * 1.11111116f : 0.0f;  // dropout
-    t130[i] = v130;
+    float v116 = t116[i];
+    float v130 = t130[i];
+    float v133 = v116 + v130;  // add
+    float v134 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v133 * 1.11111116f : 0.0f;  // dropout
+    t134[i] = v134;
   }
 }
 
-// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1965,8 +2021,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float 
   }
 }
 
-// zoo_k43_reduce_to_fin: adds the 2 partials of zoo_k43_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -1974,55 +2030,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_44: node 79
+// zoo_embedding_bwd_52: node 87
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_45: node 80
+// zoo_embedding_bwd_53: node 88
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k46_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t65, const float *__restrict__ t133, float *__restrict__ t134) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
-    float v133 = t133[i];
-    float v134 = v65 + v133;  // add
-    t134[i] = v134;
+    float v137 = t137[i];
+    float v138 = v65 + v137;  // add
+    t138[i] = v138;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_47: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k48_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_49: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_50: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -2038,14 +2094,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_51: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -2061,11 +2117,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_52: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2080,38 +2136,66 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_53: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_53(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k62_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_54: node 17
+// zoo_layernorm_fwd_63: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_54(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k64_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_poly_attn_fwd_55: node 19
-//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_55(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+// zoo_k65_split_heads: split heads, 3932160 elements
+//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
+}
+
+// zoo_poly_attn_fwd_66: node 22
+//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+}
+
+// zoo_k67_merge_heads: merge heads, 3932160 elements
+//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
+    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_56: node 22
+// zoo_layernorm_fused_68: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -2123,11 +2207,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_57: node 24
+// zoo_layernorm_fused_69: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -2138,36 +2222,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_58: node 25
+// zoo_label_count_70: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_58(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_59: node 25
+// zoo_label_write_71: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_59(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_60: node 26
+// zoo_gather_rows_72: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_60(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_61: node 28
+// zoo_ce_step_rows_73: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_61(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_62: node 28
+// zoo_ce_step_finish_74: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_62(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
