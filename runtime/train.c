@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -57,6 +58,23 @@ void zoo_train_init_params(const zoo_graph *g, uint64_t seed, float **params) {
 
 /* ---------------------------------------------------------------- pieces */
 
+/* A checkpoint being written by a thread of its own (train_save). */
+#define CKPT_NMETA 13
+typedef struct ckpt_writer {
+  pthread_t thread;
+  int running;
+  int rc;
+  char err[600];
+  /* what the thread reads, fixed until it is joined */
+  const char *path;
+  const zoo_graph *g;
+  const zoo_alias *aliases;
+  int naliases;
+  zoo_ckpt_state state;
+  char values[CKPT_NMETA][40];
+  zoo_ckpt_meta meta[CKPT_NMETA];
+} ckpt_writer;
+
 typedef struct trainer {
   zoo_config *c;
   const zoo_train_opts *o;
@@ -79,6 +97,7 @@ typedef struct trainer {
   double last_draw, last_flush;
   int early_stopped;
   float **params, **m, **v; /* host copies for checkpoints */
+  ckpt_writer writer;
 } trainer;
 
 static int train_mkdirs(const char *path) {
@@ -161,40 +180,75 @@ static void train_free_state(trainer *tr) {
 
 static double train_elapsed(const trainer *tr) { return tr->elapsed_base + train_now() - tr->t0; }
 
-/* Writes the checkpoint of the state after `epochs` complete epochs. */
+/* Checkpoints are written by a thread of their own, so that the GPU trains the
+ * next epoch while the file is written, synced and renamed. train_save copies the
+ * state out of the backend, then starts the writer; the next save, a failure
+ * and the end of the run wait for it (train_save_wait), so one write at most is
+ * in flight, the host copies stay untouched while it runs, and a run that ends
+ * has its last checkpoint on disk. A failed write fails the run at that wait. */
+static void *ckpt_write(void *arg) {
+  ckpt_writer *w = arg;
+  w->rc = zoo_ckpt_save_model(w->path, w->g, w->aliases, w->naliases, &w->state, w->meta, CKPT_NMETA,
+                              w->err, sizeof w->err);
+  return NULL;
+}
+
+/* After a write: its result. */
+static int ckpt_written(trainer *tr) {
+  ckpt_writer *w = &tr->writer;
+  if (w->rc) {
+    zoo_error(tr->d, zoo_nospan, "cannot save the checkpoint: %s", w->err);
+    return -1;
+  }
+  tr->have_ckpt = 1;
+  return 0;
+}
+
+static int train_save_wait(trainer *tr) {
+  ckpt_writer *w = &tr->writer;
+  if (!w->running) return 0;
+  pthread_join(w->thread, NULL);
+  w->running = 0;
+  return ckpt_written(tr);
+}
+
+/* Saves the state after tr->epoch complete epochs (written in the background). */
 static int train_save(trainer *tr, int finished) {
+  if (train_save_wait(tr)) return -1;
   int64_t step;
   if (tr->be->get_state(tr->be, tr->params, tr->m, tr->v, &step)) {
     zoo_error(tr->d, zoo_nospan, "cannot read the backend's state: %s", tr->be->err);
     return -1;
   }
-  char epoch[32], steps[32], best[40], last[40], vloss[40], seed[32], dseed[32], hash[24],
-      mhash[24], elapsed[40];
-  snprintf(epoch, sizeof epoch, "%d", tr->epoch);
-  snprintf(steps, sizeof steps, "%lld", (long long)step);
-  snprintf(best, sizeof best, "%.17g", tr->best);
-  snprintf(last, sizeof last, "%.17g", tr->last_acc);
-  snprintf(vloss, sizeof vloss, "%.17g", tr->last_vloss);
-  snprintf(seed, sizeof seed, "%lld", (long long)tr->c->seed);
-  snprintf(dseed, sizeof dseed, "%lld", (long long)tr->c->data_seed);
-  snprintf(hash, sizeof hash, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
-  snprintf(mhash, sizeof mhash, "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
-  snprintf(elapsed, sizeof elapsed, "%.3f", train_elapsed(tr));
-  zoo_ckpt_meta meta[] = {
-      {"format", "zoo"},           {"version", "1"},          {"epoch", epoch},
-      {"step", steps},             {"best_accuracy", best},   {"last_accuracy", last},
-      {"last_valid_loss", vloss},  {"seed", seed},            {"data_seed", dseed},
-      {"config_hash", hash},       {"model_hash", mhash},     {"elapsed_s", elapsed},
-      {"finished", finished ? "1" : "0"},
-  };
-  zoo_ckpt_state s = {tr->params, tr->m, tr->v};
-  char err[600];
-  if (zoo_ckpt_save_model(tr->ckpt_path, tr->g, tr->prog->aliases, tr->prog->naliases, &s, meta,
-                          (int)(sizeof meta / sizeof *meta), err, sizeof err)) {
-    zoo_error(tr->d, zoo_nospan, "cannot save the checkpoint: %s", err);
-    return -1;
+  ckpt_writer *w = &tr->writer;
+  static const char *keys[CKPT_NMETA] = {"format",      "version",         "epoch",      "step",
+                                         "best_accuracy", "last_accuracy", "last_valid_loss",
+                                         "seed",        "data_seed",       "config_hash", "model_hash",
+                                         "elapsed_s",   "finished"};
+  snprintf(w->values[0], 40, "zoo");
+  snprintf(w->values[1], 40, "1");
+  snprintf(w->values[2], 40, "%d", tr->epoch);
+  snprintf(w->values[3], 40, "%lld", (long long)step);
+  snprintf(w->values[4], 40, "%.17g", tr->best);
+  snprintf(w->values[5], 40, "%.17g", tr->last_acc);
+  snprintf(w->values[6], 40, "%.17g", tr->last_vloss);
+  snprintf(w->values[7], 40, "%lld", (long long)tr->c->seed);
+  snprintf(w->values[8], 40, "%lld", (long long)tr->c->data_seed);
+  snprintf(w->values[9], 40, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
+  snprintf(w->values[10], 40, "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
+  snprintf(w->values[11], 40, "%.3f", train_elapsed(tr));
+  snprintf(w->values[12], 40, "%s", finished ? "1" : "0");
+  for (int i = 0; i < CKPT_NMETA; i++) w->meta[i] = (zoo_ckpt_meta){keys[i], w->values[i]};
+  w->path = tr->ckpt_path;
+  w->g = tr->g;
+  w->aliases = tr->prog->aliases;
+  w->naliases = tr->prog->naliases;
+  w->state = (zoo_ckpt_state){tr->params, tr->m, tr->v};
+  if (pthread_create(&w->thread, NULL, ckpt_write, w) != 0) { /* no thread: write it here */
+    ckpt_write(w);
+    return ckpt_written(tr);
   }
-  tr->have_ckpt = 1;
+  w->running = 1;
   return 0;
 }
 
@@ -340,6 +394,7 @@ static void train_log_step(trainer *tr, int64_t step, double loss, double lr) {
 
 /* The loss was not finite: says so, keeps the last checkpoint, fails the run. */
 static int train_nan(trainer *tr, int64_t step, double loss) {
+  train_save_wait(tr);
   if (tr->tty && !tr->o->quiet) fputc('\n', tr->out);
   fflush(tr->out);
   if (tr->have_ckpt)
@@ -631,6 +686,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
     tr.metrics = fopen(tr.metrics_path, o->resume ? "a" : "w");
     tr.t0 = train_now();
     rc = train_run(&tr, r);
+    if (train_save_wait(&tr)) rc = -1;
     if (tr.metrics) fclose(tr.metrics);
     tr.metrics = NULL;
   }
