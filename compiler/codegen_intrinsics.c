@@ -802,6 +802,12 @@ int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * layernorm, rmsnorm: runtime/kernels/layernorm.cu, rmsnorm.cu. One warp per
  * row, 8 rows per block. */
 
+/* Rows a warp of layernorm.cu takes at once: 32 / zk_ln_lanes(C) (the same rule). */
+static int64_t ln_rows_per_warp(int64_t C) {
+  int64_t lanes = C <= 4 ? 1 : C <= 8 ? 2 : C <= 16 ? 4 : C <= 32 ? 8 : C <= 64 ? 16 : 32;
+  return 32 / lanes;
+}
+
 /* layernorm, alone (input 0 from memory through zk_load) or with a prologue
  * (codegen_cuda.h): the same template, whose loader is then a lambda over the
  * fused group's values. */
@@ -828,7 +834,7 @@ int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_c
   zoo_strbuf_printf(&e->src, "  zk_layernorm_fwd<%lld, %s, %s>(%s, %s, %s, y, %lld, %s);\n}\n", (long long)C,
                     has_w ? "true" : "false", has_b ? "true" : "false", p ? "x" : "zk_load{x}",
                     has_w ? "w" : "nullptr", has_b ? "b" : "nullptr", (long long)N, eps);
-  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
+  zoo_step *s = launch(e, n, name, cdiv(N, 8 * ln_rows_per_warp(C)), 256, 0);
   if (!s) return -1;
   if (p)
     for (int k = 0; k < p->nargs; k++) s->args[s->nargs++] = p->args[k];

@@ -523,6 +523,22 @@ static int c_layernorm_many(ocase *c) {
   int in[3] = {x, w, b};
   return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
 }
+/* rows of 20 and of 3: groups of 8 and 1 lanes, 4 and 32 rows a warp, the
+ * last warp's groups partly past the end */
+static int c_layernorm_narrow(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(7, 13, 20)), w = oc_f32(c, V_SIGNED, DIMS(20)), b = oc_f32(c, V_SIGNED, DIMS(20));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
+}
+static int c_layernorm_tiny(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(75, 3)), w = oc_f32(c, V_SIGNED, DIMS(3));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[2] = {x, w};
+  return oc_op(c, ZOO_OP_LAYERNORM, 2, in, &a);
+}
 static int c_rmsnorm_many(ocase *c) {
   int x = oc_f32(c, V_SIGNED, DIMS(500, 40)), w = oc_f32(c, V_SIGNED, DIMS(40));
   zoo_attrs a = A0();
@@ -605,6 +621,8 @@ static const named_case reductions_cases[] = {
       {"layernorm_plain", c_layernorm_plain, 1e-4, 1},
       {"rmsnorm", c_rmsnorm, 1e-4, 1},
       {"layernorm_many_rows", c_layernorm_many, 1e-4, 1},
+      {"layernorm_narrow", c_layernorm_narrow, 1e-4, 1},
+      {"layernorm_tiny", c_layernorm_tiny, 1e-4, 1},
       {"rmsnorm_many_rows", c_rmsnorm_many, 1e-4, 1},
       {"softmax", c_softmax, 1e-4, 1},
       {"logsumexp", c_logsumexp, 1e-4, 1},

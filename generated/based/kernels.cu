@@ -399,10 +399,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  * argument). Statistics in fp32: the mean, then the biased variance of the
  * row held in registers (two passes, no cancellation).
  *
+ * Rows go to groups of L = zk_ln_lanes(C) lanes (8 at C = 32, the whole warp
+ * from C = 128), 32 / L rows a warp; lane l of a group holds columns l, l + L,
+ * ... in registers (ceil(C / L) of them), and the row's sums are over its group.
+ *
  * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
- *   one warp per row, any number of warps per block (the emitter uses 8 =
- *   256 threads); grid ceil(N / warps per block). Lane l holds columns
- *   l, l + 32, ... in registers (ceil(C / 32) of them). x is a loader, not a
+ *   any number of warps per block (the emitter uses 8 = 256 threads); grid
+ *   ceil(N / rows per block). x is a loader, not a
  *   pointer: x(e) returns element e = row C + c of the input, called once per
  *   element (c < C) in its row's warp. zk_load{p} reads p[e]; a fused group
  *   (compiler/fuse.c) passes a lambda that computes the element from its own
@@ -411,10 +414,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *
  * zk_layernorm_bwd_rows<C, HAS_W, P>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
- *   Grid P blocks of NW warps; warp k of block p takes rows p*NW + k,
+ *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
- *   rows; the block adds its warps' sums in warp order (deterministic) and
- *   writes them to part[p][0][C] (dw) and part[p][1][C] (db).
+ *   rows; the warp folds its groups, the block adds its warps' sums in warp
+ *   order (deterministic) and writes them to part[p][0][C] (dw) and
+ *   part[p][1][C] (db).
  *   Dynamic shared memory: 2 C floats.
  * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
  * summed over p into dw, db.
@@ -423,36 +427,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
 
+/* Lanes per row: a row of C floats goes to a group of L lanes, 32 / L rows a
+ * warp, about four columns a lane (a whole warp from C = 128 on). The emitter
+ * sizes the grid with the same rule (ln_lanes in codegen_intrinsics.c). */
+__host__ __device__ constexpr int zk_ln_lanes(int c) {
+  return c <= 4 ? 1 : c <= 8 ? 2 : c <= 16 ? 4 : c <= 32 ? 8 : c <= 64 ? 16 : 32;
+}
+
+/* Sum over the L lanes of a row group (L a power of 2; at L = 32 the same
+ * order as zk_warp_sum). Every lane of the warp must call it. */
+template <int L>
+__device__ __forceinline__ float zk_group_sum(float v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(ZK_FULL_MASK, v, o);
+  return v;
+}
+
 template <int C, bool HAS_W, bool HAS_B, class LoadX>
 __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
                                                  float *__restrict__ y, int N, float eps) {
-  constexpr int PL = (C + 31) / 32;
-  int lane = threadIdx.x & 31;
-  zk_i64 row = (zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= N) return; /* the whole warp leaves together */
+  constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
+  int lane = threadIdx.x & 31, sub = lane % L;
+  zk_i64 base = ((zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * RW;
+  if (base >= N) return; /* the whole warp leaves together */
+  zk_i64 row = base + lane / L;
+  bool ok = row < N;
   float v[PL];
   float sum = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
-    int c = lane + 32 * k;
-    v[k] = c < C ? x(row * C + c) : 0.0f;
+    int c = sub + L * k;
+    v[k] = ok && c < C ? x(row * C + c) : 0.0f;
     sum += v[k];
   }
-  float mean = zk_warp_sum(sum) / (float)C;
+  float mean = zk_group_sum<L>(sum) / (float)C;
   float sq = 0.0f;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
-    int c = lane + 32 * k;
+    int c = sub + L * k;
     float d = c < C ? v[k] - mean : 0.0f;
     sq += d * d;
   }
-  float rstd = 1.0f / sqrtf(zk_warp_sum(sq) / (float)C + eps);
+  float rstd = 1.0f / sqrtf(zk_group_sum<L>(sq) / (float)C + eps);
+  if (!ok) return;
   float *yr = y + row * C;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
-    int c = lane + 32 * k;
+    int c = sub + L * k;
     if (c < C) {
       float o = (v[k] - mean) * rstd;
       if (HAS_W) o *= w[c];
@@ -468,37 +491,39 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
                                                       const float *__restrict__ w,
                                                       float *__restrict__ dx,
                                                       float *__restrict__ part, int N, float eps) {
-  constexpr int PL = (C + 31) / 32;
+  constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5, sub = lane % L;
   float pw[PL], pb[PL];
 #pragma unroll
   for (int k = 0; k < PL; k++) pw[k] = pb[k] = 0.0f;
 
-  for (zk_i64 row = (zk_i64)blockIdx.x * nw + warp; row < N; row += (zk_i64)P * nw) {
+  for (zk_i64 base = ((zk_i64)blockIdx.x * nw + warp) * RW; base < N; base += (zk_i64)P * nw * RW) {
+    zk_i64 row = base + lane / L;
+    bool ok = row < N;
     const float *xr = x + row * C, *dyr = dy + row * C;
     float xv[PL], g[PL];
     float sum = 0.0f;
 #pragma unroll
     for (int k = 0; k < PL; k++) {
-      int c = lane + 32 * k;
-      xv[k] = c < C ? xr[c] : 0.0f;
+      int c = sub + L * k;
+      xv[k] = ok && c < C ? xr[c] : 0.0f;
       sum += xv[k];
     }
-    float mean = zk_warp_sum(sum) / (float)C;
+    float mean = zk_group_sum<L>(sum) / (float)C;
     float sq = 0.0f;
 #pragma unroll
     for (int k = 0; k < PL; k++) {
-      int c = lane + 32 * k;
+      int c = sub + L * k;
       float d = c < C ? xv[k] - mean : 0.0f;
       sq += d * d;
     }
-    float rstd = 1.0f / sqrtf(zk_warp_sum(sq) / (float)C + eps);
+    float rstd = 1.0f / sqrtf(zk_group_sum<L>(sq) / (float)C + eps);
     float sg = 0.0f, sgx = 0.0f;
 #pragma unroll
     for (int k = 0; k < PL; k++) {
-      int c = lane + 32 * k;
-      float d = c < C ? dyr[c] : 0.0f;
+      int c = sub + L * k;
+      float d = ok && c < C ? dyr[c] : 0.0f;
       float xh = (xv[k] - mean) * rstd;
       xv[k] = c < C ? xh : 0.0f; /* from here on xv holds xh */
       g[k] = HAS_W && c < C ? d * w[c] : d;
@@ -507,23 +532,31 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pw[k] += d * xv[k];
       pb[k] += d;
     }
-    float mg = zk_warp_sum(sg) / (float)C, mgx = zk_warp_sum(sgx) / (float)C;
+    float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
     float *dxr = dx + row * C;
 #pragma unroll
     for (int k = 0; k < PL; k++) {
-      int c = lane + 32 * k;
-      if (c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      int c = sub + L * k;
+      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
     }
   }
 
+  /* the warp's row groups hold the same columns: fold them into the first */
+#pragma unroll
+  for (int o = L; o < 32; o <<= 1)
+#pragma unroll
+    for (int k = 0; k < PL; k++) {
+      pw[k] += __shfl_xor_sync(ZK_FULL_MASK, pw[k], o);
+      pb[k] += __shfl_xor_sync(ZK_FULL_MASK, pb[k], o);
+    }
   /* block partials, added warp by warp in a fixed order */
   for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) zk_ln_sh[c] = 0.0f;
   __syncthreads();
   for (int k2 = 0; k2 < nw; k2++) {
-    if (warp == k2) {
+    if (warp == k2 && lane < L) {
 #pragma unroll
       for (int k = 0; k < PL; k++) {
-        int c = lane + 32 * k;
+        int c = sub + L * k;
         if (c < C) {
           zk_ln_sh[c] += pw[k];
           zk_ln_sh[C + c] += pb[k];
