@@ -1019,8 +1019,6 @@ int zoo_cuda_matmul(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t M = yd[ynd - 2], N = yd[ynd - 1], K = ad[and_ - 1 - ta];
   int64_t batch = 1;
   for (int k = 0; k < ynd - 2; k++) batch *= yd[k];
-  if (ta && !tb && batch == 1 && and_ == 2 && bnd == 2 && zoo_cuda_tn_skinny(M, N, K))
-    return zoo_cuda_matmul_tn(e, n, M, N, K);
   zoo_step *s = zoo_cuda_step(e, ZOO_STEP_GEMM, node_index(e, n));
   zoo_gemm *gm = &s->gemm;
   gm->a = n->in[0], gm->b = n->in[1], gm->c = n->out[0];

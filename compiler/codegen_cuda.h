@@ -171,12 +171,6 @@ typedef struct zoo_cuda_prologue {
 
 int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
 
-/* matmul(a, b) with a transposed, [K, M]^T [K, N], no batch: is it a weight
- * gradient that runtime/kernels/gemm_tn.cu takes (K >= 4096, M N <= 16384,
- * M + N <= 320; not with ZOO_NO_SKINNY_GEMM=1), and its emitter. */
-int zoo_cuda_tn_skinny(int64_t M, int64_t N, int64_t K);
-int zoo_cuda_matmul_tn(zoo_cuda_emit *e, const zoo_node *n, int64_t M, int64_t N, int64_t K);
-
 /* An op with ZOO_OPF_INLINE computed inside an elementwise group's kernel:
  * zoo_cuda_inline_<op> writes to expr the C expression of node n's output
  * element at the flat index `i`, reading each input t through its kernel

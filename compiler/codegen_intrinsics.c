@@ -799,41 +799,6 @@ int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 }
 
 /* ---------------------------------------------------------------------------
- * matmul with a transposed first operand, a long K and a small output (the
- * weight gradients): runtime/kernels/gemm_tn.cu, K split over the blocks, then
- * the partials added up (zoo_cuda_matmul picks this over cuBLASLt, see
- * zoo_cuda_tn_skinny). */
-
-int zoo_cuda_tn_skinny(int64_t M, int64_t N, int64_t K) {
-  const char *off = getenv("ZOO_NO_SKINNY_GEMM");
-  if (off && *off && strcmp(off, "0") != 0) return 0;
-  return K >= 4096 && M * N <= 16384 && M + N <= 320;
-}
-
-int zoo_cuda_matmul_tn(zoo_cuda_emit *e, const zoo_node *n, int64_t M, int64_t N, int64_t K) {
-  if (want_int(e, "K", K) || need(e, "gemm_tn.cu", NULL, NULL)) return -1;
-  int tx = 1; /* threads along N: a thread's tile about square */
-  while (tx < 32 && (double)tx * tx * M < 256.0 * N) tx *= 2;
-  int64_t KC = 128, P = cdiv(K, KC), MN = M * N, scratch = P * MN * 4;
-  char name[64];
-  kernel_name(e, n, "gemm_tn", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ a, "
-                    "const float *__restrict__ b, float *__restrict__ part%s) {\n"
-                    "  zk_gemm_tn_part<%lld, %lld, %d, %lld>(a, b, part, %lldLL);\n",
-                    name, partials_params(P, MN, 0), (long long)M, (long long)N, tx, (long long)KC,
-                    (long long)K);
-  partials_close(e, P, MN, MN, 0);
-  zoo_step *s = launch(e, n, name, P, 256, 0);
-  if (!s) return -1;
-  arg_tensor(s, n->in[0]);
-  arg_tensor(s, n->in[1]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
-  return partials_end(e, n, s, P, MN, MN, n->out[0], -1, scratch);
-}
-
-/* ---------------------------------------------------------------------------
  * layernorm, rmsnorm: runtime/kernels/layernorm.cu, rmsnorm.cu. One warp per
  * row, 8 rows per block. */
 

@@ -755,18 +755,6 @@ static int c_mm_tab(ocase *c) { return c_matmul(c, 1, 1, 1, 1); }
 static int c_mm_shared_b(ocase *c) { return c_matmul(c, 0, 0, 1, 0); }
 static int c_mm_shared_a(ocase *c) { return c_matmul(c, 0, 1, 0, 1); }
 static int c_mm_2d(ocase *c) { return c_matmul(c, 1, 0, 0, 0); }
-/* a^T b with K >= 4096 and a small output: gemm_tn.cu, K split over blocks; the
- * partials added in the last block (12 x 20) or by a second kernel (96 x 40) */
-static int c_mm_tn_t(ocase *c, int64_t K, int64_t M, int64_t N) {
-  int64_t ad[2] = {K, M}, bd[2] = {K, N};
-  int a = oc_f32(c, V_SIGNED, 2, ad), b = oc_f32(c, V_SIGNED, 2, bd);
-  zoo_attrs at = A0();
-  at.i[0] = 1;
-  int in[2] = {a, b};
-  return oc_op(c, ZOO_OP_MATMUL, 2, in, &at);
-}
-static int c_mm_tn_small(ocase *c) { return c_mm_tn_t(c, 4100, 12, 20); }
-static int c_mm_tn_wide(ocase *c) { return c_mm_tn_t(c, 4500, 96, 40); }
 
 static const named_case matmul_cases[] = {
       {"linear_bias", c_linear_bias, 1e-4, 1}, {"linear", c_linear_nobias, 1e-4, 1},
@@ -774,7 +762,6 @@ static const named_case matmul_cases[] = {
       {"matmul_tb", c_mm_tb, 1e-4, 1},         {"matmul_tab", c_mm_tab, 1e-4, 1},
       {"matmul_shared_b", c_mm_shared_b, 1e-4, 1}, {"matmul_shared_a", c_mm_shared_a, 1e-4, 1},
       {"matmul_2d", c_mm_2d, 1e-4, 1},
-      {"matmul_tn_long_k", c_mm_tn_small, 1e-4, 0}, {"matmul_tn_long_k_wide", c_mm_tn_wide, 1e-4, 0},
 };
 
 TEST(gpu_ops_matmul) {

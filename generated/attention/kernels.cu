@@ -1722,86 +1722,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__res
 
 // t78 is t49 reshaped (same memory, no kernel)
 
-// ---- runtime/kernels/gemm_tn.cu ----
-/* gemm_tn.cu: c = a^T b with a long K and a small output: the weight gradients
- * of the projections (matmul with its first operand transposed, ops.def), a
- * [K, M], b [K, N], c [M, N], K the batch's B T rows. cuBLASLt runs these on a
- * few blocks (19 to 27 us for m, n <= 192, k = 24576 on the H200); here K is
- * split over the blocks.
- *
- * zk_gemm_tn_part<M, N, TX, KC>: grid P = ceil(K / KC) blocks of 256 threads;
- *   block p adds rows [p KC, p KC + KC) into part[p][M N]. Slices of 32 rows of
- *   a and b are staged in shared memory; thread (ty, tx), TY = 256 / TX rows by
- *   TX columns of threads (the emitter picks TX so that a thread's tile is
- *   about square), holds the outputs (ty + TY i, tx + TX j) in registers and
- *   per row reads ceil(M / TY) values of a and ceil(N / TX) of b (broadcast)
- *   for their products. Static shared memory: 32 (M + N) floats.
- * Then zk_finish_partials or zk_sum_partials<P, M N, M N> (common.cu) add the
- * blocks' partials in block order: the result is deterministic.
- */
-#ifndef ZK_GEMM_TN_CU
-#define ZK_GEMM_TN_CU
-
-template <int M, int N, int TX, int KC>
-__device__ __forceinline__ void zk_gemm_tn_part(const float *__restrict__ a,
-                                                const float *__restrict__ b,
-                                                float *__restrict__ part, zk_i64 K) {
-  constexpr int NT = 256, KB = 32, TY = NT / TX;
-  constexpr int MT = (M + TY - 1) / TY, NTL = (N + TX - 1) / TX;
-  __shared__ float as[KB * M], bs[KB * N];
-  int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-  float acc[MT][NTL];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) acc[i][j] = 0.0f;
-  zk_i64 r0 = (zk_i64)blockIdx.x * KC, r1 = r0 + KC < K ? r0 + KC : K;
-  for (zk_i64 k0 = r0; k0 < r1; k0 += KB) {
-    int kn = r1 - k0 < KB ? (int)(r1 - k0) : KB;
-    for (int e = threadIdx.x; e < KB * M; e += NT) as[e] = e < kn * M ? a[k0 * M + e] : 0.0f;
-    for (int e = threadIdx.x; e < KB * N; e += NT) bs[e] = e < kn * N ? b[k0 * N + e] : 0.0f;
-    __syncthreads();
-#pragma unroll 4
-    for (int kk = 0; kk < KB; kk++) {
-      float av[MT], bv[NTL];
-#pragma unroll
-      for (int i = 0; i < MT; i++) av[i] = ty + TY * i < M ? as[kk * M + ty + TY * i] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NTL; j++) bv[j] = tx + TX * j < N ? bs[kk * N + tx + TX * j] : 0.0f;
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NTL; j++) acc[i][j] += av[i] * bv[j];
-    }
-    __syncthreads();
-  }
-  float *pp = part + (zk_i64)blockIdx.x * M * N;
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) {
-      int m = ty + TY * i, n = tx + TX * j;
-      if (m < M && n < N) pp[m * N + n] = acc[i][j];
-    }
-}
-
-#endif /* ZK_GEMM_TN_CU */
-
-// zoo_gemm_tn_28: node 48
+// GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_28(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_29: node 48
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 4096, 4096>(part, out0, nullptr);
-}
-
-// zoo_k30_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1820,8 +1746,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum(const float *__res
   }
 }
 
-// zoo_k30_sum_fin: adds the 132 partials of zoo_k30_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k28_sum_fin: adds the 132 partials of zoo_k28_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1831,17 +1757,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum_fin(const float *_
 
 // t81 is t77 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_31: node 51
+// zoo_softmax_attn_bwd_q_29: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_32: node 51
+// zoo_softmax_attn_bwd_kv_30: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_32(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1851,18 +1777,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_32(con
 
 // t87 is t82 reshaped (same memory, no kernel)
 
-// zoo_k33_concat: rows of 64 + 64 elements
+// zoo_k31_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k34_concat: rows of 128 + 64 elements
+// zoo_k32_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1878,21 +1804,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_concat(const float *__
 
 // t93 is t40 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_35: node 61
+// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_35(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<192, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_36: node 61
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 12288, 12288>(part, out0, nullptr);
-}
-
-// zoo_k37_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1911,8 +1828,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__res
   }
 }
 
-// zoo_k37_sum_fin: adds the 44 partials of zoo_k37_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k33_sum_fin: adds the 44 partials of zoo_k33_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -1920,21 +1837,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_38: node 63
+// zoo_layernorm_bwd_rows_34: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 63
+// zoo_sum_partials_35: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k40_add: 1 elementwise op over 4194304 elements
+// zoo_k36_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
     float v96 = t96[i];
@@ -1943,21 +1860,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_41: node 65
+// zoo_layernorm_bwd_rows_37: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_42: node 65
+// zoo_sum_partials_38: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k43_add: 1 elementwise op over 4194304 elements
+// zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v99 = t99[i];
     float v100 = t100[i];
@@ -1975,21 +1892,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add(const float *__res
 
 // t107 is t35 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_44: node 71
+// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_44(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_45: node 71
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 4096, 4096>(part, out0, nullptr);
-}
-
-// zoo_k46_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2008,8 +1916,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__res
   }
 }
 
-// zoo_k46_sum_fin: adds the 132 partials of zoo_k46_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -2019,17 +1927,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum_fin(const float *_
 
 // t110 is t106 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_47: node 74
+// zoo_softmax_attn_bwd_q_41: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_47(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_48: node 74
+// zoo_softmax_attn_bwd_kv_42: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_48(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -2039,18 +1947,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_48(con
 
 // t116 is t111 reshaped (same memory, no kernel)
 
-// zoo_k49_concat: rows of 64 + 64 elements
+// zoo_k43_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k50_concat: rows of 128 + 64 elements
+// zoo_k44_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -2066,21 +1974,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_concat(const float *__
 
 // t122 is t26 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_51: node 84
+// GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_51(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<192, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_52: node 84
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_52(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 12288, 12288>(part, out0, nullptr);
-}
-
-// zoo_k53_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k45_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2099,8 +1998,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum(const float *__res
   }
 }
 
-// zoo_k53_sum_fin: adds the 44 partials of zoo_k53_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_sum_fin: adds the 44 partials of zoo_k45_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -2108,22 +2007,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_54: node 86
+// zoo_layernorm_bwd_rows_46: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_54(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_55: node 86
+// zoo_sum_partials_47: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_55(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k56_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k48_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
     float v125 = t125[i];
@@ -2133,9 +2032,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_add_dropout(const floa
   }
 }
 
-// zoo_k57_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2154,8 +2053,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_reduce_to(const float 
   }
 }
 
-// zoo_k57_reduce_to_fin: adds the 2 partials of zoo_k57_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k49_reduce_to_fin: adds the 2 partials of zoo_k49_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2163,21 +2062,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_58: node 90
+// zoo_embedding_bwd_50: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_58(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_59: node 91
+// zoo_embedding_bwd_51: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_59(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k60_add: 1 elementwise op over 524288 elements
+// zoo_k52_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v132 = t132[i];
@@ -2188,30 +2087,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_61: node 0
+// zoo_embedding_fwd_53: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_61(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k62_arange: 0 .. 127
+// zoo_k54_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_63: node 2
+// zoo_embedding_fwd_55: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_63(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_64: node 5
+// zoo_layernorm_fused_56: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2227,37 +2126,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_slice: slice, 4194304 elements
+// zoo_k57_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k66_slice: slice, 4194304 elements
+// zoo_k58_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k67_slice: slice, 4194304 elements
+// zoo_k59_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_68: node 13
+// zoo_softmax_attn_fwd_60: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_68(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2266,11 +2165,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_68(const 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_69: node 17
+// zoo_layernorm_fused_61: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2282,11 +2181,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_70: node 19
+// zoo_layernorm_fused_62: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2301,37 +2200,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k71_slice: slice, 4194304 elements
+// zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k72_slice: slice, 4194304 elements
+// zoo_k64_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k73_slice: slice, 4194304 elements
+// zoo_k65_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_74: node 27
+// zoo_softmax_attn_fwd_66: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_74(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
@@ -2340,11 +2239,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_74(const 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_75: node 31
+// zoo_layernorm_fused_67: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2356,11 +2255,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_76: node 33
+// zoo_layernorm_fused_68: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_76(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2371,36 +2270,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_76(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_77: node 34
+// zoo_label_count_69: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_77(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_69(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_78: node 34
+// zoo_label_write_70: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_78(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_70(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_79: node 35
+// zoo_gather_rows_71: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_79(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_71(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_80: node 37
+// zoo_ce_step_rows_72: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_72(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_81: node 37
+// zoo_ce_step_finish_73: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_81(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_73(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

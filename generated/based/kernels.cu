@@ -1757,105 +1757,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 
 // t71 is t42 reshaped (same memory, no kernel)
 
-// ---- runtime/kernels/gemm_tn.cu ----
-/* gemm_tn.cu: c = a^T b with a long K and a small output: the weight gradients
- * of the projections (matmul with its first operand transposed, ops.def), a
- * [K, M], b [K, N], c [M, N], K the batch's B T rows. cuBLASLt runs these on a
- * few blocks (19 to 27 us for m, n <= 192, k = 24576 on the H200); here K is
- * split over the blocks.
- *
- * zk_gemm_tn_part<M, N, TX, KC>: grid P = ceil(K / KC) blocks of 256 threads;
- *   block p adds rows [p KC, p KC + KC) into part[p][M N]. Slices of 32 rows of
- *   a and b are staged in shared memory; thread (ty, tx), TY = 256 / TX rows by
- *   TX columns of threads (the emitter picks TX so that a thread's tile is
- *   about square), holds the outputs (ty + TY i, tx + TX j) in registers and
- *   per row reads ceil(M / TY) values of a and ceil(N / TX) of b (broadcast)
- *   for their products. Static shared memory: 32 (M + N) floats.
- * Then zk_finish_partials or zk_sum_partials<P, M N, M N> (common.cu) add the
- * blocks' partials in block order: the result is deterministic.
- */
-#ifndef ZK_GEMM_TN_CU
-#define ZK_GEMM_TN_CU
-
-template <int M, int N, int TX, int KC>
-__device__ __forceinline__ void zk_gemm_tn_part(const float *__restrict__ a,
-                                                const float *__restrict__ b,
-                                                float *__restrict__ part, zk_i64 K) {
-  constexpr int NT = 256, KB = 32, TY = NT / TX;
-  constexpr int MT = (M + TY - 1) / TY, NTL = (N + TX - 1) / TX;
-  __shared__ float as[KB * M], bs[KB * N];
-  int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-  float acc[MT][NTL];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) acc[i][j] = 0.0f;
-  zk_i64 r0 = (zk_i64)blockIdx.x * KC, r1 = r0 + KC < K ? r0 + KC : K;
-  for (zk_i64 k0 = r0; k0 < r1; k0 += KB) {
-    int kn = r1 - k0 < KB ? (int)(r1 - k0) : KB;
-    for (int e = threadIdx.x; e < KB * M; e += NT) as[e] = e < kn * M ? a[k0 * M + e] : 0.0f;
-    for (int e = threadIdx.x; e < KB * N; e += NT) bs[e] = e < kn * N ? b[k0 * N + e] : 0.0f;
-    __syncthreads();
-#pragma unroll 4
-    for (int kk = 0; kk < KB; kk++) {
-      float av[MT], bv[NTL];
-#pragma unroll
-      for (int i = 0; i < MT; i++) av[i] = ty + TY * i < M ? as[kk * M + ty + TY * i] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NTL; j++) bv[j] = tx + TX * j < N ? bs[kk * N + tx + TX * j] : 0.0f;
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NTL; j++) acc[i][j] += av[i] * bv[j];
-    }
-    __syncthreads();
-  }
-  float *pp = part + (zk_i64)blockIdx.x * M * N;
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) {
-      int m = ty + TY * i, n = tx + TX * j;
-      if (m < M && n < N) pp[m * N + n] = acc[i][j];
-    }
-}
-
-#endif /* ZK_GEMM_TN_CU */
-
-// zoo_gemm_tn_25: node 41
+// GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_25(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 60, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_26: node 41
-//   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 3840, 3840>(part, out0, nullptr);
-}
-
-// zoo_k27_split_heads: split heads, 3932160 elements
+// zoo_k25_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_28: node 43
+// zoo_poly_attn_bwd_q_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_29: node 43
+// zoo_poly_attn_bwd_kv_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k30_merge_heads: merge heads, 3932160 elements
+// zoo_k28_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1869,21 +1795,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const floa
 
 // t81 is t34 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_31: node 49
+// GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_31(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<60, 64, 32, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_32: node 49
-//   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 3840, 3840>(part, out0, nullptr);
-}
-
-// zoo_k33_merge_heads: merge heads, 12582912 elements
+// zoo_k29_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1897,21 +1814,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const floa
 
 // t87 is t34 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_34: node 55
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_34(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<192, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_35: node 55
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 12288, 12288>(part, out0, nullptr);
-}
-
-// zoo_k36_merge_heads: merge heads, 12582912 elements
+// zoo_k30_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1923,10 +1831,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_merge_heads(const floa
 
 // t93 is t92 reshaped (same memory, no kernel)
 
-// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k31_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v80 = t80[i];
     float v86 = t86[i];
@@ -1939,33 +1847,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *_
 
 // t94 is t34 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_38: node 62
+// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_38(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<192, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_39: node 62
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 12288, 12288>(part, out0, nullptr);
-}
-
-// zoo_layernorm_bwd_rows_40: node 64
+// zoo_layernorm_bwd_rows_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 64
+// zoo_sum_partials_33: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add: 1 elementwise op over 4194304 elements
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v97 = t97[i];
@@ -1974,23 +1873,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_43: node 66
+// zoo_layernorm_bwd_rows_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_44: node 66
+// zoo_sum_partials_36: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k45_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v100 = t100[i];
     float v101 = t101[i];
@@ -2014,21 +1913,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_mul_mul(const floa
 
 // t110 is t26 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_46: node 74
+// GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_46(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_47: node 74
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 4096, 4096>(part, out0, nullptr);
-}
-
-// zoo_k48_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2047,8 +1937,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum(const float *__res
   }
 }
 
-// zoo_k48_sum_fin: adds the 132 partials of zoo_k48_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k38_sum_fin: adds the 132 partials of zoo_k38_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -2056,22 +1946,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_49: node 77
+// zoo_conv1d_bwd_rows_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_50: node 77
+// zoo_sum_partials_40: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k51_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k41_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v109 = t109[i];
@@ -2082,22 +1972,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_52: node 79
+// zoo_layernorm_bwd_rows_42: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_52(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_53: node 79
+// zoo_sum_partials_43: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_53(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k54_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v104 = t104[i];
     float v118 = t118[i];
@@ -2107,9 +1997,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_add_dropout(const floa
   }
 }
 
-// zoo_k55_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2128,8 +2018,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_reduce_to(const float 
   }
 }
 
-// zoo_k55_reduce_to_fin: adds the 2 partials of zoo_k55_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_reduce_to_fin: adds the 2 partials of zoo_k45_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2137,21 +2027,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_56: node 83
+// zoo_embedding_bwd_46: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_56(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_57: node 84
+// zoo_embedding_bwd_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_57(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k58_add: 1 elementwise op over 524288 elements
+// zoo_k48_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
     float v125 = t125[i];
@@ -2162,30 +2052,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k58_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_59: node 0
+// zoo_embedding_fwd_49: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_59(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k60_arange: 0 .. 127
+// zoo_k50_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_61: node 2
+// zoo_embedding_fwd_51: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_61(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_62: node 5
+// zoo_layernorm_fused_52: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2201,14 +2091,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_63: node 11
+// zoo_layernorm_fused_53: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2224,11 +2114,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_64: node 13
+// zoo_layernorm_fused_54: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2243,9 +2133,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_split_heads: split heads, 12582912 elements
+// zoo_k55_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2253,9 +2143,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k66_split_heads: split heads, 12582912 elements
+// zoo_k56_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2263,22 +2153,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_split_heads(const floa
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k67_split_heads: split heads, 3932160 elements
+// zoo_k57_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_68: node 20
+// zoo_poly_attn_fwd_58: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_68(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k69_merge_heads: merge heads, 3932160 elements
+// zoo_k59_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k69_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2286,11 +2176,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k69_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_70: node 24
+// zoo_layernorm_fused_60: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -2302,11 +2192,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_71: node 26
+// zoo_layernorm_fused_61: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -2317,36 +2207,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_72: node 27
+// zoo_label_count_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_72(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_73: node 27
+// zoo_label_write_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_73(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_74: node 28
+// zoo_gather_rows_64: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_74(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_75: node 30
+// zoo_ce_step_rows_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_76: node 30
+// zoo_ce_step_finish_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_76(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

@@ -1808,86 +1808,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__res
 
 // t72 is t43 reshaped (same memory, no kernel)
 
-// ---- runtime/kernels/gemm_tn.cu ----
-/* gemm_tn.cu: c = a^T b with a long K and a small output: the weight gradients
- * of the projections (matmul with its first operand transposed, ops.def), a
- * [K, M], b [K, N], c [M, N], K the batch's B T rows. cuBLASLt runs these on a
- * few blocks (19 to 27 us for m, n <= 192, k = 24576 on the H200); here K is
- * split over the blocks.
- *
- * zk_gemm_tn_part<M, N, TX, KC>: grid P = ceil(K / KC) blocks of 256 threads;
- *   block p adds rows [p KC, p KC + KC) into part[p][M N]. Slices of 32 rows of
- *   a and b are staged in shared memory; thread (ty, tx), TY = 256 / TX rows by
- *   TX columns of threads (the emitter picks TX so that a thread's tile is
- *   about square), holds the outputs (ty + TY i, tx + TX j) in registers and
- *   per row reads ceil(M / TY) values of a and ceil(N / TX) of b (broadcast)
- *   for their products. Static shared memory: 32 (M + N) floats.
- * Then zk_finish_partials or zk_sum_partials<P, M N, M N> (common.cu) add the
- * blocks' partials in block order: the result is deterministic.
- */
-#ifndef ZK_GEMM_TN_CU
-#define ZK_GEMM_TN_CU
-
-template <int M, int N, int TX, int KC>
-__device__ __forceinline__ void zk_gemm_tn_part(const float *__restrict__ a,
-                                                const float *__restrict__ b,
-                                                float *__restrict__ part, zk_i64 K) {
-  constexpr int NT = 256, KB = 32, TY = NT / TX;
-  constexpr int MT = (M + TY - 1) / TY, NTL = (N + TX - 1) / TX;
-  __shared__ float as[KB * M], bs[KB * N];
-  int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-  float acc[MT][NTL];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) acc[i][j] = 0.0f;
-  zk_i64 r0 = (zk_i64)blockIdx.x * KC, r1 = r0 + KC < K ? r0 + KC : K;
-  for (zk_i64 k0 = r0; k0 < r1; k0 += KB) {
-    int kn = r1 - k0 < KB ? (int)(r1 - k0) : KB;
-    for (int e = threadIdx.x; e < KB * M; e += NT) as[e] = e < kn * M ? a[k0 * M + e] : 0.0f;
-    for (int e = threadIdx.x; e < KB * N; e += NT) bs[e] = e < kn * N ? b[k0 * N + e] : 0.0f;
-    __syncthreads();
-#pragma unroll 4
-    for (int kk = 0; kk < KB; kk++) {
-      float av[MT], bv[NTL];
-#pragma unroll
-      for (int i = 0; i < MT; i++) av[i] = ty + TY * i < M ? as[kk * M + ty + TY * i] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < NTL; j++) bv[j] = tx + TX * j < N ? bs[kk * N + tx + TX * j] : 0.0f;
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NTL; j++) acc[i][j] += av[i] * bv[j];
-    }
-    __syncthreads();
-  }
-  float *pp = part + (zk_i64)blockIdx.x * M * N;
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NTL; j++) {
-      int m = ty + TY * i, n = tx + TX * j;
-      if (m < M && n < N) pp[m * N + n] = acc[i][j];
-    }
-}
-
-#endif /* ZK_GEMM_TN_CU */
-
-// zoo_gemm_tn_24: node 42
+// GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_24(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_25: node 42
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 4096, 4096>(part, out0, nullptr);
-}
-
-// zoo_k26_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k24_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1906,8 +1832,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum(const float *__res
   }
 }
 
-// zoo_k26_sum_fin: adds the 132 partials of zoo_k26_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k24_sum_fin: adds the 132 partials of zoo_k24_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1917,17 +1843,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum_fin(const float *_
 
 // t75 is t71 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_27: node 45
+// zoo_softmax_attn_bwd_q_25: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_28: node 45
+// zoo_softmax_attn_bwd_kv_26: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1937,18 +1863,18 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_28(con
 
 // t81 is t76 reshaped (same memory, no kernel)
 
-// zoo_k29_concat: rows of 64 + 64 elements
+// zoo_k27_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
   }
 }
 
-// zoo_k30_concat: rows of 128 + 64 elements
+// zoo_k28_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1964,21 +1890,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_concat(const float *__
 
 // t87 is t34 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_31: node 55
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_31(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<192, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_32: node 55
-//   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 12288, 12288>(part, out0, nullptr);
-}
-
-// zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k29_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1997,8 +1914,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__res
   }
 }
 
-// zoo_k33_sum_fin: adds the 44 partials of zoo_k33_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k29_sum_fin: adds the 44 partials of zoo_k29_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 192) return;
   float s = 0.0f;
@@ -2006,21 +1923,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_layernorm_bwd_rows_34: node 57
+// zoo_layernorm_bwd_rows_30: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 57
+// zoo_sum_partials_31: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// zoo_k32_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v90 = t90[i];
@@ -2029,23 +1946,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 59
+// zoo_layernorm_bwd_rows_33: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 59
+// zoo_sum_partials_34: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k39_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
     float v94 = t94[i];
@@ -2069,21 +1986,12 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const floa
 
 // t103 is t26 reshaped (same memory, no kernel)
 
-// zoo_gemm_tn_40: node 67
+// GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_tn_40(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ part) {
-  zk_gemm_tn_part<64, 64, 16, 128>(a, b, part, 65536LL);
-}
 
-// zoo_sum_partials_41: node 67
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0) {
-  zk_sum_partials<512, 4096, 4096>(part, out0, nullptr);
-}
-
-// zoo_k42_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2102,8 +2010,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_sum(const float *__res
   }
 }
 
-// zoo_k42_sum_fin: adds the 132 partials of zoo_k42_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k36_sum_fin: adds the 132 partials of zoo_k36_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -2111,22 +2019,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_43: node 70
+// zoo_conv1d_bwd_rows_37: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_44: node 70
+// zoo_sum_partials_38: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k45_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v102 = t102[i];
@@ -2137,22 +2045,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_46: node 72
+// zoo_layernorm_bwd_rows_40: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_47: node 72
+// zoo_sum_partials_41: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k48_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v111 = t111[i];
@@ -2162,9 +2070,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const floa
   }
 }
 
-// zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2183,8 +2091,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float 
   }
 }
 
-// zoo_k49_reduce_to_fin: adds the 2 partials of zoo_k49_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k43_reduce_to_fin: adds the 2 partials of zoo_k43_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2192,21 +2100,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_50: node 76
+// zoo_embedding_bwd_44: node 76
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_51: node 77
+// zoo_embedding_bwd_45: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k52_add: 1 elementwise op over 524288 elements
+// zoo_k46_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
     float v118 = t118[i];
@@ -2217,30 +2125,30 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_53: node 0
+// zoo_embedding_fwd_47: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k54_arange: 0 .. 127
+// zoo_k48_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_55: node 2
+// zoo_embedding_fwd_49: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_56: node 5
+// zoo_layernorm_fused_50: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2256,14 +2164,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_57: node 11
+// zoo_layernorm_fused_51: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2279,11 +2187,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_58: node 13
+// zoo_layernorm_fused_52: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2298,37 +2206,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k59_slice: slice, 4194304 elements
+// zoo_k53_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
 
 // t37 is t36 reshaped (same memory, no kernel)
 
-// zoo_k60_slice: slice, 4194304 elements
+// zoo_k54_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
 
 // t39 is t38 reshaped (same memory, no kernel)
 
-// zoo_k61_slice: slice, 4194304 elements
+// zoo_k55_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
 
 // t41 is t40 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_62: node 21
+// zoo_softmax_attn_fwd_56: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_62(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2337,11 +2245,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_62(const 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_63: node 25
+// zoo_layernorm_fused_57: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v44 = t44[i];
@@ -2353,11 +2261,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_64: node 27
+// zoo_layernorm_fused_58: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v46 = t46[i];
@@ -2368,36 +2276,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_65: node 28
+// zoo_label_count_59: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_65(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_59(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_66: node 28
+// zoo_label_write_60: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_66(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_60(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_67: node 29
+// zoo_gather_rows_61: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_67(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_68: node 31
+// zoo_ce_step_rows_62: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_68(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_62(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_rows<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr, 16384);
 }
 
-// zoo_ce_step_finish_69: node 31
+// zoo_ce_step_finish_63: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_69(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_63(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
