@@ -117,6 +117,7 @@ NO_GRAD(poly_attention_bwd)
 NO_GRAD(wkv4_bwd)
 NO_GRAD(softmax_attention_bwd)
 NO_GRAD(linear_cross_entropy_bwd)
+NO_GRAD(linear_cross_entropy_step)
 
 int zoo_grad_add(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
   if (c->want[0]) din[0] = unbroadcast(c, dout[0], n->in[0]);

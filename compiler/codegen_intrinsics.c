@@ -1109,6 +1109,112 @@ int zoo_cuda_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
+/* linear_cross_entropy_step: runtime/kernels/linear_cross_entropy_step.cu.
+ * Rows per block BM: the fewest waves of blocks over an H200's LCS_SMS SMs
+ * times BM (below 24, smaller tiles lose more to shared-memory reads than they
+ * save), the larger BM on a tie; ZOO_LCE_STEP_ROWS=16|32|48|64 in the
+ * environment sets it (tests, tuning). Dynamic shared memory mirrors
+ * zk_lcs_smem (the wrapper asserts it). */
+#define LCS_SMS 132
+static int64_t lcs_pow2(int64_t d) { return d <= 4 ? 4 : d <= 8 ? 8 : d <= 16 ? 16 : d <= 32 ? 32 : 64; }
+static int64_t lcs_smem(int64_t D, int BM, int dh) {
+  int tm = BM / 16, tmp = tm == 3 ? 4 : tm;
+  return 4 * (D * 16 * tmp + 2 * lcs_pow2(D) * 132 + (dh ? BM * 132 : 0) + 11 * BM);
+}
+
+static int lcs_rows(zoo_cuda_emit *e, int64_t M) {
+  const char *env = getenv("ZOO_LCE_STEP_ROWS");
+  if (env && *env) {
+    int bm = atoi(env);
+    if (bm != 16 && bm != 32 && bm != 48 && bm != 64)
+      return fail(e, "ZOO_LCE_STEP_ROWS=%s: expected 16, 32, 48 or 64", env);
+    return bm;
+  }
+  int best = 64;
+  int64_t best_cost = -1;
+  for (int bm = 64; bm >= 16; bm -= 16) {
+    int64_t cost = cdiv(cdiv(M, bm), LCS_SMS) * (bm > 24 ? bm : 24);
+    if (best_cost < 0 || cost < best_cost) best = bm, best_cost = cost;
+  }
+  return best;
+}
+
+/* linear_cross_entropy_step (h, w, targets, dloss) -> loss, metrics, dlogits,
+ * dh: zk_ce_count, zk_lcs_rows, zk_ce_step_finish, with cross_entropy_step's
+ * scratch. The evaluation graph reads neither dlogits nor dh: then the rows
+ * kernel makes the loss and the hits only (no count, no second pass), and the
+ * planner gives them no memory. */
+int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t M = zoo_cuda_numel(e, n->in[2]), V = dim_of(e, n->in[1], 0), D = dim_of(e, n->in[1], 1);
+  int64_t ig = n->attrs.i[0];
+  if (D % 4 != 0 || D > 64 || V % 128 != 0)
+    return fail(e, "linear_cross_entropy_step: the kernel needs D a multiple of 4 up to 64 and V a multiple "
+                   "of 128 (D = %lld, V = %lld)",
+                (long long)D, (long long)V);
+  if (want_int(e, "rows", M) || want_int(e, "V", V) ||
+      need(e, "softmax.cu", "cross_entropy.cu", "linear_cross_entropy_step.cu"))
+    return -1;
+  int g = wanted(e, n->out[2]), dh = wanted(e, n->out[3]);
+  int BM = lcs_rows(e, M);
+  if (BM < 0) return -1;
+  int64_t smem = lcs_smem(D, BM, dh);
+  int64_t off_loss = 16, off_hit = off_loss + align16(M * 4);
+  int64_t scratch = off_hit + align16(M * 4); /* count, rowloss [M], hit [M] */
+  char name[64];
+  zoo_step *s;
+  if (g || dh) {
+    kernel_name(e, n, "ce_count", name, sizeof name);
+    zoo_strbuf_printf(&e->src,
+                      "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                      "float *__restrict__ count) {\n"
+                      "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
+                      name, (long long)M, (long long)ig);
+    if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
+    arg_tensor(s, n->in[2]);
+    arg_scratch(s, 0);
+    s->scratch_bytes = scratch;
+  }
+
+  /* two blocks per SM (128 registers) where D <= 32, one above */
+  kernel_name(e, n, "lcs_rows", name, sizeof name);
+  zoo_strbuf_printf(&e->src, "static_assert(4 * zk_lcs_smem<%lld, %d, %s>() == %lld, \"shared memory\");\n",
+                    (long long)D, BM, dh ? "true" : "false", (long long)smem);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256, %d) %s(const float *__restrict__ h, "
+                    "const float *__restrict__ w, const int *__restrict__ targets, const float *__restrict__ dloss, "
+                    "const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit%s%s) {\n"
+                    "  zk_lcs_rows<%lld, %lld, %d, %lld, %s, %s>(h, w, targets, dloss, count, rowloss, hit, %s, %s, "
+                    "%lld);\n}\n",
+                    D <= 32 ? 2 : 1, name, g ? ", float *__restrict__ dlogits" : "",
+                    dh ? ", float *__restrict__ dh" : "", (long long)D, (long long)V, BM, (long long)ig,
+                    g ? "true" : "false", dh ? "true" : "false", g ? "dlogits" : "nullptr", dh ? "dh" : "nullptr",
+                    (long long)M);
+  if (!(s = launch(e, n, name, cdiv(M, BM), 256, (unsigned)smem))) return -1;
+  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_scratch(s, off_loss);
+  arg_scratch(s, off_hit);
+  if (g) arg_tensor(s, n->out[2]);
+  if (dh) arg_tensor(s, n->out[3]);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "ce_step_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
+                    "const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, "
+                    "float *__restrict__ metrics) {\n"
+                    "  zk_ce_step_finish<%lld, %lld>(rowloss, hit, targets, loss, metrics);\n}\n",
+                    name, (long long)M, (long long)ig);
+  if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
+  arg_scratch(s, off_loss);
+  arg_scratch(s, off_hit);
+  arg_tensor(s, n->in[2]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
 /* accuracy (h, w, targets): the labelled rows compacted as for
  * linear_cross_entropy, a hit per row from the argmax of its logits, then the
  * counts (runtime/kernels/linear_cross_entropy.cu). */

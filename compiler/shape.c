@@ -745,6 +745,17 @@ static int zoo_shape_linear_cross_entropy_bwd(shape_ctx *s) {
   return 0;
 }
 
+/* (h, w, targets, dloss[]) -> loss[], metrics[2], dlogits [..., V], dh */
+static int zoo_shape_linear_cross_entropy_step(shape_ctx *s) {
+  if (want_lce(s, 0) || want_scalar(s, 3, "dloss")) return -1;
+  s->out[0] = scalar_f32();
+  s->out[1] = vec_type(zoo_dim_const(2));
+  s->out[2] = *s->in[0];
+  s->out[2].dim[s->out[2].ndim - 1] = s->in[1]->dim[0];
+  s->out[3] = *s->in[0];
+  return 0;
+}
+
 /* w[C], u[C], k[B,T,C], v[B,T,C] at inputs wi .. wi+3 */
 static int want_wkv(shape_ctx *s, int wi) {
   const zoo_type *w = s->in[wi], *u = s->in[wi + 1], *k = s->in[wi + 2], *v = s->in[wi + 3];

@@ -35,6 +35,20 @@
  * H200 (zoorun bench --only rebased, with and without the rewrite): DV 2
  * (32/48) 1.33 vs 1.31 ms and DV 5 (64/128) 3.22 vs 3.17 ms with it, but DV 42
  * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV.
+ *
+ * The compacted head's step at small D. After fold_loss_step the compacted
+ * head (see graph.h) is
+ *     logits = linear(hc, w)                                   [M, V], K = D
+ *     (loss, metrics, dlogits) = cross_entropy_step(logits, tc, dloss)
+ *     dhc = matmul(dlogits, w)                                 [M, D], K = V
+ * (and dw = matmul(dlogits^T, hc)). When D is a constant of at most 64 and a
+ * multiple of 4, V a multiple of 128, the logits feed nothing else and one
+ * matmul alone is linear's input gradient, one linear_cross_entropy_step node
+ * in the linear's place makes loss, metrics, dlogits and dhc (the tensors keep
+ * their ids) and the logits are never stored: on the GPU one kernel instead of
+ * two GEMMs and the loss's rows kernel (runtime/kernels/
+ * linear_cross_entropy_step.cu); on the CPU the same bits as the three nodes.
+ * ZOO_NO_FUSED_LCE_STEP=1 in the environment keeps the three nodes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,10 +231,73 @@ int zoo_interleave_heads(zoo_graph *g) {
   return rewritten;
 }
 
+/* Is the environment variable set to something other than "0"? */
+static int env_on(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The compacted head's step at small D (see the top of the file) */
+
+/* A constant dim, or -1. */
+static int64_t const_dim(zoo_dim d) { return d.sym == 0 ? d.coef : -1; }
+
+/* Folds linear, cross_entropy_step and the input gradient's matmul into one
+ * linear_cross_entropy_step node when the conditions at the top hold;
+ * returns 1 when it did, else 0 with the graph as it was. */
+static int fold_linear_step(zoo_graph *g) {
+  if (g->loss < 0) return 0;
+  int ps = g->tensors[g->loss].producer;
+  if (ps < 0 || g->nodes[ps].op != ZOO_OP_CROSS_ENTROPY_STEP) return 0;
+  const zoo_node *ce = &g->nodes[ps];
+  int logits = ce->in[0], dlogits = ce->out[2];
+  int pl = g->tensors[logits].producer;
+  if (pl < 0 || logits == g->output) return 0;
+  const zoo_node *lin = &g->nodes[pl];
+  if (lin->op != ZOO_OP_LINEAR || lin->nin != 2) return 0;
+  int hc = lin->in[0], w = lin->in[1];
+  const zoo_type *ht = &g->tensors[hc].type, *wt = &g->tensors[w].type;
+  int64_t D = const_dim(ht->dim[ht->ndim - 1]), V = wt->ndim == 2 ? const_dim(wt->dim[0]) : -1;
+  if (D < 4 || D > 64 || D % 4 != 0 || V < 128 || V % 128 != 0) return 0;
+  char *dead = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead) abort();
+  int pm = -1, matmuls = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    const zoo_node *n = &g->nodes[i];
+    if (n->op == ZOO_OP_MATMUL && n->in[0] == dlogits && n->in[1] == w && n->attrs.i[0] == 0 &&
+        n->attrs.i[1] == 0)
+      pm = i, matmuls++;
+  }
+  int ok = matmuls == 1 && only_reader(g, logits, dead) == ps;
+  zoo_node f = *lin; /* the folded node, checked before it replaces the linear */
+  if (ok) {
+    f.op = ZOO_OP_LINEAR_CROSS_ENTROPY_STEP;
+    f.nin = 4, f.nout = 4;
+    f.in[2] = ce->in[1], f.in[3] = ce->in[2];
+    f.attrs = ce->attrs;
+    int outs[4] = {ce->out[0], ce->out[1], dlogits, g->nodes[pm].out[0]};
+    zoo_type types[ZOO_MAX_OUT];
+    char err[256];
+    ok = zoo_shape_infer(g, &f, types, err, sizeof err) == 0;
+    for (int k = 0; ok && k < 4; k++) {
+      f.out[k] = outs[k];
+      ok = zoo_type_eq(&types[k], &g->tensors[outs[k]].type);
+    }
+  }
+  if (ok) {
+    g->nodes[pl] = f;
+    for (int k = 0; k < 4; k++) g->tensors[f.out[k]].producer = pl, g->tensors[f.out[k]].out_index = k;
+    g->tensors[logits].producer = -1; /* a value no node makes: not computed, not allocated */
+    dead[ps] = dead[pm] = 1;
+    drop_nodes(g, dead);
+  }
+  free(dead);
+  return ok;
+}
+
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
-  const char *off = getenv("ZOO_NO_FUSED_HEAD");
-  int plain = off && *off && strcmp(off, "0") != 0;
-  return zoo_train_graph_head(g, plain ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
+  return zoo_train_graph_head(g, env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
 }
 
 /* The compacted head's rows: (idx, pos, tc) = label_rows(targets), then
@@ -252,8 +329,7 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
   }
-  const char *keep_heads = getenv("ZOO_NO_INTERLEAVED_HEADS");
-  if (!(keep_heads && *keep_heads && strcmp(keep_heads, "0") != 0)) zoo_interleave_heads(g);
+  if (!env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g);
 
   zoo_type logits = g->tensors[g->output].type;
   int producer = g->tensors[g->output].producer;
@@ -312,5 +388,6 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     g->tensors[p].grad = z;
   }
   fold_loss_step(g);
+  if (!env_on("ZOO_NO_FUSED_LCE_STEP")) fold_linear_step(g);
   return 0;
 }

@@ -1693,3 +1693,26 @@ static int accuracy_head(zoo_cpu *c, const zoo_node *n) {
   y[1] = (float)hd.m;
   return 0;
 }
+
+/* linear_cross_entropy_step (h, w, targets, dloss) -> loss, metrics, dlogits,
+ * dh: the three nodes it stands for, linear, cross_entropy_step and
+ * matmul(dlogits, w), each on its own (the same numbers, bit for bit). The
+ * logits are made in dlogits' buffer, which cross_entropy_bwd overwrites row
+ * by row (row_ce_grad reads a row whole before writing it). */
+int zoo_cpu_linear_cross_entropy_step(zoo_cpu *c, const zoo_node *n) {
+  int dlogits = n->out[2];
+  zoo_node part = *n;
+  part.attrs = (zoo_attrs){0};
+  part.nin = 2, part.nout = 1;
+  part.out[0] = dlogits; /* logits = linear(h, w) */
+  if (zoo_cpu_linear(c, &part) != 0) return -1;
+  part = *n;
+  part.nin = 3, part.nout = 3;
+  part.in[0] = dlogits, part.in[1] = n->in[2], part.in[2] = n->in[3];
+  if (zoo_cpu_cross_entropy_step(c, &part) != 0) return -1;
+  part.attrs = (zoo_attrs){0}; /* no transposes */
+  part.nin = 2, part.nout = 1;
+  part.in[0] = dlogits, part.in[1] = n->in[1];
+  part.out[0] = n->out[3];
+  return zoo_cpu_matmul(c, &part);
+}

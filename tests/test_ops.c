@@ -500,6 +500,63 @@ TEST(op_cross_entropy_accuracy_argmax) {
   og_free(&o);
 }
 
+/* linear_cross_entropy_step: linear, cross_entropy_step and matmul(dlogits, w)
+ * in one node, bit for bit; h with and without leading axes, ignored rows */
+TEST(op_linear_cross_entropy_step) {
+  int64_t shapes[2][3] = {{13, 1, 8}, {2, 3, 4}}; /* rows (or B, T), D */
+  int64_t vocab[2] = {10, 5};
+  for (int c = 0; c < 2; c++) {
+    int64_t V = vocab[c], D = shapes[c][2], N = shapes[c][0] * shapes[c][1];
+    zoo_type ht = c == 0 ? F32T(K(N), K(D)) : F32T(K(shapes[c][0]), K(shapes[c][1]), K(D));
+    zoo_type tt = c == 0 ? I32T(K(N)) : I32T(K(shapes[c][0]), K(shapes[c][1]));
+    float *h = randv(N * D), *w = randv(V * D);
+    int32_t tg[13];
+    for (int r = 0; r < N; r++) tg[r] = r % 4 == 1 ? -100 : (int32_t)((r * 7) % V);
+    float dl = 0.75f;
+    og o;
+    og_init(&o);
+    int th = og_input(&o, ht, h), tw = og_input(&o, F32T(K(V), K(D)), w);
+    int tt_ = og_input(&o, tt, tg), td = og_input(&o, scalar_t, &dl);
+    zoo_attrs a = {0};
+    a.i[0] = -100;
+    int in4[4] = {th, tw, tt_, td};
+    int step = og_node(&o, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, in4, &a);
+    int logits = og_node2(&o, ZOO_OP_LINEAR, th, tw, NULL);
+    int ce = og_node3(&o, ZOO_OP_CROSS_ENTROPY_STEP, logits, tt_, td, &a);
+    int dh = og_node2(&o, ZOO_OP_MATMUL, ce + 2, tw, NULL);
+    CHECK(step >= 0 && dh >= 0);
+    CHECK(zoo_type_eq(&o.g.tensors[step + 2].type, &o.g.tensors[logits].type));
+    CHECK(zoo_type_eq(&o.g.tensors[step + 3].type, &ht));
+    CHECK(og_run(&o, 0, 0) == 0);
+    CHECK(og_f(&o, step)[0] == og_f(&o, ce)[0] && og_f(&o, step)[0] > 0);
+    CHECK(memcmp(og_f(&o, step + 1), og_f(&o, ce + 1), 2 * sizeof(float)) == 0);
+    CHECK(memcmp(og_f(&o, step + 2), og_f(&o, ce + 2), (size_t)(N * V) * sizeof(float)) == 0);
+    CHECK(memcmp(og_f(&o, step + 3), og_f(&o, dh), (size_t)(N * D) * sizeof(float)) == 0);
+    int zero_rows = 1; /* ignored rows: no gradient */
+    for (int r = 1; r < N; r += 4)
+      for (int j = 0; j < D; j++) zero_rows &= og_f(&o, step + 3)[r * D + j] == 0.0f;
+    CHECK(zero_rows);
+    og_free(&o);
+    free(h), free(w);
+  }
+
+  /* shapes: dloss must be a scalar, w's width h's */
+  og o;
+  og_init(&o);
+  FILE *quiet = fopen("/dev/null", "w");
+  zoo_diag_init(&o.d, quiet);
+  int th = og_input(&o, F32T(K(6), K(4)), NULL), tw = og_input(&o, F32T(K(9), K(4)), NULL);
+  int tw3 = og_input(&o, F32T(K(9), K(3)), NULL), tt_ = og_input(&o, I32T(K(6)), NULL);
+  int td = og_input(&o, scalar_t, NULL);
+  zoo_attrs a = {0};
+  int ok4[4] = {th, tw, tt_, td}, bad_w[4] = {th, tw3, tt_, td}, bad_dl[4] = {th, tw, tt_, th};
+  CHECK(og_node(&o, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, ok4, &a) >= 0);
+  CHECK(og_node(&o, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, bad_w, &a) < 0);
+  CHECK(og_node(&o, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, bad_dl, &a) < 0);
+  if (quiet) fclose(quiet);
+  zoo_graph_free(&o.g);
+}
+
 /* ---------------------------------------------------------------------------
  * Movement */
 
@@ -1100,7 +1157,7 @@ TEST(op_every_op_covered) {
       "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",
       "label_rows", "gather_rows", "scatter_rows",
       "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",
-      "linear_cross_entropy", "linear_cross_entropy_bwd",
+      "linear_cross_entropy", "linear_cross_entropy_bwd", "linear_cross_entropy_step",
       "poly_attention_bwd", "softmax_attention_bwd", /* test_grad.c */
       "wkv4", "wkv4_bwd", /* op_wkv4 and op_wkv4_bf16 below, grad_wkv4 in test_grad.c */
   };
