@@ -77,7 +77,9 @@ enum { MODE_GPU, MODE_EMU, MODE_PRECOMPILE };
 /* ---------------------------------------------------------------------------
  * One-op cases */
 
-typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS } vkind;
+/* V_TARGETS: 30% ignore_index (-100), the rest in [lo, hi); V_LABELLED_FIRST:
+ * the first 60% in [lo, hi), the rest -100 (the compacted head's rows) */
+typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS, V_LABELLED_FIRST } vkind;
 
 typedef struct ocase {
   zoo_graph g;
@@ -155,6 +157,7 @@ static void fill(ocase *c, int k, void *data, int64_t n) {
     case V_BINARY: f[e] = u < 0.5 ? 0.0f : 1.0f; break;
     case V_IDS: i[e] = c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
     case V_TARGETS: i[e] = u < 0.3 ? -100 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
+    case V_LABELLED_FIRST: i[e] = e >= n * 3 / 5 ? -100 : c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
     }
   }
 }
@@ -917,6 +920,22 @@ static int c_lce(ocase *c) {
   int in[3] = {h, w, tg};
   return oc_op(c, ZOO_OP_LINEAR_CROSS_ENTROPY, 3, in, &a);
 }
+/* the compacted head's step at small D: M rows (not a multiple of the block's
+ * rows), D down to 4 and not a power of 2, V of one and two column tiles */
+static int c_lce_step_t(ocase *c, int64_t M, int64_t D, int64_t V, vkind tk) {
+  int h = oc_f32(c, V_SIGNED, DIMS(M, D)), w = oc_f32(c, V_SIGNED, DIMS(V, D));
+  int tg = oc_i32(c, tk, 0, (int)V, DIMS(M)), dl = oc_f32(c, V_POSITIVE, 0, NULL);
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[4] = {h, w, tg, dl};
+  return oc_op(c, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, in, &a);
+}
+static int c_lce_step(ocase *c) { return c_lce_step_t(c, 70, 32, 256, V_TARGETS); }
+static int c_lce_step_d8(ocase *c) { return c_lce_step_t(c, 70, 8, 256, V_TARGETS); }
+static int c_lce_step_d4(ocase *c) { return c_lce_step_t(c, 37, 4, 128, V_TARGETS); }
+static int c_lce_step_d24(ocase *c) { return c_lce_step_t(c, 70, 24, 256, V_LABELLED_FIRST); }
+static int c_lce_step_d64(ocase *c) { return c_lce_step_t(c, 50, 64, 128, V_LABELLED_FIRST); }
+
 static int c_wkv4_t(ocase *c, int64_t T, int bf16) {
   int w = oc_f32(c, V_SIGNED, DIMS(6)), u = oc_f32(c, V_SIGNED, DIMS(6));
   int64_t kd[3] = {3, T, 6};
@@ -961,6 +980,11 @@ static const named_case intrinsics_cases[] = {
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},
       {"softmax_attention_full", c_sa_full, 1e-3, 1},
       {"linear_cross_entropy", c_lce, 1e-3, 1},
+      {"linear_cross_entropy_step", c_lce_step, 1e-4, 0},
+      {"linear_cross_entropy_step_d8", c_lce_step_d8, 1e-4, 0},
+      {"linear_cross_entropy_step_d4", c_lce_step_d4, 1e-4, 0},
+      {"linear_cross_entropy_step_d24", c_lce_step_d24, 1e-4, 0},
+      {"linear_cross_entropy_step_d64", c_lce_step_d64, 1e-4, 0},
       {"label_gather_scatter_rows", c_rows, 0, 1},
       {"wkv4", c_wkv4, 1e-4, 1},
       {"wkv4_long", c_wkv4_long, 1e-3, 1},
@@ -979,6 +1003,46 @@ TEST(emu_ops_intrinsics) {
   EMU_OR_SKIP();
   int failed = run_cases(t, intrinsics_cases, (int)(sizeof intrinsics_cases / sizeof *intrinsics_cases), 1);
   CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ (emulated)", failed);
+}
+
+/* linear_cross_entropy_step at each block height the kernel has
+ * (ZOO_LCE_STEP_ROWS, else the emitter picks from M): 1 to 4 rows of the
+ * register tiles per thread, blocks past M and blocks with no labelled row. */
+static const named_case lce_step_cases[] = {
+      {"linear_cross_entropy_step", c_lce_step, 1e-4, 0},
+      {"linear_cross_entropy_step_d24", c_lce_step_d24, 1e-4, 0},
+      {"linear_cross_entropy_step_d4", c_lce_step_d4, 1e-4, 0},
+};
+
+static int lce_step_rows(zoo_test_ctx *t, int mode) {
+  const char *old = getenv("ZOO_LCE_STEP_ROWS");
+  char *saved = old ? strdup(old) : NULL;
+  const char *rows[4] = {"16", "32", "48", "64"};
+  int failed = 0;
+  for (int k = 0; k < 4; k++) {
+    setenv("ZOO_LCE_STEP_ROWS", rows[k], 1);
+    int f = run_cases(t, lce_step_cases, (int)(sizeof lce_step_cases / sizeof *lce_step_cases), mode);
+    if (f) fprintf(stderr, "  %d case(s) differ with %s rows per block\n", f, rows[k]);
+    failed += f;
+  }
+  if (saved) setenv("ZOO_LCE_STEP_ROWS", saved, 1);
+  else unsetenv("ZOO_LCE_STEP_ROWS");
+  free(saved);
+  return failed;
+}
+
+TEST(gpu_ops_lce_step_rows) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = lce_step_rows(t, mode);
+  CHECKF(failed == 0, "%d linear_cross_entropy_step case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_lce_step_rows) {
+  EMU_OR_SKIP();
+  int failed = lce_step_rows(t, 1);
+  CHECKF(failed == 0, "%d linear_cross_entropy_step case(s) differ (emulated)", failed);
 }
 
 /* poly_attention's chunked form against the CPU, forward and backward: the

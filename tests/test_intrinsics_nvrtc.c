@@ -260,6 +260,73 @@ TEST(intrinsics_nvrtc_linear_cross_entropy) {
   kt_free(&k);
 }
 
+/* linear_cross_entropy_step (h [M, D], w [V, D], targets [M], dloss): with
+ * dlogits and dh kept (the training step) or read by nothing (evaluation). */
+static void add_lce_step(kt *k, int64_t M, int64_t D, int64_t V, int grad) {
+  int h = KT_F32(k, M, D), w = KT_F32(k, V, D), t = KT_I32(k, M), dl = kt_scalar(k);
+  zoo_attrs a = {0};
+  a.i[0] = -100;
+  int in[4] = {h, w, t, dl};
+  static unsigned char all[256];
+  memset(all, 1, sizeof all);
+  k->e.keep = grad ? all : NULL;
+  kt_node(k, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, zoo_cuda_linear_cross_entropy_step, 4, in, &a);
+  k->e.keep = NULL;
+}
+
+/* the compacted head of rebased at d_model 32, L 48 (M = 12 rows x 512) and
+ * d_model 64, L 128 (16 x 512), D of 24 (not a power of 2), the evaluation
+ * kernels */
+TEST(intrinsics_nvrtc_lce_step) {
+  kt k;
+  kt_init(&k);
+  add_lce_step(&k, 6144, 32, 8192, 1);
+  add_lce_step(&k, 8192, 64, 8192, 1);
+  add_lce_step(&k, 6144, 24, 8192, 1);
+  add_lce_step(&k, 6144, 32, 8192, 0);
+  add_lce_step(&k, 8192, 64, 8192, 0);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "linear_cross_entropy_step");
+  kt_free(&k);
+}
+
+/* Its launches: count, rows, finish (rows and finish alone without a
+ * gradient), sharing one scratch area; the block height for M = 6144 on 132
+ * SMs (48 rows: 128 blocks, one wave); dynamic shared memory over 48 KB; the
+ * shapes the kernel cannot take are refused with their sizes. */
+TEST(intrinsics_emit_lce_step) {
+  kt k;
+  kt_init(&k);
+  add_lce_step(&k, 6144, 32, 8192, 1);
+  CHECK(!k.failed && k.e.nsteps == 3);
+  const zoo_step *c = &k.e.steps[0], *r = &k.e.steps[1], *f = &k.e.steps[2];
+  CHECK(c->grid[0] == 1 && c->block[0] == 1024 && c->nargs == 2);
+  CHECK(r->grid[0] == 128 && r->block[0] == 256 && r->nargs == 9 && r->smem > 48 * 1024);
+  CHECK(r->args[7].tensor == k.g.nodes[0].out[2] && r->args[8].tensor == k.g.nodes[0].out[3]);
+  CHECK(f->nargs == 5 && f->args[3].tensor == k.g.nodes[0].out[0] && f->args[4].tensor == k.g.nodes[0].out[1]);
+  CHECK(c->scratch_bytes == 16 + 2 * 6144 * 4 && r->scratch_bytes == c->scratch_bytes && f->scratch_bytes == c->scratch_bytes);
+  CHECK(strstr(k.e.src.s, "zk_lcs_rows<32, 8192, 48, -100, true, true>") != NULL);
+  CHECK(strstr(k.e.src.s, "__launch_bounds__(256, 2)") != NULL);
+  add_lce_step(&k, 6144, 32, 8192, 0);
+  CHECK(!k.failed && k.e.nsteps == 5 && k.e.steps[3].nargs == 7 && k.e.steps[3].smem < r->smem);
+  CHECK(strstr(k.e.src.s, "zk_lcs_rows<32, 8192, 48, -100, false, false>") != NULL);
+  add_lce_step(&k, 70, 8, 256, 1); /* few rows: the smallest blocks */
+  CHECK(!k.failed && k.e.nsteps == 8 && k.e.steps[6].grid[0] == 5);
+  CHECK(strstr(k.e.src.s, "zk_lcs_rows<8, 256, 16, -100, true, true>") != NULL);
+  kt_free(&k);
+
+  int64_t bad[2][2] = {{6, 256}, {32, 200}}; /* D not a multiple of 4; V not of 128 */
+  for (int i = 0; i < 2; i++) {
+    kt_init(&k);
+    int h = KT_F32(&k, 10, bad[i][0]), w = KT_F32(&k, bad[i][1], bad[i][0]), tg = KT_I32(&k, 10), dl = kt_scalar(&k);
+    int in[4] = {h, w, tg, dl};
+    CHECK(zoo_graph_node(&k.g, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, in, NULL, zoo_nospan, &k.d) >= 0);
+    CHECK(zoo_cuda_linear_cross_entropy_step(&k.e, &k.g.nodes[0]) != 0);
+    CHECK(strstr(k.e.err, "D a multiple of 4 up to 64") != NULL);
+    kt_free(&k);
+  }
+}
+
 TEST(intrinsics_nvrtc_norms) {
   kt k;
   kt_init(&k);
@@ -368,7 +435,7 @@ TEST(intrinsics_sources_embedded) {
   const char *files[] = {"common.cu", "poly_attention.cu", "poly_attention_chunked.cu", "softmax_attention.cu",
                          "linear_cross_entropy.cu", "causal_conv1d.cu", "layernorm.cu",
                          "rmsnorm.cu", "softmax.cu", "cross_entropy.cu", "embedding.cu",
-                         "cumsum.cu", "rng.h"};
+                         "cumsum.cu", "linear_cross_entropy_step.cu", "rng.h"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
     const char *s = zoo_kernel_source(files[i]);
     CHECKF(s != NULL && strlen(s) > 100, "%s", files[i]);
