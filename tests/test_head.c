@@ -31,18 +31,21 @@ static uint64_t lcg(uint64_t *s) {
 }
 static double urand(uint64_t *s) { return (double)lcg(s) / 9007199254740992.0; }
 
-enum { HB = 8, HT = 32, HV = 37 }; /* a vocabulary no other width of the models equals */
+/* HV: a vocabulary no other width of the models equals; HVC: the compacted
+ * head's, a multiple of 128, so that at d_model 24 its step is folded into
+ * linear_cross_entropy_step (train_graph.c) */
+enum { HB = 8, HT = 32, HV = 37, HVC = 128 };
 
-/* The batch's tokens and targets (40% unlabelled), from a fixed seed, and the
- * most labelled positions a sequence has. */
-static int make_batch(int32_t *tok, int32_t *tgt) {
+/* The batch's tokens and targets (40% unlabelled) over vocabulary V, from a
+ * fixed seed, and the most labelled positions a sequence has. */
+static int make_batch(int32_t *tok, int32_t *tgt, int V) {
   uint64_t seed = 7;
   int most = 0;
   for (int b = 0; b < HB; b++) {
     int n = 0;
     for (int i = b * HT; i < (b + 1) * HT; i++) {
-      tok[i] = (int32_t)(urand(&seed) * HV);
-      tgt[i] = urand(&seed) < 0.4 ? -100 : (int32_t)(urand(&seed) * HV);
+      tok[i] = (int32_t)(urand(&seed) * V);
+      tgt[i] = urand(&seed) < 0.4 ? -100 : (int32_t)(urand(&seed) * V);
       n += tgt[i] != -100;
     }
     if (n > most) most = n;
@@ -50,22 +53,24 @@ static int make_batch(int32_t *tok, int32_t *tgt) {
   return most;
 }
 
-/* Compiles models/<name>.zoo at vocabulary HV, d_model 24, seq_len HT, two
+/* Compiles models/<name>.zoo at vocabulary V, d_model dm, seq_len HT, two
  * heads; builds its training graph with the given head (the compacted one with
  * two rows to spare per sequence); binds B = HB, T = HT and fills parameters,
  * tokens and targets from fixed seeds, the same for every form. */
-static int run_init(run *r, const char *name, zoo_head head) {
+static int run_init_at(run *r, const char *name, zoo_head head, int V, int dm) {
   memset(r, 0, sizeof *r);
-  char path[64];
+  char path[64], vocab[16], dmodel[16];
   snprintf(path, sizeof path, "models/%s.zoo", name);
-  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", "24"}, {"seq_len", "32"}, {"num_heads", "2"}};
+  snprintf(vocab, sizeof vocab, "%d", V);
+  snprintf(dmodel, sizeof dmodel, "%d", dm);
+  zoo_define defs[4] = {{"vocab_size", vocab}, {"d_model", dmodel}, {"seq_len", "32"}, {"num_heads", "2"}};
   zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = 4, .std_dir = "models"};
   zoo_diag d;
   zoo_diag_init(&d, stderr);
   if (zoo_compile(&o, &d, &r->p) != 0 || !r->p) return -1;
   zoo_graph *g = &r->p->graph;
   int32_t tok0[HB * HT], tgt0[HB * HT];
-  int most = make_batch(tok0, tgt0);
+  int most = make_batch(tok0, tgt0, V);
   if (zoo_train_graph_head(g, head, most + 2, &d) != 0) return -1;
   int64_t syms[ZOO_MAX_SYMS] = {0};
   for (int s = 0; s < g->nsyms; s++)
@@ -165,27 +170,53 @@ static int fused_shape(const zoo_graph *gf, const zoo_graph *gp) {
   return shape_ok;
 }
 
-/* The compacted head: label_rows, gather_rows and the logits over M rows, the
- * loss and metrics reading those; the backward scatters the rows back. */
+/* The compacted head at small D: label_rows and gather_rows take the M
+ * labelled rows, one linear_cross_entropy_step node (the linear,
+ * cross_entropy_step and linear's input gradient folded, train_graph.c) makes
+ * loss, metrics, dlogits [M, V] and dhc from them, and no logits; dw is
+ * the one matmul left reading dlogits; the backward scatters dhc back. */
+static int lce_step(const zoo_graph *g) {
+  int p = g->tensors[g->loss].producer, lr = -1, gr = -1;
+  const zoo_node *n = &g->nodes[p];
+  for (int i = 0; i < g->nnodes; i++) {
+    if (g->nodes[i].op == ZOO_OP_LABEL_ROWS) lr = i;
+    if (g->nodes[i].op == ZOO_OP_GATHER_ROWS) gr = i;
+  }
+  if (n->op != ZOO_OP_LINEAR_CROSS_ENTROPY_STEP || lr < 0 || gr < 0) return 0;
+  const zoo_type *dl = &g->tensors[n->out[2]].type;
+  int dw_readers = 0, scatter_dh = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    const zoo_node *m = &g->nodes[i];
+    dw_readers += m->op == ZOO_OP_MATMUL && m->in[0] == n->out[2] && m->attrs.i[0] == 1;
+    scatter_dh += m->op == ZOO_OP_SCATTER_ROWS && m->in[0] == n->out[3];
+  }
+  return g->tensors[g->metrics].producer == p && n->out[1] == g->metrics && n->in[0] == g->nodes[gr].out[0] &&
+         n->in[2] == g->nodes[lr].out[2] && n->in[3] == g->dloss && p < g->nforward && dl->ndim == 2 &&
+         zoo_dim_eq(dl->dim[0], g->tensors[g->nodes[lr].out[0]].type.dim[0]) && dl->dim[0].sym != 0 &&
+         dl->dim[1].coef == HVC && dw_readers == 1 && scatter_dh == 1 &&
+         count_op(g, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, g->nnodes) == 1 &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY_STEP, g->nnodes) == 0 &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY, g->nnodes) == 0 && count_op(g, ZOO_OP_ACCURACY, g->nnodes) == 0 &&
+         count_op(g, ZOO_OP_CROSS_ENTROPY_BWD, g->nnodes) == 0;
+}
+
+/* The compacted head (label_rows, gather_rows, the step at small D) against
+ * the plain one, whose logits' linear and cross_entropy_step the step node
+ * replaces. */
 static int compact_shape(const zoo_graph *gf, const zoo_graph *gp) {
-  const zoo_node *lf = &gf->nodes[gf->tensors[gf->loss].producer];
-  const zoo_type *lt = &gf->tensors[lf->in[0]].type;
-  int lr = -1;
-  for (int i = 0; i < gf->nnodes; i++)
-    if (gf->nodes[i].op == ZOO_OP_LABEL_ROWS) lr = i;
-  return gf->output == -1 && plain_step(gf) && plain_step(gp) && lr >= 0 && lt->ndim == 2 &&
-         zoo_dim_eq(lt->dim[0], gf->tensors[gf->nodes[lr].out[0]].type.dim[0]) &&
-         lt->dim[0].sym != 0 && lt->dim[1].coef == HV && lf->in[1] == gf->nodes[lr].out[2] &&
+  return gf->output == -1 && lce_step(gf) && plain_step(gp) &&
          count_op(gf, ZOO_OP_GATHER_ROWS, gf->nforward) == 1 &&
          count_op(gf, ZOO_OP_SCATTER_ROWS, gf->nnodes) == 1 &&
-         gf->nforward == gp->nforward + 2 && graph_consistent(gf) && graph_consistent(gp);
+         count_op(gf, ZOO_OP_LINEAR, gf->nforward) + 1 == count_op(gp, ZOO_OP_LINEAR, gp->nforward) &&
+         gf->nforward == gp->nforward + 1 && graph_consistent(gf) && graph_consistent(gp);
 }
 
 /* Model `name` with a rewritten head against the plain one: graph shape, then
  * training step and evaluation. */
 static void head_model(zoo_test_ctx *t, const char *name, zoo_head head) {
   run f, p;
-  int rf = run_init(&f, name, head), rp = run_init(&p, name, ZOO_HEAD_PLAIN);
+  int V = head == ZOO_HEAD_COMPACT ? HVC : HV;
+  int rf = run_init_at(&f, name, head, V, 24), rp = run_init_at(&p, name, ZOO_HEAD_PLAIN, V, 24);
   if (rf || rp) {
     run_free(&f), run_free(&p);
     CHECKF(0, "%s does not compile or bind", name);
@@ -241,6 +272,94 @@ TEST(head_compact_rebased) { head_model(t, "rebased", ZOO_HEAD_COMPACT); }
 TEST(head_compact_based) { head_model(t, "based", ZOO_HEAD_COMPACT); }
 TEST(head_compact_conv_attention) { head_model(t, "conv_attention", ZOO_HEAD_COMPACT); }
 TEST(head_compact_attention) { head_model(t, "attention", ZOO_HEAD_COMPACT); }
+
+/* Sets (value NULL: unsets) an environment variable; returns its old value
+ * for env_restore. */
+static char *env_swap(const char *name, const char *value) {
+  const char *old = getenv(name);
+  char *saved = old ? strdup(old) : NULL;
+  if (value) setenv(name, value, 1);
+  else unsetenv(name);
+  return saved;
+}
+
+static void env_restore(const char *name, char *saved) {
+  if (saved) setenv(name, saved, 1);
+  else unsetenv(name);
+  free(saved);
+}
+
+/* The compacted head's step folded into linear_cross_entropy_step against the
+ * same graph with ZOO_NO_FUSED_LCE_STEP=1 (linear, cross_entropy_step and the
+ * matmul of linear's input gradient): the same tensors (ids kept), and the
+ * same training step and evaluation on the CPU, bit for bit. */
+static void step_fold(zoo_test_ctx *t, const char *name) {
+  run f, u;
+  char *saved = env_swap("ZOO_NO_FUSED_LCE_STEP", NULL);
+  int rf = run_init_at(&f, name, ZOO_HEAD_COMPACT, HVC, 24);
+  setenv("ZOO_NO_FUSED_LCE_STEP", "1", 1);
+  int ru = run_init_at(&u, name, ZOO_HEAD_COMPACT, HVC, 24);
+  env_restore("ZOO_NO_FUSED_LCE_STEP", saved);
+  if (rf || ru) {
+    run_free(&f), run_free(&u);
+    CHECKF(0, "%s does not compile or bind", name);
+  }
+  const zoo_graph *gf = &f.p->graph, *gu = &u.p->graph;
+  const zoo_node *sf = &gf->nodes[gf->tensors[gf->loss].producer];
+  int shape_ok = lce_step(gf) && count_op(gu, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, gu->nnodes) == 0 &&
+                 count_op(gu, ZOO_OP_CROSS_ENTROPY_STEP, gu->nnodes) == 1 && gf->nnodes + 2 == gu->nnodes &&
+                 gf->nforward + 1 == gu->nforward && gf->ntensors == gu->ntensors && graph_consistent(gu) &&
+                 gu->tensors[sf->out[2]].producer >= 0 && gu->tensors[sf->out[3]].producer >= 0;
+  int e1 = zoo_cpu_run(&f.cpu, 0, gf->nnodes), e2 = zoo_cpu_run(&u.cpu, 0, gu->nnodes);
+  int same = !e1 && !e2 && shape_ok;
+  for (int k = 0; same && k < 4; k++) { /* loss, metrics, dlogits, dhc */
+    int tt = sf->out[k];
+    same = memcmp(f.cpu.data[tt], u.cpu.data[tt], (size_t)f.cpu.numel[tt] * 4) == 0;
+  }
+  for (int i = 0; same && i < gf->nparams; i++) {
+    int tg = gf->tensors[gf->params[i]].grad;
+    same = tg == gu->tensors[gu->params[i]].grad && memcmp(f.cpu.data[tg], u.cpu.data[tg], (size_t)f.cpu.numel[tg] * 4) == 0;
+  }
+  f.cpu.training = u.cpu.training = 0;
+  int e3 = zoo_cpu_run(&f.cpu, 0, gf->nforward), e4 = zoo_cpu_run(&u.cpu, 0, gu->nforward);
+  int eval_same = !e3 && !e4 && memcmp(f.cpu.data[gf->loss], u.cpu.data[gu->loss], 4) == 0 &&
+                  memcmp(f.cpu.data[gf->metrics], u.cpu.data[gu->metrics], 8) == 0;
+  run_free(&f), run_free(&u);
+  CHECKF(shape_ok, "%s: the folded and unfolded graphs are not as expected", name);
+  CHECKF(same, "%s: the training step differs (or a run failed)", name);
+  CHECKF(eval_same, "%s: evaluation differs", name);
+}
+
+TEST(head_step_fold_rebased) { step_fold(t, "rebased"); }
+TEST(head_step_fold_based) { step_fold(t, "based"); }
+TEST(head_step_fold_conv_attention) { step_fold(t, "conv_attention"); }
+TEST(head_step_fold_attention) { step_fold(t, "attention"); }
+
+/* No fold where the kernel cannot take the shapes (D 128 or 26, V 37), with
+ * ZOO_NO_FUSED_LCE_STEP=1, or for the plain head (its logits are the output). */
+TEST(head_step_fold_conditions) {
+  struct { int V, dm; const char *off; zoo_head head; int folded; } cases[] = {
+      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 1}, {HVC, 128, NULL, ZOO_HEAD_COMPACT, 0},
+      {HVC, 26, NULL, ZOO_HEAD_COMPACT, 0}, {HV, 24, NULL, ZOO_HEAD_COMPACT, 0},
+      {HVC, 24, "1", ZOO_HEAD_COMPACT, 0},  {HVC, 24, "0", ZOO_HEAD_COMPACT, 1},
+      {HVC, 24, NULL, ZOO_HEAD_PLAIN, 0},   {HVC, 64, NULL, ZOO_HEAD_COMPACT, 1},
+  };
+  for (int c = 0; c < (int)(sizeof cases / sizeof *cases); c++) {
+    char *saved = env_swap("ZOO_NO_FUSED_LCE_STEP", cases[c].off);
+    run r;
+    int rc = run_init_at(&r, "rebased", cases[c].head, cases[c].V, cases[c].dm);
+    env_restore("ZOO_NO_FUSED_LCE_STEP", saved);
+    int folded = -1, consistent = 0;
+    if (rc == 0) {
+      const zoo_graph *g = &r.p->graph;
+      folded = count_op(g, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, g->nnodes);
+      consistent = graph_consistent(g) && (folded ? lce_step(g) || cases[c].V != HVC : plain_step(g));
+    }
+    run_free(&r);
+    CHECKF(rc == 0 && folded == cases[c].folded && consistent, "case %d (V %d, d_model %d, switch %s): folded %d",
+           c, cases[c].V, cases[c].dm, cases[c].off ? cases[c].off : "unset", folded);
+  }
+}
 
 /* ZOO_NO_FUSED_HEAD=1 keeps the logits; zoo_train_graph fuses by default. */
 TEST(head_switch) {
