@@ -1394,11 +1394,12 @@ static int close_enough(const char *what, const float *a, const float *b, int64_
   return 0;
 }
 
-static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head head) {
+static void emu_program_v(zoo_test_ctx *t, const char *model, int accum, zoo_head head, int64_t V) {
   EMU_OR_SKIP();
-  char path[128];
+  char path[128], vocab[16];
   snprintf(path, sizeof path, "models/%s.zoo", model);
-  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
+  snprintf(vocab, sizeof vocab, "%lld", (long long)V);
+  zoo_define defs[] = {{"vocab_size", vocab}, {"d_model", "24"}, {"seq_len", "16"}};
   zoo_compile_opts o = {0};
   o.path = path;
   o.defines = defs;
@@ -1409,7 +1410,7 @@ static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head 
   CHECKF(zoo_compile(&o, &d, &prog) == 0, "%s does not compile", path);
   zoo_graph *g = &prog->graph;
   CHECK(zoo_train_graph_head(g, head, 16, &d) == 0);
-  const int64_t B = 4, T = 16, V = 64;
+  const int64_t B = 4, T = 16;
   zoo_cuda_program cp;
   char err[1024];
   CHECKF(zoo_cuda_program_build(&cp, g, B, T, 1, 1, err, sizeof err) == 0, "%s", err);
@@ -1558,6 +1559,31 @@ static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head 
   zoo_cuda_program_free(&cp);
   zoo_program_free(prog);
   CHECKF(ok, "%s: the emulated program differs from the CPU", model);
+}
+
+static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head head) {
+  emu_program_v(t, model, accum, head, 64);
+}
+
+/* vocabulary 128: the compacted head's step is one linear_cross_entropy_step
+ * node (train_graph.c), its evaluation kernel without the gradient */
+static int count_ops(const zoo_graph *g, zoo_op op) {
+  int c = 0;
+  for (int i = 0; i < g->nnodes; i++) c += g->nodes[i].op == op;
+  return c;
+}
+TEST(emu_program_rebased_compact_step) {
+  zoo_define defs[] = {{"vocab_size", "128"}, {"d_model", "24"}, {"seq_len", "16"}};
+  zoo_compile_opts o = {.path = "models/rebased.zoo", .defines = defs, .ndefines = 3};
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *prog = NULL;
+  CHECK(zoo_compile(&o, &d, &prog) == 0);
+  int folded = zoo_train_graph_head(&prog->graph, ZOO_HEAD_COMPACT, 16, &d) == 0 &&
+               count_ops(&prog->graph, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP) == 1;
+  zoo_program_free(prog);
+  CHECK(folded);
+  emu_program_v(t, "rebased", 2, ZOO_HEAD_COMPACT, 128);
 }
 
 TEST(emu_program_rebased) { emu_program(t, "rebased", 1, ZOO_HEAD_FUSED); }
