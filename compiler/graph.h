@@ -205,7 +205,11 @@ int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *
  *                     over those M rows only: logits [M, V] with M = `per_seq`
  *                     rows per sequence (the most labelled positions a sequence
  *                     of the data has). Plain GEMMs, a quarter of the work or
- *                     less in MQAR (the CUDA backend's choice).
+ *                     less in MQAR (the CUDA backend's choice). At D <= 64 (a
+ *                     multiple of 4) and V a multiple of 128, the linear, the
+ *                     loss step and linear's input gradient become one
+ *                     linear_cross_entropy_step node (train_graph.c) unless
+ *                     the environment has ZOO_NO_FUSED_LCE_STEP=1.
  * g->output becomes -1 when the head is rewritten. zoo_train_graph picks
  * ZOO_HEAD_FUSED unless the environment has ZOO_NO_FUSED_HEAD=1 (for
  * bisecting); zoo_train_graph_head takes the choice as arguments (per_seq is

@@ -168,6 +168,8 @@ static const char runner[] =
     "  pthread_mutex_unlock(&emu_pool.m);\n"
     "  for (int i = 0; i < emu_pool.n; i++) pthread_join(emu_pool.th[i], 0);\n"
     "  emu_pool.n = 0;\n"
+    "  emu_pool.quit = 0; /* dlclose may leave the library mapped (thread_local): a later load of the\n"
+    "                        same module finds this pool and must start new workers */\n"
     "}\n";
 
 struct emu_module {

@@ -306,7 +306,7 @@ TEST(intrinsics_emit_lce_step) {
   CHECK(f->nargs == 5 && f->args[3].tensor == k.g.nodes[0].out[0] && f->args[4].tensor == k.g.nodes[0].out[1]);
   CHECK(c->scratch_bytes == 16 + 2 * 6144 * 4 && r->scratch_bytes == c->scratch_bytes && f->scratch_bytes == c->scratch_bytes);
   CHECK(strstr(k.e.src.s, "zk_lcs_rows<32, 8192, 48, -100, true, true>") != NULL);
-  CHECK(strstr(k.e.src.s, "__launch_bounds__(256, 2)") != NULL);
+  CHECK(strstr(k.e.src.s, "__launch_bounds__(256, 1)") != NULL);
   add_lce_step(&k, 6144, 32, 8192, 0);
   CHECK(!k.failed && k.e.nsteps == 5 && k.e.steps[3].nargs == 7 && k.e.steps[3].smem < r->smem);
   CHECK(strstr(k.e.src.s, "zk_lcs_rows<32, 8192, 48, -100, false, false>") != NULL);

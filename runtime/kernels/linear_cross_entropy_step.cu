@@ -26,29 +26,36 @@
  * wavefront each) for 8 TM fused multiply-adds. Both passes run the same code,
  * so they make the same bits.
  *
- * Pass 1: per row and thread an online (max, sum of exp) (zk_row_scan's), the
- * first maximum of the thread's columns (seen in increasing order) and the
- * target's logit (0 unless the thread owns it), merged over the row's 8 lanes
- * (xor 1, 2, 4) and then over its two warps, in that order: lse = max +
- * log(sum), rowloss = lse - logit[target] and hit = (first maximum ==
- * target), both 0 on ignored rows and rows past M.
- * Pass 2 (G or DH): per tile the logits again, g = dloss / count (exp(l - lse)
- * - [column = target]) (zeros on ignored rows), as zk_ce_grad_row; G stores g
- * to dlogits (16-byte stores), DH puts it into shared memory gs [BM][BNP] for
- * dh += g w_tile: thread group kg (KS groups of 16 DX threads) takes the
- * tile's columns [kg KR, kg KR + KR) and holds dh's rows ry2 + 16 i (i < TM)
- * by columns dx C2 + j (j < C2 = min(8, DP)), four columns of g and of w per
- * 16-byte read (DP: D rounded up to a power of 2, w's rows D .. DP - 1 zeros).
- * At the end the KS partial sums go through shared memory and are added in
- * order of kg. Every sum has a fixed order: the results do not depend on
+ * Pass 1: per row and thread an online (max, sum of exp) (zk_row_scan's, a
+ * tile's 8 values at a time), the first maximum of the thread's columns (seen
+ * in increasing order) and the target's logit (0 unless the thread owns it),
+ * merged over the row's 8 lanes (xor 1, 2, 4) and then over its two warps, in
+ * that order: lse = max + log(sum), rowloss = lse - logit[target] and hit =
+ * (first maximum == target), both 0 on ignored rows and rows past M.
+ * Exponentials are exp2f(l log2(e) - x log2(e)), one fused multiply-add
+ * before the hardware's exp2 (fp32, within a few ulps of expf).
+ * Pass 2 (G or DH): per tile the logits again, g = dloss / count exp(l - lse),
+ * less dloss / count at the target (zeros on ignored rows), as
+ * zk_ce_grad_row; G stores g to dlogits (16-byte stores), DH puts it into
+ * shared memory gs [BM][BNP] for dh += g w_tile: thread group kg (KS groups of
+ * 16 DX threads) takes the tile's columns [kg KR, kg KR + KR) and holds dh's
+ * rows ry2 + 16 i (i < TM) by columns dx C2 + j (j < C2 = min(8, DP)), four
+ * columns of g and of w per 16-byte read (DP: D rounded up to a power of 2,
+ * w's rows D .. DP - 1 zeros). At the end the KS partial sums go through
+ * shared memory and are added in order of kg. Every sum has a fixed order: the results do not depend on
  * timing.
  * A block whose rows are all ignored (the compacted head's unused rows) writes
  * zeros and skips the sweeps.
  *
  * Cost at M = 6144, V = 8192, D = 32: 3.2 GFLOP in pass 1 and 6.4 in pass 2,
- * 201 MB of dlogits written, w read from L2 twice per block. About 100
- * registers (128 allowed at D <= 32, two blocks per SM), 69 KB of dynamic
- * shared memory at BM = 48 (zk_lcs_smem).
+ * 201 MB of dlogits written, w read from L2 twice per block (BM = 48: 128
+ * blocks, one wave on 132 SMs). One block per SM (__launch_bounds__(256, 1)):
+ * about 160 registers at D = 32 and 220 at D = 64 without spills (capped at
+ * 128 for two blocks, ptxas spills), 69 KB of dynamic shared memory at D = 32,
+ * BM = 48 (zk_lcs_smem). Per logit about 38 instructions in pass 1 and 71 in
+ * pass 2 for 32 and 64 fused multiply-adds (D = 32): at best 80% of the fp32
+ * peak. Faster later: TF32 tensor cores (mma.sync) for both products where
+ * fp32 accuracy is not asked for; cp.async for the w tiles.
  */
 #ifndef ZK_LINEAR_CROSS_ENTROPY_STEP_CU
 #define ZK_LINEAR_CROSS_ENTROPY_STEP_CU
@@ -56,6 +63,11 @@
 #define ZK_LCS_NT 256
 #define ZK_LCS_BN 128
 #define ZK_LCS_BNP 132
+
+#define ZK_LCS_LOG2E 1.44269504088896341f
+
+/* The tile column of a thread's logit j (j < 8), past its cx 4. */
+__host__ __device__ constexpr int zk_lcs_col(int j) { return j < 4 ? j : 60 + j; }
 
 struct __align__(8) zk_f2 {
   float x, y;
@@ -108,30 +120,40 @@ struct zk_lcs_ldh<4> {
 /* The w tile's float4s this thread moves: 32 D of them over the block. */
 __host__ __device__ constexpr int zk_lcs_npf(int d) { return (32 * d + ZK_LCS_NT - 1) / ZK_LCS_NT; }
 
-/* Reads tile `tile` of w (rows tile BN .. + BN) into registers: float4 e =
- * threadIdx.x + k NT is row e % BN, columns 4 (e / BN) .. + 4 (a warp reads 32
- * rows, each row's 16-byte pieces by the same thread over k, from L1). */
+/* The float4 e of a w tile (e < 32 D): its row c of the tile and columns
+ * 4 d4 .. + 4. Where D is a multiple of 8, lanes 2 l and 2 l + 1 take the two
+ * halves of a 32-byte sector of one row (whole sectors from L2), and the
+ * transposed stores of a warp, rows 16 apart in d4 and 16 consecutive columns,
+ * meet 32 different banks; else lanes take consecutive rows. */
+template <int D>
+__device__ __forceinline__ void zk_lcs_piece(int e, int &c, int &d4) {
+  if (D % 8 == 0) {
+    c = (e >> 1) % ZK_LCS_BN, d4 = 2 * ((e >> 1) / ZK_LCS_BN) + (e & 1);
+  } else {
+    c = e % ZK_LCS_BN, d4 = e / ZK_LCS_BN;
+  }
+}
+
+/* Reads tile `tile` of w (rows tile BN .. + BN) into registers: float4
+ * threadIdx.x + k NT of it at step k. */
 template <int D>
 __device__ __forceinline__ void zk_lcs_fetch(zk_f4 (&pf)[zk_lcs_npf(D)], const float *__restrict__ w, int tile) {
 #pragma unroll
   for (int k = 0; k < zk_lcs_npf(D); k++) {
-    int e = threadIdx.x + k * ZK_LCS_NT;
-    if (e < 32 * D) {
-      int c = e % ZK_LCS_BN, d4 = e / ZK_LCS_BN;
-      pf[k] = *(const zk_f4 *)(w + ((zk_i64)tile * ZK_LCS_BN + c) * D + 4 * d4);
-    }
+    int e = threadIdx.x + k * ZK_LCS_NT, c, d4;
+    zk_lcs_piece<D>(e, c, d4);
+    if (e < 32 * D) pf[k] = *(const zk_f4 *)(w + ((zk_i64)tile * ZK_LCS_BN + c) * D + 4 * d4);
   }
 }
 
-/* ... and from registers into ws [DP][BNP], transposed (consecutive lanes,
- * consecutive columns: no bank conflicts). */
+/* ... and from registers into ws [DP][BNP], transposed. */
 template <int D>
 __device__ __forceinline__ void zk_lcs_put(const zk_f4 (&pf)[zk_lcs_npf(D)], float *wb) {
 #pragma unroll
   for (int k = 0; k < zk_lcs_npf(D); k++) {
-    int e = threadIdx.x + k * ZK_LCS_NT;
+    int e = threadIdx.x + k * ZK_LCS_NT, c, d4;
+    zk_lcs_piece<D>(e, c, d4);
     if (e < 32 * D) {
-      int c = e % ZK_LCS_BN, d4 = e / ZK_LCS_BN;
       float *p = wb + 4 * d4 * ZK_LCS_BNP + c;
       p[0] = pf[k].x;
       p[ZK_LCS_BNP] = pf[k].y;
@@ -152,7 +174,7 @@ __device__ __forceinline__ void zk_lcs_logits(float (&acc)[TM][8], const float *
 #pragma unroll
     for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
   const float *hp = hs + ry * zk_lcs_tmp(TM), *wp = wb + cx * 4;
-#pragma unroll
+#pragma unroll 4
   for (int d = 0; d < D; d++) {
     float a[TM];
     zk_lcs_ldh<TM>::run(a, hp + d * HW);
@@ -244,24 +266,34 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
     int c0 = it * ZK_LCS_BN + cx * 4;
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      int rel = tg[i] - c0; /* the target's place among the thread's columns */
-#pragma unroll
-      for (int j = 0; j < 8; j++) {
-        float v = acc[i][j];
-        if (v > best[i] || arg[i] == 0x7fffffff) best[i] = v, arg[i] = c0 + (j < 4 ? j : 60 + j);
-        if (rel == (j < 4 ? j : 60 + j)) xt[i] = v;
-      }
       float mx = acc[i][0];
 #pragma unroll
       for (int j = 1; j < 8; j++) mx = fmaxf(mx, acc[i][j]);
+      /* the first maximum of the thread's columns: its first column to start
+       * with (a NaN there is never beaten, as in zk_row_scan), then the first
+       * place of each larger maximum */
+      if (arg[i] == 0x7fffffff) best[i] = acc[i][0], arg[i] = c0;
+      if (mx > best[i]) {
+        int jj = 7;
+#pragma unroll
+        for (int j = 6; j >= 0; j--)
+          if (acc[i][j] == mx) jj = j;
+        best[i] = mx, arg[i] = c0 + zk_lcs_col(jj);
+      }
+      int rel = tg[i] - c0; /* the target's place among the thread's columns */
+      if ((unsigned)rel < 68u) {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+          if (rel == zk_lcs_col(j)) xt[i] = acc[i][j];
+      }
       if (mx == ZK_NEG_INF) continue;
       if (mx > m[i]) {
-        s[i] *= expf(m[i] - mx);
+        s[i] *= exp2f((m[i] - mx) * ZK_LCS_LOG2E);
         m[i] = mx;
       }
-      float e = 0.0f;
+      float mb = m[i] * ZK_LCS_LOG2E, e = 0.0f;
 #pragma unroll
-      for (int j = 0; j < 8; j++) e += expf(acc[i][j] - m[i]);
+      for (int j = 0; j < 8; j++) e += exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -mb));
       s[i] += e;
     }
     if (it + 1 < NTILE || PASS2) zk_lcs_put<D>(pf, ws + ((it + 1) & 1) * WBUF);
@@ -305,9 +337,9 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
 
   /* pass 2: g, to dlogits and (DH) dh */
   float scale = dloss[0] / count[0]; /* count >= 1: this block has a labelled row */
-  float lse[TM];
+  float lse2[TM]; /* lse in bits: exp(l - lse) = exp2(l log2(e) - lse2) */
 #pragma unroll
-  for (int i = 0; i < TM; i++) lse[i] = lse_s[ry * TM + i];
+  for (int i = 0; i < TM; i++) lse2[i] = lse_s[ry * TM + i] * ZK_LCS_LOG2E;
   int kg = tid / (16 * DX), ry2 = tid % 16, dx = (tid / 16) % DX;
   float dacc[TM][C2];
 #pragma unroll
@@ -317,7 +349,7 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
 
   for (int it = 0; it < NTILE; it++) {
     const float *wb = ws + ((NTILE + it) & 1) * WBUF;
-    if (it + 1 < NTILE) zk_lcs_fetch<D>(pf, w, it + 1);
+    if (!DH && it + 1 < NTILE) zk_lcs_fetch<D>(pf, w, it + 1);
     float acc[TM][8];
     zk_lcs_logits<D, TM>(acc, hs, wb, ry, cx);
     int c0 = it * ZK_LCS_BN + cx * 4;
@@ -327,8 +359,12 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
       bool lab = tg[i] != IGNORE;
       float g[8];
 #pragma unroll
-      for (int j = 0; j < 8; j++)
-        g[j] = lab ? scale * (expf(acc[i][j] - lse[i]) - (rel == (j < 4 ? j : 60 + j) ? 1.0f : 0.0f)) : 0.0f;
+      for (int j = 0; j < 8; j++) g[j] = lab ? scale * exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -lse2[i])) : 0.0f;
+      if (lab && (unsigned)rel < 68u) {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+          if (rel == zk_lcs_col(j)) g[j] -= scale;
+      }
       zk_f4 g0 = {g[0], g[1], g[2], g[3]}, g1 = {g[4], g[5], g[6], g[7]};
       if (G && row0 + r < M) {
         float *dr = dlogits + (row0 + r) * V + c0;
@@ -342,8 +378,9 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
     }
     if (DH) {
       __syncthreads();
+      if (it + 1 < NTILE) zk_lcs_fetch<D>(pf, w, it + 1); /* here: fewer registers live in the logits */
       const float *gp = gs + ry2 * BNP + kg * KR, *wp = wb + dx * C2 * BNP + kg * KR;
-#pragma unroll
+#pragma unroll 2
       for (int k = 0; k < KR; k += 4) {
         zk_f4 gv[TM], wv[C2];
 #pragma unroll
