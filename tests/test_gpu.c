@@ -1151,13 +1151,15 @@ TEST(emu_ops_fused) {
 /* prec: the GEMMs' (backend.h); tf32 and bf16 round the GEMM inputs, so their
  * steps are held to looser bounds (loss within 2%, parameter changes within
  * 15% overall) and the argmax counts are not compared. */
-static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec) {
+static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec,
+                            int64_t V) {
   int mode = MODE_EMU;
   if (fake) EMU_OR_SKIP_LEVEL(1);
   else GPU_MODE_OR_SKIP(mode);
-  char path[128];
+  char path[128], vocab[16];
   snprintf(path, sizeof path, "models/%s.zoo", model);
-  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "24"}, {"seq_len", "16"}};
+  snprintf(vocab, sizeof vocab, "%lld", (long long)V);
+  zoo_define defs[] = {{"vocab_size", vocab}, {"d_model", "24"}, {"seq_len", "16"}};
   zoo_compile_opts o = {0};
   o.path = path;
   o.defines = defs;
@@ -1171,7 +1173,7 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
    * for 10 labelled positions per sequence (the batches below label about 4 of
    * 16); the emulated programs below also run the fused one. */
   CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 10, &d) == 0);
-  const int64_t B = 8, T = 16, V = 64;
+  const int64_t B = 8, T = 16;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {
     int r = zoo_cuda_precompile(g, B, T, "sm_90", err, sizeof err);
@@ -1345,6 +1347,10 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
   CHECKF(ok, "%s (accum %d): the GPU's training steps differ from the CPU's", model, accum);
 }
 
+static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec) {
+  train_compare_v(t, model, accum, fake, prec, 64);
+}
+
 TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0, ZOO_FP32); }
 TEST(gpu_train_based) { train_compare(t, "based", 1, 0, ZOO_FP32); }
 TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0, ZOO_FP32); }
@@ -1354,12 +1360,16 @@ TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0, ZOO_FP32); }
 TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0, ZOO_FP32); }
 TEST(gpu_train_rebased_tf32) { train_compare(t, "rebased", 1, 0, ZOO_TF32); }
 TEST(gpu_train_conv_attention_bf16) { train_compare(t, "conv_attention", 2, 0, ZOO_BF16); }
+/* vocabulary 128: the compacted head's step is linear_cross_entropy_step */
+TEST(gpu_train_rebased_lce_step) { train_compare_v(t, "rebased", 2, 0, ZOO_FP32, 128); }
+TEST(gpu_train_attention_lce_step_tf32) { train_compare_v(t, "attention", 1, 0, ZOO_TF32, 128); }
 
 /* The same comparisons through runtime/cuda.c over the fake driver
  * (tests/fake_cuda.h): capture, replay, seeds, double buffers, late metrics,
  * accumulation, state copies, evaluation; the kernels emulated on the CPU. */
 TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1, ZOO_FP32); }
 TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1, ZOO_FP32); }
+TEST(emu_backend_rebased_lce_step) { train_compare_v(t, "rebased", 2, 1, ZOO_FP32, 128); }
 TEST(emu_backend_debug_mode) {
   setenv("ZOO_DEBUG", "1", 1);
   train_compare(t, "conv_attention", 2, 1, ZOO_FP32);
