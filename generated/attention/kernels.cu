@@ -1939,9 +1939,9 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
         s[i] *= exp2f((m[i] - mx) * ZK_LCS_LOG2E);
         m[i] = mx;
       }
-      float mb = m[i] * ZK_LCS_LOG2E, e = 0.0f;
+      float mb = m[i] * ZK_LCS_LOG2E, e = exp2f(fmaf(acc[i][0], ZK_LCS_LOG2E, -mb));
 #pragma unroll
-      for (int j = 0; j < 8; j++) e += exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -mb));
+      for (int j = 1; j < 8; j++) e += exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -mb));
       s[i] += e;
     }
     if (it + 1 < NTILE || PASS2) zk_lcs_put<D>(pf, ws + ((it + 1) & 1) * WBUF);
