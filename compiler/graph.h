@@ -208,8 +208,9 @@ int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *
  *                     less in MQAR (the CUDA backend's choice). At D <= 64 (a
  *                     multiple of 4) and V a multiple of 128, the linear, the
  *                     loss step and linear's input gradient become one
- *                     linear_cross_entropy_step node (train_graph.c) unless
- *                     the environment has ZOO_NO_FUSED_LCE_STEP=1.
+ *                     linear_cross_entropy_step node (train_graph.c) when
+ *                     the environment has ZOO_FUSED_LCE_STEP=1 (less memory,
+ *                     not faster: see there).
  * g->output becomes -1 when the head is rewritten. zoo_train_graph picks
  * ZOO_HEAD_FUSED unless the environment has ZOO_NO_FUSED_HEAD=1 (for
  * bisecting); zoo_train_graph_head takes the choice as arguments (per_seq is

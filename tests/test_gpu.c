@@ -1360,16 +1360,22 @@ TEST(gpu_train_rebased_accum) { train_compare(t, "rebased", 2, 0, ZOO_FP32); }
 TEST(gpu_train_attention_accum) { train_compare(t, "attention", 3, 0, ZOO_FP32); }
 TEST(gpu_train_rebased_tf32) { train_compare(t, "rebased", 1, 0, ZOO_TF32); }
 TEST(gpu_train_conv_attention_bf16) { train_compare(t, "conv_attention", 2, 0, ZOO_BF16); }
-/* vocabulary 128: the compacted head's step is linear_cross_entropy_step */
-TEST(gpu_train_rebased_lce_step) { train_compare_v(t, "rebased", 2, 0, ZOO_FP32, 128); }
-TEST(gpu_train_attention_lce_step_tf32) { train_compare_v(t, "attention", 1, 0, ZOO_TF32, 128); }
+/* vocabulary 128 and ZOO_FUSED_LCE_STEP=1: the compacted head's step is
+ * linear_cross_entropy_step */
+static void train_compare_lce(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec) {
+  setenv("ZOO_FUSED_LCE_STEP", "1", 1);
+  train_compare_v(t, model, accum, fake, prec, 128);
+  unsetenv("ZOO_FUSED_LCE_STEP");
+}
+TEST(gpu_train_rebased_lce_step) { train_compare_lce(t, "rebased", 2, 0, ZOO_FP32); }
+TEST(gpu_train_attention_lce_step_tf32) { train_compare_lce(t, "attention", 1, 0, ZOO_TF32); }
 
 /* The same comparisons through runtime/cuda.c over the fake driver
  * (tests/fake_cuda.h): capture, replay, seeds, double buffers, late metrics,
  * accumulation, state copies, evaluation; the kernels emulated on the CPU. */
 TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1, ZOO_FP32); }
 TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1, ZOO_FP32); }
-TEST(emu_backend_rebased_lce_step) { train_compare_v(t, "rebased", 2, 1, ZOO_FP32, 128); }
+TEST(emu_backend_rebased_lce_step) { train_compare_lce(t, "rebased", 2, 1, ZOO_FP32); }
 TEST(emu_backend_debug_mode) {
   setenv("ZOO_DEBUG", "1", 1);
   train_compare(t, "conv_attention", 2, 1, ZOO_FP32);
@@ -1575,14 +1581,15 @@ static void emu_program(zoo_test_ctx *t, const char *model, int accum, zoo_head 
   emu_program_v(t, model, accum, head, 64);
 }
 
-/* vocabulary 128: the compacted head's step is one linear_cross_entropy_step
- * node (train_graph.c), its evaluation kernel without the gradient */
+/* vocabulary 128 and ZOO_FUSED_LCE_STEP=1: the compacted head's step is one
+ * linear_cross_entropy_step node (train_graph.c), its evaluation kernel
+ * without the gradient */
 static int count_ops(const zoo_graph *g, zoo_op op) {
   int c = 0;
   for (int i = 0; i < g->nnodes; i++) c += g->nodes[i].op == op;
   return c;
 }
-TEST(emu_program_rebased_compact_step) {
+static void emu_program_lce(zoo_test_ctx *t) {
   zoo_define defs[] = {{"vocab_size", "128"}, {"d_model", "24"}, {"seq_len", "16"}};
   zoo_compile_opts o = {.path = "models/rebased.zoo", .defines = defs, .ndefines = 3};
   zoo_diag d;
@@ -1594,6 +1601,11 @@ TEST(emu_program_rebased_compact_step) {
   zoo_program_free(prog);
   CHECK(folded);
   emu_program_v(t, "rebased", 2, ZOO_HEAD_COMPACT, 128);
+}
+TEST(emu_program_rebased_compact_step) {
+  setenv("ZOO_FUSED_LCE_STEP", "1", 1);
+  emu_program_lce(t);
+  unsetenv("ZOO_FUSED_LCE_STEP");
 }
 
 TEST(emu_program_rebased) { emu_program(t, "rebased", 1, ZOO_HEAD_FUSED); }

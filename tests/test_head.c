@@ -200,15 +200,23 @@ static int lce_step(const zoo_graph *g) {
          count_op(g, ZOO_OP_CROSS_ENTROPY_BWD, g->nnodes) == 0;
 }
 
-/* The compacted head (label_rows, gather_rows, the step at small D) against
- * the plain one, whose logits' linear and cross_entropy_step the step node
- * replaces. */
+/* The compacted head: label_rows, gather_rows and the logits over M rows, the
+ * loss and metrics reading those; the backward scatters the rows back. (With
+ * ZOO_FUSED_LCE_STEP=1 the logits and the loss become one node: step_fold,
+ * below.) */
 static int compact_shape(const zoo_graph *gf, const zoo_graph *gp) {
-  return gf->output == -1 && lce_step(gf) && plain_step(gp) &&
+  const zoo_node *lf = &gf->nodes[gf->tensors[gf->loss].producer];
+  const zoo_type *lt = &gf->tensors[lf->in[0]].type;
+  int lr = -1;
+  for (int i = 0; i < gf->nnodes; i++)
+    if (gf->nodes[i].op == ZOO_OP_LABEL_ROWS) lr = i;
+  return gf->output == -1 && plain_step(gf) && plain_step(gp) && lr >= 0 && lt->ndim == 2 &&
+         zoo_dim_eq(lt->dim[0], gf->tensors[gf->nodes[lr].out[0]].type.dim[0]) &&
+         lt->dim[0].sym != 0 && lt->dim[1].coef == HVC && lf->in[1] == gf->nodes[lr].out[2] &&
          count_op(gf, ZOO_OP_GATHER_ROWS, gf->nforward) == 1 &&
          count_op(gf, ZOO_OP_SCATTER_ROWS, gf->nnodes) == 1 &&
-         count_op(gf, ZOO_OP_LINEAR, gf->nforward) + 1 == count_op(gp, ZOO_OP_LINEAR, gp->nforward) &&
-         gf->nforward == gp->nforward + 1 && graph_consistent(gf) && graph_consistent(gp);
+         count_op(gf, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, gf->nnodes) == 0 &&
+         gf->nforward == gp->nforward + 2 && graph_consistent(gf) && graph_consistent(gp);
 }
 
 /* Model `name` with a rewritten head against the plain one: graph shape, then
@@ -289,17 +297,18 @@ static void env_restore(const char *name, char *saved) {
   free(saved);
 }
 
-/* The compacted head's step folded into linear_cross_entropy_step against the
- * same graph with ZOO_NO_FUSED_LCE_STEP=1 (linear, cross_entropy_step and the
- * matmul of linear's input gradient): the same tensors (ids kept), and the
- * same training step and evaluation on the CPU, bit for bit. */
+/* The compacted head's step folded into linear_cross_entropy_step (with
+ * ZOO_FUSED_LCE_STEP=1) against the same graph without (linear,
+ * cross_entropy_step and the matmul of linear's input gradient): the same
+ * tensors (ids kept), and the same training step and evaluation on the CPU,
+ * bit for bit. */
 static void step_fold(zoo_test_ctx *t, const char *name) {
   run f, u;
-  char *saved = env_swap("ZOO_NO_FUSED_LCE_STEP", NULL);
+  char *saved = env_swap("ZOO_FUSED_LCE_STEP", "1");
   int rf = run_init_at(&f, name, ZOO_HEAD_COMPACT, HVC, 24);
-  setenv("ZOO_NO_FUSED_LCE_STEP", "1", 1);
+  unsetenv("ZOO_FUSED_LCE_STEP");
   int ru = run_init_at(&u, name, ZOO_HEAD_COMPACT, HVC, 24);
-  env_restore("ZOO_NO_FUSED_LCE_STEP", saved);
+  env_restore("ZOO_FUSED_LCE_STEP", saved);
   if (rf || ru) {
     run_free(&f), run_free(&u);
     CHECKF(0, "%s does not compile or bind", name);
@@ -335,20 +344,21 @@ TEST(head_step_fold_based) { step_fold(t, "based"); }
 TEST(head_step_fold_conv_attention) { step_fold(t, "conv_attention"); }
 TEST(head_step_fold_attention) { step_fold(t, "attention"); }
 
-/* No fold where the kernel cannot take the shapes (D 128 or 26, V 37), with
- * ZOO_NO_FUSED_LCE_STEP=1, or for the plain head (its logits are the output). */
+/* The fold only with ZOO_FUSED_LCE_STEP=1 (not by default, not with 0), and
+ * even then not where the kernel cannot take the shapes (D 128 or 26, V 37)
+ * or for the plain head (its logits are the output). */
 TEST(head_step_fold_conditions) {
-  struct { int V, dm; const char *off; zoo_head head; int folded; } cases[] = {
-      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 1}, {HVC, 128, NULL, ZOO_HEAD_COMPACT, 0},
-      {HVC, 26, NULL, ZOO_HEAD_COMPACT, 0}, {HV, 24, NULL, ZOO_HEAD_COMPACT, 0},
-      {HVC, 24, "1", ZOO_HEAD_COMPACT, 0},  {HVC, 24, "0", ZOO_HEAD_COMPACT, 1},
-      {HVC, 24, NULL, ZOO_HEAD_PLAIN, 0},   {HVC, 64, NULL, ZOO_HEAD_COMPACT, 1},
+  struct { int V, dm; const char *on; zoo_head head; int folded; } cases[] = {
+      {HVC, 24, "1", ZOO_HEAD_COMPACT, 1},  {HVC, 128, "1", ZOO_HEAD_COMPACT, 0},
+      {HVC, 26, "1", ZOO_HEAD_COMPACT, 0},  {HV, 24, "1", ZOO_HEAD_COMPACT, 0},
+      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 0}, {HVC, 24, "0", ZOO_HEAD_COMPACT, 0},
+      {HVC, 24, "1", ZOO_HEAD_PLAIN, 0},    {HVC, 64, "1", ZOO_HEAD_COMPACT, 1},
   };
   for (int c = 0; c < (int)(sizeof cases / sizeof *cases); c++) {
-    char *saved = env_swap("ZOO_NO_FUSED_LCE_STEP", cases[c].off);
+    char *saved = env_swap("ZOO_FUSED_LCE_STEP", cases[c].on);
     run r;
     int rc = run_init_at(&r, "rebased", cases[c].head, cases[c].V, cases[c].dm);
-    env_restore("ZOO_NO_FUSED_LCE_STEP", saved);
+    env_restore("ZOO_FUSED_LCE_STEP", saved);
     int folded = -1, consistent = 0;
     if (rc == 0) {
       const zoo_graph *g = &r.p->graph;
@@ -357,7 +367,7 @@ TEST(head_step_fold_conditions) {
     }
     run_free(&r);
     CHECKF(rc == 0 && folded == cases[c].folded && consistent, "case %d (V %d, d_model %d, switch %s): folded %d",
-           c, cases[c].V, cases[c].dm, cases[c].off ? cases[c].off : "unset", folded);
+           c, cases[c].V, cases[c].dm, cases[c].on ? cases[c].on : "unset", folded);
   }
 }
 
