@@ -1076,15 +1076,24 @@ int zoo_cuda_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
     s->scratch_bytes = scratch;
   }
 
+  /* rows of 1024 k floats (k <= 16): a block per row, the row in registers */
+  int block_rows = V % 1024 == 0 && V <= 16384;
   kernel_name(e, n, "ce_step_rows", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
                     "const int *__restrict__ targets, const float *__restrict__ dloss, "
-                    "const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit%s) {\n"
-                    "  zk_ce_step_rows<%lld, %lld, %s>(logits, targets, dloss, count, rowloss, hit, %s, %lld);\n}\n",
-                    name, grad ? ", float *__restrict__ dlogits" : "", (long long)V, (long long)ig,
-                    grad ? "true" : "false", grad ? "dlogits" : "nullptr", (long long)N);
-  if (!(s = launch(e, n, name, cdiv(N, 8), 256, 0))) return -1;
+                    "const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit%s) {\n",
+                    name, grad ? ", float *__restrict__ dlogits" : "");
+  if (block_rows)
+    zoo_strbuf_printf(&e->src,
+                      "  zk_ce_step_row_block<%lld, %lld, %s>(logits, targets, dloss, count, rowloss, hit, %s);\n}\n",
+                      (long long)V, (long long)ig, grad ? "true" : "false", grad ? "dlogits" : "nullptr");
+  else
+    zoo_strbuf_printf(&e->src,
+                      "  zk_ce_step_rows<%lld, %lld, %s>(logits, targets, dloss, count, rowloss, hit, %s, %lld);\n}\n",
+                      (long long)V, (long long)ig, grad ? "true" : "false", grad ? "dlogits" : "nullptr",
+                      (long long)N);
+  if (!(s = launch(e, n, name, block_rows ? N : cdiv(N, 8), 256, 0))) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_scratch(s, 0);
   arg_scratch(s, off_loss);

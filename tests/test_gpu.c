@@ -612,6 +612,8 @@ static int c_cross_entropy_step_t(ocase *c, int64_t V) {
 }
 static int c_cross_entropy_step(ocase *c) { return c_cross_entropy_step_t(c, 50); }
 static int c_cross_entropy_step_wide(ocase *c) { return c_cross_entropy_step_t(c, 256); }
+/* rows of 2048: a block per row, the row in registers (zk_ce_step_row_block) */
+static int c_cross_entropy_step_block(ocase *c) { return c_cross_entropy_step_t(c, 2048); }
 
 static const named_case reductions_cases[] = {
       {"sum_axis", c_sum_axis, 1e-4, 1},
@@ -638,6 +640,7 @@ static const named_case reductions_cases[] = {
       {"logsumexp_wide", c_logsumexp_wide, 1e-4, 1},
       {"cross_entropy_step", c_cross_entropy_step, 1e-4, 0},
       {"cross_entropy_step_wide", c_cross_entropy_step_wide, 1e-4, 0},
+      {"cross_entropy_step_block", c_cross_entropy_step_block, 1e-4, 0},
 };
 
 TEST(gpu_ops_reductions) {

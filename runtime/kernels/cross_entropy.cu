@@ -17,7 +17,9 @@
  * cross_entropy_step, the three above in one pass over the logits (the training
  * graph's rewrite, compiler/train_graph.c): zk_ce_count (when the gradient is
  * wanted), then zk_ce_step_rows<V, IGNORE, GRAD>: one warp per row makes its
- *   loss, its hit and (GRAD) its gradient row from one logsumexp; then
+ *   loss, its hit and (GRAD) its gradient row from one logsumexp (or
+ *   zk_ce_step_row_block: a block per row, the row held in registers, when V
+ *   is a multiple of 1024 up to 16384, as the LM head's 8192); then
  *   zk_ce_step_finish<N, IGNORE>: loss and (correct, labelled). Scratch: count,
  *   rowloss [N], hit [N].
  * accuracy, two kernels sharing scratch hit [N] ints:
@@ -154,6 +156,82 @@ __device__ __forceinline__ void zk_ce_step_rows(const float *__restrict__ logits
   if ((threadIdx.x & 31) == 0) {
     rowloss[row] = loss;
     hit[row] = h;
+  }
+}
+
+/* The same for rows of V = 1024 k floats, one block of 256 threads per row
+ * (grid N): the row stays in registers (V / 256 floats a thread, read as
+ * float4s at j 256 + tid), so the gradient pass needs no second read of the
+ * logits from memory. The row's (max, sum) and first maximum are merged over
+ * each warp, then over the 8 warps in warp order. */
+template <int V, int IGNORE, bool GRAD>
+__device__ __forceinline__ void zk_ce_step_row_block(const float *__restrict__ logits,
+                                                     const int *__restrict__ targets,
+                                                     const float *__restrict__ dloss,
+                                                     const float *__restrict__ count,
+                                                     float *__restrict__ rowloss, int *__restrict__ hit,
+                                                     float *__restrict__ dlogits) {
+  constexpr int Q = V / 1024; /* float4s a thread */
+  __shared__ float shm[8], shs[8], shb[8];
+  __shared__ int shi[8];
+  int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  zk_i64 row = blockIdx.x;
+  int t = targets[row];
+  zk_f4 *d4 = (zk_f4 *)(dlogits + row * V);
+  if (t == IGNORE) {
+    if (GRAD) {
+      zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < Q; j++) d4[j * 256 + tid] = z;
+    }
+    if (tid == 0) rowloss[row] = 0.0f, hit[row] = 0;
+    return;
+  }
+  const zk_f4 *x4 = (const zk_f4 *)(logits + row * V);
+  zk_f4 v[Q];
+  float m = ZK_NEG_INF, best = ZK_NEG_INF;
+  int bi = 0x7fffffff;
+#pragma unroll
+  for (int j = 0; j < Q; j++) {
+    v[j] = x4[j * 256 + tid];
+    int e = 4 * (j * 256 + tid); /* a thread's indices increase with j */
+    if (v[j].x > best || bi == 0x7fffffff) best = v[j].x, bi = e;
+    if (v[j].y > best) best = v[j].y, bi = e + 1;
+    if (v[j].z > best) best = v[j].z, bi = e + 2;
+    if (v[j].w > best) best = v[j].w, bi = e + 3;
+    m = fmaxf(m, fmaxf(fmaxf(v[j].x, v[j].y), fmaxf(v[j].z, v[j].w)));
+  }
+  float s = 0.0f;
+  if (m != ZK_NEG_INF)
+#pragma unroll
+    for (int j = 0; j < Q; j++)
+      s += expf(v[j].x - m) + expf(v[j].y - m) + expf(v[j].z - m) + expf(v[j].w - m);
+  zk_warp_lse(m, s);
+  zk_warp_argmax(best, bi);
+  if (lane == 0) shm[warp] = m, shs[warp] = s, shb[warp] = best, shi[warp] = bi;
+  __syncthreads();
+  m = shm[0], s = shs[0], best = shb[0], bi = shi[0];
+#pragma unroll
+  for (int k = 1; k < 8; k++) {
+    zk_lse_merge(m, s, shm[k], shs[k]);
+    zk_argmax_merge(best, bi, shb[k], shi[k]);
+  }
+  float lse = m + logf(s);
+  if (tid == 0) {
+    rowloss[row] = (t >= 0 && t < V) ? lse - logits[row * V + t] : __int_as_float(0x7fc00000);
+    hit[row] = bi == t;
+  }
+  if (!GRAD) return;
+  float scale = dloss[0] / count[0];
+#pragma unroll
+  for (int j = 0; j < Q; j++) {
+    int e = 4 * (j * 256 + tid);
+    zk_f4 g;
+    g.x = scale * (expf(v[j].x - lse) - (e == t ? 1.0f : 0.0f));
+    g.y = scale * (expf(v[j].y - lse) - (e + 1 == t ? 1.0f : 0.0f));
+    g.z = scale * (expf(v[j].z - lse) - (e + 2 == t ? 1.0f : 0.0f));
+    g.w = scale * (expf(v[j].w - lse) - (e + 3 == t ? 1.0f : 0.0f));
+    d4[j * 256 + tid] = g;
   }
 }
 
