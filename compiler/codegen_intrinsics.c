@@ -201,27 +201,20 @@ static void rows_cols(const zoo_cuda_emit *e, int t, int64_t *rows, int64_t *col
 
 typedef struct attn_dims {
   int64_t BH, T, F, DV;
-  int64_t HI; /* the kernels' HI: 0 in layout 0, H when q, k are interleaved (1, 2) */
-  int64_t HV; /* the kernels' HV: the same for v, o (H in layout 1, else 0) */
-  char heads[48]; /* the template arguments "HI" or "HI, HV" */
+  int64_t HI; /* the kernels' HI: 0 in layout 0, H when the heads are interleaved */
 } attn_dims;
 
 /* Sizes of q [B, H, T, F] and v [B, H, T, DV] at inputs qi, qi + 2, or of
  * q [B, T, H*F] and v [B, T, H*DV] in poly_attention's layout 1 (ops.def). */
 static int attn_dims_of(zoo_cuda_emit *e, const zoo_node *n, int qi, attn_dims *a) {
   int q = n->in[qi], v = n->in[qi + 2];
-  int poly = n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD;
-  int64_t layout = poly ? n->attrs.i[0] : 0;
-  a->HI = layout == 1 || layout == 2 ? n->attrs.i[1] : 0;
-  a->HV = layout == 1 ? n->attrs.i[1] : 0;
-  if ((layout == 1 || layout == 2) && n->attrs.i[1] < 1)
-    return fail(e, "poly_attention: %lld heads", (long long)n->attrs.i[1]);
-  int64_t H = a->HI > 0 ? a->HI : 1, HV = a->HV > 0 ? a->HV : 1;
-  a->T = dim_of(e, q, -2), a->F = dim_of(e, q, -1) / H, a->DV = dim_of(e, v, -1) / HV;
+  int interleaved = (n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD) && n->attrs.i[0] == 1;
+  a->HI = interleaved ? n->attrs.i[1] : 0;
+  int64_t H = interleaved ? a->HI : 1;
+  if (H < 1) return fail(e, "poly_attention: %lld heads", (long long)H);
+  a->T = dim_of(e, q, -2), a->F = dim_of(e, q, -1) / H, a->DV = dim_of(e, v, -1) / H;
   a->BH = a->T > 0 && a->F > 0 ? zoo_cuda_numel(e, q) / (a->T * a->F) : 0;
   if (want_int(e, "H", a->HI)) return -1;
-  if (a->HV == a->HI) snprintf(a->heads, sizeof a->heads, "%lld", (long long)a->HI);
-  else snprintf(a->heads, sizeof a->heads, "%lld, %lld", (long long)a->HI, (long long)a->HV);
   if (want_int(e, "T", a->T) || want_int(e, "B*H", a->BH)) return -1;
   if (a->F > 1024 || a->DV > 1024)
     return fail(e, "attention head widths %lld, %lld exceed 1024", (long long)a->F, (long long)a->DV);
@@ -337,8 +330,8 @@ static int poly_chunked_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
-                    "  zk_poly_chunked_fwd<%s, %lld, %s>(q, k, v, o, %s, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, a->heads, c, eps);
+                    "  zk_poly_chunked_fwd<%s, %lld, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c, eps);
   zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[0]);
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
@@ -361,8 +354,8 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "float *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_chunked_bwd_q<%s, %lld, %s>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, a->heads, c, eps);
+                    "  zk_poly_chunked_bwd_q<%s, %lld, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c, eps);
   zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[1]);
   if (!s) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
@@ -376,8 +369,8 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_chunked_bwd_kv<%s, %lld, %s>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, a->heads, c);
+                    "  zk_poly_chunked_bwd_kv<%s, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c);
   s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[2]);
   if (!s) return -1;
   for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
@@ -409,8 +402,8 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
-                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %s>(q, k, v, o, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, a.heads, c, eps);
+                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c, eps);
   zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, (int64_t)BQ * R), (unsigned)BQ, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
@@ -437,8 +430,8 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "float *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %s>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, a.heads, c, eps);
+                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c, eps);
   zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
@@ -455,8 +448,8 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %s>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, a.heads, c);
+                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c);
   s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);

@@ -34,9 +34,7 @@
  * or 5 the sectors they fetch are mostly other heads' values. Measured on the
  * H200 (zoorun bench --only rebased, with and without the rewrite): DV 2
  * (32/48) 1.33 vs 1.31 ms and DV 5 (64/128) 3.22 vs 3.17 ms with it, but DV 42
- * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV;
- * below, layout 2 (ops.def) takes only q's and k's copies out (rows of F = 16
- * floats, whole 64-byte sectors) and keeps v's and the output's.
+ * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV.
  *
  * The compacted head's step at small D. After fold_loss_step the compacted
  * head (see graph.h) is
@@ -185,11 +183,9 @@ static int is_read(const zoo_graph *g, int t, const char *dead) {
 }
 
 /* Rewrites poly_attention node i when its inputs come from split_heads of one
- * H and its output goes to one merge_heads alone (layout 1), or, when a head's
- * values are narrower than ZOO_INTERLEAVE_MIN_DV floats, when q and k come
- * from split_heads (layout 2: v and the output keep their copies). Marks the
- * merge_heads it replaces dead and the split_heads in `touched`. Returns 1 when
- * rewritten, else 0 with the graph as it was. */
+ * H and its output goes to one merge_heads alone; marks the merge_heads dead
+ * and its split_heads in `touched`. Returns 1 when rewritten, else 0 with the
+ * graph as it was. */
 #define ZOO_INTERLEAVE_MIN_DV 8 /* value floats per head: 32-byte rows */
 
 static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
@@ -197,35 +193,31 @@ static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
   if (n->op != ZOO_OP_POLY_ATTENTION || n->attrs.i[0] != 0) return 0;
   const zoo_type *v = &g->tensors[n->in[2]].type;
   zoo_dim dv = v->dim[v->ndim - 1];
-  int layout = dv.sym == 0 && dv.coef >= ZOO_INTERLEAVE_MIN_DV ? 1 : 2;
+  if (dv.sym != 0 || dv.coef < ZOO_INTERLEAVE_MIN_DV) return 0;
   int64_t heads = 0;
-  int split[3], moved = layout == 1 ? 3 : 2; /* the inputs read in the projections' layout */
-  for (int k = 0; k < moved; k++)
+  int split[3];
+  for (int k = 0; k < 3; k++)
     if ((split[k] = split_of(g, n->in[k], &heads)) < 0) return 0;
-  int o = n->out[0], y = o, merge = -1;
-  if (layout == 1) {
-    merge = o == g->output ? -1 : only_reader(g, o, dead);
-    if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
-    y = g->nodes[merge].out[0];
-  }
+  int o = n->out[0];
+  int merge = o == g->output ? -1 : only_reader(g, o, dead);
+  if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
+  int y = g->nodes[merge].out[0];
 
-  zoo_node m = *n; /* the node in its new layout, checked before it replaces n */
-  for (int k = 0; k < moved; k++) m.in[k] = g->nodes[split[k]].in[0];
-  m.attrs.i[0] = layout;
+  zoo_node m = *n; /* the node in layout 1, checked before it replaces n */
+  for (int k = 0; k < 3; k++) m.in[k] = g->nodes[split[k]].in[0];
+  m.attrs.i[0] = 1;
   m.attrs.i[1] = heads;
   zoo_type out;
   char err[256];
   if (zoo_shape_infer(g, &m, &out, err, sizeof err) != 0 || !zoo_type_eq(&out, &g->tensors[y].type))
     return 0;
+  m.out[0] = y;
   *n = m;
-  if (layout == 1) {
-    n->out[0] = y;
-    g->tensors[y].producer = i;
-    g->tensors[y].out_index = 0;
-    g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
-    dead[merge] = 1;
-  }
-  for (int k = 0; k < moved; k++) touched[split[k]] = 1;
+  g->tensors[y].producer = i;
+  g->tensors[y].out_index = 0;
+  g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
+  dead[merge] = 1;
+  for (int k = 0; k < 3; k++) touched[split[k]] = 1;
   return 1;
 }
 

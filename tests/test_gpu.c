@@ -853,19 +853,6 @@ static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, in
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
-/* Layout 2: q, k interleaved, v [B, H, T, dv] and the output as in layout 0. */
-static int c_poly_qk_heads(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
-  int64_t qd[3] = {B, T, H * 16}, vd[4] = {B, H, T, dv};
-  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd), v = oc_f32(c, V_SIGNED, 4, vd);
-  zoo_attrs a = A0();
-  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
-  a.i[0] = 2, a.i[1] = H;
-  int in[3] = {q, k, v};
-  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
-}
-static int c_rebased_qk_heads(ocase *c) { return c_poly_qk_heads(c, 0, 0, 1, 2, 3, 150, 2); }
-static int c_based_qk_heads(ocase *c) { return c_poly_qk_heads(c, 1, 1, 0.5, 1, 3, 70, 5); }
-static int c_chunked_rebased_qk_heads(ocase *c) { return c_poly_qk_heads(c, 0, 0, 1, 2, 2, 200, 5); }
 static int c_rebased_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 9, 5); }
 static int c_rebased_long_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 200, 5); }
 static int c_based_long_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 150, 10); }
@@ -893,7 +880,6 @@ static const named_case poly_chunked_cases[] = {
       {"poly_chunked_short", c_chunked_short, 1e-4, 1},
       {"poly_chunked_rebased_dv5_heads", c_chunked_rebased_5_heads, 1e-4, 1},
       {"poly_chunked_based_dv42_heads", c_chunked_based_42_heads, 1e-4, 1},
-      {"poly_chunked_rebased_dv5_qk_heads", c_chunked_rebased_qk_heads, 1e-4, 1},
 };
 static const named_case poly_chunked_long_cases[] = {
       {"poly_chunked_rebased_2048", c_chunked_rebased_2048, 1e-3, 1},
@@ -992,8 +978,6 @@ static const named_case intrinsics_cases[] = {
       {"poly_attention_rebased_heads", c_rebased_heads, 1e-3, 1},
       {"poly_attention_rebased_long_heads", c_rebased_long_heads, 1e-3, 1},
       {"poly_attention_based_long_heads", c_based_long_heads, 1e-3, 1},
-      {"poly_attention_rebased_qk_heads", c_rebased_qk_heads, 1e-3, 1},
-      {"poly_attention_based_qk_heads", c_based_qk_heads, 1e-3, 1},
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},

@@ -574,20 +574,6 @@ TEST(grad_poly_attention_interleaved) {
   }
 }
 
-/* layout 2: q, k interleaved, v as [B, H, T, Dv] */
-TEST(grad_poly_attention_qk_interleaved) {
-  gcase c;
-  gc_init(&c);
-  int q = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), VAL_POSITIVE);
-  int k = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), VAL_POSITIVE);
-  int v = gc_param(&c, F32T(K(1), K(2), K(6), K(5)), VAL_SIGNED);
-  zoo_attrs a = {0};
-  double coefs[5] = {0, 0, 1, 0.5, 1e-12};
-  for (int i = 0; i < 5; i++) a.f[i] = coefs[i];
-  a.i[0] = 2, a.i[1] = 2;
-  CHECK(gc_finish(&c, "poly_attention, q and k interleaved", gc3(&c, ZOO_OP_POLY_ATTENTION, q, k, v, &a)) == 0);
-}
-
 TEST(grad_softmax_attention) {
   struct { double p; int causal; } cases[] = {{0, 1}, {0.1, 1}, {0, 0}, {0.3, 0}};
   for (int i = 0; i < 4; i++) {

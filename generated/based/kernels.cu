@@ -752,15 +752,29 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
+// zoo_k6_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_k7_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k6_split_heads: split heads, 3932160 elements
+// zoo_k8_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -931,7 +945,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -939,13 +953,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh);
-  float *ob = o + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -977,7 +991,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -987,12 +1001,12 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *dob = dout + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
   float *dqb = dq + zk_head_slice<F, T, HI>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
@@ -1096,7 +1110,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -1105,13 +1119,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll
@@ -1163,15 +1177,15 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_7: node 18
+// zoo_poly_attn_fwd_9: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_7(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k8_merge_heads: merge heads, 3932160 elements
+// zoo_k10_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1179,11 +1193,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_merge_heads(const float
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_9: node 22
+// zoo_layernorm_fused_11: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -1195,11 +1209,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const fl
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_10: node 24
+// zoo_layernorm_fused_12: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -1315,21 +1329,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_11: node 25
+// zoo_label_count_13: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_11(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_12: node 25
+// zoo_label_write_14: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_12(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_13: node 26
+// zoo_gather_rows_15: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_13(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1747,21 +1761,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_14: node 28
+// zoo_ce_count_16: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_14(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_15: node 28
+// zoo_ce_step_rows_17: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_15(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_16: node 28
+// zoo_ce_step_finish_18: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_16(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1771,39 +1785,39 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_16(const f
 // GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_17: node 31
+// zoo_scatter_rows_19: node 33
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_18: node 32
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_19: node 32
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_19(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_20: node 33
+// zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_21: node 33
+// zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k22_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_22: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_23: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k24_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v61 = t61[i];
     float v64 = t64[i];
@@ -1824,28 +1838,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_add(const float *__res
 // GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k23_split_heads: split heads, 3932160 elements
+// zoo_k25_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k23_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_24: node 41
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_24(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 12, 0>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+// zoo_poly_attn_bwd_q_26: node 43
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_25: node 41
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_25(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
+// zoo_poly_attn_bwd_kv_27: node 43
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k26_merge_heads: merge heads, 3932160 elements
+// zoo_k28_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1862,113 +1876,127 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k26_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// t83 is t75 reshaped (same memory, no kernel)
+// zoo_k29_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
 
-// GEMM (cuBLASLt, fp32): t84[65536 x 64] = t83 * t11, batch 1, k = 192
+// t84 is t83 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t85 is t84 reshaped (same memory, no kernel)
+// t86 is t85 reshaped (same memory, no kernel)
 
-// t86 is t34 reshaped (same memory, no kernel)
+// t87 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t87[192 x 64] = (t83)^T * t86, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// t89 is t74 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t90[65536 x 64] = t89 * t10, batch 1, k = 192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// zoo_k30_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
 
 // t91 is t90 reshaped (same memory, no kernel)
 
-// zoo_k27_add_add: 2 elementwise ops over 4194304 elements
+// GEMM (cuBLASLt, fp32): t92[65536 x 64] = t91 * t10, batch 1, k = 192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t93 is t92 reshaped (same memory, no kernel)
+
+// zoo_k31_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add_add(const float *__restrict__ t80, const float *__restrict__ t85, const float *__restrict__ t91, float *__restrict__ t94) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v80 = t80[i];
-    float v85 = t85[i];
-    float v91 = t91[i];
-    float v88 = v80 + v85;  // add
-    float v94 = v88 + v91;  // add
-    t94[i] = v94;
+    float v86 = t86[i];
+    float v93 = t93[i];
+    float v89 = v80 + v86;  // add
+    float v96 = v89 + v93;  // add
+    t96[i] = v96;
   }
 }
 
-// t92 is t34 reshaped (same memory, no kernel)
+// t94 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t93[192 x 64] = (t89)^T * t92, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_28: node 60
+// zoo_layernorm_bwd_rows_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_29: node 60
+// zoo_sum_partials_33: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k30_add: 1 elementwise op over 4194304 elements
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_add(const float *__restrict__ t67, const float *__restrict__ t95, float *__restrict__ t98) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
-    float v95 = t95[i];
-    float v98 = v67 + v95;  // add
-    t98[i] = v98;
+    float v97 = t97[i];
+    float v100 = v67 + v97;  // add
+    t100[i] = v100;
   }
 }
 
-// zoo_layernorm_bwd_rows_31: node 62
+// zoo_layernorm_bwd_rows_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 62
+// zoo_sum_partials_36: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k33_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_mul_mul(const float *__restrict__ t98, const float *__restrict__ t99, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ t104) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v98 = t98[i];
-    float v99 = t99[i];
+    float v100 = t100[i];
+    float v101 = t101[i];
     float v28 = t28[i];
     float v27 = t27[i];
-    float v102 = v98 + v99;  // add
-    float v103 = v102 * v28;  // mul
-    float v104 = v102 * v27;  // mul
-    t102[i] = v102;
-    t103[i] = v103;
+    float v104 = v100 + v101;  // add
+    float v105 = v104 * v28;  // mul
+    float v106 = v104 * v27;  // mul
     t104[i] = v104;
+    t105[i] = v105;
+    t106[i] = v106;
   }
 }
-
-// t105 is t104 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t106[65536 x 64] = t105 * t2, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t107 is t106 reshaped (same memory, no kernel)
 
-// t108 is t26 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t108[65536 x 64] = t107 * t2, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t109[64 x 64] = (t105)^T * t108, batch 1, k = 65536
+// t109 is t108 reshaped (same memory, no kernel)
+
+// t110 is t26 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k34_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1987,8 +2015,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum(const float *__res
   }
 }
 
-// zoo_k34_sum_fin: adds the 132 partials of zoo_k34_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k38_sum_fin: adds the 132 partials of zoo_k38_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -1996,60 +2024,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_35: node 73
+// zoo_conv1d_bwd_rows_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_36: node 73
+// zoo_sum_partials_40: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k41_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t102, const float *__restrict__ t107, const float *__restrict__ t112, float *__restrict__ t115) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v102 = t102[i];
-    float v107 = t107[i];
-    float v112 = t112[i];
-    float v111 = v102 + v107;  // add
-    float v115 = v111 + v112;  // add
-    t115[i] = v115;
+    float v104 = t104[i];
+    float v109 = t109[i];
+    float v114 = t114[i];
+    float v113 = v104 + v109;  // add
+    float v117 = v113 + v114;  // add
+    t117[i] = v117;
   }
 }
 
-// zoo_layernorm_bwd_rows_38: node 75
+// zoo_layernorm_bwd_rows_42: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 75
+// zoo_sum_partials_43: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k40_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_dropout(const float *__restrict__ t102, const float *__restrict__ t116, float *__restrict__ t120, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v102 = t102[i];
-    float v116 = t116[i];
-    float v119 = v102 + v116;  // add
-    float v120 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v119 * 1.11111116f : 0.0f;  // dropout
-    t120[i] = v120;
+    float v104 = t104[i];
+    float v118 = t118[i];
+    float v121 = v104 + v118;  // add
+    float v122 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v121 * 1.11111116f : 0.0f;  // dropout
+    t122[i] = v122;
   }
 }
 
-// zoo_k41_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2068,8 +2096,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_reduce_to(const float 
   }
 }
 
-// zoo_k41_reduce_to_fin: adds the 2 partials of zoo_k41_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k45_reduce_to_fin: adds the 2 partials of zoo_k45_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2077,55 +2105,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_42: node 79
+// zoo_embedding_bwd_46: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_42(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_43: node 80
+// zoo_embedding_bwd_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_43(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k44_add: 1 elementwise op over 524288 elements
+// zoo_k48_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_add(const float *__restrict__ t59, const float *__restrict__ t123, float *__restrict__ t124) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v59 = t59[i];
-    float v123 = t123[i];
-    float v124 = v59 + v123;  // add
-    t124[i] = v124;
+    float v125 = t125[i];
+    float v126 = v59 + v125;  // add
+    t126[i] = v126;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_45: node 0
+// zoo_embedding_fwd_49: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_45(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k46_arange: 0 .. 127
+// zoo_k50_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_47: node 2
+// zoo_embedding_fwd_51: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_48: node 5
+// zoo_layernorm_fused_52: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2141,14 +2169,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_49: node 11
+// zoo_layernorm_fused_53: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2164,11 +2192,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_50: node 13
+// zoo_layernorm_fused_54: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2183,28 +2211,42 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
+// zoo_k55_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_k56_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k51_split_heads: split heads, 3932160 elements
+// zoo_k57_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_52: node 18
+// zoo_poly_attn_fwd_58: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_52(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k53_merge_heads: merge heads, 3932160 elements
+// zoo_k59_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2212,11 +2254,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_54: node 22
+// zoo_layernorm_fused_60: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t44:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v43 = t43[i];
@@ -2228,11 +2270,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_55: node 24
+// zoo_layernorm_fused_61: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v45 = t45[i];
@@ -2243,36 +2285,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_56: node 25
+// zoo_label_count_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_56(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_57: node 25
+// zoo_label_write_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_57(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_58: node 26
+// zoo_gather_rows_64: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_58(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_59: node 28
+// zoo_ce_step_rows_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_59(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_60: node 28
+// zoo_ce_step_finish_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_60(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

@@ -758,21 +758,35 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const floa
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
+// zoo_k7_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
+}
+
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_7: node 17
+// zoo_layernorm_fwd_8: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_8(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k9_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k8_split_heads: split heads, 3932160 elements
+// zoo_k10_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -943,7 +957,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -951,13 +965,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh);
-  float *ob = o + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -989,7 +1003,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -999,12 +1013,12 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *dob = dout + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
   float *dqb = dq + zk_head_slice<F, T, HI>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
@@ -1108,7 +1122,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -1117,13 +1131,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll
@@ -1175,15 +1189,15 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_9: node 20
+// zoo_poly_attn_fwd_11: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k10_merge_heads: merge heads, 3932160 elements
+// zoo_k12_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1191,11 +1205,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_11: node 24
+// zoo_layernorm_fused_13: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -1207,11 +1221,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_12: node 26
+// zoo_layernorm_fused_14: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -1327,21 +1341,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_13: node 27
+// zoo_label_count_15: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_15(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_14: node 27
+// zoo_label_write_16: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_16(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_15: node 28
+// zoo_gather_rows_17: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1759,21 +1773,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_16: node 30
+// zoo_ce_count_18: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_18(const int *__restrict__ targets, float *__restrict__ count) {
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_17: node 30
+// zoo_ce_step_rows_19: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_18: node 30
+// zoo_ce_step_finish_20: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1783,39 +1797,39 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const f
 // GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_19: node 33
+// zoo_scatter_rows_21: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_20: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_21: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_22: node 35
+// zoo_layernorm_bwd_rows_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_23: node 35
+// zoo_sum_partials_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k24_add: 1 elementwise op over 4194304 elements
+// zoo_layernorm_bwd_rows_24: node 37
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_25: node 37
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_k26_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v67 = t67[i];
     float v70 = t70[i];
@@ -1836,28 +1850,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 // GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k25_split_heads: split heads, 3932160 elements
+// zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_26: node 43
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 12, 0>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+// zoo_poly_attn_bwd_q_28: node 45
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 43
-//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
-  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
+// zoo_poly_attn_bwd_kv_29: node 45
+//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k28_merge_heads: merge heads, 3932160 elements
+// zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -1874,137 +1888,151 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_29: node 50
+// zoo_k31_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
+
+// zoo_layernorm_bwd_rows_32: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_30: node 50
+// zoo_sum_partials_33: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t92 is t89 reshaped (same memory, no kernel)
+// t93 is t90 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t93[65536 x 64] = t92 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t94[65536 x 64] = t93 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t94 is t93 reshaped (same memory, no kernel)
+// t95 is t94 reshaped (same memory, no kernel)
 
-// t95 is t38 reshaped (same memory, no kernel)
+// t96 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_31: node 57
+// zoo_k34_merge_heads: merge heads, 12582912 elements
+//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
+}
+
+// zoo_layernorm_bwd_rows_35: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 57
+// zoo_sum_partials_36: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t101 is t98 reshaped (same memory, no kernel)
+// t103 is t100 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t102[65536 x 64] = t101 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t104[65536 x 64] = t103 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t103 is t102 reshaped (same memory, no kernel)
+// t105 is t104 reshaped (same memory, no kernel)
 
-// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t86, const float *__restrict__ t94, const float *__restrict__ t103, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v86 = t86[i];
-    float v94 = t94[i];
-    float v103 = t103[i];
-    float v97 = v86 + v94;  // add
-    float v106 = v97 + v103;  // add
-    t106[i] = v106;
+    float v95 = t95[i];
+    float v105 = t105[i];
+    float v98 = v86 + v95;  // add
+    float v108 = v98 + v105;  // add
+    t108[i] = v108;
   }
 }
 
-// t104 is t38 reshaped (same memory, no kernel)
+// t106 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t105[192 x 64] = (t101)^T * t104, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_34: node 64
+// zoo_layernorm_bwd_rows_38: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 64
+// zoo_sum_partials_39: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// zoo_k40_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t73, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v73 = t73[i];
-    float v107 = t107[i];
-    float v110 = v73 + v107;  // add
-    t110[i] = v110;
+    float v109 = t109[i];
+    float v112 = v73 + v109;  // add
+    t112[i] = v112;
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 66
+// zoo_layernorm_bwd_rows_41: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 66
+// zoo_sum_partials_42: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k39_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const float *__restrict__ t110, const float *__restrict__ t111, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t114, float *__restrict__ t115, float *__restrict__ t116) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v110 = t110[i];
-    float v111 = t111[i];
+    float v112 = t112[i];
+    float v113 = t113[i];
     float v32 = t32[i];
     float v31 = t31[i];
-    float v114 = v110 + v111;  // add
-    float v115 = v114 * v32;  // mul
-    float v116 = v114 * v31;  // mul
-    t114[i] = v114;
-    t115[i] = v115;
+    float v116 = v112 + v113;  // add
+    float v117 = v116 * v32;  // mul
+    float v118 = v116 * v31;  // mul
     t116[i] = v116;
+    t117[i] = v117;
+    t118[i] = v118;
   }
 }
-
-// t117 is t116 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t118[65536 x 64] = t117 * t2, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t119 is t118 reshaped (same memory, no kernel)
 
-// t120 is t30 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t121[64 x 64] = (t117)^T * t120, batch 1, k = 65536
+// t121 is t120 reshaped (same memory, no kernel)
+
+// t122 is t30 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2023,8 +2051,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
   }
 }
 
-// zoo_k40_sum_fin: adds the 132 partials of zoo_k40_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 64) return;
   float s = 0.0f;
@@ -2032,60 +2060,60 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum_fin(const float *_
   out[o] = s * 1.0f;
 }
 
-// zoo_conv1d_bwd_rows_41: node 77
+// zoo_conv1d_bwd_rows_45: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_42: node 77
+// zoo_sum_partials_46: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k43_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *__restrict__ t114, const float *__restrict__ t119, const float *__restrict__ t124, float *__restrict__ t127) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v114 = t114[i];
-    float v119 = t119[i];
-    float v124 = t124[i];
-    float v123 = v114 + v119;  // add
-    float v127 = v123 + v124;  // add
-    t127[i] = v127;
+    float v116 = t116[i];
+    float v121 = t121[i];
+    float v126 = t126[i];
+    float v125 = v116 + v121;  // add
+    float v129 = v125 + v126;  // add
+    t129[i] = v129;
   }
 }
 
-// zoo_layernorm_bwd_rows_44: node 79
+// zoo_layernorm_bwd_rows_48: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 79
+// zoo_sum_partials_49: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k46_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const float *__restrict__ t114, const float *__restrict__ t128, float *__restrict__ t132, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v114 = t114[i];
-    float v128 = t128[i];
-    float v131 = v114 + v128;  // add
-    float v132 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v131 * 1.11111116f : 0.0f;  // dropout
-    t132[i] = v132;
+    float v116 = t116[i];
+    float v130 = t130[i];
+    float v133 = v116 + v130;  // add
+    float v134 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v133 * 1.11111116f : 0.0f;  // dropout
+    t134[i] = v134;
   }
 }
 
-// zoo_k47_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2104,8 +2132,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float 
   }
 }
 
-// zoo_k47_reduce_to_fin: adds the 2 partials of zoo_k47_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
+// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
   int o = blockIdx.x * 256 + threadIdx.x;
   if (o >= 8192) return;
   float s = 0.0f;
@@ -2113,55 +2141,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to_fin(const fl
   out[o] = s * 1.0f;
 }
 
-// zoo_embedding_bwd_48: node 83
+// zoo_embedding_bwd_52: node 87
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_49: node 84
+// zoo_embedding_bwd_53: node 88
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_49(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
-// zoo_k50_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add(const float *__restrict__ t65, const float *__restrict__ t135, float *__restrict__ t136) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v65 = t65[i];
-    float v135 = t135[i];
-    float v136 = v65 + v135;  // add
-    t136[i] = v136;
+    float v137 = t137[i];
+    float v138 = v65 + v137;  // add
+    t138[i] = v138;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_51: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k52_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_53: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_54: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -2177,14 +2205,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_55: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -2200,11 +2228,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_56: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2219,40 +2247,54 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_57: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_57(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k62_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_58: node 17
+// zoo_layernorm_fwd_63: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_58(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_k64_split_heads: split heads, 12582912 elements
+//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
+extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
+    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k59_split_heads: split heads, 3932160 elements
+// zoo_k65_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_60: node 20
+// zoo_poly_attn_fwd_66: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 12, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k61_merge_heads: merge heads, 3932160 elements
+// zoo_k67_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
@@ -2260,11 +2302,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k61_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_62: node 24
+// zoo_layernorm_fused_68: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t50:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v49 = t49[i];
@@ -2276,11 +2318,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_63: node 26
+// zoo_layernorm_fused_69: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t52:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v51 = t51[i];
@@ -2291,36 +2333,36 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_64: node 27
+// zoo_label_count_70: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_64(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_65: node 27
+// zoo_label_write_71: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_65(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_66: node 28
+// zoo_gather_rows_72: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_66(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_67: node 30
+// zoo_ce_step_rows_73: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_67(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_68: node 30
+// zoo_ce_step_finish_74: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_68(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 

@@ -163,7 +163,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -171,13 +171,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh);
-  float *ob = o + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -209,7 +209,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -219,12 +219,12 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *dob = dout + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
   float *dqb = dq + zk_head_slice<F, T, HI>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
@@ -328,7 +328,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T, int HI, int HV = HI>
+template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -337,13 +337,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll

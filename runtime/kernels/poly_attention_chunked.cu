@@ -194,7 +194,7 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI, int HV = HI>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                     const float *__restrict__ v, float *__restrict__ o,
                                                     float c0, float c1, float c2, float scale, float eps) {
@@ -203,11 +203,11 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh);
-  float *ob = o + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, cp = threadIdx.x / C * L::WQ;
@@ -233,7 +233,7 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI, int HV = HI>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                       const float *__restrict__ k, const float *__restrict__ v,
                                                       float *__restrict__ dq, float *__restrict__ stats,
@@ -244,10 +244,10 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *dos = fc + 2 * L::D, *gs = dos + C * L::SW, *red = gs + C * L::SW, *red2 = red + C * L::NP;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *dob = dout + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
   float *dqb = dq + zk_head_slice<F, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
@@ -332,7 +332,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
   }
 }
 
-template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI, int HV = HI>
+template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__ q, const float *__restrict__ k,
                                                        const float *__restrict__ v,
                                                        const float *__restrict__ stats, float *__restrict__ dk,
@@ -344,11 +344,11 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *gs = fc + 2 * L::D, *red2 = gs + C * L::SW;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HV);
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HV>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HV>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) rt[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, part = threadIdx.x / C, cp = part * L::WQ;
