@@ -681,10 +681,14 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
                     kname, (long long)O, (long long)R, m.column ? "column" : "row", (long long)S,
                     S == 1 ? "" : "s");
   zoo_cuda_comment_node(e, node);
+  /* With S chunks, the chunks' partial sums are added up by the last block to
+   * finish when there are few (counted on a ZOO_ARG_COUNTER, as common.cu's
+   * zk_finish_partials), else by a second kernel, in chunk order either way. */
+  int fin_here = S > 1 && S * O <= 32768;
   zoo_strbuf_printf(b,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
-                    "float *__restrict__ out) {\n",
-                    kname);
+                    "float *__restrict__ out%s) {\n",
+                    kname, fin_here ? ", float *__restrict__ y, unsigned *__restrict__ counter" : "");
   const char *dest = S == 1 ? "out[o]" : "out[(long long)blockIdx.y * O + o]";
   const char *fin = S == 1 ? sc : "1.0f";
   zoo_strbuf_printf(b, "  const %s O = %lld, R = %lld, CH = %lld;\n", ity, (long long)O,
@@ -705,20 +709,38 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
                       "    float s = 0.0f;\n"
                       "    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];\n"
                       "    %s = s * %s;\n"
-                      "  }\n}\n",
+                      "  }\n",
                       ity, ity, oexpr, ity, ity, ity, ity, rexpr, dest, fin);
   } else {
     zoo_strbuf_printf(b,
                       "  %s o = blockIdx.x * 8 + threadIdx.y;\n"
-                      "  if (o >= O) return; /* the whole warp */\n"
-                      "  %s base = %s;\n"
-                      "  %s r1 = min(R, (%s)blockIdx.y * CH + CH);\n"
-                      "  float acc = 0.0f;\n"
-                      "  for (%s r = (%s)blockIdx.y * CH + threadIdx.x; r < r1; r += 32) acc += x[base + %s];\n"
-                      "  acc = zg_warp_sum(acc);\n"
-                      "  if (threadIdx.x == 0) %s = acc * %s;\n}\n",
+                      "  if (o < O) { /* the whole warp */\n"
+                      "    %s base = %s;\n"
+                      "    %s r1 = min(R, (%s)blockIdx.y * CH + CH);\n"
+                      "    float acc = 0.0f;\n"
+                      "    for (%s r = (%s)blockIdx.y * CH + threadIdx.x; r < r1; r += 32) acc += x[base + %s];\n"
+                      "    acc = zg_warp_sum(acc);\n"
+                      "    if (threadIdx.x == 0) %s = acc * %s;\n"
+                      "  }\n",
                       ity, ity, oexpr, ity, ity, ity, ity, rexpr, dest, fin);
   }
+  if (fin_here)
+    zoo_strbuf_printf(b,
+                      "  __shared__ bool last;\n"
+                      "  __threadfence();\n"
+                      "  __syncthreads();\n"
+                      "  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;\n"
+                      "  __syncthreads();\n"
+                      "  if (!last) return;\n"
+                      "  __threadfence();\n"
+                      "  for (int i = threadIdx.y * 32 + threadIdx.x; i < %lld; i += 256) {\n"
+                      "    float s = 0.0f;\n"
+                      "    for (int k = 0; k < %lld; k++) s += __ldcg(out + (long long)k * %lld + i);\n"
+                      "    y[i] = s * %s;\n"
+                      "  }\n"
+                      "  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;\n",
+                      (long long)O, (long long)S, (long long)O, sc);
+  zoo_strbuf_puts(b, "}\n");
   zoo_step *s = zoo_cuda_step(e, ZOO_STEP_KERNEL, node);
   s->func = zoo_cuda_strdup(e, kname);
   s->grid[0] = (unsigned)(blocks_o < 1 ? 1 : blocks_o), s->grid[1] = (unsigned)S, s->grid[2] = 1;
@@ -731,6 +753,11 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0};
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
   s->scratch_bytes = S * O * (int64_t)sizeof(float);
+  if (fin_here) {
+    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
+    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+    return 0;
+  }
 
   /* the partials, summed in chunk order */
   zoo_strbuf_printf(b,

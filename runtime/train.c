@@ -112,6 +112,16 @@ static int train_mkdirs(const char *path) {
   return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+/* ZOO_TIMING=1: where a run's wall time goes, on stderr (seconds since start). */
+static void train_mark(double t_start, const char *what) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("ZOO_TIMING");
+    on = e && *e && strcmp(e, "0") != 0;
+  }
+  if (on) fprintf(stderr, "timing: %-28s %.3f s\n", what, train_now() - t_start);
+}
+
 /* Picks and makes the backend; says which and why. */
 static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chosen) {
   const char *dev = tr->o->device ? tr->o->device : "auto";
@@ -640,9 +650,11 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
             c->input_seq_len, c->num_kv_pairs, c->vocab_size, c->batch_size,
             c->gradient_accumulation_steps);
 
+  train_mark(t_start, "model and data ready");
   tr.be = train_backend(&tr, c->batch_size, T, r->device);
   fflush(tr.out);
   if (!tr.be) goto done;
+  train_mark(t_start, "backend ready");
   train_alloc_state(&tr);
 
   snprintf(tr.dir, sizeof tr.dir, "%s", o->out_dir ? o->out_dir : "runs");
@@ -685,8 +697,11 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   } else {
     tr.metrics = fopen(tr.metrics_path, o->resume ? "a" : "w");
     tr.t0 = train_now();
+    train_mark(t_start, "training starts");
     rc = train_run(&tr, r);
+    train_mark(t_start, "training ends");
     if (train_save_wait(&tr)) rc = -1;
+    train_mark(t_start, "last checkpoint written");
     if (tr.metrics) fclose(tr.metrics);
     tr.metrics = NULL;
   }
@@ -708,6 +723,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
 
 done:
   if (tr.be) tr.be->free(tr.be);
+  train_mark(t_start, "backend freed");
   train_free_state(&tr);
   zoo_mqar_free(&tr.train_gen);
   zoo_mqar_free(&tr.test_gen);

@@ -153,5 +153,9 @@ int main(int argc, char **argv) {
   rc = zoo_train(&c, &o, &r, &d);
   zoo_config_free(&c);
   free(flags);
-  return rc ? 1 : 0;
+  /* Everything the run writes is closed (the checkpoint synced and renamed);
+   * leaving without the exit handlers skips the CUDA libraries' teardown,
+   * which took 0.2 s of a 1.2 s two-epoch run on the H200 (ZOO_TIMING=1). */
+  fflush(NULL);
+  _exit(rc ? 1 : 0);
 }

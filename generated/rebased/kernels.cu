@@ -2032,7 +2032,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const floa
 
 // zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2049,15 +2049,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__res
     for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
     out[(long long)blockIdx.y * O + o] = s * 1.0f;
   }
-}
-
-// zoo_k44_sum_fin: adds the 132 partials of zoo_k44_sum
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum_fin(const float *__restrict__ part, float *__restrict__ out) {
-  int o = blockIdx.x * 256 + threadIdx.x;
-  if (o >= 64) return;
-  float s = 0.0f;
-  for (int k = 0; k < 132; k++) s += part[(long long)k * 64 + o];
-  out[o] = s * 1.0f;
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.y * 32 + threadIdx.x; i < 64; i += 256) {
+    float s = 0.0f;
+    for (int k = 0; k < 132; k++) s += __ldcg(out + (long long)k * 64 + i);
+    y[i] = s * 1.0f;
+  }
+  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
 // zoo_conv1d_bwd_rows_45: node 81
@@ -2113,7 +2117,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const floa
 
 // zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2130,15 +2134,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float 
     for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
     out[(long long)blockIdx.y * O + o] = s * 1.0f;
   }
-}
-
-// zoo_k51_reduce_to_fin: adds the 2 partials of zoo_k51_reduce_to
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to_fin(const float *__restrict__ part, float *__restrict__ out) {
-  int o = blockIdx.x * 256 + threadIdx.x;
-  if (o >= 8192) return;
-  float s = 0.0f;
-  for (int k = 0; k < 2; k++) s += part[(long long)k * 8192 + o];
-  out[o] = s * 1.0f;
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.y * 32 + threadIdx.x; i < 8192; i += 256) {
+    float s = 0.0f;
+    for (int k = 0; k < 2; k++) s += __ldcg(out + (long long)k * 8192 + i);
+    y[i] = s * 1.0f;
+  }
+  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
 // zoo_embedding_bwd_52: node 87
