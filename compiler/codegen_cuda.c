@@ -681,10 +681,10 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
                     kname, (long long)O, (long long)R, m.column ? "column" : "row", (long long)S,
                     S == 1 ? "" : "s");
   zoo_cuda_comment_node(e, node);
-  /* With S chunks, the chunks' partial sums are added up by the last block to
-   * finish when there are few (counted on a ZOO_ARG_COUNTER, as common.cu's
-   * zk_finish_partials), else by a second kernel, in chunk order either way. */
-  int fin_here = S > 1 && S * O <= 32768;
+  /* With S chunks, the last block to finish adds the chunks' partial sums up
+   * (counted on a ZOO_ARG_COUNTER, as common.cu's zk_finish_partials; in chunk
+   * order, deterministic). The rule for S above keeps S O under 17k floats. */
+  int fin_here = S > 1;
   zoo_strbuf_printf(b,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
                     "float *__restrict__ out%s) {\n",
@@ -753,32 +753,8 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0};
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
   s->scratch_bytes = S * O * (int64_t)sizeof(float);
-  if (fin_here) {
-    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
-    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
-    return 0;
-  }
-
-  /* the partials, summed in chunk order */
-  zoo_strbuf_printf(b,
-                    "\n// %s_fin: adds the %lld partials of %s\n"
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s_fin(const float *__restrict__ part, "
-                    "float *__restrict__ out) {\n"
-                    "  %s o = blockIdx.x * 256 + threadIdx.x;\n"
-                    "  if (o >= %lld) return;\n"
-                    "  float s = 0.0f;\n"
-                    "  for (int k = 0; k < %lld; k++) s += part[(long long)k * %lld + o];\n"
-                    "  out[o] = s * %s;\n}\n",
-                    kname, (long long)S, kname, kname, ity, (long long)O, (long long)S, (long long)O, sc);
-  s = zoo_cuda_step(e, ZOO_STEP_KERNEL, node);
-  char fname[80];
-  snprintf(fname, sizeof fname, "%s_fin", kname);
-  s->func = zoo_cuda_strdup(e, fname);
-  s->grid[0] = (unsigned)((O + 255) / 256), s->grid[1] = s->grid[2] = 1;
-  s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
-  s->scratch_bytes = S * O * (int64_t)sizeof(float);
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
   return 0;
 }
 
