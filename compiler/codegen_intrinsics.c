@@ -976,6 +976,58 @@ static int loss_dims(zoo_cuda_emit *e, const zoo_node *n, int li, int ti, int64_
   return need(e, "softmax.cu", "cross_entropy.cu", NULL);
 }
 
+/* zk_ce_count over the N targets (input ti; ignore_index i0) into the float
+ * at scratch offset 0, for the gradient's scale. */
+static int ce_count_step(zoo_cuda_emit *e, const zoo_node *n, int ti, int64_t N, int64_t scratch) {
+  char name[64];
+  kernel_name(e, n, "ce_count", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
+                    "float *__restrict__ count) {\n"
+                    "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
+                    name, (long long)N, (long long)n->attrs.i[0]);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_tensor(s, n->in[ti]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
+/* The scratch of the training step's loss kernels: the labelled count, then
+ * rowloss [N] at off_loss and hit [N] at off_hit. */
+typedef struct ce_scratch {
+  int64_t off_loss, off_hit, bytes;
+} ce_scratch;
+
+static ce_scratch ce_scratch_of(int64_t N) {
+  ce_scratch c = {16, 16 + align16(N * 4), 0};
+  c.bytes = c.off_hit + align16(N * 4);
+  return c;
+}
+
+/* zk_ce_step_finish: loss (output 0) and metrics (output 1) from the rows'
+ * losses and hits; the targets at input ti. */
+static int ce_finish_step(zoo_cuda_emit *e, const zoo_node *n, int ti, int64_t N, const ce_scratch *c) {
+  char name[64];
+  kernel_name(e, n, "ce_step_finish", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
+                    "const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, "
+                    "float *__restrict__ metrics) {\n"
+                    "  zk_ce_step_finish<%lld, %lld>(rowloss, hit, targets, loss, metrics);\n}\n",
+                    name, (long long)N, (long long)n->attrs.i[0]);
+  zoo_step *s = launch(e, n, name, 1, 1024, 0);
+  if (!s) return -1;
+  arg_scratch(s, c->off_loss);
+  arg_scratch(s, c->off_hit);
+  arg_tensor(s, n->in[ti]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  s->scratch_bytes = c->bytes;
+  return 0;
+}
+
 int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, V, ig = n->attrs.i[0];
   if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
@@ -1013,18 +1065,9 @@ int zoo_cuda_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, V, ig = n->attrs.i[0];
   if (loss_dims(e, n, 1, 2, &N, &V)) return -1;
   int64_t scratch = 16; /* the labelled count, a float */
+  if (ce_count_step(e, n, 2, N, scratch)) return -1;
   char name[64];
-  kernel_name(e, n, "ce_count", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
-                    "float *__restrict__ count) {\n"
-                    "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
-                    name, (long long)N, (long long)ig);
-  zoo_step *s = launch(e, n, name, 1, 1024, 0);
-  if (!s) return -1;
-  arg_tensor(s, n->in[2]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
+  zoo_step *s;
 
   kernel_name(e, n, "ce_bwd_rows", name, sizeof name);
   zoo_strbuf_printf(&e->src,
@@ -1059,22 +1102,10 @@ int zoo_cuda_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, V, ig = n->attrs.i[0];
   if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
   int grad = wanted(e, n->out[2]);
-  int64_t off_loss = 16, off_hit = off_loss + align16(N * 4);
-  int64_t scratch = off_hit + align16(N * 4); /* count, rowloss [N], hit [N] */
+  ce_scratch cs = ce_scratch_of(N);
   char name[64];
   zoo_step *s;
-  if (grad) {
-    kernel_name(e, n, "ce_count", name, sizeof name);
-    zoo_strbuf_printf(&e->src,
-                      "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
-                      "float *__restrict__ count) {\n"
-                      "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
-                      name, (long long)N, (long long)ig);
-    if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
-    arg_tensor(s, n->in[1]);
-    arg_scratch(s, 0);
-    s->scratch_bytes = scratch;
-  }
+  if (grad && ce_count_step(e, n, 1, N, cs.bytes)) return -1;
 
   /* rows of 1024 k floats (k <= 16): a block per row, the row in registers */
   int block_rows = V % 1024 == 0 && V <= 16384;
@@ -1096,26 +1127,11 @@ int zoo_cuda_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   if (!(s = launch(e, n, name, block_rows ? N : cdiv(N, 8), 256, 0))) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_scratch(s, 0);
-  arg_scratch(s, off_loss);
-  arg_scratch(s, off_hit);
+  arg_scratch(s, cs.off_loss);
+  arg_scratch(s, cs.off_hit);
   if (grad) arg_tensor(s, n->out[2]);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "ce_step_finish", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
-                    "const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, "
-                    "float *__restrict__ metrics) {\n"
-                    "  zk_ce_step_finish<%lld, %lld>(rowloss, hit, targets, loss, metrics);\n}\n",
-                    name, (long long)N, (long long)ig);
-  if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
-  arg_scratch(s, off_loss);
-  arg_scratch(s, off_hit);
-  arg_tensor(s, n->in[1]);
-  arg_tensor(s, n->out[0]);
-  arg_tensor(s, n->out[1]);
-  s->scratch_bytes = scratch;
-  return 0;
+  s->scratch_bytes = cs.bytes;
+  return ce_finish_step(e, n, 1, N, &cs);
 }
 
 /* linear_cross_entropy_step: runtime/kernels/linear_cross_entropy_step.cu.
@@ -1167,22 +1183,10 @@ int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   int BM = lcs_rows(e, M);
   if (BM < 0) return -1;
   int64_t smem = lcs_smem(D, BM, dh);
-  int64_t off_loss = 16, off_hit = off_loss + align16(M * 4);
-  int64_t scratch = off_hit + align16(M * 4); /* count, rowloss [M], hit [M] */
+  ce_scratch cs = ce_scratch_of(M);
   char name[64];
   zoo_step *s;
-  if (g || dh) {
-    kernel_name(e, n, "ce_count", name, sizeof name);
-    zoo_strbuf_printf(&e->src,
-                      "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ targets, "
-                      "float *__restrict__ count) {\n"
-                      "  zk_ce_count<%lld, %lld>(targets, count);\n}\n",
-                      name, (long long)M, (long long)ig);
-    if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
-    arg_tensor(s, n->in[2]);
-    arg_scratch(s, 0);
-    s->scratch_bytes = scratch;
-  }
+  if ((g || dh) && ce_count_step(e, n, 2, M, cs.bytes)) return -1;
 
   /* one block per SM: up to 255 registers (about 160 at D = 32, 220 at 64),
    * no spills; the rows per block fill the SMs */
@@ -1202,27 +1206,12 @@ int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   if (!(s = launch(e, n, name, cdiv(M, BM), 256, (unsigned)smem))) return -1;
   for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
   arg_scratch(s, 0);
-  arg_scratch(s, off_loss);
-  arg_scratch(s, off_hit);
+  arg_scratch(s, cs.off_loss);
+  arg_scratch(s, cs.off_hit);
   if (g) arg_tensor(s, n->out[2]);
   if (dh) arg_tensor(s, n->out[3]);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "ce_step_finish", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
-                    "const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, "
-                    "float *__restrict__ metrics) {\n"
-                    "  zk_ce_step_finish<%lld, %lld>(rowloss, hit, targets, loss, metrics);\n}\n",
-                    name, (long long)M, (long long)ig);
-  if (!(s = launch(e, n, name, 1, 1024, 0))) return -1;
-  arg_scratch(s, off_loss);
-  arg_scratch(s, off_hit);
-  arg_tensor(s, n->in[2]);
-  arg_tensor(s, n->out[0]);
-  arg_tensor(s, n->out[1]);
-  s->scratch_bytes = scratch;
-  return 0;
+  s->scratch_bytes = cs.bytes;
+  return ce_finish_step(e, n, 2, M, &cs);
 }
 
 /* accuracy (h, w, targets): the labelled rows compacted as for

@@ -107,6 +107,11 @@ int zoo_graph_node(zoo_graph *g, zoo_op op, int nin, const int *in, const zoo_at
   return n.out[0];
 }
 
+int zoo_env_on(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+
 zoo_dim zoo_dim_const(int64_t n) { return (zoo_dim){n, 0}; }
 
 int zoo_dim_eq(zoo_dim a, zoo_dim b) { return a.coef == b.coef && a.sym == b.sym; }

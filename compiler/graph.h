@@ -167,6 +167,10 @@ int zoo_graph_node(zoo_graph *g, zoo_op op, int nin, const int *in, const zoo_at
                    zoo_span at, zoo_diag *d);
 
 /* Types and shapes */
+/* Is environment variable `name` set to something other than "" and "0"?
+ * (The ZOO_* switches: ZOO_DEBUG, ZOO_NO_FUSED_HEAD, ZOO_TIMING, ...) */
+int zoo_env_on(const char *name);
+
 zoo_dim zoo_dim_const(int64_t n);
 int zoo_dim_eq(zoo_dim a, zoo_dim b);
 zoo_dim zoo_dim_mul(zoo_dim a, zoo_dim b);

@@ -165,21 +165,25 @@ static int split_of(const zoo_graph *g, int t, int64_t *heads) {
   return p;
 }
 
-/* The one node that reads tensor t (-1 when none or several do, counting
- * a node that reads it twice as two; dead nodes do not count). */
-static int only_reader(const zoo_graph *g, int t, const char *dead) {
-  int reader = -1, count = 0;
+/* How many times live nodes read tensor t (a node that reads it twice counts
+ * twice; dead nodes do not count); *last gets the last such node. */
+static int reads_of(const zoo_graph *g, int t, const char *dead, int *last) {
+  int count = 0;
   for (int i = 0; i < g->nnodes; i++)
     for (int k = 0; k < g->nodes[i].nin; k++)
-      if (g->nodes[i].in[k] == t && !dead[i]) reader = i, count++;
-  return count == 1 ? reader : -1;
+      if (g->nodes[i].in[k] == t && !dead[i]) *last = i, count++;
+  return count;
+}
+
+/* The one node that reads tensor t, -1 when none or several do. */
+static int only_reader(const zoo_graph *g, int t, const char *dead) {
+  int reader = -1;
+  return reads_of(g, t, dead, &reader) == 1 ? reader : -1;
 }
 
 static int is_read(const zoo_graph *g, int t, const char *dead) {
-  for (int i = 0; i < g->nnodes; i++)
-    for (int k = 0; k < g->nodes[i].nin; k++)
-      if (g->nodes[i].in[k] == t && !dead[i]) return 1;
-  return t == g->output;
+  int unused;
+  return reads_of(g, t, dead, &unused) > 0 || t == g->output;
 }
 
 /* Rewrites poly_attention node i when its inputs come from split_heads of one
@@ -233,12 +237,6 @@ int zoo_interleave_heads(zoo_graph *g) {
   free(dead);
   free(touched);
   return rewritten;
-}
-
-/* Is the environment variable set to something other than "0"? */
-static int env_on(const char *name) {
-  const char *v = getenv(name);
-  return v && *v && strcmp(v, "0") != 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -301,7 +299,7 @@ static int fold_linear_step(zoo_graph *g) {
 }
 
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
-  return zoo_train_graph_head(g, env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
+  return zoo_train_graph_head(g, zoo_env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
 }
 
 /* The compacted head's rows: (idx, pos, tc) = label_rows(targets), then
@@ -333,7 +331,7 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
   }
-  if (!env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g);
+  if (!zoo_env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g);
 
   zoo_type logits = g->tensors[g->output].type;
   int producer = g->tensors[g->output].producer;
@@ -392,6 +390,6 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     g->tensors[p].grad = z;
   }
   fold_loss_step(g);
-  if (env_on("ZOO_FUSED_LCE_STEP")) fold_linear_step(g);
+  if (zoo_env_on("ZOO_FUSED_LCE_STEP")) fold_linear_step(g);
   return 0;
 }

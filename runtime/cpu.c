@@ -43,8 +43,7 @@ int zoo_cpu_init(zoo_cpu *c, const zoo_graph *g, const int64_t *sym_values) {
     c->data[t] = calloc((size_t)(n > 0 ? n : 1), 4);
     if (!c->data[t]) goto oom;
   }
-  const char *prof = getenv("ZOO_CPU_PROFILE");
-  if (prof && *prof && strcmp(prof, "0") != 0) {
+  if (zoo_env_on("ZOO_CPU_PROFILE")) {
     c->prof_s = calloc(ZOO_OP_COUNT, sizeof *c->prof_s);
     c->prof_calls = calloc(ZOO_OP_COUNT, sizeof *c->prof_calls);
     if (!c->prof_s || !c->prof_calls) goto oom;

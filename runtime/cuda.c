@@ -115,10 +115,7 @@ static int context(core *c, const char *what) {
 }
 
 /* ZOO_DEBUG=1 set (and not "0")? */
-static int debug_mode(void) {
-  const char *dbg = getenv("ZOO_DEBUG");
-  return dbg && dbg[0] && strcmp(dbg, "0") != 0;
-}
+static int debug_mode(void) { return zoo_env_on("ZOO_DEBUG"); }
 
 /* Opens the libraries, picks the device and makes its primary context
  * current. */
@@ -910,10 +907,7 @@ static int input_named(const zoo_graph *g, const char *name) {
 }
 
 /* ZOO_NO_FUSE=1: every node its own kernel. */
-static int fuse_mode(void) {
-  const char *nofuse = getenv("ZOO_NO_FUSE");
-  return !(nofuse && nofuse[0] && strcmp(nofuse, "0") != 0);
-}
+static int fuse_mode(void) { return !zoo_env_on("ZOO_NO_FUSE"); }
 
 int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const char *arch, char *err,
                         size_t errlen) {

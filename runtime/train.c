@@ -114,12 +114,7 @@ static int train_mkdirs(const char *path) {
 
 /* ZOO_TIMING=1: where a run's wall time goes, on stderr (seconds since start). */
 static void train_mark(double t_start, const char *what) {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("ZOO_TIMING");
-    on = e && *e && strcmp(e, "0") != 0;
-  }
-  if (on) fprintf(stderr, "timing: %-28s %.3f s\n", what, train_now() - t_start);
+  if (zoo_env_on("ZOO_TIMING")) fprintf(stderr, "timing: %-28s %.3f s\n", what, train_now() - t_start);
 }
 
 /* Picks and makes the backend; says which and why. */

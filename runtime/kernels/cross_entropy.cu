@@ -88,6 +88,17 @@ __device__ __forceinline__ void zk_ce_zero_row(float *__restrict__ dr) {
   }
 }
 
+/* The gradient of four logits v at indices e .. e + 3 of a row whose
+ * logsumexp is lse and target t: scale (softmax - onehot). */
+__device__ __forceinline__ zk_f4 zk_ce_grad4(zk_f4 v, int e, int t, float lse, float scale) {
+  zk_f4 g;
+  g.x = scale * (expf(v.x - lse) - (e == t ? 1.0f : 0.0f));
+  g.y = scale * (expf(v.y - lse) - (e + 1 == t ? 1.0f : 0.0f));
+  g.z = scale * (expf(v.z - lse) - (e + 2 == t ? 1.0f : 0.0f));
+  g.w = scale * (expf(v.w - lse) - (e + 3 == t ? 1.0f : 0.0f));
+  return g;
+}
+
 /* dr = scale * (softmax(xr) - onehot(t)) for a row whose logsumexp is lse, by
  * one warp. */
 template <int V>
@@ -97,14 +108,7 @@ __device__ __forceinline__ void zk_ce_grad_row(const float *__restrict__ xr, flo
   if (V % 128 == 0) { /* 16-byte loads and stores */
     const zk_f4 *x4 = (const zk_f4 *)xr;
     zk_f4 *d4 = (zk_f4 *)dr;
-    for (int j = lane; j < V / 4; j += 32) {
-      zk_f4 v = x4[j], g;
-      g.x = scale * (expf(v.x - lse) - (4 * j == t ? 1.0f : 0.0f));
-      g.y = scale * (expf(v.y - lse) - (4 * j + 1 == t ? 1.0f : 0.0f));
-      g.z = scale * (expf(v.z - lse) - (4 * j + 2 == t ? 1.0f : 0.0f));
-      g.w = scale * (expf(v.w - lse) - (4 * j + 3 == t ? 1.0f : 0.0f));
-      d4[j] = g;
-    }
+    for (int j = lane; j < V / 4; j += 32) d4[j] = zk_ce_grad4(x4[j], 4 * j, t, lse, scale);
     return;
   }
   for (int j = lane; j < V; j += 32) dr[j] = scale * (expf(xr[j] - lse) - (j == t ? 1.0f : 0.0f));
@@ -224,15 +228,7 @@ __device__ __forceinline__ void zk_ce_step_row_block(const float *__restrict__ l
   if (!GRAD) return;
   float scale = dloss[0] / count[0];
 #pragma unroll
-  for (int j = 0; j < Q; j++) {
-    int e = 4 * (j * 256 + tid);
-    zk_f4 g;
-    g.x = scale * (expf(v[j].x - lse) - (e == t ? 1.0f : 0.0f));
-    g.y = scale * (expf(v[j].y - lse) - (e + 1 == t ? 1.0f : 0.0f));
-    g.z = scale * (expf(v[j].z - lse) - (e + 2 == t ? 1.0f : 0.0f));
-    g.w = scale * (expf(v[j].w - lse) - (e + 3 == t ? 1.0f : 0.0f));
-    d4[j * 256 + tid] = g;
-  }
+  for (int j = 0; j < Q; j++) d4[j * 256 + tid] = zk_ce_grad4(v[j], 4 * (j * 256 + tid), t, lse, scale);
 }
 
 /* loss = sum(rowloss) / labelled (0 when none), metrics = (correct, labelled):
