@@ -540,8 +540,14 @@ static int attention_grad(zoo_grad_ctx *c, zoo_op bwd, const zoo_node *n, const 
   return 0;
 }
 
+/* poly_attention: (do, q, k, v, o, z), the forward's output and normaliser
+ * saved, so that the backward need not recompute them (ops.def). Nothing
+ * differentiates z itself: only this rule's node reads it. */
 int zoo_grad_poly_attention(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
-  return attention_grad(c, ZOO_OP_POLY_ATTENTION_BWD, n, dout, din);
+  int in[6] = {dout[0], n->in[0], n->in[1], n->in[2], n->out[0], n->out[1]};
+  int first = emit_same(c, ZOO_OP_POLY_ATTENTION_BWD, 6, in, n);
+  for (int k = 0; k < 3; k++) din[k] = first + k;
+  return 0;
 }
 
 int zoo_grad_softmax_attention(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {

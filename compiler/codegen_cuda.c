@@ -1073,6 +1073,47 @@ static int emit_group(zoo_cuda_emit *e, int *members, int count) {
   return emit_prologue_group(e, members, npoint, row);
 }
 
+/* ---------------------------------------------------------------------------
+ * Entry waits (see codegen_cuda.h). A text pass rather than a line in each
+ * emitter, so that no kernel, generated or hand-written, can miss it. */
+
+static const char entry_wait_def[] =
+    "#ifndef ZK_ENTRY_WAIT\n"
+    "#define ZK_ENTRY_WAIT\n"
+    "// Programmatic dependent launch (runtime/cuda.c): this kernel may be scheduled\n"
+    "// while the one before it finishes. Wait for that one to complete and its\n"
+    "// writes to be visible, then let the next kernel be scheduled in turn.\n"
+    "__device__ __forceinline__ void zk_entry_wait() {\n"
+    "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900\n"
+    "  asm volatile(\"griddepcontrol.wait;\\n\\tgriddepcontrol.launch_dependents;\" ::: \"memory\");\n"
+    "#endif\n"
+    "}\n"
+    "#endif\n";
+static const char entry_wait_call[] = "\n  zk_entry_wait();";
+
+char *zoo_cuda_entry_waits(const char *src) {
+  zoo_strbuf b = {0};
+  const char *p = src;
+  int defined = strstr(src, "#define ZK_ENTRY_WAIT\n") != NULL;
+  for (const char *k; (k = strstr(p, "__global__ void")) != NULL;) {
+    const char *open = strchr(k, '{');
+    if (!open) break;
+    if (!defined) { /* the definition goes before the first kernel's line */
+      const char *line = k;
+      while (line > p && line[-1] != '\n') line--;
+      zoo_strbuf_printf(&b, "%.*s", (int)(line - p), p);
+      zoo_strbuf_puts(&b, entry_wait_def);
+      p = line;
+      defined = 1;
+    }
+    zoo_strbuf_printf(&b, "%.*s", (int)(open + 1 - p), p);
+    p = open + 1;
+    if (strncmp(p, entry_wait_call, sizeof entry_wait_call - 1) != 0) zoo_strbuf_puts(&b, entry_wait_call);
+  }
+  zoo_strbuf_puts(&b, p);
+  return b.s;
+}
+
 /* The module's first lines: what it is, the RNG, small helpers. */
 static void emit_prelude(zoo_cuda_emit *e) {
   const zoo_graph *g = e->g;

@@ -28,6 +28,14 @@ void zoo_strbuf_printf(zoo_strbuf *b, const char *fmt, ...) __attribute__((forma
 void zoo_strbuf_puts(zoo_strbuf *b, const char *s);
 void zoo_strbuf_free(zoo_strbuf *b);
 
+/* A copy of the module source src (malloc'ed) in which every kernel begins with
+ * zk_entry_wait(): on sm_90 and later it waits for the kernel before it on the
+ * stream to complete, then lets the one after it be scheduled (programmatic
+ * dependent launch, which runtime/cuda.c uses to close the gaps between
+ * kernels). zoo_nvrtc_compile applies it to whatever it compiles, and zooc to
+ * what it writes, so generated/ shows the code that runs. Idempotent. */
+char *zoo_cuda_entry_waits(const char *src);
+
 typedef enum zoo_arg_kind {
   ZOO_ARG_TENSOR,  /* device pointer of tensor `tensor` */
   ZOO_ARG_SCRATCH, /* device pointer to this step's scratch area + `i` bytes; the

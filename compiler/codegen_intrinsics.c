@@ -329,13 +329,15 @@ static int poly_chunked_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
   pc_assert(e, &l, targs, 0);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
-                    "  zk_poly_chunked_fwd<%s, %lld, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
+                    "float *__restrict__ z) {\n"
+                    "  zk_poly_chunked_fwd<%s, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
                     l.NT, name, targs, (long long)a->T, (long long)a->HI, c, eps);
   zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[0]);
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
   return 0;
 }
 
@@ -401,8 +403,9 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   kernel_name(e, n, "poly_attn_fwd", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {\n"
-                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, o, %s, %s);\n}\n",
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
+                    "float *__restrict__ z) {\n"
+                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
                     BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c, eps);
   zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, (int64_t)BQ * R), (unsigned)BQ, 0);
   if (!s) return -1;
@@ -410,6 +413,7 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   arg_tensor(s, n->in[1]);
   arg_tensor(s, n->in[2]);
   arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
   return 0;
 }
 
@@ -425,16 +429,20 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   char name[64], c[200], eps[48];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
 
+  /* with the forward's o and z (inputs 4, 5), no walk to recompute them */
+  int saved = n->nin == 6;
   kernel_name(e, n, "poly_attn_bwd_q", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "float *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c, eps);
+                    "%sfloat *__restrict__ dq, float *__restrict__ stats) {\n"
+                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld, %s>(dout, q, k, v, %s, dq, stats, %s, %s);\n}\n",
+                    BQ, name, saved ? "const float *__restrict__ o, const float *__restrict__ z, " : "",
+                    (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI,
+                    saved ? "true" : "false", saved ? "o, z" : "nullptr, nullptr", c, eps);
   zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
-  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;

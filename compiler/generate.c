@@ -191,7 +191,9 @@ int zoo_generate(const zoo_program *p, const char *dir, zoo_diag *d) {
     status = -1;
   }
   if (f) {
-    fputs(cp.emit.src.s, f);
+    char *src = zoo_cuda_entry_waits(cp.emit.src.s);
+    fputs(src, f);
+    free(src);
     fclose(f);
   }
   snprintf(path, sizeof path, "%s/plan.txt", dir);
@@ -251,7 +253,11 @@ int zoo_generate_dump(FILE *out, const zoo_program *p, const char *what, int fus
   if (build_for(p, fuse, &g, &cp, d) != 0) return -1;
   if (strcmp(what, "fused") == 0) dump_groups(out, &cp.train);
   else if (strcmp(what, "plan") == 0) zoo_plan_write(out, &cp.train_plan, &cp.train, cp.emit.steps, cp.nforward);
-  else fputs(cp.emit.src.s, out);
+  else {
+    char *src = zoo_cuda_entry_waits(cp.emit.src.s);
+    fputs(src, out);
+    free(src);
+  }
   zoo_cuda_program_free(&cp);
   zoo_graph_free(&g);
   return 0;

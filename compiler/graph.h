@@ -19,7 +19,7 @@
 #include "diag.h"
 
 #define ZOO_MAX_DIMS 6
-#define ZOO_MAX_IN 5
+#define ZOO_MAX_IN 6
 #define ZOO_MAX_OUT 4
 #define ZOO_MAX_SYMS 8
 

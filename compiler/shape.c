@@ -684,8 +684,20 @@ static int want_poly_qkv(shape_ctx *s, int qi, zoo_type *o) {
   return 0;
 }
 
+/* The normaliser z [B, H, T] of poly_attention with q at input qi, in either
+ * layout. */
+static zoo_type poly_z(shape_ctx *s, int qi) {
+  const zoo_type *q = s->in[qi];
+  zoo_type z = *q;
+  z.ndim = 3;
+  if (s->n->attrs.i[0] == 1) z.dim[1] = zoo_dim_const(s->n->attrs.i[1]), z.dim[2] = q->dim[1];
+  return z;
+}
+
 static int zoo_shape_poly_attention(shape_ctx *s) {
-  return want_poly_qkv(s, 0, &s->out[0]);
+  if (want_poly_qkv(s, 0, &s->out[0])) return -1;
+  s->out[1] = poly_z(s, 0);
+  return 0;
 }
 
 /* (do, q, k, v) -> dq, dk, dv, given the forward output's type o */
@@ -699,6 +711,12 @@ static int attention_bwd(shape_ctx *s, const zoo_type *o) {
 static int zoo_shape_poly_attention_bwd(shape_ctx *s) {
   zoo_type o;
   if (want_poly_qkv(s, 1, &o)) return -1;
+  if (s->n->nin == 5) return fail(s, "takes (do, q, k, v) or (do, q, k, v, o, z), got 5 inputs");
+  if (s->n->nin == 6) {
+    zoo_type z = poly_z(s, 1);
+    if (!zoo_type_eq(s->in[4], &o)) return fail(s, "o %s must be the output's type %s", ts(s, s->in[4]), ts(s, &o));
+    if (!zoo_type_eq(s->in[5], &z)) return fail(s, "z %s must be %s", ts(s, s->in[5]), ts(s, &z));
+  }
   return attention_bwd(s, &o);
 }
 

@@ -211,9 +211,10 @@ static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
   for (int k = 0; k < 3; k++) m.in[k] = g->nodes[split[k]].in[0];
   m.attrs.i[0] = 1;
   m.attrs.i[1] = heads;
-  zoo_type out;
+  zoo_type out[ZOO_MAX_OUT];
   char err[256];
-  if (zoo_shape_infer(g, &m, &out, err, sizeof err) != 0 || !zoo_type_eq(&out, &g->tensors[y].type))
+  if (zoo_shape_infer(g, &m, out, err, sizeof err) != 0 || !zoo_type_eq(&out[0], &g->tensors[y].type) ||
+      !zoo_type_eq(&out[1], &g->tensors[n->out[1]].type)) /* z: [B, H, T] in both layouts */
     return 0;
   m.out[0] = y;
   *n = m;

@@ -1241,16 +1241,17 @@ static int64_t poly_pair_at(const poly_dims *d, int64_t p, int64_t W) {
 }
 
 /* One pair of poly_attention: q, k [T, F] (rows lq apart), v [T, Dv] (rows
- * lv apart) -> o [T, Dv] (rows lv apart). */
+ * lv apart) -> o [T, Dv] (rows lv apart), z [T]. */
 ZOO_CPU_CLONES
 static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, int64_t lq, int64_t lv,
-                      const float *q, const float *k, const float *v, float *o, double *work) {
+                      const float *q, const float *k, const float *v, float *o, float *zo, double *work) {
   int64_t ld = poly_ld(T); /* poly_work(T, F, Dv) doubles: */
   double *kt = work, *vt = kt + F * ld, *s = vt + Dv * T, *a = s + ld;
   to_columns(kt, k, T, F, lq, ld);
   to_columns(vt, v, T, Dv, lv, T);
   for (int64_t i = 0; i < T; i++) {
     double z = poly_row(n, q + i * lq, kt, i, ld, F, s, a);
+    zo[i] = (float)z;
     for (int64_t e = 0; e < Dv; e++) {
       const double *ve = vt + e * T;
       double num = 0;
@@ -1263,19 +1264,21 @@ static void poly_pair(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, int64
 
 /* poly_attention (q, k, v; c0, c1, c2, scale, eps, layout, H), causal:
  * s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 (j <= i),
- * o_i = sum_j a_ij v_j / (sum_j a_ij + eps). In double throughout; both
- * layouts do the same arithmetic in the same order. */
+ * o_i = sum_j a_ij v_j / z_i with z_i = sum_j a_ij + eps, the second output
+ * ([B, H, T] in both layouts). In double throughout; both layouts do the same
+ * arithmetic in the same order. */
 int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
   poly_dims d = poly_dims_of(c, n, 0);
   int64_t BH = d.BH, T = d.T, F = d.F, Dv = d.Dv;
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
-  float *O = out_f(c, n, 0);
+  float *O = out_f(c, n, 0), *Z = out_f(c, n, 1);
   int64_t per = poly_work(T, F, Dv);
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
     int64_t pq = poly_pair_at(&d, p, F), pv = poly_pair_at(&d, p, Dv);
-    poly_pair(n, T, F, Dv, d.lq, d.lv, Q + pq, K + pq, V + pv, O + pv, work + omp_get_thread_num() * per);
+    poly_pair(n, T, F, Dv, d.lq, d.lv, Q + pq, K + pq, V + pv, O + pv, Z + p * T,
+              work + omp_get_thread_num() * per);
   }
   return 0;
 }
@@ -1336,9 +1339,11 @@ static void poly_pair_bwd(const zoo_node *n, int64_t T, int64_t F, int64_t Dv, i
   }
 }
 
-/* poly_attention_bwd (do, q, k, v) -> dq, dk, dv. With z_i = sum_j a_ij + eps and
- * o_i = n_i / z_i: dL/da_ij = (do_i.v_j - do_i.o_i) / z_i, dv_j += a_ij do_i / z_i,
- * ds_ij = dL/da_ij (c1 + 2 c2 s_ij), dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i. */
+/* poly_attention_bwd (do, q, k, v, [o, z]) -> dq, dk, dv. With z_i = sum_j a_ij + eps
+ * and o_i = n_i / z_i: dL/da_ij = (do_i.v_j - do_i.o_i) / z_i, dv_j += a_ij do_i / z_i,
+ * ds_ij = dL/da_ij (c1 + 2 c2 s_ij), dq_i += scale ds_ij k_j, dk_j += scale ds_ij q_i.
+ * The reference recomputes o_i and z_i in double whether or not the forward's
+ * (f32) are given. */
 int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   poly_dims d = poly_dims_of(c, n, 1);
   int64_t BH = d.BH, T = d.T, F = d.F, Dv = d.Dv;

@@ -80,6 +80,7 @@ typedef struct core {
   int cached;
   int debug;
   int module_kernels;
+  int pdl;             /* kernels launched with programmatic dependent launch */
   captured *capturing; /* set while a graph is being captured */
   zoo_precision precision; /* the GEMMs' (backend.h) */
   char *err;
@@ -140,7 +141,34 @@ static int core_device(core *c, int device) {
   ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
   ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
   c->debug = debug_mode();
+  c->pdl = major >= 9 && !zoo_env_on("ZOO_NO_PDL");
   return 0;
+}
+
+/* Launches kernel f on the stream. From sm_90 on, with programmatic dependent
+ * launch: the kernel may be scheduled while the kernel before it on the stream
+ * finishes, and every zoo kernel begins by waiting for that one to complete
+ * (griddepcontrol.wait, put at each kernel's entry by zoo_cuda_entry_waits),
+ * so what the overlap saves is the gap between the two, not any ordering.
+ * ZOO_NO_PDL=1 launches plainly, to bisect a difference to this. */
+static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3], const unsigned block[3],
+                            unsigned smem, void **params) {
+  if (!c->pdl)
+    return zoo_cu.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, c->stream,
+                                 params, NULL);
+  CUlaunchAttribute attr;
+  memset(&attr, 0, sizeof attr);
+  attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attr.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.gridDimX = grid[0], cfg.gridDimY = grid[1], cfg.gridDimZ = grid[2];
+  cfg.blockDimX = block[0], cfg.blockDimY = block[1], cfg.blockDimZ = block[2];
+  cfg.sharedMemBytes = smem;
+  cfg.hStream = c->stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return zoo_cu.cuLaunchKernelEx(&cfg, f, params, NULL);
 }
 
 /* Compiles the module and looks up every kernel its steps launch. */
@@ -372,9 +400,8 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
       snprintf(c->err, c->errlen, "%s: an argument has no memory in the plan (bug)", d);
       return -1;
     }
-    r = zoo_cu.cuLaunchKernel(c->func[i], s->grid[0], s->grid[1], s->grid[2], s->block[0], s->block[1],
-                              s->block[2], s->smem, c->stream, params, NULL);
-    call = "cuLaunchKernel(...)";
+    r = core_launch(c, c->func[i], s->grid, s->block, (unsigned)s->smem, params);
+    call = c->pdl ? "cuLaunchKernelEx(...)" : "cuLaunchKernel(...)";
     if (r == CUDA_SUCCESS && c->capturing && step_has_seed(s)) {
       /* remember the node just captured: the seed changes each step */
       CUstreamCaptureStatus status;
@@ -513,7 +540,8 @@ static unsigned blocks_for(int64_t n) {
 /* Launches one of the runtime's own kernels. */
 static int launch_rt(zoo_cuda *x, CUfunction f, unsigned grid, unsigned block, void **params,
                      const char *name) {
-  CUresult r = zoo_cu.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, x->c.stream, params, NULL);
+  const unsigned g3[3] = {grid, 1, 1}, b3[3] = {block, 1, 1};
+  CUresult r = core_launch(&x->c, f, g3, b3, 0, params);
   if (r == CUDA_SUCCESS && x->c.debug && !x->c.capturing) r = zoo_cu.cuStreamSynchronize(x->c.stream);
   if (r != CUDA_SUCCESS) {
     zoo_cu_fail(r, name, __FILE__, __LINE__, x->c.err, x->c.errlen);

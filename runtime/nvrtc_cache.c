@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "codegen_cuda.h"
 #include "cuda_api.h"
 
 /* 64-bit FNV-1a over bytes, continuing from h. */
@@ -163,8 +164,8 @@ static int compile_now(const char *src, const char *name, const char **opts, int
   return 0;
 }
 
-int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const char *const *opts,
-                      zoo_cubin *out, char *err, size_t errlen) {
+static int compile_source(const char *src, const char *name, const char *arch, const char *const *opts,
+                          zoo_cubin *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   if (zoo_nvrtc_load(err, errlen) != 0) return -1;
   int major = 0, minor = 0;
@@ -207,6 +208,16 @@ int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const
   if (use_cache && write_file_atomic(path, out->data, out->size) != 0)
     fprintf(stderr, "zoo: warning: cannot write the kernel cache file %s\n", path);
   return 0;
+}
+
+/* Every kernel gets its entry wait here (codegen_cuda.h), so that whoever
+ * emitted the source, what runs is what zooc writes to generated/. */
+int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const char *const *opts,
+                      zoo_cubin *out, char *err, size_t errlen) {
+  char *full = zoo_cuda_entry_waits(src);
+  int r = compile_source(full, name, arch, opts, out, err, errlen);
+  free(full);
+  return r;
 }
 
 void zoo_cubin_free(zoo_cubin *c) {

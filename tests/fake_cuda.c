@@ -148,8 +148,8 @@ static CUresult f_cuModuleGetFunction(CUfunction *f, CUmodule m, const char *nam
   return CUDA_SUCCESS;
 }
 static CUresult f_cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) { return CUDA_SUCCESS; }
-static CUresult f_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                                 unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
+static CUresult launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                       unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
   fop op;
   memset(&op, 0, sizeof op);
   op.kind = OP_KERNEL;
@@ -161,6 +161,21 @@ static CUresult f_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigne
   for (int a = 0; a < f->nargs; a++) memcpy(&op.args[a], params[a], 8);
   if (!F.capturing) F.st.kernel_launches++;
   return issue(&op);
+}
+static CUresult f_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                 unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
+  F.st.plain_launches++;
+  return launch(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+static CUresult f_cuLaunchKernelEx(const CUlaunchConfig *cfg, CUfunction f, void **params, void **extra) {
+  int pdl = 0;
+  for (unsigned a = 0; a < cfg->numAttrs; a++)
+    pdl |= cfg->attrs[a].id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION &&
+           cfg->attrs[a].value.programmaticStreamSerializationAllowed;
+  if (pdl) F.st.pdl_launches++;
+  else F.st.plain_launches++;
+  return launch(f, cfg->gridDimX, cfg->gridDimY, cfg->gridDimZ, cfg->blockDimX, cfg->blockDimY,
+                          cfg->blockDimZ, cfg->sharedMemBytes, cfg->hStream, params, extra);
 }
 static CUresult f_cuMemAlloc(CUdeviceptr *p, size_t n) {
   void *q = calloc(1, n ? n : 1);
@@ -442,6 +457,7 @@ void fake_cuda_install(void) {
   cu.cuModuleGetFunction = f_cuModuleGetFunction;
   cu.cuFuncSetAttribute = f_cuFuncSetAttribute;
   cu.cuLaunchKernel = f_cuLaunchKernel;
+  cu.cuLaunchKernelEx = f_cuLaunchKernelEx;
   cu.cuMemAlloc = f_cuMemAlloc;
   cu.cuMemFree = f_cuMemFree;
   cu.cuMemHostAlloc = f_cuMemHostAlloc;

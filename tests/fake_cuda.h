@@ -25,10 +25,11 @@ void fake_cuda_uninstall(void);
  * its kernels (from the steps of e, plus the runtime's own kernels). */
 void fake_cuda_module(emu_module *m, const zoo_cuda_emit *e);
 
-/* Counters for assertions: kernels launched (outside capture), graph
+/* Counters for assertions: kernels launched (outside capture), launches
+ * captured or not with programmatic dependent launch and without, graph
  * launches, live device allocations. */
 typedef struct fake_cuda_stats {
-  long kernel_launches, graph_launches, graph_nodes_replayed, setparams;
+  long kernel_launches, pdl_launches, plain_launches, graph_launches, graph_nodes_replayed, setparams;
   long allocations;
 } fake_cuda_stats;
 fake_cuda_stats fake_cuda_counters(void);

@@ -25,6 +25,12 @@ static int by_name(const void *a, const void *b) {
   return strcmp(((const entry *)a)->name, ((const entry *)b)->name);
 }
 
+int zoo_test_count(const char *hay, const char *needle) {
+  int c = 0;
+  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle)) c++;
+  return c;
+}
+
 char *zoo_test_read(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;

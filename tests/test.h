@@ -61,5 +61,7 @@ void zoo_test_register(const char *name, zoo_test_fn fn);
 int zoo_test_golden(zoo_test_ctx *t, const char *golden_path, const char *text);
 /* Reads a whole file (NULL if missing); caller frees. */
 char *zoo_test_read(const char *path, size_t *len);
+/* The number of times needle occurs in hay. */
+int zoo_test_count(const char *hay, const char *needle);
 
 #endif

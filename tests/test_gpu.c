@@ -853,6 +853,23 @@ static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, in
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
+/* The backward given (do, q, k, v) alone, recomputing o and z (autodiff gives
+ * it the forward's o and z as well), in both layouts. */
+static int c_poly_recompute(ocase *c, int layout) {
+  int64_t T = 150, H = 3, dv = 10;
+  int64_t qd0[4] = {2, H, T, 16}, vd0[4] = {2, H, T, dv}, qd1[3] = {2, T, H * 16}, vd1[3] = {2, T, H * dv};
+  int nd = layout ? 3 : 4;
+  const int64_t *qd = layout ? qd1 : qd0, *vd = layout ? vd1 : vd0;
+  int q = oc_f32(c, V_SIGNED, nd, qd), k = oc_f32(c, V_SIGNED, nd, qd), v = oc_f32(c, V_SIGNED, nd, vd);
+  int d = oc_f32(c, V_SIGNED, nd, vd);
+  zoo_attrs a = A0();
+  a.f[0] = 1, a.f[1] = 1, a.f[2] = 0.5, a.f[3] = 0.25, a.f[4] = 1e-12;
+  a.i[0] = layout, a.i[1] = layout ? H : 0;
+  int in[4] = {d, q, k, v};
+  return oc_op(c, ZOO_OP_POLY_ATTENTION_BWD, 4, in, &a);
+}
+static int c_poly_recompute0(ocase *c) { return c_poly_recompute(c, 0); }
+static int c_poly_recompute1(ocase *c) { return c_poly_recompute(c, 1); }
 static int c_rebased_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 9, 5); }
 static int c_rebased_long_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 200, 5); }
 static int c_based_long_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 150, 10); }
@@ -978,6 +995,8 @@ static const named_case intrinsics_cases[] = {
       {"poly_attention_rebased_heads", c_rebased_heads, 1e-3, 1},
       {"poly_attention_rebased_long_heads", c_rebased_long_heads, 1e-3, 1},
       {"poly_attention_based_long_heads", c_based_long_heads, 1e-3, 1},
+      {"poly_attention_bwd_recompute", c_poly_recompute0, 1e-3, 0},
+      {"poly_attention_bwd_recompute_heads", c_poly_recompute1, 1e-3, 0},
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},
@@ -1339,6 +1358,14 @@ static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int f
     }
     if (ok && fs.allocations != 0) {
       fprintf(stderr, "  %ld device allocations were not freed\n", fs.allocations);
+      ok = 0;
+    }
+    /* the fake device is an sm_90: every kernel goes with programmatic
+     * dependent launch, unless switched off */
+    int pdl = !zoo_env_on("ZOO_NO_PDL");
+    if (ok && (pdl ? fs.pdl_launches == 0 || fs.plain_launches != 0 : fs.pdl_launches != 0)) {
+      fprintf(stderr, "  %ld launches with programmatic dependent launch, %ld without\n", fs.pdl_launches,
+              fs.plain_launches);
       ok = 0;
     }
     fake_cuda_uninstall();

@@ -118,8 +118,10 @@ static int kt_compile(kt *k, const char *what) {
   } while (0)
 
 /* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV],
- * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV]. */
-static void add_poly_layout(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout) {
+ * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV];
+ * the backward given the forward's o and z, as autodiff makes it, or (saved 0)
+ * recomputing them. */
+static void add_poly_saved(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout, int saved) {
   int q, kk, v, dout;
   if (layout == 1) {
     q = KT_F32(k, 2, T, 12 * 16), kk = KT_F32(k, 2, T, 12 * 16), v = KT_F32(k, 2, T, 12 * DV);
@@ -132,9 +134,13 @@ static void add_poly_layout(kt *k, int64_t T, int64_t DV, double c0, double c1, 
   a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
   a.i[0] = layout, a.i[1] = layout == 1 ? 12 : 0;
   int in[4] = {q, kk, v, -1};
-  kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
-  int bin[4] = {dout, q, kk, v};
-  kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, 4, bin, &a);
+  int o = kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
+  int bin[6] = {dout, q, kk, v, o, o + 1};
+  kt_node(k, ZOO_OP_POLY_ATTENTION_BWD, zoo_cuda_poly_attention_bwd, saved ? 6 : 4, bin, &a);
+}
+
+static void add_poly_layout(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout) {
+  add_poly_saved(k, T, DV, c0, c1, c2, layout, 1);
 }
 
 static void add_poly(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2) {
@@ -160,6 +166,8 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly(&k, 2048, 5, 1, 1, 0.5); /* Based, d 64 */
   add_poly_layout(&k, 48, 2, 0, 0, 1, 1);     /* heads interleaved, as ReBased trains */
   add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);  /* and Based */
+  add_poly_saved(&k, 128, 5, 0, 0, 1, 0, 0);  /* the backward without o, z */
+  add_poly_saved(&k, 48, 2, 1, 1, 0.5, 1, 0);
   poly_form_env(NULL);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention");
@@ -424,13 +432,6 @@ TEST(intrinsics_nvrtc_conv_embedding_cumsum) {
 /* ---------------------------------------------------------------------------
  * Emitters without NVRTC */
 
-/* The number of times needle occurs in hay. */
-static int count_of(const char *hay, const char *needle) {
-  int c = 0;
-  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle)) c++;
-  return c;
-}
-
 TEST(intrinsics_sources_embedded) {
   const char *files[] = {"common.cu", "poly_attention.cu", "poly_attention_chunked.cu", "softmax_attention.cu",
                          "linear_cross_entropy.cu", "causal_conv1d.cu", "layernorm.cu",
@@ -457,16 +458,18 @@ TEST(intrinsics_emit_steps) {
   add_poly(&k, 512, 10, 0, 0, 1);
   CHECK(!k.failed);
   /* each kernel file once, whatever the number of nodes */
-  CHECK(count_of(k.e.src.s, "#define ZK_COMMON_CU\n") == 1);
-  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 1);
+  CHECK(zoo_test_count(k.e.src.s, "#define ZK_COMMON_CU\n") == 1);
+  CHECK(zoo_test_count(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 1);
   /* forward: one launch (two query slabs of 64 per block at T = 128); backward:
    * two sharing one scratch area of dn, dd */
   CHECK(k.e.nsteps == 6);
   const zoo_step *f = &k.e.steps[0], *q = &k.e.steps[1], *kv = &k.e.steps[2];
-  CHECK(f->kind == ZOO_STEP_KERNEL && f->nargs == 4 && f->scratch_bytes == 0);
+  CHECK(f->kind == ZOO_STEP_KERNEL && f->nargs == 5 && f->scratch_bytes == 0); /* q, k, v -> o, z */
   CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && f->grid[1] == 1 && f->block[1] == 1);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
-  CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
+  /* bwd_q: do, q, k, v, o, z -> dq, scratch */
+  CHECK(q->nargs == 8 && q->args[7].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0>") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
@@ -480,7 +483,7 @@ TEST(intrinsics_emit_steps) {
   CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && q->grid[0] == f->grid[0] && kv->grid[0] == f->grid[0]);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 12>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 12, true>") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>") != NULL);
   kt_free(&k);
 
@@ -489,14 +492,16 @@ TEST(intrinsics_emit_steps) {
   kt_init(&k);
   add_poly(&k, 2048, 42, 0, 0, 1);
   CHECK(!k.failed);
-  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CHUNKED_CU\n") == 1);
-  CHECK(count_of(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 0);
+  CHECK(zoo_test_count(k.e.src.s, "#define ZK_POLY_ATTENTION_CHUNKED_CU\n") == 1);
+  CHECK(zoo_test_count(k.e.src.s, "#define ZK_POLY_ATTENTION_CU\n") == 0);
   CHECK(k.e.nsteps == 3);
   f = &k.e.steps[0], q = &k.e.steps[1], kv = &k.e.steps[2];
   CHECK(f->grid[0] == 2 * 12 && f->block[0] == 256 && f->scratch_bytes == 0 && f->smem > 0);
   CHECK(q->smem > 48 * 1024 && kv->smem > 48 * 1024);
   CHECK(q->scratch_bytes == 2 * 12 * 2048 * 43 * 4 && kv->scratch_bytes == q->scratch_bytes);
-  CHECK(q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
+  /* the chunked bwd_q recomputes n_i, d_i as it walks (it needs the state
+   * anyway): do, q, k, v -> dq, scratch */
+  CHECK(q->nargs == 6 && q->args[5].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
   CHECK(strstr(k.e.src.s, "zk_poly_chunked_fwd<16, 42, 64, 256, false, false, true, 2048, 0>") != NULL);
   kt_free(&k);
   kt_init(&k);
@@ -511,7 +516,7 @@ TEST(intrinsics_emit_steps) {
   kt_init(&k);
   add_sattn(&k, 2, 128, 64, 0.1);
   CHECK(!k.failed);
-  CHECK(count_of(k.e.src.s, "#define ZOO_RNG_H\n") == 1);
+  CHECK(zoo_test_count(k.e.src.s, "#define ZOO_RNG_H\n") == 1);
   CHECK(k.e.nsteps == 3);
   CHECK(k.e.steps[0].args[k.e.steps[0].nargs - 1].kind == ZOO_ARG_SEED);
   CHECK(k.e.steps[2].args[k.e.steps[2].nargs - 1].kind == ZOO_ARG_SEED);

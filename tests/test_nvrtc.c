@@ -413,6 +413,7 @@ static void check_generated(zoo_test_ctx *t, const char *model) {
   const char *files[] = {"kernels.cu", "plan.txt"};
   int same = 1;
   char which[256] = "";
+  int kernels = -1, waits = -1;
   for (int f = 0; f < 2; f++) {
     char a[256], b[256];
     snprintf(a, sizeof a, "%s/%s", dir, files[f]);
@@ -422,6 +423,7 @@ static void check_generated(zoo_test_ctx *t, const char *model) {
       same = 0;
       snprintf(which, sizeof which, "%s", b);
     }
+    if (f == 0 && x) kernels = zoo_test_count(x, "__global__ void"), waits = zoo_test_count(x, ") {\n  zk_entry_wait();\n");
     free(x);
     free(y);
   }
@@ -429,6 +431,29 @@ static void check_generated(zoo_test_ctx *t, const char *model) {
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   CHECK(system(cmd) == 0);
   CHECKF(same, "%s is missing or stale: run make generated (and commit generated/)", which);
+  CHECKF(kernels > 0 && waits == kernels, "%s: %d kernels, %d begin with zk_entry_wait()", model, kernels, waits);
+}
+
+/* The entry-wait pass: one definition before the first kernel, one wait at
+ * each kernel's entry, nothing else touched, and a second pass changes
+ * nothing. */
+TEST(entry_waits) {
+  const char *src = "// a module\n#include <x>\nextern \"C\" __global__ void a(int *p) {\n  p[0] = 1;\n}\n"
+                    "__device__ int f() { return 2; }\n"
+                    "extern \"C\" __global__ void __launch_bounds__(256) b(int *p, int n) { p[n] = f(); }\n";
+  char *once = zoo_cuda_entry_waits(src), *twice = zoo_cuda_entry_waits(once);
+  CHECK(strcmp(once, twice) == 0);
+  CHECK(zoo_test_count(once, "#define ZK_ENTRY_WAIT\n") == 1);
+  CHECK(zoo_test_count(once, "zk_entry_wait();") == 2);
+  CHECK(strstr(once, "// a module\n#include <x>\n#ifndef ZK_ENTRY_WAIT\n") == once);
+  CHECK(strstr(once, "void a(int *p) {\n  zk_entry_wait();\n  p[0] = 1;") != NULL);
+  CHECK(strstr(once, "int n) {\n  zk_entry_wait(); p[n] = f(); }") != NULL);
+  CHECK(strstr(once, "__device__ int f() { return 2; }") != NULL);
+  free(once);
+  free(twice);
+  char *none = zoo_cuda_entry_waits("__device__ int g;\n");
+  CHECK(strcmp(none, "__device__ int g;\n") == 0);
+  free(none);
 }
 
 TEST(generated_rebased) { check_generated(t, "rebased"); }

@@ -374,19 +374,33 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 // zoo_embedding_fwd_0: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
+#ifndef ZK_ENTRY_WAIT
+#define ZK_ENTRY_WAIT
+// Programmatic dependent launch (runtime/cuda.c): this kernel may be scheduled
+// while the one before it finishes. Wait for that one to complete and its
+// writes to be visible, then let the next kernel be scheduled in turn.
+__device__ __forceinline__ void zk_entry_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_0(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k1_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k1_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_2: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -577,6 +591,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -595,6 +610,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
 // zoo_k4_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -604,6 +620,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__re
 // zoo_k5_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -613,6 +630,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__re
 // zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -1076,6 +1094,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_7(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1089,6 +1108,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_7(const f
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -1105,6 +1125,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const fl
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -1122,6 +1143,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const fl
 // zoo_k10_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -1131,6 +1153,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__r
 // zoo_k11_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k11_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -1140,6 +1163,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k11_slice(const float *__r
 // zoo_k12_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k12_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -1150,6 +1174,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k12_slice(const float *__r
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_13(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1163,6 +1188,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_13(const 
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -1179,6 +1205,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const f
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_15(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -1297,18 +1324,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 // zoo_label_count_16: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_16(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_17: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_17(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_18: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1725,18 +1755,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 // zoo_ce_count_19: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_19(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
 // zoo_ce_step_rows_20: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_20(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
 // zoo_ce_step_finish_21: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_21(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1749,36 +1782,42 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_21(const f
 // zoo_scatter_rows_22: node 40
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // zoo_layernorm_bwd_rows_23: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_24: node 41
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_layernorm_bwd_rows_25: node 42
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_26: node 42
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k27_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v71 = t71[i];
@@ -1802,6 +1841,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__res
 // zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1839,6 +1879,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__res
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1846,6 +1887,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(cons
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
@@ -1858,6 +1900,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(con
 // zoo_k31_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
@@ -1867,6 +1910,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__
 // zoo_k32_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1888,6 +1932,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__
 // zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1922,18 +1967,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__res
 // zoo_layernorm_bwd_rows_34: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_35: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k36_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
     float v96 = t96[i];
@@ -1945,18 +1993,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__res
 // zoo_layernorm_bwd_rows_37: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_38: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v99 = t99[i];
     float v100 = t100[i];
@@ -1980,6 +2031,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__res
 // zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2017,6 +2069,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -2024,6 +2077,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(cons
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -2036,6 +2090,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(con
 // zoo_k43_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
@@ -2045,6 +2100,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_concat(const float *__
 // zoo_k44_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -2066,6 +2122,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_concat(const float *__
 // zoo_k45_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2100,12 +2157,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__res
 // zoo_layernorm_bwd_rows_46: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_47: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
@@ -2113,6 +2172,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const floa
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
     float v125 = t125[i];
@@ -2125,6 +2185,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const floa
 // zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2159,18 +2220,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float 
 // zoo_embedding_bwd_50: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_51: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k52_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
     float v132 = t132[i];
@@ -2184,18 +2248,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__res
 // zoo_embedding_fwd_53: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k54_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k54_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_55: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -2205,6 +2272,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const flo
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2223,6 +2291,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
 // zoo_k57_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -2232,6 +2301,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__r
 // zoo_k58_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -2241,6 +2311,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__r
 // zoo_k59_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -2251,6 +2322,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__r
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2264,6 +2336,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const 
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2280,6 +2353,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v38 = t38[i];
@@ -2297,6 +2371,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
 // zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -2306,6 +2381,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__r
 // zoo_k64_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -2315,6 +2391,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_slice(const float *__r
 // zoo_k65_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -2325,6 +2402,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__r
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
@@ -2338,6 +2416,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_66(const 
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v50 = t50[i];
@@ -2354,6 +2433,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const f
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v52 = t52[i];
@@ -2367,18 +2447,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const f
 // zoo_label_count_69: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_69(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_70: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_70(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_71: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_71(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -2388,12 +2471,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_71(const float
 // zoo_ce_step_rows_72: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_72(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
 // zoo_ce_step_finish_73: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_73(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -2407,6 +2492,7 @@ struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long ste
 extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
+  zk_entry_wait();
   // the scalars in double, the update in fp32, term for term as the CPU backend
   double t = (double)h->step;
   double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
@@ -2428,6 +2514,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ 
 // Gradient accumulation over micro-batches: acc = g (first) or acc + g.
 extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restrict__ acc,
     const float *__restrict__ g, long long n, int first) {
+  zk_entry_wait();
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
     acc[i] = first ? g[i] : acc[i] + g[i];
 }
@@ -2435,6 +2522,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restri
 // Metric sums over micro-batches: acc = (loss, correct, labelled).
 extern "C" __global__ void zoo_metrics_accumulate(float *__restrict__ acc,
     const float *__restrict__ loss, const float *__restrict__ metrics, int first) {
+  zk_entry_wait();
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   float l = loss[0], c = metrics[0], n = metrics[1];
   if (first) acc[0] = l, acc[1] = c, acc[2] = n;

@@ -374,19 +374,33 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 // zoo_embedding_fwd_0: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
+#ifndef ZK_ENTRY_WAIT
+#define ZK_ENTRY_WAIT
+// Programmatic dependent launch (runtime/cuda.c): this kernel may be scheduled
+// while the one before it finishes. Wait for that one to complete and its
+// writes to be visible, then let the next kernel be scheduled in turn.
+__device__ __forceinline__ void zk_entry_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_0(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k1_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k1_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_2: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -577,6 +591,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -717,6 +732,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t27, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -738,6 +754,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const fl
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -755,6 +772,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // zoo_k6_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -765,6 +783,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float
 // zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -775,6 +794,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float
 // zoo_k8_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -805,18 +825,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
  * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
- *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
+ *   accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
+ *   into z[BH][T] (in either layout) for the backward.
  *
  * Backward, for y_i = n_i / (d_i + eps):
  *   dn_i = do_i / (d_i + eps), dd_i = -(do_i . y_i) / (d_i + eps),
  *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
  *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
  *   dv_j = sum_i a_ij dn_i.
- * zk_poly_bwd_q<F, DV, BQ, R, T, HI>: per query: a first walk over keys recomputes
- *   n_i, d_i (the forward output alone does not give d_i), a second, from the
- *   last key tile back (the tile left in shared memory is not reloaded), dq_i.
- *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1] (in
- *   either layout).
+ * zk_poly_bwd_q<F, DV, BQ, R, T, HI, SAVED>: per query: dn_i and dd_i, then a
+ *   walk over the keys for dq_i. SAVED (the forward's o and z given): dn_i =
+ *   do_i / z_i, dd_i = -(do_i . o_i) / z_i straight away. Otherwise a first
+ *   walk over the keys recomputes n_i, d_i, and the second runs from the last
+ *   key tile back (the tile left in shared memory is not reloaded). SAVED
+ *   drops a third of the backward's work. dn_i and dd_i go into scratch:
+ *   stats[BH][T][DV + 1] (in either layout).
  * zk_poly_bwd_kv<F, DV, BQ, R, T, HI>: per key j: walks the query tiles from its own
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
@@ -949,8 +972,8 @@ template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
-                                            float c0, float c1, float c2, float scale,
-                                            float eps) {
+                                            float *__restrict__ z, float c0, float c1, float c2,
+                                            float scale, float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
@@ -959,7 +982,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
   const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -984,18 +1007,21 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-      float inv = 1.0f / (den[r] + eps);
+      float zi = den[r] + eps, inv = 1.0f / zi;
 #pragma unroll
       for (int e = 0; e < DV; e++) ob[(zk_i64)i * LV + e] = num[r][e] * inv;
+      zb[i] = zi;
     }
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, bool SAVED>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
                                               const float *__restrict__ v,
+                                              const float *__restrict__ o,
+                                              const float *__restrict__ z,
                                               float *__restrict__ dq, float *__restrict__ stats,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
@@ -1025,33 +1051,49 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   int slab0 = tile * R;
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
 
-  /* first walk: n_i and d_i */
-  for (int kt = 0; kt < nkt; kt++) {
-    __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
-    __syncthreads();
-    zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
-  }
-
-  /* dn_i, dd_i */
+  if constexpr (SAVED) { /* dn_i, dd_i from the forward's o_i and z_i */
+    const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    int i = tile * QT + r * BQ + threadIdx.x;
-    float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
 #pragma unroll
-    for (int e = 0; e < DV; e++) {
-      float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
-      doy += de * dn[r][e] * inv;
-      dn[r][e] = de * inv;
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * (i < T ? obb[(zk_i64)i * LV + e] : 0.0f);
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
     }
-    dd[r] = -doy * inv;
+  } else {
+    /* first walk: n_i and d_i */
+    for (int kt = 0; kt < nkt; kt++) {
+      __syncthreads();
+      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+      __syncthreads();
+      zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
+    }
+    /* dn_i, dd_i */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+#pragma unroll
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * dn[r][e] * inv;
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
+    }
   }
 
-  /* second walk: dq_i, from the last key tile back to the first, so that the
-   * tile still in shared memory is walked first without reloading it */
+  /* the walk for dq_i, from the last key tile back to the first, so that
+   * without SAVED the tile still in shared memory is walked first without
+   * reloading it */
   for (int kt = nkt - 1; kt >= 0; kt--) {
-    if (kt != nkt - 1) {
+    if (SAVED || kt != nkt - 1) {
       __syncthreads();
       zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
       zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
@@ -1179,48 +1221,52 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 // zoo_poly_attn_fwd_9: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+  zk_entry_wait();
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k10_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // zoo_layernorm_fused_11: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t44:
+// with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v43 = t43[i];
+    float v44 = t44[i];
     float v33 = t33[i];
-    float v44 = v43 + v33;  // add
-    t44[i] = v44;
-    return v44;
+    float v45 = v44 + v33;  // add
+    t45[i] = v45;
+    return v45;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_layernorm_fused_12: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t46:
+// with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t45, const float *__restrict__ t44, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v46 = t46[i];
     float v45 = t45[i];
-    float v44 = t44[i];
-    float v46 = v45 + v44;  // add
-    t46[i] = v46;
-    return v46;
+    float v47 = v46 + v45;  // add
+    t47[i] = v47;
+    return v47;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -1332,22 +1378,25 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 // zoo_label_count_13: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_14: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_15: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/softmax.cu ----
@@ -1760,202 +1809,223 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 // zoo_ce_count_16: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
 // zoo_ce_step_rows_17: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
 // zoo_ce_step_finish_18: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
-// GEMM (cuBLASLt, fp32): t58[16384 x 64] = t57 * t0, batch 1, k = 8192
+// GEMM (cuBLASLt, fp32): t59[16384 x 64] = t58 * t0, batch 1, k = 8192
 //   matmul         -> f32[32*B, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t59[8192 x 64] = (t57)^T * t52, batch 1, k = 16384
+// GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
 // zoo_scatter_rows_19: node 33
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_layernorm_bwd_rows_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k24_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t61, const float *__restrict__ t64, float *__restrict__ t67) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v61 = t61[i];
-    float v64 = t64[i];
-    float v67 = v61 + v64;  // add
-    t67[i] = v67;
+    float v62 = t62[i];
+    float v65 = t65[i];
+    float v68 = v62 + v65;  // add
+    t68[i] = v68;
   }
 }
 
-// t68 is t67 reshaped (same memory, no kernel)
+// t69 is t68 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t69[65536 x 60] = t68 * t13, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t70[65536 x 60] = t69 * t13, batch 1, k = 64
 //   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
 
-// t70 is t69 reshaped (same memory, no kernel)
+// t71 is t70 reshaped (same memory, no kernel)
 
-// t71 is t42 reshaped (same memory, no kernel)
+// t72 is t43 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t72[64 x 60] = (t68)^T * t71, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t73[64 x 60] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
 // zoo_k25_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
 // zoo_poly_attn_bwd_q_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_entry_wait();
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_poly_attn_bwd_kv_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
 extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
 // zoo_k28_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// t78 is t77 reshaped (same memory, no kernel)
+// t79 is t78 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t79[65536 x 64] = t78 * t12, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t80[65536 x 64] = t79 * t12, batch 1, k = 60
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t80 is t79 reshaped (same memory, no kernel)
+// t81 is t80 reshaped (same memory, no kernel)
 
-// t81 is t34 reshaped (same memory, no kernel)
+// t82 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t82[60 x 64] = (t78)^T * t81, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t83[60 x 64] = (t79)^T * t82, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
 // zoo_k29_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// t84 is t83 reshaped (same memory, no kernel)
+// t85 is t84 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t86[65536 x 64] = t85 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t86 is t85 reshaped (same memory, no kernel)
+// t87 is t86 reshaped (same memory, no kernel)
 
-// t87 is t34 reshaped (same memory, no kernel)
+// t88 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t89[192 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
 // zoo_k30_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
 
-// t91 is t90 reshaped (same memory, no kernel)
+// t92 is t91 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t92[65536 x 64] = t91 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t93[65536 x 64] = t92 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t93 is t92 reshaped (same memory, no kernel)
+// t94 is t93 reshaped (same memory, no kernel)
 
 // zoo_k31_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t80, const float *__restrict__ t86, const float *__restrict__ t93, float *__restrict__ t96) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v80 = t80[i];
-    float v86 = t86[i];
-    float v93 = t93[i];
-    float v89 = v80 + v86;  // add
-    float v96 = v89 + v93;  // add
-    t96[i] = v96;
+    float v81 = t81[i];
+    float v87 = t87[i];
+    float v94 = t94[i];
+    float v90 = v81 + v87;  // add
+    float v97 = v90 + v94;  // add
+    t97[i] = v97;
   }
 }
 
-// t94 is t34 reshaped (same memory, no kernel)
+// t95 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t95[192 x 64] = (t91)^T * t94, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
 // zoo_layernorm_bwd_rows_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_33: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t67, const float *__restrict__ t97, float *__restrict__ t100) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t68, const float *__restrict__ t98, float *__restrict__ t101) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v67 = t67[i];
-    float v97 = t97[i];
-    float v100 = v67 + v97;  // add
-    t100[i] = v100;
+    float v68 = t68[i];
+    float v98 = t98[i];
+    float v101 = v68 + v98;  // add
+    t101[i] = v101;
   }
 }
 
 // zoo_layernorm_bwd_rows_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_36: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
@@ -1963,36 +2033,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const floa
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t100, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t104, float *__restrict__ t105, float *__restrict__ t106) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t101, const float *__restrict__ t102, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v100 = t100[i];
     float v101 = t101[i];
+    float v102 = t102[i];
     float v28 = t28[i];
     float v27 = t27[i];
-    float v104 = v100 + v101;  // add
-    float v105 = v104 * v28;  // mul
-    float v106 = v104 * v27;  // mul
-    t104[i] = v104;
+    float v105 = v101 + v102;  // add
+    float v106 = v105 * v28;  // mul
+    float v107 = v105 * v27;  // mul
     t105[i] = v105;
     t106[i] = v106;
+    t107[i] = v107;
   }
 }
 
-// t107 is t106 reshaped (same memory, no kernel)
+// t108 is t107 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t108[65536 x 64] = t107 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t109[65536 x 64] = t108 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t109 is t108 reshaped (same memory, no kernel)
+// t110 is t109 reshaped (same memory, no kernel)
 
-// t110 is t26 reshaped (same memory, no kernel)
+// t111 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t111[64 x 64] = (t107)^T * t110, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t112[64 x 64] = (t108)^T * t111, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
 // zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2027,57 +2099,64 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__res
 // zoo_conv1d_bwd_rows_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
 // zoo_sum_partials_40: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
 // zoo_k41_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t104, const float *__restrict__ t109, const float *__restrict__ t114, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t105, const float *__restrict__ t110, const float *__restrict__ t115, float *__restrict__ t118) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v104 = t104[i];
-    float v109 = t109[i];
-    float v114 = t114[i];
-    float v113 = v104 + v109;  // add
-    float v117 = v113 + v114;  // add
-    t117[i] = v117;
+    float v105 = t105[i];
+    float v110 = t110[i];
+    float v115 = t115[i];
+    float v114 = v105 + v110;  // add
+    float v118 = v114 + v115;  // add
+    t118[i] = v118;
   }
 }
 
 // zoo_layernorm_bwd_rows_42: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_43: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t104, const float *__restrict__ t118, float *__restrict__ t122, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t105, const float *__restrict__ t119, float *__restrict__ t123, unsigned long long seed) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v104 = t104[i];
-    float v118 = t118[i];
-    float v121 = v104 + v118;  // add
-    float v122 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v121 * 1.11111116f : 0.0f;  // dropout
-    t122[i] = v122;
+    float v105 = t105[i];
+    float v119 = t119[i];
+    float v122 = v105 + v119;  // add
+    float v123 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v122 * 1.11111116f : 0.0f;  // dropout
+    t123[i] = v123;
   }
 }
 
 // zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2112,23 +2191,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float 
 // zoo_embedding_bwd_46: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k48_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t59, const float *__restrict__ t125, float *__restrict__ t126) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v59 = t59[i];
-    float v125 = t125[i];
-    float v126 = v59 + v125;  // add
-    t126[i] = v126;
+    float v60 = t60[i];
+    float v126 = t126[i];
+    float v127 = v60 + v126;  // add
+    t127[i] = v127;
   }
 }
 
@@ -2137,18 +2219,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_add(const float *__res
 // zoo_embedding_fwd_49: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k50_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k50_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_51: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -2158,6 +2243,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const flo
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2181,6 +2267,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2201,6 +2288,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const f
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2218,6 +2306,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
 // zoo_k55_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2228,6 +2317,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_split_heads(const floa
 // zoo_k56_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2238,53 +2328,58 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k56_split_heads(const floa
 // zoo_k57_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k57_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
 // zoo_poly_attn_fwd_58: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_58(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+  zk_entry_wait();
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k59_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k59_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// GEMM (cuBLASLt, fp32): t43[65536 x 64] = t42 * (t13)^T, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // zoo_layernorm_fused_60: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t44:
+// with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t43, const float *__restrict__ t33, float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v43 = t43[i];
+    float v44 = t44[i];
     float v33 = t33[i];
-    float v44 = v43 + v33;  // add
-    t44[i] = v44;
-    return v44;
+    float v45 = v44 + v33;  // add
+    t45[i] = v45;
+    return v45;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_layernorm_fused_61: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t46:
+// with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t45, const float *__restrict__ t44, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v46 = t46[i];
     float v45 = t45[i];
-    float v44 = t44[i];
-    float v46 = v45 + v44;  // add
-    return v46;
+    float v47 = v46 + v45;  // add
+    return v47;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2292,33 +2387,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
 // zoo_label_count_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_64: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t53[16384 x 8192] = t52 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // zoo_ce_step_rows_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
 // zoo_ce_step_finish_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -2332,6 +2432,7 @@ struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long ste
 extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
+  zk_entry_wait();
   // the scalars in double, the update in fp32, term for term as the CPU backend
   double t = (double)h->step;
   double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
@@ -2353,6 +2454,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ 
 // Gradient accumulation over micro-batches: acc = g (first) or acc + g.
 extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restrict__ acc,
     const float *__restrict__ g, long long n, int first) {
+  zk_entry_wait();
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
     acc[i] = first ? g[i] : acc[i] + g[i];
 }
@@ -2360,6 +2462,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restri
 // Metric sums over micro-batches: acc = (loss, correct, labelled).
 extern "C" __global__ void zoo_metrics_accumulate(float *__restrict__ acc,
     const float *__restrict__ loss, const float *__restrict__ metrics, int first) {
+  zk_entry_wait();
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   float l = loss[0], c = metrics[0], n = metrics[1];
   if (first) acc[0] = l, acc[1] = c, acc[2] = n;

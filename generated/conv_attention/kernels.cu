@@ -374,19 +374,33 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 // zoo_embedding_fwd_0: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
+#ifndef ZK_ENTRY_WAIT
+#define ZK_ENTRY_WAIT
+// Programmatic dependent launch (runtime/cuda.c): this kernel may be scheduled
+// while the one before it finishes. Wait for that one to complete and its
+// writes to be visible, then let the next kernel be scheduled in turn.
+__device__ __forceinline__ void zk_entry_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_0(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k1_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k1_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_2: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -577,6 +591,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -717,6 +732,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t27, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -738,6 +754,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const fl
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -755,6 +772,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // zoo_k6_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -764,6 +782,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__re
 // zoo_k7_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k7_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -773,6 +792,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k7_slice(const float *__re
 // zoo_k8_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -1236,6 +1256,7 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1249,6 +1270,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_9(const f
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v44 = t44[i];
@@ -1265,6 +1287,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const f
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v46 = t46[i];
@@ -1383,18 +1406,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 // zoo_label_count_12: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_12(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_13: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_13(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_14: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_14(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -1811,18 +1837,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 // zoo_ce_count_15: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_15(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
 // zoo_ce_step_rows_16: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_16(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
 // zoo_ce_step_finish_17: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_17(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -1835,36 +1864,42 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_17(const f
 // zoo_scatter_rows_18: node 34
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // zoo_layernorm_bwd_rows_19: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_20: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_20(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_layernorm_bwd_rows_21: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k23_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v62 = t62[i];
     float v65 = t65[i];
@@ -1888,6 +1923,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__res
 // zoo_k24_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -1925,6 +1961,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__res
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1932,6 +1969,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(cons
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+  zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
@@ -1944,6 +1982,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(con
 // zoo_k27_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
     y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
@@ -1953,6 +1992,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__
 // zoo_k28_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
     y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
@@ -1974,6 +2014,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__
 // zoo_k29_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2008,18 +2049,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__res
 // zoo_layernorm_bwd_rows_30: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_31: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k32_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
     float v90 = t90[i];
@@ -2031,12 +2075,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__res
 // zoo_layernorm_bwd_rows_33: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_34: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
@@ -2045,6 +2091,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const floa
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
     float v94 = t94[i];
@@ -2074,6 +2121,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const floa
 // zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2108,12 +2156,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
 // zoo_conv1d_bwd_rows_37: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
 // zoo_sum_partials_38: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
@@ -2121,6 +2171,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const floa
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v102 = t102[i];
@@ -2134,12 +2185,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *_
 // zoo_layernorm_bwd_rows_40: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_41: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
@@ -2147,6 +2200,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const floa
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
     float v111 = t111[i];
@@ -2159,6 +2213,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const floa
 // zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2193,18 +2248,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float 
 // zoo_embedding_bwd_44: node 76
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_45: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k46_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
     float v118 = t118[i];
@@ -2218,18 +2276,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__res
 // zoo_embedding_fwd_47: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k48_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_49: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -2239,6 +2300,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const flo
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v21 = t21[i];
@@ -2262,6 +2324,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v26 = t26[i];
@@ -2282,6 +2345,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v32 = t32[i];
@@ -2299,6 +2363,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
 // zoo_k53_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
 }
@@ -2308,6 +2373,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__r
 // zoo_k54_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
 }
@@ -2317,6 +2383,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__r
 // zoo_k55_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
 extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
 }
@@ -2327,6 +2394,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__r
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
 extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+  zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
@@ -2340,6 +2408,7 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const 
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v44 = t44[i];
@@ -2356,6 +2425,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v46 = t46[i];
@@ -2369,18 +2439,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 // zoo_label_count_59: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_59(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_60: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_60(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_61: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
@@ -2390,12 +2463,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float
 // zoo_ce_step_rows_62: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_62(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
 // zoo_ce_step_finish_63: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_63(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -2409,6 +2484,7 @@ struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long ste
 extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
+  zk_entry_wait();
   // the scalars in double, the update in fp32, term for term as the CPU backend
   double t = (double)h->step;
   double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
@@ -2430,6 +2506,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ 
 // Gradient accumulation over micro-batches: acc = g (first) or acc + g.
 extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restrict__ acc,
     const float *__restrict__ g, long long n, int first) {
+  zk_entry_wait();
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
     acc[i] = first ? g[i] : acc[i] + g[i];
 }
@@ -2437,6 +2514,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restri
 // Metric sums over micro-batches: acc = (loss, correct, labelled).
 extern "C" __global__ void zoo_metrics_accumulate(float *__restrict__ acc,
     const float *__restrict__ loss, const float *__restrict__ metrics, int first) {
+  zk_entry_wait();
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   float l = loss[0], c = metrics[0], n = metrics[1];
   if (first) acc[0] = l, acc[1] = c, acc[2] = n;

@@ -374,19 +374,33 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 // zoo_embedding_fwd_0: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
+#ifndef ZK_ENTRY_WAIT
+#define ZK_ENTRY_WAIT
+// Programmatic dependent launch (runtime/cuda.c): this kernel may be scheduled
+// while the one before it finishes. Wait for that one to complete and its
+// writes to be visible, then let the next kernel be scheduled in turn.
+__device__ __forceinline__ void zk_entry_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_0(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k1_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k1_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_2: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -577,6 +591,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, unsigned long long seed, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -717,6 +732,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t31, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -738,6 +754,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_4(const fl
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -755,12 +772,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // zoo_layernorm_fwd_6: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -771,12 +790,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float
 // zoo_layernorm_fwd_8: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_8(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_k9_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -787,6 +808,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k9_split_heads(const float
 // zoo_k10_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
@@ -817,18 +839,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_split_heads(const floa
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
  * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
- *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
+ *   accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
+ *   into z[BH][T] (in either layout) for the backward.
  *
  * Backward, for y_i = n_i / (d_i + eps):
  *   dn_i = do_i / (d_i + eps), dd_i = -(do_i . y_i) / (d_i + eps),
  *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
  *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
  *   dv_j = sum_i a_ij dn_i.
- * zk_poly_bwd_q<F, DV, BQ, R, T, HI>: per query: a first walk over keys recomputes
- *   n_i, d_i (the forward output alone does not give d_i), a second, from the
- *   last key tile back (the tile left in shared memory is not reloaded), dq_i.
- *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1] (in
- *   either layout).
+ * zk_poly_bwd_q<F, DV, BQ, R, T, HI, SAVED>: per query: dn_i and dd_i, then a
+ *   walk over the keys for dq_i. SAVED (the forward's o and z given): dn_i =
+ *   do_i / z_i, dd_i = -(do_i . o_i) / z_i straight away. Otherwise a first
+ *   walk over the keys recomputes n_i, d_i, and the second runs from the last
+ *   key tile back (the tile left in shared memory is not reloaded). SAVED
+ *   drops a third of the backward's work. dn_i and dd_i go into scratch:
+ *   stats[BH][T][DV + 1] (in either layout).
  * zk_poly_bwd_kv<F, DV, BQ, R, T, HI>: per key j: walks the query tiles from its own
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
@@ -961,8 +986,8 @@ template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
-                                            float c0, float c1, float c2, float scale,
-                                            float eps) {
+                                            float *__restrict__ z, float c0, float c1, float c2,
+                                            float scale, float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
@@ -971,7 +996,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
   const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -996,18 +1021,21 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-      float inv = 1.0f / (den[r] + eps);
+      float zi = den[r] + eps, inv = 1.0f / zi;
 #pragma unroll
       for (int e = 0; e < DV; e++) ob[(zk_i64)i * LV + e] = num[r][e] * inv;
+      zb[i] = zi;
     }
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, bool SAVED>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
                                               const float *__restrict__ v,
+                                              const float *__restrict__ o,
+                                              const float *__restrict__ z,
                                               float *__restrict__ dq, float *__restrict__ stats,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
@@ -1037,33 +1065,49 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   int slab0 = tile * R;
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
 
-  /* first walk: n_i and d_i */
-  for (int kt = 0; kt < nkt; kt++) {
-    __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
-    __syncthreads();
-    zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
-  }
-
-  /* dn_i, dd_i */
+  if constexpr (SAVED) { /* dn_i, dd_i from the forward's o_i and z_i */
+    const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    int i = tile * QT + r * BQ + threadIdx.x;
-    float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
 #pragma unroll
-    for (int e = 0; e < DV; e++) {
-      float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
-      doy += de * dn[r][e] * inv;
-      dn[r][e] = de * inv;
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * (i < T ? obb[(zk_i64)i * LV + e] : 0.0f);
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
     }
-    dd[r] = -doy * inv;
+  } else {
+    /* first walk: n_i and d_i */
+    for (int kt = 0; kt < nkt; kt++) {
+      __syncthreads();
+      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+      __syncthreads();
+      zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
+    }
+    /* dn_i, dd_i */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+#pragma unroll
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * dn[r][e] * inv;
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
+    }
   }
 
-  /* second walk: dq_i, from the last key tile back to the first, so that the
-   * tile still in shared memory is walked first without reloading it */
+  /* the walk for dq_i, from the last key tile back to the first, so that
+   * without SAVED the tile still in shared memory is walked first without
+   * reloading it */
   for (int kt = nkt - 1; kt >= 0; kt--) {
-    if (kt != nkt - 1) {
+    if (SAVED || kt != nkt - 1) {
       __syncthreads();
       zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
       zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
@@ -1191,48 +1235,52 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 // zoo_poly_attn_fwd_11: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_11(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+  zk_entry_wait();
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k12_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k12_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // zoo_layernorm_fused_13: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t50:
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_13(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v49 = t49[i];
+    float v50 = t50[i];
     float v37 = t37[i];
-    float v50 = v49 + v37;  // add
-    t50[i] = v50;
-    return v50;
+    float v51 = v50 + v37;  // add
+    t51[i] = v51;
+    return v51;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_layernorm_fused_14: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t52:
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t51, const float *__restrict__ t50, float *__restrict__ t52, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v52 = t52[i];
     float v51 = t51[i];
-    float v50 = t50[i];
-    float v52 = v51 + v50;  // add
-    t52[i] = v52;
-    return v52;
+    float v53 = v52 + v51;  // add
+    t53[i] = v53;
+    return v53;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -1344,22 +1392,25 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 // zoo_label_count_15: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_15(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_16: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_16(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_17: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_17(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/softmax.cu ----
@@ -1772,121 +1823,135 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 // zoo_ce_count_18: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_18(const int *__restrict__ targets, float *__restrict__ count) {
+  zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
 // zoo_ce_step_rows_19: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_19(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
 // zoo_ce_step_finish_20: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_20(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
-// GEMM (cuBLASLt, fp32): t64[16384 x 64] = t63 * t0, batch 1, k = 8192
+// GEMM (cuBLASLt, fp32): t65[16384 x 64] = t64 * t0, batch 1, k = 8192
 //   matmul         -> f32[32*B, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t65[8192 x 64] = (t63)^T * t58, batch 1, k = 16384
+// GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
 // zoo_scatter_rows_21: node 35
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_21(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
 // zoo_layernorm_bwd_rows_22: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_23: node 36
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_layernorm_bwd_rows_24: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_25: node 37
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k26_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t67, const float *__restrict__ t70, float *__restrict__ t73) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v67 = t67[i];
-    float v70 = t70[i];
-    float v73 = v67 + v70;  // add
-    t73[i] = v73;
+    float v68 = t68[i];
+    float v71 = t71[i];
+    float v74 = v68 + v71;  // add
+    t74[i] = v74;
   }
 }
 
-// t74 is t73 reshaped (same memory, no kernel)
+// t75 is t74 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t75[65536 x 60] = t74 * t13, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t76[65536 x 60] = t75 * t13, batch 1, k = 64
 //   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
 
-// t76 is t75 reshaped (same memory, no kernel)
+// t77 is t76 reshaped (same memory, no kernel)
 
-// t77 is t48 reshaped (same memory, no kernel)
+// t78 is t49 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t78[64 x 60] = (t74)^T * t77, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
 // zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k27_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
 // zoo_poly_attn_bwd_q_28: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats) {
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 0>(dout, q, k, v, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+  zk_entry_wait();
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_poly_attn_bwd_kv_29: node 45
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+  zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
 // zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k30_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// t84 is t83 reshaped (same memory, no kernel)
+// t85 is t84 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t12, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t86[65536 x 64] = t85 * t12, batch 1, k = 60
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t86 is t85 reshaped (same memory, no kernel)
+// t87 is t86 reshaped (same memory, no kernel)
 
-// t87 is t38 reshaped (same memory, no kernel)
+// t88 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t88[60 x 64] = (t84)^T * t87, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
 // zoo_k31_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:18:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1894,30 +1959,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const floa
 // zoo_layernorm_bwd_rows_32: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_33: node 53
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t93 is t90 reshaped (same memory, no kernel)
+// t94 is t91 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t94[65536 x 64] = t93 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t95[65536 x 64] = t94 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t95 is t94 reshaped (same memory, no kernel)
+// t96 is t95 reshaped (same memory, no kernel)
 
-// t96 is t38 reshaped (same memory, no kernel)
+// t97 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t98[192 x 64] = (t94)^T * t97, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
 // zoo_k34_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:17:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
 }
@@ -1925,73 +1993,81 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_merge_heads(const floa
 // zoo_layernorm_bwd_rows_35: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_36: node 61
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
 
-// t103 is t100 reshaped (same memory, no kernel)
+// t104 is t101 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t104[65536 x 64] = t103 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t105 is t104 reshaped (same memory, no kernel)
+// t106 is t105 reshaped (same memory, no kernel)
 
 // zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t86, const float *__restrict__ t95, const float *__restrict__ t105, float *__restrict__ t108) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t87, const float *__restrict__ t96, const float *__restrict__ t106, float *__restrict__ t109) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v86 = t86[i];
-    float v95 = t95[i];
-    float v105 = t105[i];
-    float v98 = v86 + v95;  // add
-    float v108 = v98 + v105;  // add
-    t108[i] = v108;
+    float v87 = t87[i];
+    float v96 = t96[i];
+    float v106 = t106[i];
+    float v99 = v87 + v96;  // add
+    float v109 = v99 + v106;  // add
+    t109[i] = v109;
   }
 }
 
-// t106 is t38 reshaped (same memory, no kernel)
+// t107 is t38 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t107[192 x 64] = (t103)^T * t106, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t108[192 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
 // zoo_layernorm_bwd_rows_38: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_39: node 68
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k40_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t73, const float *__restrict__ t109, float *__restrict__ t112) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t74, const float *__restrict__ t110, float *__restrict__ t113) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v73 = t73[i];
-    float v109 = t109[i];
-    float v112 = v73 + v109;  // add
-    t112[i] = v112;
+    float v74 = t74[i];
+    float v110 = t110[i];
+    float v113 = v74 + v110;  // add
+    t113[i] = v113;
   }
 }
 
 // zoo_layernorm_bwd_rows_41: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_42: node 70
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
@@ -1999,36 +2075,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const floa
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t112, const float *__restrict__ t113, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ t118) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t113, const float *__restrict__ t114, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t117, float *__restrict__ t118, float *__restrict__ t119) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v112 = t112[i];
     float v113 = t113[i];
+    float v114 = t114[i];
     float v32 = t32[i];
     float v31 = t31[i];
-    float v116 = v112 + v113;  // add
-    float v117 = v116 * v32;  // mul
-    float v118 = v116 * v31;  // mul
-    t116[i] = v116;
+    float v117 = v113 + v114;  // add
+    float v118 = v117 * v32;  // mul
+    float v119 = v117 * v31;  // mul
     t117[i] = v117;
     t118[i] = v118;
+    t119[i] = v119;
   }
 }
 
-// t119 is t118 reshaped (same memory, no kernel)
+// t120 is t119 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t121[65536 x 64] = t120 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t121 is t120 reshaped (same memory, no kernel)
+// t122 is t121 reshaped (same memory, no kernel)
 
-// t122 is t30 reshaped (same memory, no kernel)
+// t123 is t30 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t123[64 x 64] = (t119)^T * t122, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t124[64 x 64] = (t120)^T * t123, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
 // zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2063,57 +2141,64 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__res
 // zoo_conv1d_bwd_rows_45: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
 // zoo_sum_partials_46: node 81
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
 // zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t116, const float *__restrict__ t121, const float *__restrict__ t126, float *__restrict__ t129) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t117, const float *__restrict__ t122, const float *__restrict__ t127, float *__restrict__ t130) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v116 = t116[i];
-    float v121 = t121[i];
-    float v126 = t126[i];
-    float v125 = v116 + v121;  // add
-    float v129 = v125 + v126;  // add
-    t129[i] = v129;
+    float v117 = t117[i];
+    float v122 = t122[i];
+    float v127 = t127[i];
+    float v126 = v117 + v122;  // add
+    float v130 = v126 + v127;  // add
+    t130[i] = v130;
   }
 }
 
 // zoo_layernorm_bwd_rows_48: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_48(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_49: node 83
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_49(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
 // zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t116, const float *__restrict__ t130, float *__restrict__ t134, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t117, const float *__restrict__ t131, float *__restrict__ t135, unsigned long long seed) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v116 = t116[i];
-    float v130 = t130[i];
-    float v133 = v116 + v130;  // add
-    float v134 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v133 * 1.11111116f : 0.0f;  // dropout
-    t134[i] = v134;
+    float v117 = t117[i];
+    float v131 = t131[i];
+    float v134 = v117 + v131;  // add
+    float v135 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v134 * 1.11111116f : 0.0f;  // dropout
+    t135[i] = v135;
   }
 }
 
 // zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
 extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+  zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
   int o = blockIdx.x * 32 + threadIdx.x;
@@ -2148,23 +2233,26 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float 
 // zoo_embedding_bwd_52: node 87
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
 // zoo_embedding_bwd_53: node 88
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+  zk_entry_wait();
   zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
 }
 
 // zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t65, const float *__restrict__ t137, float *__restrict__ t138) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t66, const float *__restrict__ t138, float *__restrict__ t139) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v65 = t65[i];
-    float v137 = t137[i];
-    float v138 = v65 + v137;  // add
-    t138[i] = v138;
+    float v66 = t66[i];
+    float v138 = t138[i];
+    float v139 = v66 + v138;  // add
+    t139[i] = v139;
   }
 }
 
@@ -2173,18 +2261,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__res
 // zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
 extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
 // zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+  zk_entry_wait();
   zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
 }
 
@@ -2194,6 +2285,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const flo
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v25 = t25[i];
@@ -2217,6 +2309,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v30 = t30[i];
@@ -2237,6 +2330,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
     float v36 = t36[i];
@@ -2254,12 +2348,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
 // zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_k62_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:17:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2270,12 +2366,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const floa
 // zoo_layernorm_fwd_63: node 18
 //   layernorm      -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_63(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   zk_layernorm_fwd<192, true, true>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_k64_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:18:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
 }
@@ -2286,53 +2384,58 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const floa
 // zoo_k65_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
 extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
 // zoo_poly_attn_fwd_66: node 22
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_66(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+  zk_entry_wait();
+  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k67_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
 extern "C" __global__ void __launch_bounds__(256) zoo_k67_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+  zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
 }
 
-// GEMM (cuBLASLt, fp32): t49[65536 x 64] = t48 * (t13)^T, batch 1, k = 60
+// GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // zoo_layernorm_fused_68: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t50:
+// with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t49, const float *__restrict__ t37, float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v49 = t49[i];
+    float v50 = t50[i];
     float v37 = t37[i];
-    float v50 = v49 + v37;  // add
-    t50[i] = v50;
-    return v50;
+    float v51 = v50 + v37;  // add
+    t51[i] = v51;
+    return v51;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_layernorm_fused_69: node 28
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t52:
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t51, const float *__restrict__ t50, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v52 = t52[i];
     float v51 = t51[i];
-    float v50 = t50[i];
-    float v52 = v51 + v50;  // add
-    return v52;
+    float v53 = v52 + v51;  // add
+    return v53;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2340,33 +2443,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const f
 // zoo_label_count_70: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_70(const int *__restrict__ targets, int *__restrict__ counts) {
+  zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
 // zoo_label_write_71: node 29
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_71(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+  zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
 // zoo_gather_rows_72: node 30
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_72(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t59[16384 x 8192] = t58 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // zoo_ce_step_rows_73: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+  zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
 // zoo_ce_step_finish_74: node 32
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_74(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+  zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
@@ -2380,6 +2488,7 @@ struct zoo_hyper { float lr, beta1, beta2, eps, weight_decay, pad; long long ste
 extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ p,
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
+  zk_entry_wait();
   // the scalars in double, the update in fp32, term for term as the CPU backend
   double t = (double)h->step;
   double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
@@ -2401,6 +2510,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ 
 // Gradient accumulation over micro-batches: acc = g (first) or acc + g.
 extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restrict__ acc,
     const float *__restrict__ g, long long n, int first) {
+  zk_entry_wait();
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256)
     acc[i] = first ? g[i] : acc[i] + g[i];
 }
@@ -2408,6 +2518,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_accumulate(float *__restri
 // Metric sums over micro-batches: acc = (loss, correct, labelled).
 extern "C" __global__ void zoo_metrics_accumulate(float *__restrict__ acc,
     const float *__restrict__ loss, const float *__restrict__ metrics, int first) {
+  zk_entry_wait();
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   float l = loss[0], c = metrics[0], n = metrics[1];
   if (first) acc[0] = l, acc[1] = c, acc[2] = n;

@@ -23,18 +23,21 @@
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
  * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
- *   accumulating n_i and d_i; o_i = n_i / (d_i + eps).
+ *   accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
+ *   into z[BH][T] (in either layout) for the backward.
  *
  * Backward, for y_i = n_i / (d_i + eps):
  *   dn_i = do_i / (d_i + eps), dd_i = -(do_i . y_i) / (d_i + eps),
  *   da_ij = dn_i . v_j + dd_i, ds_ij = da_ij (c1 + 2 c2 s_ij),
  *   dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i,
  *   dv_j = sum_i a_ij dn_i.
- * zk_poly_bwd_q<F, DV, BQ, R, T, HI>: per query: a first walk over keys recomputes
- *   n_i, d_i (the forward output alone does not give d_i), a second, from the
- *   last key tile back (the tile left in shared memory is not reloaded), dq_i.
- *   It also stores dn_i and dd_i into scratch: stats[BH][T][DV + 1] (in
- *   either layout).
+ * zk_poly_bwd_q<F, DV, BQ, R, T, HI, SAVED>: per query: dn_i and dd_i, then a
+ *   walk over the keys for dq_i. SAVED (the forward's o and z given): dn_i =
+ *   do_i / z_i, dd_i = -(do_i . o_i) / z_i straight away. Otherwise a first
+ *   walk over the keys recomputes n_i, d_i, and the second runs from the last
+ *   key tile back (the tile left in shared memory is not reloaded). SAVED
+ *   drops a third of the backward's work. dn_i and dd_i go into scratch:
+ *   stats[BH][T][DV + 1] (in either layout).
  * zk_poly_bwd_kv<F, DV, BQ, R, T, HI>: per key j: walks the query tiles from its own
  *   to the last, with q, dn, dd of each tile in shared memory; gives dk_j, dv_j
  *   without atomics.
@@ -167,8 +170,8 @@ template <int F, int DV, int BQ, int R, int T, int HI>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
-                                            float c0, float c1, float c2, float scale,
-                                            float eps) {
+                                            float *__restrict__ z, float c0, float c1, float c2,
+                                            float scale, float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
@@ -177,7 +180,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
   const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -202,18 +205,21 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-      float inv = 1.0f / (den[r] + eps);
+      float zi = den[r] + eps, inv = 1.0f / zi;
 #pragma unroll
       for (int e = 0; e < DV; e++) ob[(zk_i64)i * LV + e] = num[r][e] * inv;
+      zb[i] = zi;
     }
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, bool SAVED>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
                                               const float *__restrict__ v,
+                                              const float *__restrict__ o,
+                                              const float *__restrict__ z,
                                               float *__restrict__ dq, float *__restrict__ stats,
                                               float c0, float c1, float c2, float scale,
                                               float eps) {
@@ -243,33 +249,49 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   int slab0 = tile * R;
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
 
-  /* first walk: n_i and d_i */
-  for (int kt = 0; kt < nkt; kt++) {
-    __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
-    __syncthreads();
-    zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
-  }
-
-  /* dn_i, dd_i */
+  if constexpr (SAVED) { /* dn_i, dd_i from the forward's o_i and z_i */
+    const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
 #pragma unroll
-  for (int r = 0; r < R; r++) {
-    int i = tile * QT + r * BQ + threadIdx.x;
-    float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
 #pragma unroll
-    for (int e = 0; e < DV; e++) {
-      float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
-      doy += de * dn[r][e] * inv;
-      dn[r][e] = de * inv;
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * (i < T ? obb[(zk_i64)i * LV + e] : 0.0f);
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
     }
-    dd[r] = -doy * inv;
+  } else {
+    /* first walk: n_i and d_i */
+    for (int kt = 0; kt < nkt; kt++) {
+      __syncthreads();
+      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+      __syncthreads();
+      zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
+    }
+    /* dn_i, dd_i */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      int i = tile * QT + r * BQ + threadIdx.x;
+      float inv = 1.0f / (dd[r] + eps), doy = 0.0f;
+#pragma unroll
+      for (int e = 0; e < DV; e++) {
+        float de = i < T ? dob[(zk_i64)i * LV + e] : 0.0f;
+        doy += de * dn[r][e] * inv;
+        dn[r][e] = de * inv;
+      }
+      dd[r] = -doy * inv;
+    }
   }
 
-  /* second walk: dq_i, from the last key tile back to the first, so that the
-   * tile still in shared memory is walked first without reloading it */
+  /* the walk for dq_i, from the last key tile back to the first, so that
+   * without SAVED the tile still in shared memory is walked first without
+   * reloading it */
   for (int kt = nkt - 1; kt >= 0; kt--) {
-    if (kt != nkt - 1) {
+    if (SAVED || kt != nkt - 1) {
       __syncthreads();
       zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
       zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);

@@ -42,8 +42,8 @@
  * order; the state lives in shared memory (D rows of SW floats, about 27 KB
  * for DV 42), the chunk's rows of q~, k (F + 1 wide), v' (SW wide) beside it,
  * all in dynamic shared memory (zk_poly_chunked_smem gives the bytes).
- *   zk_poly_chunked_fwd: per chunk, the outputs from S and the intra pairs, then
- *     S += the chunk's keys.
+ *   zk_poly_chunked_fwd: per chunk, the outputs (and z_i = d_i + eps, z[BH][T])
+ *     from S and the intra pairs, then S += the chunk's keys.
  *   zk_poly_chunked_bwd_q: the same walk recomputes n_i, d_i, forms g_i (kept in
  *     scratch: stats[BH][T][DV + 1], as the quadratic form's) and dq_i.
  *   zk_poly_chunked_bwd_kv: walks the chunks from the last with R; dk_j, dv_j.
@@ -197,7 +197,8 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
 template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, int T, int HI>
 __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                     const float *__restrict__ v, float *__restrict__ o,
-                                                    float c0, float c1, float c2, float scale, float eps) {
+                                                    float *__restrict__ z, float c0, float c1, float c2,
+                                                    float scale, float eps) {
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
   extern __shared__ float zk_pc_sh[];
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
@@ -207,7 +208,7 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
   const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, cp = threadIdx.x / C * L::WQ;
@@ -223,10 +224,11 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
     zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den);
     int i = r0 + row;
     if (i < T) {
-      float inv = 1.0f / (den + eps);
+      float zi = den + eps, inv = 1.0f / zi;
 #pragma unroll
       for (int w = 0; w < L::WQ; w++)
         if (cp + w < DV) ob[(zk_i64)i * LV + cp + w] = acc[w] * inv;
+      if (cp == 0) zb[i] = zi; /* every part has the whole d_i */
     }
     __syncthreads();
     if (r0 + C < T) zk_pc_update<F, DV, C, NT, K0, K1, K2, false>(st, ks, vs, fc, fab);
