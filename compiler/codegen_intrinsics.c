@@ -816,6 +816,17 @@ static int64_t ln_rows_per_warp(int64_t C) {
   return 32 / lanes;
 }
 
+/* layernorm's template arguments ", HS, TS" when its y (dy) is split into
+ * heads (i0, ops.def), x at input xi; "" otherwise. */
+static int ln_heads(zoo_cuda_emit *e, const zoo_node *n, int xi, char *buf, size_t len) {
+  buf[0] = 0;
+  if (n->attrs.i[0] == 0) return 0;
+  int64_t T = dim_of(e, n->in[xi], -2);
+  if (want_int(e, "T", T)) return -1;
+  snprintf(buf, len, ", %lld, %lld", (long long)n->attrs.i[0], (long long)T);
+  return 0;
+}
+
 /* layernorm, alone (input 0 from memory through zk_load) or with a prologue
  * (codegen_cuda.h): the same template, whose loader is then a lambda over the
  * fused group's values. */
@@ -839,8 +850,10 @@ int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_c
                     name, p ? p->params : "", sep, p ? "" : "const float *__restrict__ x, ",
                     has_w ? "const float *__restrict__ w, " : "", has_b ? "const float *__restrict__ b, " : "");
   if (p) zoo_strbuf_printf(&e->src, "  auto x = [&](long long i_) -> float {\n%s  };\n", p->body);
-  zoo_strbuf_printf(&e->src, "  zk_layernorm_fwd<%lld, %s, %s>(%s, %s, %s, y, %lld, %s);\n}\n", (long long)C,
-                    has_w ? "true" : "false", has_b ? "true" : "false", p ? "x" : "zk_load{x}",
+  char heads[64];
+  if (ln_heads(e, n, 0, heads, sizeof heads)) return -1;
+  zoo_strbuf_printf(&e->src, "  zk_layernorm_fwd<%lld, %s, %s%s>(%s, %s, %s, y, %lld, %s);\n}\n", (long long)C,
+                    has_w ? "true" : "false", has_b ? "true" : "false", heads, p ? "x" : "zk_load{x}",
                     has_w ? "w" : "nullptr", has_b ? "b" : "nullptr", (long long)N, eps);
   zoo_step *s = launch(e, n, name, cdiv(N, 8 * ln_rows_per_warp(C)), 256, 0);
   if (!s) return -1;
@@ -862,13 +875,16 @@ int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t P = partial_blocks(N), scratch = P * 2 * C * 4;
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
+  char heads[64];
+  if (ln_heads(e, n, 1, heads, sizeof heads)) return -1;
   kernel_name(e, n, "layernorm_bwd_rows", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
                     "const float *__restrict__ x, %sfloat *__restrict__ dx, float *__restrict__ part%s) {\n"
-                    "  zk_layernorm_bwd_rows<%lld, %s, %lld>(dy, x, %s, dx, part, %lld, %s);\n",
+                    "  zk_layernorm_bwd_rows<%lld, %s, %lld%s>(dy, x, %s, dx, part, %lld, %s);\n",
                     name, has_w ? "const float *__restrict__ w, " : "", has_w ? partials_params(P, 2 * C, 1) : "",
-                    (long long)C, has_w ? "true" : "false", (long long)P, has_w ? "w" : "nullptr", (long long)N, eps);
+                    (long long)C, has_w ? "true" : "false", (long long)P, heads, has_w ? "w" : "nullptr",
+                    (long long)N, eps);
   if (has_w) partials_close(e, P, 2 * C, C, 1);
   else zoo_strbuf_puts(&e->src, "}\n");
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(2 * C * 4));

@@ -234,6 +234,15 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head head, int64_t per_seq, zoo_diag 
  * poly_attention nodes rewritten. */
 int zoo_interleave_heads(zoo_graph *g);
 
+/* The layernorm-into-heads rewrite (compiler/train_graph.c), on a model graph
+ * before autodiff, after zoo_interleave_heads: each layernorm whose output
+ * one split_heads alone reads writes that split_heads' output itself (its
+ * i0 = H, ops.def), and the split_heads is dropped; autodiff then makes a
+ * layernorm_bwd that reads dy in that layout, without the merge_heads of the
+ * gradient. zoo_train_graph_head runs it unless the environment has
+ * ZOO_NO_NORM_SPLIT=1. Returns the number of layernorms rewritten. */
+int zoo_norm_split_heads(zoo_graph *g);
+
 /* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
  * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of
  * every tensor that receives one (parameters, and inputs that are f32). */

@@ -222,12 +222,29 @@ static int want_channels(shape_ctx *s, int i, const char *what, zoo_dim c) {
 }
 
 /* layernorm (x, [w, b]) */
+/* split_heads(x, h)'s type: x[..., T, h*d] -> [..., h, T, d]. */
+static int split_type(shape_ctx *s, const zoo_type *x, int64_t h, zoo_type *o) {
+  if (h < 1) return fail(s, "number of heads %lld must be positive", (long long)h);
+  if (x->ndim < 2) return fail(s, "%s has fewer than 2 axes to split into heads", ts(s, x));
+  if (x->ndim + 1 > ZOO_MAX_DIMS) return fail(s, "%s has too many axes", ts(s, x));
+  zoo_dim width = x->dim[x->ndim - 1], d;
+  if (!zoo_dim_div(width, zoo_dim_const(h), &d))
+    return fail(s, "width %s of %s is not divisible by %lld heads", ds(s, width), ts(s, x), (long long)h);
+  *o = *x;
+  o->ndim = x->ndim + 1;
+  o->dim[x->ndim - 2] = zoo_dim_const(h);
+  o->dim[x->ndim - 1] = x->dim[x->ndim - 2];
+  o->dim[x->ndim] = d;
+  return 0;
+}
+
 static int zoo_shape_layernorm(shape_ctx *s) {
   if (want_f32(s, 0, "the input") || want_rank(s, 0, 1, "the input")) return -1;
   zoo_dim c = s->in[0]->dim[s->in[0]->ndim - 1];
   if (s->n->nin > 1 && want_channels(s, 1, "the weight", c)) return -1;
   if (s->n->nin > 2 && want_channels(s, 2, "the bias", c)) return -1;
   s->out[0] = *s->in[0];
+  if (s->n->attrs.i[0] != 0) return split_type(s, s->in[0], s->n->attrs.i[0], &s->out[0]);
   return 0;
 }
 
@@ -247,7 +264,14 @@ static zoo_type vec_type(zoo_dim c) {
 
 /* layernorm_bwd (dy, x, [w]) -> dx, dw[C], db[C] */
 static int zoo_shape_layernorm_bwd(shape_ctx *s) {
-  if (want_dy_like_x(s, 0, 1)) return -1;
+  if (s->n->attrs.i[0] != 0) { /* dy in split_heads(y, H)'s layout */
+    zoo_type want;
+    if (want_f32(s, 0, "dy") || want_f32(s, 1, "x") || split_type(s, s->in[1], s->n->attrs.i[0], &want)) return -1;
+    if (!zoo_type_eq(s->in[0], &want))
+      return fail(s, "dy %s must be x %s split into heads, %s", ts(s, s->in[0]), ts(s, s->in[1]), ts(s, &want));
+  } else if (want_dy_like_x(s, 0, 1)) {
+    return -1;
+  }
   zoo_dim c = s->in[1]->dim[s->in[1]->ndim - 1];
   if (s->n->nin > 2 && want_channels(s, 2, "the weight", c)) return -1;
   s->out[0] = *s->in[1];
@@ -389,21 +413,7 @@ static int zoo_shape_permute(shape_ctx *s) {
 /* split_heads (x[..., T, H*d]; i0 = H) -> [..., H, T, d] */
 static int zoo_shape_split_heads(shape_ctx *s) {
   if (want_rank(s, 0, 2, "the input")) return -1;
-  const zoo_type *x = s->in[0];
-  int64_t h = s->n->attrs.i[0];
-  if (h < 1) return fail(s, "number of heads %lld must be positive", (long long)h);
-  if (x->ndim + 1 > ZOO_MAX_DIMS) return fail(s, "%s has too many axes", ts(s, x));
-  zoo_dim width = x->dim[x->ndim - 1], d;
-  if (!zoo_dim_div(width, zoo_dim_const(h), &d))
-    return fail(s, "width %s of %s is not divisible by %lld heads", ds(s, width), ts(s, x),
-                (long long)h);
-  zoo_type o = *x;
-  o.ndim = x->ndim + 1;
-  o.dim[x->ndim - 2] = zoo_dim_const(h);
-  o.dim[x->ndim - 1] = x->dim[x->ndim - 2];
-  o.dim[x->ndim] = d;
-  s->out[0] = o;
-  return 0;
+  return split_type(s, s->in[0], s->n->attrs.i[0], &s->out[0]);
 }
 
 /* merge_heads (x[..., H, T, d]) -> [..., T, H*d] */

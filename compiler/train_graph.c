@@ -299,6 +299,40 @@ static int fold_linear_step(zoo_graph *g) {
   return ok;
 }
 
+/* Layernorm node i whose output only a split_heads reads takes over that
+ * split_heads' output; the split_heads is marked dead. Returns 1 when
+ * rewritten, else 0 with the graph as it was. */
+static int norm_split_one(zoo_graph *g, int i, char *dead) {
+  zoo_node *n = &g->nodes[i];
+  if (n->op != ZOO_OP_LAYERNORM || n->attrs.i[0] != 0 || dead[i]) return 0;
+  int y = n->out[0];
+  int split = y == g->output ? -1 : only_reader(g, y, dead);
+  if (split < 0 || g->nodes[split].op != ZOO_OP_SPLIT_HEADS) return 0;
+  int ys = g->nodes[split].out[0];
+  zoo_node m = *n;
+  m.attrs.i[0] = g->nodes[split].attrs.i[0];
+  zoo_type out[ZOO_MAX_OUT];
+  char err[256];
+  if (zoo_shape_infer(g, &m, out, err, sizeof err) != 0 || !zoo_type_eq(&out[0], &g->tensors[ys].type)) return 0;
+  m.out[0] = ys;
+  *n = m;
+  g->tensors[ys].producer = i;
+  g->tensors[ys].out_index = 0;
+  g->tensors[y].producer = -1; /* a value no node makes: not computed, not allocated */
+  dead[split] = 1;
+  return 1;
+}
+
+int zoo_norm_split_heads(zoo_graph *g) {
+  char *dead = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead) abort();
+  int rewritten = 0;
+  for (int i = 0; i < g->nnodes; i++) rewritten += norm_split_one(g, i, dead);
+  if (rewritten) drop_nodes(g, dead);
+  free(dead);
+  return rewritten;
+}
+
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
   return zoo_train_graph_head(g, zoo_env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
 }
@@ -333,6 +367,7 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
     return -1;
   }
   if (!zoo_env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g);
+  if (!zoo_env_on("ZOO_NO_NORM_SPLIT")) zoo_norm_split_heads(g);
 
   zoo_type logits = g->tensors[g->output].type;
   int producer = g->tensors[g->output].producer;

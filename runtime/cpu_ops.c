@@ -367,9 +367,19 @@ static void row_moments(const float *x, int64_t C, double eps, double *mean, dou
 }
 
 /* layernorm (x, [w, b]; eps) over the last axis */
+/* Where element (row r, column j) of a [N, C] tensor whose rows run T per
+ * batch lies in split_heads of it with H heads ([.., H, T, C / H]); with
+ * H = 0, where it lies in the tensor itself. layernorm's i0 (ops.def). */
+static inline int64_t heads_at(int64_t r, int64_t j, int64_t C, int64_t H, int64_t T) {
+  if (H == 0) return r * C + j;
+  int64_t F = C / H, b = r / T, h = j / F;
+  return ((b * H + h) * T + r % T) * F + j % F;
+}
+
 int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
   shape s = in_shape(c, n, 0);
   int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  int64_t H = n->attrs.i[0], T = s.nd > 1 ? s.d[s.nd - 2] : 1;
   const float *X = in_f(c, n, 0);
   const float *w = n->nin > 1 ? in_f(c, n, 1) : NULL, *b = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *Y = out_f(c, n, 0);
@@ -377,14 +387,13 @@ int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
 #pragma omp parallel for if (N * C > (1 << 16))
   for (int64_t r = 0; r < N; r++) {
     const float *x = X + r * C;
-    float *y = Y + r * C;
     double mean, rstd;
     row_moments(x, C, eps, &mean, &rstd);
     for (int64_t j = 0; j < C; j++) {
       double v = (x[j] - mean) * rstd;
       if (w) v *= w[j];
       if (b) v += b[j];
-      y[j] = (float)v;
+      Y[heads_at(r, j, C, H, T)] = (float)v;
     }
   }
   return 0;
@@ -400,20 +409,22 @@ enum { ROW_CHUNK = 128 };
 int zoo_cpu_layernorm_bwd(zoo_cpu *c, const zoo_node *n) {
   shape s = in_shape(c, n, 1);
   int64_t C = s.d[s.nd - 1], N = C ? s.n / C : 0;
+  int64_t H = n->attrs.i[0], T = s.nd > 1 ? s.d[s.nd - 2] : 1; /* dy split into heads when H > 0 */
   const float *DY = in_f(c, n, 0), *X = in_f(c, n, 1);
   const float *w = n->nin > 2 ? in_f(c, n, 2) : NULL;
   float *DX = out_f(c, n, 0), *dw = out_f(c, n, 1), *db = out_f(c, n, 2);
   double eps = n->attrs.f[0];
   int64_t nchunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
-  /* [chunk][dw | db], then g and xh rows for each thread */
-  double *part = scratch_zeroed(c, (size_t)((nchunks + omp_get_max_threads()) * 2 * C), sizeof *part);
+  /* [chunk][dw | db], then g, xh and dy rows for each thread */
+  double *part = scratch_zeroed(c, (size_t)(nchunks * 2 * C + omp_get_max_threads() * 3 * C), sizeof *part);
 #pragma omp parallel for if (N * C > (1 << 16))
   for (int64_t ch = 0; ch < nchunks; ch++) {
     double *pw = part + ch * 2 * C, *pb = pw + C;
-    double *g = part + (nchunks + omp_get_thread_num()) * 2 * C, *xh = g + C;
+    double *g = part + nchunks * 2 * C + omp_get_thread_num() * 3 * C, *xh = g + C;
     for (int64_t r = ch * ROW_CHUNK; r < N && r < (ch + 1) * ROW_CHUNK; r++) {
-      const float *x = X + r * C, *dy = DY + r * C;
-      double mean, rstd, mg = 0, mgx = 0;
+      const float *x = X + r * C;
+      double mean, rstd, mg = 0, mgx = 0, *dy = g + 2 * C; /* dy's row gathered */
+      for (int64_t j = 0; j < C; j++) dy[j] = DY[heads_at(r, j, C, H, T)];
       row_moments(x, C, eps, &mean, &rstd);
 #pragma omp simd reduction(+ : mg, mgx)
       for (int64_t j = 0; j < C; j++) {

@@ -37,12 +37,15 @@
 #include "rng.h"
 
 #define WORKSPACE_BYTES (32u << 20)
+#define GEMM_CANDIDATES 8
 
 /* cuBLASLt's description of one GEMM step. */
 typedef struct gemm_plan {
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc; /* la: our b (cuBLAS's A), lb: our a */
   cublasLtMatmulAlgo_t algo;
+  cublasLtMatmulAlgo_t cand[GEMM_CANDIDATES]; /* cuBLASLt's heuristic's choices, best first */
+  int ncand;
   int ready;
 } gemm_plan;
 
@@ -300,11 +303,11 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
   uint64_t ws = WORKSPACE_BYTES;
   cublasStatus_t st = zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-  cublasLtMatmulHeuristicResult_t res;
+  cublasLtMatmulHeuristicResult_t res[GEMM_CANDIDATES];
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
     st = zoo_cublaslt.cublasLtMatmulAlgoGetHeuristic(c->lt, gp->desc, gp->la, gp->lb, gp->lc, gp->lc,
-                                                     pref, 1, &res, &found);
+                                                     pref, GEMM_CANDIDATES, res, &found);
   zoo_cublaslt.cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS)
     return zoo_cublaslt_fail(st, "cublasLtMatmulAlgoGetHeuristic(...)", __FILE__, __LINE__, c->err, c->errlen);
@@ -315,7 +318,10 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
              gm->trans_b);
     return -1;
   }
-  gp->algo = res.algo;
+  gp->ncand = 0;
+  for (int a = 0; a < found && a < GEMM_CANDIDATES; a++)
+    if (res[a].state == CUBLAS_STATUS_SUCCESS) gp->cand[gp->ncand++] = res[a].algo;
+  gp->algo = gp->ncand ? gp->cand[0] : res[0].algo;
   gp->ready = 1;
   return 0;
 }
@@ -329,12 +335,94 @@ static void gemm_release(gemm_plan *gp) {
   memset(gp, 0, sizeof *gp);
 }
 
-/* GEMM plans for steps [first, first + n) under plan p. */
+static int gemm_operands_ok(const core *c, const zoo_plan *p, const zoo_step *s, const gemm_plan *gp) {
+  const zoo_gemm *gm = &s->gemm;
+  return gp->ready && tensor_ptr(c, p, gm->a) && tensor_ptr(c, p, gm->b) && tensor_ptr(c, p, gm->c);
+}
+
+/* GEMM step s under plan p with algorithm algo, on the stream. */
+static cublasStatus_t gemm_run(const core *c, const zoo_plan *p, const zoo_step *s, const gemm_plan *gp,
+                               const cublasLtMatmulAlgo_t *algo) {
+  const zoo_gemm *gm = &s->gemm;
+  float alpha = gm->alpha, beta = gm->beta;
+  CUdeviceptr A = tensor_ptr(c, p, gm->a), B = tensor_ptr(c, p, gm->b), C = tensor_ptr(c, p, gm->c);
+  return zoo_cublaslt.cublasLtMatmul(c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la,
+                                     (const void *)(uintptr_t)A, gp->lb, &beta, (const void *)(uintptr_t)C,
+                                     gp->lc, (void *)(uintptr_t)C, gp->lc, algo,
+                                     (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
+}
+
+/* GPU milliseconds of `reps` runs of GEMM step s with algorithm a, between
+ * events e0 and e1; a negative value when cuBLASLt refuses it. */
+static double gemm_time(core *c, const zoo_plan *p, const zoo_step *s, const gemm_plan *gp,
+                        const cublasLtMatmulAlgo_t *a, int reps, CUevent e0, CUevent e1) {
+  if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS) return -1;
+  for (int r = 0; r < reps; r++)
+    if (gemm_run(c, p, s, gp, a) != CUBLAS_STATUS_SUCCESS) return -1;
+  float ms = 0;
+  if (zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
+      zoo_cu.cuEventElapsedTime(&ms, e0, e1) != CUDA_SUCCESS)
+    return -1;
+  return ms;
+}
+
+/* Picks the fastest of the heuristic's candidates for GEMM step i by timing
+ * each on the step's own buffers (all zeros while the backend starts, so the
+ * runs leave them as they were); the heuristic's first stays on ties within
+ * 2%, and GEMMs whose first candidate takes under GEMM_TUNE_MIN_MS keep it
+ * untimed further (each candidate's first run loads its kernel: time at
+ * start-up that a small GEMM does not win back). cuBLASLt's heuristic ranks by
+ * a model, and at some shapes these models make its first is not the fastest:
+ * measured on the H200 (ZOO_GEMM_TUNE_LOG=1 zoorun bench --quick), the
+ * logits GEMM at m 8192, n 8192, k 64 took 0.277 ms with the first and 0.260
+ * with the fourth; over the four quick cells' GEMMs, 5.33 ms against 5.19.
+ * ZOO_NO_GEMM_TUNE=1 keeps the first; ZOO_GEMM_TUNE_LOG=1 prints every
+ * candidate's time. */
+#define GEMM_TUNE_MIN_MS 0.04
+static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
+  gemm_plan *gp = &c->gemm[i];
+  const zoo_step *s = &c->emit->steps[i];
+  if (gp->ncand < 2 || zoo_env_on("ZOO_NO_GEMM_TUNE") || !gemm_operands_ok(c, p, s, gp)) return 0;
+  CUevent e0, e1;
+  ZOO_CU_N(c->err, c->errlen, cuEventCreate(&e0, CU_EVENT_DEFAULT));
+  if (zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS) {
+    zoo_cu.cuEventDestroy(e0);
+    return zoo_cu_fail(CUDA_ERROR_UNKNOWN, "cuEventCreate(&e1, 0)", __FILE__, __LINE__, c->err, c->errlen);
+  }
+  int log = zoo_env_on("ZOO_GEMM_TUNE_LOG"), best = 0;
+  double best_ms = 0;
+  for (int a = 0; a < gp->ncand; a++) {
+    double once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* warm-up and a first measure */
+    if (a == 0 && once >= 0 && once < GEMM_TUNE_MIN_MS) {
+      once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* the first run loaded the kernel */
+      if (once >= 0 && once < GEMM_TUNE_MIN_MS) break;
+    }
+    if (once < 0) continue;
+    int reps = once > 0.25 ? 1 : once > 0.05 ? 3 : 10;
+    double ms = gemm_time(c, p, s, gp, &gp->cand[a], reps, e0, e1) / reps;
+    if (ms < 0) continue;
+    if (log) {
+      char d[400];
+      step_desc(c, g, i, d, sizeof d);
+      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d: %.4f ms\n", d, (long long)s->gemm.m,
+              (long long)s->gemm.n, (long long)s->gemm.k, a, ms);
+    }
+    if (a == 0 || ms < best_ms * (best == 0 ? 0.98 : 1.0)) best = a, best_ms = ms;
+  }
+  zoo_cu.cuEventDestroy(e0);
+  zoo_cu.cuEventDestroy(e1);
+  gp->algo = gp->cand[best];
+  if (zoo_cu.cuStreamSynchronize(c->stream) != CUDA_SUCCESS) zoo_cu.cuCtxSynchronize();
+  return 0;
+}
+
+/* GEMM plans for steps [first, first + n) under plan p, each tuned. */
 static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_graph *g) {
   for (int i = first; i < first + n; i++) {
     const zoo_step *s = &c->emit->steps[i];
     if (s->kind != ZOO_STEP_GEMM) continue;
-    if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0) {
+    if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0 ||
+        gemm_tune(c, p, i, g) != 0) {
       char d[400];
       step_desc(c, g, i, d, sizeof d);
       return context(c, d);
@@ -423,20 +511,14 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
       }
     }
   } else if (s->kind == ZOO_STEP_GEMM) {
-    const zoo_gemm *gm = &s->gemm;
     const gemm_plan *gp = &c->gemm[i];
-    float alpha = gm->alpha, beta = gm->beta;
-    CUdeviceptr A = tensor_ptr(c, p, gm->a), B = tensor_ptr(c, p, gm->b), C = tensor_ptr(c, p, gm->c);
-    if (!gp->ready || !A || !B || !C) {
+    if (!gemm_operands_ok(c, p, s, gp)) {
       char d[400];
       step_desc(c, g, i, d, sizeof d);
       snprintf(c->err, c->errlen, "%s: GEMM not prepared or an operand has no memory (bug)", d);
       return -1;
     }
-    cublasStatus_t st = zoo_cublaslt.cublasLtMatmul(
-        c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la, (const void *)(uintptr_t)A, gp->lb,
-        &beta, (const void *)(uintptr_t)C, gp->lc, (void *)(uintptr_t)C, gp->lc, &gp->algo,
-        (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
+    cublasStatus_t st = gemm_run(c, p, s, gp, &gp->algo);
     if (st != CUBLAS_STATUS_SUCCESS) {
       zoo_cublaslt_fail(st, "cublasLtMatmul(...)", __FILE__, __LINE__, c->err, c->errlen);
       char d[400];

@@ -542,6 +542,26 @@ static int c_layernorm_tiny(ocase *c) {
   int in[2] = {x, w};
   return oc_op(c, ZOO_OP_LAYERNORM, 2, in, &a);
 }
+/* The output written split into 12 heads (layernorm's i0, ops.def), as
+ * ReBased's q and k norms train; the backward reads dy in that layout. 3 x 50
+ * rows of 192: several rows per block, the last block partial. */
+static int c_layernorm_heads(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 50, 192)), w = oc_f32(c, V_SIGNED, DIMS(192)), b = oc_f32(c, V_SIGNED, DIMS(192));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  a.i[0] = 12;
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
+}
+/* rows of 20 in 4 heads of 5, groups of 8 lanes */
+static int c_layernorm_heads_narrow(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 7, 20)), w = oc_f32(c, V_SIGNED, DIMS(20));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  a.i[0] = 4;
+  int in[2] = {x, w};
+  return oc_op(c, ZOO_OP_LAYERNORM, 2, in, &a);
+}
 static int c_rmsnorm_many(ocase *c) {
   int x = oc_f32(c, V_SIGNED, DIMS(500, 40)), w = oc_f32(c, V_SIGNED, DIMS(40));
   zoo_attrs a = A0();
@@ -628,6 +648,8 @@ static const named_case reductions_cases[] = {
       {"layernorm_many_rows", c_layernorm_many, 1e-4, 1},
       {"layernorm_narrow", c_layernorm_narrow, 1e-4, 1},
       {"layernorm_tiny", c_layernorm_tiny, 1e-4, 1},
+      {"layernorm_heads", c_layernorm_heads, 1e-4, 1},
+      {"layernorm_heads_narrow", c_layernorm_heads_narrow, 1e-4, 1},
       {"rmsnorm_many_rows", c_rmsnorm_many, 1e-4, 1},
       {"softmax", c_softmax, 1e-4, 1},
       {"logsumexp", c_logsumexp, 1e-4, 1},
@@ -1120,6 +1142,15 @@ static int c_fused_dropout_layernorm(ocase *c) {
   la.f[0] = 1e-5;
   return oc_op(c, ZOO_OP_LAYERNORM, 1, &d, &la);
 }
+/* A prologue (an add) into a layernorm whose output is split into heads. */
+static int c_fused_add_layernorm_heads(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 9, 48)), r = oc_f32(c, V_SIGNED, DIMS(2, 9, 48));
+  int s = oc_op(c, ZOO_OP_ADD, 2, (int[]){x, r}, NULL);
+  zoo_attrs la = A0();
+  la.f[0] = 1e-5;
+  la.i[0] = 3;
+  return oc_op(c, ZOO_OP_LAYERNORM, 1, &s, &la);
+}
 /* The conv inline in a plain elementwise kernel (no layernorm). */
 static int c_fused_conv_gate(ocase *c) {
   int u = oc_f32(c, V_SIGNED, DIMS(2, 17, 8)), w = oc_f32(c, V_SIGNED, DIMS(8, 1, 4));
@@ -1131,6 +1162,7 @@ static int c_fused_conv_gate(ocase *c) {
 static const named_case fused_cases[] = {
       {"fused_baseconv_residual_layernorm", c_fused_baseconv, 1e-4, 1},
       {"fused_dropout_layernorm", c_fused_dropout_layernorm, 1e-4, 1},
+      {"fused_add_layernorm_heads", c_fused_add_layernorm_heads, 1e-4, 1},
       {"fused_conv_gate", c_fused_conv_gate, 2e-5, 1},
 };
 

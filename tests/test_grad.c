@@ -322,6 +322,17 @@ TEST(grad_layernorm_rmsnorm) {
     snprintf(what, sizeof what, "layernorm with %d inputs", nin);
     CHECK(gc_finish(&c, what, gc_node(&c, ZOO_OP_LAYERNORM, nin, in, &a)) == 0);
   }
+  /* the output split into 3 heads (i0, ops.def): the backward reads dy so */
+  {
+    gcase c;
+    gc_init(&c);
+    int in[3] = {gc_param(&c, F32T(K(2), K(4), K(6)), VAL_SIGNED), gc_param(&c, F32T(K(6)), VAL_SIGNED),
+                 gc_param(&c, F32T(K(6)), VAL_SIGNED)};
+    zoo_attrs a = {0};
+    a.f[0] = 1e-5;
+    a.i[0] = 3;
+    CHECK(gc_finish(&c, "layernorm split into heads", gc_node(&c, ZOO_OP_LAYERNORM, 3, in, &a)) == 0);
+  }
   gcase c;
   gc_init(&c);
   int x = gc_param(&c, F32T(K(4), K(5)), VAL_SIGNED), w = gc_param(&c, F32T(K(5)), VAL_SIGNED);

@@ -11,6 +11,7 @@
  *                           gradients, bit for bit, as with
  *                           ZOO_NO_INTERLEAVED_HEADS=1 (evaluation too)
  *   interleave_conditions   hand-made graphs: what it rewrites and what it leaves
+ *   norm_split_rebased      the layernorm-into-heads rewrite (zoo_norm_split_heads)
  *
  * The layout-1 kernels themselves: op_poly_attention_interleaved (test_ops.c),
  * grad_poly_attention_interleaved (test_grad.c), the *_heads cases of
@@ -58,41 +59,49 @@ static int find_op(const zoo_graph *g, zoo_op op) {
 
 enum { IB = 4, IT = 24, IV = 37 };
 
-/* Sets or clears ZOO_NO_INTERLEAVED_HEADS; returns the old value (to free). */
-static char *heads_env(int keep) {
-  const char *old = getenv("ZOO_NO_INTERLEAVED_HEADS");
+/* Sets or clears the switch `name`; returns the old value (to free). */
+static char *switch_env(const char *name, int on) {
+  const char *old = getenv(name);
   char *saved = old ? strdup(old) : NULL;
-  if (keep) setenv("ZOO_NO_INTERLEAVED_HEADS", "1", 1);
-  else unsetenv("ZOO_NO_INTERLEAVED_HEADS");
+  if (on) setenv(name, "1", 1);
+  else unsetenv(name);
   return saved;
 }
 
-static void heads_env_restore(char *saved) {
-  if (saved) setenv("ZOO_NO_INTERLEAVED_HEADS", saved, 1);
-  else unsetenv("ZOO_NO_INTERLEAVED_HEADS");
+static void switch_restore(const char *name, char *saved) {
+  if (saved) setenv(name, saved, 1);
+  else unsetenv(name);
   free(saved);
 }
 
-/* models/<name>.zoo at d_model 48, six heads (value width 8), its training
- * graph with `head`, the copies kept or not (the environment variable, as
- * zoorun and zooc see it). */
-static zoo_program *compile_train(const char *name, zoo_head head, int keep) {
+/* models/<name>.zoo at d_model `dm`, six heads (value width dm / 6), its
+ * training graph with `head`; keep: the copies kept (both rewrites off, as
+ * ZOO_NO_INTERLEAVED_HEADS=1 ZOO_NO_NORM_SPLIT=1 in the environment), or, with
+ * keep 2, only the layernorm rewrite off. */
+static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head head, int keep) {
   char path[64];
   snprintf(path, sizeof path, "models/%s.zoo", name);
-  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", "48"}, {"seq_len", "24"}, {"num_heads", "6"}};
+  zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", dm}, {"seq_len", "24"}, {"num_heads", "6"}};
   zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = 4, .std_dir = "models"};
   zoo_diag d;
   zoo_diag_init(&d, stderr);
   zoo_program *p = NULL;
   if (zoo_compile(&o, &d, &p) != 0 || !p) return NULL;
-  char *saved = heads_env(keep);
+  char *saved = switch_env("ZOO_NO_INTERLEAVED_HEADS", keep == 1);
+  char *saved2 = switch_env("ZOO_NO_NORM_SPLIT", keep != 0);
   int rc = zoo_train_graph_head(&p->graph, head, IT, &d);
-  heads_env_restore(saved);
+  switch_restore("ZOO_NO_INTERLEAVED_HEADS", saved);
+  switch_restore("ZOO_NO_NORM_SPLIT", saved2);
   if (rc != 0) {
     zoo_program_free(p);
     return NULL;
   }
   return p;
+}
+
+/* At d_model 48 (value width 8) the interleaving fires. */
+static zoo_program *compile_train(const char *name, zoo_head head, int keep) {
+  return compile_train_d(name, "48", head, keep);
 }
 
 /* A CPU training step and an evaluation of one batch from fixed parameters. */
@@ -223,6 +232,48 @@ static void interleave_model(zoo_test_ctx *t, const char *name) {
          name, lt[1], lt[0], le[1], le[0]);
   CHECKF(ran, "%s: a CPU run failed", name);
   CHECKF(same, "%s: the rewrite changes the step (gradients differ by up to %g)", name, worst);
+}
+
+/* The layernorm-into-heads rewrite (zoo_norm_split_heads): ReBased at value
+ * width 4, below ZOO_INTERLEAVE_MIN_DV, keeps layout 0; its q and k norms write
+ * the split layout (their split_heads gone, and the merge_heads of their
+ * gradients), 4 launches fewer per step and 2 per evaluation, and a CPU step
+ * is the same bit for bit as with ZOO_NO_NORM_SPLIT=1. */
+TEST(norm_split_rebased) {
+  zoo_program *pn = compile_train_d("rebased", "24", ZOO_HEAD_FUSED, 0);
+  zoo_program *pk = compile_train_d("rebased", "24", ZOO_HEAD_FUSED, 2);
+  zoo_program *cn = compile_train_d("rebased", "24", ZOO_HEAD_COMPACT, 0);
+  zoo_program *ck = compile_train_d("rebased", "24", ZOO_HEAD_COMPACT, 2);
+  CHECK(pn && pk && cn && ck);
+  const zoo_graph *gn = &pn->graph, *gk = &pk->graph;
+  int split_ln = 0, split_bwd = 0;
+  for (int i = 0; i < gn->nnodes; i++) {
+    split_ln += gn->nodes[i].op == ZOO_OP_LAYERNORM && gn->nodes[i].attrs.i[0] == 6;
+    split_bwd += gn->nodes[i].op == ZOO_OP_LAYERNORM_BWD && gn->nodes[i].attrs.i[0] == 6;
+  }
+  CHECK(split_ln == 2 && split_bwd == 2);
+  CHECK(count_op(gn, ZOO_OP_SPLIT_HEADS) == 2 && count_op(gk, ZOO_OP_SPLIT_HEADS) == 4);
+  CHECK(count_op(gn, ZOO_OP_MERGE_HEADS) == 2 && count_op(gk, ZOO_OP_MERGE_HEADS) == 4);
+  CHECK(find_op(gn, ZOO_OP_POLY_ATTENTION) >= 0 && gn->nodes[find_op(gn, ZOO_OP_POLY_ATTENTION)].attrs.i[0] == 0);
+  CHECK(graph_consistent(gn) && gn->nforward == gk->nforward - 2 && gn->nnodes == gk->nnodes - 4);
+  int lt[2], le[2];
+  CHECK(cuda_launches(&cn->graph, &lt[0], &le[0]) == 0 && cuda_launches(&ck->graph, &lt[1], &le[1]) == 0);
+  CHECKF(lt[1] - lt[0] == 4 && le[1] - le[0] == 2, "%d -> %d launches per step, %d -> %d per evaluation", lt[1],
+         lt[0], le[1], le[0]);
+  cpu_step a, b;
+  CHECK(run_step(&a, gn) == 0 && run_step(&b, gk) == 0);
+  int same = a.loss == b.loss && a.metrics[0] == b.metrics[0] && b.metrics[1] > 0;
+  for (int i = 0; i < gn->nparams; i++) {
+    int ta = gn->tensors[gn->params[i]].grad, tb = gk->tensors[gk->params[i]].grad;
+    same &= a.cpu.numel[ta] == b.cpu.numel[tb] &&
+            memcmp(zoo_cpu_f32(&a.cpu, ta), zoo_cpu_f32(&b.cpu, tb), (size_t)a.cpu.numel[ta] * 4) == 0;
+  }
+  CHECK(run_eval(&a, gn) == 0 && run_eval(&b, gk) == 0);
+  same &= a.eval_loss == b.eval_loss && a.eval_metrics[0] == b.eval_metrics[0];
+  CHECKF(same, "the layernorm rewrite changes the step (loss %.7f vs %.7f)", a.loss, b.loss);
+  zoo_cpu_free(&a.cpu);
+  zoo_cpu_free(&b.cpu);
+  zoo_program_free(pn), zoo_program_free(pk), zoo_program_free(cn), zoo_program_free(ck);
 }
 
 TEST(interleave_rebased) { interleave_model(t, "rebased"); }

@@ -417,7 +417,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  * from C = 128), 32 / L rows a warp; lane l of a group holds columns l, l + L,
  * ... in registers (ceil(C / L) of them), and the row's sums are over its group.
  *
- * zk_layernorm_fwd<C, HAS_W, HAS_B>(x, w, b, y, N, eps)
+ * Heads (HS, TS): with HS > 0, y (forward) and dy (backward) are in
+ * split_heads' layout [.., HS, TS, C / HS] (rows run TS per batch), layernorm's
+ * i0 (ops.def); zk_ln_at gives an element's place.
+ *
+ * zk_layernorm_fwd<C, HAS_W, HAS_B, HS, TS>(x, w, b, y, N, eps)
  *   any number of warps per block (the emitter uses 8 = 256 threads); grid
  *   ceil(N / rows per block). x is a loader, not a
  *   pointer: x(e) returns element e = row C + c of the input, called once per
@@ -426,7 +430,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P>
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
@@ -457,7 +461,21 @@ __device__ __forceinline__ float zk_group_sum(float v) {
   return v;
 }
 
-template <int C, bool HAS_W, bool HAS_B, class LoadX>
+/* Element (row, c) of a [N, C] tensor: at row C + c, or with HS heads in
+ * split_heads' layout. */
+template <int C, int HS, int TS>
+__device__ __forceinline__ zk_i64 zk_ln_at(zk_i64 row, int c) {
+  if constexpr (HS == 0) {
+    return row * C + c;
+  } else {
+    constexpr int F = C / HS;
+    zk_i64 b = row / TS;
+    int t = (int)(row - b * TS), h = c / F;
+    return ((b * HS + h) * TS + t) * F + (c - h * F);
+  }
+}
+
+template <int C, bool HAS_W, bool HAS_B, int HS = 0, int TS = 1, class LoadX>
 __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
                                                  const float *__restrict__ w,
                                                  const float *__restrict__ b,
@@ -486,7 +504,6 @@ __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
   }
   float rstd = 1.0f / sqrtf(zk_group_sum<L>(sq) / (float)C + eps);
   if (!ok) return;
-  float *yr = y + row * C;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = sub + L * k;
@@ -494,12 +511,12 @@ __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
       float o = (v[k] - mean) * rstd;
       if (HAS_W) o *= w[c];
       if (HAS_B) o += b[c];
-      yr[c] = o;
+      y[zk_ln_at<C, HS, TS>(row, c)] = o;
     }
   }
 }
 
-template <int C, bool HAS_W, int P>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
                                                       const float *__restrict__ w,
@@ -515,7 +532,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
   for (zk_i64 base = ((zk_i64)blockIdx.x * nw + warp) * RW; base < N; base += (zk_i64)P * nw * RW) {
     zk_i64 row = base + lane / L;
     bool ok = row < N;
-    const float *xr = x + row * C, *dyr = dy + row * C;
+    const float *xr = x + row * C;
     float xv[PL], g[PL];
     float sum = 0.0f;
 #pragma unroll
@@ -537,7 +554,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      float d = ok && c < C ? dyr[c] : 0.0f;
+      float d = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
       float xh = (xv[k] - mean) * rstd;
       xv[k] = c < C ? xh : 0.0f; /* from here on xv holds xh */
       g[k] = HAS_W && c < C ? d * w[c] : d;
