@@ -578,7 +578,9 @@ void zoo_builtin_print_attrs(FILE *out, const zoo_graph *g, const zoo_node *n) {
   /* set by a pass, not from .zoo (ops.def): poly_attention's heads-interleaved layout */
   if ((n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD) && a->i[0] != 0)
     fprintf(out, " layout=%lld heads=%lld", (long long)a->i[0], (long long)a->i[1]);
-  /* and layernorm's output split into heads */
-  if ((n->op == ZOO_OP_LAYERNORM || n->op == ZOO_OP_LAYERNORM_BWD) && a->i[0] != 0)
+  /* and layernorm's output split into heads; linear_layernorm's (no .zoo signature) */
+  if (n->op == ZOO_OP_LINEAR_LAYERNORM) fprintf(out, " eps=%g", a->f[0]);
+  if ((n->op == ZOO_OP_LAYERNORM || n->op == ZOO_OP_LAYERNORM_BWD || n->op == ZOO_OP_LINEAR_LAYERNORM) &&
+      a->i[0] != 0)
     fprintf(out, " split_heads=%lld", (long long)a->i[0]);
 }

@@ -901,6 +901,43 @@ int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   return partials_end(e, n, s, P, 2 * C, C, n->out[1], n->out[2], scratch);
 }
 
+/* linear_layernorm (x, w, [g, [b]]) -> p, y: runtime/kernels/layernorm.cu's
+ * zk_linear_layernorm; the fold (train_graph.c) makes it only where that
+ * kernel runs: K <= 64, N a multiple of 32 up to 256. */
+enum { LLN_ROWS_PER_WARP = 16 };
+
+int zoo_cuda_linear_layernorm(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t M, K, N = dim_of(e, n->in[1], 0);
+  rows_cols(e, n->in[0], &M, &K);
+  if (want_int(e, "rows", M) || want_int(e, "K", K) || want_int(e, "N", N) || need(e, "layernorm.cu", NULL, NULL))
+    return -1;
+  if (K > 64 || N % 32 != 0 || N > 256)
+    return fail(e, "linear_layernorm: the kernel needs K <= 64 and N a multiple of 32 up to 256 (K %lld, N %lld)",
+                (long long)K, (long long)N);
+  int has_g = n->nin > 2, has_b = n->nin > 3;
+  char name[64], eps[48], heads[64] = "0, 1";
+  flit(eps, sizeof eps, n->attrs.f[0]);
+  if (n->attrs.i[0] != 0) {
+    int64_t T = dim_of(e, n->in[0], -2);
+    if (want_int(e, "T", T)) return -1;
+    snprintf(heads, sizeof heads, "%lld, %lld", (long long)n->attrs.i[0], (long long)T);
+  }
+  kernel_name(e, n, "linear_layernorm", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ x, "
+                    "const float *__restrict__ w, %s%sfloat *__restrict__ p, float *__restrict__ y) {\n"
+                    "  zk_linear_layernorm<%lld, %lld, %s, %s, %s, %d>(x, w, %s, %s, p, y, %lld, %s);\n}\n",
+                    name, has_g ? "const float *__restrict__ g, " : "", has_b ? "const float *__restrict__ b, " : "",
+                    (long long)K, (long long)N, has_g ? "true" : "false", has_b ? "true" : "false", heads,
+                    LLN_ROWS_PER_WARP, has_g ? "g" : "nullptr", has_b ? "b" : "nullptr", (long long)M, eps);
+  zoo_step *s = launch(e, n, name, cdiv(M, 8 * LLN_ROWS_PER_WARP), 256, (unsigned)(K * (N + 1) * 4));
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  return 0;
+}
+
 int zoo_cuda_rmsnorm(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, C;
   rows_cols(e, n->in[0], &N, &C);

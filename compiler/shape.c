@@ -262,6 +262,23 @@ static zoo_type vec_type(zoo_dim c) {
   return t;
 }
 
+/* linear_layernorm (x[..., K], w[N, K], [g[N], [b[N]]]) -> p[..., N], y: p's
+ * type, or split into i0 heads */
+static int zoo_shape_linear_layernorm(shape_ctx *s) {
+  if (want_f32(s, 0, "x") || want_rank(s, 0, 1, "x") || want_f32(s, 1, "w")) return -1;
+  const zoo_type *x = s->in[0], *w = s->in[1];
+  if (w->ndim != 2 || !zoo_dim_eq(w->dim[1], x->dim[x->ndim - 1]))
+    return fail(s, "w %s must be [N, %s] for x %s", ts(s, w), ds(s, x->dim[x->ndim - 1]), ts(s, x));
+  zoo_dim n = w->dim[0];
+  if (s->n->nin > 2 && want_channels(s, 2, "the weight", n)) return -1;
+  if (s->n->nin > 3 && want_channels(s, 3, "the bias", n)) return -1;
+  s->out[0] = *x;
+  s->out[0].dim[x->ndim - 1] = n;
+  s->out[1] = s->out[0];
+  if (s->n->attrs.i[0] != 0) return split_type(s, &s->out[0], s->n->attrs.i[0], &s->out[1]);
+  return 0;
+}
+
 /* layernorm_bwd (dy, x, [w]) -> dx, dw[C], db[C] */
 static int zoo_shape_layernorm_bwd(shape_ctx *s) {
   if (s->n->attrs.i[0] != 0) { /* dy in split_heads(y, H)'s layout */

@@ -333,6 +333,57 @@ int zoo_norm_split_heads(zoo_graph *g) {
   return rewritten;
 }
 
+/* ---------------------------------------------------------------------------
+ * Projection and LayerNorm. ReBased's q and k are layernorm(linear(x, w)) with
+ * x of d_model floats a row: at d_model up to 64 the GEMM is too thin to run
+ * well and the norm then reads its output back. After autodiff each bias-free
+ * linear whose output a layernorm reads (K <= 64, N a multiple of 32 up to
+ * 256) becomes, with that layernorm, one linear_layernorm node making both
+ * outputs under their old ids: p, which the layernorm's backward reads, and
+ * the norm's y (split into heads if the norm was). On the CPU the same bits
+ * as the two nodes; on CUDA one kernel (layernorm.cu). ZOO_NO_LINEAR_NORM=1
+ * keeps the two. */
+
+static int fold_linear_norm_one(zoo_graph *g, int i, char *dead) {
+  const zoo_node *l = &g->nodes[i];
+  if (l->op != ZOO_OP_LINEAR || l->nin != 2 || dead[i] || l->out[0] == g->output) return 0;
+  int pt = l->out[0], ln = -1;
+  for (int j = i + 1; j < g->nnodes && ln < 0; j++)
+    if (!dead[j] && g->nodes[j].op == ZOO_OP_LAYERNORM && g->nodes[j].in[0] == pt) ln = j;
+  if (ln < 0) return 0;
+  const zoo_type *xt = &g->tensors[l->in[0]].type, *wt = &g->tensors[l->in[1]].type;
+  int64_t K = const_dim(xt->dim[xt->ndim - 1]), N = wt->ndim == 2 ? const_dim(wt->dim[0]) : -1;
+  if (K < 1 || K > 64 || N < 32 || N > 256 || N % 32 != 0) return 0;
+  const zoo_node *m = &g->nodes[ln];
+  zoo_node f = *l;
+  f.op = ZOO_OP_LINEAR_LAYERNORM;
+  f.nin = 1 + m->nin;
+  for (int k = 1; k < m->nin; k++) f.in[k + 1] = m->in[k];
+  f.nout = 2;
+  f.out[1] = m->out[0];
+  f.attrs = m->attrs;
+  zoo_type types[ZOO_MAX_OUT];
+  char err[256];
+  if (zoo_shape_infer(g, &f, types, err, sizeof err) != 0 || !zoo_type_eq(&types[0], &g->tensors[f.out[0]].type) ||
+      !zoo_type_eq(&types[1], &g->tensors[f.out[1]].type))
+    return 0;
+  g->nodes[i] = f;
+  g->tensors[f.out[1]].producer = i;
+  g->tensors[f.out[1]].out_index = 1;
+  dead[ln] = 1;
+  return 1;
+}
+
+static int fold_linear_norm(zoo_graph *g) {
+  char *dead = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead) abort();
+  int folded = 0;
+  for (int i = 0; i < g->nnodes; i++) folded += fold_linear_norm_one(g, i, dead);
+  if (folded) drop_nodes(g, dead);
+  free(dead);
+  return folded;
+}
+
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
   return zoo_train_graph_head(g, zoo_env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
 }
@@ -427,5 +478,6 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
   }
   fold_loss_step(g);
   if (zoo_env_on("ZOO_FUSED_LCE_STEP")) fold_linear_step(g);
+  if (!zoo_env_on("ZOO_NO_LINEAR_NORM")) fold_linear_norm(g);
   return 0;
 }

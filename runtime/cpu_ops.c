@@ -399,6 +399,21 @@ int zoo_cpu_layernorm(zoo_cpu *c, const zoo_node *n) {
   return 0;
 }
 
+/* linear_layernorm (x, w, [g, [b]]) -> p, y: linear(x, w), then layernorm of
+ * p, each as on its own (the same numbers, bit for bit). */
+int zoo_cpu_linear_layernorm(zoo_cpu *c, const zoo_node *n) {
+  zoo_node part = *n;
+  part.attrs = (zoo_attrs){0};
+  part.nin = 2, part.nout = 1; /* p = linear(x, w), no bias */
+  if (zoo_cpu_linear(c, &part) != 0) return -1;
+  part = *n;
+  part.nin = n->nin - 1, part.nout = 1;
+  part.in[0] = n->out[0];
+  for (int k = 2; k < n->nin; k++) part.in[k - 1] = n->in[k];
+  part.out[0] = n->out[1];
+  return zoo_cpu_layernorm(c, &part);
+}
+
 /* Row chunks for per-channel sums over rows (weight gradients): each chunk of
  * ROW_CHUNK rows sums into its own partial, and the partials are added in chunk
  * order, so the result does not depend on the number of threads. */

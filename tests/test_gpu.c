@@ -562,6 +562,25 @@ static int c_layernorm_heads_narrow(ocase *c) {
   int in[2] = {x, w};
   return oc_op(c, ZOO_OP_LAYERNORM, 2, in, &a);
 }
+/* linear_layernorm (the fold of ReBased's q and k projections and norms):
+ * K 32, N 192 into 12 heads over 3 x 50 rows (a partial last block); and
+ * K 20, N 64 without g, b or heads. */
+static int c_linear_layernorm_heads(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 50, 32)), w = oc_f32(c, V_SIGNED, DIMS(192, 32));
+  int g = oc_f32(c, V_SIGNED, DIMS(192)), b = oc_f32(c, V_SIGNED, DIMS(192));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  a.i[0] = 12;
+  int in[4] = {x, w, g, b};
+  return oc_op(c, ZOO_OP_LINEAR_LAYERNORM, 4, in, &a);
+}
+static int c_linear_layernorm_plain(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, 77, 20)), w = oc_f32(c, V_SIGNED, DIMS(64, 20));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[2] = {x, w};
+  return oc_op(c, ZOO_OP_LINEAR_LAYERNORM, 2, in, &a);
+}
 static int c_rmsnorm_many(ocase *c) {
   int x = oc_f32(c, V_SIGNED, DIMS(500, 40)), w = oc_f32(c, V_SIGNED, DIMS(40));
   zoo_attrs a = A0();
@@ -650,6 +669,8 @@ static const named_case reductions_cases[] = {
       {"layernorm_tiny", c_layernorm_tiny, 1e-4, 1},
       {"layernorm_heads", c_layernorm_heads, 1e-4, 1},
       {"layernorm_heads_narrow", c_layernorm_heads_narrow, 1e-4, 1},
+      {"linear_layernorm_heads", c_linear_layernorm_heads, 1e-4, 0},
+      {"linear_layernorm_plain", c_linear_layernorm_plain, 1e-4, 0},
       {"rmsnorm_many_rows", c_rmsnorm_many, 1e-4, 1},
       {"softmax", c_softmax, 1e-4, 1},
       {"logsumexp", c_logsumexp, 1e-4, 1},

@@ -12,6 +12,7 @@
  *                           ZOO_NO_INTERLEAVED_HEADS=1 (evaluation too)
  *   interleave_conditions   hand-made graphs: what it rewrites and what it leaves
  *   norm_split_rebased      the layernorm-into-heads rewrite (zoo_norm_split_heads)
+ *   linear_norm_rebased     the projection-and-norm fold (linear_layernorm)
  *
  * The layout-1 kernels themselves: op_poly_attention_interleaved (test_ops.c),
  * grad_poly_attention_interleaved (test_grad.c), the *_heads cases of
@@ -189,13 +190,14 @@ static void interleave_model(zoo_test_ctx *t, const char *name) {
                gk->nodes[poly0].attrs.i[0] == 0 && gi->nforward == gk->nforward - 4 &&
                gi->nnodes == gk->nnodes - 8 && graph_consistent(gi) && graph_consistent(gk) &&
                count_op(&ci->graph, ZOO_OP_SPLIT_HEADS) == 0 && graph_consistent(&ci->graph);
-    /* q is the LayerNorm's (ReBased) or the projection's (Based) output */
+    /* q is the projection-and-norm's (ReBased, linear_norm_rebased) or the
+     * projection's (Based) output */
     if (poly >= 0) {
       const zoo_node *n = &gi->nodes[poly];
       const zoo_type *qt = &gi->tensors[n->in[0]].type;
       int qp = gi->tensors[n->in[0]].producer;
       shape_ok &= qt->ndim == 3 && qp >= 0 &&
-                  gi->nodes[qp].op == (strcmp(name, "rebased") == 0 ? ZOO_OP_LAYERNORM : ZOO_OP_LINEAR);
+                  gi->nodes[qp].op == (strcmp(name, "rebased") == 0 ? ZOO_OP_LINEAR_LAYERNORM : ZOO_OP_LINEAR);
       span_ok = poly0 >= 0 && n->span.line == gk->nodes[poly0].span.line && n->span.line > 0 &&
                 n->span.col == gk->nodes[poly0].span.col && gi->nodes[bwd].span.line == n->span.line;
     }
@@ -248,7 +250,8 @@ TEST(norm_split_rebased) {
   const zoo_graph *gn = &pn->graph, *gk = &pk->graph;
   int split_ln = 0, split_bwd = 0;
   for (int i = 0; i < gn->nnodes; i++) {
-    split_ln += gn->nodes[i].op == ZOO_OP_LAYERNORM && gn->nodes[i].attrs.i[0] == 6;
+    /* folded with their projections afterwards (linear_norm_rebased) */
+    split_ln += gn->nodes[i].op == ZOO_OP_LINEAR_LAYERNORM && gn->nodes[i].attrs.i[0] == 6;
     split_bwd += gn->nodes[i].op == ZOO_OP_LAYERNORM_BWD && gn->nodes[i].attrs.i[0] == 6;
   }
   CHECK(split_ln == 2 && split_bwd == 2);
@@ -274,6 +277,49 @@ TEST(norm_split_rebased) {
   zoo_cpu_free(&a.cpu);
   zoo_cpu_free(&b.cpu);
   zoo_program_free(pn), zoo_program_free(pk), zoo_program_free(cn), zoo_program_free(ck);
+}
+
+/* The projection-and-norm fold (train_graph.c, after autodiff): ReBased's q
+ * and k become linear_layernorm nodes (split into heads at value width 4, not
+ * at 8 where poly_attention reads them interleaved), 2 launches fewer per
+ * step, and a CPU step is the same bit for bit as with ZOO_NO_LINEAR_NORM=1. */
+static void linear_norm_model(zoo_test_ctx *t, const char *dm, int64_t heads) {
+  zoo_program *pf = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
+  char *saved = switch_env("ZOO_NO_LINEAR_NORM", 1);
+  zoo_program *pk = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
+  zoo_program *ck = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
+  switch_restore("ZOO_NO_LINEAR_NORM", saved);
+  zoo_program *cf = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
+  CHECK(pf && pk && cf && ck);
+  const zoo_graph *gf = &pf->graph, *gk = &pk->graph;
+  int folded = 0;
+  for (int i = 0; i < gf->nnodes; i++)
+    folded += gf->nodes[i].op == ZOO_OP_LINEAR_LAYERNORM && gf->nodes[i].attrs.i[0] == heads;
+  CHECKF(folded == 2 && count_op(gk, ZOO_OP_LINEAR_LAYERNORM) == 0, "d_model %s: %d folded", dm, folded);
+  CHECK(graph_consistent(gf) && gf->nnodes == gk->nnodes - 2 && gf->nforward == gk->nforward - 2);
+  int lt[2], le[2];
+  CHECK(cuda_launches(&cf->graph, &lt[0], &le[0]) == 0 && cuda_launches(&ck->graph, &lt[1], &le[1]) == 0);
+  CHECKF(lt[1] - lt[0] == 2 && le[1] - le[0] == 2, "%d -> %d launches per step, %d -> %d per evaluation", lt[1],
+         lt[0], le[1], le[0]);
+  cpu_step a, b;
+  CHECK(run_step(&a, gf) == 0 && run_step(&b, gk) == 0);
+  int same = a.loss == b.loss && a.metrics[0] == b.metrics[0] && b.metrics[1] > 0;
+  for (int i = 0; i < gf->nparams; i++) {
+    int ta = gf->tensors[gf->params[i]].grad, tb = gk->tensors[gk->params[i]].grad;
+    same &= a.cpu.numel[ta] == b.cpu.numel[tb] &&
+            memcmp(zoo_cpu_f32(&a.cpu, ta), zoo_cpu_f32(&b.cpu, tb), (size_t)a.cpu.numel[ta] * 4) == 0;
+  }
+  CHECK(run_eval(&a, gf) == 0 && run_eval(&b, gk) == 0);
+  same &= a.eval_loss == b.eval_loss && a.eval_metrics[0] == b.eval_metrics[0];
+  CHECKF(same, "the fold changes the step (loss %.7f vs %.7f)", a.loss, b.loss);
+  zoo_cpu_free(&a.cpu);
+  zoo_cpu_free(&b.cpu);
+  zoo_program_free(pf), zoo_program_free(pk), zoo_program_free(cf), zoo_program_free(ck);
+}
+
+TEST(linear_norm_rebased) {
+  linear_norm_model(t, "24", 6); /* value width 4: the norms write the split layout */
+  linear_norm_model(t, "48", 0); /* width 8: interleaved, the norms' output plain */
 }
 
 TEST(interleave_rebased) { interleave_model(t, "rebased"); }

@@ -176,6 +176,28 @@ TEST(intrinsics_nvrtc_poly_attention) {
 
 /* The chunked form (poly_attention_chunked.cu) at every value width, ReBased
  * and Based, and a T that ends in a partial chunk. */
+/* linear_layernorm at ReBased's q, k shapes (d_model 32, 48, 64; 12 heads of
+ * 16) and without heads, g or b. */
+TEST(intrinsics_nvrtc_linear_layernorm) {
+  kt k;
+  kt_init(&k);
+  int64_t widths[] = {32, 48, 64};
+  for (int i = 0; i < 3; i++) {
+    int x = KT_F32(&k, 2, 48, widths[i]), w = KT_F32(&k, 192, widths[i]), g = KT_F32(&k, 192), b = KT_F32(&k, 192);
+    zoo_attrs a = {0};
+    a.f[0] = 1e-5, a.i[0] = 12;
+    kt_node(&k, ZOO_OP_LINEAR_LAYERNORM, zoo_cuda_linear_layernorm, 4, (int[]){x, w, g, b}, &a);
+  }
+  int x = KT_F32(&k, 100, 20), w = KT_F32(&k, 64, 20);
+  zoo_attrs a = {0};
+  a.f[0] = 1e-5;
+  kt_node(&k, ZOO_OP_LINEAR_LAYERNORM, zoo_cuda_linear_layernorm, 2, (int[]){x, w}, &a);
+  CHECK(!k.failed && k.e.nsteps == 4 && k.e.steps[0].smem == 32 * 193 * 4);
+  CHECK(strstr(k.e.src.s, "zk_linear_layernorm<64, 192, true, true, 12, 48, 16>") != NULL);
+  KT_COMPILE(&k, "linear_layernorm");
+  kt_free(&k);
+}
+
 TEST(intrinsics_nvrtc_poly_chunked) {
   kt k;
   kt_init(&k);

@@ -420,6 +420,38 @@ TEST(op_layernorm_rmsnorm) {
   og_free(&o);
 }
 
+/* layernorm into heads (i0 = H: y as split_heads(layernorm(x), H)) and
+ * linear_layernorm (the projection-and-norm fold): the same numbers, bit for
+ * bit, as linear, layernorm and split_heads on their own. */
+TEST(op_layernorm_heads_linear_layernorm) {
+  og o;
+  og_init(&o);
+  float *x = randv(2 * 3 * 8), *w = randv(6 * 8), *g = randv(6), *b = randv(6);
+  int tx = og_input(&o, F32T(K(2), K(3), K(8)), x), tw = og_input(&o, F32T(K(6), K(8)), w);
+  int tg = og_input(&o, F32T(K(6)), g), tb = og_input(&o, F32T(K(6)), b);
+  zoo_attrs a = {0}, h = {0};
+  a.f[0] = 1e-5;
+  h.i[0] = 2;
+  int p = og_node2(&o, ZOO_OP_LINEAR, tx, tw, NULL);
+  int y = og_node3(&o, ZOO_OP_LAYERNORM, p, tg, tb, &a);
+  int ys = og_node1(&o, ZOO_OP_SPLIT_HEADS, y, &h);
+  a.i[0] = 2;
+  int yh = og_node3(&o, ZOO_OP_LAYERNORM, p, tg, tb, &a);
+  int f = og_node(&o, ZOO_OP_LINEAR_LAYERNORM, 4, (int[]){tx, tw, tg, tb}, &a);
+  a.i[0] = 0;
+  int f0 = og_node(&o, ZOO_OP_LINEAR_LAYERNORM, 2, (int[]){tx, tw}, &a);
+  int y0 = og_node1(&o, ZOO_OP_LAYERNORM, p, &a);
+  CHECK(f >= 0 && f0 >= 0 && zoo_type_eq(&o.g.tensors[yh].type, &o.g.tensors[ys].type));
+  CHECK(zoo_type_eq(&o.g.tensors[f + 1].type, &o.g.tensors[ys].type));
+  CHECK(og_run(&o, 0, 0) == 0);
+  size_t bytes = 2 * 3 * 6 * sizeof(float);
+  CHECK(memcmp(og_f(&o, yh), og_f(&o, ys), bytes) == 0);
+  CHECK(memcmp(og_f(&o, f), og_f(&o, p), bytes) == 0 && memcmp(og_f(&o, f + 1), og_f(&o, ys), bytes) == 0);
+  CHECK(memcmp(og_f(&o, f0), og_f(&o, p), bytes) == 0 && memcmp(og_f(&o, f0 + 1), og_f(&o, y0), bytes) == 0);
+  og_free(&o);
+  free(x), free(w), free(g), free(b);
+}
+
 TEST(op_softmax_logsumexp) {
   og o;
   og_init(&o);
@@ -1151,7 +1183,7 @@ TEST(op_every_op_covered) {
   const char *tested[] = {
       "add", "sub", "mul", "div", "gt", "where", "neg", "exp", "log", "sqrt", "rsqrt", "square",
       "sigmoid", "silu", "softplus", "relu", "gelu", "gelu_bwd", "tanh", "sin", "cos", "adds",
-      "muls", "pows", "dropout", "sum", "mean", "reduce_to", "layernorm", "layernorm_bwd",
+      "muls", "pows", "dropout", "sum", "mean", "reduce_to", "layernorm", "layernorm_bwd", "linear_layernorm",
       "rmsnorm", "rmsnorm_bwd", "softmax", "logsumexp", "cross_entropy", "cross_entropy_bwd",
       "argmax", "accuracy", "cross_entropy_step", "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
       "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",

@@ -33,7 +33,20 @@
  *   Dynamic shared memory: 2 C floats.
  * Then zk_finish_partials or zk_sum_partials<P, 2C, C> (common.cu): part
  * summed over p into dw, db.
- * Without w the op's dw, db are zeros; the emitter clears them instead.
+ *
+ * zk_linear_layernorm<K, N, HAS_G, HAS_B, HS, TS, RPW>(x, w, g, b, p, y, M, eps)
+ *   linear_layernorm (ops.def): p = x w^T (x [M, K], w [N, K], no bias) and
+ *   y = layernorm(p) with g, b (y split into HS heads when HS > 0), in one
+ *   pass: for K up to 64, the projection is too thin for a GEMM library to run
+ *   well, and the norm then reads p back. w sits transposed in dynamic shared
+ *   memory, wt[k][c] with rows of N + 1 floats (so both the block's fill,
+ *   c fixed and k running, and the warps' reads, k fixed and c running, are
+ *   free of bank conflicts): K (N + 1) floats. A warp takes RPW rows one after
+ *   the other; lane l holds columns l, l + 32, ... (N / 32 of them, N a
+ *   multiple of 32) and x's row k broadcast from the lane holding it. Grid
+ *   ceil(M / (8 RPW)) blocks of 256 threads.
+ *
+ * Without w the layernorm_bwd's dw, db are zeros; the emitter clears them instead.
  */
 #ifndef ZK_LAYERNORM_CU
 #define ZK_LAYERNORM_CU
@@ -191,6 +204,66 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
   }
   for (int c = threadIdx.x; c < 2 * C; c += blockDim.x)
     part[(zk_i64)blockIdx.x * 2 * C + c] = zk_ln_sh[c];
+}
+
+template <int K, int N, bool HAS_G, bool HAS_B, int HS, int TS, int RPW>
+__device__ __forceinline__ void zk_linear_layernorm(const float *__restrict__ x, const float *__restrict__ w,
+                                                    const float *__restrict__ g, const float *__restrict__ b,
+                                                    float *__restrict__ p, float *__restrict__ y, zk_i64 M,
+                                                    float eps) {
+  static_assert(N % 32 == 0 && K <= 64, "linear_layernorm: N a multiple of 32, K at most 64");
+  constexpr int NL = N / 32, KL = (K + 31) / 32, WP = N + 1;
+  extern __shared__ float zk_lln_wt[]; /* [K][N + 1] */
+  for (int e = threadIdx.x; e < N * K; e += blockDim.x) {
+    int c = e / K, k = e - c * K;
+    zk_lln_wt[k * WP + c] = w[e];
+  }
+  __syncthreads();
+  int lane = threadIdx.x & 31;
+  float gv[NL], bv[NL];
+#pragma unroll
+  for (int j = 0; j < NL; j++) {
+    gv[j] = HAS_G ? g[lane + 32 * j] : 1.0f;
+    bv[j] = HAS_B ? b[lane + 32 * j] : 0.0f;
+  }
+  zk_i64 r0 = ((zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * RPW;
+  for (int rr = 0; rr < RPW; rr++) {
+    zk_i64 row = r0 + rr;
+    if (row >= M) break; /* the whole warp leaves together */
+    float xr[KL];
+#pragma unroll
+    for (int q = 0; q < KL; q++) xr[q] = lane + 32 * q < K ? x[row * K + lane + 32 * q] : 0.0f;
+    float acc[NL];
+#pragma unroll
+    for (int j = 0; j < NL; j++) acc[j] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      float xk = __shfl_sync(ZK_FULL_MASK, xr[k / 32], k % 32);
+      const float *wk = zk_lln_wt + k * WP + lane;
+#pragma unroll
+      for (int j = 0; j < NL; j++) acc[j] += xk * wk[32 * j];
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NL; j++) {
+      p[row * N + lane + 32 * j] = acc[j];
+      sum += acc[j];
+    }
+    float mean = zk_warp_sum(sum) / (float)N, sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NL; j++) {
+      float d = acc[j] - mean;
+      sq += d * d;
+    }
+    float rstd = 1.0f / sqrtf(zk_warp_sum(sq) / (float)N + eps);
+#pragma unroll
+    for (int j = 0; j < NL; j++) {
+      float o = (acc[j] - mean) * rstd;
+      if (HAS_G) o *= gv[j];
+      if (HAS_B) o += bv[j];
+      y[zk_ln_at<N, HS, TS>(row, lane + 32 * j)] = o;
+    }
+  }
 }
 
 #endif /* ZK_LAYERNORM_CU */
