@@ -904,7 +904,7 @@ int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 /* linear_layernorm (x, w, [g, [b]]) -> p, y: runtime/kernels/layernorm.cu's
  * zk_linear_layernorm; the fold (train_graph.c) makes it only where that
  * kernel runs: K <= 64, N a multiple of 32 up to 256. */
-enum { LLN_ROWS_PER_WARP = 16 };
+enum { LLN_ROWS_PER_WARP = 4 };
 
 int zoo_cuda_linear_layernorm(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t M, K, N = dim_of(e, n->in[1], 0);

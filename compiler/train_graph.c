@@ -341,8 +341,12 @@ int zoo_norm_split_heads(zoo_graph *g) {
  * 256) becomes, with that layernorm, one linear_layernorm node making both
  * outputs under their old ids: p, which the layernorm's backward reads, and
  * the norm's y (split into heads if the norm was). On the CPU the same bits
- * as the two nodes; on CUDA one kernel (layernorm.cu). ZOO_NO_LINEAR_NORM=1
- * keeps the two. */
+ * as the two nodes; on CUDA one kernel (layernorm.cu). It is off unless the
+ * environment has ZOO_LINEAR_NORM=1: measured on the H200 (zoorun bench
+ * --quick --profile-steps, with and without it), the kernel takes 0.032 ms
+ * where cuBLASLt's GEMM and the norm's kernel take 0.034 at rebased 32/48
+ * (step 1.09 vs 1.08 ms), and 0.113 where they take 0.093 at 64/128 (2.73 vs
+ * 2.68 ms): it does not pay at these widths. */
 
 static int fold_linear_norm_one(zoo_graph *g, int i, char *dead) {
   const zoo_node *l = &g->nodes[i];
@@ -478,6 +482,6 @@ int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag 
   }
   fold_loss_step(g);
   if (zoo_env_on("ZOO_FUSED_LCE_STEP")) fold_linear_step(g);
-  if (!zoo_env_on("ZOO_NO_LINEAR_NORM")) fold_linear_norm(g);
+  if (zoo_env_on("ZOO_LINEAR_NORM")) fold_linear_norm(g);
   return 0;
 }

@@ -190,14 +190,13 @@ static void interleave_model(zoo_test_ctx *t, const char *name) {
                gk->nodes[poly0].attrs.i[0] == 0 && gi->nforward == gk->nforward - 4 &&
                gi->nnodes == gk->nnodes - 8 && graph_consistent(gi) && graph_consistent(gk) &&
                count_op(&ci->graph, ZOO_OP_SPLIT_HEADS) == 0 && graph_consistent(&ci->graph);
-    /* q is the projection-and-norm's (ReBased, linear_norm_rebased) or the
-     * projection's (Based) output */
+    /* q is the LayerNorm's (ReBased) or the projection's (Based) output */
     if (poly >= 0) {
       const zoo_node *n = &gi->nodes[poly];
       const zoo_type *qt = &gi->tensors[n->in[0]].type;
       int qp = gi->tensors[n->in[0]].producer;
       shape_ok &= qt->ndim == 3 && qp >= 0 &&
-                  gi->nodes[qp].op == (strcmp(name, "rebased") == 0 ? ZOO_OP_LINEAR_LAYERNORM : ZOO_OP_LINEAR);
+                  gi->nodes[qp].op == (strcmp(name, "rebased") == 0 ? ZOO_OP_LAYERNORM : ZOO_OP_LINEAR);
       span_ok = poly0 >= 0 && n->span.line == gk->nodes[poly0].span.line && n->span.line > 0 &&
                 n->span.col == gk->nodes[poly0].span.col && gi->nodes[bwd].span.line == n->span.line;
     }
@@ -250,8 +249,7 @@ TEST(norm_split_rebased) {
   const zoo_graph *gn = &pn->graph, *gk = &pk->graph;
   int split_ln = 0, split_bwd = 0;
   for (int i = 0; i < gn->nnodes; i++) {
-    /* folded with their projections afterwards (linear_norm_rebased) */
-    split_ln += gn->nodes[i].op == ZOO_OP_LINEAR_LAYERNORM && gn->nodes[i].attrs.i[0] == 6;
+    split_ln += gn->nodes[i].op == ZOO_OP_LAYERNORM && gn->nodes[i].attrs.i[0] == 6;
     split_bwd += gn->nodes[i].op == ZOO_OP_LAYERNORM_BWD && gn->nodes[i].attrs.i[0] == 6;
   }
   CHECK(split_ln == 2 && split_bwd == 2);
@@ -279,17 +277,18 @@ TEST(norm_split_rebased) {
   zoo_program_free(pn), zoo_program_free(pk), zoo_program_free(cn), zoo_program_free(ck);
 }
 
-/* The projection-and-norm fold (train_graph.c, after autodiff): ReBased's q
- * and k become linear_layernorm nodes (split into heads at value width 4, not
- * at 8 where poly_attention reads them interleaved), 2 launches fewer per
- * step, and a CPU step is the same bit for bit as with ZOO_NO_LINEAR_NORM=1. */
+/* The projection-and-norm fold (train_graph.c, after autodiff, with
+ * ZOO_LINEAR_NORM=1): ReBased's q and k become linear_layernorm nodes (split
+ * into heads at value width 4, not at 8 where poly_attention reads them
+ * interleaved), 2 launches fewer per step, and a CPU step is the same bit for
+ * bit as without the fold, which is the default. */
 static void linear_norm_model(zoo_test_ctx *t, const char *dm, int64_t heads) {
-  zoo_program *pf = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
-  char *saved = switch_env("ZOO_NO_LINEAR_NORM", 1);
   zoo_program *pk = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
   zoo_program *ck = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
-  switch_restore("ZOO_NO_LINEAR_NORM", saved);
+  char *saved = switch_env("ZOO_LINEAR_NORM", 1);
+  zoo_program *pf = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
   zoo_program *cf = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
+  switch_restore("ZOO_LINEAR_NORM", saved);
   CHECK(pf && pk && cf && ck);
   const zoo_graph *gf = &pf->graph, *gk = &pk->graph;
   int folded = 0;

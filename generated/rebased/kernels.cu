@@ -448,10 +448,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   well, and the norm then reads p back. w sits transposed in dynamic shared
  *   memory, wt[k][c] with rows of N + 1 floats (so both the block's fill,
  *   c fixed and k running, and the warps' reads, k fixed and c running, are
- *   free of bank conflicts): K (N + 1) floats. A warp takes RPW rows one after
- *   the other; lane l holds columns l, l + 32, ... (N / 32 of them, N a
- *   multiple of 32) and x's row k broadcast from the lane holding it. Grid
- *   ceil(M / (8 RPW)) blocks of 256 threads.
+ *   free of bank conflicts): K (N + 1) floats. A warp takes RPW rows together
+ *   (independent sums for the pipes); lane l holds columns l, l + 32, ...
+ *   (N / 32 of them, N a multiple of 32) of each, and x's element k comes
+ *   from the lane holding it by a shuffle. Grid ceil(M / (8 RPW)) blocks of
+ *   256 threads.
  *
  * Without w the layernorm_bwd's dw, db are zeros; the emitter clears them instead.
  */
@@ -627,48 +628,52 @@ __device__ __forceinline__ void zk_linear_layernorm(const float *__restrict__ x,
   }
   __syncthreads();
   int lane = threadIdx.x & 31;
-  float gv[NL], bv[NL];
-#pragma unroll
-  for (int j = 0; j < NL; j++) {
-    gv[j] = HAS_G ? g[lane + 32 * j] : 1.0f;
-    bv[j] = HAS_B ? b[lane + 32 * j] : 0.0f;
-  }
   zk_i64 r0 = ((zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * RPW;
-  for (int rr = 0; rr < RPW; rr++) {
-    zk_i64 row = r0 + rr;
-    if (row >= M) break; /* the whole warp leaves together */
-    float xr[KL];
+  if (r0 >= M) return; /* the whole warp leaves together */
+  /* the warp's RPW rows at once: independent chains for the FMA pipes */
+  float xr[RPW][KL], acc[RPW][NL];
 #pragma unroll
-    for (int q = 0; q < KL; q++) xr[q] = lane + 32 * q < K ? x[row * K + lane + 32 * q] : 0.0f;
-    float acc[NL];
+  for (int r = 0; r < RPW; r++) {
+    bool ok = r0 + r < M;
 #pragma unroll
-    for (int j = 0; j < NL; j++) acc[j] = 0.0f;
+    for (int q = 0; q < KL; q++) xr[r][q] = ok && lane + 32 * q < K ? x[(r0 + r) * K + lane + 32 * q] : 0.0f;
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-      float xk = __shfl_sync(ZK_FULL_MASK, xr[k / 32], k % 32);
-      const float *wk = zk_lln_wt + k * WP + lane;
+    for (int j = 0; j < NL; j++) acc[r][j] = 0.0f;
+  }
+#pragma unroll 8
+  for (int k = 0; k < K; k++) {
+    float wv[NL];
 #pragma unroll
-      for (int j = 0; j < NL; j++) acc[j] += xk * wk[32 * j];
+    for (int j = 0; j < NL; j++) wv[j] = zk_lln_wt[k * WP + lane + 32 * j];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) {
+      float xk = __shfl_sync(ZK_FULL_MASK, xr[r][k / 32], k % 32);
+#pragma unroll
+      for (int j = 0; j < NL; j++) acc[r][j] += xk * wv[j];
     }
+  }
+#pragma unroll
+  for (int r = 0; r < RPW; r++) {
+    zk_i64 row = r0 + r;
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < NL; j++) {
-      p[row * N + lane + 32 * j] = acc[j];
-      sum += acc[j];
-    }
+    for (int j = 0; j < NL; j++) sum += acc[r][j];
     float mean = zk_warp_sum(sum) / (float)N, sq = 0.0f;
 #pragma unroll
     for (int j = 0; j < NL; j++) {
-      float d = acc[j] - mean;
+      float d = acc[r][j] - mean;
       sq += d * d;
     }
     float rstd = 1.0f / sqrtf(zk_warp_sum(sq) / (float)N + eps);
+    if (row >= M) continue;
 #pragma unroll
     for (int j = 0; j < NL; j++) {
-      float o = (acc[j] - mean) * rstd;
-      if (HAS_G) o *= gv[j];
-      if (HAS_B) o += bv[j];
-      y[zk_ln_at<N, HS, TS>(row, lane + 32 * j)] = o;
+      int c = lane + 32 * j;
+      p[row * N + c] = acc[r][j];
+      float o = (acc[r][j] - mean) * rstd;
+      if (HAS_G) o *= g[c];
+      if (HAS_B) o += b[c];
+      y[zk_ln_at<N, HS, TS>(row, c)] = o;
     }
   }
 }
@@ -856,18 +861,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_linear_layernorm_6: node 14
-//   linear_layernorm -> f32[B, T, 192]         models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_linear_layernorm_6(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ g, const float *__restrict__ b, float *__restrict__ p, float *__restrict__ y) {
+// GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_layernorm_fwd_6: node 15
+//   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
-  zk_linear_layernorm<64, 192, true, true, 12, 128, 16>(x, w, g, b, p, y, 65536, 9.99999975e-06f);
+  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_linear_layernorm_7: node 15
-//   linear_layernorm -> f32[B, T, 192]         models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_linear_layernorm_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ g, const float *__restrict__ b, float *__restrict__ p, float *__restrict__ y) {
+// GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_layernorm_fwd_7: node 17
+//   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
-  zk_linear_layernorm<64, 192, true, true, 12, 128, 16>(x, w, g, b, p, y, 65536, 9.99999975e-06f);
+  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
@@ -1301,7 +1312,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_9: node 18
+// zoo_poly_attn_fwd_9: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
@@ -1319,7 +1330,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_11: node 22
+// zoo_layernorm_fused_11: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
@@ -1336,7 +1347,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_12: node 24
+// zoo_layernorm_fused_12: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
@@ -1457,21 +1468,21 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_13: node 25
+// zoo_label_count_13: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_14: node 25
+// zoo_label_write_14: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_15: node 26
+// zoo_gather_rows_15: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
@@ -1888,21 +1899,21 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_16: node 28
+// zoo_ce_count_16: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
   zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_17: node 28
+// zoo_ce_step_rows_17: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_18: node 28
+// zoo_ce_step_finish_18: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
@@ -1915,35 +1926,35 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const f
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_19: node 31
+// zoo_scatter_rows_19: node 33
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_20: node 32
+// zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_21: node 32
+// zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_22: node 33
+// zoo_layernorm_bwd_rows_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_23: node 33
+// zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -1982,14 +1993,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const floa
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_26: node 41
+// zoo_poly_attn_bwd_q_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 41
+// zoo_poly_attn_bwd_kv_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
@@ -2016,14 +2027,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_29: node 48
+// zoo_layernorm_bwd_rows_29: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_30: node 48
+// zoo_sum_partials_30: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2042,14 +2053,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_31: node 55
+// zoo_layernorm_bwd_rows_31: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 55
+// zoo_sum_partials_32: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2083,14 +2094,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_34: node 62
+// zoo_layernorm_bwd_rows_34: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 62
+// zoo_sum_partials_35: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2109,14 +2120,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 64
+// zoo_layernorm_bwd_rows_37: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 64
+// zoo_sum_partials_38: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2190,14 +2201,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_41: node 75
+// zoo_conv1d_bwd_rows_41: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_42: node 75
+// zoo_sum_partials_42: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2219,14 +2230,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_44: node 77
+// zoo_layernorm_bwd_rows_44: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 77
+// zoo_sum_partials_45: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
@@ -2282,14 +2293,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_48: node 81
+// zoo_embedding_bwd_48: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_49: node 82
+// zoo_embedding_bwd_49: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_49(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
@@ -2394,18 +2405,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_linear_layernorm_57: node 14
-//   linear_layernorm -> f32[B, T, 192]         models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_linear_layernorm_57(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ g, const float *__restrict__ b, float *__restrict__ p, float *__restrict__ y) {
+// GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_layernorm_fwd_57: node 15
+//   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_57(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
-  zk_linear_layernorm<64, 192, true, true, 12, 128, 16>(x, w, g, b, p, y, 65536, 9.99999975e-06f);
+  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_linear_layernorm_58: node 15
-//   linear_layernorm -> f32[B, T, 192]         models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_linear_layernorm_58(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ g, const float *__restrict__ b, float *__restrict__ p, float *__restrict__ y) {
+// GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
+//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_layernorm_fwd_58: node 17
+//   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_58(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
-  zk_linear_layernorm<64, 192, true, true, 12, 128, 16>(x, w, g, b, p, y, 65536, 9.99999975e-06f);
+  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
@@ -2419,7 +2436,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_split_heads(const floa
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_60: node 18
+// zoo_poly_attn_fwd_60: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
@@ -2437,7 +2454,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k61_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_62: node 22
+// zoo_layernorm_fused_62: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
@@ -2454,7 +2471,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_63: node 24
+// zoo_layernorm_fused_63: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
@@ -2470,21 +2487,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_64: node 25
+// zoo_label_count_64: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_count_64(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_65: node 25
+// zoo_label_write_65: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_label_write_65(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_66: node 26
+// zoo_gather_rows_66: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_66(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
@@ -2494,14 +2511,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_66(const float
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_67: node 28
+// zoo_ce_step_rows_67: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_67(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_68: node 28
+// zoo_ce_step_finish_68: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
 extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_68(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();

@@ -41,10 +41,11 @@
  *   well, and the norm then reads p back. w sits transposed in dynamic shared
  *   memory, wt[k][c] with rows of N + 1 floats (so both the block's fill,
  *   c fixed and k running, and the warps' reads, k fixed and c running, are
- *   free of bank conflicts): K (N + 1) floats. A warp takes RPW rows one after
- *   the other; lane l holds columns l, l + 32, ... (N / 32 of them, N a
- *   multiple of 32) and x's row k broadcast from the lane holding it. Grid
- *   ceil(M / (8 RPW)) blocks of 256 threads.
+ *   free of bank conflicts): K (N + 1) floats. A warp takes RPW rows together
+ *   (independent sums for the pipes); lane l holds columns l, l + 32, ...
+ *   (N / 32 of them, N a multiple of 32) of each, and x's element k comes
+ *   from the lane holding it by a shuffle. Grid ceil(M / (8 RPW)) blocks of
+ *   256 threads.
  *
  * Without w the layernorm_bwd's dw, db are zeros; the emitter clears them instead.
  */
@@ -220,48 +221,52 @@ __device__ __forceinline__ void zk_linear_layernorm(const float *__restrict__ x,
   }
   __syncthreads();
   int lane = threadIdx.x & 31;
-  float gv[NL], bv[NL];
-#pragma unroll
-  for (int j = 0; j < NL; j++) {
-    gv[j] = HAS_G ? g[lane + 32 * j] : 1.0f;
-    bv[j] = HAS_B ? b[lane + 32 * j] : 0.0f;
-  }
   zk_i64 r0 = ((zk_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * RPW;
-  for (int rr = 0; rr < RPW; rr++) {
-    zk_i64 row = r0 + rr;
-    if (row >= M) break; /* the whole warp leaves together */
-    float xr[KL];
+  if (r0 >= M) return; /* the whole warp leaves together */
+  /* the warp's RPW rows at once: independent chains for the FMA pipes */
+  float xr[RPW][KL], acc[RPW][NL];
 #pragma unroll
-    for (int q = 0; q < KL; q++) xr[q] = lane + 32 * q < K ? x[row * K + lane + 32 * q] : 0.0f;
-    float acc[NL];
+  for (int r = 0; r < RPW; r++) {
+    bool ok = r0 + r < M;
 #pragma unroll
-    for (int j = 0; j < NL; j++) acc[j] = 0.0f;
+    for (int q = 0; q < KL; q++) xr[r][q] = ok && lane + 32 * q < K ? x[(r0 + r) * K + lane + 32 * q] : 0.0f;
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-      float xk = __shfl_sync(ZK_FULL_MASK, xr[k / 32], k % 32);
-      const float *wk = zk_lln_wt + k * WP + lane;
+    for (int j = 0; j < NL; j++) acc[r][j] = 0.0f;
+  }
+#pragma unroll 8
+  for (int k = 0; k < K; k++) {
+    float wv[NL];
 #pragma unroll
-      for (int j = 0; j < NL; j++) acc[j] += xk * wk[32 * j];
+    for (int j = 0; j < NL; j++) wv[j] = zk_lln_wt[k * WP + lane + 32 * j];
+#pragma unroll
+    for (int r = 0; r < RPW; r++) {
+      float xk = __shfl_sync(ZK_FULL_MASK, xr[r][k / 32], k % 32);
+#pragma unroll
+      for (int j = 0; j < NL; j++) acc[r][j] += xk * wv[j];
     }
+  }
+#pragma unroll
+  for (int r = 0; r < RPW; r++) {
+    zk_i64 row = r0 + r;
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < NL; j++) {
-      p[row * N + lane + 32 * j] = acc[j];
-      sum += acc[j];
-    }
+    for (int j = 0; j < NL; j++) sum += acc[r][j];
     float mean = zk_warp_sum(sum) / (float)N, sq = 0.0f;
 #pragma unroll
     for (int j = 0; j < NL; j++) {
-      float d = acc[j] - mean;
+      float d = acc[r][j] - mean;
       sq += d * d;
     }
     float rstd = 1.0f / sqrtf(zk_warp_sum(sq) / (float)N + eps);
+    if (row >= M) continue;
 #pragma unroll
     for (int j = 0; j < NL; j++) {
-      float o = (acc[j] - mean) * rstd;
-      if (HAS_G) o *= gv[j];
-      if (HAS_B) o += bv[j];
-      y[zk_ln_at<N, HS, TS>(row, lane + 32 * j)] = o;
+      int c = lane + 32 * j;
+      p[row * N + c] = acc[r][j];
+      float o = (acc[r][j] - mean) * rstd;
+      if (HAS_G) o *= g[c];
+      if (HAS_B) o += b[c];
+      y[zk_ln_at<N, HS, TS>(row, c)] = o;
     }
   }
 }
