@@ -323,15 +323,19 @@ static int norm_split_one(zoo_graph *g, int i, char *dead) {
   return 1;
 }
 
-int zoo_norm_split_heads(zoo_graph *g) {
+/* Runs one(g, i, dead) on every node i, then drops the nodes it marked dead;
+ * returns how many times it rewrote. */
+static int rewrite_each(zoo_graph *g, int (*one)(zoo_graph *, int, char *)) {
   char *dead = calloc((size_t)g->nnodes + 1, 1);
   if (!dead) abort();
   int rewritten = 0;
-  for (int i = 0; i < g->nnodes; i++) rewritten += norm_split_one(g, i, dead);
+  for (int i = 0; i < g->nnodes; i++) rewritten += one(g, i, dead);
   if (rewritten) drop_nodes(g, dead);
   free(dead);
   return rewritten;
 }
+
+int zoo_norm_split_heads(zoo_graph *g) { return rewrite_each(g, norm_split_one); }
 
 /* ---------------------------------------------------------------------------
  * Projection and LayerNorm. ReBased's q and k are layernorm(linear(x, w)) with
@@ -378,15 +382,7 @@ static int fold_linear_norm_one(zoo_graph *g, int i, char *dead) {
   return 1;
 }
 
-static int fold_linear_norm(zoo_graph *g) {
-  char *dead = calloc((size_t)g->nnodes + 1, 1);
-  if (!dead) abort();
-  int folded = 0;
-  for (int i = 0; i < g->nnodes; i++) folded += fold_linear_norm_one(g, i, dead);
-  if (folded) drop_nodes(g, dead);
-  free(dead);
-  return folded;
-}
+static int fold_linear_norm(zoo_graph *g) { return rewrite_each(g, fold_linear_norm_one); }
 
 int zoo_train_graph(zoo_graph *g, zoo_diag *d) {
   return zoo_train_graph_head(g, zoo_env_on("ZOO_NO_FUSED_HEAD") ? ZOO_HEAD_PLAIN : ZOO_HEAD_FUSED, 0, d);
