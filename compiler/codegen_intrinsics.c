@@ -231,6 +231,20 @@ static int poly_rows(int64_t T, int64_t DV, int most) {
   return R > tiles ? (int)tiles : R;
 }
 
+/* The backward's rows per thread: poly_rows with at most 2, or
+ * ZOO_POLY_BWD_ROWS (1, 2 or 4) from the environment, for measuring. The
+ * rule's 1 for value widths over 8 stands measured on the H200 (zoorun bench
+ * --only rebased, device run 7 of session 4): 2 rows took rebased 128/512
+ * from 26.27 to 26.38 ms and 512/512 from 98.84 to 105.62 ms, 4 rows to 26.71
+ * and 139.79 ms. */
+static int poly_bwd_rows(int64_t T, int64_t DV) {
+  const char *env = getenv("ZOO_POLY_BWD_ROWS");
+  int want = env ? atoi(env) : 0;
+  if (want != 1 && want != 2 && want != 4) return poly_rows(T, DV, 2);
+  int64_t tiles = cdiv(T, poly_tile(T));
+  return want > tiles ? (int)tiles : want;
+}
+
 /* The five float attributes as literals "c0, c1, c2, scale" and eps. */
 static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_t elen) {
   char a[4][48];
@@ -423,7 +437,7 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
-  int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 2);
+  int BQ = poly_tile(a.T), R = poly_bwd_rows(a.T, a.DV);
   int64_t scratch = a.BH * a.T * (a.DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
   int64_t grid = a.BH * cdiv(a.T, (int64_t)BQ * R);
   char name[64], c[200], eps[48];
