@@ -186,6 +186,22 @@ static int is_read(const zoo_graph *g, int t, const char *dead) {
   return reads_of(g, t, dead, &unused) > 0 || t == g->output;
 }
 
+/* Puts the rewritten node f in node i's place when the types its shape rule
+ * gives are those the tensors f->out[] already have; each output then names
+ * node i as its producer. Returns 1, or 0 with the graph as it was. Every
+ * rewrite below goes through it, so a rewritten node is checked as one made
+ * from .zoo would be. */
+static int replace_node(zoo_graph *g, int i, const zoo_node *f) {
+  zoo_type types[ZOO_MAX_OUT];
+  char err[256];
+  if (zoo_shape_infer(g, f, types, err, sizeof err) != 0) return 0;
+  for (int k = 0; k < f->nout; k++)
+    if (!zoo_type_eq(&types[k], &g->tensors[f->out[k]].type)) return 0;
+  g->nodes[i] = *f;
+  for (int k = 0; k < f->nout; k++) g->tensors[f->out[k]].producer = i, g->tensors[f->out[k]].out_index = k;
+  return 1;
+}
+
 /* Rewrites poly_attention node i when its inputs come from split_heads of one
  * H and its output goes to one merge_heads alone; marks the merge_heads dead
  * and its split_heads in `touched`. Returns 1 when rewritten, else 0 with the
@@ -207,19 +223,12 @@ static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
   if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
   int y = g->nodes[merge].out[0];
 
-  zoo_node m = *n; /* the node in layout 1, checked before it replaces n */
+  zoo_node m = *n; /* the node in layout 1 (z keeps [B, H, T]) */
   for (int k = 0; k < 3; k++) m.in[k] = g->nodes[split[k]].in[0];
   m.attrs.i[0] = 1;
   m.attrs.i[1] = heads;
-  zoo_type out[ZOO_MAX_OUT];
-  char err[256];
-  if (zoo_shape_infer(g, &m, out, err, sizeof err) != 0 || !zoo_type_eq(&out[0], &g->tensors[y].type) ||
-      !zoo_type_eq(&out[1], &g->tensors[n->out[1]].type)) /* z: [B, H, T] in both layouts */
-    return 0;
   m.out[0] = y;
-  *n = m;
-  g->tensors[y].producer = i;
-  g->tensors[y].out_index = 0;
+  if (!replace_node(g, i, &m)) return 0;
   g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
   dead[merge] = 1;
   for (int k = 0; k < 3; k++) touched[split[k]] = 1;
@@ -273,24 +282,16 @@ static int fold_linear_step(zoo_graph *g) {
       pm = i, matmuls++;
   }
   int ok = matmuls == 1 && only_reader(g, logits, dead) == ps;
-  zoo_node f = *lin; /* the folded node, checked before it replaces the linear */
   if (ok) {
+    zoo_node f = *lin; /* the folded node, in the linear's place */
     f.op = ZOO_OP_LINEAR_CROSS_ENTROPY_STEP;
     f.nin = 4, f.nout = 4;
     f.in[2] = ce->in[1], f.in[3] = ce->in[2];
     f.attrs = ce->attrs;
-    int outs[4] = {ce->out[0], ce->out[1], dlogits, g->nodes[pm].out[0]};
-    zoo_type types[ZOO_MAX_OUT];
-    char err[256];
-    ok = zoo_shape_infer(g, &f, types, err, sizeof err) == 0;
-    for (int k = 0; ok && k < 4; k++) {
-      f.out[k] = outs[k];
-      ok = zoo_type_eq(&types[k], &g->tensors[outs[k]].type);
-    }
+    f.out[0] = ce->out[0], f.out[1] = ce->out[1], f.out[2] = dlogits, f.out[3] = g->nodes[pm].out[0];
+    ok = replace_node(g, pl, &f);
   }
   if (ok) {
-    g->nodes[pl] = f;
-    for (int k = 0; k < 4; k++) g->tensors[f.out[k]].producer = pl, g->tensors[f.out[k]].out_index = k;
     g->tensors[logits].producer = -1; /* a value no node makes: not computed, not allocated */
     dead[ps] = dead[pm] = 1;
     drop_nodes(g, dead);
@@ -311,13 +312,8 @@ static int norm_split_one(zoo_graph *g, int i, char *dead) {
   int ys = g->nodes[split].out[0];
   zoo_node m = *n;
   m.attrs.i[0] = g->nodes[split].attrs.i[0];
-  zoo_type out[ZOO_MAX_OUT];
-  char err[256];
-  if (zoo_shape_infer(g, &m, out, err, sizeof err) != 0 || !zoo_type_eq(&out[0], &g->tensors[ys].type)) return 0;
   m.out[0] = ys;
-  *n = m;
-  g->tensors[ys].producer = i;
-  g->tensors[ys].out_index = 0;
+  if (!replace_node(g, i, &m)) return 0;
   g->tensors[y].producer = -1; /* a value no node makes: not computed, not allocated */
   dead[split] = 1;
   return 1;
@@ -370,14 +366,7 @@ static int fold_linear_norm_one(zoo_graph *g, int i, char *dead) {
   f.nout = 2;
   f.out[1] = m->out[0];
   f.attrs = m->attrs;
-  zoo_type types[ZOO_MAX_OUT];
-  char err[256];
-  if (zoo_shape_infer(g, &f, types, err, sizeof err) != 0 || !zoo_type_eq(&types[0], &g->tensors[f.out[0]].type) ||
-      !zoo_type_eq(&types[1], &g->tensors[f.out[1]].type))
-    return 0;
-  g->nodes[i] = f;
-  g->tensors[f.out[1]].producer = i;
-  g->tensors[f.out[1]].out_index = 1;
+  if (!replace_node(g, i, &f)) return 0;
   dead[ln] = 1;
   return 1;
 }

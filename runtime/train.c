@@ -230,19 +230,19 @@ static int train_save(trainer *tr, int finished) {
                                          "best_accuracy", "last_accuracy", "last_valid_loss",
                                          "seed",        "data_seed",       "config_hash", "model_hash",
                                          "elapsed_s",   "finished"};
-  snprintf(w->values[0], 40, "zoo");
-  snprintf(w->values[1], 40, "1");
-  snprintf(w->values[2], 40, "%d", tr->epoch);
-  snprintf(w->values[3], 40, "%lld", (long long)step);
-  snprintf(w->values[4], 40, "%.17g", tr->best);
-  snprintf(w->values[5], 40, "%.17g", tr->last_acc);
-  snprintf(w->values[6], 40, "%.17g", tr->last_vloss);
-  snprintf(w->values[7], 40, "%lld", (long long)tr->c->seed);
-  snprintf(w->values[8], 40, "%lld", (long long)tr->c->data_seed);
-  snprintf(w->values[9], 40, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
-  snprintf(w->values[10], 40, "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
-  snprintf(w->values[11], 40, "%.3f", train_elapsed(tr));
-  snprintf(w->values[12], 40, "%s", finished ? "1" : "0");
+  snprintf(w->values[0], sizeof w->values[0], "zoo");
+  snprintf(w->values[1], sizeof w->values[1], "1");
+  snprintf(w->values[2], sizeof w->values[2], "%d", tr->epoch);
+  snprintf(w->values[3], sizeof w->values[3], "%lld", (long long)step);
+  snprintf(w->values[4], sizeof w->values[4], "%.17g", tr->best);
+  snprintf(w->values[5], sizeof w->values[5], "%.17g", tr->last_acc);
+  snprintf(w->values[6], sizeof w->values[6], "%.17g", tr->last_vloss);
+  snprintf(w->values[7], sizeof w->values[7], "%lld", (long long)tr->c->seed);
+  snprintf(w->values[8], sizeof w->values[8], "%lld", (long long)tr->c->data_seed);
+  snprintf(w->values[9], sizeof w->values[9], "%016llx", (unsigned long long)zoo_config_hash(tr->c));
+  snprintf(w->values[10], sizeof w->values[10], "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
+  snprintf(w->values[11], sizeof w->values[11], "%.3f", train_elapsed(tr));
+  snprintf(w->values[12], sizeof w->values[12], "%s", finished ? "1" : "0");
   for (int i = 0; i < CKPT_NMETA; i++) w->meta[i] = (zoo_ckpt_meta){keys[i], w->values[i]};
   w->path = tr->ckpt_path;
   w->g = tr->g;

@@ -63,5 +63,10 @@ int zoo_test_golden(zoo_test_ctx *t, const char *golden_path, const char *text);
 char *zoo_test_read(const char *path, size_t *len);
 /* The number of times needle occurs in hay. */
 int zoo_test_count(const char *hay, const char *needle);
+/* Sets the environment variable `name` to value (NULL: unsets it); returns
+ * its old value (malloc'ed, or NULL) for zoo_test_env_restore, which puts it
+ * back and frees it. */
+char *zoo_test_env_set(const char *name, const char *value);
+void zoo_test_env_restore(const char *name, char *saved);
 
 #endif

@@ -949,13 +949,9 @@ static const named_case poly_chunked_long_cases[] = {
 
 /* Runs cases with ZOO_POLY_FORM=form, restoring the variable after. */
 static int run_cases_form(zoo_test_ctx *t, const named_case *cases, int n, int emu, const char *form) {
-  const char *old = getenv("ZOO_POLY_FORM");
-  char *saved = old ? strdup(old) : NULL;
-  setenv("ZOO_POLY_FORM", form, 1);
+  char *saved = zoo_test_env_set("ZOO_POLY_FORM", form);
   int failed = run_cases(t, cases, n, emu);
-  if (saved) setenv("ZOO_POLY_FORM", saved, 1);
-  else unsetenv("ZOO_POLY_FORM");
-  free(saved);
+  zoo_test_env_restore("ZOO_POLY_FORM", saved);
   return failed;
 }
 
@@ -1080,8 +1076,7 @@ static const named_case lce_step_cases[] = {
 };
 
 static int lce_step_rows(zoo_test_ctx *t, int mode) {
-  const char *old = getenv("ZOO_LCE_STEP_ROWS");
-  char *saved = old ? strdup(old) : NULL;
+  char *saved = zoo_test_env_set("ZOO_LCE_STEP_ROWS", NULL);
   const char *rows[4] = {"16", "32", "48", "64"};
   int failed = 0;
   for (int k = 0; k < 4; k++) {
@@ -1090,9 +1085,7 @@ static int lce_step_rows(zoo_test_ctx *t, int mode) {
     if (f) fprintf(stderr, "  %d case(s) differ with %s rows per block\n", f, rows[k]);
     failed += f;
   }
-  if (saved) setenv("ZOO_LCE_STEP_ROWS", saved, 1);
-  else unsetenv("ZOO_LCE_STEP_ROWS");
-  free(saved);
+  zoo_test_env_restore("ZOO_LCE_STEP_ROWS", saved);
   return failed;
 }
 

@@ -281,22 +281,6 @@ TEST(head_compact_based) { head_model(t, "based", ZOO_HEAD_COMPACT); }
 TEST(head_compact_conv_attention) { head_model(t, "conv_attention", ZOO_HEAD_COMPACT); }
 TEST(head_compact_attention) { head_model(t, "attention", ZOO_HEAD_COMPACT); }
 
-/* Sets (value NULL: unsets) an environment variable; returns its old value
- * for env_restore. */
-static char *env_swap(const char *name, const char *value) {
-  const char *old = getenv(name);
-  char *saved = old ? strdup(old) : NULL;
-  if (value) setenv(name, value, 1);
-  else unsetenv(name);
-  return saved;
-}
-
-static void env_restore(const char *name, char *saved) {
-  if (saved) setenv(name, saved, 1);
-  else unsetenv(name);
-  free(saved);
-}
-
 /* The compacted head's step folded into linear_cross_entropy_step (with
  * ZOO_FUSED_LCE_STEP=1) against the same graph without (linear,
  * cross_entropy_step and the matmul of linear's input gradient): the same
@@ -304,11 +288,11 @@ static void env_restore(const char *name, char *saved) {
  * bit for bit. */
 static void step_fold(zoo_test_ctx *t, const char *name) {
   run f, u;
-  char *saved = env_swap("ZOO_FUSED_LCE_STEP", "1");
+  char *saved = zoo_test_env_set("ZOO_FUSED_LCE_STEP", "1");
   int rf = run_init_at(&f, name, ZOO_HEAD_COMPACT, HVC, 24);
   unsetenv("ZOO_FUSED_LCE_STEP");
   int ru = run_init_at(&u, name, ZOO_HEAD_COMPACT, HVC, 24);
-  env_restore("ZOO_FUSED_LCE_STEP", saved);
+  zoo_test_env_restore("ZOO_FUSED_LCE_STEP", saved);
   if (rf || ru) {
     run_free(&f), run_free(&u);
     CHECKF(0, "%s does not compile or bind", name);
@@ -355,10 +339,10 @@ TEST(head_step_fold_conditions) {
       {HVC, 24, "1", ZOO_HEAD_PLAIN, 0},    {HVC, 64, "1", ZOO_HEAD_COMPACT, 1},
   };
   for (int c = 0; c < (int)(sizeof cases / sizeof *cases); c++) {
-    char *saved = env_swap("ZOO_FUSED_LCE_STEP", cases[c].on);
+    char *saved = zoo_test_env_set("ZOO_FUSED_LCE_STEP", cases[c].on);
     run r;
     int rc = run_init_at(&r, "rebased", cases[c].head, cases[c].V, cases[c].dm);
-    env_restore("ZOO_FUSED_LCE_STEP", saved);
+    zoo_test_env_restore("ZOO_FUSED_LCE_STEP", saved);
     int folded = -1, consistent = 0;
     if (rc == 0) {
       const zoo_graph *g = &r.p->graph;
@@ -373,8 +357,7 @@ TEST(head_step_fold_conditions) {
 
 /* ZOO_NO_FUSED_HEAD=1 keeps the logits; zoo_train_graph fuses by default. */
 TEST(head_switch) {
-  const char *old = getenv("ZOO_NO_FUSED_HEAD");
-  char *saved = old ? strdup(old) : NULL;
+  char *saved = zoo_test_env_set("ZOO_NO_FUSED_HEAD", NULL);
   int outputs[2], losses[2];
   for (int k = 0; k < 2; k++) {
     if (k == 0) unsetenv("ZOO_NO_FUSED_HEAD");
@@ -390,9 +373,7 @@ TEST(head_switch) {
     }
     if (p) zoo_program_free(p);
   }
-  if (saved) setenv("ZOO_NO_FUSED_HEAD", saved, 1);
-  else unsetenv("ZOO_NO_FUSED_HEAD");
-  free(saved);
+  zoo_test_env_restore("ZOO_NO_FUSED_HEAD", saved);
   CHECK(outputs[0] == -1 && losses[0] == ZOO_OP_LINEAR_CROSS_ENTROPY);
   CHECK(outputs[1] >= 0 && losses[1] == ZOO_OP_CROSS_ENTROPY_STEP);
 }

@@ -60,21 +60,6 @@ static int find_op(const zoo_graph *g, zoo_op op) {
 
 enum { IB = 4, IT = 24, IV = 37 };
 
-/* Sets or clears the switch `name`; returns the old value (to free). */
-static char *switch_env(const char *name, int on) {
-  const char *old = getenv(name);
-  char *saved = old ? strdup(old) : NULL;
-  if (on) setenv(name, "1", 1);
-  else unsetenv(name);
-  return saved;
-}
-
-static void switch_restore(const char *name, char *saved) {
-  if (saved) setenv(name, saved, 1);
-  else unsetenv(name);
-  free(saved);
-}
-
 /* models/<name>.zoo at d_model `dm`, six heads (value width dm / 6), its
  * training graph with `head`; keep: the copies kept (both rewrites off, as
  * ZOO_NO_INTERLEAVED_HEADS=1 ZOO_NO_NORM_SPLIT=1 in the environment), or, with
@@ -88,11 +73,11 @@ static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head h
   zoo_diag_init(&d, stderr);
   zoo_program *p = NULL;
   if (zoo_compile(&o, &d, &p) != 0 || !p) return NULL;
-  char *saved = switch_env("ZOO_NO_INTERLEAVED_HEADS", keep == 1);
-  char *saved2 = switch_env("ZOO_NO_NORM_SPLIT", keep != 0);
+  char *saved = zoo_test_env_set("ZOO_NO_INTERLEAVED_HEADS", keep == 1 ? "1" : NULL);
+  char *saved2 = zoo_test_env_set("ZOO_NO_NORM_SPLIT", keep != 0 ? "1" : NULL);
   int rc = zoo_train_graph_head(&p->graph, head, IT, &d);
-  switch_restore("ZOO_NO_INTERLEAVED_HEADS", saved);
-  switch_restore("ZOO_NO_NORM_SPLIT", saved2);
+  zoo_test_env_restore("ZOO_NO_INTERLEAVED_HEADS", saved);
+  zoo_test_env_restore("ZOO_NO_NORM_SPLIT", saved2);
   if (rc != 0) {
     zoo_program_free(p);
     return NULL;
@@ -307,10 +292,10 @@ TEST(norm_split_rebased) {
 static void linear_norm_model(zoo_test_ctx *t, const char *dm, int64_t heads) {
   zoo_program *pk = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
   zoo_program *ck = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
-  char *saved = switch_env("ZOO_LINEAR_NORM", 1);
+  char *saved = zoo_test_env_set("ZOO_LINEAR_NORM", "1");
   zoo_program *pf = compile_train_d("rebased", dm, ZOO_HEAD_FUSED, 0);
   zoo_program *cf = compile_train_d("rebased", dm, ZOO_HEAD_COMPACT, 0);
-  switch_restore("ZOO_LINEAR_NORM", saved);
+  zoo_test_env_restore("ZOO_LINEAR_NORM", saved);
   CHECK(pf && pk && cf && ck);
   const zoo_graph *gf = &pf->graph, *gk = &pk->graph;
   int folded = 0;

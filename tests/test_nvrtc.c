@@ -294,9 +294,7 @@ TEST(nvrtc_cache_and_failures) {
   if (!nvrtc_here(why, sizeof why)) SKIP("%s", why);
   char dir[] = "/tmp/zoo-nvrtc-test-XXXXXX";
   CHECK(mkdtemp(dir));
-  const char *old = getenv("ZOO_CACHE_DIR");
-  char *saved = old ? strdup(old) : NULL;
-  setenv("ZOO_CACHE_DIR", dir, 1);
+  char *saved = zoo_test_env_set("ZOO_CACHE_DIR", dir);
   char src[256];
   snprintf(src, sizeof src, "extern \"C\" __global__ void k(float *x) { x[threadIdx.x] *= %d.0f; }\n",
            (int)getpid() % 1000);
@@ -305,9 +303,7 @@ TEST(nvrtc_cache_and_failures) {
   int r1 = zoo_nvrtc_compile(src, "t.cu", "sm_90", NULL, &c1, err, sizeof err);
   int r2 = r1 == 0 ? zoo_nvrtc_compile(src, "t.cu", "sm_90", NULL, &c2, err, sizeof err) : -1;
   int r3 = zoo_nvrtc_compile("this is not CUDA", "bad.cu", "sm_90", NULL, &c3, err, sizeof err);
-  if (saved) setenv("ZOO_CACHE_DIR", saved, 1);
-  else unsetenv("ZOO_CACHE_DIR");
-  free(saved);
+  zoo_test_env_restore("ZOO_CACHE_DIR", saved);
   CHECKF(r1 == 0 && r2 == 0, "%s", err);
   CHECK(!c1.cached && c2.cached);
   CHECK(c1.size == c2.size && memcmp(c1.data, c2.data, c1.size) == 0);
