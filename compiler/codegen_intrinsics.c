@@ -1367,14 +1367,15 @@ int zoo_cuda_embedding(zoo_cuda_emit *e, const zoo_node *n) {
   int w = n->in[0], ids = n->in[1];
   int64_t V = dim_of(e, w, 0), D = dim_of(e, w, 1), N = zoo_cuda_numel(e, ids);
   if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
+  int by4 = D % 4 == 0; /* 16-byte rows (see embedding.cu) */
   char name[64];
   kernel_name(e, n, "embedding_fwd", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ w, "
                     "const int *__restrict__ ids, float *__restrict__ y) {\n"
-                    "  zk_embedding_fwd<%lld, %lld>(w, ids, y, %lldLL);\n}\n",
-                    name, (long long)V, (long long)D, (long long)N);
-  zoo_step *s = launch(e, n, name, cdiv(N * D, 256), 256, 0);
+                    "  zk_embedding_fwd%s<%lld, %lld>(w, ids, y, %lldLL);\n}\n",
+                    name, by4 ? "4" : "", (long long)V, (long long)D, (long long)N);
+  zoo_step *s = launch(e, n, name, cdiv(N * D, by4 ? 1024 : 256), 256, 0);
   if (!s) return -1;
   arg_tensor(s, w);
   arg_tensor(s, ids);
@@ -1382,11 +1383,8 @@ int zoo_cuda_embedding(zoo_cuda_emit *e, const zoo_node *n) {
   return 0;
 }
 
-int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
-  int dw = n->out[0], ids = n->in[1];
-  int64_t V = dim_of(e, dw, 0), D = dim_of(e, dw, 1), N = zoo_cuda_numel(e, ids);
-  if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
-  zero_step(e, n, dw);
+/* embedding_bwd by atomicAdd (embedding.cu: exact when the ids are distinct). */
+static int embedding_bwd_scatter(zoo_cuda_emit *e, const zoo_node *n, int64_t V, int64_t D, int64_t N) {
   /* blocks of about 16 rows per thread group (see embedding.cu) */
   int64_t groups = 256 / (D < 256 ? D : 256), P = cdiv(N, 16 * groups);
   if (P < 1) P = 1;
@@ -1400,8 +1398,85 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_step *s = launch(e, n, name, P, 256, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  arg_tensor(s, n->out[0]);
+  return 0;
+}
+
+#define EMB_R 1024        /* embedding.cu's ZK_EMB_R */
+#define EMB_S 64          /* ZK_EMB_S */
+#define EMB_MAX_V 12272   /* ZK_EMB_MAX_V */
+
+/* embedding_bwd in a fixed order: count, offsets, place, sum (embedding.cu). */
+int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  int dw = n->out[0], ids = n->in[1];
+  int64_t V = dim_of(e, dw, 0), D = dim_of(e, dw, 1), N = zoo_cuda_numel(e, ids);
+  if (want_int(e, "V", V) || want_int(e, "D", D) || need(e, "embedding.cu", NULL, NULL)) return -1;
+  if (N > 2147483647LL) return fail(e, "embedding_bwd: %lld rows (at most 2^31 - 1)", (long long)N);
+  zero_step(e, n, dw);
+  int p = e->g->tensors[ids].producer;
+  if ((p >= 0 && e->g->nodes[p].op == ZOO_OP_ARANGE) || V > EMB_MAX_V) return embedding_bwd_scatter(e, n, V, D, N);
+
+  int64_t C = cdiv(N, EMB_R), NP = cdiv(N, EMB_S);
+  int64_t off_total = align16(C * V * 4), off_start = off_total + align16(V * 4);
+  int64_t off_sorted = off_start + align16((V + 1) * 4), off_end = off_sorted + align16(N * 4);
+  int64_t off_first = off_end + align16(NP * 4), off_last = off_first + align16(NP * D * 4);
+  int64_t scratch = off_last + align16(NP * D * 4);
+  char name[64];
+  kernel_name(e, n, "emb_count", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ ids, "
+                    "int *__restrict__ cnt) {\n  zk_emb_count<%lld>(ids, cnt, %lldLL);\n}\n",
+                    name, (long long)V, (long long)N);
+  zoo_step *s = launch(e, n, name, C, 256, 0);
+  if (!s) return -1;
   arg_tensor(s, ids);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "emb_offsets", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(int *__restrict__ cnt, "
+                    "int *__restrict__ total) {\n  zk_emb_offsets<%lld, %lld>(cnt, total);\n}\n",
+                    name, (long long)V, (long long)C);
+  if (!(s = launch(e, n, name, cdiv(V, 256), 256, 0))) return -1;
+  arg_scratch(s, 0);
+  arg_scratch(s, off_total);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "emb_place", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ ids, "
+                    "const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, "
+                    "int *__restrict__ sorted) {\n  zk_emb_place<%lld>(ids, cnt, total, start, sorted, %lldLL);\n}\n",
+                    name, (long long)V, (long long)N);
+  if (!(s = launch(e, n, name, C, 256, 0))) return -1;
+  arg_tensor(s, ids);
+  arg_scratch(s, 0);
+  arg_scratch(s, off_total);
+  arg_scratch(s, off_start);
+  arg_scratch(s, off_sorted);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "emb_sum", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
+                    "const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, "
+                    "float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, "
+                    "float *__restrict__ dw, unsigned *__restrict__ counter) {\n"
+                    "  zk_emb_sum<%lld, %lld>(dy, ids, sorted, start, first, last, end, dw, counter, %lldLL);\n}\n",
+                    name, (long long)V, (long long)D, (long long)N);
+  if (!(s = launch(e, n, name, cdiv(NP, 8), 256, 0))) return -1;
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, ids);
+  arg_scratch(s, off_sorted);
+  arg_scratch(s, off_start);
+  arg_scratch(s, off_first);
+  arg_scratch(s, off_last);
+  arg_scratch(s, off_end);
   arg_tensor(s, dw);
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+  s->scratch_bytes = scratch;
   return 0;
 }
 

@@ -834,6 +834,19 @@ static int c_embedding(ocase *c) {
   int in[2] = {w, ids};
   return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
 }
+/* Many rows, few ids (each id's rows span several of the backward's pieces
+ * and chunks) and many ids; D 40 (a partial warp of columns, the forward's
+ * one-float path) and 64 (16-byte rows). */
+static int c_embedding_hot(ocase *c) {
+  int w = oc_f32(c, V_SIGNED, DIMS(300, 40)), ids = oc_i32(c, V_IDS, 0, 5, DIMS(8, 400));
+  int in[2] = {w, ids};
+  return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
+}
+static int c_embedding_wide(ocase *c) {
+  int w = oc_f32(c, V_SIGNED, DIMS(300, 64)), ids = oc_i32(c, V_IDS, 0, 300, DIMS(8, 400));
+  int in[2] = {w, ids};
+  return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
+}
 static int c_arange(ocase *c) {
   zoo_attrs a = A0();
   a.ndim = 1;
@@ -1023,6 +1036,8 @@ static int c_rows(ocase *c) {
 
 static const named_case intrinsics_cases[] = {
       {"embedding", c_embedding, 1e-4, 1},
+      {"embedding_hot_ids", c_embedding_hot, 1e-4, 1},
+      {"embedding_many_ids", c_embedding_wide, 1e-4, 1},
       {"arange", c_arange, 0, 0},
       {"cumsum", c_cumsum, 1e-4, 1},
       {"causal_conv1d", c_conv, 1e-4, 1},
@@ -1421,6 +1436,82 @@ static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int f
   cpu->free(cpu);
   zoo_program_free(p);
   CHECKF(ok, "%s (accum %d): the GPU's training steps differ from the CPU's", model, accum);
+}
+
+/* Two CUDA backends, one after the other, take the same 3 steps from the same
+ * parameters: the parameters must come out the same bit for bit (no
+ * timing-dependent order of additions anywhere in a step: embedding.cu's
+ * sorted backward, fixed-order partial sums, the same GEMM algorithms). 64 x
+ * 64 rows over a vocabulary of 64 give the embedding's backward many rows per
+ * id, across its chunks and pieces. */
+static int train_twice_state(zoo_graph *g, int64_t B, int64_t T, int64_t V, float **p0, float **out, char *err,
+                             size_t n) {
+  zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, ZOO_FP32, err, n);
+  if (!gpu) return -1;
+  int ok = gpu->set_state(gpu, p0, NULL, NULL, 0) == 0;
+  int32_t *tok = malloc((size_t)(B * T) * 4), *tgt = malloc((size_t)(B * T) * 4);
+  uint64_t r = 5;
+  zoo_adamw opt = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f};
+  zoo_metrics m;
+  for (int s = 0; s < 3 && ok; s++) {
+    for (int64_t e = 0; e < B * T; e++) {
+      r = zoo_rng_mix(r + 1);
+      tok[e] = (r >> 40) % 4 ? 0 : (int32_t)(r % (uint64_t)V); /* token 0 in three rows of four, as MQAR's fill */
+      tgt[e] = (r >> 20) % 4 == 0 ? (int32_t)((r >> 30) % (uint64_t)V) : -100;
+    }
+    const int32_t *tk[1] = {tok}, *tg[1] = {tgt};
+    int rows[1] = {(int)B};
+    ok = gpu->train_step(gpu, 1, tk, tg, rows, &opt, zoo_rng_mix(77 + (uint64_t)s), &m) >= 0;
+  }
+  ok = ok && gpu->sync(gpu, &m) == 0 && gpu->get_state(gpu, out, NULL, NULL, NULL) == 0;
+  if (!ok) snprintf(err, n, "%s", gpu->err);
+  free(tok), free(tgt);
+  gpu->free(gpu);
+  return ok ? 0 : -1;
+}
+
+TEST(gpu_train_reproducible) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "32"}, {"seq_len", "64"}};
+  zoo_compile_opts o = {.path = "models/rebased.zoo", .defines = defs, .ndefines = 3};
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *p = NULL;
+  CHECK(zoo_compile(&o, &d, &p) == 0);
+  zoo_graph *g = &p->graph;
+  CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 32, &d) == 0);
+  const int64_t B = 64, T = 64, V = 64;
+  char err[1024];
+  if (mode == MODE_PRECOMPILE) {
+    int r = zoo_cuda_precompile(g, B, T, "sm_90", err, sizeof err);
+    zoo_program_free(p);
+    CHECKF(r == 0, "precompile: %s", err);
+    SKIP("precompiled for sm_90 only");
+  }
+  int np = g->nparams;
+  float **p0 = calloc((size_t)np, sizeof *p0), **a = calloc((size_t)np, sizeof *a), **b = calloc((size_t)np, sizeof *b);
+  for (int i = 0; i < np; i++) {
+    size_t n = (size_t)zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    p0[i] = malloc(n * 4), a[i] = malloc(n * 4), b[i] = malloc(n * 4);
+  }
+  zoo_train_init_params(g, 3, p0);
+  int ok = train_twice_state(g, B, T, V, p0, a, err, sizeof err) == 0 &&
+           train_twice_state(g, B, T, V, p0, b, err, sizeof err) == 0;
+  if (!ok) fprintf(stderr, "  %s\n", err);
+  int same = 1;
+  for (int i = 0; ok && i < np; i++) {
+    size_t n = (size_t)zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    if (memcmp(a[i], b[i], n * 4) != 0) {
+      fprintf(stderr, "  %s differs between the two runs\n", g->tensors[g->params[i]].name);
+      same = 0;
+    }
+  }
+  for (int i = 0; i < np; i++) free(p0[i]), free(a[i]), free(b[i]);
+  free(p0), free(a), free(b);
+  zoo_program_free(p);
+  CHECK(ok);
+  CHECKF(same, "two runs of the same steps gave different parameters");
 }
 
 static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec) {

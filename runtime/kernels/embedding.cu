@@ -1,21 +1,59 @@
 /* embedding.cu: embedding (gather) and embedding_bwd (scatter-add) (ops.def).
  *
  * Shapes: w, dw [V, D]; ids i32 [N] (leading axes flattened); y, dy [N, D].
- * Constants: V, D, P. Consecutive threads take consecutive columns, so loads
- * and stores are coalesced. An id outside [0, V) (which the data layer rejects
- * before a step) reads and writes nothing.
+ * Constants: V, D, N and the grid's sizes. An id outside [0, V) (which the
+ * data layer rejects before a step) reads and writes nothing.
  *
  * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d] (a zero row for a bad id).
- *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256).
- * zk_embedding_bwd<V, D, P>: dw[ids[n], d] += dy[n, d], into a dw that the
- *   emitter clears first (a ZOO_STEP_ZERO step). Grid P blocks of 256 threads;
- *   block p takes rows [p R, p R + R), R = ceil(N / P). Its threads form
- *   G = 256 / CW groups of CW = min(D, 256) columns; group g walks a contiguous
- *   share of the block's rows in order, summing dy while the id stays the same
- *   and adding the sum with one atomicAdd when it changes. MQAR batches are
- *   mostly token 0 in long runs, so this takes most atomics off the hot rows.
- *   The order of the additions is not fixed: dw can differ from run to run in
- *   the last bits.
+ *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256);
+ *   zk_embedding_fwd4, for D a multiple of 4, one thread per 4 elements
+ *   (16-byte loads and stores), grid ceil(N D / 1024).
+ *
+ * The backward, dw[v] = sum of dy[n] over the rows n with ids[n] = v, into a
+ * dw the emitter clears first (a ZOO_STEP_ZERO step), in a fixed order of
+ * additions: a run gives the same bits every time (an atomicAdd scatter would
+ * not, and MQAR's hot token 0, a quarter of the rows, made it slow as well).
+ * Four kernels over a scratch area:
+ *
+ *   zk_emb_count<V>     grid C = ceil(N / R), R = 1024 rows a chunk: each
+ *                       chunk's count of each id, cnt [C][V] (a histogram in
+ *                       shared memory; integer counts, exact).
+ *   zk_emb_offsets<V,C> thread per id v: cnt[c][v] becomes the count of v in
+ *                       the chunks before c, total[v] the count of v.
+ *   zk_emb_place<V>     grid C: sorts the rows by id, stably. Each block scans
+ *                       total (start[v] = rows with a smaller id; block 0
+ *                       stores it, and start[V] = the valid rows), then warp 0
+ *                       walks its chunk in order, 32 rows at a time: a row's
+ *                       place is cursor[id] + its rank among the earlier lanes
+ *                       holding the same id (__match_any_sync), and the lowest
+ *                       such lane moves the cursor on. sorted[] lists the
+ *                       rows id by id, each id's rows in increasing order.
+ *   zk_emb_sum<V, D>    one warp per piece of S = 64 sorted entries (8 pieces
+ *                       a block), lanes over the columns: adds the rows of
+ *                       each run of one id in order (4 rows' loads in flight).
+ *                       An id whose rows lie within the piece gets dw[v]
+ *                       directly. An id that continues past the piece (it
+ *                       began in it) leaves its sum in last[p]; one that came
+ *                       from an earlier piece leaves it in first[p], and the
+ *                       piece where it ends names it in end[p]. The last block
+ *                       to finish (counted on `counter`, put back to 0) adds
+ *                       those up in piece order: dw[v] = last[p0] + first[p0
+ *                       + 1] + ... + first[p1].
+ *
+ * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
+ * sums added in order: not the CPU's single running sum, but the same bits on
+ * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
+ * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
+ * histogram and the cursors live in shared memory).
+ *
+ * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
+ *   distinct (an arange: every dw row gets one row of dy added to zero, so
+ *   the order cannot matter) or V too large for the sort. Grid P blocks of
+ *   256 threads; block p takes rows [p R, p R + R), R = ceil(N / P). Its
+ *   threads form G = 256 / CW groups of CW = min(D, 256) columns; group g
+ *   walks a contiguous share of the block's rows in order, summing dy while
+ *   the id stays the same and adding the sum with one atomicAdd when it
+ *   changes. With repeated ids the order of the additions is not fixed.
  */
 #ifndef ZK_EMBEDDING_CU
 #define ZK_EMBEDDING_CU
@@ -30,6 +68,21 @@ __device__ __forceinline__ void zk_embedding_fwd(const float *__restrict__ w,
   int d = (int)(e - n * D);
   int id = ids[n];
   y[e] = (id >= 0 && id < V) ? w[(zk_i64)id * D + d] : 0.0f;
+}
+
+template <int V, int D>
+__device__ __forceinline__ void zk_embedding_fwd4(const float *__restrict__ w,
+                                                  const int *__restrict__ ids,
+                                                  float *__restrict__ y, zk_i64 N) {
+  static_assert(D % 4 == 0, "zk_embedding_fwd4 needs D a multiple of 4");
+  zk_i64 e = ((zk_i64)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (e >= N * D) return;
+  zk_i64 n = e / D;
+  int d = (int)(e - n * D);
+  int id = ids[n];
+  zk_f4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (id >= 0 && id < V) v = *reinterpret_cast<const zk_f4 *>(w + (zk_i64)id * D + d);
+  *reinterpret_cast<zk_f4 *>(y + e) = v;
 }
 
 template <int V, int D, int P>
@@ -76,6 +129,187 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
       if (c < D) atomicAdd(&dw[(zk_i64)cur * D + c], acc[j]);
     }
   }
+}
+
+/* ---- the deterministic backward (see the top of the file) */
+
+#define ZK_EMB_R 1024    /* rows a chunk */
+#define ZK_EMB_S 64      /* sorted entries a piece */
+#define ZK_EMB_MAX_V 12272 /* ids the shared-memory histogram holds */
+
+template <int V>
+__device__ __forceinline__ void zk_emb_count(const int *__restrict__ ids, int *__restrict__ cnt,
+                                             zk_i64 N) {
+  static_assert(V <= ZK_EMB_MAX_V, "zk_emb_count: V too large for shared memory");
+  __shared__ int hist[V];
+  for (int v = threadIdx.x; v < V; v += blockDim.x) hist[v] = 0;
+  __syncthreads();
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = threadIdx.x; i < ZK_EMB_R; i += blockDim.x) {
+    zk_i64 r = r0 + i;
+    if (r < N) {
+      int id = ids[r];
+      if (id >= 0 && id < V) atomicAdd(&hist[id], 1);
+    }
+  }
+  __syncthreads();
+  int *row = cnt + (zk_i64)blockIdx.x * V;
+  for (int v = threadIdx.x; v < V; v += blockDim.x) row[v] = hist[v];
+}
+
+template <int V, int C>
+__device__ __forceinline__ void zk_emb_offsets(int *__restrict__ cnt, int *__restrict__ total) {
+  int v = blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= V) return;
+  int run = 0;
+  for (int c = 0; c < C; c++) {
+    int t = cnt[(zk_i64)c * V + v];
+    cnt[(zk_i64)c * V + v] = run;
+    run += t;
+  }
+  total[v] = run;
+}
+
+/* 256 threads. */
+template <int V>
+__device__ __forceinline__ void zk_emb_place(const int *__restrict__ ids, const int *__restrict__ cnt,
+                                             const int *__restrict__ total, int *__restrict__ start,
+                                             int *__restrict__ sorted, zk_i64 N) {
+  constexpr int NT = 256, VPT = (V + NT - 1) / NT;
+  __shared__ int cursor[V];
+  __shared__ int wsum[NT / 32];
+  int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = t * VPT;
+  int s = 0;
+  for (int j = 0; j < VPT; j++)
+    if (v0 + j < V) s += total[v0 + j];
+  int incl = s; /* the block's inclusive scan of s */
+  for (int o = 1; o < 32; o <<= 1) {
+    int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+    if (lane >= o) incl += u;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  for (int w = 0; w < warp; w++) incl += wsum[w];
+  int run = incl - s; /* rows with an id below v0 */
+  const int *crow = cnt + (zk_i64)blockIdx.x * V;
+  for (int j = 0; j < VPT; j++) {
+    int v = v0 + j;
+    if (v < V) {
+      if (blockIdx.x == 0) start[v] = run;
+      cursor[v] = run + crow[v];
+      run += total[v];
+    }
+  }
+  if (blockIdx.x == 0 && t == NT - 1) start[V] = run;
+  __syncthreads();
+  if (warp != 0) return;
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = 0; i < ZK_EMB_R; i += 32) {
+    zk_i64 r = r0 + i + lane;
+    int id = r < N ? ids[r] : -1;
+    bool ok = id >= 0 && id < V;
+    unsigned same = __match_any_sync(ZK_FULL_MASK, ok ? id : -1 - lane);
+    int rank = __popc(same & ((1u << lane) - 1u));
+    int pos = ok ? cursor[id] + rank : 0;
+    __syncwarp();
+    if (ok) {
+      sorted[pos] = (int)r;
+      if (rank == 0) cursor[id] += __popc(same);
+    }
+    __syncwarp();
+  }
+}
+
+/* 256 threads, grid ceil(NP / 8). */
+template <int V, int D>
+__device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const int *__restrict__ ids,
+                                           const int *__restrict__ sorted, const int *__restrict__ start,
+                                           float *__restrict__ first, float *__restrict__ last,
+                                           int *__restrict__ end, float *__restrict__ dw,
+                                           unsigned *__restrict__ counter, zk_i64 N) {
+  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = 4, NW = 8;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  zk_i64 NP = (N + S - 1) / S, p = (zk_i64)blockIdx.x * NW + warp;
+  zk_i64 nv = start[V];
+  if (p < NP) {
+    zk_i64 e0 = p * S, e1 = e0 + S < nv ? e0 + S : nv;
+    int endv = -1;
+    if (e0 < e1) {
+      int before = e0 > 0 ? ids[sorted[e0 - 1]] : -1; /* the ids just outside the piece */
+      int after = e1 < nv ? ids[sorted[e1]] : -1;
+      float acc[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+      int cur = -1;
+      zk_i64 a = e0; /* where cur's run began */
+      /* A run [a, b) of id v ends: its sum goes where the top of the file says. */
+      auto flush = [&](int v, zk_i64 b) {
+        bool from_before = a == e0 && before == v, goes_on = b == e1 && after == v;
+        float *dst = from_before ? first + p * D : goes_on ? last + p * D : dw + (zk_i64)v * D;
+        if (from_before && !goes_on) endv = v;
+#pragma unroll
+        for (int j = 0; j < CPT; j++)
+          if (lane + 32 * j < D) dst[lane + 32 * j] = acc[j];
+      };
+      for (zk_i64 eb = e0; eb < e1; eb += 32) {
+        int n = e1 - eb < 32 ? (int)(e1 - eb) : 32;
+        int myrow = lane < n ? sorted[eb + lane] : 0;
+        int myid = lane < n ? ids[myrow] : -1;
+        for (int k = 0; k < n; k += U) {
+          float x[U][CPT];
+          int idk[U];
+#pragma unroll
+          for (int u = 0; u < U; u++) {
+            int row = __shfl_sync(ZK_FULL_MASK, myrow, k + u);
+            idk[u] = __shfl_sync(ZK_FULL_MASK, myid, k + u);
+#pragma unroll
+            for (int j = 0; j < CPT; j++)
+              x[u][j] = k + u < n && lane + 32 * j < D ? dy[(zk_i64)row * D + lane + 32 * j] : 0.0f;
+          }
+#pragma unroll
+          for (int u = 0; u < U; u++) {
+            if (k + u >= n) break;
+            if (idk[u] != cur) {
+              if (cur >= 0) flush(cur, eb + k + u);
+              cur = idk[u];
+              a = eb + k + u;
+#pragma unroll
+              for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < CPT; j++) acc[j] += x[u][j];
+          }
+        }
+      }
+      if (cur >= 0) flush(cur, e1);
+    }
+    if (lane == 0) end[p] = endv;
+  }
+
+  __shared__ bool last_block;
+  __threadfence(); /* this block's sums, visible before it is counted */
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  for (zk_i64 q = warp; q < NP; q += NW) {
+    int v = __ldcg(end + q);
+    if (v < 0) continue;
+    zk_i64 p0 = start[v] / S;
+    float s[CPT];
+#pragma unroll
+    for (int j = 0; j < CPT; j++) s[j] = lane + 32 * j < D ? __ldcg(last + p0 * D + lane + 32 * j) : 0.0f;
+#pragma unroll 4
+    for (zk_i64 r = p0 + 1; r <= q; r++)
+#pragma unroll
+      for (int j = 0; j < CPT; j++)
+        if (lane + 32 * j < D) s[j] += __ldcg(first + r * D + lane + 32 * j);
+#pragma unroll
+    for (int j = 0; j < CPT; j++)
+      if (lane + 32 * j < D) dw[(zk_i64)v * D + lane + 32 * j] = s[j];
+  }
+  if (threadIdx.x == 0) *counter = 0u;
 }
 
 #endif /* ZK_EMBEDDING_CU */
