@@ -9,6 +9,7 @@
 
 #include "../compiler/codegen_cuda.h"
 #include "../compiler/compile.h"
+#include "../compiler/generate.h"
 #include "backend.h"
 #include "cuda_backend.h"
 #include "mqar.h"
@@ -41,10 +42,182 @@ static const bench_cell cells[] = {
 
 /* The key-value pairs of a cell's MQAR data, as the paper's sweep makes them:
  * 16 at L = 128, else L / 4. Each pair labels one position of a sequence. */
-static int cell_pairs(const bench_cell *c) { return c->seq_len == 128 ? 16 : c->seq_len / 4; }
+static int pairs_at(int seq_len) { return seq_len == 128 ? 16 : seq_len / 4; }
+static int cell_pairs(const bench_cell *c) { return pairs_at(c->seq_len); }
+
+/* models/<mixer>.zoo at d_model and seq_len, with the training graph the bench
+ * trains (compact head over the MQAR labels), into *p. Returns 0, or -1 with
+ * err (*p then freed). */
+static int cell_program(const char *mixer, int d_model, int seq_len, zoo_program **p, char *err, size_t errlen) {
+  char path[128], dm[32], sl[32];
+  snprintf(path, sizeof path, "models/%s.zoo", mixer);
+  snprintf(dm, sizeof dm, "%d", d_model);
+  snprintf(sl, sizeof sl, "%d", seq_len);
+  zoo_define defs[2] = {{"d_model", dm}, {"seq_len", sl}};
+  zoo_compile_opts co = {0};
+  co.path = path;
+  co.defines = defs;
+  co.ndefines = 2;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  *p = NULL;
+  if (zoo_compile(&co, &d, p) != 0) {
+    snprintf(err, errlen, "%s does not compile", path);
+    return -1;
+  }
+  if (zoo_train_graph_head(&(*p)->graph, ZOO_HEAD_COMPACT, pairs_at(seq_len), &d) != 0) {
+    snprintf(err, errlen, "no training graph");
+    zoo_program_free(*p);
+    *p = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * The compute floor: what one optimiser step of a cell's plan costs at the
+ * fp32 peak, counting the GEMMs and poly_attention (the work that is bound by
+ * arithmetic); norms and elementwise kernels are bound by memory and left out,
+ * as is softmax_attention (conv_attention's, small at its one cell). */
+
+/* The compute floor's legend, shared by the cells' table and --floor's. */
+#define FLOOR_LEGEND                                                                                         \
+  "TFLOP: one step's GEMMs (2 m n k batch over the plan's GEMM steps) and poly_attention's forward and "     \
+  "backward useful work in the\nform the plan runs (quadratic, or chunked from L = 1024: poly_flops, "        \
+  "poly_chunked_flops in runtime/bench.c), all micro-batches; norms and\nelementwise kernels (bound by "     \
+  "memory) and softmax_attention are left out; floor ms: TFLOP at the fp32 peak; max x: ref ms / floor ms,\n" \
+  "the most any fp32 implementation of this plan could gain on one H200.\n"
+
+/* Useful work, in floating-point operations, of the quadratic causal form (the
+ * --poly section counts it for both forms, so that their TFLOP/s compare; the
+ * floor counts each form's own). Per (batch, head) pair,
+ * over the P = T (T + 1) / 2 pairs j <= i:
+ *   forward   2F (s_ij) + 4 (a_ij) + 2 DV (numerator) + 1 (denominator)
+ *   backward  2F (s_ij) + 4 (a_ij) + 2 (DV + 1) (da_ij) + 3 (ds_ij)
+ *             + 2F (dq) + 2F (dk) + 2 DV (dv)
+ * The backward's recomputation of the forward, the chunked form's state work
+ * and the per-row divisions are not counted. */
+static double poly_flops(double BH, double T, double F, double DV, int backward) {
+  double pairs = BH * T * (T + 1) / 2;
+  return pairs * (backward ? 6 * F + 4 * DV + 9 : 2 * F + 2 * DV + 5);
+}
+
+/* The chunked form's chunk: PC_CHUNK in compiler/codegen_intrinsics.c. */
+#define BENCH_POLY_CHUNK 64
+
+/* Useful work of the chunked linear form (runtime/kernels/poly_attention_chunked.cu)
+ * with D features (136 for ReBased, 153 for Based at F 16) and chunks of C rows,
+ * W = DV + 1 (the values and the denominator's column). Per (batch, head) pair
+ * and row:
+ *   forward   3D (the feature maps) + 2DW (phq.S) + 2DW (S += phk v'^T)
+ *   backward  3D (the feature maps) + 8D (the Jacobians of dq, dk)
+ *             + 2DW (S g_i) + 2DW (S again, walked for dq) + 2DW (R += phq g^T)
+ *             + 2DW (R v'_j, dk) + 2D DV (R^T phk, dv)
+ * and the pairs j <= i inside each chunk as the quadratic form counts them
+ * (poly_flops' per-pair terms). */
+static double poly_chunked_flops(double BH, double T, double F, double DV, double D, double C, int backward) {
+  double W = DV + 1, full = floor(T / C), rest = T - full * C;
+  double pairs = BH * (full * C * (C + 1) / 2 + rest * (rest + 1) / 2);
+  double rows = BH * T;
+  if (!backward) return rows * (3 * D + 4 * D * W) + pairs * (2 * F + 2 * DV + 5);
+  return rows * (11 * D + 8 * D * W + 2 * D * DV) + pairs * (6 * F + 4 * DV + 9);
+}
+
+/* The useful work of a poly_attention or poly_attention_bwd node in the form
+ * the CUDA emitter picks for it (zoo_cuda_poly_form, the same rule) into
+ * *flop, *chunked set when that is the chunked form; shapes read from q and v
+ * with the symbols bound: layout 0 q [B, H, T, F], v [B, H, T, DV]; layout 1
+ * (heads interleaved, i1 = H) q [B, T, H*F], v [B, T, H*DV]. Returns 0, or -1
+ * with err (ZOO_POLY_FORM unknown). */
+static int poly_node_flops(const zoo_graph *g, const int64_t *sym, const zoo_node *n, double *flop, int *chunked,
+                           char *err, size_t errlen) {
+  int bwd = n->op == ZOO_OP_POLY_ATTENTION_BWD;
+  const zoo_type *q = &g->tensors[n->in[bwd ? 1 : 0]].type, *v = &g->tensors[n->in[bwd ? 3 : 2]].type;
+  double B = (double)zoo_dim_eval(q->dim[0], sym), H, T, F, DV;
+  if (n->attrs.i[0] == 1) {
+    H = (double)n->attrs.i[1];
+    T = (double)zoo_dim_eval(q->dim[1], sym);
+    F = (double)zoo_dim_eval(q->dim[2], sym) / H;
+    DV = (double)zoo_dim_eval(v->dim[2], sym) / H;
+  } else {
+    H = (double)zoo_dim_eval(q->dim[1], sym);
+    T = (double)zoo_dim_eval(q->dim[2], sym);
+    F = (double)zoo_dim_eval(q->dim[3], sym);
+    DV = (double)zoo_dim_eval(v->dim[3], sym);
+  }
+  double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
+  zoo_poly_form form;
+  if (zoo_cuda_poly_form((int64_t)T, (int64_t)F, (int64_t)DV, c0, c1, c2, &form, err, errlen) != 0) return -1;
+  *chunked = form == ZOO_POLY_CHUNKED;
+  double D = (c0 != 0) + (c1 != 0) * F + (c2 != 0) * F * (F + 1) / 2;
+  *flop = *chunked ? poly_chunked_flops(B * H, T, F, DV, D, BENCH_POLY_CHUNK, bwd) : poly_flops(B * H, T, F, DV, bwd);
+  return 0;
+}
+
+/* The floor of a training graph (zoo_train_graph's) at B rows and T positions,
+ * accum micro-batches per step: builds the program the CUDA backend would run
+ * (no GPU needed), then sums its training steps' GEMMs and the poly_attention
+ * nodes that have steps (in their form). Returns 0, or -1 with err. */
+static int plan_floor(const zoo_graph *train, int64_t B, int64_t T, int accum, zoo_bench_floor *f, char *err,
+                      size_t errlen) {
+  memset(f, 0, sizeof *f);
+  zoo_cuda_program cp;
+  if (zoo_cuda_program_build(&cp, train, B, T, !zoo_env_on("ZOO_NO_FUSE"), 1, err, errlen) != 0) {
+    zoo_cuda_program_free(&cp);
+    return -1;
+  }
+  const zoo_graph *g = &cp.train;
+  unsigned char *ran = calloc((size_t)(g->nnodes ? g->nnodes : 1), 1);
+  if (!ran) abort();
+  for (int i = 0; i < cp.ntrain; i++) {
+    const zoo_step *s = &cp.emit.steps[i];
+    if (s->node >= 0 && s->node < g->nnodes) ran[s->node] = 1;
+    if (s->kind != ZOO_STEP_GEMM) continue;
+    const zoo_gemm *gm = &s->gemm;
+    f->gemm_flop += 2.0 * (double)gm->m * (double)gm->n * (double)gm->k * (double)(gm->batch > 1 ? gm->batch : 1);
+    f->gemms++;
+  }
+  for (int i = 0; i < g->nnodes; i++) {
+    const zoo_node *n = &g->nodes[i];
+    if (!ran[i] || (n->op != ZOO_OP_POLY_ATTENTION && n->op != ZOO_OP_POLY_ATTENTION_BWD)) continue;
+    double flop;
+    int chunked;
+    if (poly_node_flops(g, cp.sym, n, &flop, &chunked, err, errlen) != 0) {
+      free(ran);
+      zoo_cuda_program_free(&cp);
+      return -1;
+    }
+    f->poly_flop += flop;
+    f->polys++;
+    f->chunked += chunked;
+  }
+  free(ran);
+  zoo_cuda_program_free(&cp);
+  f->gemm_flop *= accum;
+  f->poly_flop *= accum;
+  f->flop = f->gemm_flop + f->poly_flop;
+  f->floor_ms = f->flop / (ZOO_H200_FP32_TFLOPS * 1e12) * 1e3;
+  return 0;
+}
+
+/* The poly_attention form of a floor, for its tables: none, quadratic,
+ * chunked or mixed. */
+static const char *floor_form(const zoo_bench_floor *f) {
+  return !f->polys ? "none" : !f->chunked ? "quadratic" : f->chunked == f->polys ? "chunked" : "mixed";
+}
+
+int zoo_bench_floor_of(const char *mixer, int d_model, int seq_len, int micro_batch, int accum,
+                       zoo_bench_floor *f, char *err, size_t errlen) {
+  zoo_program *p;
+  memset(f, 0, sizeof *f);
+  if (cell_program(mixer, d_model, seq_len, &p, err, errlen) != 0) return -1;
+  int r = plan_floor(&p->graph, micro_batch, seq_len, accum, f, err, errlen);
+  zoo_program_free(p);
+  return r;
+}
 
 typedef struct bench_opts {
-  int device, steps, warmup, quick, precompile, profile, poly;
+  int device, steps, warmup, quick, precompile, profile, poly, floor;
   zoo_precision precision;
   const char *only, *json;
 } bench_opts;
@@ -56,6 +229,7 @@ typedef struct bench_result {
   double zoo_mib, used_mib, arena_mib;
   double compile_s;
   double first_loss, last_loss;
+  zoo_bench_floor floor; /* the plan's compute floor */
   char error[1100];
   char *profile; /* --profile's lines, or NULL */
 } bench_result;
@@ -63,8 +237,9 @@ typedef struct bench_result {
 static const char usage[] =
     "usage: zoorun bench [--device cuda[:N]] [--steps N] [--warmup N] [--only MIXER] [--quick]\n"
     "                    [--json FILE] [--profile] [--profile-steps] [--poly] [--precompile]\n"
-    "                    [--precision fp32|tf32|bf16]\n"
-    "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention),\n"
+    "                    [--precision fp32|tf32|bf16] [--floor]\n"
+    "  times optimiser steps of the reference's H200 cells (rebased, based, conv_attention)\n"
+    "  beside each one's compute floor at the fp32 peak,\n"
     "  then poly_attention alone (B 512, H 12, L 128 / 512 / 2048, value widths 5 and 42, each\n"
     "  form: forward and backward ms, TFLOP/s, fraction of the fp32 peak)\n"
     "  --steps N     timed steps per cell (20)       --warmup N  untimed steps first (3)\n"
@@ -77,7 +252,9 @@ static const char usage[] =
     "  --poly        poly_attention alone only (on device 0); left out by --only and --quick\n"
     "  --precompile  no GPU needed: compile every cell's module for sm_90 into the kernel cache\n"
     "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC (with --poly: the poly\n"
-    "                section's modules)\n";
+    "                section's modules)\n"
+    "  --floor       no GPU needed: each cell's compute floor alone (its plan's GEMM and\n"
+    "                poly_attention work at the fp32 peak, and the most speed-up it allows)\n";
 
 static double now_s(void) {
   struct timespec ts;
@@ -107,31 +284,17 @@ static const char *json_str(const char *s, char *buf, size_t n) {
 static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) {
   memset(r, 0, sizeof *r);
   r->first_loss = r->last_loss = NAN;
-  char path[128], dm[32], sl[32];
-  snprintf(path, sizeof path, "models/%s.zoo", c->mixer);
-  snprintf(dm, sizeof dm, "%d", c->d_model);
-  snprintf(sl, sizeof sl, "%d", c->seq_len);
-  zoo_define defs[2] = {{"d_model", dm}, {"seq_len", sl}};
-  zoo_compile_opts co = {0};
-  co.path = path;
-  co.defines = defs;
-  co.ndefines = 2;
-  zoo_diag d;
-  zoo_diag_init(&d, stderr);
-  zoo_program *p = NULL;
-  if (zoo_compile(&co, &d, &p) != 0) {
-    snprintf(r->error, sizeof r->error, "%s does not compile", path);
-    return;
-  }
+  zoo_program *p;
+  if (cell_program(c->mixer, c->d_model, c->seq_len, &p, r->error, sizeof r->error) != 0) return;
   zoo_graph *g = &p->graph;
   r->params = zoo_graph_param_count(g);
-  if (zoo_train_graph_head(g, ZOO_HEAD_COMPACT, cell_pairs(c), &d) != 0) {
-    snprintf(r->error, sizeof r->error, "no training graph");
+  int64_t B = c->micro_batch, T = c->seq_len;
+  char err[1024];
+  if (plan_floor(g, B, T, c->accum, &r->floor, err, sizeof err) != 0) {
+    snprintf(r->error, sizeof r->error, "the compute floor: %s", err);
     zoo_program_free(p);
     return;
   }
-  int64_t B = c->micro_batch, T = c->seq_len;
-  char err[1024];
   double t0 = now_s();
   zoo_backend *be = zoo_cuda_backend_init(g, B, T, o->device, o->precision, err, sizeof err);
   r->compile_s = now_s() - t0;
@@ -238,20 +401,10 @@ static int precompile_cells(const bench_opts *o) {
     const bench_cell *c = &cells[i];
     if (o->only && strcmp(o->only, c->mixer) != 0) continue;
     if (o->quick && c->seq_len > 128) continue;
-    char path[128], dm[32], sl[32], err[1024];
-    snprintf(path, sizeof path, "models/%s.zoo", c->mixer);
-    snprintf(dm, sizeof dm, "%d", c->d_model);
-    snprintf(sl, sizeof sl, "%d", c->seq_len);
-    zoo_define defs[2] = {{"d_model", dm}, {"seq_len", sl}};
-    zoo_compile_opts co = {0};
-    co.path = path;
-    co.defines = defs;
-    co.ndefines = 2;
-    zoo_diag d;
-    zoo_diag_init(&d, stderr);
+    char err[1024];
     zoo_program *p = NULL;
     double t0 = now_s();
-    int ok = zoo_compile(&co, &d, &p) == 0 && zoo_train_graph_head(&p->graph, ZOO_HEAD_COMPACT, cell_pairs(c), &d) == 0 &&
+    int ok = cell_program(c->mixer, c->d_model, c->seq_len, &p, err, sizeof err) == 0 &&
              zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, "sm_90", err, sizeof err) == 0;
     printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
            now_s() - t0);
@@ -266,29 +419,13 @@ static int precompile_cells(const bench_opts *o) {
  * poly_attention alone (--poly): the intrinsic's forward and backward kernels
  * at the training shapes of the reference's sweep, each form, so that the
  * switch between the forms (ZOO_POLY_CHUNKED_MIN_T, codegen_cuda.h) can be set
- * from measurement. */
-
-/* The fp32 (non-tensor) peak of one H200 SXM: 67 TFLOP/s, from NVIDIA's H200
- * Tensor Core GPU datasheet (FP32: 67 TFLOPS, H200 SXM column). */
-#define H200_FP32_TFLOPS 67.0
+ * from measurement. The work its TFLOP/s count is poly_flops (with the compute
+ * floor, above). */
 
 static const int poly_B = 512, poly_H = 12, poly_F = 16;
 static const int poly_T[] = {128, 512, 2048};
 static const int poly_DV[] = {5, 42};
 static const char *const poly_forms[] = {"quadratic", "chunked"};
-
-/* Useful work, in floating-point operations, of the quadratic causal form; the
- * same count for both forms, so their TFLOP/s compare. Per (batch, head) pair,
- * over the P = T (T + 1) / 2 pairs j <= i:
- *   forward   2F (s_ij) + 4 (a_ij) + 2 DV (numerator) + 1 (denominator)
- *   backward  2F (s_ij) + 4 (a_ij) + 2 (DV + 1) (da_ij) + 3 (ds_ij)
- *             + 2F (dq) + 2F (dk) + 2 DV (dv)
- * The backward's recomputation of the forward, the chunked form's state work
- * and the per-row divisions are not counted. */
-static double poly_flops(double BH, double T, double F, double DV, int backward) {
-  double pairs = BH * T * (T + 1) / 2;
-  return pairs * (backward ? 6 * F + 4 * DV + 9 : 2 * F + 2 * DV + 5);
-}
 
 /* q, k [B, H, T, F], v [B, H, T, DV] -> poly_attention (ReBased's
  * coefficients) and its backward from a seed dy; io: q, k, v, dy. */
@@ -441,7 +578,7 @@ static int bench_poly(const bench_opts *o, FILE *js) {
   }
   printf("\npoly_attention alone (ReBased: c = 0, 0, 1; F %d), B %d, H %d: median GPU ms over %d runs; "
          "TFLOP/s of the quadratic form's useful work;\n%% of the H200's fp32 peak, %.0f TFLOP/s\n\n",
-         poly_F, poly_B, poly_H, o->steps, H200_FP32_TFLOPS);
+         poly_F, poly_B, poly_H, o->steps, ZOO_H200_FP32_TFLOPS);
   printf("%5s %3s %-9s %-4s | %9s %8s %6s | %9s %8s %6s\n", "L", "DV", "form", "auto", "fwd ms", "TFLOP/s",
          "peak", "bwd ms", "TFLOP/s", "peak");
   int failures = 0;
@@ -458,8 +595,8 @@ static int bench_poly(const bench_opts *o, FILE *js) {
           printf("%5lld %3lld %-9s %-4s   FAILED: %s\n", (long long)T, (long long)DV, form, mark, pr.error);
         } else {
           printf("%5lld %3lld %-9s %-4s | %9.3f %8.2f %5.1f%% | %9.3f %8.2f %5.1f%%\n", (long long)T,
-                 (long long)DV, form, mark, pr.ms[0], pr.tflops[0], 100 * pr.tflops[0] / H200_FP32_TFLOPS,
-                 pr.ms[1], pr.tflops[1], 100 * pr.tflops[1] / H200_FP32_TFLOPS);
+                 (long long)DV, form, mark, pr.ms[0], pr.tflops[0], 100 * pr.tflops[0] / ZOO_H200_FP32_TFLOPS,
+                 pr.ms[1], pr.tflops[1], 100 * pr.tflops[1] / ZOO_H200_FP32_TFLOPS);
         }
         fflush(stdout);
         if (js) {
@@ -473,8 +610,8 @@ static int bench_poly(const bench_opts *o, FILE *js) {
                   poly_B, poly_H, (long long)T, poly_F, (long long)DV, form, chosen, pr.ms[0], pr.ms[1],
                   poly_flops((double)poly_B * poly_H, (double)T, poly_F, (double)DV, 0) / 1e9,
                   poly_flops((double)poly_B * poly_H, (double)T, poly_F, (double)DV, 1) / 1e9, pr.tflops[0],
-                  pr.tflops[1], pr.tflops[0] / H200_FP32_TFLOPS, pr.tflops[1] / H200_FP32_TFLOPS,
-                  H200_FP32_TFLOPS, json_str(pr.error, esc, sizeof esc));
+                  pr.tflops[1], pr.tflops[0] / ZOO_H200_FP32_TFLOPS, pr.tflops[1] / ZOO_H200_FP32_TFLOPS,
+                  ZOO_H200_FP32_TFLOPS, json_str(pr.error, esc, sizeof esc));
           fflush(js);
         }
       }
@@ -491,11 +628,13 @@ static int bench_poly(const bench_opts *o, FILE *js) {
 static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
   int failures = 0;
   printf("zoo bench on %s, %s matmuls: median GPU ms per optimiser step over %d steps after %d "
-         "warm-up; reference: PyTorch+Triton fp32 on one H200\n\n",
-         why, zoo_precision_name(o->precision), o->steps, o->warmup);
-  printf("%-15s %4s %5s %7s %8s | %8s %8s %8s %7s | %8s %8s %8s %8s | %7s %s\n", "mixer", "D", "L",
-         "batch", "params", "ms/step", "wall ms", "ref ms", "speedup", "launches", "zoo MiB",
-         "used MiB", "ref MiB", "NVRTC s", "loss first -> last");
+         "warm-up; reference: PyTorch+Triton fp32 on one H200\n"
+         "compute floor: the plan's GEMMs and poly_attention at the fp32 peak, %.0f TFLOP/s (norms, "
+         "elementwise kernels, softmax_attention left out)\n\n",
+         why, zoo_precision_name(o->precision), o->steps, o->warmup, ZOO_H200_FP32_TFLOPS);
+  printf("%-14s %4s %5s %6s | %7s %7s %7s %7s | %6s %8s %6s %11s | %8s %7s %8s %7s | %5s %s\n", "mixer", "D",
+         "L", "batch", "ms/step", "wall ms", "ref ms", "speedup", "TFLOP", "floor ms", "max x", "GEMM+poly %",
+         "launches", "zoo MiB", "used MiB", "ref MiB", "NVRTC", "loss first -> last");
   for (int i = 0; i < NCELLS; i++) {
     const bench_cell *c = &cells[i];
     if (o->only && strcmp(o->only, c->mixer) != 0) continue;
@@ -506,12 +645,16 @@ static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
     snprintf(batch, sizeof batch, "%dx%d", c->micro_batch, c->accum);
     if (r.error[0]) {
       failures++;
-      printf("%-15s %4d %5d %7s  FAILED: %s\n", c->mixer, c->d_model, c->seq_len, batch, r.error);
+      printf("%-14s %4d %5d %6s  FAILED: %s\n", c->mixer, c->d_model, c->seq_len, batch, r.error);
     } else {
-      printf("%-15s %4d %5d %7s %8lld | %8.2f %8.2f %8.2f %6.2fx | %8d %8.0f %8.0f %8.0f | %7.1f %.4f -> %.4f%s\n",
-             c->mixer, c->d_model, c->seq_len, batch, r.params, r.ms_median, r.ms_wall, c->ref_ms,
-             c->ref_ms / r.ms_median, r.launches, r.zoo_mib, r.used_mib, c->ref_peak_mib, r.compile_s,
-             r.first_loss, r.last_loss, r.params != c->params ? "  (parameter count differs from the reference's)" : "");
+      const zoo_bench_floor *f = &r.floor;
+      printf("%-14s %4d %5d %6s | %7.2f %7.2f %7.2f %6.2fx | %6.3f %8.2f %5.2fx %10.1f%% | %8d %7.0f %8.0f %7.0f | "
+             "%5.1f %.4f -> %.4f",
+             c->mixer, c->d_model, c->seq_len, batch, r.ms_median, r.ms_wall, c->ref_ms, c->ref_ms / r.ms_median,
+             f->flop / 1e12, f->floor_ms, c->ref_ms / f->floor_ms, 100 * f->floor_ms / r.ms_median, r.launches,
+             r.zoo_mib, r.used_mib, c->ref_peak_mib, r.compile_s, r.first_loss, r.last_loss);
+      if (r.params != c->params) printf("  (%lld parameters, the reference %lld)", r.params, c->params);
+      printf("\n");
       if (!isfinite(r.last_loss)) failures++;
     }
     if (r.profile) fputs(r.profile, stdout);
@@ -525,24 +668,73 @@ static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
               "\"ms_wall\": %.4f, \"ref_ms_per_step\": %.2f, \"speedup\": %.4f, \"launches_per_step\": %d, "
               "\"kernels_per_micro_batch\": %d, \"gemms_per_micro_batch\": %d, \"zoo_mib\": %.1f, "
               "\"used_mib\": %.1f, \"arena_mib\": %.1f, \"ref_peak_mib\": %.0f, \"nvrtc_s\": %.2f, "
-              "\"first_loss\": %.6f, \"last_loss\": %.6f, \"error\": \"%s\"}\n",
+              "\"first_loss\": %.6f, \"last_loss\": %.6f, \"flop\": %.0f, \"gemm_flop\": %.0f, "
+              "\"poly_flop\": %.0f, \"poly_form\": \"%s\", \"floor_ms\": %.4f, \"max_speedup\": %.4f, "
+              "\"floor_fraction\": %.4f, \"error\": \"%s\"}\n",
               c->mixer, zoo_precision_name(o->precision), c->d_model, c->seq_len, c->micro_batch, c->accum, r.params, c->params, r.ms_median,
               r.ms_min, r.ms_wall, c->ref_ms, r.ms_median > 0 ? c->ref_ms / r.ms_median : 0.0, r.launches,
               r.kernels, r.gemms, r.zoo_mib, r.used_mib, r.arena_mib, c->ref_peak_mib, r.compile_s,
               isfinite(r.first_loss) ? r.first_loss : -1.0, isfinite(r.last_loss) ? r.last_loss : -1.0,
-              json_str(r.error, esc, sizeof esc));
+              r.floor.flop, r.floor.gemm_flop, r.floor.poly_flop, floor_form(&r.floor), r.floor.floor_ms,
+              r.floor.floor_ms > 0 ? c->ref_ms / r.floor.floor_ms : 0.0,
+              r.ms_median > 0 ? r.floor.floor_ms / r.ms_median : 0.0, json_str(r.error, esc, sizeof esc));
       fflush(js);
     }
   }
   printf("\nms/step: GPU time of one step's graph (CUDA events), median; wall ms: steps launched back to "
          "back, wall clock per step;\nzoo MiB: everything zoo allocated (activations arena, 5 parameter-sized "
          "buffers, inputs, cuBLASLt workspace);\nused MiB: the driver's used memory after set-up minus before "
-         "(adds context, module, libraries); ref MiB: torch's max_memory_allocated.\n");
+         "(adds context, module, libraries); ref MiB: torch's max_memory_allocated;\nNVRTC: seconds compiling "
+         "the module (when the kernel cache had it, the backend's whole set-up); a parameter count unlike the "
+         "reference's is noted;\n" FLOOR_LEGEND
+         "GEMM+poly %%: floor ms / ms/step, how near the fp32 peak the step runs (tf32 and bf16 GEMMs can pass "
+         "100%%).\n");
+  return failures;
+}
+
+/* --floor: each cell's compute floor alone, from its plan (no GPU), and JSON
+ * lines into js (if not NULL). Returns the number of failures. */
+static int bench_floors(const bench_opts *o, FILE *js) {
+  int failures = 0;
+  printf("zoo bench --floor: the compute floor of one optimiser step of each cell's training plan at the H200's "
+         "fp32 peak, %.0f TFLOP/s (no GPU used)\n\n",
+         ZOO_H200_FP32_TFLOPS);
+  printf("%-14s %4s %5s %6s | %5s %4s %-9s | %10s %10s %10s | %8s %8s %6s\n", "mixer", "D", "L", "batch",
+         "GEMMs", "poly", "poly form", "GEMM TFLOP", "poly TFLOP", "TFLOP", "floor ms", "ref ms", "max x");
+  for (int i = 0; i < NCELLS; i++) {
+    const bench_cell *c = &cells[i];
+    if (o->only && strcmp(o->only, c->mixer) != 0) continue;
+    if (o->quick && c->seq_len > 128) continue;
+    zoo_bench_floor f;
+    char batch[32], err[1024] = "", esc[2400];
+    snprintf(batch, sizeof batch, "%dx%d", c->micro_batch, c->accum);
+    if (zoo_bench_floor_of(c->mixer, c->d_model, c->seq_len, c->micro_batch, c->accum, &f, err, sizeof err) != 0) {
+      failures++;
+      printf("%-14s %4d %5d %6s  FAILED: %s\n", c->mixer, c->d_model, c->seq_len, batch, err);
+    } else {
+      printf("%-14s %4d %5d %6s | %5d %4d %-9s | %10.4f %10.4f %10.4f | %8.2f %8.2f %5.2fx\n", c->mixer,
+             c->d_model, c->seq_len, batch, f.gemms, f.polys, floor_form(&f), f.gemm_flop / 1e12,
+             f.poly_flop / 1e12, f.flop / 1e12, f.floor_ms, c->ref_ms, c->ref_ms / f.floor_ms);
+    }
+    fflush(stdout);
+    if (js) {
+      fprintf(js,
+              "{\"kind\": \"floor\", \"mixer\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, "
+              "\"accum\": %d, \"gemms_per_micro_batch\": %d, \"polys_per_micro_batch\": %d, \"poly_form\": \"%s\", "
+              "\"flop\": %.0f, \"gemm_flop\": %.0f, \"poly_flop\": %.0f, \"floor_ms\": %.4f, "
+              "\"ref_ms_per_step\": %.2f, \"max_speedup\": %.4f, \"peak_tflops\": %.1f, \"error\": \"%s\"}\n",
+              c->mixer, c->d_model, c->seq_len, c->micro_batch, c->accum, f.gemms, f.polys, floor_form(&f), f.flop,
+              f.gemm_flop, f.poly_flop, f.floor_ms, c->ref_ms, f.floor_ms > 0 ? c->ref_ms / f.floor_ms : 0.0,
+              ZOO_H200_FP32_TFLOPS, json_str(err, esc, sizeof esc));
+      fflush(js);
+    }
+  }
+  printf("\n" FLOOR_LEGEND "GEMMs, poly: GEMM steps and poly_attention nodes (forward, backward) of one micro-batch.\n");
   return failures;
 }
 
 int zoo_bench_main(int argc, char **argv) {
-  bench_opts o = {0, 20, 3, 0, 0, 0, 0, ZOO_FP32, NULL, NULL};
+  bench_opts o = {0, 20, 3, 0, 0, 0, 0, 0, ZOO_FP32, NULL, NULL};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -583,6 +775,8 @@ int zoo_bench_main(int argc, char **argv) {
       o.precompile = 1;
     } else if (!strcmp(a, "--poly")) {
       o.poly = 1;
+    } else if (!strcmp(a, "--floor")) {
+      o.floor = 1;
     } else {
       fprintf(stderr, "zoorun bench: unknown option '%s'\n%s", a, usage);
       return 2;
@@ -600,11 +794,20 @@ int zoo_bench_main(int argc, char **argv) {
     if (poly_on) failures += precompile_poly();
     return failures ? 1 : 0;
   }
+  FILE *js = NULL;
+  if (o.floor) {
+    if (o.json && !(js = fopen(o.json, "w"))) {
+      fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
+      return 1;
+    }
+    int failures = bench_floors(&o, js);
+    if (js) fclose(js);
+    return failures ? 1 : 0;
+  }
   if (!zoo_cuda_available(why, sizeof why)) {
-    fprintf(stderr, "zoorun bench: no GPU: %s\n", why);
+    fprintf(stderr, "zoorun bench: no GPU: %s (--floor prints the cells' compute floors without one)\n", why);
     return 1;
   }
-  FILE *js = NULL;
   if (o.json && !(js = fopen(o.json, "w"))) {
     fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
     return 1;
