@@ -33,6 +33,7 @@
 #include "backend.h"
 #include "cuda_api.h"
 #include "cuda_backend.h"
+#include "gemm_choice.h"
 #include "nvrtc_cache.h"
 #include "rng.h"
 
@@ -366,6 +367,20 @@ static double gemm_time(core *c, const zoo_plan *p, const zoo_step *s, const gem
   return ms;
 }
 
+/* The key of a GEMM's pick on disk (gemm_choice.h): the device, cuBLASLt's
+ * version, the GEMM and the heuristic's candidates. */
+static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, char key[33]) {
+  int sms = 0;
+  zoo_cu.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, c->dev);
+  zoo_gemm_choice_in in = {
+      .device = c->device, .sms = sms, .lt_version = zoo_cublaslt.cublasLtGetVersion(),
+      .precision = (int)c->precision, .m = gm->m, .n = gm->n, .k = gm->k, .batch = gm->batch,
+      .stride_a = gm->stride_a, .stride_b = gm->stride_b, .stride_c = gm->stride_c,
+      .trans_a = gm->trans_a, .trans_b = gm->trans_b, .bias = gm->bias >= 0, .accumulate = gm->beta != 0,
+      .workspace = WORKSPACE_BYTES, .cand = gp->cand, .cand_size = sizeof gp->cand[0], .ncand = gp->ncand};
+  zoo_gemm_choice_key(&in, key);
+}
+
 /* Picks the fastest of the heuristic's candidates for GEMM step i by timing
  * each on the step's own buffers (all zeros while the backend starts, so the
  * runs leave them as they were); the heuristic's first stays on ties within
@@ -376,42 +391,76 @@ static double gemm_time(core *c, const zoo_plan *p, const zoo_step *s, const gem
  * measured on the H200 (ZOO_GEMM_TUNE_LOG=1 zoorun bench --quick), the
  * logits GEMM at m 8192, n 8192, k 64 took 0.277 ms with the first and 0.260
  * with the fourth; over the four quick cells' GEMMs, 5.33 ms against 5.19.
- * ZOO_NO_GEMM_TUNE=1 keeps the first; ZOO_GEMM_TUNE_LOG=1 prints every
- * candidate's time. */
+ *
+ * A pick by timing can change from run to run (two candidates within noise of
+ * each other), and with it the GEMM's rounding, so the pick is stored on disk
+ * beside the kernel cache (gemm_choice.h, keyed by device, cuBLASLt version,
+ * GEMM and the candidates themselves) and a later run of the same GEMM reuses
+ * it untimed: runs of one config on one machine are then bit-reproducible. The
+ * first pick stored stands: a process that timed the GEMM while another stored
+ * its pick adopts that one. ZOO_GEMM_RETUNE=1 times again and overwrites it;
+ * ZOO_NO_CACHE=1 neither reads nor stores it; ZOO_NO_GEMM_TUNE=1 keeps the
+ * first (nothing read or stored); ZOO_GEMM_TUNE_LOG=1 prints every candidate's
+ * time and each pick. */
 #define GEMM_TUNE_MIN_MS 0.04
 static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
   gemm_plan *gp = &c->gemm[i];
   const zoo_step *s = &c->emit->steps[i];
-  if (gp->ncand < 2 || zoo_env_on("ZOO_NO_GEMM_TUNE") || !gemm_operands_ok(c, p, s, gp)) return 0;
+  if (gp->ncand < 2 || zoo_env_on("ZOO_NO_GEMM_TUNE")) return 0;
+  int log = zoo_env_on("ZOO_GEMM_TUNE_LOG"), best = 0;
+  char key[33], d[400] = "";
+  gemm_key(c, gp, &s->gemm, key);
+  if (log) step_desc(c, g, i, d, sizeof d);
+  int retune = zoo_env_on("ZOO_GEMM_RETUNE");
+  int stored = retune ? -1 : zoo_gemm_choice_load(key, gp->ncand);
+  if (stored >= 0) {
+    gp->algo = gp->cand[stored];
+    if (log)
+      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld stored candidate %d (gemm-%s)\n", d,
+              (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, stored, key);
+    return 0;
+  }
+  if (!gemm_operands_ok(c, p, s, gp)) return 0;
   CUevent e0, e1;
   ZOO_CU_N(c->err, c->errlen, cuEventCreate(&e0, CU_EVENT_DEFAULT));
   if (zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS) {
     zoo_cu.cuEventDestroy(e0);
     return zoo_cu_fail(CUDA_ERROR_UNKNOWN, "cuEventCreate(&e1, 0)", __FILE__, __LINE__, c->err, c->errlen);
   }
-  int log = zoo_env_on("ZOO_GEMM_TUNE_LOG"), best = 0;
+  int measured = 0; /* a pick that no measurement made is not stored */
   double best_ms = 0;
   for (int a = 0; a < gp->ncand; a++) {
     double once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* warm-up and a first measure */
     if (a == 0 && once >= 0 && once < GEMM_TUNE_MIN_MS) {
       once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* the first run loaded the kernel */
-      if (once >= 0 && once < GEMM_TUNE_MIN_MS) break;
+      if (once >= 0 && once < GEMM_TUNE_MIN_MS) {
+        measured = 1;
+        break;
+      }
     }
     if (once < 0) continue;
     int reps = once > 0.25 ? 1 : once > 0.05 ? 3 : 10;
     double ms = gemm_time(c, p, s, gp, &gp->cand[a], reps, e0, e1) / reps;
     if (ms < 0) continue;
-    if (log) {
-      char d[400];
-      step_desc(c, g, i, d, sizeof d);
+    if (log)
       fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d: %.4f ms\n", d, (long long)s->gemm.m,
               (long long)s->gemm.n, (long long)s->gemm.k, a, ms);
-    }
-    if (a == 0 || ms < best_ms * (best == 0 ? 0.98 : 1.0)) best = a, best_ms = ms;
+    if (!measured || ms < best_ms * (best == 0 ? 0.98 : 1.0)) best = a, best_ms = ms;
+    measured = 1;
   }
   zoo_cu.cuEventDestroy(e0);
   zoo_cu.cuEventDestroy(e1);
-  gp->algo = gp->cand[best]; /* the runs were on the stream: what follows is ordered after them */
+  int timed = best, kept = measured ? zoo_gemm_choice_save(key, best, retune, gp->ncand) : -1;
+  if (kept >= 0) best = kept; /* ours, or another process's stored first */
+  gp->algo = gp->cand[best];  /* the runs were on the stream: what follows is ordered after them */
+  if (log) {
+    char how[64];
+    if (kept < 0) snprintf(how, sizeof how, "not stored");
+    else if (kept == timed) snprintf(how, sizeof how, "stored");
+    else snprintf(how, sizeof how, "stored first by another process (timed: %d)", timed);
+    fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld picked candidate %d, %s: gemm-%s\n", d,
+            (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, best, how, key);
+  }
   return 0;
 }
 
