@@ -293,21 +293,59 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
 /* embedding.cu: embedding (gather) and embedding_bwd (scatter-add) (ops.def).
  *
  * Shapes: w, dw [V, D]; ids i32 [N] (leading axes flattened); y, dy [N, D].
- * Constants: V, D, P. Consecutive threads take consecutive columns, so loads
- * and stores are coalesced. An id outside [0, V) (which the data layer rejects
- * before a step) reads and writes nothing.
+ * Constants: V, D, N and the grid's sizes. An id outside [0, V) (which the
+ * data layer rejects before a step) reads and writes nothing.
  *
  * zk_embedding_fwd<V, D>: y[n, d] = w[ids[n], d] (a zero row for a bad id).
- *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256).
- * zk_embedding_bwd<V, D, P>: dw[ids[n], d] += dy[n, d], into a dw that the
- *   emitter clears first (a ZOO_STEP_ZERO step). Grid P blocks of 256 threads;
- *   block p takes rows [p R, p R + R), R = ceil(N / P). Its threads form
- *   G = 256 / CW groups of CW = min(D, 256) columns; group g walks a contiguous
- *   share of the block's rows in order, summing dy while the id stays the same
- *   and adding the sum with one atomicAdd when it changes. MQAR batches are
- *   mostly token 0 in long runs, so this takes most atomics off the hot rows.
- *   The order of the additions is not fixed: dw can differ from run to run in
- *   the last bits.
+ *   One thread per element of y, 256-thread blocks, grid ceil(N D / 256);
+ *   zk_embedding_fwd4, for D a multiple of 4, one thread per 4 elements
+ *   (16-byte loads and stores), grid ceil(N D / 1024).
+ *
+ * The backward, dw[v] = sum of dy[n] over the rows n with ids[n] = v, into a
+ * dw the emitter clears first (a ZOO_STEP_ZERO step), in a fixed order of
+ * additions: a run gives the same bits every time (an atomicAdd scatter would
+ * not, and MQAR's hot token 0, a quarter of the rows, made it slow as well).
+ * Four kernels over a scratch area:
+ *
+ *   zk_emb_count<V>     grid C = ceil(N / R), R = 1024 rows a chunk: each
+ *                       chunk's count of each id, cnt [C][V] (a histogram in
+ *                       shared memory; integer counts, exact).
+ *   zk_emb_offsets<V,C> thread per id v: cnt[c][v] becomes the count of v in
+ *                       the chunks before c, total[v] the count of v.
+ *   zk_emb_place<V>     grid C: sorts the rows by id, stably. Each block scans
+ *                       total (start[v] = rows with a smaller id; block 0
+ *                       stores it, and start[V] = the valid rows), then warp 0
+ *                       walks its chunk in order, 32 rows at a time: a row's
+ *                       place is cursor[id] + its rank among the earlier lanes
+ *                       holding the same id (__match_any_sync), and the lowest
+ *                       such lane moves the cursor on. sorted[] lists the
+ *                       rows id by id, each id's rows in increasing order.
+ *   zk_emb_sum<V, D>    one warp per piece of S = 64 sorted entries (8 pieces
+ *                       a block), lanes over the columns: adds the rows of
+ *                       each run of one id in order (4 rows' loads in flight).
+ *                       An id whose rows lie within the piece gets dw[v]
+ *                       directly. An id that continues past the piece (it
+ *                       began in it) leaves its sum in last[p]; one that came
+ *                       from an earlier piece leaves it in first[p], and the
+ *                       piece where it ends names it in end[p]. The last block
+ *                       to finish (counted on `counter`, put back to 0) adds
+ *                       those up in piece order: dw[v] = last[p0] + first[p0
+ *                       + 1] + ... + first[p1].
+ *
+ * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
+ * sums added in order: not the CPU's single running sum, but the same bits on
+ * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
+ * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
+ * histogram and the cursors live in shared memory).
+ *
+ * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
+ *   distinct (an arange: every dw row gets one row of dy added to zero, so
+ *   the order cannot matter) or V too large for the sort. Grid P blocks of
+ *   256 threads; block p takes rows [p R, p R + R), R = ceil(N / P). Its
+ *   threads form G = 256 / CW groups of CW = min(D, 256) columns; group g
+ *   walks a contiguous share of the block's rows in order, summing dy while
+ *   the id stays the same and adding the sum with one atomicAdd when it
+ *   changes. With repeated ids the order of the additions is not fixed.
  */
 #ifndef ZK_EMBEDDING_CU
 #define ZK_EMBEDDING_CU
@@ -322,6 +360,21 @@ __device__ __forceinline__ void zk_embedding_fwd(const float *__restrict__ w,
   int d = (int)(e - n * D);
   int id = ids[n];
   y[e] = (id >= 0 && id < V) ? w[(zk_i64)id * D + d] : 0.0f;
+}
+
+template <int V, int D>
+__device__ __forceinline__ void zk_embedding_fwd4(const float *__restrict__ w,
+                                                  const int *__restrict__ ids,
+                                                  float *__restrict__ y, zk_i64 N) {
+  static_assert(D % 4 == 0, "zk_embedding_fwd4 needs D a multiple of 4");
+  zk_i64 e = ((zk_i64)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (e >= N * D) return;
+  zk_i64 n = e / D;
+  int d = (int)(e - n * D);
+  int id = ids[n];
+  zk_f4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (id >= 0 && id < V) v = *reinterpret_cast<const zk_f4 *>(w + (zk_i64)id * D + d);
+  *reinterpret_cast<zk_f4 *>(y + e) = v;
 }
 
 template <int V, int D, int P>
@@ -370,6 +423,187 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
   }
 }
 
+/* ---- the deterministic backward (see the top of the file) */
+
+#define ZK_EMB_R 1024    /* rows a chunk */
+#define ZK_EMB_S 64      /* sorted entries a piece */
+#define ZK_EMB_MAX_V 12272 /* ids the shared-memory histogram holds */
+
+template <int V>
+__device__ __forceinline__ void zk_emb_count(const int *__restrict__ ids, int *__restrict__ cnt,
+                                             zk_i64 N) {
+  static_assert(V <= ZK_EMB_MAX_V, "zk_emb_count: V too large for shared memory");
+  __shared__ int hist[V];
+  for (int v = threadIdx.x; v < V; v += blockDim.x) hist[v] = 0;
+  __syncthreads();
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = threadIdx.x; i < ZK_EMB_R; i += blockDim.x) {
+    zk_i64 r = r0 + i;
+    if (r < N) {
+      int id = ids[r];
+      if (id >= 0 && id < V) atomicAdd(&hist[id], 1);
+    }
+  }
+  __syncthreads();
+  int *row = cnt + (zk_i64)blockIdx.x * V;
+  for (int v = threadIdx.x; v < V; v += blockDim.x) row[v] = hist[v];
+}
+
+template <int V, int C>
+__device__ __forceinline__ void zk_emb_offsets(int *__restrict__ cnt, int *__restrict__ total) {
+  int v = blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= V) return;
+  int run = 0;
+  for (int c = 0; c < C; c++) {
+    int t = cnt[(zk_i64)c * V + v];
+    cnt[(zk_i64)c * V + v] = run;
+    run += t;
+  }
+  total[v] = run;
+}
+
+/* 256 threads. */
+template <int V>
+__device__ __forceinline__ void zk_emb_place(const int *__restrict__ ids, const int *__restrict__ cnt,
+                                             const int *__restrict__ total, int *__restrict__ start,
+                                             int *__restrict__ sorted, zk_i64 N) {
+  constexpr int NT = 256, VPT = (V + NT - 1) / NT;
+  __shared__ int cursor[V];
+  __shared__ int wsum[NT / 32];
+  int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = t * VPT;
+  int s = 0;
+  for (int j = 0; j < VPT; j++)
+    if (v0 + j < V) s += total[v0 + j];
+  int incl = s; /* the block's inclusive scan of s */
+  for (int o = 1; o < 32; o <<= 1) {
+    int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+    if (lane >= o) incl += u;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  for (int w = 0; w < warp; w++) incl += wsum[w];
+  int run = incl - s; /* rows with an id below v0 */
+  const int *crow = cnt + (zk_i64)blockIdx.x * V;
+  for (int j = 0; j < VPT; j++) {
+    int v = v0 + j;
+    if (v < V) {
+      if (blockIdx.x == 0) start[v] = run;
+      cursor[v] = run + crow[v];
+      run += total[v];
+    }
+  }
+  if (blockIdx.x == 0 && t == NT - 1) start[V] = run;
+  __syncthreads();
+  if (warp != 0) return;
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = 0; i < ZK_EMB_R; i += 32) {
+    zk_i64 r = r0 + i + lane;
+    int id = r < N ? ids[r] : -1;
+    bool ok = id >= 0 && id < V;
+    unsigned same = __match_any_sync(ZK_FULL_MASK, ok ? id : -1 - lane);
+    int rank = __popc(same & ((1u << lane) - 1u));
+    int pos = ok ? cursor[id] + rank : 0;
+    __syncwarp();
+    if (ok) {
+      sorted[pos] = (int)r;
+      if (rank == 0) cursor[id] += __popc(same);
+    }
+    __syncwarp();
+  }
+}
+
+/* 256 threads, grid ceil(NP / 8). */
+template <int V, int D>
+__device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const int *__restrict__ ids,
+                                           const int *__restrict__ sorted, const int *__restrict__ start,
+                                           float *__restrict__ first, float *__restrict__ last,
+                                           int *__restrict__ end, float *__restrict__ dw,
+                                           unsigned *__restrict__ counter, zk_i64 N) {
+  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = 4, NW = 8;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  zk_i64 NP = (N + S - 1) / S, p = (zk_i64)blockIdx.x * NW + warp;
+  zk_i64 nv = start[V];
+  if (p < NP) {
+    zk_i64 e0 = p * S, e1 = e0 + S < nv ? e0 + S : nv;
+    int endv = -1;
+    if (e0 < e1) {
+      int before = e0 > 0 ? ids[sorted[e0 - 1]] : -1; /* the ids just outside the piece */
+      int after = e1 < nv ? ids[sorted[e1]] : -1;
+      float acc[CPT];
+#pragma unroll
+      for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+      int cur = -1;
+      zk_i64 a = e0; /* where cur's run began */
+      /* A run [a, b) of id v ends: its sum goes where the top of the file says. */
+      auto flush = [&](int v, zk_i64 b) {
+        bool from_before = a == e0 && before == v, goes_on = b == e1 && after == v;
+        float *dst = from_before ? first + p * D : goes_on ? last + p * D : dw + (zk_i64)v * D;
+        if (from_before && !goes_on) endv = v;
+#pragma unroll
+        for (int j = 0; j < CPT; j++)
+          if (lane + 32 * j < D) dst[lane + 32 * j] = acc[j];
+      };
+      for (zk_i64 eb = e0; eb < e1; eb += 32) {
+        int n = e1 - eb < 32 ? (int)(e1 - eb) : 32;
+        int myrow = lane < n ? sorted[eb + lane] : 0;
+        int myid = lane < n ? ids[myrow] : -1;
+        for (int k = 0; k < n; k += U) {
+          float x[U][CPT];
+          int idk[U];
+#pragma unroll
+          for (int u = 0; u < U; u++) {
+            int row = __shfl_sync(ZK_FULL_MASK, myrow, k + u);
+            idk[u] = __shfl_sync(ZK_FULL_MASK, myid, k + u);
+#pragma unroll
+            for (int j = 0; j < CPT; j++)
+              x[u][j] = k + u < n && lane + 32 * j < D ? dy[(zk_i64)row * D + lane + 32 * j] : 0.0f;
+          }
+#pragma unroll
+          for (int u = 0; u < U; u++) {
+            if (k + u >= n) break;
+            if (idk[u] != cur) {
+              if (cur >= 0) flush(cur, eb + k + u);
+              cur = idk[u];
+              a = eb + k + u;
+#pragma unroll
+              for (int j = 0; j < CPT; j++) acc[j] = 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < CPT; j++) acc[j] += x[u][j];
+          }
+        }
+      }
+      if (cur >= 0) flush(cur, e1);
+    }
+    if (lane == 0) end[p] = endv;
+  }
+
+  __shared__ bool last_block;
+  __threadfence(); /* this block's sums, visible before it is counted */
+  __syncthreads();
+  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  for (zk_i64 q = warp; q < NP; q += NW) {
+    int v = __ldcg(end + q);
+    if (v < 0) continue;
+    zk_i64 p0 = start[v] / S;
+    float s[CPT];
+#pragma unroll
+    for (int j = 0; j < CPT; j++) s[j] = lane + 32 * j < D ? __ldcg(last + p0 * D + lane + 32 * j) : 0.0f;
+#pragma unroll 4
+    for (zk_i64 r = p0 + 1; r <= q; r++)
+#pragma unroll
+      for (int j = 0; j < CPT; j++)
+        if (lane + 32 * j < D) s[j] += __ldcg(first + r * D + lane + 32 * j);
+#pragma unroll
+    for (int j = 0; j < CPT; j++)
+      if (lane + 32 * j < D) dw[(zk_i64)v * D + lane + 32 * j] = s[j];
+  }
+  if (threadIdx.x == 0) *counter = 0u;
+}
+
 #endif /* ZK_EMBEDDING_CU */
 
 // zoo_embedding_fwd_0: node 0
@@ -387,7 +621,7 @@ __device__ __forceinline__ void zk_entry_wait() {
 #endif
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_0(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
-  zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
+  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
 // zoo_k1_arange: 0 .. 127
@@ -401,7 +635,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k1_arange(int *__restrict_
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
 extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
-  zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
+  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
 // ---- runtime/kernels/layernorm.cu ----
@@ -2347,16 +2581,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const flo
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_embedding_bwd_45: node 77
+// zoo_emb_count_45: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_45(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_45(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
-  zk_embedding_bwd<8192, 64, 1024>(dy, ids, dw, 65536LL);
+  zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_k46_add: 1 elementwise op over 524288 elements
+// zoo_emb_offsets_46: node 77
+//   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_46(int *__restrict__ cnt, int *__restrict__ total) {
+  zk_entry_wait();
+  zk_emb_offsets<8192, 64>(cnt, total);
+}
+
+// zoo_emb_place_47: node 77
+//   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_47(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+  zk_entry_wait();
+  zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
+}
+
+// zoo_emb_sum_48: node 77
+//   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_48(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw, unsigned *__restrict__ counter) {
+  zk_entry_wait();
+  zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, counter, 65536LL);
+}
+
+// zoo_k49_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
@@ -2368,33 +2623,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_47: node 0
+// zoo_embedding_fwd_50: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_47(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_50(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
-  zk_embedding_fwd<8192, 64>(w, ids, y, 65536LL);
+  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k48_arange: 0 .. 127
+// zoo_k51_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_arange(int *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_49: node 2
+// zoo_embedding_fwd_52: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_49(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_52(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
-  zk_embedding_fwd<128, 64>(w, ids, y, 128LL);
+  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_50: node 5
+// zoo_layernorm_fused_53: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2411,14 +2666,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_51: node 11
+// zoo_layernorm_fused_54: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2435,11 +2690,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_52: node 13
+// zoo_layernorm_fused_55: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2455,9 +2710,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k53_slice: slice, 4194304 elements
+// zoo_k56_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
@@ -2465,9 +2720,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_slice(const float *__r
 
 // t37 is t36 reshaped (same memory, no kernel)
 
-// zoo_k54_slice: slice, 4194304 elements
+// zoo_k57_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
@@ -2475,9 +2730,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_slice(const float *__r
 
 // t39 is t38 reshaped (same memory, no kernel)
 
-// zoo_k55_slice: slice, 4194304 elements
+// zoo_k58_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
@@ -2485,10 +2740,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_slice(const float *__r
 
 // t41 is t40 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_56: node 21
+// zoo_softmax_attn_fwd_59: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_59(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2498,11 +2753,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_56(const 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_57: node 25
+// zoo_layernorm_fused_60: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2515,11 +2770,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_58: node 27
+// zoo_layernorm_fused_61: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2531,23 +2786,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_59: node 28
+// zoo_label_count_62: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_59(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_62(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_60: node 28
+// zoo_label_write_63: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_60(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_63(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_61: node 29
+// zoo_gather_rows_64: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_64(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2555,16 +2810,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_61(const float
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_62: node 31
+// zoo_ce_step_rows_65: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_62(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_65(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_63: node 31
+// zoo_ce_step_finish_66: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_63(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_66(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
