@@ -245,6 +245,18 @@ static int poly_bwd_rows(int64_t T, int64_t DV) {
   return want > tiles ? (int)tiles : want;
 }
 
+/* Loads in flight a thread while the forward reads a key tile (zk_poly_fwd's
+ * NB): 8, or ZOO_POLY_FWD_BATCH (1 or 8) from the environment, for
+ * measuring. Measured on the H200 (device run 3 of session 5, zoorun bench
+ * --only rebased --profile with 1 and with 8), the forward's time: 32/48
+ * 0.048 / 0.049 ms, 64/128 0.149 / 0.144, 128/512 1.015 / 0.952, 512/512
+ * 2.587 / 2.585. */
+static int poly_fwd_batch(void) {
+  const char *env = getenv("ZOO_POLY_FWD_BATCH");
+  int want = env ? atoi(env) : 0;
+  return want == 1 ? 1 : 8;
+}
+
 /* The five float attributes as literals "c0, c1, c2, scale" and eps. */
 static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_t elen) {
   char a[4][48];
@@ -419,8 +431,9 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
                     "float *__restrict__ z) {\n"
-                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c, eps);
+                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld, %d>(q, k, v, o, z, %s, %s);\n}\n",
+                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI,
+                    poly_fwd_batch(), c, eps);
   zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, (int64_t)BQ * R), (unsigned)BQ, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
@@ -1405,9 +1418,9 @@ static int embedding_bwd_scatter(zoo_cuda_emit *e, const zoo_node *n, int64_t V,
 
 #define EMB_R 1024        /* embedding.cu's ZK_EMB_R */
 #define EMB_S 64          /* ZK_EMB_S */
-#define EMB_MAX_V 12272   /* ZK_EMB_MAX_V */
+#define EMB_MAX_V 11248   /* ZK_EMB_MAX_V */
 
-/* embedding_bwd in a fixed order: count, offsets, place, sum (embedding.cu). */
+/* embedding_bwd in a fixed order: count, offsets, place, sum, join (embedding.cu). */
 int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int dw = n->out[0], ids = n->in[1];
   int64_t V = dim_of(e, dw, 0), D = dim_of(e, dw, 1), N = zoo_cuda_numel(e, ids);
@@ -1463,8 +1476,8 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
                     "const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, "
                     "float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, "
-                    "float *__restrict__ dw, unsigned *__restrict__ counter) {\n"
-                    "  zk_emb_sum<%lld, %lld>(dy, ids, sorted, start, first, last, end, dw, counter, %lldLL);\n}\n",
+                    "float *__restrict__ dw) {\n"
+                    "  zk_emb_sum<%lld, %lld>(dy, ids, sorted, start, first, last, end, dw, %lldLL);\n}\n",
                     name, (long long)V, (long long)D, (long long)N);
   if (!(s = launch(e, n, name, cdiv(NP, 8), 256, 0))) return -1;
   arg_tensor(s, n->in[0]);
@@ -1475,7 +1488,20 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   arg_scratch(s, off_last);
   arg_scratch(s, off_end);
   arg_tensor(s, dw);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "emb_join", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ start, "
+                    "const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, "
+                    "float *__restrict__ dw) {\n  zk_emb_join<%lld, %lld>(start, first, last, end, dw);\n}\n",
+                    name, (long long)V, (long long)D);
+  if (!(s = launch(e, n, name, NP, 256, 0))) return -1;
+  arg_scratch(s, off_start);
+  arg_scratch(s, off_first);
+  arg_scratch(s, off_last);
+  arg_scratch(s, off_end);
+  arg_tensor(s, dw);
   s->scratch_bytes = scratch;
   return 0;
 }

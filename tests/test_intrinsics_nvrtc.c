@@ -492,8 +492,8 @@ TEST(intrinsics_emit_steps) {
   /* bwd_q: do, q, k, v, o, z -> dq, scratch */
   CHECK(q->nargs == 8 && q->args[7].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0, 8>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
   kt_free(&k);
 
@@ -504,7 +504,7 @@ TEST(intrinsics_emit_steps) {
   f = &k.e.steps[0], q = &k.e.steps[1], kv = &k.e.steps[2];
   CHECK(f->grid[0] == 2 * 12 * 1 && f->block[0] == 64 && q->grid[0] == f->grid[0] && kv->grid[0] == f->grid[0]);
   CHECK(q->scratch_bytes == 2 * 12 * 128 * 6 * 4 && kv->scratch_bytes == q->scratch_bytes);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 12, 8>") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 12, true>") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>") != NULL);
   kt_free(&k);

@@ -305,7 +305,7 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
  * dw the emitter clears first (a ZOO_STEP_ZERO step), in a fixed order of
  * additions: a run gives the same bits every time (an atomicAdd scatter would
  * not, and MQAR's hot token 0, a quarter of the rows, made it slow as well).
- * Four kernels over a scratch area:
+ * Five kernels over a scratch area:
  *
  *   zk_emb_count<V>     grid C = ceil(N / R), R = 1024 rows a chunk: each
  *                       chunk's count of each id, cnt [C][V] (a histogram in
@@ -314,33 +314,36 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
  *                       the chunks before c, total[v] the count of v.
  *   zk_emb_place<V>     grid C: sorts the rows by id, stably. Each block scans
  *                       total (start[v] = rows with a smaller id; block 0
- *                       stores it, and start[V] = the valid rows), then warp 0
- *                       walks its chunk in order, 32 rows at a time: a row's
+ *                       stores it, and start[V] = the valid rows) and reads
+ *                       its chunk's ids into shared memory; then warp 0
+ *                       walks the chunk in order, 32 rows at a time: a row's
  *                       place is cursor[id] + its rank among the earlier lanes
  *                       holding the same id (__match_any_sync), and the lowest
  *                       such lane moves the cursor on. sorted[] lists the
  *                       rows id by id, each id's rows in increasing order.
  *   zk_emb_sum<V, D>    one warp per piece of S = 64 sorted entries (8 pieces
  *                       a block), lanes over the columns: adds the rows of
- *                       each run of one id in order (4 rows' loads in flight).
+ *                       each run of one id in order (the loads of 16, 8 or 4
+ *                       rows in flight, as D allows).
  *                       An id whose rows lie within the piece gets dw[v]
  *                       directly. An id that continues past the piece (it
  *                       began in it) leaves its sum in last[p]; one that came
  *                       from an earlier piece leaves it in first[p], and the
- *                       piece where it ends names it in end[p]. The last block
- *                       to finish (counted on `counter`, put back to 0) adds
- *                       those up in piece order: dw[v] = last[p0] + first[p0
- *                       + 1] + ... + first[p1].
+ *                       piece where it ends names it in end[p] (-1: none).
+ *   zk_emb_join<V, D>   a block per piece p1 with end[p1] = v: dw[v] =
+ *                       last[p0] + first[p0 + 1] + ... + first[p1], the
+ *                       firsts in G fixed runs summed side by side (MQAR's
+ *                       token 0 spans hundreds of pieces), added in order.
  *
  * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
- * sums added in order: not the CPU's single running sum, but the same bits on
+ * sums added in a fixed order: not the CPU's single running sum, but the same bits on
  * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
  * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
- * histogram and the cursors live in shared memory).
+ * histogram the cursors and a chunk's ids live in shared memory).
  *
  * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
  *   distinct (an arange: every dw row gets one row of dy added to zero, so
- *   the order cannot matter) or V too large for the sort. Grid P blocks of
+ *   the order cannot matter) or V above ZK_EMB_MAX_V. Grid P blocks of
  *   256 threads; block p takes rows [p R, p R + R), R = ceil(N / P). Its
  *   threads form G = 256 / CW groups of CW = min(D, 256) columns; group g
  *   walks a contiguous share of the block's rows in order, summing dy while
@@ -427,7 +430,7 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 #define ZK_EMB_R 1024    /* rows a chunk */
 #define ZK_EMB_S 64      /* sorted entries a piece */
-#define ZK_EMB_MAX_V 12272 /* ids the shared-memory histogram holds */
+#define ZK_EMB_MAX_V 11248 /* ids the shared-memory cursors hold beside the chunk */
 
 template <int V>
 __device__ __forceinline__ void zk_emb_count(const int *__restrict__ ids, int *__restrict__ cnt,
@@ -467,45 +470,51 @@ template <int V>
 __device__ __forceinline__ void zk_emb_place(const int *__restrict__ ids, const int *__restrict__ cnt,
                                              const int *__restrict__ total, int *__restrict__ start,
                                              int *__restrict__ sorted, zk_i64 N) {
-  constexpr int NT = 256, VPT = (V + NT - 1) / NT;
+  constexpr int NT = 256, NW = NT / 32, VW = (V + NW - 1) / NW; /* ids a warp scans */
   __shared__ int cursor[V];
-  __shared__ int wsum[NT / 32];
-  int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = t * VPT;
+  __shared__ int chunk[ZK_EMB_R]; /* the chunk's ids */
+  __shared__ int wsum[NW];
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = warp * VW;
+  const int v1 = v0 + VW < V ? v0 + VW : V;
+  /* warp w scans ids [v0, v1) 32 at a time, lanes on consecutive ids
+   * (coalesced loads, no bank conflicts): first its share's sum... */
   int s = 0;
-  for (int j = 0; j < VPT; j++)
-    if (v0 + j < V) s += total[v0 + j];
-  int incl = s; /* the block's inclusive scan of s */
-  for (int o = 1; o < 32; o <<= 1) {
-    int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
-    if (lane >= o) incl += u;
-  }
-  if (lane == 31) wsum[warp] = incl;
+  for (int v = v0 + lane; v < v1; v += 32) s += total[v];
+  s = zk_warp_sum_int(s);
+  if (lane == 0) wsum[warp] = s;
   __syncthreads();
-  for (int w = 0; w < warp; w++) incl += wsum[w];
-  int run = incl - s; /* rows with an id below v0 */
+  int run = 0; /* rows with an id below v0 */
+  for (int w = 0; w < warp; w++) run += wsum[w];
+  /* ...then the running sum over its ids: start[v] = rows with an id below
+   * v, the cursor = start[v] + v's rows in the chunks before this one */
   const int *crow = cnt + (zk_i64)blockIdx.x * V;
-  for (int j = 0; j < VPT; j++) {
-    int v = v0 + j;
-    if (v < V) {
-      if (blockIdx.x == 0) start[v] = run;
-      cursor[v] = run + crow[v];
-      run += total[v];
+  for (int b = v0; b < v1; b += 32) {
+    int v = b + lane, x = v < v1 ? total[v] : 0, incl = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+      if (lane >= o) incl += u;
     }
+    if (v < v1) {
+      int sv = run + incl - x;
+      if (blockIdx.x == 0) start[v] = sv;
+      cursor[v] = sv + crow[v];
+    }
+    run += __shfl_sync(ZK_FULL_MASK, incl, 31);
   }
-  if (blockIdx.x == 0 && t == NT - 1) start[V] = run;
+  if (blockIdx.x == 0 && warp == NW - 1 && lane == 0) start[V] = run;
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = t; i < ZK_EMB_R; i += NT) chunk[i] = r0 + i < N ? ids[r0 + i] : -1;
   __syncthreads();
   if (warp != 0) return;
-  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
   for (int i = 0; i < ZK_EMB_R; i += 32) {
-    zk_i64 r = r0 + i + lane;
-    int id = r < N ? ids[r] : -1;
+    int id = chunk[i + lane];
     bool ok = id >= 0 && id < V;
     unsigned same = __match_any_sync(ZK_FULL_MASK, ok ? id : -1 - lane);
     int rank = __popc(same & ((1u << lane) - 1u));
     int pos = ok ? cursor[id] + rank : 0;
     __syncwarp();
     if (ok) {
-      sorted[pos] = (int)r;
+      sorted[pos] = (int)(r0 + i + lane);
       if (rank == 0) cursor[id] += __popc(same);
     }
     __syncwarp();
@@ -517,9 +526,8 @@ template <int V, int D>
 __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const int *__restrict__ ids,
                                            const int *__restrict__ sorted, const int *__restrict__ start,
                                            float *__restrict__ first, float *__restrict__ last,
-                                           int *__restrict__ end, float *__restrict__ dw,
-                                           unsigned *__restrict__ counter, zk_i64 N) {
-  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = 4, NW = 8;
+                                           int *__restrict__ end, float *__restrict__ dw, zk_i64 N) {
+  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = CPT <= 1 ? 16 : CPT <= 2 ? 8 : 4, NW = 8;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   zk_i64 NP = (N + S - 1) / S, p = (zk_i64)blockIdx.x * NW + warp;
   zk_i64 nv = start[V];
@@ -577,31 +585,47 @@ __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const i
     }
     if (lane == 0) end[p] = endv;
   }
+}
 
-  __shared__ bool last_block;
-  __threadfence(); /* this block's sums, visible before it is counted */
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  for (zk_i64 q = warp; q < NP; q += NW) {
-    int v = __ldcg(end + q);
-    if (v < 0) continue;
-    zk_i64 p0 = start[v] / S;
+/* 256 threads, grid NP: block q joins the id whose rows end in piece q after
+ * starting in an earlier one (end[q] >= 0; other blocks leave at once). Its
+ * pieces p0 + 1 .. q are split into G = 256 / min(D, 256) equal runs, each
+ * summed in order by a group of threads (one column each), and dw[v] =
+ * last[p0] + the runs' sums in order. */
+template <int V, int D>
+__device__ __forceinline__ void zk_emb_join(const int *__restrict__ start, const float *__restrict__ first,
+                                            const float *__restrict__ last, const int *__restrict__ end,
+                                            float *__restrict__ dw) {
+  constexpr int S = ZK_EMB_S, DC = D < 256 ? D : 256, G = 256 / DC, CPT = (D + DC - 1) / DC;
+  __shared__ float part[G * CPT * DC];
+  const zk_i64 q = blockIdx.x;
+  const int v = end[q];
+  if (v < 0) return;
+  const zk_i64 p0 = start[v] / S, n = q - p0;
+  const int t = threadIdx.x, col = t % DC, g = t / DC;
+  if (g < G) {
+    zk_i64 len = (n + G - 1) / G, r0 = p0 + 1 + g * len, r1 = r0 + len < q + 1 ? r0 + len : q + 1;
     float s[CPT];
 #pragma unroll
-    for (int j = 0; j < CPT; j++) s[j] = lane + 32 * j < D ? __ldcg(last + p0 * D + lane + 32 * j) : 0.0f;
-#pragma unroll 4
-    for (zk_i64 r = p0 + 1; r <= q; r++)
+    for (int j = 0; j < CPT; j++) s[j] = 0.0f;
+#pragma unroll 16
+    for (zk_i64 r = r0; r < r1; r++)
 #pragma unroll
       for (int j = 0; j < CPT; j++)
-        if (lane + 32 * j < D) s[j] += __ldcg(first + r * D + lane + 32 * j);
+        if (col + DC * j < D) s[j] += first[r * D + col + DC * j];
 #pragma unroll
-    for (int j = 0; j < CPT; j++)
-      if (lane + 32 * j < D) dw[(zk_i64)v * D + lane + 32 * j] = s[j];
+    for (int j = 0; j < CPT; j++) part[(g * CPT + j) * DC + col] = s[j];
   }
-  if (threadIdx.x == 0) *counter = 0u;
+  __syncthreads();
+  if (g != 0) return;
+#pragma unroll
+  for (int j = 0; j < CPT; j++) {
+    int c = col + DC * j;
+    if (c >= D) continue;
+    float x = last[p0 * D + c];
+    for (int gg = 0; gg < G; gg++) x += part[(gg * CPT + j) * DC + c - DC * j];
+    dw[(zk_i64)v * D + c] = x;
+  }
 }
 
 #endif /* ZK_EMBEDDING_CU */
@@ -1040,19 +1064,41 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
  * at a time where the rows allow it. */
 template <int W, int WP, int R, int T>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
+  /* loads in batches of up to 8 a thread, all issued before their stores:
+   * one memory latency a batch */
   if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
-    constexpr int W4 = W / 4;
-    for (int e = threadIdx.x; e < R * W4; e += ZK_SATTN_NT) {
-      int r = e / W4, c = (e - r * W4) * 4;
-      zk_f4 x = {0.0f, 0.0f, 0.0f, 0.0f};
-      if (r0 + r < T) x = *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c);
-      *(zk_f4 *)(sh + r * WP + c) = x;
+    constexpr int W4 = W / 4, NL = (R * W4 + ZK_SATTN_NT - 1) / ZK_SATTN_NT, NB = NL < 8 ? NL : 8;
+#pragma unroll 1
+  for (int l0 = 0; l0 < NL; l0 += NB) {
+      zk_f4 x[NB];
+#pragma unroll
+      for (int u = 0; u < NB; u++) {
+        int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W4, c = (e - r * W4) * 4;
+        x[u] = zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+        if (l0 + u < NL && e < R * W4 && r0 + r < T) x[u] = *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c);
+      }
+#pragma unroll
+      for (int u = 0; u < NB; u++) {
+        int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W4, c = (e - r * W4) * 4;
+        if (l0 + u < NL && e < R * W4) *(zk_f4 *)(sh + r * WP + c) = x[u];
+      }
     }
     return;
   }
-  for (int e = threadIdx.x; e < R * W; e += ZK_SATTN_NT) {
-    int r = e / W, c = e - r * W;
-    sh[r * WP + c] = r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+  constexpr int NL = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, NB = NL < 8 ? NL : 8;
+#pragma unroll 1
+  for (int l0 = 0; l0 < NL; l0 += NB) {
+    float x[NB];
+#pragma unroll
+    for (int u = 0; u < NB; u++) {
+      int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W, c = e - r * W;
+      x[u] = l0 + u < NL && e < R * W && r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < NB; u++) {
+      int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W, c = e - r * W;
+      if (l0 + u < NL && e < R * W) sh[r * WP + c] = x[u];
+    }
   }
 }
 
@@ -2576,14 +2622,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_53(const int *__
 
 // zoo_emb_sum_54: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_54(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_54(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
-  zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, counter, 65536LL);
+  zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_k55_add: 1 elementwise op over 524288 elements
+// zoo_emb_join_55: node 91
+//   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_55(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+  zk_entry_wait();
+  zk_emb_join<8192, 64>(start, first, last, end, dw);
+}
+
+// zoo_k56_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2595,33 +2648,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_56: node 0
+// zoo_embedding_fwd_57: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k57_arange: 0 .. 127
+// zoo_k58_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_arange(int *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_58: node 2
+// zoo_embedding_fwd_59: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_59(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_59: node 5
+// zoo_layernorm_fused_60: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2638,9 +2691,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k60_slice: slice, 4194304 elements
+// zoo_k61_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
@@ -2648,9 +2701,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__r
 
 // t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k61_slice: slice, 4194304 elements
+// zoo_k62_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
@@ -2658,9 +2711,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__r
 
 // t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k62_slice: slice, 4194304 elements
+// zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
@@ -2668,10 +2721,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__r
 
 // t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_63: node 13
+// zoo_softmax_attn_fwd_64: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_64(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2681,11 +2734,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_64: node 17
+// zoo_layernorm_fused_65: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2698,11 +2751,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_65: node 19
+// zoo_layernorm_fused_66: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2718,9 +2771,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const f
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k66_slice: slice, 4194304 elements
+// zoo_k67_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
@@ -2728,9 +2781,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__r
 
 // t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k67_slice: slice, 4194304 elements
+// zoo_k68_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
@@ -2738,9 +2791,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__r
 
 // t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k68_slice: slice, 4194304 elements
+// zoo_k69_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k69_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
@@ -2748,10 +2801,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k68_slice(const float *__r
 
 // t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_69: node 27
+// zoo_softmax_attn_fwd_70: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_70(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
@@ -2761,11 +2814,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_70: node 31
+// zoo_layernorm_fused_71: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2778,11 +2831,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_71: node 33
+// zoo_layernorm_fused_72: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2794,23 +2847,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_72: node 34
+// zoo_label_count_73: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_72(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_73(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_73: node 34
+// zoo_label_write_74: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_73(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_74(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_74: node 35
+// zoo_gather_rows_75: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_74(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_75(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2818,16 +2871,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_74(const float
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_75: node 37
+// zoo_ce_step_rows_76: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_76: node 37
+// zoo_ce_step_finish_77: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_76(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_77(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }

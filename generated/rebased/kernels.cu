@@ -305,7 +305,7 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
  * dw the emitter clears first (a ZOO_STEP_ZERO step), in a fixed order of
  * additions: a run gives the same bits every time (an atomicAdd scatter would
  * not, and MQAR's hot token 0, a quarter of the rows, made it slow as well).
- * Four kernels over a scratch area:
+ * Five kernels over a scratch area:
  *
  *   zk_emb_count<V>     grid C = ceil(N / R), R = 1024 rows a chunk: each
  *                       chunk's count of each id, cnt [C][V] (a histogram in
@@ -314,33 +314,36 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
  *                       the chunks before c, total[v] the count of v.
  *   zk_emb_place<V>     grid C: sorts the rows by id, stably. Each block scans
  *                       total (start[v] = rows with a smaller id; block 0
- *                       stores it, and start[V] = the valid rows), then warp 0
- *                       walks its chunk in order, 32 rows at a time: a row's
+ *                       stores it, and start[V] = the valid rows) and reads
+ *                       its chunk's ids into shared memory; then warp 0
+ *                       walks the chunk in order, 32 rows at a time: a row's
  *                       place is cursor[id] + its rank among the earlier lanes
  *                       holding the same id (__match_any_sync), and the lowest
  *                       such lane moves the cursor on. sorted[] lists the
  *                       rows id by id, each id's rows in increasing order.
  *   zk_emb_sum<V, D>    one warp per piece of S = 64 sorted entries (8 pieces
  *                       a block), lanes over the columns: adds the rows of
- *                       each run of one id in order (4 rows' loads in flight).
+ *                       each run of one id in order (the loads of 16, 8 or 4
+ *                       rows in flight, as D allows).
  *                       An id whose rows lie within the piece gets dw[v]
  *                       directly. An id that continues past the piece (it
  *                       began in it) leaves its sum in last[p]; one that came
  *                       from an earlier piece leaves it in first[p], and the
- *                       piece where it ends names it in end[p]. The last block
- *                       to finish (counted on `counter`, put back to 0) adds
- *                       those up in piece order: dw[v] = last[p0] + first[p0
- *                       + 1] + ... + first[p1].
+ *                       piece where it ends names it in end[p] (-1: none).
+ *   zk_emb_join<V, D>   a block per piece p1 with end[p1] = v: dw[v] =
+ *                       last[p0] + first[p0 + 1] + ... + first[p1], the
+ *                       firsts in G fixed runs summed side by side (MQAR's
+ *                       token 0 spans hundreds of pieces), added in order.
  *
  * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
- * sums added in order: not the CPU's single running sum, but the same bits on
+ * sums added in a fixed order: not the CPU's single running sum, but the same bits on
  * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
  * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
- * histogram and the cursors live in shared memory).
+ * histogram the cursors and a chunk's ids live in shared memory).
  *
  * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
  *   distinct (an arange: every dw row gets one row of dy added to zero, so
- *   the order cannot matter) or V too large for the sort. Grid P blocks of
+ *   the order cannot matter) or V above ZK_EMB_MAX_V. Grid P blocks of
  *   256 threads; block p takes rows [p R, p R + R), R = ceil(N / P). Its
  *   threads form G = 256 / CW groups of CW = min(D, 256) columns; group g
  *   walks a contiguous share of the block's rows in order, summing dy while
@@ -427,7 +430,7 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 #define ZK_EMB_R 1024    /* rows a chunk */
 #define ZK_EMB_S 64      /* sorted entries a piece */
-#define ZK_EMB_MAX_V 12272 /* ids the shared-memory histogram holds */
+#define ZK_EMB_MAX_V 11248 /* ids the shared-memory cursors hold beside the chunk */
 
 template <int V>
 __device__ __forceinline__ void zk_emb_count(const int *__restrict__ ids, int *__restrict__ cnt,
@@ -467,45 +470,51 @@ template <int V>
 __device__ __forceinline__ void zk_emb_place(const int *__restrict__ ids, const int *__restrict__ cnt,
                                              const int *__restrict__ total, int *__restrict__ start,
                                              int *__restrict__ sorted, zk_i64 N) {
-  constexpr int NT = 256, VPT = (V + NT - 1) / NT;
+  constexpr int NT = 256, NW = NT / 32, VW = (V + NW - 1) / NW; /* ids a warp scans */
   __shared__ int cursor[V];
-  __shared__ int wsum[NT / 32];
-  int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = t * VPT;
+  __shared__ int chunk[ZK_EMB_R]; /* the chunk's ids */
+  __shared__ int wsum[NW];
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = warp * VW;
+  const int v1 = v0 + VW < V ? v0 + VW : V;
+  /* warp w scans ids [v0, v1) 32 at a time, lanes on consecutive ids
+   * (coalesced loads, no bank conflicts): first its share's sum... */
   int s = 0;
-  for (int j = 0; j < VPT; j++)
-    if (v0 + j < V) s += total[v0 + j];
-  int incl = s; /* the block's inclusive scan of s */
-  for (int o = 1; o < 32; o <<= 1) {
-    int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
-    if (lane >= o) incl += u;
-  }
-  if (lane == 31) wsum[warp] = incl;
+  for (int v = v0 + lane; v < v1; v += 32) s += total[v];
+  s = zk_warp_sum_int(s);
+  if (lane == 0) wsum[warp] = s;
   __syncthreads();
-  for (int w = 0; w < warp; w++) incl += wsum[w];
-  int run = incl - s; /* rows with an id below v0 */
+  int run = 0; /* rows with an id below v0 */
+  for (int w = 0; w < warp; w++) run += wsum[w];
+  /* ...then the running sum over its ids: start[v] = rows with an id below
+   * v, the cursor = start[v] + v's rows in the chunks before this one */
   const int *crow = cnt + (zk_i64)blockIdx.x * V;
-  for (int j = 0; j < VPT; j++) {
-    int v = v0 + j;
-    if (v < V) {
-      if (blockIdx.x == 0) start[v] = run;
-      cursor[v] = run + crow[v];
-      run += total[v];
+  for (int b = v0; b < v1; b += 32) {
+    int v = b + lane, x = v < v1 ? total[v] : 0, incl = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+      if (lane >= o) incl += u;
     }
+    if (v < v1) {
+      int sv = run + incl - x;
+      if (blockIdx.x == 0) start[v] = sv;
+      cursor[v] = sv + crow[v];
+    }
+    run += __shfl_sync(ZK_FULL_MASK, incl, 31);
   }
-  if (blockIdx.x == 0 && t == NT - 1) start[V] = run;
+  if (blockIdx.x == 0 && warp == NW - 1 && lane == 0) start[V] = run;
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = t; i < ZK_EMB_R; i += NT) chunk[i] = r0 + i < N ? ids[r0 + i] : -1;
   __syncthreads();
   if (warp != 0) return;
-  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
   for (int i = 0; i < ZK_EMB_R; i += 32) {
-    zk_i64 r = r0 + i + lane;
-    int id = r < N ? ids[r] : -1;
+    int id = chunk[i + lane];
     bool ok = id >= 0 && id < V;
     unsigned same = __match_any_sync(ZK_FULL_MASK, ok ? id : -1 - lane);
     int rank = __popc(same & ((1u << lane) - 1u));
     int pos = ok ? cursor[id] + rank : 0;
     __syncwarp();
     if (ok) {
-      sorted[pos] = (int)r;
+      sorted[pos] = (int)(r0 + i + lane);
       if (rank == 0) cursor[id] += __popc(same);
     }
     __syncwarp();
@@ -517,9 +526,8 @@ template <int V, int D>
 __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const int *__restrict__ ids,
                                            const int *__restrict__ sorted, const int *__restrict__ start,
                                            float *__restrict__ first, float *__restrict__ last,
-                                           int *__restrict__ end, float *__restrict__ dw,
-                                           unsigned *__restrict__ counter, zk_i64 N) {
-  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = 4, NW = 8;
+                                           int *__restrict__ end, float *__restrict__ dw, zk_i64 N) {
+  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = CPT <= 1 ? 16 : CPT <= 2 ? 8 : 4, NW = 8;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   zk_i64 NP = (N + S - 1) / S, p = (zk_i64)blockIdx.x * NW + warp;
   zk_i64 nv = start[V];
@@ -577,31 +585,47 @@ __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const i
     }
     if (lane == 0) end[p] = endv;
   }
+}
 
-  __shared__ bool last_block;
-  __threadfence(); /* this block's sums, visible before it is counted */
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  for (zk_i64 q = warp; q < NP; q += NW) {
-    int v = __ldcg(end + q);
-    if (v < 0) continue;
-    zk_i64 p0 = start[v] / S;
+/* 256 threads, grid NP: block q joins the id whose rows end in piece q after
+ * starting in an earlier one (end[q] >= 0; other blocks leave at once). Its
+ * pieces p0 + 1 .. q are split into G = 256 / min(D, 256) equal runs, each
+ * summed in order by a group of threads (one column each), and dw[v] =
+ * last[p0] + the runs' sums in order. */
+template <int V, int D>
+__device__ __forceinline__ void zk_emb_join(const int *__restrict__ start, const float *__restrict__ first,
+                                            const float *__restrict__ last, const int *__restrict__ end,
+                                            float *__restrict__ dw) {
+  constexpr int S = ZK_EMB_S, DC = D < 256 ? D : 256, G = 256 / DC, CPT = (D + DC - 1) / DC;
+  __shared__ float part[G * CPT * DC];
+  const zk_i64 q = blockIdx.x;
+  const int v = end[q];
+  if (v < 0) return;
+  const zk_i64 p0 = start[v] / S, n = q - p0;
+  const int t = threadIdx.x, col = t % DC, g = t / DC;
+  if (g < G) {
+    zk_i64 len = (n + G - 1) / G, r0 = p0 + 1 + g * len, r1 = r0 + len < q + 1 ? r0 + len : q + 1;
     float s[CPT];
 #pragma unroll
-    for (int j = 0; j < CPT; j++) s[j] = lane + 32 * j < D ? __ldcg(last + p0 * D + lane + 32 * j) : 0.0f;
-#pragma unroll 4
-    for (zk_i64 r = p0 + 1; r <= q; r++)
+    for (int j = 0; j < CPT; j++) s[j] = 0.0f;
+#pragma unroll 16
+    for (zk_i64 r = r0; r < r1; r++)
 #pragma unroll
       for (int j = 0; j < CPT; j++)
-        if (lane + 32 * j < D) s[j] += __ldcg(first + r * D + lane + 32 * j);
+        if (col + DC * j < D) s[j] += first[r * D + col + DC * j];
 #pragma unroll
-    for (int j = 0; j < CPT; j++)
-      if (lane + 32 * j < D) dw[(zk_i64)v * D + lane + 32 * j] = s[j];
+    for (int j = 0; j < CPT; j++) part[(g * CPT + j) * DC + col] = s[j];
   }
-  if (threadIdx.x == 0) *counter = 0u;
+  __syncthreads();
+  if (g != 0) return;
+#pragma unroll
+  for (int j = 0; j < CPT; j++) {
+    int c = col + DC * j;
+    if (c >= D) continue;
+    float x = last[p0 * D + c];
+    for (int gg = 0; gg < G; gg++) x += part[(gg * CPT + j) * DC + c - DC * j];
+    dw[(zk_i64)v * D + c] = x;
+  }
 }
 
 #endif /* ZK_EMBEDDING_CU */
@@ -1151,8 +1175,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float
  * loads), and every thread reads the same element (broadcast). All sums are
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
- * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
- *   accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
+ * zk_poly_fwd<F, DV, BQ, R, T, HI, NB>: thread i walks the key tiles 0 .. its
+ *   own (each read with NB loads a thread in flight), accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
  *   into z[BH][T] (in either layout) for the backward.
  *
  * Backward, for y_i = n_i / (d_i + eps):
@@ -1184,14 +1208,34 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float
 
 /* Loads rows [r0, r0 + BQ) of a [T, W] slice whose rows are LD floats apart
  * into sh[BQ][ZK_POLY_PAD(W)] (zeros past T and in the padding), scaled by
- * mul. All BQ threads of the block take part. */
-template <int W, int BQ, int T, int LD>
+ * mul. All BQ threads of the block take part (blockDim.x = BQ), each with
+ * up to NBMAX loads in flight at once. The forward takes its NB (the
+ * emitter's poly_fwd_batch); the backward kernels, whose registers are full
+ * (ptxas spills at DV 5 and 42 with 8), one at a time. */
+template <int W, int BQ, int T, int LD, int NBMAX = 1>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  constexpr int WP = ZK_POLY_PAD(W);
-  for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
-    int r = e / WP, c = e - r * WP;
-    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
+  constexpr int WP = ZK_POLY_PAD(W), NB = WP < NBMAX ? WP : NBMAX;
+  if constexpr (NB == 1) {
+    for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
+      int r = e / WP, c = e - r * WP;
+      sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
+    }
+    return;
+  }
+  /* batches of NB loads issued before their stores: one memory latency a
+   * batch, not one a load; NB registers at most beside the kernel's own */
+#pragma unroll 1
+  for (int l0 = 0; l0 < WP; l0 += NB) {
+    float x[NB];
+#pragma unroll
+    for (int u = 0; u < NB; u++) {
+      int e = threadIdx.x + (l0 + u) * BQ, r = e / WP, c = e - r * WP;
+      x[u] = l0 + u < WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < NB; u++)
+      if (l0 + u < WP) sh[threadIdx.x + (l0 + u) * BQ] = x[u] * mul;
   }
 }
 
@@ -1295,7 +1339,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, int NB = 1>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -1325,8 +1369,8 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, num, den, unused, c0, c1, c2);
   }
@@ -1550,7 +1594,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
 extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+  zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
 // zoo_k10_merge_heads: merge heads, 3932160 elements
@@ -2557,14 +2601,21 @@ extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_51(const int *__
 
 // zoo_emb_sum_52: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
-  zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, counter, 65536LL);
+  zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_k53_add: 1 elementwise op over 524288 elements
+// zoo_emb_join_53: node 84
+//   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_53(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+  zk_entry_wait();
+  zk_emb_join<8192, 64>(start, first, last, end, dw);
+}
+
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2576,33 +2627,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_54: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k55_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_56: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_57: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2619,14 +2670,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_58: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2643,11 +2694,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_59: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2663,9 +2714,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_60: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_60(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2673,9 +2724,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_60(const flo
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_61: node 17
+// zoo_layernorm_fwd_62: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2683,24 +2734,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const flo
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k62_split_heads: split heads, 3932160 elements
+// zoo_k63_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k63_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_63: node 20
+// zoo_poly_attn_fwd_64: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_64(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
-  zk_poly_fwd<16, 5, 64, 2, 128, 0>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
+  zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k64_merge_heads: merge heads, 3932160 elements
+// zoo_k65_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k65_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
@@ -2709,11 +2760,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k64_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_65: node 24
+// zoo_layernorm_fused_66: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2726,11 +2777,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_66: node 26
+// zoo_layernorm_fused_67: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2742,23 +2793,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_67: node 27
+// zoo_label_count_68: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_67(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_68(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_68: node 27
+// zoo_label_write_69: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_68(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_69(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_69: node 28
+// zoo_gather_rows_70: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_69(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_70(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2766,16 +2817,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_69(const float
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_70: node 30
+// zoo_ce_step_rows_71: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_70(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_71(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_71: node 30
+// zoo_ce_step_finish_72: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_71(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_72(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }

@@ -13,7 +13,7 @@
  * dw the emitter clears first (a ZOO_STEP_ZERO step), in a fixed order of
  * additions: a run gives the same bits every time (an atomicAdd scatter would
  * not, and MQAR's hot token 0, a quarter of the rows, made it slow as well).
- * Four kernels over a scratch area:
+ * Five kernels over a scratch area:
  *
  *   zk_emb_count<V>     grid C = ceil(N / R), R = 1024 rows a chunk: each
  *                       chunk's count of each id, cnt [C][V] (a histogram in
@@ -22,33 +22,36 @@
  *                       the chunks before c, total[v] the count of v.
  *   zk_emb_place<V>     grid C: sorts the rows by id, stably. Each block scans
  *                       total (start[v] = rows with a smaller id; block 0
- *                       stores it, and start[V] = the valid rows), then warp 0
- *                       walks its chunk in order, 32 rows at a time: a row's
+ *                       stores it, and start[V] = the valid rows) and reads
+ *                       its chunk's ids into shared memory; then warp 0
+ *                       walks the chunk in order, 32 rows at a time: a row's
  *                       place is cursor[id] + its rank among the earlier lanes
  *                       holding the same id (__match_any_sync), and the lowest
  *                       such lane moves the cursor on. sorted[] lists the
  *                       rows id by id, each id's rows in increasing order.
  *   zk_emb_sum<V, D>    one warp per piece of S = 64 sorted entries (8 pieces
  *                       a block), lanes over the columns: adds the rows of
- *                       each run of one id in order (4 rows' loads in flight).
+ *                       each run of one id in order (the loads of 16, 8 or 4
+ *                       rows in flight, as D allows).
  *                       An id whose rows lie within the piece gets dw[v]
  *                       directly. An id that continues past the piece (it
  *                       began in it) leaves its sum in last[p]; one that came
  *                       from an earlier piece leaves it in first[p], and the
- *                       piece where it ends names it in end[p]. The last block
- *                       to finish (counted on `counter`, put back to 0) adds
- *                       those up in piece order: dw[v] = last[p0] + first[p0
- *                       + 1] + ... + first[p1].
+ *                       piece where it ends names it in end[p] (-1: none).
+ *   zk_emb_join<V, D>   a block per piece p1 with end[p1] = v: dw[v] =
+ *                       last[p0] + first[p0 + 1] + ... + first[p1], the
+ *                       firsts in G fixed runs summed side by side (MQAR's
+ *                       token 0 spans hundreds of pieces), added in order.
  *
  * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
- * sums added in order: not the CPU's single running sum, but the same bits on
+ * sums added in a fixed order: not the CPU's single running sum, but the same bits on
  * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
  * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
- * histogram and the cursors live in shared memory).
+ * histogram the cursors and a chunk's ids live in shared memory).
  *
  * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
  *   distinct (an arange: every dw row gets one row of dy added to zero, so
- *   the order cannot matter) or V too large for the sort. Grid P blocks of
+ *   the order cannot matter) or V above ZK_EMB_MAX_V. Grid P blocks of
  *   256 threads; block p takes rows [p R, p R + R), R = ceil(N / P). Its
  *   threads form G = 256 / CW groups of CW = min(D, 256) columns; group g
  *   walks a contiguous share of the block's rows in order, summing dy while
@@ -135,7 +138,7 @@ __device__ __forceinline__ void zk_embedding_bwd(const float *__restrict__ dy,
 
 #define ZK_EMB_R 1024    /* rows a chunk */
 #define ZK_EMB_S 64      /* sorted entries a piece */
-#define ZK_EMB_MAX_V 12272 /* ids the shared-memory histogram holds */
+#define ZK_EMB_MAX_V 11248 /* ids the shared-memory cursors hold beside the chunk */
 
 template <int V>
 __device__ __forceinline__ void zk_emb_count(const int *__restrict__ ids, int *__restrict__ cnt,
@@ -175,45 +178,51 @@ template <int V>
 __device__ __forceinline__ void zk_emb_place(const int *__restrict__ ids, const int *__restrict__ cnt,
                                              const int *__restrict__ total, int *__restrict__ start,
                                              int *__restrict__ sorted, zk_i64 N) {
-  constexpr int NT = 256, VPT = (V + NT - 1) / NT;
+  constexpr int NT = 256, NW = NT / 32, VW = (V + NW - 1) / NW; /* ids a warp scans */
   __shared__ int cursor[V];
-  __shared__ int wsum[NT / 32];
-  int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = t * VPT;
+  __shared__ int chunk[ZK_EMB_R]; /* the chunk's ids */
+  __shared__ int wsum[NW];
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, v0 = warp * VW;
+  const int v1 = v0 + VW < V ? v0 + VW : V;
+  /* warp w scans ids [v0, v1) 32 at a time, lanes on consecutive ids
+   * (coalesced loads, no bank conflicts): first its share's sum... */
   int s = 0;
-  for (int j = 0; j < VPT; j++)
-    if (v0 + j < V) s += total[v0 + j];
-  int incl = s; /* the block's inclusive scan of s */
-  for (int o = 1; o < 32; o <<= 1) {
-    int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
-    if (lane >= o) incl += u;
-  }
-  if (lane == 31) wsum[warp] = incl;
+  for (int v = v0 + lane; v < v1; v += 32) s += total[v];
+  s = zk_warp_sum_int(s);
+  if (lane == 0) wsum[warp] = s;
   __syncthreads();
-  for (int w = 0; w < warp; w++) incl += wsum[w];
-  int run = incl - s; /* rows with an id below v0 */
+  int run = 0; /* rows with an id below v0 */
+  for (int w = 0; w < warp; w++) run += wsum[w];
+  /* ...then the running sum over its ids: start[v] = rows with an id below
+   * v, the cursor = start[v] + v's rows in the chunks before this one */
   const int *crow = cnt + (zk_i64)blockIdx.x * V;
-  for (int j = 0; j < VPT; j++) {
-    int v = v0 + j;
-    if (v < V) {
-      if (blockIdx.x == 0) start[v] = run;
-      cursor[v] = run + crow[v];
-      run += total[v];
+  for (int b = v0; b < v1; b += 32) {
+    int v = b + lane, x = v < v1 ? total[v] : 0, incl = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      int u = __shfl_up_sync(ZK_FULL_MASK, incl, o);
+      if (lane >= o) incl += u;
     }
+    if (v < v1) {
+      int sv = run + incl - x;
+      if (blockIdx.x == 0) start[v] = sv;
+      cursor[v] = sv + crow[v];
+    }
+    run += __shfl_sync(ZK_FULL_MASK, incl, 31);
   }
-  if (blockIdx.x == 0 && t == NT - 1) start[V] = run;
+  if (blockIdx.x == 0 && warp == NW - 1 && lane == 0) start[V] = run;
+  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
+  for (int i = t; i < ZK_EMB_R; i += NT) chunk[i] = r0 + i < N ? ids[r0 + i] : -1;
   __syncthreads();
   if (warp != 0) return;
-  zk_i64 r0 = (zk_i64)blockIdx.x * ZK_EMB_R;
   for (int i = 0; i < ZK_EMB_R; i += 32) {
-    zk_i64 r = r0 + i + lane;
-    int id = r < N ? ids[r] : -1;
+    int id = chunk[i + lane];
     bool ok = id >= 0 && id < V;
     unsigned same = __match_any_sync(ZK_FULL_MASK, ok ? id : -1 - lane);
     int rank = __popc(same & ((1u << lane) - 1u));
     int pos = ok ? cursor[id] + rank : 0;
     __syncwarp();
     if (ok) {
-      sorted[pos] = (int)r;
+      sorted[pos] = (int)(r0 + i + lane);
       if (rank == 0) cursor[id] += __popc(same);
     }
     __syncwarp();
@@ -225,9 +234,8 @@ template <int V, int D>
 __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const int *__restrict__ ids,
                                            const int *__restrict__ sorted, const int *__restrict__ start,
                                            float *__restrict__ first, float *__restrict__ last,
-                                           int *__restrict__ end, float *__restrict__ dw,
-                                           unsigned *__restrict__ counter, zk_i64 N) {
-  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = 4, NW = 8;
+                                           int *__restrict__ end, float *__restrict__ dw, zk_i64 N) {
+  constexpr int CPT = (D + 31) / 32, S = ZK_EMB_S, U = CPT <= 1 ? 16 : CPT <= 2 ? 8 : 4, NW = 8;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   zk_i64 NP = (N + S - 1) / S, p = (zk_i64)blockIdx.x * NW + warp;
   zk_i64 nv = start[V];
@@ -285,31 +293,47 @@ __device__ __forceinline__ void zk_emb_sum(const float *__restrict__ dy, const i
     }
     if (lane == 0) end[p] = endv;
   }
+}
 
-  __shared__ bool last_block;
-  __threadfence(); /* this block's sums, visible before it is counted */
-  __syncthreads();
-  if (threadIdx.x == 0) last_block = atomicAdd(counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  for (zk_i64 q = warp; q < NP; q += NW) {
-    int v = __ldcg(end + q);
-    if (v < 0) continue;
-    zk_i64 p0 = start[v] / S;
+/* 256 threads, grid NP: block q joins the id whose rows end in piece q after
+ * starting in an earlier one (end[q] >= 0; other blocks leave at once). Its
+ * pieces p0 + 1 .. q are split into G = 256 / min(D, 256) equal runs, each
+ * summed in order by a group of threads (one column each), and dw[v] =
+ * last[p0] + the runs' sums in order. */
+template <int V, int D>
+__device__ __forceinline__ void zk_emb_join(const int *__restrict__ start, const float *__restrict__ first,
+                                            const float *__restrict__ last, const int *__restrict__ end,
+                                            float *__restrict__ dw) {
+  constexpr int S = ZK_EMB_S, DC = D < 256 ? D : 256, G = 256 / DC, CPT = (D + DC - 1) / DC;
+  __shared__ float part[G * CPT * DC];
+  const zk_i64 q = blockIdx.x;
+  const int v = end[q];
+  if (v < 0) return;
+  const zk_i64 p0 = start[v] / S, n = q - p0;
+  const int t = threadIdx.x, col = t % DC, g = t / DC;
+  if (g < G) {
+    zk_i64 len = (n + G - 1) / G, r0 = p0 + 1 + g * len, r1 = r0 + len < q + 1 ? r0 + len : q + 1;
     float s[CPT];
 #pragma unroll
-    for (int j = 0; j < CPT; j++) s[j] = lane + 32 * j < D ? __ldcg(last + p0 * D + lane + 32 * j) : 0.0f;
-#pragma unroll 4
-    for (zk_i64 r = p0 + 1; r <= q; r++)
+    for (int j = 0; j < CPT; j++) s[j] = 0.0f;
+#pragma unroll 16
+    for (zk_i64 r = r0; r < r1; r++)
 #pragma unroll
       for (int j = 0; j < CPT; j++)
-        if (lane + 32 * j < D) s[j] += __ldcg(first + r * D + lane + 32 * j);
+        if (col + DC * j < D) s[j] += first[r * D + col + DC * j];
 #pragma unroll
-    for (int j = 0; j < CPT; j++)
-      if (lane + 32 * j < D) dw[(zk_i64)v * D + lane + 32 * j] = s[j];
+    for (int j = 0; j < CPT; j++) part[(g * CPT + j) * DC + col] = s[j];
   }
-  if (threadIdx.x == 0) *counter = 0u;
+  __syncthreads();
+  if (g != 0) return;
+#pragma unroll
+  for (int j = 0; j < CPT; j++) {
+    int c = col + DC * j;
+    if (c >= D) continue;
+    float x = last[p0 * D + c];
+    for (int gg = 0; gg < G; gg++) x += part[(gg * CPT + j) * DC + c - DC * j];
+    dw[(zk_i64)v * D + c] = x;
+  }
 }
 
 #endif /* ZK_EMBEDDING_CU */

@@ -22,8 +22,8 @@
  * loads), and every thread reads the same element (broadcast). All sums are
  * fp32. Static shared memory: BQ (F + DV + 8) floats at most, 15 KB for DV 42.
  *
- * zk_poly_fwd<F, DV, BQ, R, T, HI>: thread i walks the key tiles 0 .. its own,
- *   accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
+ * zk_poly_fwd<F, DV, BQ, R, T, HI, NB>: thread i walks the key tiles 0 .. its
+ *   own (each read with NB loads a thread in flight), accumulating n_i and d_i; o_i = n_i / (d_i + eps), and z_i = d_i + eps
  *   into z[BH][T] (in either layout) for the backward.
  *
  * Backward, for y_i = n_i / (d_i + eps):
@@ -55,14 +55,34 @@
 
 /* Loads rows [r0, r0 + BQ) of a [T, W] slice whose rows are LD floats apart
  * into sh[BQ][ZK_POLY_PAD(W)] (zeros past T and in the padding), scaled by
- * mul. All BQ threads of the block take part. */
-template <int W, int BQ, int T, int LD>
+ * mul. All BQ threads of the block take part (blockDim.x = BQ), each with
+ * up to NBMAX loads in flight at once. The forward takes its NB (the
+ * emitter's poly_fwd_batch); the backward kernels, whose registers are full
+ * (ptxas spills at DV 5 and 42 with 8), one at a time. */
+template <int W, int BQ, int T, int LD, int NBMAX = 1>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  constexpr int WP = ZK_POLY_PAD(W);
-  for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
-    int r = e / WP, c = e - r * WP;
-    sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
+  constexpr int WP = ZK_POLY_PAD(W), NB = WP < NBMAX ? WP : NBMAX;
+  if constexpr (NB == 1) {
+    for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
+      int r = e / WP, c = e - r * WP;
+      sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
+    }
+    return;
+  }
+  /* batches of NB loads issued before their stores: one memory latency a
+   * batch, not one a load; NB registers at most beside the kernel's own */
+#pragma unroll 1
+  for (int l0 = 0; l0 < WP; l0 += NB) {
+    float x[NB];
+#pragma unroll
+    for (int u = 0; u < NB; u++) {
+      int e = threadIdx.x + (l0 + u) * BQ, r = e / WP, c = e - r * WP;
+      x[u] = l0 + u < WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < NB; u++)
+      if (l0 + u < WP) sh[threadIdx.x + (l0 + u) * BQ] = x[u] * mul;
   }
 }
 
@@ -166,7 +186,7 @@ __device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, 
   });
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, int NB = 1>
 __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             const float *__restrict__ k,
                                             const float *__restrict__ v, float *__restrict__ o,
@@ -196,8 +216,8 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
   for (int kt = 0; kt < nkt; kt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-    zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
+    zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
     zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, num, den, unused, c0, c1, c2);
   }
