@@ -1008,7 +1008,7 @@ int zoo_cuda_linear(zoo_cuda_emit *e, const zoo_node *n) {
   gm->batch = 1;
   gm->alpha = 1, gm->beta = 0;
   gemm_comment(e, n, gm);
-  return 0;
+  return zoo_cuda_gemm_own(e, s);
 }
 
 /* matmul (a[..., m, k], b[..., k, n]; i0, i1 = transposed): batch axes equal or
@@ -1037,7 +1037,7 @@ int zoo_cuda_matmul(zoo_cuda_emit *e, const zoo_node *n) {
     gm->stride_a = gm->stride_c = 0;
   }
   gemm_comment(e, n, gm);
-  return 0;
+  return zoo_cuda_gemm_own(e, s);
 }
 
 /* ---------------------------------------------------------------------------

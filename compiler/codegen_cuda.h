@@ -61,7 +61,10 @@ typedef struct zoo_arg {
 
 typedef enum zoo_step_kind {
   ZOO_STEP_KERNEL, /* launch `func` from the module */
-  ZOO_STEP_GEMM,   /* C = alpha op(A) op(B) + beta C, row-major, batched */
+  ZOO_STEP_GEMM,   /* C = alpha op(A) op(B) + beta C, row-major, batched; by
+                      cuBLASLt, or by zoo's own kernel `func` (when not NULL,
+                      launched over grid/block with (A, B, bias, C)) where
+                      the backend's timing picks it */
   ZOO_STEP_ZERO,   /* memset tensor `gemm.c` to zero */
 } zoo_step_kind;
 
@@ -157,6 +160,15 @@ typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_for
  * cannot run). */
 int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
                        zoo_poly_form *form, char *err, size_t errlen);
+
+/* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
+ * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32
+ * (measured on the H200, session 5: at K = 24 or 32 it took 0.006 ms where
+ * cuBLASLt's best took 0.011 to 0.013 at m 24576, n 24 or 32, and 0.122
+ * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied). Sets
+ * s->func, grid and block; nothing when the GEMM does not qualify. Returns 0,
+ * or -1 with e's error. */
+int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s);
 
 /* Fused groups beyond elementwise chains (fuse.h).
  *

@@ -1507,6 +1507,36 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 }
 
 /* ---------------------------------------------------------------------------
+ * zoo's own GEMM: runtime/kernels/gemm.cu (see zoo_cuda_gemm_own in
+ * codegen_cuda.h). Tiles by the width of C: 256 x 32 for N <= 32 (a row of
+ * blocks covers C's width), 64 x 64 up to N = 256, 128 x 64 above; the
+ * fastest of the configurations tried at those shapes. */
+int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
+  const zoo_gemm *gm = &s->gemm;
+  if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
+  if (gm->m > 2147483647LL || gm->n > 2147483647LL) return 0;
+  int bm, bn, tm, tn;
+  if (gm->n <= 32) bm = 256, bn = 32, tm = 8, tn = 4;
+  else if (gm->n <= 256) bm = 64, bn = 64, tm = 4, tn = 4;
+  else bm = 128, bn = 64, tm = 8, tn = 4;
+  if (need(e, "gemm.cu", NULL, NULL)) return -1;
+  char name[64];
+  snprintf(name, sizeof name, "zoo_gemm_%d", e->uid++);
+  zoo_strbuf_printf(&e->src, "\n// %s: zoo's kernel for GEMM step %d (the backend times it against cuBLASLt)\n",
+                    name, e->nsteps - 1);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ a, "
+                    "const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c) {\n"
+                    "  zk_gemm<%lld, %lld, %lld, 0, %d, %d, %d, 16, %d, %d, 1, %d>(a, b, bias, c);\n}\n",
+                    name, (long long)gm->m, (long long)gm->n, (long long)gm->k, gm->trans_b, bm, bn, tm, tn,
+                    gm->bias >= 0);
+  s->func = strdup(name);
+  s->grid[0] = (unsigned)cdiv(gm->n, bn), s->grid[1] = (unsigned)cdiv(gm->m, bm), s->grid[2] = 1;
+  s->block[0] = 256, s->block[1] = s->block[2] = 1;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
  * label_rows, gather_rows, scatter_rows: runtime/kernels/rows.cu */
 
 int zoo_cuda_label_rows(zoo_cuda_emit *e, const zoo_node *n) {

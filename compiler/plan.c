@@ -281,6 +281,7 @@ static void write_step(FILE *out, const zoo_plan *p, const zoo_graph *g, const z
             m->trans_a ? "(" : "", m->a, m->trans_a ? ")^T" : "", m->trans_b ? "(" : "", m->b,
             m->trans_b ? ")^T" : "", m->bias >= 0 ? " + bias" : "", (long long)m->m, (long long)m->n,
             (long long)m->k, (long long)m->batch);
+    if (s->func) fprintf(out, " (or %s <<<(%u,%u,%u), (%u,1,1)>>>)", s->func, s->grid[0], s->grid[1], s->grid[2], s->block[0]);
   } else {
     fprintf(out, "zero t%d@%s+%lld", s->gemm.c, mem_name(p->mem[s->gemm.c]), (long long)p->offset[s->gemm.c]);
   }

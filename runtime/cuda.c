@@ -47,6 +47,7 @@ typedef struct gemm_plan {
   cublasLtMatmulAlgo_t algo;
   cublasLtMatmulAlgo_t cand[GEMM_CANDIDATES]; /* cuBLASLt's heuristic's choices, best first */
   int ncand;
+  int own; /* 1: the step runs zoo's kernel (candidate ncand), not cuBLASLt */
   int ready;
 } gemm_plan;
 
@@ -198,6 +199,16 @@ static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_g
   if (!c->func || !c->gemm) abort();
   for (int i = 0; i < e->nsteps; i++) {
     const zoo_step *s = &e->steps[i];
+    if (s->kind == ZOO_STEP_GEMM && s->func) { /* zoo's own kernel, a candidate beside cuBLASLt's */
+      CUresult rr = zoo_cu.cuModuleGetFunction(&c->func[i], c->mod, s->func);
+      if (rr != CUDA_SUCCESS) {
+        zoo_cu_fail(rr, "cuModuleGetFunction(&f, mod, name)", __FILE__, __LINE__, c->err, c->errlen);
+        char d[400];
+        step_desc(c, names_graph, i, d, sizeof d);
+        return context(c, d);
+      }
+      continue;
+    }
     if (s->kind != ZOO_STEP_KERNEL) continue;
     if (!s->func) {
       char d[400];
@@ -353,13 +364,25 @@ static cublasStatus_t gemm_run(const core *c, const zoo_plan *p, const zoo_step 
                                      (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
 }
 
-/* GPU milliseconds of `reps` runs of GEMM step s with algorithm a, between
- * events e0 and e1; a negative value when cuBLASLt refuses it. */
-static double gemm_time(core *c, const zoo_plan *p, const zoo_step *s, const gemm_plan *gp,
-                        const cublasLtMatmulAlgo_t *a, int reps, CUevent e0, CUevent e1) {
+/* Launches zoo's own kernel of GEMM step i (A, B, bias, C) on the stream. */
+static CUresult gemm_own_run(const core *c, const zoo_plan *p, int i) {
+  const zoo_step *s = &c->emit->steps[i];
+  const zoo_gemm *gm = &s->gemm;
+  CUdeviceptr A = tensor_ptr(c, p, gm->a), B = tensor_ptr(c, p, gm->b), C = tensor_ptr(c, p, gm->c);
+  CUdeviceptr bias = gm->bias >= 0 ? tensor_ptr(c, p, gm->bias) : A; /* unread without a bias */
+  void *params[] = {&A, &B, &bias, &C};
+  return core_launch(c, c->func[i], s->grid, s->block, 0, params);
+}
+
+/* GPU milliseconds of `reps` runs of GEMM step i with cuBLASLt's algorithm a,
+ * or zoo's kernel when a is NULL, between events e0 and e1; a negative value
+ * when the run is refused. */
+static double gemm_time(core *c, const zoo_plan *p, int i, const gemm_plan *gp, const cublasLtMatmulAlgo_t *a,
+                        int reps, CUevent e0, CUevent e1) {
+  const zoo_step *s = &c->emit->steps[i];
   if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS) return -1;
   for (int r = 0; r < reps; r++)
-    if (gemm_run(c, p, s, gp, a) != CUBLAS_STATUS_SUCCESS) return -1;
+    if (a ? gemm_run(c, p, s, gp, a) != CUBLAS_STATUS_SUCCESS : gemm_own_run(c, p, i) != CUDA_SUCCESS) return -1;
   float ms = 0;
   if (zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
       zoo_cu.cuEventElapsedTime(&ms, e0, e1) != CUDA_SUCCESS)
@@ -369,7 +392,7 @@ static double gemm_time(core *c, const zoo_plan *p, const zoo_step *s, const gem
 
 /* The key of a GEMM's pick on disk (gemm_choice.h): the device, cuBLASLt's
  * version, the GEMM and the heuristic's candidates. */
-static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, char key[33]) {
+static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int own, char key[33]) {
   int sms = 0;
   zoo_cu.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, c->dev);
   zoo_gemm_choice_in in = {
@@ -377,7 +400,8 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, cha
       .precision = (int)c->precision, .m = gm->m, .n = gm->n, .k = gm->k, .batch = gm->batch,
       .stride_a = gm->stride_a, .stride_b = gm->stride_b, .stride_c = gm->stride_c,
       .trans_a = gm->trans_a, .trans_b = gm->trans_b, .bias = gm->bias >= 0, .accumulate = gm->beta != 0,
-      .workspace = WORKSPACE_BYTES, .cand = gp->cand, .cand_size = sizeof gp->cand[0], .ncand = gp->ncand};
+      .workspace = WORKSPACE_BYTES, .own = own ? "zk_gemm 1" : NULL, .cand = gp->cand,
+      .cand_size = sizeof gp->cand[0], .ncand = gp->ncand};
   zoo_gemm_choice_key(&in, key);
 }
 
@@ -391,6 +415,12 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, cha
  * measured on the H200 (ZOO_GEMM_TUNE_LOG=1 zoorun bench --quick), the
  * logits GEMM at m 8192, n 8192, k 64 took 0.277 ms with the first and 0.260
  * with the fourth; over the four quick cells' GEMMs, 5.33 ms against 5.19.
+ *
+ * zoo's own kernel (codegen_cuda.h's zoo_cuda_gemm_own), where the step has
+ * one and the arithmetic is fp32, is one more candidate, number ncand, timed
+ * against the heuristic's first even for a small GEMM (it is made for small
+ * ones). ZOO_GEMM_OWN=1 runs it untimed wherever there is one (for tests),
+ * ZOO_GEMM_OWN=0 never.
  *
  * A pick by timing can change from run to run (two candidates within noise of
  * each other), and with it the GEMM's rounding, so the pick is stored on disk
@@ -406,18 +436,28 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, cha
 static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
   gemm_plan *gp = &c->gemm[i];
   const zoo_step *s = &c->emit->steps[i];
-  if (gp->ncand < 2 || zoo_env_on("ZOO_NO_GEMM_TUNE")) return 0;
+  const char *own_env = getenv("ZOO_GEMM_OWN");
+  int own = c->func[i] && c->precision == ZOO_FP32 && !(own_env && strcmp(own_env, "0") == 0);
+  gp->own = 0;
+  if (own && own_env && strcmp(own_env, "1") == 0) {
+    gp->own = 1;
+    return 0;
+  }
+  int ncand = gp->ncand + own; /* candidate gp->ncand: zoo's kernel */
+  if (ncand < 2 || zoo_env_on("ZOO_NO_GEMM_TUNE")) return 0;
   int log = zoo_env_on("ZOO_GEMM_TUNE_LOG"), best = 0;
   char key[33], d[400] = "";
-  gemm_key(c, gp, &s->gemm, key);
+  gemm_key(c, gp, &s->gemm, own, key);
   if (log) step_desc(c, g, i, d, sizeof d);
   int retune = zoo_env_on("ZOO_GEMM_RETUNE");
-  int stored = retune ? -1 : zoo_gemm_choice_load(key, gp->ncand);
+  int stored = retune ? -1 : zoo_gemm_choice_load(key, ncand);
   if (stored >= 0) {
-    gp->algo = gp->cand[stored];
+    gp->own = stored == gp->ncand;
+    if (!gp->own) gp->algo = gp->cand[stored];
     if (log)
-      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld stored candidate %d (gemm-%s)\n", d,
-              (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, stored, key);
+      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld stored candidate %d%s (gemm-%s)\n", d,
+              (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, stored,
+              gp->own ? " (zoo's kernel)" : "", key);
     return 0;
   }
   if (!gemm_operands_ok(c, p, s, gp)) return 0;
@@ -429,37 +469,45 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
   }
   int measured = 0; /* a pick that no measurement made is not stored */
   double best_ms = 0;
-  for (int a = 0; a < gp->ncand; a++) {
-    double once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* warm-up and a first measure */
+  for (int a = 0; a < ncand; a++) {
+    const cublasLtMatmulAlgo_t *alg = a < gp->ncand ? &gp->cand[a] : NULL;
+    int first_only = 0; /* a small GEMM: the first against zoo's kernel alone */
+    double once = gemm_time(c, p, i, gp, alg, 1, e0, e1); /* warm-up and a first measure */
     if (a == 0 && once >= 0 && once < GEMM_TUNE_MIN_MS) {
-      once = gemm_time(c, p, s, gp, &gp->cand[a], 1, e0, e1); /* the first run loaded the kernel */
+      once = gemm_time(c, p, i, gp, alg, 1, e0, e1); /* the first run loaded the kernel */
       if (once >= 0 && once < GEMM_TUNE_MIN_MS) {
-        measured = 1;
-        break;
+        if (!own) {
+          measured = 1;
+          break;
+        }
+        first_only = 1;
       }
     }
     if (once < 0) continue;
     int reps = once > 0.25 ? 1 : once > 0.05 ? 3 : 10;
-    double ms = gemm_time(c, p, s, gp, &gp->cand[a], reps, e0, e1) / reps;
+    double ms = gemm_time(c, p, i, gp, alg, reps, e0, e1) / reps;
     if (ms < 0) continue;
     if (log)
-      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d: %.4f ms\n", d, (long long)s->gemm.m,
-              (long long)s->gemm.n, (long long)s->gemm.k, a, ms);
+      fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d%s: %.4f ms\n", d, (long long)s->gemm.m,
+              (long long)s->gemm.n, (long long)s->gemm.k, a, alg ? "" : " (zoo's kernel)", ms);
     if (!measured || ms < best_ms * (best == 0 ? 0.98 : 1.0)) best = a, best_ms = ms;
     measured = 1;
+    if (first_only) a = gp->ncand - 1; /* next: zoo's kernel */
   }
   zoo_cu.cuEventDestroy(e0);
   zoo_cu.cuEventDestroy(e1);
-  int timed = best, kept = measured ? zoo_gemm_choice_save(key, best, retune, gp->ncand) : -1;
+  int timed = best, kept = measured ? zoo_gemm_choice_save(key, best, retune, ncand) : -1;
   if (kept >= 0) best = kept; /* ours, or another process's stored first */
-  gp->algo = gp->cand[best];  /* the runs were on the stream: what follows is ordered after them */
+  gp->own = best == gp->ncand;
+  if (!gp->own) gp->algo = gp->cand[best]; /* the runs were on the stream: what follows is ordered after them */
   if (log) {
     char how[64];
     if (kept < 0) snprintf(how, sizeof how, "not stored");
     else if (kept == timed) snprintf(how, sizeof how, "stored");
     else snprintf(how, sizeof how, "stored first by another process (timed: %d)", timed);
-    fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld picked candidate %d, %s: gemm-%s\n", d,
-            (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, best, how, key);
+    fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld picked candidate %d%s, %s: gemm-%s\n", d,
+            (long long)s->gemm.m, (long long)s->gemm.n, (long long)s->gemm.k, best,
+            gp->own ? " (zoo's kernel)" : "", how, key);
   }
   return 0;
 }
@@ -566,7 +614,11 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
       snprintf(c->err, c->errlen, "%s: GEMM not prepared or an operand has no memory (bug)", d);
       return -1;
     }
-    cublasStatus_t st = gemm_run(c, p, s, gp, &gp->algo);
+    if (gp->own) {
+      r = gemm_own_run(c, p, i);
+      call = c->pdl ? "cuLaunchKernelEx(...) (zoo's GEMM)" : "cuLaunchKernel(...) (zoo's GEMM)";
+    }
+    cublasStatus_t st = gp->own ? CUBLAS_STATUS_SUCCESS : gemm_run(c, p, s, gp, &gp->algo);
     if (st != CUBLAS_STATUS_SUCCESS) {
       zoo_cublaslt_fail(st, "cublasLtMatmul(...)", __FILE__, __LINE__, c->err, c->errlen);
       char d[400];
@@ -1325,8 +1377,9 @@ int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out) {
       profile_key(s, &cp->train, i >= cp->nforward, key, sizeof key);
       fprintf(out, "    %4d %8.4f ms  %s", i, ms[i], key);
       if (s->kind == ZOO_STEP_GEMM)
-        fprintf(out, " m=%lld n=%lld k=%lld%s%s", (long long)s->gemm.m, (long long)s->gemm.n,
-                (long long)s->gemm.k, s->gemm.trans_a ? " Ta" : "", s->gemm.trans_b ? " Tb" : "");
+        fprintf(out, " m=%lld n=%lld k=%lld%s%s%s", (long long)s->gemm.m, (long long)s->gemm.n,
+                (long long)s->gemm.k, s->gemm.trans_a ? " Ta" : "", s->gemm.trans_b ? " Tb" : "",
+                c->gemm[i].own ? " (zoo's kernel)" : "");
       fputc('\n', out);
     }
   } else if (status == 0) {

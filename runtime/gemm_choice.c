@@ -54,6 +54,7 @@ void zoo_gemm_choice_key(const zoo_gemm_choice_in *in, char key[33]) {
   int64_t flags[] = {in->trans_a, in->trans_b, in->bias, in->accumulate};
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) hash_i64(&h, flags[i]);
   hash_i64(&h, (int64_t)in->workspace);
+  if (in->own) hash_field(&h, in->own, strlen(in->own)); /* zoo's kernel: candidate ncand */
   hash_i64(&h, in->ncand);
   hash_i64(&h, (int64_t)in->cand_size);
   const unsigned char *cand = in->cand;

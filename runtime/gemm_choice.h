@@ -37,6 +37,8 @@ typedef struct zoo_gemm_choice_in {
   int trans_a, trans_b;
   int bias;            /* 1 with the bias epilogue */
   int accumulate;      /* 1 when beta != 0 (C is read) */
+  const char *own;     /* zoo's own kernel offered as candidate ncand (its template
+                          arguments), or NULL */
   uint64_t workspace;  /* cuBLASLt's workspace limit, bytes */
   const void *cand;    /* the heuristic's candidates, ncand of cand_size bytes each */
   size_t cand_size;

@@ -66,8 +66,8 @@ static int kernel_nargs(const char *name) {
   if (!strcmp(name, "zoo_adamw")) return 6;
   if (!strcmp(name, "zoo_accumulate") || !strcmp(name, "zoo_metrics_accumulate")) return 4;
   for (int i = 0; F.e && i < F.e->nsteps; i++)
-    if (F.e->steps[i].kind == ZOO_STEP_KERNEL && F.e->steps[i].func && !strcmp(F.e->steps[i].func, name))
-      return F.e->steps[i].nargs;
+    if (F.e->steps[i].func && !strcmp(F.e->steps[i].func, name))
+      return F.e->steps[i].kind == ZOO_STEP_GEMM ? 4 : F.e->steps[i].nargs; /* zoo's GEMM: a, b, bias, c */
   return -1;
 }
 

@@ -805,7 +805,21 @@ static int c_mm_shared_b(ocase *c) { return c_matmul(c, 0, 0, 1, 0); }
 static int c_mm_shared_a(ocase *c) { return c_matmul(c, 0, 1, 0, 1); }
 static int c_mm_2d(ocase *c) { return c_matmul(c, 1, 0, 0, 0); }
 
+/* zoo's own GEMM kernel's three tile shapes (runtime/kernels/gemm.cu), with
+ * edges: N 20 (256 x 32 tiles) with a bias, N 70 (64 x 64), N 300 (128 x 64);
+ * the backward's products have K 20, 70 and 300 (cuBLASLt's, K > 32). */
+static int c_gemm_own(ocase *c, int64_t M, int64_t K, int64_t N, int bias) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, M, K)), w = oc_f32(c, V_SIGNED, DIMS(N, K));
+  int in[3] = {x, w, bias ? oc_f32(c, V_SIGNED, DIMS(N)) : -1};
+  return oc_op(c, ZOO_OP_LINEAR, bias ? 3 : 2, in, NULL);
+}
+static int c_gemm_own_narrow(ocase *c) { return c_gemm_own(c, 150, 24, 20, 1); }
+static int c_gemm_own_mid(ocase *c) { return c_gemm_own(c, 67, 32, 70, 0); }
+static int c_gemm_own_wide(ocase *c) { return c_gemm_own(c, 75, 17, 300, 0); }
+
 static const named_case matmul_cases[] = {
+      {"gemm_own_narrow", c_gemm_own_narrow, 1e-4, 1}, {"gemm_own_mid", c_gemm_own_mid, 1e-4, 1},
+      {"gemm_own_wide", c_gemm_own_wide, 1e-4, 1},
       {"linear_bias", c_linear_bias, 1e-4, 1}, {"linear", c_linear_nobias, 1e-4, 1},
       {"matmul", c_mm, 1e-4, 1},               {"matmul_ta", c_mm_ta, 1e-4, 1},
       {"matmul_tb", c_mm_tb, 1e-4, 1},         {"matmul_tab", c_mm_tab, 1e-4, 1},
@@ -825,6 +839,26 @@ TEST(emu_ops_matmul) {
   EMU_OR_SKIP();
   int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), 1);
   CHECKF(failed == 0, "%d matrix product case(s) differ (emulated)", failed);
+}
+
+/* The same cases with every GEMM that has zoo's own kernel run by it
+ * (ZOO_GEMM_OWN=1), where timing would pick cuBLASLt's for most. */
+TEST(gpu_ops_matmul_own) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  char *saved = zoo_test_env_set("ZOO_GEMM_OWN", "1");
+  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), mode);
+  zoo_test_env_restore("ZOO_GEMM_OWN", saved);
+  CHECKF(failed == 0, "%d matrix product case(s) differ with zoo's GEMM kernel", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_matmul_own) {
+  EMU_OR_SKIP();
+  char *saved = zoo_test_env_set("ZOO_GEMM_OWN", "1");
+  int failed = run_cases(t, matmul_cases, (int)(sizeof matmul_cases / sizeof *matmul_cases), 1);
+  zoo_test_env_restore("ZOO_GEMM_OWN", saved);
+  CHECKF(failed == 0, "%d matrix product case(s) differ with zoo's GEMM kernel (emulated)", failed);
 }
 
 /* ---- gather, scan, intrinsics */
@@ -1519,6 +1553,11 @@ static void train_compare(zoo_test_ctx *t, const char *model, int accum, int fak
 }
 
 TEST(gpu_train_rebased) { train_compare(t, "rebased", 1, 0, ZOO_FP32); }
+TEST(gpu_train_rebased_gemm_own) { /* every GEMM with zoo's kernel by it */
+  char *saved = zoo_test_env_set("ZOO_GEMM_OWN", "1");
+  train_compare(t, "rebased", 1, 0, ZOO_FP32);
+  zoo_test_env_restore("ZOO_GEMM_OWN", saved);
+}
 TEST(gpu_train_based) { train_compare(t, "based", 1, 0, ZOO_FP32); }
 TEST(gpu_train_conv_attention) { train_compare(t, "conv_attention", 1, 0, ZOO_FP32); }
 TEST(gpu_train_attention) { train_compare(t, "attention", 1, 0, ZOO_FP32); }
