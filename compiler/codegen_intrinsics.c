@@ -1435,74 +1435,53 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t off_sorted = off_start + align16((V + 1) * 4), off_end = off_sorted + align16(N * 4);
   int64_t off_first = off_end + align16(NP * 4), off_last = off_first + align16(NP * D * 4);
   int64_t scratch = off_last + align16(NP * D * 4);
-  char name[64];
-  kernel_name(e, n, "emb_count", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ ids, "
-                    "int *__restrict__ cnt) {\n  zk_emb_count<%lld>(ids, cnt, %lldLL);\n}\n",
-                    name, (long long)V, (long long)N);
-  zoo_step *s = launch(e, n, name, C, 256, 0);
-  if (!s) return -1;
-  arg_tensor(s, ids);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "emb_offsets", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(int *__restrict__ cnt, "
-                    "int *__restrict__ total) {\n  zk_emb_offsets<%lld, %lld>(cnt, total);\n}\n",
-                    name, (long long)V, (long long)C);
-  if (!(s = launch(e, n, name, cdiv(V, 256), 256, 0))) return -1;
-  arg_scratch(s, 0);
-  arg_scratch(s, off_total);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "emb_place", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ ids, "
-                    "const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, "
-                    "int *__restrict__ sorted) {\n  zk_emb_place<%lld>(ids, cnt, total, start, sorted, %lldLL);\n}\n",
-                    name, (long long)V, (long long)N);
-  if (!(s = launch(e, n, name, C, 256, 0))) return -1;
-  arg_tensor(s, ids);
-  arg_scratch(s, 0);
-  arg_scratch(s, off_total);
-  arg_scratch(s, off_start);
-  arg_scratch(s, off_sorted);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "emb_sum", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
-                    "const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, "
-                    "float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, "
-                    "float *__restrict__ dw) {\n"
-                    "  zk_emb_sum<%lld, %lld>(dy, ids, sorted, start, first, last, end, dw, %lldLL);\n}\n",
-                    name, (long long)V, (long long)D, (long long)N);
-  if (!(s = launch(e, n, name, cdiv(NP, 8), 256, 0))) return -1;
-  arg_tensor(s, n->in[0]);
-  arg_tensor(s, ids);
-  arg_scratch(s, off_sorted);
-  arg_scratch(s, off_start);
-  arg_scratch(s, off_first);
-  arg_scratch(s, off_last);
-  arg_scratch(s, off_end);
-  arg_tensor(s, dw);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "emb_join", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const int *__restrict__ start, "
-                    "const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, "
-                    "float *__restrict__ dw) {\n  zk_emb_join<%lld, %lld>(start, first, last, end, dw);\n}\n",
-                    name, (long long)V, (long long)D);
-  if (!(s = launch(e, n, name, NP, 256, 0))) return -1;
-  arg_scratch(s, off_start);
-  arg_scratch(s, off_first);
-  arg_scratch(s, off_last);
-  arg_scratch(s, off_end);
-  arg_tensor(s, dw);
-  s->scratch_bytes = scratch;
+  /* The five kernels: each one's call, parameters, grid and arguments
+   * (tensors by name: DY, IDS, DW; scratch areas by offset). */
+  enum { DY = -1, IDS = -2, DW = -3, END = -4 };
+  long long v = V, d = D, rows = N, chunks = C;
+  char call[5][160];
+  snprintf(call[0], sizeof call[0], "zk_emb_count<%lld>(ids, cnt, %lldLL)", v, rows);
+  snprintf(call[1], sizeof call[1], "zk_emb_offsets<%lld, %lld>(cnt, total)", v, chunks);
+  snprintf(call[2], sizeof call[2], "zk_emb_place<%lld>(ids, cnt, total, start, sorted, %lldLL)", v, rows);
+  snprintf(call[3], sizeof call[3], "zk_emb_sum<%lld, %lld>(dy, ids, sorted, start, first, last, end, dw, %lldLL)",
+           v, d, rows);
+  snprintf(call[4], sizeof call[4], "zk_emb_join<%lld, %lld>(start, first, last, end, dw)", v, d);
+  const struct {
+    const char *base, *params;
+    int64_t grid;
+    int64_t args[9];
+  } ks[] = {
+      {"emb_count", "const int *__restrict__ ids, int *__restrict__ cnt", C, {IDS, 0, END}},
+      {"emb_offsets", "int *__restrict__ cnt, int *__restrict__ total", cdiv(V, 256), {0, off_total, END}},
+      {"emb_place",
+       "const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, "
+       "int *__restrict__ start, int *__restrict__ sorted",
+       C, {IDS, 0, off_total, off_start, off_sorted, END}},
+      {"emb_sum",
+       "const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, "
+       "const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, "
+       "float *__restrict__ dw",
+       cdiv(NP, 8), {DY, IDS, off_sorted, off_start, off_first, off_last, off_end, DW, END}},
+      {"emb_join",
+       "const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, "
+       "const int *__restrict__ end, float *__restrict__ dw",
+       NP, {off_start, off_first, off_last, off_end, DW, END}},
+  };
+  for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
+    char name[64];
+    kernel_name(e, n, ks[k].base, name, sizeof name);
+    zoo_strbuf_printf(&e->src, "extern \"C\" __global__ void __launch_bounds__(256) %s(%s) {\n  %s;\n}\n", name,
+                      ks[k].params, call[k]);
+    zoo_step *s = launch(e, n, name, ks[k].grid, 256, 0);
+    if (!s) return -1;
+    for (const int64_t *a = ks[k].args; *a != END; a++) {
+      if (*a == DY) arg_tensor(s, n->in[0]);
+      else if (*a == IDS) arg_tensor(s, ids);
+      else if (*a == DW) arg_tensor(s, dw);
+      else arg_scratch(s, *a);
+    }
+    s->scratch_bytes = scratch;
+  }
   return 0;
 }
 

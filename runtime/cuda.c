@@ -199,27 +199,17 @@ static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_g
   if (!c->func || !c->gemm) abort();
   for (int i = 0; i < e->nsteps; i++) {
     const zoo_step *s = &e->steps[i];
-    if (s->kind == ZOO_STEP_GEMM && s->func) { /* zoo's own kernel, a candidate beside cuBLASLt's */
-      CUresult rr = zoo_cu.cuModuleGetFunction(&c->func[i], c->mod, s->func);
-      if (rr != CUDA_SUCCESS) {
-        zoo_cu_fail(rr, "cuModuleGetFunction(&f, mod, name)", __FILE__, __LINE__, c->err, c->errlen);
-        char d[400];
-        step_desc(c, names_graph, i, d, sizeof d);
-        return context(c, d);
-      }
-      continue;
-    }
-    if (s->kind != ZOO_STEP_KERNEL) continue;
+    if (s->kind == ZOO_STEP_ZERO || (s->kind == ZOO_STEP_GEMM && !s->func)) continue;
     if (!s->func) {
       char d[400];
       step_desc(c, names_graph, i, d, sizeof d);
       snprintf(c->err, c->errlen, "%s has no kernel name", d);
       return -1;
     }
-    /* a kernel launched by several steps is looked up once */
+    /* a kernel launched by several steps is looked up once; a GEMM step's
+     * is zoo's own kernel, a candidate beside cuBLASLt's */
     for (int j = 0; j < i && !c->func[i]; j++)
-      if (c->func[j] && e->steps[j].kind == ZOO_STEP_KERNEL && strcmp(e->steps[j].func, s->func) == 0)
-        c->func[i] = c->func[j];
+      if (c->func[j] && e->steps[j].func && strcmp(e->steps[j].func, s->func) == 0) c->func[i] = c->func[j];
     if (!c->func[i]) {
       CUresult rr = zoo_cu.cuModuleGetFunction(&c->func[i], c->mod, s->func);
       if (rr != CUDA_SUCCESS) {

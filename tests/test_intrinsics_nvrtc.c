@@ -458,7 +458,7 @@ TEST(intrinsics_sources_embedded) {
   const char *files[] = {"common.cu", "poly_attention.cu", "poly_attention_chunked.cu", "softmax_attention.cu",
                          "linear_cross_entropy.cu", "causal_conv1d.cu", "layernorm.cu",
                          "rmsnorm.cu", "softmax.cu", "cross_entropy.cu", "embedding.cu",
-                         "cumsum.cu", "linear_cross_entropy_step.cu", "rng.h"};
+                         "cumsum.cu", "linear_cross_entropy_step.cu", "gemm.cu", "rng.h"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
     const char *s = zoo_kernel_source(files[i]);
     CHECKF(s != NULL && strlen(s) > 100, "%s", files[i]);

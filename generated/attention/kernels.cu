@@ -95,6 +95,30 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A tile copy by the NT threads of a block: element e < NE for e =
+ * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
+ * thread's elements whose gets are all issued before their puts: one memory
+ * latency a batch instead of one an element, NB registers of T beside the
+ * kernel's own. NB = 1 is the plain loop. */
+template <int NE, int NT, int NB, typename T, typename Get, typename Put>
+__device__ __forceinline__ void zk_tile_copy(Get get, Put put) {
+  constexpr int NL = (NE + NT - 1) / NT, B = NL < NB ? NL : NB;
+#pragma unroll 1
+  for (int l0 = 0; l0 < NL; l0 += B) {
+    T x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      x[u] = l0 + u < NL && e < NE ? get(e) : T{};
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      if (l0 + u < NL && e < NE) put(e, x[u]);
+    }
+  }
+}
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -1064,42 +1088,29 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
  * at a time where the rows allow it. */
 template <int W, int WP, int R, int T>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
-  /* loads in batches of up to 8 a thread, all issued before their stores:
-   * one memory latency a batch */
+  /* up to 8 loads a thread in flight (zk_tile_copy) */
   if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
-    constexpr int W4 = W / 4, NL = (R * W4 + ZK_SATTN_NT - 1) / ZK_SATTN_NT, NB = NL < 8 ? NL : 8;
-#pragma unroll 1
-  for (int l0 = 0; l0 < NL; l0 += NB) {
-      zk_f4 x[NB];
-#pragma unroll
-      for (int u = 0; u < NB; u++) {
-        int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W4, c = (e - r * W4) * 4;
-        x[u] = zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
-        if (l0 + u < NL && e < R * W4 && r0 + r < T) x[u] = *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c);
-      }
-#pragma unroll
-      for (int u = 0; u < NB; u++) {
-        int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W4, c = (e - r * W4) * 4;
-        if (l0 + u < NL && e < R * W4) *(zk_f4 *)(sh + r * WP + c) = x[u];
-      }
-    }
+    constexpr int W4 = W / 4;
+    zk_tile_copy<R * W4, ZK_SATTN_NT, 8, zk_f4>(
+        [&](int e) {
+          int r = e / W4, c = (e - r * W4) * 4;
+          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+        },
+        [&](int e, zk_f4 x) {
+          int r = e / W4, c = (e - r * W4) * 4;
+          *(zk_f4 *)(sh + r * WP + c) = x;
+        });
     return;
   }
-  constexpr int NL = (R * W + ZK_SATTN_NT - 1) / ZK_SATTN_NT, NB = NL < 8 ? NL : 8;
-#pragma unroll 1
-  for (int l0 = 0; l0 < NL; l0 += NB) {
-    float x[NB];
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W, c = e - r * W;
-      x[u] = l0 + u < NL && e < R * W && r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * ZK_SATTN_NT, r = e / W, c = e - r * W;
-      if (l0 + u < NL && e < R * W) sh[r * WP + c] = x[u];
-    }
-  }
+  zk_tile_copy<R * W, ZK_SATTN_NT, 8, float>(
+      [&](int e) {
+        int r = e / W, c = e - r * W;
+        return r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+      },
+      [&](int e, float x) {
+        int r = e / W, c = e - r * W;
+        sh[r * WP + c] = x;
+      });
 }
 
 /* dropout factor M_ij */

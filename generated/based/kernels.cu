@@ -95,6 +95,30 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A tile copy by the NT threads of a block: element e < NE for e =
+ * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
+ * thread's elements whose gets are all issued before their puts: one memory
+ * latency a batch instead of one an element, NB registers of T beside the
+ * kernel's own. NB = 1 is the plain loop. */
+template <int NE, int NT, int NB, typename T, typename Get, typename Put>
+__device__ __forceinline__ void zk_tile_copy(Get get, Put put) {
+  constexpr int NL = (NE + NT - 1) / NT, B = NL < NB ? NL : NB;
+#pragma unroll 1
+  for (int l0 = 0; l0 < NL; l0 += B) {
+    T x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      x[u] = l0 + u < NL && e < NE ? get(e) : T{};
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      if (l0 + u < NL && e < NE) put(e, x[u]);
+    }
+  }
+}
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll
@@ -1217,27 +1241,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float
 template <int W, int BQ, int T, int LD, int NBMAX = 1>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  constexpr int WP = ZK_POLY_PAD(W), NB = WP < NBMAX ? WP : NBMAX;
-  if constexpr (NB == 1) {
+  constexpr int WP = ZK_POLY_PAD(W);
+  if constexpr (NBMAX == 1) {
     for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
       int r = e / WP, c = e - r * WP;
       sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
     }
-    return;
-  }
-  /* batches of NB loads issued before their stores: one memory latency a
-   * batch, not one a load; NB registers at most beside the kernel's own */
-#pragma unroll 1
-  for (int l0 = 0; l0 < WP; l0 += NB) {
-    float x[NB];
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * BQ, r = e / WP, c = e - r * WP;
-      x[u] = l0 + u < WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < NB; u++)
-      if (l0 + u < WP) sh[threadIdx.x + (l0 + u) * BQ] = x[u] * mul;
+  } else {
+    zk_tile_copy<BQ * WP, BQ, NBMAX, float>(
+        [&](int e) {
+          int r = e / WP, c = e - r * WP;
+          return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+        },
+        [&](int e, float x) { sh[e] = x * mul; });
   }
 }
 

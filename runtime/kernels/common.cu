@@ -38,6 +38,30 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A tile copy by the NT threads of a block: element e < NE for e =
+ * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
+ * thread's elements whose gets are all issued before their puts: one memory
+ * latency a batch instead of one an element, NB registers of T beside the
+ * kernel's own. NB = 1 is the plain loop. */
+template <int NE, int NT, int NB, typename T, typename Get, typename Put>
+__device__ __forceinline__ void zk_tile_copy(Get get, Put put) {
+  constexpr int NL = (NE + NT - 1) / NT, B = NL < NB ? NL : NB;
+#pragma unroll 1
+  for (int l0 = 0; l0 < NL; l0 += B) {
+    T x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      x[u] = l0 + u < NL && e < NE ? get(e) : T{};
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      int e = threadIdx.x + (l0 + u) * NT;
+      if (l0 + u < NL && e < NE) put(e, x[u]);
+    }
+  }
+}
+
 /* Sum of v over the 32 lanes of a warp, in every lane. */
 __device__ __forceinline__ float zk_warp_sum(float v) {
 #pragma unroll

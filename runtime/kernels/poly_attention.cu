@@ -62,27 +62,19 @@
 template <int W, int BQ, int T, int LD, int NBMAX = 1>
 __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__restrict__ src, int r0,
                                                   float mul) {
-  constexpr int WP = ZK_POLY_PAD(W), NB = WP < NBMAX ? WP : NBMAX;
-  if constexpr (NB == 1) {
+  constexpr int WP = ZK_POLY_PAD(W);
+  if constexpr (NBMAX == 1) {
     for (int e = threadIdx.x; e < BQ * WP; e += BQ) {
       int r = e / WP, c = e - r * WP;
       sh[e] = (r0 + r < T && c < W) ? src[(zk_i64)(r0 + r) * LD + c] * mul : 0.0f;
     }
-    return;
-  }
-  /* batches of NB loads issued before their stores: one memory latency a
-   * batch, not one a load; NB registers at most beside the kernel's own */
-#pragma unroll 1
-  for (int l0 = 0; l0 < WP; l0 += NB) {
-    float x[NB];
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * BQ, r = e / WP, c = e - r * WP;
-      x[u] = l0 + u < WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < NB; u++)
-      if (l0 + u < WP) sh[threadIdx.x + (l0 + u) * BQ] = x[u] * mul;
+  } else {
+    zk_tile_copy<BQ * WP, BQ, NBMAX, float>(
+        [&](int e) {
+          int r = e / WP, c = e - r * WP;
+          return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+        },
+        [&](int e, float x) { sh[e] = x * mul; });
   }
 }
 

@@ -92,21 +92,12 @@ constexpr int zk_poly_chunked_smem(int part) {
  * sh[C][F + 1], times mul, a 1 at column F of every row, zeros past T. */
 template <int F, int C, int NT, int T, int LD>
 __device__ __forceinline__ void zk_pc_load_fk(float *sh, const float *__restrict__ src, int r0, float mul) {
-  constexpr int NE = C * (F + 1), NL = (NE + NT - 1) / NT, NB = NL < 8 ? NL : 8;
-#pragma unroll 1
-  for (int l0 = 0; l0 < NL; l0 += NB) { /* a batch's loads issued before its stores */
-    float x[NB];
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * NT, r = e / (F + 1), c = e - r * (F + 1);
-      x[u] = l0 + u < NL && e < NE && c < F && r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * NT, r = e / (F + 1), c = e - r * (F + 1);
-      if (l0 + u < NL && e < NE) sh[e] = c == F ? 1.0f : x[u] * mul;
-    }
-  }
+  zk_tile_copy<C * (F + 1), NT, 8, float>( /* up to 8 loads a thread in flight */
+      [&](int e) {
+        int r = e / (F + 1), c = e - r * (F + 1);
+        return c < F && r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+      },
+      [&](int e, float x) { sh[e] = e % (F + 1) == F ? 1.0f : x * mul; });
 }
 
 /* Rows [r0, r0 + C) of a slice with rows SRCW floats apart into sh[C][SW]: columns c < DV from
@@ -114,23 +105,17 @@ __device__ __forceinline__ void zk_pc_load_fk(float *sh, const float *__restrict
  * DV), else 0; zeros elsewhere and past T. */
 template <int DV, int SRCW, int ZC, int SW, int C, int NT, int T, int ONES>
 __device__ __forceinline__ void zk_pc_load_cols(float *sh, const float *__restrict__ src, int r0) {
-  constexpr int NE = C * SW, NL = (NE + NT - 1) / NT, NB = NL < 8 ? NL : 8;
-#pragma unroll 1
-  for (int l0 = 0; l0 < NL; l0 += NB) { /* a batch's loads issued before its stores */
-    float x[NB];
-#pragma unroll
-    for (int u = 0; u < NB; u++) {
-      int e = threadIdx.x + (l0 + u) * NT, r = e / SW, c = e - r * SW;
-      x[u] = 0.0f;
-      if (l0 + u < NL && e < NE && r0 + r < T) {
-        if (c < DV) x[u] = src[(zk_i64)(r0 + r) * SRCW + c];
-        else if (c == ZC) x[u] = ONES == 1 ? 1.0f : ONES == 2 ? src[(zk_i64)(r0 + r) * SRCW + DV] : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < NB; u++)
-      if (l0 + u < NL && threadIdx.x + (l0 + u) * NT < NE) sh[threadIdx.x + (l0 + u) * NT] = x[u];
-  }
+  zk_tile_copy<C * SW, NT, 8, float>( /* up to 8 loads a thread in flight */
+      [&](int e) {
+        int r = e / SW, c = e - r * SW;
+        float x = 0.0f;
+        if (r0 + r < T) {
+          if (c < DV) x = src[(zk_i64)(r0 + r) * SRCW + c];
+          else if (c == ZC) x = ONES == 1 ? 1.0f : ONES == 2 ? src[(zk_i64)(r0 + r) * SRCW + DV] : 0.0f;
+        }
+        return x;
+      },
+      [&](int e, float x) { sh[e] = x; });
 }
 
 /* Feature tables, in the order of the header comment: fc[d] the query-side
