@@ -79,7 +79,10 @@ enum { MODE_GPU, MODE_EMU, MODE_PRECOMPILE };
 
 /* V_TARGETS: 30% ignore_index (-100), the rest in [lo, hi); V_LABELLED_FIRST:
  * the first 60% in [lo, hi), the rest -100 (the compacted head's rows) */
-typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS, V_LABELLED_FIRST } vkind;
+#ifndef MQAR_ROWS
+#define MQAR_ROWS 64
+#endif
+typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS, V_LABELLED_FIRST, V_MQAR_IDS } vkind;
 
 typedef struct ocase {
   zoo_graph g;
@@ -156,6 +159,7 @@ static void fill(ocase *c, int k, void *data, int64_t n) {
     case V_AWAY: f[e] = (float)((u < 0.5 ? -1 : 1) * (0.5 + u)); break;
     case V_BINARY: f[e] = u < 0.5 ? 0.0f : 1.0f; break;
     case V_IDS: i[e] = c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
+    case V_MQAR_IDS: i[e] = u < 0.25 ? 0 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
     case V_TARGETS: i[e] = u < 0.3 ? -100 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
     case V_LABELLED_FIRST: i[e] = e >= n * 3 / 5 ? -100 : c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
     }
@@ -881,6 +885,14 @@ static int c_embedding_wide(ocase *c) {
   int in[2] = {w, ids};
   return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
 }
+/* MQAR's tokens at simple_mqar's shape: vocabulary 8192, width 32, a quarter
+ * of the positions the fill token 0 (its rows span many pieces and chunks),
+ * most other ids absent from the batch. */
+static int c_embedding_mqar(ocase *c) {
+  int w = oc_f32(c, V_SIGNED, DIMS(8192, 32)), ids = oc_i32(c, V_MQAR_IDS, 0, 8192, DIMS(MQAR_ROWS, 48));
+  int in[2] = {w, ids};
+  return oc_op(c, ZOO_OP_EMBEDDING, 2, in, NULL);
+}
 static int c_arange(ocase *c) {
   zoo_attrs a = A0();
   a.ndim = 1;
@@ -1072,6 +1084,7 @@ static const named_case intrinsics_cases[] = {
       {"embedding", c_embedding, 1e-4, 1},
       {"embedding_hot_ids", c_embedding_hot, 1e-4, 1},
       {"embedding_many_ids", c_embedding_wide, 1e-4, 1},
+      {"embedding_mqar", c_embedding_mqar, 1e-4, 1},
       {"arange", c_arange, 0, 0},
       {"cumsum", c_cumsum, 1e-4, 1},
       {"causal_conv1d", c_conv, 1e-4, 1},
