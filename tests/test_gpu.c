@@ -1281,23 +1281,31 @@ TEST(emu_ops_fused) {
 /* prec: the GEMMs' (backend.h); tf32 and bf16 round the GEMM inputs, so their
  * steps are held to looser bounds (loss within 2%, parameter changes within
  * 15% overall) and the argmax counts are not compared. */
+/* models/<model>.zoo with vocab_size, d_model and seq_len bound; NULL (the
+ * reason on stderr) when it does not compile. */
+static zoo_program *compile_model(const char *model, int64_t V, int d_model, int seq_len) {
+  char path[128], vocab[24], dm[24], sl[24];
+  snprintf(path, sizeof path, "models/%s.zoo", model);
+  snprintf(vocab, sizeof vocab, "%lld", (long long)V);
+  snprintf(dm, sizeof dm, "%d", d_model);
+  snprintf(sl, sizeof sl, "%d", seq_len);
+  zoo_define defs[] = {{"vocab_size", vocab}, {"d_model", dm}, {"seq_len", sl}};
+  zoo_compile_opts o = {.path = path, .defines = defs, .ndefines = 3};
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  zoo_program *p = NULL;
+  return zoo_compile(&o, &d, &p) == 0 ? p : NULL;
+}
+
 static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec,
                             int64_t V) {
   int mode = MODE_EMU;
   if (fake) EMU_OR_SKIP_LEVEL(1);
   else GPU_MODE_OR_SKIP(mode);
-  char path[128], vocab[16];
-  snprintf(path, sizeof path, "models/%s.zoo", model);
-  snprintf(vocab, sizeof vocab, "%lld", (long long)V);
-  zoo_define defs[] = {{"vocab_size", vocab}, {"d_model", "24"}, {"seq_len", "16"}};
-  zoo_compile_opts o = {0};
-  o.path = path;
-  o.defines = defs;
-  o.ndefines = 3;
+  zoo_program *p = compile_model(model, V, 24, 16);
+  CHECKF(p != NULL, "models/%s.zoo does not compile", model);
   zoo_diag d;
   zoo_diag_init(&d, stderr);
-  zoo_program *p = NULL;
-  CHECKF(zoo_compile(&o, &d, &p) == 0, "%s does not compile", path);
   zoo_graph *g = &p->graph;
   /* The compacted head, as zoorun trains on CUDA (runtime/train.c), with room
    * for 10 labelled positions per sequence (the batches below label about 4 of
@@ -1520,12 +1528,10 @@ static int train_twice_state(zoo_graph *g, int64_t B, int64_t T, int64_t V, floa
 TEST(gpu_train_reproducible) {
   int mode = MODE_GPU;
   GPU_MODE_OR_SKIP(mode);
-  zoo_define defs[] = {{"vocab_size", "64"}, {"d_model", "32"}, {"seq_len", "64"}};
-  zoo_compile_opts o = {.path = "models/rebased.zoo", .defines = defs, .ndefines = 3};
+  zoo_program *p = compile_model("rebased", 64, 32, 64);
+  CHECK(p != NULL);
   zoo_diag d;
   zoo_diag_init(&d, stderr);
-  zoo_program *p = NULL;
-  CHECK(zoo_compile(&o, &d, &p) == 0);
   zoo_graph *g = &p->graph;
   CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 32, &d) == 0);
   const int64_t B = 64, T = 64, V = 64;
@@ -1631,18 +1637,10 @@ static int close_enough(const char *what, const float *a, const float *b, int64_
 
 static void emu_program_v(zoo_test_ctx *t, const char *model, int accum, zoo_head head, int64_t V) {
   EMU_OR_SKIP();
-  char path[128], vocab[16];
-  snprintf(path, sizeof path, "models/%s.zoo", model);
-  snprintf(vocab, sizeof vocab, "%lld", (long long)V);
-  zoo_define defs[] = {{"vocab_size", vocab}, {"d_model", "24"}, {"seq_len", "16"}};
-  zoo_compile_opts o = {0};
-  o.path = path;
-  o.defines = defs;
-  o.ndefines = 3;
+  zoo_program *prog = compile_model(model, V, 24, 16);
+  CHECKF(prog != NULL, "models/%s.zoo does not compile", model);
   zoo_diag d;
   zoo_diag_init(&d, stderr);
-  zoo_program *prog = NULL;
-  CHECKF(zoo_compile(&o, &d, &prog) == 0, "%s does not compile", path);
   zoo_graph *g = &prog->graph;
   CHECK(zoo_train_graph_head(g, head, 16, &d) == 0);
   const int64_t B = 4, T = 16;
@@ -1809,12 +1807,10 @@ static int count_ops(const zoo_graph *g, zoo_op op) {
   return c;
 }
 static void emu_program_lce(zoo_test_ctx *t) {
-  zoo_define defs[] = {{"vocab_size", "128"}, {"d_model", "24"}, {"seq_len", "16"}};
-  zoo_compile_opts o = {.path = "models/rebased.zoo", .defines = defs, .ndefines = 3};
+  zoo_program *prog = compile_model("rebased", 128, 24, 16);
+  CHECK(prog != NULL);
   zoo_diag d;
   zoo_diag_init(&d, stderr);
-  zoo_program *prog = NULL;
-  CHECK(zoo_compile(&o, &d, &prog) == 0);
   int folded = zoo_train_graph_head(&prog->graph, ZOO_HEAD_COMPACT, 16, &d) == 0 &&
                count_ops(&prog->graph, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP) == 1;
   zoo_program_free(prog);
