@@ -257,6 +257,18 @@ static int poly_fwd_batch(void) {
   return want == 1 ? 1 : 8;
 }
 
+/* The same for the backward's tile loads: 1, or ZOO_POLY_BWD_BATCH (2, 4 or
+ * 8) from the environment, for measuring. One stands measured on the H200
+ * (device run 10 of session 5, zoorun bench --only rebased --profile with 1,
+ * 2 and 4): rebased 128/512 25.84, 26.36 and 26.09 ms, 512/512 98.18, 100.67
+ * and 99.45; the backward's warps already hide the loads' latency, and the
+ * batch's registers cost occupancy. */
+static int poly_bwd_batch(void) {
+  const char *env = getenv("ZOO_POLY_BWD_BATCH");
+  int want = env ? atoi(env) : 0;
+  return want == 2 || want == 4 || want == 8 ? want : 1;
+}
+
 /* The five float attributes as literals "c0, c1, c2, scale" and eps. */
 static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_t elen) {
   char a[4][48];
@@ -458,15 +470,17 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 
   /* with the forward's o and z (inputs 4, 5), no walk to recompute them */
   int saved = n->nin == 6;
+  char nb[16] = ""; /* the tile loads' batch (zk_poly_load_tile), when not 1 */
+  if (poly_bwd_batch() > 1) snprintf(nb, sizeof nb, ", %d", poly_bwd_batch());
   kernel_name(e, n, "poly_attn_bwd_q", name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "%sfloat *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld, %s>(dout, q, k, v, %s, dq, stats, %s, %s);\n}\n",
+                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld, %s%s>(dout, q, k, v, %s, dq, stats, %s, %s);\n}\n",
                     BQ, name, saved ? "const float *__restrict__ o, const float *__restrict__ z, " : "",
                     (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI,
-                    saved ? "true" : "false", saved ? "o, z" : "nullptr, nullptr", c, eps);
+                    saved ? "true" : "false", nb, saved ? "o, z" : "nullptr, nullptr", c, eps);
   zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
@@ -483,8 +497,9 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, c);
+                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld%s>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, nb,
+                    c);
   s = launch(e, n, name, grid, (unsigned)BQ, 0);
   if (!s) return -1;
   for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);

@@ -1402,7 +1402,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
   }
 }
 
-template <int F, int DV, int BQ, int R, int T, int HI, bool SAVED>
+template <int F, int DV, int BQ, int R, int T, int HI, bool SAVED, int NB = 1>
 __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               const float *__restrict__ q,
                                               const float *__restrict__ k,
@@ -1456,8 +1456,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
     /* first walk: n_i and d_i */
     for (int kt = 0; kt < nkt; kt++) {
       __syncthreads();
-      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+      zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
       zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
     }
@@ -1482,8 +1482,8 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   for (int kt = nkt - 1; kt >= 0; kt--) {
     if (SAVED || kt != nkt - 1) {
       __syncthreads();
-      zk_poly_load_tile<F, BQ, T, LQ>(ks, kb, kt * BQ, 1.0f);
-      zk_poly_load_tile<DV, BQ, T, LV>(vs, vb, kt * BQ, 1.0f);
+      zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
+      zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
     }
     zk_poly_qtile<F, DV, BQ, R, 1>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
@@ -1539,7 +1539,7 @@ __device__ __forceinline__ void zk_poly_kvpass(const float *qs, const float *sts
 
 /* Keys j = tile R BQ + r BQ + threadIdx.x; query tiles from slab r's own to
  * the last. */
-template <int F, int DV, int BQ, int R, int T, int HI>
+template <int F, int DV, int BQ, int R, int T, int HI, int NB = 1>
 __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                const float *__restrict__ k,
                                                const float *__restrict__ v,
@@ -1574,8 +1574,8 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
   int slab0 = tile * R;
   for (int qt = slab0; qt < NT; qt++) {
     __syncthreads();
-    zk_poly_load_tile<F, BQ, T, LQ>(qs, qb, qt * BQ, scale); /* scale q_i once here */
-    zk_poly_load_tile<DV + 1, BQ, T, DV + 1>(sts, sb, qt * BQ, 1.0f);
+    zk_poly_load_tile<F, BQ, T, LQ, NB>(qs, qb, qt * BQ, scale); /* scale q_i once here */
+    zk_poly_load_tile<DV + 1, BQ, T, DV + 1, NB>(sts, sb, qt * BQ, 1.0f);
     __syncthreads();
     int iend = T - qt * BQ < BQ ? T - qt * BQ : BQ;
     int rk = qt - slab0; /* slabs r < rk whole, slab rk diagonal, the rest skipped */
