@@ -8,7 +8,10 @@
  *   ZOO_DEBUG=1    no CUDA graph: every step is launched on its own and followed
  *                  by a synchronisation, so a failure names its kernel and node
  *   ZOO_NO_FUSE=1  every node its own kernel (bisects a fusion bug)
- *   ZOO_CACHE_DIR, ZOO_NO_CACHE  the kernel cache (nvrtc_cache.h)
+ *   ZOO_CACHE_DIR, ZOO_NO_CACHE  the kernel cache (nvrtc_cache.h), which also
+ *                  holds each GEMM's timed pick (gemm_choice.h)
+ *   ZOO_NO_GEMM_TUNE, ZOO_GEMM_RETUNE, ZOO_GEMM_TUNE_LOG, ZOO_GEMM_OWN  how GEMMs
+ *                  are picked (cuda.c, gemm_tune); README.md lists the rest
  */
 #ifndef ZOO_CUDA_BACKEND_H
 #define ZOO_CUDA_BACKEND_H

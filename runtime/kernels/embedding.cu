@@ -44,10 +44,12 @@
  *                       token 0 spans hundreds of pieces), added in order.
  *
  * So dw[v] is the in-order sum of v's rows within each piece, the pieces'
- * sums added in a fixed order: not the CPU's single running sum, but the same bits on
- * every run. Scratch: cnt C V, total V, start V + 1, sorted N and end NP ints,
- * first and last NP D floats (NP = ceil(N / S)); V at most ZK_EMB_MAX_V (the
- * histogram the cursors and a chunk's ids live in shared memory).
+ * sums added in a fixed order: not the CPU's single running sum, but the
+ * same bits on every run. Scratch: cnt C V, total V, start V + 1, sorted N
+ * and end NP ints, first and last NP D floats (NP = ceil(N / S)); V at most
+ * ZK_EMB_MAX_V (the histogram, the cursors and a chunk's ids live in shared
+ * memory). ZOO_EMB_SCATTER=1 makes the emitter take the scatter below
+ * instead, for measuring.
  *
  * zk_embedding_bwd<V, D, P>: the scatter with atomicAdd, for ids known to be
  *   distinct (an arange: every dw row gets one row of dy added to zero, so
