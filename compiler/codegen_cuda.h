@@ -155,6 +155,9 @@ typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_for
  * T = 850 and 1250: chunked from 1024. */
 #define ZOO_POLY_CHUNKED_MIN_T 1024
 
+/* Positions per chunk of the chunked form (its kernels' C). */
+#define ZOO_POLY_CHUNK 64
+
 /* The form for q [.., T, F], v [.., T, DV] and coefficients c0, c1, c2. Returns
  * 0, or -1 with err (ZOO_POLY_FORM unknown, or chunked asked for a shape it
  * cannot run). */

@@ -286,7 +286,7 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
  * equal near T = 4 D W / (F + W) + C: about 250 for DV 5, 500 for DV 42; the
  * backward's ratio is alike. ZOO_POLY_CHUNKED_MIN_T sits above both. */
 
-enum { PC_CHUNK = 64, PC_THREADS = 256, PC_SMEM_MAX = 227 * 1024 };
+enum { PC_CHUNK = ZOO_POLY_CHUNK, PC_THREADS = 256, PC_SMEM_MAX = 227 * 1024 };
 
 /* The kernel's zk_pc_shape and zk_poly_chunked_smem, mirrored (the wrappers
  * static_assert that both agree). */

@@ -102,9 +102,6 @@ static double poly_flops(double BH, double T, double F, double DV, int backward)
   return pairs * (backward ? 6 * F + 4 * DV + 9 : 2 * F + 2 * DV + 5);
 }
 
-/* The chunked form's chunk: PC_CHUNK in compiler/codegen_intrinsics.c. */
-#define BENCH_POLY_CHUNK 64
-
 /* Useful work of the chunked linear form (runtime/kernels/poly_attention_chunked.cu)
  * with D features (136 for ReBased, 153 for Based at F 16) and chunks of C rows,
  * W = DV + 1 (the values and the denominator's column). Per (batch, head) pair
@@ -150,7 +147,7 @@ static int poly_node_flops(const zoo_graph *g, const int64_t *sym, const zoo_nod
   if (zoo_cuda_poly_form((int64_t)T, (int64_t)F, (int64_t)DV, c0, c1, c2, &form, err, errlen) != 0) return -1;
   *chunked = form == ZOO_POLY_CHUNKED;
   double D = (c0 != 0) + (c1 != 0) * F + (c2 != 0) * F * (F + 1) / 2;
-  *flop = *chunked ? poly_chunked_flops(B * H, T, F, DV, D, BENCH_POLY_CHUNK, bwd) : poly_flops(B * H, T, F, DV, bwd);
+  *flop = *chunked ? poly_chunked_flops(B * H, T, F, DV, D, ZOO_POLY_CHUNK, bwd) : poly_flops(B * H, T, F, DV, bwd);
   return 0;
 }
 

@@ -9,43 +9,15 @@
 
 #include "nvrtc_cache.h"
 
-/* The hash: two 64-bit FNV-1a lanes from different offsets, a separator byte
- * after each field (so moving bytes between neighbouring fields changes it),
- * each lane finished by SplitMix64's mixer; the kind nvrtc_cache.c keys its
- * CUBINs with. */
-typedef struct choice_hash {
-  uint64_t a, b;
-} choice_hash;
-
-/* 64-bit FNV-1a over n bytes, continuing from h. */
-static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
-  const unsigned char *s = p;
-  for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
-  return h;
-}
-
-/* Adds one field of n bytes. */
-static void hash_field(choice_hash *h, const void *p, size_t n) {
-  static const unsigned char sep = 0xff;
-  h->a = fnv_bytes(fnv_bytes(h->a, p, n), &sep, 1);
-  h->b = fnv_bytes(fnv_bytes(h->b, p, n), &sep, 1);
-}
-
 /* Adds a number (every field is widened to 64 bits, so types may change). */
-static void hash_i64(choice_hash *h, int64_t v) { hash_field(h, &v, sizeof v); }
-
-/* SplitMix64's finaliser: spreads nearby lanes apart. */
-static uint64_t finish(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+static void hash_i64(zoo_key128 *h, int64_t v) { zoo_key128_add(h, &v, sizeof v); }
 
 void zoo_gemm_choice_key(const zoo_gemm_choice_in *in, char key[33]) {
-  choice_hash h = {0xcbf29ce484222325ULL, 0xcbf29ce484222325ULL ^ 0x9e3779b97f4a7c15ULL};
+  zoo_key128 h;
+  zoo_key128_init(&h);
   hash_i64(&h, ZOO_GEMM_CHOICE_VERSION);
   const char *dev = in->device ? in->device : "";
-  hash_field(&h, dev, strlen(dev));
+  zoo_key128_add(&h, dev, strlen(dev));
   hash_i64(&h, in->sms);
   hash_i64(&h, (int64_t)in->lt_version);
   hash_i64(&h, in->precision);
@@ -54,12 +26,12 @@ void zoo_gemm_choice_key(const zoo_gemm_choice_in *in, char key[33]) {
   int64_t flags[] = {in->trans_a, in->trans_b, in->bias, in->accumulate};
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) hash_i64(&h, flags[i]);
   hash_i64(&h, (int64_t)in->workspace);
-  if (in->own) hash_field(&h, in->own, strlen(in->own)); /* zoo's kernel: candidate ncand */
+  if (in->own) zoo_key128_add(&h, in->own, strlen(in->own)); /* zoo's kernel: candidate ncand */
   hash_i64(&h, in->ncand);
   hash_i64(&h, (int64_t)in->cand_size);
   const unsigned char *cand = in->cand;
-  for (int c = 0; c < in->ncand; c++) hash_field(&h, cand + (size_t)c * in->cand_size, in->cand_size);
-  snprintf(key, 33, "%016llx%016llx", (unsigned long long)finish(h.a), (unsigned long long)finish(h.b));
+  for (int c = 0; c < in->ncand; c++) zoo_key128_add(&h, cand + (size_t)c * in->cand_size, in->cand_size);
+  zoo_key128_hex(&h, key);
 }
 
 int zoo_gemm_choice_path(const char *key, char *buf, size_t n) {

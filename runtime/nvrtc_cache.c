@@ -23,13 +23,12 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
   return h;
 }
 
-/* A 128-bit key: two FNV-1a lanes from different starting points, each finished
- * with a SplitMix64 mixer so nearby inputs spread. */
-typedef struct key128 {
-  uint64_t a, b;
-} key128;
+void zoo_key128_init(zoo_key128 *k) {
+  k->a = 0xcbf29ce484222325ULL;
+  k->b = 0x84222325cbf29ce4ULL;
+}
 
-static void key_add(key128 *k, const void *p, size_t n) {
+void zoo_key128_add(zoo_key128 *k, const void *p, size_t n) {
   k->a = fnv1a(k->a, p, n);
   k->b = fnv1a(k->b ^ 0x9e3779b97f4a7c15ULL, p, n);
   /* a separator, so ("ab", "c") and ("a", "bc") differ */
@@ -42,6 +41,10 @@ static uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
+}
+
+void zoo_key128_hex(const zoo_key128 *k, char out[33]) {
+  snprintf(out, 33, "%016llx%016llx", (unsigned long long)mix64(k->a), (unsigned long long)mix64(k->b));
 }
 
 /* mkdir -p for one path; 0 when the folder exists afterwards. */
@@ -180,13 +183,13 @@ static int compile_source(const char *src, const char *name, const char *arch, c
   all[nall++] = "-default-device";
   for (int i = 0; opts && opts[i] && nall < 63; i++) all[nall++] = opts[i];
 
-  key128 k = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
-  key_add(&k, src, strlen(src));
-  for (int i = 0; i < nall; i++) key_add(&k, all[i], strlen(all[i]));
+  zoo_key128 k;
+  zoo_key128_init(&k);
+  zoo_key128_add(&k, src, strlen(src));
+  for (int i = 0; i < nall; i++) zoo_key128_add(&k, all[i], strlen(all[i]));
   int ver[2] = {major, minor};
-  key_add(&k, ver, sizeof ver);
-  snprintf(out->key, sizeof out->key, "%016llx%016llx", (unsigned long long)mix64(k.a),
-           (unsigned long long)mix64(k.b));
+  zoo_key128_add(&k, ver, sizeof ver);
+  zoo_key128_hex(&k, out->key);
 
   char dir[1024], path[1100], failed[1100];
   const char *nocache = getenv("ZOO_NO_CACHE");

@@ -16,6 +16,7 @@
 #define ZOO_NVRTC_CACHE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct zoo_cubin {
   void *data; /* malloc'ed CUBIN image */
@@ -32,6 +33,18 @@ typedef struct zoo_cubin {
 int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const char *const *opts,
                       zoo_cubin *out, char *err, size_t errlen);
 void zoo_cubin_free(zoo_cubin *c);
+
+/* A 128-bit hash for cache keys: two FNV-1a lanes from different starting
+ * points, a separator after each field (so ("ab", "c") and ("a", "bc")
+ * differ), each lane finished with a SplitMix64 mixer; 32 hex digits. The
+ * kernel cache's keys and the stored GEMM picks' (gemm_choice.h) are made
+ * with it. */
+typedef struct zoo_key128 {
+  uint64_t a, b;
+} zoo_key128;
+void zoo_key128_init(zoo_key128 *k);
+void zoo_key128_add(zoo_key128 *k, const void *p, size_t n);
+void zoo_key128_hex(const zoo_key128 *k, char out[33]);
 
 /* The cache folder (made if missing) into buf; returns buf, or NULL if no folder
  * could be made. */
