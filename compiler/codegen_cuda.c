@@ -450,15 +450,15 @@ static int ew_body(zoo_cuda_emit *e, zoo_strbuf *b, const int *nodes, int lo, in
 static void ew_params(zoo_strbuf *b, const ew_io *io, zoo_arg *args, int *nargs) {
   for (int q = 0; q < io->ninputs; q++) {
     zoo_strbuf_printf(b, "%sconst float *__restrict__ t%d", q ? ", " : "", io->inputs[q]);
-    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->inputs[q], 0, 0};
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->inputs[q], 0, 0, 0};
   }
   for (int q = 0; q < io->noutputs; q++) {
     zoo_strbuf_printf(b, "%sfloat *__restrict__ t%d", io->ninputs + q ? ", " : "", io->outputs[q]);
-    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->outputs[q], 0, 0};
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_TENSOR, io->outputs[q], 0, 0, 0};
   }
   if (io->random) {
     zoo_strbuf_printf(b, "%sunsigned long long seed", ew_nargs(io) > 1 ? ", " : "");
-    args[(*nargs)++] = (zoo_arg){ZOO_ARG_SEED, -1, 0, 0};
+    args[(*nargs)++] = (zoo_arg){ZOO_ARG_SEED, -1, 0, 0, 0};
   }
 }
 
@@ -746,15 +746,15 @@ static int emit_reduce(zoo_cuda_emit *e, const zoo_node *n, const int *reduced, 
   s->grid[0] = (unsigned)(blocks_o < 1 ? 1 : blocks_o), s->grid[1] = (unsigned)S, s->grid[2] = 1;
   s->block[0] = 32, s->block[1] = 8, s->block[2] = 1;
   if (S == 1) {
-    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0};
-    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
+    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0, 0};
+    s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0, 0};
     return 0;
   }
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0, 0};
   s->scratch_bytes = S * O * (int64_t)sizeof(float);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters++, 0, 0};
   return 0;
 }
 
@@ -815,8 +815,8 @@ static int emit_gather(zoo_cuda_emit *e, const zoo_node *n, const int64_t *od, c
   s->func = zoo_cuda_strdup(e, kname);
   s->grid[0] = grid_for(N), s->grid[1] = s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, x, 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, y, 0, 0, 0};
   return 0;
 }
 
@@ -927,8 +927,8 @@ int zoo_cuda_shift(zoo_cuda_emit *e, const zoo_node *n) {
   s->func = zoo_cuda_strdup(e, kname);
   s->grid[0] = grid_for(N), s->grid[1] = s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[0], 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[0], 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0, 0};
   return 0;
 }
 
@@ -958,9 +958,9 @@ int zoo_cuda_concat(zoo_cuda_emit *e, const zoo_node *n) {
   s->func = zoo_cuda_strdup(e, kname);
   s->grid[0] = grid_for(N), s->grid[1] = s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[0], 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[1], 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[0], 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->in[1], 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0, 0};
   return 0;
 }
 
@@ -979,7 +979,7 @@ int zoo_cuda_arange(zoo_cuda_emit *e, const zoo_node *n) {
   s->func = zoo_cuda_strdup(e, kname);
   s->grid[0] = grid_for(N), s->grid[1] = s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, n->out[0], 0, 0, 0};
   return 0;
 }
 
@@ -1112,6 +1112,62 @@ char *zoo_cuda_entry_waits(const char *src) {
   }
   zoo_strbuf_puts(&b, p);
   return b.s;
+}
+
+/* The end of the kernel definition whose signature starts at k: just past
+ * the brace that closes its body (braces in comments and literals skipped),
+ * or NULL if it has none. */
+static const char *kernel_end(const char *k) {
+  int depth = 0, opened = 0;
+  for (const char *p = k; *p; p++) {
+    if (p[0] == '/' && p[1] == '/') {
+      while (*p && *p != '\n') p++;
+      if (!*p) return NULL;
+    } else if (p[0] == '/' && p[1] == '*') {
+      const char *q = strstr(p + 2, "*/");
+      if (!q) return NULL;
+      p = q + 1;
+    } else if (*p == '"' || *p == '\'') {
+      char quote = *p;
+      for (p++; *p && *p != quote; p++)
+        if (*p == '\\' && p[1]) p++;
+      if (!*p) return NULL;
+    } else if (*p == '{') {
+      depth++, opened = 1;
+    } else if (*p == '}' && --depth == 0 && opened) {
+      return p + 1;
+    }
+  }
+  return NULL;
+}
+
+int zoo_cuda_split_module(const char *src, int parts, char **out) {
+  static const char sig[] = "extern \"C\" __global__";
+  if (parts < 1) parts = 1;
+  zoo_strbuf b[ZOO_MODULE_PARTS_MAX];
+  if (parts > ZOO_MODULE_PARTS_MAX) parts = ZOO_MODULE_PARTS_MAX;
+  memset(b, 0, sizeof b);
+  int nk = 0;
+  const char *p = src;
+  for (const char *k; (k = strstr(p, sig)) != NULL;) {
+    const char *end = (k == src || k[-1] == '\n') ? kernel_end(k) : NULL;
+    if (!end) { /* not a definition at a line's start: shared text */
+      for (int i = 0; i < parts; i++) zoo_strbuf_printf(&b[i], "%.*s", (int)(k + sizeof sig - 1 - p), p);
+      p = k + sizeof sig - 1;
+      continue;
+    }
+    for (int i = 0; i < parts; i++) zoo_strbuf_printf(&b[i], "%.*s", (int)(k - p), p);
+    zoo_strbuf_printf(&b[nk % parts], "%.*s", (int)(end - k), k);
+    nk++;
+    p = end;
+  }
+  int n = nk < parts ? (nk > 0 ? nk : 1) : parts;
+  for (int i = 0; i < n; i++) {
+    zoo_strbuf_puts(&b[i], p);
+    out[i] = b[i].s;
+  }
+  for (int i = n; i < parts; i++) free(b[i].s);
+  return n;
 }
 
 /* The module's first lines: what it is, the RNG, small helpers. */

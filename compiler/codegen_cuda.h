@@ -36,18 +36,32 @@ void zoo_strbuf_free(zoo_strbuf *b);
  * what it writes, so generated/ shows the code that runs. Idempotent. */
 char *zoo_cuda_entry_waits(const char *src);
 
+/* NVRTC compiles a module's kernels one after another: a long module takes
+ * seconds. zoo_cuda_split_module cuts src into up to `parts` sources
+ * (ZOO_MODULE_PARTS_MAX at most) that compile independently, in parallel
+ * (nvrtc_cache.h's zoo_nvrtc_compile_parts): each keeps all of src's text but
+ * the kernel definitions (lines beginning `extern "C" __global__`), which are
+ * dealt out in turn, kernel i to source i % parts. Every kernel is then
+ * defined in exactly one source; the shared text (library code, helpers,
+ * static_asserts) in all, where what a source does not use costs only its
+ * parsing. Fewer sources than parts when src has fewer kernels (one when it
+ * has none). Fills out[0 .. n) (malloc'ed) and returns n. */
+#define ZOO_MODULE_PARTS_MAX 32
+int zoo_cuda_split_module(const char *src, int parts, char **out);
+
 typedef enum zoo_arg_kind {
   ZOO_ARG_TENSOR,  /* device pointer of tensor `tensor` */
   ZOO_ARG_SCRATCH, /* device pointer to this step's scratch area + `i` bytes; the
                       steps of one node share one area (the largest scratch_bytes
                       among them), so a first kernel can leave partials there
-                      for a second */
+                      for a second; for a GEMM step, zoo's own kernel's */
   ZOO_ARG_I64,     /* long long i */
   ZOO_ARG_F32,     /* float f */
   ZOO_ARG_SEED,    /* unsigned long long: the step's RNG seed (dropout) */
   ZOO_ARG_COUNTER, /* unsigned *: counter number `i` of the plan's counters, zero
                       before every launch; a kernel that counts its blocks
-                      (zk_finish_partials) puts it back to zero */
+                      (zk_finish_partials) puts it back to zero. With n > 1,
+                      counters i .. i + n - 1, consecutive */
 } zoo_arg_kind;
 
 typedef struct zoo_arg {
@@ -55,6 +69,7 @@ typedef struct zoo_arg {
   int tensor;
   int64_t i;
   float f;
+  int n; /* ZOO_ARG_COUNTER: how many (0 means 1) */
 } zoo_arg;
 
 #define ZOO_MAX_ARGS 16
@@ -168,9 +183,12 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32
  * (measured on the H200, session 5: at K = 24 or 32 it took 0.006 ms where
  * cuBLASLt's best took 0.011 to 0.013 at m 24576, n 24 or 32, and 0.122
- * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied). Sets
- * s->func, grid and block; nothing when the GEMM does not qualify. Returns 0,
- * or -1 with e's error. */
+ * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied); and
+ * the weight gradients' form, A transposed, B not, K >= 2048 and M N <= 65536
+ * (a small C over the batch's rows), split along K in one launch
+ * (zk_gemm_splitk: its arguments go on in s->args, a scratch area for the
+ * partial sums and a counter per tile of C). Sets s->func, grid and block;
+ * nothing when the GEMM does not qualify. Returns 0, or -1 with e's error. */
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s);
 
 /* Fused groups beyond elementwise chains (fuse.h).

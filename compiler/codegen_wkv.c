@@ -65,7 +65,7 @@ static zoo_step *wkv_launch(zoo_cuda_emit *e, const zoo_node *n, const char *nam
   return s;
 }
 
-static void wkv_arg(zoo_step *s, int t) { s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, t, 0, 0}; }
+static void wkv_arg(zoo_step *s, int t) { s->args[s->nargs++] = (zoo_arg){ZOO_ARG_TENSOR, t, 0, 0, 0}; }
 
 enum { WKV_BLOCK = 64 };
 
@@ -107,8 +107,8 @@ int zoo_cuda_wkv4_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   for (int k = 0; k < 5; k++) wkv_arg(s, n->in[k]);
   wkv_arg(s, n->out[2]);
   wkv_arg(s, n->out[3]);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, part * (int64_t)sizeof(float), 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, part * (int64_t)sizeof(float), 0, 0};
   s->scratch_bytes = scratch;
 
   wkv_name(e, n, "wkv4_sum", name, sizeof name);
@@ -118,7 +118,7 @@ int zoo_cuda_wkv4_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     "  zk_wkv4_sum<%lld, %lld, %s>(part, dw, du);\n}\n",
                     name, (long long)B, (long long)C, bf);
   s = wkv_launch(e, n, name, (2 * C + 255) / 256, 256);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0};
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0, 0};
   wkv_arg(s, n->out[0]);
   wkv_arg(s, n->out[1]);
   s->scratch_bytes = scratch;

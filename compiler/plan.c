@@ -169,9 +169,9 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
   for (int s = 0; s < nsteps; s++)
     for (int a = 0; a < steps[s].nargs; a++)
       if (steps[s].args[a].kind == ZOO_ARG_COUNTER) {
-        int64_t i = steps[s].args[a].i;
+        int64_t i = steps[s].args[a].i, n = steps[s].args[a].n > 1 ? steps[s].args[a].n : 1;
         if (i < lo) lo = i;
-        if (i > hi) hi = i;
+        if (i + n - 1 > hi) hi = i + n - 1;
       }
   p->counter_offset = at;
   p->counter_first = hi >= 0 ? lo : 0;

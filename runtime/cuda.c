@@ -72,7 +72,8 @@ typedef struct core {
   CUcontext ctx;
   int ctx_retained;
   CUstream stream;
-  CUmodule mod;
+  CUmodule mod[ZOO_MODULE_PARTS_MAX]; /* the module, compiled in parts (ZOO_MODULE_PARTS) */
+  int nmod;
   const zoo_cuda_emit *emit;
   CUfunction *func;    /* per emitted step (kernels) */
   gemm_plan *gemm;     /* per emitted step (GEMMs) */
@@ -176,23 +177,57 @@ static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3],
   return zoo_cu.cuLaunchKernelEx(&cfg, f, params, NULL);
 }
 
-/* Compiles the module and looks up every kernel its steps launch. */
+/* The module is compiled in this many parts, in parallel (codegen_cuda.h's
+ * zoo_cuda_split_module). A fixed number, so that the kernel cache's entries
+ * do not depend on the machine's core count. Measured with NVRTC 13.0 on the
+ * build machine: simple_mqar's module (rebased, D 32, L 48, 86 kernels) took
+ * 4.9 s in one piece; in 8 parts 4.9 s of work in all, the largest 0.88 s;
+ * in 16, 5.2 s in all, the largest 0.55 s. */
+#define ZOO_MODULE_PARTS 16
+
 /* NVRTC over a module's source, with the options every caller uses (so a
  * precompiled CUBIN is found in the cache by the run that needs it). */
-static int compile_module(const char *src, const char *arch, zoo_cubin *cubin, char *err, size_t n) {
+static int compile_module(const char *src, const char *arch, zoo_cubin *cubins, int *n, double *ms, char *err,
+                          size_t errlen) {
   const char *opts[] = {"-lineinfo", NULL};
-  return zoo_nvrtc_compile(src, "zoo_module.cu", arch, debug_mode() ? opts : NULL, cubin, err, n);
+  return zoo_nvrtc_compile_parts(src, "zoo_module.cu", arch, debug_mode() ? opts : NULL, ZOO_MODULE_PARTS, cubins,
+                                 n, ms, err, errlen);
 }
 
+/* compile_module for precompiling: the CUBINs land in the cache, nothing is
+ * kept. */
+static int precompile_module(const char *src, const char *arch, char *err, size_t errlen) {
+  zoo_cubin cubins[ZOO_MODULE_PARTS_MAX];
+  int n = 0;
+  if (compile_module(src, arch, cubins, &n, NULL, err, errlen) != 0) return -1;
+  for (int i = 0; i < n; i++) zoo_cubin_free(&cubins[i]);
+  return 0;
+}
+
+/* Kernel `name` from whichever part of the module defines it. */
+static CUresult core_function(const core *c, const char *name, CUfunction *f) {
+  CUresult r = CUDA_ERROR_NOT_FOUND;
+  for (int m = 0; m < c->nmod && r != CUDA_SUCCESS; m++) r = zoo_cu.cuModuleGetFunction(f, c->mod[m], name);
+  return r;
+}
+
+/* Compiles the module and looks up every kernel its steps launch. */
 static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_graph) {
   c->emit = e;
   c->nsteps = e->nsteps;
-  zoo_cubin cubin;
-  if (compile_module(e->src.s, c->arch, &cubin, c->err, c->errlen) != 0) return -1;
-  c->compile_ms = cubin.compile_ms;
-  c->cached = cubin.cached;
-  CUresult r = zoo_cu.cuModuleLoadData(&c->mod, cubin.data);
-  zoo_cubin_free(&cubin);
+  zoo_cubin cubins[ZOO_MODULE_PARTS_MAX];
+  int n = 0;
+  double ms = 0;
+  if (compile_module(e->src.s, c->arch, cubins, &n, &ms, c->err, c->errlen) != 0) return -1;
+  c->cached = 1;
+  for (int m = 0; m < n; m++) c->cached &= cubins[m].cached;
+  c->compile_ms = c->cached ? 0 : ms;
+  CUresult r = CUDA_SUCCESS;
+  for (int m = 0; m < n; m++) {
+    if (r == CUDA_SUCCESS) r = zoo_cu.cuModuleLoadData(&c->mod[m], cubins[m].data);
+    if (r == CUDA_SUCCESS) c->nmod = m + 1;
+    zoo_cubin_free(&cubins[m]);
+  }
   if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuModuleLoadData(&mod, cubin)", __FILE__, __LINE__, c->err, c->errlen);
   c->func = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->func);
   c->gemm = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->gemm);
@@ -211,7 +246,7 @@ static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_g
     for (int j = 0; j < i && !c->func[i]; j++)
       if (c->func[j] && e->steps[j].func && strcmp(e->steps[j].func, s->func) == 0) c->func[i] = c->func[j];
     if (!c->func[i]) {
-      CUresult rr = zoo_cu.cuModuleGetFunction(&c->func[i], c->mod, s->func);
+      CUresult rr = core_function(c, s->func, &c->func[i]);
       if (rr != CUDA_SUCCESS) {
         zoo_cu_fail(rr, "cuModuleGetFunction(&f, mod, name)", __FILE__, __LINE__, c->err, c->errlen);
         char d[400];
@@ -354,25 +389,66 @@ static cublasStatus_t gemm_run(const core *c, const zoo_plan *p, const zoo_step 
                                      (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
 }
 
-/* Launches zoo's own kernel of GEMM step i (A, B, bias, C) on the stream. */
-static CUresult gemm_own_run(const core *c, const zoo_plan *p, int i) {
+/* One kernel argument's value. */
+typedef union arg_value {
+  CUdeviceptr ptr;
+  long long i;
+  float f;
+  unsigned long long u;
+} arg_value;
+
+/* Fills the argument values of kernel step i (first is the index of the plan's
+ * first step, to find its scratch). */
+static int kernel_args(const core *c, const zoo_plan *p, int i, int first, uint64_t seed,
+                       arg_value *vals, void **params) {
+  const zoo_step *s = &c->emit->steps[i];
+  for (int a = 0; a < s->nargs; a++) {
+    const zoo_arg *x = &s->args[a];
+    switch (x->kind) {
+    case ZOO_ARG_TENSOR:
+      vals[a].ptr = tensor_ptr(c, p, x->tensor);
+      if (!vals[a].ptr) return -1;
+      break;
+    case ZOO_ARG_SCRATCH:
+      if (p->scratch[i - first] < 0) return -1;
+      vals[a].ptr = c->base[ZOO_MEM_ARENA] + (CUdeviceptr)(p->scratch[i - first] + x->i);
+      break;
+    case ZOO_ARG_I64: vals[a].i = (long long)x->i; break;
+    case ZOO_ARG_F32: vals[a].f = x->f; break;
+    case ZOO_ARG_SEED: vals[a].u = seed; break;
+    case ZOO_ARG_COUNTER:
+      vals[a].ptr = c->base[ZOO_MEM_INPUT] + (CUdeviceptr)(p->counter_offset + 4 * (x->i - p->counter_first));
+      break;
+    }
+    params[a] = &vals[a];
+  }
+  return 0;
+}
+
+/* Launches zoo's own kernel of GEMM step i (of the plan whose first step is
+ * `first`) on the stream: (A, B, bias, C), then the step's own arguments
+ * (the split-K form's scratch and counters). */
+static CUresult gemm_own_run(const core *c, const zoo_plan *p, int i, int first) {
   const zoo_step *s = &c->emit->steps[i];
   const zoo_gemm *gm = &s->gemm;
   CUdeviceptr A = tensor_ptr(c, p, gm->a), B = tensor_ptr(c, p, gm->b), C = tensor_ptr(c, p, gm->c);
   CUdeviceptr bias = gm->bias >= 0 ? tensor_ptr(c, p, gm->bias) : A; /* unread without a bias */
-  void *params[] = {&A, &B, &bias, &C};
+  arg_value vals[ZOO_MAX_ARGS];
+  void *params[ZOO_MAX_ARGS + 4] = {&A, &B, &bias, &C};
+  if (s->nargs > ZOO_MAX_ARGS || kernel_args(c, p, i, first, 0, vals, params + 4) != 0)
+    return CUDA_ERROR_INVALID_VALUE;
   return core_launch(c, c->func[i], s->grid, s->block, 0, params);
 }
 
 /* GPU milliseconds of `reps` runs of GEMM step i with cuBLASLt's algorithm a,
  * or zoo's kernel when a is NULL, between events e0 and e1; a negative value
  * when the run is refused. */
-static double gemm_time(core *c, const zoo_plan *p, int i, const gemm_plan *gp, const cublasLtMatmulAlgo_t *a,
-                        int reps, CUevent e0, CUevent e1) {
+static double gemm_time(core *c, const zoo_plan *p, int i, int first, const gemm_plan *gp,
+                        const cublasLtMatmulAlgo_t *a, int reps, CUevent e0, CUevent e1) {
   const zoo_step *s = &c->emit->steps[i];
   if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS) return -1;
   for (int r = 0; r < reps; r++)
-    if (a ? gemm_run(c, p, s, gp, a) != CUBLAS_STATUS_SUCCESS : gemm_own_run(c, p, i) != CUDA_SUCCESS) return -1;
+    if (a ? gemm_run(c, p, s, gp, a) != CUBLAS_STATUS_SUCCESS : gemm_own_run(c, p, i, first) != CUDA_SUCCESS) return -1;
   float ms = 0;
   if (zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
       zoo_cu.cuEventElapsedTime(&ms, e0, e1) != CUDA_SUCCESS)
@@ -423,7 +499,7 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int
  * first (nothing read or stored); ZOO_GEMM_TUNE_LOG=1 prints every candidate's
  * time and each pick. */
 #define GEMM_TUNE_MIN_MS 0.04
-static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
+static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_graph *g) {
   gemm_plan *gp = &c->gemm[i];
   const zoo_step *s = &c->emit->steps[i];
   const char *own_env = getenv("ZOO_GEMM_OWN");
@@ -462,9 +538,9 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
   for (int a = 0; a < ncand; a++) {
     const cublasLtMatmulAlgo_t *alg = a < gp->ncand ? &gp->cand[a] : NULL;
     int first_only = 0; /* a small GEMM: the first against zoo's kernel alone */
-    double once = gemm_time(c, p, i, gp, alg, 1, e0, e1); /* warm-up and a first measure */
+    double once = gemm_time(c, p, i, first, gp, alg, 1, e0, e1); /* warm-up and a first measure */
     if (a == 0 && once >= 0 && once < GEMM_TUNE_MIN_MS) {
-      once = gemm_time(c, p, i, gp, alg, 1, e0, e1); /* the first run loaded the kernel */
+      once = gemm_time(c, p, i, first, gp, alg, 1, e0, e1); /* the first run loaded the kernel */
       if (once >= 0 && once < GEMM_TUNE_MIN_MS) {
         if (!own) {
           measured = 1;
@@ -475,7 +551,7 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, const zoo_graph *g) {
     }
     if (once < 0) continue;
     int reps = once > 0.25 ? 1 : once > 0.05 ? 3 : 10;
-    double ms = gemm_time(c, p, i, gp, alg, reps, e0, e1) / reps;
+    double ms = gemm_time(c, p, i, first, gp, alg, reps, e0, e1) / reps;
     if (ms < 0) continue;
     if (log)
       fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d%s: %.4f ms\n", d, (long long)s->gemm.m,
@@ -508,47 +584,11 @@ static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_gr
     const zoo_step *s = &c->emit->steps[i];
     if (s->kind != ZOO_STEP_GEMM) continue;
     if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0 ||
-        gemm_tune(c, p, i, g) != 0) {
+        gemm_tune(c, p, i, first, g) != 0) {
       char d[400];
       step_desc(c, g, i, d, sizeof d);
       return context(c, d);
     }
-  }
-  return 0;
-}
-
-/* One kernel argument's value. */
-typedef union arg_value {
-  CUdeviceptr ptr;
-  long long i;
-  float f;
-  unsigned long long u;
-} arg_value;
-
-/* Fills the argument values of kernel step i (first is the index of the plan's
- * first step, to find its scratch). */
-static int kernel_args(const core *c, const zoo_plan *p, int i, int first, uint64_t seed,
-                       arg_value *vals, void **params) {
-  const zoo_step *s = &c->emit->steps[i];
-  for (int a = 0; a < s->nargs; a++) {
-    const zoo_arg *x = &s->args[a];
-    switch (x->kind) {
-    case ZOO_ARG_TENSOR:
-      vals[a].ptr = tensor_ptr(c, p, x->tensor);
-      if (!vals[a].ptr) return -1;
-      break;
-    case ZOO_ARG_SCRATCH:
-      if (p->scratch[i - first] < 0) return -1;
-      vals[a].ptr = c->base[ZOO_MEM_ARENA] + (CUdeviceptr)(p->scratch[i - first] + x->i);
-      break;
-    case ZOO_ARG_I64: vals[a].i = (long long)x->i; break;
-    case ZOO_ARG_F32: vals[a].f = x->f; break;
-    case ZOO_ARG_SEED: vals[a].u = seed; break;
-    case ZOO_ARG_COUNTER:
-      vals[a].ptr = c->base[ZOO_MEM_INPUT] + (CUdeviceptr)(p->counter_offset + 4 * (x->i - p->counter_first));
-      break;
-    }
-    params[a] = &vals[a];
   }
   return 0;
 }
@@ -605,7 +645,7 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
       return -1;
     }
     if (gp->own) {
-      r = gemm_own_run(c, p, i);
+      r = gemm_own_run(c, p, i, first);
       call = c->pdl ? "cuLaunchKernelEx(...) (zoo's GEMM)" : "cuLaunchKernel(...) (zoo's GEMM)";
     }
     cublasStatus_t st = gp->own ? CUBLAS_STATUS_SUCCESS : gemm_run(c, p, s, gp, &gp->algo);
@@ -659,7 +699,7 @@ static void core_free(core *c) {
   for (int m = 1; m < 5; m++)
     if (c->base[m]) zoo_cu.cuMemFree(c->base[m]);
   if (c->workspace) zoo_cu.cuMemFree(c->workspace);
-  if (c->mod) zoo_cu.cuModuleUnload(c->mod);
+  for (int m = 0; m < c->nmod; m++) zoo_cu.cuModuleUnload(c->mod[m]);
   if (c->stream) zoo_cu.cuStreamDestroy(c->stream);
   if (c->ctx_retained) zoo_cu.cuDevicePrimaryCtxRelease(c->dev);
   memset(c, 0, sizeof *c);
@@ -1116,9 +1156,7 @@ int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const
     zoo_cuda_program_free(&cp);
     return -1;
   }
-  zoo_cubin cubin;
-  int r = compile_module(cp.emit.src.s, arch, &cubin, err, errlen);
-  if (r == 0) zoo_cubin_free(&cubin);
+  int r = precompile_module(cp.emit.src.s, arch, err, errlen);
   zoo_cuda_program_free(&cp);
   return r;
 }
@@ -1144,9 +1182,11 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->err, c->errlen) != 0) return -1;
   zoo_cuda_program *cp = &x->prog;
   if (core_module(c, &cp->emit, &cp->train) != 0) return -1;
-  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_adamw, c->mod, "zoo_adamw"));
-  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_accum, c->mod, "zoo_accumulate"));
-  ZOO_CU_N(c->err, c->errlen, cuModuleGetFunction(&x->f_metrics, c->mod, "zoo_metrics_accumulate"));
+  CUresult fr = core_function(c, "zoo_adamw", &x->f_adamw);
+  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_accumulate", &x->f_accum);
+  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_metrics_accumulate", &x->f_metrics);
+  if (fr != CUDA_SUCCESS)
+    return zoo_cu_fail(fr, "cuModuleGetFunction(&f, mod, \"zoo_adamw\" ...)", __FILE__, __LINE__, c->err, c->errlen);
 
   /* memory */
   int64_t arena = cp->train_plan.arena_bytes > cp->eval_plan.arena_bytes ? cp->train_plan.arena_bytes
@@ -1442,10 +1482,8 @@ int zoo_cuda_exec_precompile(const zoo_graph *g, const int64_t *sym, int fuse, c
   zoo_cuda_exec *x = calloc(1, sizeof *x);
   if (!x) abort();
   int status = exec_emit(x, g, sym, fuse, keep);
-  zoo_cubin cubin;
-  if (status == 0) status = compile_module(x->emit.src.s, arch, &cubin, x->err, sizeof x->err);
-  if (status == 0) zoo_cubin_free(&cubin);
-  else snprintf(err, errlen, "%s", x->err);
+  if (status == 0) status = precompile_module(x->emit.src.s, arch, x->err, sizeof x->err);
+  if (status != 0) snprintf(err, errlen, "%s", x->err);
   zoo_cuda_exec_free(x);
   return status;
 }

@@ -2,6 +2,7 @@
 #include "nvrtc_cache.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +222,84 @@ int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const
   int r = compile_source(full, name, arch, opts, out, err, errlen);
   free(full);
   return r;
+}
+
+/* One source of a split module, compiled by whichever thread claims it. */
+typedef struct part_job {
+  char **srcs;
+  int n, next;
+  pthread_mutex_t lock;
+  const char *name, *arch;
+  const char *const *opts;
+  zoo_cubin *out;
+  int *status;
+  char (*errs)[512];
+} part_job;
+
+static void *part_worker(void *arg) {
+  part_job *j = arg;
+  for (;;) {
+    pthread_mutex_lock(&j->lock);
+    int i = j->next < j->n ? j->next++ : -1;
+    pthread_mutex_unlock(&j->lock);
+    if (i < 0) return NULL;
+    char name[300];
+    snprintf(name, sizeof name, "%s (part %d of %d)", j->name, i + 1, j->n);
+    j->status[i] = compile_source(j->srcs[i], j->n > 1 ? name : j->name, j->arch, j->opts, &j->out[i],
+                                  j->errs[i], sizeof j->errs[i]);
+  }
+}
+
+/* ZOO_NVRTC_PARTS=n: split into n sources instead of the caller's number (1:
+ * the whole module at once, for measuring). The number decides what the
+ * cache holds, so callers pass one that does not depend on the machine: a
+ * module precompiled on one machine is found on another. */
+static int parts_wanted(int parts) {
+  const char *v = getenv("ZOO_NVRTC_PARTS");
+  if (v && *v) parts = atoi(v);
+  if (parts < 1) parts = 1;
+  return parts > ZOO_MODULE_PARTS_MAX ? ZOO_MODULE_PARTS_MAX : parts;
+}
+
+int zoo_nvrtc_compile_parts(const char *src, const char *name, const char *arch, const char *const *opts,
+                            int parts, zoo_cubin *out, int *nout, double *wall_ms, char *err, size_t errlen) {
+  char *full = zoo_cuda_entry_waits(src);
+  char *srcs[ZOO_MODULE_PARTS_MAX];
+  int n = zoo_cuda_split_module(full, parts_wanted(parts), srcs);
+  free(full);
+  memset(out, 0, (size_t)n * sizeof *out);
+  *nout = 0;
+  int status[ZOO_MODULE_PARTS_MAX];
+  char errs[ZOO_MODULE_PARTS_MAX][512];
+  part_job j = {.srcs = srcs, .n = n, .name = name, .arch = arch, .opts = opts, .out = out,
+                .status = status, .errs = errs};
+  pthread_mutex_init(&j.lock, NULL);
+  double t0 = now_ms();
+  int r = zoo_nvrtc_load(err, errlen); /* once, before the threads */
+  if (r == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = cpus > 1 ? (int)(cpus < n ? cpus : n) : 1;
+    pthread_t th[ZOO_MODULE_PARTS_MAX];
+    int started = 0;
+    for (int t = 1; t < nt; t++)
+      if (pthread_create(&th[started], NULL, part_worker, &j) == 0) started++;
+    part_worker(&j); /* this thread takes its share too */
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    for (int i = 0; i < n && r == 0; i++)
+      if (status[i] != 0) {
+        snprintf(err, errlen, "%s", errs[i]);
+        r = -1;
+      }
+  }
+  pthread_mutex_destroy(&j.lock);
+  for (int i = 0; i < n; i++) free(srcs[i]);
+  if (r != 0) {
+    for (int i = 0; i < n; i++) zoo_cubin_free(&out[i]);
+    return -1;
+  }
+  *nout = n;
+  if (wall_ms) *wall_ms = now_ms() - t0;
+  return 0;
 }
 
 void zoo_cubin_free(zoo_cubin *c) {

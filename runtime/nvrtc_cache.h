@@ -34,6 +34,16 @@ int zoo_nvrtc_compile(const char *src, const char *name, const char *arch, const
                       zoo_cubin *out, char *err, size_t errlen);
 void zoo_cubin_free(zoo_cubin *c);
 
+/* The same for a module split into up to `parts` sources (codegen_cuda.h's
+ * zoo_cuda_split_module), compiled on as many threads as the machine has
+ * cores, each source cached on its own. Fills out[0 .. *nout) (room for
+ * ZOO_MODULE_PARTS_MAX), one CUBIN per source, each to be loaded as a module
+ * of its own; every kernel of src is in exactly one. wall_ms (may be NULL)
+ * gets the wall time, cache reads included. On an error no CUBIN is left and
+ * err names the first failing part. ZOO_NVRTC_PARTS=n overrides `parts`. */
+int zoo_nvrtc_compile_parts(const char *src, const char *name, const char *arch, const char *const *opts,
+                            int parts, zoo_cubin *out, int *nout, double *wall_ms, char *err, size_t errlen);
+
 /* A 128-bit hash for cache keys: two FNV-1a lanes from different starting
  * points, a separator after each field (so ("ab", "c") and ("a", "bc")
  * differ), each lane finished with a SplitMix64 mixer; 32 hex digits. The

@@ -385,10 +385,53 @@ static void host_gemm(const zoo_gemm *gm, const float *a, const float *b, float 
   }
 }
 
+/* One kernel argument's value. */
+typedef union emu_arg {
+  void *ptr;
+  long long i;
+  float f;
+  unsigned long long u;
+} emu_arg;
+
+/* The values of step i's arguments (of the plan whose first step is `first`)
+ * into vals, their addresses into params. */
+static int step_args(const zoo_step *s, int i, int first, const zoo_plan *p, emu_mem *mem, uint64_t seed,
+                     emu_arg *vals, void **params, char *err, size_t errlen) {
+  for (int a = 0; a < s->nargs; a++) {
+    const zoo_arg *x = &s->args[a];
+    memset(&vals[a], 0, sizeof vals[a]);
+    switch (x->kind) {
+    case ZOO_ARG_TENSOR:
+      vals[a].ptr = emu_ptr(mem, p, x->tensor);
+      if (!vals[a].ptr) {
+        snprintf(err, errlen, "step %d (%s): argument %d, tensor %d, has no memory", i, s->func, a, x->tensor);
+        return -1;
+      }
+      break;
+    case ZOO_ARG_SCRATCH:
+      if (p->scratch[i - first] < 0) {
+        snprintf(err, errlen, "step %d (%s): no scratch planned", i, s->func);
+        return -1;
+      }
+      vals[a].ptr = mem->base[ZOO_MEM_ARENA] + p->scratch[i - first] + x->i;
+      break;
+    case ZOO_ARG_I64: vals[a].i = x->i; break;
+    case ZOO_ARG_F32: vals[a].f = x->f; break;
+    case ZOO_ARG_SEED: vals[a].u = seed; break;
+    case ZOO_ARG_COUNTER:
+      vals[a].ptr = mem->base[ZOO_MEM_INPUT] + p->counter_offset + 4 * (x->i - p->counter_first);
+      break;
+    }
+    params[a] = &vals[a];
+  }
+  return 0;
+}
+
 int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *mem, int first,
             int n, uint64_t seed, char *err, size_t errlen) {
   for (int i = first; i < first + n; i++) {
     const zoo_step *s = &e->steps[i];
+    emu_arg vals[ZOO_MAX_ARGS];
     if (s->kind == ZOO_STEP_GEMM) {
       const zoo_gemm *gm = &s->gemm;
       float *A = emu_ptr(mem, p, gm->a), *B = emu_ptr(mem, p, gm->b), *C = emu_ptr(mem, p, gm->c);
@@ -399,7 +442,8 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
       const char *own = getenv("ZOO_GEMM_OWN");
       if (s->func && own && strcmp(own, "1") == 0) { /* zoo's kernel, as the backend runs it then */
         float *bias = gm->bias >= 0 ? emu_ptr(mem, p, gm->bias) : A;
-        void *params[4] = {&A, &B, &bias, &C};
+        void *params[ZOO_MAX_ARGS + 4] = {&A, &B, &bias, &C};
+        if (step_args(s, i, first, p, mem, seed, vals, params + 4, err, errlen) != 0) return -1;
         if (emu_launch(m, s->func, s->grid, s->block, 0, params) != 0) {
           snprintf(err, errlen, "step %d: kernel %s missing", i, s->func);
           return -1;
@@ -418,40 +462,8 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
       memset(C, 0, (size_t)p->bytes[s->gemm.c]);
       continue;
     }
-    union {
-      void *ptr;
-      long long i;
-      float f;
-      unsigned long long u;
-    } vals[ZOO_MAX_ARGS];
     void *params[ZOO_MAX_ARGS];
-    for (int a = 0; a < s->nargs; a++) {
-      const zoo_arg *x = &s->args[a];
-      memset(&vals[a], 0, sizeof vals[a]);
-      switch (x->kind) {
-      case ZOO_ARG_TENSOR:
-        vals[a].ptr = emu_ptr(mem, p, x->tensor);
-        if (!vals[a].ptr) {
-          snprintf(err, errlen, "step %d (%s): argument %d, tensor %d, has no memory", i, s->func, a, x->tensor);
-          return -1;
-        }
-        break;
-      case ZOO_ARG_SCRATCH:
-        if (p->scratch[i - first] < 0) {
-          snprintf(err, errlen, "step %d (%s): no scratch planned", i, s->func);
-          return -1;
-        }
-        vals[a].ptr = mem->base[ZOO_MEM_ARENA] + p->scratch[i - first] + x->i;
-        break;
-      case ZOO_ARG_I64: vals[a].i = x->i; break;
-      case ZOO_ARG_F32: vals[a].f = x->f; break;
-      case ZOO_ARG_SEED: vals[a].u = seed; break;
-      case ZOO_ARG_COUNTER:
-        vals[a].ptr = mem->base[ZOO_MEM_INPUT] + p->counter_offset + 4 * (x->i - p->counter_first);
-        break;
-      }
-      params[a] = &vals[a];
-    }
+    if (step_args(s, i, first, p, mem, seed, vals, params, err, errlen) != 0) return -1;
     if (getenv("ZOO_EMU_TRACE"))
       fprintf(stderr, "emu: step %d %s <<<(%u,%u,%u), (%u,%u,%u), %u>>>\n", i, s->func, s->grid[0], s->grid[1],
               s->grid[2], s->block[0], s->block[1], s->block[2], s->smem);

@@ -372,9 +372,21 @@ static void check_model(zoo_test_ctx *t, const char *model) {
   char cerr[2048] = "";
   int have_nvrtc = nvrtc_here(why, sizeof why);
   if (have_nvrtc) {
-    zoo_cubin cubin;
-    compiled = zoo_nvrtc_compile(cp.emit.src.s, model, "sm_90", NULL, &cubin, cerr, sizeof cerr) == 0;
-    if (compiled) zoo_cubin_free(&cubin);
+    /* in parts, as the backend compiles it; every kernel in exactly one */
+    zoo_cubin cubins[ZOO_MODULE_PARTS_MAX];
+    int n = 0;
+    compiled = zoo_nvrtc_compile_parts(cp.emit.src.s, model, "sm_90", NULL, 16, cubins, &n, NULL, cerr,
+                                       sizeof cerr) == 0;
+    for (int s = 0; s < cp.emit.nsteps && compiled; s++) {
+      const char *f = cp.emit.steps[s].func;
+      int in = 0;
+      for (int i = 0; i < n && f; i++) in += memmem(cubins[i].data, cubins[i].size, f, strlen(f) + 1) != NULL;
+      if (f && in != 1) {
+        snprintf(cerr, sizeof cerr, "kernel %s is in %d of the %d CUBINs", f, in, n);
+        compiled = 0;
+      }
+    }
+    for (int i = 0; i < n; i++) zoo_cubin_free(&cubins[i]);
   }
   int64_t arena = pl->arena_bytes, naive = pl->naive_bytes;
   zoo_cuda_program_free(&cp);
@@ -450,6 +462,42 @@ TEST(entry_waits) {
   char *none = zoo_cuda_entry_waits("__device__ int g;\n");
   CHECK(strcmp(none, "__device__ int g;\n") == 0);
   free(none);
+}
+
+/* A module cut into parts for parallel NVRTC: each kernel definition in one
+ * part (dealt in turn), everything else in all, nothing lost or reordered. */
+TEST(split_module) {
+  const char *src = "// head { not a brace pair\n#define X 1\n"
+                    "extern \"C\" __global__ void a(int *p) {\n  if (p) { p[0] = '}'; }\n}\n"
+                    "__device__ int f() { return 2; } /* } */\n"
+                    "extern \"C\" __global__ void b(int *p) { p[1] = \"}\"[0]; // }\n}\n"
+                    "static_assert(X == 1, \"x\");\n"
+                    "extern \"C\" __global__ void c(int *p) { p[2] = 3; }\n"
+                    "// tail\n";
+  char *parts[ZOO_MODULE_PARTS_MAX];
+  int n = zoo_cuda_split_module(src, 2, parts);
+  CHECK(n == 2);
+  const char *names[] = {"void a(", "void b(", "void c("};
+  int where[] = {0, 1, 0};
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < n; i++) CHECKF((strstr(parts[i], names[k]) != NULL) == (where[k] == i), "%s", names[k]);
+  for (int i = 0; i < n; i++) {
+    CHECK(strstr(parts[i], "// head { not a brace pair\n#define X 1\n") == parts[i]);
+    CHECK(strstr(parts[i], "__device__ int f() { return 2; } /* } */\n") != NULL);
+    CHECK(strstr(parts[i], "static_assert(X == 1, \"x\");\n") != NULL);
+    CHECK(strstr(parts[i], "// tail\n") != NULL);
+  }
+  /* the first part, read with the second's kernel put back, is the source */
+  CHECK(strstr(parts[0], "p[0] = '}'; }\n}\n__device__") != NULL);
+  CHECK(strstr(parts[1], "p[1] = \"}\"[0]; // }\n}\nstatic_assert") != NULL);
+  for (int i = 0; i < n; i++) free(parts[i]);
+  /* more parts than kernels: one per kernel; no kernel: the source whole */
+  n = zoo_cuda_split_module(src, 8, parts);
+  CHECK(n == 3);
+  for (int i = 0; i < n; i++) free(parts[i]);
+  n = zoo_cuda_split_module("__device__ int g;\n", 4, parts);
+  CHECK(n == 1 && strcmp(parts[0], "__device__ int g;\n") == 0);
+  free(parts[0]);
 }
 
 TEST(generated_rebased) { check_generated(t, "rebased"); }

@@ -2308,9 +2308,217 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__res
 // GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k24_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// ---- runtime/kernels/gemm.cu ----
+/* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
+ *
+ *   C[M, N] = op(A) op(B) (+ bias[N]),  op(A)[m, k] = TA ? a[k M + m] : a[m K + k],
+ *                                        op(B)[k, n] = TB ? b[n K + k] : b[k N + n]
+ *
+ * for the products a step of zoo's models makes: tall and narrow (M the rows
+ * of a batch, N and K a model width, 24 to 512), the tied head's (N or K the
+ * vocabulary) and the weight gradients (M and N widths, K the rows). cuBLASLt's
+ * fp32 kernels are made for large squares; at K = 32 or N = 24 they run at a
+ * tenth of the peak. The backend times this kernel against cuBLASLt's
+ * candidates and keeps the faster (runtime/cuda.c, gemm_tune).
+ *
+ * zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, BIAS>: 256 threads, grid
+ * (ceil(N / BN), ceil(M / BM), S). A block makes the BM x BN tile of C at
+ * (blockIdx.y BM, blockIdx.x BN) over the block's share of K, [z KC, z KC +
+ * KC) with KC = ceil(K / S) rounded up to BK. Thread (ty, tx) (tx < BN / TN)
+ * holds the TM x TN values at rows ty TM + i, columns tx TN + j. Per step of
+ * BK: the next tiles of A and B are read into registers (scalar loads,
+ * consecutive threads on consecutive addresses of either layout, zeros past
+ * the edges) while the current ones in shared memory are used, as As[k][m]
+ * and Bs[k][n] (two buffers each, rows padded by 4 floats); then stored, one
+ * barrier. Each k is TM + TN shared reads (16 bytes at a time) for TM TN
+ * fused multiply-adds. S = 1: C = the sum (+ bias), 16-byte stores where N
+ * allows. S > 1 (split K, for a small C over a long K): the block writes its
+ * partial sum to part[z][M][N], and zk_gemm_sum<M, N, S, BIAS> (one thread per
+ * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
+ * order: the same bits on every run.
+ *
+ * zk_gemm_splitk<..., S, BIAS>(a, b, bias, c, part, counters): the same split
+ * of K in one launch, for the weight gradients (C small, K the batch's rows:
+ * cuBLASLt took 19-57 us for products that read 5-70 MB). Each block writes
+ * its partial tile to part[z][M][N] as above, fences it and counts itself on
+ * its tile's counter (counters[blockIdx.y gridDim.x + blockIdx.x], zero before
+ * the launch, ZOO_ARG_COUNTER); the tile's last block adds the S partial tiles
+ * in order of z (+ bias) into C, each thread 16 elements at a time with the
+ * loads of 4 z in flight, and puts the counter back to zero. The emitter picks
+ * S so that the blocks' share of K and the last block's S tiles cost about
+ * the same to read.
+ */
+#ifndef ZK_GEMM_CU
+#define ZK_GEMM_CU
+
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float *__restrict__ b,
+                                        const float *__restrict__ bias, float *__restrict__ out) {
+  constexpr int NT = 256, TX = BN / TN, BMP = BM + 4, BNP = BN + 4;
+  static_assert((BM / TM) * TX == NT, "zk_gemm: the tile needs 256 threads");
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "zk_gemm: TM and TN multiples of 4");
+  constexpr int LA = BM * BK / NT, LB = BN * BK / NT; /* loads a thread makes per tile */
+  static_assert(LA * NT == BM * BK && LB * NT == BN * BK, "zk_gemm: tiles a multiple of 256");
+  constexpr int KC = ((K + S - 1) / S + BK - 1) / BK * BK;
+  __align__(16) __shared__ float As[2][BK][BMP];
+  __align__(16) __shared__ float Bs[2][BK][BNP];
+  const int t = threadIdx.x, tx = t % TX, ty = t / TX;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kb = blockIdx.z * KC, ke = kb + KC < K ? kb + KC : K;
+
+  float ra[LA], rb[LB];
+  /* the tiles at k0 into registers: element e = t + NT l, the fast index on
+   * the operand's contiguous axis */
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int l = 0; l < LA; l++) {
+      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
+      int gm = m0 + m, gk = k0 + k;
+      ra[l] = gm < M && gk < ke ? (TA ? a[(zk_i64)gk * M + gm] : a[(zk_i64)gm * K + gk]) : 0.0f;
+    }
+#pragma unroll
+    for (int l = 0; l < LB; l++) {
+      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
+      int gn = n0 + n, gk = k0 + k;
+      rb[l] = gn < N && gk < ke ? (TB ? b[(zk_i64)gn * K + gk] : b[(zk_i64)gk * N + gn]) : 0.0f;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int l = 0; l < LA; l++) {
+      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
+      As[buf][k][m] = ra[l];
+    }
+#pragma unroll
+    for (int l = 0; l < LB; l++) {
+      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
+      Bs[buf][k][n] = rb[l];
+    }
+  };
+
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; i++)
+#pragma unroll
+    for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
+
+  int buf = 0;
+  if (kb < ke) {
+    load(kb);
+    store(0);
+  }
+  __syncthreads();
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    bool more = k0 + BK < ke;
+    if (more) load(k0 + BK);
+#pragma unroll
+    for (int k = 0; k < BK; k++) {
+      float fa[TM], fb[TN];
+#pragma unroll
+      for (int i = 0; i < TM; i += 4) {
+        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&As[buf][k][ty * TM + i]);
+        fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
+      }
+#pragma unroll
+      for (int j = 0; j < TN; j += 4) {
+        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&Bs[buf][k][tx * TN + j]);
+        fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
+      }
+#pragma unroll
+      for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+  float *c = S > 1 ? out + (zk_i64)blockIdx.z * M * N : out;
+#pragma unroll
+  for (int i = 0; i < TM; i++) {
+    int gm = m0 + ty * TM + i;
+    if (gm >= M) break;
+    float *row = c + (zk_i64)gm * N;
+#pragma unroll
+    for (int j = 0; j < TN; j += 4) {
+      int gn = n0 + tx * TN + j;
+      float v[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) v[q] = acc[i][j + q] + (BIAS && S == 1 && gn + q < N ? bias[gn + q] : 0.0f);
+      if (N % 4 == 0 && gn + 3 < N) {
+        *reinterpret_cast<zk_f4 *>(row + gn) = zk_f4{v[0], v[1], v[2], v[3]};
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+          if (gn + q < N) row[gn + q] = v[q];
+      }
+    }
+  }
+}
+
+template <int M, int N, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, const float *__restrict__ bias,
+                                            float *__restrict__ c) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= (zk_i64)M * N) return;
+  float s = part[e];
+#pragma unroll 4
+  for (int z = 1; z < S; z++) s += part[(zk_i64)z * M * N + e];
+  if (BIAS) s += bias[e % N];
+  c[e] = s;
+}
+
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm_splitk(const float *__restrict__ a, const float *__restrict__ b,
+                                              const float *__restrict__ bias, float *__restrict__ c,
+                                              float *__restrict__ part, unsigned *__restrict__ counters) {
+  static_assert(S > 1, "zk_gemm_splitk: S > 1");
+  zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, 0>(a, b, bias, part);
+  __shared__ bool last;
+  __threadfence(); /* this block's partial tile, visible before it is counted */
+  __syncthreads();
+  unsigned *counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == S - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  constexpr int E = 16; /* elements of the tile a thread adds up at a time */
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  for (int e0 = threadIdx.x; e0 < BM * BN; e0 += 256 * E) {
+    zk_i64 at[E];
+    bool in[E];
+    float sum[E];
+#pragma unroll
+    for (int q = 0; q < E; q++) {
+      int e = e0 + 256 * q, m = m0 + e / BN, n = n0 + e % BN;
+      in[q] = e < BM * BN && m < M && n < N;
+      at[q] = in[q] ? (zk_i64)m * N + n : 0;
+      sum[q] = 0.0f;
+    }
+#pragma unroll 4
+    for (int z = 0; z < S; z++)
+#pragma unroll
+      for (int q = 0; q < E; q++)
+        if (in[q]) sum[q] += __ldcg(part + (zk_i64)z * M * N + at[q]);
+#pragma unroll
+    for (int q = 0; q < E; q++)
+      if (in[q]) c[at[q]] = sum[q] + (BIAS ? bias[at[q] % N] : 0.0f);
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+#endif /* ZK_GEMM_CU */
+
+// zoo_gemm_24: zoo's kernel for GEMM step 31, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_24(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<64, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_k25_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2345,18 +2553,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__res
 
 // t75 is t71 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_25: node 45
+// zoo_softmax_attn_bwd_q_26: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_26: node 45
+// zoo_softmax_attn_bwd_kv_27: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2367,9 +2575,9 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(con
 
 // t81 is t76 reshaped (same memory, no kernel)
 
-// zoo_k27_concat: rows of 64 + 64 elements
+// zoo_k28_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
@@ -2377,9 +2585,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__
   }
 }
 
-// zoo_k28_concat: rows of 128 + 64 elements
+// zoo_k29_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
@@ -2399,9 +2607,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k29_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_gemm_30: zoo's kernel for GEMM step 38, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<192, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_k31_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2434,23 +2648,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_30: node 57
+// zoo_layernorm_bwd_rows_32: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_31: node 57
+// zoo_sum_partials_33: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k32_add: 1 elementwise op over 4194304 elements
+// zoo_k34_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
@@ -2460,25 +2674,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_33: node 59
+// zoo_layernorm_bwd_rows_35: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 59
+// zoo_sum_partials_36: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_34(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
@@ -2506,9 +2720,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_gemm_38: zoo's kernel for GEMM step 47, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_38(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<64, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_k39_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2541,24 +2761,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_37: node 70
+// zoo_conv1d_bwd_rows_40: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_38: node 70
+// zoo_sum_partials_41: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k42_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
@@ -2570,24 +2790,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_40: node 72
+// zoo_layernorm_bwd_rows_43: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_41: node 72
+// zoo_sum_partials_44: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k45_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
@@ -2598,9 +2818,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const floa
   }
 }
 
-// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k46_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2633,51 +2853,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_44: node 76
+// zoo_embedding_bwd_47: node 76
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_45: node 77
+// zoo_emb_count_48: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_45(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_48(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_46: node 77
+// zoo_emb_offsets_49: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_46(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_49(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_47: node 77
+// zoo_emb_place_50: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_47(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_50(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_48: node 77
+// zoo_emb_sum_51: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_48(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_51(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_49: node 77
+// zoo_emb_join_52: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_49(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_52(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k50_add: 1 elementwise op over 524288 elements
+// zoo_k53_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
@@ -2689,33 +2909,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_51: node 0
+// zoo_embedding_fwd_54: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_51(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k52_arange: 0 .. 127
+// zoo_k55_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k55_arange(int *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_53: node 2
+// zoo_embedding_fwd_56: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_53(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_54: node 5
+// zoo_layernorm_fused_57: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2732,14 +2952,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_55: node 11
+// zoo_layernorm_fused_58: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2756,11 +2976,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_56: node 13
+// zoo_layernorm_fused_59: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2776,9 +2996,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k57_slice: slice, 4194304 elements
+// zoo_k60_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[i % 64 + (i / 64) * 192];
@@ -2786,9 +3006,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_slice(const float *__r
 
 // t37 is t36 reshaped (same memory, no kernel)
 
-// zoo_k58_slice: slice, 4194304 elements
+// zoo_k61_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[64 + i % 64 + (i / 64) * 192];
@@ -2796,9 +3016,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k58_slice(const float *__r
 
 // t39 is t38 reshaped (same memory, no kernel)
 
-// zoo_k59_slice: slice, 4194304 elements
+// zoo_k62_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
     y[i] = x[128 + i % 64 + (i / 64) * 192];
@@ -2806,10 +3026,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_slice(const float *__r
 
 // t41 is t40 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_60: node 21
+// zoo_softmax_attn_fwd_63: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2819,11 +3039,11 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_61: node 25
+// zoo_layernorm_fused_64: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2836,11 +3056,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_62: node 27
+// zoo_layernorm_fused_65: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2852,23 +3072,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_63: node 28
+// zoo_label_count_66: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_63(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_66(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_64: node 28
+// zoo_label_write_67: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_64(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_67(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_65: node 29
+// zoo_gather_rows_68: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_65(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_68(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2876,16 +3096,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_65(const float
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_66: node 31
+// zoo_ce_step_rows_69: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_66(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_69(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_67: node 31
+// zoo_ce_step_finish_70: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_67(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_70(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }

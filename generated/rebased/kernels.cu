@@ -2281,31 +2281,239 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k25_split_heads: split heads, 3932160 elements
+// ---- runtime/kernels/gemm.cu ----
+/* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
+ *
+ *   C[M, N] = op(A) op(B) (+ bias[N]),  op(A)[m, k] = TA ? a[k M + m] : a[m K + k],
+ *                                        op(B)[k, n] = TB ? b[n K + k] : b[k N + n]
+ *
+ * for the products a step of zoo's models makes: tall and narrow (M the rows
+ * of a batch, N and K a model width, 24 to 512), the tied head's (N or K the
+ * vocabulary) and the weight gradients (M and N widths, K the rows). cuBLASLt's
+ * fp32 kernels are made for large squares; at K = 32 or N = 24 they run at a
+ * tenth of the peak. The backend times this kernel against cuBLASLt's
+ * candidates and keeps the faster (runtime/cuda.c, gemm_tune).
+ *
+ * zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, BIAS>: 256 threads, grid
+ * (ceil(N / BN), ceil(M / BM), S). A block makes the BM x BN tile of C at
+ * (blockIdx.y BM, blockIdx.x BN) over the block's share of K, [z KC, z KC +
+ * KC) with KC = ceil(K / S) rounded up to BK. Thread (ty, tx) (tx < BN / TN)
+ * holds the TM x TN values at rows ty TM + i, columns tx TN + j. Per step of
+ * BK: the next tiles of A and B are read into registers (scalar loads,
+ * consecutive threads on consecutive addresses of either layout, zeros past
+ * the edges) while the current ones in shared memory are used, as As[k][m]
+ * and Bs[k][n] (two buffers each, rows padded by 4 floats); then stored, one
+ * barrier. Each k is TM + TN shared reads (16 bytes at a time) for TM TN
+ * fused multiply-adds. S = 1: C = the sum (+ bias), 16-byte stores where N
+ * allows. S > 1 (split K, for a small C over a long K): the block writes its
+ * partial sum to part[z][M][N], and zk_gemm_sum<M, N, S, BIAS> (one thread per
+ * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
+ * order: the same bits on every run.
+ *
+ * zk_gemm_splitk<..., S, BIAS>(a, b, bias, c, part, counters): the same split
+ * of K in one launch, for the weight gradients (C small, K the batch's rows:
+ * cuBLASLt took 19-57 us for products that read 5-70 MB). Each block writes
+ * its partial tile to part[z][M][N] as above, fences it and counts itself on
+ * its tile's counter (counters[blockIdx.y gridDim.x + blockIdx.x], zero before
+ * the launch, ZOO_ARG_COUNTER); the tile's last block adds the S partial tiles
+ * in order of z (+ bias) into C, each thread 16 elements at a time with the
+ * loads of 4 z in flight, and puts the counter back to zero. The emitter picks
+ * S so that the blocks' share of K and the last block's S tiles cost about
+ * the same to read.
+ */
+#ifndef ZK_GEMM_CU
+#define ZK_GEMM_CU
+
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float *__restrict__ b,
+                                        const float *__restrict__ bias, float *__restrict__ out) {
+  constexpr int NT = 256, TX = BN / TN, BMP = BM + 4, BNP = BN + 4;
+  static_assert((BM / TM) * TX == NT, "zk_gemm: the tile needs 256 threads");
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "zk_gemm: TM and TN multiples of 4");
+  constexpr int LA = BM * BK / NT, LB = BN * BK / NT; /* loads a thread makes per tile */
+  static_assert(LA * NT == BM * BK && LB * NT == BN * BK, "zk_gemm: tiles a multiple of 256");
+  constexpr int KC = ((K + S - 1) / S + BK - 1) / BK * BK;
+  __align__(16) __shared__ float As[2][BK][BMP];
+  __align__(16) __shared__ float Bs[2][BK][BNP];
+  const int t = threadIdx.x, tx = t % TX, ty = t / TX;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kb = blockIdx.z * KC, ke = kb + KC < K ? kb + KC : K;
+
+  float ra[LA], rb[LB];
+  /* the tiles at k0 into registers: element e = t + NT l, the fast index on
+   * the operand's contiguous axis */
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int l = 0; l < LA; l++) {
+      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
+      int gm = m0 + m, gk = k0 + k;
+      ra[l] = gm < M && gk < ke ? (TA ? a[(zk_i64)gk * M + gm] : a[(zk_i64)gm * K + gk]) : 0.0f;
+    }
+#pragma unroll
+    for (int l = 0; l < LB; l++) {
+      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
+      int gn = n0 + n, gk = k0 + k;
+      rb[l] = gn < N && gk < ke ? (TB ? b[(zk_i64)gn * K + gk] : b[(zk_i64)gk * N + gn]) : 0.0f;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int l = 0; l < LA; l++) {
+      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
+      As[buf][k][m] = ra[l];
+    }
+#pragma unroll
+    for (int l = 0; l < LB; l++) {
+      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
+      Bs[buf][k][n] = rb[l];
+    }
+  };
+
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; i++)
+#pragma unroll
+    for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
+
+  int buf = 0;
+  if (kb < ke) {
+    load(kb);
+    store(0);
+  }
+  __syncthreads();
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    bool more = k0 + BK < ke;
+    if (more) load(k0 + BK);
+#pragma unroll
+    for (int k = 0; k < BK; k++) {
+      float fa[TM], fb[TN];
+#pragma unroll
+      for (int i = 0; i < TM; i += 4) {
+        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&As[buf][k][ty * TM + i]);
+        fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
+      }
+#pragma unroll
+      for (int j = 0; j < TN; j += 4) {
+        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&Bs[buf][k][tx * TN + j]);
+        fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
+      }
+#pragma unroll
+      for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
+
+  float *c = S > 1 ? out + (zk_i64)blockIdx.z * M * N : out;
+#pragma unroll
+  for (int i = 0; i < TM; i++) {
+    int gm = m0 + ty * TM + i;
+    if (gm >= M) break;
+    float *row = c + (zk_i64)gm * N;
+#pragma unroll
+    for (int j = 0; j < TN; j += 4) {
+      int gn = n0 + tx * TN + j;
+      float v[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) v[q] = acc[i][j + q] + (BIAS && S == 1 && gn + q < N ? bias[gn + q] : 0.0f);
+      if (N % 4 == 0 && gn + 3 < N) {
+        *reinterpret_cast<zk_f4 *>(row + gn) = zk_f4{v[0], v[1], v[2], v[3]};
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+          if (gn + q < N) row[gn + q] = v[q];
+      }
+    }
+  }
+}
+
+template <int M, int N, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, const float *__restrict__ bias,
+                                            float *__restrict__ c) {
+  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= (zk_i64)M * N) return;
+  float s = part[e];
+#pragma unroll 4
+  for (int z = 1; z < S; z++) s += part[(zk_i64)z * M * N + e];
+  if (BIAS) s += bias[e % N];
+  c[e] = s;
+}
+
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm_splitk(const float *__restrict__ a, const float *__restrict__ b,
+                                              const float *__restrict__ bias, float *__restrict__ c,
+                                              float *__restrict__ part, unsigned *__restrict__ counters) {
+  static_assert(S > 1, "zk_gemm_splitk: S > 1");
+  zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, 0>(a, b, bias, part);
+  __shared__ bool last;
+  __threadfence(); /* this block's partial tile, visible before it is counted */
+  __syncthreads();
+  unsigned *counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == S - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  constexpr int E = 16; /* elements of the tile a thread adds up at a time */
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  for (int e0 = threadIdx.x; e0 < BM * BN; e0 += 256 * E) {
+    zk_i64 at[E];
+    bool in[E];
+    float sum[E];
+#pragma unroll
+    for (int q = 0; q < E; q++) {
+      int e = e0 + 256 * q, m = m0 + e / BN, n = n0 + e % BN;
+      in[q] = e < BM * BN && m < M && n < N;
+      at[q] = in[q] ? (zk_i64)m * N + n : 0;
+      sum[q] = 0.0f;
+    }
+#pragma unroll 4
+    for (int z = 0; z < S; z++)
+#pragma unroll
+      for (int q = 0; q < E; q++)
+        if (in[q]) sum[q] += __ldcg(part + (zk_i64)z * M * N + at[q]);
+#pragma unroll
+    for (int q = 0; q < E; q++)
+      if (in[q]) c[at[q]] = sum[q] + (BIAS ? bias[at[q] % N] : 0.0f);
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+#endif /* ZK_GEMM_CU */
+
+// zoo_gemm_25: zoo's kernel for GEMM step 34, split in 46 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_25(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<64, 60, 65536, 1, 0, 64, 64, 16, 4, 4, 46, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_k26_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_bwd_q_26: node 43
+// zoo_poly_attn_bwd_q_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 43
+// zoo_poly_attn_bwd_kv_28: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_28(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k28_merge_heads: merge heads, 3932160 elements
+// zoo_k29_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
@@ -2323,16 +2531,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_29: node 50
+// zoo_gemm_30: zoo's kernel for GEMM step 40, split in 46 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<60, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 46, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_layernorm_bwd_rows_31: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_30: node 50
+// zoo_sum_partials_32: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
@@ -2349,16 +2563,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_31: node 57
+// zoo_gemm_33: zoo's kernel for GEMM step 44, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_33(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<192, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_layernorm_bwd_rows_34: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 57
+// zoo_sum_partials_35: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
@@ -2370,10 +2590,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const floa
 
 // t104 is t103 reshaped (same memory, no kernel)
 
-// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k36_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
@@ -2390,23 +2610,29 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_34: node 64
+// zoo_gemm_37: zoo's kernel for GEMM step 49, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_37(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<192, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_layernorm_bwd_rows_38: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_35: node 64
+// zoo_sum_partials_39: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// zoo_k40_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
@@ -2416,25 +2642,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 66
+// zoo_layernorm_bwd_rows_41: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_38: node 66
+// zoo_sum_partials_42: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k39_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v111 = t111[i];
@@ -2462,9 +2688,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t122[64 x 64] = (t118)^T * t121, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_gemm_44: zoo's kernel for GEMM step 57, split in 45 along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_44(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_gemm_splitk<64, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+}
+
+// zoo_k45_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2497,24 +2729,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_41: node 77
+// zoo_conv1d_bwd_rows_46: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_42: node 77
+// zoo_sum_partials_47: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k43_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k48_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2526,24 +2758,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_44: node 79
+// zoo_layernorm_bwd_rows_49: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_45: node 79
+// zoo_sum_partials_50: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_k46_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k51_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2554,9 +2786,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const floa
   }
 }
 
-// zoo_k47_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k52_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2589,51 +2821,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_48: node 83
+// zoo_embedding_bwd_53: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_49: node 84
+// zoo_emb_count_54: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_49(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_54(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_50: node 84
+// zoo_emb_offsets_55: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_50(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_55(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_51: node 84
+// zoo_emb_place_56: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_51(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_56(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_52: node 84
+// zoo_emb_sum_57: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_57(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_53: node 84
+// zoo_emb_join_58: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_53(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_58(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k54_add: 1 elementwise op over 524288 elements
+// zoo_k59_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2645,33 +2877,33 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_55: node 0
+// zoo_embedding_fwd_60: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_55(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
 }
 
-// zoo_k56_arange: 0 .. 127
+// zoo_k61_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_arange(int *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_arange(int *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
 }
 
-// zoo_embedding_fwd_57: node 2
+// zoo_embedding_fwd_62: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_57(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_62(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
   zk_entry_wait();
   zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
 }
 
-// zoo_layernorm_fused_58: node 5
+// zoo_layernorm_fused_63: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2688,14 +2920,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_59: node 11
+// zoo_layernorm_fused_64: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2712,11 +2944,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_60: node 13
+// zoo_layernorm_fused_65: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2732,9 +2964,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_61: node 15
+// zoo_layernorm_fwd_66: node 15
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2742,9 +2974,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_61(const flo
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_62: node 17
+// zoo_layernorm_fwd_67: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_62(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_67(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -2752,24 +2984,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_62(const flo
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k63_split_heads: split heads, 3932160 elements
+// zoo_k68_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k63_split_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
 }
 
-// zoo_poly_attn_fwd_64: node 20
+// zoo_poly_attn_fwd_69: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_64(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
   zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_k65_merge_heads: merge heads, 3932160 elements
+// zoo_k70_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
     y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
@@ -2778,11 +3010,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k65_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_66: node 24
+// zoo_layernorm_fused_71: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2795,11 +3027,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_67: node 26
+// zoo_layernorm_fused_72: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2811,23 +3043,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_68: node 27
+// zoo_label_count_73: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_68(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_73(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_69: node 27
+// zoo_label_write_74: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_69(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_74(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_70: node 28
+// zoo_gather_rows_75: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_70(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_75(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2835,16 +3067,16 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_70(const float
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_71: node 30
+// zoo_ce_step_rows_76: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_71(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_72: node 30
+// zoo_ce_step_finish_77: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_72(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_77(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }

@@ -25,6 +25,17 @@
  * partial sum to part[z][M][N], and zk_gemm_sum<M, N, S, BIAS> (one thread per
  * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
  * order: the same bits on every run.
+ *
+ * zk_gemm_splitk<..., S, BIAS>(a, b, bias, c, part, counters): the same split
+ * of K in one launch, for the weight gradients (C small, K the batch's rows:
+ * cuBLASLt took 19-57 us for products that read 5-70 MB). Each block writes
+ * its partial tile to part[z][M][N] as above, fences it and counts itself on
+ * its tile's counter (counters[blockIdx.y gridDim.x + blockIdx.x], zero before
+ * the launch, ZOO_ARG_COUNTER); the tile's last block adds the S partial tiles
+ * in order of z (+ bias) into C, each thread 16 elements at a time with the
+ * loads of 4 z in flight, and puts the counter back to zero. The emitter picks
+ * S so that the blocks' share of K and the last block's S tiles cost about
+ * the same to read.
  */
 #ifndef ZK_GEMM_CU
 #define ZK_GEMM_CU
@@ -145,6 +156,45 @@ __device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, cons
   for (int z = 1; z < S; z++) s += part[(zk_i64)z * M * N + e];
   if (BIAS) s += bias[e % N];
   c[e] = s;
+}
+
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
+__device__ __forceinline__ void zk_gemm_splitk(const float *__restrict__ a, const float *__restrict__ b,
+                                              const float *__restrict__ bias, float *__restrict__ c,
+                                              float *__restrict__ part, unsigned *__restrict__ counters) {
+  static_assert(S > 1, "zk_gemm_splitk: S > 1");
+  zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, 0>(a, b, bias, part);
+  __shared__ bool last;
+  __threadfence(); /* this block's partial tile, visible before it is counted */
+  __syncthreads();
+  unsigned *counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == S - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  constexpr int E = 16; /* elements of the tile a thread adds up at a time */
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  for (int e0 = threadIdx.x; e0 < BM * BN; e0 += 256 * E) {
+    zk_i64 at[E];
+    bool in[E];
+    float sum[E];
+#pragma unroll
+    for (int q = 0; q < E; q++) {
+      int e = e0 + 256 * q, m = m0 + e / BN, n = n0 + e % BN;
+      in[q] = e < BM * BN && m < M && n < N;
+      at[q] = in[q] ? (zk_i64)m * N + n : 0;
+      sum[q] = 0.0f;
+    }
+#pragma unroll 4
+    for (int z = 0; z < S; z++)
+#pragma unroll
+      for (int q = 0; q < E; q++)
+        if (in[q]) sum[q] += __ldcg(part + (zk_i64)z * M * N + at[q]);
+#pragma unroll
+    for (int q = 0; q < E; q++)
+      if (in[q]) c[at[q]] = sum[q] + (BIAS ? bias[at[q] % N] : 0.0f);
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 #endif /* ZK_GEMM_CU */
