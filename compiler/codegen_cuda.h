@@ -186,8 +186,8 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
  * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied); and
  * the weight gradients' form, A transposed, B not, K >= 2048 and M N <= 65536
  * (a small C over the batch's rows), split along K in one launch
- * (zk_gemm_splitk: its arguments go on in s->args, a scratch area for the
- * partial sums and a counter per tile of C). Sets s->func, grid and block;
+ * (zk_wgrad: its arguments go on in s->args, a scratch area for the partial
+ * sums and the reduction's counters). Sets s->func, grid and block;
  * nothing when the GEMM does not qualify. Returns 0, or -1 with e's error. */
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s);
 

@@ -180,7 +180,7 @@ static int partials_end(zoo_cuda_emit *e, const zoo_node *n, zoo_step *s, int64_
                     "  zk_sum_partials<%lld, %lld, %lld>(part, out0, %s);\n}\n",
                     name, out1 >= 0 ? ", float *__restrict__ out1" : "", (long long)P, (long long)M,
                     (long long)M0, out1 >= 0 ? "out1" : "nullptr");
-  zoo_step *t = launch(e, n, name, cdiv(M, 256), 256, 0);
+  zoo_step *t = launch(e, n, name, cdiv(M, 32), 256, 0);
   if (!t) return -1;
   arg_scratch(t, 0);
   arg_tensor(t, out0);
@@ -1511,49 +1511,45 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * codegen_cuda.h). Tiles by the width of C: 256 x 32 for N <= 32 (a row of
  * blocks covers C's width), 64 x 64 up to N = 256, 128 x 64 above; the
  * fastest of the configurations tried at those shapes. */
-/* The weight gradients' form, C[M, N] = A^T B over a long K, split along K
- * (zk_gemm_splitk), in 64 x 64 tiles. S balances what a block reads of A and
- * B, K / S (bm + bn) floats, against what each tile's last block reads of the
- * partial tiles, S bm bn (bm, bn: the tile's used rows and columns), so S is
- * near sqrt(K (bm + bn) / (bm bn)): at 32 x 24 over 24576 rows, 42 blocks of
- * 586 rows each. */
-static int gemm_own_splitk(zoo_cuda_emit *e, zoo_step *s) {
+/* The weight gradients' form, C[M, N] = A^T B over a long K (zk_wgrad), in
+ * 32 x 32 tiles split along K into S blocks each: about two blocks per SM of
+ * an H200 (264 in all), each with at least 128 rows; groups of GS = ceil(sqrt
+ * S) for the reduction. At rebased 32/48's 32 x 24 over 24576 rows: 192
+ * blocks of 128 rows, 14 groups. */
+static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
-  const int BM = 64, BN = 64, BK = 16;
-  int64_t bm = gm->m < BM ? gm->m : BM, bn = gm->n < BN ? gm->n : BN;
-  int64_t S = (int64_t)llround(sqrt((double)gm->k * (double)(bm + bn) / (double)(bm * bn)));
-  if (S > 256) S = 256;
-  if (S > gm->k / (4 * BK)) S = gm->k / (4 * BK);
+  int64_t tiles = cdiv(gm->n, 32) * cdiv(gm->m, 32);
+  int64_t S = cdiv(264, tiles);
+  if (S > gm->k / 128) S = gm->k / 128;
+  if (S > 1024) S = 1024;
   if (S < 2) return 0;
-  int64_t tiles = cdiv(gm->n, BN) * cdiv(gm->m, BM);
+  int64_t GS = (int64_t)ceil(sqrt((double)S)), NG = cdiv(S, GS);
   if (need(e, "gemm.cu", NULL, NULL)) return -1;
   char name[64];
   snprintf(name, sizeof name, "zoo_gemm_%d", e->uid++);
-  zoo_strbuf_printf(&e->src, "\n// %s: zoo's kernel for GEMM step %d, split in %lld along K (the backend times it "
+  zoo_strbuf_printf(&e->src, "\n// %s: zoo's kernel for GEMM step %d, in %lld blocks along K (the backend times it "
                     "against cuBLASLt)\n", name, e->nsteps - 1, (long long)S);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ a, "
                     "const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, "
                     "float *__restrict__ part, unsigned *__restrict__ counters) {\n"
-                    "  zk_gemm_splitk<%lld, %lld, %lld, 1, 0, %d, %d, %d, 4, 4, %lld, %d>(a, b, bias, c, part, "
-                    "counters);\n}\n",
-                    name, (long long)gm->m, (long long)gm->n, (long long)gm->k, BM, BN, BK, (long long)S,
-                    gm->bias >= 0);
+                    "  zk_wgrad<%lld, %lld, %lld, %lld, %lld>(a, b, c, part, counters);\n}\n",
+                    name, (long long)gm->m, (long long)gm->n, (long long)gm->k, (long long)S, (long long)GS);
   s->func = zoo_cuda_strdup(e, name);
-  s->grid[0] = (unsigned)cdiv(gm->n, BN), s->grid[1] = (unsigned)cdiv(gm->m, BM), s->grid[2] = (unsigned)S;
+  s->grid[0] = (unsigned)cdiv(gm->n, 32), s->grid[1] = (unsigned)cdiv(gm->m, 32), s->grid[2] = (unsigned)S;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
   s->args[s->nargs++] = (zoo_arg){ZOO_ARG_SCRATCH, -1, 0, 0, 0};
   s->scratch_bytes = S * gm->m * gm->n * (int64_t)sizeof(float);
-  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters, 0, (int)tiles};
-  e->ncounters += (int)tiles;
+  s->args[s->nargs++] = (zoo_arg){ZOO_ARG_COUNTER, -1, e->ncounters, 0, (int)(tiles * (NG + 1))};
+  e->ncounters += (int)(tiles * (NG + 1));
   return 0;
 }
 
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
-  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->k >= 2048 && gm->m * gm->n <= 65536 && gm->beta == 0 &&
-      gm->alpha == 1 && gm->k <= 2147483647LL)
-    return gemm_own_splitk(e, s);
+  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->m * gm->n <= 65536 &&
+      gm->beta == 0 && gm->alpha == 1 && gm->k <= 2147483647LL)
+    return gemm_own_wgrad(e, s);
   if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
   if (gm->m > 2147483647LL || gm->n > 2147483647LL) return 0;
   int bm, bn, tm, tn;

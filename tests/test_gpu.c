@@ -821,23 +821,27 @@ static int c_gemm_own_narrow(ocase *c) { return c_gemm_own(c, 150, 24, 20, 1); }
 static int c_gemm_own_mid(ocase *c) { return c_gemm_own(c, 67, 32, 70, 0); }
 static int c_gemm_own_wide(ocase *c) { return c_gemm_own(c, 75, 17, 300, 0); }
 
-/* its split-K form (zk_gemm_splitk), the weight gradients' A^T B over a long
- * K: C 70 x 20 in two tiles of 64 rows (S 13), and 20 x 130 in three of 64
- * columns, K not a multiple of the split */
-static int c_gemm_splitk(ocase *c, int64_t M, int64_t K, int64_t N) {
+/* its weight-gradient form (zk_wgrad), A^T B over a long K split into blocks
+ * with a two-level reduction: C 70 x 20 (3 tiles, 19 blocks each, groups of
+ * 5, the last of 4) and 20 x 130 over 4101 rows (5 tiles, 32 blocks of 129
+ * rows, the last of 102), both read a float at a time; 24 x 32 with 16-byte
+ * reads (23 blocks) */
+static int c_wgrad(ocase *c, int64_t M, int64_t K, int64_t N) {
   int a = oc_f32(c, V_SIGNED, DIMS(K, M)), b = oc_f32(c, V_SIGNED, DIMS(K, N));
   zoo_attrs at = A0();
   at.i[0] = 1;
   int in[2] = {a, b};
   return oc_op(c, ZOO_OP_MATMUL, 2, in, &at);
 }
-static int c_gemm_splitk_rows(ocase *c) { return c_gemm_splitk(c, 70, 2500, 20); }
-static int c_gemm_splitk_cols(ocase *c) { return c_gemm_splitk(c, 20, 4101, 130); }
+static int c_wgrad_rows(ocase *c) { return c_wgrad(c, 70, 2500, 20); }
+static int c_wgrad_cols(ocase *c) { return c_wgrad(c, 20, 4101, 130); }
+static int c_wgrad_vec(ocase *c) { return c_wgrad(c, 24, 3000, 32); }
 
 static const named_case matmul_cases[] = {
       {"gemm_own_narrow", c_gemm_own_narrow, 1e-4, 1}, {"gemm_own_mid", c_gemm_own_mid, 1e-4, 1},
       {"gemm_own_wide", c_gemm_own_wide, 1e-4, 1},
-      {"gemm_splitk_rows", c_gemm_splitk_rows, 1e-4, 1}, {"gemm_splitk_cols", c_gemm_splitk_cols, 1e-4, 1},
+      {"gemm_wgrad_rows", c_wgrad_rows, 1e-4, 1}, {"gemm_wgrad_cols", c_wgrad_cols, 1e-4, 1},
+      {"gemm_wgrad_vec", c_wgrad_vec, 1e-4, 1},
       {"linear_bias", c_linear_bias, 1e-4, 1}, {"linear", c_linear_nobias, 1e-4, 1},
       {"matmul", c_mm, 1e-4, 1},               {"matmul_ta", c_mm_ta, 1e-4, 1},
       {"matmul_tb", c_mm_tb, 1e-4, 1},         {"matmul_tab", c_mm_tab, 1e-4, 1},

@@ -250,39 +250,48 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
  * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
  * and puts the counter back to zero. No second launch, but one block reads all
  * of part: the emitter uses it when P M is small.
- * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
- * in order, grid ceil(M / blockDim.x). */
+ * zk_sum_partials<P, M, M0>, a kernel of its own, grid ceil(M / 32) blocks of
+ * 256 threads: each block adds up 32 columns as the last block above does (the
+ * same order, so the same bits), the blocks side by side. */
+/* Columns [m0, m0 + 32) of the P rows of part added up: warp k takes rows
+ * k, k + 8, ... (16 loads in flight), then warp 0 adds the warps' sums in
+ * warp order; 256 threads. */
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_partials_cols(const float *__restrict__ part, int m0,
+                                                 float *__restrict__ out0, float *__restrict__ out1,
+                                                 float (*fin)[33]) {
+  constexpr int NW = 8;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int m = m0 + lane < M ? m0 + lane : M - 1;
+  float s = 0.0f;
+#pragma unroll 16
+  for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
+  fin[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && m0 + lane < M) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NW; k++) t += fin[k][lane];
+    if (m < M0) out0[m] = t;
+    else out1[m - M0] = t;
+  }
+  __syncthreads();
+}
+
 template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
-  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[NW][33];
+  __shared__ float zk_fin[8][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
   if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane < M ? m0 + lane : M - 1;
-    float s = 0.0f;
-#pragma unroll 16
-    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
-    zk_fin[warp][lane] = s;
-    __syncthreads();
-    if (warp == 0 && m0 + lane < M) {
-      float t = 0.0f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
-      if (m < M0) out0[m] = t;
-      else out1[m - M0] = t;
-    }
-    __syncthreads();
-  }
+  for (int m0 = 0; m0 < M; m0 += 32) zk_partials_cols<P, M, M0>(part, m0, out0, out1, zk_fin);
   if (threadIdx.x == 0) *counter = 0;
 }
 
@@ -290,12 +299,8 @@ template <int P, int M, int M0>
 __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
                                                 float *__restrict__ out0,
                                                 float *__restrict__ out1) {
-  int m = blockIdx.x * blockDim.x + threadIdx.x;
-  if (m >= M) return;
-  float s = 0.0f;
-  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
-  if (m < M0) out0[m] = s;
-  else out1[m - M0] = s;
+  __shared__ float zk_fin[8][33];
+  zk_partials_cols<P, M, M0>(part, blockIdx.x * 32, out0, out1, zk_fin);
 }
 
 /* Attention operands, per (batch, head) pair bh = b H + h, a [T, W] slice:
@@ -2312,16 +2317,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
  * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
  * order: the same bits on every run.
  *
- * zk_gemm_splitk<..., S, BIAS>(a, b, bias, c, part, counters): the same split
- * of K in one launch, for the weight gradients (C small, K the batch's rows:
- * cuBLASLt took 19-57 us for products that read 5-70 MB). Each block writes
- * its partial tile to part[z][M][N] as above, fences it and counts itself on
- * its tile's counter (counters[blockIdx.y gridDim.x + blockIdx.x], zero before
- * the launch, ZOO_ARG_COUNTER); the tile's last block adds the S partial tiles
- * in order of z (+ bias) into C, each thread 16 elements at a time with the
- * loads of 4 z in flight, and puts the counter back to zero. The emitter picks
- * S so that the blocks' share of K and the last block's S tiles cost about
- * the same to read.
+ * zk_wgrad<M, N, K, S, GS>(a, b, c, part, counters): C = A^T B for the weight
+ * gradients (TA = 1, TB = 0: a [K][M], b [K][N]; C small, K the batch's rows,
+ * where cuBLASLt took 16-54 us for products that read 5-70 MB), in one
+ * launch. Grid (ceil(N / 32), ceil(M / 32), S): a block makes a 32 x 32 tile
+ * of C over rows [z KC, z KC + KC) of K, KC = ceil(K / S). Warp w takes the
+ * rows w, w + 8, ... of that range, 4 at a time in flight, straight from
+ * global memory: lane (mi, ni) = (lane / 4, lane % 4) holds C's rows 4 mi ..
+ * 4 mi + 3 by columns 8 ni .. 8 ni + 7 (one 16-byte read of a row of a and two
+ * of b where M, N are multiples of 4; lanes of one mi read the same address).
+ * The 8 warps' tiles are added in warp order through shared memory and the
+ * block's partial tile goes to part[z][M][N]. Then a two-level reduction in
+ * fixed order: the blocks of each group of GS consecutive z count themselves
+ * on the group's counter, and the group's last block adds its GS partials in
+ * order of z into the group's first slot; the last group to finish adds the
+ * groups' sums in group order into C. So no block reads more than max(GS,
+ * ceil(S / GS)) tiles, and the bits do not depend on timing. The counters,
+ * ceil(S / GS) + 1 per tile (ZOO_ARG_COUNTER, zero before the launch), are put
+ * back to zero.
  */
 #ifndef ZK_GEMM_CU
 #define ZK_GEMM_CU
@@ -2444,51 +2457,124 @@ __device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, cons
   c[e] = s;
 }
 
-template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
-__device__ __forceinline__ void zk_gemm_splitk(const float *__restrict__ a, const float *__restrict__ b,
-                                              const float *__restrict__ bias, float *__restrict__ c,
-                                              float *__restrict__ part, unsigned *__restrict__ counters) {
-  static_assert(S > 1, "zk_gemm_splitk: S > 1");
-  zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, 0>(a, b, bias, part);
+/* n floats of row k of x (row length L) from column j: 16-byte reads where
+ * L is a multiple of 4, zeros past the edges. */
+template <int L, int n>
+__device__ __forceinline__ void zk_wgrad_row(const float *__restrict__ x, zk_i64 k, int j, bool in, float *v) {
+#pragma unroll
+  for (int q = 0; q < n; q += 4) {
+    if (L % 4 == 0 && in && j + q + 3 < L) {
+      zk_f4 f = *reinterpret_cast<const zk_f4 *>(x + k * L + j + q);
+      v[q] = f.x, v[q + 1] = f.y, v[q + 2] = f.z, v[q + 3] = f.w;
+    } else {
+#pragma unroll
+      for (int r = 0; r < 4; r++) v[q + r] = in && j + q + r < L ? x[k * L + j + q + r] : 0.0f;
+    }
+  }
+}
+
+/* dst[e] = sum over the slots z = z0 + D g < z1 (g < G) of part[z][e], in
+ * order of z, for the tile's elements e (the block's 256 threads, 4 elements
+ * each, all G loads of an element in flight together). */
+template <int M, int N, int G, int D>
+__device__ __forceinline__ void zk_wgrad_sum(const float *__restrict__ part, int z0, int z1,
+                                             float *__restrict__ dst) {
+  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
+  zk_i64 at[4];
+  bool in[4];
+  float s[4];
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    int e = threadIdx.x + 256 * q, m = tm + e / 32, n = tn + e % 32;
+    in[q] = m < M && n < N;
+    at[q] = in[q] ? (zk_i64)m * N + n : 0;
+    s[q] = 0.0f;
+  }
+#pragma unroll
+  for (int g = 0; g < G; g++)
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+      if (z0 + D * g < z1 && in[q]) s[q] += __ldcg(part + (zk_i64)(z0 + D * g) * M * N + at[q]);
+#pragma unroll
+  for (int q = 0; q < 4; q++)
+    if (in[q]) dst[at[q]] = s[q];
+}
+
+template <int M, int N, int K, int S, int GS>
+__device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const float *__restrict__ b,
+                                         float *__restrict__ c, float *__restrict__ part,
+                                         unsigned *__restrict__ counters) {
+  constexpr int KC = (K + S - 1) / S, NG = (S + GS - 1) / GS, U = 4;
+  __shared__ float red[8][32 * 33];
   __shared__ bool last;
-  __threadfence(); /* this block's partial tile, visible before it is counted */
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mi = lane >> 2, ni = lane & 3;
+  const int z = blockIdx.z, kb = z * KC, ke = kb + KC < K ? kb + KC : K;
+  const int m0 = blockIdx.y * 32 + 4 * mi, n0 = blockIdx.x * 32 + 8 * ni;
+
+  float acc[4][8];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+  for (int k0 = kb + warp; k0 < ke; k0 += 8 * U) {
+    float ra[U][4], rb[U][8];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int k = k0 + 8 * u;
+      zk_wgrad_row<M, 4>(a, k, m0, k < ke, ra[u]);
+      zk_wgrad_row<N, 8>(b, k, n0, k < ke, rb[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(ra[u][i], rb[u][j], acc[i][j]);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++) red[warp][(4 * mi + i) * 33 + 8 * ni + j] = acc[i][j];
   __syncthreads();
-  unsigned *counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == S - 1;
+  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    int e = threadIdx.x + 256 * q, m = tm + e / 32, n = tn + e % 32;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 8; w++) v += red[w][(e / 32) * 33 + e % 32];
+    if (m < M && n < N) part[(zk_i64)z * M * N + (zk_i64)m * N + n] = v;
+  }
+
+  /* the group's last block adds the group's partials into its first slot */
+  unsigned *ctr = counters + (blockIdx.y * gridDim.x + blockIdx.x) * (NG + 1);
+  const int g = z / GS, z0 = g * GS, z1 = z0 + GS < S ? z0 + GS : S;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ctr + g, 1u) == (unsigned)(z1 - z0 - 1);
   __syncthreads();
   if (!last) return;
   __threadfence();
-  constexpr int E = 16; /* elements of the tile a thread adds up at a time */
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-  for (int e0 = threadIdx.x; e0 < BM * BN; e0 += 256 * E) {
-    zk_i64 at[E];
-    bool in[E];
-    float sum[E];
-#pragma unroll
-    for (int q = 0; q < E; q++) {
-      int e = e0 + 256 * q, m = m0 + e / BN, n = n0 + e % BN;
-      in[q] = e < BM * BN && m < M && n < N;
-      at[q] = in[q] ? (zk_i64)m * N + n : 0;
-      sum[q] = 0.0f;
-    }
-#pragma unroll 4
-    for (int z = 0; z < S; z++)
-#pragma unroll
-      for (int q = 0; q < E; q++)
-        if (in[q]) sum[q] += __ldcg(part + (zk_i64)z * M * N + at[q]);
-#pragma unroll
-    for (int q = 0; q < E; q++)
-      if (in[q]) c[at[q]] = sum[q] + (BIAS ? bias[at[q] % N] : 0.0f);
-  }
-  if (threadIdx.x == 0) *counter = 0;
+  zk_wgrad_sum<M, N, GS, 1>(part, z0, z1, NG == 1 ? c : part + (zk_i64)z0 * M * N);
+  if (threadIdx.x == 0) ctr[g] = 0;
+  if (NG == 1) return;
+  /* the last group's: the groups' sums into C */
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ctr + NG, 1u) == NG - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  zk_wgrad_sum<M, N, NG, GS>(part, 0, S, c);
+  if (threadIdx.x == 0) ctr[NG] = 0;
 }
 
 #endif /* ZK_GEMM_CU */
 
-// zoo_gemm_25: zoo's kernel for GEMM step 34, split in 46 along K (the backend times it against cuBLASLt)
+// zoo_gemm_25: zoo's kernel for GEMM step 34, in 66 blocks along K (the backend times it against cuBLASLt)
 extern "C" __global__ void __launch_bounds__(256) zoo_gemm_25(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
-  zk_gemm_splitk<64, 60, 65536, 1, 0, 64, 64, 16, 4, 4, 46, 0>(a, b, bias, c, part, counters);
+  zk_wgrad<64, 60, 65536, 66, 9>(a, b, c, part, counters);
 }
 
 // zoo_k26_split_heads: split heads, 3932160 elements
@@ -2533,10 +2619,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t83[60 x 64] = (t79)^T * t82, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_30: zoo's kernel for GEMM step 40, split in 46 along K (the backend times it against cuBLASLt)
+// zoo_gemm_30: zoo's kernel for GEMM step 40, in 66 blocks along K (the backend times it against cuBLASLt)
 extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
-  zk_gemm_splitk<60, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 46, 0>(a, b, bias, c, part, counters);
+  zk_wgrad<60, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
 // zoo_k31_merge_heads: merge heads, 12582912 elements
@@ -2559,10 +2645,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[192 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_32: zoo's kernel for GEMM step 43, split in 45 along K (the backend times it against cuBLASLt)
+// zoo_gemm_32: zoo's kernel for GEMM step 43, in 22 blocks along K (the backend times it against cuBLASLt)
 extern "C" __global__ void __launch_bounds__(256) zoo_gemm_32(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
-  zk_gemm_splitk<192, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+  zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
 // zoo_k33_merge_heads: merge heads, 12582912 elements
@@ -2600,10 +2686,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_35: zoo's kernel for GEMM step 47, split in 45 along K (the backend times it against cuBLASLt)
+// zoo_gemm_35: zoo's kernel for GEMM step 47, in 22 blocks along K (the backend times it against cuBLASLt)
 extern "C" __global__ void __launch_bounds__(256) zoo_gemm_35(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
-  zk_gemm_splitk<192, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+  zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
 // zoo_layernorm_bwd_rows_36: node 64
@@ -2678,10 +2764,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t112[64 x 64] = (t108)^T * t111, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_42: zoo's kernel for GEMM step 55, split in 45 along K (the backend times it against cuBLASLt)
+// zoo_gemm_42: zoo's kernel for GEMM step 55, in 66 blocks along K (the backend times it against cuBLASLt)
 extern "C" __global__ void __launch_bounds__(256) zoo_gemm_42(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
-  zk_gemm_splitk<64, 64, 65536, 1, 0, 64, 64, 16, 4, 4, 45, 0>(a, b, bias, c, part, counters);
+  zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
 // zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)

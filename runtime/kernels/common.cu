@@ -193,39 +193,48 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
  * warp k taking rows k, k + 8, ... and the warps' sums added in warp order,
  * and puts the counter back to zero. No second launch, but one block reads all
  * of part: the emitter uses it when P M is small.
- * zk_sum_partials<P, M, M0>, a kernel of its own: one thread per column over p
- * in order, grid ceil(M / blockDim.x). */
+ * zk_sum_partials<P, M, M0>, a kernel of its own, grid ceil(M / 32) blocks of
+ * 256 threads: each block adds up 32 columns as the last block above does (the
+ * same order, so the same bits), the blocks side by side. */
+/* Columns [m0, m0 + 32) of the P rows of part added up: warp k takes rows
+ * k, k + 8, ... (16 loads in flight), then warp 0 adds the warps' sums in
+ * warp order; 256 threads. */
+template <int P, int M, int M0>
+__device__ __forceinline__ void zk_partials_cols(const float *__restrict__ part, int m0,
+                                                 float *__restrict__ out0, float *__restrict__ out1,
+                                                 float (*fin)[33]) {
+  constexpr int NW = 8;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int m = m0 + lane < M ? m0 + lane : M - 1;
+  float s = 0.0f;
+#pragma unroll 16
+  for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
+  fin[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && m0 + lane < M) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NW; k++) t += fin[k][lane];
+    if (m < M0) out0[m] = t;
+    else out1[m - M0] = t;
+  }
+  __syncthreads();
+}
+
 template <int P, int M, int M0>
 __device__ __forceinline__ void zk_finish_partials(const float *__restrict__ part,
                                                    float *__restrict__ out0,
                                                    float *__restrict__ out1,
                                                    unsigned *__restrict__ counter) {
-  constexpr int NW = 8; /* warps: blocks of 256 threads */
   __shared__ bool zk_last;
-  __shared__ float zk_fin[NW][33];
+  __shared__ float zk_fin[8][33];
   __threadfence(); /* this block's partials, visible before it is counted */
   __syncthreads();
   if (threadIdx.x == 0) zk_last = atomicAdd(counter, 1u) == P - 1;
   __syncthreads();
   if (!zk_last) return;
   __threadfence();
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int m0 = 0; m0 < M; m0 += 32) {
-    int m = m0 + lane < M ? m0 + lane : M - 1;
-    float s = 0.0f;
-#pragma unroll 16
-    for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
-    zk_fin[warp][lane] = s;
-    __syncthreads();
-    if (warp == 0 && m0 + lane < M) {
-      float t = 0.0f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) t += zk_fin[k][lane];
-      if (m < M0) out0[m] = t;
-      else out1[m - M0] = t;
-    }
-    __syncthreads();
-  }
+  for (int m0 = 0; m0 < M; m0 += 32) zk_partials_cols<P, M, M0>(part, m0, out0, out1, zk_fin);
   if (threadIdx.x == 0) *counter = 0;
 }
 
@@ -233,12 +242,8 @@ template <int P, int M, int M0>
 __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
                                                 float *__restrict__ out0,
                                                 float *__restrict__ out1) {
-  int m = blockIdx.x * blockDim.x + threadIdx.x;
-  if (m >= M) return;
-  float s = 0.0f;
-  for (int p = 0; p < P; p++) s += part[(zk_i64)p * M + m];
-  if (m < M0) out0[m] = s;
-  else out1[m - M0] = s;
+  __shared__ float zk_fin[8][33];
+  zk_partials_cols<P, M, M0>(part, blockIdx.x * 32, out0, out1, zk_fin);
 }
 
 /* Attention operands, per (batch, head) pair bh = b H + h, a [T, W] slice:
