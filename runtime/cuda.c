@@ -178,12 +178,15 @@ static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3],
 }
 
 /* The module is compiled in this many parts, in parallel (codegen_cuda.h's
- * zoo_cuda_split_module). A fixed number, so that the kernel cache's entries
- * do not depend on the machine's core count. Measured with NVRTC 13.0 on the
- * build machine: simple_mqar's module (rebased, D 32, L 48, 86 kernels) took
- * 4.9 s in one piece; in 8 parts 4.9 s of work in all, the largest 0.88 s;
- * in 16, 5.2 s in all, the largest 0.55 s. */
-#define ZOO_MODULE_PARTS 16
+ * zoo_cuda_split_module), each thread taking the next part left. A fixed
+ * number, so that the kernel cache's entries do not depend on the machine's
+ * core count. Measured with NVRTC 13.0 on the build machine: simple_mqar's
+ * module (rebased, D 32, L 48, 91 kernels) took 6.1 s in one piece; in 16
+ * parts 7.3 s of work, the largest part 0.69 s; in 32, 7.3 s, the largest
+ * 0.38 s. On the H200 machine's 16 cores the backend was ready 2.1 s after the
+ * start of a run with an empty cache, against 7.8 s in one piece (device
+ * runs 2 of session 6 and 11 of session 5, GEMM timing included). */
+#define ZOO_MODULE_PARTS 32
 
 /* NVRTC over a module's source, with the options every caller uses (so a
  * precompiled CUBIN is found in the cache by the run that needs it). */
@@ -1161,6 +1164,16 @@ int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const
   return r;
 }
 
+/* ZOO_TIMING=1: how long each part of the backend's start took, on stderr
+ * (after train.c's "timing:" lines' format); *t moves on to now. */
+static void init_mark(const char *what, double *t) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  if (*t > 0 && zoo_env_on("ZOO_TIMING")) fprintf(stderr, "timing:   cuda: %-22s %.3f s\n", what, now - *t);
+  *t = now;
+}
+
 static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   core *c = &x->c;
   c->err = x->be.err;
@@ -1175,13 +1188,18 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
                                 "targets and dloss (and no others)");
     return -1;
   }
+  double t = 0;
+  init_mark("", &t);
   if (core_device(c, device) != 0) return -1;
   size_t free0 = 0, total = 0;
   ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free0, &total));
   x->mem_free_before = (int64_t)free0;
+  init_mark("driver and device", &t);
   if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->err, c->errlen) != 0) return -1;
+  init_mark("program emitted", &t);
   zoo_cuda_program *cp = &x->prog;
   if (core_module(c, &cp->emit, &cp->train) != 0) return -1;
+  init_mark(c->cached ? "module (kernel cache)" : "module (NVRTC)", &t);
   CUresult fr = core_function(c, "zoo_adamw", &x->f_adamw);
   if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_accumulate", &x->f_accum);
   if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_metrics_accumulate", &x->f_metrics);
@@ -1205,9 +1223,11 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_ARENA], 0, (size_t)(arena > 0 ? arena : 1), c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_INPUT], 0, (size_t)(ib > 0 ? ib : 1), c->stream));
 
+  init_mark("memory", &t);
   ZOO_LT(cublasLtCreate(&c->lt));
   if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train) != 0) return -1;
   if (core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval) != 0) return -1;
+  init_mark("GEMMs chosen", &t);
 
   /* pinned host memory and events */
   for (int k = 0; k < 2; k++) {

@@ -2264,12 +2264,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__res
  * gradients (TA = 1, TB = 0: a [K][M], b [K][N]; C small, K the batch's rows,
  * where cuBLASLt took 16-54 us for products that read 5-70 MB), in one
  * launch. Grid (ceil(N / 32), ceil(M / 32), S): a block makes a 32 x 32 tile
- * of C over rows [z KC, z KC + KC) of K, KC = ceil(K / S). Warp w takes the
- * rows w, w + 8, ... of that range, 4 at a time in flight, straight from
- * global memory: lane (mi, ni) = (lane / 4, lane % 4) holds C's rows 4 mi ..
- * 4 mi + 3 by columns 8 ni .. 8 ni + 7 (one 16-byte read of a row of a and two
- * of b where M, N are multiples of 4; lanes of one mi read the same address).
- * The 8 warps' tiles are added in warp order through shared memory and the
+ * of C over rows [z KC, z KC + KC) of K, KC = ceil(K / S), in stages of 64
+ * rows: the next stage's 64 rows of a's and b's 32 columns are read into
+ * registers (16-byte reads where M, N are multiples of 4, two of each a
+ * thread) while the current one, in shared memory, is used. Warp w takes rows
+ * 8 w .. 8 w + 7 of a stage: lane (mi, ni) = (lane / 4, lane % 4) holds C's
+ * rows 4 mi .. 4 mi + 3 by columns 8 ni .. 8 ni + 7 (three 16-byte shared
+ * reads a row for 32 fused multiply-adds). The 8 warps' tiles are added in
+ * warp order through shared memory and the
  * block's partial tile goes to part[z][M][N]. Then a two-level reduction in
  * fixed order: the blocks of each group of GS consecutive z count themselves
  * on the group's counter, and the group's last block adds its GS partials in
@@ -2400,20 +2402,15 @@ __device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, cons
   c[e] = s;
 }
 
-/* n floats of row k of x (row length L) from column j: 16-byte reads where
- * L is a multiple of 4, zeros past the edges. */
-template <int L, int n>
-__device__ __forceinline__ void zk_wgrad_row(const float *__restrict__ x, zk_i64 k, int j, bool in, float *v) {
-#pragma unroll
-  for (int q = 0; q < n; q += 4) {
-    if (L % 4 == 0 && in && j + q + 3 < L) {
-      zk_f4 f = *reinterpret_cast<const zk_f4 *>(x + k * L + j + q);
-      v[q] = f.x, v[q + 1] = f.y, v[q + 2] = f.z, v[q + 3] = f.w;
-    } else {
-#pragma unroll
-      for (int r = 0; r < 4; r++) v[q + r] = in && j + q + r < L ? x[k * L + j + q + r] : 0.0f;
-    }
-  }
+/* 4 floats of row k of x (row length L) from column j: one 16-byte read
+ * where L is a multiple of 4, zeros past the edges. */
+template <int L>
+__device__ __forceinline__ zk_f4 zk_wgrad_load4(const float *__restrict__ x, int k, int ke, int j) {
+  if (k >= ke) return zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+  const float *row = x + (zk_i64)k * L;
+  if (L % 4 == 0 && j + 3 < L) return *reinterpret_cast<const zk_f4 *>(row + j);
+  return zk_f4{j < L ? row[j] : 0.0f, j + 1 < L ? row[j + 1] : 0.0f, j + 2 < L ? row[j + 2] : 0.0f,
+               j + 3 < L ? row[j + 3] : 0.0f};
 }
 
 /* dst[e] = sum over the slots z = z0 + D g < z1 (g < G) of part[z][e], in
@@ -2447,42 +2444,77 @@ template <int M, int N, int K, int S, int GS>
 __device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const float *__restrict__ b,
                                          float *__restrict__ c, float *__restrict__ part,
                                          unsigned *__restrict__ counters) {
-  constexpr int KC = (K + S - 1) / S, NG = (S + GS - 1) / GS, U = 4;
-  __shared__ float red[8][32 * 33];
+  constexpr int KC = (K + S - 1) / S, NG = (S + GS - 1) / GS, RB = 64;
+  /* staging: [buffer][A, B][RB rows][32]; after the rows, the warps' tiles
+   * [8][32 x 33] for their sum */
+  __align__(16) __shared__ float sh[8 * 32 * 33];
+  static_assert(2 * 2 * RB * 32 <= 8 * 32 * 33, "zk_wgrad: staging fits");
   __shared__ bool last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mi = lane >> 2, ni = lane & 3;
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, mi = lane >> 2, ni = lane & 3;
   const int z = blockIdx.z, kb = z * KC, ke = kb + KC < K ? kb + KC : K;
-  const int m0 = blockIdx.y * 32 + 4 * mi, n0 = blockIdx.x * 32 + 8 * ni;
+  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
+
+  /* a stage: RB rows of A's and B's 32 columns, element e = t + 256 l of each
+   * (l < 2): row e / 8, columns 4 (e % 8) .. + 3 */
+  zk_f4 ra[2], rb[2];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int l = 0; l < 2; l++) {
+      int e = t + 256 * l, r = e / 8, c4 = 4 * (e % 8);
+      ra[l] = zk_wgrad_load4<M>(a, k0 + r, ke, tm + c4);
+      rb[l] = zk_wgrad_load4<N>(b, k0 + r, ke, tn + c4);
+    }
+  };
+  auto store = [&](int buf) {
+    float *as = sh + buf * 2 * RB * 32, *bs = as + RB * 32;
+#pragma unroll
+    for (int l = 0; l < 2; l++) {
+      int e = t + 256 * l;
+      *reinterpret_cast<zk_f4 *>(as + 4 * e) = ra[l];
+      *reinterpret_cast<zk_f4 *>(bs + 4 * e) = rb[l];
+    }
+  };
 
   float acc[4][8];
 #pragma unroll
   for (int i = 0; i < 4; i++)
 #pragma unroll
     for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
-  for (int k0 = kb + warp; k0 < ke; k0 += 8 * U) {
-    float ra[U][4], rb[U][8];
+  int buf = 0;
+  if (kb < ke) {
+    load(kb);
+    store(0);
+  }
+  __syncthreads();
+  for (int k0 = kb; k0 < ke; k0 += RB) {
+    bool more = k0 + RB < ke;
+    if (more) load(k0 + RB);
+    const float *as = sh + buf * 2 * RB * 32, *bs = as + RB * 32;
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      int k = k0 + 8 * u;
-      zk_wgrad_row<M, 4>(a, k, m0, k < ke, ra[u]);
-      zk_wgrad_row<N, 8>(b, k, n0, k < ke, rb[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++)
+    for (int rr = 0; rr < RB / 8; rr++) { /* warp w: rows 8 w .. 8 w + 7 (zeros past ke) */
+      int r = 8 * warp + rr;
+      zk_f4 fa = *reinterpret_cast<const zk_f4 *>(as + r * 32 + 4 * mi);
+      zk_f4 f0 = *reinterpret_cast<const zk_f4 *>(bs + r * 32 + 8 * ni);
+      zk_f4 f1 = *reinterpret_cast<const zk_f4 *>(bs + r * 32 + 8 * ni + 4);
+      float va[4] = {fa.x, fa.y, fa.z, fa.w}, vb[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
 #pragma unroll
       for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(ra[u][i], rb[u][j], acc[i][j]);
+        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(va[i], vb[j], acc[i][j]);
+    }
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
   }
+  float(*red)[32 * 33] = reinterpret_cast<float(*)[32 * 33]>(sh);
 #pragma unroll
   for (int i = 0; i < 4; i++)
 #pragma unroll
     for (int j = 0; j < 8; j++) red[warp][(4 * mi + i) * 33 + 8 * ni + j] = acc[i][j];
   __syncthreads();
-  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
 #pragma unroll
   for (int q = 0; q < 4; q++) {
-    int e = threadIdx.x + 256 * q, m = tm + e / 32, n = tn + e % 32;
+    int e = t + 256 * q, m = tm + e / 32, n = tn + e % 32;
     float v = 0.0f;
 #pragma unroll
     for (int w = 0; w < 8; w++) v += red[w][(e / 32) * 33 + e % 32];
