@@ -1203,6 +1203,85 @@ int zoo_cuda_split_module(const char *src, int parts, char **out) {
   return n;
 }
 
+/* The kernel's name in the definition at k (after `__launch_bounds__(...)`
+ * if any): its start and length, or 0. */
+static size_t kernel_name_at(const char *k, const char *end, const char **name) {
+  const char *p = strstr(k, " void ");
+  if (!p || p >= end) return 0;
+  p += 6;
+  if (strncmp(p, "__launch_bounds__(", 18) == 0) {
+    p = strchr(p, ')');
+    if (!p || p >= end) return 0;
+    p += 1 + strspn(p + 1, " ");
+  }
+  size_t n = strcspn(p, "( \n");
+  if (p + n >= end) return 0;
+  *name = p;
+  return n;
+}
+
+int zoo_cuda_merge_duplicate_kernels(zoo_cuda_emit *e) {
+  static const char sig[] = "extern \"C\" __global__";
+  typedef struct kdef {
+    const char *start, *end, *name;
+    size_t len;
+    int same_as; /* an earlier identical kernel, or -1 */
+  } kdef;
+  const char *src = e->src.s;
+  if (!src) return 0;
+  int nk = 0, cap = 64, merged = 0;
+  kdef *ks = xrealloc(NULL, (size_t)cap * sizeof *ks);
+  for (const char *p = src, *k; (k = strstr(p, sig)) != NULL;) {
+    const char *end = (k == src || k[-1] == '\n') ? kernel_end(k) : NULL, *name = NULL;
+    size_t len = end ? kernel_name_at(k, end, &name) : 0;
+    if (!len) {
+      p = k + sizeof sig - 1;
+      continue;
+    }
+    if (nk == cap) ks = xrealloc(ks, (size_t)(cap *= 2) * sizeof *ks);
+    kdef d = {k, end, name, len, -1};
+    for (int j = 0; j < nk && d.same_as < 0; j++) {
+      const kdef *o = &ks[j];
+      if (o->same_as >= 0 || o->name - o->start != name - k || o->end - (o->name + o->len) != end - (name + len))
+        continue;
+      if (memcmp(o->start, k, (size_t)(name - k)) == 0 &&
+          memcmp(o->name + o->len, name + len, (size_t)(end - (name + len))) == 0)
+        d.same_as = j;
+    }
+    ks[nk++] = d;
+    p = end;
+  }
+  zoo_strbuf b = {0};
+  const char *p = src;
+  for (int i = 0; i < nk; i++) {
+    if (ks[i].same_as < 0) continue;
+    const kdef *o = &ks[ks[i].same_as];
+    zoo_strbuf_printf(&b, "%.*s", (int)(ks[i].start - p), p);
+    zoo_strbuf_printf(&b, "// %.*s: the same as %.*s, launched in its place", (int)ks[i].len, ks[i].name,
+                      (int)o->len, o->name);
+    p = ks[i].end;
+    char *keep = xrealloc(NULL, o->len + 1);
+    memcpy(keep, o->name, o->len);
+    keep[o->len] = 0;
+    for (int s = 0; s < e->nsteps; s++) {
+      const char *f = e->steps[s].func;
+      if (f && strlen(f) == ks[i].len && strncmp(f, ks[i].name, ks[i].len) == 0)
+        e->steps[s].func = zoo_cuda_strdup(e, keep);
+    }
+    free(keep);
+    merged++;
+  }
+  if (merged) {
+    zoo_strbuf_puts(&b, p);
+    zoo_strbuf_free(&e->src);
+    e->src = b;
+  } else {
+    zoo_strbuf_free(&b);
+  }
+  free(ks);
+  return merged;
+}
+
 /* The module's first lines: what it is, the RNG, small helpers. */
 static void emit_prelude(zoo_cuda_emit *e) {
   const zoo_graph *g = e->g;

@@ -186,7 +186,7 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
  * (measured on the H200, session 5: at K = 24 or 32 it took 0.006 ms where
  * cuBLASLt's best took 0.011 to 0.013 at m 24576, n 24 or 32, and 0.122
  * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied); and
- * the weight gradients' form, A transposed, B not, K >= 2048 and M N <= 65536
+ * the weight gradients' form, A transposed, B not, K >= 2048 and M N <= 2^19
  * (a small C over the batch's rows), split along K in one launch
  * (zk_wgrad: its arguments go on in s->args, a scratch area for the partial
  * sums and the reduction's counters). Sets s->func, grid and block;
@@ -247,5 +247,12 @@ typedef struct zoo_hyper {
  *   zoo_metrics_accumulate(acc[3], loss, metrics[2], int first) loss, correct, labelled
  * all over flat fp32 arrays; grid-stride loops of 256 threads. */
 void zoo_cuda_emit_optimizer(zoo_cuda_emit *e);
+
+/* Kernels defined twice in e's module, the same text but the name (the
+ * evaluation's forward repeats the training step's: 31 of rebased 32/48's 91
+ * kernels), are defined once: each later copy becomes a comment naming the
+ * first, and the steps that launched it launch the first. NVRTC then compiles
+ * each once. Returns how many were merged. */
+int zoo_cuda_merge_duplicate_kernels(zoo_cuda_emit *e);
 
 #endif

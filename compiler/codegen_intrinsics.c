@@ -1513,13 +1513,14 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * fastest of the configurations tried at those shapes. */
 /* The weight gradients' form, C[M, N] = A^T B over a long K (zk_wgrad), in
  * 32 x 32 tiles split along K into S blocks each: about two blocks per SM of
- * an H200 (264 in all), each with at least 128 rows; groups of GS = ceil(sqrt
- * S) for the reduction. At rebased 32/48's 32 x 24 over 24576 rows: 192
- * blocks of 128 rows, 14 groups. */
+ * an H200 (264 in all), at least 2 and each with at least 128 rows; groups
+ * of GS = ceil(sqrt S) for the reduction. At rebased 32/48's 32 x 24 over
+ * 24576 rows: 192 blocks of 128 rows, 14 groups; its tied head's 8192 x 32
+ * over 6144 rows: 256 tiles of 2 blocks. */
 static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
   int64_t tiles = cdiv(gm->n, 32) * cdiv(gm->m, 32);
-  int64_t S = cdiv(264, tiles);
+  int64_t S = cdiv(264, tiles) > 2 ? cdiv(264, tiles) : 2;
   if (S > gm->k / 128) S = gm->k / 128;
   if (S > 1024) S = 1024;
   if (S < 2) return 0;
@@ -1547,7 +1548,7 @@ static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
 
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
-  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->m * gm->n <= 65536 &&
+  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->m * gm->n <= 524288 &&
       gm->beta == 0 && gm->alpha == 1 && gm->k <= 2147483647LL)
     return gemm_own_wgrad(e, s);
   if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;

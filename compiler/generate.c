@@ -78,6 +78,7 @@ int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t
   }
   cp->neval = e->nsteps - cp->ntrain;
   zoo_cuda_emit_optimizer(e);
+  zoo_cuda_merge_duplicate_kernels(e);
 
   /* The plans need the aliases of both emissions; the second call replaced
    * e->alias with the evaluation graph's, a subset of the training graph's

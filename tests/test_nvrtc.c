@@ -500,6 +500,30 @@ TEST(split_module) {
   free(parts[0]);
 }
 
+/* Kernels the same but for their names are defined once; their steps then
+ * launch the first. */
+TEST(merge_duplicate_kernels) {
+  zoo_cuda_emit e;
+  memset(&e, 0, sizeof e);
+  zoo_strbuf_puts(&e.src, "// m\n"
+                          "extern \"C\" __global__ void __launch_bounds__(256) zoo_k1(float *x) { x[0] = 1; }\n"
+                          "extern \"C\" __global__ void __launch_bounds__(256) zoo_k12(float *x) { x[0] = 1; }\n"
+                          "extern \"C\" __global__ void zoo_k2(float *x) { x[0] = 2; }\n"
+                          "extern \"C\" __global__ void zoo_k3(float *x) { x[0] = 2; }\n"
+                          "extern \"C\" __global__ void zoo_k4(float *y) { y[0] = 2; }\n");
+  const char *funcs[] = {"zoo_k1", "zoo_k12", "zoo_k2", "zoo_k3", "zoo_k4", "zoo_k12"};
+  for (int i = 0; i < 6; i++) zoo_cuda_step(&e, ZOO_STEP_KERNEL, 0)->func = zoo_cuda_strdup(&e, funcs[i]);
+  CHECK(zoo_cuda_merge_duplicate_kernels(&e) == 2);
+  const char *want[] = {"zoo_k1", "zoo_k1", "zoo_k2", "zoo_k2", "zoo_k4", "zoo_k1"};
+  for (int i = 0; i < 6; i++) CHECKF(strcmp(e.steps[i].func, want[i]) == 0, "step %d: %s", i, e.steps[i].func);
+  CHECK(zoo_test_count(e.src.s, "__global__") == 3);
+  CHECK(strstr(e.src.s, "// zoo_k12: the same as zoo_k1, launched in its place\n") != NULL);
+  CHECK(strstr(e.src.s, "// zoo_k3: the same as zoo_k2, launched in its place\n") != NULL);
+  CHECK(strstr(e.src.s, "zoo_k4(float *y) { y[0] = 2; }") != NULL);
+  CHECK(zoo_cuda_merge_duplicate_kernels(&e) == 0);
+  zoo_cuda_emit_free(&e);
+}
+
 TEST(generated_rebased) { check_generated(t, "rebased"); }
 TEST(generated_based) { check_generated(t, "based"); }
 TEST(generated_conv_attention) { check_generated(t, "conv_attention"); }

@@ -1535,31 +1535,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const fl
 
 // zoo_k10_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
+// zoo_k10_slice: the same as zoo_k4_slice, launched in its place
 
 // t43 is t42 reshaped (same memory, no kernel)
 
 // zoo_k11_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k11_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
+// zoo_k11_slice: the same as zoo_k5_slice, launched in its place
 
 // t45 is t44 reshaped (same memory, no kernel)
 
 // zoo_k12_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k12_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
+// zoo_k12_slice: the same as zoo_k6_slice, launched in its place
 
 // t47 is t46 reshaped (same memory, no kernel)
 
@@ -2172,65 +2160,6 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_21(const f
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_22: node 40
-//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
-
-// zoo_layernorm_bwd_rows_23: node 41
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_24: node 41
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_25: node 42
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_26: node 42
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_26(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k27_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v68 = t68[i];
-    float v71 = t71[i];
-    float v74 = v68 + v71;  // add
-    t74[i] = v74;
-  }
-}
-
-// t75 is t74 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t76[65536 x 64] = t75 * t12, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t77 is t76 reshaped (same memory, no kernel)
-
-// t78 is t49 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-
 // ---- runtime/kernels/gemm.cu ----
 /* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
  *
@@ -2546,15 +2475,74 @@ __device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const floa
 
 #endif /* ZK_GEMM_CU */
 
-// zoo_gemm_28: zoo's kernel for GEMM step 36, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_28(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_22: zoo's kernel for GEMM step 28, in 2 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_22(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_wgrad<8192, 64, 16384, 2, 2>(a, b, c, part, counters);
+}
+
+// zoo_scatter_rows_23: node 40
+//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_23(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
+  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// zoo_layernorm_bwd_rows_24: node 41
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_25: node 41
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_25(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_layernorm_bwd_rows_26: node 42
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_layernorm_bwd_rows_26: the same as zoo_layernorm_bwd_rows_24, launched in its place
+
+// zoo_sum_partials_27: node 42
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_27: the same as zoo_sum_partials_25, launched in its place
+
+// zoo_k28_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+  zk_entry_wait();
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v68 = t68[i];
+    float v71 = t71[i];
+    float v74 = v68 + v71;  // add
+    t74[i] = v74;
+  }
+}
+
+// t75 is t74 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t76[65536 x 64] = t75 * t12, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t77 is t76 reshaped (same memory, no kernel)
+
+// t78 is t49 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
+//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
+
+// zoo_gemm_29: zoo's kernel for GEMM step 36, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_29(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k29_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k30_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2589,18 +2577,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__res
 
 // t81 is t77 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_30: node 51
+// zoo_softmax_attn_bwd_q_31: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_31: node 51
+// zoo_softmax_attn_bwd_kv_32: node 51
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_32(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
@@ -2611,9 +2599,9 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_31(con
 
 // t87 is t82 reshaped (same memory, no kernel)
 
-// zoo_k32_concat: rows of 64 + 64 elements
+// zoo_k33_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
@@ -2621,9 +2609,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__
   }
 }
 
-// zoo_k33_concat: rows of 128 + 64 elements
+// zoo_k34_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
@@ -2643,15 +2631,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_concat(const float *__
 // GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_34: zoo's kernel for GEMM step 43, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_34(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_35: zoo's kernel for GEMM step 43, in 22 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_35(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
-// zoo_k35_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k36_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2684,23 +2672,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_36: node 63
+// zoo_layernorm_bwd_rows_37: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_37: the same as zoo_layernorm_bwd_rows_24, launched in its place
 
-// zoo_sum_partials_37: node 63
+// zoo_sum_partials_38: node 63
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_38: the same as zoo_sum_partials_25, launched in its place
 
-// zoo_k38_add: 1 elementwise op over 4194304 elements
+// zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
@@ -2710,23 +2692,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_39: node 65
+// zoo_layernorm_bwd_rows_40: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_40: the same as zoo_layernorm_bwd_rows_24, launched in its place
 
-// zoo_sum_partials_40: node 65
+// zoo_sum_partials_41: node 65
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_41: the same as zoo_sum_partials_25, launched in its place
 
-// zoo_k41_add: 1 elementwise op over 4194304 elements
+// zoo_k42_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v99 = t99[i];
@@ -2748,61 +2724,27 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_add(const float *__res
 // GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_42: zoo's kernel for GEMM step 52, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_42(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
-  zk_entry_wait();
-  zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
-}
+// zoo_gemm_43: zoo's kernel for GEMM step 52, in 66 blocks along K (the backend times it against cuBLASLt)
+// zoo_gemm_43: the same as zoo_gemm_29, launched in its place
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
-  zk_entry_wait();
-  const int O = 64, R = 65536, CH = 497;
-  __shared__ float sh[8][33];
-  int o = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (o < O) {
-    int base = o;
-    int r1 = min(R, (int)blockIdx.y * CH + CH);
-    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 64];
-  }
-  sh[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < O) {
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
-    out[(long long)blockIdx.y * O + o] = s * 1.0f;
-  }
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.y * 32 + threadIdx.x; i < 64; i += 256) {
-    float s = 0.0f;
-    for (int k = 0; k < 132; k++) s += __ldcg(out + (long long)k * 64 + i);
-    y[i] = s * 1.0f;
-  }
-  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
-}
+// zoo_k44_sum: the same as zoo_k30_sum, launched in its place
 
 // t110 is t106 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_44: node 74
+// zoo_softmax_attn_bwd_q_45: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_44(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_45(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_45: node 74
+// zoo_softmax_attn_bwd_kv_46: node 74
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_45(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_46(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2813,25 +2755,13 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_45(con
 
 // t116 is t111 reshaped (same memory, no kernel)
 
-// zoo_k46_concat: rows of 64 + 64 elements
+// zoo_k47_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    int o = i / 128, j = i % 128;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
-  }
-}
+// zoo_k47_concat: the same as zoo_k33_concat, launched in its place
 
-// zoo_k47_concat: rows of 128 + 64 elements
+// zoo_k48_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
+// zoo_k48_concat: the same as zoo_k34_concat, launched in its place
 
 // t119 is t118 reshaped (same memory, no kernel)
 
@@ -2845,65 +2775,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_concat(const float *__
 // GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_48: zoo's kernel for GEMM step 59, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_48(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
-  zk_entry_wait();
-  zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
-}
+// zoo_gemm_49: zoo's kernel for GEMM step 59, in 22 blocks along K (the backend times it against cuBLASLt)
+// zoo_gemm_49: the same as zoo_gemm_35, launched in its place
 
-// zoo_k49_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k50_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
-  zk_entry_wait();
-  const int O = 192, R = 65536, CH = 1490;
-  __shared__ float sh[8][33];
-  int o = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (o < O) {
-    int base = o;
-    int r1 = min(R, (int)blockIdx.y * CH + CH);
-    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 192];
-  }
-  sh[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < O) {
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
-    out[(long long)blockIdx.y * O + o] = s * 1.0f;
-  }
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.y * 32 + threadIdx.x; i < 192; i += 256) {
-    float s = 0.0f;
-    for (int k = 0; k < 44; k++) s += __ldcg(out + (long long)k * 192 + i);
-    y[i] = s * 1.0f;
-  }
-  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
-}
+// zoo_k50_sum: the same as zoo_k36_sum, launched in its place
 
-// zoo_layernorm_bwd_rows_50: node 86
+// zoo_layernorm_bwd_rows_51: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_50(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_51: the same as zoo_layernorm_bwd_rows_24, launched in its place
 
-// zoo_sum_partials_51: node 86
+// zoo_sum_partials_52: node 86
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_51(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_52: the same as zoo_sum_partials_25, launched in its place
 
-// zoo_k52_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k53_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v103 = t103[i];
@@ -2914,9 +2804,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const floa
   }
 }
 
-// zoo_k53_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k54_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2949,51 +2839,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_54: node 90
+// zoo_embedding_bwd_55: node 90
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_55(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_55: node 91
+// zoo_emb_count_56: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_55(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_56(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_56: node 91
+// zoo_emb_offsets_57: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_56(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_57(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_57: node 91
+// zoo_emb_place_58: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_57(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_58(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_58: node 91
+// zoo_emb_sum_59: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_58(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_59(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_59: node 91
+// zoo_emb_join_60: node 91
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_59(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_60(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k60_add: 1 elementwise op over 524288 elements
+// zoo_k61_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k61_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -3005,33 +2895,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_61: node 0
+// zoo_embedding_fwd_62: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_61(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
-}
+// zoo_embedding_fwd_62: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k62_arange: 0 .. 127
+// zoo_k63_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_arange(int *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
-}
+// zoo_k63_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_63: node 2
+// zoo_embedding_fwd_64: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_63(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
-}
+// zoo_embedding_fwd_64: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_64: node 5
+// zoo_layernorm_fused_65: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3048,40 +2929,28 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_slice: slice, 4194304 elements
+// zoo_k66_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
+// zoo_k66_slice: the same as zoo_k4_slice, launched in its place
 
 // t29 is t28 reshaped (same memory, no kernel)
 
-// zoo_k66_slice: slice, 4194304 elements
+// zoo_k67_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
+// zoo_k67_slice: the same as zoo_k5_slice, launched in its place
 
 // t31 is t30 reshaped (same memory, no kernel)
 
-// zoo_k67_slice: slice, 4194304 elements
+// zoo_k68_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k67_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
+// zoo_k68_slice: the same as zoo_k6_slice, launched in its place
 
 // t33 is t32 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_68: node 13
+// zoo_softmax_attn_fwd_69: node 13
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_68(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -3091,77 +2960,43 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_68(const 
 // GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_69: node 17
+// zoo_layernorm_fused_70: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v36 = t36[i];
-    float v25 = t25[i];
-    float v37 = v36 + v25;  // add
-    t37[i] = v37;
-    return v37;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_70: the same as zoo_layernorm_fused_8, launched in its place
 
-// zoo_layernorm_fused_70: node 19
+// zoo_layernorm_fused_71: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t39:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v38 = t38[i];
-    float v37 = t37[i];
-    float v39 = v38 + v37;  // add
-    t39[i] = v39;
-    return v39;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_71: the same as zoo_layernorm_fused_9, launched in its place
 
 // GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k71_slice: slice, 4194304 elements
+// zoo_k72_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k71_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
+// zoo_k72_slice: the same as zoo_k4_slice, launched in its place
 
 // t43 is t42 reshaped (same memory, no kernel)
 
-// zoo_k72_slice: slice, 4194304 elements
+// zoo_k73_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k72_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
+// zoo_k73_slice: the same as zoo_k5_slice, launched in its place
 
 // t45 is t44 reshaped (same memory, no kernel)
 
-// zoo_k73_slice: slice, 4194304 elements
+// zoo_k74_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k73_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
+// zoo_k74_slice: the same as zoo_k6_slice, launched in its place
 
 // t47 is t46 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_74: node 27
+// zoo_softmax_attn_fwd_75: node 27
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_74(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_75(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
 }
@@ -3171,28 +3006,17 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_74(const 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_75: node 31
+// zoo_layernorm_fused_76: node 31
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_75(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v50 = t50[i];
-    float v39 = t39[i];
-    float v51 = v50 + v39;  // add
-    t51[i] = v51;
-    return v51;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_76: the same as zoo_layernorm_fused_14, launched in its place
 
-// zoo_layernorm_fused_76: node 33
+// zoo_layernorm_fused_77: node 33
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_76(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_77(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3204,43 +3028,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_76(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_77: node 34
+// zoo_label_count_78: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_77(const int *__restrict__ targets, int *__restrict__ counts) {
-  zk_entry_wait();
-  zk_label_count<65536LL, -100, 1024>(targets, counts);
-}
+// zoo_label_count_78: the same as zoo_label_count_16, launched in its place
 
-// zoo_label_write_78: node 34
+// zoo_label_write_79: node 34
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_78(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_entry_wait();
-  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
-}
+// zoo_label_write_79: the same as zoo_label_write_17, launched in its place
 
-// zoo_gather_rows_79: node 35
+// zoo_gather_rows_80: node 35
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_79(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
+// zoo_gather_rows_80: the same as zoo_gather_rows_18, launched in its place
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_80: node 37
+// zoo_ce_step_rows_81: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_80(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_81(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_81: node 37
+// zoo_ce_step_finish_82: node 37
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_81(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
-  zk_entry_wait();
-  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
-}
+// zoo_ce_step_finish_82: the same as zoo_ce_step_finish_21, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

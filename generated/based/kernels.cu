@@ -1166,11 +1166,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float
 
 // zoo_k7_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
-}
+// zoo_k7_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
@@ -2229,65 +2225,6 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const f
 // GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_19: node 33
-//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
-
-// zoo_layernorm_bwd_rows_20: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_21: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_22: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_23: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k24_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v62 = t62[i];
-    float v65 = t65[i];
-    float v68 = v62 + v65;  // add
-    t68[i] = v68;
-  }
-}
-
-// t69 is t68 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t70[65536 x 60] = t69 * t13, batch 1, k = 64
-//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
-
-// t71 is t70 reshaped (same memory, no kernel)
-
-// t72 is t43 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t73[64 x 60] = (t69)^T * t72, batch 1, k = 65536
-//   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
-
 // ---- runtime/kernels/gemm.cu ----
 /* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
  *
@@ -2603,41 +2540,92 @@ __device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const floa
 
 #endif /* ZK_GEMM_CU */
 
-// zoo_gemm_25: zoo's kernel for GEMM step 34, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_25(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_19: zoo's kernel for GEMM step 26, in 2 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_19(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_wgrad<8192, 64, 16384, 2, 2>(a, b, c, part, counters);
+}
+
+// zoo_scatter_rows_20: node 33
+//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_20(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
+  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// zoo_layernorm_bwd_rows_21: node 34
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_22: node 34
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_layernorm_bwd_rows_23: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_layernorm_bwd_rows_23: the same as zoo_layernorm_bwd_rows_21, launched in its place
+
+// zoo_sum_partials_24: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_24: the same as zoo_sum_partials_22, launched in its place
+
+// zoo_k25_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+  zk_entry_wait();
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v62 = t62[i];
+    float v65 = t65[i];
+    float v68 = v62 + v65;  // add
+    t68[i] = v68;
+  }
+}
+
+// t69 is t68 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t70[65536 x 60] = t69 * t13, batch 1, k = 64
+//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
+
+// t71 is t70 reshaped (same memory, no kernel)
+
+// t72 is t43 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t73[64 x 60] = (t69)^T * t72, batch 1, k = 65536
+//   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
+
+// zoo_gemm_26: zoo's kernel for GEMM step 34, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_26(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 60, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k26_split_heads: split heads, 3932160 elements
+// zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
+// zoo_k27_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_bwd_q_27: node 43
+// zoo_poly_attn_bwd_q_28: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_28: node 43
+// zoo_poly_attn_bwd_kv_29: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_28(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k29_merge_heads: merge heads, 3932160 elements
+// zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
-}
+// zoo_k30_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // t79 is t78 reshaped (same memory, no kernel)
 
@@ -2651,15 +2639,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t83[60 x 64] = (t79)^T * t82, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_30: zoo's kernel for GEMM step 40, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_31: zoo's kernel for GEMM step 40, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_31(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<60, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k31_merge_heads: merge heads, 12582912 elements
+// zoo_k32_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
@@ -2677,19 +2665,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[192 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_32: zoo's kernel for GEMM step 43, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_32(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_33: zoo's kernel for GEMM step 43, in 22 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_33(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
-// zoo_k33_merge_heads: merge heads, 12582912 elements
+// zoo_k34_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
-}
+// zoo_k34_merge_heads: the same as zoo_k32_merge_heads, launched in its place
 
 // t92 is t91 reshaped (same memory, no kernel)
 
@@ -2698,10 +2682,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_merge_heads(const floa
 
 // t94 is t93 reshaped (same memory, no kernel)
 
-// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k35_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v81 = t81[i];
@@ -2718,29 +2702,20 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_35: zoo's kernel for GEMM step 47, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_35(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
-  zk_entry_wait();
-  zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
-}
+// zoo_gemm_36: zoo's kernel for GEMM step 47, in 22 blocks along K (the backend times it against cuBLASLt)
+// zoo_gemm_36: the same as zoo_gemm_33, launched in its place
 
-// zoo_layernorm_bwd_rows_36: node 64
+// zoo_layernorm_bwd_rows_37: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_37: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_37: node 64
+// zoo_sum_partials_38: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_38: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k38_add: 1 elementwise op over 4194304 elements
+// zoo_k39_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__restrict__ t68, const float *__restrict__ t98, float *__restrict__ t101) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t68, const float *__restrict__ t98, float *__restrict__ t101) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
@@ -2750,25 +2725,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_39: node 66
+// zoo_layernorm_bwd_rows_40: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_40: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_40: node 66
+// zoo_sum_partials_41: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_41: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k41_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k42_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_mul_mul(const float *__restrict__ t101, const float *__restrict__ t102, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_mul_mul(const float *__restrict__ t101, const float *__restrict__ t102, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v101 = t101[i];
@@ -2796,15 +2765,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t112[64 x 64] = (t108)^T * t111, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_42: zoo's kernel for GEMM step 55, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_42(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_43: zoo's kernel for GEMM step 55, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_43(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k43_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k44_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2837,24 +2806,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_44: node 77
+// zoo_conv1d_bwd_rows_45: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_44(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_45(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_45: node 77
+// zoo_sum_partials_46: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_45(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_46(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k46_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k47_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *__restrict__ t105, const float *__restrict__ t110, const float *__restrict__ t115, float *__restrict__ t118) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_add(const float *__restrict__ t105, const float *__restrict__ t110, const float *__restrict__ t115, float *__restrict__ t118) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v105 = t105[i];
@@ -2866,24 +2835,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_47: node 79
+// zoo_layernorm_bwd_rows_48: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_48: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_48: node 79
+// zoo_sum_partials_49: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_49: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k49_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k50_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_dropout(const float *__restrict__ t105, const float *__restrict__ t119, float *__restrict__ t123, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k50_add_dropout(const float *__restrict__ t105, const float *__restrict__ t119, float *__restrict__ t123, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v105 = t105[i];
@@ -2894,9 +2857,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_dropout(const floa
   }
 }
 
-// zoo_k50_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k51_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k51_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2929,51 +2892,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k50_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_51: node 83
+// zoo_embedding_bwd_52: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_51(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_52(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_52: node 84
+// zoo_emb_count_53: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_52(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_53(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_53: node 84
+// zoo_emb_offsets_54: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_53(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_54(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_54: node 84
+// zoo_emb_place_55: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_54(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_55(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_55: node 84
+// zoo_emb_sum_56: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_55(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_56(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_56: node 84
+// zoo_emb_join_57: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_56(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_57(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k57_add: 1 elementwise op over 524288 elements
+// zoo_k58_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k58_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
@@ -2985,33 +2948,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k57_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_58: node 0
+// zoo_embedding_fwd_59: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_58(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
-}
+// zoo_embedding_fwd_59: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k59_arange: 0 .. 127
+// zoo_k60_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_arange(int *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
-}
+// zoo_k60_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_60: node 2
+// zoo_embedding_fwd_61: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
-}
+// zoo_embedding_fwd_61: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_61: node 5
+// zoo_layernorm_fused_62: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3028,14 +2982,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_61(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_62: node 11
+// zoo_layernorm_fused_63: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3052,96 +3006,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_63: node 13
+// zoo_layernorm_fused_64: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v32 = t32[i];
-    float v31 = t31[i];
-    float v33 = v32 + v31;  // add
-    t33[i] = v33;
-    return v33;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_64: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k64_split_heads: split heads, 12582912 elements
+// zoo_k65_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k64_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
-}
+// zoo_k65_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k65_split_heads: split heads, 12582912 elements
+// zoo_k66_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k65_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
-}
+// zoo_k66_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k66_split_heads: split heads, 3932160 elements
+// zoo_k67_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k66_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
+// zoo_k67_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_fwd_67: node 20
+// zoo_poly_attn_fwd_68: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_67(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
-  zk_entry_wait();
-  zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
-}
+// zoo_poly_attn_fwd_68: the same as zoo_poly_attn_fwd_9, launched in its place
 
-// zoo_k68_merge_heads: merge heads, 3932160 elements
+// zoo_k69_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
-}
+// zoo_k69_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_69: node 24
+// zoo_layernorm_fused_70: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_69(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v44 = t44[i];
-    float v33 = t33[i];
-    float v45 = v44 + v33;  // add
-    t45[i] = v45;
-    return v45;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_70: the same as zoo_layernorm_fused_11, launched in its place
 
-// zoo_layernorm_fused_70: node 26
+// zoo_layernorm_fused_71: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3153,43 +3066,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_70(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_71: node 27
+// zoo_label_count_72: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_71(const int *__restrict__ targets, int *__restrict__ counts) {
-  zk_entry_wait();
-  zk_label_count<65536LL, -100, 1024>(targets, counts);
-}
+// zoo_label_count_72: the same as zoo_label_count_13, launched in its place
 
-// zoo_label_write_72: node 27
+// zoo_label_write_73: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_72(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_entry_wait();
-  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
-}
+// zoo_label_write_73: the same as zoo_label_write_14, launched in its place
 
-// zoo_gather_rows_73: node 28
+// zoo_gather_rows_74: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_73(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
+// zoo_gather_rows_74: the same as zoo_gather_rows_15, launched in its place
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_74: node 30
+// zoo_ce_step_rows_75: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_74(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_75(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_75: node 30
+// zoo_ce_step_finish_76: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_75(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
-  zk_entry_wait();
-  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
-}
+// zoo_ce_step_finish_76: the same as zoo_ce_step_finish_18, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

@@ -2254,65 +2254,6 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_17(const f
 // GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_18: node 34
-//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
-
-// zoo_layernorm_bwd_rows_19: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_20: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_20(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_21: node 36
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_22: node 36
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k23_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v62 = t62[i];
-    float v65 = t65[i];
-    float v68 = v62 + v65;  // add
-    t68[i] = v68;
-  }
-}
-
-// t69 is t68 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t70[65536 x 64] = t69 * t12, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t71 is t70 reshaped (same memory, no kernel)
-
-// t72 is t43 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
-//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
-
 // ---- runtime/kernels/gemm.cu ----
 /* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
  *
@@ -2628,15 +2569,74 @@ __device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const floa
 
 #endif /* ZK_GEMM_CU */
 
-// zoo_gemm_24: zoo's kernel for GEMM step 31, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_24(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_18: zoo's kernel for GEMM step 23, in 2 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_18(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_wgrad<8192, 64, 16384, 2, 2>(a, b, c, part, counters);
+}
+
+// zoo_scatter_rows_19: node 34
+//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
+  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// zoo_layernorm_bwd_rows_20: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_21: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_layernorm_bwd_rows_22: node 36
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_layernorm_bwd_rows_22: the same as zoo_layernorm_bwd_rows_20, launched in its place
+
+// zoo_sum_partials_23: node 36
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_23: the same as zoo_sum_partials_21, launched in its place
+
+// zoo_k24_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+  zk_entry_wait();
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v62 = t62[i];
+    float v65 = t65[i];
+    float v68 = v62 + v65;  // add
+    t68[i] = v68;
+  }
+}
+
+// t69 is t68 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t70[65536 x 64] = t69 * t12, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+
+// t71 is t70 reshaped (same memory, no kernel)
+
+// t72 is t43 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
+//   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
+
+// zoo_gemm_25: zoo's kernel for GEMM step 31, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_25(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k25_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k26_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k26_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2671,18 +2671,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__res
 
 // t75 is t71 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_bwd_q_26: node 45
+// zoo_softmax_attn_bwd_q_27: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_27: node 45
+// zoo_softmax_attn_bwd_kv_28: node 45
 //   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2693,9 +2693,9 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_27(con
 
 // t81 is t76 reshaped (same memory, no kernel)
 
-// zoo_k28_concat: rows of 64 + 64 elements
+// zoo_k29_concat: rows of 64 + 64 elements
 //   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
     int o = i / 128, j = i % 128;
@@ -2703,9 +2703,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__
   }
 }
 
-// zoo_k29_concat: rows of 128 + 64 elements
+// zoo_k30_concat: rows of 128 + 64 elements
 //   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
     int o = i / 192, j = i % 192;
@@ -2725,15 +2725,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_concat(const float *__
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_30: zoo's kernel for GEMM step 38, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_31: zoo's kernel for GEMM step 38, in 22 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_31(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
-// zoo_k31_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k32_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2766,23 +2766,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_32: node 57
+// zoo_layernorm_bwd_rows_33: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_33: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_33: node 57
+// zoo_sum_partials_34: node 57
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_34: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k34_add: 1 elementwise op over 4194304 elements
+// zoo_k35_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
@@ -2792,25 +2786,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_35: node 59
+// zoo_layernorm_bwd_rows_36: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_36: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_36: node 59
+// zoo_sum_partials_37: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_36(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_37: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k38_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v93 = t93[i];
@@ -2838,65 +2826,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_38: zoo's kernel for GEMM step 47, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_38(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
-  zk_entry_wait();
-  zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
-}
+// zoo_gemm_39: zoo's kernel for GEMM step 47, in 66 blocks along K (the backend times it against cuBLASLt)
+// zoo_gemm_39: the same as zoo_gemm_25, launched in its place
 
-// zoo_k39_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
-  zk_entry_wait();
-  const int O = 64, R = 65536, CH = 497;
-  __shared__ float sh[8][33];
-  int o = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (o < O) {
-    int base = o;
-    int r1 = min(R, (int)blockIdx.y * CH + CH);
-    for (int r = (int)blockIdx.y * CH + threadIdx.y; r < r1; r += 8) acc += x[base + r * 64];
-  }
-  sh[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && o < O) {
-    float s = 0.0f;
-    for (int k = 0; k < 8; k++) s += sh[k][threadIdx.x];
-    out[(long long)blockIdx.y * O + o] = s * 1.0f;
-  }
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.y * 32 + threadIdx.x; i < 64; i += 256) {
-    float s = 0.0f;
-    for (int k = 0; k < 132; k++) s += __ldcg(out + (long long)k * 64 + i);
-    y[i] = s * 1.0f;
-  }
-  if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
-}
+// zoo_k40_sum: the same as zoo_k26_sum, launched in its place
 
-// zoo_conv1d_bwd_rows_40: node 70
+// zoo_conv1d_bwd_rows_41: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_41: node 70
+// zoo_sum_partials_42: node 70
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_41(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k42_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k43_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
@@ -2908,24 +2862,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_43: node 72
+// zoo_layernorm_bwd_rows_44: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_43(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_44: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_44: node 72
+// zoo_sum_partials_45: node 72
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_44(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_45: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k45_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k46_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v97 = t97[i];
@@ -2936,9 +2884,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_add_dropout(const floa
   }
 }
 
-// zoo_k46_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k47_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2971,51 +2919,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_47: node 76
+// zoo_embedding_bwd_48: node 76
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_47(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_48: node 77
+// zoo_emb_count_49: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_48(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_49(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_49: node 77
+// zoo_emb_offsets_50: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_49(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_50(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_50: node 77
+// zoo_emb_place_51: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_50(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_51(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_51: node 77
+// zoo_emb_sum_52: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_51(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_52: node 77
+// zoo_emb_join_53: node 77
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_52(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_53(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k53_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
@@ -3027,33 +2975,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k53_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_54: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_54(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
-}
+// zoo_embedding_fwd_55: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k55_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_arange(int *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
-}
+// zoo_k56_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_56: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_56(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
-}
+// zoo_embedding_fwd_57: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_57: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3070,14 +3009,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_58: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3094,60 +3033,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_59: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t33, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v32 = t32[i];
-    float v31 = t31[i];
-    float v33 = v32 + v31;  // add
-    t33[i] = v33;
-    return v33;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_60: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k60_slice: slice, 4194304 elements
+// zoo_k61_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k60_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
+// zoo_k61_slice: the same as zoo_k6_slice, launched in its place
 
 // t37 is t36 reshaped (same memory, no kernel)
 
-// zoo_k61_slice: slice, 4194304 elements
+// zoo_k62_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
+// zoo_k62_slice: the same as zoo_k7_slice, launched in its place
 
 // t39 is t38 reshaped (same memory, no kernel)
 
-// zoo_k62_slice: slice, 4194304 elements
+// zoo_k63_slice: slice, 4194304 elements
 //   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k62_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
+// zoo_k63_slice: the same as zoo_k8_slice, launched in its place
 
 // t41 is t40 reshaped (same memory, no kernel)
 
-// zoo_softmax_attn_fwd_63: node 21
+// zoo_softmax_attn_fwd_64: node 21
 //   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_64(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -3157,28 +3073,17 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_63(const 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_64: node 25
+// zoo_layernorm_fused_65: node 25
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v44 = t44[i];
-    float v33 = t33[i];
-    float v45 = v44 + v33;  // add
-    t45[i] = v45;
-    return v45;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_65: the same as zoo_layernorm_fused_10, launched in its place
 
-// zoo_layernorm_fused_65: node 27
+// zoo_layernorm_fused_66: node 27
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_66(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3190,43 +3095,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_66: node 28
+// zoo_label_count_67: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_66(const int *__restrict__ targets, int *__restrict__ counts) {
-  zk_entry_wait();
-  zk_label_count<65536LL, -100, 1024>(targets, counts);
-}
+// zoo_label_count_67: the same as zoo_label_count_12, launched in its place
 
-// zoo_label_write_67: node 28
+// zoo_label_write_68: node 28
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_67(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_entry_wait();
-  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
-}
+// zoo_label_write_68: the same as zoo_label_write_13, launched in its place
 
-// zoo_gather_rows_68: node 29
+// zoo_gather_rows_69: node 29
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_68(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
+// zoo_gather_rows_69: the same as zoo_gather_rows_14, launched in its place
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_69: node 31
+// zoo_ce_step_rows_70: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_69(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_70(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_70: node 31
+// zoo_ce_step_finish_71: node 31
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_70(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
-  zk_entry_wait();
-  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
-}
+// zoo_ce_step_finish_71: the same as zoo_ce_step_finish_17, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

@@ -1165,10 +1165,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_6(const floa
 
 // zoo_layernorm_fwd_7: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_7(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fwd_7: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
@@ -2227,65 +2224,6 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const f
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_19: node 33
-//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
-
-// zoo_layernorm_bwd_rows_20: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_21: node 34
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_layernorm_bwd_rows_22: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_23: node 35
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_23(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
-
-// zoo_k24_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v68 = t68[i];
-    float v71 = t71[i];
-    float v74 = v68 + v71;  // add
-    t74[i] = v74;
-  }
-}
-
-// t75 is t74 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t76[65536 x 60] = t75 * t13, batch 1, k = 64
-//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
-
-// t77 is t76 reshaped (same memory, no kernel)
-
-// t78 is t49 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
-//   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
-
 // ---- runtime/kernels/gemm.cu ----
 /* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
  *
@@ -2601,41 +2539,92 @@ __device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const floa
 
 #endif /* ZK_GEMM_CU */
 
-// zoo_gemm_25: zoo's kernel for GEMM step 34, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_25(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_19: zoo's kernel for GEMM step 26, in 2 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_19(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+  zk_entry_wait();
+  zk_wgrad<8192, 64, 16384, 2, 2>(a, b, c, part, counters);
+}
+
+// zoo_scatter_rows_20: node 33
+//   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_20(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+  zk_entry_wait();
+  zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
+}
+
+// zoo_layernorm_bwd_rows_21: node 34
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+  zk_entry_wait();
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_22: node 34
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+  zk_entry_wait();
+  zk_sum_partials<512, 128, 64>(part, out0, out1);
+}
+
+// zoo_layernorm_bwd_rows_23: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_layernorm_bwd_rows_23: the same as zoo_layernorm_bwd_rows_21, launched in its place
+
+// zoo_sum_partials_24: node 35
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_24: the same as zoo_sum_partials_22, launched in its place
+
+// zoo_k25_add: 1 elementwise op over 4194304 elements
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+  zk_entry_wait();
+  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+    float v68 = t68[i];
+    float v71 = t71[i];
+    float v74 = v68 + v71;  // add
+    t74[i] = v74;
+  }
+}
+
+// t75 is t74 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t76[65536 x 60] = t75 * t13, batch 1, k = 64
+//   matmul         -> f32[B*T, 60]           models/std/nn.zoo:16:12
+
+// t77 is t76 reshaped (same memory, no kernel)
+
+// t78 is t49 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
+//   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
+
+// zoo_gemm_26: zoo's kernel for GEMM step 34, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_26(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 60, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k26_split_heads: split heads, 3932160 elements
+// zoo_k27_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k26_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
+// zoo_k27_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_bwd_q_27: node 43
+// zoo_poly_attn_bwd_q_28: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_28(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_28: node 43
+// zoo_poly_attn_bwd_kv_29: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_28(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_29(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k29_merge_heads: merge heads, 3932160 elements
+// zoo_k30_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
-}
+// zoo_k30_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // t85 is t84 reshaped (same memory, no kernel)
 
@@ -2649,22 +2638,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_30: zoo's kernel for GEMM step 40, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_30(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_31: zoo's kernel for GEMM step 40, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_31(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<60, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_layernorm_bwd_rows_31: node 50
+// zoo_layernorm_bwd_rows_32: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_32: node 50
+// zoo_sum_partials_33: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
@@ -2681,25 +2670,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_32(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_33: zoo's kernel for GEMM step 44, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_33(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_34: zoo's kernel for GEMM step 44, in 22 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_34(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
 }
 
-// zoo_layernorm_bwd_rows_34: node 57
+// zoo_layernorm_bwd_rows_35: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_34(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_35: the same as zoo_layernorm_bwd_rows_32, launched in its place
 
-// zoo_sum_partials_35: node 57
+// zoo_sum_partials_36: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 384, 192>(part, out0, out1);
-}
+// zoo_sum_partials_36: the same as zoo_sum_partials_33, launched in its place
 
 // t102 is t99 reshaped (same memory, no kernel)
 
@@ -2708,10 +2691,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_35(const floa
 
 // t104 is t103 reshaped (same memory, no kernel)
 
-// zoo_k36_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
@@ -2728,29 +2711,20 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k36_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_gemm_37: zoo's kernel for GEMM step 49, in 22 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_37(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
-  zk_entry_wait();
-  zk_wgrad<192, 64, 65536, 22, 5>(a, b, c, part, counters);
-}
+// zoo_gemm_38: zoo's kernel for GEMM step 49, in 22 blocks along K (the backend times it against cuBLASLt)
+// zoo_gemm_38: the same as zoo_gemm_34, launched in its place
 
-// zoo_layernorm_bwd_rows_38: node 64
+// zoo_layernorm_bwd_rows_39: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_39: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_39: node 64
+// zoo_sum_partials_40: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_40: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k40_add: 1 elementwise op over 4194304 elements
+// zoo_k41_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k41_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
@@ -2760,25 +2734,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_41: node 66
+// zoo_layernorm_bwd_rows_42: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_42: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_42: node 66
+// zoo_sum_partials_43: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_43: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k43_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k44_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v111 = t111[i];
@@ -2806,15 +2774,15 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t122[64 x 64] = (t118)^T * t121, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_gemm_44: zoo's kernel for GEMM step 57, in 66 blocks along K (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_44(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
+// zoo_gemm_45: zoo's kernel for GEMM step 57, in 66 blocks along K (the backend times it against cuBLASLt)
+extern "C" __global__ void __launch_bounds__(256) zoo_gemm_45(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c, float *__restrict__ part, unsigned *__restrict__ counters) {
   zk_entry_wait();
   zk_wgrad<64, 64, 65536, 66, 9>(a, b, c, part, counters);
 }
 
-// zoo_k45_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k46_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2847,24 +2815,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_46: node 77
+// zoo_conv1d_bwd_rows_47: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_46(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_47(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_47: node 77
+// zoo_sum_partials_48: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_47(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_48(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k48_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k49_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2876,24 +2844,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_49: node 79
+// zoo_layernorm_bwd_rows_50: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_49(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
-  zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_bwd_rows_50: the same as zoo_layernorm_bwd_rows_21, launched in its place
 
-// zoo_sum_partials_50: node 79
+// zoo_sum_partials_51: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_50(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
-  zk_entry_wait();
-  zk_sum_partials<512, 128, 64>(part, out0, out1);
-}
+// zoo_sum_partials_51: the same as zoo_sum_partials_22, launched in its place
 
-// zoo_k51_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k52_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k52_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2904,9 +2866,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k51_add_dropout(const floa
   }
 }
 
-// zoo_k52_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k53_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k53_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2939,51 +2901,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_53: node 83
+// zoo_embedding_bwd_54: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_53(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_54(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_54: node 84
+// zoo_emb_count_55: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_54(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_55(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_55: node 84
+// zoo_emb_offsets_56: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_55(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_56(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_56: node 84
+// zoo_emb_place_57: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_56(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_57(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_57: node 84
+// zoo_emb_sum_58: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_57(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_58(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_58: node 84
+// zoo_emb_join_59: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_58(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_59(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k59_add: 1 elementwise op over 524288 elements
+// zoo_k60_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k60_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2995,33 +2957,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k59_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_60: node 0
+// zoo_embedding_fwd_61: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_60(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<8192, 64>(w, ids, y, 65536LL);
-}
+// zoo_embedding_fwd_61: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k61_arange: 0 .. 127
+// zoo_k62_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-extern "C" __global__ void __launch_bounds__(256) zoo_k61_arange(int *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 128; i += gridDim.x * 256) y[i] = i;
-}
+// zoo_k62_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_62: node 2
+// zoo_embedding_fwd_63: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_62(const float *__restrict__ w, const int *__restrict__ ids, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_embedding_fwd4<128, 64>(w, ids, y, 128LL);
-}
+// zoo_embedding_fwd_63: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_63: node 5
+// zoo_layernorm_fused_64: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3038,14 +2991,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_63(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_64: node 11
+// zoo_layernorm_fused_65: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3062,94 +3015,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_64(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_65: node 13
+// zoo_layernorm_fused_66: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t36, const float *__restrict__ t35, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v36 = t36[i];
-    float v35 = t35[i];
-    float v37 = v36 + v35;  // add
-    t37[i] = v37;
-    return v37;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_66: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_66: node 15
+// zoo_layernorm_fwd_67: node 15
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_66(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fwd_67: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_67: node 17
+// zoo_layernorm_fwd_68: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fwd_67(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  zk_layernorm_fwd<192, true, true, 12, 128>(zk_load{x}, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fwd_68: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k68_split_heads: split heads, 3932160 elements
+// zoo_k69_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k68_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
+// zoo_k69_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_fwd_69: node 20
+// zoo_poly_attn_fwd_70: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_69(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
-  zk_entry_wait();
-  zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
-}
+// zoo_poly_attn_fwd_70: the same as zoo_poly_attn_fwd_9, launched in its place
 
-// zoo_k70_merge_heads: merge heads, 3932160 elements
+// zoo_k71_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k70_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
-}
+// zoo_k71_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_71: node 24
+// zoo_layernorm_fused_72: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_71(const float *__restrict__ t50, const float *__restrict__ t37, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v50 = t50[i];
-    float v37 = t37[i];
-    float v51 = v50 + v37;  // add
-    t51[i] = v51;
-    return v51;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
+// zoo_layernorm_fused_72: the same as zoo_layernorm_fused_11, launched in its place
 
-// zoo_layernorm_fused_72: node 26
+// zoo_layernorm_fused_73: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_73(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3161,43 +3075,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_73: node 27
+// zoo_label_count_74: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_73(const int *__restrict__ targets, int *__restrict__ counts) {
-  zk_entry_wait();
-  zk_label_count<65536LL, -100, 1024>(targets, counts);
-}
+// zoo_label_count_74: the same as zoo_label_count_13, launched in its place
 
-// zoo_label_write_74: node 27
+// zoo_label_write_75: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_74(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
-  zk_entry_wait();
-  zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
-}
+// zoo_label_write_75: the same as zoo_label_write_14, launched in its place
 
-// zoo_gather_rows_75: node 28
+// zoo_gather_rows_76: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_75(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
-  zk_entry_wait();
-  zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
-}
+// zoo_gather_rows_76: the same as zoo_gather_rows_15, launched in its place
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_76: node 30
+// zoo_ce_step_rows_77: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_77(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_77: node 30
+// zoo_ce_step_finish_78: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_77(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
-  zk_entry_wait();
-  zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
-}
+// zoo_ce_step_finish_78: the same as zoo_ce_step_finish_18, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS
