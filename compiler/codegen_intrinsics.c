@@ -1515,8 +1515,12 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * 32 x 32 tiles split along K into S blocks each: about two blocks per SM of
  * an H200 (264 in all), at least 2 and each with at least 128 rows; groups
  * of GS = ceil(sqrt S) for the reduction. At rebased 32/48's 32 x 24 over
- * 24576 rows: 192 blocks of 128 rows, 14 groups; its tied head's 8192 x 32
- * over 6144 rows: 256 tiles of 2 blocks. */
+ * 24576 rows: 192 blocks of 128 rows, 14 groups. Offered where it won on
+ * the H200 (session 6, device runs 3 and 4, ZOO_GEMM_TUNE_LOG=1 zoorun bench
+ * --quick): over 24576 rows 0.014 ms against cuBLASLt's 0.016 at 32 x 24 and
+ * 32 x 32, 0.019 against 0.024 at 192 x 32; it lost over 65536 rows (0.030
+ * against 0.026 at 64 x 60, 0.062 against 0.054 at 192 x 64) and for the
+ * tied head's 8192 x 32 over 6144 rows (0.116 against 0.098). */
 static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
   int64_t tiles = cdiv(gm->n, 32) * cdiv(gm->m, 32);
@@ -1548,15 +1552,20 @@ static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
 
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
-  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->m * gm->n <= 524288 &&
+  if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->k <= 32768 &&
+      gm->m * gm->n <= 65536 &&
       gm->beta == 0 && gm->alpha == 1 && gm->k <= 2147483647LL)
     return gemm_own_wgrad(e, s);
-  if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
+  int64_t kmax = gm->n >= 2048 ? 64 : 32; /* the head's logits: up to 64 */
+  if (gm->batch != 1 || gm->trans_a || gm->k > kmax || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
   if (gm->m > 2147483647LL || gm->n > 2147483647LL) return 0;
   int bm, bn, tm, tn;
   if (gm->n <= 32) bm = 256, bn = 32, tm = 8, tn = 4;
   else if (gm->n <= 256) bm = 64, bn = 64, tm = 4, tn = 4;
   else bm = 128, bn = 64, tm = 8, tn = 4;
+  /* column tiles a block makes one after another: 4 for the head's logits
+   * (N >= 2048), so that their loads overlap the products */
+  int ct = gm->n >= 2048 ? 4 : 1;
   if (need(e, "gemm.cu", NULL, NULL)) return -1;
   char name[64];
   snprintf(name, sizeof name, "zoo_gemm_%d", e->uid++);
@@ -1565,11 +1574,11 @@ int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ a, "
                     "const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c) {\n"
-                    "  zk_gemm<%lld, %lld, %lld, 0, %d, %d, %d, 16, %d, %d, 1, %d>(a, b, bias, c);\n}\n",
+                    "  zk_gemm<%lld, %lld, %lld, 0, %d, %d, %d, 16, %d, %d, 1, %d, %d>(a, b, bias, c);\n}\n",
                     name, (long long)gm->m, (long long)gm->n, (long long)gm->k, gm->trans_b, bm, bn, tm, tn,
-                    gm->bias >= 0);
+                    gm->bias >= 0, ct);
   s->func = strdup(name);
-  s->grid[0] = (unsigned)cdiv(gm->n, bn), s->grid[1] = (unsigned)cdiv(gm->m, bm), s->grid[2] = 1;
+  s->grid[0] = (unsigned)cdiv(gm->n, (int64_t)bn * ct), s->grid[1] = (unsigned)cdiv(gm->m, bm), s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
   return 0;
 }
