@@ -183,7 +183,6 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32
- * (64 where N >= 2048, the head's logits, made 4 column tiles a block)
  * (measured on the H200, session 5: at K = 24 or 32 it took 0.006 ms where
  * cuBLASLt's best took 0.011 to 0.013 at m 24576, n 24 or 32, and 0.122
  * against 0.131 for rebased 32/48's logits; at K = 64 it lost or tied); and

@@ -1556,16 +1556,12 @@ int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
       gm->m * gm->n <= 65536 &&
       gm->beta == 0 && gm->alpha == 1 && gm->k <= 2147483647LL)
     return gemm_own_wgrad(e, s);
-  int64_t kmax = gm->n >= 2048 ? 64 : 32; /* the head's logits: up to 64 */
-  if (gm->batch != 1 || gm->trans_a || gm->k > kmax || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
+  if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
   if (gm->m > 2147483647LL || gm->n > 2147483647LL) return 0;
   int bm, bn, tm, tn;
   if (gm->n <= 32) bm = 256, bn = 32, tm = 8, tn = 4;
   else if (gm->n <= 256) bm = 64, bn = 64, tm = 4, tn = 4;
   else bm = 128, bn = 64, tm = 8, tn = 4;
-  /* column tiles a block makes one after another: 4 for the head's logits
-   * (N >= 2048), so that their loads overlap the products */
-  int ct = gm->n >= 2048 ? 4 : 1;
   if (need(e, "gemm.cu", NULL, NULL)) return -1;
   char name[64];
   snprintf(name, sizeof name, "zoo_gemm_%d", e->uid++);
@@ -1574,11 +1570,11 @@ int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ a, "
                     "const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c) {\n"
-                    "  zk_gemm<%lld, %lld, %lld, 0, %d, %d, %d, 16, %d, %d, 1, %d, %d>(a, b, bias, c);\n}\n",
+                    "  zk_gemm<%lld, %lld, %lld, 0, %d, %d, %d, 16, %d, %d, 1, %d>(a, b, bias, c);\n}\n",
                     name, (long long)gm->m, (long long)gm->n, (long long)gm->k, gm->trans_b, bm, bn, tm, tn,
-                    gm->bias >= 0, ct);
+                    gm->bias >= 0);
   s->func = strdup(name);
-  s->grid[0] = (unsigned)cdiv(gm->n, (int64_t)bn * ct), s->grid[1] = (unsigned)cdiv(gm->m, bm), s->grid[2] = 1;
+  s->grid[0] = (unsigned)cdiv(gm->n, bn), s->grid[1] = (unsigned)cdiv(gm->m, bm), s->grid[2] = 1;
   s->block[0] = 256, s->block[1] = s->block[2] = 1;
   return 0;
 }

@@ -1790,366 +1790,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// ---- runtime/kernels/gemm.cu ----
-/* gemm.cu: zoo's own fp32 matrix product, a candidate beside cuBLASLt's.
- *
- *   C[M, N] = op(A) op(B) (+ bias[N]),  op(A)[m, k] = TA ? a[k M + m] : a[m K + k],
- *                                        op(B)[k, n] = TB ? b[n K + k] : b[k N + n]
- *
- * for the products a step of zoo's models makes: tall and narrow (M the rows
- * of a batch, N and K a model width, 24 to 512), the tied head's (N or K the
- * vocabulary) and the weight gradients (M and N widths, K the rows). cuBLASLt's
- * fp32 kernels are made for large squares; at K = 32 or N = 24 they run at a
- * tenth of the peak. The backend times this kernel against cuBLASLt's
- * candidates and keeps the faster (runtime/cuda.c, gemm_tune).
- *
- * zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, BIAS, CT>: 256 threads, grid
- * (ceil(N / (CT BN)), ceil(M / BM), S). A block makes the BM x BN tiles of C
- * at (blockIdx.y BM, (blockIdx.x CT + c) BN), c < CT, one after another, over
- * the block's share of K, [z KC, z KC + KC) with KC = ceil(K / S) rounded up
- * to BK; CT > 1 (wide C over a short K: the tied head's logits) lets the next
- * tile's first loads overlap the current tile's last products, where each
- * tile alone would wait for its loads. Thread (ty, tx) (tx < BN / TN)
- * holds the TM x TN values at rows ty TM + i, columns tx TN + j. Per step of
- * BK: the next tiles of A and B are read into registers (scalar loads,
- * consecutive threads on consecutive addresses of either layout, zeros past
- * the edges) while the current ones in shared memory are used, as As[k][m]
- * and Bs[k][n] (two buffers each, rows padded by 4 floats); then stored, one
- * barrier. Each k is TM + TN shared reads (16 bytes at a time) for TM TN
- * fused multiply-adds. S = 1: C = the sum (+ bias), 16-byte stores where N
- * allows. S > 1 (split K, for a small C over a long K): the block writes its
- * partial sum to part[z][M][N], and zk_gemm_sum<M, N, S, BIAS> (one thread per
- * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
- * order: the same bits on every run.
- *
- * zk_wgrad<M, N, K, S, GS>(a, b, c, part, counters): C = A^T B for the weight
- * gradients (TA = 1, TB = 0: a [K][M], b [K][N]; C small, K the batch's rows,
- * where cuBLASLt took 16-54 us for products that read 5-70 MB), in one
- * launch. Grid (ceil(N / 32), ceil(M / 32), S): a block makes a 32 x 32 tile
- * of C over rows [z KC, z KC + KC) of K, KC = ceil(K / S), in stages of 64
- * rows: the next stage's 64 rows of a's and b's 32 columns are read into
- * registers (16-byte reads where M, N are multiples of 4, two of each a
- * thread) while the current one, in shared memory, is used. Warp w takes rows
- * 8 w .. 8 w + 7 of a stage: lane (mi, ni) = (lane / 4, lane % 4) holds C's
- * rows 4 mi .. 4 mi + 3 by columns 8 ni .. 8 ni + 7 (three 16-byte shared
- * reads a row for 32 fused multiply-adds). The 8 warps' tiles are added in
- * warp order through shared memory and the
- * block's partial tile goes to part[z][M][N]. Then a two-level reduction in
- * fixed order: the blocks of each group of GS consecutive z count themselves
- * on the group's counter, and the group's last block adds its GS partials in
- * order of z into the group's first slot; the last group to finish adds the
- * groups' sums in group order into C. So no block reads more than max(GS,
- * ceil(S / GS)) tiles, and the bits do not depend on timing. The counters,
- * ceil(S / GS) + 1 per tile (ZOO_ARG_COUNTER, zero before the launch), are put
- * back to zero.
- */
-#ifndef ZK_GEMM_CU
-#define ZK_GEMM_CU
-
-template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS,
-          int CT = 1>
-__device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float *__restrict__ b,
-                                        const float *__restrict__ bias, float *__restrict__ out) {
-  constexpr int NT = 256, TX = BN / TN, BMP = BM + 4, BNP = BN + 4;
-  static_assert((BM / TM) * TX == NT, "zk_gemm: the tile needs 256 threads");
-  static_assert(TM % 4 == 0 && TN % 4 == 0, "zk_gemm: TM and TN multiples of 4");
-  static_assert(CT == 1 || S == 1, "zk_gemm: column tiles one after another without a split of K");
-  constexpr int LA = BM * BK / NT, LB = BN * BK / NT; /* loads a thread makes per tile */
-  static_assert(LA * NT == BM * BK && LB * NT == BN * BK, "zk_gemm: tiles a multiple of 256");
-  constexpr int KC = ((K + S - 1) / S + BK - 1) / BK * BK;
-  __align__(16) __shared__ float As[2][BK][BMP];
-  __align__(16) __shared__ float Bs[2][BK][BNP];
-  const int t = threadIdx.x, tx = t % TX, ty = t / TX;
-  const int m0 = blockIdx.y * BM;
-  const int kb = blockIdx.z * KC, ke = kb + KC < K ? kb + KC : K;
-  /* the block's stages: CT column tiles, each over [kb, ke) in steps of BK,
-   * one after another, so the next tile's first loads overlap the last
-   * products of the one before */
-  constexpr int nks = (K + BK - 1) / BK; /* CT > 1: S = 1, so [kb, ke) = [0, K) */
-
-  float ra[LA], rb[LB];
-  /* the tiles at (n0, k0) into registers: element e = t + NT l, the fast
-   * index on the operand's contiguous axis */
-  auto load = [&](int n0, int k0) {
-#pragma unroll
-    for (int l = 0; l < LA; l++) {
-      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
-      int gm = m0 + m, gk = k0 + k;
-      ra[l] = gm < M && gk < ke ? (TA ? a[(zk_i64)gk * M + gm] : a[(zk_i64)gm * K + gk]) : 0.0f;
-    }
-#pragma unroll
-    for (int l = 0; l < LB; l++) {
-      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
-      int gn = n0 + n, gk = k0 + k;
-      rb[l] = gn < N && gk < ke ? (TB ? b[(zk_i64)gn * K + gk] : b[(zk_i64)gk * N + gn]) : 0.0f;
-    }
-  };
-  auto store = [&](int buf) {
-#pragma unroll
-    for (int l = 0; l < LA; l++) {
-      int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
-      As[buf][k][m] = ra[l];
-    }
-#pragma unroll
-    for (int l = 0; l < LB; l++) {
-      int e = t + NT * l, n = TB ? e / BK : e % BN, k = TB ? e % BK : e / BN;
-      Bs[buf][k][n] = rb[l];
-    }
-  };
-
-  float acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; i++)
-#pragma unroll
-    for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
-  /* the products of the tiles in buffer buf */
-  auto product = [&](int buf) {
-#pragma unroll
-    for (int k = 0; k < BK; k++) {
-      float fa[TM], fb[TN];
-#pragma unroll
-      for (int i = 0; i < TM; i += 4) {
-        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&As[buf][k][ty * TM + i]);
-        fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
-      }
-#pragma unroll
-      for (int j = 0; j < TN; j += 4) {
-        zk_f4 v = *reinterpret_cast<const zk_f4 *>(&Bs[buf][k][tx * TN + j]);
-        fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
-      }
-#pragma unroll
-      for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < TN; j++) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
-    }
-  };
-  /* the sums of the tile at column n0 (+ bias) to out, and acc back to zero */
-  auto write = [&](int n0) {
-    float *c = S > 1 ? out + (zk_i64)blockIdx.z * M * N : out;
-#pragma unroll
-    for (int i = 0; i < TM; i++) {
-      int gm = m0 + ty * TM + i;
-      if (gm >= M) break;
-      float *row = c + (zk_i64)gm * N;
-#pragma unroll
-      for (int j = 0; j < TN; j += 4) {
-        int gn = n0 + tx * TN + j;
-        float v[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) v[q] = acc[i][j + q] + (BIAS && S == 1 && gn + q < N ? bias[gn + q] : 0.0f);
-        if (N % 4 == 0 && gn + 3 < N) {
-          *reinterpret_cast<zk_f4 *>(row + gn) = zk_f4{v[0], v[1], v[2], v[3]};
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; q++)
-            if (gn + q < N) row[gn + q] = v[q];
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < TM; i++)
-#pragma unroll
-      for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
-  };
-
-  int buf = 0;
-  if constexpr (CT == 1) {
-    const int n0 = blockIdx.x * BN;
-    if (kb < ke) {
-      load(n0, kb);
-      store(0);
-    }
-    __syncthreads();
-    for (int k0 = kb; k0 < ke; k0 += BK) {
-      bool more = k0 + BK < ke;
-      if (more) load(n0, k0 + BK);
-      product(buf);
-      if (more) store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
-    }
-    write(n0); /* an empty share of K: zeros */
-  } else {
-    /* stage q: column tile q / nks, rows of K from q % nks BK */
-    load(blockIdx.x * CT * BN, 0);
-    store(0);
-    __syncthreads();
-#pragma unroll 1
-    for (int q = 0; q < CT * nks; q++) {
-      bool more = q + 1 < CT * nks;
-      if (more) load((blockIdx.x * CT + (q + 1) / nks) * BN, (q + 1) % nks * BK);
-      product(buf);
-      int n0 = (blockIdx.x * CT + q / nks) * BN;
-      if (q % nks == nks - 1 && n0 < N) write(n0);
-      if (more) store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
-    }
-  }
-}
-
-template <int M, int N, int S, int BIAS>
-__device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, const float *__restrict__ bias,
-                                            float *__restrict__ c) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= (zk_i64)M * N) return;
-  float s = part[e];
-#pragma unroll 4
-  for (int z = 1; z < S; z++) s += part[(zk_i64)z * M * N + e];
-  if (BIAS) s += bias[e % N];
-  c[e] = s;
-}
-
-/* 4 floats of row k of x (row length L) from column j: one 16-byte read
- * where L is a multiple of 4, zeros past the edges. */
-template <int L>
-__device__ __forceinline__ zk_f4 zk_wgrad_load4(const float *__restrict__ x, int k, int ke, int j) {
-  if (k >= ke) return zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
-  const float *row = x + (zk_i64)k * L;
-  if (L % 4 == 0 && j + 3 < L) return *reinterpret_cast<const zk_f4 *>(row + j);
-  return zk_f4{j < L ? row[j] : 0.0f, j + 1 < L ? row[j + 1] : 0.0f, j + 2 < L ? row[j + 2] : 0.0f,
-               j + 3 < L ? row[j + 3] : 0.0f};
-}
-
-/* dst[e] = sum over the slots z = z0 + D g < z1 (g < G) of part[z][e], in
- * order of z, for the tile's elements e (the block's 256 threads, 4 elements
- * each, all G loads of an element in flight together). */
-template <int M, int N, int G, int D>
-__device__ __forceinline__ void zk_wgrad_sum(const float *__restrict__ part, int z0, int z1,
-                                             float *__restrict__ dst) {
-  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
-  zk_i64 at[4];
-  bool in[4];
-  float s[4];
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    int e = threadIdx.x + 256 * q, m = tm + e / 32, n = tn + e % 32;
-    in[q] = m < M && n < N;
-    at[q] = in[q] ? (zk_i64)m * N + n : 0;
-    s[q] = 0.0f;
-  }
-#pragma unroll
-  for (int g = 0; g < G; g++)
-#pragma unroll
-    for (int q = 0; q < 4; q++)
-      if (z0 + D * g < z1 && in[q]) s[q] += __ldcg(part + (zk_i64)(z0 + D * g) * M * N + at[q]);
-#pragma unroll
-  for (int q = 0; q < 4; q++)
-    if (in[q]) dst[at[q]] = s[q];
-}
-
-template <int M, int N, int K, int S, int GS>
-__device__ __forceinline__ void zk_wgrad(const float *__restrict__ a, const float *__restrict__ b,
-                                         float *__restrict__ c, float *__restrict__ part,
-                                         unsigned *__restrict__ counters) {
-  constexpr int KC = (K + S - 1) / S, NG = (S + GS - 1) / GS, RB = 64;
-  /* staging: [buffer][A, B][RB rows][32]; after the rows, the warps' tiles
-   * [8][32 x 33] for their sum */
-  __align__(16) __shared__ float sh[8 * 32 * 33];
-  static_assert(2 * 2 * RB * 32 <= 8 * 32 * 33, "zk_wgrad: staging fits");
-  __shared__ bool last;
-  const int t = threadIdx.x, lane = t & 31, warp = t >> 5, mi = lane >> 2, ni = lane & 3;
-  const int z = blockIdx.z, kb = z * KC, ke = kb + KC < K ? kb + KC : K;
-  const int tm = blockIdx.y * 32, tn = blockIdx.x * 32;
-
-  /* a stage: RB rows of A's and B's 32 columns, element e = t + 256 l of each
-   * (l < 2): row e / 8, columns 4 (e % 8) .. + 3 */
-  zk_f4 ra[2], rb[2];
-  auto load = [&](int k0) {
-#pragma unroll
-    for (int l = 0; l < 2; l++) {
-      int e = t + 256 * l, r = e / 8, c4 = 4 * (e % 8);
-      ra[l] = zk_wgrad_load4<M>(a, k0 + r, ke, tm + c4);
-      rb[l] = zk_wgrad_load4<N>(b, k0 + r, ke, tn + c4);
-    }
-  };
-  auto store = [&](int buf) {
-    float *as = sh + buf * 2 * RB * 32, *bs = as + RB * 32;
-#pragma unroll
-    for (int l = 0; l < 2; l++) {
-      int e = t + 256 * l;
-      *reinterpret_cast<zk_f4 *>(as + 4 * e) = ra[l];
-      *reinterpret_cast<zk_f4 *>(bs + 4 * e) = rb[l];
-    }
-  };
-
-  float acc[4][8];
-#pragma unroll
-  for (int i = 0; i < 4; i++)
-#pragma unroll
-    for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
-  int buf = 0;
-  if (kb < ke) {
-    load(kb);
-    store(0);
-  }
-  __syncthreads();
-  for (int k0 = kb; k0 < ke; k0 += RB) {
-    bool more = k0 + RB < ke;
-    if (more) load(k0 + RB);
-    const float *as = sh + buf * 2 * RB * 32, *bs = as + RB * 32;
-#pragma unroll
-    for (int rr = 0; rr < RB / 8; rr++) { /* warp w: rows 8 w .. 8 w + 7 (zeros past ke) */
-      int r = 8 * warp + rr;
-      zk_f4 fa = *reinterpret_cast<const zk_f4 *>(as + r * 32 + 4 * mi);
-      zk_f4 f0 = *reinterpret_cast<const zk_f4 *>(bs + r * 32 + 8 * ni);
-      zk_f4 f1 = *reinterpret_cast<const zk_f4 *>(bs + r * 32 + 8 * ni + 4);
-      float va[4] = {fa.x, fa.y, fa.z, fa.w}, vb[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
-#pragma unroll
-      for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(va[i], vb[j], acc[i][j]);
-    }
-    if (more) store(buf ^ 1);
-    __syncthreads();
-    buf ^= 1;
-  }
-  float(*red)[32 * 33] = reinterpret_cast<float(*)[32 * 33]>(sh);
-#pragma unroll
-  for (int i = 0; i < 4; i++)
-#pragma unroll
-    for (int j = 0; j < 8; j++) red[warp][(4 * mi + i) * 33 + 8 * ni + j] = acc[i][j];
-  __syncthreads();
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    int e = t + 256 * q, m = tm + e / 32, n = tn + e % 32;
-    float v = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 8; w++) v += red[w][(e / 32) * 33 + e % 32];
-    if (m < M && n < N) part[(zk_i64)z * M * N + (zk_i64)m * N + n] = v;
-  }
-
-  /* the group's last block adds the group's partials into its first slot */
-  unsigned *ctr = counters + (blockIdx.y * gridDim.x + blockIdx.x) * (NG + 1);
-  const int g = z / GS, z0 = g * GS, z1 = z0 + GS < S ? z0 + GS : S;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(ctr + g, 1u) == (unsigned)(z1 - z0 - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  zk_wgrad_sum<M, N, GS, 1>(part, z0, z1, NG == 1 ? c : part + (zk_i64)z0 * M * N);
-  if (threadIdx.x == 0) ctr[g] = 0;
-  if (NG == 1) return;
-  /* the last group's: the groups' sums into C */
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(ctr + NG, 1u) == NG - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  zk_wgrad_sum<M, N, NG, GS>(part, 0, S, c);
-  if (threadIdx.x == 0) ctr[NG] = 0;
-}
-
-#endif /* ZK_GEMM_CU */
-
-// zoo_gemm_16: zoo's kernel for GEMM step 21 (the backend times it against cuBLASLt)
-extern "C" __global__ void __launch_bounds__(256) zoo_gemm_16(const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ bias, float *__restrict__ c) {
-  zk_entry_wait();
-  zk_gemm<16384, 8192, 64, 0, 1, 128, 64, 16, 8, 4, 1, 0, 4>(a, b, bias, c);
-}
-
 // ---- runtime/kernels/softmax.cu ----
 /* softmax.cu: softmax, logsumexp and argmax over the last axis (ops.def).
  *
@@ -2557,23 +2197,23 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_17: node 30
+// zoo_ce_count_16: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_17(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
   zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_18: node 30
+// zoo_ce_step_rows_17: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_18(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_19: node 30
+// zoo_ce_step_finish_18: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_19(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
@@ -2584,38 +2224,38 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_19(const f
 // GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_20: node 33
+// zoo_scatter_rows_19: node 33
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_20(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_21: node 34
+// zoo_layernorm_bwd_rows_20: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_21(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_22: node 34
+// zoo_sum_partials_21: node 34
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_22(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_23: node 35
+// zoo_layernorm_bwd_rows_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_23: the same as zoo_layernorm_bwd_rows_21, launched in its place
+// zoo_layernorm_bwd_rows_22: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_24: node 35
+// zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_24: the same as zoo_sum_partials_22, launched in its place
+// zoo_sum_partials_23: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k25_add: 1 elementwise op over 4194304 elements
+// zoo_k24_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v68 = t68[i];
@@ -2637,27 +2277,27 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k25_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k26_split_heads: split heads, 3932160 elements
+// zoo_k25_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-// zoo_k26_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k25_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_bwd_q_27: node 43
+// zoo_poly_attn_bwd_q_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_27(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_28: node 43
+// zoo_poly_attn_bwd_kv_27: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_28(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k29_merge_heads: merge heads, 3932160 elements
+// zoo_k28_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-// zoo_k29_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k28_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // t85 is t84 reshaped (same memory, no kernel)
 
@@ -2671,16 +2311,16 @@ extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_28(cons
 // GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_30: node 50
+// zoo_layernorm_bwd_rows_29: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_31: node 50
+// zoo_sum_partials_30: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
@@ -2697,13 +2337,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_32: node 57
+// zoo_layernorm_bwd_rows_31: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_32: the same as zoo_layernorm_bwd_rows_30, launched in its place
+// zoo_layernorm_bwd_rows_31: the same as zoo_layernorm_bwd_rows_29, launched in its place
 
-// zoo_sum_partials_33: node 57
+// zoo_sum_partials_32: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-// zoo_sum_partials_33: the same as zoo_sum_partials_31, launched in its place
+// zoo_sum_partials_32: the same as zoo_sum_partials_30, launched in its place
 
 // t102 is t99 reshaped (same memory, no kernel)
 
@@ -2712,10 +2352,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_31(const floa
 
 // t104 is t103 reshaped (same memory, no kernel)
 
-// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
@@ -2732,17 +2372,17 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_35: node 64
+// zoo_layernorm_bwd_rows_34: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_35: the same as zoo_layernorm_bwd_rows_21, launched in its place
+// zoo_layernorm_bwd_rows_34: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_36: node 64
+// zoo_sum_partials_35: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_36: the same as zoo_sum_partials_22, launched in its place
+// zoo_sum_partials_35: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k37_add: 1 elementwise op over 4194304 elements
+// zoo_k36_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v74 = t74[i];
@@ -2752,19 +2392,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add(const float *__res
   }
 }
 
-// zoo_layernorm_bwd_rows_38: node 66
+// zoo_layernorm_bwd_rows_37: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_38: the same as zoo_layernorm_bwd_rows_21, launched in its place
+// zoo_layernorm_bwd_rows_37: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_39: node 66
+// zoo_sum_partials_38: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_39: the same as zoo_sum_partials_22, launched in its place
+// zoo_sum_partials_38: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k40_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k39_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v111 = t111[i];
@@ -2792,9 +2432,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t122[64 x 64] = (t118)^T * t121, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k41_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2827,24 +2467,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k41_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_42: node 77
+// zoo_conv1d_bwd_rows_41: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_42(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_43: node 77
+// zoo_sum_partials_42: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_43(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k44_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k43_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2856,18 +2496,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_add(const float *_
   }
 }
 
-// zoo_layernorm_bwd_rows_45: node 79
+// zoo_layernorm_bwd_rows_44: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_45: the same as zoo_layernorm_bwd_rows_21, launched in its place
+// zoo_layernorm_bwd_rows_44: the same as zoo_layernorm_bwd_rows_20, launched in its place
 
-// zoo_sum_partials_46: node 79
+// zoo_sum_partials_45: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_46: the same as zoo_sum_partials_22, launched in its place
+// zoo_sum_partials_45: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_k47_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k46_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v115 = t115[i];
@@ -2878,9 +2518,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_add_dropout(const floa
   }
 }
 
-// zoo_k48_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k47_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2913,51 +2553,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k48_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_49: node 83
+// zoo_embedding_bwd_48: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_49(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_50: node 84
+// zoo_emb_count_49: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_50(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_49(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_51: node 84
+// zoo_emb_offsets_50: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_51(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_50(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_52: node 84
+// zoo_emb_place_51: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_52(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_51(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_53: node 84
+// zoo_emb_sum_52: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_53(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_54: node 84
+// zoo_emb_join_53: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_54(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_53(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k55_add: 1 elementwise op over 524288 elements
+// zoo_k54_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2969,24 +2609,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k55_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_56: node 0
+// zoo_embedding_fwd_55: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_56: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_55: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k57_arange: 0 .. 127
+// zoo_k56_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k57_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k56_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_58: node 2
+// zoo_embedding_fwd_57: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_58: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_57: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_59: node 5
+// zoo_layernorm_fused_58: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3003,14 +2643,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_60: node 11
+// zoo_layernorm_fused_59: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3027,55 +2667,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_61: node 13
+// zoo_layernorm_fused_60: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_61: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_60: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_62: node 15
+// zoo_layernorm_fwd_61: node 15
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-// zoo_layernorm_fwd_62: the same as zoo_layernorm_fwd_6, launched in its place
+// zoo_layernorm_fwd_61: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_63: node 17
+// zoo_layernorm_fwd_62: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-// zoo_layernorm_fwd_63: the same as zoo_layernorm_fwd_6, launched in its place
+// zoo_layernorm_fwd_62: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k64_split_heads: split heads, 3932160 elements
+// zoo_k63_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-// zoo_k64_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k63_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_fwd_65: node 20
+// zoo_poly_attn_fwd_64: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-// zoo_poly_attn_fwd_65: the same as zoo_poly_attn_fwd_9, launched in its place
+// zoo_poly_attn_fwd_64: the same as zoo_poly_attn_fwd_9, launched in its place
 
-// zoo_k66_merge_heads: merge heads, 3932160 elements
+// zoo_k65_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-// zoo_k66_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k65_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_67: node 24
+// zoo_layernorm_fused_66: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_67: the same as zoo_layernorm_fused_11, launched in its place
+// zoo_layernorm_fused_66: the same as zoo_layernorm_fused_11, launched in its place
 
-// zoo_layernorm_fused_68: node 26
+// zoo_layernorm_fused_67: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -3087,34 +2727,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_68(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_69: node 27
+// zoo_label_count_68: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_69: the same as zoo_label_count_13, launched in its place
+// zoo_label_count_68: the same as zoo_label_count_13, launched in its place
 
-// zoo_label_write_70: node 27
+// zoo_label_write_69: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_70: the same as zoo_label_write_14, launched in its place
+// zoo_label_write_69: the same as zoo_label_write_14, launched in its place
 
-// zoo_gather_rows_71: node 28
+// zoo_gather_rows_70: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_71: the same as zoo_gather_rows_15, launched in its place
+// zoo_gather_rows_70: the same as zoo_gather_rows_15, launched in its place
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_gemm_72: zoo's kernel for GEMM step 96 (the backend times it against cuBLASLt)
-// zoo_gemm_72: the same as zoo_gemm_16, launched in its place
-
-// zoo_ce_step_rows_73: node 30
+// zoo_ce_step_rows_71: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_73(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_71(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_74: node 30
+// zoo_ce_step_finish_72: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_74: the same as zoo_ce_step_finish_19, launched in its place
+// zoo_ce_step_finish_72: the same as zoo_ce_step_finish_18, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

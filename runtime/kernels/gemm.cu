@@ -10,13 +10,10 @@
  * tenth of the peak. The backend times this kernel against cuBLASLt's
  * candidates and keeps the faster (runtime/cuda.c, gemm_tune).
  *
- * zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, BIAS, CT>: 256 threads, grid
- * (ceil(N / (CT BN)), ceil(M / BM), S). A block makes the BM x BN tiles of C
- * at (blockIdx.y BM, (blockIdx.x CT + c) BN), c < CT, one after another, over
- * the block's share of K, [z KC, z KC + KC) with KC = ceil(K / S) rounded up
- * to BK; CT > 1 (wide C over a short K: the tied head's logits) lets the next
- * tile's first loads overlap the current tile's last products, where each
- * tile alone would wait for its loads. Thread (ty, tx) (tx < BN / TN)
+ * zk_gemm<M, N, K, TA, TB, BM, BN, BK, TM, TN, S, BIAS>: 256 threads, grid
+ * (ceil(N / BN), ceil(M / BM), S). A block makes the BM x BN tile of C at
+ * (blockIdx.y BM, blockIdx.x BN) over the block's share of K, [z KC, z KC +
+ * KC) with KC = ceil(K / S) rounded up to BK. Thread (ty, tx) (tx < BN / TN)
  * holds the TM x TN values at rows ty TM + i, columns tx TN + j. Per step of
  * BK: the next tiles of A and B are read into registers (scalar loads,
  * consecutive threads on consecutive addresses of either layout, zeros past
@@ -53,31 +50,25 @@
 #ifndef ZK_GEMM_CU
 #define ZK_GEMM_CU
 
-template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS,
-          int CT = 1>
+template <int M, int N, int K, int TA, int TB, int BM, int BN, int BK, int TM, int TN, int S, int BIAS>
 __device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float *__restrict__ b,
                                         const float *__restrict__ bias, float *__restrict__ out) {
   constexpr int NT = 256, TX = BN / TN, BMP = BM + 4, BNP = BN + 4;
   static_assert((BM / TM) * TX == NT, "zk_gemm: the tile needs 256 threads");
   static_assert(TM % 4 == 0 && TN % 4 == 0, "zk_gemm: TM and TN multiples of 4");
-  static_assert(CT == 1 || S == 1, "zk_gemm: column tiles one after another without a split of K");
   constexpr int LA = BM * BK / NT, LB = BN * BK / NT; /* loads a thread makes per tile */
   static_assert(LA * NT == BM * BK && LB * NT == BN * BK, "zk_gemm: tiles a multiple of 256");
   constexpr int KC = ((K + S - 1) / S + BK - 1) / BK * BK;
   __align__(16) __shared__ float As[2][BK][BMP];
   __align__(16) __shared__ float Bs[2][BK][BNP];
   const int t = threadIdx.x, tx = t % TX, ty = t / TX;
-  const int m0 = blockIdx.y * BM;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int kb = blockIdx.z * KC, ke = kb + KC < K ? kb + KC : K;
-  /* the block's stages: CT column tiles, each over [kb, ke) in steps of BK,
-   * one after another, so the next tile's first loads overlap the last
-   * products of the one before */
-  constexpr int nks = (K + BK - 1) / BK; /* CT > 1: S = 1, so [kb, ke) = [0, K) */
 
   float ra[LA], rb[LB];
-  /* the tiles at (n0, k0) into registers: element e = t + NT l, the fast
-   * index on the operand's contiguous axis */
-  auto load = [&](int n0, int k0) {
+  /* the tiles at k0 into registers: element e = t + NT l, the fast index on
+   * the operand's contiguous axis */
+  auto load = [&](int k0) {
 #pragma unroll
     for (int l = 0; l < LA; l++) {
       int e = t + NT * l, m = TA ? e % BM : e / BK, k = TA ? e / BM : e % BK;
@@ -109,8 +100,16 @@ __device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float
   for (int i = 0; i < TM; i++)
 #pragma unroll
     for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
-  /* the products of the tiles in buffer buf */
-  auto product = [&](int buf) {
+
+  int buf = 0;
+  if (kb < ke) {
+    load(kb);
+    store(0);
+  }
+  __syncthreads();
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    bool more = k0 + BK < ke;
+    if (more) load(k0 + BK);
 #pragma unroll
     for (int k = 0; k < BK; k++) {
       float fa[TM], fb[TN];
@@ -129,68 +128,30 @@ __device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float
 #pragma unroll
         for (int j = 0; j < TN; j++) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
     }
-  };
-  /* the sums of the tile at column n0 (+ bias) to out, and acc back to zero */
-  auto write = [&](int n0) {
-    float *c = S > 1 ? out + (zk_i64)blockIdx.z * M * N : out;
-#pragma unroll
-    for (int i = 0; i < TM; i++) {
-      int gm = m0 + ty * TM + i;
-      if (gm >= M) break;
-      float *row = c + (zk_i64)gm * N;
-#pragma unroll
-      for (int j = 0; j < TN; j += 4) {
-        int gn = n0 + tx * TN + j;
-        float v[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) v[q] = acc[i][j + q] + (BIAS && S == 1 && gn + q < N ? bias[gn + q] : 0.0f);
-        if (N % 4 == 0 && gn + 3 < N) {
-          *reinterpret_cast<zk_f4 *>(row + gn) = zk_f4{v[0], v[1], v[2], v[3]};
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; q++)
-            if (gn + q < N) row[gn + q] = v[q];
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < TM; i++)
-#pragma unroll
-      for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
-  };
+    if (more) store(buf ^ 1);
+    __syncthreads();
+    buf ^= 1;
+  }
 
-  int buf = 0;
-  if constexpr (CT == 1) {
-    const int n0 = blockIdx.x * BN;
-    if (kb < ke) {
-      load(n0, kb);
-      store(0);
-    }
-    __syncthreads();
-    for (int k0 = kb; k0 < ke; k0 += BK) {
-      bool more = k0 + BK < ke;
-      if (more) load(n0, k0 + BK);
-      product(buf);
-      if (more) store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
-    }
-    write(n0); /* an empty share of K: zeros */
-  } else {
-    /* stage q: column tile q / nks, rows of K from q % nks BK */
-    load(blockIdx.x * CT * BN, 0);
-    store(0);
-    __syncthreads();
-#pragma unroll 1
-    for (int q = 0; q < CT * nks; q++) {
-      bool more = q + 1 < CT * nks;
-      if (more) load((blockIdx.x * CT + (q + 1) / nks) * BN, (q + 1) % nks * BK);
-      product(buf);
-      int n0 = (blockIdx.x * CT + q / nks) * BN;
-      if (q % nks == nks - 1 && n0 < N) write(n0);
-      if (more) store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
+  float *c = S > 1 ? out + (zk_i64)blockIdx.z * M * N : out;
+#pragma unroll
+  for (int i = 0; i < TM; i++) {
+    int gm = m0 + ty * TM + i;
+    if (gm >= M) break;
+    float *row = c + (zk_i64)gm * N;
+#pragma unroll
+    for (int j = 0; j < TN; j += 4) {
+      int gn = n0 + tx * TN + j;
+      float v[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) v[q] = acc[i][j + q] + (BIAS && S == 1 && gn + q < N ? bias[gn + q] : 0.0f);
+      if (N % 4 == 0 && gn + 3 < N) {
+        *reinterpret_cast<zk_f4 *>(row + gn) = zk_f4{v[0], v[1], v[2], v[3]};
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+          if (gn + q < N) row[gn + q] = v[q];
+      }
     }
   }
 }
