@@ -820,6 +820,8 @@ static int c_gemm_own(ocase *c, int64_t M, int64_t K, int64_t N, int bias) {
 static int c_gemm_own_narrow(ocase *c) { return c_gemm_own(c, 150, 24, 20, 1); }
 static int c_gemm_own_mid(ocase *c) { return c_gemm_own(c, 67, 32, 70, 0); }
 static int c_gemm_own_wide(ocase *c) { return c_gemm_own(c, 75, 17, 300, 0); }
+/* a head's width: N 2100, 33 column tiles, the last partly past N, a bias */
+static int c_gemm_own_head(ocase *c) { return c_gemm_own(c, 37, 20, 2100, 1); }
 
 /* its weight-gradient form (zk_wgrad), A^T B over a long K split into blocks
  * with a two-level reduction: C 70 x 20 (3 tiles, 19 blocks each, groups of
@@ -839,7 +841,7 @@ static int c_wgrad_vec(ocase *c) { return c_wgrad(c, 24, 3000, 32); }
 
 static const named_case matmul_cases[] = {
       {"gemm_own_narrow", c_gemm_own_narrow, 1e-4, 1}, {"gemm_own_mid", c_gemm_own_mid, 1e-4, 1},
-      {"gemm_own_wide", c_gemm_own_wide, 1e-4, 1},
+      {"gemm_own_wide", c_gemm_own_wide, 1e-4, 1},     {"gemm_own_head", c_gemm_own_head, 1e-4, 1},
       {"gemm_wgrad_rows", c_wgrad_rows, 1e-4, 1}, {"gemm_wgrad_cols", c_wgrad_cols, 1e-4, 1},
       {"gemm_wgrad_vec", c_wgrad_vec, 1e-4, 1},
       {"linear_bias", c_linear_bias, 1e-4, 1}, {"linear", c_linear_nobias, 1e-4, 1},
