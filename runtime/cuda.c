@@ -180,12 +180,13 @@ static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3],
 /* The module is compiled in this many parts, in parallel (codegen_cuda.h's
  * zoo_cuda_split_module), each thread taking the next part left. A fixed
  * number, so that the kernel cache's entries do not depend on the machine's
- * core count. Measured with NVRTC 13.0 on the build machine: simple_mqar's
- * module (rebased, D 32, L 48, 91 kernels) took 6.1 s in one piece; in 16
- * parts 7.3 s of work, the largest part 0.69 s; in 32, 7.3 s, the largest
- * 0.38 s. On the H200 machine's 16 cores the backend was ready 2.1 s after the
- * start of a run with an empty cache, against 7.8 s in one piece (device
- * runs 2 of session 6 and 11 of session 5, GEMM timing included). */
+ * core count. Measured with NVRTC 13.0 on the 2-core build machine, on
+ * simple_mqar's module (rebased, D 32, L 48): with its 91 kernels, 6.1 s in
+ * one piece, 7.3 s of work in 16 parts (the largest 0.69 s) or in 32 (the
+ * largest 0.38 s); with the evaluation's copies merged (60 kernels), 4.9 s
+ * of work in 32 parts, the largest 0.28 s. On the H200 machine (16 vCPUs,
+ * each about half as fast) NVRTC took 13.8 s in one piece and 1.37 s in 32
+ * parts (session 6, device runs 3 and 5). */
 #define ZOO_MODULE_PARTS 32
 
 /* NVRTC over a module's source, with the options every caller uses (so a
@@ -430,7 +431,7 @@ static int kernel_args(const core *c, const zoo_plan *p, int i, int first, uint6
 
 /* Launches zoo's own kernel of GEMM step i (of the plan whose first step is
  * `first`) on the stream: (A, B, bias, C), then the step's own arguments
- * (the split-K form's scratch and counters). */
+ * (zk_wgrad's scratch and counters). */
 static CUresult gemm_own_run(const core *c, const zoo_plan *p, int i, int first) {
   const zoo_step *s = &c->emit->steps[i];
   const zoo_gemm *gm = &s->gemm;
