@@ -236,7 +236,10 @@ static int poly_rows(int64_t T, int64_t DV, int most) {
  * rule's 1 for value widths over 8 stands measured on the H200 (zoorun bench
  * --only rebased, device run 7 of session 4): 2 rows took rebased 128/512
  * from 26.27 to 26.38 ms and 512/512 from 98.84 to 105.62 ms, 4 rows to 26.71
- * and 139.79 ms. */
+ * and 139.79 ms. The 2 for narrow values stands measured at rebased 64/128
+ * (device run 8 of session 6, zoorun bench --quick --profile): bwd_q and
+ * bwd_kv 0.215 and 0.229 ms with 2 rows, 0.235 and 0.252 with 1; a step 2.61
+ * against 2.65 ms. */
 static int poly_bwd_rows(int64_t T, int64_t DV) {
   const char *env = getenv("ZOO_POLY_BWD_ROWS");
   int want = env ? atoi(env) : 0;
