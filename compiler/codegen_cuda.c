@@ -1141,6 +1141,31 @@ static const char *kernel_end(const char *k) {
   return NULL;
 }
 
+/* The kernel definitions of a module's source, in order: each begins a line
+ * with `extern "C" __global__` and ends past its body's closing brace.
+ * Returns how many, *out (malloc'ed) their [start, end). */
+typedef struct kernel_def {
+  const char *start, *end;
+} kernel_def;
+
+static int kernel_defs(const char *src, kernel_def **out) {
+  static const char sig[] = "extern \"C\" __global__";
+  int n = 0, cap = 64;
+  kernel_def *ks = xrealloc(NULL, (size_t)cap * sizeof *ks);
+  for (const char *p = src, *k; src && (k = strstr(p, sig)) != NULL;) {
+    const char *end = (k == src || k[-1] == '\n') ? kernel_end(k) : NULL;
+    if (!end) { /* not a definition at a line's start */
+      p = k + sizeof sig - 1;
+      continue;
+    }
+    if (n == cap) ks = xrealloc(ks, (size_t)(cap *= 2) * sizeof *ks);
+    ks[n++] = (kernel_def){k, end};
+    p = end;
+  }
+  *out = ks;
+  return n;
+}
+
 /* A kernel's compile cost, roughly, in units of a generated elementwise
  * kernel's: measured with NVRTC 13.0 (sm_90) on rebased 32/48's module, a
  * kernel alone took about 0.2 s for zoo's GEMMs, 0.05 to 0.13 for the other
@@ -1155,36 +1180,22 @@ static int kernel_weight(const char *k, const char *end) {
 }
 
 int zoo_cuda_split_module(const char *src, int parts, char **out) {
-  static const char sig[] = "extern \"C\" __global__";
   if (parts < 1) parts = 1;
   if (parts > ZOO_MODULE_PARTS_MAX) parts = ZOO_MODULE_PARTS_MAX;
-  /* the kernel definitions: [start, end) and a weight */
-  typedef struct kdef {
-    const char *start, *end;
-    int weight, part;
-  } kdef;
-  int nk = 0, cap = 64;
-  kdef *ks = xrealloc(NULL, (size_t)cap * sizeof *ks);
-  for (const char *p = src, *k; (k = strstr(p, sig)) != NULL;) {
-    const char *end = (k == src || k[-1] == '\n') ? kernel_end(k) : NULL;
-    if (!end) { /* not a definition at a line's start: shared text */
-      p = k + sizeof sig - 1;
-      continue;
-    }
-    if (nk == cap) ks = xrealloc(ks, (size_t)(cap *= 2) * sizeof *ks);
-    ks[nk++] = (kdef){k, end, kernel_weight(k, end), 0};
-    p = end;
-  }
+  kernel_def *ks;
+  int nk = kernel_defs(src, &ks);
+  int *part = xrealloc(NULL, (size_t)(nk ? 2 * nk : 1) * sizeof *part), *weight = part + nk;
+  for (int i = 0; i < nk; i++) weight[i] = kernel_weight(ks[i].start, ks[i].end);
   int n = nk < parts ? (nk > 0 ? nk : 1) : parts;
   /* the heaviest first, each to the lightest part so far (ties: the first) */
   int64_t load[ZOO_MODULE_PARTS_MAX] = {0};
   for (int w = 8; w >= 1; w--)
     for (int i = 0; i < nk; i++) {
-      if (ks[i].weight != w) continue;
+      if (weight[i] != w) continue;
       int best = 0;
       for (int q = 1; q < n; q++)
         if (load[q] < load[best]) best = q;
-      ks[i].part = best;
+      part[i] = best;
       load[best] += w;
     }
   zoo_strbuf b[ZOO_MODULE_PARTS_MAX];
@@ -1192,13 +1203,14 @@ int zoo_cuda_split_module(const char *src, int parts, char **out) {
   const char *p = src;
   for (int i = 0; i < nk; i++) {
     for (int q = 0; q < n; q++) zoo_strbuf_printf(&b[q], "%.*s", (int)(ks[i].start - p), p);
-    zoo_strbuf_printf(&b[ks[i].part], "%.*s", (int)(ks[i].end - ks[i].start), ks[i].start);
+    zoo_strbuf_printf(&b[part[i]], "%.*s", (int)(ks[i].end - ks[i].start), ks[i].start);
     p = ks[i].end;
   }
   for (int q = 0; q < n; q++) {
     zoo_strbuf_puts(&b[q], p);
     out[q] = b[q].s;
   }
+  free(part);
   free(ks);
   return n;
 }
@@ -1221,24 +1233,19 @@ static size_t kernel_name_at(const char *k, const char *end, const char **name) 
 }
 
 int zoo_cuda_merge_duplicate_kernels(zoo_cuda_emit *e) {
-  static const char sig[] = "extern \"C\" __global__";
   typedef struct kdef {
     const char *start, *end, *name;
     size_t len;
     int same_as; /* an earlier identical kernel, or -1 */
   } kdef;
   const char *src = e->src.s;
-  if (!src) return 0;
-  int nk = 0, cap = 64, merged = 0;
-  kdef *ks = xrealloc(NULL, (size_t)cap * sizeof *ks);
-  for (const char *p = src, *k; (k = strstr(p, sig)) != NULL;) {
-    const char *end = (k == src || k[-1] == '\n') ? kernel_end(k) : NULL, *name = NULL;
-    size_t len = end ? kernel_name_at(k, end, &name) : 0;
-    if (!len) {
-      p = k + sizeof sig - 1;
-      continue;
-    }
-    if (nk == cap) ks = xrealloc(ks, (size_t)(cap *= 2) * sizeof *ks);
+  kernel_def *defs;
+  int ndefs = kernel_defs(src, &defs), nk = 0, merged = 0;
+  kdef *ks = xrealloc(NULL, (size_t)(ndefs ? ndefs : 1) * sizeof *ks);
+  for (int i = 0; i < ndefs; i++) {
+    const char *k = defs[i].start, *end = defs[i].end, *name = NULL;
+    size_t len = kernel_name_at(k, end, &name);
+    if (!len) continue;
     kdef d = {k, end, name, len, -1};
     for (int j = 0; j < nk && d.same_as < 0; j++) {
       const kdef *o = &ks[j];
@@ -1249,8 +1256,8 @@ int zoo_cuda_merge_duplicate_kernels(zoo_cuda_emit *e) {
         d.same_as = j;
     }
     ks[nk++] = d;
-    p = end;
   }
+  free(defs);
   zoo_strbuf b = {0};
   const char *p = src;
   for (int i = 0; i < nk; i++) {
