@@ -23,6 +23,7 @@
  * the steps one by one with a synchronisation after each.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,7 @@ typedef struct core {
   CUstream stream;
   CUmodule mod[ZOO_MODULE_PARTS_MAX]; /* the module, compiled in parts (ZOO_MODULE_PARTS) */
   int nmod;
+  struct module_build *building; /* NVRTC at work on another thread (core_module_start) */
   const zoo_cuda_emit *emit;
   CUfunction *func;    /* per emitted step (kernels) */
   gemm_plan *gemm;     /* per emitted step (GEMMs) */
@@ -215,27 +217,71 @@ static CUresult core_function(const core *c, const char *name, CUfunction *f) {
   return r;
 }
 
-/* Compiles the module and looks up every kernel its steps launch. */
-static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_graph) {
+/* The module's compilation on a thread of its own, so that the backend's
+ * other set-up (the context's memory, cuBLASLt's heuristics) runs meanwhile:
+ * NVRTC needs no CUDA context. */
+typedef struct module_build {
+  pthread_t thread;
+  const char *src, *arch;
+  zoo_cubin cubins[ZOO_MODULE_PARTS_MAX];
+  int n, status;
+  double ms;
+  char err[1024];
+} module_build;
+
+static void *module_build_run(void *arg) {
+  module_build *b = arg;
+  b->status = compile_module(b->src, b->arch, b->cubins, &b->n, &b->ms, b->err, sizeof b->err);
+  return NULL;
+}
+
+/* Starts compiling e's module (on another thread when one can be made) and
+ * makes the per-step tables. core_module_finish waits for it. */
+static void core_module_start(core *c, const zoo_cuda_emit *e) {
   c->emit = e;
   c->nsteps = e->nsteps;
-  zoo_cubin cubins[ZOO_MODULE_PARTS_MAX];
-  int n = 0;
-  double ms = 0;
-  if (compile_module(e->src.s, c->arch, cubins, &n, &ms, c->err, c->errlen) != 0) return -1;
-  c->cached = 1;
-  for (int m = 0; m < n; m++) c->cached &= cubins[m].cached;
-  c->compile_ms = c->cached ? 0 : ms;
-  CUresult r = CUDA_SUCCESS;
-  for (int m = 0; m < n; m++) {
-    if (r == CUDA_SUCCESS) r = zoo_cu.cuModuleLoadData(&c->mod[m], cubins[m].data);
-    if (r == CUDA_SUCCESS) c->nmod = m + 1;
-    zoo_cubin_free(&cubins[m]);
-  }
-  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuModuleLoadData(&mod, cubin)", __FILE__, __LINE__, c->err, c->errlen);
   c->func = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->func);
   c->gemm = calloc((size_t)(e->nsteps ? e->nsteps : 1), sizeof *c->gemm);
-  if (!c->func || !c->gemm) abort();
+  module_build *b = calloc(1, sizeof *b);
+  if (!c->func || !c->gemm || !b) abort();
+  b->src = e->src.s, b->arch = c->arch;
+  if (pthread_create(&b->thread, NULL, module_build_run, b) != 0) {
+    module_build_run(b); /* no thread: here, now */
+    b->thread = pthread_self();
+  }
+  c->building = b;
+}
+
+/* Waits for the compilation core_module_start began; its CUBINs, or NULL when
+ * none is under way. */
+static module_build *core_module_join(core *c) {
+  module_build *b = c->building;
+  c->building = NULL;
+  if (b && !pthread_equal(b->thread, pthread_self())) pthread_join(b->thread, NULL);
+  return b;
+}
+
+/* Loads the module core_module_start compiled and looks up every kernel its
+ * steps launch. */
+static int core_module_finish(core *c, const zoo_graph *names_graph) {
+  const zoo_cuda_emit *e = c->emit;
+  module_build *b = core_module_join(c);
+  if (!b) return -1;
+  int n = b->status == 0 ? b->n : 0;
+  if (b->status != 0) snprintf(c->err, c->errlen, "%s", b->err);
+  c->cached = 1;
+  for (int m = 0; m < n; m++) c->cached &= b->cubins[m].cached;
+  c->compile_ms = c->cached ? 0 : b->ms;
+  CUresult r = CUDA_SUCCESS;
+  for (int m = 0; m < n; m++) {
+    if (r == CUDA_SUCCESS) r = zoo_cu.cuModuleLoadData(&c->mod[m], b->cubins[m].data);
+    if (r == CUDA_SUCCESS) c->nmod = m + 1;
+    zoo_cubin_free(&b->cubins[m]);
+  }
+  int status = b->status;
+  free(b);
+  if (status != 0) return -1;
+  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuModuleLoadData(&mod, cubin)", __FILE__, __LINE__, c->err, c->errlen);
   for (int i = 0; i < e->nsteps; i++) {
     const zoo_step *s = &e->steps[i];
     if (s->kind == ZOO_STEP_ZERO || (s->kind == ZOO_STEP_GEMM && !s->func)) continue;
@@ -264,6 +310,12 @@ static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_g
                cuFuncSetAttribute(c->func[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)s->smem));
   }
   return 0;
+}
+
+/* Compiles the module and looks up every kernel its steps launch. */
+static int core_module(core *c, const zoo_cuda_emit *e, const zoo_graph *names_graph) {
+  core_module_start(c, e);
+  return core_module_finish(c, names_graph);
 }
 
 static int core_alloc(core *c, CUdeviceptr *p, int64_t bytes) {
@@ -582,13 +634,15 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_gra
   return 0;
 }
 
-/* GEMM plans for steps [first, first + n) under plan p, each tuned. */
-static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_graph *g) {
+/* GEMM plans for steps [first, first + n) under plan p: with tune 0 made
+ * (cuBLASLt's heuristic, which needs no module), with tune 1 each timed
+ * (zoo's own kernels among the candidates: the module is loaded by then). */
+static int core_gemms(core *c, const zoo_plan *p, int first, int n, const zoo_graph *g, int tune) {
   for (int i = first; i < first + n; i++) {
     const zoo_step *s = &c->emit->steps[i];
     if (s->kind != ZOO_STEP_GEMM) continue;
-    if (gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0 ||
-        gemm_tune(c, p, i, first, g) != 0) {
+    if (tune ? gemm_tune(c, p, i, first, g) != 0
+             : gemm_prepare(c, &c->gemm[i], &s->gemm, tensor_ptr(c, p, s->gemm.bias)) != 0) {
       char d[400];
       step_desc(c, g, i, d, sizeof d);
       return context(c, d);
@@ -693,6 +747,9 @@ static void captured_free(captured *cap) {
 }
 
 static void core_free(core *c) {
+  module_build *b = core_module_join(c); /* a set-up that failed while NVRTC worked */
+  for (int m = 0; b && m < ZOO_MODULE_PARTS_MAX; m++) zoo_cubin_free(&b->cubins[m]);
+  free(b);
   if (!c->ctx) return;
   zoo_cu.cuCtxSetCurrent(c->ctx);
   if (c->stream) zoo_cu.cuStreamSynchronize(c->stream);
@@ -1199,13 +1256,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->err, c->errlen) != 0) return -1;
   init_mark("program emitted", &t);
   zoo_cuda_program *cp = &x->prog;
-  if (core_module(c, &cp->emit, &cp->train) != 0) return -1;
-  init_mark(c->cached ? "module (kernel cache)" : "module (NVRTC)", &t);
-  CUresult fr = core_function(c, "zoo_adamw", &x->f_adamw);
-  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_accumulate", &x->f_accum);
-  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_metrics_accumulate", &x->f_metrics);
-  if (fr != CUDA_SUCCESS)
-    return zoo_cu_fail(fr, "cuModuleGetFunction(&f, mod, \"zoo_adamw\" ...)", __FILE__, __LINE__, c->err, c->errlen);
+  core_module_start(c, &cp->emit); /* NVRTC on other threads while the rest is set up */
 
   /* memory */
   int64_t arena = cp->train_plan.arena_bytes > cp->eval_plan.arena_bytes ? cp->train_plan.arena_bytes
@@ -1224,11 +1275,22 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_ARENA], 0, (size_t)(arena > 0 ? arena : 1), c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_INPUT], 0, (size_t)(ib > 0 ? ib : 1), c->stream));
 
-  init_mark("memory", &t);
   ZOO_LT(cublasLtCreate(&c->lt));
-  if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train) != 0) return -1;
-  if (core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval) != 0) return -1;
-  init_mark("GEMMs chosen", &t);
+  if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train, 0) != 0 ||
+      core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval, 0) != 0)
+    return -1;
+  init_mark("memory and cuBLASLt", &t);
+  if (core_module_finish(c, &cp->train) != 0) return -1;
+  init_mark(c->cached ? "module (kernel cache)" : "module (NVRTC)", &t);
+  CUresult fr = core_function(c, "zoo_adamw", &x->f_adamw);
+  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_accumulate", &x->f_accum);
+  if (fr == CUDA_SUCCESS) fr = core_function(c, "zoo_metrics_accumulate", &x->f_metrics);
+  if (fr != CUDA_SUCCESS)
+    return zoo_cu_fail(fr, "cuModuleGetFunction(&f, mod, \"zoo_adamw\" ...)", __FILE__, __LINE__, c->err, c->errlen);
+  if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train, 1) != 0 ||
+      core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval, 1) != 0)
+    return -1;
+  init_mark("GEMMs timed", &t);
 
   /* pinned host memory and events */
   for (int k = 0; k < 2; k++) {
@@ -1534,7 +1596,8 @@ zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fu
     cublasStatus_t st = zoo_cublaslt.cublasLtCreate(&c->lt);
     if (st != CUBLAS_STATUS_SUCCESS) status = zoo_cublaslt_fail(st, "cublasLtCreate", __FILE__, __LINE__, x->err, sizeof x->err);
   }
-  if (status == 0) status = core_gemms(c, &x->plan, 0, x->emit.nsteps, &x->g);
+  if (status == 0) status = core_gemms(c, &x->plan, 0, x->emit.nsteps, &x->g, 0);
+  if (status == 0) status = core_gemms(c, &x->plan, 0, x->emit.nsteps, &x->g, 1);
   if (status != 0) {
     snprintf(err, errlen, "%s", x->err);
     zoo_cuda_exec_free(x);
