@@ -1267,15 +1267,15 @@ int zoo_cuda_merge_duplicate_kernels(zoo_cuda_emit *e) {
     zoo_strbuf_printf(&b, "// %.*s: the same as %.*s, launched in its place", (int)ks[i].len, ks[i].name,
                       (int)o->len, o->name);
     p = ks[i].end;
-    char *keep = xrealloc(NULL, o->len + 1);
-    memcpy(keep, o->name, o->len);
-    keep[o->len] = 0;
+    char *name = xrealloc(NULL, o->len + 1);
+    memcpy(name, o->name, o->len);
+    name[o->len] = 0;
+    const char *keep = zoo_cuda_strdup(e, name); /* outlives src, which is replaced */
+    free(name);
     for (int s = 0; s < e->nsteps; s++) {
       const char *f = e->steps[s].func;
-      if (f && strlen(f) == ks[i].len && strncmp(f, ks[i].name, ks[i].len) == 0)
-        e->steps[s].func = zoo_cuda_strdup(e, keep);
+      if (f && strlen(f) == ks[i].len && strncmp(f, ks[i].name, ks[i].len) == 0) e->steps[s].func = keep;
     }
-    free(keep);
     merged++;
   }
   if (merged) {

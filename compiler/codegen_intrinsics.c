@@ -1562,8 +1562,7 @@ static int gemm_own_wgrad(zoo_cuda_emit *e, zoo_step *s) {
 int zoo_cuda_gemm_own(zoo_cuda_emit *e, zoo_step *s) {
   const zoo_gemm *gm = &s->gemm;
   if (gm->batch == 1 && gm->trans_a && !gm->trans_b && gm->bias < 0 && gm->k >= 2048 && gm->k <= 32768 &&
-      gm->m * gm->n <= 65536 &&
-      gm->beta == 0 && gm->alpha == 1 && gm->k <= 2147483647LL)
+      gm->m * gm->n <= 65536 && gm->beta == 0 && gm->alpha == 1)
     return gemm_own_wgrad(e, s);
   if (gm->batch != 1 || gm->trans_a || gm->k > 32 || gm->k < 1 || gm->beta != 0 || gm->alpha != 1) return 0;
   if (gm->m > 2147483647LL || gm->n > 2147483647LL) return 0;

@@ -21,10 +21,12 @@
  * and Bs[k][n] (two buffers each, rows padded by 4 floats); then stored, one
  * barrier. Each k is TM + TN shared reads (16 bytes at a time) for TM TN
  * fused multiply-adds. S = 1: C = the sum (+ bias), 16-byte stores where N
- * allows. S > 1 (split K, for a small C over a long K): the block writes its
- * partial sum to part[z][M][N], and zk_gemm_sum<M, N, S, BIAS> (one thread per
- * element of C) adds the S parts in order of z (+ bias). Every sum has a fixed
- * order: the same bits on every run.
+ * allows. S > 1 (split K): the block writes its partial sum to
+ * part[z][M][N] for the caller to add. The emitter passes S = 1 and splits
+ * K with zk_wgrad below; the K range stays a runtime one (z KC ..), which
+ * measured 128 registers at rebased 32/48's K = 32 products where a
+ * compile-time range took 158. Every sum has a fixed order: the same bits on
+ * every run.
  *
  * zk_wgrad<M, N, K, S, GS>(a, b, c, part, counters): C = A^T B for the weight
  * gradients (TA = 1, TB = 0: a [K][M], b [K][N]; C small, K the batch's rows,
@@ -154,18 +156,6 @@ __device__ __forceinline__ void zk_gemm(const float *__restrict__ a, const float
       }
     }
   }
-}
-
-template <int M, int N, int S, int BIAS>
-__device__ __forceinline__ void zk_gemm_sum(const float *__restrict__ part, const float *__restrict__ bias,
-                                            float *__restrict__ c) {
-  zk_i64 e = (zk_i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= (zk_i64)M * N) return;
-  float s = part[e];
-#pragma unroll 4
-  for (int z = 1; z < S; z++) s += part[(zk_i64)z * M * N + e];
-  if (BIAS) s += bias[e % N];
-  c[e] = s;
 }
 
 /* 4 floats of row k of x (row length L) from column j: one 16-byte read
