@@ -29,6 +29,7 @@ void zoo_plan_free(zoo_plan *p) {
   free(p->first);
   free(p->last);
   free(p->scratch);
+  free(p->scratch_size);
   free(p->param_offset);
   memset(p, 0, sizeof *p);
 }
@@ -70,8 +71,9 @@ static int by_offset(const void *a, const void *b) {
 }
 
 /* Greedy by size, best fit: each block, largest first, goes into the smallest
- * gap between the already placed blocks that overlap it in time (or on top of
- * them). Returns the arena size. */
+ * gap between the already placed blocks that overlap it in time, each block's
+ * time running ZOO_PLAN_SLACK steps past its last use (or on top of them).
+ * Returns the arena size. */
 static int64_t place(item *items, int n, int reuse) {
   qsort(items, (size_t)n, sizeof *items, by_size_desc);
   item **live = xcalloc((size_t)n, sizeof *live);
@@ -85,7 +87,8 @@ static int64_t place(item *items, int n, int reuse) {
     }
     int nl = 0;
     for (int j = 0; j < i; j++)
-      if (items[j].first <= it->last && it->first <= items[j].last) live[nl++] = &items[j];
+      if (items[j].first <= it->last + ZOO_PLAN_SLACK && it->first <= items[j].last + ZOO_PLAN_SLACK)
+        live[nl++] = &items[j];
     qsort(live, (size_t)nl, sizeof *live, by_offset);
     int64_t best = -1, best_gap = INT64_MAX, at = 0;
     for (int j = 0; j < nl; j++) {
@@ -115,6 +118,7 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
   p->first = xcalloc((size_t)nt, sizeof *p->first);
   p->last = xcalloc((size_t)nt, sizeof *p->last);
   p->scratch = xcalloc((size_t)nsteps, sizeof *p->scratch);
+  p->scratch_size = xcalloc((size_t)nsteps, sizeof *p->scratch_size);
   p->param_offset = xcalloc((size_t)g->nparams, sizeof *p->param_offset);
 
   for (int t = 0; t < nt; t++) {
@@ -230,7 +234,7 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
       p->offset[items[i].tensor] = items[i].offset;
     } else {
       int s = -1 - items[i].tensor;
-      for (int e = s; e <= items[i].last; e++) p->scratch[e] = items[i].offset;
+      for (int e = s; e <= items[i].last; e++) p->scratch[e] = items[i].offset, p->scratch_size[e] = items[i].size;
     }
   }
   free(items);

@@ -14,6 +14,12 @@
  *
  * A value kept in a register by a fused kernel is named by no step and gets no
  * memory (ZOO_MEM_NONE). Offsets are in bytes, aligned to 256.
+ *
+ * A value's (or scratch area's) bytes go to another only ZOO_PLAN_SLACK steps
+ * after its last use: the CUDA backend runs some steps on a second stream,
+ * beside the next steps of the first (schedule.h), and those must not
+ * overwrite what such a step still reads. It costs the arena little: values
+ * live a few launches longer.
  */
 #ifndef ZOO_PLAN_H
 #define ZOO_PLAN_H
@@ -33,6 +39,7 @@ typedef enum zoo_mem {
 } zoo_mem;
 
 #define ZOO_PLAN_ALIGN 256
+#define ZOO_PLAN_SLACK 3
 
 typedef struct zoo_plan {
   int ntensors, nsteps;
@@ -42,6 +49,7 @@ typedef struct zoo_plan {
   int *base;              /* per tensor: the tensor that owns its memory */
   int *first, *last;      /* per tensor: live steps (arena values), -1 if none */
   int64_t *scratch;       /* per step: arena offset of its node's scratch, -1 if none */
+  int64_t *scratch_size;  /* per step: the bytes of that area (0 if none) */
   int64_t arena_bytes;    /* the arena's size: peak of live values and scratch */
   int64_t naive_bytes;    /* the same without reuse */
   int64_t param_bytes;    /* the flat parameter buffer (and the gradient buffer) */

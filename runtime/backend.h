@@ -70,7 +70,11 @@ const char *zoo_precision_name(zoo_precision p);
 /* CUDA backend (runtime/cuda.c); NULL with a reason in err when no driver/GPU. */
 zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T,
                                    int device, zoo_precision precision, char *err, size_t errlen);
+/* Is there a CUDA driver that sees a GPU? Then NVRTC and cuBLASLt start
+ * loading on a thread of their own (cuda_api.h's zoo_cuda_preload), and
+ * zoo_cuda_libraries says (waiting for them) whether they loaded. */
 int zoo_cuda_available(char *why, size_t n);
+int zoo_cuda_libraries(char *why, size_t n);
 
 /* The counter-based RNG that dropout uses on every backend: a uniform float in
  * [0, 1) from (seed, stream, index). Defined in runtime/rng.h so CUDA code can

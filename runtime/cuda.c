@@ -18,6 +18,14 @@
  * one step late: train_step returns 1 with the previous step's metrics (zeros on
  * the first call) and sync() returns the last step's.
  *
+ * The steps that feed nothing in the next few launches (weight gradients, a
+ * norm's parameter gradients) go to a second stream in the captured graphs,
+ * beside the main stream's next steps, with events wherever two steps touch
+ * the same memory (compiler/schedule.h): the same bits as on one stream, less
+ * time at the small cells, where each such launch is a few microseconds that
+ * the next steps need not wait for. ZOO_ONE_STREAM=1 keeps every step on one
+ * stream, to bisect a difference to this.
+ *
  * Every CUDA call is checked; a failure names the call, the file and line, and,
  * when it happens in a step, the step's kernel and .zoo node. ZOO_DEBUG=1 runs
  * the steps one by one with a synchronisation after each.
@@ -31,6 +39,7 @@
 
 #include "../compiler/fuse.h"
 #include "../compiler/generate.h"
+#include "../compiler/schedule.h"
 #include "backend.h"
 #include "cuda_api.h"
 #include "cuda_backend.h"
@@ -73,6 +82,11 @@ typedef struct core {
   CUcontext ctx;
   int ctx_retained;
   CUstream stream;
+  CUstream side;       /* the second stream of captured graphs (schedule.h), or 0 */
+  CUstream cur;        /* where launch_step puts its work: stream, or side */
+  CUevent *ev;         /* per step of a list: recorded after it (schedule.h's marks) */
+  int nev;
+  CUevent ev_start, ev_join; /* a list's start on the main stream; the side stream's end */
   CUmodule mod[ZOO_MODULE_PARTS_MAX]; /* the module, compiled in parts (ZOO_MODULE_PARTS) */
   int nmod;
   struct module_build *building; /* NVRTC at work on another thread (core_module_start) */
@@ -81,7 +95,7 @@ typedef struct core {
   gemm_plan *gemm;     /* per emitted step (GEMMs) */
   int nsteps;
   cublasLtHandle_t lt;
-  CUdeviceptr workspace;
+  CUdeviceptr workspace, workspace_side; /* cuBLASLt's, one per stream */
   CUdeviceptr base[5]; /* per zoo_mem: ARENA, PARAM, GRAD, INPUT */
   char arch[16], device[128];
   double compile_ms;
@@ -130,8 +144,7 @@ static int debug_mode(void) { return zoo_env_on("ZOO_DEBUG"); }
  * current. */
 static int core_device(core *c, int device) {
   if (zoo_cu_load(c->err, c->errlen) != 0) return -1;
-  if (zoo_cublaslt_load(c->err, c->errlen) != 0) return -1;
-  if (zoo_nvrtc_load(c->err, c->errlen) != 0) return -1;
+  zoo_cuda_preload(); /* NVRTC (for the module) and cuBLASLt, loaded meanwhile */
   int count = 0;
   ZOO_CU_N(c->err, c->errlen, cuDeviceGetCount(&count));
   if (device < 0 || device >= count) {
@@ -148,7 +161,13 @@ static int core_device(core *c, int device) {
   c->ctx_retained = 1;
   ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
   ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
+  c->cur = c->stream;
   c->debug = debug_mode();
+  if (!zoo_env_on("ZOO_ONE_STREAM")) {
+    ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->side, CU_STREAM_NON_BLOCKING));
+    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev_start, CU_EVENT_DISABLE_TIMING));
+    ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev_join, CU_EVENT_DISABLE_TIMING));
+  }
   c->pdl = major >= 9 && !zoo_env_on("ZOO_NO_PDL");
   return 0;
 }
@@ -162,7 +181,7 @@ static int core_device(core *c, int device) {
 static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3], const unsigned block[3],
                             unsigned smem, void **params) {
   if (!c->pdl)
-    return zoo_cu.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, c->stream,
+    return zoo_cu.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, c->cur,
                                  params, NULL);
   CUlaunchAttribute attr;
   memset(&attr, 0, sizeof attr);
@@ -173,7 +192,7 @@ static CUresult core_launch(const core *c, CUfunction f, const unsigned grid[3],
   cfg.gridDimX = grid[0], cfg.gridDimY = grid[1], cfg.gridDimZ = grid[2];
   cfg.blockDimX = block[0], cfg.blockDimY = block[1], cfg.blockDimZ = block[2];
   cfg.sharedMemBytes = smem;
-  cfg.hStream = c->stream;
+  cfg.hStream = c->cur;
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   return zoo_cu.cuLaunchKernelEx(&cfg, f, params, NULL);
@@ -442,7 +461,8 @@ static cublasStatus_t gemm_run(const core *c, const zoo_plan *p, const zoo_step 
   return zoo_cublaslt.cublasLtMatmul(c->lt, gp->desc, &alpha, (const void *)(uintptr_t)B, gp->la,
                                      (const void *)(uintptr_t)A, gp->lb, &beta, (const void *)(uintptr_t)C,
                                      gp->lc, (void *)(uintptr_t)C, gp->lc, algo,
-                                     (void *)(uintptr_t)c->workspace, WORKSPACE_BYTES, (cudaStream_t)c->stream);
+                                     (void *)(uintptr_t)(c->cur == c->side ? c->workspace_side : c->workspace),
+                                     WORKSPACE_BYTES, (cudaStream_t)c->cur);
 }
 
 /* One kernel argument's value. */
@@ -679,7 +699,7 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
       CUstreamCaptureStatus status;
       const CUgraphNode *deps = NULL;
       size_t ndeps = 0;
-      r = zoo_cu.cuStreamGetCaptureInfo(c->stream, &status, NULL, NULL, &deps, NULL, &ndeps);
+      r = zoo_cu.cuStreamGetCaptureInfo(c->cur, &status, NULL, NULL, &deps, NULL, &ndeps);
       call = "cuStreamGetCaptureInfo(...)";
       if (r == CUDA_SUCCESS && ndeps == 1) {
         captured *cap = c->capturing;
@@ -715,11 +735,11 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
     }
   } else {
     CUdeviceptr C = tensor_ptr(c, p, s->gemm.c);
-    r = zoo_cu.cuMemsetD32Async(C, 0, (size_t)(p->bytes[s->gemm.c] / 4), c->stream);
+    r = zoo_cu.cuMemsetD32Async(C, 0, (size_t)(p->bytes[s->gemm.c] / 4), c->cur);
     call = "cuMemsetD32Async(...)";
   }
   if (r == CUDA_SUCCESS && c->debug && !c->capturing) {
-    r = zoo_cu.cuStreamSynchronize(c->stream);
+    r = zoo_cu.cuStreamSynchronize(c->cur);
     call = "cuStreamSynchronize(stream) after the step (ZOO_DEBUG)";
   }
   if (r != CUDA_SUCCESS) {
@@ -731,12 +751,44 @@ static int launch_step(core *c, const zoo_plan *p, const zoo_graph *g, int i, in
   return 0;
 }
 
-/* Launches steps [first, first + n) under plan p. */
+/* Launches steps [first, first + n) under plan p: on the main stream, or,
+ * while a graph is captured, over both streams as schedule sc says (NULL: one
+ * stream), the side stream joined back into the main one at the end. */
 static int run_steps(core *c, const zoo_plan *p, const zoo_graph *g, int first, int n, uint64_t seed,
-                     int micro) {
-  for (int i = first; i < first + n; i++)
-    if (launch_step(c, p, g, i, first, seed, micro) != 0) return -1;
-  return 0;
+                     int micro, const zoo_schedule *sc) {
+  if (!sc || !sc->side || !c->capturing || !c->side) {
+    for (int i = first; i < first + n; i++)
+      if (launch_step(c, p, g, i, first, seed, micro) != 0) return -1;
+    return 0;
+  }
+  if (c->nev < n) { /* an event per step that a wait may name */
+    CUevent *ev = realloc(c->ev, (size_t)n * sizeof *ev);
+    if (!ev) abort();
+    c->ev = ev;
+    for (; c->nev < n; c->nev++) ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev[c->nev], CU_EVENT_DISABLE_TIMING));
+  }
+  CUstream st[2] = {c->stream, c->side};
+  ZOO_CU_N(c->err, c->errlen, cuEventRecord(c->ev_start, c->stream));
+  int status = 0;
+  for (int j = 0; j < n && status == 0; j++) {
+    CUstream on = st[sc->stream[j]];
+    if (sc->wait[j] != ZOO_SCHEDULE_NONE) {
+      CUevent e = sc->wait[j] == ZOO_SCHEDULE_START ? c->ev_start : c->ev[sc->wait[j]];
+      CUresult r = zoo_cu.cuStreamWaitEvent(on, e, 0);
+      if (r != CUDA_SUCCESS) status = zoo_cu_fail(r, "cuStreamWaitEvent(stream, ev, 0)", __FILE__, __LINE__, c->err, c->errlen);
+    }
+    c->cur = on;
+    if (status == 0) status = launch_step(c, p, g, first + j, first, seed, micro);
+    if (status == 0 && sc->mark[j]) {
+      CUresult r = zoo_cu.cuEventRecord(c->ev[j], on);
+      if (r != CUDA_SUCCESS) status = zoo_cu_fail(r, "cuEventRecord(ev, stream)", __FILE__, __LINE__, c->err, c->errlen);
+    }
+  }
+  c->cur = c->stream;
+  /* the join: the main stream's next work waits for the side stream's last */
+  ZOO_CU_N(c->err, c->errlen, cuEventRecord(c->ev_join, c->side));
+  ZOO_CU_N(c->err, c->errlen, cuStreamWaitEvent(c->stream, c->ev_join, 0));
+  return status;
 }
 
 static void captured_free(captured *cap) {
@@ -760,7 +812,13 @@ static void core_free(core *c) {
   for (int m = 1; m < 5; m++)
     if (c->base[m]) zoo_cu.cuMemFree(c->base[m]);
   if (c->workspace) zoo_cu.cuMemFree(c->workspace);
+  if (c->workspace_side) zoo_cu.cuMemFree(c->workspace_side);
+  for (int k = 0; k < c->nev; k++) zoo_cu.cuEventDestroy(c->ev[k]);
+  free(c->ev);
+  if (c->ev_start) zoo_cu.cuEventDestroy(c->ev_start);
+  if (c->ev_join) zoo_cu.cuEventDestroy(c->ev_join);
   for (int m = 0; m < c->nmod; m++) zoo_cu.cuModuleUnload(c->mod[m]);
+  if (c->side) zoo_cu.cuStreamSynchronize(c->side), zoo_cu.cuStreamDestroy(c->side);
   if (c->stream) zoo_cu.cuStreamDestroy(c->stream);
   if (c->ctx_retained) zoo_cu.cuDevicePrimaryCtxRelease(c->dev);
   memset(c, 0, sizeof *c);
@@ -796,6 +854,7 @@ typedef struct zoo_cuda {
   int32_t *eval_tokens, *eval_targets;
   float *eval_metrics;
   captured eval_graph;
+  zoo_schedule train_sched, eval_sched; /* the steps over two streams (schedule.h) */
   int64_t mem_free_before, mem_used_delta;
   int64_t device_bytes;
   CUfunction f_adamw, f_accum, f_metrics;
@@ -845,7 +904,7 @@ static int enqueue_train(zoo_cuda *x, slot *s, uint64_t seed) {
   for (int m = 0; m < s->accum; m++) {
     ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tok, s->tokens + m * bt, (size_t)bt * 4, c->stream));
     ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tgt, s->targets + m * bt, (size_t)bt * 4, c->stream));
-    if (run_steps(c, p, &cp->train, 0, cp->ntrain, micro_seed(seed, m), m) != 0) return -1;
+    if (run_steps(c, p, &cp->train, 0, cp->ntrain, micro_seed(seed, m), m, &x->train_sched) != 0) return -1;
     int first = m == 0;
     if (s->accum > 1) {
       CUdeviceptr grads = c->base[ZOO_MEM_GRAD];
@@ -1064,7 +1123,7 @@ static int enqueue_eval(zoo_cuda *x) {
   CUdeviceptr tok = tensor_ptr(c, p, x->tokens_in), tgt = tensor_ptr(c, p, x->targets_in);
   ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tok, x->eval_tokens, (size_t)bt * 4, c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemcpyHtoDAsync(tgt, x->eval_targets, (size_t)bt * 4, c->stream));
-  if (run_steps(c, p, &cp->eval, cp->ntrain, cp->neval, 0, 0) != 0) return -1;
+  if (run_steps(c, p, &cp->eval, cp->ntrain, cp->neval, 0, 0, &x->eval_sched) != 0) return -1;
   CUdeviceptr loss = tensor_ptr(c, p, cp->eval.loss), metrics = tensor_ptr(c, p, cp->eval.metrics);
   CUdeviceptr acc = x->metrics_acc + 64;
   int first = 1;
@@ -1194,6 +1253,8 @@ static void cuda_free(zoo_backend *be) {
       if (pinned[k]) zoo_cu.cuMemFreeHost(pinned[k]);
   }
   core_free(&x->c);
+  zoo_schedule_free(&x->train_sched);
+  zoo_schedule_free(&x->eval_sched);
   zoo_cuda_program_free(&x->prog);
   free(x);
 }
@@ -1270,11 +1331,20 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
       core_alloc(c, &x->metrics_acc, 256) != 0 || core_alloc(c, &c->workspace, WORKSPACE_BYTES) != 0)
     return context(c, "allocating device memory");
   x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
+  if (c->side) { /* the steps over two streams, and cuBLASLt's workspace for the second */
+    zoo_schedule_build(&x->train_sched, &cp->train_plan, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s,
+                       ZOO_SCHEDULE_WINDOW);
+    zoo_schedule_build(&x->eval_sched, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
+                       ZOO_SCHEDULE_WINDOW);
+    if (core_alloc(c, &c->workspace_side, WORKSPACE_BYTES) != 0) return context(c, "allocating device memory");
+    x->device_bytes += WORKSPACE_BYTES;
+  }
   CUdeviceptr zero[] = {c->base[ZOO_MEM_PARAM], c->base[ZOO_MEM_GRAD], x->acc, x->adam_m, x->adam_v};
   for (int k = 0; k < 5; k++) ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(zero[k], 0, (size_t)(pb > 0 ? pb : 1), c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_ARENA], 0, (size_t)(arena > 0 ? arena : 1), c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD8Async(c->base[ZOO_MEM_INPUT], 0, (size_t)(ib > 0 ? ib : 1), c->stream));
 
+  if (zoo_cublaslt_load(c->err, c->errlen) != 0) return -1;
   ZOO_LT(cublasLtCreate(&c->lt));
   if (core_gemms(c, &cp->train_plan, 0, cp->ntrain, &cp->train, 0) != 0 ||
       core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval, 0) != 0)
@@ -1359,6 +1429,13 @@ int zoo_cuda_available(char *why, size_t n) {
     snprintf(why, n, "the CUDA driver sees no GPU");
     return 0;
   }
+  zoo_cuda_preload();
+  snprintf(why, n, "%d CUDA device%s", count, count == 1 ? "" : "s");
+  return 1;
+}
+
+int zoo_cuda_libraries(char *why, size_t n) {
+  char err[512];
   if (zoo_nvrtc_load(err, sizeof err) != 0) {
     snprintf(why, n, "a GPU is present but NVRTC is missing: %s", err);
     return 0;
@@ -1367,7 +1444,6 @@ int zoo_cuda_available(char *why, size_t n) {
     snprintf(why, n, "a GPU is present but cuBLASLt is missing: %s", err);
     return 0;
   }
-  snprintf(why, n, "%d CUDA device%s", count, count == 1 ? "" : "s");
   return 1;
 }
 
@@ -1592,6 +1668,7 @@ zoo_cuda_exec *zoo_cuda_exec_init(const zoo_graph *g, const int64_t *sym, int fu
     }
     if (status == 0) status = core_alloc(c, &c->workspace, WORKSPACE_BYTES);
   }
+  if (status == 0) status = zoo_cublaslt_load(x->err, sizeof x->err);
   if (status == 0) {
     cublasStatus_t st = zoo_cublaslt.cublasLtCreate(&c->lt);
     if (st != CUBLAS_STATUS_SUCCESS) status = zoo_cublaslt_fail(st, "cublasLtCreate", __FILE__, __LINE__, x->err, sizeof x->err);
@@ -1632,7 +1709,7 @@ int zoo_cuda_exec_download(zoo_cuda_exec *x, int tensor, void *host) {
 
 int zoo_cuda_exec_run(zoo_cuda_exec *x, uint64_t seed) {
   ZOO_CU(x->err, cuCtxSetCurrent(x->c.ctx));
-  if (run_steps(&x->c, &x->plan, &x->g, 0, x->emit.nsteps, seed, 0) != 0) return -1;
+  if (run_steps(&x->c, &x->plan, &x->g, 0, x->emit.nsteps, seed, 0, NULL) != 0) return -1;
   CUresult r = zoo_cu.cuStreamSynchronize(x->c.stream);
   if (r != CUDA_SUCCESS) {
     zoo_cu_fail(r, "cuStreamSynchronize(stream)", __FILE__, __LINE__, x->err, sizeof x->err);

@@ -157,6 +157,27 @@ int zoo_cublaslt_load(char *err, size_t n) {
   return r;
 }
 
+static void *preload_main(void *arg) {
+  (void)arg;
+  zoo_nvrtc_load(NULL, 0); /* NVRTC first: the module's compilation waits for it */
+  zoo_cublaslt_load(NULL, 0);
+  return NULL;
+}
+
+static void preload_start(void) {
+  pthread_attr_t attr;
+  pthread_t thread;
+  if (pthread_attr_init(&attr) != 0) return;
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_create(&thread, &attr, preload_main, NULL); /* on failure the loads happen where first needed */
+  pthread_attr_destroy(&attr);
+}
+
+void zoo_cuda_preload(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, preload_start);
+}
+
 void zoo_cuda_api_set(const zoo_cu_api *cu, const zoo_cublaslt_api *lt) {
   lib_state *libs[2] = {&cu_lib, &cublaslt_lib};
   for (int k = 0; k < 2; k++) {

@@ -42,7 +42,7 @@
   X(cuGraphExecKernelNodeSetParams) X(cuGraphKernelNodeGetParams) X(cuGraphGetNodes)    \
   X(cuEventCreate)                                                                     \
   X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)       \
-  X(cuEventQuery)
+  X(cuEventQuery) X(cuStreamWaitEvent)
 
 #define ZOO_NVRTC_FUNCS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)  \
@@ -81,6 +81,13 @@ extern zoo_cublaslt_api zoo_cublaslt;
 int zoo_cu_load(char *err, size_t n);
 int zoo_nvrtc_load(char *err, size_t n);
 int zoo_cublaslt_load(char *err, size_t n);
+
+/* Starts loading NVRTC, then cuBLASLt, on a thread of their own and returns
+ * at once: their shared objects are large (about 0.4 s to read from a cold
+ * disk cache), and the caller has other work meanwhile. The loads above then
+ * find the result (or wait for it); their answers and messages are the same.
+ * Once per process; later calls do nothing. */
+void zoo_cuda_preload(void);
 
 /* Tests only: uses these tables instead of the libraries (a fake driver,
  * tests/fake_cuda.c); NULL, NULL forgets them, so the next load opens the real

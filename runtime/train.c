@@ -128,15 +128,19 @@ static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chose
   }
   if (!strcmp(dev, "auto")) want_cuda = zoo_cuda_available(why, sizeof why);
   zoo_backend *be = NULL;
+  zoo_precision prec = !strcmp(tr->c->precision, "tf32")   ? ZOO_TF32
+                       : !strcmp(tr->c->precision, "bf16") ? ZOO_BF16
+                                                           : ZOO_FP32;
   if (want_cuda) {
-    zoo_precision prec = !strcmp(tr->c->precision, "tf32")   ? ZOO_TF32
-                         : !strcmp(tr->c->precision, "bf16") ? ZOO_BF16
-                                                             : ZOO_FP32;
     be = zoo_cuda_backend_init(tr->g, B, T, 0, prec, err, sizeof err);
-    if (!be) {
+    /* auto: a GPU whose NVRTC or cuBLASLt would not load leaves the run to the CPU */
+    if (!be && !strcmp(dev, "auto") && !zoo_cuda_libraries(why, sizeof why)) want_cuda = 0;
+    else if (!be) {
       zoo_error(tr->d, zoo_nospan, "cannot use CUDA: %s", err);
       return NULL;
     }
+  }
+  if (want_cuda) {
     snprintf(chosen, 16, "cuda");
     if (!tr->o->quiet)
       fprintf(tr->out, "device: cuda (%s%s), %s matmuls\n",

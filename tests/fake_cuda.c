@@ -16,6 +16,21 @@ struct CUfunc_st {
 
 typedef enum { OP_KERNEL, OP_COPY, OP_MEMSET8, OP_MEMSET32, OP_GEMM } op_kind;
 
+/* Streams and events. A captured operation depends on the one before it on
+ * its stream and on the events its stream waited for since; a replay runs
+ * the operations in any order those dependencies allow (fake_cuda_replay). */
+#define FAKE_STREAMS 8 /* handle 0 is the null stream */
+#define FAKE_DEPS 16
+struct CUstream_st {
+  int id;
+};
+struct CUevent_st {
+  int captured; /* recorded on a stream in the capture */
+  int ndeps, deps[FAKE_DEPS];
+};
+static struct CUstream_st fake_stream[FAKE_STREAMS] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
+static int stream_id(CUstream s) { return s ? s->id : 0; }
+
 /* One recorded operation of a captured stream. */
 typedef struct fop {
   op_kind kind;
@@ -31,15 +46,17 @@ typedef struct fop {
   const void *A, *B, *C;
   void *D;
   float alpha, beta;
+  /* captured: its stream and the operations it waits for */
+  int stream, ndeps, deps[FAKE_DEPS];
 } fop;
 
 struct CUgraph_st {
   fop *ops;
-  int n, cap;
+  int n, cap, origin;
 };
 struct CUgraphExec_st {
   fop *ops;
-  int n;
+  int n, origin;
 };
 
 static struct {
@@ -48,10 +65,27 @@ static struct {
   struct CUfunc_st funcs[1024];
   int nfuncs;
   CUgraph capturing;
-  CUgraphNode last_node;
+  /* per stream while capturing: in the capture, its last operation and
+   * node, the operations waited for since */
+  unsigned char joined[FAKE_STREAMS];
+  int tail[FAKE_STREAMS], npend[FAKE_STREAMS], pend[FAKE_STREAMS][FAKE_DEPS];
+  CUgraphNode node[FAKE_STREAMS];
+  int nstreams;
+  int replay;
   fake_cuda_stats st;
   int installed;
 } F;
+
+void fake_cuda_replay(int order) { F.replay = order; }
+
+/* Adds operation k to a dependency list, once. */
+static int add_dep(int *deps, int *n, int k) {
+  for (int i = 0; i < *n; i++)
+    if (deps[i] == k) return 0;
+  if (*n == FAKE_DEPS) return -1;
+  deps[(*n)++] = k;
+  return 0;
+}
 
 fake_cuda_stats fake_cuda_counters(void) { return F.st; }
 
@@ -71,14 +105,25 @@ static int kernel_nargs(const char *name) {
   return -1;
 }
 
-static void record(const fop *op) {
+/* Records op on stream id of the capture: after the stream's last operation
+ * and the events it waited for. */
+static CUresult record(fop *op, int id) {
   CUgraph g = F.capturing;
+  if (!F.joined[id]) return CUDA_ERROR_STREAM_CAPTURE_ISOLATION; /* a stream outside the capture */
+  op->stream = id, op->ndeps = 0;
+  if (F.tail[id] >= 0) add_dep(op->deps, &op->ndeps, F.tail[id]);
+  for (int k = 0; k < F.npend[id]; k++)
+    if (add_dep(op->deps, &op->ndeps, F.pend[id][k]) != 0) return CUDA_ERROR_NOT_SUPPORTED;
+  F.npend[id] = 0;
   if (g->n == g->cap) {
     g->cap = g->cap ? 2 * g->cap : 64;
     g->ops = realloc(g->ops, (size_t)g->cap * sizeof *g->ops);
   }
   g->ops[g->n++] = *op;
-  F.last_node = (CUgraphNode)(intptr_t)g->n; /* node k + 1 */
+  F.tail[id] = g->n - 1;
+  F.node[id] = (CUgraphNode)(intptr_t)g->n; /* node k + 1 */
+  if (id != g->origin) F.st.side_ops++;
+  return CUDA_SUCCESS;
 }
 
 static void gemm_run(const fop *op);
@@ -104,11 +149,8 @@ static CUresult run_op(const fop *op) {
   return CUDA_ERROR_UNKNOWN;
 }
 
-static CUresult issue(const fop *op) {
-  if (F.capturing) {
-    record(op);
-    return CUDA_SUCCESS;
-  }
+static CUresult issue(fop *op, CUstream s) {
+  if (F.capturing) return record(op, stream_id(s));
   return run_op(op);
 }
 
@@ -160,7 +202,7 @@ static CUresult launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsi
   /* the driver copies each argument at launch: 8 bytes covers every kind */
   for (int a = 0; a < f->nargs; a++) memcpy(&op.args[a], params[a], 8);
   if (!F.capturing) F.st.kernel_launches++;
-  return issue(&op);
+  return issue(&op, s);
 }
 static CUresult f_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                  unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
@@ -205,39 +247,42 @@ static CUresult f_cuMemcpyDtoH(void *d, CUdeviceptr s, size_t n) {
   memcpy(d, (const void *)(uintptr_t)s, n);
   return CUDA_SUCCESS;
 }
-static CUresult copy_op(void *d, const void *s, size_t n) {
+static CUresult copy_op(void *d, const void *s, size_t n, CUstream st) {
   fop op;
   memset(&op, 0, sizeof op);
   op.kind = OP_COPY, op.dst = d, op.src = s, op.n = n;
-  return issue(&op);
+  return issue(&op, st);
 }
 static CUresult f_cuMemcpyHtoDAsync(CUdeviceptr d, const void *s, size_t n, CUstream st) {
-  return copy_op((void *)(uintptr_t)d, s, n);
+  return copy_op((void *)(uintptr_t)d, s, n, st);
 }
 static CUresult f_cuMemcpyDtoHAsync(void *d, CUdeviceptr s, size_t n, CUstream st) {
-  return copy_op(d, (const void *)(uintptr_t)s, n);
+  return copy_op(d, (const void *)(uintptr_t)s, n, st);
 }
 static CUresult f_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) {
-  return copy_op((void *)(uintptr_t)d, (const void *)(uintptr_t)s, n);
+  return copy_op((void *)(uintptr_t)d, (const void *)(uintptr_t)s, n, st);
 }
 static CUresult f_cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream st) {
   fop op;
   memset(&op, 0, sizeof op);
   op.kind = OP_MEMSET8, op.dst = (void *)(uintptr_t)d, op.val = v, op.n = n;
-  return issue(&op);
+  return issue(&op, st);
 }
 static CUresult f_cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream st) {
   fop op;
   memset(&op, 0, sizeof op);
   op.kind = OP_MEMSET32, op.dst = (void *)(uintptr_t)d, op.val = v, op.n = n;
-  return issue(&op);
+  return issue(&op, st);
 }
 static CUresult f_cuMemGetInfo(size_t *fr, size_t *total) {
   *total = (size_t)80 << 30;
   *fr = *total - (size_t)F.st.allocations * 4096;
   return CUDA_SUCCESS;
 }
-static CUresult f_cuStreamCreate(CUstream *s, unsigned flags) { return *s = (CUstream)(intptr_t)7, CUDA_SUCCESS; }
+static CUresult f_cuStreamCreate(CUstream *s, unsigned flags) {
+  *s = &fake_stream[1 + F.nstreams++ % (FAKE_STREAMS - 1)];
+  return CUDA_SUCCESS;
+}
 static CUresult f_cuStreamDestroy(CUstream s) { return CUDA_SUCCESS; }
 static CUresult f_cuStreamSynchronize(CUstream s) {
   return F.capturing ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
@@ -245,27 +290,55 @@ static CUresult f_cuStreamSynchronize(CUstream s) {
 static CUresult f_cuStreamBeginCapture(CUstream s, CUstreamCaptureMode mode) {
   if (F.capturing) return CUDA_ERROR_ILLEGAL_STATE;
   F.capturing = calloc(1, sizeof *F.capturing);
-  F.last_node = NULL;
+  F.capturing->origin = stream_id(s);
+  for (int k = 0; k < FAKE_STREAMS; k++) F.joined[k] = 0, F.tail[k] = -1, F.npend[k] = 0, F.node[k] = NULL;
+  F.joined[stream_id(s)] = 1;
   return CUDA_SUCCESS;
 }
+/* Ends the capture; as the driver does, refuses it when a stream that joined
+ * it has work the origin stream does not wait for (not joined back). */
 static CUresult f_cuStreamEndCapture(CUstream s, CUgraph *g) {
-  if (!F.capturing) return CUDA_ERROR_ILLEGAL_STATE;
-  *g = F.capturing;
+  if (!F.capturing || stream_id(s) != F.capturing->origin) return CUDA_ERROR_ILLEGAL_STATE;
+  CUgraph cg = F.capturing;
+  int o = cg->origin, *stack = malloc(((size_t)cg->n + FAKE_DEPS + 1) * sizeof *stack), top = 0;
+  char *seen = calloc((size_t)cg->n + 1, 1);
+  if (F.tail[o] >= 0) stack[top++] = F.tail[o];
+  for (int k = 0; k < F.npend[o]; k++) stack[top++] = F.pend[o][k];
+  while (top > 0) {
+    int i = stack[--top];
+    if (seen[i]) continue;
+    seen[i] = 1;
+    for (int k = 0; k < cg->ops[i].ndeps; k++)
+      if (!seen[cg->ops[i].deps[k]]) stack[top++] = cg->ops[i].deps[k];
+  }
+  int unjoined = 0;
+  for (int i = 0; i < cg->n; i++) unjoined += !seen[i];
+  free(stack), free(seen);
   F.capturing = NULL;
+  memset(F.joined, 0, sizeof F.joined);
+  if (unjoined) {
+    free(cg->ops), free(cg);
+    *g = NULL;
+    return CUDA_ERROR_STREAM_CAPTURE_UNJOINED;
+  }
+  *g = cg;
   return CUDA_SUCCESS;
 }
 static CUresult f_cuStreamGetCaptureInfo(CUstream s, CUstreamCaptureStatus *status, cuuint64_t *id, CUgraph *g,
                                          const CUgraphNode **deps, const CUgraphEdgeData **edges, size_t *ndeps) {
-  *status = F.capturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
-  if (g) *g = F.capturing;
-  if (deps) *deps = &F.last_node;
+  int sid = stream_id(s);
+  int in = F.capturing && F.joined[sid];
+  *status = in ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  if (g) *g = in ? F.capturing : NULL;
+  if (deps) *deps = &F.node[sid];
   if (edges) *edges = NULL;
-  if (ndeps) *ndeps = F.last_node ? 1 : 0;
+  if (ndeps) *ndeps = in ? (F.node[sid] ? 1 : 0) + (size_t)F.npend[sid] : 0;
   return CUDA_SUCCESS;
 }
 static CUresult f_cuGraphInstantiate(CUgraphExec *x, CUgraph g, unsigned long long flags) {
   CUgraphExec e = calloc(1, sizeof *e);
   e->n = g->n;
+  e->origin = g->origin;
   e->ops = malloc((size_t)(g->n ? g->n : 1) * sizeof *e->ops);
   memcpy(e->ops, g->ops, (size_t)g->n * sizeof *e->ops);
   *x = e;
@@ -274,12 +347,32 @@ static CUresult f_cuGraphInstantiate(CUgraphExec *x, CUgraph g, unsigned long lo
 static CUresult f_cuGraphLaunch(CUgraphExec x, CUstream s) {
   if (F.capturing) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   F.st.graph_launches++;
-  for (int i = 0; i < x->n; i++) {
-    CUresult r = run_op(&x->ops[i]);
-    if (r != CUDA_SUCCESS) return r;
-    F.st.graph_nodes_replayed++;
+  if (F.replay == 0) { /* in the order of capture */
+    for (int i = 0; i < x->n; i++) {
+      CUresult r = run_op(&x->ops[i]);
+      if (r != CUDA_SUCCESS) return r;
+      F.st.graph_nodes_replayed++;
+    }
+    return CUDA_SUCCESS;
   }
-  return CUDA_SUCCESS;
+  /* in another order the dependencies allow: the origin stream's operations
+   * first whenever one is ready (replay 1), or the other streams' (2) */
+  char *done = calloc((size_t)x->n + 1, 1);
+  CUresult r = CUDA_SUCCESS;
+  for (int count = 0; count < x->n && r == CUDA_SUCCESS; count++) {
+    int pick = -1;
+    for (int pass = 0; pass < 2 && pick < 0; pass++)
+      for (int i = 0; i < x->n && pick < 0; i++) {
+        if (done[i] || ((x->ops[i].stream == x->origin) != ((F.replay == 1) == (pass == 0)))) continue;
+        int ready = 1;
+        for (int k = 0; k < x->ops[i].ndeps; k++) ready &= done[x->ops[i].deps[k]];
+        if (ready) pick = i;
+      }
+    if (pick < 0) r = CUDA_ERROR_ILLEGAL_STATE; /* a cycle: cannot happen */
+    else r = run_op(&x->ops[pick]), done[pick] = 1, F.st.graph_nodes_replayed++;
+  }
+  free(done);
+  return r;
 }
 static CUresult f_cuGraphExecDestroy(CUgraphExec x) {
   free(x->ops);
@@ -311,11 +404,35 @@ static CUresult f_cuGraphGetNodes(CUgraph g, CUgraphNode *nodes, size_t *n) {
   *n = (size_t)g->n;
   return CUDA_SUCCESS;
 }
-static CUresult f_cuEventCreate(CUevent *e, unsigned flags) { return *e = (CUevent)(intptr_t)9, CUDA_SUCCESS; }
-static CUresult f_cuEventRecord(CUevent e, CUstream s) { return CUDA_SUCCESS; }
+static CUresult f_cuEventCreate(CUevent *e, unsigned flags) {
+  *e = calloc(1, sizeof **e);
+  return *e ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+/* Recorded in a capture, the event stands for its stream's work so far. */
+static CUresult f_cuEventRecord(CUevent e, CUstream s) {
+  int id = stream_id(s);
+  e->captured = F.capturing && F.joined[id];
+  e->ndeps = 0;
+  if (!e->captured) return CUDA_SUCCESS;
+  if (F.tail[id] >= 0) add_dep(e->deps, &e->ndeps, F.tail[id]);
+  for (int k = 0; k < F.npend[id]; k++)
+    if (add_dep(e->deps, &e->ndeps, F.pend[id][k]) != 0) return CUDA_ERROR_NOT_SUPPORTED;
+  return CUDA_SUCCESS;
+}
+/* In a capture, the stream joins it (if it had not) and its next operation
+ * waits for the event's. */
+static CUresult f_cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
+  if (!F.capturing) return CUDA_SUCCESS; /* everything ran already */
+  if (!e->captured) return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+  int id = stream_id(s);
+  F.joined[id] = 1;
+  for (int k = 0; k < e->ndeps; k++)
+    if (add_dep(F.pend[id], &F.npend[id], e->deps[k]) != 0) return CUDA_ERROR_NOT_SUPPORTED;
+  return CUDA_SUCCESS;
+}
 static CUresult f_cuEventSynchronize(CUevent e) { return CUDA_SUCCESS; }
 static CUresult f_cuEventElapsedTime(float *ms, CUevent a, CUevent b) { return *ms = 1.0f, CUDA_SUCCESS; }
-static CUresult f_cuEventDestroy(CUevent e) { return CUDA_SUCCESS; }
+static CUresult f_cuEventDestroy(CUevent e) { return free(e), CUDA_SUCCESS; }
 static CUresult f_cuEventQuery(CUevent e) { return CUDA_SUCCESS; }
 
 /* ---- cuBLASLt: descriptors are plain structs; the product is computed as
@@ -436,7 +553,7 @@ static cublasStatus_t f_ltMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, 
   op.desc = desc, op.la = la, op.lb = lb, op.lc = lc;
   op.A = A, op.B = B, op.C = C, op.D = D;
   op.alpha = *(const float *)alpha, op.beta = *(const float *)beta;
-  return issue(&op) == CUDA_SUCCESS ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+  return issue(&op, (CUstream)s) == CUDA_SUCCESS ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 void fake_cuda_install(void) {
@@ -491,6 +608,7 @@ void fake_cuda_install(void) {
   cu.cuEventElapsedTime = f_cuEventElapsedTime;
   cu.cuEventDestroy = f_cuEventDestroy;
   cu.cuEventQuery = f_cuEventQuery;
+  cu.cuStreamWaitEvent = f_cuStreamWaitEvent;
   zoo_cublaslt_api lt;
   memset(&lt, 0, sizeof lt);
   lt.cublasLtCreate = f_ltCreate;

@@ -3,7 +3,10 @@
  *
  * The fake fills cuda_api.h's tables with host implementations: device memory
  * is host memory, streams run everything at once (in order), stream capture
- * records launches, copies and GEMMs into a graph that cuGraphLaunch replays,
+ * records launches, copies and GEMMs into a graph that cuGraphLaunch replays
+ * (with each operation's stream, and the events it waits for: a stream joins
+ * a capture by waiting for an event recorded in it, and the capture is
+ * refused when such a stream's work is not joined back),
  * kernel node parameters can be replaced as cuGraphExecKernelNodeSetParams
  * does, and kernels run on the CPU emulation of the module (tests/emu.h):
  * cuModuleLoadData ignores the CUBIN and uses the emulated module the test set
@@ -31,7 +34,15 @@ void fake_cuda_module(emu_module *m, const zoo_cuda_emit *e);
 typedef struct fake_cuda_stats {
   long kernel_launches, pdl_launches, plain_launches, graph_launches, graph_nodes_replayed, setparams;
   long allocations;
+  long side_ops; /* operations captured on a stream other than the capture's origin */
 } fake_cuda_stats;
 fake_cuda_stats fake_cuda_counters(void);
+
+/* The order cuGraphLaunch replays a graph in: 0 as captured; 1 the capture's
+ * origin stream first whenever one of its operations is ready (the other
+ * streams' as late as their waits allow); 2 the other streams first (as
+ * early as they can). Every order the dependencies allow must give the same
+ * results. */
+void fake_cuda_replay(int order);
 
 #endif
