@@ -160,14 +160,21 @@ static int core_device(core *c, int device) {
   ZOO_CU_N(c->err, c->errlen, cuDevicePrimaryCtxRetain(&c->ctx, c->dev));
   c->ctx_retained = 1;
   ZOO_CU_N(c->err, c->errlen, cuCtxSetCurrent(c->ctx));
-  ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
-  c->cur = c->stream;
   c->debug = debug_mode();
-  if (!zoo_env_on("ZOO_ONE_STREAM")) {
-    ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->side, CU_STREAM_NON_BLOCKING));
+  if (zoo_env_on("ZOO_ONE_STREAM")) {
+    ZOO_CU_N(c->err, c->errlen, cuStreamCreate(&c->stream, CU_STREAM_NON_BLOCKING));
+  } else {
+    /* the main stream at the greatest priority, the side one at the least:
+     * where both have blocks waiting, the main stream's go first (the graphs
+     * keep the priorities per node, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY) */
+    int least = 0, greatest = 0;
+    ZOO_CU_N(c->err, c->errlen, cuCtxGetStreamPriorityRange(&least, &greatest));
+    ZOO_CU_N(c->err, c->errlen, cuStreamCreateWithPriority(&c->stream, CU_STREAM_NON_BLOCKING, greatest));
+    ZOO_CU_N(c->err, c->errlen, cuStreamCreateWithPriority(&c->side, CU_STREAM_NON_BLOCKING, least));
     ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev_start, CU_EVENT_DISABLE_TIMING));
     ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev_join, CU_EVENT_DISABLE_TIMING));
   }
+  c->cur = c->stream;
   c->pdl = major >= 9 && !zoo_env_on("ZOO_NO_PDL");
   return 0;
 }
@@ -941,7 +948,7 @@ static int capture_train(zoo_cuda *x, slot *s) {
   size_t nodes = 0;
   ZOO_CU_N(c->err, c->errlen, cuGraphGetNodes(graph, NULL, &nodes));
   s->graph.nodes = (int)nodes;
-  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&s->graph.exec, graph, 0));
+  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&s->graph.exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
   return 0;
 }
 
@@ -1164,7 +1171,7 @@ static int cuda_eval_batch(zoo_backend *be, const int32_t *tokens, const int32_t
       }
       if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(...)", __FILE__, __LINE__, c->err, c->errlen);
       x->eval_graph.graph = graph;
-      ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&x->eval_graph.exec, graph, 0));
+      ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&x->eval_graph.exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
     }
     CUresult r = zoo_cu.cuGraphLaunch(x->eval_graph.exec, c->stream);
     if (r != CUDA_SUCCESS) {
@@ -1293,6 +1300,89 @@ static void init_mark(const char *what, double *t) {
   *t = now;
 }
 
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Captures the training step's steps for one micro-batch (no optimiser) into
+ * cap, over the streams sc says (NULL: one). */
+static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
+  core *c = &x->c;
+  zoo_cuda_program *cp = &x->prog;
+  ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  c->capturing = cap;
+  int status = run_steps(c, &cp->train_plan, &cp->train, 0, cp->ntrain, 0, 0, sc);
+  c->capturing = NULL;
+  CUgraph graph = NULL;
+  CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
+  if (status != 0) {
+    if (graph) zoo_cu.cuGraphDestroy(graph);
+    return -1;
+  }
+  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(...)", __FILE__, __LINE__, c->err, c->errlen);
+  cap->graph = graph;
+  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&cap->exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
+  return 0;
+}
+
+/* Two streams or one (schedule.h): whether the side stream pays depends on
+ * the shapes (measured on the H200: rebased 32/48 1.00 against 1.06 ms a
+ * step, but 64/128 2.78 against 2.62, where the side stream's GEMMs share the
+ * multiprocessors with the main one's and both run in more waves), so the
+ * backend times both. The step's steps for one micro-batch, captured each
+ * way, run alternately PICK_REPS times on a batch with no labels (tokens 0,
+ * every target ignored: the same kernels and shapes as training); the one
+ * with the smaller median stays, and with one stream the schedules are
+ * dropped. ZOO_TWO_STREAMS=1 keeps two without timing (ZOO_ONE_STREAM=1: no
+ * second stream at all). */
+#define PICK_REPS 5
+static int pick_streams(zoo_cuda *x) {
+  core *c = &x->c;
+  const zoo_plan *p = &x->prog.train_plan;
+  if (!c->side || c->debug || x->train_sched.side == 0 || zoo_env_on("ZOO_TWO_STREAMS")) return 0;
+  size_t bt = (size_t)(x->B * x->T);
+  ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->tokens_in), 0, bt, c->stream));
+  ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->targets_in), (unsigned)-100, bt, c->stream));
+  captured g[2];
+  memset(g, 0, sizeof g);
+  CUevent e0 = NULL, e1 = NULL;
+  float ms[2][PICK_REPS];
+  int status = capture_steps(x, &g[0], NULL);
+  if (status == 0) status = capture_steps(x, &g[1], &x->train_sched);
+  if (status == 0 && (zoo_cu.cuEventCreate(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
+                      zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS))
+    status = -1;
+  for (int k = 0; k < 2 && status == 0; k++) /* a first run of each, untimed */
+    if (zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS) status = -1;
+  for (int rep = 0; rep < PICK_REPS && status == 0; rep++)
+    for (int k = 0; k < 2 && status == 0; k++)
+      if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS ||
+          zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS ||
+          zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
+          zoo_cu.cuEventElapsedTime(&ms[k][rep], e0, e1) != CUDA_SUCCESS)
+        status = -1;
+  if (e0) zoo_cu.cuEventDestroy(e0);
+  if (e1) zoo_cu.cuEventDestroy(e1);
+  captured_free(&g[0]);
+  captured_free(&g[1]);
+  if (status != 0) {
+    if (!c->err[0]) snprintf(c->err, c->errlen, "timing one stream against two failed");
+    return context(c, "while timing the step on one and two streams");
+  }
+  qsort(ms[0], PICK_REPS, sizeof(float), cmp_float);
+  qsort(ms[1], PICK_REPS, sizeof(float), cmp_float);
+  int two = ms[1][PICK_REPS / 2] < ms[0][PICK_REPS / 2];
+  if (zoo_env_on("ZOO_TIMING"))
+    fprintf(stderr, "timing:   cuda: a micro-batch's steps take %.3f ms on one stream, %.3f on two: %s\n",
+            ms[0][PICK_REPS / 2], ms[1][PICK_REPS / 2], two ? "two" : "one");
+  if (!two) {
+    zoo_schedule_free(&x->train_sched);
+    zoo_schedule_free(&x->eval_sched);
+  }
+  return 0;
+}
+
 static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   core *c = &x->c;
   c->err = x->be.err;
@@ -1361,6 +1451,8 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
       core_gemms(c, &cp->eval_plan, cp->ntrain, cp->neval, &cp->eval, 1) != 0)
     return -1;
   init_mark("GEMMs timed", &t);
+  if (pick_streams(x) != 0) return -1;
+  init_mark("streams timed", &t);
 
   /* pinned host memory and events */
   for (int k = 0; k < 2; k++) {

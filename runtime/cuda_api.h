@@ -42,7 +42,8 @@
   X(cuGraphExecKernelNodeSetParams) X(cuGraphKernelNodeGetParams) X(cuGraphGetNodes)    \
   X(cuEventCreate)                                                                     \
   X(cuEventRecord) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)       \
-  X(cuEventQuery) X(cuStreamWaitEvent)
+  X(cuEventQuery) X(cuStreamWaitEvent) X(cuStreamCreateWithPriority)   \
+  X(cuCtxGetStreamPriorityRange)
 
 #define ZOO_NVRTC_FUNCS(X)                                                             \
   X(nvrtcVersion) X(nvrtcGetErrorString) X(nvrtcCreateProgram) X(nvrtcDestroyProgram)  \

@@ -283,6 +283,13 @@ static CUresult f_cuStreamCreate(CUstream *s, unsigned flags) {
   *s = &fake_stream[1 + F.nstreams++ % (FAKE_STREAMS - 1)];
   return CUDA_SUCCESS;
 }
+static CUresult f_cuStreamCreateWithPriority(CUstream *s, unsigned flags, int priority) {
+  return f_cuStreamCreate(s, flags);
+}
+static CUresult f_cuCtxGetStreamPriorityRange(int *least, int *greatest) {
+  *least = 0, *greatest = -5;
+  return CUDA_SUCCESS;
+}
 static CUresult f_cuStreamDestroy(CUstream s) { return CUDA_SUCCESS; }
 static CUresult f_cuStreamSynchronize(CUstream s) {
   return F.capturing ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
@@ -609,6 +616,8 @@ void fake_cuda_install(void) {
   cu.cuEventDestroy = f_cuEventDestroy;
   cu.cuEventQuery = f_cuEventQuery;
   cu.cuStreamWaitEvent = f_cuStreamWaitEvent;
+  cu.cuStreamCreateWithPriority = f_cuStreamCreateWithPriority;
+  cu.cuCtxGetStreamPriorityRange = f_cuCtxGetStreamPriorityRange;
   zoo_cublaslt_api lt;
   memset(&lt, 0, sizeof lt);
   lt.cublasLtCreate = f_ltCreate;
