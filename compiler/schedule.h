@@ -92,9 +92,12 @@ int zoo_access_conflict(const zoo_access *a, int na, const zoo_access *b, int nb
 
 /* Schedules steps[first, first + n) under plan p over two streams with the
  * given window (0: all on the main stream); src is the module's source, for
- * the kernels' signatures. */
+ * the kernels' signatures. max_gemm_flop > 0 keeps GEMMs of more floating-
+ * point operations (2 m n k a batch) on the main stream: a large GEMM beside
+ * the main stream's work shares the multiprocessors with it, and both then
+ * run in more waves. */
 void zoo_schedule_build(zoo_schedule *s, const zoo_plan *p, const zoo_step *steps, int first, int n,
-                        const char *src, int window);
+                        const char *src, int window, double max_gemm_flop);
 void zoo_schedule_free(zoo_schedule *s);
 
 #endif

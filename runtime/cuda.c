@@ -1327,36 +1327,49 @@ static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
 }
 
 /* Two streams or one (schedule.h): whether the side stream pays depends on
- * the shapes (measured on the H200: rebased 32/48 1.00 against 1.06 ms a
- * step, but 64/128 2.78 against 2.62, where the side stream's GEMMs share the
- * multiprocessors with the main one's and both run in more waves), so the
- * backend times both. The step's steps for one micro-batch, captured each
- * way, run alternately PICK_REPS times on a batch with no labels (tokens 0,
- * every target ignored: the same kernels and shapes as training); the one
- * with the smaller median stays, and with one stream the schedules are
- * dropped. ZOO_TWO_STREAMS=1 keeps two without timing (ZOO_ONE_STREAM=1: no
- * second stream at all). */
+ * the shapes. Measured on the H200 (session 7, device runs 1 and 2): rebased
+ * 32/48 1.00 against 1.06 ms a step with two, but 64/128 2.78 against 2.62,
+ * where the side stream's large GEMMs share the multiprocessors with the main
+ * stream's work and both run in more waves. So the backend times the
+ * candidates: one stream, two, and two with only the GEMMs of at most
+ * PICK_SMALL_GEMM floating-point operations aside. The step's steps for one
+ * micro-batch, captured each way, run alternately PICK_REPS times on a batch
+ * with no labels (tokens 0, every target ignored: the same kernels and shapes
+ * as training); the smallest median wins, and its schedules stay (none: one
+ * stream). ZOO_TWO_STREAMS=1 keeps two (all) without timing; ZOO_ONE_STREAM=1
+ * makes no second stream at all. */
 #define PICK_REPS 5
+#define PICK_SMALL_GEMM 1e9
 static int pick_streams(zoo_cuda *x) {
   core *c = &x->c;
-  const zoo_plan *p = &x->prog.train_plan;
+  zoo_cuda_program *cp = &x->prog;
+  const zoo_plan *p = &cp->train_plan;
   if (!c->side || c->debug || x->train_sched.side == 0 || zoo_env_on("ZOO_TWO_STREAMS")) return 0;
   size_t bt = (size_t)(x->B * x->T);
   ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->tokens_in), 0, bt, c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->targets_in), (unsigned)-100, bt, c->stream));
-  captured g[2];
+  enum { NCAND = 3 };
+  zoo_schedule small_train, small_eval;
+  zoo_schedule_build(&small_train, p, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s, ZOO_SCHEDULE_WINDOW,
+                     PICK_SMALL_GEMM);
+  zoo_schedule_build(&small_eval, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
+                     ZOO_SCHEDULE_WINDOW, PICK_SMALL_GEMM);
+  const zoo_schedule *cand[NCAND] = {NULL, &x->train_sched, &small_train};
+  static const char *const names[NCAND] = {"one stream", "two", "two (small GEMMs aside)"};
+  int ncand = small_train.side > 0 ? 3 : 2;
+  captured g[NCAND];
   memset(g, 0, sizeof g);
   CUevent e0 = NULL, e1 = NULL;
-  float ms[2][PICK_REPS];
-  int status = capture_steps(x, &g[0], NULL);
-  if (status == 0) status = capture_steps(x, &g[1], &x->train_sched);
+  float ms[NCAND][PICK_REPS];
+  int status = 0;
+  for (int k = 0; k < ncand && status == 0; k++) status = capture_steps(x, &g[k], cand[k]);
   if (status == 0 && (zoo_cu.cuEventCreate(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
                       zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS))
     status = -1;
-  for (int k = 0; k < 2 && status == 0; k++) /* a first run of each, untimed */
+  for (int k = 0; k < ncand && status == 0; k++) /* a first run of each, untimed */
     if (zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS) status = -1;
   for (int rep = 0; rep < PICK_REPS && status == 0; rep++)
-    for (int k = 0; k < 2 && status == 0; k++)
+    for (int k = 0; k < ncand && status == 0; k++)
       if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS ||
           zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS ||
           zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
@@ -1364,21 +1377,29 @@ static int pick_streams(zoo_cuda *x) {
         status = -1;
   if (e0) zoo_cu.cuEventDestroy(e0);
   if (e1) zoo_cu.cuEventDestroy(e1);
-  captured_free(&g[0]);
-  captured_free(&g[1]);
-  if (status != 0) {
-    if (!c->err[0]) snprintf(c->err, c->errlen, "timing one stream against two failed");
-    return context(c, "while timing the step on one and two streams");
+  for (int k = 0; k < NCAND; k++) captured_free(&g[k]);
+  int best = 0;
+  for (int k = 0; k < ncand && status == 0; k++) {
+    qsort(ms[k], PICK_REPS, sizeof(float), cmp_float);
+    if (ms[k][PICK_REPS / 2] < ms[best][PICK_REPS / 2]) best = k;
   }
-  qsort(ms[0], PICK_REPS, sizeof(float), cmp_float);
-  qsort(ms[1], PICK_REPS, sizeof(float), cmp_float);
-  int two = ms[1][PICK_REPS / 2] < ms[0][PICK_REPS / 2];
-  if (zoo_env_on("ZOO_TIMING"))
-    fprintf(stderr, "timing:   cuda: a micro-batch's steps take %.3f ms on one stream, %.3f on two: %s\n",
-            ms[0][PICK_REPS / 2], ms[1][PICK_REPS / 2], two ? "two" : "one");
-  if (!two) {
+  if (status == 0 && zoo_env_on("ZOO_TIMING")) {
+    fprintf(stderr, "timing:   cuda: a micro-batch's steps take");
+    for (int k = 0; k < ncand; k++) fprintf(stderr, "%s %.3f ms on %s", k ? "," : "", ms[k][PICK_REPS / 2], names[k]);
+    fprintf(stderr, ": %s\n", names[best]);
+  }
+  if (status == 0 && best != 1) {
     zoo_schedule_free(&x->train_sched);
     zoo_schedule_free(&x->eval_sched);
+    if (best == 2) x->train_sched = small_train, x->eval_sched = small_eval;
+  }
+  if (status != 0 || best != 2) {
+    zoo_schedule_free(&small_train);
+    zoo_schedule_free(&small_eval);
+  }
+  if (status != 0) {
+    if (!c->err[0]) snprintf(c->err, c->errlen, "timing the step on one and two streams failed");
+    return context(c, "while timing the step on one and two streams");
   }
   return 0;
 }
@@ -1423,9 +1444,9 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
   if (c->side) { /* the steps over two streams, and cuBLASLt's workspace for the second */
     zoo_schedule_build(&x->train_sched, &cp->train_plan, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s,
-                       ZOO_SCHEDULE_WINDOW);
+                       ZOO_SCHEDULE_WINDOW, 0);
     zoo_schedule_build(&x->eval_sched, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
-                       ZOO_SCHEDULE_WINDOW);
+                       ZOO_SCHEDULE_WINDOW, 0);
     if (core_alloc(c, &c->workspace_side, WORKSPACE_BYTES) != 0) return context(c, "allocating device memory");
     x->device_bytes += WORKSPACE_BYTES;
   }

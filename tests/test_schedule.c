@@ -110,9 +110,16 @@ static void schedule_model(zoo_test_ctx *t, const char *model, int d_model, int 
   if (!built) zoo_program_free(p);
   CHECKF(built, "%s: %s", model, err);
   zoo_schedule tr, ev, one;
-  zoo_schedule_build(&tr, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, ZOO_SCHEDULE_WINDOW);
-  zoo_schedule_build(&ev, &cp.eval_plan, cp.emit.steps, cp.ntrain, cp.neval, cp.emit.src.s, ZOO_SCHEDULE_WINDOW);
-  zoo_schedule_build(&one, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, 0);
+  zoo_schedule_build(&tr, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 0);
+  zoo_schedule_build(&ev, &cp.eval_plan, cp.emit.steps, cp.ntrain, cp.neval, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 0);
+  zoo_schedule_build(&one, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, 0, 0);
+  /* with a cap on the GEMMs aside: none of them above it, and still ordered */
+  zoo_schedule capped;
+  zoo_schedule_build(&capped, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 1e3);
+  int bad_capped = unordered_pairs(&capped, &cp.train_plan, cp.emit.steps, 0, cp.emit.src.s), big_aside = 0;
+  for (int j = 0; j < cp.ntrain; j++)
+    big_aside += capped.stream[j] && cp.emit.steps[j].kind == ZOO_STEP_GEMM;
+  zoo_schedule_free(&capped);
   int bad_tr = unordered_pairs(&tr, &cp.train_plan, cp.emit.steps, 0, cp.emit.src.s);
   int bad_ev = unordered_pairs(&ev, &cp.eval_plan, cp.emit.steps, cp.ntrain, cp.emit.src.s);
   /* the weight gradients' GEMMs (into parameter gradients, K over the rows) go aside */
@@ -140,6 +147,8 @@ static void schedule_model(zoo_test_ctx *t, const char *model, int d_model, int 
   zoo_program_free(p);
   CHECKF(bad_tr == 0, "%s training: %d conflicting pairs unordered", model, bad_tr);
   CHECKF(bad_ev == 0, "%s evaluation: %d conflicting pairs unordered", model, bad_ev);
+  CHECKF(bad_capped == 0 && big_aside == 0, "%s, GEMMs capped: %d pairs unordered, %d GEMMs aside", model,
+         bad_capped, big_aside);
   CHECKF(side > 0 && wgrads_side > 0, "%s: %d steps aside, %d of %d weight GEMMs", model, side, wgrads_side, wgrads);
   CHECK(one_side == 0 && last_main);
 }
