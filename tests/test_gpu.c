@@ -1317,6 +1317,20 @@ static zoo_program *compile_model(const char *model, int64_t V, int d_model, int
   return zoo_compile(&o, &d, &p) == 0 ? p : NULL;
 }
 
+/* compile_model with the compacted head, as zoorun trains on CUDA, with room
+ * for per_seq labelled positions a sequence; NULL if either fails. */
+static zoo_program *compact_model(const char *model, int64_t V, int d_model, int seq_len, int per_seq) {
+  zoo_program *p = compile_model(model, V, d_model, seq_len);
+  if (!p) return NULL;
+  zoo_diag d;
+  zoo_diag_init(&d, stderr);
+  if (zoo_train_graph_head(&p->graph, ZOO_HEAD_COMPACT, per_seq, &d) != 0) {
+    zoo_program_free(p);
+    return NULL;
+  }
+  return p;
+}
+
 static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int fake, zoo_precision prec,
                             int64_t V) {
   int mode = MODE_EMU;
@@ -1548,12 +1562,9 @@ static int train_twice_state(zoo_graph *g, int64_t B, int64_t T, int64_t V, floa
 TEST(gpu_train_reproducible) {
   int mode = MODE_GPU;
   GPU_MODE_OR_SKIP(mode);
-  zoo_program *p = compile_model("rebased", 64, 32, 64);
+  zoo_program *p = compact_model("rebased", 64, 32, 64, 32);
   CHECK(p != NULL);
-  zoo_diag d;
-  zoo_diag_init(&d, stderr);
   zoo_graph *g = &p->graph;
-  CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 32, &d) == 0);
   const int64_t B = 64, T = 64, V = 64;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {
@@ -1636,12 +1647,9 @@ TEST(emu_backend_debug_mode) {
  * or has already overwritten. */
 TEST(emu_backend_streams) {
   EMU_OR_SKIP();
-  zoo_program *p = compile_model("rebased", 64, 24, 16);
+  zoo_program *p = compact_model("rebased", 64, 24, 16, 10);
   CHECK(p != NULL);
-  zoo_diag d;
-  zoo_diag_init(&d, stderr);
   zoo_graph *g = &p->graph;
-  CHECK(zoo_train_graph_head(g, ZOO_HEAD_COMPACT, 10, &d) == 0);
   const int64_t B = 8, T = 16, V = 64;
   char err[1024];
   zoo_cuda_program prog;
