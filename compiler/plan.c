@@ -75,6 +75,8 @@ static int by_offset(const void *a, const void *b) {
  * time running ZOO_PLAN_SLACK steps past its last use (or on top of them).
  * Returns the arena size. */
 static int64_t place(item *items, int n, int reuse) {
+  const char *env = getenv("ZOO_PLAN_SLACK"); /* for measuring the schedule's room */
+  const int slack = env && *env ? atoi(env) : ZOO_PLAN_SLACK;
   qsort(items, (size_t)n, sizeof *items, by_size_desc);
   item **live = xcalloc((size_t)n, sizeof *live);
   int64_t top = 0;
@@ -87,7 +89,7 @@ static int64_t place(item *items, int n, int reuse) {
     }
     int nl = 0;
     for (int j = 0; j < i; j++)
-      if (items[j].first <= it->last + ZOO_PLAN_SLACK && it->first <= items[j].last + ZOO_PLAN_SLACK)
+      if (items[j].first <= it->last + slack && it->first <= items[j].last + slack)
         live[nl++] = &items[j];
     qsort(live, (size_t)nl, sizeof *live, by_offset);
     int64_t best = -1, best_gap = INT64_MAX, at = 0;

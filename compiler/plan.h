@@ -39,7 +39,7 @@ typedef enum zoo_mem {
 } zoo_mem;
 
 #define ZOO_PLAN_ALIGN 256
-#define ZOO_PLAN_SLACK 3
+#define ZOO_PLAN_SLACK 8
 
 typedef struct zoo_plan {
   int ntensors, nsteps;

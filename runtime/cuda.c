@@ -169,6 +169,7 @@ static int core_device(core *c, int device) {
      * keep the priorities per node, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY) */
     int least = 0, greatest = 0;
     ZOO_CU_N(c->err, c->errlen, cuCtxGetStreamPriorityRange(&least, &greatest));
+    if (getenv("ZOO_STREAM_PRIORITY") && !zoo_env_on("ZOO_STREAM_PRIORITY")) least = greatest = 0; /* measuring */
     ZOO_CU_N(c->err, c->errlen, cuStreamCreateWithPriority(&c->stream, CU_STREAM_NON_BLOCKING, greatest));
     ZOO_CU_N(c->err, c->errlen, cuStreamCreateWithPriority(&c->side, CU_STREAM_NON_BLOCKING, least));
     ZOO_CU_N(c->err, c->errlen, cuEventCreate(&c->ev_start, CU_EVENT_DISABLE_TIMING));
@@ -1340,6 +1341,12 @@ static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
  * makes no second stream at all. */
 #define PICK_REPS 5
 #define PICK_SMALL_GEMM 1e9
+/* ZOO_SCHEDULE_WINDOW=n in the environment, for measuring; else the default. */
+static int schedule_window(void) {
+  const char *env = getenv("ZOO_SCHEDULE_WINDOW");
+  return env && *env ? atoi(env) : ZOO_SCHEDULE_WINDOW;
+}
+
 static int pick_streams(zoo_cuda *x) {
   core *c = &x->c;
   zoo_cuda_program *cp = &x->prog;
@@ -1350,10 +1357,10 @@ static int pick_streams(zoo_cuda *x) {
   ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->targets_in), (unsigned)-100, bt, c->stream));
   enum { NCAND = 3 };
   zoo_schedule small_train, small_eval;
-  zoo_schedule_build(&small_train, p, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s, ZOO_SCHEDULE_WINDOW,
+  zoo_schedule_build(&small_train, p, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s, schedule_window(),
                      PICK_SMALL_GEMM);
   zoo_schedule_build(&small_eval, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
-                     ZOO_SCHEDULE_WINDOW, PICK_SMALL_GEMM);
+                     schedule_window(), PICK_SMALL_GEMM);
   const zoo_schedule *cand[NCAND] = {NULL, &x->train_sched, &small_train};
   static const char *const names[NCAND] = {"one stream", "two", "two (small GEMMs aside)"};
   int ncand = small_train.side > 0 ? 3 : 2;
@@ -1444,9 +1451,9 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
   if (c->side) { /* the steps over two streams, and cuBLASLt's workspace for the second */
     zoo_schedule_build(&x->train_sched, &cp->train_plan, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s,
-                       ZOO_SCHEDULE_WINDOW, 0);
+                       schedule_window(), 0);
     zoo_schedule_build(&x->eval_sched, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
-                       ZOO_SCHEDULE_WINDOW, 0);
+                       schedule_window(), 0);
     if (core_alloc(c, &c->workspace_side, WORKSPACE_BYTES) != 0) return context(c, "allocating device memory");
     x->device_bytes += WORKSPACE_BYTES;
   }
