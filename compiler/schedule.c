@@ -139,7 +139,8 @@ int zoo_access_conflict(const zoo_access *a, int na, const zoo_access *b, int nb
 }
 
 void zoo_schedule_build(zoo_schedule *s, const zoo_plan *p, const zoo_step *steps, int first, int n,
-                        const char *src, int window, double max_gemm_flop) {
+                        const char *src, zoo_schedule_opts o) {
+  int window = o.window;
   memset(s, 0, sizeof *s);
   s->n = n;
   s->stream = xcalloc((size_t)n, 1);
@@ -161,9 +162,9 @@ void zoo_schedule_build(zoo_schedule *s, const zoo_plan *p, const zoo_step *step
   /* which steps go to the side stream */
   for (int j = 0; j + 1 < n; j++) {
     const zoo_gemm *gm = &steps[first + j].gemm;
-    int side = !(max_gemm_flop > 0 && steps[first + j].kind == ZOO_STEP_GEMM &&
+    int side = !(o.max_gemm_flop > 0 && steps[first + j].kind == ZOO_STEP_GEMM &&
                  2.0 * (double)gm->m * (double)gm->n * (double)gm->k * (double)(gm->batch > 0 ? gm->batch : 1) >
-                     max_gemm_flop);
+                     o.max_gemm_flop);
     for (int k = j + 1; k < n && k <= j + window && side; k++)
       if (CONFLICT(j, k)) side = 0;
     s->stream[j] = (unsigned char)side;

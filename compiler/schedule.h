@@ -93,14 +93,19 @@ int zoo_step_access(const zoo_plan *p, const zoo_step *steps, int first, int i, 
 /* Do two steps' ranges conflict (overlap in one memory, one of them written)? */
 int zoo_access_conflict(const zoo_access *a, int na, const zoo_access *b, int nb);
 
-/* Schedules steps[first, first + n) under plan p over two streams with the
- * given window (0: all on the main stream); src is the module's source, for
- * the kernels' signatures. max_gemm_flop > 0 keeps GEMMs of more floating-
- * point operations (2 m n k a batch) on the main stream: a large GEMM beside
- * the main stream's work shares the multiprocessors with it, and both then
- * run in more waves. */
+/* Which steps may go aside. */
+typedef struct zoo_schedule_opts {
+  int window;           /* ZOO_SCHEDULE_WINDOW; 0: all on the main stream */
+  double max_gemm_flop; /* > 0: GEMMs of more floating-point operations (2 m n k a
+                           batch) stay on the main stream: a large GEMM beside the
+                           main stream's work shares the multiprocessors with it,
+                           and both then run in more waves */
+} zoo_schedule_opts;
+
+/* Schedules steps[first, first + n) under plan p over two streams; src is
+ * the module's source, for the kernels' signatures. */
 void zoo_schedule_build(zoo_schedule *s, const zoo_plan *p, const zoo_step *steps, int first, int n,
-                        const char *src, int window, double max_gemm_flop);
+                        const char *src, zoo_schedule_opts o);
 void zoo_schedule_free(zoo_schedule *s);
 
 #endif

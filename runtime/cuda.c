@@ -1332,77 +1332,97 @@ static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
  * 32/48 1.00 against 1.06 ms a step with two, but 64/128 2.78 against 2.62,
  * where the side stream's large GEMMs share the multiprocessors with the main
  * stream's work and both run in more waves. So the backend times the
- * candidates: one stream, two, and two with only the GEMMs of at most
- * PICK_SMALL_GEMM floating-point operations aside. The step's steps for one
- * micro-batch, captured each way, run alternately PICK_REPS times on a batch
- * with no labels (tokens 0, every target ignored: the same kernels and shapes
- * as training); the smallest median wins, and its schedules stay (none: one
- * stream). ZOO_TWO_STREAMS=1 keeps two (all) without timing; ZOO_ONE_STREAM=1
- * makes no second stream at all. */
+ * candidates (cand_opts): one stream; two; two with only the GEMMs of at most
+ * 1 GFLOP aside. (A fourth, only the steps writing parameter gradients aside,
+ * won at no cell: device run 9, rebased 32/48 0.889 ms against 0.865 for
+ * two, based 64/128 2.545 against 2.453 on one.) The
+ * step's steps for one micro-batch, captured each way, run alternately
+ * PICK_REPS times (ZOO_PICK_REPS=n: n, for the emulated tests) on a batch with no labels (tokens 0, every target ignored:
+ * the same kernels and shapes as training); the smallest median wins, and its
+ * schedules stay (none: one stream). ZOO_TWO_STREAMS=1 keeps the second
+ * candidate without timing; ZOO_ONE_STREAM=1 makes no second stream at all. */
 #define PICK_REPS 5
-#define PICK_SMALL_GEMM 1e9
+#define PICK_CANDS 3
+static const char *const cand_names[PICK_CANDS] = {"one stream", "two", "two (small GEMMs aside)"};
+
 /* ZOO_SCHEDULE_WINDOW=n in the environment, for measuring; else the default. */
 static int schedule_window(void) {
   const char *env = getenv("ZOO_SCHEDULE_WINDOW");
   return env && *env ? atoi(env) : ZOO_SCHEDULE_WINDOW;
 }
 
+static zoo_schedule_opts cand_opts(int k) {
+  zoo_schedule_opts o = {schedule_window(), 0};
+  if (k == 0) o.window = 0;
+  if (k == 2) o.max_gemm_flop = 1e9;
+  return o;
+}
+
+static void build_schedules(zoo_cuda *x, zoo_schedule_opts o, zoo_schedule *train, zoo_schedule *eval) {
+  zoo_cuda_program *cp = &x->prog;
+  zoo_schedule_build(train, &cp->train_plan, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s, o);
+  zoo_schedule_build(eval, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s, o);
+}
+
 static int pick_streams(zoo_cuda *x) {
   core *c = &x->c;
-  zoo_cuda_program *cp = &x->prog;
-  const zoo_plan *p = &cp->train_plan;
+  const zoo_plan *p = &x->prog.train_plan;
   if (!c->side || c->debug || x->train_sched.side == 0 || zoo_env_on("ZOO_TWO_STREAMS")) return 0;
   size_t bt = (size_t)(x->B * x->T);
   ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->tokens_in), 0, bt, c->stream));
   ZOO_CU_N(c->err, c->errlen, cuMemsetD32Async(tensor_ptr(c, p, x->targets_in), (unsigned)-100, bt, c->stream));
-  enum { NCAND = 3 };
-  zoo_schedule small_train, small_eval;
-  zoo_schedule_build(&small_train, p, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s, schedule_window(),
-                     PICK_SMALL_GEMM);
-  zoo_schedule_build(&small_eval, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
-                     schedule_window(), PICK_SMALL_GEMM);
-  const zoo_schedule *cand[NCAND] = {NULL, &x->train_sched, &small_train};
-  static const char *const names[NCAND] = {"one stream", "two", "two (small GEMMs aside)"};
-  int ncand = small_train.side > 0 ? 3 : 2;
-  captured g[NCAND];
+  zoo_schedule train[PICK_CANDS], eval[PICK_CANDS];
+  train[1] = x->train_sched, eval[1] = x->eval_sched; /* built with cand_opts(1) */
+  memset(&x->train_sched, 0, sizeof x->train_sched);
+  memset(&x->eval_sched, 0, sizeof x->eval_sched);
+  for (int k = 0; k < PICK_CANDS; k++)
+    if (k != 1) build_schedules(x, cand_opts(k), &train[k], &eval[k]);
+  int use[PICK_CANDS]; /* the candidates that differ from one stream */
+  for (int k = 0; k < PICK_CANDS; k++) use[k] = k == 0 || train[k].side > 0;
+  captured g[PICK_CANDS];
   memset(g, 0, sizeof g);
   CUevent e0 = NULL, e1 = NULL;
-  float ms[NCAND][PICK_REPS];
+  float ms[PICK_CANDS][PICK_REPS];
+  const char *env = getenv("ZOO_PICK_REPS");
+  int reps = env && atoi(env) >= 1 && atoi(env) <= PICK_REPS ? atoi(env) : PICK_REPS;
   int status = 0;
-  for (int k = 0; k < ncand && status == 0; k++) status = capture_steps(x, &g[k], cand[k]);
+  for (int k = 0; k < PICK_CANDS && status == 0; k++)
+    if (use[k]) status = capture_steps(x, &g[k], k ? &train[k] : NULL);
   if (status == 0 && (zoo_cu.cuEventCreate(&e0, CU_EVENT_DEFAULT) != CUDA_SUCCESS ||
                       zoo_cu.cuEventCreate(&e1, CU_EVENT_DEFAULT) != CUDA_SUCCESS))
     status = -1;
-  for (int k = 0; k < ncand && status == 0; k++) /* a first run of each, untimed */
-    if (zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS) status = -1;
-  for (int rep = 0; rep < PICK_REPS && status == 0; rep++)
-    for (int k = 0; k < ncand && status == 0; k++)
-      if (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS ||
-          zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS ||
-          zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS || zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
-          zoo_cu.cuEventElapsedTime(&ms[k][rep], e0, e1) != CUDA_SUCCESS)
+  for (int k = 0; k < PICK_CANDS && status == 0; k++) /* a first run of each, untimed */
+    if (use[k] && zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS) status = -1;
+  for (int rep = 0; rep < reps && status == 0; rep++)
+    for (int k = 0; k < PICK_CANDS && status == 0; k++)
+      if (use[k] && (zoo_cu.cuEventRecord(e0, c->stream) != CUDA_SUCCESS ||
+                     zoo_cu.cuGraphLaunch(g[k].exec, c->stream) != CUDA_SUCCESS ||
+                     zoo_cu.cuEventRecord(e1, c->stream) != CUDA_SUCCESS ||
+                     zoo_cu.cuEventSynchronize(e1) != CUDA_SUCCESS ||
+                     zoo_cu.cuEventElapsedTime(&ms[k][rep], e0, e1) != CUDA_SUCCESS))
         status = -1;
   if (e0) zoo_cu.cuEventDestroy(e0);
   if (e1) zoo_cu.cuEventDestroy(e1);
-  for (int k = 0; k < NCAND; k++) captured_free(&g[k]);
   int best = 0;
-  for (int k = 0; k < ncand && status == 0; k++) {
-    qsort(ms[k], PICK_REPS, sizeof(float), cmp_float);
-    if (ms[k][PICK_REPS / 2] < ms[best][PICK_REPS / 2]) best = k;
+  for (int k = 0; k < PICK_CANDS; k++) {
+    captured_free(&g[k]);
+    if (!use[k] || status != 0) continue;
+    qsort(ms[k], (size_t)reps, sizeof(float), cmp_float);
+    if (ms[k][reps / 2] < ms[best][reps / 2]) best = k;
   }
   if (status == 0 && zoo_env_on("ZOO_TIMING")) {
     fprintf(stderr, "timing:   cuda: a micro-batch's steps take");
-    for (int k = 0; k < ncand; k++) fprintf(stderr, "%s %.3f ms on %s", k ? "," : "", ms[k][PICK_REPS / 2], names[k]);
-    fprintf(stderr, ": %s\n", names[best]);
+    for (int k = 0, first = 1; k < PICK_CANDS; k++)
+      if (use[k]) fprintf(stderr, "%s %.3f ms on %s", first ? "" : ",", ms[k][reps / 2], cand_names[k]), first = 0;
+    fprintf(stderr, ": %s\n", cand_names[best]);
   }
-  if (status == 0 && best != 1) {
-    zoo_schedule_free(&x->train_sched);
-    zoo_schedule_free(&x->eval_sched);
-    if (best == 2) x->train_sched = small_train, x->eval_sched = small_eval;
-  }
-  if (status != 0 || best != 2) {
-    zoo_schedule_free(&small_train);
-    zoo_schedule_free(&small_eval);
+  for (int k = 0; k < PICK_CANDS; k++) {
+    if (status == 0 && k == best) {
+      x->train_sched = train[k], x->eval_sched = eval[k]; /* one stream: k = 0's, with nothing aside */
+      continue;
+    }
+    zoo_schedule_free(&train[k]);
+    zoo_schedule_free(&eval[k]);
   }
   if (status != 0) {
     if (!c->err[0]) snprintf(c->err, c->errlen, "timing the step on one and two streams failed");
@@ -1450,10 +1470,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
     return context(c, "allocating device memory");
   x->device_bytes = arena + 5 * pb + ib + 512 + WORKSPACE_BYTES;
   if (c->side) { /* the steps over two streams, and cuBLASLt's workspace for the second */
-    zoo_schedule_build(&x->train_sched, &cp->train_plan, cp->emit.steps, 0, cp->ntrain, cp->emit.src.s,
-                       schedule_window(), 0);
-    zoo_schedule_build(&x->eval_sched, &cp->eval_plan, cp->emit.steps, cp->ntrain, cp->neval, cp->emit.src.s,
-                       schedule_window(), 0);
+    build_schedules(x, cand_opts(1), &x->train_sched, &x->eval_sched);
     if (core_alloc(c, &c->workspace_side, WORKSPACE_BYTES) != 0) return context(c, "allocating device memory");
     x->device_bytes += WORKSPACE_BYTES;
   }

@@ -1629,9 +1629,24 @@ TEST(gpu_train_attention_lce_step_tf32) { train_compare_lce(t, "attention", 1, 0
 /* The same comparisons through runtime/cuda.c over the fake driver
  * (tests/fake_cuda.h): capture, replay, seeds, double buffers, late metrics,
  * accumulation, state copies, evaluation; the kernels emulated on the CPU. */
-TEST(emu_backend_rebased) { train_compare(t, "rebased", 1, 1, ZOO_FP32); }
-TEST(emu_backend_attention_accum) { train_compare(t, "attention", 3, 1, ZOO_FP32); }
-TEST(emu_backend_rebased_lce_step) { train_compare_lce(t, "rebased", 2, 1, ZOO_FP32); }
+/* The backend's start-up times one stream against two (pick_streams), a
+ * single run each here (ZOO_PICK_REPS=1: every emulated step is slow); the
+ * other cases take two streams untimed (ZOO_TWO_STREAMS=1). */
+TEST(emu_backend_rebased) {
+  char *saved = zoo_test_env_set("ZOO_PICK_REPS", "1");
+  train_compare(t, "rebased", 1, 1, ZOO_FP32);
+  zoo_test_env_restore("ZOO_PICK_REPS", saved);
+}
+TEST(emu_backend_attention_accum) {
+  char *saved = zoo_test_env_set("ZOO_TWO_STREAMS", "1");
+  train_compare(t, "attention", 3, 1, ZOO_FP32);
+  zoo_test_env_restore("ZOO_TWO_STREAMS", saved);
+}
+TEST(emu_backend_rebased_lce_step) {
+  char *saved = zoo_test_env_set("ZOO_TWO_STREAMS", "1");
+  train_compare_lce(t, "rebased", 2, 1, ZOO_FP32);
+  zoo_test_env_restore("ZOO_TWO_STREAMS", saved);
+}
 TEST(emu_backend_debug_mode) {
   setenv("ZOO_DEBUG", "1", 1);
   train_compare(t, "conv_attention", 2, 1, ZOO_FP32);

@@ -110,12 +110,14 @@ static void schedule_model(zoo_test_ctx *t, const char *model, int d_model, int 
   if (!built) zoo_program_free(p);
   CHECKF(built, "%s: %s", model, err);
   zoo_schedule tr, ev, one;
-  zoo_schedule_build(&tr, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 0);
-  zoo_schedule_build(&ev, &cp.eval_plan, cp.emit.steps, cp.ntrain, cp.neval, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 0);
-  zoo_schedule_build(&one, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, 0, 0);
+  const zoo_schedule_opts all = {ZOO_SCHEDULE_WINDOW, 0}, none = {0, 0};
+  zoo_schedule_build(&tr, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, all);
+  zoo_schedule_build(&ev, &cp.eval_plan, cp.emit.steps, cp.ntrain, cp.neval, cp.emit.src.s, all);
+  zoo_schedule_build(&one, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, none);
   /* with a cap on the GEMMs aside: none of them above it, and still ordered */
   zoo_schedule capped;
-  zoo_schedule_build(&capped, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s, ZOO_SCHEDULE_WINDOW, 1e3);
+  zoo_schedule_build(&capped, &cp.train_plan, cp.emit.steps, 0, cp.ntrain, cp.emit.src.s,
+                     (zoo_schedule_opts){ZOO_SCHEDULE_WINDOW, 1e3});
   int bad_capped = unordered_pairs(&capped, &cp.train_plan, cp.emit.steps, 0, cp.emit.src.s), big_aside = 0;
   for (int j = 0; j < cp.ntrain; j++)
     big_aside += capped.stream[j] && cp.emit.steps[j].kind == ZOO_STEP_GEMM;
