@@ -1338,11 +1338,17 @@ static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
  * two, based 64/128 2.545 against 2.453 on one.) The
  * step's steps for one micro-batch, captured each way, run alternately
  * PICK_REPS times (ZOO_PICK_REPS=n: n, for the emulated tests) on a batch with no labels (tokens 0, every target ignored:
- * the same kernels and shapes as training); the smallest median wins, and its
+ * the same kernels and shapes as training); the smallest median wins (two
+ * streams only by PICK_MARGIN), and its
  * schedules stay (none: one stream). ZOO_TWO_STREAMS=1 keeps the second
  * candidate without timing; ZOO_ONE_STREAM=1 makes no second stream at all. */
 #define PICK_REPS 5
 #define PICK_CANDS 3
+/* Two streams must beat one by 1%: on a tie the noise picks, and the
+ * training loop may then run a little slower (device run 10: rebased 64/128
+ * took two with small GEMMs aside at 2.449 against 2.458 ms, then ran 2.64 ms
+ * a step against 2.61 on one). */
+#define PICK_MARGIN 0.99f
 static const char *const cand_names[PICK_CANDS] = {"one stream", "two", "two (small GEMMs aside)"};
 
 /* ZOO_SCHEDULE_WINDOW=n in the environment, for measuring; else the default. */
@@ -1408,7 +1414,7 @@ static int pick_streams(zoo_cuda *x) {
     captured_free(&g[k]);
     if (!use[k] || status != 0) continue;
     qsort(ms[k], (size_t)reps, sizeof(float), cmp_float);
-    if (ms[k][reps / 2] < ms[best][reps / 2]) best = k;
+    if (k > 0 && ms[k][reps / 2] < PICK_MARGIN * ms[0][reps / 2] && ms[k][reps / 2] < ms[best][reps / 2]) best = k;
   }
   if (status == 0 && zoo_env_on("ZOO_TIMING")) {
     fprintf(stderr, "timing:   cuda: a micro-batch's steps take");
