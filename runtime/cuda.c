@@ -1330,18 +1330,18 @@ static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
 /* Two streams or one (schedule.h): whether the side stream pays depends on
  * the shapes. Measured on the H200 (session 7, device runs 1 and 2): rebased
  * 32/48 1.00 against 1.06 ms a step with two, but 64/128 2.78 against 2.62,
- * where the side stream's large GEMMs share the multiprocessors with the main
- * stream's work and both run in more waves. So the backend times the
- * candidates (cand_opts): one stream; two; two with only the GEMMs of at most
- * 1 GFLOP aside. (A fourth, only the steps writing parameter gradients aside,
- * won at no cell: device run 9, rebased 32/48 0.889 ms against 0.865 for
- * two, based 64/128 2.545 against 2.453 on one.) The
- * step's steps for one micro-batch, captured each way, run alternately
- * PICK_REPS times (ZOO_PICK_REPS=n: n, for the emulated tests) on a batch with no labels (tokens 0, every target ignored:
- * the same kernels and shapes as training); the smallest median wins (two
- * streams only by PICK_MARGIN), and its
- * schedules stay (none: one stream). ZOO_TWO_STREAMS=1 keeps the second
- * candidate without timing; ZOO_ONE_STREAM=1 makes no second stream at all. */
+ * where the side stream's work shares the multiprocessors with the main
+ * stream's and both run in more waves. So the backend times the candidates
+ * (cand_opts): one stream; two; two with only the GEMMs of at most 1 GFLOP
+ * aside. (A fourth, only the steps writing parameter gradients aside, won at
+ * no cell: device run 9, rebased 32/48 0.889 ms against 0.865 for two, based
+ * 64/128 2.545 against 2.453 on one.) The step's steps for one micro-batch,
+ * captured each way, run alternately PICK_REPS times (ZOO_PICK_REPS=n: n, for
+ * the emulated tests) on a batch with no labels (tokens 0, every target
+ * ignored: the same kernels and shapes as training); the smallest median
+ * wins (two streams only by PICK_MARGIN), and its schedules stay (none: one
+ * stream). ZOO_TWO_STREAMS=1 keeps the second candidate without timing;
+ * ZOO_ONE_STREAM=1 makes no second stream at all. */
 #define PICK_REPS 5
 #define PICK_CANDS 3
 /* Two streams must beat one by 1%: on a tie the noise picks, and the
