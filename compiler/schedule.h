@@ -36,6 +36,10 @@
  * The plan gives a value's bytes to another only ZOO_PLAN_SLACK steps after
  * its last use (plan.h), so a side step's inputs are not overwritten by the
  * main stream's next steps; ZOO_SCHEDULE_WINDOW is no larger.
+ *
+ * Whether two streams pay depends on the shapes; the CUDA backend times one
+ * stream against the candidate schedules at start-up and keeps the fastest
+ * (runtime/cuda.c, pick_streams).
  */
 #ifndef ZOO_SCHEDULE_H
 #define ZOO_SCHEDULE_H
