@@ -930,27 +930,36 @@ static int enqueue_train(zoo_cuda *x, slot *s, uint64_t seed) {
   return 0;
 }
 
-/* Captures the training step of slot s as a CUDA graph. */
-static int capture_train(zoo_cuda *x, slot *s) {
+/* Captures what enqueue(x, arg) puts on the stream into cap (a graph, its
+ * node count and its instance, with the nodes' priorities); on failure says
+ * `what` was being captured. */
+static int capture(zoo_cuda *x, captured *cap, int (*enqueue)(zoo_cuda *, void *), void *arg, const char *what) {
   core *c = &x->c;
-  captured_free(&s->graph);
   ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
-  c->capturing = &s->graph;
-  int status = enqueue_train(x, s, 0);
+  c->capturing = cap;
+  int status = enqueue(x, arg);
   c->capturing = NULL;
   CUgraph graph = NULL;
   CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
   if (status != 0) {
     if (graph) zoo_cu.cuGraphDestroy(graph);
-    return context(c, "while capturing the training step");
+    return context(c, what);
   }
   if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(stream, &graph)", __FILE__, __LINE__, c->err, c->errlen);
-  s->graph.graph = graph;
+  cap->graph = graph;
   size_t nodes = 0;
   ZOO_CU_N(c->err, c->errlen, cuGraphGetNodes(graph, NULL, &nodes));
-  s->graph.nodes = (int)nodes;
-  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&s->graph.exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
+  cap->nodes = (int)nodes;
+  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&cap->exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
   return 0;
+}
+
+static int enqueue_train_slot(zoo_cuda *x, void *s) { return enqueue_train(x, s, 0); }
+
+/* Captures the training step of slot s as a CUDA graph. */
+static int capture_train(zoo_cuda *x, slot *s) {
+  captured_free(&s->graph);
+  return capture(x, &s->graph, enqueue_train_slot, s, "while capturing the training step");
 }
 
 /* Points the seed arguments of slot s's graph at this step's seed. */
@@ -1140,6 +1149,10 @@ static int enqueue_eval(zoo_cuda *x) {
   ZOO_CU_N(c->err, c->errlen, cuMemcpyDtoHAsync(x->eval_metrics, acc, 3 * sizeof(float), c->stream));
   return 0;
 }
+static int enqueue_eval_arg(zoo_cuda *x, void *arg) {
+  (void)arg;
+  return enqueue_eval(x);
+}
 
 static int cuda_eval_batch(zoo_backend *be, const int32_t *tokens, const int32_t *targets, int rows,
                            zoo_metrics *m) {
@@ -1159,21 +1172,9 @@ static int cuda_eval_batch(zoo_backend *be, const int32_t *tokens, const int32_t
   if (c->debug) {
     if (enqueue_eval(x) != 0) return -1;
   } else {
-    if (!x->eval_graph.exec) {
-      ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
-      c->capturing = &x->eval_graph;
-      int status = enqueue_eval(x);
-      c->capturing = NULL;
-      CUgraph graph = NULL;
-      CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
-      if (status != 0) {
-        if (graph) zoo_cu.cuGraphDestroy(graph);
-        return context(c, "while capturing the evaluation step");
-      }
-      if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(...)", __FILE__, __LINE__, c->err, c->errlen);
-      x->eval_graph.graph = graph;
-      ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&x->eval_graph.exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
-    }
+    if (!x->eval_graph.exec &&
+        capture(x, &x->eval_graph, enqueue_eval_arg, NULL, "while capturing the evaluation step") != 0)
+      return -1;
     CUresult r = zoo_cu.cuGraphLaunch(x->eval_graph.exec, c->stream);
     if (r != CUDA_SUCCESS) {
       zoo_cu_fail(r, "cuGraphLaunch(eval, stream)", __FILE__, __LINE__, c->err, c->errlen);
@@ -1308,23 +1309,12 @@ static int cmp_float(const void *a, const void *b) {
 
 /* Captures the training step's steps for one micro-batch (no optimiser) into
  * cap, over the streams sc says (NULL: one). */
-static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
-  core *c = &x->c;
+static int enqueue_steps(zoo_cuda *x, void *sc) {
   zoo_cuda_program *cp = &x->prog;
-  ZOO_CU_N(c->err, c->errlen, cuStreamBeginCapture(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
-  c->capturing = cap;
-  int status = run_steps(c, &cp->train_plan, &cp->train, 0, cp->ntrain, 0, 0, sc);
-  c->capturing = NULL;
-  CUgraph graph = NULL;
-  CUresult r = zoo_cu.cuStreamEndCapture(c->stream, &graph);
-  if (status != 0) {
-    if (graph) zoo_cu.cuGraphDestroy(graph);
-    return -1;
-  }
-  if (r != CUDA_SUCCESS) return zoo_cu_fail(r, "cuStreamEndCapture(...)", __FILE__, __LINE__, c->err, c->errlen);
-  cap->graph = graph;
-  ZOO_CU_N(c->err, c->errlen, cuGraphInstantiate(&cap->exec, graph, CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY));
-  return 0;
+  return run_steps(&x->c, &cp->train_plan, &cp->train, 0, cp->ntrain, 0, 0, sc);
+}
+static int capture_steps(zoo_cuda *x, captured *cap, const zoo_schedule *sc) {
+  return capture(x, cap, enqueue_steps, (void *)sc, "while capturing a micro-batch's steps");
 }
 
 /* Two streams or one (schedule.h): whether the side stream pays depends on
