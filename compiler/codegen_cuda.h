@@ -181,6 +181,15 @@ typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_for
 int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
                        zoo_poly_form *form, char *err, size_t errlen);
 
+/* Whether the quadratic form runs as poly_attention_tiled.cu's two-level tiles
+ * (64 queries x 64 keys a block) rather than poly_attention.cu's one row a
+ * thread: ZOO_POLY_TILED=0|1 in the environment, else when DV >=
+ * ZOO_POLY_TILED_MIN_DV and T >= 64; never when F is not a multiple of 8 or
+ * the tiles' shared memory would not fit. A backward that must recompute the
+ * forward's o and z (given do, q, k, v alone) keeps the one-row kernels. */
+int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
+#define ZOO_POLY_TILED_MIN_DV 8
+
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32
  * (measured on the H200, session 5: at K = 24 or 32 it took 0.006 ms where

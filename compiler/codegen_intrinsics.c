@@ -280,6 +280,95 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
   flit(eps, elen, n->attrs.f[4]);
 }
 
+/* ---- the tiled quadratic form: runtime/kernels/poly_attention_tiled.cu
+ *
+ * Two-level register tiles (64 queries x 64 keys a block, 128 threads) for
+ * value widths where the one-row-a-thread kernels above are left one row a
+ * thread; the rule is zoo_cuda_poly_tiled's (codegen_cuda.h). */
+enum { PT_TILE = 64, PT_THREADS = 128, PT_LD = 68 };
+
+/* zk_poly_tiled_smem, mirrored (the wrappers static_assert that both agree). */
+static int64_t pt_smem(int64_t F, int64_t DV, int part) {
+  int64_t dvp = 8 * ((DV + 7) / 8);
+  int64_t rows = part == 0 ? 2 * F + dvp + PT_TILE : part == 1 ? 2 * F + 2 * dvp + PT_TILE : 2 * F + 2 * dvp + 2 * PT_TILE;
+  return 4 * (rows * PT_LD + (part ? PT_TILE : 0));
+}
+
+int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV) {
+  if (F % 8 != 0 || pt_smem(F, DV, 2) > 227 * 1024) return 0;
+  const char *env = getenv("ZOO_POLY_TILED");
+  if (env && (!strcmp(env, "0") || !strcmp(env, "1"))) return env[0] == '1';
+  return DV >= ZOO_POLY_TILED_MIN_DV && T >= PT_TILE;
+}
+
+static int poly_tiled(const attn_dims *a) { return zoo_cuda_poly_tiled(a->T, a->F, a->DV); }
+
+static void pt_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
+  zoo_strbuf_printf(&e->src, "static_assert(zk_poly_tiled_smem<%lld, %lld>(%d) == %lld, \"shared memory\");\n",
+                    (long long)a->F, (long long)a->DV, part, (long long)pt_smem(a->F, a->DV, part));
+}
+
+static int poly_tiled_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
+  if (need(e, "poly_attention_tiled.cu", NULL, NULL)) return -1;
+  char name[64], c[200], eps[48];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  kernel_name(e, n, "poly_tiled_fwd", name, sizeof name);
+  pt_assert(e, a, 0);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
+                    "float *__restrict__ z) {\n"
+                    "  zk_poly_tiled_fwd<%lld, %lld, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
+                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c, eps);
+  zoo_step *s = launch(e, n, name, a->BH * cdiv(a->T, PT_TILE), PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 0));
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  return 0;
+}
+
+/* Needs the forward's o and z (the node's inputs 4 and 5). */
+static int poly_tiled_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
+  if (need(e, "poly_attention_tiled.cu", NULL, NULL)) return -1;
+  int64_t scratch = a->BH * a->T * (a->DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
+  int64_t grid = a->BH * cdiv(a->T, PT_TILE);
+  char name[64], c[200], eps[48];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  kernel_name(e, n, "poly_tiled_bwd_q", name, sizeof name);
+  pt_assert(e, a, 1);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, "
+                    "float *__restrict__ stats) {\n"
+                    "  zk_poly_tiled_bwd_q<%lld, %lld, %lld, %lld>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
+                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
+  zoo_step *s = launch(e, n, name, grid, PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 1));
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "poly_tiled_bwd_kv", name, sizeof name);
+  pt_assert(e, a, 2);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
+                    "  zk_poly_tiled_bwd_kv<%lld, %lld, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
+                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
+  s = launch(e, n, name, grid, PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 2));
+  if (!s) return -1;
+  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[1]);
+  arg_tensor(s, n->out[2]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
 /* ---- the chunked form: runtime/kernels/poly_attention_chunked.cu
  *
  * Operation counts per (batch, head) pair, multiply-adds, W = DV + 1, D = 136
@@ -437,6 +526,7 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 0, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_fwd(e, n, &a);
+  if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
   char name[64], c[200], eps[48];
@@ -464,6 +554,7 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
+  if (n->nin == 6 && poly_tiled(&a)) return poly_tiled_bwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_bwd_rows(a.T, a.DV);
   int64_t scratch = a.BH * a.T * (a.DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */

@@ -422,7 +422,15 @@ static int precompile_cells(const bench_opts *o) {
 static const int poly_B = 512, poly_H = 12, poly_F = 16;
 static const int poly_T[] = {128, 512, 2048};
 static const int poly_DV[] = {5, 42};
-static const char *const poly_forms[] = {"quadratic", "chunked"};
+/* The kernels timed: the quadratic form one row a thread (poly_attention.cu)
+ * and in two-level tiles (poly_attention_tiled.cu), and the chunked form; by
+ * ZOO_POLY_FORM and ZOO_POLY_TILED. */
+typedef struct poly_variant {
+  const char *name, *form, *tiled;
+} poly_variant;
+static const poly_variant poly_variants[] = {
+    {"rows", "quadratic", "0"}, {"tiled", "quadratic", "1"}, {"chunked", "chunked", NULL}};
+#define NPOLY_VARIANTS (int)(sizeof poly_variants / sizeof *poly_variants)
 
 /* q, k [B, H, T, F], v [B, H, T, DV] -> poly_attention (ReBased's
  * coefficients) and its backward from a seed dy; io: q, k, v, dy. */
@@ -447,19 +455,36 @@ static int poly_graph(zoo_graph *g, int64_t T, int64_t DV, int io[4], zoo_diag *
   return zoo_autodiff(g, y, io[3], d);
 }
 
-/* Sets ZOO_POLY_FORM to form (NULL: unsets it); returns the old value (to free). */
-static char *poly_form_env(const char *form) {
-  const char *old = getenv("ZOO_POLY_FORM");
+/* Sets variable name to value (NULL: unsets it); returns the old value (to
+ * free). */
+static char *env_swap(const char *name, const char *value) {
+  const char *old = getenv(name);
   char *saved = old ? strdup(old) : NULL;
-  if (form) setenv("ZOO_POLY_FORM", form, 1);
-  else unsetenv("ZOO_POLY_FORM");
+  if (value) setenv(name, value, 1);
+  else unsetenv(name);
   return saved;
 }
 
-static void poly_form_restore(char *saved) {
-  if (saved) setenv("ZOO_POLY_FORM", saved, 1);
-  else unsetenv("ZOO_POLY_FORM");
+static void env_restore(const char *name, char *saved) {
+  if (saved) setenv(name, saved, 1);
+  else unsetenv(name);
   free(saved);
+}
+
+/* ZOO_POLY_FORM and ZOO_POLY_TILED as variant v has them (v NULL: both unset,
+ * the automatic rule); poly_env_restore puts them back. */
+typedef struct poly_env {
+  char *form, *tiled;
+} poly_env;
+
+static poly_env poly_env_set(const poly_variant *v) {
+  poly_env e = {env_swap("ZOO_POLY_FORM", v ? v->form : NULL), env_swap("ZOO_POLY_TILED", v ? v->tiled : NULL)};
+  return e;
+}
+
+static void poly_env_restore(poly_env e) {
+  env_restore("ZOO_POLY_FORM", e.form);
+  env_restore("ZOO_POLY_TILED", e.tiled);
 }
 
 typedef struct poly_result {
@@ -473,8 +498,9 @@ static double median_ms(float *ms, int n) {
   return n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
 }
 
-/* Times one shape in one form; host holds random values for the largest input. */
-static void poly_run(int64_t T, int64_t DV, const char *form, const bench_opts *o, const float *host,
+/* Times one shape with one variant; host holds random values for the largest
+ * input. */
+static void poly_run(int64_t T, int64_t DV, const poly_variant *var, const bench_opts *o, const float *host,
                      poly_result *r) {
   memset(r, 0, sizeof *r);
   zoo_graph g;
@@ -489,9 +515,9 @@ static void poly_run(int64_t T, int64_t DV, const char *form, const bench_opts *
     zoo_graph_free(&g);
     return;
   }
-  char *saved = poly_form_env(form);
+  poly_env saved = poly_env_set(var);
   zoo_cuda_exec *x = zoo_cuda_exec_init(&g, sym, 1, NULL, err, sizeof err);
-  poly_form_restore(saved);
+  poly_env_restore(saved);
   if (!x) {
     snprintf(r->error, sizeof r->error, "%s", err);
     zoo_graph_free(&g);
@@ -518,13 +544,15 @@ static void poly_run(int64_t T, int64_t DV, const char *form, const bench_opts *
   zoo_graph_free(&g);
 }
 
-/* The form the automatic rule picks for a shape. */
-static const char *poly_auto_form(int64_t T, int64_t DV) {
-  char *saved = poly_form_env(NULL), err[256];
+/* The variant the automatic rules pick for a shape. */
+static const char *poly_auto_variant(int64_t T, int64_t DV) {
+  poly_env saved = poly_env_set(NULL);
+  char err[256];
   zoo_poly_form f = ZOO_POLY_QUADRATIC;
   int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, &f, err, sizeof err);
-  poly_form_restore(saved);
-  return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : "quadratic";
+  int tiled = zoo_cuda_poly_tiled(T, poly_F, DV);
+  poly_env_restore(saved);
+  return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : tiled ? "tiled" : "rows";
 }
 
 /* --precompile --poly: the section's modules into the kernel cache, for sm_90. */
@@ -532,7 +560,7 @@ static int precompile_poly(void) {
   int failures = 0;
   for (int ti = 0; ti < 3; ti++)
     for (int di = 0; di < 2; di++)
-      for (int fi = 0; fi < 2; fi++) {
+      for (int fi = 0; fi < NPOLY_VARIANTS; fi++) {
         zoo_graph g;
         zoo_diag d;
         zoo_diag_init(&d, stderr);
@@ -542,10 +570,10 @@ static int precompile_poly(void) {
         char err[1024] = "the graph does not build";
         double t0 = now_s();
         int ok = poly_graph(&g, poly_T[ti], poly_DV[di], io, &d) == 0;
-        char *saved = poly_form_env(poly_forms[fi]);
+        poly_env saved = poly_env_set(&poly_variants[fi]);
         ok = ok && zoo_cuda_exec_precompile(&g, sym, 1, NULL, "sm_90", err, sizeof err) == 0;
-        poly_form_restore(saved);
-        printf("poly_attention L %5d DV %2d %-9s: %s (%.1f s)\n", poly_T[ti], poly_DV[di], poly_forms[fi],
+        poly_env_restore(saved);
+        printf("poly_attention L %5d DV %2d %-9s: %s (%.1f s)\n", poly_T[ti], poly_DV[di], poly_variants[fi].name,
                ok ? "compiled" : err, now_s() - t0);
         fflush(stdout);
         failures += !ok;
@@ -581,11 +609,11 @@ static int bench_poly(const bench_opts *o, FILE *js) {
   int failures = 0;
   for (int ti = 0; ti < 3; ti++)
     for (int di = 0; di < 2; di++)
-      for (int fi = 0; fi < 2; fi++) {
+      for (int fi = 0; fi < NPOLY_VARIANTS; fi++) {
         int64_t T = poly_T[ti], DV = poly_DV[di];
-        const char *form = poly_forms[fi], *chosen = poly_auto_form(T, DV);
+        const char *form = poly_variants[fi].name, *chosen = poly_auto_variant(T, DV);
         poly_result pr;
-        poly_run(T, DV, form, o, host, &pr);
+        poly_run(T, DV, &poly_variants[fi], o, host, &pr);
         const char *mark = strcmp(chosen, form) == 0 ? "*" : "";
         if (pr.error[0]) {
           failures++;
@@ -613,10 +641,12 @@ static int bench_poly(const bench_opts *o, FILE *js) {
         }
       }
   free(host);
-  printf("\n*: the form ZOO_POLY_FORM=auto picks (chunked from L = %d, ZOO_POLY_CHUNKED_MIN_T); forward: "
-         "poly_attention's kernel;\nbackward: poly_attention_bwd's kernels (dq, then dk and dv); FLOPs as "
-         "poly_flops in runtime/bench.c, the same for both forms.\n",
-         ZOO_POLY_CHUNKED_MIN_T);
+  printf("\nrows, tiled: the quadratic form one row a thread (poly_attention.cu) or in 64 x 64 tiles "
+         "(poly_attention_tiled.cu);\n*: what the automatic rules pick (chunked from L = %d, "
+         "ZOO_POLY_CHUNKED_MIN_T; tiled from DV = %d, ZOO_POLY_TILED_MIN_DV); forward:\npoly_attention's "
+         "kernel; backward: poly_attention_bwd's kernels (dq, then dk and dv); FLOPs as poly_flops in "
+         "runtime/bench.c, the same for all.\n",
+         ZOO_POLY_CHUNKED_MIN_T, ZOO_POLY_TILED_MIN_DV);
   return failures;
 }
 

@@ -1207,6 +1207,51 @@ TEST(emu_ops_poly_chunked) {
   CHECKF(failed == 0, "%d poly_attention chunked case(s) differ (emulated)", failed);
 }
 
+/* poly_attention's tiled quadratic form (poly_attention_tiled.cu), the
+ * choice forced both ways by ZOO_POLY_TILED: value widths 5 (one column a
+ * thread), 10, 21 (3 columns a thread, odd) and 42 (6, padded to 48); T 200
+ * and 150 end in a partial tile, 64 is one whole tile; both layouts. */
+static int c_tiled_rebased_42(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 1, 200, 42); }
+static int c_tiled_based_21(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2, 150, 21); }
+static int c_tiled_rebased_10_one(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2, 2, 64, 10); }
+static int c_tiled_based_5(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2, 130, 5); }
+static int c_tiled_rebased_42_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 1, 3, 200, 42); }
+static int c_tiled_based_10_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 2, 2, 150, 10); }
+
+static const named_case poly_tiled_cases[] = {
+      {"poly_tiled_rebased_dv42", c_tiled_rebased_42, 1e-3, 1},
+      {"poly_tiled_based_dv21", c_tiled_based_21, 1e-3, 1},
+      {"poly_tiled_rebased_dv10_one_tile", c_tiled_rebased_10_one, 1e-3, 1},
+      {"poly_tiled_based_dv5", c_tiled_based_5, 1e-3, 1},
+      {"poly_tiled_rebased_dv42_heads", c_tiled_rebased_42_heads, 1e-3, 1},
+      {"poly_tiled_based_dv10_heads", c_tiled_based_10_heads, 1e-3, 1},
+};
+
+/* The cases with ZOO_POLY_TILED=1 and =0 (the one-row-a-thread kernels). */
+static int poly_tiled_both(zoo_test_ctx *t, int mode) {
+  int n = (int)(sizeof poly_tiled_cases / sizeof *poly_tiled_cases), failed = 0;
+  char *saved = zoo_test_env_set("ZOO_POLY_TILED", "1");
+  failed += run_cases_form(t, poly_tiled_cases, n, mode, "quadratic");
+  setenv("ZOO_POLY_TILED", "0", 1);
+  failed += run_cases_form(t, poly_tiled_cases, n, mode, "quadratic");
+  zoo_test_env_restore("ZOO_POLY_TILED", saved);
+  return failed;
+}
+
+TEST(gpu_ops_poly_tiled) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = poly_tiled_both(t, mode);
+  CHECKF(failed == 0, "%d poly_attention tiled case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_poly_tiled) {
+  EMU_OR_SKIP();
+  int failed = poly_tiled_both(t, 1);
+  CHECKF(failed == 0, "%d poly_attention tiled case(s) differ (emulated)", failed);
+}
+
 /* ---- the fusion pass's rewrites (compiler/fuse.h): kernels made of several ops */
 
 /* BaseConv with the pre-norm block around it: y = layernorm(conv(u) * p + u + r),

@@ -157,6 +157,7 @@ TEST(intrinsics_nvrtc_poly_attention) {
   kt k;
   kt_init(&k);
   poly_form_env("quadratic"); /* T = 2048 would take the chunked form */
+  char *tiled = zoo_test_env_set("ZOO_POLY_TILED", "0"); /* one row a thread; the tiles below */
   /* ReBased at the shipped (d_model, T): head widths d_model / 12 */
   add_poly(&k, 48, 2, 0, 0, 1);    /* d 32, T 48 */
   add_poly(&k, 128, 5, 0, 0, 1);   /* d 64, T 128 */
@@ -169,9 +170,47 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly_saved(&k, 128, 5, 0, 0, 1, 0, 0);  /* the backward without o, z */
   add_poly_saved(&k, 48, 2, 1, 1, 0.5, 1, 0);
   poly_form_env(NULL);
+  zoo_test_env_restore("ZOO_POLY_TILED", tiled);
   CHECK(!k.failed);
   KT_COMPILE(&k, "poly_attention");
   kt_free(&k);
+}
+
+/* The quadratic form in two-level tiles (poly_attention_tiled.cu) at every
+ * value width, both layouts, ReBased and Based; T past one tile or not. */
+TEST(intrinsics_nvrtc_poly_tiled) {
+  kt k;
+  kt_init(&k);
+  poly_form_env("quadratic");
+  char *tiled = zoo_test_env_set("ZOO_POLY_TILED", "1");
+  int64_t widths[] = {2, 5, 10, 21, 42};
+  for (int i = 0; i < 5; i++) add_poly(&k, 512, widths[i], 0, 0, 1);
+  add_poly(&k, 2048, 42, 1, 1, 0.5);
+  add_poly(&k, 100, 10, 1, 1, 0.5);
+  add_poly_layout(&k, 512, 42, 0, 0, 1, 1);
+  add_poly_layout(&k, 128, 10, 1, 1, 0.5, 1);
+  poly_form_env(NULL);
+  zoo_test_env_restore("ZOO_POLY_TILED", tiled);
+  CHECK(!k.failed);
+  CHECK(strstr(k.e.src.s, "zk_poly_tiled_bwd_kv<16, 42, 512, 12>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<") == NULL);
+  KT_COMPILE(&k, "poly_attention_tiled");
+  kt_free(&k);
+}
+
+/* Rows or tiles: the rule, the override, the shapes the tiles cannot take. */
+TEST(intrinsics_poly_tiled_rule) {
+  char *saved = zoo_test_env_set("ZOO_POLY_TILED", NULL);
+  CHECK(zoo_cuda_poly_tiled(512, 16, ZOO_POLY_TILED_MIN_DV) == 1);
+  CHECK(zoo_cuda_poly_tiled(512, 16, ZOO_POLY_TILED_MIN_DV - 1) == 0);
+  CHECK(zoo_cuda_poly_tiled(63, 16, 42) == 0);
+  CHECK(zoo_cuda_poly_tiled(512, 12, 42) == 0); /* F not a multiple of 8 */
+  setenv("ZOO_POLY_TILED", "1", 1);
+  CHECK(zoo_cuda_poly_tiled(48, 16, 2) == 1);
+  CHECK(zoo_cuda_poly_tiled(512, 16, 600) == 0); /* shared memory */
+  setenv("ZOO_POLY_TILED", "0", 1);
+  CHECK(zoo_cuda_poly_tiled(512, 16, 42) == 0);
+  zoo_test_env_restore("ZOO_POLY_TILED", saved);
 }
 
 /* The chunked form (poly_attention_chunked.cu) at every value width, ReBased
@@ -493,8 +532,15 @@ TEST(intrinsics_emit_steps) {
   CHECK(q->nargs == 8 && q->args[7].kind == ZOO_ARG_SCRATCH && kv->args[3].kind == ZOO_ARG_SCRATCH);
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>") != NULL);
-  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0, 8>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
+  /* DV 10: the two-level tiles, 8 query tiles of 64 a pair, 128 threads,
+   * the same scratch; dynamic shared memory past 48 KB for dk, dv */
+  const zoo_step *tf = &k.e.steps[3], *tq = &k.e.steps[4], *tkv = &k.e.steps[5];
+  CHECK(strstr(k.e.src.s, "zk_poly_tiled_fwd<16, 10, 512, 0>") != NULL);
+  CHECK(tf->grid[0] == 2 * 12 * 8 && tf->block[0] == 128 && tq->grid[0] == tf->grid[0] && tkv->grid[0] == tf->grid[0]);
+  CHECK(tf->smem == (2 * 16 + 16 + 64) * 68 * 4 && tkv->smem == ((2 * 16 + 2 * 16 + 128) * 68 + 64) * 4);
+  CHECK(tq->scratch_bytes == 2 * 12 * 512 * 11 * 4 && tkv->scratch_bytes == tq->scratch_bytes);
+  CHECK(tq->nargs == 8 && tq->args[7].kind == ZOO_ARG_SCRATCH && tkv->args[3].kind == ZOO_ARG_SCRATCH);
   kt_free(&k);
 
   /* the heads interleaved (layout 1): the same launches and scratch, HI = 12 */
