@@ -188,7 +188,18 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
  * the tiles' shared memory would not fit. A backward that must recompute the
  * forward's o and z (given do, q, k, v alone) keeps the one-row kernels. */
 int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
-#define ZOO_POLY_TILED_MIN_DV 8
+
+/* Measured with `zoorun bench --poly` on an H200 (session 8, device run 1; B
+ * 512, H 12, ReBased), forward / backward ms, rows against tiles: DV 42 at
+ * T 128 0.649 / 1.832 against 0.458 / 1.608, at T 512 5.160 / 15.390 against
+ * 4.906 / 15.111; DV 5 at T 512 1.391 / 4.170 against 1.907 / 7.088. At the
+ * cells (zoorun bench --only rebased): 512/512 (DV 42) 97.61 -> 95.84 ms a
+ * step with the tiles, 128/512 (DV 10) 25.60 -> 28.26. Both kinds are bound
+ * by shared-memory reads (ncu: L1 82-88% busy in the tiles): a warp's 16-byte
+ * read takes 4 of the L1's cycles, broadcast or not, so a float read must
+ * feed 4 multiply-adds to keep up, and the tiles' value phases reach that
+ * only with many value columns a thread. Hence tiles from DV 32. */
+#define ZOO_POLY_TILED_MIN_DV 32
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32

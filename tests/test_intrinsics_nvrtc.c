@@ -533,13 +533,19 @@ TEST(intrinsics_emit_steps) {
   CHECK(strstr(k.e.src.s, "zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats") != NULL);
   CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>") != NULL);
   CHECK(f->func && strstr(k.e.src.s, f->func) != NULL);
-  /* DV 10: the two-level tiles, 8 query tiles of 64 a pair, 128 threads,
-   * the same scratch; dynamic shared memory past 48 KB for dk, dv */
-  const zoo_step *tf = &k.e.steps[3], *tq = &k.e.steps[4], *tkv = &k.e.steps[5];
-  CHECK(strstr(k.e.src.s, "zk_poly_tiled_fwd<16, 10, 512, 0>") != NULL);
+  CHECK(strstr(k.e.src.s, "zk_poly_fwd<16, 10, 64, 2, 512, 0, 8>") != NULL);
+  kt_free(&k);
+
+  /* DV 42: the two-level tiles, 8 query tiles of 64 a pair, 128 threads, the
+   * same scratch; dynamic shared memory past 48 KB for dk, dv */
+  kt_init(&k);
+  add_poly(&k, 512, 42, 0, 0, 1);
+  CHECK(!k.failed && k.e.nsteps == 3);
+  const zoo_step *tf = &k.e.steps[0], *tq = &k.e.steps[1], *tkv = &k.e.steps[2];
+  CHECK(strstr(k.e.src.s, "zk_poly_tiled_fwd<16, 42, 512, 0>") != NULL);
   CHECK(tf->grid[0] == 2 * 12 * 8 && tf->block[0] == 128 && tq->grid[0] == tf->grid[0] && tkv->grid[0] == tf->grid[0]);
-  CHECK(tf->smem == (2 * 16 + 16 + 64) * 68 * 4 && tkv->smem == ((2 * 16 + 2 * 16 + 128) * 68 + 64) * 4);
-  CHECK(tq->scratch_bytes == 2 * 12 * 512 * 11 * 4 && tkv->scratch_bytes == tq->scratch_bytes);
+  CHECK(tf->smem == ((2 * 16 + 48 + 64) * 68 + 64) * 4 && tkv->smem == ((2 * 16 + 2 * 48 + 128) * 68 + 64) * 4);
+  CHECK(tq->scratch_bytes == 2 * 12 * 512 * 43 * 4 && tkv->scratch_bytes == tq->scratch_bytes);
   CHECK(tq->nargs == 8 && tq->args[7].kind == ZOO_ARG_SCRATCH && tkv->args[3].kind == ZOO_ARG_SCRATCH);
   kt_free(&k);
 
