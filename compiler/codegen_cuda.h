@@ -198,7 +198,10 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * by shared-memory reads (ncu: L1 82-88% busy in the tiles): a warp's 16-byte
  * read takes 4 of the L1's cycles, broadcast or not, so a float read must
  * feed 4 multiply-adds to keep up, and the tiles' value phases reach that
- * only with many value columns a thread. Hence tiles from DV 32. */
+ * only with many value columns a thread. Hence tiles from DV 32. Value, dq
+ * and dk phases in 8-row tiles (half the threads, 161-166 registers) read a
+ * third fewer floats and measured slower (device run 2): DV 42, T 512, 6.50 /
+ * 16.77 ms. */
 #define ZOO_POLY_TILED_MIN_DV 32
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted

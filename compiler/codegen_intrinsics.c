@@ -291,7 +291,7 @@ enum { PT_TILE = 64, PT_THREADS = 128, PT_LD = 68 };
 static int64_t pt_smem(int64_t F, int64_t DV, int part) {
   int64_t dvp = 8 * ((DV + 7) / 8);
   int64_t rows = part == 0 ? 2 * F + dvp + PT_TILE : part == 1 ? 2 * F + 2 * dvp + PT_TILE : 2 * F + 2 * dvp + 2 * PT_TILE;
-  return 4 * (rows * PT_LD + PT_TILE);
+  return 4 * (rows * PT_LD + (part ? PT_TILE : 0));
 }
 
 int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV) {

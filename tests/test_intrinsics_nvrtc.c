@@ -544,7 +544,7 @@ TEST(intrinsics_emit_steps) {
   const zoo_step *tf = &k.e.steps[0], *tq = &k.e.steps[1], *tkv = &k.e.steps[2];
   CHECK(strstr(k.e.src.s, "zk_poly_tiled_fwd<16, 42, 512, 0>") != NULL);
   CHECK(tf->grid[0] == 2 * 12 * 8 && tf->block[0] == 128 && tq->grid[0] == tf->grid[0] && tkv->grid[0] == tf->grid[0]);
-  CHECK(tf->smem == ((2 * 16 + 48 + 64) * 68 + 64) * 4 && tkv->smem == ((2 * 16 + 2 * 48 + 128) * 68 + 64) * 4);
+  CHECK(tf->smem == (2 * 16 + 48 + 64) * 68 * 4 && tkv->smem == ((2 * 16 + 2 * 48 + 128) * 68 + 64) * 4);
   CHECK(tq->scratch_bytes == 2 * 12 * 512 * 43 * 4 && tkv->scratch_bytes == tq->scratch_bytes);
   CHECK(tq->nargs == 8 && tq->args[7].kind == ZOO_ARG_SCRATCH && tkv->args[3].kind == ZOO_ARG_SCRATCH);
   kt_free(&k);

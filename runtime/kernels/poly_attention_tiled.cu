@@ -13,10 +13,9 @@
  *     contiguous bytes), reading F-major tiles qT[F][64] and kT[F][64];
  *     in the backward also the rank-DV update of dn_i . v_j;
  *   values: products with the weights of the scores phase, which go through
- *     shared memory: a thread takes 8 rows and DVT = ceil(DV / 8) value
- *     columns (threads 0-63), or 8 rows and F / 4 features for dq or dk
- *     (32 threads), reading weights and transposed columns ([DVP][64]) 4
- *     keys at a time; the other threads wait at the next barrier.
+ *     shared memory: a thread takes the same 4 rows and DVT = ceil(DV / 8)
+ *     value columns (column group = its lane's key group), reading weights 4
+ *     at a time and value columns transposed, [DVP][64], 4 keys at a time.
  * so each 16-byte read from shared memory feeds 8 to 32 multiply-adds. Tiles
  * are [rows][LD] with LD = 68 floats: rows stay 16-byte aligned and rows 4
  * apart fall on other banks. All sums are fp32, in another order than
@@ -30,8 +29,8 @@
  * zk_poly_tiled_bwd_q<F, DV, T, HI>: from the forward's o and z, dn_i, dd_i
  *   (into stats[BH][T][DV + 1], poly_attention.cu's layout) and dq_i.
  * zk_poly_tiled_bwd_kv<F, DV, T, HI>: dk_j, dv_j from stats, without atomics.
- * F must be a multiple of 8 (the dq and dk phases give a thread F / 4
- * features, the scores phase reads F-major rows 16 bytes at a time). Dynamic shared memory: zk_poly_tiled_smem<F, DV>(part) bytes,
+ * F must be a multiple of 8 (the dq and dk phases give a thread F / 8
+ * features). Dynamic shared memory: zk_poly_tiled_smem<F, DV>(part) bytes,
  * part 0 forward, 1 bwd_q, 2 bwd_kv; the emitter mirrors it.
  */
 #ifndef ZK_POLY_ATTENTION_TILED_CU
@@ -48,7 +47,7 @@ template <int DV> struct zk_pt_cols {
 
 template <int F, int DV>
 __host__ __device__ constexpr int zk_poly_tiled_smem(int part) {
-  return 4 * (part == 0   ? (2 * F + zk_pt_cols<DV>::DVP + ZK_PT_TILE) * ZK_PT_LD + ZK_PT_TILE
+  return 4 * (part == 0   ? (2 * F + zk_pt_cols<DV>::DVP + ZK_PT_TILE) * ZK_PT_LD
               : part == 1 ? (2 * F + 2 * zk_pt_cols<DV>::DVP + ZK_PT_TILE) * ZK_PT_LD + ZK_PT_TILE
                           : (2 * F + 2 * zk_pt_cols<DV>::DVP + 2 * ZK_PT_TILE) * ZK_PT_LD + ZK_PT_TILE);
 }
@@ -108,23 +107,21 @@ __device__ __forceinline__ void zk_pt_store(float *sh, const float (&w)[4][8], c
   }
 }
 
-/* acc[i][c] += sum over m < 64 of w[r0 + i][m] x[c0 + c][m] for i < 8,
- * c < NC (NC <= NCA, the accumulators' columns): w a [64][ZK_PT_LD] tile of
- * weights, x a transposed [.][ZK_PT_LD] tile. */
-template <int NC, int NCA>
-__device__ __forceinline__ void zk_pt_apply(float (&acc)[8][NCA], const float *w, const float *x, int r0,
-                                            int c0) {
-  static_assert(NC <= NCA, "columns");
+/* acc[i][c] += sum over m < 64 of w[4 g + i][m] x[NC c0 + c][m] for c < NC:
+ * w a [64][ZK_PT_LD] tile of weights, x a transposed [.][ZK_PT_LD] tile. */
+template <int NC>
+__device__ __forceinline__ void zk_pt_apply(float (&acc)[4][NC], const float *w, const float *x, int c0,
+                                            const zk_pt_role &ro) {
 #pragma unroll 2
   for (int m = 0; m < ZK_PT_TILE; m += 4) {
-    zk_f4 wr[8];
+    zk_f4 wr[4];
 #pragma unroll
-    for (int i = 0; i < 8; i++) wr[i] = *(const zk_f4 *)&w[(r0 + i) * ZK_PT_LD + m];
+    for (int i = 0; i < 4; i++) wr[i] = *(const zk_f4 *)&w[(4 * ro.g + i) * ZK_PT_LD + m];
 #pragma unroll
     for (int c = 0; c < NC; c++) {
-      zk_f4 xr = *(const zk_f4 *)&x[(c0 + c) * ZK_PT_LD + m];
+      zk_f4 xr = *(const zk_f4 *)&x[(NC * c0 + c) * ZK_PT_LD + m];
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
+      for (int i = 0; i < 4; i++) {
         float s = acc[i][c];
         s = fmaf(wr[i].x, xr.x, s);
         s = fmaf(wr[i].y, xr.y, s);
@@ -144,20 +141,19 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
   constexpr int DVT = zk_pt_cols<DV>::DVT, DVP = zk_pt_cols<DV>::DVP;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   extern __shared__ float zk_pt_sh[];
-  float *qT = zk_pt_sh, *kT = qT + F * LD, *vT = kT + F * LD, *as = vT + DVP * LD, *dens = as + ZK_PT_TILE * LD;
+  float *qT = zk_pt_sh, *kT = qT + F * LD, *vT = kT + F * LD, *as = vT + DVP * LD;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PT_TILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
   const float *vb = v + zk_head_slice<DV, T, HI>(bh);
   float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
   const zk_pt_role ro;
-  const int t = (int)threadIdx.x, vr = 8 * (t >> 3), vc = DVT * (t & 7); /* values: t < 64 */
 
   zk_pt_load_t<F, F, T, LQ>(qT, qb, i0, scale);
-  float acc[8][DVT], den[4];
+  float acc[4][DVT], den[4];
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    if (i < 4) den[i] = 0.0f;
+  for (int i = 0; i < 4; i++) {
+    den[i] = 0.0f;
 #pragma unroll
     for (int c = 0; c < DVT; c++) acc[i][c] = 0.0f;
   }
@@ -184,27 +180,26 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
       }
     zk_pt_store(as, w, ro);
     __syncthreads();
-    if (t < 64) zk_pt_apply<DVT>(acc, as, vT, vr, vc);
+    zk_pt_apply<DVT>(acc, as, vT, ro.h, ro);
   }
-  /* the row sums over the 8 lanes of the same rows, to the value threads */
+  /* the row sums over the 8 lanes of the same rows */
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 1);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 2);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 4);
-    if (ro.h == 0) dens[4 * ro.g + i] = den[i] + eps;
   }
-  __syncthreads();
-  if (t >= 64) return;
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    int qi = i0 + vr + i;
+  for (int i = 0; i < 4; i++) {
+    int qi = i0 + 4 * ro.g + i;
     if (qi >= T) continue;
-    float zi = dens[vr + i], inv = 1.0f / zi;
+    float zi = den[i] + eps, inv = 1.0f / zi;
 #pragma unroll
-    for (int c = 0; c < DVT; c++)
-      if (vc + c < DV) ob[(zk_i64)qi * LV + vc + c] = acc[i][c] * inv;
-    if (vc == 0) zb[qi] = zi;
+    for (int c = 0; c < DVT; c++) {
+      int col = DVT * ro.h + c;
+      if (col < DV) ob[(zk_i64)qi * LV + col] = acc[i][c] * inv;
+    }
+    if (ro.h == 0) zb[qi] = zi;
   }
 }
 
@@ -215,7 +210,7 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
                                                     float *__restrict__ dq, float *__restrict__ stats, float c0,
                                                     float c1, float c2, float scale) {
   constexpr int NTILE = (T + ZK_PT_TILE - 1) / ZK_PT_TILE, LD = ZK_PT_LD;
-  constexpr int DVP = zk_pt_cols<DV>::DVP, FQ = F / 4;
+  constexpr int DVP = zk_pt_cols<DV>::DVP, FT = F / 8;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pt_sh[];
@@ -253,13 +248,12 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
         int r = e / (DV + 1);
         if (i0 + r < T) st[(zk_i64)i0 * (DV + 1) + e] = x;
       });
-  const int t = (int)threadIdx.x, fr = 8 * (t >> 2), fc = FQ * (t & 3); /* dq: t < 32 */
-  float ddi[4], dqa[8][FQ];
+  float ddi[4], dqa[4][FT];
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    if (i < 4) ddi[i] = dd[4 * ro.g + i];
+  for (int i = 0; i < 4; i++) {
+    ddi[i] = dd[4 * ro.g + i];
 #pragma unroll
-    for (int f = 0; f < FQ; f++) dqa[i][f] = 0.0f;
+    for (int f = 0; f < FT; f++) dqa[i][f] = 0.0f;
   }
   for (int kt = 0; kt <= tile; kt++) {
     __syncthreads(); /* the last tile's dq phase is done with kT, ds */
@@ -284,15 +278,14 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
       }
     zk_pt_store(ds, s, ro);
     __syncthreads();
-    if (t < 32) zk_pt_apply<FQ>(dqa, ds, kT, fr, fc);
+    zk_pt_apply<FT>(dqa, ds, kT, ro.h, ro);
   }
-  if (t >= 32) return;
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    int qi = i0 + fr + i;
+  for (int i = 0; i < 4; i++) {
+    int qi = i0 + 4 * ro.g + i;
     if (qi >= T) continue;
 #pragma unroll
-    for (int f = 0; f < FQ; f++) dqb[(zk_i64)qi * LQ + fc + f] = dqa[i][f] * scale;
+    for (int f = 0; f < FT; f++) dqb[(zk_i64)qi * LQ + FT * ro.h + f] = dqa[i][f] * scale;
   }
 }
 
@@ -303,8 +296,7 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
                                                      float *__restrict__ dv, float c0, float c1, float c2,
                                                      float scale) {
   constexpr int NTILE = (T + ZK_PT_TILE - 1) / ZK_PT_TILE, LD = ZK_PT_LD;
-  constexpr int DVT = zk_pt_cols<DV>::DVT, DVP = zk_pt_cols<DV>::DVP, FQ = F / 4;
-  constexpr int NA = DVT > FQ ? DVT : FQ;
+  constexpr int DVT = zk_pt_cols<DV>::DVT, DVP = zk_pt_cols<DV>::DVP, FT = F / 8;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pt_sh[];
@@ -319,15 +311,14 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
 
   zk_pt_load_t<F, F, T, LQ>(kT, kb, j0, 1.0f);
   zk_pt_load_t<DV, DVP, T, LV>(vT, vb, j0, 1.0f);
-  /* value phases: threads 0-63 dv, 8 keys x DVT columns each; 64-95 dk, 8 keys
-   * x F / 4 features; 96-127 none. One set of accumulators serves both. */
-  const int t = (int)threadIdx.x, u = t < 64 ? t : t - 64;
-  const int ar = t < 64 ? 8 * (u >> 3) : 8 * (u >> 2), ac = t < 64 ? DVT * (u & 7) : FQ * (u & 3);
-  float acc[8][NA];
+  float dva[4][DVT], dka[4][FT];
 #pragma unroll
-  for (int i = 0; i < 8; i++)
+  for (int i = 0; i < 4; i++) {
 #pragma unroll
-    for (int c = 0; c < NA; c++) acc[i][c] = 0.0f;
+    for (int c = 0; c < DVT; c++) dva[i][c] = 0.0f;
+#pragma unroll
+    for (int f = 0; f < FT; f++) dka[i][f] = 0.0f;
+  }
   for (int qt = tile; qt < NTILE; qt++) {
     const int i0 = qt * ZK_PT_TILE;
     __syncthreads(); /* the last tile's value phase is done with qT, dnT, as, ds */
@@ -359,21 +350,19 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
     zk_pt_store(as, da, ro);
     zk_pt_store(ds, s, ro);
     __syncthreads();
-    if (t < 64) zk_pt_apply<DVT>(acc, as, dnT, ar, ac);
-    else if (t < 96) zk_pt_apply<FQ>(acc, ds, qT, ar, ac);
+    zk_pt_apply<DVT>(dva, as, dnT, ro.h, ro);
+    zk_pt_apply<FT>(dka, ds, qT, ro.h, ro);
   }
-  if (t >= 96) return;
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    int j = j0 + ar + i;
+  for (int i = 0; i < 4; i++) {
+    int j = j0 + 4 * ro.g + i;
     if (j >= T) continue;
-    if (t < 64) {
 #pragma unroll
-      for (int c = 0; c < DVT; c++)
-        if (ac + c < DV) dvb[(zk_i64)j * LV + ac + c] = acc[i][c];
-    } else {
+    for (int f = 0; f < FT; f++) dkb[(zk_i64)j * LQ + FT * ro.h + f] = dka[i][f];
 #pragma unroll
-      for (int f = 0; f < FQ; f++) dkb[(zk_i64)j * LQ + ac + f] = acc[i][f];
+    for (int c = 0; c < DVT; c++) {
+      int col = DVT * ro.h + c;
+      if (col < DV) dvb[(zk_i64)j * LV + col] = dva[i][c];
     }
   }
 }
