@@ -195,10 +195,10 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * 4.906 / 15.111; DV 5 at T 512 1.391 / 4.170 against 1.907 / 7.088. At the
  * cells (zoorun bench --only rebased): 512/512 (DV 42) 97.61 -> 95.84 ms a
  * step with the tiles, 128/512 (DV 10) 25.60 -> 28.26. Both kinds are bound
- * by shared-memory reads (ncu: L1 82-88% busy in the tiles): a warp's 16-byte
- * read takes 4 of the L1's cycles, broadcast or not, so a float read must
- * feed 4 multiply-adds to keep up, and the tiles' value phases reach that
- * only with many value columns a thread. Hence tiles from DV 32. Value, dq
+ * by shared-memory reads (ncu: L1 82-88% busy in the tiles), as if a warp's
+ * 16-byte read took 4 of the L1's cycles, broadcast or not: then a float read
+ * must feed 4 multiply-adds to keep up, and the tiles' value phases come near
+ * that only with many value columns a thread. Hence tiles from DV 32. Value, dq
  * and dk phases in 8-row tiles (half the threads, 161-166 registers) read a
  * third fewer floats and measured slower (device run 2): DV 42, T 512, 6.50 /
  * 16.77 ms. */

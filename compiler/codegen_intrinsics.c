@@ -280,6 +280,47 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
   flit(eps, elen, n->attrs.f[4]);
 }
 
+/* A forward kernel of poly_attention: the wrapper `name`(q, k, v, o, z) whose
+ * body is the call `call`, launched over `grid` blocks of `threads` with
+ * (q, k, v) -> (o, z). */
+static int poly_fwd_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *call,
+                           int threads, int64_t grid, unsigned smem) {
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
+                    "float *__restrict__ z) {\n"
+                    "  %s;\n}\n",
+                    threads, name, call);
+  zoo_step *s = launch(e, n, name, grid, (unsigned)threads, smem);
+  if (!s) return -1;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
+  return 0;
+}
+
+/* The dk, dv kernel of poly_attention_bwd: the wrapper `name`(q, k, v, stats,
+ * dk, dv) with __launch_bounds__(bounds) whose body is the call `call`,
+ * launched over `grid` blocks of `threads` with (q, k, v, scratch of
+ * `scratch` bytes) -> (dk, dv). */
+static int poly_bwd_kv_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *bounds,
+                              const char *call, int threads, int64_t grid, unsigned smem, int64_t scratch) {
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%s) %s(const float *__restrict__ q, "
+                    "const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
+                    "  %s;\n}\n",
+                    bounds, name, call);
+  zoo_step *s = launch(e, n, name, grid, (unsigned)threads, smem);
+  if (!s) return -1;
+  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, 0);
+  arg_tensor(s, n->out[1]);
+  arg_tensor(s, n->out[2]);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
 /* ---- the tiled quadratic form: runtime/kernels/poly_attention_tiled.cu
  *
  * Two-level register tiles (64 queries x 64 keys a block, 128 threads) for
@@ -310,22 +351,14 @@ static void pt_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
 
 static int poly_tiled_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
   if (need(e, "poly_attention_tiled.cu", NULL, NULL)) return -1;
-  char name[64], c[200], eps[48];
+  char name[64], c[200], eps[48], call[400];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_tiled_fwd", name, sizeof name);
   pt_assert(e, a, 0);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
-                    "float *__restrict__ z) {\n"
-                    "  zk_poly_tiled_fwd<%lld, %lld, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
-                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c, eps);
-  zoo_step *s = launch(e, n, name, a->BH * cdiv(a->T, PT_TILE), PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 0));
-  if (!s) return -1;
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_tensor(s, n->out[1]);
-  return 0;
+  snprintf(call, sizeof call, "zk_poly_tiled_fwd<%lld, %lld, %lld, %lld>(q, k, v, o, z, %s, %s)", (long long)a->F,
+           (long long)a->DV, (long long)a->T, (long long)a->HI, c, eps);
+  return poly_fwd_launch(e, n, name, call, PT_THREADS, a->BH * cdiv(a->T, PT_TILE),
+                         (unsigned)pt_smem(a->F, a->DV, 0));
 }
 
 /* Needs the forward's o and z (the node's inputs 4 and 5). */
@@ -353,20 +386,11 @@ static int poly_tiled_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *
 
   kernel_name(e, n, "poly_tiled_bwd_kv", name, sizeof name);
   pt_assert(e, a, 2);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, "
-                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_tiled_bwd_kv<%lld, %lld, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
-  s = launch(e, n, name, grid, PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 2));
-  if (!s) return -1;
-  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
-  arg_scratch(s, 0);
-  arg_tensor(s, n->out[1]);
-  arg_tensor(s, n->out[2]);
-  s->scratch_bytes = scratch;
-  return 0;
+  char bounds[16], call[400];
+  snprintf(bounds, sizeof bounds, "%d", PT_THREADS);
+  snprintf(call, sizeof call, "zk_poly_tiled_bwd_kv<%lld, %lld, %lld, %lld>(q, k, v, stats, dk, dv, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
+  return poly_bwd_kv_launch(e, n, name, bounds, call, PT_THREADS, grid, (unsigned)pt_smem(a->F, a->DV, 2), scratch);
 }
 
 /* ---- the chunked form: runtime/kernels/poly_attention_chunked.cu
@@ -452,23 +476,14 @@ static int poly_chunked_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
   if (need(e, "poly_attention_chunked.cu", NULL, NULL)) return -1;
   pc_layout l;
   pc_layout_of(&l, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2]);
-  char name[64], c[200], eps[48], targs[96];
+  char name[64], c[200], eps[48], targs[96], call[400];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   pc_targs(&l, targs, sizeof targs);
   kernel_name(e, n, "poly_chunked_fwd", name, sizeof name);
   pc_assert(e, &l, targs, 0);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
-                    "float *__restrict__ z) {\n"
-                    "  zk_poly_chunked_fwd<%s, %lld, %lld>(q, k, v, o, z, %s, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c, eps);
-  zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[0]);
-  if (!s) return -1;
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_tensor(s, n->out[1]);
-  return 0;
+  snprintf(call, sizeof call, "zk_poly_chunked_fwd<%s, %lld, %lld>(q, k, v, o, z, %s, %s)", targs, (long long)a->T,
+           (long long)a->HI, c, eps);
+  return poly_fwd_launch(e, n, name, call, l.NT, a->BH, (unsigned)l.smem[0]);
 }
 
 static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
@@ -497,20 +512,11 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
 
   kernel_name(e, n, "poly_chunked_bwd_kv", name, sizeof name);
   pc_assert(e, &l, targs, 2);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, "
-                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_chunked_bwd_kv<%s, %lld, %lld>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c);
-  s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[2]);
-  if (!s) return -1;
-  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
-  arg_scratch(s, 0);
-  arg_tensor(s, n->out[1]);
-  arg_tensor(s, n->out[2]);
-  s->scratch_bytes = scratch;
-  return 0;
+  char bounds[16], call[400];
+  snprintf(bounds, sizeof bounds, "%d", l.NT);
+  snprintf(call, sizeof call, "zk_poly_chunked_bwd_kv<%s, %lld, %lld>(q, k, v, stats, dk, dv, %s)", targs,
+           (long long)a->T, (long long)a->HI, c);
+  return poly_bwd_kv_launch(e, n, name, bounds, call, l.NT, a->BH, (unsigned)l.smem[2], scratch);
 }
 
 /* The form of node n, or -1 with e->err. */
@@ -529,24 +535,12 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
-  char name[64], c[200], eps[48];
+  char name[64], c[200], eps[48], call[400];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_attn_fwd", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
-                    "float *__restrict__ z) {\n"
-                    "  zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld, %d>(q, k, v, o, z, %s, %s);\n}\n",
-                    BQ, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI,
-                    poly_fwd_batch(), c, eps);
-  zoo_step *s = launch(e, n, name, a.BH * cdiv(a.T, (int64_t)BQ * R), (unsigned)BQ, 0);
-  if (!s) return -1;
-  arg_tensor(s, n->in[0]);
-  arg_tensor(s, n->in[1]);
-  arg_tensor(s, n->in[2]);
-  arg_tensor(s, n->out[0]);
-  arg_tensor(s, n->out[1]);
-  return 0;
+  snprintf(call, sizeof call, "zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld, %d>(q, k, v, o, z, %s, %s)",
+           (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, poly_fwd_batch(), c, eps);
+  return poly_fwd_launch(e, n, name, call, BQ, a.BH * cdiv(a.T, (int64_t)BQ * R), 0);
 }
 
 int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
@@ -587,21 +581,11 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
    * per SM, without spills at F 16, DV 5 (R 2), 10, 21; DV 42 would spill) */
   int kv_blocks = R * 2 * (a.F + a.DV) + a.F + a.DV + 1 <= 112 && BQ == 64 ? 8 : 1;
   kernel_name(e, n, "poly_attn_bwd_kv", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d, %d) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, "
-                    "const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {\n"
-                    "  zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld%s>(q, k, v, stats, dk, dv, %s);\n}\n",
-                    BQ, kv_blocks, name, (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, nb,
-                    c);
-  s = launch(e, n, name, grid, (unsigned)BQ, 0);
-  if (!s) return -1;
-  for (int k = 1; k < 4; k++) arg_tensor(s, n->in[k]);
-  arg_scratch(s, 0);
-  arg_tensor(s, n->out[1]);
-  arg_tensor(s, n->out[2]);
-  s->scratch_bytes = scratch;
-  return 0;
+  char bounds[32], call[400];
+  snprintf(bounds, sizeof bounds, "%d, %d", BQ, kv_blocks);
+  snprintf(call, sizeof call, "zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld%s>(q, k, v, stats, dk, dv, %s)",
+           (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, nb, c);
+  return poly_bwd_kv_launch(e, n, name, bounds, call, BQ, grid, 0, scratch);
 }
 
 /* ---------------------------------------------------------------------------

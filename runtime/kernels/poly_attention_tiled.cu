@@ -132,6 +132,20 @@ __device__ __forceinline__ void zk_pt_apply(float (&acc)[4][NC], const float *w,
   }
 }
 
+/* The backward's two rank updates of a 4 x 8 block, from zero: s from the F
+ * rows of a1, b1, da from the DVP rows of a2, b2 (zk_pt_rank's operands). */
+template <int F, int DVP>
+__device__ __forceinline__ void zk_pt_scores(float (&s)[4][8], float (&da)[4][8], const float *a1,
+                                             const float *b1, const float *a2, const float *b2,
+                                             const zk_pt_role &ro) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++) s[i][j] = da[i][j] = 0.0f;
+  zk_pt_rank<F>(s, a1, b1, ro);
+  zk_pt_rank<DVP>(da, a2, b2, ro);
+}
+
 template <int F, int DV, int T, int HI>
 __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                   const float *__restrict__ v, float *__restrict__ o,
@@ -261,12 +275,7 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
     zk_pt_load_t<DV, DVP, T, LV>(vT, vb, kt * ZK_PT_TILE, 1.0f);
     __syncthreads();
     float s[4][8], da[4][8];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int j = 0; j < 8; j++) s[i][j] = da[i][j] = 0.0f;
-    zk_pt_rank<F>(s, qT, kT, ro);
-    zk_pt_rank<DVP>(da, dnT, vT, ro);
+    zk_pt_scores<F, DVP>(s, da, qT, kT, dnT, vT, ro);
     const bool diag = kt == tile;
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -330,12 +339,7 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
     }
     __syncthreads();
     float s[4][8], da[4][8];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int j = 0; j < 8; j++) s[i][j] = da[i][j] = 0.0f;
-    zk_pt_rank<F>(s, kT, qT, ro);
-    zk_pt_rank<DVP>(da, vT, dnT, ro);
+    zk_pt_scores<F, DVP>(s, da, kT, qT, vT, dnT, ro);
     const bool diag = qt == tile;
 #pragma unroll
     for (int i = 0; i < 4; i++)
