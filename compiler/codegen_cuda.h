@@ -129,6 +129,9 @@ typedef struct zoo_cuda_emit {
   char **owned;            /* strings made by zoo_cuda_strdup, freed with e */
   int nowned, owned_cap;
   int ncounters;           /* ZOO_ARG_COUNTER numbers handed out */
+  int poly_tf32;           /* set by the caller: 1 = poly_attention's quadratic form on the
+                              tensor cores with TF32 products (precision tf32 and bf16);
+                              0 = fp32 kernels. ZOO_POLY_MMA overrides it (zoo_cuda_poly_mma) */
 } zoo_cuda_emit;
 
 /* A copy of s that lives as long as e (for zoo_step.func). */
@@ -203,6 +206,15 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * third fewer floats and measured slower (device run 2): DV 42, T 512, 6.50 /
  * 16.77 ms. */
 #define ZOO_POLY_TILED_MIN_DV 32
+
+/* The tensor-core kernels of the quadratic form (poly_attention_mma.cu) that
+ * the emitter takes for q [.., T, F], v [.., T, DV]: 0 none (the fp32 kernels
+ * above), 1 one TF32 product, 3 three (each fp32 operand split into a TF32
+ * head and tail: errors of the order of fp32 rounding). ZOO_POLY_MMA=0|1|3 in
+ * the environment, else 1 when the caller asks for TF32 products (tf32, the
+ * emit's poly_tf32), else 0; always 0 when F is not a multiple of 8 or the
+ * tiles' shared memory would not fit. */
+int zoo_cuda_poly_mma(int64_t F, int64_t DV, int tf32);
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32

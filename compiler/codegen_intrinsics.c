@@ -321,6 +321,72 @@ static int poly_bwd_kv_launch(zoo_cuda_emit *e, const zoo_node *n, const char *n
   return 0;
 }
 
+/* ---- the quadratic form on the tensor cores: runtime/kernels/poly_attention_mma.cu
+ * (64 rows a block of 4 warps, TF32 m16n8k8 products); the rule is
+ * zoo_cuda_poly_mma's (codegen_cuda.h). */
+enum { PM_TILE = 64, PM_THREADS = 128 };
+
+/* zk_poly_mma_smem, mirrored (the wrappers static_assert that both agree). */
+static int64_t pm_smem(int64_t F, int64_t DV, int part) {
+  int64_t dvp = (DV + 7) / 8 * 8, fs = F + 4, vs = dvp + 4 + (dvp % 16 == 8 ? 8 : 0);
+  return 4 * (part == 0 ? PM_TILE * (fs + vs) : part == 1 ? PM_TILE * (fs + 2 * vs) + PM_TILE : PM_TILE * (fs + vs) + PM_TILE);
+}
+
+int zoo_cuda_poly_mma(int64_t F, int64_t DV, int tf32) {
+  if (F % 8 != 0 || pm_smem(F, DV, 1) > 227 * 1024) return 0;
+  const char *env = getenv("ZOO_POLY_MMA");
+  if (env && (!strcmp(env, "0") || !strcmp(env, "1") || !strcmp(env, "3"))) return atoi(env);
+  return tf32 ? 1 : 0;
+}
+
+static void pm_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
+  zoo_strbuf_printf(&e->src, "static_assert(zk_poly_mma_smem<%lld, %lld>(%d) == %lld, \"shared memory\");\n",
+                    (long long)a->F, (long long)a->DV, part, (long long)pm_smem(a->F, a->DV, part));
+}
+
+static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, int split) {
+  if (need(e, "poly_attention_mma.cu", NULL, NULL)) return -1;
+  char name[64], c[200], eps[48], call[400];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  kernel_name(e, n, "poly_mma_fwd", name, sizeof name);
+  pm_assert(e, a, 0);
+  snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d>(q, k, v, o, z, %s, %s)", (long long)a->F,
+           (long long)a->DV, (long long)a->T, (long long)a->HI, split, c, eps);
+  return poly_fwd_launch(e, n, name, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE), (unsigned)pm_smem(a->F, a->DV, 0));
+}
+
+/* Needs the forward's o and z (the node's inputs 4 and 5). */
+static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, int split) {
+  if (need(e, "poly_attention_mma.cu", NULL, NULL)) return -1;
+  int64_t scratch = a->BH * a->T * (a->DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
+  int64_t grid = a->BH * cdiv(a->T, PM_TILE);
+  char name[64], c[200], eps[48];
+  poly_consts(n, c, sizeof c, eps, sizeof eps);
+  kernel_name(e, n, "poly_mma_bwd_q", name, sizeof name);
+  pm_assert(e, a, 1);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, "
+                    "float *__restrict__ stats) {\n"
+                    "  zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
+                    PM_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, c);
+  zoo_step *s = launch(e, n, name, grid, PM_THREADS, (unsigned)pm_smem(a->F, a->DV, 1));
+  if (!s) return -1;
+  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+
+  kernel_name(e, n, "poly_mma_bwd_kv", name, sizeof name);
+  pm_assert(e, a, 2);
+  char bounds[16], call[400];
+  snprintf(bounds, sizeof bounds, "%d", PM_THREADS);
+  snprintf(call, sizeof call, "zk_poly_mma_bwd_kv<%lld, %lld, %lld, %lld, %d>(q, k, v, stats, dk, dv, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, c);
+  return poly_bwd_kv_launch(e, n, name, bounds, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 2), scratch);
+}
+
 /* ---- the tiled quadratic form: runtime/kernels/poly_attention_tiled.cu
  *
  * Two-level register tiles (64 queries x 64 keys a block, 128 threads) for
@@ -532,6 +598,8 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 0, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_fwd(e, n, &a);
+  int split = zoo_cuda_poly_mma(a.F, a.DV, e->poly_tf32);
+  if (split) return poly_mma_fwd(e, n, &a, split);
   if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
@@ -548,6 +616,8 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
+  int split = n->nin == 6 ? zoo_cuda_poly_mma(a.F, a.DV, e->poly_tf32) : 0;
+  if (split) return poly_mma_bwd(e, n, &a, split);
   if (n->nin == 6 && poly_tiled(&a)) return poly_tiled_bwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_bwd_rows(a.T, a.DV);

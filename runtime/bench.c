@@ -422,14 +422,19 @@ static int precompile_cells(const bench_opts *o) {
 static const int poly_B = 512, poly_H = 12, poly_F = 16;
 static const int poly_T[] = {128, 512, 2048};
 static const int poly_DV[] = {5, 42};
-/* The kernels timed: the quadratic form one row a thread (poly_attention.cu)
- * and in two-level tiles (poly_attention_tiled.cu), and the chunked form; by
- * ZOO_POLY_FORM and ZOO_POLY_TILED. */
+/* The kernels timed: the quadratic form one row a thread (poly_attention.cu),
+ * in two-level tiles (poly_attention_tiled.cu) and on the tensor cores with
+ * three TF32 products a product (tc3, fp32's accuracy) or one (tc1, what
+ * precision tf32 and bf16 run; poly_attention_mma.cu), and the chunked form;
+ * by ZOO_POLY_FORM, ZOO_POLY_TILED and ZOO_POLY_MMA. */
 typedef struct poly_variant {
-  const char *name, *form, *tiled;
+  const char *name, *form, *tiled, *mma;
 } poly_variant;
-static const poly_variant poly_variants[] = {
-    {"rows", "quadratic", "0"}, {"tiled", "quadratic", "1"}, {"chunked", "chunked", NULL}};
+static const poly_variant poly_variants[] = {{"rows", "quadratic", "0", "0"},
+                                             {"tiled", "quadratic", "1", "0"},
+                                             {"tc3", "quadratic", NULL, "3"},
+                                             {"tc1", "quadratic", NULL, "1"},
+                                             {"chunked", "chunked", NULL, "0"}};
 #define NPOLY_VARIANTS (int)(sizeof poly_variants / sizeof *poly_variants)
 
 /* q, k [B, H, T, F], v [B, H, T, DV] -> poly_attention (ReBased's
@@ -471,20 +476,22 @@ static void env_restore(const char *name, char *saved) {
   free(saved);
 }
 
-/* ZOO_POLY_FORM and ZOO_POLY_TILED as variant v has them (v NULL: both unset,
- * the automatic rule); poly_env_restore puts them back. */
+/* ZOO_POLY_FORM, ZOO_POLY_TILED and ZOO_POLY_MMA as variant v has them (v
+ * NULL: all unset, the automatic rules); poly_env_restore puts them back. */
 typedef struct poly_env {
-  char *form, *tiled;
+  char *form, *tiled, *mma;
 } poly_env;
 
 static poly_env poly_env_set(const poly_variant *v) {
-  poly_env e = {env_swap("ZOO_POLY_FORM", v ? v->form : NULL), env_swap("ZOO_POLY_TILED", v ? v->tiled : NULL)};
+  poly_env e = {env_swap("ZOO_POLY_FORM", v ? v->form : NULL), env_swap("ZOO_POLY_TILED", v ? v->tiled : NULL),
+                env_swap("ZOO_POLY_MMA", v ? v->mma : NULL)};
   return e;
 }
 
 static void poly_env_restore(poly_env e) {
   env_restore("ZOO_POLY_FORM", e.form);
   env_restore("ZOO_POLY_TILED", e.tiled);
+  env_restore("ZOO_POLY_MMA", e.mma);
 }
 
 typedef struct poly_result {
@@ -550,9 +557,9 @@ static const char *poly_auto_variant(int64_t T, int64_t DV) {
   char err[256];
   zoo_poly_form f = ZOO_POLY_QUADRATIC;
   int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, &f, err, sizeof err);
-  int tiled = zoo_cuda_poly_tiled(T, poly_F, DV);
+  int tiled = zoo_cuda_poly_tiled(T, poly_F, DV), mma = zoo_cuda_poly_mma(poly_F, DV, 0);
   poly_env_restore(saved);
-  return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : tiled ? "tiled" : "rows";
+  return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : mma == 3 ? "tc3" : mma == 1 ? "tc1" : tiled ? "tiled" : "rows";
 }
 
 /* --precompile --poly: the section's modules into the kernel cache, for sm_90. */
@@ -642,10 +649,12 @@ static int bench_poly(const bench_opts *o, FILE *js) {
       }
   free(host);
   printf("\nrows, tiled: the quadratic form one row a thread (poly_attention.cu) or in 64 x 64 tiles "
-         "(poly_attention_tiled.cu);\n*: what the automatic rules pick (chunked from L = %d, "
-         "ZOO_POLY_CHUNKED_MIN_T; tiled from DV = %d, ZOO_POLY_TILED_MIN_DV); forward:\npoly_attention's "
-         "kernel; backward: poly_attention_bwd's kernels (dq, then dk and dv); FLOPs as poly_flops in "
-         "runtime/bench.c, the same for all.\n",
+         "(poly_attention_tiled.cu);\ntc3, tc1: on the tensor cores (poly_attention_mma.cu), three TF32 products "
+         "a product (fp32's accuracy) or one\n(what precision tf32 and bf16 run; past 100%% of the fp32 peak is "
+         "possible);\n*: what the automatic rules pick in fp32 (chunked from L = %d, ZOO_POLY_CHUNKED_MIN_T; "
+         "tiled from DV = %d,\nZOO_POLY_TILED_MIN_DV); forward: poly_attention's kernel; backward: "
+         "poly_attention_bwd's kernels (dq, then dk and dv);\nFLOPs as poly_flops in runtime/bench.c, the same for "
+         "all.\n",
          ZOO_POLY_CHUNKED_MIN_T, ZOO_POLY_TILED_MIN_DV);
   return failures;
 }

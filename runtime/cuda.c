@@ -1448,7 +1448,9 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free0, &total));
   x->mem_free_before = (int64_t)free0;
   init_mark("driver and device", &t);
-  if (zoo_cuda_program_build(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->err, c->errlen) != 0) return -1;
+  if (zoo_cuda_program_build_poly(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->precision != ZOO_FP32, c->err,
+                                  c->errlen) != 0)
+    return -1;
   init_mark("program emitted", &t);
   zoo_cuda_program *cp = &x->prog;
   core_module_start(c, &cp->emit); /* NVRTC on other threads while the rest is set up */

@@ -1252,6 +1252,68 @@ TEST(emu_ops_poly_tiled) {
   CHECKF(failed == 0, "%d poly_attention tiled case(s) differ (emulated)", failed);
 }
 
+/* poly_attention on the tensor cores (poly_attention_mma.cu), forced by
+ * ZOO_POLY_MMA: three TF32 products a product (3) within the fp32 cases'
+ * tolerance, one (1, precision tf32 and bf16) within TF32's. The shapes of the
+ * tiles' cases, and T 48 (one partial tile) at DV 2. */
+static int c_mma_short(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 48, 2); }
+static const named_case poly_mma_cases[] = {
+      {"poly_mma_rebased_dv42", c_tiled_rebased_42, 1e-3, 1},
+      {"poly_mma_based_dv21", c_tiled_based_21, 1e-3, 1},
+      {"poly_mma_rebased_dv10_one_tile", c_tiled_rebased_10_one, 1e-3, 1},
+      {"poly_mma_based_dv5", c_tiled_based_5, 1e-3, 1},
+      {"poly_mma_rebased_dv42_heads", c_tiled_rebased_42_heads, 1e-3, 1},
+      {"poly_mma_based_dv10_heads", c_tiled_based_10_heads, 1e-3, 1},
+      {"poly_mma_rebased_dv2_short_heads", c_mma_short, 1e-3, 1},
+};
+static const named_case poly_mma_tf32_cases[] = {
+      {"poly_mma_tf32_rebased_dv42", c_tiled_rebased_42, 2e-2, 1},
+      {"poly_mma_tf32_based_dv21", c_tiled_based_21, 2e-2, 1},
+      {"poly_mma_tf32_based_dv10_heads", c_tiled_based_10_heads, 2e-2, 1},
+      {"poly_mma_tf32_rebased_dv2_short_heads", c_mma_short, 2e-2, 1},
+};
+
+/* Emulated: smaller shapes (each product is a barrier of the warp's threads). */
+static int c_mma_emu_42(ocase *c) { return c_poly_shape(c, 0, 0, 1, 1, 1, 130, 42); }
+static int c_mma_emu_10_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 2, 70, 10); }
+static int c_mma_emu_short(ocase *c) { return c_poly_heads(c, 0, 0, 1, 1, 2, 48, 2); }
+static int c_mma_emu_21(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 70, 21); }
+static const named_case poly_mma_emu_cases[] = {
+      {"poly_mma_rebased_dv42", c_mma_emu_42, 1e-3, 1},
+      {"poly_mma_based_dv10_heads", c_mma_emu_10_heads, 1e-3, 1},
+      {"poly_mma_rebased_dv2_short_heads", c_mma_emu_short, 1e-3, 1},
+};
+static const named_case poly_mma_emu_tf32_cases[] = {
+      {"poly_mma_tf32_based_dv21", c_mma_emu_21, 2e-2, 1},
+};
+
+#define NCASES(a) (int)(sizeof a / sizeof *a)
+static int poly_mma_both(zoo_test_ctx *t, int mode) {
+  int emu = mode == MODE_EMU, failed = 0;
+  char *saved = zoo_test_env_set("ZOO_POLY_MMA", "3");
+  failed += emu ? run_cases_form(t, poly_mma_emu_cases, NCASES(poly_mma_emu_cases), mode, "quadratic")
+                : run_cases_form(t, poly_mma_cases, NCASES(poly_mma_cases), mode, "quadratic");
+  setenv("ZOO_POLY_MMA", "1", 1);
+  failed += emu ? run_cases_form(t, poly_mma_emu_tf32_cases, NCASES(poly_mma_emu_tf32_cases), mode, "quadratic")
+                : run_cases_form(t, poly_mma_tf32_cases, NCASES(poly_mma_tf32_cases), mode, "quadratic");
+  zoo_test_env_restore("ZOO_POLY_MMA", saved);
+  return failed;
+}
+
+TEST(gpu_ops_poly_mma) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = poly_mma_both(t, mode);
+  CHECKF(failed == 0, "%d poly_attention tensor-core case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_poly_mma) {
+  EMU_OR_SKIP();
+  int failed = poly_mma_both(t, 1);
+  CHECKF(failed == 0, "%d poly_attention tensor-core case(s) differ (emulated)", failed);
+}
+
 /* ---- the fusion pass's rewrites (compiler/fuse.h): kernels made of several ops */
 
 /* BaseConv with the pre-norm block around it: y = layernorm(conv(u) * p + u + r),

@@ -198,6 +198,49 @@ TEST(intrinsics_nvrtc_poly_tiled) {
   kt_free(&k);
 }
 
+/* The tensor-core kernels (poly_attention_mma.cu), one and three TF32
+ * products, at every value width, both layouts, ReBased and Based. */
+TEST(intrinsics_nvrtc_poly_mma) {
+  const char *splits[2] = {"1", "3"};
+  for (int sp = 0; sp < 2; sp++) {
+    kt k;
+    kt_init(&k);
+    poly_form_env("quadratic");
+    char *mma = zoo_test_env_set("ZOO_POLY_MMA", splits[sp]);
+    int64_t widths[] = {2, 5, 10, 21, 42};
+    for (int i = 0; i < 5; i++) add_poly(&k, 512, widths[i], 0, 0, 1);
+    add_poly(&k, 2048, 42, 1, 1, 0.5);
+    add_poly(&k, 48, 2, 1, 1, 0.5);
+    add_poly_layout(&k, 512, 42, 0, 0, 1, 1);
+    add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);
+    poly_form_env(NULL);
+    zoo_test_env_restore("ZOO_POLY_MMA", mma);
+    CHECK(!k.failed);
+    char want[64];
+    snprintf(want, sizeof want, "zk_poly_mma_bwd_kv<16, 42, 512, 12, %s>", splits[sp]);
+    CHECKF(strstr(k.e.src.s, want) != NULL, "%s", want);
+    CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<") == NULL && strstr(k.e.src.s, "zk_poly_tiled_bwd_kv<") == NULL);
+    KT_COMPILE(&k, "poly_attention_mma");
+    kt_free(&k);
+  }
+}
+
+/* Tensor cores or not: the caller's TF32, the override, what they cannot take. */
+TEST(intrinsics_poly_mma_rule) {
+  char *saved = zoo_test_env_set("ZOO_POLY_MMA", NULL);
+  CHECK(zoo_cuda_poly_mma(16, 42, 0) == 0 && zoo_cuda_poly_mma(16, 42, 1) == 1);
+  CHECK(zoo_cuda_poly_mma(16, 2, 1) == 1);
+  CHECK(zoo_cuda_poly_mma(12, 42, 1) == 0);    /* F not a multiple of 8 */
+  CHECK(zoo_cuda_poly_mma(16, 1000, 1) == 0);  /* shared memory */
+  setenv("ZOO_POLY_MMA", "3", 1);
+  CHECK(zoo_cuda_poly_mma(16, 42, 0) == 3 && zoo_cuda_poly_mma(16, 42, 1) == 3);
+  setenv("ZOO_POLY_MMA", "0", 1);
+  CHECK(zoo_cuda_poly_mma(16, 42, 1) == 0);
+  setenv("ZOO_POLY_MMA", "2", 1); /* not a choice: the rule */
+  CHECK(zoo_cuda_poly_mma(16, 42, 1) == 1);
+  zoo_test_env_restore("ZOO_POLY_MMA", saved);
+}
+
 /* Rows or tiles: the rule, the override, the shapes the tiles cannot take. */
 TEST(intrinsics_poly_tiled_rule) {
   char *saved = zoo_test_env_set("ZOO_POLY_TILED", NULL);

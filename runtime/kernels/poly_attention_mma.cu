@@ -1,0 +1,418 @@
+/* poly_attention_mma.cu: the quadratic form of causal polynomial attention
+ * (poly_attention.cu states the maths) on the tensor cores, with TF32
+ * products (mma.sync m16n8k8) and fp32 sums.
+ *
+ * SPLIT 1: one TF32 product a b, for `precision: tf32` and `bf16` (the
+ * matmuls there are TF32 or BF16 already). SPLIT 3: each fp32 operand split
+ * into a TF32 head and a TF32 tail, x = hi + lo, and a b = ah bh + ah bl +
+ * al bh (the tails' product dropped): three products, errors of the order of
+ * fp32 rounding, not TF32's.
+ *
+ * A block of 4 warps takes 64 rows (queries; keys in bwd_kv) of one pair
+ * (b, h), a warp 16 of them, and walks tiles of 64 of the other side, staged
+ * row-major in shared memory. A warp's scores for its 16 rows against a tile
+ * are 8 m16n8 accumulators; the weights made from them (a_ij, ds_ij) feed the
+ * next products straight from those registers: an accumulator holds columns
+ * 2t and 2t + 1 of a row (t = lane % 4), an A fragment columns t and t + 4, so
+ * the next product's inner index runs over the 8 columns in the order 0, 2,
+ * 4, 6, 1, 3, 5, 7 and its B fragment is read in that order too. Row strides
+ * of the tiles (FS = F + 4, VS = 4 mod 16) put the 32 lanes' reads on 32
+ * banks.
+ *
+ * zk_poly_mma_fwd<F, DV, T, HI, SPLIT>: o, and z = d + eps, as zk_poly_fwd.
+ * zk_poly_mma_bwd_q<...>: from the forward's o and z, dn_i and dd_i (into
+ *   stats[BH][T][DV + 1], poly_attention.cu's layout) and dq_i.
+ * zk_poly_mma_bwd_kv<...>: dk_j and dv_j from stats, without atomics.
+ * F must be a multiple of 8; DV is padded to DVP, a multiple of 8. Dynamic
+ * shared memory: zk_poly_mma_smem<F, DV>(part) bytes, part 0 forward, 1
+ * bwd_q, 2 bwd_kv; the emitter mirrors it. Blocks take the tiles with the
+ * most work first, as in poly_attention_tiled.cu.
+ */
+#ifndef ZK_POLY_ATTENTION_MMA_CU
+#define ZK_POLY_ATTENTION_MMA_CU
+
+#define ZK_PM_TILE 64
+#define ZK_PM_NT 128
+
+template <int F, int DV> struct zk_pm_shape {
+  static constexpr int DVP = (DV + 7) / 8 * 8;                  /* value width, padded */
+  static constexpr int FS = F + 4;                             /* q, k rows in shared memory */
+  static constexpr int VS = DVP + 4 + (DVP % 16 == 8 ? 8 : 0); /* v, dn rows: 4 mod 16 */
+};
+
+template <int F, int DV>
+__host__ __device__ constexpr int zk_poly_mma_smem(int part) {
+  return 4 * (part == 0   ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
+              : part == 1 ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + 2 * zk_pm_shape<F, DV>::VS) + ZK_PM_TILE
+                          : ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) + ZK_PM_TILE);
+}
+
+/* x rounded to TF32 (to nearest, ties away from zero), as a .b32 register. */
+__device__ __forceinline__ unsigned zk_tf32(float x) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else
+  unsigned u = (unsigned)__float_as_int(x);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+  return u & 0xffffe000u;
+#endif
+}
+
+/* d += a b for one m16n8k8 tile, TF32 operands: with g = lane / 4, t = lane % 4,
+ *   a = A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4];  b = B[t][g], B[t + 4][g];
+ *   d = D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1].
+ * Off the GPU, in the tests' emulation of kernels on the CPU, the emulator's
+ * emu_mma_tf32 makes the same products. */
+__device__ __forceinline__ void zk_mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+               "{%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  emu_mma_tf32(d, a, b); /* the CPU emulation's (tests/emu.c) */
+#endif
+}
+
+/* An operand fragment of N fp32 values as TF32 heads and, for SPLIT 3, tails. */
+template <int N, int SPLIT> struct zk_pm_frag {
+  unsigned hi[N], lo[N];
+  __device__ __forceinline__ void set(const float (&x)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      hi[i] = zk_tf32(x[i]);
+      lo[i] = SPLIT == 3 ? zk_tf32(x[i] - __int_as_float((int)hi[i])) : 0u;
+    }
+  }
+};
+
+/* d += a b in SPLIT products (the small ones first). */
+template <int SPLIT>
+__device__ __forceinline__ void zk_pm_mma(float (&d)[4], const zk_pm_frag<4, SPLIT> &a, const zk_pm_frag<2, SPLIT> &b) {
+  if (SPLIT == 3) {
+    zk_mma_tf32(d, a.lo, b.hi);
+    zk_mma_tf32(d, a.hi, b.lo);
+  }
+  zk_mma_tf32(d, a.hi, b.hi);
+}
+
+/* The A fragment of rows r0 + {g, g + 8}, columns c0 + {t, t + 4} of a
+ * row-major tile with rows S floats apart. */
+template <int S, int SPLIT>
+__device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_afrag(const float *sh, int r0, int c0) {
+  const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float x[4] = {sh[(r0 + g) * S + c0 + t], sh[(r0 + g + 8) * S + c0 + t], sh[(r0 + g) * S + c0 + t + 4],
+                sh[(r0 + g + 8) * S + c0 + t + 4]};
+  zk_pm_frag<4, SPLIT> f;
+  f.set(x);
+  return f;
+}
+
+/* The B fragment B[k][n] = sh[n0 + n][c0 + k] (the tile's rows as columns):
+ * for a product against the tile's rows n0 .. n0 + 7 over columns c0 .. c0 + 7. */
+template <int S, int SPLIT>
+__device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_t(const float *sh, int n0, int c0) {
+  const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float x[2] = {sh[(n0 + g) * S + c0 + t], sh[(n0 + g) * S + c0 + t + 4]};
+  zk_pm_frag<2, SPLIT> f;
+  f.set(x);
+  return f;
+}
+
+/* The B fragment over tile rows m0 .. m0 + 7 in the accumulators' order
+ * (inner index t: row m0 + 2t, t + 4: row m0 + 2t + 1), columns c0 .. c0 + 7. */
+template <int S, int SPLIT>
+__device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag(const float *sh, int m0, int c0) {
+  const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float x[2] = {sh[(m0 + 2 * t) * S + c0 + g], sh[(m0 + 2 * t + 1) * S + c0 + g]};
+  zk_pm_frag<2, SPLIT> f;
+  f.set(x);
+  return f;
+}
+
+/* An accumulator's values as the A fragment of the next product (columns in
+ * the order 0, 2, 4, 6, 1, 3, 5, 7). */
+template <int SPLIT>
+__device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4]) {
+  float x[4] = {c[0], c[2], c[1], c[3]};
+  zk_pm_frag<4, SPLIT> f;
+  f.set(x);
+  return f;
+}
+
+/* Rows [r0, r0 + 64) of a [T, W] slice (rows LD floats apart) into
+ * sh[64][S], scaled by mul: zeros past T and in columns W .. WP - 1. */
+template <int W, int WP, int S, int T, int LD>
+__device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ src, int r0, float mul) {
+  zk_tile_copy<ZK_PM_TILE * WP, ZK_PM_NT, 8, float>(
+      [&](int e) {
+        int r = e / WP, c = e - r * WP;
+        return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+      },
+      [&](int e, float x) {
+        int r = e / WP, c = e - r * WP;
+        sh[r * S + c] = x * mul;
+      });
+}
+
+template <int F, int DV, int T, int HI, int SPLIT>
+__device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, const float *__restrict__ k,
+                                                const float *__restrict__ v, float *__restrict__ o,
+                                                float *__restrict__ z, float c0, float c1, float c2, float scale,
+                                                float eps) {
+  using SH = zk_pm_shape<F, DV>;
+  constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  static_assert(F % 8 == 0, "F must be a multiple of 8");
+  extern __shared__ float zk_pm_sh[];
+  float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS;
+  const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
+  const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
+  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = 16 * w; /* the warp's rows in the tile */
+
+  /* the warp's q rows as A fragments, through the k tile's buffer */
+  zk_pm_load<F, F, FS, T, LQ>(ks, qb, i0, scale);
+  __syncthreads();
+  zk_pm_frag<4, SPLIT> qa[NF];
+#pragma unroll
+  for (int f = 0; f < NF; f++) qa[f] = zk_pm_afrag<FS, SPLIT>(ks, r0, 8 * f);
+  float acc[NV][4], den[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int n = 0; n < NV; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+
+  for (int kt = 0; kt <= tile; kt++) {
+    __syncthreads(); /* the last tile's products are done with ks, vs */
+    zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
+    zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+    __syncthreads();
+    const bool diag = kt == tile;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(ks, 8 * j, 8 * f));
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float a = c0 + s[e] * (c1 + c2 * s[e]);
+        if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) a = 0.0f; /* causal: j <= i */
+        den[e >> 1] += a;
+        s[e] = a;
+      }
+      zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s);
+#pragma unroll
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT>(vs, 8 * j, 8 * n));
+    }
+  }
+  /* a row's sum over its 4 lanes */
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    den[r] += __shfl_xor_sync(ZK_FULL_MASK, den[r], 1);
+    den[r] += __shfl_xor_sync(ZK_FULL_MASK, den[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    int qi = i0 + r0 + g + 8 * r;
+    if (qi >= T) continue;
+    float zi = den[r] + eps, inv = 1.0f / zi;
+#pragma unroll
+    for (int n = 0; n < NV; n++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        int col = 8 * n + 2 * t + e;
+        if (col < DV) ob[(zk_i64)qi * LV + col] = acc[n][2 * r + e] * inv;
+      }
+    if (t == 0) zb[qi] = zi;
+  }
+}
+
+template <int F, int DV, int T, int HI, int SPLIT>
+__device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
+                                                  const float *__restrict__ k, const float *__restrict__ v,
+                                                  const float *__restrict__ o, const float *__restrict__ z,
+                                                  float *__restrict__ dq, float *__restrict__ stats, float c0,
+                                                  float c1, float c2, float scale) {
+  using SH = zk_pm_shape<F, DV>;
+  constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  static_assert(F % 8 == 0, "F must be a multiple of 8");
+  extern __shared__ float zk_pm_sh[];
+  float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS, *dns = vs + ZK_PM_TILE * VS, *dd = dns + ZK_PM_TILE * VS;
+  const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
+  const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
+  const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  float *dqb = dq + zk_head_slice<F, T, HI>(bh), *st = stats + (zk_i64)bh * T * (DV + 1);
+  const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = 16 * w;
+
+  /* dn_i = do_i / z_i (into dns and stats), dd_i = -(do_i . o_i) / z_i; the
+   * q rows go through the k tile's buffer */
+  zk_pm_load<F, F, FS, T, LQ>(ks, qb, i0, scale);
+  zk_pm_load<DV, DVP, VS, T, LV>(dns, dob, i0, 1.0f);
+  __syncthreads();
+  if (threadIdx.x < ZK_PM_TILE) {
+    int r = (int)threadIdx.x, i = i0 + r;
+    float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
+    for (int c = 0; c < DV; c++) {
+      float de = dns[r * VS + c];
+      doy += de * (i < T ? obb[(zk_i64)i * LV + c] : 0.0f);
+      dns[r * VS + c] = de * inv;
+    }
+    dd[r] = -doy * inv;
+  }
+  __syncthreads();
+  zk_tile_copy<ZK_PM_TILE * (DV + 1), ZK_PM_NT, 1, float>(
+      [&](int e) {
+        int r = e / (DV + 1), c = e - r * (DV + 1);
+        return c < DV ? dns[r * VS + c] : dd[r];
+      },
+      [&](int e, float x) {
+        int r = e / (DV + 1);
+        if (i0 + r < T) st[(zk_i64)i0 * (DV + 1) + e] = x;
+      });
+  zk_pm_frag<4, SPLIT> qa[NF], na[NV];
+#pragma unroll
+  for (int f = 0; f < NF; f++) qa[f] = zk_pm_afrag<FS, SPLIT>(ks, r0, 8 * f);
+#pragma unroll
+  for (int n = 0; n < NV; n++) na[n] = zk_pm_afrag<VS, SPLIT>(dns, r0, 8 * n);
+  const float ddr[2] = {dd[r0 + g], dd[r0 + g + 8]};
+  float dqa[NF][4];
+#pragma unroll
+  for (int f = 0; f < NF; f++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dqa[f][e] = 0.0f;
+
+  for (int kt = 0; kt <= tile; kt++) {
+    __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
+    zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
+    zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+    __syncthreads();
+    const bool diag = kt == tile;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(ks, 8 * j, 8 * f));
+#pragma unroll
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, na[n], zk_pm_bfrag_t<VS, SPLIT>(vs, 8 * j, 8 * n));
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float gr = (da[e] + ddr[e >> 1]) * (c1 + 2.0f * c2 * s[e]);
+        if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) gr = 0.0f;
+        s[e] = gr;
+      }
+      zk_pm_frag<4, SPLIT> gf = zk_pm_cfrag<SPLIT>(s);
+#pragma unroll
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dqa[f], gf, zk_pm_bfrag<FS, SPLIT>(ks, 8 * j, 8 * f));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    int qi = i0 + r0 + g + 8 * r;
+    if (qi >= T) continue;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) dqb[(zk_i64)qi * LQ + 8 * f + 2 * t + e] = dqa[f][2 * r + e] * scale;
+  }
+}
+
+template <int F, int DV, int T, int HI, int SPLIT>
+__device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k,
+                                                   const float *__restrict__ v, const float *__restrict__ stats,
+                                                   float *__restrict__ dk, float *__restrict__ dv, float c0,
+                                                   float c1, float c2, float scale) {
+  using SH = zk_pm_shape<F, DV>;
+  constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
+  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  static_assert(F % 8 == 0, "F must be a multiple of 8");
+  extern __shared__ float zk_pm_sh[];
+  float *qs = zk_pm_sh, *ns = qs + ZK_PM_TILE * FS, *dd = ns + ZK_PM_TILE * VS;
+  const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
+  const int tile = (int)blockIdx.x / BH, j0 = tile * ZK_PM_TILE;
+  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
+  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
+  const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = 16 * w; /* the warp's keys in the tile */
+
+  /* the warp's k and v rows as A fragments, through the tiles' buffers */
+  zk_pm_load<F, F, FS, T, LQ>(qs, kb, j0, 1.0f);
+  zk_pm_load<DV, DVP, VS, T, LV>(ns, vb, j0, 1.0f);
+  __syncthreads();
+  zk_pm_frag<4, SPLIT> ka[NF], va[NV];
+#pragma unroll
+  for (int f = 0; f < NF; f++) ka[f] = zk_pm_afrag<FS, SPLIT>(qs, r0, 8 * f);
+#pragma unroll
+  for (int n = 0; n < NV; n++) va[n] = zk_pm_afrag<VS, SPLIT>(ns, r0, 8 * n);
+  float dva[NV][4], dka[NF][4];
+#pragma unroll
+  for (int n = 0; n < NV; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dva[n][e] = 0.0f;
+#pragma unroll
+  for (int f = 0; f < NF; f++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dka[f][e] = 0.0f;
+
+  for (int qt = tile; qt < NTILE; qt++) {
+    const int i0 = qt * ZK_PM_TILE;
+    __syncthreads(); /* the last tile's products are done with qs, ns, dd */
+    zk_pm_load<F, F, FS, T, LQ>(qs, qb, i0, scale); /* scale q_i once here */
+    zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, i0, 1.0f);
+    if (threadIdx.x < ZK_PM_TILE) {
+      int i = i0 + (int)threadIdx.x;
+      dd[threadIdx.x] = i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
+    }
+    __syncthreads();
+    const bool diag = qt == tile;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT>(qs, 8 * j, 8 * f));
+#pragma unroll
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, va[n], zk_pm_bfrag_t<VS, SPLIT>(ns, 8 * j, 8 * n));
+#pragma unroll
+      for (int e = 0; e < 4; e++) { /* s becomes a_ij, da ds_ij */
+        int col = 8 * j + 2 * t + (e & 1);
+        float x = s[e], gr = (da[e] + dd[col]) * (c1 + 2.0f * c2 * x), a = c0 + x * (c1 + c2 * x);
+        if (diag && col < r0 + g + 8 * (e >> 1)) a = gr = 0.0f; /* causal: i >= j */
+        s[e] = a;
+        da[e] = gr;
+      }
+      zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s), gf = zk_pm_cfrag<SPLIT>(da);
+#pragma unroll
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(dva[n], af, zk_pm_bfrag<VS, SPLIT>(ns, 8 * j, 8 * n));
+#pragma unroll
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dka[f], gf, zk_pm_bfrag<FS, SPLIT>(qs, 8 * j, 8 * f));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    int jj = j0 + r0 + g + 8 * r;
+    if (jj >= T) continue;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) dkb[(zk_i64)jj * LQ + 8 * f + 2 * t + e] = dka[f][2 * r + e];
+#pragma unroll
+    for (int n = 0; n < NV; n++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        int col = 8 * n + 2 * t + e;
+        if (col < DV) dvb[(zk_i64)jj * LV + col] = dva[n][2 * r + e];
+      }
+  }
+}
+
+#endif /* ZK_POLY_ATTENTION_MMA_CU */
