@@ -212,9 +212,16 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * above), 1 one TF32 product, 3 three (each fp32 operand split into a TF32
  * head and tail: errors of the order of fp32 rounding). ZOO_POLY_MMA=0|1|3 in
  * the environment, else 1 when the caller asks for TF32 products (tf32, the
- * emit's poly_tf32), else 0; always 0 when F is not a multiple of 8 or the
- * tiles' shared memory would not fit. */
-int zoo_cuda_poly_mma(int64_t F, int64_t DV, int tf32);
+ * emit's poly_tf32) and T >= 64, else 0; always 0 when F is not a multiple of
+ * 8 or the tiles' shared memory would not fit.
+ *   Measured (zoorun bench --precision tf32, session 8, device runs 3-5),
+ * against the fp32 kernels: rebased 128/512 16.43 -> 13.46 ms a step, based
+ * 128/512 15.78 -> 12.90, 64/128 1.88 -> 1.87; at 32/48 (T 48) 0.80 -> 0.86,
+ * hence T >= 64. Three products are opt-in: in fp32 they gained only where
+ * the value rows are wide and long (L 512, DV 42: 4.42 + 14.36 ms against
+ * the tiles' 4.90 + 15.12) and lost elsewhere (rebased 128/512 25.76 ->
+ * 27.94 ms a step). */
+int zoo_cuda_poly_mma(int64_t T, int64_t F, int64_t DV, int tf32);
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
  * beside cuBLASLt's where it may win: one matrix, A not transposed, K <= 32

@@ -280,23 +280,31 @@ static void poly_consts(const zoo_node *n, char *c, size_t len, char *eps, size_
   flit(eps, elen, n->attrs.f[4]);
 }
 
-/* A forward kernel of poly_attention: the wrapper `name`(q, k, v, o, z) whose
- * body is the call `call`, launched over `grid` blocks of `threads` with
- * (q, k, v) -> (o, z). */
-static int poly_fwd_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *call,
-                           int threads, int64_t grid, unsigned smem) {
+/* A forward kernel of poly_attention: the wrapper `name`(q, k, v, o, z) with
+ * __launch_bounds__(bounds) whose body is the call `call`, launched over
+ * `grid` blocks of `threads` with (q, k, v) -> (o, z). */
+static int poly_fwd_launch_bounds(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *bounds,
+                                  const char *call, int threads, int64_t grid, unsigned smem) {
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ q, "
+                    "extern \"C\" __global__ void __launch_bounds__(%s) %s(const float *__restrict__ q, "
                     "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
                     "float *__restrict__ z) {\n"
                     "  %s;\n}\n",
-                    threads, name, call);
+                    bounds, name, call);
   zoo_step *s = launch(e, n, name, grid, (unsigned)threads, smem);
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
   arg_tensor(s, n->out[0]);
   arg_tensor(s, n->out[1]);
   return 0;
+}
+
+/* The same with __launch_bounds__(threads). */
+static int poly_fwd_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *call,
+                           int threads, int64_t grid, unsigned smem) {
+  char bounds[16];
+  snprintf(bounds, sizeof bounds, "%d", threads);
+  return poly_fwd_launch_bounds(e, n, name, bounds, call, threads, grid, smem);
 }
 
 /* The dk, dv kernel of poly_attention_bwd: the wrapper `name`(q, k, v, stats,
@@ -332,11 +340,24 @@ static int64_t pm_smem(int64_t F, int64_t DV, int part) {
   return 4 * (part == 0 ? PM_TILE * (fs + vs) : part == 1 ? PM_TILE * (fs + 2 * vs) + PM_TILE : PM_TILE * (fs + vs) + PM_TILE);
 }
 
-int zoo_cuda_poly_mma(int64_t F, int64_t DV, int tf32) {
+int zoo_cuda_poly_mma(int64_t T, int64_t F, int64_t DV, int tf32) {
   if (F % 8 != 0 || pm_smem(F, DV, 1) > 227 * 1024) return 0;
   const char *env = getenv("ZOO_POLY_MMA");
   if (env && (!strcmp(env, "0") || !strcmp(env, "1") || !strcmp(env, "3"))) return atoi(env);
-  return tf32 ? 1 : 0;
+  return tf32 && T >= PM_TILE ? 1 : 0;
+}
+
+/* Whether the backward kernels load the next tile ahead (their PF): up to 16
+ * value floats (see poly_attention_mma.cu). */
+static int pm_prefetch(int64_t DV) { return DV <= 16; }
+
+/* The wrappers' __launch_bounds__: 128 threads, and ZOO_POLY_MMA_BLOCKS (2 to
+ * 8) blocks an SM from the environment when set, for measuring. */
+static void pm_bounds(char *buf, size_t len) {
+  const char *env = getenv("ZOO_POLY_MMA_BLOCKS");
+  int b = env ? atoi(env) : 0;
+  if (b >= 2 && b <= 8) snprintf(buf, len, "%d, %d", PM_THREADS, b);
+  else snprintf(buf, len, "%d", PM_THREADS);
 }
 
 static void pm_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
@@ -352,7 +373,10 @@ static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   pm_assert(e, a, 0);
   snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d>(q, k, v, o, z, %s, %s)", (long long)a->F,
            (long long)a->DV, (long long)a->T, (long long)a->HI, split, c, eps);
-  return poly_fwd_launch(e, n, name, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE), (unsigned)pm_smem(a->F, a->DV, 0));
+  char bounds[16];
+  pm_bounds(bounds, sizeof bounds);
+  return poly_fwd_launch_bounds(e, n, name, bounds, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE),
+                                (unsigned)pm_smem(a->F, a->DV, 0));
 }
 
 /* Needs the forward's o and z (the node's inputs 4 and 5). */
@@ -364,13 +388,16 @@ static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_bwd_q", name, sizeof name);
   pm_assert(e, a, 1);
+  char bounds[16], call[400];
+  pm_bounds(bounds, sizeof bounds);
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
+                    "extern \"C\" __global__ void __launch_bounds__(%s) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
                     "const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, "
                     "float *__restrict__ stats) {\n"
-                    "  zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
-                    PM_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, c);
+                    "  zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %s>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
+                    bounds, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
+                    pm_prefetch(a->DV) ? "true" : "false", c);
   zoo_step *s = launch(e, n, name, grid, PM_THREADS, (unsigned)pm_smem(a->F, a->DV, 1));
   if (!s) return -1;
   for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
@@ -380,10 +407,9 @@ static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
 
   kernel_name(e, n, "poly_mma_bwd_kv", name, sizeof name);
   pm_assert(e, a, 2);
-  char bounds[16], call[400];
-  snprintf(bounds, sizeof bounds, "%d", PM_THREADS);
-  snprintf(call, sizeof call, "zk_poly_mma_bwd_kv<%lld, %lld, %lld, %lld, %d>(q, k, v, stats, dk, dv, %s)",
-           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, c);
+  snprintf(call, sizeof call, "zk_poly_mma_bwd_kv<%lld, %lld, %lld, %lld, %d, %s>(q, k, v, stats, dk, dv, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
+           pm_prefetch(a->DV) ? "true" : "false", c);
   return poly_bwd_kv_launch(e, n, name, bounds, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 2), scratch);
 }
 
@@ -598,7 +624,7 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 0, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_fwd(e, n, &a);
-  int split = zoo_cuda_poly_mma(a.F, a.DV, e->poly_tf32);
+  int split = zoo_cuda_poly_mma(a.T, a.F, a.DV, e->poly_tf32);
   if (split) return poly_mma_fwd(e, n, &a, split);
   if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
@@ -616,7 +642,7 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
-  int split = n->nin == 6 ? zoo_cuda_poly_mma(a.F, a.DV, e->poly_tf32) : 0;
+  int split = n->nin == 6 ? zoo_cuda_poly_mma(a.T, a.F, a.DV, e->poly_tf32) : 0;
   if (split) return poly_mma_bwd(e, n, &a, split);
   if (n->nin == 6 && poly_tiled(&a)) return poly_tiled_bwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;

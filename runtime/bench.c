@@ -557,7 +557,7 @@ static const char *poly_auto_variant(int64_t T, int64_t DV) {
   char err[256];
   zoo_poly_form f = ZOO_POLY_QUADRATIC;
   int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, &f, err, sizeof err);
-  int tiled = zoo_cuda_poly_tiled(T, poly_F, DV), mma = zoo_cuda_poly_mma(poly_F, DV, 0);
+  int tiled = zoo_cuda_poly_tiled(T, poly_F, DV), mma = zoo_cuda_poly_mma(T, poly_F, DV, 0);
   poly_env_restore(saved);
   return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : mma == 3 ? "tc3" : mma == 1 ? "tc1" : tiled ? "tiled" : "rows";
 }

@@ -217,9 +217,10 @@ TEST(intrinsics_nvrtc_poly_mma) {
     zoo_test_env_restore("ZOO_POLY_MMA", mma);
     CHECK(!k.failed);
     char want[64];
-    snprintf(want, sizeof want, "zk_poly_mma_bwd_kv<16, 42, 512, 12, %s>", splits[sp]);
+    snprintf(want, sizeof want, "zk_poly_mma_bwd_kv<16, 42, 512, 12, %s, false>", splits[sp]);
     CHECKF(strstr(k.e.src.s, want) != NULL, "%s", want);
     CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<") == NULL && strstr(k.e.src.s, "zk_poly_tiled_bwd_kv<") == NULL);
+    CHECK(strstr(k.e.src.s, "zk_poly_mma_bwd_q<16, 10, 512, 0, 1, true>") || sp == 1); /* loads ahead to DV 16 */
     KT_COMPILE(&k, "poly_attention_mma");
     kt_free(&k);
   }
@@ -228,16 +229,16 @@ TEST(intrinsics_nvrtc_poly_mma) {
 /* Tensor cores or not: the caller's TF32, the override, what they cannot take. */
 TEST(intrinsics_poly_mma_rule) {
   char *saved = zoo_test_env_set("ZOO_POLY_MMA", NULL);
-  CHECK(zoo_cuda_poly_mma(16, 42, 0) == 0 && zoo_cuda_poly_mma(16, 42, 1) == 1);
-  CHECK(zoo_cuda_poly_mma(16, 2, 1) == 1);
-  CHECK(zoo_cuda_poly_mma(12, 42, 1) == 0);    /* F not a multiple of 8 */
-  CHECK(zoo_cuda_poly_mma(16, 1000, 1) == 0);  /* shared memory */
+  CHECK(zoo_cuda_poly_mma(512, 16, 42, 0) == 0 && zoo_cuda_poly_mma(512, 16, 42, 1) == 1);
+  CHECK(zoo_cuda_poly_mma(64, 16, 2, 1) == 1 && zoo_cuda_poly_mma(63, 16, 2, 1) == 0); /* T >= 64 */
+  CHECK(zoo_cuda_poly_mma(512, 12, 42, 1) == 0);   /* F not a multiple of 8 */
+  CHECK(zoo_cuda_poly_mma(512, 16, 1000, 1) == 0); /* shared memory */
   setenv("ZOO_POLY_MMA", "3", 1);
-  CHECK(zoo_cuda_poly_mma(16, 42, 0) == 3 && zoo_cuda_poly_mma(16, 42, 1) == 3);
+  CHECK(zoo_cuda_poly_mma(48, 16, 42, 0) == 3 && zoo_cuda_poly_mma(512, 16, 42, 1) == 3);
   setenv("ZOO_POLY_MMA", "0", 1);
-  CHECK(zoo_cuda_poly_mma(16, 42, 1) == 0);
+  CHECK(zoo_cuda_poly_mma(512, 16, 42, 1) == 0);
   setenv("ZOO_POLY_MMA", "2", 1); /* not a choice: the rule */
-  CHECK(zoo_cuda_poly_mma(16, 42, 1) == 1);
+  CHECK(zoo_cuda_poly_mma(512, 16, 42, 1) == 1);
   zoo_test_env_restore("ZOO_POLY_MMA", saved);
 }
 

@@ -26,7 +26,14 @@
  * F must be a multiple of 8; DV is padded to DVP, a multiple of 8. Dynamic
  * shared memory: zk_poly_mma_smem<F, DV>(part) bytes, part 0 forward, 1
  * bwd_q, 2 bwd_kv; the emitter mirrors it. Blocks take the tiles with the
- * most work first, as in poly_attention_tiled.cu.
+ * most work first, as in poly_attention_tiled.cu. The forward issues the
+ * next tile's global loads into registers before this tile's products
+ * (zk_pm_next): loaded a tile at a time, the products waited on memory (tc1
+ * at L 512, DV 42: 6.07 ms against the fp32 tiles' 4.90 (device run 4), with
+ * the loads ahead 3.05 (run 5)). The backward does so when PF (the emitter:
+ * value widths up to 16): its registers are fuller, and at DV 42 the loads
+ * ahead cost more occupancy than they hide (tc1, L 512: 10.13 against 8.22
+ * ms; DV 5: 3.37 against 3.75).
  */
 #ifndef ZK_POLY_ATTENTION_MMA_CU
 #define ZK_POLY_ATTENTION_MMA_CU
@@ -157,6 +164,28 @@ __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ 
       });
 }
 
+/* A thread's share of rows [r0, r0 + 64) of a [T, W] slice, held in registers
+ * from fetch to put (zk_pm_load's elements, WP columns a row), so that the
+ * next tile's global loads are in flight while this one's products run. */
+template <int W, int WP, int T, int LD> struct zk_pm_next {
+  static constexpr int N = (ZK_PM_TILE * WP + ZK_PM_NT - 1) / ZK_PM_NT;
+  float x[N > 0 ? N : 1]; /* WP 0: unused (no prefetch) */
+  __device__ __forceinline__ void fetch(const float *__restrict__ src, int r0) {
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = (int)threadIdx.x + u * ZK_PM_NT, r = e / WP, c = e - r * WP;
+      x[u] = e < ZK_PM_TILE * WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+    }
+  }
+  template <int S> __device__ __forceinline__ void put(float *sh, float mul) const {
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = (int)threadIdx.x + u * ZK_PM_NT, r = e / WP, c = e - r * WP;
+      if (e < ZK_PM_TILE * WP) sh[r * S + c] = x[u] * mul;
+    }
+  }
+};
+
 template <int F, int DV, int T, int HI, int SPLIT>
 __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                 const float *__restrict__ v, float *__restrict__ o,
@@ -188,11 +217,19 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
 #pragma unroll
     for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 
+  zk_pm_next<F, F, T, LQ> kn;
+  zk_pm_next<DV, DVP, T, LV> vn;
+  kn.fetch(kb, 0);
+  vn.fetch(vb, 0);
   for (int kt = 0; kt <= tile; kt++) {
     __syncthreads(); /* the last tile's products are done with ks, vs */
-    zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
-    zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+    kn.template put<FS>(ks, 1.0f);
+    vn.template put<VS>(vs, 1.0f);
     __syncthreads();
+    if (kt < tile) {
+      kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
+      vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+    }
     const bool diag = kt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -233,7 +270,7 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   }
 }
 
-template <int F, int DV, int T, int HI, int SPLIT>
+template <int F, int DV, int T, int HI, int SPLIT, bool PF>
 __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                   const float *__restrict__ k, const float *__restrict__ v,
                                                   const float *__restrict__ o, const float *__restrict__ z,
@@ -291,11 +328,26 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
 #pragma unroll
     for (int e = 0; e < 4; e++) dqa[f][e] = 0.0f;
 
+  zk_pm_next<F, PF ? F : 0, T, LQ> kn;
+  zk_pm_next<DV, PF ? DVP : 0, T, LV> vn;
+  if (PF) {
+    kn.fetch(kb, 0);
+    vn.fetch(vb, 0);
+  }
   for (int kt = 0; kt <= tile; kt++) {
     __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
-    zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
-    zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+    if (PF) {
+      kn.template put<FS>(ks, 1.0f);
+      vn.template put<VS>(vs, 1.0f);
+    } else {
+      zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
+      zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+    }
     __syncthreads();
+    if (PF && kt < tile) {
+      kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
+      vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+    }
     const bool diag = kt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -326,7 +378,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   }
 }
 
-template <int F, int DV, int T, int HI, int SPLIT>
+template <int F, int DV, int T, int HI, int SPLIT, bool PF>
 __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k,
                                                    const float *__restrict__ v, const float *__restrict__ stats,
                                                    float *__restrict__ dk, float *__restrict__ dv, float c0,
@@ -364,16 +416,30 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
 #pragma unroll
     for (int e = 0; e < 4; e++) dka[f][e] = 0.0f;
 
+  zk_pm_next<F, PF ? F : 0, T, LQ> qn;
+  zk_pm_next<DV, PF ? DVP : 0, T, DV + 1> nn;
+  float ddn = 0.0f;
+  auto fetch = [&](int i0) {
+    qn.fetch(qb, i0);
+    nn.fetch(sb, i0);
+    int i = i0 + (int)threadIdx.x;
+    ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
+  };
+  if (PF) fetch(tile * ZK_PM_TILE);
   for (int qt = tile; qt < NTILE; qt++) {
-    const int i0 = qt * ZK_PM_TILE;
     __syncthreads(); /* the last tile's products are done with qs, ns, dd */
-    zk_pm_load<F, F, FS, T, LQ>(qs, qb, i0, scale); /* scale q_i once here */
-    zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, i0, 1.0f);
-    if (threadIdx.x < ZK_PM_TILE) {
-      int i = i0 + (int)threadIdx.x;
-      dd[threadIdx.x] = i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
+    if (PF) {
+      qn.template put<FS>(qs, scale); /* scale q_i once here */
+      nn.template put<VS>(ns, 1.0f);
+    } else {
+      zk_pm_load<F, F, FS, T, LQ>(qs, qb, qt * ZK_PM_TILE, scale);
+      zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, qt * ZK_PM_TILE, 1.0f);
+      int i = qt * ZK_PM_TILE + (int)threadIdx.x;
+      ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
     }
+    if (threadIdx.x < ZK_PM_TILE) dd[threadIdx.x] = ddn;
     __syncthreads();
+    if (PF && qt + 1 < NTILE) fetch((qt + 1) * ZK_PM_TILE);
     const bool diag = qt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
