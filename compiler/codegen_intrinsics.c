@@ -307,6 +307,27 @@ static int poly_fwd_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name
   return poly_fwd_launch_bounds(e, n, name, bounds, call, threads, grid, smem);
 }
 
+/* The dq kernel of poly_attention_bwd: the wrapper `name`(dout, q, k, v, [o,
+ * z,] dq, stats) with __launch_bounds__(bounds) whose body is the call `call`,
+ * launched over `grid` blocks of `threads` with (do, q, k, v[, o, z]) -> (dq,
+ * scratch of `scratch` bytes); o and z when with_oz. */
+static int poly_bwd_q_launch(zoo_cuda_emit *e, const zoo_node *n, const char *name, const char *bounds, int with_oz,
+                             const char *call, int threads, int64_t grid, unsigned smem, int64_t scratch) {
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(%s) %s(const float *__restrict__ dout, "
+                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
+                    "%sfloat *__restrict__ dq, float *__restrict__ stats) {\n"
+                    "  %s;\n}\n",
+                    bounds, name, with_oz ? "const float *__restrict__ o, const float *__restrict__ z, " : "", call);
+  zoo_step *s = launch(e, n, name, grid, (unsigned)threads, smem);
+  if (!s) return -1;
+  for (int k = 0; k < (with_oz ? 6 : 4); k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->out[0]);
+  arg_scratch(s, 0);
+  s->scratch_bytes = scratch;
+  return 0;
+}
+
 /* The dk, dv kernel of poly_attention_bwd: the wrapper `name`(q, k, v, stats,
  * dk, dv) with __launch_bounds__(bounds) whose body is the call `call`,
  * launched over `grid` blocks of `threads` with (q, k, v, scratch of
@@ -367,7 +388,7 @@ static void pm_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
 
 static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, int split) {
   if (need(e, "poly_attention_mma.cu", NULL, NULL)) return -1;
-  char name[64], c[200], eps[48], call[400];
+  char name[64], c[200], eps[48], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_fwd", name, sizeof name);
   pm_assert(e, a, 0);
@@ -388,22 +409,13 @@ static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_bwd_q", name, sizeof name);
   pm_assert(e, a, 1);
-  char bounds[16], call[400];
+  char bounds[16], call[640];
   pm_bounds(bounds, sizeof bounds);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%s) %s(const float *__restrict__ dout, "
-                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, "
-                    "float *__restrict__ stats) {\n"
-                    "  zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %s>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
-                    bounds, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
-                    pm_prefetch(a->DV) ? "true" : "false", c);
-  zoo_step *s = launch(e, n, name, grid, PM_THREADS, (unsigned)pm_smem(a->F, a->DV, 1));
-  if (!s) return -1;
-  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
+  snprintf(call, sizeof call, "zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %s>(dout, q, k, v, o, z, dq, stats, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
+           pm_prefetch(a->DV) ? "true" : "false", c);
+  if (poly_bwd_q_launch(e, n, name, bounds, 1, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 1), scratch))
+    return -1;
 
   kernel_name(e, n, "poly_mma_bwd_kv", name, sizeof name);
   pm_assert(e, a, 2);
@@ -443,7 +455,7 @@ static void pt_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
 
 static int poly_tiled_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
   if (need(e, "poly_attention_tiled.cu", NULL, NULL)) return -1;
-  char name[64], c[200], eps[48], call[400];
+  char name[64], c[200], eps[48], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_tiled_fwd", name, sizeof name);
   pt_assert(e, a, 0);
@@ -462,24 +474,15 @@ static int poly_tiled_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_tiled_bwd_q", name, sizeof name);
   pt_assert(e, a, 1);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
-                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, "
-                    "float *__restrict__ stats) {\n"
-                    "  zk_poly_tiled_bwd_q<%lld, %lld, %lld, %lld>(dout, q, k, v, o, z, dq, stats, %s);\n}\n",
-                    PT_THREADS, name, (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
-  zoo_step *s = launch(e, n, name, grid, PT_THREADS, (unsigned)pt_smem(a->F, a->DV, 1));
-  if (!s) return -1;
-  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
+  char bounds[16], call[640];
+  snprintf(bounds, sizeof bounds, "%d", PT_THREADS);
+  snprintf(call, sizeof call, "zk_poly_tiled_bwd_q<%lld, %lld, %lld, %lld>(dout, q, k, v, o, z, dq, stats, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
+  if (poly_bwd_q_launch(e, n, name, bounds, 1, call, PT_THREADS, grid, (unsigned)pt_smem(a->F, a->DV, 1), scratch))
+    return -1;
 
   kernel_name(e, n, "poly_tiled_bwd_kv", name, sizeof name);
   pt_assert(e, a, 2);
-  char bounds[16], call[400];
-  snprintf(bounds, sizeof bounds, "%d", PT_THREADS);
   snprintf(call, sizeof call, "zk_poly_tiled_bwd_kv<%lld, %lld, %lld, %lld>(q, k, v, stats, dk, dv, %s)",
            (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, c);
   return poly_bwd_kv_launch(e, n, name, bounds, call, PT_THREADS, grid, (unsigned)pt_smem(a->F, a->DV, 2), scratch);
@@ -568,7 +571,7 @@ static int poly_chunked_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
   if (need(e, "poly_attention_chunked.cu", NULL, NULL)) return -1;
   pc_layout l;
   pc_layout_of(&l, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2]);
-  char name[64], c[200], eps[48], targs[96], call[400];
+  char name[64], c[200], eps[48], targs[96], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   pc_targs(&l, targs, sizeof targs);
   kernel_name(e, n, "poly_chunked_fwd", name, sizeof name);
@@ -589,23 +592,14 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
 
   kernel_name(e, n, "poly_chunked_bwd_q", name, sizeof name);
   pc_assert(e, &l, targs, 1);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
-                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "float *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_chunked_bwd_q<%s, %lld, %lld>(dout, q, k, v, dq, stats, %s, %s);\n}\n",
-                    l.NT, name, targs, (long long)a->T, (long long)a->HI, c, eps);
-  zoo_step *s = launch(e, n, name, a->BH, (unsigned)l.NT, (unsigned)l.smem[1]);
-  if (!s) return -1;
-  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
+  char bounds[16], call[640];
+  snprintf(bounds, sizeof bounds, "%d", l.NT);
+  snprintf(call, sizeof call, "zk_poly_chunked_bwd_q<%s, %lld, %lld>(dout, q, k, v, dq, stats, %s, %s)", targs,
+           (long long)a->T, (long long)a->HI, c, eps);
+  if (poly_bwd_q_launch(e, n, name, bounds, 0, call, l.NT, a->BH, (unsigned)l.smem[1], scratch)) return -1;
 
   kernel_name(e, n, "poly_chunked_bwd_kv", name, sizeof name);
   pc_assert(e, &l, targs, 2);
-  char bounds[16], call[400];
-  snprintf(bounds, sizeof bounds, "%d", l.NT);
   snprintf(call, sizeof call, "zk_poly_chunked_bwd_kv<%s, %lld, %lld>(q, k, v, stats, dk, dv, %s)", targs,
            (long long)a->T, (long long)a->HI, c);
   return poly_bwd_kv_launch(e, n, name, bounds, call, l.NT, a->BH, (unsigned)l.smem[2], scratch);
@@ -629,7 +623,7 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
   int BQ = poly_tile(a.T), R = poly_rows(a.T, a.DV, 4);
-  char name[64], c[200], eps[48], call[400];
+  char name[64], c[200], eps[48], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_attn_fwd", name, sizeof name);
   snprintf(call, sizeof call, "zk_poly_fwd<%lld, %lld, %d, %d, %lld, %lld, %d>(q, k, v, o, z, %s, %s)",
@@ -657,27 +651,18 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   char nb[16] = ""; /* the tile loads' batch (zk_poly_load_tile), when not 1 */
   if (poly_bwd_batch() > 1) snprintf(nb, sizeof nb, ", %d", poly_bwd_batch());
   kernel_name(e, n, "poly_attn_bwd_q", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(%d) %s(const float *__restrict__ dout, "
-                    "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "%sfloat *__restrict__ dq, float *__restrict__ stats) {\n"
-                    "  zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld, %s%s>(dout, q, k, v, %s, dq, stats, %s, %s);\n}\n",
-                    BQ, name, saved ? "const float *__restrict__ o, const float *__restrict__ z, " : "",
-                    (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI,
-                    saved ? "true" : "false", nb, saved ? "o, z" : "nullptr, nullptr", c, eps);
-  zoo_step *s = launch(e, n, name, grid, (unsigned)BQ, 0);
-  if (!s) return -1;
-  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
+  char bounds[32], call[640];
+  snprintf(bounds, sizeof bounds, "%d", BQ);
+  snprintf(call, sizeof call, "zk_poly_bwd_q<%lld, %lld, %d, %d, %lld, %lld, %s%s>(dout, q, k, v, %s, dq, stats, %s, %s)",
+           (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, saved ? "true" : "false", nb,
+           saved ? "o, z" : "nullptr, nullptr", c, eps);
+  if (poly_bwd_q_launch(e, n, name, bounds, saved, call, BQ, grid, 0, scratch)) return -1;
 
   /* bwd_kv keeps 2 R (F + DV) floats per thread; where that and one query
    * row stay within 112, it is held to 128 registers (8 blocks of 64 threads
    * per SM, without spills at F 16, DV 5 (R 2), 10, 21; DV 42 would spill) */
   int kv_blocks = R * 2 * (a.F + a.DV) + a.F + a.DV + 1 <= 112 && BQ == 64 ? 8 : 1;
   kernel_name(e, n, "poly_attn_bwd_kv", name, sizeof name);
-  char bounds[32], call[400];
   snprintf(bounds, sizeof bounds, "%d, %d", BQ, kv_blocks);
   snprintf(call, sizeof call, "zk_poly_bwd_kv<%lld, %lld, %d, %d, %lld, %lld%s>(q, k, v, stats, dk, dv, %s)",
            (long long)a.F, (long long)a.DV, BQ, R, (long long)a.T, (long long)a.HI, nb, c);

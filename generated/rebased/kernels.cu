@@ -316,6 +316,38 @@ __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {
   return (zk_i64)bh * T * W;
 }
 
+/* poly_attention's backward in tiles (poly_attention_tiled.cu and
+ * poly_attention_mma.cu): rows r < R of a shared tile holding do_i for i =
+ * i0 + r (element c of row r at *at(r, c)) made into dn_i = do_i / z_i in
+ * place, dd_i = -(do_i . o_i) / z_i into dd[r], and both into stats[i][DV +
+ * 1] (the slice of the pair; rows i < T). Threads r < R take a row each; the
+ * caller has synchronised the tile's loads. o is the pair's [T, DV] slice with
+ * rows LV floats apart, z its [T]. */
+template <int DV, int R, int NT, int T, int LV, typename At>
+__device__ __forceinline__ void zk_poly_dn_stats(At at, float *dd, const float *__restrict__ o,
+                                                 const float *__restrict__ z, float *__restrict__ stats, int i0) {
+  if (threadIdx.x < R) {
+    int r = (int)threadIdx.x, i = i0 + r;
+    float inv = i < T ? 1.0f / z[i] : 0.0f, doy = 0.0f;
+    for (int c = 0; c < DV; c++) {
+      float de = *at(r, c);
+      doy += de * (i < T ? o[(zk_i64)i * LV + c] : 0.0f);
+      *at(r, c) = de * inv;
+    }
+    dd[r] = -doy * inv;
+  }
+  __syncthreads();
+  zk_tile_copy<R * (DV + 1), NT, 1, float>(
+      [&](int e) {
+        int r = e / (DV + 1), c = e - r * (DV + 1);
+        return c < DV ? *at(r, c) : dd[r];
+      },
+      [&](int e, float x) {
+        int r = e / (DV + 1);
+        if (i0 + r < T) stats[(zk_i64)i0 * (DV + 1) + e] = x;
+      });
+}
+
 #endif /* ZK_COMMON_CU */
 
 // ---- runtime/kernels/embedding.cu ----

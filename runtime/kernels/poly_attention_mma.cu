@@ -296,26 +296,8 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   zk_pm_load<F, F, FS, T, LQ>(ks, qb, i0, scale);
   zk_pm_load<DV, DVP, VS, T, LV>(dns, dob, i0, 1.0f);
   __syncthreads();
-  if (threadIdx.x < ZK_PM_TILE) {
-    int r = (int)threadIdx.x, i = i0 + r;
-    float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
-    for (int c = 0; c < DV; c++) {
-      float de = dns[r * VS + c];
-      doy += de * (i < T ? obb[(zk_i64)i * LV + c] : 0.0f);
-      dns[r * VS + c] = de * inv;
-    }
-    dd[r] = -doy * inv;
-  }
-  __syncthreads();
-  zk_tile_copy<ZK_PM_TILE * (DV + 1), ZK_PM_NT, 1, float>(
-      [&](int e) {
-        int r = e / (DV + 1), c = e - r * (DV + 1);
-        return c < DV ? dns[r * VS + c] : dd[r];
-      },
-      [&](int e, float x) {
-        int r = e / (DV + 1);
-        if (i0 + r < T) st[(zk_i64)i0 * (DV + 1) + e] = x;
-      });
+  zk_poly_dn_stats<DV, ZK_PM_TILE, ZK_PM_NT, T, LV>([&](int r, int c) { return &dns[r * VS + c]; }, dd, obb, zb,
+                                                     st, i0);
   zk_pm_frag<4, SPLIT> qa[NF], na[NV];
 #pragma unroll
   for (int f = 0; f < NF; f++) qa[f] = zk_pm_afrag<FS, SPLIT>(ks, r0, 8 * f);

@@ -242,26 +242,8 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
   /* dn_i = do_i / z_i into dnT (and stats), then dd_i = -(do_i . o_i) / z_i */
   zk_pt_load_t<DV, DVP, T, LV>(dnT, dob, i0, 1.0f);
   __syncthreads();
-  if (threadIdx.x < ZK_PT_TILE) {
-    int r = (int)threadIdx.x, i = i0 + r;
-    float inv = i < T ? 1.0f / zb[i] : 0.0f, doy = 0.0f;
-    for (int c = 0; c < DV; c++) {
-      float de = dnT[c * LD + r];
-      doy += de * (i < T ? obb[(zk_i64)i * LV + c] : 0.0f);
-      dnT[c * LD + r] = de * inv;
-    }
-    dd[r] = -doy * inv;
-  }
-  __syncthreads();
-  zk_tile_copy<ZK_PT_TILE * (DV + 1), ZK_PT_NT, 1, float>(
-      [&](int e) {
-        int r = e / (DV + 1), c = e - r * (DV + 1);
-        return c < DV ? dnT[c * LD + r] : dd[r];
-      },
-      [&](int e, float x) {
-        int r = e / (DV + 1);
-        if (i0 + r < T) st[(zk_i64)i0 * (DV + 1) + e] = x;
-      });
+  zk_poly_dn_stats<DV, ZK_PT_TILE, ZK_PT_NT, T, LV>([&](int r, int c) { return &dnT[c * LD + r]; }, dd, obb, zb,
+                                                     st, i0);
   float ddi[4], dqa[4][FT];
 #pragma unroll
   for (int i = 0; i < 4; i++) {
