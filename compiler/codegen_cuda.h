@@ -165,7 +165,10 @@ int zoo_cuda_is_view(const zoo_graph *g, const int64_t *sym, const zoo_node *n);
  * feature state (poly_attention_chunked.cu). The one rule that chooses:
  * ZOO_POLY_FORM=quadratic|chunked|auto in the environment, else auto, which
  * takes the chunked form when T >= ZOO_POLY_CHUNKED_MIN_T and the form can
- * run the shape (features exist, its shared memory fits). */
+ * run the shape (features exist, its shared memory fits). The emitter keeps
+ * the quadratic form instead where it runs on the tensor cores with one TF32
+ * product (precision tf32 and bf16), DV >= 32 and T <= 2048
+ * (codegen_intrinsics.c, poly_form_of). */
 typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
 
 /* Measured with `zoorun bench --poly` on an H200 (B 512, H 12, ReBased): at

@@ -355,22 +355,32 @@ static int poly_bwd_kv_launch(zoo_cuda_emit *e, const zoo_node *n, const char *n
  * zoo_cuda_poly_mma's (codegen_cuda.h). */
 enum { PM_TILE = 64, PM_THREADS = 128 };
 
+/* How the backward kernels load their tiles (their LOAD): 1, the next tile
+ * into registers ahead of the products, up to 16 value floats; 2, by cp.async
+ * into a second buffer, past that (see poly_attention_mma.cu);
+ * ZOO_POLY_MMA_LOAD=0|1|2 from the environment, for measuring (0: a tile at a
+ * time). */
+static int pm_load(int64_t DV) {
+  const char *env = getenv("ZOO_POLY_MMA_LOAD");
+  if (env && (!strcmp(env, "0") || !strcmp(env, "1") || !strcmp(env, "2"))) return atoi(env);
+  return DV <= 16 ? 1 : 2;
+}
+
 /* zk_poly_mma_smem, mirrored (the wrappers static_assert that both agree). */
-static int64_t pm_smem(int64_t F, int64_t DV, int part) {
-  int64_t dvp = (DV + 7) / 8 * 8, fs = F + 4, vs = dvp + 4 + (dvp % 16 == 8 ? 8 : 0);
-  return 4 * (part == 0 ? PM_TILE * (fs + vs) : part == 1 ? PM_TILE * (fs + 2 * vs) + PM_TILE : PM_TILE * (fs + vs) + PM_TILE);
+static int64_t pm_smem(int64_t F, int64_t DV, int part, int load) {
+  int64_t dvp = (DV + 7) / 8 * 8, fs = F + 4, vs = dvp + 4 + (dvp % 16 == 8 ? 8 : 0), nb = load == 2 ? 2 : 1;
+  return 4 * (part == 0   ? PM_TILE * (fs + vs)
+              : part == 1 ? PM_TILE * (nb * (fs + vs) + vs) + PM_TILE
+                          : nb * (PM_TILE * (fs + vs) + PM_TILE));
 }
 
 int zoo_cuda_poly_mma(int64_t T, int64_t F, int64_t DV, int tf32) {
-  if (F % 8 != 0 || pm_smem(F, DV, 1) > 227 * 1024) return 0;
+  if (F % 8 != 0 || pm_smem(F, DV, 1, 2) > 227 * 1024 || pm_smem(F, DV, 2, 2) > 227 * 1024) return 0;
   const char *env = getenv("ZOO_POLY_MMA");
   if (env && (!strcmp(env, "0") || !strcmp(env, "1") || !strcmp(env, "3"))) return atoi(env);
   return tf32 && T >= PM_TILE ? 1 : 0;
 }
 
-/* Whether the backward kernels load the next tile ahead (their PF): up to 16
- * value floats (see poly_attention_mma.cu). */
-static int pm_prefetch(int64_t DV) { return DV <= 16; }
 
 /* The wrappers' __launch_bounds__: 128 threads, and ZOO_POLY_MMA_BLOCKS (2 to
  * 8) blocks an SM from the environment when set, for measuring. */
@@ -381,9 +391,9 @@ static void pm_bounds(char *buf, size_t len) {
   else snprintf(buf, len, "%d", PM_THREADS);
 }
 
-static void pm_assert(zoo_cuda_emit *e, const attn_dims *a, int part) {
-  zoo_strbuf_printf(&e->src, "static_assert(zk_poly_mma_smem<%lld, %lld>(%d) == %lld, \"shared memory\");\n",
-                    (long long)a->F, (long long)a->DV, part, (long long)pm_smem(a->F, a->DV, part));
+static void pm_assert(zoo_cuda_emit *e, const attn_dims *a, int part, int load) {
+  zoo_strbuf_printf(&e->src, "static_assert(zk_poly_mma_smem<%lld, %lld, %d>(%d) == %lld, \"shared memory\");\n",
+                    (long long)a->F, (long long)a->DV, load, part, (long long)pm_smem(a->F, a->DV, part, load));
 }
 
 static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, int split) {
@@ -391,13 +401,13 @@ static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   char name[64], c[200], eps[48], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_fwd", name, sizeof name);
-  pm_assert(e, a, 0);
+  pm_assert(e, a, 0, 1);
   snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d>(q, k, v, o, z, %s, %s)", (long long)a->F,
            (long long)a->DV, (long long)a->T, (long long)a->HI, split, c, eps);
   char bounds[16];
   pm_bounds(bounds, sizeof bounds);
   return poly_fwd_launch_bounds(e, n, name, bounds, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE),
-                                (unsigned)pm_smem(a->F, a->DV, 0));
+                                (unsigned)pm_smem(a->F, a->DV, 0, 1));
 }
 
 /* Needs the forward's o and z (the node's inputs 4 and 5). */
@@ -408,21 +418,22 @@ static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   char name[64], c[200], eps[48];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_bwd_q", name, sizeof name);
-  pm_assert(e, a, 1);
+  int load = pm_load(a->DV);
+  pm_assert(e, a, 1, load);
   char bounds[16], call[640];
   pm_bounds(bounds, sizeof bounds);
-  snprintf(call, sizeof call, "zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %s>(dout, q, k, v, o, z, dq, stats, %s)",
-           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
-           pm_prefetch(a->DV) ? "true" : "false", c);
-  if (poly_bwd_q_launch(e, n, name, bounds, 1, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 1), scratch))
+  snprintf(call, sizeof call, "zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %d>(dout, q, k, v, o, z, dq, stats, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, load, c);
+  if (poly_bwd_q_launch(e, n, name, bounds, 1, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 1, load),
+                        scratch))
     return -1;
 
   kernel_name(e, n, "poly_mma_bwd_kv", name, sizeof name);
-  pm_assert(e, a, 2);
-  snprintf(call, sizeof call, "zk_poly_mma_bwd_kv<%lld, %lld, %lld, %lld, %d, %s>(q, k, v, stats, dk, dv, %s)",
-           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split,
-           pm_prefetch(a->DV) ? "true" : "false", c);
-  return poly_bwd_kv_launch(e, n, name, bounds, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 2), scratch);
+  pm_assert(e, a, 2, load);
+  snprintf(call, sizeof call, "zk_poly_mma_bwd_kv<%lld, %lld, %lld, %lld, %d, %d>(q, k, v, stats, dk, dv, %s)",
+           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, load, c);
+  return poly_bwd_kv_launch(e, n, name, bounds, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 2, load),
+                            scratch);
 }
 
 /* ---- the tiled quadratic form: runtime/kernels/poly_attention_tiled.cu
@@ -606,10 +617,23 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
 }
 
 /* The form of node n, or -1 with e->err. */
+/* With TF32 products (e->poly_tf32) the tensor-core quadratic form beats the
+ * chunked one at T 2048 for wide value rows: `zoorun bench --poly`, session 8,
+ * device run 8, forward + backward ms, DV 42: tc1 38.8 + 82.7 against chunked
+ * 36.2 + 111.6 (DV 5: 52.8 against 52.2). So the automatic rule keeps the
+ * quadratic form there, up to the T measured. */
+#define PM_LONG_MIN_DV 32
+#define PM_LONG_MAX_T 2048
+
 static int poly_form_of(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, zoo_poly_form *form) {
   if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], form, e->err,
                          sizeof e->err) != 0)
     return -1;
+  const char *env = getenv("ZOO_POLY_FORM");
+  int automatic = !env || !env[0] || !strcmp(env, "auto");
+  if (*form == ZOO_POLY_CHUNKED && automatic && a->DV >= PM_LONG_MIN_DV && a->T <= PM_LONG_MAX_T &&
+      zoo_cuda_poly_mma(a->T, a->F, a->DV, e->poly_tf32) == 1)
+    *form = ZOO_POLY_QUADRATIC;
   return 0;
 }
 

@@ -217,10 +217,10 @@ TEST(intrinsics_nvrtc_poly_mma) {
     zoo_test_env_restore("ZOO_POLY_MMA", mma);
     CHECK(!k.failed);
     char want[64];
-    snprintf(want, sizeof want, "zk_poly_mma_bwd_kv<16, 42, 512, 12, %s, false>", splits[sp]);
+    snprintf(want, sizeof want, "zk_poly_mma_bwd_kv<16, 42, 512, 12, %s, 2>", splits[sp]);
     CHECKF(strstr(k.e.src.s, want) != NULL, "%s", want);
     CHECK(strstr(k.e.src.s, "zk_poly_bwd_kv<") == NULL && strstr(k.e.src.s, "zk_poly_tiled_bwd_kv<") == NULL);
-    CHECK(strstr(k.e.src.s, "zk_poly_mma_bwd_q<16, 10, 512, 0, 1, true>") || sp == 1); /* loads ahead to DV 16 */
+    CHECK(strstr(k.e.src.s, "zk_poly_mma_bwd_q<16, 10, 512, 0, 1, 1>") || sp == 1); /* loads ahead to DV 16 */
     KT_COMPILE(&k, "poly_attention_mma");
     kt_free(&k);
   }
@@ -240,6 +240,31 @@ TEST(intrinsics_poly_mma_rule) {
   setenv("ZOO_POLY_MMA", "2", 1); /* not a choice: the rule */
   CHECK(zoo_cuda_poly_mma(512, 16, 42, 1) == 1);
   zoo_test_env_restore("ZOO_POLY_MMA", saved);
+}
+
+/* With TF32 products (precision tf32, bf16) T 2048 keeps the quadratic form on
+ * the tensor cores from DV 32; narrower values, a forced form, and fp32 keep
+ * the chunked one. */
+TEST(intrinsics_poly_tf32_long) {
+  char *form = zoo_test_env_set("ZOO_POLY_FORM", NULL), *mma = zoo_test_env_set("ZOO_POLY_MMA", NULL);
+  const char *kinds[4] = {"tf32 DV 42", "tf32 DV 5", "tf32 DV 42, ZOO_POLY_FORM=chunked", "fp32 DV 42"};
+  const int tf32[4] = {1, 1, 1, 0}, dv[4] = {42, 5, 42, 42}, want_mma[4] = {1, 0, 0, 0};
+  for (int c = 0; c < 4; c++) {
+    kt k;
+    kt_init(&k);
+    k.e.poly_tf32 = tf32[c];
+    if (c == 2) setenv("ZOO_POLY_FORM", "chunked", 1);
+    add_poly(&k, 2048, dv[c], 0, 0, 1);
+    unsetenv("ZOO_POLY_FORM");
+    CHECK(!k.failed);
+    int mma_kernels = strstr(k.e.src.s, "zk_poly_mma_fwd<") != NULL && strstr(k.e.src.s, "zk_poly_mma_bwd_kv<") != NULL;
+    int chunked = strstr(k.e.src.s, "zk_poly_chunked_fwd<") != NULL;
+    CHECKF(mma_kernels == want_mma[c] && chunked == !want_mma[c], "%s: tensor cores %d, chunked %d", kinds[c],
+           mma_kernels, chunked);
+    kt_free(&k);
+  }
+  zoo_test_env_restore("ZOO_POLY_FORM", form);
+  zoo_test_env_restore("ZOO_POLY_MMA", mma);
 }
 
 /* Rows or tiles: the rule, the override, the shapes the tiles cannot take. */

@@ -47,11 +47,38 @@ template <int F, int DV> struct zk_pm_shape {
   static constexpr int VS = DVP + 4 + (DVP % 16 == 8 ? 8 : 0); /* v, dn rows: 4 mod 16 */
 };
 
-template <int F, int DV>
+template <int F, int DV, int LOAD>
 __host__ __device__ constexpr int zk_poly_mma_smem(int part) {
-  return 4 * (part == 0   ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
-              : part == 1 ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + 2 * zk_pm_shape<F, DV>::VS) + ZK_PM_TILE
-                          : ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) + ZK_PM_TILE);
+  return 4 * (part == 0 ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
+              : part == 1
+                  ? ZK_PM_TILE * ((LOAD == 2 ? 2 : 1) * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) +
+                                  zk_pm_shape<F, DV>::VS) +
+                        ZK_PM_TILE
+                  : (LOAD == 2 ? 2 : 1) * (ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) + ZK_PM_TILE));
+}
+
+/* One float from global to shared memory without a register (cp.async, 4
+ * bytes; zero when !ok), and the group operations; on the CPU (the tests'
+ * emulation) a plain copy. */
+__device__ __forceinline__ void zk_cp_async4(float *dst, const float *src, bool ok) {
+#if defined(__CUDA_ARCH__)
+  unsigned d;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0) : "memory");
+#else
+  *dst = ok ? *src : 0.0f;
+#endif
+}
+__device__ __forceinline__ void zk_cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/* Waits until at most N of this thread's groups are in flight. */
+template <int N> __device__ __forceinline__ void zk_cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 /* x rounded to TF32 (to nearest, ties away from zero), as a .b32 register. */
@@ -164,6 +191,16 @@ __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ 
       });
 }
 
+/* zk_pm_load (unscaled) by cp.async: the copies are in flight when it returns. */
+template <int W, int WP, int S, int T, int LD>
+__device__ __forceinline__ void zk_pm_load_async(float *sh, const float *__restrict__ src, int r0) {
+  for (int e = (int)threadIdx.x; e < ZK_PM_TILE * WP; e += ZK_PM_NT) {
+    int r = e / WP, c = e - r * WP;
+    bool ok = r0 + r < T && c < W;
+    zk_cp_async4(&sh[r * S + c], ok ? src + (zk_i64)(r0 + r) * LD + c : src, ok);
+  }
+}
+
 /* A thread's share of rows [r0, r0 + 64) of a [T, W] slice, held in registers
  * from fetch to put (zk_pm_load's elements, WP columns a row), so that the
  * next tile's global loads are in flight while this one's products run. */
@@ -270,7 +307,7 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   }
 }
 
-template <int F, int DV, int T, int HI, int SPLIT, bool PF>
+template <int F, int DV, int T, int HI, int SPLIT, int LOAD>
 __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                   const float *__restrict__ k, const float *__restrict__ v,
                                                   const float *__restrict__ o, const float *__restrict__ z,
@@ -282,6 +319,8 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS, *dns = vs + ZK_PM_TILE * VS, *dd = dns + ZK_PM_TILE * VS;
+  float *ks1 = dd + ZK_PM_TILE, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
+  constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
@@ -312,32 +351,53 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
 
   zk_pm_next<F, PF ? F : 0, T, LQ> kn;
   zk_pm_next<DV, PF ? DVP : 0, T, LV> vn;
+  auto issue = [&](int kt) { /* LOAD 2: tile kt into buffers kt % 2 */
+    zk_pm_load_async<F, F, FS, T, LQ>(kt & 1 ? ks1 : ks, kb, kt * ZK_PM_TILE);
+    zk_pm_load_async<DV, DVP, VS, T, LV>(kt & 1 ? vs1 : vs, vb, kt * ZK_PM_TILE);
+    zk_cp_async_commit();
+  };
   if (PF) {
     kn.fetch(kb, 0);
     vn.fetch(vb, 0);
   }
+  if (LOAD == 2) {
+    __syncthreads(); /* every warp has its q fragments out of ks */
+    issue(0);
+  }
   for (int kt = 0; kt <= tile; kt++) {
-    __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
-    if (PF) {
-      kn.template put<FS>(ks, 1.0f);
-      vn.template put<VS>(vs, 1.0f);
+    const float *kc = ks, *vc = vs;
+    if (LOAD == 2) {
+      if (kt < tile) {
+        issue(kt + 1);
+        zk_cp_async_wait<1>();
+      } else {
+        zk_cp_async_wait<0>();
+      }
+      __syncthreads();
+      kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
     } else {
-      zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
-      zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
-    }
-    __syncthreads();
-    if (PF && kt < tile) {
-      kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
-      vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+      __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
+      if (PF) {
+        kn.template put<FS>(ks, 1.0f);
+        vn.template put<VS>(vs, 1.0f);
+      } else {
+        zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
+        zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+      }
+      __syncthreads();
+      if (PF && kt < tile) {
+        kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
+        vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+      }
     }
     const bool diag = kt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(ks, 8 * j, 8 * f));
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(kc, 8 * j, 8 * f));
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, na[n], zk_pm_bfrag_t<VS, SPLIT>(vs, 8 * j, 8 * n));
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, na[n], zk_pm_bfrag_t<VS, SPLIT>(vc, 8 * j, 8 * n));
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         float gr = (da[e] + ddr[e >> 1]) * (c1 + 2.0f * c2 * s[e]);
@@ -346,8 +406,9 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
       }
       zk_pm_frag<4, SPLIT> gf = zk_pm_cfrag<SPLIT>(s);
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dqa[f], gf, zk_pm_bfrag<FS, SPLIT>(ks, 8 * j, 8 * f));
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dqa[f], gf, zk_pm_bfrag<FS, SPLIT>(kc, 8 * j, 8 * f));
     }
+    if (LOAD == 2) __syncthreads(); /* the products are done with buffers kt % 2 */
   }
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -360,7 +421,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   }
 }
 
-template <int F, int DV, int T, int HI, int SPLIT, bool PF>
+template <int F, int DV, int T, int HI, int SPLIT, int LOAD>
 __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k,
                                                    const float *__restrict__ v, const float *__restrict__ stats,
                                                    float *__restrict__ dk, float *__restrict__ dv, float c0,
@@ -371,6 +432,8 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pm_sh[];
   float *qs = zk_pm_sh, *ns = qs + ZK_PM_TILE * FS, *dd = ns + ZK_PM_TILE * VS;
+  float *qs1 = dd + ZK_PM_TILE, *ns1 = qs1 + ZK_PM_TILE * FS, *dd1 = ns1 + ZK_PM_TILE * VS; /* LOAD 2 */
+  constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = (int)blockIdx.x / BH, j0 = tile * ZK_PM_TILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
@@ -407,43 +470,68 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
     int i = i0 + (int)threadIdx.x;
     ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
   };
+  auto issue = [&](int qt) { /* LOAD 2: tile qt into buffers (qt - tile) % 2, q unscaled */
+    int b = (qt - tile) & 1, i = qt * ZK_PM_TILE + (int)threadIdx.x;
+    zk_pm_load_async<F, F, FS, T, LQ>(b ? qs1 : qs, qb, qt * ZK_PM_TILE);
+    zk_pm_load_async<DV, DVP, VS, T, DV + 1>(b ? ns1 : ns, sb, qt * ZK_PM_TILE);
+    if (threadIdx.x < ZK_PM_TILE) zk_cp_async4((b ? dd1 : dd) + threadIdx.x, sb + (zk_i64)i * (DV + 1) + DV, i < T);
+    zk_cp_async_commit();
+  };
   if (PF) fetch(tile * ZK_PM_TILE);
+  if (LOAD == 2) {
+    __syncthreads(); /* every warp has its k and v fragments out of qs, ns */
+    issue(tile);
+  }
   for (int qt = tile; qt < NTILE; qt++) {
-    __syncthreads(); /* the last tile's products are done with qs, ns, dd */
-    if (PF) {
-      qn.template put<FS>(qs, scale); /* scale q_i once here */
-      nn.template put<VS>(ns, 1.0f);
+    const float *qc = qs, *nc = ns, *dc = dd;
+    if (LOAD == 2) {
+      if (qt + 1 < NTILE) {
+        issue(qt + 1);
+        zk_cp_async_wait<1>();
+      } else {
+        zk_cp_async_wait<0>();
+      }
+      __syncthreads();
+      if ((qt - tile) & 1) qc = qs1, nc = ns1, dc = dd1;
     } else {
-      zk_pm_load<F, F, FS, T, LQ>(qs, qb, qt * ZK_PM_TILE, scale);
-      zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, qt * ZK_PM_TILE, 1.0f);
-      int i = qt * ZK_PM_TILE + (int)threadIdx.x;
-      ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
+      __syncthreads(); /* the last tile's products are done with qs, ns, dd */
+      if (PF) {
+        qn.template put<FS>(qs, scale); /* scale q_i once here */
+        nn.template put<VS>(ns, 1.0f);
+      } else {
+        zk_pm_load<F, F, FS, T, LQ>(qs, qb, qt * ZK_PM_TILE, scale);
+        zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, qt * ZK_PM_TILE, 1.0f);
+        int i = qt * ZK_PM_TILE + (int)threadIdx.x;
+        ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
+      }
+      if (threadIdx.x < ZK_PM_TILE) dd[threadIdx.x] = ddn;
+      __syncthreads();
+      if (PF && qt + 1 < NTILE) fetch((qt + 1) * ZK_PM_TILE);
     }
-    if (threadIdx.x < ZK_PM_TILE) dd[threadIdx.x] = ddn;
-    __syncthreads();
-    if (PF && qt + 1 < NTILE) fetch((qt + 1) * ZK_PM_TILE);
     const bool diag = qt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT>(qs, 8 * j, 8 * f));
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT>(qc, 8 * j, 8 * f));
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, va[n], zk_pm_bfrag_t<VS, SPLIT>(ns, 8 * j, 8 * n));
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, va[n], zk_pm_bfrag_t<VS, SPLIT>(nc, 8 * j, 8 * n));
 #pragma unroll
       for (int e = 0; e < 4; e++) { /* s becomes a_ij, da ds_ij */
         int col = 8 * j + 2 * t + (e & 1);
-        float x = s[e], gr = (da[e] + dd[col]) * (c1 + 2.0f * c2 * x), a = c0 + x * (c1 + c2 * x);
+        float x = LOAD == 2 ? s[e] * scale : s[e]; /* LOAD 2 keeps q unscaled */
+        float gr = (da[e] + dc[col]) * (c1 + 2.0f * c2 * x), a = c0 + x * (c1 + c2 * x);
         if (diag && col < r0 + g + 8 * (e >> 1)) a = gr = 0.0f; /* causal: i >= j */
         s[e] = a;
         da[e] = gr;
       }
       zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s), gf = zk_pm_cfrag<SPLIT>(da);
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(dva[n], af, zk_pm_bfrag<VS, SPLIT>(ns, 8 * j, 8 * n));
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(dva[n], af, zk_pm_bfrag<VS, SPLIT>(nc, 8 * j, 8 * n));
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dka[f], gf, zk_pm_bfrag<FS, SPLIT>(qs, 8 * j, 8 * f));
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dka[f], gf, zk_pm_bfrag<FS, SPLIT>(qc, 8 * j, 8 * f));
     }
+    if (LOAD == 2) __syncthreads(); /* the products are done with buffers (qt - tile) % 2 */
   }
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -452,7 +540,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
 #pragma unroll
     for (int f = 0; f < NF; f++)
 #pragma unroll
-      for (int e = 0; e < 2; e++) dkb[(zk_i64)jj * LQ + 8 * f + 2 * t + e] = dka[f][2 * r + e];
+      for (int e = 0; e < 2; e++) dkb[(zk_i64)jj * LQ + 8 * f + 2 * t + e] = dka[f][2 * r + e] * (LOAD == 2 ? scale : 1.0f);
 #pragma unroll
     for (int n = 0; n < NV; n++)
 #pragma unroll
