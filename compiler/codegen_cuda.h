@@ -220,10 +220,11 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  *   Measured (zoorun bench --precision tf32, session 8, device runs 3-5),
  * against the fp32 kernels: rebased 128/512 16.43 -> 13.46 ms a step, based
  * 128/512 15.78 -> 12.90, 64/128 1.88 -> 1.87; at 32/48 (T 48) 0.80 -> 0.86,
- * hence T >= 64. Three products are opt-in: in fp32 they gained only where
- * the value rows are wide and long (L 512, DV 42: 4.42 + 14.36 ms against
- * the tiles' 4.90 + 15.12) and lost elsewhere (rebased 128/512 25.76 ->
- * 27.94 ms a step). */
+ * hence T >= 64. Three products are opt-in, so that fp32 stays fp32
+ * arithmetic: they gain where the value rows are wide (L 512, DV 42: 4.38 +
+ * 12.17 ms against the tiles' 4.91 + 15.12, device run 8) and lose at narrow
+ * ones (DV 5: 1.90 + 5.67 against rows' 1.39 + 4.18; rebased 128/512, DV 10,
+ * 27.94 against 25.76 ms a step, device run 4). */
 int zoo_cuda_poly_mma(int64_t T, int64_t F, int64_t DV, int tf32);
 
 /* zoo's own fp32 kernel for GEMM step s (runtime/kernels/gemm.cu), emitted
