@@ -20,20 +20,24 @@
  * banks.
  *
  * zk_poly_mma_fwd<F, DV, T, HI, SPLIT>: o, and z = d + eps, as zk_poly_fwd.
- * zk_poly_mma_bwd_q<...>: from the forward's o and z, dn_i and dd_i (into
- *   stats[BH][T][DV + 1], poly_attention.cu's layout) and dq_i.
- * zk_poly_mma_bwd_kv<...>: dk_j and dv_j from stats, without atomics.
+ * zk_poly_mma_bwd_q<F, DV, T, HI, SPLIT, LOAD>: from the forward's o and z,
+ *   dn_i and dd_i (into stats[BH][T][DV + 1], poly_attention.cu's layout)
+ *   and dq_i.
+ * zk_poly_mma_bwd_kv<..., LOAD>: dk_j and dv_j from stats, without atomics.
  * F must be a multiple of 8; DV is padded to DVP, a multiple of 8. Dynamic
- * shared memory: zk_poly_mma_smem<F, DV>(part) bytes, part 0 forward, 1
- * bwd_q, 2 bwd_kv; the emitter mirrors it. Blocks take the tiles with the
- * most work first, as in poly_attention_tiled.cu. The forward issues the
- * next tile's global loads into registers before this tile's products
- * (zk_pm_next): loaded a tile at a time, the products waited on memory (tc1
- * at L 512, DV 42: 6.07 ms against the fp32 tiles' 4.90 (device run 4), with
- * the loads ahead 3.05 (run 5)). The backward does so when PF (the emitter:
- * value widths up to 16): its registers are fuller, and at DV 42 the loads
- * ahead cost more occupancy than they hide (tc1, L 512: 10.13 against 8.22
- * ms; DV 5: 3.37 against 3.75).
+ * shared memory: zk_poly_mma_smem<F, DV, LOAD>(part) bytes, part 0 forward,
+ * 1 bwd_q, 2 bwd_kv; the emitter mirrors it. Blocks take the tiles with the
+ * most work first, as in poly_attention_tiled.cu.
+ *
+ * Loads. A tile at a time, the products waited on memory (tc1 at L 512, DV
+ * 42: 6.07 ms against the fp32 tiles' 4.90, session 8 device run 4). The
+ * forward issues the next tile's global loads into registers before this
+ * tile's products (zk_pm_next; 3.05 ms, run 5). The backward's LOAD, the
+ * emitter's choice: 1, the same, up to 16 value floats (DV 5: 3.37 against
+ * 3.75 ms); 2, past that, cp.async copies of the next tile into a second
+ * buffer, which cost no registers where the loads ahead into registers cost
+ * more occupancy than they hid (DV 42: 10.13 against 8.22 ms; by cp.async
+ * 7.07, run 8); 0, a tile at a time (for measuring).
  */
 #ifndef ZK_POLY_ATTENTION_MMA_CU
 #define ZK_POLY_ATTENTION_MMA_CU
