@@ -165,10 +165,10 @@ int zoo_cuda_is_view(const zoo_graph *g, const int64_t *sym, const zoo_node *n);
  * feature state (poly_attention_chunked.cu). The one rule that chooses:
  * ZOO_POLY_FORM=quadratic|chunked|auto in the environment, else auto, which
  * takes the chunked form when T >= ZOO_POLY_CHUNKED_MIN_T and the form can
- * run the shape (features exist, its shared memory fits). The emitter keeps
- * the quadratic form instead where it runs on the tensor cores with one TF32
- * product (precision tf32 and bf16), DV >= 32 and T <= 2048
- * (codegen_intrinsics.c, poly_form_of). */
+ * run the shape (features exist, its shared memory fits), except that with
+ * tf32 (TF32 products: precision tf32 and bf16) it keeps the quadratic form
+ * where that runs on the tensor cores with one TF32 product, DV >= 32 and
+ * T <= 2048 (measured: codegen_intrinsics.c). */
 typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
 
 /* Measured with `zoorun bench --poly` on an H200 (B 512, H 12, ReBased): at
@@ -181,10 +181,10 @@ typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_for
 /* Positions per chunk of the chunked form (its kernels' C). */
 #define ZOO_POLY_CHUNK 64
 
-/* The form for q [.., T, F], v [.., T, DV] and coefficients c0, c1, c2. Returns
+/* The form for q [.., T, F], v [.., T, DV], coefficients c0, c1, c2 and tf32. Returns
  * 0, or -1 with err (ZOO_POLY_FORM unknown, or chunked asked for a shape it
  * cannot run). */
-int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
+int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2, int tf32,
                        zoo_poly_form *form, char *err, size_t errlen);
 
 /* Whether the quadratic form runs as poly_attention_tiled.cu's two-level tiles

@@ -543,7 +543,15 @@ static int pc_fits(const pc_layout *l) {
   return l->D > 0 && l->F <= 64 && l->DV <= 256 && l->smem[1] <= PC_SMEM_MAX && l->smem[2] <= PC_SMEM_MAX;
 }
 
-int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2,
+/* With TF32 products (tf32) the tensor-core quadratic form beats the
+ * chunked one at T 2048 for wide value rows: `zoorun bench --poly`, session 8,
+ * device run 8, forward + backward ms, DV 42: tc1 38.8 + 82.7 against chunked
+ * 36.2 + 111.6 (DV 5: 52.8 against 52.2). So the automatic rule keeps the
+ * quadratic form there, up to the T measured. */
+#define PM_LONG_MIN_DV 32
+#define PM_LONG_MAX_T 2048
+
+int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2, int tf32,
                        zoo_poly_form *form, char *err, size_t errlen) {
   pc_layout l;
   pc_layout_of(&l, F, DV, c0, c1, c2);
@@ -559,6 +567,8 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
     *form = ZOO_POLY_CHUNKED;
   } else if (!env || !env[0] || !strcmp(env, "auto")) {
     *form = T >= ZOO_POLY_CHUNKED_MIN_T && pc_fits(&l) ? ZOO_POLY_CHUNKED : ZOO_POLY_QUADRATIC;
+    if (*form == ZOO_POLY_CHUNKED && DV >= PM_LONG_MIN_DV && T <= PM_LONG_MAX_T && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
+      *form = ZOO_POLY_QUADRATIC; /* the tensor cores' quadratic form wins there */
   } else {
     snprintf(err, errlen, "ZOO_POLY_FORM=%s: expected quadratic, chunked or auto", env);
     return -1;
@@ -617,23 +627,10 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
 }
 
 /* The form of node n, or -1 with e->err. */
-/* With TF32 products (e->poly_tf32) the tensor-core quadratic form beats the
- * chunked one at T 2048 for wide value rows: `zoorun bench --poly`, session 8,
- * device run 8, forward + backward ms, DV 42: tc1 38.8 + 82.7 against chunked
- * 36.2 + 111.6 (DV 5: 52.8 against 52.2). So the automatic rule keeps the
- * quadratic form there, up to the T measured. */
-#define PM_LONG_MIN_DV 32
-#define PM_LONG_MAX_T 2048
-
 static int poly_form_of(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, zoo_poly_form *form) {
-  if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], form, e->err,
-                         sizeof e->err) != 0)
+  if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], e->poly_tf32, form,
+                         e->err, sizeof e->err) != 0)
     return -1;
-  const char *env = getenv("ZOO_POLY_FORM");
-  int automatic = !env || !env[0] || !strcmp(env, "auto");
-  if (*form == ZOO_POLY_CHUNKED && automatic && a->DV >= PM_LONG_MIN_DV && a->T <= PM_LONG_MAX_T &&
-      zoo_cuda_poly_mma(a->T, a->F, a->DV, e->poly_tf32) == 1)
-    *form = ZOO_POLY_QUADRATIC;
   return 0;
 }
 

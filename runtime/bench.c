@@ -144,7 +144,7 @@ static int poly_node_flops(const zoo_graph *g, const int64_t *sym, const zoo_nod
   }
   double c0 = n->attrs.f[0], c1 = n->attrs.f[1], c2 = n->attrs.f[2];
   zoo_poly_form form;
-  if (zoo_cuda_poly_form((int64_t)T, (int64_t)F, (int64_t)DV, c0, c1, c2, &form, err, errlen) != 0) return -1;
+  if (zoo_cuda_poly_form((int64_t)T, (int64_t)F, (int64_t)DV, c0, c1, c2, 0, &form, err, errlen) != 0) return -1;
   *chunked = form == ZOO_POLY_CHUNKED;
   double D = (c0 != 0) + (c1 != 0) * F + (c2 != 0) * F * (F + 1) / 2;
   *flop = *chunked ? poly_chunked_flops(B * H, T, F, DV, D, ZOO_POLY_CHUNK, bwd) : poly_flops(B * H, T, F, DV, bwd);
@@ -556,7 +556,7 @@ static const char *poly_auto_variant(int64_t T, int64_t DV) {
   poly_env saved = poly_env_set(NULL);
   char err[256];
   zoo_poly_form f = ZOO_POLY_QUADRATIC;
-  int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, &f, err, sizeof err);
+  int r = zoo_cuda_poly_form(T, poly_F, DV, 0, 0, 1, 0, &f, err, sizeof err);
   int tiled = zoo_cuda_poly_tiled(T, poly_F, DV), mma = zoo_cuda_poly_mma(T, poly_F, DV, 0);
   poly_env_restore(saved);
   return r != 0 ? "?" : f == ZOO_POLY_CHUNKED ? "chunked" : mma == 3 ? "tc3" : mma == 1 ? "tc1" : tiled ? "tiled" : "rows";

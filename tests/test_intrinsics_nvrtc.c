@@ -328,25 +328,25 @@ TEST(intrinsics_poly_form) {
   zoo_poly_form f;
   char err[256];
   poly_form_env(NULL);
-  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T - 1, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 &&
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T - 1, 16, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 &&
         f == ZOO_POLY_QUADRATIC);
-  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 &&
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 &&
         f == ZOO_POLY_CHUNKED);
-  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 5, 1, 1, 0.5, &f, err, sizeof err) == 0 &&
+  CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 5, 1, 1, 0.5, 0, &f, err, sizeof err) == 0 &&
         f == ZOO_POLY_CHUNKED);
   /* no features (all coefficients 0), or a state too wide: quadratic */
-  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
-  CHECK(zoo_cuda_poly_form(4096, 64, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 0, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(4096, 64, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
   poly_form_env("quadratic");
-  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
   poly_form_env("chunked");
-  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
-  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 0, &f, err, sizeof err) == -1);
+  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
+  CHECK(zoo_cuda_poly_form(48, 16, 2, 0, 0, 0, 0, &f, err, sizeof err) == -1);
   CHECKF(strstr(err, "cannot run") != NULL, "%s", err);
   poly_form_env("auto");
-  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
   poly_form_env("fast");
-  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, &f, err, sizeof err) == -1);
+  CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 1, 0, &f, err, sizeof err) == -1);
   CHECKF(strcmp(err, "ZOO_POLY_FORM=fast: expected quadratic, chunked or auto") == 0, "%s", err);
   poly_form_env(NULL);
 }

@@ -117,12 +117,14 @@ __device__ __forceinline__ void zk_mma_tf32(float (&d)[4], const unsigned (&a)[4
 /* An operand fragment of N fp32 values as TF32 heads and, for SPLIT 3, tails. */
 template <int N, int SPLIT> struct zk_pm_frag {
   unsigned hi[N], lo[N];
-  __device__ __forceinline__ void set(const float (&x)[N]) {
+  static __device__ __forceinline__ zk_pm_frag of(const float (&x)[N]) {
+    zk_pm_frag f;
 #pragma unroll
     for (int i = 0; i < N; i++) {
-      hi[i] = zk_tf32(x[i]);
-      lo[i] = SPLIT == 3 ? zk_tf32(x[i] - __int_as_float((int)hi[i])) : 0u;
+      f.hi[i] = zk_tf32(x[i]);
+      f.lo[i] = SPLIT == 3 ? zk_tf32(x[i] - __int_as_float((int)f.hi[i])) : 0u;
     }
+    return f;
   }
 };
 
@@ -143,9 +145,7 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_afrag(const float *sh, int
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[4] = {sh[(r0 + g) * S + c0 + t], sh[(r0 + g + 8) * S + c0 + t], sh[(r0 + g) * S + c0 + t + 4],
                 sh[(r0 + g + 8) * S + c0 + t + 4]};
-  zk_pm_frag<4, SPLIT> f;
-  f.set(x);
-  return f;
+  return zk_pm_frag<4, SPLIT>::of(x);
 }
 
 /* The B fragment B[k][n] = sh[n0 + n][c0 + k] (the tile's rows as columns):
@@ -154,9 +154,7 @@ template <int S, int SPLIT>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_t(const float *sh, int n0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(n0 + g) * S + c0 + t], sh[(n0 + g) * S + c0 + t + 4]};
-  zk_pm_frag<2, SPLIT> f;
-  f.set(x);
-  return f;
+  return zk_pm_frag<2, SPLIT>::of(x);
 }
 
 /* The B fragment over tile rows m0 .. m0 + 7 in the accumulators' order
@@ -165,9 +163,7 @@ template <int S, int SPLIT>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag(const float *sh, int m0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(m0 + 2 * t) * S + c0 + g], sh[(m0 + 2 * t + 1) * S + c0 + g]};
-  zk_pm_frag<2, SPLIT> f;
-  f.set(x);
-  return f;
+  return zk_pm_frag<2, SPLIT>::of(x);
 }
 
 /* An accumulator's values as the A fragment of the next product (columns in
@@ -175,9 +171,7 @@ __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag(const float *sh, int
 template <int SPLIT>
 __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4]) {
   float x[4] = {c[0], c[2], c[1], c[3]};
-  zk_pm_frag<4, SPLIT> f;
-  f.set(x);
-  return f;
+  return zk_pm_frag<4, SPLIT>::of(x);
 }
 
 /* Rows [r0, r0 + 64) of a [T, W] slice (rows LD floats apart) into
