@@ -437,6 +437,21 @@ static const poly_variant poly_variants[] = {{"rows", "quadratic", "0", "0"},
                                              {"chunked", "chunked", NULL, "0"}};
 #define NPOLY_VARIANTS (int)(sizeof poly_variants / sizeof *poly_variants)
 
+/* Whether variant `name` is timed: all of them, or those ZOO_BENCH_POLY
+ * lists (names separated by commas, e.g. tc1,tc3), for measuring. */
+static int poly_variant_wanted(const char *name) {
+  const char *list = getenv("ZOO_BENCH_POLY");
+  if (!list || !list[0]) return 1;
+  size_t n = strlen(name);
+  for (const char *p = list; *p;) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len == n && strncmp(p, name, n) == 0) return 1;
+    p += len + (end ? 1 : 0);
+  }
+  return 0;
+}
+
 /* q, k [B, H, T, F], v [B, H, T, DV] -> poly_attention (ReBased's
  * coefficients) and its backward from a seed dy; io: q, k, v, dy. */
 static int poly_graph(zoo_graph *g, int64_t T, int64_t DV, int io[4], zoo_diag *d) {
@@ -568,6 +583,7 @@ static int precompile_poly(void) {
   for (int ti = 0; ti < 3; ti++)
     for (int di = 0; di < 2; di++)
       for (int fi = 0; fi < NPOLY_VARIANTS; fi++) {
+        if (!poly_variant_wanted(poly_variants[fi].name)) continue;
         zoo_graph g;
         zoo_diag d;
         zoo_diag_init(&d, stderr);
@@ -619,6 +635,7 @@ static int bench_poly(const bench_opts *o, FILE *js) {
       for (int fi = 0; fi < NPOLY_VARIANTS; fi++) {
         int64_t T = poly_T[ti], DV = poly_DV[di];
         const char *form = poly_variants[fi].name, *chosen = poly_auto_variant(T, DV);
+        if (!poly_variant_wanted(form)) continue;
         poly_result pr;
         poly_run(T, DV, &poly_variants[fi], o, host, &pr);
         const char *mark = strcmp(chosen, form) == 0 ? "*" : "";

@@ -94,10 +94,14 @@ static const char prelude[] =
     "static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }\n"
     "static inline float __fdividef(float a, float b) { return a / b; }\n"
     "/* mma.sync m16n8k8 with TF32 operands (poly_attention_mma.cu's zk_mma_tf32):\n"
-    " * the warp's fragments through one exchange, the products in fp32 */\n"
+    " * the warp's fragments through one exchange, the products in fp32. An\n"
+    " * operand with any of its low 13 bits set is not TF32: the hardware would\n"
+    " * drop those bits, here the kernel fails (emu_run_kernel returns -2). */\n"
     "static unsigned emu_mma_frag[32][32][6];\n"
+    "static int emu_mma_not_tf32;\n"
     "static inline void emu_mma_tf32(float *d, const unsigned *a, const unsigned *b) {\n"
     "  int w = emu_tid / 32, l = emu_tid % 32, g = l >> 2, t = l & 3;\n"
+    "  if (((a[0] | a[1] | a[2] | a[3] | b[0] | b[1]) & 0x1fffu) != 0) __atomic_store_n(&emu_mma_not_tf32, 1, __ATOMIC_RELAXED);\n"
     "  for (int i = 0; i < 4; i++) emu_mma_frag[w][l][i] = a[i];\n"
     "  emu_mma_frag[w][l][4] = b[0]; emu_mma_frag[w][l][5] = b[1];\n"
     "  emu_bar_wait(&emu_warp_bar[w]);\n"
@@ -188,6 +192,7 @@ static const char runner[] =
     "        while (emu_pool.finished < emu_pool.active) pthread_cond_wait(&emu_pool.done, &emu_pool.m);\n"
     "        pthread_mutex_unlock(&emu_pool.m);\n"
     "      }\n"
+    "  if (__atomic_exchange_n(&emu_mma_not_tf32, 0, __ATOMIC_RELAXED)) return -2;\n"
     "  return 0;\n"
     "}\n"
     "extern \"C\" void emu_shutdown(void) {\n"
@@ -486,7 +491,13 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
     if (getenv("ZOO_EMU_TRACE"))
       fprintf(stderr, "emu: step %d %s <<<(%u,%u,%u), (%u,%u,%u), %u>>>\n", i, s->func, s->grid[0], s->grid[1],
               s->grid[2], s->block[0], s->block[1], s->block[2], s->smem);
-    if (emu_launch(m, s->func, s->grid, s->block, s->smem, params) != 0) {
+    int rc = emu_launch(m, s->func, s->grid, s->block, s->smem, params);
+    if (rc == -2) {
+      snprintf(err, errlen, "step %d: kernel %s gave mma.sync an operand that is not TF32 (low 13 bits set)", i,
+               s->func);
+      return -1;
+    }
+    if (rc != 0) {
       snprintf(err, errlen, "step %d: kernel %s missing or block too large", i, s->func);
       return -1;
     }

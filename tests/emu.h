@@ -47,7 +47,9 @@ int emu_run(emu_module *m, const zoo_cuda_emit *e, const zoo_plan *p, emu_mem *m
             int n, uint64_t seed, char *err, size_t errlen);
 
 /* Launches a kernel of the module by name with raw argument pointers (as for
- * cuLaunchKernel). Returns 0, or -1 when the module has no such kernel. */
+ * cuLaunchKernel). Returns 0, -1 when the module has no such kernel (or the
+ * block is too large), -2 when the kernel gave mma.sync an operand that is
+ * not TF32 (which the hardware would truncate). */
 int emu_launch(emu_module *m, const char *name, const unsigned *grid, const unsigned *block,
                unsigned smem, void **params);
 

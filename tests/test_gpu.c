@@ -1285,6 +1285,7 @@ static const named_case poly_mma_emu_cases[] = {
 };
 static const named_case poly_mma_emu_tf32_cases[] = {
       {"poly_mma_tf32_based_dv21", c_mma_emu_21, 2e-2, 1},
+      {"poly_mma_tf32_based_dv10_heads", c_mma_emu_10_heads, 2e-2, 1},
 };
 
 #define NCASES(a) (int)(sizeof a / sizeof *a)

@@ -53,7 +53,7 @@ template <int F, int DV> struct zk_pm_shape {
 
 template <int F, int DV, int LOAD>
 __host__ __device__ constexpr int zk_poly_mma_smem(int part) {
-  return 4 * (part == 0 ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
+  return 4 * (part == 0 ? (LOAD == 2 ? 2 : 1) * ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
               : part == 1
                   ? ZK_PM_TILE * ((LOAD == 2 ? 2 : 1) * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) +
                                   zk_pm_shape<F, DV>::VS) +
@@ -98,6 +98,9 @@ __device__ __forceinline__ unsigned zk_tf32(float x) {
 #endif
 }
 
+/* x rounded to TF32, as a float (its low 13 bits zero). */
+__device__ __forceinline__ float zk_tf32f(float x) { return __int_as_float((int)zk_tf32(x)); }
+
 /* d += a b for one m16n8k8 tile, TF32 operands: with g = lane / 4, t = lane % 4,
  *   a = A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4];  b = B[t][g], B[t + 4][g];
  *   d = D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1].
@@ -126,6 +129,13 @@ template <int N, int SPLIT> struct zk_pm_frag {
     }
     return f;
   }
+  /* x already TF32 (a tile staged rounded, SPLIT 1): its bits as they are */
+  static __device__ __forceinline__ zk_pm_frag bits(const float (&x)[N]) {
+    zk_pm_frag f;
+#pragma unroll
+    for (int i = 0; i < N; i++) f.hi[i] = (unsigned)__float_as_int(x[i]), f.lo[i] = 0u;
+    return f;
+  }
 };
 
 /* d += a b in SPLIT products (the small ones first). */
@@ -148,13 +158,23 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_afrag(const float *sh, int
   return zk_pm_frag<4, SPLIT>::of(x);
 }
 
+/* A B fragment's two values read from a tile staged for SPLIT: with SPLIT 1
+ * the tiles the loops walk hold TF32 values already (rounded once, where they
+ * are staged: zk_pm_load and zk_pm_next::put with RND, zk_pm_round_own after
+ * cp.async), so the 4 warps reading each value twice convert nothing; with
+ * SPLIT 3 they hold fp32 values, split here. */
+template <int SPLIT> __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_of(const float (&x)[2]) {
+  if constexpr (SPLIT == 1) return zk_pm_frag<2, SPLIT>::bits(x);
+  else return zk_pm_frag<2, SPLIT>::of(x);
+}
+
 /* The B fragment B[k][n] = sh[n0 + n][c0 + k] (the tile's rows as columns):
  * for a product against the tile's rows n0 .. n0 + 7 over columns c0 .. c0 + 7. */
 template <int S, int SPLIT>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_t(const float *sh, int n0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(n0 + g) * S + c0 + t], sh[(n0 + g) * S + c0 + t + 4]};
-  return zk_pm_frag<2, SPLIT>::of(x);
+  return zk_pm_bfrag_of<SPLIT>(x);
 }
 
 /* The B fragment over tile rows m0 .. m0 + 7 in the accumulators' order
@@ -163,7 +183,7 @@ template <int S, int SPLIT>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag(const float *sh, int m0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(m0 + 2 * t) * S + c0 + g], sh[(m0 + 2 * t + 1) * S + c0 + g]};
-  return zk_pm_frag<2, SPLIT>::of(x);
+  return zk_pm_bfrag_of<SPLIT>(x);
 }
 
 /* An accumulator's values as the A fragment of the next product (columns in
@@ -175,8 +195,9 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4])
 }
 
 /* Rows [r0, r0 + 64) of a [T, W] slice (rows LD floats apart) into
- * sh[64][S], scaled by mul: zeros past T and in columns W .. WP - 1. */
-template <int W, int WP, int S, int T, int LD>
+ * sh[64][S], scaled by mul (and rounded to TF32 with RND): zeros past T and
+ * in columns W .. WP - 1. */
+template <int W, int WP, int S, int T, int LD, bool RND = false>
 __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ src, int r0, float mul) {
   zk_tile_copy<ZK_PM_TILE * WP, ZK_PM_NT, 8, float>(
       [&](int e) {
@@ -185,7 +206,7 @@ __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ 
       },
       [&](int e, float x) {
         int r = e / WP, c = e - r * WP;
-        sh[r * S + c] = x * mul;
+        sh[r * S + c] = RND ? zk_tf32f(x * mul) : x * mul;
       });
 }
 
@@ -196,6 +217,16 @@ __device__ __forceinline__ void zk_pm_load_async(float *sh, const float *__restr
     int r = e / WP, c = e - r * WP;
     bool ok = r0 + r < T && c < W;
     zk_cp_async4(&sh[r * S + c], ok ? src + (zk_i64)(r0 + r) * LD + c : src, ok);
+  }
+}
+
+/* The elements of a tile this thread copied by zk_pm_load_async, rounded to
+ * TF32 in place once its copies have landed (before the barrier that hands
+ * the tile to the other warps). */
+template <int WP, int S> __device__ __forceinline__ void zk_pm_round_own(float *sh) {
+  for (int e = (int)threadIdx.x; e < ZK_PM_TILE * WP; e += ZK_PM_NT) {
+    int r = e / WP, c = e - r * WP;
+    sh[r * S + c] = zk_tf32f(sh[r * S + c]);
   }
 }
 
@@ -212,16 +243,16 @@ template <int W, int WP, int T, int LD> struct zk_pm_next {
       x[u] = e < ZK_PM_TILE * WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
     }
   }
-  template <int S> __device__ __forceinline__ void put(float *sh, float mul) const {
+  template <int S, bool RND> __device__ __forceinline__ void put(float *sh, float mul) const {
 #pragma unroll
     for (int u = 0; u < N; u++) {
       int e = (int)threadIdx.x + u * ZK_PM_NT, r = e / WP, c = e - r * WP;
-      if (e < ZK_PM_TILE * WP) sh[r * S + c] = x[u] * mul;
+      if (e < ZK_PM_TILE * WP) sh[r * S + c] = RND ? zk_tf32f(x[u] * mul) : x[u] * mul;
     }
   }
 };
 
-template <int F, int DV, int T, int HI, int SPLIT>
+template <int F, int DV, int T, int HI, int SPLIT, int LOAD>
 __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                 const float *__restrict__ v, float *__restrict__ o,
                                                 float *__restrict__ z, float c0, float c1, float c2, float scale,
@@ -230,8 +261,11 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
+  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS;
+  float *ks1 = vs + ZK_PM_TILE * VS, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
+  constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
@@ -252,25 +286,52 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
 #pragma unroll
     for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 
-  zk_pm_next<F, F, T, LQ> kn;
-  zk_pm_next<DV, DVP, T, LV> vn;
-  kn.fetch(kb, 0);
-  vn.fetch(vb, 0);
+  zk_pm_next<F, PF ? F : 0, T, LQ> kn;
+  zk_pm_next<DV, PF ? DVP : 0, T, LV> vn;
+  auto issue = [&](int kt) { /* LOAD 2: tile kt into buffers kt % 2 */
+    zk_pm_load_async<F, F, FS, T, LQ>(kt & 1 ? ks1 : ks, kb, kt * ZK_PM_TILE);
+    zk_pm_load_async<DV, DVP, VS, T, LV>(kt & 1 ? vs1 : vs, vb, kt * ZK_PM_TILE);
+    zk_cp_async_commit();
+  };
+  if (PF) {
+    kn.fetch(kb, 0);
+    vn.fetch(vb, 0);
+  } else {
+    __syncthreads(); /* every warp has its q fragments out of ks */
+    issue(0);
+  }
   for (int kt = 0; kt <= tile; kt++) {
-    __syncthreads(); /* the last tile's products are done with ks, vs */
-    kn.template put<FS>(ks, 1.0f);
-    vn.template put<VS>(vs, 1.0f);
-    __syncthreads();
-    if (kt < tile) {
-      kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
-      vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+    const float *kc = ks, *vc = vs;
+    if (PF) {
+      __syncthreads(); /* the last tile's products are done with ks, vs */
+      kn.template put<FS, RND>(ks, 1.0f);
+      vn.template put<VS, RND>(vs, 1.0f);
+      __syncthreads();
+      if (kt < tile) {
+        kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
+        vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
+      }
+    } else {
+      if (kt < tile) {
+        issue(kt + 1);
+        zk_cp_async_wait<1>();
+      } else {
+        zk_cp_async_wait<0>();
+      }
+      kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
+      if (RND) {
+        zk_pm_round_own<F, FS>(kt & 1 ? ks1 : ks);
+        zk_pm_round_own<DVP, VS>(kt & 1 ? vs1 : vs);
+      }
+      __syncthreads();
     }
     const bool diag = kt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
+      if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(ks, 8 * j, 8 * f));
+      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(kc, 8 * j, 8 * f));
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         float a = c0 + s[e] * (c1 + c2 * s[e]);
@@ -280,8 +341,9 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
       }
       zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s);
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT>(vs, 8 * j, 8 * n));
+      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT>(vc, 8 * j, 8 * n));
     }
+    if (!PF) __syncthreads(); /* the products are done with buffers kt % 2 */
   }
   /* a row's sum over its 4 lanes */
 #pragma unroll
@@ -315,6 +377,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
+  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS, *dns = vs + ZK_PM_TILE * VS, *dd = dns + ZK_PM_TILE * VS;
   float *ks1 = dd + ZK_PM_TILE, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
@@ -371,16 +434,20 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
       } else {
         zk_cp_async_wait<0>();
       }
-      __syncthreads();
       kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
+      if (RND) {
+        zk_pm_round_own<F, FS>(kt & 1 ? ks1 : ks);
+        zk_pm_round_own<DVP, VS>(kt & 1 ? vs1 : vs);
+      }
+      __syncthreads();
     } else {
       __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
       if (PF) {
-        kn.template put<FS>(ks, 1.0f);
-        vn.template put<VS>(vs, 1.0f);
+        kn.template put<FS, RND>(ks, 1.0f);
+        vn.template put<VS, RND>(vs, 1.0f);
       } else {
-        zk_pm_load<F, F, FS, T, LQ>(ks, kb, kt * ZK_PM_TILE, 1.0f);
-        zk_pm_load<DV, DVP, VS, T, LV>(vs, vb, kt * ZK_PM_TILE, 1.0f);
+        zk_pm_load<F, F, FS, T, LQ, RND>(ks, kb, kt * ZK_PM_TILE, 1.0f);
+        zk_pm_load<DV, DVP, VS, T, LV, RND>(vs, vb, kt * ZK_PM_TILE, 1.0f);
       }
       __syncthreads();
       if (PF && kt < tile) {
@@ -391,6 +458,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
     const bool diag = kt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
+      if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(kc, 8 * j, 8 * f));
@@ -428,6 +496,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
+  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *qs = zk_pm_sh, *ns = qs + ZK_PM_TILE * FS, *dd = ns + ZK_PM_TILE * VS;
   float *qs1 = dd + ZK_PM_TILE, *ns1 = qs1 + ZK_PM_TILE * FS, *dd1 = ns1 + ZK_PM_TILE * VS; /* LOAD 2 */
@@ -489,16 +558,20 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
       } else {
         zk_cp_async_wait<0>();
       }
-      __syncthreads();
       if ((qt - tile) & 1) qc = qs1, nc = ns1, dc = dd1;
+      if (RND) {
+        zk_pm_round_own<F, FS>((qt - tile) & 1 ? qs1 : qs);
+        zk_pm_round_own<DVP, VS>((qt - tile) & 1 ? ns1 : ns);
+      }
+      __syncthreads();
     } else {
       __syncthreads(); /* the last tile's products are done with qs, ns, dd */
       if (PF) {
-        qn.template put<FS>(qs, scale); /* scale q_i once here */
-        nn.template put<VS>(ns, 1.0f);
+        qn.template put<FS, RND>(qs, scale); /* scale q_i once here */
+        nn.template put<VS, RND>(ns, 1.0f);
       } else {
-        zk_pm_load<F, F, FS, T, LQ>(qs, qb, qt * ZK_PM_TILE, scale);
-        zk_pm_load<DV, DVP, VS, T, DV + 1>(ns, sb, qt * ZK_PM_TILE, 1.0f);
+        zk_pm_load<F, F, FS, T, LQ, RND>(qs, qb, qt * ZK_PM_TILE, scale);
+        zk_pm_load<DV, DVP, VS, T, DV + 1, RND>(ns, sb, qt * ZK_PM_TILE, 1.0f);
         int i = qt * ZK_PM_TILE + (int)threadIdx.x;
         ddn = threadIdx.x < ZK_PM_TILE && i < T ? sb[(zk_i64)i * (DV + 1) + DV] : 0.0f;
       }
@@ -509,6 +582,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
     const bool diag = qt == tile;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
+      if (diag && 8 * j + 7 < r0) continue; /* queries before the warp's first key (warp-uniform) */
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT>(qc, 8 * j, 8 * f));
