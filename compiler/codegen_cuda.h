@@ -167,8 +167,8 @@ int zoo_cuda_is_view(const zoo_graph *g, const int64_t *sym, const zoo_node *n);
  * takes the chunked form when T >= ZOO_POLY_CHUNKED_MIN_T and the form can
  * run the shape (features exist, its shared memory fits), except that with
  * tf32 (TF32 products: precision tf32 and bf16) it keeps the quadratic form
- * where that runs on the tensor cores with one TF32 product, DV >= 32 and
- * T <= 2048 (measured: codegen_intrinsics.c). */
+ * where that runs on the tensor cores with one TF32 product and T <= 2048
+ * (measured: codegen_intrinsics.c). */
 typedef enum zoo_poly_form { ZOO_POLY_QUADRATIC, ZOO_POLY_CHUNKED } zoo_poly_form;
 
 /* Measured with `zoorun bench --poly` on an H200 (B 512, H 12, ReBased): at

@@ -392,12 +392,15 @@ int zoo_cuda_poly_mma(int64_t T, int64_t F, int64_t DV, int tf32) {
 }
 
 
-/* The wrappers' __launch_bounds__: 128 threads, and ZOO_POLY_MMA_BLOCKS (2 to
- * 8) blocks an SM from the environment when set, for measuring. */
-static void pm_bounds(char *buf, size_t len) {
+/* The wrappers' __launch_bounds__: 128 threads and the blocks an SM ptxas is
+ * to fit (part 0 forward, else backward), or ZOO_POLY_MMA_BLOCKS (2 to 8) from
+ * the environment, for measuring. Without a count ptxas picks registers by
+ * its own measure (72 to 168 here, a spill at 72). */
+static void pm_bounds(char *buf, size_t len, int part, int64_t DV) {
   const char *env = getenv("ZOO_POLY_MMA_BLOCKS");
   int b = env ? atoi(env) : 0;
-  if (b >= 2 && b <= 8) snprintf(buf, len, "%d, %d", PM_THREADS, b);
+  if (b < 2 || b > 8) b = part == 0 ? (DV <= 16 ? 4 : 3) : (DV <= 16 ? 0 : 4);
+  if (b) snprintf(buf, len, "%d, %d", PM_THREADS, b);
   else snprintf(buf, len, "%d", PM_THREADS);
 }
 
@@ -416,7 +419,7 @@ static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d, %d>(q, k, v, o, z, %s, %s)",
            (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, load, c, eps);
   char bounds[16];
-  pm_bounds(bounds, sizeof bounds);
+  pm_bounds(bounds, sizeof bounds, 0, a->DV);
   return poly_fwd_launch_bounds(e, n, name, bounds, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE),
                                 (unsigned)pm_smem(a->F, a->DV, 0, load));
 }
@@ -432,7 +435,7 @@ static int poly_mma_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   int load = pm_load(a->DV);
   pm_assert(e, a, 1, load);
   char bounds[16], call[640];
-  pm_bounds(bounds, sizeof bounds);
+  pm_bounds(bounds, sizeof bounds, 1, a->DV);
   snprintf(call, sizeof call, "zk_poly_mma_bwd_q<%lld, %lld, %lld, %lld, %d, %d>(dout, q, k, v, o, z, dq, stats, %s)",
            (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, load, c);
   if (poly_bwd_q_launch(e, n, name, bounds, 1, call, PM_THREADS, grid, (unsigned)pm_smem(a->F, a->DV, 1, load),
@@ -555,11 +558,11 @@ static int pc_fits(const pc_layout *l) {
 }
 
 /* With TF32 products (tf32) the tensor-core quadratic form beats the
- * chunked one at T 2048 for wide value rows: `zoorun bench --poly`, session 8,
- * device run 8, forward + backward ms, DV 42: tc1 38.8 + 82.7 against chunked
- * 36.2 + 111.6 (DV 5: 52.8 against 52.2). So the automatic rule keeps the
- * quadratic form there, up to the T measured. */
-#define PM_LONG_MIN_DV 32
+ * chunked one at T 2048: `zoorun bench --poly`, forward + backward ms, DV 42:
+ * tc1 38.8 + 82.7 against chunked 36.2 + 111.6 (session 8, device run 8); DV 5,
+ * once the tensor-core walks were leaner: tc1 10.8 + 30.5 against 12.3 + 39.7
+ * (session 9, device run 3; session 8's tc1 took 52.8 in all there). So the
+ * automatic rule keeps the quadratic form there, up to the T measured. */
 #define PM_LONG_MAX_T 2048
 
 int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2, int tf32,
@@ -578,7 +581,7 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
     *form = ZOO_POLY_CHUNKED;
   } else if (!env || !env[0] || !strcmp(env, "auto")) {
     *form = T >= ZOO_POLY_CHUNKED_MIN_T && pc_fits(&l) ? ZOO_POLY_CHUNKED : ZOO_POLY_QUADRATIC;
-    if (*form == ZOO_POLY_CHUNKED && DV >= PM_LONG_MIN_DV && T <= PM_LONG_MAX_T && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
+    if (*form == ZOO_POLY_CHUNKED && T <= PM_LONG_MAX_T && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
       *form = ZOO_POLY_QUADRATIC; /* the tensor cores' quadratic form wins there */
   } else {
     snprintf(err, errlen, "ZOO_POLY_FORM=%s: expected quadratic, chunked or auto", env);

@@ -402,7 +402,7 @@ static int precompile_cells(const bench_opts *o) {
     zoo_program *p = NULL;
     double t0 = now_s();
     int ok = cell_program(c->mixer, c->d_model, c->seq_len, &p, err, sizeof err) == 0 &&
-             zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, "sm_90", err, sizeof err) == 0;
+             zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, o->precision, "sm_90", err, sizeof err) == 0;
     printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
            now_s() - t0);
     fflush(stdout);

@@ -1280,10 +1280,10 @@ static int input_named(const zoo_graph *g, const char *name) {
 /* ZOO_NO_FUSE=1: every node its own kernel. */
 static int fuse_mode(void) { return !zoo_env_on("ZOO_NO_FUSE"); }
 
-int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const char *arch, char *err,
-                        size_t errlen) {
+int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, zoo_precision precision, const char *arch,
+                        char *err, size_t errlen) {
   zoo_cuda_program cp;
-  if (zoo_cuda_program_build(&cp, g, rows_B, seq_T, fuse_mode(), 1, err, errlen) != 0) {
+  if (zoo_cuda_program_build_poly(&cp, g, rows_B, seq_T, fuse_mode(), 1, precision != ZOO_FP32, err, errlen) != 0) {
     zoo_cuda_program_free(&cp);
     return -1;
   }

@@ -58,9 +58,10 @@ int zoo_cuda_backend_profile(zoo_backend *be, int repeats, int top, FILE *out);
  * executor (zoo_cuda_exec_init) would compile for this graph, into the kernel
  * cache, for arch ("sm_90"): run on a machine without a GPU, with ZOO_CACHE_DIR
  * set, it saves the GPU machine the NVRTC time. Same environment (ZOO_DEBUG,
- * ZOO_NO_FUSE) as the run it prepares. Returns 0, or -1 with err. */
-int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, const char *arch, char *err,
-                        size_t errlen);
+ * ZOO_NO_FUSE) and precision (which decides poly_attention's kernels) as the
+ * run it prepares. Returns 0, or -1 with err. */
+int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, zoo_precision precision, const char *arch,
+                        char *err, size_t errlen);
 int zoo_cuda_exec_precompile(const zoo_graph *g, const int64_t *sym, int fuse, const unsigned char *keep,
                              const char *arch, char *err, size_t errlen);
 

@@ -1456,7 +1456,7 @@ static void train_compare_v(zoo_test_ctx *t, const char *model, int accum, int f
   const int64_t B = 8, T = 16;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {
-    int r = zoo_cuda_precompile(g, B, T, "sm_90", err, sizeof err);
+    int r = zoo_cuda_precompile(g, B, T, ZOO_FP32, "sm_90", err, sizeof err);
     zoo_program_free(p);
     CHECKF(r == 0, "precompile: %s", err);
     SKIP("precompiled for sm_90 only");
@@ -1676,7 +1676,7 @@ TEST(gpu_train_reproducible) {
   const int64_t B = 64, T = 64, V = 64;
   char err[1024];
   if (mode == MODE_PRECOMPILE) {
-    int r = zoo_cuda_precompile(g, B, T, "sm_90", err, sizeof err);
+    int r = zoo_cuda_precompile(g, B, T, ZOO_FP32, "sm_90", err, sizeof err);
     zoo_program_free(p);
     CHECKF(r == 0, "precompile: %s", err);
     SKIP("precompiled for sm_90 only");

@@ -19,7 +19,7 @@
  * of the tiles (FS = F + 4, VS = 4 mod 16) put the 32 lanes' reads on 32
  * banks.
  *
- * zk_poly_mma_fwd<F, DV, T, HI, SPLIT>: o, and z = d + eps, as zk_poly_fwd.
+ * zk_poly_mma_fwd<F, DV, T, HI, SPLIT, LOAD>: o, and z = d + eps, as zk_poly_fwd.
  * zk_poly_mma_bwd_q<F, DV, T, HI, SPLIT, LOAD>: from the forward's o and z,
  *   dn_i and dd_i (into stats[BH][T][DV + 1], poly_attention.cu's layout)
  *   and dq_i.
@@ -37,13 +37,33 @@
  * 3.75 ms); 2, past that, cp.async copies of the next tile into a second
  * buffer, which cost no registers where the loads ahead into registers cost
  * more occupancy than they hid (DV 42: 10.13 against 8.22 ms; by cp.async
- * 7.07, run 8); 0, a tile at a time (for measuring).
+ * 7.07, run 8); 0, a tile at a time (for measuring). The forward's LOAD 2
+ * (the same cp.async buffers) measured slower for tc1 (L 512: DV 5 1.20
+ * against 0.93 ms, DV 42 2.62 against 2.37; session 9, device run 2) and
+ * stays an option (ZOO_POLY_MMA_FWD_LOAD=2).
+ *
+ * The walk. Per 8 columns of the other side's tile a warp issues 2 (F 16)
+ * products for the scores and NV, or NV + 2, for the rest; what else it
+ * issues is what bounds it. So the tiles are staged as TF32 once
+ * (zk_pm_bfrag_of), not converted by every warp at every read; the diagonal
+ * tile is a compile-time case of the walk (zk_pm_bool), which skips the
+ * 8-column groups wholly past (or before) the warp's rows, and the other
+ * tiles carry no causal test; and the wrappers' register bounds are the
+ * emitter's, per kernel (pm_bounds). Against session 8 (tc1, B 512, H 12,
+ * forward / backward ms): L 512, DV 5 1.025 / 3.330 to 0.928 / 2.496; DV 42
+ * 3.043 / 7.069 to 2.374 / 6.874; L 2048, DV 5 12.80 / 39.96 to 10.83 /
+ * 30.50 (session 9, device run 3).
  */
 #ifndef ZK_POLY_ATTENTION_MMA_CU
 #define ZK_POLY_ATTENTION_MMA_CU
 
 #define ZK_PM_TILE 64
 #define ZK_PM_NT 128
+
+/* A bool as a type, to make the walks' diagonal case a compile-time one. */
+template <bool B> struct zk_pm_bool {
+  static constexpr bool value = B;
+};
 
 template <int F, int DV> struct zk_pm_shape {
   static constexpr int DVP = (DV + 7) / 8 * 8;                  /* value width, padded */
@@ -158,32 +178,35 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_afrag(const float *sh, int
   return zk_pm_frag<4, SPLIT>::of(x);
 }
 
-/* A B fragment's two values read from a tile staged for SPLIT: with SPLIT 1
- * the tiles the loops walk hold TF32 values already (rounded once, where they
- * are staged: zk_pm_load and zk_pm_next::put with RND, zk_pm_round_own after
- * cp.async), so the 4 warps reading each value twice convert nothing; with
- * SPLIT 3 they hold fp32 values, split here. */
-template <int SPLIT> __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_of(const float (&x)[2]) {
-  if constexpr (SPLIT == 1) return zk_pm_frag<2, SPLIT>::bits(x);
+/* A B fragment's two values read from a walked tile. RND (SPLIT 1, LOAD 0 or
+ * 1): the tile holds TF32 values already, rounded once where it was staged
+ * (zk_pm_load, zk_pm_next::put), so the 4 warps reading each value twice
+ * convert nothing. Otherwise it holds fp32 values, rounded or split here:
+ * SPLIT 3, and LOAD 2, whose cp.async copies cannot round (rounding them in
+ * place after they land measured slower: tc1 backward at L 512, DV 42, 7.32
+ * against 6.87 ms, session 9 device run 3). */
+template <int SPLIT, bool RND>
+__device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_of(const float (&x)[2]) {
+  if constexpr (SPLIT == 1 && RND) return zk_pm_frag<2, SPLIT>::bits(x);
   else return zk_pm_frag<2, SPLIT>::of(x);
 }
 
 /* The B fragment B[k][n] = sh[n0 + n][c0 + k] (the tile's rows as columns):
  * for a product against the tile's rows n0 .. n0 + 7 over columns c0 .. c0 + 7. */
-template <int S, int SPLIT>
+template <int S, int SPLIT, bool RND>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag_t(const float *sh, int n0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(n0 + g) * S + c0 + t], sh[(n0 + g) * S + c0 + t + 4]};
-  return zk_pm_bfrag_of<SPLIT>(x);
+  return zk_pm_bfrag_of<SPLIT, RND>(x);
 }
 
 /* The B fragment over tile rows m0 .. m0 + 7 in the accumulators' order
  * (inner index t: row m0 + 2t, t + 4: row m0 + 2t + 1), columns c0 .. c0 + 7. */
-template <int S, int SPLIT>
+template <int S, int SPLIT, bool RND>
 __device__ __forceinline__ zk_pm_frag<2, SPLIT> zk_pm_bfrag(const float *sh, int m0, int c0) {
   const int lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float x[2] = {sh[(m0 + 2 * t) * S + c0 + g], sh[(m0 + 2 * t + 1) * S + c0 + g]};
-  return zk_pm_bfrag_of<SPLIT>(x);
+  return zk_pm_bfrag_of<SPLIT, RND>(x);
 }
 
 /* An accumulator's values as the A fragment of the next product (columns in
@@ -220,16 +243,6 @@ __device__ __forceinline__ void zk_pm_load_async(float *sh, const float *__restr
   }
 }
 
-/* The elements of a tile this thread copied by zk_pm_load_async, rounded to
- * TF32 in place once its copies have landed (before the barrier that hands
- * the tile to the other warps). */
-template <int WP, int S> __device__ __forceinline__ void zk_pm_round_own(float *sh) {
-  for (int e = (int)threadIdx.x; e < ZK_PM_TILE * WP; e += ZK_PM_NT) {
-    int r = e / WP, c = e - r * WP;
-    sh[r * S + c] = zk_tf32f(sh[r * S + c]);
-  }
-}
-
 /* A thread's share of rows [r0, r0 + 64) of a [T, W] slice, held in registers
  * from fetch to put (zk_pm_load's elements, WP columns a row), so that the
  * next tile's global loads are in flight while this one's products run. */
@@ -261,7 +274,7 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
-  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
+  constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS;
   float *ks1 = vs + ZK_PM_TILE * VS, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
@@ -280,7 +293,7 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   zk_pm_frag<4, SPLIT> qa[NF];
 #pragma unroll
   for (int f = 0; f < NF; f++) qa[f] = zk_pm_afrag<FS, SPLIT>(ks, r0, 8 * f);
-  float acc[NV][4], den[2] = {0.0f, 0.0f};
+  float acc[NV][4], den_lo = 0.0f, den_hi = 0.0f; /* rows g, g + 8 (scalars: the walk captures them) */
 #pragma unroll
   for (int n = 0; n < NV; n++)
 #pragma unroll
@@ -319,33 +332,36 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
         zk_cp_async_wait<0>();
       }
       kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
-      if (RND) {
-        zk_pm_round_own<F, FS>(kt & 1 ? ks1 : ks);
-        zk_pm_round_own<DVP, VS>(kt & 1 ? vs1 : vs);
-      }
       __syncthreads();
     }
-    const bool diag = kt == tile;
+    /* the walk, the causal mask a compile-time choice (diag: the diagonal tile) */
+    auto walk = [&, kc, vc](auto diag_c) {
+      constexpr bool diag = decltype(diag_c)::value;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
-      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int j = 0; j < 8; j++) {
+        if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(kc, 8 * j, 8 * f));
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT, RND>(kc, 8 * j, 8 * f));
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float a = c0 + s[e] * (c1 + c2 * s[e]);
-        if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) a = 0.0f; /* causal: j <= i */
-        den[e >> 1] += a;
-        s[e] = a;
+        for (int e = 0; e < 4; e++) {
+          float a = c0 + s[e] * (c1 + c2 * s[e]);
+          if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) a = 0.0f; /* causal: j <= i */
+          if (e < 2) den_lo += a;
+          else den_hi += a;
+          s[e] = a;
+        }
+        zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s);
+#pragma unroll
+        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT, RND>(vc, 8 * j, 8 * n));
       }
-      zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s);
-#pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT>(vc, 8 * j, 8 * n));
-    }
+    };
+    if (kt == tile) walk(zk_pm_bool<true>{});
+    else walk(zk_pm_bool<false>{});
     if (!PF) __syncthreads(); /* the products are done with buffers kt % 2 */
   }
   /* a row's sum over its 4 lanes */
+  float den[2] = {den_lo, den_hi};
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     den[r] += __shfl_xor_sync(ZK_FULL_MASK, den[r], 1);
@@ -377,7 +393,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
-  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
+  constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS, *dns = vs + ZK_PM_TILE * VS, *dd = dns + ZK_PM_TILE * VS;
   float *ks1 = dd + ZK_PM_TILE, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
@@ -403,7 +419,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   for (int f = 0; f < NF; f++) qa[f] = zk_pm_afrag<FS, SPLIT>(ks, r0, 8 * f);
 #pragma unroll
   for (int n = 0; n < NV; n++) na[n] = zk_pm_afrag<VS, SPLIT>(dns, r0, 8 * n);
-  const float ddr[2] = {dd[r0 + g], dd[r0 + g + 8]};
+  const float dd_lo = dd[r0 + g], dd_hi = dd[r0 + g + 8];
   float dqa[NF][4];
 #pragma unroll
   for (int f = 0; f < NF; f++)
@@ -435,10 +451,6 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
         zk_cp_async_wait<0>();
       }
       kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
-      if (RND) {
-        zk_pm_round_own<F, FS>(kt & 1 ? ks1 : ks);
-        zk_pm_round_own<DVP, VS>(kt & 1 ? vs1 : vs);
-      }
       __syncthreads();
     } else {
       __syncthreads(); /* the last tile's products are done with ks, vs (and the q rows) */
@@ -455,25 +467,30 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
         vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
       }
     }
-    const bool diag = kt == tile;
+    /* the walk, the causal mask a compile-time choice (diag: the diagonal tile) */
+    auto walk = [&, kc, vc](auto diag_c) {
+      constexpr bool diag = decltype(diag_c)::value;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
-      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int j = 0; j < 8; j++) {
+        if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT>(kc, 8 * j, 8 * f));
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT, RND>(kc, 8 * j, 8 * f));
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, na[n], zk_pm_bfrag_t<VS, SPLIT>(vc, 8 * j, 8 * n));
+        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, na[n], zk_pm_bfrag_t<VS, SPLIT, RND>(vc, 8 * j, 8 * n));
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float gr = (da[e] + ddr[e >> 1]) * (c1 + 2.0f * c2 * s[e]);
-        if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) gr = 0.0f;
-        s[e] = gr;
+        for (int e = 0; e < 4; e++) {
+          float gr = (da[e] + (e < 2 ? dd_lo : dd_hi)) * (c1 + 2.0f * c2 * s[e]);
+          if (diag && 8 * j + 2 * t + (e & 1) > r0 + g + 8 * (e >> 1)) gr = 0.0f;
+          s[e] = gr;
+        }
+        zk_pm_frag<4, SPLIT> gf = zk_pm_cfrag<SPLIT>(s);
+#pragma unroll
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dqa[f], gf, zk_pm_bfrag<FS, SPLIT, RND>(kc, 8 * j, 8 * f));
       }
-      zk_pm_frag<4, SPLIT> gf = zk_pm_cfrag<SPLIT>(s);
-#pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dqa[f], gf, zk_pm_bfrag<FS, SPLIT>(kc, 8 * j, 8 * f));
-    }
+    };
+    if (kt == tile) walk(zk_pm_bool<true>{});
+    else walk(zk_pm_bool<false>{});
     if (LOAD == 2) __syncthreads(); /* the products are done with buffers kt % 2 */
   }
 #pragma unroll
@@ -496,7 +513,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
-  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
+  constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *qs = zk_pm_sh, *ns = qs + ZK_PM_TILE * FS, *dd = ns + ZK_PM_TILE * VS;
   float *qs1 = dd + ZK_PM_TILE, *ns1 = qs1 + ZK_PM_TILE * FS, *dd1 = ns1 + ZK_PM_TILE * VS; /* LOAD 2 */
@@ -559,10 +576,6 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
         zk_cp_async_wait<0>();
       }
       if ((qt - tile) & 1) qc = qs1, nc = ns1, dc = dd1;
-      if (RND) {
-        zk_pm_round_own<F, FS>((qt - tile) & 1 ? qs1 : qs);
-        zk_pm_round_own<DVP, VS>((qt - tile) & 1 ? ns1 : ns);
-      }
       __syncthreads();
     } else {
       __syncthreads(); /* the last tile's products are done with qs, ns, dd */
@@ -579,30 +592,35 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
       __syncthreads();
       if (PF && qt + 1 < NTILE) fetch((qt + 1) * ZK_PM_TILE);
     }
-    const bool diag = qt == tile;
+    /* the walk, the causal mask a compile-time choice (diag: the diagonal tile) */
+    auto walk = [&, qc, nc, dc](auto diag_c) {
+      constexpr bool diag = decltype(diag_c)::value;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-      if (diag && 8 * j + 7 < r0) continue; /* queries before the warp's first key (warp-uniform) */
-      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int j = 0; j < 8; j++) {
+        if (diag && 8 * j + 7 < r0) continue; /* queries before the warp's first key (warp-uniform) */
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, da[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT>(qc, 8 * j, 8 * f));
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, ka[f], zk_pm_bfrag_t<FS, SPLIT, RND>(qc, 8 * j, 8 * f));
 #pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, va[n], zk_pm_bfrag_t<VS, SPLIT>(nc, 8 * j, 8 * n));
+        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(da, va[n], zk_pm_bfrag_t<VS, SPLIT, RND>(nc, 8 * j, 8 * n));
 #pragma unroll
-      for (int e = 0; e < 4; e++) { /* s becomes a_ij, da ds_ij */
-        int col = 8 * j + 2 * t + (e & 1);
-        float x = LOAD == 2 ? s[e] * scale : s[e]; /* LOAD 2 keeps q unscaled */
-        float gr = (da[e] + dc[col]) * (c1 + 2.0f * c2 * x), a = c0 + x * (c1 + c2 * x);
-        if (diag && col < r0 + g + 8 * (e >> 1)) a = gr = 0.0f; /* causal: i >= j */
-        s[e] = a;
-        da[e] = gr;
+        for (int e = 0; e < 4; e++) { /* s becomes a_ij, da ds_ij */
+          int col = 8 * j + 2 * t + (e & 1);
+          float x = LOAD == 2 ? s[e] * scale : s[e]; /* LOAD 2 keeps q unscaled */
+          float gr = (da[e] + dc[col]) * (c1 + 2.0f * c2 * x), a = c0 + x * (c1 + c2 * x);
+          if (diag && col < r0 + g + 8 * (e >> 1)) a = gr = 0.0f; /* causal: i >= j */
+          s[e] = a;
+          da[e] = gr;
+        }
+        zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s), gf = zk_pm_cfrag<SPLIT>(da);
+#pragma unroll
+        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(dva[n], af, zk_pm_bfrag<VS, SPLIT, RND>(nc, 8 * j, 8 * n));
+#pragma unroll
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dka[f], gf, zk_pm_bfrag<FS, SPLIT, RND>(qc, 8 * j, 8 * f));
       }
-      zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s), gf = zk_pm_cfrag<SPLIT>(da);
-#pragma unroll
-      for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(dva[n], af, zk_pm_bfrag<VS, SPLIT>(nc, 8 * j, 8 * n));
-#pragma unroll
-      for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(dka[f], gf, zk_pm_bfrag<FS, SPLIT>(qc, 8 * j, 8 * f));
-    }
+    };
+    if (qt == tile) walk(zk_pm_bool<true>{});
+    else walk(zk_pm_bool<false>{});
     if (LOAD == 2) __syncthreads(); /* the products are done with buffers (qt - tile) % 2 */
   }
 #pragma unroll
