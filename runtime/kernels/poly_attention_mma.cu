@@ -52,7 +52,10 @@
  * emitter's, per kernel (pm_bounds). Against session 8 (tc1, B 512, H 12,
  * forward / backward ms): L 512, DV 5 1.025 / 3.330 to 0.928 / 2.496; DV 42
  * 3.043 / 7.069 to 2.374 / 6.874; L 2048, DV 5 12.80 / 39.96 to 10.83 /
- * 30.50 (session 9, device run 3).
+ * 30.50 (session 9, device run 3). The forward and bwd_q stage their key
+ * tiles with the same code written out in each: one struct for both
+ * (zk_pm_kv_tiles, tried) made ptxas choose other registers and measured 3
+ * to 6% slower (L 512, DV 5: 0.977 / 2.572 ms; run 6).
  */
 #ifndef ZK_POLY_ATTENTION_MMA_CU
 #define ZK_POLY_ATTENTION_MMA_CU
