@@ -695,7 +695,12 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
 
   /* bwd_kv keeps 2 R (F + DV) floats per thread; where that and one query
    * row stay within 112, it is held to 128 registers (8 blocks of 64 threads
-   * per SM, without spills at F 16, DV 5 (R 2), 10, 21; DV 42 would spill) */
+   * per SM, without spills at F 16, DV 5 (R 2), 10, 21; DV 42 would spill).
+   * The forward and bwd_q keep ptxas's own register choice: held to 8 or 12
+   * blocks an SM they moved the fp32 cells by 1% at most (based 128 / 512
+   * 24.81 ms, 24.99 with 8, 24.64 with 12; 64 / 128 2.60, 2.59, 2.73;
+   * session 9, device run 7), though 8 took the forward at L 512, DV 5 from
+   * 1.389 to 1.255 ms in `zoorun bench --poly`. */
   int kv_blocks = R * 2 * (a.F + a.DV) + a.F + a.DV + 1 <= 112 && BQ == 64 ? 8 : 1;
   kernel_name(e, n, "poly_attn_bwd_kv", name, sizeof name);
   snprintf(bounds, sizeof bounds, "%d, %d", BQ, kv_blocks);
