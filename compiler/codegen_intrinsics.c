@@ -490,7 +490,12 @@ static int poly_tiled_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *
                          (unsigned)pt_smem(a->F, a->DV, 0));
 }
 
-/* Needs the forward's o and z (the node's inputs 4 and 5). */
+/* Needs the forward's o and z (the node's inputs 4 and 5). The tiled kernels
+ * keep ptxas's own register choice (bwd_kv 168, bwd_q 139, forward 127 at
+ * DV 42): held to 3 or 4 blocks an SM they were no faster where they run
+ * (L 512, DV 42, forward / backward ms: 4.916 / 15.145; 4, 4, 4 blocks
+ * 4.923 / 15.684; 4, 4, 3 4.929 / 15.192; 3, 3, 3 4.928 / 16.005; session
+ * 9, device run 8). */
 static int poly_tiled_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a) {
   if (need(e, "poly_attention_tiled.cu", NULL, NULL)) return -1;
   int64_t scratch = a->BH * a->T * (a->DV + 1) * (int64_t)sizeof(float); /* dn_i, dd_i */
