@@ -366,20 +366,10 @@ static int pm_load(int64_t DV) {
   return DV <= 16 ? 1 : 2;
 }
 
-/* The forward's LOAD: 1, the next tile into registers ahead of the products;
- * 2, by cp.async into a second buffer; ZOO_POLY_MMA_FWD_LOAD=1|2 from the
- * environment, for measuring. */
-static int pm_fwd_load(int64_t DV) {
-  const char *env = getenv("ZOO_POLY_MMA_FWD_LOAD");
-  if (env && (!strcmp(env, "1") || !strcmp(env, "2"))) return atoi(env);
-  (void)DV;
-  return 1;
-}
-
 /* zk_poly_mma_smem, mirrored (the wrappers static_assert that both agree). */
 static int64_t pm_smem(int64_t F, int64_t DV, int part, int load) {
   int64_t dvp = (DV + 7) / 8 * 8, fs = F + 4, vs = dvp + 4 + (dvp % 16 == 8 ? 8 : 0), nb = load == 2 ? 2 : 1;
-  return 4 * (part == 0   ? nb * PM_TILE * (fs + vs)
+  return 4 * (part == 0   ? PM_TILE * (fs + vs)
               : part == 1 ? PM_TILE * (nb * (fs + vs) + vs) + PM_TILE
                           : nb * (PM_TILE * (fs + vs) + PM_TILE));
 }
@@ -414,14 +404,13 @@ static int poly_mma_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a,
   char name[64], c[200], eps[48], call[640];
   poly_consts(n, c, sizeof c, eps, sizeof eps);
   kernel_name(e, n, "poly_mma_fwd", name, sizeof name);
-  int load = pm_fwd_load(a->DV);
-  pm_assert(e, a, 0, load);
-  snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d, %d>(q, k, v, o, z, %s, %s)",
-           (long long)a->F, (long long)a->DV, (long long)a->T, (long long)a->HI, split, load, c, eps);
+  pm_assert(e, a, 0, 1);
+  snprintf(call, sizeof call, "zk_poly_mma_fwd<%lld, %lld, %lld, %lld, %d>(q, k, v, o, z, %s, %s)", (long long)a->F,
+           (long long)a->DV, (long long)a->T, (long long)a->HI, split, c, eps);
   char bounds[16];
   pm_bounds(bounds, sizeof bounds, 0, a->DV);
   return poly_fwd_launch_bounds(e, n, name, bounds, call, PM_THREADS, a->BH * cdiv(a->T, PM_TILE),
-                                (unsigned)pm_smem(a->F, a->DV, 0, load));
+                                (unsigned)pm_smem(a->F, a->DV, 0, 1));
 }
 
 /* Needs the forward's o and z (the node's inputs 4 and 5). */

@@ -19,7 +19,7 @@
  * of the tiles (FS = F + 4, VS = 4 mod 16) put the 32 lanes' reads on 32
  * banks.
  *
- * zk_poly_mma_fwd<F, DV, T, HI, SPLIT, LOAD>: o, and z = d + eps, as zk_poly_fwd.
+ * zk_poly_mma_fwd<F, DV, T, HI, SPLIT>: o, and z = d + eps, as zk_poly_fwd.
  * zk_poly_mma_bwd_q<F, DV, T, HI, SPLIT, LOAD>: from the forward's o and z,
  *   dn_i and dd_i (into stats[BH][T][DV + 1], poly_attention.cu's layout)
  *   and dq_i.
@@ -37,10 +37,9 @@
  * 3.75 ms); 2, past that, cp.async copies of the next tile into a second
  * buffer, which cost no registers where the loads ahead into registers cost
  * more occupancy than they hid (DV 42: 10.13 against 8.22 ms; by cp.async
- * 7.07, run 8); 0, a tile at a time (for measuring). The forward's LOAD 2
- * (the same cp.async buffers) measured slower for tc1 (L 512: DV 5 1.20
- * against 0.93 ms, DV 42 2.62 against 2.37; session 9, device run 2) and
- * stays an option (ZOO_POLY_MMA_FWD_LOAD=2).
+ * 7.07, run 8); 0, a tile at a time (for measuring). The forward by
+ * cp.async into a second buffer (tried) measured slower for tc1 (L 512: DV
+ * 5 1.20 against 0.93 ms, DV 42 2.62 against 2.37; session 9, device run 2).
  *
  * The walk. Per 8 columns of the other side's tile a warp issues 2 (F 16)
  * products for the scores and NV, or NV + 2, for the rest; what else it
@@ -52,10 +51,10 @@
  * emitter's, per kernel (pm_bounds). Against session 8 (tc1, B 512, H 12,
  * forward / backward ms): L 512, DV 5 1.025 / 3.330 to 0.928 / 2.496; DV 42
  * 3.043 / 7.069 to 2.374 / 6.874; L 2048, DV 5 12.80 / 39.96 to 10.83 /
- * 30.50 (session 9, device run 3). The forward and bwd_q stage their key
- * tiles with the same code written out in each: one struct for both
- * (zk_pm_kv_tiles, tried) made ptxas choose other registers and measured 3
- * to 6% slower (L 512, DV 5: 0.977 / 2.572 ms; run 6).
+ * 30.50 (session 9, device run 3). One struct staging the key tiles for
+ * both the forward and bwd_q (tried, with the forward's cp.async option)
+ * made ptxas choose other registers and measured 3 to 6% slower (L 512, DV
+ * 5: 0.977 / 2.572 ms; run 6).
  */
 #ifndef ZK_POLY_ATTENTION_MMA_CU
 #define ZK_POLY_ATTENTION_MMA_CU
@@ -76,7 +75,7 @@ template <int F, int DV> struct zk_pm_shape {
 
 template <int F, int DV, int LOAD>
 __host__ __device__ constexpr int zk_poly_mma_smem(int part) {
-  return 4 * (part == 0 ? (LOAD == 2 ? 2 : 1) * ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
+  return 4 * (part == 0 ? ZK_PM_TILE * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS)
               : part == 1
                   ? ZK_PM_TILE * ((LOAD == 2 ? 2 : 1) * (zk_pm_shape<F, DV>::FS + zk_pm_shape<F, DV>::VS) +
                                   zk_pm_shape<F, DV>::VS) +
@@ -268,7 +267,7 @@ template <int W, int WP, int T, int LD> struct zk_pm_next {
   }
 };
 
-template <int F, int DV, int T, int HI, int SPLIT, int LOAD>
+template <int F, int DV, int T, int HI, int SPLIT>
 __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                 const float *__restrict__ v, float *__restrict__ o,
                                                 float *__restrict__ z, float c0, float c1, float c2, float scale,
@@ -277,11 +276,9 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
   constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
-  constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
+  constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS;
-  float *ks1 = vs + ZK_PM_TILE * VS, *vs1 = ks1 + ZK_PM_TILE * FS; /* LOAD 2's second buffers */
-  constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
   const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
@@ -302,40 +299,19 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
 #pragma unroll
     for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
 
-  zk_pm_next<F, PF ? F : 0, T, LQ> kn;
-  zk_pm_next<DV, PF ? DVP : 0, T, LV> vn;
-  auto issue = [&](int kt) { /* LOAD 2: tile kt into buffers kt % 2 */
-    zk_pm_load_async<F, F, FS, T, LQ>(kt & 1 ? ks1 : ks, kb, kt * ZK_PM_TILE);
-    zk_pm_load_async<DV, DVP, VS, T, LV>(kt & 1 ? vs1 : vs, vb, kt * ZK_PM_TILE);
-    zk_cp_async_commit();
-  };
-  if (PF) {
-    kn.fetch(kb, 0);
-    vn.fetch(vb, 0);
-  } else {
-    __syncthreads(); /* every warp has its q fragments out of ks */
-    issue(0);
-  }
+  zk_pm_next<F, F, T, LQ> kn;
+  zk_pm_next<DV, DVP, T, LV> vn;
+  kn.fetch(kb, 0);
+  vn.fetch(vb, 0);
   for (int kt = 0; kt <= tile; kt++) {
     const float *kc = ks, *vc = vs;
-    if (PF) {
-      __syncthreads(); /* the last tile's products are done with ks, vs */
-      kn.template put<FS, RND>(ks, 1.0f);
-      vn.template put<VS, RND>(vs, 1.0f);
-      __syncthreads();
-      if (kt < tile) {
-        kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
-        vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
-      }
-    } else {
-      if (kt < tile) {
-        issue(kt + 1);
-        zk_cp_async_wait<1>();
-      } else {
-        zk_cp_async_wait<0>();
-      }
-      kc = kt & 1 ? ks1 : ks, vc = kt & 1 ? vs1 : vs;
-      __syncthreads();
+    __syncthreads(); /* the last tile's products are done with ks, vs */
+    kn.template put<FS, RND>(ks, 1.0f);
+    vn.template put<VS, RND>(vs, 1.0f);
+    __syncthreads();
+    if (kt < tile) {
+      kn.fetch(kb, (kt + 1) * ZK_PM_TILE);
+      vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
     }
     /* the walk, the causal mask a compile-time choice (diag: the diagonal tile) */
     auto walk = [&, kc, vc](auto diag_c) {
@@ -361,7 +337,6 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
     };
     if (kt == tile) walk(zk_pm_bool<true>{});
     else walk(zk_pm_bool<false>{});
-    if (!PF) __syncthreads(); /* the products are done with buffers kt % 2 */
   }
   /* a row's sum over its 4 lanes */
   float den[2] = {den_lo, den_hi};
