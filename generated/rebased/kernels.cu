@@ -868,12 +868,14 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
     zk_i64 row = base + lane / L;
     bool ok = row < N;
     const float *xr = x + row * C;
-    float xv[PL], g[PL];
+    float xv[PL], dv[PL], g[PL];
     float sum = 0.0f;
+    /* dy is read with x, before the row's sums: one wait on memory a row, not two */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
       xv[k] = ok && c < C ? xr[c] : 0.0f;
+      dv[k] = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
       sum += xv[k];
     }
     float mean = zk_group_sum<L>(sum) / (float)C;
@@ -889,7 +891,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      float d = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
+      float d = dv[k];
       float xh = (xv[k] - mean) * rstd;
       xv[k] = c < C ? xh : 0.0f; /* from here on xv holds xh */
       g[k] = HAS_W && c < C ? d * w[c] : d;
