@@ -38,6 +38,16 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
+ * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
+ * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
+ * loads read through it. */
+template <int W, int WP, int T, int LD>
+__device__ __forceinline__ float zk_slice_get(const float *__restrict__ src, int r0, int e) {
+  int r = e / WP, c = e - r * WP;
+  return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
+}
+
 /* A tile copy by the NT threads of a block: element e < NE for e =
  * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
  * thread's elements whose gets are all issued before their puts: one memory

@@ -70,10 +70,7 @@ __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__rest
     }
   } else {
     zk_tile_copy<BQ * WP, BQ, NBMAX, float>(
-        [&](int e) {
-          int r = e / WP, c = e - r * WP;
-          return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-        },
+        [&](int e) { return zk_slice_get<W, WP, T, LD>(src, r0, e); },
         [&](int e, float x) { sh[e] = x * mul; });
   }
 }

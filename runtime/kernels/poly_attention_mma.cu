@@ -225,10 +225,7 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4])
 template <int W, int WP, int S, int T, int LD, bool RND = false>
 __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ src, int r0, float mul) {
   zk_tile_copy<ZK_PM_TILE * WP, ZK_PM_NT, 8, float>(
-      [&](int e) {
-        int r = e / WP, c = e - r * WP;
-        return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-      },
+      [&](int e) { return zk_slice_get<W, WP, T, LD>(src, r0, e); },
       [&](int e, float x) {
         int r = e / WP, c = e - r * WP;
         sh[r * S + c] = RND ? zk_tf32f(x * mul) : x * mul;
@@ -304,7 +301,6 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
   kn.fetch(kb, 0);
   vn.fetch(vb, 0);
   for (int kt = 0; kt <= tile; kt++) {
-    const float *kc = ks, *vc = vs;
     __syncthreads(); /* the last tile's products are done with ks, vs */
     kn.template put<FS, RND>(ks, 1.0f);
     vn.template put<VS, RND>(vs, 1.0f);
@@ -314,14 +310,14 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
       vn.fetch(vb, (kt + 1) * ZK_PM_TILE);
     }
     /* the walk, the causal mask a compile-time choice (diag: the diagonal tile) */
-    auto walk = [&, kc, vc](auto diag_c) {
+    auto walk = [&, ks, vs](auto diag_c) {
       constexpr bool diag = decltype(diag_c)::value;
 #pragma unroll
       for (int j = 0; j < 8; j++) {
         if (diag && 8 * j > r0 + 15) continue; /* keys past the warp's last row (warp-uniform) */
         float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT, RND>(kc, 8 * j, 8 * f));
+        for (int f = 0; f < NF; f++) zk_pm_mma<SPLIT>(s, qa[f], zk_pm_bfrag_t<FS, SPLIT, RND>(ks, 8 * j, 8 * f));
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           float a = c0 + s[e] * (c1 + c2 * s[e]);
@@ -332,7 +328,7 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
         }
         zk_pm_frag<4, SPLIT> af = zk_pm_cfrag<SPLIT>(s);
 #pragma unroll
-        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT, RND>(vc, 8 * j, 8 * n));
+        for (int n = 0; n < NV; n++) zk_pm_mma<SPLIT>(acc[n], af, zk_pm_bfrag<VS, SPLIT, RND>(vs, 8 * j, 8 * n));
       }
     };
     if (kt == tile) walk(zk_pm_bool<true>{});

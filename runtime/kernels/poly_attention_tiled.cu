@@ -58,10 +58,7 @@ __host__ __device__ constexpr int zk_poly_tiled_smem(int part) {
 template <int W, int WP, int T, int LD>
 __device__ __forceinline__ void zk_pt_load_t(float *sh, const float *__restrict__ src, int r0, float mul) {
   zk_tile_copy<ZK_PT_TILE * WP, ZK_PT_NT, 8, float>(
-      [&](int e) {
-        int r = e / WP, c = e - r * WP;
-        return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-      },
+      [&](int e) { return zk_slice_get<W, WP, T, LD>(src, r0, e); },
       [&](int e, float x) {
         int r = e / WP, c = e - r * WP;
         sh[c * ZK_PT_LD + r] = x * mul;
