@@ -201,20 +201,23 @@ static void rows_cols(const zoo_cuda_emit *e, int t, int64_t *rows, int64_t *col
 
 typedef struct attn_dims {
   int64_t BH, T, F, DV;
-  int64_t HI; /* the kernels' HI: 0 in layout 0, H when the heads are interleaved */
+  int64_t HI; /* the kernels' HI (common.cu): 0 in layout 0, H in layout 1 (all
+                 heads interleaved), -H in layout 2 (those of q and k alone) */
 } attn_dims;
 
 /* Sizes of q [B, H, T, F] and v [B, H, T, DV] at inputs qi, qi + 2, or of
- * q [B, T, H*F] and v [B, T, H*DV] in poly_attention's layout 1 (ops.def). */
+ * q [B, T, H*F] and v [B, T, H*DV] in poly_attention's layout 1, q [B, T, H*F]
+ * and v [B, H, T, DV] in its layout 2 (ops.def). */
 static int attn_dims_of(zoo_cuda_emit *e, const zoo_node *n, int qi, attn_dims *a) {
   int q = n->in[qi], v = n->in[qi + 2];
-  int interleaved = (n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD) && n->attrs.i[0] == 1;
-  a->HI = interleaved ? n->attrs.i[1] : 0;
-  int64_t H = interleaved ? a->HI : 1;
+  int poly = n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD;
+  int64_t layout = poly ? n->attrs.i[0] : 0;
+  int64_t H = layout != 0 ? n->attrs.i[1] : 1, HV = layout == 1 ? H : 1;
   if (H < 1) return fail(e, "poly_attention: %lld heads", (long long)H);
-  a->T = dim_of(e, q, -2), a->F = dim_of(e, q, -1) / H, a->DV = dim_of(e, v, -1) / H;
+  a->HI = layout == 0 ? 0 : layout == 1 ? H : -H;
+  a->T = dim_of(e, q, -2), a->F = dim_of(e, q, -1) / H, a->DV = dim_of(e, v, -1) / HV;
   a->BH = a->T > 0 && a->F > 0 ? zoo_cuda_numel(e, q) / (a->T * a->F) : 0;
-  if (want_int(e, "H", a->HI)) return -1;
+  if (want_int(e, "H", H)) return -1;
   if (want_int(e, "T", a->T) || want_int(e, "B*H", a->BH)) return -1;
   if (a->F > 1024 || a->DV > 1024)
     return fail(e, "attention head widths %lld, %lld exceed 1024", (long long)a->F, (long long)a->DV);

@@ -222,17 +222,23 @@ int zoo_shape_infer(const zoo_graph *g, const zoo_node *n, zoo_type *out, char *
 typedef enum zoo_head { ZOO_HEAD_PLAIN, ZOO_HEAD_FUSED, ZOO_HEAD_COMPACT } zoo_head;
 int zoo_train_graph(zoo_graph *g, zoo_diag *d);
 int zoo_train_graph_head(zoo_graph *g, zoo_head head, int64_t per_seq, zoo_diag *d);
+/* The same for a CUDA plan whose poly_attention products run on the tensor
+ * cores when tc is 1 (precision tf32 or bf16): zoo_interleave_heads(g, tc). */
+int zoo_train_graph_tc(zoo_graph *g, zoo_head head, int64_t per_seq, int tc, zoo_diag *d);
 
 /* The heads-interleaved rewrite (compiler/train_graph.c), on a model graph
  * before autodiff: each poly_attention whose q, k, v are split_heads of one
- * H and whose output only merge_heads reads becomes a poly_attention in
- * layout 1 (ops.def) that reads the split_heads' inputs and makes the
- * merge_heads' output; the merge_heads is dropped, and each of those
- * split_heads that nothing else reads. Other graphs are left as they are.
- * zoo_train_graph_head runs it first unless the environment has
+ * H, whose output only merge_heads reads and whose value rows are wide enough
+ * becomes a poly_attention in layout 1 (ops.def) that reads the split_heads'
+ * inputs and makes the merge_heads' output; the merge_heads is dropped, and
+ * each of those split_heads that nothing else reads. With tc = 1 (tensor-core
+ * products), one whose q and k alone are such split_heads, of something other
+ * than a layernorm, becomes a poly_attention in layout 2 (q and k read as the
+ * projection makes them, v and o as they were). Other graphs are left as they
+ * are. zoo_train_graph_head runs it first unless the environment has
  * ZOO_NO_INTERLEAVED_HEADS=1 (for bisecting). Returns the number of
  * poly_attention nodes rewritten. */
-int zoo_interleave_heads(zoo_graph *g);
+int zoo_interleave_heads(zoo_graph *g, int tc);
 
 /* The layernorm-into-heads rewrite (compiler/train_graph.c), on a model graph
  * before autodiff, after zoo_interleave_heads: each layernorm whose output

@@ -682,7 +682,8 @@ static zoo_type attention_out(shape_ctx *s, int qi) {
 
 /* poly_attention's q, k, v at inputs qi .. qi+2 in the node's layout (i0,
  * ops.def): 0 as want_qkv; 1 (heads interleaved) q, k [B, T, H*F] and
- * v [B, T, H*Dv] with H = i1. Fills the output's type into o. */
+ * v [B, T, H*Dv] with H = i1; 2 (q and k interleaved) q, k [B, T, H*F] and
+ * v [B, H, T, Dv]. Fills the output's type into o. */
 static int want_poly_qkv(shape_ctx *s, int qi, zoo_type *o) {
   int64_t layout = s->n->attrs.i[0], h = s->n->attrs.i[1];
   if (layout == 0) {
@@ -690,20 +691,30 @@ static int want_poly_qkv(shape_ctx *s, int qi, zoo_type *o) {
     *o = attention_out(s, qi);
     return 0;
   }
-  if (layout != 1)
-    return fail(s, "layout %lld is neither 0 ([B, H, T, F]) nor 1 (heads interleaved, [B, T, H*F])",
+  if (layout != 1 && layout != 2)
+    return fail(s,
+                "layout %lld is none of 0 ([B, H, T, F]), 1 (heads interleaved, [B, T, H*F]) and 2 (q and k "
+                "interleaved)",
                 (long long)layout);
   if (h < 1) return fail(s, "heads interleaved: number of heads %lld must be positive", (long long)h);
   const zoo_type *q = s->in[qi], *k = s->in[qi + 1], *v = s->in[qi + 2];
   if (want_f32(s, qi, "q") || want_f32(s, qi + 1, "k") || want_f32(s, qi + 2, "v")) return -1;
   if (q->ndim != 3) return fail(s, "q must be [B, T, H*F] (heads interleaved), got %s", ts(s, q));
   if (!zoo_type_eq(q, k)) return fail(s, "q %s and k %s differ", ts(s, q), ts(s, k));
-  if (v->ndim != 3 || !zoo_dim_eq(v->dim[0], q->dim[0]) || !zoo_dim_eq(v->dim[1], q->dim[1]))
-    return fail(s, "v %s does not match q %s in [B, T]", ts(s, v), ts(s, q));
   zoo_dim w;
   if (!zoo_dim_div(q->dim[2], zoo_dim_const(h), &w))
     return fail(s, "width %s of q %s is not divisible by %lld heads", ds(s, q->dim[2]), ts(s, q),
                 (long long)h);
+  if (layout == 2) {
+    if (v->ndim != 4 || !zoo_dim_eq(v->dim[0], q->dim[0]) || !zoo_dim_eq(v->dim[1], zoo_dim_const(h)) ||
+        !zoo_dim_eq(v->dim[2], q->dim[1]))
+      return fail(s, "v %s must be [B, H, T, Dv] with q %s [B, T, H*F] and H = %lld", ts(s, v), ts(s, q),
+                  (long long)h);
+    *o = *v;
+    return 0;
+  }
+  if (v->ndim != 3 || !zoo_dim_eq(v->dim[0], q->dim[0]) || !zoo_dim_eq(v->dim[1], q->dim[1]))
+    return fail(s, "v %s does not match q %s in [B, T]", ts(s, v), ts(s, q));
   if (!zoo_dim_div(v->dim[2], zoo_dim_const(h), &w))
     return fail(s, "width %s of v %s is not divisible by %lld heads", ds(s, v->dim[2]), ts(s, v),
                 (long long)h);
@@ -711,13 +722,13 @@ static int want_poly_qkv(shape_ctx *s, int qi, zoo_type *o) {
   return 0;
 }
 
-/* The normaliser z [B, H, T] of poly_attention with q at input qi, in either
+/* The normaliser z [B, H, T] of poly_attention with q at input qi, in every
  * layout. */
 static zoo_type poly_z(shape_ctx *s, int qi) {
   const zoo_type *q = s->in[qi];
   zoo_type z = *q;
   z.ndim = 3;
-  if (s->n->attrs.i[0] == 1) z.dim[1] = zoo_dim_const(s->n->attrs.i[1]), z.dim[2] = q->dim[1];
+  if (s->n->attrs.i[0] != 0) z.dim[1] = zoo_dim_const(s->n->attrs.i[1]), z.dim[2] = q->dim[1];
   return z;
 }
 

@@ -35,6 +35,18 @@
  * H200 (zoorun bench --only rebased, with and without the rewrite): DV 2
  * (32/48) 1.33 vs 1.31 ms and DV 5 (64/128) 3.22 vs 3.17 ms with it, but DV 42
  * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV.
+ *   Below that, layout 2 interleaves q and k alone (rows of F = 16 floats,
+ * whole sectors) and leaves v and o split, which removes q's and k's
+ * split_heads and their gradients' merge_heads, the 192-float-wide copies. It
+ * applies where poly_attention's products run on the tensor cores (tc, from
+ * precision tf32 or bf16) and q and k are not layernorm outputs (ReBased's
+ * norms write the split layout themselves, zoo_norm_split_heads below).
+ * Measured on the H200 (zoorun bench --quick, with and without it, device run
+ * 2 of session 10): Based 64/128 in tf32 1.72 to 1.58 ms, but 2.60 to 2.66 in
+ * fp32, where the one-row kernels read q and k slower in layout 2 (bwd_kv
+ * 0.237 to 0.326 ms), more than the copies cost; ReBased's norms already
+ * absorb the copies (64/128 tf32 1.70 against 1.72). ZOO_NO_QK_INTERLEAVE=1
+ * keeps layout 0 there, for measuring.
  *
  * The compacted head's step at small D. After fold_loss_step the compacted
  * head (see graph.h) is
@@ -203,43 +215,65 @@ static int replace_node(zoo_graph *g, int i, const zoo_node *f) {
 }
 
 /* Rewrites poly_attention node i when its inputs come from split_heads of one
- * H and its output goes to one merge_heads alone; marks the merge_heads dead
- * and its split_heads in `touched`. Returns 1 when rewritten, else 0 with the
- * graph as it was. */
+ * H: in layout 1 when its output goes to one merge_heads alone (marked dead)
+ * and the value rows are wide enough, else in layout 2 (q and k interleaved,
+ * v and o as they were). Marks the split_heads it bypasses in `touched`.
+ * Returns 1 when rewritten, else 0 with the graph as it was. */
 #define ZOO_INTERLEAVE_MIN_DV 8 /* value floats per head: 32-byte rows */
 
-static int interleave_one(zoo_graph *g, int i, char *dead, char *touched) {
+/* The rule's least DV, or ZOO_INTERLEAVE_MIN_DV=n from the environment, for
+ * measuring. */
+static int64_t interleave_min_dv(void) {
+  const char *env = getenv("ZOO_INTERLEAVE_MIN_DV");
+  return env && *env ? atoll(env) : ZOO_INTERLEAVE_MIN_DV;
+}
+
+/* Is tensor t a layernorm's output? (zoo_norm_split_heads then absorbs its
+ * split_heads.) */
+static int is_norm(const zoo_graph *g, int t) {
+  int p = g->tensors[t].producer;
+  return p >= 0 && g->nodes[p].op == ZOO_OP_LAYERNORM;
+}
+
+static int interleave_one(zoo_graph *g, int i, char *dead, char *touched, int tc) {
   zoo_node *n = &g->nodes[i];
   if (n->op != ZOO_OP_POLY_ATTENTION || n->attrs.i[0] != 0) return 0;
   const zoo_type *v = &g->tensors[n->in[2]].type;
   zoo_dim dv = v->dim[v->ndim - 1];
-  if (dv.sym != 0 || dv.coef < ZOO_INTERLEAVE_MIN_DV) return 0;
   int64_t heads = 0;
   int split[3];
-  for (int k = 0; k < 3; k++)
+  for (int k = 0; k < 2; k++)
     if ((split[k] = split_of(g, n->in[k], &heads)) < 0) return 0;
+  split[2] = split_of(g, n->in[2], &heads);
   int o = n->out[0];
   int merge = o == g->output ? -1 : only_reader(g, o, dead);
-  if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
-  int y = g->nodes[merge].out[0];
+  int whole = dv.sym == 0 && dv.coef >= interleave_min_dv() && split[2] >= 0 && merge >= 0 &&
+              g->nodes[merge].op == ZOO_OP_MERGE_HEADS;
+  if (!whole) {
+    int qk_from_norm = is_norm(g, g->nodes[split[0]].in[0]) || is_norm(g, g->nodes[split[1]].in[0]);
+    if (!tc || qk_from_norm || zoo_env_on("ZOO_NO_QK_INTERLEAVE")) return 0;
+  }
 
-  zoo_node m = *n; /* the node in layout 1 (z keeps [B, H, T]) */
-  for (int k = 0; k < 3; k++) m.in[k] = g->nodes[split[k]].in[0];
-  m.attrs.i[0] = 1;
+  zoo_node m = *n; /* z keeps [B, H, T] in every layout */
+  int nsplit = whole ? 3 : 2;
+  for (int k = 0; k < nsplit; k++) m.in[k] = g->nodes[split[k]].in[0];
+  m.attrs.i[0] = whole ? 1 : 2;
   m.attrs.i[1] = heads;
-  m.out[0] = y;
+  if (whole) m.out[0] = g->nodes[merge].out[0];
   if (!replace_node(g, i, &m)) return 0;
-  g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
-  dead[merge] = 1;
-  for (int k = 0; k < 3; k++) touched[split[k]] = 1;
+  if (whole) {
+    g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
+    dead[merge] = 1;
+  }
+  for (int k = 0; k < nsplit; k++) touched[split[k]] = 1;
   return 1;
 }
 
-int zoo_interleave_heads(zoo_graph *g) {
+int zoo_interleave_heads(zoo_graph *g, int tc) {
   char *dead = calloc((size_t)g->nnodes + 1, 1), *touched = calloc((size_t)g->nnodes + 1, 1);
   if (!dead || !touched) abort();
   int rewritten = 0;
-  for (int i = 0; i < g->nnodes; i++) rewritten += interleave_one(g, i, dead, touched);
+  for (int i = 0; i < g->nnodes; i++) rewritten += interleave_one(g, i, dead, touched, tc);
   /* the split_heads that fed a rewritten node and feed nothing now */
   for (int i = 0; i < g->nnodes; i++)
     if (touched[i] && !is_read(g, g->nodes[i].out[0], dead)) dead[i] = 1;
@@ -402,11 +436,15 @@ static int compact_head(zoo_graph *g, int h, int w, int64_t per_seq, zoo_span at
 }
 
 int zoo_train_graph_head(zoo_graph *g, zoo_head mode, int64_t per_seq, zoo_diag *d) {
+  return zoo_train_graph_tc(g, mode, per_seq, 0, d);
+}
+
+int zoo_train_graph_tc(zoo_graph *g, zoo_head mode, int64_t per_seq, int tc, zoo_diag *d) {
   if (g->output < 0) {
     zoo_error(d, zoo_nospan, "the model returns no tensor to train");
     return -1;
   }
-  if (!zoo_env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g);
+  if (!zoo_env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g, tc);
   if (!zoo_env_on("ZOO_NO_NORM_SPLIT")) zoo_norm_split_heads(g);
 
   zoo_type logits = g->tensors[g->output].type;

@@ -48,7 +48,8 @@ static int cell_pairs(const bench_cell *c) { return pairs_at(c->seq_len); }
 /* models/<mixer>.zoo at d_model and seq_len, with the training graph the bench
  * trains (compact head over the MQAR labels), into *p. Returns 0, or -1 with
  * err (*p then freed). */
-static int cell_program(const char *mixer, int d_model, int seq_len, zoo_program **p, char *err, size_t errlen) {
+static int cell_program(const char *mixer, int d_model, int seq_len, zoo_precision prec, zoo_program **p, char *err,
+                        size_t errlen) {
   char path[128], dm[32], sl[32];
   snprintf(path, sizeof path, "models/%s.zoo", mixer);
   snprintf(dm, sizeof dm, "%d", d_model);
@@ -65,7 +66,7 @@ static int cell_program(const char *mixer, int d_model, int seq_len, zoo_program
     snprintf(err, errlen, "%s does not compile", path);
     return -1;
   }
-  if (zoo_train_graph_head(&(*p)->graph, ZOO_HEAD_COMPACT, pairs_at(seq_len), &d) != 0) {
+  if (zoo_train_graph_tc(&(*p)->graph, ZOO_HEAD_COMPACT, pairs_at(seq_len), prec != ZOO_FP32, &d) != 0) {
     snprintf(err, errlen, "no training graph");
     zoo_program_free(*p);
     *p = NULL;
@@ -124,18 +125,19 @@ static double poly_chunked_flops(double BH, double T, double F, double DV, doubl
  * the CUDA emitter picks for it (zoo_cuda_poly_form, the same rule) into
  * *flop, *chunked set when that is the chunked form; shapes read from q and v
  * with the symbols bound: layout 0 q [B, H, T, F], v [B, H, T, DV]; layout 1
- * (heads interleaved, i1 = H) q [B, T, H*F], v [B, T, H*DV]. Returns 0, or -1
+ * (heads interleaved, i1 = H) q [B, T, H*F], v [B, T, H*DV]; layout 2 q as in
+ * 1, v as in 0. Returns 0, or -1
  * with err (ZOO_POLY_FORM unknown). */
 static int poly_node_flops(const zoo_graph *g, const int64_t *sym, const zoo_node *n, double *flop, int *chunked,
                            char *err, size_t errlen) {
   int bwd = n->op == ZOO_OP_POLY_ATTENTION_BWD;
   const zoo_type *q = &g->tensors[n->in[bwd ? 1 : 0]].type, *v = &g->tensors[n->in[bwd ? 3 : 2]].type;
   double B = (double)zoo_dim_eval(q->dim[0], sym), H, T, F, DV;
-  if (n->attrs.i[0] == 1) {
+  if (n->attrs.i[0] != 0) {
     H = (double)n->attrs.i[1];
     T = (double)zoo_dim_eval(q->dim[1], sym);
     F = (double)zoo_dim_eval(q->dim[2], sym) / H;
-    DV = (double)zoo_dim_eval(v->dim[2], sym) / H;
+    DV = n->attrs.i[0] == 1 ? (double)zoo_dim_eval(v->dim[2], sym) / H : (double)zoo_dim_eval(v->dim[3], sym);
   } else {
     H = (double)zoo_dim_eval(q->dim[1], sym);
     T = (double)zoo_dim_eval(q->dim[2], sym);
@@ -207,7 +209,7 @@ int zoo_bench_floor_of(const char *mixer, int d_model, int seq_len, int micro_ba
                        zoo_bench_floor *f, char *err, size_t errlen) {
   zoo_program *p;
   memset(f, 0, sizeof *f);
-  if (cell_program(mixer, d_model, seq_len, &p, err, errlen) != 0) return -1;
+  if (cell_program(mixer, d_model, seq_len, ZOO_FP32, &p, err, errlen) != 0) return -1;
   int r = plan_floor(&p->graph, micro_batch, seq_len, accum, f, err, errlen);
   zoo_program_free(p);
   return r;
@@ -282,7 +284,7 @@ static void run_cell(const bench_cell *c, const bench_opts *o, bench_result *r) 
   memset(r, 0, sizeof *r);
   r->first_loss = r->last_loss = NAN;
   zoo_program *p;
-  if (cell_program(c->mixer, c->d_model, c->seq_len, &p, r->error, sizeof r->error) != 0) return;
+  if (cell_program(c->mixer, c->d_model, c->seq_len, o->precision, &p, r->error, sizeof r->error) != 0) return;
   zoo_graph *g = &p->graph;
   r->params = zoo_graph_param_count(g);
   int64_t B = c->micro_batch, T = c->seq_len;
@@ -401,7 +403,7 @@ static int precompile_cells(const bench_opts *o) {
     char err[1024];
     zoo_program *p = NULL;
     double t0 = now_s();
-    int ok = cell_program(c->mixer, c->d_model, c->seq_len, &p, err, sizeof err) == 0 &&
+    int ok = cell_program(c->mixer, c->d_model, c->seq_len, o->precision, &p, err, sizeof err) == 0 &&
              zoo_cuda_precompile(&p->graph, c->micro_batch, c->seq_len, o->precision, "sm_90", err, sizeof err) == 0;
     printf("%-15s D %4d L %5d: %s (%.1f s)\n", c->mixer, c->d_model, c->seq_len, ok ? "compiled" : err,
            now_s() - t0);

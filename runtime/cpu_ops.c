@@ -1241,29 +1241,39 @@ static int64_t poly_work(int64_t T, int64_t F, int64_t Dv) { return 2 * (F + Dv 
 /* poly_attention's sizes in the node's layout (ops.def): BH pairs of T rows,
  * q and k rows of F floats lq apart, v and o rows of Dv floats lv apart. */
 typedef struct poly_dims {
-  int64_t BH, H, T, F, Dv; /* H: the heads of layout 1, 0 in layout 0 */
+  int64_t BH, T, F, Dv;
+  int64_t hq, hv; /* heads interleaved in q and k, in v and o: H or 0 */
   int64_t lq, lv;
 } poly_dims;
 
-/* From q and v at inputs qi, qi + 2. */
+/* From q and v at inputs qi, qi + 2: layout 0 [B, H, T, W]; 1 [B, T, H*W];
+ * 2 q, k [B, T, H*F] and v, o [B, H, T, Dv]. */
 static poly_dims poly_dims_of(zoo_cpu *c, const zoo_node *n, int qi) {
   shape qs = in_shape(c, n, qi), vs = in_shape(c, n, qi + 2);
+  int64_t layout = n->attrs.i[0], H = n->attrs.i[1];
   poly_dims d = {0};
-  if (n->attrs.i[0] == 1) { /* [B, T, H*W] */
-    d.H = n->attrs.i[1];
-    d.BH = qs.d[0] * d.H, d.T = qs.d[1], d.F = qs.d[2] / d.H, d.Dv = vs.d[2] / d.H;
-    d.lq = qs.d[2], d.lv = vs.d[2];
-  } else { /* [B, H, T, W] */
-    d.BH = qs.d[0] * qs.d[1], d.T = qs.d[2], d.F = qs.d[3], d.Dv = vs.d[3];
-    d.lq = d.F, d.lv = d.Dv;
+  if (layout == 0) {
+    d.BH = qs.d[0] * qs.d[1], d.T = qs.d[2], d.F = qs.d[3];
+    d.lq = d.F;
+  } else {
+    d.hq = H;
+    d.BH = qs.d[0] * H, d.T = qs.d[1], d.F = qs.d[2] / H;
+    d.lq = qs.d[2];
+  }
+  if (layout == 1) {
+    d.hv = H;
+    d.Dv = vs.d[2] / H, d.lv = vs.d[2];
+  } else {
+    d.Dv = vs.d[3], d.lv = d.Dv;
   }
   return d;
 }
 
-/* Where pair p's slice of an operand W floats wide per head starts. */
-static int64_t poly_pair_at(const poly_dims *d, int64_t p, int64_t W) {
-  if (d->H == 0) return p * d->T * W;
-  return ((p / d->H) * d->T * d->H + p % d->H) * W;
+/* Where pair p's slice of an operand W floats wide per head starts, with H
+ * heads interleaved (0: none). */
+static int64_t poly_pair_at(const poly_dims *d, int64_t p, int64_t W, int64_t H) {
+  if (H == 0) return p * d->T * W;
+  return ((p / H) * d->T * H + p % H) * W;
 }
 
 /* One pair of poly_attention: q, k [T, F] (rows lq apart), v [T, Dv] (rows
@@ -1302,7 +1312,7 @@ int zoo_cpu_poly_attention(zoo_cpu *c, const zoo_node *n) {
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    int64_t pq = poly_pair_at(&d, p, F), pv = poly_pair_at(&d, p, Dv);
+    int64_t pq = poly_pair_at(&d, p, F, d.hq), pv = poly_pair_at(&d, p, Dv, d.hv);
     poly_pair(n, T, F, Dv, d.lq, d.lv, Q + pq, K + pq, V + pv, O + pv, Z + p * T,
               work + omp_get_thread_num() * per);
   }
@@ -1379,7 +1389,7 @@ int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++) {
-    int64_t pq = poly_pair_at(&d, p, F), pv = poly_pair_at(&d, p, Dv);
+    int64_t pq = poly_pair_at(&d, p, F, d.hq), pv = poly_pair_at(&d, p, Dv, d.hv);
     poly_pair_bwd(n, T, F, Dv, d.lq, d.lv, DO + pv, Q + pq, K + pq, V + pv, DQ + pq, DK + pq, DV + pv,
                   work + omp_get_thread_num() * per);
   }

@@ -611,7 +611,8 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   const char *dev = o->device ? o->device : "auto";
   char why[256];
   int on_cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && zoo_cuda_available(why, sizeof why));
-  if ((on_cuda ? zoo_train_graph_head(&tr.prog->graph, ZOO_HEAD_COMPACT, c->num_kv_pairs, d)
+  int tc = strcmp(c->precision, "fp32") != 0; /* tf32, bf16: tensor-core products */
+  if ((on_cuda ? zoo_train_graph_tc(&tr.prog->graph, ZOO_HEAD_COMPACT, c->num_kv_pairs, tc, d)
                : zoo_train_graph(&tr.prog->graph, d)))
     goto done;
   tr.g = &tr.prog->graph;

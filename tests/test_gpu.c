@@ -975,15 +975,25 @@ static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, in
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
+/* q and k alone interleaved (layout 2): q, k [B, T, H*16], v [B, H, T, dv]. */
+static int c_poly_qk(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
+  int64_t qd[3] = {B, T, H * 16}, vd[4] = {B, H, T, dv};
+  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd), v = oc_f32(c, V_SIGNED, 4, vd);
+  zoo_attrs a = A0();
+  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
+  a.i[0] = 2, a.i[1] = H;
+  int in[3] = {q, k, v};
+  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
+}
 /* The backward given (do, q, k, v) alone, recomputing o and z (autodiff gives
- * it the forward's o and z as well), in both layouts. */
+ * it the forward's o and z as well), in each layout. */
 static int c_poly_recompute(ocase *c, int layout) {
   int64_t T = 150, H = 3, dv = 10;
   int64_t qd0[4] = {2, H, T, 16}, vd0[4] = {2, H, T, dv}, qd1[3] = {2, T, H * 16}, vd1[3] = {2, T, H * dv};
-  int nd = layout ? 3 : 4;
-  const int64_t *qd = layout ? qd1 : qd0, *vd = layout ? vd1 : vd0;
-  int q = oc_f32(c, V_SIGNED, nd, qd), k = oc_f32(c, V_SIGNED, nd, qd), v = oc_f32(c, V_SIGNED, nd, vd);
-  int d = oc_f32(c, V_SIGNED, nd, vd);
+  int nq = layout ? 3 : 4, nv = layout == 1 ? 3 : 4;
+  const int64_t *qd = layout ? qd1 : qd0, *vd = layout == 1 ? vd1 : vd0;
+  int q = oc_f32(c, V_SIGNED, nq, qd), k = oc_f32(c, V_SIGNED, nq, qd), v = oc_f32(c, V_SIGNED, nv, vd);
+  int d = oc_f32(c, V_SIGNED, nv, vd);
   zoo_attrs a = A0();
   a.f[0] = 1, a.f[1] = 1, a.f[2] = 0.5, a.f[3] = 0.25, a.f[4] = 1e-12;
   a.i[0] = layout, a.i[1] = layout ? H : 0;
@@ -992,6 +1002,9 @@ static int c_poly_recompute(ocase *c, int layout) {
 }
 static int c_poly_recompute0(ocase *c) { return c_poly_recompute(c, 0); }
 static int c_poly_recompute1(ocase *c) { return c_poly_recompute(c, 1); }
+static int c_poly_recompute2(ocase *c) { return c_poly_recompute(c, 2); }
+static int c_based_long_qk(ocase *c) { return c_poly_qk(c, 1, 1, 0.5, 2, 3, 150, 5); }
+static int c_rebased_qk(ocase *c) { return c_poly_qk(c, 0, 0, 1, 2, 3, 9, 10); }
 static int c_rebased_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 9, 5); }
 static int c_rebased_long_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 200, 5); }
 static int c_based_long_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 150, 10); }
@@ -1002,6 +1015,7 @@ static int c_chunked_based_42(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2
 static int c_chunked_short(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 9, 10); } /* one partial chunk */
 static int c_chunked_rebased_5_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 2, 200, 5); }
 static int c_chunked_based_42_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 3, 100, 42); }
+static int c_chunked_based_5_qk(ocase *c) { return c_poly_qk(c, 1, 1, 0.5, 2, 2, 200, 5); }
 /* the realistic shapes (GPU only): B 2, H 12, T 2048, DV 42 and 5. Tolerance
  * 1e-3, the other poly cases': with random q, k a few rows have a_ii near 0
  * and d_i + eps tiny, where the backward's fp32 error grows (emulated, both
@@ -1019,6 +1033,7 @@ static const named_case poly_chunked_cases[] = {
       {"poly_chunked_short", c_chunked_short, 1e-4, 1},
       {"poly_chunked_rebased_dv5_heads", c_chunked_rebased_5_heads, 1e-4, 1},
       {"poly_chunked_based_dv42_heads", c_chunked_based_42_heads, 1e-4, 1},
+      {"poly_chunked_based_dv5_qk", c_chunked_based_5_qk, 1e-4, 1},
 };
 static const named_case poly_chunked_long_cases[] = {
       {"poly_chunked_rebased_2048", c_chunked_rebased_2048, 1e-3, 1},
@@ -1118,6 +1133,9 @@ static const named_case intrinsics_cases[] = {
       {"poly_attention_based_long_heads", c_based_long_heads, 1e-3, 1},
       {"poly_attention_bwd_recompute", c_poly_recompute0, 1e-3, 0},
       {"poly_attention_bwd_recompute_heads", c_poly_recompute1, 1e-3, 0},
+      {"poly_attention_based_long_qk", c_based_long_qk, 1e-3, 1},
+      {"poly_attention_rebased_qk", c_rebased_qk, 1e-3, 1},
+      {"poly_attention_bwd_recompute_qk", c_poly_recompute2, 1e-3, 0},
       {"softmax_attention", c_sa, 1e-3, 1},
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},
@@ -1217,6 +1235,7 @@ static int c_tiled_rebased_10_one(ocase *c) { return c_poly_shape(c, 0, 0, 1, 2,
 static int c_tiled_based_5(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 2, 130, 5); }
 static int c_tiled_rebased_42_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 1, 3, 200, 42); }
 static int c_tiled_based_10_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 2, 2, 150, 10); }
+static int c_tiled_based_5_qk(ocase *c) { return c_poly_qk(c, 1, 1, 0.5, 2, 2, 150, 5); }
 
 static const named_case poly_tiled_cases[] = {
       {"poly_tiled_rebased_dv42", c_tiled_rebased_42, 1e-3, 1},
@@ -1225,6 +1244,7 @@ static const named_case poly_tiled_cases[] = {
       {"poly_tiled_based_dv5", c_tiled_based_5, 1e-3, 1},
       {"poly_tiled_rebased_dv42_heads", c_tiled_rebased_42_heads, 1e-3, 1},
       {"poly_tiled_based_dv10_heads", c_tiled_based_10_heads, 1e-3, 1},
+      {"poly_tiled_based_dv5_qk", c_tiled_based_5_qk, 1e-3, 1},
 };
 
 /* The cases with ZOO_POLY_TILED=1 and =0 (the one-row-a-thread kernels). */
@@ -1265,12 +1285,14 @@ static const named_case poly_mma_cases[] = {
       {"poly_mma_rebased_dv42_heads", c_tiled_rebased_42_heads, 1e-3, 1},
       {"poly_mma_based_dv10_heads", c_tiled_based_10_heads, 1e-3, 1},
       {"poly_mma_rebased_dv2_short_heads", c_mma_short, 1e-3, 1},
+      {"poly_mma_based_dv5_qk", c_tiled_based_5_qk, 1e-3, 1},
 };
 static const named_case poly_mma_tf32_cases[] = {
       {"poly_mma_tf32_rebased_dv42", c_tiled_rebased_42, 2e-2, 1},
       {"poly_mma_tf32_based_dv21", c_tiled_based_21, 2e-2, 1},
       {"poly_mma_tf32_based_dv10_heads", c_tiled_based_10_heads, 2e-2, 1},
       {"poly_mma_tf32_rebased_dv2_short_heads", c_mma_short, 2e-2, 1},
+      {"poly_mma_tf32_based_dv5_qk", c_tiled_based_5_qk, 2e-2, 1},
 };
 
 /* Emulated: smaller shapes (each product is a barrier of the warp's threads). */
@@ -1278,14 +1300,17 @@ static int c_mma_emu_42(ocase *c) { return c_poly_shape(c, 0, 0, 1, 1, 1, 130, 4
 static int c_mma_emu_10_heads(ocase *c) { return c_poly_heads(c, 1, 1, 0.5, 1, 2, 70, 10); }
 static int c_mma_emu_short(ocase *c) { return c_poly_heads(c, 0, 0, 1, 1, 2, 48, 2); }
 static int c_mma_emu_21(ocase *c) { return c_poly_shape(c, 1, 1, 0.5, 1, 1, 70, 21); }
+static int c_mma_emu_5_qk(ocase *c) { return c_poly_qk(c, 1, 1, 0.5, 1, 2, 70, 5); }
 static const named_case poly_mma_emu_cases[] = {
       {"poly_mma_rebased_dv42", c_mma_emu_42, 1e-3, 1},
       {"poly_mma_based_dv10_heads", c_mma_emu_10_heads, 1e-3, 1},
       {"poly_mma_rebased_dv2_short_heads", c_mma_emu_short, 1e-3, 1},
+      {"poly_mma_based_dv5_qk", c_mma_emu_5_qk, 1e-3, 1},
 };
 static const named_case poly_mma_emu_tf32_cases[] = {
       {"poly_mma_tf32_based_dv21", c_mma_emu_21, 2e-2, 1},
       {"poly_mma_tf32_based_dv10_heads", c_mma_emu_10_heads, 2e-2, 1},
+      {"poly_mma_tf32_based_dv5_qk", c_mma_emu_5_qk, 2e-2, 1},
 };
 
 #define NCASES(a) (int)(sizeof a / sizeof *a)

@@ -567,22 +567,26 @@ TEST(grad_poly_attention) {
 }
 
 /* The same with the heads interleaved (layout 1, ops.def): q, k [B, T, H*F],
- * v [B, T, H*Dv], two heads, value width 5. */
+ * v [B, T, H*Dv], two heads, value width 5; and with q and k alone
+ * interleaved (layout 2): v [B, H, T, Dv]. */
 TEST(grad_poly_attention_interleaved) {
   double coefs[2][5] = {{0, 0, 1, 0.5, 1e-12}, {1, 1, 0.5, 0.5, 1e-12}};
-  for (int which = 0; which < 2; which++) {
-    gcase c;
-    gc_init(&c);
-    val_kind kind = which == 0 ? VAL_POSITIVE : VAL_SIGNED;
-    int q = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), kind);
-    int k = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), kind);
-    int v = gc_param(&c, F32T(K(1), K(6), K(2 * 5)), VAL_SIGNED);
-    zoo_attrs a = {0};
-    for (int i = 0; i < 5; i++) a.f[i] = coefs[which][i];
-    a.i[0] = 1, a.i[1] = 2;
-    CHECK(gc_finish(&c, which ? "poly_attention interleaved (Based)" : "poly_attention interleaved (ReBased)",
-                    gc3(&c, ZOO_OP_POLY_ATTENTION, q, k, v, &a)) == 0);
-  }
+  for (int layout = 1; layout <= 2; layout++)
+    for (int which = 0; which < 2; which++) {
+      gcase c;
+      gc_init(&c);
+      val_kind kind = which == 0 ? VAL_POSITIVE : VAL_SIGNED;
+      int q = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), kind);
+      int k = gc_param(&c, F32T(K(1), K(6), K(2 * 3)), kind);
+      int v = layout == 1 ? gc_param(&c, F32T(K(1), K(6), K(2 * 5)), VAL_SIGNED)
+                          : gc_param(&c, F32T(K(1), K(2), K(6), K(5)), VAL_SIGNED);
+      zoo_attrs a = {0};
+      for (int i = 0; i < 5; i++) a.f[i] = coefs[which][i];
+      a.i[0] = layout, a.i[1] = 2;
+      char what[64];
+      snprintf(what, sizeof what, "poly_attention layout %d (%s)", layout, which ? "Based" : "ReBased");
+      CHECK(gc_finish(&c, what, gc3(&c, ZOO_OP_POLY_ATTENTION, q, k, v, &a)) == 0);
+    }
 }
 
 TEST(grad_softmax_attention) {

@@ -10,6 +10,11 @@
  *                           CPU training step gives the same loss, metrics and
  *                           gradients, bit for bit, as with
  *                           ZOO_NO_INTERLEAVED_HEADS=1 (evaluation too)
+ *   interleave_qk_based     layout 2 (q and k alone interleaved, for tensor-core
+ *                           products) at value width 4: Based's q and k copies
+ *                           gone, 4 launches fewer per step and 2 per
+ *                           evaluation, a CPU step the same bit for bit;
+ *                           ReBased (q, k from norms) and fp32 plans keep layout 0
  *   interleave_conditions   hand-made graphs: what it rewrites and what it leaves
  *   norm_split_rebased      the layernorm-into-heads rewrite (zoo_norm_split_heads)
  *   linear_norm_rebased     the projection-and-norm fold (linear_layernorm)
@@ -61,10 +66,11 @@ static int find_op(const zoo_graph *g, zoo_op op) {
 enum { IB = 4, IT = 24, IV = 37 };
 
 /* models/<name>.zoo at d_model `dm`, six heads (value width dm / 6), its
- * training graph with `head`; keep: the copies kept (both rewrites off, as
- * ZOO_NO_INTERLEAVED_HEADS=1 ZOO_NO_NORM_SPLIT=1 in the environment), or, with
- * keep 2, only the layernorm rewrite off. */
-static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head head, int keep) {
+ * training graph with `head` for products on the tensor cores or not (tc);
+ * keep: the copies kept (both rewrites off, as ZOO_NO_INTERLEAVED_HEADS=1
+ * ZOO_NO_NORM_SPLIT=1 in the environment), or, with keep 2, only the
+ * layernorm rewrite off. */
+static zoo_program *compile_train_tc(const char *name, const char *dm, zoo_head head, int keep, int tc) {
   char path[64];
   snprintf(path, sizeof path, "models/%s.zoo", name);
   zoo_define defs[4] = {{"vocab_size", "37"}, {"d_model", dm}, {"seq_len", "24"}, {"num_heads", "6"}};
@@ -75,7 +81,7 @@ static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head h
   if (zoo_compile(&o, &d, &p) != 0 || !p) return NULL;
   char *saved = zoo_test_env_set("ZOO_NO_INTERLEAVED_HEADS", keep == 1 ? "1" : NULL);
   char *saved2 = zoo_test_env_set("ZOO_NO_NORM_SPLIT", keep != 0 ? "1" : NULL);
-  int rc = zoo_train_graph_head(&p->graph, head, IT, &d);
+  int rc = zoo_train_graph_tc(&p->graph, head, IT, tc, &d);
   zoo_test_env_restore("ZOO_NO_INTERLEAVED_HEADS", saved);
   zoo_test_env_restore("ZOO_NO_NORM_SPLIT", saved2);
   if (rc != 0) {
@@ -83,6 +89,10 @@ static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head h
     return NULL;
   }
   return p;
+}
+
+static zoo_program *compile_train_d(const char *name, const char *dm, zoo_head head, int keep) {
+  return compile_train_tc(name, dm, head, keep, 0);
 }
 
 /* At d_model 48 (value width 8) the interleaving fires. */
@@ -318,6 +328,36 @@ TEST(linear_norm_rebased) {
 TEST(interleave_rebased) { interleave_model(t, "rebased"); }
 TEST(interleave_based) { interleave_model(t, "based"); }
 
+TEST(interleave_qk_based) {
+  zoo_program *pq = compile_train_tc("based", "24", ZOO_HEAD_FUSED, 0, 1);
+  zoo_program *pk = compile_train_tc("based", "24", ZOO_HEAD_FUSED, 1, 1);
+  zoo_program *p0 = compile_train_tc("based", "24", ZOO_HEAD_FUSED, 0, 0);
+  zoo_program *cq = compile_train_tc("based", "24", ZOO_HEAD_COMPACT, 0, 1);
+  zoo_program *ck = compile_train_tc("based", "24", ZOO_HEAD_COMPACT, 1, 1);
+  zoo_program *rq = compile_train_tc("rebased", "24", ZOO_HEAD_FUSED, 0, 1);
+  CHECK(pq && pk && p0 && cq && ck && rq);
+  const zoo_graph *gq = &pq->graph, *gk = &pk->graph;
+  int poly = find_op(gq, ZOO_OP_POLY_ATTENTION), bwd = find_op(gq, ZOO_OP_POLY_ATTENTION_BWD);
+  CHECK(poly >= 0 && bwd >= 0 && gq->nodes[poly].attrs.i[0] == 2 && gq->nodes[poly].attrs.i[1] == 6 &&
+        gq->nodes[bwd].attrs.i[0] == 2);
+  /* q and k as the projections make them; v still split, the output merged */
+  const zoo_node *n = &gq->nodes[poly];
+  int qp = gq->tensors[n->in[0]].producer, vp = gq->tensors[n->in[2]].producer;
+  CHECK(qp >= 0 && gq->nodes[qp].op == ZOO_OP_LINEAR && vp >= 0 && gq->nodes[vp].op == ZOO_OP_SPLIT_HEADS);
+  CHECK(count_op(gq, ZOO_OP_SPLIT_HEADS) == 2 && count_op(gk, ZOO_OP_SPLIT_HEADS) == 4);
+  CHECK(count_op(gq, ZOO_OP_MERGE_HEADS) == 2 && count_op(gk, ZOO_OP_MERGE_HEADS) == 4);
+  CHECK(graph_consistent(gq) && gq->nforward == gk->nforward - 2 && gq->nnodes == gk->nnodes - 4);
+  CHECK(launches_saved(&cq->graph, &ck->graph, 4, 2));
+  /* fp32 products, or q and k from layernorms: layout 0 */
+  int p0p = find_op(&p0->graph, ZOO_OP_POLY_ATTENTION), rqp = find_op(&rq->graph, ZOO_OP_POLY_ATTENTION);
+  CHECK(p0p >= 0 && p0->graph.nodes[p0p].attrs.i[0] == 0 && rqp >= 0 && rq->graph.nodes[rqp].attrs.i[0] == 0);
+  float la = 0, lb = 0;
+  int same = same_step(gq, gk, &la, &lb);
+  CHECKF(same == 1, "layout 2 changes the step (loss %.7f vs %.7f)", la, lb);
+  zoo_program_free(pq), zoo_program_free(pk), zoo_program_free(p0);
+  zoo_program_free(cq), zoo_program_free(ck), zoo_program_free(rq);
+}
+
 /* ---------------------------------------------------------------------------
  * Hand-made graphs */
 
@@ -370,24 +410,24 @@ TEST(interleave_conditions) {
   /* the pattern: three splits, poly, merge, exp -> poly (layout 1), exp */
   CHECK(hg_build(&h, 8, 1, 0) >= 0);
   hg_finish(&h);
-  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 1);
   int p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
   CHECK(h.g.nnodes == 2 && p == 0 && h.g.nodes[0].in[0] == h.xq && h.g.nodes[0].in[2] == h.xv &&
         h.g.nodes[0].out[0] == h.y && h.g.nodes[0].attrs.i[0] == 1 && h.g.nodes[0].attrs.i[1] == 2 &&
         h.g.tensors[h.o].producer == -1 && h.g.tensors[h.q].producer == -1 && graph_consistent(&h.g));
-  CHECK(zoo_interleave_heads(&h.g) == 0); /* once only */
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0); /* once only */
   zoo_graph_free(&h.g);
 
   /* value rows narrower than ZOO_INTERLEAVE_MIN_DV: unchanged */
   CHECK(hg_build(&h, 5, 1, 0) >= 0);
   hg_finish(&h);
-  CHECK(zoo_interleave_heads(&h.g) == 0 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) >= 0);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) >= 0);
   zoo_graph_free(&h.g);
 
   /* q and k from one split_heads: one input twice */
   CHECK(hg_build(&h, 8, 1, 1) >= 0);
   hg_finish(&h);
-  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 1);
   CHECK(h.g.nnodes == 2 && h.g.nodes[0].in[0] == h.xq && h.g.nodes[0].in[1] == h.xq && graph_consistent(&h.g));
   zoo_graph_free(&h.g);
 
@@ -395,7 +435,7 @@ TEST(interleave_conditions) {
   CHECK(hg_build(&h, 8, 0, 0) >= 0);
   hg_finish(&h);
   int n = h.g.nnodes;
-  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 1);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0 && h.g.nnodes == n && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 1);
   zoo_graph_free(&h.g);
 
   /* the attention's output has a second reader: unchanged */
@@ -403,34 +443,63 @@ TEST(interleave_conditions) {
   node1(&h, ZOO_OP_EXP, h.o, NULL);
   hg_finish(&h);
   n = h.g.nnodes;
-  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0 && h.g.nnodes == n);
   zoo_graph_free(&h.g);
 
   /* no merge_heads (the output read by something else, or the graph's output) */
   CHECK(hg_build(&h, 8, 1, 0) >= 0);
   h.g.output = node1(&h, ZOO_OP_EXP, h.o, NULL);
   n = h.g.nnodes;
-  CHECK(zoo_interleave_heads(&h.g) == 0 && h.g.nnodes == n);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0 && h.g.nnodes == n);
   zoo_graph_free(&h.g);
   CHECK(hg_build(&h, 8, 1, 0) >= 0);
   h.g.output = h.o;
-  CHECK(zoo_interleave_heads(&h.g) == 0);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 0);
   zoo_graph_free(&h.g);
 
   /* q's split is read elsewhere too: rewritten, that split stays */
   CHECK(hg_build(&h, 8, 1, 0) >= 0);
   int other = node1(&h, ZOO_OP_EXP, h.q, NULL);
   hg_finish(&h);
-  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 1);
   CHECK(count_op(&h.g, ZOO_OP_SPLIT_HEADS) == 1 && h.g.tensors[h.q].producer == 0 &&
         h.g.nodes[h.g.tensors[other].producer].in[0] == h.q && count_op(&h.g, ZOO_OP_MERGE_HEADS) == 0 &&
         graph_consistent(&h.g));
   zoo_graph_free(&h.g);
 
+  /* with tensor-core products: narrow values, or no merge_heads, give layout 2
+   * (q and k interleaved, v's split and the merge_heads kept) */
+  CHECK(hg_build(&h, 5, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g, 1) == 1);
+  p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
+  CHECK(p >= 0 && h.g.nodes[p].attrs.i[0] == 2 && h.g.nodes[p].attrs.i[1] == 2 && h.g.nodes[p].in[0] == h.xq &&
+        h.g.nodes[p].in[2] == h.v && h.g.nodes[p].out[0] == h.o && count_op(&h.g, ZOO_OP_SPLIT_HEADS) == 1 &&
+        count_op(&h.g, ZOO_OP_MERGE_HEADS) == 1 && graph_consistent(&h.g));
+  CHECK(zoo_interleave_heads(&h.g, 1) == 0); /* once only */
+  int seed2 = zoo_graph_input(&h.g, "w", h.g.tensors[h.g.output].type);
+  CHECK(zoo_autodiff(&h.g, h.g.output, seed2, &h.d) == 0);
+  int b2 = find_op(&h.g, ZOO_OP_POLY_ATTENTION_BWD);
+  CHECK(b2 >= 0 && h.g.nodes[b2].attrs.i[0] == 2 && h.g.tensors[h.xq].grad >= 0 &&
+        zoo_type_eq(&h.g.tensors[h.g.tensors[h.xq].grad].type, &h.g.tensors[h.xq].type));
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0);
+  h.g.output = h.o;
+  CHECK(zoo_interleave_heads(&h.g, 1) == 1 && h.g.nodes[find_op(&h.g, ZOO_OP_POLY_ATTENTION)].attrs.i[0] == 2);
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 8, 1, 0) >= 0); /* wide values with a merge_heads: layout 1 still */
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g, 1) == 1 && h.g.nodes[find_op(&h.g, ZOO_OP_POLY_ATTENTION)].attrs.i[0] == 1);
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 5, 0, 0) >= 0); /* k not a split_heads: unchanged */
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g, 1) == 0);
+  zoo_graph_free(&h.g);
+
   /* a layout-1 graph differentiates into a layout-1 backward */
   CHECK(hg_build(&h, 8, 1, 0) >= 0);
   hg_finish(&h);
-  CHECK(zoo_interleave_heads(&h.g) == 1);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 1);
   int seed = zoo_graph_input(&h.g, "w", h.g.tensors[h.g.output].type);
   CHECK(zoo_autodiff(&h.g, h.g.output, seed, &h.d) == 0);
   int b = find_op(&h.g, ZOO_OP_POLY_ATTENTION_BWD);

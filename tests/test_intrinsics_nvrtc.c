@@ -118,21 +118,18 @@ static int kt_compile(kt *k, const char *what) {
   } while (0)
 
 /* poly_attention and its backward for q, k [B, 12, T, 16], v [B, 12, T, DV],
- * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV];
- * the backward given the forward's o and z, as autodiff makes it, or (saved 0)
- * recomputing them. */
+ * or with the heads interleaved (layout 1) q, k [B, T, 12*16], v [B, T, 12*DV],
+ * or with q and k alone interleaved (layout 2); the backward given the
+ * forward's o and z, as autodiff makes it, or (saved 0) recomputing them. */
 static void add_poly_saved(kt *k, int64_t T, int64_t DV, double c0, double c1, double c2, int layout, int saved) {
   int q, kk, v, dout;
-  if (layout == 1) {
-    q = KT_F32(k, 2, T, 12 * 16), kk = KT_F32(k, 2, T, 12 * 16), v = KT_F32(k, 2, T, 12 * DV);
-    dout = KT_F32(k, 2, T, 12 * DV);
-  } else {
-    q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16), v = KT_F32(k, 2, 12, T, DV);
-    dout = KT_F32(k, 2, 12, T, DV);
-  }
+  if (layout != 0) q = KT_F32(k, 2, T, 12 * 16), kk = KT_F32(k, 2, T, 12 * 16);
+  else q = KT_F32(k, 2, 12, T, 16), kk = KT_F32(k, 2, 12, T, 16);
+  if (layout == 1) v = KT_F32(k, 2, T, 12 * DV), dout = KT_F32(k, 2, T, 12 * DV);
+  else v = KT_F32(k, 2, 12, T, DV), dout = KT_F32(k, 2, 12, T, DV);
   zoo_attrs a = {0};
   a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
-  a.i[0] = layout, a.i[1] = layout == 1 ? 12 : 0;
+  a.i[0] = layout, a.i[1] = layout != 0 ? 12 : 0;
   int in[4] = {q, kk, v, -1};
   int o = kt_node(k, ZOO_OP_POLY_ATTENTION, zoo_cuda_poly_attention, 3, in, &a);
   int bin[6] = {dout, q, kk, v, o, o + 1};
@@ -169,6 +166,8 @@ TEST(intrinsics_nvrtc_poly_attention) {
   add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);  /* and Based */
   add_poly_saved(&k, 128, 5, 0, 0, 1, 0, 0);  /* the backward without o, z */
   add_poly_saved(&k, 48, 2, 1, 1, 0.5, 1, 0);
+  add_poly_layout(&k, 128, 5, 1, 1, 0.5, 2); /* q and k interleaved, as Based trains with tf32 */
+  add_poly_saved(&k, 128, 5, 1, 1, 0.5, 2, 0);
   poly_form_env(NULL);
   zoo_test_env_restore("ZOO_POLY_TILED", tiled);
   CHECK(!k.failed);
@@ -189,6 +188,7 @@ TEST(intrinsics_nvrtc_poly_tiled) {
   add_poly(&k, 100, 10, 1, 1, 0.5);
   add_poly_layout(&k, 512, 42, 0, 0, 1, 1);
   add_poly_layout(&k, 128, 10, 1, 1, 0.5, 1);
+  add_poly_layout(&k, 128, 5, 1, 1, 0.5, 2);
   poly_form_env(NULL);
   zoo_test_env_restore("ZOO_POLY_TILED", tiled);
   CHECK(!k.failed);
@@ -213,6 +213,7 @@ TEST(intrinsics_nvrtc_poly_mma) {
     add_poly(&k, 48, 2, 1, 1, 0.5);
     add_poly_layout(&k, 512, 42, 0, 0, 1, 1);
     add_poly_layout(&k, 128, 5, 1, 1, 0.5, 1);
+    add_poly_layout(&k, 128, 5, 1, 1, 0.5, 2);
     poly_form_env(NULL);
     zoo_test_env_restore("ZOO_POLY_MMA", mma);
     CHECK(!k.failed);
@@ -317,8 +318,10 @@ TEST(intrinsics_nvrtc_poly_chunked) {
   add_poly(&k, 100, 42, 0, 0, 1);
   add_poly_layout(&k, 2048, 42, 0, 0, 1, 1); /* heads interleaved */
   add_poly_layout(&k, 2048, 5, 1, 1, 0.5, 1);
+  add_poly_layout(&k, 2048, 5, 1, 1, 0.5, 2); /* q and k interleaved */
   poly_form_env(NULL);
   CHECK(!k.failed);
+  CHECK(strstr(k.e.src.s, ", 2048, -12>(") != NULL); /* HI = -H: layout 2 */
   KT_COMPILE(&k, "poly_attention_chunked");
   kt_free(&k);
 }

@@ -231,10 +231,22 @@ TEST(op_shape_messages) {
   a.i[1] = 0;
   CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == -1);
   CHECKF(strcmp(err, "poly_attention: heads interleaved: number of heads 0 must be positive") == 0, "%s", err);
-  a.i[0] = 2;
+  /* layout 2 (q and k interleaved): v and the output [B, H, T, W] */
+  a.i[0] = 2, a.i[1] = 2;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, v}, &a, out, err) == 0);
+  CHECKF(strcmp(zoo_type_str(&g, &out[0], buf, sizeof buf), "f32[B, 2, T, 5]") == 0 &&
+         strcmp(zoo_type_str(&g, &out[1], buf, sizeof buf), "f32[B, 2, T]") == 0, "%s", buf);
   CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == -1);
-  CHECKF(strcmp(err, "poly_attention: layout 2 is neither 0 ([B, H, T, F]) nor 1 (heads interleaved, "
-                     "[B, T, H*F])") == 0, "%s", err);
+  CHECKF(strcmp(err, "poly_attention: v f32[B, T, 10] must be [B, H, T, Dv] with q f32[B, T, 32] [B, T, H*F] "
+                     "and H = 2") == 0, "%s", err);
+  a.i[1] = 3;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x48, x48, v}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: v f32[B, 2, T, 5] must be [B, H, T, Dv] with q f32[B, T, 48] [B, T, H*F] "
+                     "and H = 3") == 0, "%s", err);
+  a.i[0] = 3;
+  CHECK(shape_of_node(&g, ZOO_OP_POLY_ATTENTION, 3, (int[]){x32, x32, x10}, &a, out, err) == -1);
+  CHECKF(strcmp(err, "poly_attention: layout 3 is none of 0 ([B, H, T, F]), 1 (heads interleaved, [B, T, H*F]) "
+                     "and 2 (q and k interleaved)") == 0, "%s", err);
   zoo_graph_free(&g);
 }
 
@@ -920,8 +932,9 @@ TEST(op_poly_attention) {
 }
 
 /* poly_attention and its backward with the heads interleaved (layout 1,
- * [B, T, H*W]) against split_heads, layout 0 and merge_heads: the same bits,
- * forward and backward. T = 21 crosses the kernel's blocks of 16 keys. */
+ * [B, T, H*W]), and with q and k alone interleaved (layout 2), against
+ * split_heads, layout 0 and merge_heads: the same bits, forward and backward.
+ * T = 21 crosses the kernel's blocks of 16 keys. */
 TEST(op_poly_attention_interleaved) {
   enum { B = 2, H = 3, T = 21, F = 4, Dv = 5 };
   float *q = randv(B * T * H * F), *k = randv(B * T * H * F), *v = randv(B * T * H * Dv);
@@ -948,14 +961,24 @@ TEST(op_poly_attention_interleaved) {
     a.i[0] = 1, a.i[1] = H;
     int y1 = og_node3(&o, ZOO_OP_POLY_ATTENTION, tq, tk, tv, &a);
     int g1 = og_node(&o, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){td, tq, tk, tv}, &a);
-    CHECK(y0 >= 0 && g0 >= 0 && y1 >= 0 && g1 >= 0);
+    /* layout 2: v, do split; the output and dv merged after */
+    a.i[0] = 2;
+    int y2 = og_node1(&o, ZOO_OP_MERGE_HEADS, og_node3(&o, ZOO_OP_POLY_ATTENTION, tq, tk, sv, &a), NULL);
+    int g2 = og_node(&o, ZOO_OP_POLY_ATTENTION_BWD, 4, (int[]){sd, tq, tk, sv}, &a);
+    int dv2 = og_node1(&o, ZOO_OP_MERGE_HEADS, g2 + 2, NULL);
+    CHECK(y0 >= 0 && g0 >= 0 && y1 >= 0 && g1 >= 0 && y2 >= 0 && g2 >= 0 && dv2 >= 0);
     CHECK(og_run(&o, 0, 0) == 0);
     CHECKF(memcmp(og_f(&o, y0), og_f(&o, y1), B * T * H * Dv * sizeof(float)) == 0, "coefficients %d: o differs",
            which);
+    CHECKF(memcmp(og_f(&o, y0), og_f(&o, y2), B * T * H * Dv * sizeof(float)) == 0,
+           "coefficients %d: o differs in layout 2", which);
+    int l2[3] = {g2, g2 + 1, dv2};
     for (int j = 0; j < 3; j++) {
       int64_t n = o.cpu.numel[d0[j]];
       CHECKF(o.cpu.numel[g1 + j] == n && memcmp(og_f(&o, d0[j]), og_f(&o, g1 + j), (size_t)n * sizeof(float)) == 0,
              "coefficients %d: gradient %d differs", which, j);
+      CHECKF(o.cpu.numel[l2[j]] == n && memcmp(og_f(&o, d0[j]), og_f(&o, l2[j]), (size_t)n * sizeof(float)) == 0,
+             "coefficients %d: gradient %d differs in layout 2", which, j);
     }
     double largest = 0; /* the comparison is not of zeros */
     for (int64_t i = 0; i < B * T * H * F; i++) largest = fmax(largest, fabs(og_f(&o, g1)[i]));

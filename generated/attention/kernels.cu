@@ -317,8 +317,14 @@ __device__ __forceinline__ void zk_sum_partials(const float *__restrict__ part,
  * with HI = 0 of [B, H, T, W], contiguous; with HI = H > 0 (heads
  * interleaved, poly_attention's layout 1 in ops.def) of [B, T, H*W], from
  * ((b T) H + h) W with rows H W floats apart. ZK_HEAD_LD is the row stride,
- * zk_head_slice where the slice starts. */
+ * zk_head_slice where the slice starts.
+ *   The poly_attention kernels take one HI for all their operands: 0 (layout
+ * 0), H (layout 1, every operand interleaved) or -H (layout 2: q, k, dq, dk
+ * interleaved, v, o, do, dv not). ZK_HQ(HI) and ZK_HV(HI) are then the HI of
+ * the F-wide and of the DV-wide operands. */
 #define ZK_HEAD_LD(W, HI) ((HI) > 0 ? (HI) * (W) : (W))
+#define ZK_HQ(HI) ((HI) < 0 ? -(HI) : (HI))
+#define ZK_HV(HI) ((HI) < 0 ? 0 : (HI))
 
 template <int W, int T, int HI>
 __device__ __forceinline__ zk_i64 zk_head_slice(int bh) {

@@ -5,13 +5,14 @@
  * or, with HI = H > 0 (layout 1, heads interleaved, ops.def), q, k, dq, dk
  * [B, T, H*F] and v, o, do, dv [B, T, H*DV]: a pair's rows are then H F (H DV)
  * floats apart instead of F (DV), from ((b T) H + h) F (zk_head_slice and
- * ZK_HEAD_LD in common.cu); nothing else changes.
+ * ZK_HEAD_LD in common.cu); nothing else changes. HI = -H (layout 2)
+ * interleaves q, k, dq, dk alone (ZK_HQ, ZK_HV in common.cu).
  *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
  *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
  * Constants: F (feature width, 16 in the shipped models), DV (value width: 2,
  * 5, 10, 21, 42, ... no power-of-two assumption), BQ (tile: queries per block =
- * keys per shared-memory tile = threads per block, 64), T, HI (0, or H in
- * layout 1); c0, c1, c2, scale, eps are float arguments (literals in the
+ * keys per shared-memory tile = threads per block, 64), T, HI (0, H in
+ * layout 1, -H in layout 2); c0, c1, c2, scale, eps are float arguments (literals in the
  * wrapper, folded by the compiler).
  *
  * Launch geometry (all three): grid BH * ceil(T / (R BQ)) blocks of BQ threads;
@@ -189,13 +190,13 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
                                             float scale, float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *ob = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
 
   float qi[R][F], num[R][DV], den[R], unused[R][F];
 #pragma unroll
@@ -240,13 +241,13 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
                                               float eps) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT;
   constexpr int FP = ZK_POLY_PAD(F), DVP = ZK_POLY_PAD(DV);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   __align__(16) __shared__ float ks[BQ * FP];
   __align__(16) __shared__ float vs[BQ * DVP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
-  float *dqb = dq + zk_head_slice<F, T, HI>(bh);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *dob = dout + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *dqb = dq + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
 
   float qi[R][F], dn[R][DV], dd[R], dqi[R][F];
 #pragma unroll
@@ -265,7 +266,7 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
   int nkt = slab0 + R < (T + BQ - 1) / BQ ? slab0 + R : (T + BQ - 1) / BQ;
 
   if constexpr (SAVED) { /* dn_i, dd_i from the forward's o_i and z_i */
-    const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+    const float *obb = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
 #pragma unroll
     for (int r = 0; r < R; r++) {
       int i = tile * QT + r * BQ + threadIdx.x;
@@ -374,13 +375,13 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
                                                float c0, float c1, float c2, float scale) {
   constexpr int QT = BQ * R, NTILE = (T + QT - 1) / QT, NT = (T + BQ - 1) / BQ;
   constexpr int FP = ZK_POLY_PAD(F), SP = ZK_POLY_PAD(DV + 1);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   __align__(16) __shared__ float qs[BQ * FP];
   __align__(16) __shared__ float sts[BQ * SP];
   int bh = blockIdx.x / NTILE, tile = blockIdx.x % NTILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *dvb = dv + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
 
   float kj[R][F], vj[R][DV], dkj[R][F], dvj[R][DV];
 #pragma unroll

@@ -6,8 +6,9 @@
  * Shapes: q, k, dq, dk [B, H, T, F]; v, o, do, dv [B, H, T, DV]; BH = B H;
  * or, with HI = H > 0 (layout 1, heads interleaved, ops.def), q, k, dq, dk
  * [B, T, H*F] and v, o, do, dv [B, T, H*DV], a pair's rows H F (H DV) floats
- * apart (zk_head_slice, ZK_HEAD_LD in common.cu). The scratch (stats) keeps its
- * own layout [BH][T][DV + 1] in both.
+ * apart (zk_head_slice, ZK_HEAD_LD in common.cu); with HI = -H (layout 2)
+ * q, k, dq, dk alone. The scratch (stats) keeps its own layout [BH][T][DV + 1]
+ * in all three.
  *   s_ij = scale q_i.k_j, a_ij = c0 + c1 s_ij + c2 s_ij^2 for j <= i,
  *   o_i = n_i / (d_i + eps) with n_i = sum_j a_ij v_j, d_i = sum_j a_ij.
  *
@@ -208,11 +209,11 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *ob = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, cp = threadIdx.x / C * L::WQ;
@@ -250,11 +251,11 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *dos = fc + 2 * L::D, *gs = dos + C * L::SW, *red = gs + C * L::SW, *red2 = red + C * L::NP;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
-  float *dqb = dq + zk_head_slice<F, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *dob = dout + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *dqb = dq + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) st[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, part = threadIdx.x / C, cp = part * L::WQ;
@@ -350,11 +351,11 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
   float *gs = fc + 2 * L::D, *red2 = gs + C * L::SW;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *dvb = dv + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
   for (int e = threadIdx.x; e < L::D * L::SW; e += NT) rt[e] = 0.0f;
   zk_pc_tables<F, K0, K1, K2>(fc, fab, c0, c1, c2);
   int row = threadIdx.x % C, part = threadIdx.x / C, cp = part * L::WQ;

@@ -271,16 +271,16 @@ __device__ __forceinline__ void zk_poly_mma_fwd(const float *__restrict__ q, con
                                                 float eps) {
   using SH = zk_pm_shape<F, DV>;
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI)), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   constexpr bool RND = SPLIT == 1; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
   float *ks = zk_pm_sh, *vs = ks + ZK_PM_TILE * FS;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *ob = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
   const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int r0 = 16 * w; /* the warp's rows in the tile */
 
@@ -365,7 +365,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
                                                   float c1, float c2, float scale) {
   using SH = zk_pm_shape<F, DV>;
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI)), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
@@ -374,10 +374,10 @@ __device__ __forceinline__ void zk_poly_mma_bwd_q(const float *__restrict__ dout
   constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PM_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
-  const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
-  float *dqb = dq + zk_head_slice<F, T, HI>(bh), *st = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *dob = dout + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  const float *obb = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
+  float *dqb = dq + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *st = stats + (zk_i64)bh * T * (DV + 1);
   const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int r0 = 16 * w;
 
@@ -485,7 +485,7 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
                                                    float c1, float c2, float scale) {
   using SH = zk_pm_shape<F, DV>;
   constexpr int NTILE = (T + ZK_PM_TILE - 1) / ZK_PM_TILE, DVP = SH::DVP, FS = SH::FS, VS = SH::VS;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI), NF = F / 8, NV = DVP / 8;
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI)), NF = F / 8, NV = DVP / 8;
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   constexpr bool RND = SPLIT == 1 && LOAD != 2; /* the walked tiles staged as TF32 (zk_pm_bfrag_of) */
   extern __shared__ float zk_pm_sh[];
@@ -494,9 +494,9 @@ __device__ __forceinline__ void zk_poly_mma_bwd_kv(const float *__restrict__ q, 
   constexpr bool PF = LOAD == 1;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = (int)blockIdx.x / BH, j0 = tile * ZK_PM_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *dvb = dv + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
   const int w = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int r0 = 16 * w; /* the warp's keys in the tile */
 

@@ -150,14 +150,14 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
                                                   float scale, float eps) {
   constexpr int NTILE = (T + ZK_PT_TILE - 1) / ZK_PT_TILE, LD = ZK_PT_LD;
   constexpr int DVT = zk_pt_cols<DV>::DVT, DVP = zk_pt_cols<DV>::DVP;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   extern __shared__ float zk_pt_sh[];
   float *qT = zk_pt_sh, *kT = qT + F * LD, *vT = kT + F * LD, *as = vT + DVP * LD;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PT_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh);
-  float *ob = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  float *ob = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
   const zk_pt_role ro;
 
   zk_pt_load_t<F, F, T, LQ>(qT, qb, i0, scale);
@@ -222,17 +222,17 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
                                                     float c1, float c2, float scale) {
   constexpr int NTILE = (T + ZK_PT_TILE - 1) / ZK_PT_TILE, LD = ZK_PT_LD;
   constexpr int DVP = zk_pt_cols<DV>::DVP, FT = F / 8;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pt_sh[];
   float *qT = zk_pt_sh, *dnT = qT + F * LD, *kT = dnT + DVP * LD, *vT = kT + F * LD;
   float *ds = vT + DVP * LD, *dd = ds + ZK_PT_TILE * LD;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = NTILE - 1 - (int)blockIdx.x / BH, i0 = tile * ZK_PT_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *dob = dout + zk_head_slice<DV, T, HI>(bh);
-  const float *obb = o + zk_head_slice<DV, T, HI>(bh), *zb = z + (zk_i64)bh * T;
-  float *dqb = dq + zk_head_slice<F, T, HI>(bh), *st = stats + (zk_i64)bh * T * (DV + 1);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *dob = dout + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
+  const float *obb = o + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *zb = z + (zk_i64)bh * T;
+  float *dqb = dq + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *st = stats + (zk_i64)bh * T * (DV + 1);
   const zk_pt_role ro;
 
   zk_pt_load_t<F, F, T, LQ>(qT, qb, i0, scale);
@@ -285,16 +285,16 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
                                                      float scale) {
   constexpr int NTILE = (T + ZK_PT_TILE - 1) / ZK_PT_TILE, LD = ZK_PT_LD;
   constexpr int DVT = zk_pt_cols<DV>::DVT, DVP = zk_pt_cols<DV>::DVP, FT = F / 8;
-  constexpr int LQ = ZK_HEAD_LD(F, HI), LV = ZK_HEAD_LD(DV, HI);
+  constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   static_assert(F % 8 == 0, "F must be a multiple of 8");
   extern __shared__ float zk_pt_sh[];
   float *kT = zk_pt_sh, *vT = kT + F * LD, *qT = vT + DVP * LD, *dnT = qT + F * LD;
   float *as = dnT + DVP * LD, *ds = as + ZK_PT_TILE * LD, *dd = ds + ZK_PT_TILE * LD;
   const int BH = (int)gridDim.x / NTILE, bh = (int)blockIdx.x % BH;
   const int tile = (int)blockIdx.x / BH, j0 = tile * ZK_PT_TILE;
-  const float *qb = q + zk_head_slice<F, T, HI>(bh), *kb = k + zk_head_slice<F, T, HI>(bh);
-  const float *vb = v + zk_head_slice<DV, T, HI>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
-  float *dkb = dk + zk_head_slice<F, T, HI>(bh), *dvb = dv + zk_head_slice<DV, T, HI>(bh);
+  const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
+  const float *vb = v + zk_head_slice<DV, T, ZK_HV(HI)>(bh), *sb = stats + (zk_i64)bh * T * (DV + 1);
+  float *dkb = dk + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *dvb = dv + zk_head_slice<DV, T, ZK_HV(HI)>(bh);
   const zk_pt_role ro; /* rows: keys; columns: queries */
 
   zk_pt_load_t<F, F, T, LQ>(kT, kb, j0, 1.0f);
