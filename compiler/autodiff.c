@@ -105,6 +105,7 @@ NO_GRAD(gelu_bwd)
 NO_GRAD(layernorm_bwd)
 NO_GRAD(rmsnorm_bwd)
 NO_GRAD(cross_entropy_bwd)
+NO_GRAD(softmax_attention_packed_bwd)
 NO_GRAD(cross_entropy_step)
 NO_GRAD(linear_layernorm)
 NO_GRAD(argmax)
@@ -530,19 +531,10 @@ int zoo_grad_causal_conv1d(zoo_grad_ctx *c, const zoo_node *n, const int *dout, 
   return 0;
 }
 
-/* the intrinsics' backward ops: (do, q, k, v) -> dq, dk, dv, with the forward
- * node's attributes, so poly_attention's layout (i0, i1) carries over: dq, dk,
- * dv come out in q's, k's and v's layout, do is read in o's */
-static int attention_grad(zoo_grad_ctx *c, zoo_op bwd, const zoo_node *n, const int *dout,
-                          int *din) {
-  int in[4] = {dout[0], n->in[0], n->in[1], n->in[2]};
-  int first = emit_same(c, bwd, 4, in, n);
-  for (int k = 0; k < 3; k++) din[k] = first + k;
-  return 0;
-}
-
 /* poly_attention: (do, q, k, v, o, z), the forward's output and normaliser
- * saved, so that the backward need not recompute them (ops.def). Nothing
+ * saved, so that the backward need not recompute them (ops.def), with the
+ * forward node's attributes, so its layout (i0, i1) carries over: dq, dk, dv
+ * come out in q's, k's and v's layout, do is read in o's. Nothing
  * differentiates z itself: only this rule's node reads it. */
 int zoo_grad_poly_attention(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
   int in[6] = {dout[0], n->in[0], n->in[1], n->in[2], n->out[0], n->out[1]};
@@ -551,8 +543,20 @@ int zoo_grad_poly_attention(zoo_grad_ctx *c, const zoo_node *n, const int *dout,
   return 0;
 }
 
+/* softmax_attention: (do, q, k, v, o, lse), the forward's output and
+ * log-sum-exp saved (ops.def), as for poly_attention. */
 int zoo_grad_softmax_attention(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
-  return attention_grad(c, ZOO_OP_SOFTMAX_ATTENTION_BWD, n, dout, din);
+  int in[6] = {dout[0], n->in[0], n->in[1], n->in[2], n->out[0], n->out[1]};
+  int first = emit_same(c, ZOO_OP_SOFTMAX_ATTENTION_BWD, 6, in, n);
+  for (int k = 0; k < 3; k++) din[k] = first + k;
+  return 0;
+}
+
+/* softmax_attention_packed: dqkv from (do, qkv, o, lse), in qkv's layout */
+int zoo_grad_softmax_attention_packed(zoo_grad_ctx *c, const zoo_node *n, const int *dout, int *din) {
+  int in[4] = {dout[0], n->in[0], n->out[0], n->out[1]};
+  din[0] = emit_same(c, ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD, 4, in, n);
+  return 0;
 }
 
 int zoo_grad_linear_cross_entropy(zoo_grad_ctx *c, const zoo_node *n, const int *dout,

@@ -542,6 +542,8 @@ void zoo_builtin_print_attrs(FILE *out, const zoo_graph *g, const zoo_node *n) {
   snprintf(name, sizeof name, "%s", zoo_ops[n->op].name);
   char *bwd = strstr(name, "_bwd");
   if (bwd && bwd[4] == 0) *bwd = 0; /* a gradient op has its forward op's attributes */
+  char *packed = strstr(name, "_packed");
+  if (packed && packed[7] == 0) *packed = 0; /* softmax_attention_packed: softmax_attention's */
   const zoo_builtin *b = zoo_builtin_find(name);
   const zoo_attrs *a = &n->attrs;
   int dims_shown = 0;
@@ -578,6 +580,8 @@ void zoo_builtin_print_attrs(FILE *out, const zoo_graph *g, const zoo_node *n) {
   /* set by a pass, not from .zoo (ops.def): poly_attention's heads-interleaved layout */
   if ((n->op == ZOO_OP_POLY_ATTENTION || n->op == ZOO_OP_POLY_ATTENTION_BWD) && a->i[0] != 0)
     fprintf(out, " layout=%lld heads=%lld", (long long)a->i[0], (long long)a->i[1]);
+  if (n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED || n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD)
+    fprintf(out, " heads=%lld", (long long)a->i[2]);
   /* and layernorm's output split into heads; linear_layernorm's (no .zoo signature) */
   if (n->op == ZOO_OP_LINEAR_LAYERNORM) fprintf(out, " eps=%g", a->f[0]);
   if ((n->op == ZOO_OP_LAYERNORM || n->op == ZOO_OP_LAYERNORM_BWD || n->op == ZOO_OP_LINEAR_LAYERNORM) &&

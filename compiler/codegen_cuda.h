@@ -220,7 +220,8 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  *   Measured (zoorun bench --precision tf32, session 8, device runs 3-5),
  * against the fp32 kernels: rebased 128/512 16.43 -> 13.46 ms a step, based
  * 128/512 15.78 -> 12.90, 64/128 1.88 -> 1.87; at 32/48 (T 48) 0.80 -> 0.86,
- * hence T >= 64. Three products are opt-in, so that fp32 stays fp32
+ * hence T >= 64 (session 10's leaner kernels, .gpu/s10run6.sh: 0.80 against
+ * 0.81 ms, the three kernels 0.178 against 0.180 ms: it stands). Three products are opt-in, so that fp32 stays fp32
  * arithmetic: they gain where the value rows are wide (L 512, DV 42: 4.38 +
  * 12.17 ms against the tiles' 4.91 + 15.12, device run 8) and lose at narrow
  * ones (DV 5: 1.90 + 5.67 against rows' 1.39 + 4.18; rebased 128/512, DV 10,

@@ -742,13 +742,31 @@ static int sattn_tiles(int64_t F, int64_t DV, int64_t T, int *BR, int *BS) {
 typedef struct sattn_cfg {
   attn_dims a;
   int BR, BS, causal, drop;
+  int64_t HP; /* the kernels' HP: 0, or H for softmax_attention_packed */
   int64_t smem[3];
   char scale[48], p[48];
   long long stream;
 } sattn_cfg;
 
+/* Sizes of q, k, v at inputs qi.. (softmax_attention), or of the packed qkv
+ * [B, T, 3*H*d] at input qi (softmax_attention_packed, H = i2). */
+static int sattn_dims(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c) {
+  int packed = n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED || n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD;
+  c->HP = packed ? n->attrs.i[2] : 0;
+  if (!packed) return attn_dims_of(e, n, qi, &c->a);
+  int x = n->in[qi];
+  int64_t H = c->HP;
+  if (H < 1 || want_int(e, "H", H)) return fail(e, "softmax_attention_packed: %lld heads", (long long)H);
+  c->a.HI = 0;
+  c->a.T = dim_of(e, x, -2), c->a.F = c->a.DV = dim_of(e, x, -1) / (3 * H);
+  c->a.BH = c->a.T > 0 && c->a.F > 0 ? zoo_cuda_numel(e, x) / (c->a.T * 3 * c->a.F) : 0;
+  if (want_int(e, "T", c->a.T) || want_int(e, "B*H", c->a.BH)) return -1;
+  if (c->a.F > 1024) return fail(e, "attention head width %lld exceeds 1024", (long long)c->a.F);
+  return 0;
+}
+
 static int sattn_setup(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c) {
-  if (attn_dims_of(e, n, qi, &c->a)) return -1;
+  if (sattn_dims(e, n, qi, c)) return -1;
   if (sattn_tiles(c->a.F, c->a.DV, c->a.T, &c->BR, &c->BS))
     return fail(e, "softmax attention head widths %lld, %lld are too large for the kernel", (long long)c->a.F,
                 (long long)c->a.DV);
@@ -761,10 +779,12 @@ static int sattn_setup(zoo_cuda_emit *e, const zoo_node *n, int qi, sattn_cfg *c
   return need(e, "rng.h", "softmax_attention.cu", NULL);
 }
 
-/* "<F, DV, BR, BS, T, CAUSAL, DROP>" */
-static void sattn_targs(const sattn_cfg *c, char *buf, size_t len) {
-  snprintf(buf, len, "<%lld, %lld, %d, %d, %lld, %s, %s>", (long long)c->a.F, (long long)c->a.DV, c->BR, c->BS,
-           (long long)c->a.T, c->causal ? "true" : "false", c->drop ? "true" : "false");
+/* "<F, DV, BR, BS, T, CAUSAL, DROP" and then, from `more`, what bwd_q adds
+ * (SAVED, or "" for the others), HP and ">" */
+static void sattn_targs(const sattn_cfg *c, const char *more, char *buf, size_t len) {
+  snprintf(buf, len, "<%lld, %lld, %d, %d, %lld, %s, %s%s, %lld>", (long long)c->a.F, (long long)c->a.DV, c->BR,
+           c->BS, (long long)c->a.T, c->causal ? "true" : "false", c->drop ? "true" : "false", more,
+           (long long)c->HP);
 }
 
 /* The wrapper's check that the emitter's shared memory figure is the kernel's. */
@@ -779,48 +799,65 @@ static void sattn_tail(const sattn_cfg *c, char *buf, size_t len) {
   snprintf(buf, len, "%s, %s, %s, %lldULL", c->scale, c->p, c->drop ? "seed" : "0ULL", c->stream);
 }
 
+/* softmax_attention and softmax_attention_packed, whose three operands are
+ * one tensor: the kernels get it three times and take their thirds. */
 int zoo_cuda_softmax_attention(zoo_cuda_emit *e, const zoo_node *n) {
   sattn_cfg c;
   if (sattn_setup(e, n, 0, &c)) return -1;
-  char name[64], targs[96], tail[160];
-  sattn_targs(&c, targs, sizeof targs);
+  char name[64], targs[112], tail[160];
+  sattn_targs(&c, "", targs, sizeof targs);
   sattn_tail(&c, tail, sizeof tail);
   kernel_name(e, n, "softmax_attn_fwd", name, sizeof name);
   sattn_assert(e, &c, 0);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ q, "
-                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o%s) {\n"
-                    "  zk_sattn_fwd%s(q, k, v, o, %s);\n}\n",
+                    "const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, "
+                    "float *__restrict__ lse%s) {\n"
+                    "  zk_sattn_fwd%s(q, k, v, o, lse, %s);\n}\n",
                     name, c.drop ? ", unsigned long long seed" : "", targs, tail);
   zoo_step *s = launch(e, n, name, c.a.BH * cdiv(c.a.T, c.BR), 128, (unsigned)c.smem[0]);
   if (!s) return -1;
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[c.HP ? 0 : k]);
   arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->out[1]);
   if (c.drop) arg_seed(s);
   return 0;
 }
 
+int zoo_cuda_softmax_attention_packed(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_softmax_attention(e, n); }
+
+/* softmax_attention_bwd (do, q, k, v, [o, lse]) -> dq, dk, dv, and
+ * softmax_attention_packed_bwd (do, qkv, [o, lse]) -> dqkv, whose kernels get
+ * qkv three times and dqkv twice or once and take their thirds. */
 int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   sattn_cfg c;
   if (sattn_setup(e, n, 1, &c)) return -1;
-  char name[64], targs[96], tail[160];
-  sattn_targs(&c, targs, sizeof targs);
+  char name[64], targs[112], tail[160];
+  sattn_targs(&c, "", targs, sizeof targs);
   sattn_tail(&c, tail, sizeof tail);
   int64_t grid = c.a.BH * cdiv(c.a.T, c.BR);
   int64_t scratch = c.a.BH * c.a.T * 2 * (int64_t)sizeof(float); /* lse_i, D_i */
   const char *seedp = c.drop ? ", unsigned long long seed" : "";
 
+  /* with the forward's o and lse bwd_q need not walk the keys twice */
+  int saved = n->nin == (c.HP ? 4 : 6), nqkv = c.HP ? 1 : 3;
+  char qtargs[120];
+  sattn_targs(&c, saved ? ", true" : ", false", qtargs, sizeof qtargs);
   kernel_name(e, n, "softmax_attn_bwd_q", name, sizeof name);
   sattn_assert(e, &c, 1);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(128) %s(const float *__restrict__ dout, "
                     "const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, "
-                    "float *__restrict__ dq, float *__restrict__ stats%s) {\n"
-                    "  zk_sattn_bwd_q%s(dout, q, k, v, dq, stats, %s);\n}\n",
-                    name, seedp, targs, tail);
+                    "%sfloat *__restrict__ dq, float *__restrict__ stats%s) {\n"
+                    "  zk_sattn_bwd_q%s(dout, q, k, v, %s, dq, stats, %s);\n}\n",
+                    name, saved ? "const float *__restrict__ o, const float *__restrict__ lse, " : "", seedp,
+                    qtargs, saved ? "o, lse" : "nullptr, nullptr", tail);
   zoo_step *s = launch(e, n, name, grid, 128, (unsigned)c.smem[1]);
   if (!s) return -1;
-  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->in[0]);
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[1 + (c.HP ? 0 : k)]);
+  if (saved)
+    for (int k = 0; k < 2; k++) arg_tensor(s, n->in[1 + nqkv + k]);
   arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
   if (c.drop) arg_seed(s);
@@ -836,13 +873,18 @@ int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
                     name, seedp, targs, tail);
   s = launch(e, n, name, grid, 128, (unsigned)c.smem[2]);
   if (!s) return -1;
-  for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+  arg_tensor(s, n->in[0]);
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[1 + (c.HP ? 0 : k)]);
   arg_scratch(s, 0);
-  arg_tensor(s, n->out[1]);
-  arg_tensor(s, n->out[2]);
+  arg_tensor(s, n->out[c.HP ? 0 : 1]);
+  arg_tensor(s, n->out[c.HP ? 0 : 2]);
   if (c.drop) arg_seed(s);
   s->scratch_bytes = scratch;
   return 0;
+}
+
+int zoo_cuda_softmax_attention_packed_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  return zoo_cuda_softmax_attention_bwd(e, n);
 }
 
 /* ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ static int bind_symbols(const zoo_graph *g, int64_t B, int64_t T, int64_t *sym, 
 /* Evaluation's copy of the forward nodes: what draws random numbers draws none. */
 static void dropout_off(zoo_node *n) {
   if (n->op == ZOO_OP_DROPOUT) n->attrs.f[0] = 0.0;
-  if (n->op == ZOO_OP_SOFTMAX_ATTENTION) n->attrs.f[1] = 0.0;
+  if (n->op == ZOO_OP_SOFTMAX_ATTENTION || n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED) n->attrs.f[1] = 0.0;
 }
 
 int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,

@@ -249,6 +249,16 @@ int zoo_interleave_heads(zoo_graph *g, int tc);
  * ZOO_NO_NORM_SPLIT=1. Returns the number of layernorms rewritten. */
 int zoo_norm_split_heads(zoo_graph *g);
 
+/* The packed-attention rewrite (compiler/train_graph.c), on a model graph
+ * before autodiff: each softmax_attention whose q, k, v are split_heads of
+ * the three thirds (slices along the last axis) of one tensor and whose
+ * output only merge_heads reads becomes a softmax_attention_packed (ops.def)
+ * that reads that tensor and makes the merge_heads' output; the merge_heads
+ * is dropped, and each of those split_heads and slices that nothing else
+ * reads. zoo_train_graph_head runs it unless the environment has
+ * ZOO_NO_PACKED_ATTENTION=1. Returns the number of nodes rewritten. */
+int zoo_pack_attention(zoo_graph *g);
+
 /* Reverse-mode autodiff (compiler/autodiff.c): appends backward nodes for
  * d(loss)/d(x) seeded with `seed` (a tensor of loss's type) and sets .grad of
  * every tensor that receives one (parameters, and inputs that are f32). */

@@ -758,18 +758,68 @@ static int zoo_shape_poly_attention_bwd(shape_ctx *s) {
   return attention_bwd(s, &o);
 }
 
+/* softmax_attention's lse [B, H, T] for q [B, H, T, F] at input qi */
+static zoo_type sattn_lse(shape_ctx *s, int qi) {
+  zoo_type l = *s->in[qi];
+  l.ndim = 3;
+  return l;
+}
+
 static int zoo_shape_softmax_attention(shape_ctx *s) {
   double p = s->n->attrs.f[1];
   if (!(p >= 0 && p < 1)) return fail(s, "dropout probability %g is not in [0, 1)", p);
   if (want_qkv(s, 0)) return -1;
   s->out[0] = attention_out(s, 0);
+  s->out[1] = sattn_lse(s, 0);
   return 0;
 }
 
 static int zoo_shape_softmax_attention_bwd(shape_ctx *s) {
   if (want_qkv(s, 1)) return -1;
   zoo_type o = attention_out(s, 1);
+  if (s->n->nin == 5) return fail(s, "takes (do, q, k, v) or (do, q, k, v, o, lse), got 5 inputs");
+  if (s->n->nin == 6) {
+    zoo_type l = sattn_lse(s, 1);
+    if (!zoo_type_eq(s->in[4], &o)) return fail(s, "o %s must be the output's type %s", ts(s, s->in[4]), ts(s, &o));
+    if (!zoo_type_eq(s->in[5], &l)) return fail(s, "lse %s must be %s", ts(s, s->in[5]), ts(s, &l));
+  }
   return attention_bwd(s, &o);
+}
+
+/* softmax_attention_packed's qkv [B, T, 3*H*d] at input qi (H = i2): fills
+ * its output o [B, T, H*d] and lse [B, H, T]. */
+static int want_packed_qkv(shape_ctx *s, int qi, zoo_type *o, zoo_type *lse) {
+  const zoo_type *x = s->in[qi];
+  int64_t h = s->n->attrs.i[2];
+  double p = s->n->attrs.f[1];
+  if (!(p >= 0 && p < 1)) return fail(s, "dropout probability %g is not in [0, 1)", p);
+  if (h < 1) return fail(s, "number of heads %lld must be positive", (long long)h);
+  if (want_f32(s, qi, "qkv")) return -1;
+  zoo_dim d;
+  if (x->ndim != 3 || !zoo_dim_div(x->dim[2], zoo_dim_const(3 * h), &d))
+    return fail(s, "qkv must be [B, T, 3*H*d] with H = %lld, got %s", (long long)h, ts(s, x));
+  *o = *x;
+  zoo_dim_div(x->dim[2], zoo_dim_const(3), &o->dim[2]);
+  *lse = *x;
+  lse->dim[1] = zoo_dim_const(h), lse->dim[2] = x->dim[1];
+  return 0;
+}
+
+static int zoo_shape_softmax_attention_packed(shape_ctx *s) {
+  return want_packed_qkv(s, 0, &s->out[0], &s->out[1]);
+}
+
+static int zoo_shape_softmax_attention_packed_bwd(shape_ctx *s) {
+  zoo_type o, l;
+  if (want_packed_qkv(s, 1, &o, &l)) return -1;
+  if (!zoo_type_eq(s->in[0], &o)) return fail(s, "do %s must be the output's type %s", ts(s, s->in[0]), ts(s, &o));
+  if (s->n->nin == 3) return fail(s, "takes (do, qkv) or (do, qkv, o, lse), got 3 inputs");
+  if (s->n->nin == 4) {
+    if (!zoo_type_eq(s->in[2], &o)) return fail(s, "o %s must be the output's type %s", ts(s, s->in[2]), ts(s, &o));
+    if (!zoo_type_eq(s->in[3], &l)) return fail(s, "lse %s must be %s", ts(s, s->in[3]), ts(s, &l));
+  }
+  s->out[0] = *s->in[1];
+  return 0;
 }
 
 /* h[..., D], w[V, D], targets i32[...] at inputs hi, hi+1, hi+2 */

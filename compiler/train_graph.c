@@ -48,6 +48,19 @@
  * absorb the copies (64/128 tf32 1.70 against 1.72). ZOO_NO_QK_INTERLEAVE=1
  * keeps layout 0 there, for measuring.
  *
+ * Packed attention. MHA computes
+ *     qkv = linear(x, w, b)                                    [B, T, 3 H d]
+ *     o = softmax_attention(split_heads(slice(qkv, -1, 0, H d), H), ... k, v)
+ *     y = merge_heads(o)
+ * where each slice is a copy, and autodiff puts the three gradients back
+ * together with concats: five copy kernels per layer and step.
+ * softmax_attention_packed (ops.def) reads q, k, v from qkv itself and writes
+ * y, and its backward writes dqkv, so the rewrite gives the node qkv and the
+ * merge_heads' output, drops the merge_heads and the split_heads and slices
+ * that nothing else reads. Results are the same bit for bit (the copies moved
+ * values, computed nothing; the dropout draws keep their indices). With
+ * ZOO_NO_PACKED_ATTENTION=1 in the environment the copies stay, to bisect.
+ *
  * The compacted head's step at small D. After fold_loss_step the compacted
  * head (see graph.h) is
  *     logits = linear(hc, w)                                   [M, V], K = D
@@ -368,6 +381,76 @@ static int rewrite_each(zoo_graph *g, int (*one)(zoo_graph *, int, char *)) {
 int zoo_norm_split_heads(zoo_graph *g) { return rewrite_each(g, norm_split_one); }
 
 /* ---------------------------------------------------------------------------
+ * Packed attention (see the top of the file) */
+
+/* The tensor x that tensor t is the `part`-th of: t = split_heads(slice(x,
+ * last axis, part d, d), H) with x's last axis 3 d wide, H = *heads when
+ * *heads > 0 (else sets it); fills the two nodes into nodes[0], nodes[1].
+ * Returns x, or -1. */
+static int third_of(const zoo_graph *g, int t, int part, int64_t *heads, int *nodes) {
+  int sp = split_of(g, t, heads);
+  if (sp < 0) return -1;
+  int sl = g->tensors[g->nodes[sp].in[0]].producer;
+  if (sl < 0 || g->nodes[sl].op != ZOO_OP_SLICE) return -1;
+  const zoo_node *s = &g->nodes[sl];
+  int x = s->in[0];
+  const zoo_type *xt = &g->tensors[x].type;
+  zoo_dim w = xt->dim[xt->ndim - 1], d = s->attrs.dims[0];
+  int64_t axis = s->attrs.i[0] < 0 ? s->attrs.i[0] + xt->ndim : s->attrs.i[0];
+  if (xt->ndim != 3 || axis != 2 || w.sym != 0 || d.sym != 0 || w.coef != 3 * d.coef ||
+      s->attrs.i[1] != part * d.coef)
+    return -1;
+  nodes[0] = sp, nodes[1] = sl;
+  return x;
+}
+
+/* Rewrites softmax_attention node i when its q, k, v are the thirds of one
+ * tensor and its output goes to one merge_heads alone; marks the merge_heads
+ * dead and the split_heads and slices in `touched`. Returns 1 when
+ * rewritten, else 0 with the graph as it was. */
+static int pack_one(zoo_graph *g, int i, char *dead, char *touched) {
+  zoo_node *n = &g->nodes[i];
+  if (n->op != ZOO_OP_SOFTMAX_ATTENTION) return 0;
+  int64_t heads = 0;
+  int x = -1, moved[3][2];
+  for (int k = 0; k < 3; k++) {
+    int xk = third_of(g, n->in[k], k, &heads, moved[k]);
+    if (xk < 0 || (x >= 0 && xk != x)) return 0;
+    x = xk;
+  }
+  int o = n->out[0];
+  int merge = o == g->output ? -1 : only_reader(g, o, dead);
+  if (merge < 0 || g->nodes[merge].op != ZOO_OP_MERGE_HEADS) return 0;
+
+  zoo_node m = *n; /* lse keeps [B, H, T] */
+  m.op = ZOO_OP_SOFTMAX_ATTENTION_PACKED;
+  m.nin = 1;
+  m.in[0] = x;
+  m.attrs.i[2] = heads;
+  m.out[0] = g->nodes[merge].out[0];
+  if (!replace_node(g, i, &m)) return 0;
+  g->tensors[o].producer = -1; /* a value no node makes: not computed, not allocated */
+  dead[merge] = 1;
+  for (int k = 0; k < 3; k++) touched[moved[k][0]] = touched[moved[k][1]] = 1;
+  return 1;
+}
+
+int zoo_pack_attention(zoo_graph *g) {
+  char *dead = calloc((size_t)g->nnodes + 1, 1), *touched = calloc((size_t)g->nnodes + 1, 1);
+  if (!dead || !touched) abort();
+  int rewritten = 0;
+  for (int i = 0; i < g->nnodes; i++) rewritten += pack_one(g, i, dead, touched);
+  /* the split_heads, then the slices, that nothing reads now (a split_heads
+   * is the node after its slice) */
+  for (int i = g->nnodes - 1; i >= 0; i--)
+    if (touched[i] && !is_read(g, g->nodes[i].out[0], dead)) dead[i] = 1;
+  if (rewritten) drop_nodes(g, dead);
+  free(dead);
+  free(touched);
+  return rewritten;
+}
+
+/* ---------------------------------------------------------------------------
  * Projection and LayerNorm. ReBased's q and k are layernorm(linear(x, w)) with
  * x of d_model floats a row: at d_model up to 64 the GEMM is too thin to run
  * well and the norm then reads its output back. After autodiff each bias-free
@@ -446,6 +529,7 @@ int zoo_train_graph_tc(zoo_graph *g, zoo_head mode, int64_t per_seq, int tc, zoo
   }
   if (!zoo_env_on("ZOO_NO_INTERLEAVED_HEADS")) zoo_interleave_heads(g, tc);
   if (!zoo_env_on("ZOO_NO_NORM_SPLIT")) zoo_norm_split_heads(g);
+  if (!zoo_env_on("ZOO_NO_PACKED_ATTENTION")) zoo_pack_attention(g);
 
   zoo_type logits = g->tensors[g->output].type;
   int producer = g->tensors[g->output].producer;

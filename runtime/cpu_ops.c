@@ -1407,8 +1407,8 @@ int zoo_cpu_poly_attention_bwd(zoo_cpu *c, const zoo_node *n) {
  * i.e. the draw's index is the probability's flat index in a [B, H, T, T]
  * tensor (p = b*H + h here), for every j, masked or not. The CUDA kernels must
  * draw exactly these indices. */
-static inline void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
-                          int64_t F, const float *qi, const double *kt, double *P, double *M) {
+static inline double attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t i, int64_t T,
+                                    int64_t F, const float *qi, const double *kt, double *P, double *M) {
   double scale = n->attrs.f[0];
   float drop = (float)n->attrs.f[1];
   int causal = n->attrs.i[1] != 0, dropping = c->training && drop > 0.0f;
@@ -1432,63 +1432,73 @@ static inline void attention_row(const zoo_cpu *c, const zoo_node *n, int64_t p,
     M[j] = 1.0;
     if (dropping) M[j] = keep(c->seed, n->attrs.i[0], (p * T + i) * T + j, drop) ? keep_scale : 0.0;
   }
+  return m + log(sum);
 }
 
 /* Doubles of work space one pair of softmax_attention or its backward needs
  * (each thread has its own, from the executor's scratch). */
 static int64_t softmax_work(int64_t T, int64_t F, int64_t Dv) { return 2 * (F + Dv) * T + 3 * T; }
 
-/* One pair (index p) of softmax_attention: q, k [T, F], v [T, Dv] -> o [T, Dv]. */
+/* The row strides of one pair's operands: q, k (and dq, dk), v (and dv), o
+ * (and do). Contiguous [T, W] rows in softmax_attention; in qkv's and o's
+ * rows of 3 H d and H d floats in softmax_attention_packed. */
+typedef struct sattn_strides {
+  int64_t q, v, o;
+} sattn_strides;
+
+/* One pair (index p) of softmax_attention: q, k [T, F], v [T, Dv] -> o [T, Dv],
+ * lse [T]. */
 ZOO_CPU_CLONES
 static void softmax_pair(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T, int64_t F,
-                         int64_t Dv, const float *q, const float *k, const float *v, float *o,
-                         double *work) {
+                         int64_t Dv, sattn_strides ld, const float *q, const float *k, const float *v, float *o,
+                         float *lse, double *work) {
   double *kt = work, *vt = kt + F * T, *P = vt + Dv * T, *M = P + T; /* softmax_work */
-  to_columns(kt, k, T, F, F, T);
-  to_columns(vt, v, T, Dv, Dv, T);
+  to_columns(kt, k, T, F, ld.q, T);
+  to_columns(vt, v, T, Dv, ld.v, T);
   for (int64_t i = 0; i < T; i++) {
-    attention_row(c, n, p, i, T, F, q + i * F, kt, P, M);
+    lse[i] = (float)attention_row(c, n, p, i, T, F, q + i * ld.q, kt, P, M);
     for (int64_t j = 0; j < T; j++) P[j] *= M[j];
     for (int64_t e = 0; e < Dv; e++) {
       const double *ve = vt + e * T;
       double acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int64_t j = 0; j < T; j++) acc += P[j] * ve[j];
-      o[i * Dv + e] = (float)acc;
+      o[i * ld.o + e] = (float)acc;
     }
   }
 }
 
 /* softmax_attention (q, k, v; scale, dropout p, stream, causal):
- * o_i = sum_j P_ij M_ij v_j with P, M from attention_row. */
+ * o_i = sum_j P_ij M_ij v_j with P, M from attention_row, and lse_i, the log of
+ * the softmax's denominator. */
 int zoo_cpu_softmax_attention(zoo_cpu *c, const zoo_node *n) {
   shape qs = in_shape(c, n, 0), vs = in_shape(c, n, 2);
   int64_t BH = qs.d[0] * qs.d[1], T = qs.d[2], F = qs.d[3], Dv = vs.d[3];
   const float *Q = in_f(c, n, 0), *K = in_f(c, n, 1), *V = in_f(c, n, 2);
-  float *O = out_f(c, n, 0);
+  float *O = out_f(c, n, 0), *L = out_f(c, n, 1);
   int64_t per = softmax_work(T, F, Dv);
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
-    softmax_pair(c, n, p, T, F, Dv, Q + p * T * F, K + p * T * F, V + p * T * Dv, O + p * T * Dv,
-                 work + omp_get_thread_num() * per);
+    softmax_pair(c, n, p, T, F, Dv, (sattn_strides){F, Dv, Dv}, Q + p * T * F, K + p * T * F, V + p * T * Dv,
+                 O + p * T * Dv, L + p * T, work + omp_get_thread_num() * per);
   return 0;
 }
 
 /* One pair (index p) of softmax_attention_bwd. */
 ZOO_CPU_CLONES
 static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int64_t T,
-                             int64_t F, int64_t Dv, const float *dout, const float *q,
+                             int64_t F, int64_t Dv, sattn_strides ld, const float *dout, const float *q,
                              const float *k, const float *v, float *dq, float *dk, float *dv,
                              double *work) {
   double scale = n->attrs.f[0];
   double *kt = work, *vt = kt + F * T, *dkt = vt + Dv * T, *dvt = dkt + F * T; /* softmax_work */
   double *P = dvt + Dv * T, *M = P + T, *dP = M + T;
   memset(dkt, 0, (size_t)((F + Dv) * T) * sizeof *dkt);
-  to_columns(kt, k, T, F, F, T);
-  to_columns(vt, v, T, Dv, Dv, T);
+  to_columns(kt, k, T, F, ld.q, T);
+  to_columns(vt, v, T, Dv, ld.v, T);
   for (int64_t i = 0; i < T; i++) {
-    const float *doi = dout + i * Dv, *qi = q + i * F;
+    const float *doi = dout + i * ld.o, *qi = q + i * ld.q;
     attention_row(c, n, p, i, T, F, qi, kt, P, M);
     for (int64_t j = 0; j < T; j++) dP[j] = 0;
     for (int64_t e = 0; e < Dv; e++) { /* dv_j += P M do_i; dP_j = do_i.v_j */
@@ -1516,16 +1526,17 @@ static void softmax_pair_bwd(const zoo_cpu *c, const zoo_node *n, int64_t p, int
         acc += dP[j] * kf[j];
         dkf[j] += dP[j] * qf;
       }
-      dq[i * F + f] = (float)acc;
+      dq[i * ld.q + f] = (float)acc;
     }
   }
   for (int64_t t = 0; t < T; t++) {
-    for (int64_t f = 0; f < F; f++) dk[t * F + f] = (float)dkt[f * T + t];
-    for (int64_t e = 0; e < Dv; e++) dv[t * Dv + e] = (float)dvt[e * T + t];
+    for (int64_t f = 0; f < F; f++) dk[t * ld.q + f] = (float)dkt[f * T + t];
+    for (int64_t e = 0; e < Dv; e++) dv[t * ld.v + e] = (float)dvt[e * T + t];
   }
 }
 
-/* softmax_attention_bwd (do, q, k, v) -> dq, dk, dv, with the same dropout mask:
+/* softmax_attention_bwd (do, q, k, v, [o, lse]) -> dq, dk, dv, with the same
+ * dropout mask, recomputing the softmax (o and lse, when given, are unread):
  * dv_j += P_ij M_ij do_i; dP_ij = M_ij do_i.v_j; dS_ij = P_ij (dP_ij - sum_l P_il dP_il);
  * dq_i = scale sum_j dS_ij k_j; dk_j += scale dS_ij q_i. */
 int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
@@ -1537,9 +1548,50 @@ int zoo_cpu_softmax_attention_bwd(zoo_cpu *c, const zoo_node *n) {
   double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
 #pragma omp parallel for if (BH * T * T * (F + Dv) > 65536)
   for (int64_t p = 0; p < BH; p++)
-    softmax_pair_bwd(c, n, p, T, F, Dv, DO + p * T * Dv, Q + p * T * F, K + p * T * F,
-                     V + p * T * Dv, DQ + p * T * F, DK + p * T * F, DV + p * T * Dv,
+    softmax_pair_bwd(c, n, p, T, F, Dv, (sattn_strides){F, Dv, Dv}, DO + p * T * Dv, Q + p * T * F,
+                     K + p * T * F, V + p * T * Dv, DQ + p * T * F, DK + p * T * F, DV + p * T * Dv,
                      work + omp_get_thread_num() * per);
+  return 0;
+}
+
+/* softmax_attention_packed (qkv [B, T, 3 H d]; as softmax_attention, i2 = H)
+ * -> o [B, T, H d], lse [B, H, T]: pair p = b H + h reads q, k, v at columns
+ * h d, H d + h d, 2 H d + h d of qkv's rows and writes o at column h d. */
+int zoo_cpu_softmax_attention_packed(zoo_cpu *c, const zoo_node *n) {
+  shape xs = in_shape(c, n, 0);
+  int64_t H = n->attrs.i[2], B = xs.d[0], T = xs.d[1], d = xs.d[2] / (3 * H), BH = B * H;
+  const float *X = in_f(c, n, 0);
+  float *O = out_f(c, n, 0), *L = out_f(c, n, 1);
+  sattn_strides ld = {3 * H * d, 3 * H * d, H * d};
+  int64_t per = softmax_work(T, d, d);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
+#pragma omp parallel for if (BH * T * T * 2 * d > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    const float *q = X + (p / H) * T * ld.q + (p % H) * d;
+    softmax_pair(c, n, p, T, d, d, ld, q, q + H * d, q + 2 * H * d, O + (p / H) * T * ld.o + (p % H) * d,
+                 L + p * T, work + omp_get_thread_num() * per);
+  }
+  return 0;
+}
+
+/* softmax_attention_packed_bwd (do, qkv, [o, lse]) -> dqkv, recomputing the
+ * softmax as softmax_attention_bwd does */
+int zoo_cpu_softmax_attention_packed_bwd(zoo_cpu *c, const zoo_node *n) {
+  shape xs = in_shape(c, n, 1);
+  int64_t H = n->attrs.i[2], B = xs.d[0], T = xs.d[1], d = xs.d[2] / (3 * H), BH = B * H;
+  const float *DO = in_f(c, n, 0), *X = in_f(c, n, 1);
+  float *DX = out_f(c, n, 0);
+  sattn_strides ld = {3 * H * d, 3 * H * d, H * d};
+  int64_t per = softmax_work(T, d, d);
+  double *work = zoo_cpu_scratch(c, (size_t)(omp_get_max_threads() * per) * sizeof *work);
+#pragma omp parallel for if (BH * T * T * 2 * d > 65536)
+  for (int64_t p = 0; p < BH; p++) {
+    int64_t at = (p / H) * T * ld.q + (p % H) * d;
+    const float *q = X + at;
+    float *dq = DX + at;
+    softmax_pair_bwd(c, n, p, T, d, d, ld, DO + (p / H) * T * ld.o + (p % H) * d, q, q + H * d, q + 2 * H * d, dq,
+                     dq + H * d, dq + 2 * H * d, work + omp_get_thread_num() * per);
+  }
   return 0;
 }
 

@@ -965,25 +965,24 @@ static int c_poly_shape(ocase *c, double c0, double c1, double c2, int64_t B, in
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
 /* The heads interleaved (poly_attention's layout 1, ops.def): q, k [B, T, H*16],
- * v [B, T, H*dv], a pair's rows H 16 (H dv) floats apart; either form. */
-static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
-  int64_t qd[3] = {B, T, H * 16}, vd[3] = {B, T, H * dv};
-  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd), v = oc_f32(c, V_SIGNED, 3, vd);
+ * v [B, T, H*dv], a pair's rows H 16 (H dv) floats apart; or (layout 2) q and
+ * k alone, v [B, H, T, dv]; either form. */
+static int c_poly_layout(ocase *c, int layout, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T,
+                         int64_t dv) {
+  int64_t qd[3] = {B, T, H * 16}, vd1[3] = {B, T, H * dv}, vd2[4] = {B, H, T, dv};
+  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd);
+  int v = layout == 1 ? oc_f32(c, V_SIGNED, 3, vd1) : oc_f32(c, V_SIGNED, 4, vd2);
   zoo_attrs a = A0();
   a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
-  a.i[0] = 1, a.i[1] = H;
+  a.i[0] = layout, a.i[1] = H;
   int in[3] = {q, k, v};
   return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
 }
-/* q and k alone interleaved (layout 2): q, k [B, T, H*16], v [B, H, T, dv]. */
+static int c_poly_heads(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
+  return c_poly_layout(c, 1, c0, c1, c2, B, H, T, dv);
+}
 static int c_poly_qk(ocase *c, double c0, double c1, double c2, int64_t B, int64_t H, int64_t T, int64_t dv) {
-  int64_t qd[3] = {B, T, H * 16}, vd[4] = {B, H, T, dv};
-  int q = oc_f32(c, V_SIGNED, 3, qd), k = oc_f32(c, V_SIGNED, 3, qd), v = oc_f32(c, V_SIGNED, 4, vd);
-  zoo_attrs a = A0();
-  a.f[0] = c0, a.f[1] = c1, a.f[2] = c2, a.f[3] = 0.25, a.f[4] = 1e-12;
-  a.i[0] = 2, a.i[1] = H;
-  int in[3] = {q, k, v};
-  return oc_op(c, ZOO_OP_POLY_ATTENTION, 3, in, &a);
+  return c_poly_layout(c, 2, c0, c1, c2, B, H, T, dv);
 }
 /* The backward given (do, q, k, v) alone, recomputing o and z (autodiff gives
  * it the forward's o and z as well), in each layout. */
@@ -1065,6 +1064,33 @@ static int c_sa_full(ocase *c) { return c_softmax_attention_t(c, 0.1, 70, 10, 0)
 /* width 64 (the conv_attention cell's tiles): several query and key tiles, the
  * last ones partial */
 static int c_sa_wide(ocase *c) { return c_softmax_attention_t(c, 0.1, 150, 64, 1); }
+/* The backward given (do, q, k, v) alone, recomputing the softmax's statistics
+ * (autodiff gives it the forward's o and lse as well, as the cases above run
+ * it); dropout, two partial query tiles. */
+/* The packed form: qkv [B, T, 3*H*d], the output merged [B, T, H*d]; H heads,
+ * dropout, the backward given the forward's o and lse by autodiff, or not. */
+static int c_sa_packed_t(ocase *c, int64_t T, int64_t H, int64_t d, int bwd) {
+  int x = oc_f32(c, V_SIGNED, DIMS(2, T, 3 * H * d));
+  zoo_attrs a = A0();
+  a.f[0] = 1.0 / sqrt((double)d), a.f[1] = 0.1;
+  a.i[0] = 3, a.i[1] = 1, a.i[2] = H;
+  if (!bwd) return oc_op(c, ZOO_OP_SOFTMAX_ATTENTION_PACKED, 1, &x, &a);
+  int in[2] = {oc_f32(c, V_SIGNED, DIMS(2, T, H * d)), x};
+  return oc_op(c, ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD, 2, in, &a);
+}
+static int c_sa_packed_heads(ocase *c) { return c_sa_packed_t(c, 70, 3, 8, 0); }
+static int c_sa_packed_wide(ocase *c) { return c_sa_packed_t(c, 80, 1, 64, 0); } /* conv_attention's width */
+static int c_sa_packed_recompute(ocase *c) { return c_sa_packed_t(c, 70, 2, 10, 1); }
+static int c_sa_recompute(ocase *c) {
+  int64_t T = 70, d = 16;
+  int q = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d)), k = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d));
+  int v = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d)), dy = oc_f32(c, V_SIGNED, DIMS(2, 1, T, d));
+  zoo_attrs a = A0();
+  a.f[0] = 0.25, a.f[1] = 0.1;
+  a.i[0] = 3, a.i[1] = 1;
+  int in[4] = {dy, q, k, v};
+  return oc_op(c, ZOO_OP_SOFTMAX_ATTENTION_BWD, 4, in, &a);
+}
 static int c_lce(ocase *c) {
   int h = oc_f32(c, V_SIGNED, DIMS(3, 7, 16)), w = oc_f32(c, V_SIGNED, DIMS(50, 16));
   int tg = oc_i32(c, V_TARGETS, 0, 50, DIMS(3, 7));
@@ -1140,6 +1166,10 @@ static const named_case intrinsics_cases[] = {
       {"softmax_attention_dropout", c_sa_dropout, 1e-3, 1},
       {"softmax_attention_wide", c_sa_wide, 1e-3, 1},
       {"softmax_attention_full", c_sa_full, 1e-3, 1},
+      {"softmax_attention_bwd_recompute", c_sa_recompute, 1e-3, 0},
+      {"softmax_attention_packed_heads", c_sa_packed_heads, 1e-3, 1},
+      {"softmax_attention_packed_wide", c_sa_packed_wide, 1e-3, 1},
+      {"softmax_attention_packed_bwd_recompute", c_sa_packed_recompute, 1e-3, 0},
       {"linear_cross_entropy", c_lce, 1e-3, 1},
       {"linear_cross_entropy_step", c_lce_step, 1e-4, 0},
       {"linear_cross_entropy_step_d8", c_lce_step_d8, 1e-4, 0},

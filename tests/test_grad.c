@@ -606,6 +606,23 @@ TEST(grad_softmax_attention) {
   }
 }
 
+/* The packed form (ops.def): q, k, v the thirds of one qkv [B, T, 3*H*d], two
+ * heads of width 3, the output merged; dqkv from its backward. */
+TEST(grad_softmax_attention_packed) {
+  struct { double p; int causal; } cases[] = {{0, 1}, {0.1, 1}, {0.3, 0}};
+  for (int i = 0; i < 3; i++) {
+    gcase c;
+    gc_init(&c);
+    c.training = 1;
+    int qkv = gc_param(&c, F32T(K(2), K(6), K(3 * 2 * 3)), VAL_SIGNED);
+    zoo_attrs a = {0};
+    a.f[0] = 0.8, a.f[1] = cases[i].p, a.i[0] = 2, a.i[1] = cases[i].causal, a.i[2] = 2;
+    char what[64];
+    snprintf(what, sizeof what, "softmax_attention_packed p %g causal %d", cases[i].p, cases[i].causal);
+    CHECK(gc_finish(&c, what, gc_node(&c, ZOO_OP_SOFTMAX_ATTENTION_PACKED, 1, &qkv, &a)) == 0);
+  }
+}
+
 TEST(grad_linear_cross_entropy) {
   gcase c;
   gc_init(&c);
@@ -639,7 +656,8 @@ TEST(grad_every_op_covered) {
                           "layernorm", "rmsnorm", "softmax", "logsumexp", "cross_entropy",
                           "reshape", "permute", "split_heads", "merge_heads", "slice", "concat",
                           "shift", "linear", "matmul", "embedding", "cumsum", "causal_conv1d",
-                          "poly_attention", "softmax_attention", "linear_cross_entropy",
+                          "poly_attention", "softmax_attention", "softmax_attention_packed",
+                          "linear_cross_entropy",
                           "wkv4", "gather_rows"};
   int n = (int)(sizeof tested / sizeof tested[0]);
   for (int op = 0; op < ZOO_OP_COUNT; op++) {

@@ -15,6 +15,11 @@
  *                           gone, 4 launches fewer per step and 2 per
  *                           evaluation, a CPU step the same bit for bit;
  *                           ReBased (q, k from norms) and fp32 plans keep layout 0
+ *   pack_attention          the packed-attention rewrite (zoo_pack_attention):
+ *                           MHA's slices, head copies and gradient concats
+ *                           gone in conv_attention and attention (six heads),
+ *                           fewer launches, a CPU step the same bit for bit
+ *                           (dropout on) as with ZOO_NO_PACKED_ATTENTION=1
  *   interleave_conditions   hand-made graphs: what it rewrites and what it leaves
  *   norm_split_rebased      the layernorm-into-heads rewrite (zoo_norm_split_heads)
  *   linear_norm_rebased     the projection-and-norm fold (linear_layernorm)
@@ -356,6 +361,44 @@ TEST(interleave_qk_based) {
   CHECKF(same == 1, "layout 2 changes the step (loss %.7f vs %.7f)", la, lb);
   zoo_program_free(pq), zoo_program_free(pk), zoo_program_free(p0);
   zoo_program_free(cq), zoo_program_free(ck), zoo_program_free(rq);
+}
+
+/* models/<name>.zoo (d_model 24, six heads) with its training graph (`head`),
+ * packed or, with ZOO_NO_PACKED_ATTENTION=1, not */
+static zoo_program *compile_packed(const char *name, zoo_head head, int packed) {
+  char *saved = zoo_test_env_set("ZOO_NO_PACKED_ATTENTION", packed ? NULL : "1");
+  zoo_program *p = compile_train_d(name, "24", head, 0);
+  zoo_test_env_restore("ZOO_NO_PACKED_ATTENTION", saved);
+  return p;
+}
+
+static void pack_model(zoo_test_ctx *t, const char *name, int layers) {
+  zoo_program *pp = compile_packed(name, ZOO_HEAD_FUSED, 1), *pk = compile_packed(name, ZOO_HEAD_FUSED, 0);
+  zoo_program *cp = compile_packed(name, ZOO_HEAD_COMPACT, 1), *ck = compile_packed(name, ZOO_HEAD_COMPACT, 0);
+  CHECKF(pp && pk && cp && ck, "%s does not compile", name);
+  const zoo_graph *gp = &pp->graph, *gk = &pk->graph;
+  CHECKF(count_op(gp, ZOO_OP_SOFTMAX_ATTENTION_PACKED) == layers &&
+             count_op(gp, ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD) == layers &&
+             count_op(gp, ZOO_OP_SOFTMAX_ATTENTION) == 0 && count_op(gp, ZOO_OP_SLICE) == 0 &&
+             count_op(gp, ZOO_OP_CONCAT) == 0 && count_op(gp, ZOO_OP_SPLIT_HEADS) == 0 &&
+             count_op(gp, ZOO_OP_MERGE_HEADS) == 0 && graph_consistent(gp),
+         "%s: the packed graph is not as expected", name);
+  CHECK(count_op(gk, ZOO_OP_SOFTMAX_ATTENTION) == layers && count_op(gk, ZOO_OP_SLICE) == 3 * layers);
+  /* the node keeps the .zoo call's span */
+  int a = find_op(gp, ZOO_OP_SOFTMAX_ATTENTION_PACKED), b = find_op(gk, ZOO_OP_SOFTMAX_ATTENTION);
+  CHECK(a >= 0 && b >= 0 && gp->nodes[a].span.line == gk->nodes[b].span.line && gp->nodes[a].span.line > 0);
+  /* per layer and step: 3 slices, 3 split_heads and a merge_heads forward; a
+   * split_heads, 3 merge_heads and 2 concats backward (7 per evaluation) */
+  CHECK(launches_saved(&cp->graph, &ck->graph, 13 * layers, 7 * layers));
+  float la = 0, lb = 0;
+  int same = same_step(gp, gk, &la, &lb);
+  CHECKF(same == 1, "%s: packing changes the step (loss %.7f vs %.7f)", name, la, lb);
+  zoo_program_free(pp), zoo_program_free(pk), zoo_program_free(cp), zoo_program_free(ck);
+}
+
+TEST(pack_attention) {
+  pack_model(t, "conv_attention", 1);
+  pack_model(t, "attention", 2);
 }
 
 /* ---------------------------------------------------------------------------

@@ -354,15 +354,30 @@ TEST(intrinsics_poly_form) {
   poly_form_env(NULL);
 }
 
-static void add_sattn(kt *k, int64_t B, int64_t T, int64_t d, double p) {
+/* softmax_attention and its backward, given the forward's o and lse (as
+ * autodiff makes it) or (saved 0) recomputing them */
+static void add_sattn_saved(kt *k, int64_t B, int64_t T, int64_t d, double p, int saved) {
   int q = KT_F32(k, B, 1, T, d), kk = KT_F32(k, B, 1, T, d), v = KT_F32(k, B, 1, T, d);
   int dout = KT_F32(k, B, 1, T, d);
   zoo_attrs a = {0};
   a.f[0] = 1.0 / sqrt((double)d), a.f[1] = p, a.i[0] = 3, a.i[1] = 1;
   int in[4] = {q, kk, v, -1};
-  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION, zoo_cuda_softmax_attention, 3, in, &a);
-  int bin[4] = {dout, q, kk, v};
-  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION_BWD, zoo_cuda_softmax_attention_bwd, 4, bin, &a);
+  int o = kt_node(k, ZOO_OP_SOFTMAX_ATTENTION, zoo_cuda_softmax_attention, 3, in, &a);
+  int bin[6] = {dout, q, kk, v, o, o + 1};
+  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION_BWD, zoo_cuda_softmax_attention_bwd, saved ? 6 : 4, bin, &a);
+}
+
+static void add_sattn(kt *k, int64_t B, int64_t T, int64_t d, double p) { add_sattn_saved(k, B, T, d, p, 1); }
+
+/* softmax_attention_packed (qkv [B, T, 3*H*d]) and its backward, as autodiff
+ * makes it (o and lse saved) or (saved 0) without them */
+static void add_sattn_packed(kt *k, int64_t B, int64_t T, int64_t H, int64_t d, int saved) {
+  int x = KT_F32(k, B, T, 3 * H * d), dout = KT_F32(k, B, T, H * d);
+  zoo_attrs a = {0};
+  a.f[0] = 1.0 / sqrt((double)d), a.f[1] = 0.1, a.i[0] = 3, a.i[1] = 1, a.i[2] = H;
+  int o = kt_node(k, ZOO_OP_SOFTMAX_ATTENTION_PACKED, zoo_cuda_softmax_attention_packed, 1, &x, &a);
+  int bin[4] = {dout, x, o, o + 1};
+  kt_node(k, ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD, zoo_cuda_softmax_attention_packed_bwd, saved ? 4 : 2, bin, &a);
 }
 
 TEST(intrinsics_nvrtc_softmax_attention) {
@@ -373,7 +388,14 @@ TEST(intrinsics_nvrtc_softmax_attention) {
   add_sattn(&k, 2, 512, 256, 0.0); /* no dropout: no seed argument */
   add_sattn(&k, 1, 2048, 512, 0.1);
   add_sattn(&k, 2, 48, 32, 0.1);
+  add_sattn_saved(&k, 4, 128, 64, 0.1, 0); /* the backward without o, lse */
+  add_sattn_packed(&k, 4, 128, 1, 64, 1);   /* conv_attention's, packed */
+  add_sattn_packed(&k, 2, 100, 4, 16, 0);
   CHECK(!k.failed);
+  CHECK(strstr(k.e.src.s, ", true, true, 0>(dout, q, k, v, o, lse, dq") != NULL &&
+        strstr(k.e.src.s, ", true, false, 0>(dout, q, k, v, nullptr, nullptr, dq") != NULL &&
+        strstr(k.e.src.s, ", true, true, 1>(dout, q, k, v, o, lse, dq") != NULL &&
+        strstr(k.e.src.s, ", true, false, 4>(dout, q, k, v, nullptr, nullptr, dq") != NULL);
   KT_COMPILE(&k, "softmax_attention");
   kt_free(&k);
 }
@@ -668,7 +690,7 @@ TEST(intrinsics_emit_steps) {
   CHECK(k.e.steps[2].args[k.e.steps[2].nargs - 1].kind == ZOO_ARG_SEED);
   /* <F, DV, BR, BS, T, ...>: 64 queries (keys in bwd_kv) a block, dynamic
    * shared memory over 48 KB for the backward */
-  CHECK(strstr(k.e.src.s, "<64, 64, 64, 32, 128, true, true>") != NULL);
+  CHECK(strstr(k.e.src.s, "<64, 64, 64, 32, 128, true, true, 0>") != NULL);
   CHECK(k.e.steps[0].grid[0] == 2 * 2 && k.e.steps[1].grid[0] == 2 * 2 && k.e.steps[2].grid[0] == 2 * 2);
   CHECK(k.e.steps[0].smem == 4 * (96 * 68 + 32 * 68 + 64 * 36));
   CHECK(k.e.steps[1].smem > 48 * 1024 && k.e.steps[2].smem == k.e.steps[1].smem + 4 * 64);

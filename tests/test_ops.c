@@ -1037,12 +1037,65 @@ TEST(op_softmax_attention) {
     softmax_attention_naive(q, k, v, ref, B, H, T, F, Dv, 0.7, cases[c].causal,
                             cases[c].training ? cases[c].p : 0, 1234, 3);
     CHECKF(maxdiff(og_f(&o, y), ref, B * H * T * Dv) < 1e-6, "case %d", c);
+    /* the second output: each row's log-sum-exp of the masked, scaled scores */
+    double lse[B * H * T];
+    for (int r = 0; r < B * H * T; r++) {
+      int pr = r / T, i = r % T;
+      double s[T], m = -INFINITY, sum = 0;
+      for (int j = 0; j < T; j++) {
+        double dot = 0;
+        for (int f = 0; f < F; f++) dot += (double)q[(pr * T + i) * F + f] * k[(pr * T + j) * F + f];
+        s[j] = 0.7 * dot + (cases[c].causal && j > i ? -10000.0 : 0.0);
+        m = fmax(m, s[j]);
+      }
+      for (int j = 0; j < T; j++) sum += exp(s[j] - m);
+      lse[r] = m + log(sum);
+    }
+    CHECKF(maxdiff(og_f(&o, y + 1), lse, B * H * T) < 1e-5, "case %d: lse", c);
     if (cases[c].causal) /* position 0 sees only itself */
       for (int e = 0; e < Dv; e++)
         CHECK(cases[c].p > 0 || fabs(og_f(&o, y)[e] - v[e]) < 1e-6);
     og_free(&o);
   }
   free(q), free(k), free(v);
+}
+
+/* The packed form against slices, split_heads, softmax_attention, merge_heads
+ * and (backward) concats of the three gradients: the same bits, dropout on. */
+TEST(op_softmax_attention_packed) {
+  enum { B = 2, H = 3, T = 9, F = 4 };
+  float *x = randv(B * T * 3 * H * F), *dy = randv(B * T * H * F);
+  og o;
+  og_init(&o);
+  int tx = og_input(&o, F32T(K(B), K(T), K(3 * H * F)), x), td = og_input(&o, F32T(K(B), K(T), K(H * F)), dy);
+  zoo_attrs a = {0}, heads = {0};
+  a.f[0] = 0.7, a.f[1] = 0.2, a.i[0] = 3, a.i[1] = 1, a.i[2] = H;
+  heads.i[0] = H;
+  int part[3], dpart[3];
+  for (int p = 0; p < 3; p++) {
+    zoo_attrs s = {0};
+    s.i[0] = -1, s.i[1] = p * H * F, s.ndim = 1, s.dims[0] = K(H * F);
+    part[p] = og_node1(&o, ZOO_OP_SPLIT_HEADS, og_node1(&o, ZOO_OP_SLICE, tx, &s), &heads);
+  }
+  int sd = og_node1(&o, ZOO_OP_SPLIT_HEADS, td, &heads);
+  int y0 = og_node1(&o, ZOO_OP_MERGE_HEADS, og_node3(&o, ZOO_OP_SOFTMAX_ATTENTION, part[0], part[1], part[2], &a),
+                    NULL);
+  int g0 = og_node(&o, ZOO_OP_SOFTMAX_ATTENTION_BWD, 4, (int[]){sd, part[0], part[1], part[2]}, &a);
+  for (int p = 0; p < 3; p++) dpart[p] = og_node1(&o, ZOO_OP_MERGE_HEADS, g0 + p, NULL);
+  zoo_attrs last = {0};
+  last.i[0] = -1;
+  int d0 = og_node(&o, ZOO_OP_CONCAT, 2, (int[]){og_node(&o, ZOO_OP_CONCAT, 2, dpart, &last), dpart[2]}, &last);
+  int y1 = og_node(&o, ZOO_OP_SOFTMAX_ATTENTION_PACKED, 1, &tx, &a);
+  int d1 = og_node(&o, ZOO_OP_SOFTMAX_ATTENTION_PACKED_BWD, 4, (int[]){td, tx, y1, y1 + 1}, &a);
+  CHECK(y0 >= 0 && g0 >= 0 && d0 >= 0 && y1 >= 0 && d1 >= 0);
+  CHECK(og_run(&o, 1, 1234) == 0);
+  CHECK(memcmp(og_f(&o, y0), og_f(&o, y1), B * T * H * F * sizeof(float)) == 0);
+  CHECK(memcmp(og_f(&o, d0), og_f(&o, d1), B * T * 3 * H * F * sizeof(float)) == 0);
+  double largest = 0; /* the comparison is not of zeros */
+  for (int i = 0; i < B * T * 3 * H * F; i++) largest = fmax(largest, fabs(og_f(&o, d1)[i]));
+  CHECK(largest > 1e-3);
+  og_free(&o);
+  free(x), free(dy);
 }
 
 TEST(op_linear_cross_entropy) {
@@ -1212,6 +1265,7 @@ TEST(op_every_op_covered) {
       "shift", "linear", "matmul", "embedding", "embedding_bwd", "arange", "cumsum",
       "label_rows", "gather_rows", "scatter_rows",
       "causal_conv1d", "causal_conv1d_bwd", "poly_attention", "softmax_attention",
+      "softmax_attention_packed", "softmax_attention_packed_bwd",
       "linear_cross_entropy", "linear_cross_entropy_bwd", "linear_cross_entropy_step",
       "poly_attention_bwd", "softmax_attention_bwd", /* test_grad.c */
       "wkv4", "wkv4_bwd", /* op_wkv4 and op_wkv4_bf16 below, grad_wkv4 in test_grad.c */

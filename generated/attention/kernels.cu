@@ -1041,36 +1041,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k4_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k4_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
-
-// t29 is t28 reshaped (same memory, no kernel)
-
-// zoo_k5_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k5_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
-
-// t31 is t30 reshaped (same memory, no kernel)
-
-// zoo_k6_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// t33 is t32 reshaped (same memory, no kernel)
-
 // ---- runtime/kernels/softmax_attention.cu ----
 /* softmax_attention.cu: softmax attention with the reference's additive causal
  * mask and dropout on the probabilities, forward and backward (ops.def).
@@ -1107,21 +1077,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__re
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
  *   BR x BS scores in registers, running row max m and sum l (the undropped
  *   P: softmax normalises before dropout), the accumulator o rescaled by
- *   exp(m_old - m_new) and increased by (P M) V through shared memory.
+ *   exp(m_old - m_new) and increased by (P M) V through shared memory. Also
+ *   writes lse_i = m + log l [BH][T], the op's second output.
  *
  * Backward, with dP~_ij = do_i.v_j, D_i = do_i.o_i = sum_j P_ij M_ij dP~_ij:
  *   dS_ij = P_ij (M_ij dP~_ij - D_i), dq_i = scale sum_j dS_ij k_j,
  *   dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij M_ij do_i.
- * zk_sattn_bwd_q: per query tile, the forward again (giving m, l, o, hence
- *   lse_i = m + log l and D_i), then a second walk over key tiles for dq.
- *   Stores (lse_i, D_i) into scratch stats[BH][T][2].
+ * zk_sattn_bwd_q<..., SAVED>: per query tile, lse_i and D_i = do_i . o_i from
+ *   the forward's o and lse (SAVED, as autodiff makes the node), or from the
+ *   forward again (the same tiles, so the same bits), then a walk over key
+ *   tiles for dq. Stores (lse_i, D_i) into scratch stats[BH][T][2].
  * zk_sattn_bwd_kv: per key tile, walks the query tiles (from the one holding
  *   its first key when causal) with q, do, lse, D of each in shared memory:
  *   the transposed scores S^T and dP~^T in registers, then dv, dk without
  *   atomics.
  *
- * Faster later: double-buffered tile loads, a fused backward (one
- * recomputation), a split of long key ranges.
+ * Faster later: double-buffered tile loads, one backward kernel, a split of
+ * long key ranges.
  */
 #ifndef ZK_SOFTMAX_ATTENTION_CU
 #define ZK_SOFTMAX_ATTENTION_CU
@@ -1141,17 +1113,17 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
          (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
 }
 
-/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T); 16 bytes
- * at a time where the rows allow it. */
-template <int W, int WP, int R, int T>
+/* Rows [r0, r0 + R) of a [T, W] slice (rows LD floats apart) into sh[R][WP]
+ * (zeros past T); 16 bytes at a time where the rows allow it. */
+template <int W, int WP, int R, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
   /* up to 8 loads a thread in flight (zk_tile_copy) */
-  if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
+  if (W % 4 == 0 && WP % 4 == 0 && LD % 4 == 0 && ((unsigned long long)src & 15) == 0) {
     constexpr int W4 = W / 4;
     zk_tile_copy<R * W4, ZK_SATTN_NT, 8, zk_f4>(
         [&](int e) {
           int r = e / W4, c = (e - r * W4) * 4;
-          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * LD + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
         },
         [&](int e, zk_f4 x) {
           int r = e / W4, c = (e - r * W4) * 4;
@@ -1162,7 +1134,7 @@ __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict
   zk_tile_copy<R * W, ZK_SATTN_NT, 8, float>(
       [&](int e) {
         int r = e / W, c = e - r * W;
-        return r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+        return r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
       },
       [&](int e, float x) {
         int r = e / W, c = e - r * W;
@@ -1248,8 +1220,8 @@ __device__ __forceinline__ float zk_sattn_hmax(float v) {
 }
 
 /* Stores acc (rows r0 + ty + 8 a, columns tx + 16 b < W) times mul[a] into
- * dst[T][W]. */
-template <int MI, int NJ, int W, int T>
+ * dst[T][W] (rows LD floats apart). */
+template <int MI, int NJ, int W, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const float (&acc)[MI][NJ], int r0,
                                                const float *mul) {
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -1259,9 +1231,21 @@ __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const fl
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
       int c = tx + 16 * j;
-      if (r < T && c < W) dst[(zk_i64)r * W + c] = acc[i][j] * mul[i];
+      if (r < T && c < W) dst[(zk_i64)r * LD + c] = acc[i][j] * mul[i];
     }
   }
+}
+
+/* Where pair bh's [T, W] slice of an operand starts: [BH][T][W] when HP = 0;
+ * with HP = H > 0 (softmax_attention_packed), third `part` (0 q, 1 k, 2 v) of
+ * the packed [B][T][3 H W] (N = 3: qkv, dqkv) or the merged [B][T][H W]
+ * (N = 1: o, do), rows ZK_SATTN_LD(W, HP, N) floats apart. */
+#define ZK_SATTN_LD(W, HP, N) ((HP) > 0 ? (N) * (HP) * (W) : (W))
+
+template <int W, int T, int HP, int N>
+__device__ __forceinline__ zk_i64 zk_sattn_slice(zk_i64 bh, int part) {
+  if (HP > 0) return ((bh / HP) * T * N * HP + part * HP + bh % HP) * W;
+  return bh * T * W;
 }
 
 /* One key tile (keys j0.., in ks [BS][pad F], vs [BS][pad DV]) of the online
@@ -1313,30 +1297,34 @@ __device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *
   zk_sattn_mm<MI, NV, DV, BS, SP, 1, 1, DVP>(acc, ps, vs);
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const float *__restrict__ k,
-                                             const float *__restrict__ v, float *__restrict__ o, float scale,
-                                             float p, unsigned long long seed, unsigned long long stream) {
+                                             const float *__restrict__ v, float *__restrict__ o,
+                                             float *__restrict__ lse, float scale, float p,
+                                             unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
   constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16;
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *ks = qs + BR * FP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  float *ob = o + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
 
   float m[MI], l[MI], acc[MI][NV];
   zk_sattn_zero(acc);
 #pragma unroll
   for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p, inv_keep,
                                                       seed, stream);
@@ -1349,14 +1337,16 @@ __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const 
 #pragma unroll
     for (int b = 0; b < NV; b++) {
       int c = tx + 16 * b;
-      if (r < T && c < DV) o[(bh * T + r) * DV + c] = acc[a][b] / l[a];
+      if (r < T && c < DV) ob[(zk_i64)r * LO + c] = acc[a][b] / l[a];
     }
+    if (tx == 0 && r < T) lse[bh * T + r] = m[a] + logf(l[a]);
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, bool SAVED, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                const float *__restrict__ k, const float *__restrict__ v,
+                                               const float *__restrict__ o, const float *__restrict__ lse,
                                                float *__restrict__ dq, float *__restrict__ stats, float scale,
                                                float p, unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
@@ -1364,27 +1354,45 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *dos = qs + BR * FP, *ks = dos + BR * DVP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV, *dob = dout + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2), *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
 
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
-  zk_sattn_load<DV, DVP, BR, T>(dos, dob, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
+  zk_sattn_load<DV, DVP, BR, T, LO>(dos, dob, i0);
 
-  /* first walk: the forward's o (unnormalised), m and l */
-  float m[MI], l[MI], dd[MI];
-  {
+  float m[MI], dd[MI];
+  if constexpr (SAVED) {
+    /* the forward's o and lse: D_i = do_i . o_i, m <- lse */
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a, i = i0 + r;
+      float s = 0.0f;
+#pragma unroll
+      for (int b = 0; b < NV; b++) {
+        int c = tx + 16 * b;
+        if (c < DV && i < T) s += dos[r * DVP + c] * o[zk_sattn_slice<DV, T, HP, 1>(bh, 0) + (zk_i64)i * LO + c];
+      }
+      dd[a] = zk_sattn_hsum(s);
+      m[a] = i < T ? lse[bh * T + i] : 0.0f;
+    }
+  } else {
+    /* first walk: the forward's o (unnormalised), m and l */
+    float l[MI];
     float acc[MI][NV];
     zk_sattn_zero(acc);
 #pragma unroll
     for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
     for (int j0 = 0; j0 < kend; j0 += BS) {
       __syncthreads();
-      zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-      zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+      zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+      zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
       __syncthreads();
       zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p,
                                                         inv_keep, seed, stream);
@@ -1409,8 +1417,8 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   zk_sattn_zero(dqa);
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     float s[MI][NS], dp[MI][NS];
     zk_sattn_zero(s);
@@ -1440,7 +1448,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   float sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) sc[a] = scale;
-  zk_sattn_store<MI, NF, F, T>(dq + bh * T * F, dqa, i0, sc);
+  zk_sattn_store<MI, NF, F, T, LQ>(dq + zk_sattn_slice<F, T, HP, 3>(bh, 0), dqa, i0, sc);
   if (tx == 0) {
 #pragma unroll
     for (int a = 0; a < MI; a++) {
@@ -1454,7 +1462,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, const float *__restrict__ q,
                                                 const float *__restrict__ k, const float *__restrict__ v,
                                                 const float *__restrict__ stats, float *__restrict__ dk,
@@ -1466,23 +1474,25 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   extern __shared__ float zk_sattn_sh[];
   float *ks = zk_sattn_sh, *vs = ks + BR * FP, *qs = vs + BR * DVP, *dos = qs + BS * FP, *pt = dos + BS * DVP;
   float *lse = pt + BR * SP, *drow = lse + BS;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, j0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
-  const float *dob = dout + bh * T * DV, *sb = stats + bh * T * 2;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  const float *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0), *sb = stats + bh * T * 2;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 
-  zk_sattn_load<F, FP, BR, T>(ks, kb, j0);
-  zk_sattn_load<DV, DVP, BR, T>(vs, vb, j0);
+  zk_sattn_load<F, FP, BR, T, LQ>(ks, kb, j0);
+  zk_sattn_load<DV, DVP, BR, T, LV>(vs, vb, j0);
   float dka[MI][NF], dva[MI][NV];
   zk_sattn_zero(dka);
   zk_sattn_zero(dva);
 
   for (int i0 = CAUSAL ? j0 / BS * BS : 0; i0 < T; i0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(qs, qb, i0);
-    zk_sattn_load<DV, DVP, BS, T>(dos, dob, i0);
+    zk_sattn_load<F, FP, BS, T, LQ>(qs, qb, i0);
+    zk_sattn_load<DV, DVP, BS, T, LO>(dos, dob, i0);
     for (int e = threadIdx.x; e < BS; e += ZK_SATTN_NT) {
       int i = i0 + e;
       lse[e] = i < T ? sb[(zk_i64)i * 2] : 0.0f;
@@ -1527,123 +1537,101 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   float one[MI], sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) one[a] = 1.0f, sc[a] = scale;
-  zk_sattn_store<MI, NV, DV, T>(dv + bh * T * DV, dva, j0, one);
-  zk_sattn_store<MI, NF, F, T>(dk + bh * T * F, dka, j0, sc);
+  zk_sattn_store<MI, NV, DV, T, LV>(dv + zk_sattn_slice<DV, T, HP, 3>(bh, 2), dva, j0, one);
+  zk_sattn_store<MI, NF, F, T, LQ>(dk + zk_sattn_slice<F, T, HP, 3>(bh, 1), dka, j0, sc);
 }
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_7: node 13
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_fwd_4: node 7
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_7(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_4(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, true, 1>(q, k, v, o, lse, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// t35 is t34 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t37[65536 x 64] = t36 * (t4)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
+// zoo_layernorm_fused_5: node 10
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t38:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const float *__restrict__ t37, const float *__restrict__ t25, float *__restrict__ t38, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v37 = t37[i];
+    float v25 = t25[i];
+    float v38 = v37 + v25;  // add
+    t38[i] = v38;
+    return v38;
+  };
+  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// zoo_layernorm_fused_6: node 12
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t40:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_6(const float *__restrict__ t39, const float *__restrict__ t38, float *__restrict__ t40, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+  zk_entry_wait();
+  auto x = [&](long long i_) -> float {
+    const int i = (int)i_;
+    float v39 = t39[i];
+    float v38 = t38[i];
+    float v40 = v39 + v38;  // add
+    t40[i] = v40;
+    return v40;
+  };
+  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
+}
+
+// GEMM (cuBLASLt, fp32): t42[65536 x 192] = t41 * (t10)^T + bias, batch 1, k = 64
+//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
+
+// zoo_softmax_attn_fwd_7: node 14
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
+static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_7(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse, unsigned long long seed) {
+  zk_entry_wait();
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, true, 1>(q, k, v, o, lse, 0.125f, 0.100000001f, seed, 2ULL);
+}
+
+// GEMM (cuBLASLt, fp32): t52[65536 x 64] = t51 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
 // zoo_layernorm_fused_8: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t37:
+// with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t36, const float *__restrict__ t25, float *__restrict__ t37, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t52, const float *__restrict__ t40, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v36 = t36[i];
-    float v25 = t25[i];
-    float v37 = v36 + v25;  // add
-    t37[i] = v37;
-    return v37;
+    float v52 = t52[i];
+    float v40 = t40[i];
+    float v53 = v52 + v40;  // add
+    t53[i] = v53;
+    return v53;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
 // zoo_layernorm_fused_9: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t39:
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t38, const float *__restrict__ t37, float *__restrict__ t39, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v38 = t38[i];
-    float v37 = t37[i];
-    float v39 = v38 + v37;  // add
-    t39[i] = v39;
-    return v39;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
-
-// zoo_k10_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-// zoo_k10_slice: the same as zoo_k4_slice, launched in its place
-
-// t43 is t42 reshaped (same memory, no kernel)
-
-// zoo_k11_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-// zoo_k11_slice: the same as zoo_k5_slice, launched in its place
-
-// t45 is t44 reshaped (same memory, no kernel)
-
-// zoo_k12_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-// zoo_k12_slice: the same as zoo_k6_slice, launched in its place
-
-// t47 is t46 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_fwd_13: node 27
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
-static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_13(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
-  zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 2ULL);
-}
-
-// t49 is t48 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
-//   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
-
-// zoo_layernorm_fused_14: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t51:
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_14(const float *__restrict__ t50, const float *__restrict__ t39, float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  auto x = [&](long long i_) -> float {
-    const int i = (int)i_;
-    float v50 = t50[i];
-    float v39 = t39[i];
-    float v51 = v50 + v39;  // add
-    t51[i] = v51;
-    return v51;
-  };
-  zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
-}
-
-// zoo_layernorm_fused_15: node 33
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t53:
+// with the prologue that makes its input t55:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_15(const float *__restrict__ t52, const float *__restrict__ t51, float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_9(const float *__restrict__ t54, const float *__restrict__ t53, float *__restrict__ t55, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v52 = t52[i];
-    float v51 = t51[i];
-    float v53 = v52 + v51;  // add
-    t53[i] = v53;
-    return v53;
+    float v54 = t54[i];
+    float v53 = t53[i];
+    float v55 = v54 + v53;  // add
+    t55[i] = v55;
+    return v55;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -1752,28 +1740,28 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_16: node 34
+// zoo_label_count_10: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_16(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_10(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_17: node 34
+// zoo_label_write_11: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_17(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_11(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_18: node 35
+// zoo_gather_rows_12: node 21
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_12(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t62[16384 x 8192] = t61 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/softmax.cu ----
@@ -2183,89 +2171,89 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_19: node 37
+// zoo_ce_count_13: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_19(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_13(const int *__restrict__ targets, float *__restrict__ count) {
   zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_20: node 37
+// zoo_ce_step_rows_14: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_20(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_14(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_21: node 37
+// zoo_ce_step_finish_15: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_21(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_15(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
-// GEMM (cuBLASLt, fp32): t65[16384 x 64] = t64 * t0, batch 1, k = 8192
+// GEMM (cuBLASLt, fp32): t67[16384 x 64] = t66 * t0, batch 1, k = 8192
 //   matmul         -> f32[32*B, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t66[8192 x 64] = (t64)^T * t59, batch 1, k = 16384
+// GEMM (cuBLASLt, fp32): t68[8192 x 64] = (t66)^T * t61, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_22: node 40
+// zoo_scatter_rows_16: node 26
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_22(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_16(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_23: node 41
+// zoo_layernorm_bwd_rows_17: node 27
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_17(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_24: node 41
+// zoo_sum_partials_18: node 27
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_24(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_18(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_25: node 42
+// zoo_layernorm_bwd_rows_19: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_25: the same as zoo_layernorm_bwd_rows_23, launched in its place
+// zoo_layernorm_bwd_rows_19: the same as zoo_layernorm_bwd_rows_17, launched in its place
 
-// zoo_sum_partials_26: node 42
+// zoo_sum_partials_20: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_26: the same as zoo_sum_partials_24, launched in its place
+// zoo_sum_partials_20: the same as zoo_sum_partials_18, launched in its place
 
-// zoo_k27_add: 1 elementwise op over 4194304 elements
+// zoo_k21_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k21_add(const float *__restrict__ t70, const float *__restrict__ t73, float *__restrict__ t76) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v68 = t68[i];
-    float v71 = t71[i];
-    float v74 = v68 + v71;  // add
-    t74[i] = v74;
+    float v70 = t70[i];
+    float v73 = t73[i];
+    float v76 = v70 + v73;  // add
+    t76[i] = v76;
   }
 }
 
-// t75 is t74 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t76[65536 x 64] = t75 * t12, batch 1, k = 64
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
 // t77 is t76 reshaped (same memory, no kernel)
 
-// t78 is t49 reshaped (same memory, no kernel)
+// GEMM (cuBLASLt, fp32): t78[65536 x 64] = t77 * t12, batch 1, k = 64
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t79[64 x 64] = (t75)^T * t78, batch 1, k = 65536
+// t79 is t78 reshaped (same memory, no kernel)
+
+// t80 is t51 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t81[64 x 64] = (t77)^T * t80, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k22_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2298,65 +2286,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k28_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// t81 is t77 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_bwd_q_29: node 51
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_q_23: node 36
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_29(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
+  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_30: node 51
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_kv_24: node 36
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_24(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
+  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// t85 is t84 reshaped (same memory, no kernel)
+// t84 is t83 reshaped (same memory, no kernel)
 
-// t86 is t83 reshaped (same memory, no kernel)
-
-// t87 is t82 reshaped (same memory, no kernel)
-
-// zoo_k31_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    int o = i / 128, j = i % 128;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
-  }
-}
-
-// zoo_k32_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// t90 is t89 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t91[65536 x 64] = t90 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t92 is t91 reshaped (same memory, no kernel)
+// t86 is t85 reshaped (same memory, no kernel)
 
-// t93 is t40 reshaped (same memory, no kernel)
+// t87 is t41 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t94[192 x 64] = (t90)^T * t93, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k33_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k25_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2389,135 +2349,119 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_34: node 63
+// zoo_layernorm_bwd_rows_26: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_34: the same as zoo_layernorm_bwd_rows_23, launched in its place
+// zoo_layernorm_bwd_rows_26: the same as zoo_layernorm_bwd_rows_17, launched in its place
 
-// zoo_sum_partials_35: node 63
+// zoo_sum_partials_27: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_35: the same as zoo_sum_partials_24, launched in its place
+// zoo_sum_partials_27: the same as zoo_sum_partials_18, launched in its place
 
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// zoo_k28_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t96, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_add(const float *__restrict__ t76, const float *__restrict__ t90, float *__restrict__ t93) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v74 = t74[i];
-    float v96 = t96[i];
-    float v99 = v74 + v96;  // add
-    t99[i] = v99;
+    float v76 = t76[i];
+    float v90 = t90[i];
+    float v93 = v76 + v90;  // add
+    t93[i] = v93;
   }
 }
 
-// zoo_layernorm_bwd_rows_37: node 65
+// zoo_layernorm_bwd_rows_29: node 45
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_37: the same as zoo_layernorm_bwd_rows_23, launched in its place
+// zoo_layernorm_bwd_rows_29: the same as zoo_layernorm_bwd_rows_17, launched in its place
 
-// zoo_sum_partials_38: node 65
+// zoo_sum_partials_30: node 45
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_38: the same as zoo_sum_partials_24, launched in its place
+// zoo_sum_partials_30: the same as zoo_sum_partials_18, launched in its place
 
-// zoo_k39_add: 1 elementwise op over 4194304 elements
+// zoo_k31_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t99, const float *__restrict__ t100, float *__restrict__ t103) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__restrict__ t93, const float *__restrict__ t94, float *__restrict__ t97) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v99 = t99[i];
-    float v100 = t100[i];
-    float v103 = v99 + v100;  // add
-    t103[i] = v103;
+    float v93 = t93[i];
+    float v94 = t94[i];
+    float v97 = v93 + v94;  // add
+    t97[i] = v97;
   }
 }
 
-// t104 is t103 reshaped (same memory, no kernel)
+// t98 is t97 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t4, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t99[65536 x 64] = t98 * t4, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t106 is t105 reshaped (same memory, no kernel)
+// t100 is t99 reshaped (same memory, no kernel)
 
-// t107 is t35 reshaped (same memory, no kernel)
+// t101 is t36 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t102[64 x 64] = (t98)^T * t101, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k32_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-// zoo_k40_sum: the same as zoo_k28_sum, launched in its place
+// zoo_k32_sum: the same as zoo_k22_sum, launched in its place
 
-// t110 is t106 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_bwd_q_41: node 74
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_q_33: node 53
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_41(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_42: node 74
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_kv_34: node 53
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_42(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// t114 is t113 reshaped (same memory, no kernel)
+// t105 is t104 reshaped (same memory, no kernel)
 
-// t115 is t112 reshaped (same memory, no kernel)
-
-// t116 is t111 reshaped (same memory, no kernel)
-
-// zoo_k43_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-// zoo_k43_concat: the same as zoo_k31_concat, launched in its place
-
-// zoo_k44_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-// zoo_k44_concat: the same as zoo_k32_concat, launched in its place
-
-// t119 is t118 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t120[65536 x 64] = t119 * t2, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t106[65536 x 64] = t105 * t2, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t121 is t120 reshaped (same memory, no kernel)
+// t107 is t106 reshaped (same memory, no kernel)
 
-// t122 is t26 reshaped (same memory, no kernel)
+// t108 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t123[192 x 64] = (t119)^T * t122, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t109[192 x 64] = (t105)^T * t108, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k45_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k35_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-// zoo_k45_sum: the same as zoo_k33_sum, launched in its place
+// zoo_k35_sum: the same as zoo_k25_sum, launched in its place
 
-// zoo_layernorm_bwd_rows_46: node 86
+// zoo_layernorm_bwd_rows_36: node 60
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_46: the same as zoo_layernorm_bwd_rows_23, launched in its place
+// zoo_layernorm_bwd_rows_36: the same as zoo_layernorm_bwd_rows_17, launched in its place
 
-// zoo_sum_partials_47: node 86
+// zoo_sum_partials_37: node 60
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_47: the same as zoo_sum_partials_24, launched in its place
+// zoo_sum_partials_37: the same as zoo_sum_partials_18, launched in its place
 
-// zoo_k48_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k38_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k48_add_dropout(const float *__restrict__ t103, const float *__restrict__ t125, float *__restrict__ t129, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v103 = t103[i];
-    float v125 = t125[i];
-    float v128 = v103 + v125;  // add
-    float v129 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v128 * 1.11111116f : 0.0f;  // dropout
-    t129[i] = v129;
+    float v97 = t97[i];
+    float v111 = t111[i];
+    float v114 = v97 + v111;  // add
+    float v115 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v114 * 1.11111116f : 0.0f;  // dropout
+    t115[i] = v115;
   }
 }
 
-// zoo_k49_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k39_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2550,80 +2494,80 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k49_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_50: node 90
+// zoo_embedding_bwd_40: node 64
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_50(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_40(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_51: node 91
+// zoo_emb_count_41: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_51(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_41(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_52: node 91
+// zoo_emb_offsets_42: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_52(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_42(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_53: node 91
+// zoo_emb_place_43: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_53(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_43(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_54: node 91
+// zoo_emb_sum_44: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_54(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_44(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_55: node 91
+// zoo_emb_join_45: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_55(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_45(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k56_add: 1 elementwise op over 524288 elements
+// zoo_k46_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k56_add(const float *__restrict__ t66, const float *__restrict__ t132, float *__restrict__ t133) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t68, const float *__restrict__ t118, float *__restrict__ t119) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v66 = t66[i];
-    float v132 = t132[i];
-    float v133 = v66 + v132;  // add
-    t133[i] = v133;
+    float v68 = t68[i];
+    float v118 = t118[i];
+    float v119 = v68 + v118;  // add
+    t119[i] = v119;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_57: node 0
+// zoo_embedding_fwd_47: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_57: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_47: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k58_arange: 0 .. 127
+// zoo_k48_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k58_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k48_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_59: node 2
+// zoo_embedding_fwd_49: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_59: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_49: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_60: node 5
+// zoo_layernorm_fused_50: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2640,130 +2584,90 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k61_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-// zoo_k61_slice: the same as zoo_k4_slice, launched in its place
-
-// t29 is t28 reshaped (same memory, no kernel)
-
-// zoo_k62_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-// zoo_k62_slice: the same as zoo_k5_slice, launched in its place
-
-// t31 is t30 reshaped (same memory, no kernel)
-
-// zoo_k63_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-// zoo_k63_slice: the same as zoo_k6_slice, launched in its place
-
-// t33 is t32 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_fwd_64: node 13
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_fwd_51: node 7
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_64(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_51(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// t35 is t34 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t36[65536 x 64] = t35 * (t4)^T + bias, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t37[65536 x 64] = t36 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_65: node 17
+// zoo_layernorm_fused_52: node 10
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t37:
+// with the prologue that makes its input t38:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_65: the same as zoo_layernorm_fused_8, launched in its place
+// zoo_layernorm_fused_52: the same as zoo_layernorm_fused_5, launched in its place
 
-// zoo_layernorm_fused_66: node 19
+// zoo_layernorm_fused_53: node 12
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t39:
+// with the prologue that makes its input t40:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_66: the same as zoo_layernorm_fused_9, launched in its place
+// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_6, launched in its place
 
-// GEMM (cuBLASLt, fp32): t41[65536 x 192] = t40 * (t10)^T + bias, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t42[65536 x 192] = t41 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k67_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-// zoo_k67_slice: the same as zoo_k4_slice, launched in its place
-
-// t43 is t42 reshaped (same memory, no kernel)
-
-// zoo_k68_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-// zoo_k68_slice: the same as zoo_k5_slice, launched in its place
-
-// t45 is t44 reshaped (same memory, no kernel)
-
-// zoo_k69_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-// zoo_k69_slice: the same as zoo_k6_slice, launched in its place
-
-// t47 is t46 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_fwd_70: node 27
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_fwd_54: node 14
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_70(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_54(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 2ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 2ULL);
 }
 
-// t49 is t48 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t12)^T + bias, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t52[65536 x 64] = t51 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_71: node 31
-//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t51:
-//   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_71: the same as zoo_layernorm_fused_14, launched in its place
-
-// zoo_layernorm_fused_72: node 33
+// zoo_layernorm_fused_55: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
+//   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
+// zoo_layernorm_fused_55: the same as zoo_layernorm_fused_8, launched in its place
+
+// zoo_layernorm_fused_56: node 19
+//   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the prologue that makes its input t55:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_72(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t54, const float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v52 = t52[i];
-    float v51 = t51[i];
-    float v53 = v52 + v51;  // add
-    return v53;
+    float v54 = t54[i];
+    float v53 = t53[i];
+    float v55 = v54 + v53;  // add
+    return v55;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_73: node 34
+// zoo_label_count_57: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_73: the same as zoo_label_count_16, launched in its place
+// zoo_label_count_57: the same as zoo_label_count_10, launched in its place
 
-// zoo_label_write_74: node 34
+// zoo_label_write_58: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_74: the same as zoo_label_write_17, launched in its place
+// zoo_label_write_58: the same as zoo_label_write_11, launched in its place
 
-// zoo_gather_rows_75: node 35
+// zoo_gather_rows_59: node 21
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_75: the same as zoo_gather_rows_18, launched in its place
+// zoo_gather_rows_59: the same as zoo_gather_rows_12, launched in its place
 
-// GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t62[16384 x 8192] = t61 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_76: node 37
+// zoo_ce_step_rows_60: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_76(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_60(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_77: node 37
+// zoo_ce_step_finish_61: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_77: the same as zoo_ce_step_finish_21, launched in its place
+// zoo_ce_step_finish_61: the same as zoo_ce_step_finish_15, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

@@ -1203,36 +1203,6 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k6_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[i % 64 + (i / 64) * 192];
-}
-
-// t37 is t36 reshaped (same memory, no kernel)
-
-// zoo_k7_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k7_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[64 + i % 64 + (i / 64) * 192];
-}
-
-// t39 is t38 reshaped (same memory, no kernel)
-
-// zoo_k8_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256)
-    y[i] = x[128 + i % 64 + (i / 64) * 192];
-}
-
-// t41 is t40 reshaped (same memory, no kernel)
-
 // ---- runtime/kernels/softmax_attention.cu ----
 /* softmax_attention.cu: softmax attention with the reference's additive causal
  * mask and dropout on the probabilities, forward and backward (ops.def).
@@ -1269,21 +1239,23 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k8_slice(const float *__re
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
  *   BR x BS scores in registers, running row max m and sum l (the undropped
  *   P: softmax normalises before dropout), the accumulator o rescaled by
- *   exp(m_old - m_new) and increased by (P M) V through shared memory.
+ *   exp(m_old - m_new) and increased by (P M) V through shared memory. Also
+ *   writes lse_i = m + log l [BH][T], the op's second output.
  *
  * Backward, with dP~_ij = do_i.v_j, D_i = do_i.o_i = sum_j P_ij M_ij dP~_ij:
  *   dS_ij = P_ij (M_ij dP~_ij - D_i), dq_i = scale sum_j dS_ij k_j,
  *   dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij M_ij do_i.
- * zk_sattn_bwd_q: per query tile, the forward again (giving m, l, o, hence
- *   lse_i = m + log l and D_i), then a second walk over key tiles for dq.
- *   Stores (lse_i, D_i) into scratch stats[BH][T][2].
+ * zk_sattn_bwd_q<..., SAVED>: per query tile, lse_i and D_i = do_i . o_i from
+ *   the forward's o and lse (SAVED, as autodiff makes the node), or from the
+ *   forward again (the same tiles, so the same bits), then a walk over key
+ *   tiles for dq. Stores (lse_i, D_i) into scratch stats[BH][T][2].
  * zk_sattn_bwd_kv: per key tile, walks the query tiles (from the one holding
  *   its first key when causal) with q, do, lse, D of each in shared memory:
  *   the transposed scores S^T and dP~^T in registers, then dv, dk without
  *   atomics.
  *
- * Faster later: double-buffered tile loads, a fused backward (one
- * recomputation), a split of long key ranges.
+ * Faster later: double-buffered tile loads, one backward kernel, a split of
+ * long key ranges.
  */
 #ifndef ZK_SOFTMAX_ATTENTION_CU
 #define ZK_SOFTMAX_ATTENTION_CU
@@ -1303,17 +1275,17 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
          (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
 }
 
-/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T); 16 bytes
- * at a time where the rows allow it. */
-template <int W, int WP, int R, int T>
+/* Rows [r0, r0 + R) of a [T, W] slice (rows LD floats apart) into sh[R][WP]
+ * (zeros past T); 16 bytes at a time where the rows allow it. */
+template <int W, int WP, int R, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
   /* up to 8 loads a thread in flight (zk_tile_copy) */
-  if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
+  if (W % 4 == 0 && WP % 4 == 0 && LD % 4 == 0 && ((unsigned long long)src & 15) == 0) {
     constexpr int W4 = W / 4;
     zk_tile_copy<R * W4, ZK_SATTN_NT, 8, zk_f4>(
         [&](int e) {
           int r = e / W4, c = (e - r * W4) * 4;
-          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * LD + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
         },
         [&](int e, zk_f4 x) {
           int r = e / W4, c = (e - r * W4) * 4;
@@ -1324,7 +1296,7 @@ __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict
   zk_tile_copy<R * W, ZK_SATTN_NT, 8, float>(
       [&](int e) {
         int r = e / W, c = e - r * W;
-        return r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+        return r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
       },
       [&](int e, float x) {
         int r = e / W, c = e - r * W;
@@ -1410,8 +1382,8 @@ __device__ __forceinline__ float zk_sattn_hmax(float v) {
 }
 
 /* Stores acc (rows r0 + ty + 8 a, columns tx + 16 b < W) times mul[a] into
- * dst[T][W]. */
-template <int MI, int NJ, int W, int T>
+ * dst[T][W] (rows LD floats apart). */
+template <int MI, int NJ, int W, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const float (&acc)[MI][NJ], int r0,
                                                const float *mul) {
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -1421,9 +1393,21 @@ __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const fl
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
       int c = tx + 16 * j;
-      if (r < T && c < W) dst[(zk_i64)r * W + c] = acc[i][j] * mul[i];
+      if (r < T && c < W) dst[(zk_i64)r * LD + c] = acc[i][j] * mul[i];
     }
   }
+}
+
+/* Where pair bh's [T, W] slice of an operand starts: [BH][T][W] when HP = 0;
+ * with HP = H > 0 (softmax_attention_packed), third `part` (0 q, 1 k, 2 v) of
+ * the packed [B][T][3 H W] (N = 3: qkv, dqkv) or the merged [B][T][H W]
+ * (N = 1: o, do), rows ZK_SATTN_LD(W, HP, N) floats apart. */
+#define ZK_SATTN_LD(W, HP, N) ((HP) > 0 ? (N) * (HP) * (W) : (W))
+
+template <int W, int T, int HP, int N>
+__device__ __forceinline__ zk_i64 zk_sattn_slice(zk_i64 bh, int part) {
+  if (HP > 0) return ((bh / HP) * T * N * HP + part * HP + bh % HP) * W;
+  return bh * T * W;
 }
 
 /* One key tile (keys j0.., in ks [BS][pad F], vs [BS][pad DV]) of the online
@@ -1475,30 +1459,34 @@ __device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *
   zk_sattn_mm<MI, NV, DV, BS, SP, 1, 1, DVP>(acc, ps, vs);
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const float *__restrict__ k,
-                                             const float *__restrict__ v, float *__restrict__ o, float scale,
-                                             float p, unsigned long long seed, unsigned long long stream) {
+                                             const float *__restrict__ v, float *__restrict__ o,
+                                             float *__restrict__ lse, float scale, float p,
+                                             unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
   constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16;
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *ks = qs + BR * FP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  float *ob = o + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
 
   float m[MI], l[MI], acc[MI][NV];
   zk_sattn_zero(acc);
 #pragma unroll
   for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p, inv_keep,
                                                       seed, stream);
@@ -1511,14 +1499,16 @@ __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const 
 #pragma unroll
     for (int b = 0; b < NV; b++) {
       int c = tx + 16 * b;
-      if (r < T && c < DV) o[(bh * T + r) * DV + c] = acc[a][b] / l[a];
+      if (r < T && c < DV) ob[(zk_i64)r * LO + c] = acc[a][b] / l[a];
     }
+    if (tx == 0 && r < T) lse[bh * T + r] = m[a] + logf(l[a]);
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, bool SAVED, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                const float *__restrict__ k, const float *__restrict__ v,
+                                               const float *__restrict__ o, const float *__restrict__ lse,
                                                float *__restrict__ dq, float *__restrict__ stats, float scale,
                                                float p, unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
@@ -1526,27 +1516,45 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *dos = qs + BR * FP, *ks = dos + BR * DVP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV, *dob = dout + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2), *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
 
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
-  zk_sattn_load<DV, DVP, BR, T>(dos, dob, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
+  zk_sattn_load<DV, DVP, BR, T, LO>(dos, dob, i0);
 
-  /* first walk: the forward's o (unnormalised), m and l */
-  float m[MI], l[MI], dd[MI];
-  {
+  float m[MI], dd[MI];
+  if constexpr (SAVED) {
+    /* the forward's o and lse: D_i = do_i . o_i, m <- lse */
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a, i = i0 + r;
+      float s = 0.0f;
+#pragma unroll
+      for (int b = 0; b < NV; b++) {
+        int c = tx + 16 * b;
+        if (c < DV && i < T) s += dos[r * DVP + c] * o[zk_sattn_slice<DV, T, HP, 1>(bh, 0) + (zk_i64)i * LO + c];
+      }
+      dd[a] = zk_sattn_hsum(s);
+      m[a] = i < T ? lse[bh * T + i] : 0.0f;
+    }
+  } else {
+    /* first walk: the forward's o (unnormalised), m and l */
+    float l[MI];
     float acc[MI][NV];
     zk_sattn_zero(acc);
 #pragma unroll
     for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
     for (int j0 = 0; j0 < kend; j0 += BS) {
       __syncthreads();
-      zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-      zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+      zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+      zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
       __syncthreads();
       zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p,
                                                         inv_keep, seed, stream);
@@ -1571,8 +1579,8 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   zk_sattn_zero(dqa);
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     float s[MI][NS], dp[MI][NS];
     zk_sattn_zero(s);
@@ -1602,7 +1610,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   float sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) sc[a] = scale;
-  zk_sattn_store<MI, NF, F, T>(dq + bh * T * F, dqa, i0, sc);
+  zk_sattn_store<MI, NF, F, T, LQ>(dq + zk_sattn_slice<F, T, HP, 3>(bh, 0), dqa, i0, sc);
   if (tx == 0) {
 #pragma unroll
     for (int a = 0; a < MI; a++) {
@@ -1616,7 +1624,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, const float *__restrict__ q,
                                                 const float *__restrict__ k, const float *__restrict__ v,
                                                 const float *__restrict__ stats, float *__restrict__ dk,
@@ -1628,23 +1636,25 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   extern __shared__ float zk_sattn_sh[];
   float *ks = zk_sattn_sh, *vs = ks + BR * FP, *qs = vs + BR * DVP, *dos = qs + BS * FP, *pt = dos + BS * DVP;
   float *lse = pt + BR * SP, *drow = lse + BS;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, j0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
-  const float *dob = dout + bh * T * DV, *sb = stats + bh * T * 2;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  const float *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0), *sb = stats + bh * T * 2;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 
-  zk_sattn_load<F, FP, BR, T>(ks, kb, j0);
-  zk_sattn_load<DV, DVP, BR, T>(vs, vb, j0);
+  zk_sattn_load<F, FP, BR, T, LQ>(ks, kb, j0);
+  zk_sattn_load<DV, DVP, BR, T, LV>(vs, vb, j0);
   float dka[MI][NF], dva[MI][NV];
   zk_sattn_zero(dka);
   zk_sattn_zero(dva);
 
   for (int i0 = CAUSAL ? j0 / BS * BS : 0; i0 < T; i0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(qs, qb, i0);
-    zk_sattn_load<DV, DVP, BS, T>(dos, dob, i0);
+    zk_sattn_load<F, FP, BS, T, LQ>(qs, qb, i0);
+    zk_sattn_load<DV, DVP, BS, T, LO>(dos, dob, i0);
     for (int e = threadIdx.x; e < BS; e += ZK_SATTN_NT) {
       int i = i0 + e;
       lse[e] = i < T ? sb[(zk_i64)i * 2] : 0.0f;
@@ -1689,55 +1699,53 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   float one[MI], sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) one[a] = 1.0f, sc[a] = scale;
-  zk_sattn_store<MI, NV, DV, T>(dv + bh * T * DV, dva, j0, one);
-  zk_sattn_store<MI, NF, F, T>(dk + bh * T * F, dka, j0, sc);
+  zk_sattn_store<MI, NV, DV, T, LV>(dv + zk_sattn_slice<DV, T, HP, 3>(bh, 2), dva, j0, one);
+  zk_sattn_store<MI, NF, F, T, LQ>(dk + zk_sattn_slice<F, T, HP, 3>(bh, 1), dka, j0, sc);
 }
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
 
-// zoo_softmax_attn_fwd_9: node 21
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_fwd_6: node 15
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_6(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, true>(q, k, v, o, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, true, 1>(q, k, v, o, lse, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// t43 is t42 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t45[65536 x 64] = t44 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_10: node 25
+// zoo_layernorm_fused_7: node 18
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t45:
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_10(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_7(const float *__restrict__ t45, const float *__restrict__ t33, float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
-    float v44 = t44[i];
+    float v45 = t45[i];
     float v33 = t33[i];
-    float v45 = v44 + v33;  // add
-    t45[i] = v45;
-    return v45;
+    float v46 = v45 + v33;  // add
+    t46[i] = v46;
+    return v46;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_11: node 27
+// zoo_layernorm_fused_8: node 20
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t47:
+// with the prologue that makes its input t48:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t47, const float *__restrict__ t46, float *__restrict__ t48, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v47 = t47[i];
     float v46 = t46[i];
-    float v45 = t45[i];
-    float v47 = v46 + v45;  // add
-    t47[i] = v47;
-    return v47;
+    float v48 = v47 + v46;  // add
+    t48[i] = v48;
+    return v48;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
@@ -1846,28 +1854,28 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_12: node 28
+// zoo_label_count_9: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_12(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_9(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_13: node 28
+// zoo_label_write_10: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_13(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_10(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_14: node 29
+// zoo_gather_rows_11: node 22
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_14(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_11(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t55[16384 x 8192] = t54 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
 // ---- runtime/kernels/softmax.cu ----
@@ -2277,89 +2285,89 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_15: node 31
+// zoo_ce_count_12: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_15(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_12(const int *__restrict__ targets, float *__restrict__ count) {
   zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_16: node 31
+// zoo_ce_step_rows_13: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_16(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_13(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_17: node 31
+// zoo_ce_step_finish_14: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_17(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_14(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
 
-// GEMM (cuBLASLt, fp32): t59[16384 x 64] = t58 * t0, batch 1, k = 8192
+// GEMM (cuBLASLt, fp32): t60[16384 x 64] = t59 * t0, batch 1, k = 8192
 //   matmul         -> f32[32*B, 64]          models/std/nn.zoo:16:12
 
-// GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
+// GEMM (cuBLASLt, fp32): t61[8192 x 64] = (t59)^T * t54, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_18: node 34
+// zoo_scatter_rows_15: node 27
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_18(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_19: node 35
+// zoo_layernorm_bwd_rows_16: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_16(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_20: node 35
+// zoo_sum_partials_17: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_20(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_17(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_21: node 36
+// zoo_layernorm_bwd_rows_18: node 29
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_21: the same as zoo_layernorm_bwd_rows_19, launched in its place
+// zoo_layernorm_bwd_rows_18: the same as zoo_layernorm_bwd_rows_16, launched in its place
 
-// zoo_sum_partials_22: node 36
+// zoo_sum_partials_19: node 29
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_22: the same as zoo_sum_partials_20, launched in its place
+// zoo_sum_partials_19: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_k23_add: 1 elementwise op over 4194304 elements
+// zoo_k20_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k23_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__restrict__ t63, const float *__restrict__ t66, float *__restrict__ t69) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v62 = t62[i];
-    float v65 = t65[i];
-    float v68 = v62 + v65;  // add
-    t68[i] = v68;
+    float v63 = t63[i];
+    float v66 = t66[i];
+    float v69 = v63 + v66;  // add
+    t69[i] = v69;
   }
 }
 
-// t69 is t68 reshaped (same memory, no kernel)
+// t70 is t69 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t70[65536 x 64] = t69 * t12, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t71[65536 x 64] = t70 * t12, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t71 is t70 reshaped (same memory, no kernel)
+// t72 is t71 reshaped (same memory, no kernel)
 
-// t72 is t43 reshaped (same memory, no kernel)
+// t73 is t44 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t73[64 x 64] = (t69)^T * t72, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t74[64 x 64] = (t70)^T * t73, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k24_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k21_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k21_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2392,65 +2400,37 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// t75 is t71 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_bwd_q_25: node 45
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_q_22: node 37
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_22(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true>(dout, q, k, v, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_26: node 45
-//   softmax_attention_bwd -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_bwd_kv_23: node 37
+//   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
-  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
+  zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
+
+// t77 is t76 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t78[65536 x 64] = t77 * t10, batch 1, k = 192
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t79 is t78 reshaped (same memory, no kernel)
 
-// t80 is t77 reshaped (same memory, no kernel)
+// t80 is t34 reshaped (same memory, no kernel)
 
-// t81 is t76 reshaped (same memory, no kernel)
-
-// zoo_k27_concat: rows of 64 + 64 elements
-//   concat         -> f32[B, T, 128]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 8388608; i += gridDim.x * 256) {
-    int o = i / 128, j = i % 128;
-    y[i] = j < 64 ? a[o * 64 + j] : b[o * 64 + j - 64];
-  }
-}
-
-// zoo_k28_concat: rows of 128 + 64 elements
-//   concat         -> f32[B, T, 192]         models/std/mixers.zoo:54:25
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_concat(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256) {
-    int o = i / 192, j = i % 192;
-    y[i] = j < 128 ? a[o * 128 + j] : b[o * 64 + j - 128];
-  }
-}
-
-// t84 is t83 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t85[65536 x 64] = t84 * t10, batch 1, k = 192
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
-
-// t86 is t85 reshaped (same memory, no kernel)
-
-// t87 is t34 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t81[192 x 64] = (t77)^T * t80, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k29_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k24_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2483,124 +2463,124 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_30: node 57
+// zoo_layernorm_bwd_rows_25: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_30: the same as zoo_layernorm_bwd_rows_19, launched in its place
+// zoo_layernorm_bwd_rows_25: the same as zoo_layernorm_bwd_rows_16, launched in its place
 
-// zoo_sum_partials_31: node 57
+// zoo_sum_partials_26: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_31: the same as zoo_sum_partials_20, launched in its place
+// zoo_sum_partials_26: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_k32_add: 1 elementwise op over 4194304 elements
+// zoo_k27_add: 1 elementwise op over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k32_add(const float *__restrict__ t68, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t69, const float *__restrict__ t83, float *__restrict__ t86) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v68 = t68[i];
-    float v90 = t90[i];
-    float v93 = v68 + v90;  // add
-    t93[i] = v93;
+    float v69 = t69[i];
+    float v83 = t83[i];
+    float v86 = v69 + v83;  // add
+    t86[i] = v86;
   }
 }
 
-// zoo_layernorm_bwd_rows_33: node 59
+// zoo_layernorm_bwd_rows_28: node 46
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_33: the same as zoo_layernorm_bwd_rows_19, launched in its place
+// zoo_layernorm_bwd_rows_28: the same as zoo_layernorm_bwd_rows_16, launched in its place
 
-// zoo_sum_partials_34: node 59
+// zoo_sum_partials_29: node 46
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_34: the same as zoo_sum_partials_20, launched in its place
+// zoo_sum_partials_29: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_k35_add_mul_mul: 3 elementwise ops over 4194304 elements
+// zoo_k30_add_mul_mul: 3 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_add_mul_mul(const float *__restrict__ t93, const float *__restrict__ t94, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t97, float *__restrict__ t98, float *__restrict__ t99) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_mul_mul(const float *__restrict__ t86, const float *__restrict__ t87, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t90, float *__restrict__ t91, float *__restrict__ t92) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v93 = t93[i];
-    float v94 = t94[i];
+    float v86 = t86[i];
+    float v87 = t87[i];
     float v28 = t28[i];
     float v27 = t27[i];
-    float v97 = v93 + v94;  // add
-    float v98 = v97 * v28;  // mul
-    float v99 = v97 * v27;  // mul
-    t97[i] = v97;
-    t98[i] = v98;
-    t99[i] = v99;
+    float v90 = v86 + v87;  // add
+    float v91 = v90 * v28;  // mul
+    float v92 = v90 * v27;  // mul
+    t90[i] = v90;
+    t91[i] = v91;
+    t92[i] = v92;
   }
 }
 
-// t100 is t99 reshaped (same memory, no kernel)
+// t93 is t92 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t101[65536 x 64] = t100 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t94[65536 x 64] = t93 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t102 is t101 reshaped (same memory, no kernel)
+// t95 is t94 reshaped (same memory, no kernel)
 
-// t103 is t26 reshaped (same memory, no kernel)
+// t96 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t104[64 x 64] = (t100)^T * t103, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t97[64 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k36_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k31_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-// zoo_k36_sum: the same as zoo_k24_sum, launched in its place
+// zoo_k31_sum: the same as zoo_k21_sum, launched in its place
 
-// zoo_conv1d_bwd_rows_37: node 70
+// zoo_conv1d_bwd_rows_32: node 57
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_37(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_38: node 70
+// zoo_sum_partials_33: node 57
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_38(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k39_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_add(const float *__restrict__ t97, const float *__restrict__ t102, const float *__restrict__ t107, float *__restrict__ t110) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t90, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t103) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v97 = t97[i];
-    float v102 = t102[i];
-    float v107 = t107[i];
-    float v106 = v97 + v102;  // add
-    float v110 = v106 + v107;  // add
-    t110[i] = v110;
+    float v90 = t90[i];
+    float v95 = t95[i];
+    float v100 = t100[i];
+    float v99 = v90 + v95;  // add
+    float v103 = v99 + v100;  // add
+    t103[i] = v103;
   }
 }
 
-// zoo_layernorm_bwd_rows_40: node 72
+// zoo_layernorm_bwd_rows_35: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_40: the same as zoo_layernorm_bwd_rows_19, launched in its place
+// zoo_layernorm_bwd_rows_35: the same as zoo_layernorm_bwd_rows_16, launched in its place
 
-// zoo_sum_partials_41: node 72
+// zoo_sum_partials_36: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_41: the same as zoo_sum_partials_20, launched in its place
+// zoo_sum_partials_36: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_k42_add_dropout: 2 elementwise ops over 4194304 elements
+// zoo_k37_add_dropout: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k42_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_dropout(const float *__restrict__ t90, const float *__restrict__ t104, float *__restrict__ t108, unsigned long long seed) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v97 = t97[i];
-    float v111 = t111[i];
-    float v114 = v97 + v111;  // add
-    float v115 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v114 * 1.11111116f : 0.0f;  // dropout
-    t115[i] = v115;
+    float v90 = t90[i];
+    float v104 = t104[i];
+    float v107 = v90 + v104;  // add
+    float v108 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v107 * 1.11111116f : 0.0f;  // dropout
+    t108[i] = v108;
   }
 }
 
-// zoo_k43_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k38_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k38_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2633,80 +2613,80 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k43_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_44: node 76
+// zoo_embedding_bwd_39: node 63
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_44(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_39(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_45: node 77
+// zoo_emb_count_40: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_45(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_40(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_46: node 77
+// zoo_emb_offsets_41: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_46(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_41(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_47: node 77
+// zoo_emb_place_42: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_47(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_42(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_48: node 77
+// zoo_emb_sum_43: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_48(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_43(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_49: node 77
+// zoo_emb_join_44: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_49(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_44(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k50_add: 1 elementwise op over 524288 elements
+// zoo_k45_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k50_add(const float *__restrict__ t60, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k45_add(const float *__restrict__ t61, const float *__restrict__ t111, float *__restrict__ t112) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
-    float v60 = t60[i];
-    float v118 = t118[i];
-    float v119 = v60 + v118;  // add
-    t119[i] = v119;
+    float v61 = t61[i];
+    float v111 = t111[i];
+    float v112 = v61 + v111;  // add
+    t112[i] = v112;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_51: node 0
+// zoo_embedding_fwd_46: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_51: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_46: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k52_arange: 0 .. 127
+// zoo_k47_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k52_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k47_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_53: node 2
+// zoo_embedding_fwd_48: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_53: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_48: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_54: node 5
+// zoo_layernorm_fused_49: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2723,14 +2703,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_55: node 11
+// zoo_layernorm_fused_50: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2747,93 +2727,73 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_55(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_56: node 13
+// zoo_layernorm_fused_51: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_56: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_51: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k57_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:54:25
-// zoo_k57_slice: the same as zoo_k6_slice, launched in its place
-
-// t37 is t36 reshaped (same memory, no kernel)
-
-// zoo_k58_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:55:25
-// zoo_k58_slice: the same as zoo_k7_slice, launched in its place
-
-// t39 is t38 reshaped (same memory, no kernel)
-
-// zoo_k59_slice: slice, 4194304 elements
-//   slice          -> f32[B, T, 64]          models/std/mixers.zoo:56:25
-// zoo_k59_slice: the same as zoo_k8_slice, launched in its place
-
-// t41 is t40 reshaped (same memory, no kernel)
-
-// zoo_softmax_attn_fwd_60: node 21
-//   softmax_attention -> f32[B, 1, T, 64]       models/std/mixers.zoo:57:13
+// zoo_softmax_attn_fwd_52: node 15
+//   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_60(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_52(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
-  zk_sattn_fwd<64, 64, 64, 32, 128, true, false>(q, k, v, o, 0.125f, 0.0f, 0ULL, 1ULL);
+  zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 1ULL);
 }
 
-// t43 is t42 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t12)^T + bias, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t45[65536 x 64] = t44 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_61: node 25
+// zoo_layernorm_fused_53: node 18
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t45:
+// with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_61: the same as zoo_layernorm_fused_10, launched in its place
+// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_7, launched in its place
 
-// zoo_layernorm_fused_62: node 27
+// zoo_layernorm_fused_54: node 20
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the prologue that makes its input t47:
+// with the prologue that makes its input t48:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t47, const float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
+    float v47 = t47[i];
     float v46 = t46[i];
-    float v45 = t45[i];
-    float v47 = v46 + v45;  // add
-    return v47;
+    float v48 = v47 + v46;  // add
+    return v48;
   };
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_63: node 28
+// zoo_label_count_55: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_63: the same as zoo_label_count_12, launched in its place
+// zoo_label_count_55: the same as zoo_label_count_9, launched in its place
 
-// zoo_label_write_64: node 28
+// zoo_label_write_56: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_64: the same as zoo_label_write_13, launched in its place
+// zoo_label_write_56: the same as zoo_label_write_10, launched in its place
 
-// zoo_gather_rows_65: node 29
+// zoo_gather_rows_57: node 22
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_65: the same as zoo_gather_rows_14, launched in its place
+// zoo_gather_rows_57: the same as zoo_gather_rows_11, launched in its place
 
-// GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t55[16384 x 8192] = t54 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_66: node 31
+// zoo_ce_step_rows_58: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_66(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_58(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_67: node 31
+// zoo_ce_step_finish_59: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_67: the same as zoo_ce_step_finish_17, launched in its place
+// zoo_ce_step_finish_59: the same as zoo_ce_step_finish_14, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

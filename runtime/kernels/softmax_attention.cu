@@ -33,21 +33,23 @@
  * zk_sattn_fwd: flash-style online softmax, no T x T matrix. Per key tile: the
  *   BR x BS scores in registers, running row max m and sum l (the undropped
  *   P: softmax normalises before dropout), the accumulator o rescaled by
- *   exp(m_old - m_new) and increased by (P M) V through shared memory.
+ *   exp(m_old - m_new) and increased by (P M) V through shared memory. Also
+ *   writes lse_i = m + log l [BH][T], the op's second output.
  *
  * Backward, with dP~_ij = do_i.v_j, D_i = do_i.o_i = sum_j P_ij M_ij dP~_ij:
  *   dS_ij = P_ij (M_ij dP~_ij - D_i), dq_i = scale sum_j dS_ij k_j,
  *   dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij M_ij do_i.
- * zk_sattn_bwd_q: per query tile, the forward again (giving m, l, o, hence
- *   lse_i = m + log l and D_i), then a second walk over key tiles for dq.
- *   Stores (lse_i, D_i) into scratch stats[BH][T][2].
+ * zk_sattn_bwd_q<..., SAVED>: per query tile, lse_i and D_i = do_i . o_i from
+ *   the forward's o and lse (SAVED, as autodiff makes the node), or from the
+ *   forward again (the same tiles, so the same bits), then a walk over key
+ *   tiles for dq. Stores (lse_i, D_i) into scratch stats[BH][T][2].
  * zk_sattn_bwd_kv: per key tile, walks the query tiles (from the one holding
  *   its first key when causal) with q, do, lse, D of each in shared memory:
  *   the transposed scores S^T and dP~^T in registers, then dv, dk without
  *   atomics.
  *
- * Faster later: double-buffered tile loads, a fused backward (one
- * recomputation), a split of long key ranges.
+ * Faster later: double-buffered tile loads, one backward kernel, a split of
+ * long key ranges.
  */
 #ifndef ZK_SOFTMAX_ATTENTION_CU
 #define ZK_SOFTMAX_ATTENTION_CU
@@ -67,17 +69,17 @@ __host__ __device__ constexpr int zk_sattn_smem(int part) {
          (part == 0 ? 0 : BR * zk_sattn_pad(DV)) + (part == 2 ? 2 * BS : 0);
 }
 
-/* Rows [r0, r0 + R) of a [T, W] slice into sh[R][WP] (zeros past T); 16 bytes
- * at a time where the rows allow it. */
-template <int W, int WP, int R, int T>
+/* Rows [r0, r0 + R) of a [T, W] slice (rows LD floats apart) into sh[R][WP]
+ * (zeros past T); 16 bytes at a time where the rows allow it. */
+template <int W, int WP, int R, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict__ src, int r0) {
   /* up to 8 loads a thread in flight (zk_tile_copy) */
-  if (W % 4 == 0 && WP % 4 == 0 && ((unsigned long long)src & 15) == 0) {
+  if (W % 4 == 0 && WP % 4 == 0 && LD % 4 == 0 && ((unsigned long long)src & 15) == 0) {
     constexpr int W4 = W / 4;
     zk_tile_copy<R * W4, ZK_SATTN_NT, 8, zk_f4>(
         [&](int e) {
           int r = e / W4, c = (e - r * W4) * 4;
-          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * W + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+          return r0 + r < T ? *(const zk_f4 *)(src + (zk_i64)(r0 + r) * LD + c) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
         },
         [&](int e, zk_f4 x) {
           int r = e / W4, c = (e - r * W4) * 4;
@@ -88,7 +90,7 @@ __device__ __forceinline__ void zk_sattn_load(float *sh, const float *__restrict
   zk_tile_copy<R * W, ZK_SATTN_NT, 8, float>(
       [&](int e) {
         int r = e / W, c = e - r * W;
-        return r0 + r < T ? src[(zk_i64)(r0 + r) * W + c] : 0.0f;
+        return r0 + r < T ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
       },
       [&](int e, float x) {
         int r = e / W, c = e - r * W;
@@ -174,8 +176,8 @@ __device__ __forceinline__ float zk_sattn_hmax(float v) {
 }
 
 /* Stores acc (rows r0 + ty + 8 a, columns tx + 16 b < W) times mul[a] into
- * dst[T][W]. */
-template <int MI, int NJ, int W, int T>
+ * dst[T][W] (rows LD floats apart). */
+template <int MI, int NJ, int W, int T, int LD = W>
 __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const float (&acc)[MI][NJ], int r0,
                                                const float *mul) {
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -185,9 +187,21 @@ __device__ __forceinline__ void zk_sattn_store(float *__restrict__ dst, const fl
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
       int c = tx + 16 * j;
-      if (r < T && c < W) dst[(zk_i64)r * W + c] = acc[i][j] * mul[i];
+      if (r < T && c < W) dst[(zk_i64)r * LD + c] = acc[i][j] * mul[i];
     }
   }
+}
+
+/* Where pair bh's [T, W] slice of an operand starts: [BH][T][W] when HP = 0;
+ * with HP = H > 0 (softmax_attention_packed), third `part` (0 q, 1 k, 2 v) of
+ * the packed [B][T][3 H W] (N = 3: qkv, dqkv) or the merged [B][T][H W]
+ * (N = 1: o, do), rows ZK_SATTN_LD(W, HP, N) floats apart. */
+#define ZK_SATTN_LD(W, HP, N) ((HP) > 0 ? (N) * (HP) * (W) : (W))
+
+template <int W, int T, int HP, int N>
+__device__ __forceinline__ zk_i64 zk_sattn_slice(zk_i64 bh, int part) {
+  if (HP > 0) return ((bh / HP) * T * N * HP + part * HP + bh % HP) * W;
+  return bh * T * W;
 }
 
 /* One key tile (keys j0.., in ks [BS][pad F], vs [BS][pad DV]) of the online
@@ -239,30 +253,34 @@ __device__ __forceinline__ void zk_sattn_fwd_tile(const float *qs, const float *
   zk_sattn_mm<MI, NV, DV, BS, SP, 1, 1, DVP>(acc, ps, vs);
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const float *__restrict__ k,
-                                             const float *__restrict__ v, float *__restrict__ o, float scale,
-                                             float p, unsigned long long seed, unsigned long long stream) {
+                                             const float *__restrict__ v, float *__restrict__ o,
+                                             float *__restrict__ lse, float scale, float p,
+                                             unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
   constexpr int NTILE = (T + BR - 1) / BR, MI = BR / 8, NV = (DV + 15) / 16;
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *ks = qs + BR * FP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  float *ob = o + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
 
   float m[MI], l[MI], acc[MI][NV];
   zk_sattn_zero(acc);
 #pragma unroll
   for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p, inv_keep,
                                                       seed, stream);
@@ -275,14 +293,16 @@ __device__ __forceinline__ void zk_sattn_fwd(const float *__restrict__ q, const 
 #pragma unroll
     for (int b = 0; b < NV; b++) {
       int c = tx + 16 * b;
-      if (r < T && c < DV) o[(bh * T + r) * DV + c] = acc[a][b] / l[a];
+      if (r < T && c < DV) ob[(zk_i64)r * LO + c] = acc[a][b] / l[a];
     }
+    if (tx == 0 && r < T) lse[bh * T + r] = m[a] + logf(l[a]);
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, bool SAVED, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, const float *__restrict__ q,
                                                const float *__restrict__ k, const float *__restrict__ v,
+                                               const float *__restrict__ o, const float *__restrict__ lse,
                                                float *__restrict__ dq, float *__restrict__ stats, float scale,
                                                float p, unsigned long long seed, unsigned long long stream) {
   static_assert(BR % 8 == 0 && BS % 16 == 0, "tile rows");
@@ -290,27 +310,45 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   constexpr int FP = zk_sattn_pad(F), DVP = zk_sattn_pad(DV), SP = zk_sattn_pad(BS);
   extern __shared__ float zk_sattn_sh[];
   float *qs = zk_sattn_sh, *dos = qs + BR * FP, *ks = dos + BR * DVP, *vs = ks + BS * FP, *ps = vs + BS * DVP;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, i0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV, *dob = dout + bh * T * DV;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2), *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   int kend = CAUSAL ? (i0 + BR < T ? i0 + BR : T) : T;
 
-  zk_sattn_load<F, FP, BR, T>(qs, qb, i0);
-  zk_sattn_load<DV, DVP, BR, T>(dos, dob, i0);
+  zk_sattn_load<F, FP, BR, T, LQ>(qs, qb, i0);
+  zk_sattn_load<DV, DVP, BR, T, LO>(dos, dob, i0);
 
-  /* first walk: the forward's o (unnormalised), m and l */
-  float m[MI], l[MI], dd[MI];
-  {
+  float m[MI], dd[MI];
+  if constexpr (SAVED) {
+    /* the forward's o and lse: D_i = do_i . o_i, m <- lse */
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < MI; a++) {
+      int r = ty + 8 * a, i = i0 + r;
+      float s = 0.0f;
+#pragma unroll
+      for (int b = 0; b < NV; b++) {
+        int c = tx + 16 * b;
+        if (c < DV && i < T) s += dos[r * DVP + c] * o[zk_sattn_slice<DV, T, HP, 1>(bh, 0) + (zk_i64)i * LO + c];
+      }
+      dd[a] = zk_sattn_hsum(s);
+      m[a] = i < T ? lse[bh * T + i] : 0.0f;
+    }
+  } else {
+    /* first walk: the forward's o (unnormalised), m and l */
+    float l[MI];
     float acc[MI][NV];
     zk_sattn_zero(acc);
 #pragma unroll
     for (int a = 0; a < MI; a++) m[a] = ZK_NEG_INF, l[a] = 0.0f;
     for (int j0 = 0; j0 < kend; j0 += BS) {
       __syncthreads();
-      zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-      zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+      zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+      zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
       __syncthreads();
       zk_sattn_fwd_tile<F, DV, BR, BS, T, CAUSAL, DROP>(qs, ks, vs, ps, m, l, acc, bh, i0, j0, scale, p,
                                                         inv_keep, seed, stream);
@@ -335,8 +373,8 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   zk_sattn_zero(dqa);
   for (int j0 = 0; j0 < kend; j0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(ks, kb, j0);
-    zk_sattn_load<DV, DVP, BS, T>(vs, vb, j0);
+    zk_sattn_load<F, FP, BS, T, LQ>(ks, kb, j0);
+    zk_sattn_load<DV, DVP, BS, T, LV>(vs, vb, j0);
     __syncthreads();
     float s[MI][NS], dp[MI][NS];
     zk_sattn_zero(s);
@@ -366,7 +404,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   float sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) sc[a] = scale;
-  zk_sattn_store<MI, NF, F, T>(dq + bh * T * F, dqa, i0, sc);
+  zk_sattn_store<MI, NF, F, T, LQ>(dq + zk_sattn_slice<F, T, HP, 3>(bh, 0), dqa, i0, sc);
   if (tx == 0) {
 #pragma unroll
     for (int a = 0; a < MI; a++) {
@@ -380,7 +418,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   }
 }
 
-template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP>
+template <int F, int DV, int BR, int BS, int T, bool CAUSAL, bool DROP, int HP = 0>
 __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, const float *__restrict__ q,
                                                 const float *__restrict__ k, const float *__restrict__ v,
                                                 const float *__restrict__ stats, float *__restrict__ dk,
@@ -392,23 +430,25 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   extern __shared__ float zk_sattn_sh[];
   float *ks = zk_sattn_sh, *vs = ks + BR * FP, *qs = vs + BR * DVP, *dos = qs + BS * FP, *pt = dos + BS * DVP;
   float *lse = pt + BR * SP, *drow = lse + BS;
+  constexpr int LQ = ZK_SATTN_LD(F, HP, 3), LV = ZK_SATTN_LD(DV, HP, 3), LO = ZK_SATTN_LD(DV, HP, 1);
   zk_i64 bh = blockIdx.x / NTILE;
   int tile = blockIdx.x % NTILE, j0 = tile * BR;
-  const float *qb = q + bh * T * F, *kb = k + bh * T * F, *vb = v + bh * T * DV;
-  const float *dob = dout + bh * T * DV, *sb = stats + bh * T * 2;
+  const float *qb = q + zk_sattn_slice<F, T, HP, 3>(bh, 0), *kb = k + zk_sattn_slice<F, T, HP, 3>(bh, 1);
+  const float *vb = v + zk_sattn_slice<DV, T, HP, 3>(bh, 2);
+  const float *dob = dout + zk_sattn_slice<DV, T, HP, 1>(bh, 0), *sb = stats + bh * T * 2;
   float inv_keep = DROP ? 1.0f / (1.0f - p) : 1.0f;
   int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 
-  zk_sattn_load<F, FP, BR, T>(ks, kb, j0);
-  zk_sattn_load<DV, DVP, BR, T>(vs, vb, j0);
+  zk_sattn_load<F, FP, BR, T, LQ>(ks, kb, j0);
+  zk_sattn_load<DV, DVP, BR, T, LV>(vs, vb, j0);
   float dka[MI][NF], dva[MI][NV];
   zk_sattn_zero(dka);
   zk_sattn_zero(dva);
 
   for (int i0 = CAUSAL ? j0 / BS * BS : 0; i0 < T; i0 += BS) {
     __syncthreads();
-    zk_sattn_load<F, FP, BS, T>(qs, qb, i0);
-    zk_sattn_load<DV, DVP, BS, T>(dos, dob, i0);
+    zk_sattn_load<F, FP, BS, T, LQ>(qs, qb, i0);
+    zk_sattn_load<DV, DVP, BS, T, LO>(dos, dob, i0);
     for (int e = threadIdx.x; e < BS; e += ZK_SATTN_NT) {
       int i = i0 + e;
       lse[e] = i < T ? sb[(zk_i64)i * 2] : 0.0f;
@@ -453,8 +493,8 @@ __device__ __forceinline__ void zk_sattn_bwd_kv(const float *__restrict__ dout, 
   float one[MI], sc[MI];
 #pragma unroll
   for (int a = 0; a < MI; a++) one[a] = 1.0f, sc[a] = scale;
-  zk_sattn_store<MI, NV, DV, T>(dv + bh * T * DV, dva, j0, one);
-  zk_sattn_store<MI, NF, F, T>(dk + bh * T * F, dka, j0, sc);
+  zk_sattn_store<MI, NV, DV, T, LV>(dv + zk_sattn_slice<DV, T, HP, 3>(bh, 2), dva, j0, one);
+  zk_sattn_store<MI, NF, F, T, LQ>(dk + zk_sattn_slice<F, T, HP, 3>(bh, 1), dka, j0, sc);
 }
 
 #endif /* ZK_SOFTMAX_ATTENTION_CU */
