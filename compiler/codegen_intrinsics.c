@@ -799,8 +799,14 @@ static void sattn_tail(const sattn_cfg *c, char *buf, size_t len) {
   snprintf(buf, len, "%s, %s, %s, %lldULL", c->scale, c->p, c->drop ? "seed" : "0ULL", c->stream);
 }
 
-/* softmax_attention and softmax_attention_packed, whose three operands are
- * one tensor: the kernels get it three times and take their thirds. */
+/* The kernels' q, k, v arguments from node n's input `first` on: three
+ * tensors, or softmax_attention_packed's one tensor three times (the kernels
+ * take their thirds). */
+static void arg_qkv(zoo_step *s, const zoo_node *n, int first, const sattn_cfg *c) {
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[first + (c->HP ? 0 : k)]);
+}
+
+/* softmax_attention and softmax_attention_packed (arg_qkv). */
 int zoo_cuda_softmax_attention(zoo_cuda_emit *e, const zoo_node *n) {
   sattn_cfg c;
   if (sattn_setup(e, n, 0, &c)) return -1;
@@ -817,7 +823,7 @@ int zoo_cuda_softmax_attention(zoo_cuda_emit *e, const zoo_node *n) {
                     name, c.drop ? ", unsigned long long seed" : "", targs, tail);
   zoo_step *s = launch(e, n, name, c.a.BH * cdiv(c.a.T, c.BR), 128, (unsigned)c.smem[0]);
   if (!s) return -1;
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[c.HP ? 0 : k]);
+  arg_qkv(s, n, 0, &c);
   arg_tensor(s, n->out[0]);
   arg_tensor(s, n->out[1]);
   if (c.drop) arg_seed(s);
@@ -855,7 +861,7 @@ int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_step *s = launch(e, n, name, grid, 128, (unsigned)c.smem[1]);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[1 + (c.HP ? 0 : k)]);
+  arg_qkv(s, n, 1, &c);
   if (saved)
     for (int k = 0; k < 2; k++) arg_tensor(s, n->in[1 + nqkv + k]);
   arg_tensor(s, n->out[0]);
@@ -874,7 +880,7 @@ int zoo_cuda_softmax_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   s = launch(e, n, name, grid, 128, (unsigned)c.smem[2]);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
-  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[1 + (c.HP ? 0 : k)]);
+  arg_qkv(s, n, 1, &c);
   arg_scratch(s, 0);
   arg_tensor(s, n->out[c.HP ? 0 : 1]);
   arg_tensor(s, n->out[c.HP ? 0 : 2]);

@@ -282,19 +282,25 @@ static int interleave_one(zoo_graph *g, int i, char *dead, char *touched, int tc
   return 1;
 }
 
-int zoo_interleave_heads(zoo_graph *g, int tc) {
+/* Runs one(g, i, dead, touched, arg) on every node: a rewrite that bypasses
+ * movement nodes (marked in `touched`) and may mark others dead. Then drops
+ * the dead and each touched node that nothing reads now; later nodes first, so
+ * that a chain of them (a slice and its split_heads) goes whole. Returns the
+ * number of nodes rewritten. */
+static int rewrite_bypassing(zoo_graph *g, int (*one)(zoo_graph *, int, char *, char *, int), int arg) {
   char *dead = calloc((size_t)g->nnodes + 1, 1), *touched = calloc((size_t)g->nnodes + 1, 1);
   if (!dead || !touched) abort();
   int rewritten = 0;
-  for (int i = 0; i < g->nnodes; i++) rewritten += interleave_one(g, i, dead, touched, tc);
-  /* the split_heads that fed a rewritten node and feed nothing now */
-  for (int i = 0; i < g->nnodes; i++)
+  for (int i = 0; i < g->nnodes; i++) rewritten += one(g, i, dead, touched, arg);
+  for (int i = g->nnodes - 1; i >= 0; i--)
     if (touched[i] && !is_read(g, g->nodes[i].out[0], dead)) dead[i] = 1;
   if (rewritten) drop_nodes(g, dead);
   free(dead);
   free(touched);
   return rewritten;
 }
+
+int zoo_interleave_heads(zoo_graph *g, int tc) { return rewrite_bypassing(g, interleave_one, tc); }
 
 /* ---------------------------------------------------------------------------
  * The compacted head's step at small D (see the top of the file) */
@@ -408,7 +414,7 @@ static int third_of(const zoo_graph *g, int t, int part, int64_t *heads, int *no
  * tensor and its output goes to one merge_heads alone; marks the merge_heads
  * dead and the split_heads and slices in `touched`. Returns 1 when
  * rewritten, else 0 with the graph as it was. */
-static int pack_one(zoo_graph *g, int i, char *dead, char *touched) {
+static int pack_one(zoo_graph *g, int i, char *dead, char *touched, int unused) {
   zoo_node *n = &g->nodes[i];
   if (n->op != ZOO_OP_SOFTMAX_ATTENTION) return 0;
   int64_t heads = 0;
@@ -435,20 +441,7 @@ static int pack_one(zoo_graph *g, int i, char *dead, char *touched) {
   return 1;
 }
 
-int zoo_pack_attention(zoo_graph *g) {
-  char *dead = calloc((size_t)g->nnodes + 1, 1), *touched = calloc((size_t)g->nnodes + 1, 1);
-  if (!dead || !touched) abort();
-  int rewritten = 0;
-  for (int i = 0; i < g->nnodes; i++) rewritten += pack_one(g, i, dead, touched);
-  /* the split_heads, then the slices, that nothing reads now (a split_heads
-   * is the node after its slice) */
-  for (int i = g->nnodes - 1; i >= 0; i--)
-    if (touched[i] && !is_read(g, g->nodes[i].out[0], dead)) dead[i] = 1;
-  if (rewritten) drop_nodes(g, dead);
-  free(dead);
-  free(touched);
-  return rewritten;
-}
+int zoo_pack_attention(zoo_graph *g) { return rewrite_bypassing(g, pack_one, 0); }
 
 /* ---------------------------------------------------------------------------
  * Projection and LayerNorm. ReBased's q and k are layernorm(linear(x, w)) with

@@ -66,6 +66,9 @@ zoo_backend *zoo_cpu_backend_init(const zoo_graph *g, int64_t rows_B, int64_t se
  * The CPU backend computes in fp32 whatever the setting. */
 typedef enum zoo_precision { ZOO_FP32, ZOO_TF32, ZOO_BF16 } zoo_precision;
 const char *zoo_precision_name(zoo_precision p);
+/* The setting named "tf32" or "bf16", else ZOO_FP32 (config.c and zoorun
+ * bench reject other names before). */
+zoo_precision zoo_precision_of(const char *name);
 
 /* CUDA backend (runtime/cuda.c); NULL with a reason in err when no driver/GPU. */
 zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T,

@@ -814,7 +814,7 @@ int zoo_bench_main(int argc, char **argv) {
       o.json = v, i++;
     } else if (!strcmp(a, "--precision") && v) {
       if (!strcmp(v, "fp32") || !strcmp(v, "tf32") || !strcmp(v, "bf16")) {
-        o.precision = !strcmp(v, "tf32") ? ZOO_TF32 : !strcmp(v, "bf16") ? ZOO_BF16 : ZOO_FP32;
+        o.precision = zoo_precision_of(v);
       } else {
         fprintf(stderr, "zoorun bench: --precision takes fp32, tf32 or bf16, not '%s'\n", v);
         return 2;

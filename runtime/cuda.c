@@ -1529,6 +1529,10 @@ const char *zoo_precision_name(zoo_precision p) {
   return p == ZOO_TF32 ? "tf32" : p == ZOO_BF16 ? "bf16" : "fp32";
 }
 
+zoo_precision zoo_precision_of(const char *name) {
+  return !strcmp(name, "tf32") ? ZOO_TF32 : !strcmp(name, "bf16") ? ZOO_BF16 : ZOO_FP32;
+}
+
 zoo_backend *zoo_cuda_backend_init(const zoo_graph *g, int64_t rows_B, int64_t seq_T, int device,
                                    zoo_precision precision, char *err, size_t errlen) {
   zoo_cuda *x = calloc(1, sizeof *x);

@@ -128,9 +128,7 @@ static zoo_backend *train_backend(trainer *tr, int64_t B, int64_t T, char *chose
   }
   if (!strcmp(dev, "auto")) want_cuda = zoo_cuda_available(why, sizeof why);
   zoo_backend *be = NULL;
-  zoo_precision prec = !strcmp(tr->c->precision, "tf32")   ? ZOO_TF32
-                       : !strcmp(tr->c->precision, "bf16") ? ZOO_BF16
-                                                           : ZOO_FP32;
+  zoo_precision prec = zoo_precision_of(tr->c->precision);
   if (want_cuda) {
     be = zoo_cuda_backend_init(tr->g, B, T, 0, prec, err, sizeof err);
     /* auto: a GPU whose NVRTC or cuBLASLt would not load leaves the run to the CPU */
@@ -611,7 +609,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   const char *dev = o->device ? o->device : "auto";
   char why[256];
   int on_cuda = !strcmp(dev, "cuda") || (!strcmp(dev, "auto") && zoo_cuda_available(why, sizeof why));
-  int tc = strcmp(c->precision, "fp32") != 0; /* tf32, bf16: tensor-core products */
+  int tc = zoo_precision_of(c->precision) != ZOO_FP32; /* tf32, bf16: tensor-core products */
   if ((on_cuda ? zoo_train_graph_tc(&tr.prog->graph, ZOO_HEAD_COMPACT, c->num_kv_pairs, tc, d)
                : zoo_train_graph(&tr.prog->graph, d)))
     goto done;

@@ -325,6 +325,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
   float m[MI], dd[MI];
   if constexpr (SAVED) {
     /* the forward's o and lse: D_i = do_i . o_i, m <- lse */
+    const float *ob = o + zk_sattn_slice<DV, T, HP, 1>(bh, 0);
     __syncthreads();
 #pragma unroll
     for (int a = 0; a < MI; a++) {
@@ -333,7 +334,7 @@ __device__ __forceinline__ void zk_sattn_bwd_q(const float *__restrict__ dout, c
 #pragma unroll
       for (int b = 0; b < NV; b++) {
         int c = tx + 16 * b;
-        if (c < DV && i < T) s += dos[r * DVP + c] * o[zk_sattn_slice<DV, T, HP, 1>(bh, 0) + (zk_i64)i * LO + c];
+        if (c < DV && i < T) s += dos[r * DVP + c] * ob[(zk_i64)i * LO + c];
       }
       dd[a] = zk_sattn_hsum(s);
       m[a] = i < T ? lse[bh * T + i] : 0.0f;
