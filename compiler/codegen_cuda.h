@@ -129,9 +129,10 @@ typedef struct zoo_cuda_emit {
   char **owned;            /* strings made by zoo_cuda_strdup, freed with e */
   int nowned, owned_cap;
   int ncounters;           /* ZOO_ARG_COUNTER numbers handed out */
-  int poly_tf32;           /* set by the caller: 1 = poly_attention's quadratic form on the
-                              tensor cores with TF32 products (precision tf32 and bf16);
-                              0 = fp32 kernels. ZOO_POLY_MMA overrides it (zoo_cuda_poly_mma) */
+  int tf32;                /* set by the caller: 1 = TF32 tensor-core products where zoo's
+                              kernels have them (precision tf32 and bf16): poly_attention's
+                              quadratic form (ZOO_POLY_MMA overrides it, zoo_cuda_poly_mma)
+                              and linear_cross_entropy_step (ZOO_LCE_STEP_FORM); 0 = fp32 */
 } zoo_cuda_emit;
 
 /* A copy of s that lives as long as e (for zoo_step.func). */
@@ -215,7 +216,7 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * above), 1 one TF32 product, 3 three (each fp32 operand split into a TF32
  * head and tail: errors of the order of fp32 rounding). ZOO_POLY_MMA=0|1|3 in
  * the environment, else 1 when the caller asks for TF32 products (tf32, the
- * emit's poly_tf32) and T >= 64, else 0; always 0 when F is not a multiple of
+ * emit's tf32) and T >= 64, else 0; always 0 when F is not a multiple of
  * 8 or the tiles' shared memory would not fit.
  *   Measured (zoorun bench --precision tf32, session 8, device runs 3-5),
  * against the fp32 kernels: rebased 128/512 16.43 -> 13.46 ms a step, based

@@ -639,7 +639,7 @@ static int poly_chunked_bwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims
 
 /* The form of node n, or -1 with e->err. */
 static int poly_form_of(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *a, zoo_poly_form *form) {
-  if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], e->poly_tf32, form,
+  if (zoo_cuda_poly_form(a->T, a->F, a->DV, n->attrs.f[0], n->attrs.f[1], n->attrs.f[2], e->tf32, form,
                          e->err, sizeof e->err) != 0)
     return -1;
   return 0;
@@ -650,7 +650,7 @@ int zoo_cuda_poly_attention(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 0, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_fwd(e, n, &a);
-  int split = zoo_cuda_poly_mma(a.T, a.F, a.DV, e->poly_tf32);
+  int split = zoo_cuda_poly_mma(a.T, a.F, a.DV, e->tf32);
   if (split) return poly_mma_fwd(e, n, &a, split);
   if (poly_tiled(&a)) return poly_tiled_fwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
@@ -668,7 +668,7 @@ int zoo_cuda_poly_attention_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   zoo_poly_form form;
   if (attn_dims_of(e, n, 1, &a) || poly_form_of(e, n, &a, &form)) return -1;
   if (form == ZOO_POLY_CHUNKED) return poly_chunked_bwd(e, n, &a);
-  int split = n->nin == 6 ? zoo_cuda_poly_mma(a.T, a.F, a.DV, e->poly_tf32) : 0;
+  int split = n->nin == 6 ? zoo_cuda_poly_mma(a.T, a.F, a.DV, e->tf32) : 0;
   if (split) return poly_mma_bwd(e, n, &a, split);
   if (n->nin == 6 && poly_tiled(&a)) return poly_tiled_bwd(e, n, &a);
   if (need(e, "poly_attention.cu", NULL, NULL)) return -1;
@@ -1511,21 +1511,14 @@ static int lcs_rows(zoo_cuda_emit *e, int64_t M) {
   return best;
 }
 
-/* linear_cross_entropy_step (h, w, targets, dloss) -> loss, metrics, dlogits,
- * dh: zk_ce_count, zk_lcs_rows, zk_ce_step_finish, with cross_entropy_step's
- * scratch. The evaluation graph reads neither dlogits nor dh: then the rows
- * kernel makes the loss and the hits only (no count, no second pass), and the
- * planner gives them no memory. */
-int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
+/* The fp32 form of linear_cross_entropy_step: zk_ce_count, zk_lcs_rows,
+ * zk_ce_step_finish, with cross_entropy_step's scratch. The evaluation graph
+ * reads neither dlogits nor dh: then the rows kernel makes the loss and the
+ * hits only (no count, no second pass), and the planner gives them no memory. */
+static int lcs_rows_form(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t M = zoo_cuda_numel(e, n->in[2]), V = dim_of(e, n->in[1], 0), D = dim_of(e, n->in[1], 1);
   int64_t ig = n->attrs.i[0];
-  if (D % 4 != 0 || D > 64 || V % 128 != 0)
-    return fail(e, "linear_cross_entropy_step: the kernel needs D a multiple of 4 up to 64 and V a multiple "
-                   "of 128 (D = %lld, V = %lld)",
-                (long long)D, (long long)V);
-  if (want_int(e, "rows", M) || want_int(e, "V", V) ||
-      need(e, "softmax.cu", "cross_entropy.cu", "linear_cross_entropy_step.cu"))
-    return -1;
+  if (need(e, "softmax.cu", "cross_entropy.cu", "linear_cross_entropy_step.cu")) return -1;
   int g = wanted(e, n->out[2]), dh = wanted(e, n->out[3]);
   int BM = lcs_rows(e, M);
   if (BM < 0) return -1;
@@ -1559,6 +1552,132 @@ int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
   if (dh) arg_tensor(s, n->out[3]);
   s->scratch_bytes = cs.bytes;
   return ce_finish_step(e, n, 2, M, &cs);
+}
+
+/* The tensor-core form's vocabulary groups NG: blocks take 128 rows and
+ * NT / NG tiles of the vocabulary each, so that the grid is one wave of two
+ * blocks an SM of an H200 (264) where the rows allow; ZOO_LCE_STEP_GROUPS=n
+ * sets it, up to NT (tests, measuring). */
+static int lctc_groups(zoo_cuda_emit *e, int64_t M, int64_t NT) {
+  int64_t rt = cdiv(M, 128), ng = 264 / rt;
+  const char *env = getenv("ZOO_LCE_STEP_GROUPS");
+  if (env && *env) {
+    ng = atoi(env);
+    if (ng < 1) return fail(e, "ZOO_LCE_STEP_GROUPS=%s: expected a number of groups, 1 or more", env);
+  }
+  return (int)(ng < 1 ? 1 : ng > NT ? NT : ng);
+}
+
+/* The tensor-core form (runtime/kernels/linear_cross_entropy_tc.cu): zk_ce_count,
+ * zk_lctc_stats, zk_lctc_lse, zk_lctc_grad, zk_ce_step_finish, and a GEMM step
+ * dh = dlogits w. Scratch: cross_entropy_step's (count, rowloss, hit), then
+ * pm, ps, pb, pa [NG][M], xt [M], lse [M]. The evaluation graph's (no dlogits,
+ * no dh) has no count, gradient or GEMM. Dynamic shared memory mirrors
+ * zk_lctc_smem (the wrappers assert it). */
+static int lctc_form(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t M = zoo_cuda_numel(e, n->in[2]), V = dim_of(e, n->in[1], 0), D = dim_of(e, n->in[1], 1);
+  int64_t ig = n->attrs.i[0], NT = V / 128, rt = cdiv(M, 128), smem = 4 * 3 * 128 * ((D + 7) / 8 * 8 + 4);
+  int g = wanted(e, n->out[2]), dh = wanted(e, n->out[3]);
+  if (dh && !g)
+    return fail(e, "linear_cross_entropy_step: the tensor-core form makes dh from dlogits, which the graph "
+                   "does not keep");
+  int NG = lctc_groups(e, M, NT);
+  if (NG < 0 || need(e, "softmax.cu", "cross_entropy.cu", "linear_cross_entropy_tc.cu")) return -1;
+  ce_scratch cs = ce_scratch_of(M);
+  int64_t part = align16(NG * M * 4), off_pm = cs.bytes, off_ps = off_pm + part, off_pb = off_ps + part,
+          off_pa = off_pb + part, off_xt = off_pa + part, off_lse = off_xt + align16(M * 4);
+  cs.bytes = off_lse + align16(M * 4);
+  char name[64];
+  zoo_step *s;
+  if (g && ce_count_step(e, n, 2, M, cs.bytes)) return -1;
+
+  kernel_name(e, n, "lctc_stats", name, sizeof name);
+  zoo_strbuf_printf(&e->src, "static_assert(4 * zk_lctc_smem(%lld) == %lld, \"shared memory\");\n", (long long)D,
+                    (long long)smem);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256, 2) %s(const float *__restrict__ h, "
+                    "const float *__restrict__ w, const int *__restrict__ targets, float *__restrict__ pm, "
+                    "float *__restrict__ ps, float *__restrict__ pb, int *__restrict__ pa, float *__restrict__ xt) {\n"
+                    "  zk_lctc_stats<%lld, %lld, %lld, %lld, %d>(h, w, targets, pm, ps, pb, pa, xt);\n}\n",
+                    name, (long long)D, (long long)V, (long long)ig, (long long)M, NG);
+  if (!(s = launch(e, n, name, rt, 256, (unsigned)smem))) return -1;
+  s->grid[1] = (unsigned)NG;
+  for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
+  arg_scratch(s, off_pm);
+  arg_scratch(s, off_ps);
+  arg_scratch(s, off_pb);
+  arg_scratch(s, off_pa);
+  arg_scratch(s, off_xt);
+  s->scratch_bytes = cs.bytes;
+
+  kernel_name(e, n, "lctc_lse", name, sizeof name);
+  zoo_strbuf_printf(&e->src,
+                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ pm, "
+                    "const float *__restrict__ ps, const float *__restrict__ pb, const int *__restrict__ pa, "
+                    "const float *__restrict__ xt, const int *__restrict__ targets, float *__restrict__ lse, "
+                    "float *__restrict__ rowloss, int *__restrict__ hit) {\n"
+                    "  zk_lctc_lse<%d, %lld, %lld, %lld>(pm, ps, pb, pa, xt, targets, lse, rowloss, hit);\n}\n",
+                    name, NG, (long long)V, (long long)ig, (long long)M);
+  if (!(s = launch(e, n, name, cdiv(8 * M, 256), 256, 0))) return -1;
+  arg_scratch(s, off_pm);
+  arg_scratch(s, off_ps);
+  arg_scratch(s, off_pb);
+  arg_scratch(s, off_pa);
+  arg_scratch(s, off_xt);
+  arg_tensor(s, n->in[2]);
+  arg_scratch(s, off_lse);
+  arg_scratch(s, cs.off_loss);
+  arg_scratch(s, cs.off_hit);
+  s->scratch_bytes = cs.bytes;
+
+  if (g) {
+    kernel_name(e, n, "lctc_grad", name, sizeof name);
+    zoo_strbuf_printf(&e->src,
+                      "extern \"C\" __global__ void __launch_bounds__(256, 2) %s(const float *__restrict__ h, "
+                      "const float *__restrict__ w, const int *__restrict__ targets, const float *__restrict__ "
+                      "dloss, const float *__restrict__ count, const float *__restrict__ lse, float *__restrict__ "
+                      "dlogits) {\n"
+                      "  zk_lctc_grad<%lld, %lld, %lld, %lld, %d>(h, w, targets, dloss, count, lse, dlogits);\n}\n",
+                      name, (long long)D, (long long)V, (long long)ig, (long long)M, NG);
+    if (!(s = launch(e, n, name, rt, 256, (unsigned)smem))) return -1;
+    s->grid[1] = (unsigned)NG;
+    for (int k = 0; k < 4; k++) arg_tensor(s, n->in[k]);
+    arg_scratch(s, 0);
+    arg_scratch(s, off_lse);
+    arg_tensor(s, n->out[2]);
+    s->scratch_bytes = cs.bytes;
+  }
+  if (ce_finish_step(e, n, 2, M, &cs)) return -1;
+  if (dh) { /* dh [M, D] = dlogits [M, V] w [V, D], after the steps that share the scratch (plan.c gives a
+               run of one node's steps one area) */
+    s = zoo_cuda_step(e, ZOO_STEP_GEMM, node_of(e, n));
+    zoo_gemm *gm = &s->gemm;
+    gm->a = n->out[2], gm->b = n->in[1], gm->c = n->out[3], gm->bias = -1;
+    gm->trans_a = gm->trans_b = 0;
+    gm->m = M, gm->n = D, gm->k = V, gm->batch = 1;
+    gm->alpha = 1, gm->beta = 0;
+    zoo_strbuf_printf(&e->src, "\n// GEMM (cuBLASLt): t%d = t%d t%d, the rows' gradient of node %d\n", gm->c, gm->a,
+                      gm->b, node_of(e, n));
+    if (zoo_cuda_gemm_own(e, s)) return -1;
+  }
+  return 0;
+}
+
+/* linear_cross_entropy_step (h, w, targets, dloss) -> loss, metrics, dlogits,
+ * dh: with TF32 products allowed (the emit's tf32) the tensor-core form, else
+ * the fp32 rows form; ZOO_LCE_STEP_FORM=rows|tc sets it (tests, measuring). */
+int zoo_cuda_linear_cross_entropy_step(zoo_cuda_emit *e, const zoo_node *n) {
+  int64_t M = zoo_cuda_numel(e, n->in[2]), V = dim_of(e, n->in[1], 0), D = dim_of(e, n->in[1], 1);
+  if (D % 4 != 0 || D > 64 || V % 128 != 0)
+    return fail(e, "linear_cross_entropy_step: the kernel needs D a multiple of 4 up to 64 and V a multiple "
+                   "of 128 (D = %lld, V = %lld)",
+                (long long)D, (long long)V);
+  if (want_int(e, "rows", M) || want_int(e, "V", V)) return -1;
+  const char *form = getenv("ZOO_LCE_STEP_FORM");
+  if (form && *form && strcmp(form, "rows") && strcmp(form, "tc"))
+    return fail(e, "ZOO_LCE_STEP_FORM=%s: expected rows or tc", form);
+  int tc = form && *form ? !strcmp(form, "tc") : e->tf32;
+  return tc ? lctc_form(e, n) : lcs_rows_form(e, n);
 }
 
 /* accuracy (h, w, targets): the labelled rows compacted as for

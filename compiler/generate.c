@@ -43,13 +43,13 @@ static void dropout_off(zoo_node *n) {
 
 int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,
                            int fuse, int reuse, char *err, size_t errlen) {
-  return zoo_cuda_program_build_poly(cp, train, B, T, fuse, reuse, 0, err, errlen);
+  return zoo_cuda_program_build_tf32(cp, train, B, T, fuse, reuse, 0, err, errlen);
 }
 
-int zoo_cuda_program_build_poly(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T, int fuse,
-                                int reuse, int poly_tf32, char *err, size_t errlen) {
+int zoo_cuda_program_build_tf32(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T, int fuse,
+                                int reuse, int tf32, char *err, size_t errlen) {
   memset(cp, 0, sizeof *cp);
-  cp->emit.poly_tf32 = poly_tf32;
+  cp->emit.tf32 = tf32;
   cp->B = B;
   cp->T = T;
   if (train->loss < 0 || train->metrics < 0 || train->nforward <= 0) {

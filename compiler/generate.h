@@ -35,11 +35,12 @@ typedef struct zoo_cuda_program {
  * memory. Returns 0, or -1 with the reason in err. */
 int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,
                            int fuse, int reuse, char *err, size_t errlen);
-/* The same with poly_attention's products on the tensor cores in TF32 when
- * poly_tf32 is 1 (zoo_cuda_emit.poly_tf32: the backend's precision tf32 and
- * bf16). */
-int zoo_cuda_program_build_poly(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T, int fuse,
-                                int reuse, int poly_tf32, char *err, size_t errlen);
+/* The same with zoo's own kernels' products on the tensor cores in TF32 where
+ * they have such a form (poly_attention's quadratic form, the head's
+ * linear_cross_entropy_step) when tf32 is 1 (zoo_cuda_emit.tf32: the backend's
+ * precision tf32 and bf16). */
+int zoo_cuda_program_build_tf32(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T, int fuse,
+                                int reuse, int tf32, char *err, size_t errlen);
 void zoo_cuda_program_free(zoo_cuda_program *cp);
 
 /* The micro-batch the reference trains with at sequence length T: 512, or

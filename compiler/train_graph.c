@@ -71,13 +71,15 @@
  * matmul alone is linear's input gradient, one linear_cross_entropy_step node
  * in the linear's place makes loss, metrics, dlogits and dhc (the tensors keep
  * their ids) and the logits are never stored: on the GPU one kernel instead of
- * two GEMMs and the loss's rows kernel (runtime/kernels/
- * linear_cross_entropy_step.cu); on the CPU the same bits as the three nodes.
- * It is off unless the environment has ZOO_FUSED_LCE_STEP=1: measured on the
- * H200 (zoorun bench --quick, with and without it), the kernel takes 0.45 ms
- * where the GEMMs and the rows kernel take 0.41 at rebased 32/48 (step 1.27 vs
- * 1.21 ms) and 0.91 where they take 0.69 at 64/128 (3.22 vs 2.99 ms); it saves
- * memory (the logits: 336 instead of 526 MiB at 32/48), not time.
+ * two GEMMs and the loss's rows kernel in fp32 (runtime/kernels/
+ * linear_cross_entropy_step.cu), TF32 tensor-core kernels and a GEMM for dhc
+ * with precision tf32 and bf16 (linear_cross_entropy_tc.cu); on the CPU the
+ * same bits as the three nodes. It is off unless the environment has
+ * ZOO_FUSED_LCE_STEP=1: it saves memory (the logits: 410 instead of 578 MiB
+ * at rebased 32/48), not time. Measured on the H200 (zoorun bench --quick,
+ * with and without it, session 11): 1.10 against 0.99 ms a step at 32/48 and
+ * 2.88 against 2.58 at 64/128 in fp32; 0.86 against 0.79 and 1.80 against
+ * 1.71 in tf32.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -1283,7 +1283,7 @@ static int fuse_mode(void) { return !zoo_env_on("ZOO_NO_FUSE"); }
 int zoo_cuda_precompile(const zoo_graph *g, int64_t rows_B, int64_t seq_T, zoo_precision precision, const char *arch,
                         char *err, size_t errlen) {
   zoo_cuda_program cp;
-  if (zoo_cuda_program_build_poly(&cp, g, rows_B, seq_T, fuse_mode(), 1, precision != ZOO_FP32, err, errlen) != 0) {
+  if (zoo_cuda_program_build_tf32(&cp, g, rows_B, seq_T, fuse_mode(), 1, precision != ZOO_FP32, err, errlen) != 0) {
     zoo_cuda_program_free(&cp);
     return -1;
   }
@@ -1448,7 +1448,7 @@ static int cuda_init(zoo_cuda *x, const zoo_graph *g, int device) {
   ZOO_CU_N(c->err, c->errlen, cuMemGetInfo(&free0, &total));
   x->mem_free_before = (int64_t)free0;
   init_mark("driver and device", &t);
-  if (zoo_cuda_program_build_poly(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->precision != ZOO_FP32, c->err,
+  if (zoo_cuda_program_build_tf32(&x->prog, g, x->B, x->T, fuse_mode(), 1, c->precision != ZOO_FP32, c->err,
                                   c->errlen) != 0)
     return -1;
   init_mark("program emitted", &t);

@@ -1114,6 +1114,8 @@ static int c_lce_step_d8(ocase *c) { return c_lce_step_t(c, 70, 8, 256, V_TARGET
 static int c_lce_step_d4(ocase *c) { return c_lce_step_t(c, 37, 4, 128, V_TARGETS); }
 static int c_lce_step_d20(ocase *c) { return c_lce_step_t(c, 70, 20, 256, V_LABELLED_FIRST); }
 static int c_lce_step_d64(ocase *c) { return c_lce_step_t(c, 50, 64, 128, V_LABELLED_FIRST); }
+/* three row tiles of 128, the last unlabelled, and four vocabulary tiles */
+static int c_lce_step_tiles(ocase *c) { return c_lce_step_t(c, 300, 32, 512, V_LABELLED_FIRST); }
 
 static int c_wkv4_t(ocase *c, int64_t T, int bf16) {
   int w = oc_f32(c, V_SIGNED, DIMS(6)), u = oc_f32(c, V_SIGNED, DIMS(6));
@@ -1196,17 +1198,27 @@ TEST(emu_ops_intrinsics) {
   CHECKF(failed == 0, "%d gather/scan/intrinsic case(s) differ (emulated)", failed);
 }
 
-/* linear_cross_entropy_step at each block height the kernel has
- * (ZOO_LCE_STEP_ROWS, else the emitter picks from M): 1 to 4 rows of the
- * register tiles per thread, blocks past M and blocks with no labelled row. */
+/* linear_cross_entropy_step in both forms: the fp32 rows form at each block
+ * height it has (ZOO_LCE_STEP_ROWS: 1 to 4 rows of the register tiles per
+ * thread), and the tensor-core form (ZOO_LCE_STEP_FORM=tc) within TF32's
+ * tolerance, its blocks taking one tile of the vocabulary, all of them or
+ * uneven shares (ZOO_LCE_STEP_GROUPS); blocks past M and blocks with no
+ * labelled row. */
 static const named_case lce_step_cases[] = {
       {"linear_cross_entropy_step", c_lce_step, 1e-4, 0},
       {"linear_cross_entropy_step_d20", c_lce_step_d20, 1e-4, 0},
       {"linear_cross_entropy_step_d4", c_lce_step_d4, 1e-4, 0},
 };
+static const named_case lce_step_tc_cases[] = {
+      {"linear_cross_entropy_step_tc", c_lce_step, 1e-3, 0},
+      {"linear_cross_entropy_step_tc_d20", c_lce_step_d20, 1e-3, 0},
+      {"linear_cross_entropy_step_tc_d4", c_lce_step_d4, 1e-3, 0},
+      {"linear_cross_entropy_step_tc_tiles", c_lce_step_tiles, 1e-3, 0},
+};
 
 static int lce_step_rows(zoo_test_ctx *t, int mode) {
-  char *saved = zoo_test_env_set("ZOO_LCE_STEP_ROWS", NULL);
+  char *saved[3] = {zoo_test_env_set("ZOO_LCE_STEP_ROWS", NULL), zoo_test_env_set("ZOO_LCE_STEP_FORM", "rows"),
+                    zoo_test_env_set("ZOO_LCE_STEP_GROUPS", NULL)};
   const char *rows[4] = {"16", "32", "48", "64"};
   int failed = 0;
   for (int k = 0; k < 4; k++) {
@@ -1215,7 +1227,18 @@ static int lce_step_rows(zoo_test_ctx *t, int mode) {
     if (f) fprintf(stderr, "  %d case(s) differ with %s rows per block\n", f, rows[k]);
     failed += f;
   }
-  zoo_test_env_restore("ZOO_LCE_STEP_ROWS", saved);
+  setenv("ZOO_LCE_STEP_FORM", "tc", 1);
+  const char *groups[3] = {NULL, "1", "3"}; /* the emitter's (a tile a block here), all tiles, uneven shares */
+  for (int k = 0; k < 3; k++) {
+    if (groups[k]) setenv("ZOO_LCE_STEP_GROUPS", groups[k], 1);
+    else unsetenv("ZOO_LCE_STEP_GROUPS");
+    int f = run_cases(t, lce_step_tc_cases, (int)(sizeof lce_step_tc_cases / sizeof *lce_step_tc_cases), mode);
+    if (f) fprintf(stderr, "  %d case(s) differ in the tensor-core form (groups %s)\n", f, groups[k] ? groups[k] : "-");
+    failed += f;
+  }
+  zoo_test_env_restore("ZOO_LCE_STEP_ROWS", saved[0]);
+  zoo_test_env_restore("ZOO_LCE_STEP_FORM", saved[1]);
+  zoo_test_env_restore("ZOO_LCE_STEP_GROUPS", saved[2]);
   return failed;
 }
 

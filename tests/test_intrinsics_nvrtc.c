@@ -253,7 +253,7 @@ TEST(intrinsics_poly_tf32_long) {
   for (int c = 0; c < 4; c++) {
     kt k;
     kt_init(&k);
-    k.e.poly_tf32 = tf32[c];
+    k.e.tf32 = tf32[c];
     if (c == 2) setenv("ZOO_POLY_FORM", "chunked", 1);
     add_poly(&k, 2048, dv[c], 0, 0, 1);
     unsetenv("ZOO_POLY_FORM");
@@ -488,6 +488,51 @@ TEST(intrinsics_emit_lce_step) {
     CHECK(strstr(k.e.err, "D a multiple of 4 up to 64") != NULL);
     kt_free(&k);
   }
+}
+
+/* The tensor-core form (the emit's tf32, as precision tf32 and bf16 set it):
+ * the same shapes compile for sm_90. */
+TEST(intrinsics_nvrtc_lce_step_tc) {
+  kt k;
+  kt_init(&k);
+  k.e.tf32 = 1;
+  add_lce_step(&k, 6144, 32, 8192, 1);
+  add_lce_step(&k, 8192, 64, 8192, 1);
+  add_lce_step(&k, 6144, 24, 8192, 1);
+  add_lce_step(&k, 6144, 20, 8192, 1); /* D padded to 24 */
+  add_lce_step(&k, 6144, 32, 8192, 0);
+  CHECK(!k.failed);
+  KT_COMPILE(&k, "linear_cross_entropy_step (tensor cores)");
+  kt_free(&k);
+}
+
+/* Its launches: count, stats, lse, grad and finish sharing one scratch area,
+ * then the GEMM of dh = dlogits w; the vocabulary groups for M = 6144 (48
+ * row tiles, 5 groups: 240 blocks); the evaluation's stats, lse and finish. */
+TEST(intrinsics_emit_lce_step_tc) {
+  kt k;
+  kt_init(&k);
+  k.e.tf32 = 1;
+  char *saved = zoo_test_env_set("ZOO_LCE_STEP_FORM", NULL);
+  add_lce_step(&k, 6144, 32, 8192, 1);
+  CHECK(!k.failed && k.e.nsteps == 6);
+  const zoo_step *st = k.e.steps;
+  CHECK(st[1].grid[0] == 48 && st[1].grid[1] == 5 && st[3].grid[0] == 48 && st[3].grid[1] == 5);
+  CHECK(st[1].smem > 48 * 1024 && st[1].smem == st[3].smem);
+  for (int i = 1; i < 5; i++) CHECK(st[i].kind == ZOO_STEP_KERNEL && st[i].scratch_bytes == st[0].scratch_bytes);
+  const zoo_gemm *gm = &st[5].gemm;
+  CHECK(st[5].kind == ZOO_STEP_GEMM && gm->a == k.g.nodes[0].out[2] && gm->b == k.g.nodes[0].in[1]);
+  CHECK(gm->c == k.g.nodes[0].out[3] && gm->m == 6144 && gm->n == 32 && gm->k == 8192 && !gm->trans_a && !gm->trans_b);
+  CHECK(strstr(k.e.src.s, "zk_lctc_stats<32, 8192, -100, 6144, 5>") != NULL);
+  add_lce_step(&k, 6144, 32, 8192, 0);
+  CHECK(!k.failed && k.e.nsteps == 9);
+  setenv("ZOO_LCE_STEP_FORM", "rows", 1); /* the fp32 kernel even so */
+  add_lce_step(&k, 6144, 32, 8192, 1);
+  CHECK(!k.failed && k.e.nsteps == 12 && strstr(k.e.src.s, "zk_lcs_rows<32, 8192, 48") != NULL);
+  setenv("ZOO_LCE_STEP_FORM", "fast", 1);
+  CHECK(zoo_cuda_linear_cross_entropy_step(&k.e, &k.g.nodes[0]) != 0 && strstr(k.e.err, "ZOO_LCE_STEP_FORM=fast"));
+  zoo_test_env_restore("ZOO_LCE_STEP_FORM", saved);
+  kt_free(&k);
 }
 
 TEST(intrinsics_nvrtc_norms) {

@@ -25,8 +25,12 @@
 
 typedef long long zk_i64;
 
-/* Four floats read or written at once (16-byte shared and global accesses);
- * like CUDA's float4, defined here so the kernels need nothing else. */
+/* Two and four floats read or written at once (8- and 16-byte shared and
+ * global accesses); like CUDA's float2 and float4, defined here so the
+ * kernels need nothing else. */
+struct __align__(8) zk_f2 {
+  float x, y;
+};
 struct __align__(16) zk_f4 {
   float x, y, z, w;
 };
@@ -305,6 +309,76 @@ __device__ __forceinline__ void zk_poly_dn_stats(At at, float *dd, const float *
         int r = e / (DV + 1);
         if (i0 + r < T) stats[(zk_i64)i0 * (DV + 1) + e] = x;
       });
+}
+
+/* Asynchronous copies to shared memory (poly_attention_mma.cu, linear_cross_entropy_tc.cu). */
+/* One float from global to shared memory without a register (cp.async, 4
+ * bytes; zero when !ok), and the group operations; on the CPU (the tests'
+ * emulation) a plain copy. */
+__device__ __forceinline__ void zk_cp_async4(float *dst, const float *src, bool ok) {
+#if defined(__CUDA_ARCH__)
+  unsigned d;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0) : "memory");
+#else
+  *dst = ok ? *src : 0.0f;
+#endif
+}
+__device__ __forceinline__ void zk_cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/* Waits until at most N of this thread's groups are in flight. */
+template <int N> __device__ __forceinline__ void zk_cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/* 16 bytes from global to shared memory by cp.async (both 16-byte aligned);
+ * on the CPU a plain copy. */
+__device__ __forceinline__ void zk_cp_async16(float *dst, const float *src) {
+#if defined(__CUDA_ARCH__)
+  unsigned d;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#else
+  dst[0] = src[0], dst[1] = src[1], dst[2] = src[2], dst[3] = src[3];
+#endif
+}
+
+/* TF32 tensor-core products (poly_attention_mma.cu, linear_cross_entropy_tc.cu). */
+/* x rounded to TF32 (to nearest, ties away from zero), as a .b32 register. */
+__device__ __forceinline__ unsigned zk_tf32(float x) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else
+  unsigned u = (unsigned)__float_as_int(x);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+  return u & 0xffffe000u;
+#endif
+}
+
+/* x rounded to TF32, as a float (its low 13 bits zero). */
+__device__ __forceinline__ float zk_tf32f(float x) { return __int_as_float((int)zk_tf32(x)); }
+
+/* d += a b for one m16n8k8 tile, TF32 operands: with g = lane / 4, t = lane % 4,
+ *   a = A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4];  b = B[t][g], B[t + 4][g];
+ *   d = D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1].
+ * Off the GPU, in the tests' emulation of kernels on the CPU, the emulator's
+ * emu_mma_tf32 makes the same products. */
+__device__ __forceinline__ void zk_mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+               "{%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  emu_mma_tf32(d, a, b); /* the CPU emulation's (tests/emu.c) */
+#endif
 }
 
 #endif /* ZK_COMMON_CU */

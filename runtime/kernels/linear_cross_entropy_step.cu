@@ -69,10 +69,6 @@
 /* The tile column of a thread's logit j (j < 8), past its cx 4. */
 __host__ __device__ constexpr int zk_lcs_col(int j) { return j < 4 ? j : 60 + j; }
 
-struct __align__(8) zk_f2 {
-  float x, y;
-};
-
 /* D rounded up to a power of 2 (at least 4): the dh tile's width. */
 __host__ __device__ constexpr int zk_lcs_dp(int d) { return d <= 4 ? 4 : d <= 8 ? 8 : d <= 16 ? 16 : d <= 32 ? 32 : 64; }
 
