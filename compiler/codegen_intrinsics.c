@@ -1584,8 +1584,8 @@ static int lctc_form(zoo_cuda_emit *e, const zoo_node *n) {
   int NG = lctc_groups(e, M, NT);
   if (NG < 0 || need(e, "softmax.cu", "cross_entropy.cu", "linear_cross_entropy_tc.cu")) return -1;
   ce_scratch cs = ce_scratch_of(M);
-  int64_t part = align16(NG * M * 4), off_pm = cs.bytes, off_ps = off_pm + part, off_pb = off_ps + part,
-          off_pa = off_pb + part, off_xt = off_pa + part, off_lse = off_xt + align16(M * 4);
+  /* pm, ps, pb, pa [NG][M] and xt [M], part bytes apart (NG >= 1), then lse [M] */
+  int64_t part = align16(NG * M * 4), off_pm = cs.bytes, off_lse = off_pm + 5 * part;
   cs.bytes = off_lse + align16(M * 4);
   char name[64];
   zoo_step *s;
@@ -1603,11 +1603,7 @@ static int lctc_form(zoo_cuda_emit *e, const zoo_node *n) {
   if (!(s = launch(e, n, name, rt, 256, (unsigned)smem))) return -1;
   s->grid[1] = (unsigned)NG;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
-  arg_scratch(s, off_pm);
-  arg_scratch(s, off_ps);
-  arg_scratch(s, off_pb);
-  arg_scratch(s, off_pa);
-  arg_scratch(s, off_xt);
+  for (int k = 0; k < 5; k++) arg_scratch(s, off_pm + k * part); /* pm, ps, pb, pa, xt */
   s->scratch_bytes = cs.bytes;
 
   kernel_name(e, n, "lctc_lse", name, sizeof name);
@@ -1619,11 +1615,7 @@ static int lctc_form(zoo_cuda_emit *e, const zoo_node *n) {
                     "  zk_lctc_lse<%d, %lld, %lld, %lld>(pm, ps, pb, pa, xt, targets, lse, rowloss, hit);\n}\n",
                     name, NG, (long long)V, (long long)ig, (long long)M);
   if (!(s = launch(e, n, name, cdiv(8 * M, 256), 256, 0))) return -1;
-  arg_scratch(s, off_pm);
-  arg_scratch(s, off_ps);
-  arg_scratch(s, off_pb);
-  arg_scratch(s, off_pa);
-  arg_scratch(s, off_xt);
+  for (int k = 0; k < 5; k++) arg_scratch(s, off_pm + k * part); /* pm, ps, pb, pa, xt */
   arg_tensor(s, n->in[2]);
   arg_scratch(s, off_lse);
   arg_scratch(s, cs.off_loss);

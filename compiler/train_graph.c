@@ -74,12 +74,13 @@
  * two GEMMs and the loss's rows kernel in fp32 (runtime/kernels/
  * linear_cross_entropy_step.cu), TF32 tensor-core kernels and a GEMM for dhc
  * with precision tf32 and bf16 (linear_cross_entropy_tc.cu); on the CPU the
- * same bits as the three nodes. It is off unless the environment has
- * ZOO_FUSED_LCE_STEP=1: it saves memory (the logits: 410 instead of 578 MiB
- * at rebased 32/48), not time. Measured on the H200 (zoorun bench --quick,
- * with and without it, session 11): 1.10 against 0.99 ms a step at 32/48 and
- * 2.88 against 2.58 at 64/128 in fp32; 0.86 against 0.79 and 1.80 against
- * 1.71 in tf32.
+ * same bits as the three nodes. It saves memory (the logits: 410 instead of
+ * 578 MiB at rebased 32/48). With tc (zoo_train_graph_tc) it is on, the
+ * tensor-core form being as fast or faster (H200, zoorun bench --quick
+ * --precision tf32 with ZOO_FUSED_LCE_STEP=1 and 0, session 11: 0.77 against
+ * 0.80 ms a step at 32/48, 1.35-1.70 against 1.36-1.71 at 64/128); in fp32
+ * it is off, its kernel slower (1.10 against 0.99 ms at 32/48, 2.88 against
+ * 2.58 at 64/128). ZOO_FUSED_LCE_STEP=1 or 0 in the environment overrides.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -583,7 +584,9 @@ int zoo_train_graph_tc(zoo_graph *g, zoo_head mode, int64_t per_seq, int tc, zoo
     g->tensors[p].grad = z;
   }
   fold_loss_step(g);
-  if (zoo_env_on("ZOO_FUSED_LCE_STEP")) fold_linear_step(g);
+  /* the fold: where tc (its tensor-core form measured as fast or faster), or as the environment says */
+  const char *fold = getenv("ZOO_FUSED_LCE_STEP");
+  if (fold && *fold ? strcmp(fold, "0") != 0 : tc) fold_linear_step(g);
   if (zoo_env_on("ZOO_LINEAR_NORM")) fold_linear_norm(g);
   return 0;
 }

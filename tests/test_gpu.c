@@ -78,11 +78,15 @@ enum { MODE_GPU, MODE_EMU, MODE_PRECOMPILE };
  * One-op cases */
 
 /* V_TARGETS: 30% ignore_index (-100), the rest in [lo, hi); V_LABELLED_FIRST:
- * the first 60% in [lo, hi), the rest -100 (the compacted head's rows) */
+ * the first 60% in [lo, hi), the rest -100 (the compacted head's rows);
+ * V_HOT_ROWS: a [V, D] matrix, signed except rows HOT .. HOT + 7, positive
+ * and growing (1 + 0.4 k, a little noise): with positive rows of h, row HOT
+ * + 7 is every row's argmax by a margin TF32 cannot blur, so hits occur. */
+#define HOT 300
 #ifndef MQAR_ROWS
 #define MQAR_ROWS 64
 #endif
-typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS, V_LABELLED_FIRST, V_MQAR_IDS } vkind;
+typedef enum { V_SIGNED, V_POSITIVE, V_AWAY, V_BINARY, V_IDS, V_TARGETS, V_LABELLED_FIRST, V_MQAR_IDS, V_HOT_ROWS } vkind;
 
 typedef struct ocase {
   zoo_graph g;
@@ -162,6 +166,12 @@ static void fill(ocase *c, int k, void *data, int64_t n) {
     case V_MQAR_IDS: i[e] = u < 0.25 ? 0 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
     case V_TARGETS: i[e] = u < 0.3 ? -100 : c->lo[k] + (int32_t)(urand(c) * (c->hi[k] - c->lo[k])); break;
     case V_LABELLED_FIRST: i[e] = e >= n * 3 / 5 ? -100 : c->lo[k] + (int32_t)(u * (c->hi[k] - c->lo[k])); break;
+    case V_HOT_ROWS: {
+      const zoo_type *ty = &c->g.tensors[c->in[k]].type;
+      int64_t v = e / ty->dim[ty->ndim - 1].coef;
+      f[e] = v >= HOT && v < HOT + 8 ? (float)(1 + 0.4 * (double)(v - HOT) + 0.05 * u) : (float)(2 * u - 1);
+      break;
+    }
     }
   }
 }
@@ -1116,6 +1126,16 @@ static int c_lce_step_d20(ocase *c) { return c_lce_step_t(c, 70, 20, 256, V_LABE
 static int c_lce_step_d64(ocase *c) { return c_lce_step_t(c, 50, 64, 128, V_LABELLED_FIRST); }
 /* three row tiles of 128, the last unlabelled, and four vocabulary tiles */
 static int c_lce_step_tiles(ocase *c) { return c_lce_step_t(c, 300, 32, 512, V_LABELLED_FIRST); }
+/* hits: every row's argmax is HOT + 7 (third vocabulary tile, inside a
+ * thread's columns), the targets HOT .. HOT + 7 */
+static int c_lce_step_hits(ocase *c) {
+  int h = oc_f32(c, V_POSITIVE, DIMS(200, 32)), w = oc_f32(c, V_HOT_ROWS, DIMS(512, 32));
+  int tg = oc_i32(c, V_TARGETS, HOT, HOT + 8, DIMS(200)), dl = oc_f32(c, V_POSITIVE, 0, NULL);
+  zoo_attrs a = A0();
+  a.i[0] = -100;
+  int in[4] = {h, w, tg, dl};
+  return oc_op(c, ZOO_OP_LINEAR_CROSS_ENTROPY_STEP, 4, in, &a);
+}
 
 static int c_wkv4_t(ocase *c, int64_t T, int bf16) {
   int w = oc_f32(c, V_SIGNED, DIMS(6)), u = oc_f32(c, V_SIGNED, DIMS(6));
@@ -1208,12 +1228,14 @@ static const named_case lce_step_cases[] = {
       {"linear_cross_entropy_step", c_lce_step, 1e-4, 0},
       {"linear_cross_entropy_step_d20", c_lce_step_d20, 1e-4, 0},
       {"linear_cross_entropy_step_d4", c_lce_step_d4, 1e-4, 0},
+      {"linear_cross_entropy_step_hits", c_lce_step_hits, 1e-4, 0},
 };
 static const named_case lce_step_tc_cases[] = {
       {"linear_cross_entropy_step_tc", c_lce_step, 1e-3, 0},
       {"linear_cross_entropy_step_tc_d20", c_lce_step_d20, 1e-3, 0},
       {"linear_cross_entropy_step_tc_d4", c_lce_step_d4, 1e-3, 0},
       {"linear_cross_entropy_step_tc_tiles", c_lce_step_tiles, 1e-3, 0},
+      {"linear_cross_entropy_step_tc_hits", c_lce_step_hits, 1e-3, 0},
 };
 
 static int lce_step_rows(zoo_test_ctx *t, int mode) {

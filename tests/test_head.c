@@ -57,7 +57,9 @@ static int make_batch(int32_t *tok, int32_t *tgt, int V) {
  * heads; builds its training graph with the given head (the compacted one with
  * two rows to spare per sequence); binds B = HB, T = HT and fills parameters,
  * tokens and targets from fixed seeds, the same for every form. */
-static int run_init_at(run *r, const char *name, zoo_head head, int V, int dm) {
+/* tc: the training graph as the CUDA backend makes it for precision tf32 and
+ * bf16 (zoo_train_graph_tc). */
+static int run_init_tc(run *r, const char *name, zoo_head head, int V, int dm, int tc) {
   memset(r, 0, sizeof *r);
   char path[64], vocab[16], dmodel[16];
   snprintf(path, sizeof path, "models/%s.zoo", name);
@@ -71,7 +73,7 @@ static int run_init_at(run *r, const char *name, zoo_head head, int V, int dm) {
   zoo_graph *g = &r->p->graph;
   int32_t tok0[HB * HT], tgt0[HB * HT];
   int most = make_batch(tok0, tgt0, V);
-  if (zoo_train_graph_head(g, head, most + 2, &d) != 0) return -1;
+  if (zoo_train_graph_tc(g, head, most + 2, tc, &d) != 0) return -1;
   int64_t syms[ZOO_MAX_SYMS] = {0};
   for (int s = 0; s < g->nsyms; s++)
     syms[s] = strcmp(g->sym_names[s], "B") == 0 ? HB : strcmp(g->sym_names[s], "T") == 0 ? HT : 1;
@@ -96,6 +98,10 @@ static int run_init_at(run *r, const char *name, zoo_head head, int V, int dm) {
   r->cpu.training = 1;
   r->cpu.seed = 1234;
   return 0;
+}
+
+static int run_init_at(run *r, const char *name, zoo_head head, int V, int dm) {
+  return run_init_tc(r, name, head, V, dm, 0);
 }
 
 static void run_free(run *r) {
@@ -328,20 +334,23 @@ TEST(head_step_fold_based) { step_fold(t, "based"); }
 TEST(head_step_fold_conv_attention) { step_fold(t, "conv_attention"); }
 TEST(head_step_fold_attention) { step_fold(t, "attention"); }
 
-/* The fold only with ZOO_FUSED_LCE_STEP=1 (not by default, not with 0), and
- * even then not where the kernel cannot take the shapes (D 128 or 26, V 37)
- * or for the plain head (its logits are the output). */
+/* The fold: in fp32 only with ZOO_FUSED_LCE_STEP=1 (not by default, not with
+ * 0); with tc (precision tf32 and bf16) by default, not with 0; and never
+ * where the kernels cannot take the shapes (D 128 or 26, V 37) or for the
+ * plain head (its logits are the output). */
 TEST(head_step_fold_conditions) {
-  struct { int V, dm; const char *on; zoo_head head; int folded; } cases[] = {
-      {HVC, 24, "1", ZOO_HEAD_COMPACT, 1},  {HVC, 128, "1", ZOO_HEAD_COMPACT, 0},
-      {HVC, 26, "1", ZOO_HEAD_COMPACT, 0},  {HV, 24, "1", ZOO_HEAD_COMPACT, 0},
-      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 0}, {HVC, 24, "0", ZOO_HEAD_COMPACT, 0},
-      {HVC, 24, "1", ZOO_HEAD_PLAIN, 0},    {HVC, 64, "1", ZOO_HEAD_COMPACT, 1},
+  struct { int V, dm; const char *on; zoo_head head; int tc, folded; } cases[] = {
+      {HVC, 24, "1", ZOO_HEAD_COMPACT, 0, 1},  {HVC, 128, "1", ZOO_HEAD_COMPACT, 0, 0},
+      {HVC, 26, "1", ZOO_HEAD_COMPACT, 0, 0},  {HV, 24, "1", ZOO_HEAD_COMPACT, 0, 0},
+      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 0, 0}, {HVC, 24, "0", ZOO_HEAD_COMPACT, 0, 0},
+      {HVC, 24, "1", ZOO_HEAD_PLAIN, 0, 0},    {HVC, 64, "1", ZOO_HEAD_COMPACT, 0, 1},
+      {HVC, 24, NULL, ZOO_HEAD_COMPACT, 1, 1}, {HVC, 24, "0", ZOO_HEAD_COMPACT, 1, 0},
+      {HVC, 128, NULL, ZOO_HEAD_COMPACT, 1, 0},
   };
   for (int c = 0; c < (int)(sizeof cases / sizeof *cases); c++) {
     char *saved = zoo_test_env_set("ZOO_FUSED_LCE_STEP", cases[c].on);
     run r;
-    int rc = run_init_at(&r, "rebased", cases[c].head, cases[c].V, cases[c].dm);
+    int rc = run_init_tc(&r, "rebased", cases[c].head, cases[c].V, cases[c].dm, cases[c].tc);
     zoo_test_env_restore("ZOO_FUSED_LCE_STEP", saved);
     int folded = -1, consistent = 0;
     if (rc == 0) {
@@ -350,8 +359,9 @@ TEST(head_step_fold_conditions) {
       consistent = graph_consistent(g) && (folded ? lce_step(g) || cases[c].V != HVC : plain_step(g));
     }
     run_free(&r);
-    CHECKF(rc == 0 && folded == cases[c].folded && consistent, "case %d (V %d, d_model %d, switch %s): folded %d",
-           c, cases[c].V, cases[c].dm, cases[c].on ? cases[c].on : "unset", folded);
+    CHECKF(rc == 0 && folded == cases[c].folded && consistent,
+           "case %d (V %d, d_model %d, switch %s, tc %d): folded %d", c, cases[c].V, cases[c].dm,
+           cases[c].on ? cases[c].on : "unset", cases[c].tc, folded);
   }
 }
 

@@ -150,6 +150,49 @@ __device__ __forceinline__ void zk_lctc_range(int &t0, int &t1) {
   t0 = (int)blockIdx.y * NT / NG, t1 = ((int)blockIdx.y + 1) * NT / NG;
 }
 
+/* 2^x by the hardware's approximation with denormal results flushed to zero
+ * (one instruction; exp2f adds a scaling for them). Off the GPU, exp2f. */
+__device__ __forceinline__ float zk_lctc_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+/* Two floats to p (8-byte aligned) in one 8-byte store: a zk_f2 store measured
+ * split into two 4-byte ones in the PTX, half a sector each. */
+__device__ __forceinline__ void zk_lctc_st2(float *p, float a, float b) {
+  *(unsigned long long *)p =
+      (unsigned long long)(unsigned)__float_as_int(a) | (unsigned long long)(unsigned)__float_as_int(b) << 32;
+}
+
+/* A block's sweep: h's tile staged, then per tile of w in [t0, t1), in order,
+ * the warp's logits handed to fn(acc, c0) (c0 the tile's first column), the
+ * next tile arriving by cp.async meanwhile. Both kernels run it, so both make
+ * the same bits. */
+template <int D, typename Fn>
+__device__ __forceinline__ void zk_lctc_sweep(float *hs, float *wb, const float *__restrict__ h,
+                                              const float *__restrict__ w, zk_i64 row0, int M, int t0, int t1,
+                                              const Fn &fn) {
+  constexpr int KP = zk_lctc_kp(D);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  zk_lctc_fetch<D>(wb, w, t0);
+  zk_lctc_load<D>(hs, h, row0, M);
+  zk_lctc_pad<D>(wb);
+  for (int tile = t0; tile < t1; tile++) {
+    const float *ws = wb + ((tile - t0) & 1) * 128 * KP;
+    zk_cp_async_wait<0>();
+    __syncthreads(); /* the tile is in; everyone is done with the other buffer */
+    if (tile + 1 < t1) zk_lctc_fetch<D>(wb + ((tile + 1 - t0) & 1) * 128 * KP, w, tile + 1);
+    float acc[2][8][4];
+    zk_lctc_logits<D>(acc, hs, ws, warp & 3, warp >> 2, lane >> 2, lane & 3);
+    fn(acc, tile * 128);
+  }
+}
+
 template <int D, int V, int IGNORE, int M, int NG>
 __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const float *__restrict__ w,
                                               const int *__restrict__ targets, float *__restrict__ pm,
@@ -166,9 +209,6 @@ __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const
   zk_lctc_range<V / 128, NG>(t0, t1);
   zk_i64 row0 = (zk_i64)blockIdx.x * 128;
   if (!zk_lctc_labelled<IGNORE, M>(targets, row0)) return; /* zk_lctc_lse reads nothing of these rows */
-  zk_lctc_fetch<D>(wb, w, t0);
-  zk_lctc_load<D>(hs, h, row0, M);
-  zk_lctc_pad<D>(wb);
   int tg[4];
   float m[4], s[4], best[4];
   int arg[4];
@@ -178,25 +218,22 @@ __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const
     tg[i] = r < M ? targets[r] : IGNORE;
     m[i] = ZK_NEG_INF, s[i] = 0.0f, best[i] = ZK_NEG_INF, arg[i] = 0x7fffffff;
   }
-  for (int tile = t0; tile < t1; tile++) {
-    const float *ws = wb + ((tile - t0) & 1) * 128 * KP;
-    zk_cp_async_wait<0>();
-    __syncthreads(); /* the tile is in; everyone is done with the other buffer */
-    if (tile + 1 < t1) zk_lctc_fetch<D>(wb + ((tile + 1 - t0) & 1) * 128 * KP, w, tile + 1);
-    float acc[2][8][4];
-    zk_lctc_logits<D>(acc, hs, ws, wm, wn, g, t);
-    int c0 = tile * 128;
+  zk_lctc_sweep<D>(hs, wb, h, w, row0, M, t0, t1, [&](const float(&acc)[2][8][4], int c0) {
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      /* the first maximum of the thread's columns (increasing j, then tiles:
-       * increasing column), its first column to start with, as zk_row_scan */
+      /* the tile's max of the thread's columns; where it beats the thread's
+       * best so far (rarely, after the first tiles), the first column that
+       * holds it: so best and arg are the first maximum of the thread's
+       * columns, seen in increasing order (increasing j, then tiles) */
       float tm = zk_lctc_at(acc, i, 0);
-      if (arg[i] == 0x7fffffff) best[i] = tm, arg[i] = c0 + zk_lctc_col(wn, t, 0);
 #pragma unroll
-      for (int j = 0; j < 16; j++) {
-        float x = zk_lctc_at(acc, i, j);
-        tm = fmaxf(tm, x);
-        if (x > best[i]) best[i] = x, arg[i] = c0 + zk_lctc_col(wn, t, j);
+      for (int j = 1; j < 16; j++) tm = fmaxf(tm, zk_lctc_at(acc, i, j));
+      if (tm > best[i] || arg[i] == 0x7fffffff) {
+        int jj = 15;
+#pragma unroll
+        for (int j = 14; j >= 0; j--)
+          if (zk_lctc_at(acc, i, j) == tm) jj = j;
+        best[i] = tm, arg[i] = c0 + zk_lctc_col(wn, t, jj);
       }
       int rel = tg[i] - c0;
       if (tg[i] != IGNORE && (unsigned)rel < 128u) {
@@ -208,12 +245,12 @@ __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const
       tm = fmaxf(tm, __shfl_xor_sync(ZK_FULL_MASK, tm, 2));
       float mn = fmaxf(m[i], tm);
       if (mn == ZK_NEG_INF) continue;
-      float mb = mn * ZK_LCTC_LOG2E, e = s[i] * exp2f(fmaf(m[i], ZK_LCTC_LOG2E, -mb));
+      float mb = mn * ZK_LCTC_LOG2E, e = s[i] * zk_lctc_exp2(fmaf(m[i], ZK_LCTC_LOG2E, -mb));
 #pragma unroll
-      for (int j = 0; j < 16; j++) e += exp2f(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -mb));
+      for (int j = 0; j < 16; j++) e += zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -mb));
       s[i] = e, m[i] = mn;
     }
-  }
+  });
   /* the row's 4 lanes (their max is shared), then its two warps */
 #pragma unroll
   for (int i = 0; i < 4; i++) {
@@ -296,9 +333,6 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
     }
     return;
   }
-  zk_lctc_fetch<D>(wb, w, t0);
-  zk_lctc_load<D>(hs, h, row0, M);
-  zk_lctc_pad<D>(wb);
   float scale = dloss[0] / count[0]; /* count >= 1: the block has a labelled row */
   int tg[4];
   float l2[4]; /* lse in bits: exp(l - lse) = exp2(l log2(e) - l2) */
@@ -308,14 +342,7 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
     tg[i] = r < M ? targets[r] : IGNORE;
     l2[i] = tg[i] != IGNORE ? lse[r] * ZK_LCTC_LOG2E : 0.0f;
   }
-  for (int tile = t0; tile < t1; tile++) {
-    const float *ws = wb + ((tile - t0) & 1) * 128 * KP;
-    zk_cp_async_wait<0>();
-    __syncthreads(); /* the tile is in; everyone is done with the other buffer */
-    if (tile + 1 < t1) zk_lctc_fetch<D>(wb + ((tile + 1 - t0) & 1) * 128 * KP, w, tile + 1);
-    float acc[2][8][4];
-    zk_lctc_logits<D>(acc, hs, ws, wm, wn, g, t);
-    int c0 = tile * 128;
+  zk_lctc_sweep<D>(hs, wb, h, w, row0, M, t0, t1, [&](const float(&acc)[2][8][4], int c0) {
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       zk_i64 r = row0 + zk_lctc_row(wm, g, i);
@@ -325,15 +352,15 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
       float *dr = dlogits + r * V + c0;
 #pragma unroll
       for (int j = 0; j < 16; j += 2) {
-        float x0 = lab ? scale * exp2f(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
-        float x1 = lab ? scale * exp2f(fmaf(zk_lctc_at(acc, i, j + 1), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
+        float x0 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
+        float x1 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j + 1), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
         int c = zk_lctc_col(wn, t, j);
         if (lab && rel == c) x0 -= scale;
         if (lab && rel == c + 1) x1 -= scale;
-        *(zk_f2 *)(dr + c) = zk_f2{x0, x1};
+        zk_lctc_st2(dr + c, x0, x1);
       }
     }
-  }
+  });
 }
 
 #endif /* ZK_LINEAR_CROSS_ENTROPY_TC_CU */
