@@ -43,7 +43,14 @@
  *
  * Cost at M = 6144, V = 8192, D = 32: 3.2 GFLOP of TF32 products per kernel,
  * 201 MB of dlogits written by the second. Dynamic shared memory 3 128 KP
- * floats (55 KB at D = 32, 104 KB at 64); two blocks an SM.
+ * floats (55 KB at D = 32, 104 KB at 64); two blocks an SM. On the H200
+ * (session 11, .gpu/s11run11.sh) 0.058 and 0.073 ms at that shape: the
+ * per-logit work around the products (a maximum, an exponential, a sum; an
+ * exponential, a scale, the stores) bounds them, not the products. Replaced
+ * after measuring: one tile a block (3072 blocks; 0.081 and 0.140 ms); stores
+ * of a two-float struct, which compiled to two 4-byte stores of half a sector
+ * each (the gradient 0.169 ms; one 8-byte store and ex2.approx.ftz for exp2f,
+ * which scales for denormal results, in the same change: 0.073, run 10).
  */
 #ifndef ZK_LINEAR_CROSS_ENTROPY_TC_CU
 #define ZK_LINEAR_CROSS_ENTROPY_TC_CU
