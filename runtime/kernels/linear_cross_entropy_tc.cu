@@ -55,7 +55,13 @@
  * fragments when an n8 tile's columns run 0, 2, 4, 6, 1, 3, 5, 7; partial
  * sums per vocabulary share), which needs 32 more registers: one block an SM
  * at 192 registers 0.134 ms, two with 524 bytes of spills 0.146, against
- * 0.073 and the GEMM's 0.06 (run 13: 0.78 against 0.76 ms a step).
+ * 0.073 and the GEMM's 0.06 (run 13: 0.78 against 0.76 ms a step). Nsight
+ * Compute on the statistics kernel (run 14): 25 M warp instructions, the
+ * integer pipe the busiest (38%), 1.06 eligible warps of 3.35 a scheduler:
+ * it waits more than it issues. Rounding each w tile once as it lands, not
+ * each B fragment as it is read (64 conversions a thread and tile fewer), did
+ * not move it (0.061 and 0.074 ms, run 15), so the fragments keep their
+ * conversions; more warps an SM (fewer registers) is what is left to try.
  */
 #ifndef ZK_LINEAR_CROSS_ENTROPY_TC_CU
 #define ZK_LINEAR_CROSS_ENTROPY_TC_CU
