@@ -78,6 +78,7 @@ __device__ __forceinline__ float zg_warp_sum(float v) {
 #define ZK_COMMON_CU
 
 #define ZK_NEG_INF (__int_as_float(0xff800000))
+#define ZK_LOG2E 1.44269504088896341f /* exp(x) = exp2(x ZK_LOG2E) */
 #define ZK_FULL_MASK 0xffffffffu
 
 typedef long long zk_i64;
@@ -2016,6 +2017,15 @@ __device__ __forceinline__ void zk_ce_finish(const float *__restrict__ rowloss,
   s = zk_block_sum(s, shf);
   cnt = zk_block_sum_int(cnt, shi);
   if (threadIdx.x == 0) out[0] = cnt > 0 ? s / (float)cnt : 0.0f;
+}
+
+/* Whether rows [row0, row0 + R) below N hold a labelled one (R at most the
+ * block's threads); every thread of the block calls it. */
+template <int IGNORE>
+__device__ __forceinline__ bool zk_ce_any_labelled(const int *__restrict__ targets, zk_i64 row0, int R, zk_i64 N) {
+  __shared__ int shi[32];
+  int tid = threadIdx.x;
+  return zk_block_sum_int(tid < R && row0 + tid < N && targets[row0 + tid] != IGNORE, shi) > 0;
 }
 
 template <int N, int IGNORE>

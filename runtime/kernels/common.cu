@@ -21,6 +21,7 @@
 #define ZK_COMMON_CU
 
 #define ZK_NEG_INF (__int_as_float(0xff800000))
+#define ZK_LOG2E 1.44269504088896341f /* exp(x) = exp2(x ZK_LOG2E) */
 #define ZK_FULL_MASK 0xffffffffu
 
 typedef long long zk_i64;

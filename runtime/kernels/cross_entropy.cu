@@ -66,6 +66,15 @@ __device__ __forceinline__ void zk_ce_finish(const float *__restrict__ rowloss,
   if (threadIdx.x == 0) out[0] = cnt > 0 ? s / (float)cnt : 0.0f;
 }
 
+/* Whether rows [row0, row0 + R) below N hold a labelled one (R at most the
+ * block's threads); every thread of the block calls it. */
+template <int IGNORE>
+__device__ __forceinline__ bool zk_ce_any_labelled(const int *__restrict__ targets, zk_i64 row0, int R, zk_i64 N) {
+  __shared__ int shi[32];
+  int tid = threadIdx.x;
+  return zk_block_sum_int(tid < R && row0 + tid < N && targets[row0 + tid] != IGNORE, shi) > 0;
+}
+
 template <int N, int IGNORE>
 __device__ __forceinline__ void zk_ce_count(const int *__restrict__ targets,
                                             float *__restrict__ count) {

@@ -64,8 +64,6 @@
 #define ZK_LCS_BN 128
 #define ZK_LCS_BNP 132
 
-#define ZK_LCS_LOG2E 1.44269504088896341f
-
 /* The tile column of a thread's logit j (j < 8), past its cx 4. */
 __host__ __device__ constexpr int zk_lcs_col(int j) { return j < 4 ? j : 60 + j; }
 
@@ -200,13 +198,11 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
   extern __shared__ float zk_lcs_sh[];
   float *hs = zk_lcs_sh, *ws = hs + D * HW, *gs = ws + 2 * WBUF;
   float *st = gs + (DH ? BM * BNP : 0), *lse_s = st + 10 * BM; /* st [2][5][BM]: m, s, best, arg, xt */
-  __shared__ int shi[32];
   int tid = threadIdx.x, lane = tid & 31, wi = tid >> 5;
   int ry = (wi >> 1) * 4 + (lane >> 3), cx = (wi & 1) * 8 + (lane & 7);
   zk_i64 row0 = (zk_i64)blockIdx.x * BM;
 
-  int labelled = zk_block_sum_int(tid < BM && row0 + tid < M && targets[row0 + tid] != IGNORE, shi);
-  if (labelled == 0) {
+  if (!zk_ce_any_labelled<IGNORE>(targets, row0, BM, M)) {
     if (G) {
       zk_f4 z = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int e = tid; e < BM * (V / 4); e += ZK_LCS_NT) {
@@ -284,12 +280,12 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
       }
       if (mx == ZK_NEG_INF) continue;
       if (mx > m[i]) {
-        s[i] *= exp2f((m[i] - mx) * ZK_LCS_LOG2E);
+        s[i] *= exp2f((m[i] - mx) * ZK_LOG2E);
         m[i] = mx;
       }
-      float mb = m[i] * ZK_LCS_LOG2E, e = exp2f(fmaf(acc[i][0], ZK_LCS_LOG2E, -mb));
+      float mb = m[i] * ZK_LOG2E, e = exp2f(fmaf(acc[i][0], ZK_LOG2E, -mb));
 #pragma unroll
-      for (int j = 1; j < 8; j++) e += exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -mb));
+      for (int j = 1; j < 8; j++) e += exp2f(fmaf(acc[i][j], ZK_LOG2E, -mb));
       s[i] += e;
     }
     if (it + 1 < NTILE || PASS2) zk_lcs_put<D>(pf, ws + ((it + 1) & 1) * WBUF);
@@ -335,7 +331,7 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
   float scale = dloss[0] / count[0]; /* count >= 1: this block has a labelled row */
   float lse2[TM]; /* lse in bits: exp(l - lse) = exp2(l log2(e) - lse2) */
 #pragma unroll
-  for (int i = 0; i < TM; i++) lse2[i] = lse_s[ry * TM + i] * ZK_LCS_LOG2E;
+  for (int i = 0; i < TM; i++) lse2[i] = lse_s[ry * TM + i] * ZK_LOG2E;
   int kg = tid / (16 * DX), ry2 = tid % 16, dx = (tid / 16) % DX;
   float dacc[TM][C2];
 #pragma unroll
@@ -355,7 +351,7 @@ __device__ __forceinline__ void zk_lcs_rows(const float *__restrict__ h, const f
       bool lab = tg[i] != IGNORE;
       float g[8];
 #pragma unroll
-      for (int j = 0; j < 8; j++) g[j] = lab ? scale * exp2f(fmaf(acc[i][j], ZK_LCS_LOG2E, -lse2[i])) : 0.0f;
+      for (int j = 0; j < 8; j++) g[j] = lab ? scale * exp2f(fmaf(acc[i][j], ZK_LOG2E, -lse2[i])) : 0.0f;
       if (lab && (unsigned)rel < 68u) {
 #pragma unroll
         for (int j = 0; j < 8; j++)

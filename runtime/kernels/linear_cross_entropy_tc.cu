@@ -66,8 +66,6 @@
 #ifndef ZK_LINEAR_CROSS_ENTROPY_TC_CU
 #define ZK_LINEAR_CROSS_ENTROPY_TC_CU
 
-#define ZK_LCTC_LOG2E 1.44269504088896341f
-
 __host__ __device__ constexpr int zk_lctc_dk(int d) { return (d + 7) / 8 * 8; }
 __host__ __device__ constexpr int zk_lctc_kp(int d) { return zk_lctc_dk(d) + 4; }
 
@@ -154,14 +152,6 @@ __device__ __forceinline__ float zk_lctc_at(const float (&acc)[2][8][4], int i, 
 }
 __device__ __forceinline__ int zk_lctc_col(int wn, int t, int j) { return 64 * wn + 8 * (j >> 1) + 2 * t + (j & 1); }
 
-/* Whether the block's 128 rows from row0 hold a labelled one. */
-template <int IGNORE, int M>
-__device__ __forceinline__ bool zk_lctc_labelled(const int *__restrict__ targets, zk_i64 row0) {
-  __shared__ int shi[32];
-  int tid = threadIdx.x;
-  return zk_block_sum_int(tid < 128 && row0 + tid < M && targets[row0 + tid] != IGNORE, shi) > 0;
-}
-
 /* Tiles [t0, t1) of a block of the grid's row y. */
 template <int NT, int NG>
 __device__ __forceinline__ void zk_lctc_range(int &t0, int &t1) {
@@ -226,7 +216,7 @@ __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const
   int t0, t1;
   zk_lctc_range<V / 128, NG>(t0, t1);
   zk_i64 row0 = (zk_i64)blockIdx.x * 128;
-  if (!zk_lctc_labelled<IGNORE, M>(targets, row0)) return; /* zk_lctc_lse reads nothing of these rows */
+  if (!zk_ce_any_labelled<IGNORE>(targets, row0, 128, M)) return; /* zk_lctc_lse reads nothing of these rows */
   int tg[4];
   float m[4], s[4], best[4];
   int arg[4];
@@ -263,9 +253,9 @@ __device__ __forceinline__ void zk_lctc_stats(const float *__restrict__ h, const
       tm = fmaxf(tm, __shfl_xor_sync(ZK_FULL_MASK, tm, 2));
       float mn = fmaxf(m[i], tm);
       if (mn == ZK_NEG_INF) continue;
-      float mb = mn * ZK_LCTC_LOG2E, e = s[i] * zk_lctc_exp2(fmaf(m[i], ZK_LCTC_LOG2E, -mb));
+      float mb = mn * ZK_LOG2E, e = s[i] * zk_lctc_exp2(fmaf(m[i], ZK_LOG2E, -mb));
 #pragma unroll
-      for (int j = 0; j < 16; j++) e += zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -mb));
+      for (int j = 0; j < 16; j++) e += zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LOG2E, -mb));
       s[i] = e, m[i] = mn;
     }
   });
@@ -344,7 +334,7 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
   int t0, t1;
   zk_lctc_range<V / 128, NG>(t0, t1);
   zk_i64 row0 = (zk_i64)blockIdx.x * 128;
-  if (!zk_lctc_labelled<IGNORE, M>(targets, row0)) {
+  if (!zk_ce_any_labelled<IGNORE>(targets, row0, 128, M)) {
     for (int e = threadIdx.x; e < 128 * 32 * (t1 - t0); e += 256) {
       int r = e / (32 * (t1 - t0)), c4 = e - r * 32 * (t1 - t0);
       if (row0 + r < M) *(zk_f4 *)(dlogits + (row0 + r) * V + 128 * t0 + 4 * c4) = zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
@@ -358,7 +348,7 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
   for (int i = 0; i < 4; i++) {
     zk_i64 r = row0 + zk_lctc_row(wm, g, i);
     tg[i] = r < M ? targets[r] : IGNORE;
-    l2[i] = tg[i] != IGNORE ? lse[r] * ZK_LCTC_LOG2E : 0.0f;
+    l2[i] = tg[i] != IGNORE ? lse[r] * ZK_LOG2E : 0.0f;
   }
   zk_lctc_sweep<D>(hs, wb, h, w, row0, M, t0, t1, [&](const float(&acc)[2][8][4], int c0) {
 #pragma unroll
@@ -370,8 +360,8 @@ __device__ __forceinline__ void zk_lctc_grad(const float *__restrict__ h, const 
       float *dr = dlogits + r * V + c0;
 #pragma unroll
       for (int j = 0; j < 16; j += 2) {
-        float x0 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
-        float x1 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j + 1), ZK_LCTC_LOG2E, -l2[i])) : 0.0f;
+        float x0 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j), ZK_LOG2E, -l2[i])) : 0.0f;
+        float x1 = lab ? scale * zk_lctc_exp2(fmaf(zk_lctc_at(acc, i, j + 1), ZK_LOG2E, -l2[i])) : 0.0f;
         int c = zk_lctc_col(wn, t, j);
         if (lab && rel == c) x0 -= scale;
         if (lab && rel == c + 1) x1 -= scale;
