@@ -1347,6 +1347,45 @@ TEST(emu_ops_poly_tiled) {
   CHECKF(failed == 0, "%d poly_attention tiled case(s) differ (emulated)", failed);
 }
 
+/* Sequences within one tile (T <= 32 or 64), one row a thread (no tiles, no
+ * tensor cores): ReBased's 32 / 48 cell (DV 2) in each layout, a whole tile of
+ * 64 and one of 32, a partial second warp (T 33). */
+static int c_short_rebased_48(ocase *c) { return c_poly_t(c, 0, 0, 1, 2, 48); }
+static int c_short_rebased_48_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 3, 48, 2); }
+static int c_short_based_64_qk(ocase *c) { return c_poly_qk(c, 1, 1, 0.5, 2, 3, 64, 5); }
+static int c_short_based_32(ocase *c) { return c_poly_t(c, 1, 1, 0.5, 10, 32); }
+static int c_short_rebased_33_heads(ocase *c) { return c_poly_heads(c, 0, 0, 1, 2, 2, 33, 10); }
+static const named_case poly_short_cases[] = {
+      {"poly_short_rebased_48", c_short_rebased_48, 1e-3, 1},
+      {"poly_short_rebased_48_heads", c_short_rebased_48_heads, 1e-3, 1},
+      {"poly_short_based_64_qk", c_short_based_64_qk, 1e-3, 1},
+      {"poly_short_based_32", c_short_based_32, 1e-3, 1},
+      {"poly_short_rebased_33_heads", c_short_rebased_33_heads, 1e-3, 1},
+};
+
+static int poly_short_rows(zoo_test_ctx *t, int mode) {
+  int n = (int)(sizeof poly_short_cases / sizeof *poly_short_cases);
+  char *saved[2] = {zoo_test_env_set("ZOO_POLY_TILED", "0"), zoo_test_env_set("ZOO_POLY_MMA", "0")};
+  int failed = run_cases_form(t, poly_short_cases, n, mode, "quadratic");
+  zoo_test_env_restore("ZOO_POLY_TILED", saved[0]);
+  zoo_test_env_restore("ZOO_POLY_MMA", saved[1]);
+  return failed;
+}
+
+TEST(gpu_ops_poly_short) {
+  int mode = MODE_GPU;
+  GPU_MODE_OR_SKIP(mode);
+  int failed = poly_short_rows(t, mode);
+  CHECKF(failed == 0, "%d short poly_attention case(s) differ", failed);
+  if (mode == MODE_PRECOMPILE) SKIP("precompiled for sm_90 only");
+}
+
+TEST(emu_ops_poly_short) {
+  EMU_OR_SKIP();
+  int failed = poly_short_rows(t, 1);
+  CHECKF(failed == 0, "%d short poly_attention case(s) differ (emulated)", failed);
+}
+
 /* poly_attention on the tensor cores (poly_attention_mma.cu), forced by
  * ZOO_POLY_MMA: three TF32 products a product (3) within the fp32 cases'
  * tolerance, one (1, precision tf32 and bf16) within TF32's. The shapes of the
