@@ -269,18 +269,31 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
  * 256 threads: each block adds up 32 columns as the last block above does (the
  * same order, so the same bits), the blocks side by side. */
 /* Columns [m0, m0 + 32) of the P rows of part added up: warp k takes rows
- * k, k + 8, ... (16 loads in flight), then warp 0 adds the warps' sums in
- * warp order; 256 threads. */
+ * k, k + 8, ... in order, their loads issued ZK_PARTIALS_BATCH at a time
+ * before the additions (the sum is a chain; the loads need not be), then
+ * warp 0 adds the warps' sums in warp order; 256 threads. */
+#define ZK_PARTIALS_BATCH 24
 template <int P, int M, int M0>
 __device__ __forceinline__ void zk_partials_cols(const float *__restrict__ part, int m0,
                                                  float *__restrict__ out0, float *__restrict__ out1,
                                                  float (*fin)[33]) {
-  constexpr int NW = 8;
+  constexpr int NW = 8, R = P / NW, REM = P % NW; /* warp k: R rows, and one more when k < REM */
+  constexpr int BATCH = R < ZK_PARTIALS_BATCH ? (R > 0 ? R : 1) : ZK_PARTIALS_BATCH;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int m = m0 + lane < M ? m0 + lane : M - 1;
+  const float *col = part + m + (zk_i64)warp * M;
   float s = 0.0f;
-#pragma unroll 16
-  for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll
+  for (int r0 = 0; r0 < R; r0 += BATCH) {
+    float v[BATCH];
+#pragma unroll
+    for (int r = 0; r < BATCH; r++)
+      if (r0 + r < R) v[r] = __ldcg(col + (zk_i64)(r0 + r) * NW * M);
+#pragma unroll
+    for (int r = 0; r < BATCH; r++)
+      if (r0 + r < R) s += v[r];
+  }
+  if (REM > 0 && warp < REM) s += __ldcg(col + (zk_i64)R * NW * M);
   fin[warp][lane] = s;
   __syncthreads();
   if (warp == 0 && m0 + lane < M) {
@@ -942,6 +955,20 @@ __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
   }
 }
 
+/* Row `row`'s columns sub, sub + L, ... of x and dy into xn, dn (zeros past
+ * the last row). */
+template <int C, int HS, int TS, int PL, int L>
+__device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, const float *__restrict__ dy,
+                                                zk_i64 row, int sub, int N, float (&xn)[PL], float (&dn)[PL]) {
+  bool ok = row < N;
+#pragma unroll
+  for (int k = 0; k < PL; k++) {
+    int c = sub + L * k;
+    xn[k] = ok && c < C ? x[row * C + c] : 0.0f;
+    dn[k] = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
+  }
+}
+
 template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
@@ -955,20 +982,28 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
 #pragma unroll
   for (int k = 0; k < PL; k++) pw[k] = pb[k] = 0.0f;
 
-  for (zk_i64 base = ((zk_i64)blockIdx.x * nw + warp) * RW; base < N; base += (zk_i64)P * nw * RW) {
+  /* With several rows a warp (C <= 64), x and dy of the warp's next rows are
+   * read while it works on these: the kernel waits on memory once, not once
+   * a row group (rebased 32/48, C 32: 14.0 to 10.3 us under Nsight Compute's
+   * clocks). A row a warp (C >= 128) streams near the memory's bandwidth
+   * already, and reading ahead measured slower there (C 192: 22 to 28 us). */
+  constexpr bool AHEAD = RW > 1;
+  const zk_i64 STRIDE = (zk_i64)P * nw * RW;
+  float xn[PL], dn[PL];
+  zk_i64 first = ((zk_i64)blockIdx.x * nw + warp) * RW;
+  if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, first + lane / L, sub, N, xn, dn);
+  for (zk_i64 base = first; base < N; base += STRIDE) {
     zk_i64 row = base + lane / L;
     bool ok = row < N;
-    const float *xr = x + row * C;
+    if (!AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, row, sub, N, xn, dn);
     float xv[PL], dv[PL], g[PL];
     float sum = 0.0f;
-    /* dy is read with x, before the row's sums: one wait on memory a row, not two */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
-      int c = sub + L * k;
-      xv[k] = ok && c < C ? xr[c] : 0.0f;
-      dv[k] = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
+      xv[k] = xn[k], dv[k] = dn[k];
       sum += xv[k];
     }
+    if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, base + STRIDE + lane / L, sub, N, xn, dn);
     float mean = zk_group_sum<L>(sum) / (float)C;
     float sq = 0.0f;
 #pragma unroll
@@ -2902,12 +2937,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_adamw(float *__restrict__ 
     const float *__restrict__ g, float *__restrict__ m, float *__restrict__ v,
     const zoo_hyper *__restrict__ h, long long n) {
   zk_entry_wait();
-  // the scalars in double, the update in fp32, term for term as the CPU backend
-  double t = (double)h->step;
-  double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
-  float decay = (float)(1.0 - (double)h->lr * h->weight_decay);
-  float one_b1 = (float)(1.0 - h->beta1), b2 = h->beta2, one_b2 = (float)(1.0 - h->beta2);
-  float step_size = (float)(h->lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = h->eps;
+  // the scalars in double, the update in fp32, term for term as the CPU backend;
+  // one thread of the block works them out (pow in double is slow)
+  __shared__ float sc[5];
+  if (threadIdx.x == 0) {
+    double t = (double)h->step;
+    double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
+    sc[0] = (float)(1.0 - (double)h->lr * h->weight_decay);
+    sc[1] = (float)(1.0 - h->beta1), sc[2] = (float)(1.0 - h->beta2);
+    sc[3] = (float)(h->lr / bc1), sc[4] = (float)sqrt(bc2);
+  }
+  __syncthreads();
+  float decay = sc[0], one_b1 = sc[1], b2 = h->beta2, one_b2 = sc[2];
+  float step_size = sc[3], bc2_sqrt = sc[4], eps = h->eps;
   for (long long i = blockIdx.x * 256LL + threadIdx.x; i < n; i += (long long)gridDim.x * 256) {
     float gi = g[i], mi = m[i], vi = v[i];
     float pi = p[i] * decay;

@@ -212,18 +212,31 @@ __device__ __forceinline__ int zk_block_exscan_int(int v, int *sh, int *total) {
  * 256 threads: each block adds up 32 columns as the last block above does (the
  * same order, so the same bits), the blocks side by side. */
 /* Columns [m0, m0 + 32) of the P rows of part added up: warp k takes rows
- * k, k + 8, ... (16 loads in flight), then warp 0 adds the warps' sums in
- * warp order; 256 threads. */
+ * k, k + 8, ... in order, their loads issued ZK_PARTIALS_BATCH at a time
+ * before the additions (the sum is a chain; the loads need not be), then
+ * warp 0 adds the warps' sums in warp order; 256 threads. */
+#define ZK_PARTIALS_BATCH 24
 template <int P, int M, int M0>
 __device__ __forceinline__ void zk_partials_cols(const float *__restrict__ part, int m0,
                                                  float *__restrict__ out0, float *__restrict__ out1,
                                                  float (*fin)[33]) {
-  constexpr int NW = 8;
+  constexpr int NW = 8, R = P / NW, REM = P % NW; /* warp k: R rows, and one more when k < REM */
+  constexpr int BATCH = R < ZK_PARTIALS_BATCH ? (R > 0 ? R : 1) : ZK_PARTIALS_BATCH;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int m = m0 + lane < M ? m0 + lane : M - 1;
+  const float *col = part + m + (zk_i64)warp * M;
   float s = 0.0f;
-#pragma unroll 16
-  for (int p = warp; p < P; p += NW) s += __ldcg(part + (zk_i64)p * M + m);
+#pragma unroll
+  for (int r0 = 0; r0 < R; r0 += BATCH) {
+    float v[BATCH];
+#pragma unroll
+    for (int r = 0; r < BATCH; r++)
+      if (r0 + r < R) v[r] = __ldcg(col + (zk_i64)(r0 + r) * NW * M);
+#pragma unroll
+    for (int r = 0; r < BATCH; r++)
+      if (r0 + r < R) s += v[r];
+  }
+  if (REM > 0 && warp < REM) s += __ldcg(col + (zk_i64)R * NW * M);
   fin[warp][lane] = s;
   __syncthreads();
   if (warp == 0 && m0 + lane < M) {
