@@ -585,7 +585,10 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int
  * zoo's own kernel (codegen_cuda.h's zoo_cuda_gemm_own), where the step has
  * one and the arithmetic is fp32, is one more candidate, number ncand, timed
  * against the heuristic's first even for a small GEMM (it is made for small
- * ones). ZOO_GEMM_OWN=1 runs it untimed wherever there is one (for tests),
+ * ones). With tf32 and bf16 it would be a fp32 candidate beside TF32 and bf16
+ * ones; timed so, it won alone (rebased 32/48, tf32: the first projection
+ * 0.0080 against 0.0195 ms) and lost in the step (0.73 against 0.70 ms,
+ * .gpu/s13run10.sh), so those precisions keep cuBLASLt's. ZOO_GEMM_OWN=1 runs it untimed wherever there is one (for tests),
  * ZOO_GEMM_OWN=0 never.
  *
  * A pick by timing can change from run to run (two candidates within noise of
