@@ -106,6 +106,9 @@ typedef struct zoo_step {
   zoo_gemm gemm;
   int node;               /* the graph node (first node of a fused group) it runs */
   int64_t scratch_bytes;  /* temporary device memory this step needs */
+  int early;              /* reads nothing but the graph's inputs (and its node's scratch):
+                             the training step runs it first, on the second stream
+                             (generate.c, schedule.c), beside the forward */
 } zoo_step;
 
 typedef struct zoo_cuda_emit {

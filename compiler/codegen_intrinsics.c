@@ -92,6 +92,17 @@ static int paste(zoo_cuda_emit *e, const char *file) {
   return 0;
 }
 
+/* Whether tensor t is a graph input (or parameter), or a view of one: what
+ * reads nothing else may be an early step (zoo_step). */
+static int of_inputs(const zoo_cuda_emit *e, int t) {
+  while (e->g->tensors[t].producer >= 0) {
+    const zoo_node *p = &e->g->nodes[e->g->tensors[t].producer];
+    if (!zoo_cuda_is_view(e->g, e->sym, p)) return 0;
+    t = p->in[0];
+  }
+  return 1;
+}
+
 /* Pastes common.cu and then each named file, in order. */
 static int need(zoo_cuda_emit *e, const char *a, const char *b, const char *c) {
   if (paste(e, "common.cu")) return -1;
@@ -1843,6 +1854,9 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
        "const int *__restrict__ end, float *__restrict__ dw",
        NP, {off_start, off_first, off_last, off_end, DW, END}},
   };
+  /* count, offsets and place need only the ids: when those are a graph input
+   * (the tokens), they run first, beside the forward */
+  int early = of_inputs(e, ids);
   for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
     char name[64];
     kernel_name(e, n, ks[k].base, name, sizeof name);
@@ -1857,6 +1871,7 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
       else arg_scratch(s, *a);
     }
     s->scratch_bytes = scratch;
+    s->early = early && k < 3;
   }
   return 0;
 }
@@ -1957,11 +1972,14 @@ int zoo_cuda_label_rows(zoo_cuda_emit *e, const zoo_node *n) {
                     "int *__restrict__ counts) {\n"
                     "  zk_label_count<%lldLL, %lld, %d>(targets, counts);\n}\n",
                     threads, name, (long long)N, (long long)ig, tile);
+  /* both read only the targets: when those are a graph input, early steps */
+  int early = of_inputs(e, n->in[0]);
   zoo_step *s = launch(e, n, name, tiles, (unsigned)threads, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
   arg_scratch(s, 0);
   s->scratch_bytes = align16(tiles * 4);
+  s->early = early;
 
   kernel_name(e, n, "label_write", name, sizeof name);
   zoo_strbuf_printf(&e->src,
@@ -1976,6 +1994,7 @@ int zoo_cuda_label_rows(zoo_cuda_emit *e, const zoo_node *n) {
   arg_scratch(s, 0);
   for (int k = 0; k < 3; k++) arg_tensor(s, n->out[k]);
   s->scratch_bytes = align16(tiles * 4);
+  s->early = early;
   return 0;
 }
 

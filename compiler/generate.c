@@ -41,6 +41,22 @@ static void dropout_off(zoo_node *n) {
   if (n->op == ZOO_OP_SOFTMAX_ATTENTION || n->op == ZOO_OP_SOFTMAX_ATTENTION_PACKED) n->attrs.f[1] = 0.0;
 }
 
+/* Moves the early steps (zoo_step's early: they need nothing but the graph's
+ * inputs) of steps[0, n) to the front, in their order, the others keeping
+ * theirs; returns how many moved. The plan then keeps their node's scratch
+ * from the first of them to the node's last step (plan.c), and the schedule
+ * runs them on the second stream beside the forward (schedule.c). */
+static int hoist_early(zoo_step *steps, int n) {
+  int moved = 0;
+  for (int i = 0; i < n; i++) {
+    if (!steps[i].early) continue;
+    zoo_step s = steps[i];
+    memmove(&steps[moved + 1], &steps[moved], (size_t)(i - moved) * sizeof *steps);
+    steps[moved++] = s;
+  }
+  return moved;
+}
+
 int zoo_cuda_program_build(zoo_cuda_program *cp, const zoo_graph *train, int64_t B, int64_t T,
                            int fuse, int reuse, char *err, size_t errlen) {
   return zoo_cuda_program_build_tf32(cp, train, B, T, fuse, reuse, 0, err, errlen);
@@ -76,6 +92,7 @@ int zoo_cuda_program_build_tf32(zoo_cuda_program *cp, const zoo_graph *train, in
     return -1;
   }
   cp->ntrain = e->nsteps;
+  cp->nforward += hoist_early(e->steps, cp->ntrain);
   int nf_eval = 0;
   zoo_strbuf_puts(&e->src, "\n// ======== evaluation: the forward pass without dropout ========\n");
   if (zoo_cuda_emit_graph(e, &cp->eval, cp->sym, &nf_eval) != 0) {

@@ -211,24 +211,35 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
   }
 
   /* blocks to place: arena values, then one scratch area per run of steps of
-   * the same node */
+   * the same node (an early step, moved to the front, and the rest of its
+   * node's steps with scratch are one run, live from the first to the last) */
   item *items = xcalloc((size_t)(nt + nsteps), sizeof *items);
   int nitems = 0;
   for (int t = 0; t < nt; t++)
     if (p->base[t] == t && p->mem[t] == ZOO_MEM_ARENA)
       items[nitems++] = (item){align_up(p->bytes[t] > 0 ? p->bytes[t] : 4), 0, p->first[t], p->last[t], t};
+  for (int s = 0; s < nsteps; s++) p->scratch[s] = -1;
+  unsigned char *placed = xcalloc((size_t)(nsteps ? nsteps : 1), 1);
   for (int s = 0; s < nsteps; s++) {
-    p->scratch[s] = -1;
-    if (steps[s].scratch_bytes <= 0) continue;
+    if (steps[s].scratch_bytes <= 0 || placed[s]) continue;
     int e = s;
     int64_t size = steps[s].scratch_bytes;
     while (e + 1 < nsteps && steps[e + 1].node == steps[s].node && steps[e + 1].scratch_bytes > 0) {
       e++;
       if (steps[e].scratch_bytes > size) size = steps[e].scratch_bytes;
     }
+    if (steps[s].early)
+      for (int k = e + 1; k < nsteps; k++)
+        if (steps[k].node == steps[s].node && steps[k].scratch_bytes > 0) {
+          e = k;
+          if (steps[k].scratch_bytes > size) size = steps[k].scratch_bytes;
+        }
+    for (int k = s; k <= e; k++)
+      if (steps[k].node == steps[s].node && steps[k].scratch_bytes > 0) placed[k] = 1;
     items[nitems++] = (item){align_up(size), 0, s, e, -1 - s};
-    s = e;
+    if (!steps[s].early) s = e;
   }
+  free(placed);
   for (int i = 0; i < nitems; i++) p->naive_bytes += items[i].size;
   p->arena_bytes = place(items, nitems, reuse);
   for (int i = 0; i < nitems; i++) {
@@ -236,7 +247,9 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
       p->offset[items[i].tensor] = items[i].offset;
     } else {
       int s = -1 - items[i].tensor;
-      for (int e = s; e <= items[i].last; e++) p->scratch[e] = items[i].offset, p->scratch_size[e] = items[i].size;
+      for (int e = s; e <= items[i].last; e++)
+        if (steps[e].node == steps[s].node && steps[e].scratch_bytes > 0)
+          p->scratch[e] = items[i].offset, p->scratch_size[e] = items[i].size;
     }
   }
   free(items);

@@ -167,6 +167,7 @@ void zoo_schedule_build(zoo_schedule *s, const zoo_plan *p, const zoo_step *step
                      o.max_gemm_flop);
     for (int k = j + 1; k < n && k <= j + window && side; k++)
       if (CONFLICT(j, k)) side = 0;
+    if (steps[first + j].early) side = 1; /* they conflict with each other only */
     s->stream[j] = (unsigned char)side;
     s->side += side;
   }

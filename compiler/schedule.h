@@ -22,7 +22,10 @@
  * same memory and either writes it.
  *
  * The rule: step j goes to the side stream when none of the next `window`
- * steps conflicts with it (and it is not the list's last). Before a step, its
+ * steps conflicts with it (and it is not the list's last), or when it is an
+ * early step (zoo_step's early: moved to the front of the training step by
+ * generate.c, reading only the inputs; a chain of them conflicts within
+ * itself, and the stream keeps their order). Before a step, its
  * stream waits for the latest step of the other stream that conflicts with it
  * and is not yet ordered before it (wait[j] names that step; an event is
  * recorded after it, mark[i]); waiting for step i orders every step of that

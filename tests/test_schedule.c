@@ -140,6 +140,26 @@ static void schedule_model(zoo_test_ctx *t, const char *model, int d_model, int 
               s->kind == ZOO_STEP_GEMM ? "gemm" : s->kind == ZOO_STEP_ZERO ? "clear" : s->func, tr.wait[j],
               tr.mark[j] ? " (event)" : "");
     }
+  /* the early steps (reading only the inputs) lead the list, on the side
+   * stream, and their node's scratch area is one, held from the first of
+   * them to the node's last step: no arena value live in between shares it */
+  int early = 0, early_bad = 0;
+  const zoo_plan *tp = &cp.train_plan;
+  for (int j = 0; j < cp.ntrain; j++) {
+    const zoo_step *s = &cp.emit.steps[j];
+    if (!s->early) continue;
+    if (j != early++ || !tr.stream[j]) early_bad++;
+    if (s->scratch_bytes <= 0) continue;
+    int last = j;
+    for (int k = j + 1; k < cp.ntrain; k++)
+      if (cp.emit.steps[k].node == s->node && cp.emit.steps[k].scratch_bytes > 0) last = k;
+    int64_t lo = tp->scratch[j], hi = lo + tp->scratch_size[j];
+    if (tp->scratch[last] != lo) early_bad++;
+    for (int v = 0; v < cp.train.ntensors; v++)
+      if (tp->mem[v] == ZOO_MEM_ARENA && tp->first[v] >= 0 && tp->first[v] <= last && tp->last[v] >= j &&
+          tp->offset[v] < hi && tp->offset[v] + tp->bytes[v] > lo)
+        early_bad++;
+  }
   int side = tr.side, one_side = one.side, last_main = tr.stream[cp.ntrain - 1] == 0;
   if (getenv("ZOO_TEST_VERBOSE"))
     fprintf(stderr, "  %s: train %d steps, %d aside, %d waits; eval %d steps, %d aside; %d of %d weight GEMMs aside\n",
@@ -153,6 +173,8 @@ static void schedule_model(zoo_test_ctx *t, const char *model, int d_model, int 
          bad_capped, big_aside);
   CHECKF(side > 0 && wgrads_side > 0, "%s: %d steps aside, %d of %d weight GEMMs", model, side, wgrads_side, wgrads);
   CHECK(one_side == 0 && last_main);
+  CHECKF(early > 0 && early_bad == 0, "%s: %d early steps, %d misplaced or sharing their scratch", model, early,
+         early_bad);
 }
 
 TEST(schedule_rebased) { schedule_model(t, "rebased", 32, 48); }
