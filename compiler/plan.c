@@ -237,7 +237,6 @@ int zoo_plan_build(zoo_plan *p, const zoo_graph *g, const int64_t *sym, const zo
     for (int k = s; k <= e; k++)
       if (steps[k].node == steps[s].node && steps[k].scratch_bytes > 0) placed[k] = 1;
     items[nitems++] = (item){align_up(size), 0, s, e, -1 - s};
-    if (!steps[s].early) s = e;
   }
   free(placed);
   for (int i = 0; i < nitems; i++) p->naive_bytes += items[i].size;

@@ -1047,6 +1047,9 @@ static void release_slot_memory(slot *s) {
 
 static int64_t align256(int64_t n) { return (n + 255) / 256 * 256; }
 
+/* A slot's device bytes: its inputs, then 256 for the metrics' sums. */
+static int64_t slot_dev_bytes(const slot *s) { return s->off_metrics + 256; }
+
 /* (Re)captures both slots' graphs for `accum` micro-batches. */
 static int prepare_accum(zoo_cuda *x, int accum) {
   core *c = &x->c;
@@ -1057,7 +1060,7 @@ static int prepare_accum(zoo_cuda *x, int accum) {
   int64_t bytes = x->B * x->T * accum * 4;
   for (int k = 0; k < 2; k++) {
     slot *s = &x->slots[k];
-    x->device_bytes -= s->dev ? s->off_metrics + 256 : 0;
+    x->device_bytes -= s->dev ? slot_dev_bytes(s) : 0;
     release_slot_memory(s);
     s->off_targets = align256(SLOT_TOKENS + bytes);
     s->in_bytes = s->off_targets + bytes;
@@ -1065,8 +1068,8 @@ static int prepare_accum(zoo_cuda *x, int accum) {
     void *h = NULL;
     ZOO_CU_N(c->err, c->errlen, cuMemHostAlloc(&h, (size_t)s->in_bytes, 0));
     s->host = h;
-    if (core_alloc(c, &s->dev, s->off_metrics + 256) != 0) return -1;
-    x->device_bytes += s->off_metrics + 256;
+    if (core_alloc(c, &s->dev, slot_dev_bytes(s)) != 0) return -1;
+    x->device_bytes += slot_dev_bytes(s);
     memset(s->host, 0, (size_t)s->in_bytes);
     s->hyper = (zoo_hyper *)s->host;
     s->dloss = (float *)(s->host + SLOT_DLOSS);
