@@ -1418,6 +1418,47 @@ __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__rest
   }
 }
 
+/* Row i of a [T, W] slice whose rows are LD floats apart, times mul, into
+ * registers (zeros when !ok); and registers times mul into row i. Each thread
+ * moves a row of its own, so a warp's 32 rows are LD floats apart: read or
+ * written a float at a time, each instruction touches 32 sectors, and F of
+ * them filled the L1 (Nsight Compute at rebased 32/48: the forward's L1 73%
+ * busy, 7.5 of 32 bytes a sector used). Where W and LD are multiples of 4 and
+ * the slice is 16-byte aligned, a row moves in 16-byte pieces: a quarter of
+ * the instructions, the same values. */
+template <int W, int LD>
+__device__ __forceinline__ void zk_poly_get_row(float (&x)[W], const float *__restrict__ base, int i, bool ok,
+                                                float mul) {
+  const float *p = base + (zk_i64)i * LD;
+  if constexpr (W % 4 == 0 && LD % 4 == 0) {
+    if (((unsigned long long)base & 15) == 0) {
+#pragma unroll
+      for (int w = 0; w < W; w += 4) {
+        zk_f4 v = ok ? *reinterpret_cast<const zk_f4 *>(p + w) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+        x[w] = v.x * mul, x[w + 1] = v.y * mul, x[w + 2] = v.z * mul, x[w + 3] = v.w * mul;
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int w = 0; w < W; w++) x[w] = ok ? p[w] * mul : 0.0f;
+}
+
+template <int W, int LD>
+__device__ __forceinline__ void zk_poly_put_row(float *__restrict__ base, int i, const float (&x)[W], float mul) {
+  float *p = base + (zk_i64)i * LD;
+  if constexpr (W % 4 == 0 && LD % 4 == 0) {
+    if (((unsigned long long)base & 15) == 0) {
+#pragma unroll
+      for (int w = 0; w < W; w += 4)
+        *reinterpret_cast<zk_f4 *>(p + w) = zk_f4{x[w] * mul, x[w + 1] * mul, x[w + 2] * mul, x[w + 3] * mul};
+      return;
+    }
+  }
+#pragma unroll
+  for (int w = 0; w < W; w++) p[w] = x[w] * mul;
+}
+
 /* The scores q_i . k_j are one chain of F fused multiply-adds. Four
  * interleaved partial sums measured slower on the H200 (session 6, device
  * run 11, zoorun bench --profile): rebased 128/512 26.02 against 25.72 ms a
@@ -1505,21 +1546,24 @@ __device__ __forceinline__ void zk_poly_qpass(const float *ks, const float *vs, 
 
 /* The query side's walk over one key tile kt (loaded in ks, vs): slabs
  * r > kt - slab0 whole, slab kt - slab0 diagonal. */
-template <int F, int DV, int BQ, int R, int MODE>
-__device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, int rd,
+template <int F, int DV, int BQ, int R, int MODE, int T>
+__device__ __forceinline__ void zk_poly_qtile(const float *ks, const float *vs, int kt, int rd,
                                               const float (&qi)[R][F], float (&acc)[R][DV],
                                               float (&acc1)[R], float (&dqi)[R][F], float c0,
                                               float c1, float c2) {
+  /* keys past T (the zeros of a last tile that T does not fill) are not walked */
+  int kend = T - kt * BQ < BQ ? T - kt * BQ : BQ;
   if (rd < 0) {
-    zk_poly_qpass<F, DV, BQ, R, MODE, 0, R, -1>(ks, vs, 0, BQ, qi, acc, acc1, dqi, c0, c1, c2);
+    zk_poly_qpass<F, DV, BQ, R, MODE, 0, R, -1>(ks, vs, 0, kend, qi, acc, acc1, dqi, c0, c1, c2);
     return;
   }
   zk_poly_slab_switch<R, 0>(rd, [&](auto c) {
     constexpr int RD = decltype(c)::value;
     int je = zk_poly_warp_end<BQ>();
+    je = je < kend ? je : kend;
     zk_poly_qpass<F, DV, BQ, R, MODE, RD + 1, R, RD>(ks, vs, 0, je, qi, acc, acc1, dqi, c0, c1, c2);
     if (RD + 1 < R)
-      zk_poly_qpass<F, DV, BQ, R, MODE, RD + 1, R, -1>(ks, vs, je, BQ, qi, acc, acc1, dqi, c0, c1,
+      zk_poly_qpass<F, DV, BQ, R, MODE, RD + 1, R, -1>(ks, vs, je, kend, qi, acc, acc1, dqi, c0, c1,
                                                        c2);
   });
 }
@@ -1544,8 +1588,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
-#pragma unroll
-    for (int f = 0; f < F; f++) qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
+    zk_poly_get_row<F, LQ>(qi[r], qb, i, i < T, scale);
 #pragma unroll
     for (int e = 0; e < DV; e++) num[r][e] = 0.0f;
     den[r] = 0.0f;
@@ -1557,7 +1600,7 @@ __device__ __forceinline__ void zk_poly_fwd(const float *__restrict__ q,
     zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
     zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
     __syncthreads();
-    zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, num, den, unused, c0, c1, c2);
+    zk_poly_qtile<F, DV, BQ, R, 0, T>(ks, vs, kt, kt - slab0, qi, num, den, unused, c0, c1, c2);
   }
 #pragma unroll
   for (int r = 0; r < R; r++) {
@@ -1595,11 +1638,9 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
+    zk_poly_get_row<F, LQ>(qi[r], qb, i, i < T, scale);
 #pragma unroll
-    for (int f = 0; f < F; f++) {
-      qi[r][f] = i < T ? qb[(zk_i64)i * LQ + f] * scale : 0.0f;
-      dqi[r][f] = 0.0f;
-    }
+    for (int f = 0; f < F; f++) dqi[r][f] = 0.0f;
 #pragma unroll
     for (int e = 0; e < DV; e++) dn[r][e] = 0.0f; /* n_i during the first walk */
     dd[r] = 0.0f;                                  /* d_i during the first walk */
@@ -1628,7 +1669,7 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
       zk_poly_load_tile<F, BQ, T, LQ, NB>(ks, kb, kt * BQ, 1.0f);
       zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
-      zk_poly_qtile<F, DV, BQ, R, 0>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
+      zk_poly_qtile<F, DV, BQ, R, 0, T>(ks, vs, kt, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
     }
     /* dn_i, dd_i */
 #pragma unroll
@@ -1655,14 +1696,13 @@ __device__ __forceinline__ void zk_poly_bwd_q(const float *__restrict__ dout,
       zk_poly_load_tile<DV, BQ, T, LV, NB>(vs, vb, kt * BQ, 1.0f);
       __syncthreads();
     }
-    zk_poly_qtile<F, DV, BQ, R, 1>(ks, vs, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
+    zk_poly_qtile<F, DV, BQ, R, 1, T>(ks, vs, kt, kt - slab0, qi, dn, dd, dqi, c0, c1, c2);
   }
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int i = tile * QT + r * BQ + threadIdx.x;
     if (i < T) {
-#pragma unroll
-      for (int f = 0; f < F; f++) dqb[(zk_i64)i * LQ + f] = dqi[r][f] * scale;
+      zk_poly_put_row<F, LQ>(dqb, i, dqi[r], scale);
       float *st = stats + ((zk_i64)bh * T + i) * (DV + 1);
 #pragma unroll
       for (int e = 0; e < DV; e++) st[e] = dn[r][e];
@@ -1729,11 +1769,9 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 #pragma unroll
   for (int r = 0; r < R; r++) {
     int j = tile * QT + r * BQ + threadIdx.x;
+    zk_poly_get_row<F, LQ>(kj[r], kb, j, j < T, 1.0f);
 #pragma unroll
-    for (int f = 0; f < F; f++) {
-      kj[r][f] = j < T ? kb[(zk_i64)j * LQ + f] : 0.0f;
-      dkj[r][f] = 0.0f;
-    }
+    for (int f = 0; f < F; f++) dkj[r][f] = 0.0f;
 #pragma unroll
     for (int e = 0; e < DV; e++) {
       vj[r][e] = j < T ? vb[(zk_i64)j * LV + e] : 0.0f;
@@ -1765,8 +1803,7 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
   for (int r = 0; r < R; r++) {
     int j = tile * QT + r * BQ + threadIdx.x;
     if (j < T) {
-#pragma unroll
-      for (int f = 0; f < F; f++) dkb[(zk_i64)j * LQ + f] = dkj[r][f];
+      zk_poly_put_row<F, LQ>(dkb, j, dkj[r], 1.0f);
 #pragma unroll
       for (int e = 0; e < DV; e++) dvb[(zk_i64)j * LV + e] = dvj[r][e];
     }
