@@ -81,22 +81,25 @@ __device__ __forceinline__ void zk_poly_load_tile(float *sh, const float *__rest
  * moves a row of its own, so a warp's 32 rows are LD floats apart: read or
  * written a float at a time, each instruction touches 32 sectors, and F of
  * them filled the L1 (Nsight Compute at rebased 32/48: the forward's L1 73%
- * busy, 7.5 of 32 bytes a sector used). Where W and LD are multiples of 4 and
- * the slice is 16-byte aligned, a row moves in 16-byte pieces: a quarter of
- * the instructions, the same values. */
+ * busy, 7.5 of 32 bytes a sector used). Where W and LD are multiples of 4, a
+ * row moves in 16-byte pieces: a quarter of the instructions, the same values.
+ * The slices are then 16-byte aligned: every tensor starts 256 bytes into its
+ * memory (plan.h; a reshape shares its input's start) and a pair's slice
+ * starts a multiple of W or of LD floats after it. A check of the pointer's
+ * alignment in the kernel kept both forms of the loads and took 154 registers
+ * where the forward had 124 (rebased 64 / 128: 6 blocks an SM instead of 8,
+ * and the forward 0.155 ms against 0.149 before either change). */
 template <int W, int LD>
 __device__ __forceinline__ void zk_poly_get_row(float (&x)[W], const float *__restrict__ base, int i, bool ok,
                                                 float mul) {
   const float *p = base + (zk_i64)i * LD;
   if constexpr (W % 4 == 0 && LD % 4 == 0) {
-    if (((unsigned long long)base & 15) == 0) {
 #pragma unroll
-      for (int w = 0; w < W; w += 4) {
-        zk_f4 v = ok ? *reinterpret_cast<const zk_f4 *>(p + w) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
-        x[w] = v.x * mul, x[w + 1] = v.y * mul, x[w + 2] = v.z * mul, x[w + 3] = v.w * mul;
-      }
-      return;
+    for (int w = 0; w < W; w += 4) {
+      zk_f4 v = ok ? *reinterpret_cast<const zk_f4 *>(p + w) : zk_f4{0.0f, 0.0f, 0.0f, 0.0f};
+      x[w] = v.x * mul, x[w + 1] = v.y * mul, x[w + 2] = v.z * mul, x[w + 3] = v.w * mul;
     }
+    return;
   }
 #pragma unroll
   for (int w = 0; w < W; w++) x[w] = ok ? p[w] * mul : 0.0f;
@@ -106,12 +109,10 @@ template <int W, int LD>
 __device__ __forceinline__ void zk_poly_put_row(float *__restrict__ base, int i, const float (&x)[W], float mul) {
   float *p = base + (zk_i64)i * LD;
   if constexpr (W % 4 == 0 && LD % 4 == 0) {
-    if (((unsigned long long)base & 15) == 0) {
 #pragma unroll
-      for (int w = 0; w < W; w += 4)
-        *reinterpret_cast<zk_f4 *>(p + w) = zk_f4{x[w] * mul, x[w + 1] * mul, x[w + 2] * mul, x[w + 3] * mul};
-      return;
-    }
+    for (int w = 0; w < W; w += 4)
+      *reinterpret_cast<zk_f4 *>(p + w) = zk_f4{x[w] * mul, x[w + 1] * mul, x[w + 2] * mul, x[w + 3] * mul};
+    return;
   }
 #pragma unroll
   for (int w = 0; w < W; w++) p[w] = x[w] * mul;
