@@ -56,7 +56,8 @@
  * loops over features are not unrolled: NVRTC time) and the intra partners
  * j % NP == p; parts meet through shared memory. Column ZC = NP WQ
  * holds the ones (z, dd). State updates: thread x takes features d of
- * x % D (NUB = NT / D column blocks of UB columns). All sums are fp32.
+ * x % D (NUB = NT / D column blocks of UB columns), or, for wide states, three
+ * features and a block of columns (zk_pc_update). All sums are fp32.
  *
  * Faster later (needs a GPU to measure): several rows per thread in the
  * output phase, tensor cores (tf32) for the state products.
@@ -135,11 +136,69 @@ __device__ __forceinline__ void zk_pc_tables(float *fc, int *fab, float c0, floa
 
 /* st[d][0 .. SW) += w_d sum_{r < C} x[r][a_d] x[r][b_d] y[r][0 .. SW) for every
  * feature d, w_d = fc[d] when COEF (query side) else 1. x is a q~ or k tile,
- * y a value-like tile. */
+ * y a value-like tile.
+ *
+ * Narrow states (SW < 24): thread x takes feature x % D and columns [x / D UB,
+ * + UB), D NUB items. Wide ones: a thread takes G = 3 features at once, d = 3 g
+ * .. 3 g + 2, and UW columns of each, in as many column blocks as the threads
+ * allow (DV 42: 46 groups of 9 columns, 230 threads where the narrow form kept
+ * 136 busy); each row's value elements feed 3 features (15 shared reads for 27
+ * fused multiply-adds instead of 47 for 45). Every sum is still over r in
+ * order, so the state has the same bits in either form. */
+template <int D, int SW, int NT>
+struct zk_pc_update_shape {
+  static constexpr bool WIDE = SW >= 24;
+  static constexpr int G = WIDE ? 3 : 1;
+  static constexpr int NG = (D + G - 1) / G;                  /* feature groups */
+  static constexpr int NCB = WIDE ? (NT / NG > 0 ? NT / NG : 1) : 0;
+  static constexpr int UW = WIDE ? (SW + NCB - 1) / NCB : 0;  /* columns a wide item takes */
+};
+
 template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2, bool COEF>
 __device__ __forceinline__ void zk_pc_update(float *st, const float *x, const float *y, const float *fc,
                                              const int *fab) {
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
+  using U = zk_pc_update_shape<L::D, L::SW, NT>;
+  if constexpr (U::WIDE) {
+    for (int it = threadIdx.x; it < U::NG * U::NCB; it += NT) {
+      int g = it % U::NG, u0 = it / U::NG * U::UW;
+      int a[3], b[3];
+#pragma unroll
+      for (int q = 0; q < 3; q++) {
+        int d = 3 * g + q < L::D ? 3 * g + q : L::D - 1; /* a last, partial group repeats a feature */
+        a[q] = fab[d] & 255, b[q] = fab[d] >> 8;
+      }
+      float acc[3][U::UW];
+#pragma unroll
+      for (int q = 0; q < 3; q++)
+#pragma unroll
+        for (int u = 0; u < U::UW; u++) acc[q][u] = 0.0f;
+#pragma unroll 2
+      for (int r = 0; r < C; r++) {
+        const float *xr = x + r * L::FP, *yr = y + r * L::SW + u0;
+        float p[3], yv[U::UW];
+#pragma unroll
+        for (int q = 0; q < 3; q++) p[q] = xr[a[q]] * xr[b[q]];
+#pragma unroll
+        for (int u = 0; u < U::UW; u++) yv[u] = u0 + u < L::SW ? yr[u] : 0.0f;
+#pragma unroll
+        for (int q = 0; q < 3; q++)
+#pragma unroll
+          for (int u = 0; u < U::UW; u++) acc[q][u] += p[q] * yv[u];
+      }
+#pragma unroll
+      for (int q = 0; q < 3; q++) {
+        int d = 3 * g + q;
+        if (d >= L::D) break;
+        float w = COEF ? fc[d] : 1.0f;
+        float *sd = st + d * L::SW + u0;
+#pragma unroll
+        for (int u = 0; u < U::UW; u++)
+          if (u0 + u < L::SW) sd[u] += w * acc[q][u];
+      }
+    }
+    return;
+  }
   for (int it = threadIdx.x; it < L::D * L::NUB; it += NT) {
     int d = it % L::D, u0 = it / L::D * L::UB;
     int a = fab[d] & 255, b = fab[d] >> 8;
