@@ -546,15 +546,17 @@ static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double 
   l->k0 = c0 != 0, l->k1 = c1 != 0, l->k2 = c2 != 0;
   l->NP = l->NT / l->C;
   l->WQ = (l->DV + l->NP - 1) / l->NP;
+  int vec = l->WQ >= 8; /* zk_pc_shape's VEC: rows read 16 bytes at a time */
+  if (vec) l->WQ = (l->WQ + 3) / 4 * 4;
   l->ZC = l->NP * l->WQ;
   l->WS = l->ZC + 1;
   l->D = l->k0 + l->k1 * l->F + l->k2 * l->F * (l->F + 1) / 2;
   if (l->D == 0) return;
   l->NUB = l->NT / l->D > 0 ? l->NT / l->D : 1;
   l->UB = (l->WS + l->NUB - 1) / l->NUB;
-  l->SW = l->NUB * l->UB;
+  l->SW = vec ? (l->NUB * l->UB + 3) / 4 * 4 : l->NUB * l->UB;
   l->FP = l->F + 1;
-  int64_t common = (int64_t)l->D * l->SW + 2 * l->C * l->FP + l->C * l->SW + 2 * l->D;
+  int64_t common = (int64_t)l->D * l->SW + 2 * l->C * l->FP + l->C * l->SW + (2 * l->D + 3) / 4 * 4;
   l->smem[0] = 4 * common;
   l->smem[1] = 4 * (common + 2 * l->C * l->SW + l->C * l->NP + l->C * l->NP * l->FP);
   l->smem[2] = 4 * (common + l->C * l->SW + l->C * l->NP * l->FP);

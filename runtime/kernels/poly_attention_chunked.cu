@@ -69,22 +69,69 @@
 template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2>
 struct zk_pc_shape {
   static constexpr int NP = NT / C;
-  static constexpr int WQ = (DV + NP - 1) / NP;
+  static constexpr int WQ0 = (DV + NP - 1) / NP;
+  /* VEC (a part's columns 8 or more): WQ and SW multiples of 4, so that rows of
+   * the state and of value-like tiles are read 16 bytes at a time */
+  static constexpr bool VEC = WQ0 >= 8;
+  static constexpr int WQ = VEC ? (WQ0 + 3) / 4 * 4 : WQ0;
   static constexpr int ZC = NP * WQ;
   static constexpr int WS = ZC + 1;
   static constexpr int D = (K0 ? 1 : 0) + (K1 ? F : 0) + (K2 ? F * (F + 1) / 2 : 0);
   static constexpr int NUB = NT / D > 0 ? NT / D : 1;
   static constexpr int UB = (WS + NUB - 1) / NUB;
-  static constexpr int SW = NUB * UB; /* row stride of states and of value-like tiles */
-  static constexpr int FP = F + 1;    /* row stride of q~ and k tiles: a 1 at F */
+  static constexpr int SW = VEC ? (NUB * UB + 3) / 4 * 4 : NUB * UB; /* row stride of states and value-like tiles */
+  static constexpr int FP = F + 1;              /* row stride of q~ and k tiles: a 1 at F */
+  static constexpr int TBL = (2 * D + 3) / 4 * 4; /* the feature tables' floats (what follows stays aligned) */
 };
+
+/* acc[0 .. N) += s p[0 .. N), p 16-byte aligned when VEC (the same sums). */
+template <int N, bool VEC>
+__device__ __forceinline__ void zk_pc_axpy(float (&acc)[N], float s, const float *p) {
+  if constexpr (VEC && N % 4 == 0) {
+#pragma unroll
+    for (int w = 0; w < N; w += 4) {
+      zk_f4 v = *reinterpret_cast<const zk_f4 *>(p + w);
+      acc[w] += s * v.x, acc[w + 1] += s * v.y, acc[w + 2] += s * v.z, acc[w + 3] += s * v.w;
+    }
+  } else {
+#pragma unroll
+    for (int w = 0; w < N; w++) acc[w] += s * p[w];
+  }
+}
+
+/* sum over w < N of p[w] g[w] in order of w, onto u; p 16-byte aligned when VEC. */
+template <int N, bool VEC>
+__device__ __forceinline__ float zk_pc_dot(float u, const float *p, const float *g) {
+  constexpr int N4 = VEC ? N / 4 * 4 : 0;
+#pragma unroll
+  for (int w = 0; w < N4; w += 4) {
+    zk_f4 v = *reinterpret_cast<const zk_f4 *>(p + w);
+    u += v.x * g[w], u += v.y * g[w + 1], u += v.z * g[w + 2], u += v.w * g[w + 3];
+  }
+#pragma unroll
+  for (int w = N4; w < N; w++) u += p[w] * g[w];
+  return u;
+}
+
+/* x[0 .. N) = p[0 .. N), p 16-byte aligned when VEC. */
+template <int N, bool VEC>
+__device__ __forceinline__ void zk_pc_get(float *x, const float *p) {
+  constexpr int N4 = VEC ? N / 4 * 4 : 0;
+#pragma unroll
+  for (int w = 0; w < N4; w += 4) {
+    zk_f4 v = *reinterpret_cast<const zk_f4 *>(p + w);
+    x[w] = v.x, x[w + 1] = v.y, x[w + 2] = v.z, x[w + 3] = v.w;
+  }
+#pragma unroll
+  for (int w = N4; w < N; w++) x[w] = p[w];
+}
 
 /* Dynamic shared memory in bytes of kernel part (0 fwd, 1 bwd_q, 2 bwd_kv). The
  * emitter computes the same figure and checks it with a static_assert. */
 template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2>
 constexpr int zk_poly_chunked_smem(int part) {
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
-  int common = L::D * L::SW + 2 * C * L::FP + C * L::SW + 2 * L::D; /* state, q~, k, v', tables */
+  int common = L::D * L::SW + 2 * C * L::FP + C * L::SW + L::TBL; /* state, q~, k, v', tables */
   if (part == 0) return 4 * common;
   if (part == 1) return 4 * (common + 2 * C * L::SW + C * L::NP + C * L::NP * L::FP); /* do, g, red */
   return 4 * (common + C * L::SW + C * L::NP * L::FP);                               /* g, red */
@@ -241,8 +288,7 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
       float ph = fc[d] * qrow[ab & 255] * qrow[ab >> 8];
       const float *sd = st + d * L::SW;
       den += ph * sd[L::ZC];
-#pragma unroll
-      for (int w = 0; w < L::WQ; w++) acc[w] += ph * sd[cp + w];
+      zk_pc_axpy<L::WQ, L::VEC>(acc, ph, sd + cp);
     }
 #pragma unroll 2
   for (int j = 0; j < C; j++) {
@@ -253,8 +299,7 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
     float a = c0 + s * (c1 + c2 * s);
     if (j > row) a = 0.0f; /* causal: j <= i */
     den += a;
-#pragma unroll
-    for (int w = 0; w < L::WQ; w++) acc[w] += a * vj[w];
+    zk_pc_axpy<L::WQ, L::VEC>(acc, a, vj);
   }
 }
 
@@ -309,7 +354,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
-  float *dos = fc + 2 * L::D, *gs = dos + C * L::SW, *red = gs + C * L::SW, *red2 = red + C * L::NP;
+  float *dos = fc + L::TBL, *gs = dos + C * L::SW, *red = gs + C * L::SW, *red2 = red + C * L::NP;
   constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
@@ -331,11 +376,9 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
     for (int f = 0; f <= F; f++) qi[f] = qs[row * L::FP + f];
     zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den);
     float pdot = 0.0f;
+    zk_pc_get<L::WQ, L::VEC>(dov, dos + row * L::SW + cp);
 #pragma unroll
-    for (int w = 0; w < L::WQ; w++) {
-      dov[w] = dos[row * L::SW + cp + w];
-      pdot += dov[w] * acc[w];
-    }
+    for (int w = 0; w < L::WQ; w++) pdot += dov[w] * acc[w];
     red[row * L::NP + part] = pdot;
     __syncthreads();
     /* g_i = [dn_i, dd_i], into shared memory and the scratch */
@@ -358,17 +401,14 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
     float g[L::WS], dqa[F];
     float *mine = red2 + (part * C + row) * L::FP;
     const float *qrow = qs + row * L::FP;
-#pragma unroll
-    for (int w = 0; w < L::WS; w++) g[w] = gs[row * L::SW + w];
+    zk_pc_get<L::WS, L::VEC>(g, gs + row * L::SW);
 #pragma unroll
     for (int f = 0; f < F; f++) dqa[f] = 0.0f;
     for (int f = 0; f <= F; f++) mine[f] = 0.0f;
     if (r0 > 0)
       for (int d = part; d < L::D; d += L::NP) {
         const float *sd = st + d * L::SW;
-        float u = 0.0f;
-#pragma unroll
-        for (int w = 0; w < L::WS; w++) u += sd[w] * g[w];
+        float u = zk_pc_dot<L::WS, L::VEC>(0.0f, sd, g);
         u *= fc[d];
         int a = fab[d] & 255, b = fab[d] >> 8;
         mine[a] += u * qrow[b];
@@ -376,11 +416,10 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
       }
     for (int j = part; j < C; j += L::NP) {
       const float *kj = ks + j * L::FP, *vj = vs + j * L::SW;
-      float s = 0.0f, da = 0.0f;
+      float s = 0.0f;
 #pragma unroll
       for (int f = 0; f < F; f++) s += qi[f] * kj[f];
-#pragma unroll
-      for (int w = 0; w < L::WS; w++) da += g[w] * vj[w];
+      float da = zk_pc_dot<L::WS, L::VEC>(0.0f, vj, g);
       float ds = j <= row ? da * (c1 + 2.0f * c2 * s) : 0.0f;
 #pragma unroll
       for (int f = 0; f < F; f++) dqa[f] += ds * kj[f];
@@ -409,7 +448,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
   float *rt = zk_pc_sh, *qs = rt + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
-  float *gs = fc + 2 * L::D, *red2 = gs + C * L::SW;
+  float *gs = fc + L::TBL, *red2 = gs + C * L::SW;
   constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
@@ -429,8 +468,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
     float kj[F + 1], vj[L::WS];
 #pragma unroll
     for (int f = 0; f <= F; f++) kj[f] = ks[row * L::FP + f];
-#pragma unroll
-    for (int w = 0; w < L::WS; w++) vj[w] = vs[row * L::SW + w];
+    zk_pc_get<L::WS, L::VEC>(vj, vs + row * L::SW);
     bool last = r0 == LAST;
     /* dv_j, this part's columns */
     float acc[L::WQ];
@@ -442,9 +480,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
       for (int d = 0; d < L::D; d++) {
         int ab = fab[d];
         float ph = krow[ab & 255] * krow[ab >> 8];
-        const float *rd = rt + d * L::SW + cp;
-#pragma unroll
-        for (int w = 0; w < L::WQ; w++) acc[w] += ph * rd[w];
+        zk_pc_axpy<L::WQ, L::VEC>(acc, ph, rt + d * L::SW + cp);
       }
 #pragma unroll 2
     for (int ii = 0; ii < C; ii++) {
@@ -454,8 +490,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
       for (int f = 0; f < F; f++) s += qv[f] * kj[f];
       float a = c0 + s * (c1 + c2 * s);
       if (ii < row) a = 0.0f; /* causal: i >= j */
-#pragma unroll
-      for (int w = 0; w < L::WQ; w++) acc[w] += a * gv[w];
+      zk_pc_axpy<L::WQ, L::VEC>(acc, a, gv);
     }
     int j = r0 + row;
     if (j < T) {
@@ -473,20 +508,17 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
     if (!last)
       for (int d = part; d < L::D; d += L::NP) {
         const float *rd = rt + d * L::SW;
-        float r = 0.0f;
-#pragma unroll
-        for (int w = 0; w < L::WS; w++) r += rd[w] * vj[w];
+        float r = zk_pc_dot<L::WS, L::VEC>(0.0f, rd, vj);
         int a = fab[d] & 255, b = fab[d] >> 8;
         mine[a] += r * krow[b];
         mine[b] += r * krow[a];
       }
     for (int ii = part; ii < C; ii += L::NP) {
       const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW;
-      float s = 0.0f, da = 0.0f;
+      float s = 0.0f;
 #pragma unroll
       for (int f = 0; f < F; f++) s += qv[f] * kj[f];
-#pragma unroll
-      for (int w = 0; w < L::WS; w++) da += gv[w] * vj[w];
+      float da = zk_pc_dot<L::WS, L::VEC>(0.0f, gv, vj);
       float ds = ii >= row ? da * (c1 + 2.0f * c2 * s) : 0.0f;
 #pragma unroll
       for (int f = 0; f < F; f++) dka[f] += ds * qv[f]; /* qv holds q~_i */
