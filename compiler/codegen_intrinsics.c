@@ -557,9 +557,11 @@ static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double 
   l->SW = vec ? (l->NUB * l->UB + 3) / 4 * 4 : l->NUB * l->UB;
   l->FP = l->F + 1;
   int64_t common = (int64_t)l->D * l->SW + 2 * l->C * l->FP + l->C * l->SW + (2 * l->D + 3) / 4 * 4;
-  l->smem[0] = 4 * common;
-  l->smem[1] = 4 * (common + 2 * l->C * l->SW + l->C * l->NP + l->C * l->NP * l->FP);
-  l->smem[2] = 4 * (common + l->C * l->SW + l->C * l->NP * l->FP);
+  int64_t red = vec ? 0 : (int64_t)l->NP * l->WS * l->C; /* narrow outputs' partial sums */
+  int rw = vec || l->FP >= l->WS ? l->FP : l->WS;
+  l->smem[0] = 4 * (common + red);
+  l->smem[1] = 4 * (common + 2 * l->C * l->SW + l->C * l->NP + l->C * l->NP * rw);
+  l->smem[2] = 4 * (common + l->C * l->SW + l->C * l->NP * l->FP + (vec ? 0 : (int64_t)l->NP * l->ZC * l->C));
 }
 
 /* Whether the chunked kernels can run this shape. */

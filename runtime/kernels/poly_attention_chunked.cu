@@ -82,6 +82,11 @@ struct zk_pc_shape {
   static constexpr int SW = VEC ? (NUB * UB + 3) / 4 * 4 : NUB * UB; /* row stride of states and value-like tiles */
   static constexpr int FP = F + 1;              /* row stride of q~ and k tiles: a 1 at F */
   static constexpr int TBL = (2 * D + 3) / 4 * 4; /* the feature tables' floats (what follows stays aligned) */
+  /* narrow (!VEC) outputs: each part's sums over its share of the features and
+   * keys, all WS columns, [NP][WS][C] (zk_pc_row_out); the backward's red2 holds
+   * them too, so its rows are RW = max(FP, WS) wide there */
+  static constexpr int RED = VEC ? 0 : NP * WS * C;
+  static constexpr int RW = VEC || FP >= WS ? FP : WS;
 };
 
 /* acc[0 .. N) += s p[0 .. N), p 16-byte aligned when VEC (the same sums). */
@@ -132,9 +137,9 @@ template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2>
 constexpr int zk_poly_chunked_smem(int part) {
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
   int common = L::D * L::SW + 2 * C * L::FP + C * L::SW + L::TBL; /* state, q~, k, v', tables */
-  if (part == 0) return 4 * common;
-  if (part == 1) return 4 * (common + 2 * C * L::SW + C * L::NP + C * L::NP * L::FP); /* do, g, red */
-  return 4 * (common + C * L::SW + C * L::NP * L::FP);                               /* g, red */
+  if (part == 0) return 4 * (common + L::RED);                                     /* red2 */
+  if (part == 1) return 4 * (common + 2 * C * L::SW + C * L::NP + C * L::NP * L::RW); /* do, g, red, red2 */
+  return 4 * (common + C * L::SW + C * L::NP * L::FP + (L::VEC ? 0 : L::NP * L::ZC * C)); /* g, red2, dvred */
 }
 
 /* Rows [r0, r0 + C) of a [T, F] slice (rows LD floats apart) into
@@ -269,15 +274,63 @@ __device__ __forceinline__ void zk_pc_update(float *st, const float *x, const fl
 /* One row's numerator columns [cp, cp + WQ) and denominator (without eps) for
  * query row `row` of the chunk: from the state (unless first) and the intra
  * pairs j <= row. qi: q~_i with the 1 at F, in registers; qrow: the same row
- * in shared memory (read at the features' indices). */
+ * in shared memory (read at the features' indices).
+ *
+ * Wide (VEC): each of the row's NP parts walks every feature and key for its
+ * own WQ columns. Narrow: a part's few columns would not pay for the feature
+ * products and the scores that every part made again (DV 5: 7 shared reads for
+ * 3 fused multiply-adds a feature, and the 64 scores four times), so part p
+ * takes the features d % NP == p and the keys j % NP == p for all WS columns
+ * (the denominator's ones column among them), into red[p][w][row] (NP WS C
+ * floats); after a barrier (every thread of the block calls this) each part
+ * adds the NP sums of its columns in order of p. */
 template <int F, int DV, int C, int NT, bool K0, bool K1, bool K2>
 __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, const float *vs,
                                               const float *fc, const int *fab, const float *qrow,
                                               const float (&qi)[F + 1], int row, int cp, bool first,
                                               float c0, float c1, float c2,
                                               float (&acc)[zk_pc_shape<F, DV, C, NT, K0, K1, K2>::WQ],
-                                              float &den) {
+                                              float &den, float *red) {
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
+  if constexpr (!L::VEC) {
+    const int part = (int)threadIdx.x / C;
+    float pa[L::WS];
+#pragma unroll
+    for (int w = 0; w < L::WS; w++) pa[w] = 0.0f;
+    if (!first)
+      for (int d = part; d < L::D; d += L::NP) {
+        int ab = fab[d];
+        float ph = fc[d] * qrow[ab & 255] * qrow[ab >> 8];
+        const float *sd = st + d * L::SW;
+#pragma unroll
+        for (int w = 0; w < L::WS; w++) pa[w] += ph * sd[w];
+      }
+#pragma unroll 2
+    for (int j = part; j < C; j += L::NP) {
+      const float *kj = ks + j * L::FP, *vj = vs + j * L::SW; /* vj[ZC]: 1 before T */
+      float s = 0.0f;
+#pragma unroll
+      for (int f = 0; f < F; f++) s += qi[f] * kj[f];
+      float a = c0 + s * (c1 + c2 * s);
+      if (j > row) a = 0.0f; /* causal: j <= i */
+#pragma unroll
+      for (int w = 0; w < L::WS; w++) pa[w] += a * vj[w];
+    }
+#pragma unroll
+    for (int w = 0; w < L::WS; w++) red[(part * L::WS + w) * C + row] = pa[w];
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < L::WQ; w++) {
+      float x = 0.0f;
+#pragma unroll
+      for (int p = 0; p < L::NP; p++) x += red[(p * L::WS + cp + w) * C + row];
+      acc[w] = x;
+    }
+    den = 0.0f;
+#pragma unroll
+    for (int p = 0; p < L::NP; p++) den += red[(p * L::WS + L::ZC) * C + row];
+    return;
+  }
 #pragma unroll
   for (int w = 0; w < L::WQ; w++) acc[w] = 0.0f;
   den = 0.0f;
@@ -311,7 +364,7 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
   using L = zk_pc_shape<F, DV, C, NT, K0, K1, K2>;
   extern __shared__ float zk_pc_sh[];
   float *st = zk_pc_sh, *qs = st + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
-  float *fc = vs + C * L::SW;
+  float *fc = vs + C * L::SW, *red2 = fc + L::TBL;
   int *fab = (int *)(fc + L::D);
   constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
@@ -330,7 +383,8 @@ __device__ __forceinline__ void zk_poly_chunked_fwd(const float *__restrict__ q,
     float qi[F + 1], acc[L::WQ], den;
 #pragma unroll
     for (int f = 0; f <= F; f++) qi[f] = qs[row * L::FP + f];
-    zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den);
+    zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den,
+                                            red2);
     int i = r0 + row;
     if (i < T) {
       float zi = den + eps, inv = 1.0f / zi;
@@ -374,7 +428,8 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_q(const float *__restrict__ 
     float qi[F + 1], acc[L::WQ], den, dov[L::WQ];
 #pragma unroll
     for (int f = 0; f <= F; f++) qi[f] = qs[row * L::FP + f];
-    zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den);
+    zk_pc_row_out<F, DV, C, NT, K0, K1, K2>(st, ks, vs, fc, fab, qs + row * L::FP, qi, row, cp, r0 == 0, c0, c1, c2, acc, den,
+                                            red2);
     float pdot = 0.0f;
     zk_pc_get<L::WQ, L::VEC>(dov, dos + row * L::SW + cp);
 #pragma unroll
@@ -448,7 +503,7 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
   float *rt = zk_pc_sh, *qs = rt + L::D * L::SW, *ks = qs + C * L::FP, *vs = ks + C * L::FP;
   float *fc = vs + C * L::SW;
   int *fab = (int *)(fc + L::D);
-  float *gs = fc + L::TBL, *red2 = gs + C * L::SW;
+  float *gs = fc + L::TBL, *red2 = gs + C * L::SW, *dvred = red2 + C * L::NP * L::FP;
   constexpr int LQ = ZK_HEAD_LD(F, ZK_HQ(HI)), LV = ZK_HEAD_LD(DV, ZK_HV(HI));
   int bh = blockIdx.x;
   const float *qb = q + zk_head_slice<F, T, ZK_HQ(HI)>(bh), *kb = k + zk_head_slice<F, T, ZK_HQ(HI)>(bh);
@@ -470,68 +525,116 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
     for (int f = 0; f <= F; f++) kj[f] = ks[row * L::FP + f];
     zk_pc_get<L::WS, L::VEC>(vj, vs + row * L::SW);
     bool last = r0 == LAST;
-    /* dv_j, this part's columns */
-    float acc[L::WQ];
-#pragma unroll
-    for (int w = 0; w < L::WQ; w++) acc[w] = 0.0f;
     const float *krow = ks + row * L::FP;
-    if (!last)
-#pragma unroll 2
-      for (int d = 0; d < L::D; d++) {
-        int ab = fab[d];
-        float ph = krow[ab & 255] * krow[ab >> 8];
-        zk_pc_axpy<L::WQ, L::VEC>(acc, ph, rt + d * L::SW + cp);
-      }
-#pragma unroll 2
-    for (int ii = 0; ii < C; ii++) {
-      const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW + cp;
-      float s = 0.0f;
-#pragma unroll
-      for (int f = 0; f < F; f++) s += qv[f] * kj[f];
-      float a = c0 + s * (c1 + c2 * s);
-      if (ii < row) a = 0.0f; /* causal: i >= j */
-      zk_pc_axpy<L::WQ, L::VEC>(acc, a, gv);
-    }
     int j = r0 + row;
-    if (j < T) {
-#pragma unroll
-      for (int w = 0; w < L::WQ; w++)
-        if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = acc[w];
-    }
-    /* dk_j: features d % NP == part into this thread's slots of red2, then its
-     * intra partners */
+    /* dk_j: features d % NP == part and queries i % NP == part into this
+     * thread's slots of red2, added over the parts after the barrier */
     float dka[F];
     float *mine = red2 + (part * C + row) * L::FP;
 #pragma unroll
     for (int f = 0; f < F; f++) dka[f] = 0.0f;
     for (int f = 0; f <= F; f++) mine[f] = 0.0f;
-    if (!last)
-      for (int d = part; d < L::D; d += L::NP) {
-        const float *rd = rt + d * L::SW;
-        float r = zk_pc_dot<L::WS, L::VEC>(0.0f, rd, vj);
-        int a = fab[d] & 255, b = fab[d] >> 8;
-        mine[a] += r * krow[b];
-        mine[b] += r * krow[a];
+    if constexpr (!L::VEC) {
+      /* narrow: dv_j too, over the same features and queries, all ZC columns
+       * (as zk_pc_row_out): each state row and score serves both */
+      float pv[L::ZC];
+#pragma unroll
+      for (int w = 0; w < L::ZC; w++) pv[w] = 0.0f;
+      if (!last)
+        for (int d = part; d < L::D; d += L::NP) {
+          const float *rd = rt + d * L::SW;
+          int a = fab[d] & 255, b = fab[d] >> 8;
+          float ph = krow[a] * krow[b], r = 0.0f;
+#pragma unroll
+          for (int w = 0; w < L::WS; w++) {
+            float x = rd[w];
+            r += x * vj[w];
+            if (w < L::ZC) pv[w] += ph * x;
+          }
+          mine[a] += r * krow[b];
+          mine[b] += r * krow[a];
+        }
+      for (int ii = part; ii < C; ii += L::NP) {
+        const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW;
+        float s = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qv[f] * kj[f];
+        float da = zk_pc_dot<L::WS, false>(0.0f, gv, vj);
+        bool on = ii >= row; /* causal: i >= j */
+        float a = on ? c0 + s * (c1 + c2 * s) : 0.0f;
+        float ds = on ? da * (c1 + 2.0f * c2 * s) : 0.0f;
+#pragma unroll
+        for (int w = 0; w < L::ZC; w++) pv[w] += a * gv[w];
+#pragma unroll
+        for (int f = 0; f < F; f++) dka[f] += ds * qv[f]; /* qv holds q~_i */
       }
-    for (int ii = part; ii < C; ii += L::NP) {
-      const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW;
-      float s = 0.0f;
 #pragma unroll
-      for (int f = 0; f < F; f++) s += qv[f] * kj[f];
-      float da = zk_pc_dot<L::WS, L::VEC>(0.0f, gv, vj);
-      float ds = ii >= row ? da * (c1 + 2.0f * c2 * s) : 0.0f;
+      for (int w = 0; w < L::ZC; w++) dvred[(part * L::ZC + w) * C + row] = pv[w];
+    } else {
+      /* wide: dv_j's columns of this part over every feature and query */
+      float acc[L::WQ];
 #pragma unroll
-      for (int f = 0; f < F; f++) dka[f] += ds * qv[f]; /* qv holds q~_i */
+      for (int w = 0; w < L::WQ; w++) acc[w] = 0.0f;
+      if (!last)
+#pragma unroll 2
+        for (int d = 0; d < L::D; d++) {
+          int ab = fab[d];
+          float ph = krow[ab & 255] * krow[ab >> 8];
+          zk_pc_axpy<L::WQ, L::VEC>(acc, ph, rt + d * L::SW + cp);
+        }
+#pragma unroll 2
+      for (int ii = 0; ii < C; ii++) {
+        const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW + cp;
+        float s = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qv[f] * kj[f];
+        float a = c0 + s * (c1 + c2 * s);
+        if (ii < row) a = 0.0f; /* causal: i >= j */
+        zk_pc_axpy<L::WQ, L::VEC>(acc, a, gv);
+      }
+      if (j < T) {
+#pragma unroll
+        for (int w = 0; w < L::WQ; w++)
+          if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = acc[w];
+      }
+      if (!last)
+        for (int d = part; d < L::D; d += L::NP) {
+          const float *rd = rt + d * L::SW;
+          float r = zk_pc_dot<L::WS, L::VEC>(0.0f, rd, vj);
+          int a = fab[d] & 255, b = fab[d] >> 8;
+          mine[a] += r * krow[b];
+          mine[b] += r * krow[a];
+        }
+      for (int ii = part; ii < C; ii += L::NP) {
+        const float *qv = qs + ii * L::FP, *gv = gs + ii * L::SW;
+        float s = 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) s += qv[f] * kj[f];
+        float da = zk_pc_dot<L::WS, L::VEC>(0.0f, gv, vj);
+        float ds = ii >= row ? da * (c1 + 2.0f * c2 * s) : 0.0f;
+#pragma unroll
+        for (int f = 0; f < F; f++) dka[f] += ds * qv[f]; /* qv holds q~_i */
+      }
     }
 #pragma unroll
     for (int f = 0; f < F; f++) mine[f] += dka[f];
     __syncthreads();
-    if (j < T)
+    if (j < T) {
       for (int f = part; f < F; f += L::NP) {
         float x = 0.0f;
         for (int p = 0; p < L::NP; p++) x += red2[(p * C + row) * L::FP + f];
         dkb[(zk_i64)j * LQ + f] = x;
       }
+      if constexpr (!L::VEC) {
+#pragma unroll
+        for (int w = 0; w < L::WQ; w++) {
+          float x = 0.0f;
+#pragma unroll
+          for (int p = 0; p < L::NP; p++) x += dvred[(p * L::ZC + cp + w) * C + row];
+          if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = x;
+        }
+      }
+    }
     if (r0 > 0) zk_pc_update<F, DV, C, NT, K0, K1, K2, true>(rt, qs, gs, fc, fab);
   }
 }
