@@ -51,16 +51,21 @@
  * Thread layout in a chunk: thread x takes row x % C and part x / C of the
  * NP = NT / C parts (each warp one part, so shared reads of the state are
  * broadcasts): part p owns value columns [p WQ, p WQ + WQ), WQ = ceil(DV / NP)
- * (no padding of DV to a power of two: at most NP - 1 spare columns), the
- * features d % NP == p for dq, dk (their index pairs from small tables, so the
- * loops over features are not unrolled: NVRTC time) and the intra partners
- * j % NP == p; parts meet through shared memory. Column ZC = NP WQ
- * holds the ones (z, dd). State updates: thread x takes features d of
- * x % D (NUB = NT / D column blocks of UB columns), or, for wide states, three
- * features and a block of columns (zk_pc_update). All sums are fp32.
+ * (no padding of DV to a power of two: at most NP - 1 spare columns; with 8 or
+ * more, VEC, WQ and the row stride SW are rounded up to multiples of 4 and
+ * rows are read 16 bytes at a time), the features d % NP == p for dq, dk
+ * (their index pairs from small tables, so the loops over features are not
+ * unrolled: NVRTC time) and the intra partners j % NP == p; parts meet through
+ * shared memory. At narrow widths (not VEC) the outputs n_i, d_i and dv_j are
+ * split the same way, by features and partners, over all columns, and added
+ * over the parts after a barrier (zk_pc_row_out). Column ZC = NP WQ holds the
+ * ones (z, dd). State updates: thread x takes features d of x % D (NUB = NT /
+ * D column blocks of UB columns), or, for wide states, three features and a
+ * block of columns (zk_pc_update). All sums are fp32.
  *
- * Faster later (needs a GPU to measure): several rows per thread in the
- * output phase, tensor cores (tf32) for the state products.
+ * Faster later (needs a GPU to measure): at wide widths, the outputs split by
+ * features as at narrow ones (the partial sums would need 50 KB of shared
+ * memory at DV 42); tensor cores (tf32) for the state products.
  */
 #ifndef ZK_POLY_ATTENTION_CHUNKED_CU
 #define ZK_POLY_ATTENTION_CHUNKED_CU
