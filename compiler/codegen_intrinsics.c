@@ -566,7 +566,8 @@ static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double 
 
 /* Whether the chunked kernels can run this shape. */
 static int pc_fits(const pc_layout *l) {
-  return l->D > 0 && l->F <= 64 && l->DV <= 256 && l->smem[1] <= PC_SMEM_MAX && l->smem[2] <= PC_SMEM_MAX;
+  return l->D > 0 && l->F <= 64 && l->DV <= 256 && l->smem[0] <= PC_SMEM_MAX && l->smem[1] <= PC_SMEM_MAX &&
+         l->smem[2] <= PC_SMEM_MAX;
 }
 
 /* With TF32 products (tf32) the tensor-core quadratic form beats the
