@@ -65,7 +65,11 @@
  *
  * Faster later (needs a GPU to measure): at wide widths, the outputs split by
  * features as at narrow ones (the partial sums would need 50 KB of shared
- * memory at DV 42); tensor cores (tf32) for the state products.
+ * memory at DV 42); tensor cores (tf32) for the state products. Not faster:
+ * the chunk's weights a_ij made once into shared memory (part p those of the
+ * keys j % NP == p) instead of by every part, at DV 42: forward 28.38 against
+ * 28.52 ms, backward 95.42 against 86.92 (zoorun bench --poly, L 2048,
+ * .gpu/s14run9.sh).
  */
 #ifndef ZK_POLY_ATTENTION_CHUNKED_CU
 #define ZK_POLY_ATTENTION_CHUNKED_CU
