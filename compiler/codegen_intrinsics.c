@@ -536,6 +536,7 @@ enum { PC_CHUNK = ZOO_POLY_CHUNK, PC_THREADS = 256, PC_SMEM_MAX = 227 * 1024 };
  * static_assert that both agree). */
 typedef struct pc_layout {
   int F, DV, C, NT, k0, k1, k2;
+  int vec; /* zk_pc_shape's VEC: 8 or more columns a part, rows read 16 bytes at a time */
   int NP, WQ, ZC, WS, D, NUB, UB, SW, FP;
   int64_t smem[3]; /* bytes: fwd, bwd_q, bwd_kv */
 } pc_layout;
@@ -546,7 +547,7 @@ static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double 
   l->k0 = c0 != 0, l->k1 = c1 != 0, l->k2 = c2 != 0;
   l->NP = l->NT / l->C;
   l->WQ = (l->DV + l->NP - 1) / l->NP;
-  int vec = l->WQ >= 8; /* zk_pc_shape's VEC: rows read 16 bytes at a time */
+  int vec = l->vec = l->WQ >= 8;
   if (vec) l->WQ = (l->WQ + 3) / 4 * 4;
   l->ZC = l->NP * l->WQ;
   l->WS = l->ZC + 1;
@@ -599,7 +600,7 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
     *form = ZOO_POLY_CHUNKED;
   } else if (!env || !env[0] || !strcmp(env, "auto")) {
     *form = T >= ZOO_POLY_CHUNKED_MIN_T && pc_fits(&l) ? ZOO_POLY_CHUNKED : ZOO_POLY_QUADRATIC;
-    int narrow_long = l.WQ < 8 && T >= PM_NARROW_CHUNKED_T; /* zk_pc_shape's !VEC */
+    int narrow_long = !l.vec && T >= PM_NARROW_CHUNKED_T;
     if (*form == ZOO_POLY_CHUNKED && T <= PM_LONG_MAX_T && !narrow_long && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
       *form = ZOO_POLY_QUADRATIC; /* the tensor cores' quadratic form wins there */
   } else {

@@ -127,6 +127,16 @@ __device__ __forceinline__ float zk_pc_dot(float u, const float *p, const float 
   return u;
 }
 
+/* Column col of row `row` added over the NP parts' partial sums, in order of
+ * the part: red[p][W][C] (the narrow outputs' scratch). */
+template <int NP, int W, int C>
+__device__ __forceinline__ float zk_pc_parts_sum(const float *red, int col, int row) {
+  float x = 0.0f;
+#pragma unroll
+  for (int p = 0; p < NP; p++) x += red[(p * W + col) * C + row];
+  return x;
+}
+
 /* x[0 .. N) = p[0 .. N), p 16-byte aligned when VEC. */
 template <int N, bool VEC>
 __device__ __forceinline__ void zk_pc_get(float *x, const float *p) {
@@ -329,15 +339,8 @@ __device__ __forceinline__ void zk_pc_row_out(const float *st, const float *ks, 
     for (int w = 0; w < L::WS; w++) red[(part * L::WS + w) * C + row] = pa[w];
     __syncthreads();
 #pragma unroll
-    for (int w = 0; w < L::WQ; w++) {
-      float x = 0.0f;
-#pragma unroll
-      for (int p = 0; p < L::NP; p++) x += red[(p * L::WS + cp + w) * C + row];
-      acc[w] = x;
-    }
-    den = 0.0f;
-#pragma unroll
-    for (int p = 0; p < L::NP; p++) den += red[(p * L::WS + L::ZC) * C + row];
+    for (int w = 0; w < L::WQ; w++) acc[w] = zk_pc_parts_sum<L::NP, L::WS, C>(red, cp + w, row);
+    den = zk_pc_parts_sum<L::NP, L::WS, C>(red, L::ZC, row);
     return;
   }
 #pragma unroll
@@ -636,12 +639,8 @@ __device__ __forceinline__ void zk_poly_chunked_bwd_kv(const float *__restrict__
       }
       if constexpr (!L::VEC) {
 #pragma unroll
-        for (int w = 0; w < L::WQ; w++) {
-          float x = 0.0f;
-#pragma unroll
-          for (int p = 0; p < L::NP; p++) x += dvred[(p * L::ZC + cp + w) * C + row];
-          if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = x;
-        }
+        for (int w = 0; w < L::WQ; w++)
+          if (cp + w < DV) dvb[(zk_i64)j * LV + cp + w] = zk_pc_parts_sum<L::NP, L::ZC, C>(dvred, cp + w, row);
       }
     }
     if (r0 > 0) zk_pc_update<F, DV, C, NT, K0, K1, K2, true>(rt, qs, gs, fc, fab);
