@@ -388,8 +388,16 @@ static const zoo_cuda_prologue_emitter prologue_emitters[ZOO_OP_COUNT] = {
     [ZOO_OP_LAYERNORM] = zoo_cuda_layernorm_prologue,
 };
 
+/* Row ops that take an epilogue (ZOO_OPF_EPILOGUE; codegen_intrinsics.c). */
+typedef int (*zoo_cuda_epilogue_emitter)(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
+static const zoo_cuda_epilogue_emitter epilogue_emitters[ZOO_OP_COUNT] = {
+    [ZOO_OP_LAYERNORM_BWD] = zoo_cuda_layernorm_bwd_epilogue,
+    [ZOO_OP_CAUSAL_CONV1D_BWD] = zoo_cuda_causal_conv1d_bwd_epilogue,
+};
+
 int zoo_cuda_op_fusion(zoo_op op) {
-  return (inline_emitters[op] ? ZOO_OPF_INLINE : 0) | (prologue_emitters[op] ? ZOO_OPF_PROLOGUE : 0);
+  return (inline_emitters[op] ? ZOO_OPF_INLINE : 0) | (prologue_emitters[op] ? ZOO_OPF_PROLOGUE : 0) |
+         (epilogue_emitters[op] ? ZOO_OPF_EPILOGUE : 0);
 }
 
 /* The statements that compute members nodes[lo, hi) at the flat index `i` (of
@@ -566,6 +574,57 @@ static int emit_prologue_group(zoo_cuda_emit *e, const int *nodes, int count, in
   p.nodes = nodes;
   p.count = count;
   int status = prologue_emitters[rn->op](e, rn, &p);
+  zoo_strbuf_free(&body);
+  zoo_strbuf_free(&params);
+  return status;
+}
+
+/* A group of pointwise members (nodes, count of them) and one row op `row`
+ * whose output 0 some of them read: the row op's kernel with the members as
+ * its epilogue, computed at each element the row op makes (a lambda the row
+ * kernel calls with the element's value instead of storing it), storing what
+ * other groups read, output 0 included. When the arguments would not fit one
+ * kernel, the row op is one kernel (output 0 stored) and the members another,
+ * as without the rewrite. */
+static int emit_epilogue_group(zoo_cuda_emit *e, const int *nodes, int count, int row) {
+  const zoo_graph *g = e->g;
+  const zoo_node *rn = &g->nodes[row];
+  int x = rn->out[0];
+  if (!epilogue_emitters[rn->op]) return emit_fail(e, "op %s takes no epilogue", zoo_ops[rn->op].name);
+  ew_io io;
+  ew_collect(e, nodes, 0, count, count, &io);
+  int at = -1;
+  for (int q = 0; q < io.ninputs; q++)
+    if (io.inputs[q] == x) at = q;
+  if (at < 0)
+    return emit_fail(e, "the epilogue of %s (node %d) does not read its output", zoo_ops[rn->op].name, row);
+  /* x comes from the row kernel, not from memory; stored when read elsewhere */
+  io.ninputs--;
+  for (int q = at; q < io.ninputs; q++) io.inputs[q] = io.inputs[q + 1], io.load[q] = io.load[q + 1];
+  if (must_store(e, x, nodes, 0, count, count)) io.outputs[io.noutputs++] = x;
+  /* the row op's own arguments: its inputs, its other outputs, a scratch
+   * area and a counter */
+  if (ew_nargs(&io) + rn->nin + rn->nout + 1 > ZOO_MAX_ARGS) {
+    e->stored[x] = 1;
+    if (emitters_call(e, rn) != 0) return -1;
+    return emit_elementwise(e, nodes, count);
+  }
+  int64_t od[ZOO_MAX_DIMS];
+  int ond = dims_of(e, x, od);
+  const char *ity = index_type(zoo_cuda_numel(e, x));
+  zoo_strbuf body = {0}, params = {0};
+  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n    const float v%d = v_;\n", ity, ity, x);
+  if (ew_body(e, &body, nodes, 0, count, &io, od, ond, "    ") != 0) {
+    zoo_strbuf_free(&body);
+    return -1;
+  }
+  zoo_cuda_epilogue p = {0};
+  ew_params(&params, &io, p.args, &p.nargs);
+  p.params = params.s ? params.s : "";
+  p.body = body.s;
+  p.nodes = nodes;
+  p.count = count;
+  int status = epilogue_emitters[rn->op](e, rn, &p);
   zoo_strbuf_free(&body);
   zoo_strbuf_free(&params);
   return status;
@@ -1054,7 +1113,8 @@ static const zoo_cuda_emitter emitters[ZOO_OP_COUNT] = {
 static int emitters_call(zoo_cuda_emit *e, const zoo_node *n) { return emitters[n->op](e, n); }
 
 /* A group of several nodes (fuse.h): pointwise members (elementwise and inline
- * stencils), and at most one row op that takes them as its prologue. */
+ * stencils), and at most one row op that takes them as its prologue or as its
+ * epilogue. */
 static int emit_group(zoo_cuda_emit *e, int *members, int count) {
   const zoo_graph *g = e->g;
   int row = -1, npoint = 0;
@@ -1062,7 +1122,7 @@ static int emit_group(zoo_cuda_emit *e, int *members, int count) {
     int m = members[k];
     if (zoo_ops[g->nodes[m].op].cls == ZOO_CLASS_ELEMENTWISE || is_inline(g, m)) {
       members[npoint++] = m; /* in place: the pointwise members keep their order */
-    } else if (row < 0 && (zoo_ops[g->nodes[m].op].flags & ZOO_OPF_PROLOGUE)) {
+    } else if (row < 0 && (zoo_ops[g->nodes[m].op].flags & (ZOO_OPF_PROLOGUE | ZOO_OPF_EPILOGUE))) {
       row = m;
     } else {
       return emit_fail(e, "group %d holds %s (node %d), which does not fuse", members[0],
@@ -1070,6 +1130,7 @@ static int emit_group(zoo_cuda_emit *e, int *members, int count) {
     }
   }
   if (row < 0) return emit_elementwise(e, members, npoint);
+  if (zoo_ops[g->nodes[row].op].flags & ZOO_OPF_EPILOGUE) return emit_epilogue_group(e, members, npoint, row);
   return emit_prologue_group(e, members, npoint, row);
 }
 

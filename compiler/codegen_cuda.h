@@ -266,13 +266,25 @@ typedef struct zoo_cuda_prologue {
 
 int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
 
+/* A row op with ZOO_OPF_EPILOGUE hands its output 0 to an epilogue: the same
+ * fields, whose body is that of a lambda `[&](long long i_, float v_) { body }`
+ * that the row kernel calls once per element of output 0 (i_ its flat index,
+ * v_ its value) instead of storing it; the body computes the group there and
+ * stores what other groups read (output 0 too, when someone reads it).
+ * zoo_cuda_<op>_epilogue emits the op's kernel with it (NULL: output 0 stored,
+ * as zoo_cuda_<op>). */
+typedef zoo_cuda_prologue zoo_cuda_epilogue;
+
+int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
+int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
+
 /* An op with ZOO_OPF_INLINE computed inside an elementwise group's kernel:
  * zoo_cuda_inline_<op> writes to expr the C expression of node n's output
  * element at the flat index `i`, reading each input t through its kernel
  * parameter t<id> (pasting the kernel file it needs into the module first). */
 int zoo_cuda_inline_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n, char *expr, size_t len);
 
-/* The fusion flags (ZOO_OPF_INLINE, ZOO_OPF_PROLOGUE) whose forms the CUDA
+/* The fusion flags (ZOO_OPF_INLINE, ZOO_OPF_PROLOGUE, ZOO_OPF_EPILOGUE) whose forms the CUDA
  * generator has for op: equal to the op's flags in ops.def (a test checks). */
 int zoo_cuda_op_fusion(zoo_op op);
 

@@ -1088,31 +1088,48 @@ static int64_t partial_blocks(int64_t rows) {
   return P < 1 ? 1 : P > 512 ? 512 : P;
 }
 
-int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+/* causal_conv1d_bwd, alone (dx stored through zk_store) or with an epilogue
+ * (codegen_cuda.h), as layernorm_bwd. */
+int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p) {
   int x = n->in[1], w = n->in[2];
   int64_t T = dim_of(e, x, 1), C = dim_of(e, x, 2), K = dim_of(e, w, 2);
   int64_t N = zoo_cuda_numel(e, x) / (C ? C : 1);
   if (want_int(e, "T", T) || want_int(e, "C", C) || need(e, "causal_conv1d.cu", NULL, NULL)) return -1;
   int64_t P = partial_blocks(N), M = C * (K + 1);
   if (M * 4 > 48 * 1024) return fail(e, "causal_conv1d_bwd: %lld channels x %lld taps is too wide", (long long)C, (long long)K);
+  if (p && p->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
+    return fail(e, "causal_conv1d_bwd with an epilogue needs %d kernel arguments (at most %d)",
+                p->nargs + n->nin + n->nout + 1, ZOO_MAX_ARGS);
   int64_t scratch = P * M * 4;
   char name[64];
-  kernel_name(e, n, "conv1d_bwd_rows", name, sizeof name);
+  kernel_name(e, n, p ? "conv1d_bwd_fused" : "conv1d_bwd_rows", name, sizeof name);
+  if (p) {
+    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
+    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
+  }
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
-                    "const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, "
-                    "float *__restrict__ part%s) {\n"
-                    "  zk_conv1d_bwd_rows<%lld, %lld, %lld, %lld>(dy, x, w, dx, part, %lldLL);\n",
-                    name, partials_params(P, M, 1), (long long)T, (long long)C, (long long)K, (long long)P,
-                    (long long)N);
+                    "const float *__restrict__ x, const float *__restrict__ w, %s%sfloat *__restrict__ part%s) {\n",
+                    name, p ? p->params : "float *__restrict__ dx", p && !p->params[0] ? "" : ", ",
+                    partials_params(P, M, 1));
+  if (p) zoo_strbuf_printf(&e->src, "  auto dx = [&](long long i_, float v_) {\n%s  };\n", p->body);
+  zoo_strbuf_printf(&e->src, "  zk_conv1d_bwd_rows<%lld, %lld, %lld, %lld>(dy, x, w, %s, part, %lldLL);\n",
+                    (long long)T, (long long)C, (long long)K, (long long)P, p ? "dx" : "zk_store{dx}", (long long)N);
   partials_close(e, P, M, C * K, 1);
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(M * 4));
   if (!s) return -1;
   for (int k = 0; k < 3; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
+  if (p)
+    for (int k = 0; k < p->nargs; k++) s->args[s->nargs++] = p->args[k];
+  else
+    arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;
   return partials_end(e, n, s, P, M, C * K, n->out[1], n->out[2], scratch);
+}
+
+int zoo_cuda_causal_conv1d_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+  return zoo_cuda_causal_conv1d_bwd_epilogue(e, n, NULL);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1175,31 +1192,48 @@ int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_c
 
 int zoo_cuda_layernorm(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_prologue(e, n, NULL); }
 
-int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
+/* layernorm_bwd, alone (dx stored through zk_store) or with an epilogue
+ * (codegen_cuda.h): the same template, whose storer is then a lambda that
+ * computes the fused group at each element of dx. */
+int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p) {
   int64_t N, C;
   rows_cols(e, n->in[1], &N, &C);
   if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
   if (2 * C * 4 > 48 * 1024) return fail(e, "layernorm_bwd: rows of %lld are too wide", (long long)C);
   int has_w = n->nin > 2;
   int64_t P = partial_blocks(N), scratch = P * 2 * C * 4;
+  if (p && p->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
+    return fail(e, "layernorm_bwd with an epilogue needs %d kernel arguments (at most %d)",
+                p->nargs + n->nin + n->nout + 1, ZOO_MAX_ARGS);
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
   char heads[64];
   if (ln_heads(e, n, 1, heads, sizeof heads)) return -1;
-  kernel_name(e, n, "layernorm_bwd_rows", name, sizeof name);
+  kernel_name(e, n, p ? "layernorm_bwd_fused" : "layernorm_bwd_rows", name, sizeof name);
+  if (p) {
+    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
+    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
+  }
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
-                    "const float *__restrict__ x, %sfloat *__restrict__ dx, float *__restrict__ part%s) {\n"
-                    "  zk_layernorm_bwd_rows<%lld, %s, %lld%s>(dy, x, %s, dx, part, %lld, %s);\n",
-                    name, has_w ? "const float *__restrict__ w, " : "", has_w ? partials_params(P, 2 * C, 1) : "",
+                    "const float *__restrict__ x, %s%s%sfloat *__restrict__ part%s) {\n",
+                    name, has_w ? "const float *__restrict__ w, " : "", p ? p->params : "float *__restrict__ dx",
+                    p && !p->params[0] ? "" : ", ", has_w ? partials_params(P, 2 * C, 1) : "");
+  if (p) zoo_strbuf_printf(&e->src, "  auto dx = [&](long long i_, float v_) {\n%s  };\n", p->body);
+  zoo_strbuf_printf(&e->src, "  zk_layernorm_bwd_rows<%lld, %s, %lld%s>(dy, x, %s, %s, part, %lld, %s);\n",
                     (long long)C, has_w ? "true" : "false", (long long)P, heads, has_w ? "w" : "nullptr",
-                    (long long)N, eps);
+                    p ? "dx" : "zk_store{dx}", (long long)N, eps);
   if (has_w) partials_close(e, P, 2 * C, C, 1);
   else zoo_strbuf_puts(&e->src, "}\n");
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(2 * C * 4));
   if (!s) return -1;
-  for (int k = 0; k < n->nin; k++) arg_tensor(s, n->in[k]);
-  arg_tensor(s, n->out[0]);
+  arg_tensor(s, n->in[0]);
+  arg_tensor(s, n->in[1]);
+  if (has_w) arg_tensor(s, n->in[2]);
+  if (p)
+    for (int k = 0; k < p->nargs; k++) s->args[s->nargs++] = p->args[k];
+  else
+    arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;
   if (!has_w) { /* ops.def: dw, db are zeros without w */
@@ -1209,6 +1243,8 @@ int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   }
   return partials_end(e, n, s, P, 2 * C, C, n->out[1], n->out[2], scratch);
 }
+
+int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_bwd_epilogue(e, n, NULL); }
 
 /* linear_layernorm (x, w, [g, [b]]) -> p, y: runtime/kernels/layernorm.cu's
  * zk_linear_layernorm; the fold (train_graph.c) makes it only where that

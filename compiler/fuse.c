@@ -180,6 +180,35 @@ static void prologues(fuse_state *s, int nforward) {
   }
 }
 
+/* Epilogues: a node whose op has ZOO_OPF_EPILOGUE (layernorm_bwd) and whose
+ * group is still its own takes in the group of the first elementwise consumer
+ * of its output 0 when that group is all pointwise, every member has output 0's
+ * dims (the row kernel computes the group at each element it writes), no
+ * member makes one of the node's inputs, same side, no cycle. The backward's
+ * residual add, dr = layernorm_bwd(...) + dr', is one kernel. */
+static void epilogues(fuse_state *s, int nforward) {
+  zoo_graph *g = s->g;
+  for (int i = 0; i < g->nnodes; i++) {
+    zoo_node *n = &g->nodes[i];
+    if (!(zoo_ops[n->op].flags & ZOO_OPF_EPILOGUE) || n->group != i || s->next[i] >= 0) continue;
+    const zoo_type *shape = &g->tensors[n->out[0]].type;
+    for (int c = i + 1; c < g->nnodes; c++) {
+      const zoo_node *m = &g->nodes[c];
+      int reads = 0;
+      for (int k = 0; k < m->nin; k++) reads |= m->in[k] == n->out[0];
+      if (!reads || !is_elementwise(g, c)) continue;
+      int grp = m->group;
+      if ((grp < nforward) != (i < nforward)) continue;
+      if (!group_pointwise(s, grp) || !group_dims(s, grp, shape)) continue;
+      int feeds = 0;
+      for (int k = 0; k < n->nin; k++) feeds |= made_by_group(s, grp, n->in[k]);
+      if (feeds || merge_makes_cycle(s, grp, i)) continue;
+      merge_groups(s, grp, i);
+      break;
+    }
+  }
+}
+
 int zoo_fuse(zoo_graph *g, int level) {
   int N = g->nnodes;
   for (int i = 0; i < N; i++) g->nodes[i].group = i;
@@ -212,10 +241,12 @@ int zoo_fuse(zoo_graph *g, int level) {
     }
   }
   /* the rewrites, in this order: a stencil inlined into a group can then be
-   * part of a prologue */
+   * part of a prologue; a group with a prologue is no longer all pointwise,
+   * so it is never also an epilogue */
   if (level != ZOO_FUSE_CHAINS) {
     inline_stencils(&s, nforward);
     prologues(&s, nforward);
+    epilogues(&s, nforward);
   }
   int ngroups = 0;
   for (int i = 0; i < N; i++)

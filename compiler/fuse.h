@@ -1,7 +1,7 @@
 /* fuse.h: grouping graph nodes into kernels.
  *
  * The pass reads only the op table's fusion classes and flags, never lists of
- * op names. Three steps, in order:
+ * op names. Four steps, in order:
  *
  *  1. Elementwise chains: an elementwise node joins the group of the
  *     elementwise node that produced one of its inputs when both have the same
@@ -19,7 +19,15 @@
  *     residual add, r = h + r; x = layernorm(r), is one kernel that writes r
  *     and x.
  *
- * Steps 2 and 3 keep steps 1's rules (same side, no cycle: merge_makes_cycle).
+ *  4. Epilogues (ZOO_OPF_EPILOGUE: layernorm_bwd, causal_conv1d_bwd): a row
+ *     op takes in the pointwise group that consumes its output 0 when every
+ *     member has that output's shape and none makes the row op's inputs; the
+ *     row op's kernel computes the group at each element it makes, storing
+ *     what other groups read (output 0 itself only when someone else reads
+ *     it). The backward's residual add after each LayerNorm, dr =
+ *     layernorm_bwd(...) + dr', is one kernel.
+ *
+ * Steps 2 to 4 keep steps 1's rules (same side, no cycle: merge_makes_cycle).
  * A group becomes one kernel; a value made and used only inside it stays in a
  * register (codegen decides, from the consumers). Every other node is a group
  * of its own.
@@ -32,7 +40,7 @@
 #include "graph.h"
 
 /* What zoo_fuse does: nothing (zooc --no-fuse: each node is its own group),
- * all three steps, or the elementwise chains alone (zooc --no-fuse-rewrites,
+ * all four steps, or the elementwise chains alone (zooc --no-fuse-rewrites,
  * to bisect a difference to the rewrites and to count what they save). */
 enum { ZOO_FUSE_OFF = 0, ZOO_FUSE_ALL = 1, ZOO_FUSE_CHAINS = 2 };
 

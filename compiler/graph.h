@@ -53,6 +53,10 @@ enum {
                             read once: input 0 can be computed inside its kernel by
                             the elementwise group that makes it (the group becomes
                             the op's prologue) */
+  ZOO_OPF_EPILOGUE = 32, /* makes output 0 row by row (last axis), each element
+                            written once: the elementwise group that consumes
+                            output 0 can be computed inside its kernel (the
+                            group becomes the op's epilogue) */
 };
 
 typedef struct zoo_op_info {

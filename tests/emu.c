@@ -93,6 +93,7 @@ static const char prelude[] =
     "static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }\n"
     "static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }\n"
     "static inline float __fdividef(float a, float b) { return a / b; }\n"
+    "static inline float __fmul_rn(float a, float b) { return a * b; }\n"
     "/* mma.sync m16n8k8 with TF32 operands (poly_attention_mma.cu's zk_mma_tf32):\n"
     " * the warp's fragments through one exchange, the products in fp32. An\n"
     " * operand with any of its low 13 bits set is not TF32: the hardware would\n"

@@ -1,12 +1,15 @@
 /* test_fuse.c: the fusion pass's rewrites (compiler/fuse.h) beyond elementwise
  * chains: a stencil (causal_conv1d) computed inline by the elementwise group
- * that consumes it, and an elementwise group made the prologue of the row op
- * (layernorm) it feeds.
+ * that consumes it, an elementwise group made the prologue of the row op
+ * (layernorm) it feeds, and one made the epilogue of the row op
+ * (layernorm_bwd, causal_conv1d_bwd) whose output it reads.
  *
  *   fuse_rule_*            the rules on hand-built graphs: what joins, what may not
  *   fuse_rewrites_<model>  on the shipped training graphs: BaseConv's conv, mul
- *                          and residual add, and every pre-norm residual add with
- *                          its LayerNorm, are one kernel each; the launches saved
+ *                          and residual add, every pre-norm residual add with
+ *                          its LayerNorm, and the backward's adds with the
+ *                          LayerNorm or conv gradient they read, are one kernel
+ *                          each; the launches saved
  *                          are exactly those; the values other kernels read are
  *                          stored, the others stay in registers; the module
  *                          compiles through NVRTC for sm_90 at d_model 128, T 512
@@ -133,19 +136,48 @@ TEST(fuse_rule_refusals) {
   zoo_graph_free(&h.g);
 }
 
+/* The backward's residual adds: a = lnb(dy).dx, b = lnb(a).dx, c = a + b,
+ * d = c * r. a's layernorm_bwd cannot take c's group (c also waits on b,
+ * which waits on a: a cycle), b's does; at ZOO_FUSE_CHAINS both stay alone. */
+TEST(fuse_rule_epilogue) {
+  fg h;
+  fg_init(&h);
+  int dy = zoo_graph_input(&h.g, "dy", btc(&h, 8));
+  int x = zoo_graph_input(&h.g, "x", btc(&h, 8));
+  int r = zoo_graph_input(&h.g, "r", btc(&h, 8));
+  int w = zoo_graph_input(&h.g, "w", shape(1, (int64_t[]){8}));
+  int a = op(&h, ZOO_OP_LAYERNORM_BWD, 3, (int[]){dy, x, w});
+  int b = op(&h, ZOO_OP_LAYERNORM_BWD, 3, (int[]){a, x, w});
+  int c = op2(&h, ZOO_OP_ADD, a, b);
+  int m = op2(&h, ZOO_OP_MUL, c, r);
+  CHECK(a >= 0 && b >= 0 && m >= 0);
+  h.g.output = m;
+  zoo_fuse(&h.g, ZOO_FUSE_ALL);
+  CHECK(grp(&h, b) == h.g.tensors[b].producer); /* the id is the first node */
+  CHECK(grp(&h, c) == grp(&h, b) && grp(&h, m) == grp(&h, b));
+  CHECK(grp(&h, a) != grp(&h, c));
+  int order[8];
+  CHECK(zoo_fuse_order(&h.g, order) == 2);
+  CHECK(zoo_fuse(&h.g, ZOO_FUSE_CHAINS) == 3);
+  CHECK(grp(&h, c) == grp(&h, m) && grp(&h, b) != grp(&h, c));
+  zoo_graph_free(&h.g);
+}
+
 /* The op table's fusion flags are exactly the forms the CUDA generator has. */
 TEST(fuse_rule_flags_have_emitters) {
-  int inl = 0, pro = 0;
+  int inl = 0, pro = 0, epi = 0;
   for (int o = 0; o < ZOO_OP_COUNT; o++) {
-    int want = zoo_ops[o].flags & (ZOO_OPF_INLINE | ZOO_OPF_PROLOGUE);
+    int want = zoo_ops[o].flags & (ZOO_OPF_INLINE | ZOO_OPF_PROLOGUE | ZOO_OPF_EPILOGUE);
     CHECKF(zoo_cuda_op_fusion((zoo_op)o) == want, "op %s: flags %d, emitters %d", zoo_ops[o].name, want,
            zoo_cuda_op_fusion((zoo_op)o));
     inl += (want & ZOO_OPF_INLINE) != 0;
     pro += (want & ZOO_OPF_PROLOGUE) != 0;
+    epi += (want & ZOO_OPF_EPILOGUE) != 0;
   }
-  CHECK(inl >= 1 && pro >= 1);
+  CHECK(inl >= 1 && pro >= 1 && epi >= 1);
   CHECK(zoo_ops[ZOO_OP_CAUSAL_CONV1D].flags & ZOO_OPF_INLINE);
   CHECK(zoo_ops[ZOO_OP_LAYERNORM].flags & ZOO_OPF_PROLOGUE);
+  CHECK(zoo_ops[ZOO_OP_LAYERNORM_BWD].flags & ZOO_OPF_EPILOGUE);
 }
 
 /* ---------------------------------------------------------------------------
@@ -231,6 +263,32 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
         }
       }
     }
+    /* the backward: each row op with an epilogue form (layernorm_bwd,
+     * causal_conv1d_bwd) whose dx an elementwise node reads takes that node's
+     * group as its epilogue, but where two layernorms' gradients meet in one
+     * add (the first would wait on the second); its dx is then stored only
+     * when another group reads it */
+    int ncand = 0, nepi = 0;
+    for (int i = g.nforward; i < g.nnodes; i++) {
+      const zoo_node *n = &g.nodes[i];
+      if (!(zoo_ops[n->op].flags & ZOO_OPF_EPILOGUE)) continue;
+      int gid = zoo_node_group(f, i), read_ew = 0, read_outside = 0;
+      for (int c = 0; c < g.nnodes; c++)
+        for (int k = 0; k < g.nodes[c].nin; k++)
+          if (g.nodes[c].in[k] == n->out[0]) {
+            read_ew |= zoo_ops[g.nodes[c].op].cls == ZOO_CLASS_ELEMENTWISE;
+            read_outside |= zoo_node_group(f, c) != gid;
+          }
+      ncand += read_ew;
+      int fused = 0;
+      for (int c = 0; c < g.nnodes; c++) fused |= c != i && zoo_node_group(f, c) == gid;
+      nepi += fused;
+      if (fused && named(all.emit.steps, all.ntrain, n->out[0]) != read_outside) {
+        fprintf(stderr, "  %s: %s node %d's dx t%d is %sstored\n", model, zoo_ops[n->op].name, i, n->out[0],
+                read_outside ? "not " : "");
+        bad = 1;
+      }
+    }
     int saved = chains.train_plan.kernels - all.train_plan.kernels;
     int saved_eval = chains.eval_plan.kernels - all.eval_plan.kernels;
     int gemms_same = chains.train_plan.gemms == all.train_plan.gemms && chains.train_plan.zeros == all.train_plan.zeros;
@@ -250,7 +308,9 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
       }
       if (built) zoo_cubin_free(&cubin);
     }
-    int fused_kernels = strstr(all.emit.src.s, "zoo_layernorm_fused_") != NULL;
+    int fused_kernels = strstr(all.emit.src.s, "zoo_layernorm_fused_") != NULL &&
+                        strstr(all.emit.src.s, "zoo_layernorm_bwd_fused_") != NULL &&
+                        strstr(all.emit.src.s, "zoo_conv1d_bwd_fused_") != NULL;
     int conv_inline = strstr(all.emit.src.s, "zk_conv1d_at<") != NULL &&
                       strstr(all.emit.src.s, "causal_conv1d, inline") != NULL;
     zoo_cuda_program_free(&all);
@@ -259,7 +319,9 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
     zoo_program_free(p);
     CHECK(!bad);
     CHECKF(nconv >= 1 && nln >= 4, "%s: %d convs, %d layernorms of elementwise values", model, nconv, nln);
-    CHECKF(saved == nconv + nln, "%s: the rewrites save %d launches, want %d", model, saved, nconv + nln);
+    CHECKF(nepi >= 5 && nepi >= ncand - 1, "%s: %d of %d backward row ops take an epilogue", model, nepi, ncand);
+    CHECKF(saved == nconv + nln + nepi, "%s: the rewrites save %d launches, want %d", model, saved,
+           nconv + nln + nepi);
     CHECKF(saved_eval == nconv + nln, "%s (evaluation): the rewrites save %d launches, want %d", model, saved_eval,
            nconv + nln);
     CHECK(gemms_same);

@@ -100,6 +100,14 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A storer of the row kernels that take one (zk_layernorm_bwd_rows): element
+ * e of a tensor in memory gets v. A fused kernel passes a lambda in its place
+ * (the row op's epilogue: the elementwise group computed at e from v). */
+struct zk_store {
+  float *__restrict__ p;
+  __device__ __forceinline__ void operator()(zk_i64 e, float v) const { p[e] = v; }
+};
+
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
  * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
@@ -855,8 +863,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
- *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
+ *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
+ *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
+ *   fused kernel's epilogue (compiler/fuse.h).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -969,11 +979,10 @@ __device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, con
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
-                                                      const float *__restrict__ w,
-                                                      float *__restrict__ dx,
+                                                      const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
@@ -1027,11 +1036,12 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pb[k] += d;
     }
     float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
-    float *dxr = dx + row * C;
+    /* __fmul_rn: an epilogue's add after it is never contracted into an
+     * FMA, so a fused kernel rounds as the unfused pair does */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      if (ok && c < C) dx(row * C + c, __fmul_rn(rstd, g[k] - mg - xv[k] * mgx));
     }
   }
 
@@ -2329,7 +2339,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_16(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_17(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_18: node 27
@@ -2339,25 +2349,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_18(const floa
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_19: node 28
+// zoo_layernorm_bwd_fused_19: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_19: the same as zoo_layernorm_bwd_rows_17, launched in its place
+// with the epilogue that reads its output t73:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_19(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t70, float *__restrict__ t76, float *__restrict__ part) {
+  zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v73 = v_;
+    float v70 = t70[i];
+    float v76 = v70 + v73;  // add
+    t76[i] = v76;
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
 // zoo_sum_partials_20: node 28
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // zoo_sum_partials_20: the same as zoo_sum_partials_18, launched in its place
-
-// zoo_k21_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_add(const float *__restrict__ t70, const float *__restrict__ t73, float *__restrict__ t76) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v70 = t70[i];
-    float v73 = t73[i];
-    float v76 = v70 + v73;  // add
-    t76[i] = v76;
-  }
-}
 
 // t77 is t76 reshaped (same memory, no kernel)
 
@@ -2371,9 +2381,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k21_add(const float *__res
 // GEMM (cuBLASLt, fp32): t81[64 x 64] = (t77)^T * t80, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k22_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k21_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k21_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2406,18 +2416,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_softmax_attn_bwd_q_23: node 36
+// zoo_softmax_attn_bwd_q_22: node 36
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_22(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 2ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_24: node 36
+// zoo_softmax_attn_bwd_kv_23: node 36
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_24(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 2ULL);
 }
@@ -2434,9 +2444,9 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_24(con
 // GEMM (cuBLASLt, fp32): t88[192 x 64] = (t84)^T * t87, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k25_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k24_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2469,45 +2479,45 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k25_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_26: node 43
+// zoo_layernorm_bwd_fused_25: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_26: the same as zoo_layernorm_bwd_rows_17, launched in its place
-
-// zoo_sum_partials_27: node 43
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_27: the same as zoo_sum_partials_18, launched in its place
-
-// zoo_k28_add: 1 elementwise op over 4194304 elements
+// with the epilogue that reads its output t90:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_add(const float *__restrict__ t76, const float *__restrict__ t90, float *__restrict__ t93) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t76, float *__restrict__ t93, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v90 = v_;
     float v76 = t76[i];
-    float v90 = t90[i];
     float v93 = v76 + v90;  // add
     t93[i] = v93;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_bwd_rows_29: node 45
+// zoo_sum_partials_26: node 43
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_29: the same as zoo_layernorm_bwd_rows_17, launched in its place
+// zoo_sum_partials_26: the same as zoo_sum_partials_18, launched in its place
 
-// zoo_sum_partials_30: node 45
+// zoo_layernorm_bwd_fused_27: node 45
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_30: the same as zoo_sum_partials_18, launched in its place
-
-// zoo_k31_add: 1 elementwise op over 4194304 elements
+// with the epilogue that reads its output t94:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__restrict__ t93, const float *__restrict__ t94, float *__restrict__ t97) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_27(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t93, float *__restrict__ t97, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v94 = v_;
     float v93 = t93[i];
-    float v94 = t94[i];
     float v97 = v93 + v94;  // add
     t97[i] = v97;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
+
+// zoo_sum_partials_28: node 45
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_28: the same as zoo_sum_partials_18, launched in its place
 
 // t98 is t97 reshaped (same memory, no kernel)
 
@@ -2521,22 +2531,22 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_add(const float *__res
 // GEMM (cuBLASLt, fp32): t102[64 x 64] = (t98)^T * t101, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k32_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k29_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-// zoo_k32_sum: the same as zoo_k22_sum, launched in its place
+// zoo_k29_sum: the same as zoo_k21_sum, launched in its place
 
-// zoo_softmax_attn_bwd_q_33: node 53
+// zoo_softmax_attn_bwd_q_30: node 53
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_33(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_30(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_34: node 53
+// zoo_softmax_attn_bwd_kv_31: node 53
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_34(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_31(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2553,35 +2563,35 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_34(con
 // GEMM (cuBLASLt, fp32): t109[192 x 64] = (t105)^T * t108, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k35_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k32_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-// zoo_k35_sum: the same as zoo_k25_sum, launched in its place
+// zoo_k32_sum: the same as zoo_k24_sum, launched in its place
 
-// zoo_layernorm_bwd_rows_36: node 60
+// zoo_layernorm_bwd_fused_33: node 60
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_36: the same as zoo_layernorm_bwd_rows_17, launched in its place
-
-// zoo_sum_partials_37: node 60
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_37: the same as zoo_sum_partials_18, launched in its place
-
-// zoo_k38_add_dropout: 2 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t111:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_add_dropout(const float *__restrict__ t97, const float *__restrict__ t111, float *__restrict__ t115, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t97, float *__restrict__ t115, unsigned long long seed, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v111 = v_;
     float v97 = t97[i];
-    float v111 = t111[i];
     float v114 = v97 + v111;  // add
     float v115 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v114 * 1.11111116f : 0.0f;  // dropout
     t115[i] = v115;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_k39_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_sum_partials_34: node 60
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_34: the same as zoo_sum_partials_18, launched in its place
+
+// zoo_k35_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2614,51 +2624,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_40: node 64
+// zoo_embedding_bwd_36: node 64
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_40(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_36(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_41: node 65
+// zoo_emb_count_37: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_41(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_37(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_42: node 65
+// zoo_emb_offsets_38: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_42(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_38(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_43: node 65
+// zoo_emb_place_39: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_43(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_39(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_44: node 65
+// zoo_emb_sum_40: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_44(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_40(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_45: node 65
+// zoo_emb_join_41: node 65
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_45(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_41(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k46_add: 1 elementwise op over 524288 elements
+// zoo_k42_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__restrict__ t68, const float *__restrict__ t118, float *__restrict__ t119) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_add(const float *__restrict__ t68, const float *__restrict__ t118, float *__restrict__ t119) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v68 = t68[i];
@@ -2670,24 +2680,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k46_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_47: node 0
+// zoo_embedding_fwd_43: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_47: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_43: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k48_arange: 0 .. 127
+// zoo_k44_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k48_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k44_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_49: node 2
+// zoo_embedding_fwd_45: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_49: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_45: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_50: node 5
+// zoo_layernorm_fused_46: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_46(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2704,10 +2714,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
 // GEMM (cuBLASLt, fp32): t27[65536 x 192] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_softmax_attn_fwd_51: node 7
+// zoo_softmax_attn_fwd_47: node 7
 //   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_51(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_47(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2715,25 +2725,25 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_51(const 
 // GEMM (cuBLASLt, fp32): t37[65536 x 64] = t36 * (t4)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_52: node 10
+// zoo_layernorm_fused_48: node 10
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t38:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_52: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_48: the same as zoo_layernorm_fused_5, launched in its place
 
-// zoo_layernorm_fused_53: node 12
+// zoo_layernorm_fused_49: node 12
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t40:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_6, launched in its place
+// zoo_layernorm_fused_49: the same as zoo_layernorm_fused_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t41 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_softmax_attn_fwd_54: node 14
+// zoo_softmax_attn_fwd_50: node 14
 //   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_54(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_50(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 2ULL);
 }
@@ -2741,17 +2751,17 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_54(const 
 // GEMM (cuBLASLt, fp32): t52[65536 x 64] = t51 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_55: node 17
+// zoo_layernorm_fused_51: node 17
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_55: the same as zoo_layernorm_fused_8, launched in its place
+// zoo_layernorm_fused_51: the same as zoo_layernorm_fused_8, launched in its place
 
-// zoo_layernorm_fused_56: node 19
+// zoo_layernorm_fused_52: node 19
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t55:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t54, const float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t54, const float *__restrict__ t53, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2763,31 +2773,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_57: node 20
+// zoo_label_count_53: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_57: the same as zoo_label_count_10, launched in its place
+// zoo_label_count_53: the same as zoo_label_count_10, launched in its place
 
-// zoo_label_write_58: node 20
+// zoo_label_write_54: node 20
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_58: the same as zoo_label_write_11, launched in its place
+// zoo_label_write_54: the same as zoo_label_write_11, launched in its place
 
-// zoo_gather_rows_59: node 21
+// zoo_gather_rows_55: node 21
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_59: the same as zoo_gather_rows_12, launched in its place
+// zoo_gather_rows_55: the same as zoo_gather_rows_12, launched in its place
 
 // GEMM (cuBLASLt, fp32): t62[16384 x 8192] = t61 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_60: node 23
+// zoo_ce_step_rows_56: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_60(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_56(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_61: node 23
+// zoo_ce_step_finish_57: node 23
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_61: the same as zoo_ce_step_finish_15, launched in its place
+// zoo_ce_step_finish_57: the same as zoo_ce_step_finish_15, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

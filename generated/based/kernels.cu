@@ -100,6 +100,14 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A storer of the row kernels that take one (zk_layernorm_bwd_rows): element
+ * e of a tensor in memory gets v. A fused kernel passes a lambda in its place
+ * (the row op's epilogue: the elementwise group computed at e from v). */
+struct zk_store {
+  float *__restrict__ p;
+  __device__ __forceinline__ void operator()(zk_i64 e, float v) const { p[e] = v; }
+};
+
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
  * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
@@ -855,8 +863,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
- *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
+ *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
+ *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
+ *   fused kernel's epilogue (compiler/fuse.h).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -969,11 +979,10 @@ __device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, con
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
-                                                      const float *__restrict__ w,
-                                                      float *__restrict__ dx,
+                                                      const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
@@ -1027,11 +1036,12 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pb[k] += d;
     }
     float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
-    float *dxr = dx + row * C;
+    /* __fmul_rn: an epilogue's add after it is never contracted into an
+     * FMA, so a fused kernel rounds as the unfused pair does */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      if (ok && c < C) dx(row * C + c, __fmul_rn(rstd, g[k] - mg - xv[k] * mgx));
     }
   }
 
@@ -1167,7 +1177,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
  *
  * zk_conv1d_bwd_rows<T, C, K, P>: dx[b, s, c] = sum_j w[c, j] dy[b, s + K-1-j, c]
- *   (terms with s + K-1-j < T), and per-block partial sums of
+ *   (terms with s + K-1-j < T), handed to dx(e, value) for element e
+ *   (zk_store{ptr}, or a fused kernel's epilogue: compiler/fuse.h), and
+ *   per-block partial sums of
  *   dw[c, j] = sum dy[b, t, c] x[b, t-K+1+j, c] and db[c] = sum dy[b, t, c].
  *   Grid P blocks of 256 threads; block p takes rows [p R, p R + R) with
  *   R = ceil(N / P). Threads form a CX x RS grid: CX = min(C, 256) columns,
@@ -1206,11 +1218,10 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
   y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
-template <int T, int C, int K, int P>
+template <int T, int C, int K, int P, class StoreDx>
 __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
                                                    const float *__restrict__ x,
-                                                   const float *__restrict__ w,
-                                                   float *__restrict__ dx,
+                                                   const float *__restrict__ w, StoreDx dx,
                                                    float *__restrict__ part, zk_i64 N) {
   constexpr int NT = 256;
   constexpr int CX = C < NT ? C : NT;
@@ -1243,7 +1254,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
           if (t - K + 1 + j >= 0) pw[q][j] += d * x[e + (zk_i64)(j - K + 1) * C];
           if (t + K - 1 - j < T) acc += w[c * K + j] * dy[e + (zk_i64)(K - 1 - j) * C];
         }
-        dx[e] = acc;
+        dx(e, acc);
       }
     }
   }
@@ -2447,7 +2458,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_21: node 34
@@ -2457,25 +2468,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const floa
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_22: node 35
+// zoo_layernorm_bwd_fused_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_22: the same as zoo_layernorm_bwd_rows_20, launched in its place
+// with the epilogue that reads its output t65:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t62, float *__restrict__ t68, float *__restrict__ part) {
+  zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v65 = v_;
+    float v62 = t62[i];
+    float v68 = v62 + v65;  // add
+    t68[i] = v68;
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
 // zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // zoo_sum_partials_23: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k24_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t62, const float *__restrict__ t65, float *__restrict__ t68) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v62 = t62[i];
-    float v65 = t65[i];
-    float v68 = v62 + v65;  // add
-    t68[i] = v68;
-  }
-}
 
 // t69 is t68 reshaped (same memory, no kernel)
 
@@ -2489,27 +2500,27 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 // GEMM (cuBLASLt, fp32): t73[64 x 60] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k25_split_heads: split heads, 3932160 elements
+// zoo_k24_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-// zoo_k25_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k24_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_bwd_q_26: node 43
+// zoo_poly_attn_bwd_q_25: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 43
+// zoo_poly_attn_bwd_kv_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_26(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k28_merge_heads: merge heads, 3932160 elements
+// zoo_k27_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-// zoo_k28_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k27_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // t79 is t78 reshaped (same memory, no kernel)
 
@@ -2523,9 +2534,9 @@ extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(cons
 // GEMM (cuBLASLt, fp32): t83[60 x 64] = (t79)^T * t82, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k29_merge_heads: merge heads, 12582912 elements
+// zoo_k28_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
     y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
@@ -2543,9 +2554,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const floa
 // GEMM (cuBLASLt, fp32): t89[192 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k30_merge_heads: merge heads, 12582912 elements
+// zoo_k29_merge_heads: merge heads, 12582912 elements
 //   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-// zoo_k30_merge_heads: the same as zoo_k29_merge_heads, launched in its place
+// zoo_k29_merge_heads: the same as zoo_k28_merge_heads, launched in its place
 
 // t92 is t91 reshaped (same memory, no kernel)
 
@@ -2554,10 +2565,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k29_merge_heads(const floa
 
 // t94 is t93 reshaped (same memory, no kernel)
 
-// zoo_k31_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k30_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v81 = t81[i];
@@ -2574,43 +2585,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k31_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_32: node 64
+// zoo_layernorm_bwd_fused_31: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_32: the same as zoo_layernorm_bwd_rows_20, launched in its place
-
-// zoo_sum_partials_33: node 64
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_33: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k34_add: 1 elementwise op over 4194304 elements
+// with the epilogue that reads its output t98:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add(const float *__restrict__ t68, const float *__restrict__ t98, float *__restrict__ t101) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t68, float *__restrict__ t101, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v98 = v_;
     float v68 = t68[i];
-    float v98 = t98[i];
     float v101 = v68 + v98;  // add
     t101[i] = v101;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_bwd_rows_35: node 66
+// zoo_sum_partials_32: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_35: the same as zoo_layernorm_bwd_rows_20, launched in its place
+// zoo_sum_partials_32: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_sum_partials_36: node 66
+// zoo_layernorm_bwd_fused_33: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_36: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k37_add_mul_mul: 3 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t102:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const float *__restrict__ t101, const float *__restrict__ t102, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v102 = v_;
     float v101 = t101[i];
-    float v102 = t102[i];
     float v28 = t28[i];
     float v27 = t27[i];
     float v105 = v101 + v102;  // add
@@ -2619,8 +2625,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const floa
     t105[i] = v105;
     t106[i] = v106;
     t107[i] = v107;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
+
+// zoo_sum_partials_34: node 66
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_34: the same as zoo_sum_partials_21, launched in its place
 
 // t108 is t107 reshaped (same memory, no kernel)
 
@@ -2634,9 +2645,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t112[64 x 64] = (t108)^T * t111, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k38_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k35_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2669,60 +2680,57 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_39: node 77
+// zoo_conv1d_bwd_fused_36: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_39(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+// with the epilogue that reads its output t115:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_fused_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t105, const float *__restrict__ t110, float *__restrict__ t118, float *__restrict__ part) {
   zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v115 = v_;
+    float v105 = t105[i];
+    float v110 = t110[i];
+    float v114 = v105 + v110;  // add
+    float v118 = v114 + v115;  // add
+    t118[i] = v118;
+  };
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_40: node 77
+// zoo_sum_partials_37: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_40(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k41_add_add: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k41_add_add(const float *__restrict__ t105, const float *__restrict__ t110, const float *__restrict__ t115, float *__restrict__ t118) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v105 = t105[i];
-    float v110 = t110[i];
-    float v115 = t115[i];
-    float v114 = v105 + v110;  // add
-    float v118 = v114 + v115;  // add
-    t118[i] = v118;
-  }
-}
-
-// zoo_layernorm_bwd_rows_42: node 79
+// zoo_layernorm_bwd_fused_38: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_42: the same as zoo_layernorm_bwd_rows_20, launched in its place
-
-// zoo_sum_partials_43: node 79
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_43: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k44_add_dropout: 2 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t119:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k44_add_dropout(const float *__restrict__ t105, const float *__restrict__ t119, float *__restrict__ t123, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t105, float *__restrict__ t123, unsigned long long seed, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v119 = v_;
     float v105 = t105[i];
-    float v119 = t119[i];
     float v122 = v105 + v119;  // add
     float v123 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v122 * 1.11111116f : 0.0f;  // dropout
     t123[i] = v123;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_k45_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_sum_partials_39: node 79
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_39: the same as zoo_sum_partials_21, launched in its place
+
+// zoo_k40_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2755,51 +2763,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_46: node 83
+// zoo_embedding_bwd_41: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_46(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_41(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_47: node 84
+// zoo_emb_count_42: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_47(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_42(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_48: node 84
+// zoo_emb_offsets_43: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_48(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_43(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_49: node 84
+// zoo_emb_place_44: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_49(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_44(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_50: node 84
+// zoo_emb_sum_45: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_50(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_45(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_51: node 84
+// zoo_emb_join_46: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_51(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_46(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k52_add: 1 elementwise op over 524288 elements
+// zoo_k47_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k47_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
@@ -2811,24 +2819,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k52_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_53: node 0
+// zoo_embedding_fwd_48: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_53: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_48: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k54_arange: 0 .. 127
+// zoo_k49_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k54_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k49_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_55: node 2
+// zoo_embedding_fwd_50: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_55: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_50: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_56: node 5
+// zoo_layernorm_fused_51: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2845,14 +2853,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_56(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_57: node 11
+// zoo_layernorm_fused_52: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2869,55 +2877,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_57(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_58: node 13
+// zoo_layernorm_fused_53: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_58: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k59_split_heads: split heads, 12582912 elements
+// zoo_k54_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-// zoo_k59_split_heads: the same as zoo_k6_split_heads, launched in its place
+// zoo_k54_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k60_split_heads: split heads, 12582912 elements
+// zoo_k55_split_heads: split heads, 12582912 elements
 //   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-// zoo_k60_split_heads: the same as zoo_k6_split_heads, launched in its place
+// zoo_k55_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k61_split_heads: split heads, 3932160 elements
+// zoo_k56_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-// zoo_k61_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k56_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_fwd_62: node 20
+// zoo_poly_attn_fwd_57: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-// zoo_poly_attn_fwd_62: the same as zoo_poly_attn_fwd_9, launched in its place
+// zoo_poly_attn_fwd_57: the same as zoo_poly_attn_fwd_9, launched in its place
 
-// zoo_k63_merge_heads: merge heads, 3932160 elements
+// zoo_k58_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-// zoo_k63_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k58_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_64: node 24
+// zoo_layernorm_fused_59: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_64: the same as zoo_layernorm_fused_11, launched in its place
+// zoo_layernorm_fused_59: the same as zoo_layernorm_fused_11, launched in its place
 
-// zoo_layernorm_fused_65: node 26
+// zoo_layernorm_fused_60: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2929,31 +2937,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_65(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_66: node 27
+// zoo_label_count_61: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_66: the same as zoo_label_count_13, launched in its place
+// zoo_label_count_61: the same as zoo_label_count_13, launched in its place
 
-// zoo_label_write_67: node 27
+// zoo_label_write_62: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_67: the same as zoo_label_write_14, launched in its place
+// zoo_label_write_62: the same as zoo_label_write_14, launched in its place
 
-// zoo_gather_rows_68: node 28
+// zoo_gather_rows_63: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_68: the same as zoo_gather_rows_15, launched in its place
+// zoo_gather_rows_63: the same as zoo_gather_rows_15, launched in its place
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_69: node 30
+// zoo_ce_step_rows_64: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_69(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_64(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_70: node 30
+// zoo_ce_step_finish_65: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_70: the same as zoo_ce_step_finish_18, launched in its place
+// zoo_ce_step_finish_65: the same as zoo_ce_step_finish_18, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

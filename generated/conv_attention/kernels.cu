@@ -100,6 +100,14 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A storer of the row kernels that take one (zk_layernorm_bwd_rows): element
+ * e of a tensor in memory gets v. A fused kernel passes a lambda in its place
+ * (the row op's epilogue: the elementwise group computed at e from v). */
+struct zk_store {
+  float *__restrict__ p;
+  __device__ __forceinline__ void operator()(zk_i64 e, float v) const { p[e] = v; }
+};
+
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
  * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
@@ -855,8 +863,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
- *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
+ *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
+ *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
+ *   fused kernel's epilogue (compiler/fuse.h).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -969,11 +979,10 @@ __device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, con
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
-                                                      const float *__restrict__ w,
-                                                      float *__restrict__ dx,
+                                                      const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
@@ -1027,11 +1036,12 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pb[k] += d;
     }
     float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
-    float *dxr = dx + row * C;
+    /* __fmul_rn: an epilogue's add after it is never contracted into an
+     * FMA, so a fused kernel rounds as the unfused pair does */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      if (ok && c < C) dx(row * C + c, __fmul_rn(rstd, g[k] - mg - xv[k] * mgx));
     }
   }
 
@@ -1167,7 +1177,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
  *
  * zk_conv1d_bwd_rows<T, C, K, P>: dx[b, s, c] = sum_j w[c, j] dy[b, s + K-1-j, c]
- *   (terms with s + K-1-j < T), and per-block partial sums of
+ *   (terms with s + K-1-j < T), handed to dx(e, value) for element e
+ *   (zk_store{ptr}, or a fused kernel's epilogue: compiler/fuse.h), and
+ *   per-block partial sums of
  *   dw[c, j] = sum dy[b, t, c] x[b, t-K+1+j, c] and db[c] = sum dy[b, t, c].
  *   Grid P blocks of 256 threads; block p takes rows [p R, p R + R) with
  *   R = ceil(N / P). Threads form a CX x RS grid: CX = min(C, 256) columns,
@@ -1206,11 +1218,10 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
   y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
-template <int T, int C, int K, int P>
+template <int T, int C, int K, int P, class StoreDx>
 __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
                                                    const float *__restrict__ x,
-                                                   const float *__restrict__ w,
-                                                   float *__restrict__ dx,
+                                                   const float *__restrict__ w, StoreDx dx,
                                                    float *__restrict__ part, zk_i64 N) {
   constexpr int NT = 256;
   constexpr int CX = C < NT ? C : NT;
@@ -1243,7 +1254,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
           if (t - K + 1 + j >= 0) pw[q][j] += d * x[e + (zk_i64)(j - K + 1) * C];
           if (t + K - 1 - j < T) acc += w[c * K + j] * dy[e + (zk_i64)(K - 1 - j) * C];
         }
-        dx[e] = acc;
+        dx(e, acc);
       }
     }
   }
@@ -2443,7 +2454,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_15(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_16(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_17: node 28
@@ -2453,25 +2464,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_17(const floa
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_18: node 29
+// zoo_layernorm_bwd_fused_18: node 29
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_18: the same as zoo_layernorm_bwd_rows_16, launched in its place
+// with the epilogue that reads its output t66:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t63, float *__restrict__ t69, float *__restrict__ part) {
+  zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v66 = v_;
+    float v63 = t63[i];
+    float v69 = v63 + v66;  // add
+    t69[i] = v69;
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
 // zoo_sum_partials_19: node 29
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // zoo_sum_partials_19: the same as zoo_sum_partials_17, launched in its place
-
-// zoo_k20_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__restrict__ t63, const float *__restrict__ t66, float *__restrict__ t69) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v63 = t63[i];
-    float v66 = t66[i];
-    float v69 = v63 + v66;  // add
-    t69[i] = v69;
-  }
-}
 
 // t70 is t69 reshaped (same memory, no kernel)
 
@@ -2485,9 +2496,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k20_add(const float *__res
 // GEMM (cuBLASLt, fp32): t74[64 x 64] = (t70)^T * t73, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k21_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k20_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k21_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k20_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2520,18 +2531,18 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k21_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_softmax_attn_bwd_q_22: node 37
+// zoo_softmax_attn_bwd_q_21: node 37
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(1) == 61440, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_22(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_q_21(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ lse, float *__restrict__ dq, float *__restrict__ stats, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_q<64, 64, 64, 32, 128, true, true, true, 1>(dout, q, k, v, o, lse, dq, stats, 0.125f, 0.100000001f, seed, 1ULL);
 }
 
-// zoo_softmax_attn_bwd_kv_23: node 37
+// zoo_softmax_attn_bwd_kv_22: node 37
 //   softmax_attention_packed_bwd -> f32[B, T, 192]         models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(2) == 61696, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_23(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_22(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv, unsigned long long seed) {
   zk_entry_wait();
   zk_sattn_bwd_kv<64, 64, 64, 32, 128, true, true, 1>(dout, q, k, v, stats, dk, dv, 0.125f, 0.100000001f, seed, 1ULL);
 }
@@ -2548,9 +2559,9 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_bwd_kv_23(con
 // GEMM (cuBLASLt, fp32): t81[192 x 64] = (t77)^T * t80, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k24_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
+// zoo_k23_sum: 192 outputs, each a sum of 65536 values (column mode, 44 chunks)
 //   sum            -> f32[192]               models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k23_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 192, R = 65536, CH = 1490;
   __shared__ float sh[8][33];
@@ -2583,43 +2594,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_layernorm_bwd_rows_25: node 44
+// zoo_layernorm_bwd_fused_24: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_25: the same as zoo_layernorm_bwd_rows_16, launched in its place
-
-// zoo_sum_partials_26: node 44
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_26: the same as zoo_sum_partials_17, launched in its place
-
-// zoo_k27_add: 1 elementwise op over 4194304 elements
+// with the epilogue that reads its output t83:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k27_add(const float *__restrict__ t69, const float *__restrict__ t83, float *__restrict__ t86) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_24(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t69, float *__restrict__ t86, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v83 = v_;
     float v69 = t69[i];
-    float v83 = t83[i];
     float v86 = v69 + v83;  // add
     t86[i] = v86;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_bwd_rows_28: node 46
+// zoo_sum_partials_25: node 44
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_28: the same as zoo_layernorm_bwd_rows_16, launched in its place
+// zoo_sum_partials_25: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_sum_partials_29: node 46
+// zoo_layernorm_bwd_fused_26: node 46
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_29: the same as zoo_sum_partials_17, launched in its place
-
-// zoo_k30_add_mul_mul: 3 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t87:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_mul_mul(const float *__restrict__ t86, const float *__restrict__ t87, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t90, float *__restrict__ t91, float *__restrict__ t92) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_26(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t86, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t90, float *__restrict__ t91, float *__restrict__ t92, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v87 = v_;
     float v86 = t86[i];
-    float v87 = t87[i];
     float v28 = t28[i];
     float v27 = t27[i];
     float v90 = v86 + v87;  // add
@@ -2628,8 +2634,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_mul_mul(const floa
     t90[i] = v90;
     t91[i] = v91;
     t92[i] = v92;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
+
+// zoo_sum_partials_27: node 46
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_27: the same as zoo_sum_partials_17, launched in its place
 
 // t93 is t92 reshaped (same memory, no kernel)
 
@@ -2643,64 +2654,61 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t97[64 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k31_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k28_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-// zoo_k31_sum: the same as zoo_k21_sum, launched in its place
+// zoo_k28_sum: the same as zoo_k20_sum, launched in its place
 
-// zoo_conv1d_bwd_rows_32: node 57
+// zoo_conv1d_bwd_fused_29: node 57
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_32(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+// with the epilogue that reads its output t100:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_fused_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t90, const float *__restrict__ t95, float *__restrict__ t103, float *__restrict__ part) {
   zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v100 = v_;
+    float v90 = t90[i];
+    float v95 = t95[i];
+    float v99 = v90 + v95;  // add
+    float v103 = v99 + v100;  // add
+    t103[i] = v103;
+  };
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_33: node 57
+// zoo_sum_partials_30: node 57
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_33(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k34_add_add: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k34_add_add(const float *__restrict__ t90, const float *__restrict__ t95, const float *__restrict__ t100, float *__restrict__ t103) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v90 = t90[i];
-    float v95 = t95[i];
-    float v100 = t100[i];
-    float v99 = v90 + v95;  // add
-    float v103 = v99 + v100;  // add
-    t103[i] = v103;
-  }
-}
-
-// zoo_layernorm_bwd_rows_35: node 59
+// zoo_layernorm_bwd_fused_31: node 59
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_35: the same as zoo_layernorm_bwd_rows_16, launched in its place
-
-// zoo_sum_partials_36: node 59
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_36: the same as zoo_sum_partials_17, launched in its place
-
-// zoo_k37_add_dropout: 2 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t104:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k37_add_dropout(const float *__restrict__ t90, const float *__restrict__ t104, float *__restrict__ t108, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t90, float *__restrict__ t108, unsigned long long seed, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v104 = v_;
     float v90 = t90[i];
-    float v104 = t104[i];
     float v107 = v90 + v104;  // add
     float v108 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v107 * 1.11111116f : 0.0f;  // dropout
     t108[i] = v108;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_k38_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_sum_partials_32: node 59
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_32: the same as zoo_sum_partials_17, launched in its place
+
+// zoo_k33_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k38_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k33_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2733,51 +2741,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k38_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_39: node 63
+// zoo_embedding_bwd_34: node 63
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_39(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_34(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_40: node 64
+// zoo_emb_count_35: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_40(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_35(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_41: node 64
+// zoo_emb_offsets_36: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_41(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_36(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_42: node 64
+// zoo_emb_place_37: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_42(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_37(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_43: node 64
+// zoo_emb_sum_38: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_43(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_38(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_44: node 64
+// zoo_emb_join_39: node 64
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_44(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_39(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k45_add: 1 elementwise op over 524288 elements
+// zoo_k40_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k45_add(const float *__restrict__ t61, const float *__restrict__ t111, float *__restrict__ t112) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k40_add(const float *__restrict__ t61, const float *__restrict__ t111, float *__restrict__ t112) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v61 = t61[i];
@@ -2789,24 +2797,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k45_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_46: node 0
+// zoo_embedding_fwd_41: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_46: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_41: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k47_arange: 0 .. 127
+// zoo_k42_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k47_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k42_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_48: node 2
+// zoo_embedding_fwd_43: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_48: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_43: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_49: node 5
+// zoo_layernorm_fused_44: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2823,14 +2831,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_50: node 11
+// zoo_layernorm_fused_45: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_45(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2847,19 +2855,19 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_50(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_51: node 13
+// zoo_layernorm_fused_46: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_51: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_46: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_softmax_attn_fwd_52: node 15
+// zoo_softmax_attn_fwd_47: node 15
 //   softmax_attention_packed -> f32[B, T, 64]          models/std/mixers.zoo:57:13
 static_assert(4 * zk_sattn_smem<64, 64, 64, 32>(0) == 44032, "shared memory");
-extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_52(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
+extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_47(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ lse) {
   zk_entry_wait();
   zk_sattn_fwd<64, 64, 64, 32, 128, true, false, 1>(q, k, v, o, lse, 0.125f, 0.0f, 0ULL, 1ULL);
 }
@@ -2867,17 +2875,17 @@ extern "C" __global__ void __launch_bounds__(128) zoo_softmax_attn_fwd_52(const 
 // GEMM (cuBLASLt, fp32): t45[65536 x 64] = t44 * (t12)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_53: node 18
+// zoo_layernorm_fused_48: node 18
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t46:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_7, launched in its place
+// zoo_layernorm_fused_48: the same as zoo_layernorm_fused_7, launched in its place
 
-// zoo_layernorm_fused_54: node 20
+// zoo_layernorm_fused_49: node 20
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t48:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t47, const float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_49(const float *__restrict__ t47, const float *__restrict__ t46, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2889,31 +2897,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_55: node 21
+// zoo_label_count_50: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_55: the same as zoo_label_count_9, launched in its place
+// zoo_label_count_50: the same as zoo_label_count_9, launched in its place
 
-// zoo_label_write_56: node 21
+// zoo_label_write_51: node 21
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_56: the same as zoo_label_write_10, launched in its place
+// zoo_label_write_51: the same as zoo_label_write_10, launched in its place
 
-// zoo_gather_rows_57: node 22
+// zoo_gather_rows_52: node 22
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_57: the same as zoo_gather_rows_11, launched in its place
+// zoo_gather_rows_52: the same as zoo_gather_rows_11, launched in its place
 
 // GEMM (cuBLASLt, fp32): t55[16384 x 8192] = t54 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_58: node 24
+// zoo_ce_step_rows_53: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_58(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_53(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_59: node 24
+// zoo_ce_step_finish_54: node 24
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_59: the same as zoo_ce_step_finish_14, launched in its place
+// zoo_ce_step_finish_54: the same as zoo_ce_step_finish_14, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

@@ -100,6 +100,14 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A storer of the row kernels that take one (zk_layernorm_bwd_rows): element
+ * e of a tensor in memory gets v. A fused kernel passes a lambda in its place
+ * (the row op's epilogue: the elementwise group computed at e from v). */
+struct zk_store {
+  float *__restrict__ p;
+  __device__ __forceinline__ void operator()(zk_i64 e, float v) const { p[e] = v; }
+};
+
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
  * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
@@ -855,8 +863,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
- *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
+ *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
+ *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
+ *   fused kernel's epilogue (compiler/fuse.h).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -969,11 +979,10 @@ __device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, con
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
-                                                      const float *__restrict__ w,
-                                                      float *__restrict__ dx,
+                                                      const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
@@ -1027,11 +1036,12 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pb[k] += d;
     }
     float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
-    float *dxr = dx + row * C;
+    /* __fmul_rn: an epilogue's add after it is never contracted into an
+     * FMA, so a fused kernel rounds as the unfused pair does */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      if (ok && c < C) dx(row * C + c, __fmul_rn(rstd, g[k] - mg - xv[k] * mgx));
     }
   }
 
@@ -1167,7 +1177,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_3(const fl
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
  *
  * zk_conv1d_bwd_rows<T, C, K, P>: dx[b, s, c] = sum_j w[c, j] dy[b, s + K-1-j, c]
- *   (terms with s + K-1-j < T), and per-block partial sums of
+ *   (terms with s + K-1-j < T), handed to dx(e, value) for element e
+ *   (zk_store{ptr}, or a fused kernel's epilogue: compiler/fuse.h), and
+ *   per-block partial sums of
  *   dw[c, j] = sum dy[b, t, c] x[b, t-K+1+j, c] and db[c] = sum dy[b, t, c].
  *   Grid P blocks of 256 threads; block p takes rows [p R, p R + R) with
  *   R = ceil(N / P). Threads form a CX x RS grid: CX = min(C, 256) columns,
@@ -1206,11 +1218,10 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
   y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
-template <int T, int C, int K, int P>
+template <int T, int C, int K, int P, class StoreDx>
 __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
                                                    const float *__restrict__ x,
-                                                   const float *__restrict__ w,
-                                                   float *__restrict__ dx,
+                                                   const float *__restrict__ w, StoreDx dx,
                                                    float *__restrict__ part, zk_i64 N) {
   constexpr int NT = 256;
   constexpr int CX = C < NT ? C : NT;
@@ -1243,7 +1254,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
           if (t - K + 1 + j >= 0) pw[q][j] += d * x[e + (zk_i64)(j - K + 1) * C];
           if (t + K - 1 - j < T) acc += w[c * K + j] * dy[e + (zk_i64)(K - 1 - j) * C];
         }
-        dx[e] = acc;
+        dx(e, acc);
       }
     }
   }
@@ -2446,7 +2457,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_21: node 34
@@ -2456,25 +2467,25 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const floa
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_rows_22: node 35
+// zoo_layernorm_bwd_fused_22: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_22: the same as zoo_layernorm_bwd_rows_20, launched in its place
+// with the epilogue that reads its output t71:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t68, float *__restrict__ t74, float *__restrict__ part) {
+  zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v71 = v_;
+    float v68 = t68[i];
+    float v74 = v68 + v71;  // add
+    t74[i] = v74;
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
 
 // zoo_sum_partials_23: node 35
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // zoo_sum_partials_23: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k24_add: 1 elementwise op over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__restrict__ t68, const float *__restrict__ t71, float *__restrict__ t74) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v68 = t68[i];
-    float v71 = t71[i];
-    float v74 = v68 + v71;  // add
-    t74[i] = v74;
-  }
-}
 
 // t75 is t74 reshaped (same memory, no kernel)
 
@@ -2488,27 +2499,27 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k24_add(const float *__res
 // GEMM (cuBLASLt, fp32): t79[64 x 60] = (t75)^T * t78, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k25_split_heads: split heads, 3932160 elements
+// zoo_k24_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:21:19
-// zoo_k25_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k24_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_bwd_q_26: node 43
+// zoo_poly_attn_bwd_q_25: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_26(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
   zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 0.0f, 0.0f, 1.0f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_27: node 43
+// zoo_poly_attn_bwd_kv_26: node 43
 //   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:20:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_26(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
   zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 0.0f, 0.0f, 1.0f, 0.25f);
 }
 
-// zoo_k28_merge_heads: merge heads, 3932160 elements
+// zoo_k27_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:19:13
-// zoo_k28_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k27_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // t85 is t84 reshaped (same memory, no kernel)
 
@@ -2522,16 +2533,16 @@ extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_27(cons
 // GEMM (cuBLASLt, fp32): t89[60 x 64] = (t85)^T * t88, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_29: node 50
+// zoo_layernorm_bwd_rows_28: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_29(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<192, true, 512, 12, 128>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_30: node 50
+// zoo_sum_partials_29: node 50
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 384, 192>(part, out0, out1);
 }
@@ -2548,13 +2559,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const floa
 // GEMM (cuBLASLt, fp32): t97[192 x 64] = (t93)^T * t96, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_31: node 57
+// zoo_layernorm_bwd_rows_30: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_31: the same as zoo_layernorm_bwd_rows_29, launched in its place
+// zoo_layernorm_bwd_rows_30: the same as zoo_layernorm_bwd_rows_28, launched in its place
 
-// zoo_sum_partials_32: node 57
+// zoo_sum_partials_31: node 57
 //   layernorm_bwd  -> f32[B, T, 192]         models/std/nn.zoo:26:12
-// zoo_sum_partials_32: the same as zoo_sum_partials_30, launched in its place
+// zoo_sum_partials_31: the same as zoo_sum_partials_29, launched in its place
 
 // t102 is t99 reshaped (same memory, no kernel)
 
@@ -2563,10 +2574,10 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_30(const floa
 
 // t104 is t103 reshaped (same memory, no kernel)
 
-// zoo_k33_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k32_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_add_add(const float *__restrict__ t87, const float *__restrict__ t95, const float *__restrict__ t104, float *__restrict__ t107) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
     float v87 = t87[i];
@@ -2583,43 +2594,38 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k33_add_add(const float *_
 // GEMM (cuBLASLt, fp32): t106[192 x 64] = (t102)^T * t105, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_rows_34: node 64
+// zoo_layernorm_bwd_fused_33: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_34: the same as zoo_layernorm_bwd_rows_20, launched in its place
-
-// zoo_sum_partials_35: node 64
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_35: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k36_add: 1 elementwise op over 4194304 elements
+// with the epilogue that reads its output t108:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k36_add(const float *__restrict__ t74, const float *__restrict__ t108, float *__restrict__ t111) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t74, float *__restrict__ t111, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v108 = v_;
     float v74 = t74[i];
-    float v108 = t108[i];
     float v111 = v74 + v108;  // add
     t111[i] = v111;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_bwd_rows_37: node 66
+// zoo_sum_partials_34: node 64
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_37: the same as zoo_layernorm_bwd_rows_20, launched in its place
+// zoo_sum_partials_34: the same as zoo_sum_partials_21, launched in its place
 
-// zoo_sum_partials_38: node 66
+// zoo_layernorm_bwd_fused_35: node 66
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_38: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k39_add_mul_mul: 3 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t112:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const float *__restrict__ t111, const float *__restrict__ t112, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_35(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t111, const float *__restrict__ t32, const float *__restrict__ t31, float *__restrict__ t115, float *__restrict__ t116, float *__restrict__ t117, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v112 = v_;
     float v111 = t111[i];
-    float v112 = t112[i];
     float v32 = t32[i];
     float v31 = t31[i];
     float v115 = v111 + v112;  // add
@@ -2628,8 +2634,13 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const floa
     t115[i] = v115;
     t116[i] = v116;
     t117[i] = v117;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
+
+// zoo_sum_partials_36: node 66
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_36: the same as zoo_sum_partials_21, launched in its place
 
 // t118 is t117 reshaped (same memory, no kernel)
 
@@ -2643,9 +2654,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k39_add_mul_mul(const floa
 // GEMM (cuBLASLt, fp32): t122[64 x 64] = (t118)^T * t121, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k40_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k37_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k37_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2678,60 +2689,57 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_rows_41: node 77
+// zoo_conv1d_bwd_fused_38: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_rows_41(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+// with the epilogue that reads its output t125:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_fused_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t115, const float *__restrict__ t120, float *__restrict__ t128, float *__restrict__ part) {
   zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v125 = v_;
+    float v115 = t115[i];
+    float v120 = t120[i];
+    float v124 = v115 + v120;  // add
+    float v128 = v124 + v125;  // add
+    t128[i] = v128;
+  };
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_42: node 77
+// zoo_sum_partials_39: node 77
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_42(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_39(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_k43_add_add: 2 elementwise ops over 4194304 elements
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k43_add_add(const float *__restrict__ t115, const float *__restrict__ t120, const float *__restrict__ t125, float *__restrict__ t128) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v115 = t115[i];
-    float v120 = t120[i];
-    float v125 = t125[i];
-    float v124 = v115 + v120;  // add
-    float v128 = v124 + v125;  // add
-    t128[i] = v128;
-  }
-}
-
-// zoo_layernorm_bwd_rows_44: node 79
+// zoo_layernorm_bwd_fused_40: node 79
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_layernorm_bwd_rows_44: the same as zoo_layernorm_bwd_rows_20, launched in its place
-
-// zoo_sum_partials_45: node 79
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_45: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_k46_add_dropout: 2 elementwise ops over 4194304 elements
+// with the epilogue that reads its output t129:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k46_add_dropout(const float *__restrict__ t115, const float *__restrict__ t129, float *__restrict__ t133, unsigned long long seed) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_40(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t115, float *__restrict__ t133, unsigned long long seed, float *__restrict__ part) {
   zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v129 = v_;
     float v115 = t115[i];
-    float v129 = t129[i];
     float v132 = v115 + v129;  // add
     float v133 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v132 * 1.11111116f : 0.0f;  // dropout
     t133[i] = v133;
-  }
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_k47_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_sum_partials_41: node 79
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_41: the same as zoo_sum_partials_21, launched in its place
+
+// zoo_k42_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k42_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2764,51 +2772,51 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k47_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_48: node 83
+// zoo_embedding_bwd_43: node 83
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_48(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_43(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_49: node 84
+// zoo_emb_count_44: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_49(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_44(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_50: node 84
+// zoo_emb_offsets_45: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_50(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_45(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_51: node 84
+// zoo_emb_place_46: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_51(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_46(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_52: node 84
+// zoo_emb_sum_47: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_52(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_47(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_53: node 84
+// zoo_emb_join_48: node 84
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_53(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_48(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k54_add: 1 elementwise op over 524288 elements
+// zoo_k49_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k49_add(const float *__restrict__ t66, const float *__restrict__ t136, float *__restrict__ t137) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v66 = t66[i];
@@ -2820,24 +2828,24 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k54_add(const float *__res
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_55: node 0
+// zoo_embedding_fwd_50: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_55: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_50: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k56_arange: 0 .. 127
+// zoo_k51_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k56_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k51_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_57: node 2
+// zoo_embedding_fwd_52: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_57: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_52: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_58: node 5
+// zoo_layernorm_fused_53: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t29:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_53(const float *__restrict__ t25, const float *__restrict__ t27, float *__restrict__ t29, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2854,14 +2862,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_58(const f
 // GEMM (cuBLASLt, fp32): t32[65536 x 64] = t30 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_59: node 11
+// zoo_layernorm_fused_54: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t35:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_54(const float *__restrict__ t30, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t32, const float *__restrict__ t29, float *__restrict__ t35, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2878,55 +2886,55 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_59(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_60: node 13
+// zoo_layernorm_fused_55: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t37:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_60: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_55: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 192] = t38 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_61: node 15
+// zoo_layernorm_fwd_56: node 15
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-// zoo_layernorm_fwd_61: the same as zoo_layernorm_fwd_6, launched in its place
+// zoo_layernorm_fwd_56: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t42[65536 x 192] = t38 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_layernorm_fwd_62: node 17
+// zoo_layernorm_fwd_57: node 17
 //   layernorm      -> f32[B, 12, T, 16]      models/std/nn.zoo:26:12
-// zoo_layernorm_fwd_62: the same as zoo_layernorm_fwd_6, launched in its place
+// zoo_layernorm_fwd_57: the same as zoo_layernorm_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t45[65536 x 60] = t38 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k63_split_heads: split heads, 3932160 elements
+// zoo_k58_split_heads: split heads, 3932160 elements
 //   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:19:13
-// zoo_k63_split_heads: the same as zoo_k8_split_heads, launched in its place
+// zoo_k58_split_heads: the same as zoo_k8_split_heads, launched in its place
 
-// zoo_poly_attn_fwd_64: node 20
+// zoo_poly_attn_fwd_59: node 20
 //   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:20:13
-// zoo_poly_attn_fwd_64: the same as zoo_poly_attn_fwd_9, launched in its place
+// zoo_poly_attn_fwd_59: the same as zoo_poly_attn_fwd_9, launched in its place
 
-// zoo_k65_merge_heads: merge heads, 3932160 elements
+// zoo_k60_merge_heads: merge heads, 3932160 elements
 //   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:21:19
-// zoo_k65_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_k60_merge_heads: the same as zoo_k10_merge_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t50[65536 x 64] = t49 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_66: node 24
+// zoo_layernorm_fused_61: node 24
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t51:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_66: the same as zoo_layernorm_fused_11, launched in its place
+// zoo_layernorm_fused_61: the same as zoo_layernorm_fused_11, launched in its place
 
-// zoo_layernorm_fused_67: node 26
+// zoo_layernorm_fused_62: node 26
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t53:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_62(const float *__restrict__ t52, const float *__restrict__ t51, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2938,31 +2946,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_67(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_68: node 27
+// zoo_label_count_63: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_68: the same as zoo_label_count_13, launched in its place
+// zoo_label_count_63: the same as zoo_label_count_13, launched in its place
 
-// zoo_label_write_69: node 27
+// zoo_label_write_64: node 27
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_69: the same as zoo_label_write_14, launched in its place
+// zoo_label_write_64: the same as zoo_label_write_14, launched in its place
 
-// zoo_gather_rows_70: node 28
+// zoo_gather_rows_65: node 28
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_70: the same as zoo_gather_rows_15, launched in its place
+// zoo_gather_rows_65: the same as zoo_gather_rows_15, launched in its place
 
 // GEMM (cuBLASLt, fp32): t60[16384 x 8192] = t59 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_71: node 30
+// zoo_ce_step_rows_66: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_71(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_66(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_72: node 30
+// zoo_ce_step_finish_67: node 30
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_72: the same as zoo_ce_step_finish_18, launched in its place
+// zoo_ce_step_finish_67: the same as zoo_ce_step_finish_18, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS

@@ -13,7 +13,9 @@
  *   blocks, grid ceil(N C / 256); consecutive threads take consecutive c.
  *
  * zk_conv1d_bwd_rows<T, C, K, P>: dx[b, s, c] = sum_j w[c, j] dy[b, s + K-1-j, c]
- *   (terms with s + K-1-j < T), and per-block partial sums of
+ *   (terms with s + K-1-j < T), handed to dx(e, value) for element e
+ *   (zk_store{ptr}, or a fused kernel's epilogue: compiler/fuse.h), and
+ *   per-block partial sums of
  *   dw[c, j] = sum dy[b, t, c] x[b, t-K+1+j, c] and db[c] = sum dy[b, t, c].
  *   Grid P blocks of 256 threads; block p takes rows [p R, p R + R) with
  *   R = ceil(N / P). Threads form a CX x RS grid: CX = min(C, 256) columns,
@@ -52,11 +54,10 @@ __device__ __forceinline__ void zk_conv1d_fwd(const float *__restrict__ x,
   y[e] = zk_conv1d_at<T, C, K, HAS_B>(x, w, bias, e);
 }
 
-template <int T, int C, int K, int P>
+template <int T, int C, int K, int P, class StoreDx>
 __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
                                                    const float *__restrict__ x,
-                                                   const float *__restrict__ w,
-                                                   float *__restrict__ dx,
+                                                   const float *__restrict__ w, StoreDx dx,
                                                    float *__restrict__ part, zk_i64 N) {
   constexpr int NT = 256;
   constexpr int CX = C < NT ? C : NT;
@@ -89,7 +90,7 @@ __device__ __forceinline__ void zk_conv1d_bwd_rows(const float *__restrict__ dy,
           if (t - K + 1 + j >= 0) pw[q][j] += d * x[e + (zk_i64)(j - K + 1) * C];
           if (t + K - 1 - j < T) acc += w[c * K + j] * dy[e + (zk_i64)(K - 1 - j) * C];
         }
-        dx[e] = acc;
+        dx(e, acc);
       }
     }
   }

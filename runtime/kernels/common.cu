@@ -43,6 +43,14 @@ struct zk_load {
   __device__ __forceinline__ float operator()(zk_i64 e) const { return p[e]; }
 };
 
+/* A storer of the row kernels that take one (zk_layernorm_bwd_rows): element
+ * e of a tensor in memory gets v. A fused kernel passes a lambda in its place
+ * (the row op's epilogue: the elementwise group computed at e from v). */
+struct zk_store {
+  float *__restrict__ p;
+  __device__ __forceinline__ void operator()(zk_i64 e, float v) const { p[e] = v; }
+};
+
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
  * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile

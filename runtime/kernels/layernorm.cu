@@ -23,8 +23,10 @@
  *   inputs and stores the values the rest of the graph needs (the prologue),
  *   so the input of the norm never has to make a round trip through memory.
  *
- * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>
- *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)).
+ * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
+ *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
+ *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
+ *   fused kernel's epilogue (compiler/fuse.h).
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -137,11 +139,10 @@ __device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, con
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1>
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
 __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
                                                       const float *__restrict__ x,
-                                                      const float *__restrict__ w,
-                                                      float *__restrict__ dx,
+                                                      const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
   extern __shared__ float zk_ln_sh[]; /* [2][C] */
@@ -195,11 +196,12 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       pb[k] += d;
     }
     float mg = zk_group_sum<L>(sg) / (float)C, mgx = zk_group_sum<L>(sgx) / (float)C;
-    float *dxr = dx + row * C;
+    /* __fmul_rn: an epilogue's add after it is never contracted into an
+     * FMA, so a fused kernel rounds as the unfused pair does */
 #pragma unroll
     for (int k = 0; k < PL; k++) {
       int c = sub + L * k;
-      if (ok && c < C) dxr[c] = rstd * (g[k] - mg - xv[k] * mgx);
+      if (ok && c < C) dx(row * C + c, __fmul_rn(rstd, g[k] - mg - xv[k] * mgx));
     }
   }
 
