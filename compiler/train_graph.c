@@ -35,6 +35,12 @@
  * H200 (zoorun bench --only rebased, with and without the rewrite): DV 2
  * (32/48) 1.33 vs 1.31 ms and DV 5 (64/128) 3.22 vs 3.17 ms with it, but DV 42
  * (512/512) 102.0 vs 103.5 ms. So it applies from ZOO_INTERLEAVE_MIN_DV.
+ * Those are ReBased's cells, whose q and k come split from their norms (below)
+ * for nothing, so layout 0 copies only v and o there. Where q and k would be
+ * copied too (Based) and the kernels are the fp32 ones, it pays at DV 5, the
+ * narrowest measured (ZOO_INTERLEAVE_MIN_DV_QK; session 15's tree, .gpu/s15run2.sh, zoorun bench
+ * --quick: Based 64/128, DV 5, 2.42 to 2.36 ms twice; with tf32, whose layout
+ * 2 below interleaves q and k already, 1.45 to 1.49, so not there).
  *   Below that, layout 2 interleaves q and k alone (rows of F = 16 floats,
  * whole sectors) and leaves v and o split, which removes q's and k's
  * split_heads and their gradients' merge_heads, the 192-float-wide copies. It
@@ -236,12 +242,16 @@ static int replace_node(zoo_graph *g, int i, const zoo_node *f) {
  * v and o as they were). Marks the split_heads it bypasses in `touched`.
  * Returns 1 when rewritten, else 0 with the graph as it was. */
 #define ZOO_INTERLEAVE_MIN_DV 8 /* value floats per head: 32-byte rows */
+#define ZOO_INTERLEAVE_MIN_DV_QK 5 /* the same where q and k need copies too (fp32) */
 
-/* The rule's least DV, or ZOO_INTERLEAVE_MIN_DV=n from the environment, for
- * measuring. */
-static int64_t interleave_min_dv(void) {
+/* The rule's least DV: ZOO_INTERLEAVE_MIN_DV, or ZOO_INTERLEAVE_MIN_DV_QK in
+ * fp32 (no tc) where neither q nor k is a layernorm's output, so that layout
+ * 0 would copy them as well as v and o; ZOO_INTERLEAVE_MIN_DV=n from the
+ * environment sets both, for measuring. */
+static int64_t interleave_min_dv(int qk_copies) {
   const char *env = getenv("ZOO_INTERLEAVE_MIN_DV");
-  return env && *env ? atoll(env) : ZOO_INTERLEAVE_MIN_DV;
+  if (env && *env) return atoll(env);
+  return qk_copies ? ZOO_INTERLEAVE_MIN_DV_QK : ZOO_INTERLEAVE_MIN_DV;
 }
 
 /* Is tensor t a layernorm's output? (zoo_norm_split_heads then absorbs its
@@ -263,12 +273,10 @@ static int interleave_one(zoo_graph *g, int i, char *dead, char *touched, int tc
   split[2] = split_of(g, n->in[2], &heads);
   int o = n->out[0];
   int merge = o == g->output ? -1 : only_reader(g, o, dead);
-  int whole = dv.sym == 0 && dv.coef >= interleave_min_dv() && split[2] >= 0 && merge >= 0 &&
-              g->nodes[merge].op == ZOO_OP_MERGE_HEADS;
-  if (!whole) {
-    int qk_from_norm = is_norm(g, g->nodes[split[0]].in[0]) || is_norm(g, g->nodes[split[1]].in[0]);
-    if (!tc || qk_from_norm || zoo_env_on("ZOO_NO_QK_INTERLEAVE")) return 0;
-  }
+  int qk_from_norm = is_norm(g, g->nodes[split[0]].in[0]) || is_norm(g, g->nodes[split[1]].in[0]);
+  int whole = dv.sym == 0 && dv.coef >= interleave_min_dv(!tc && !qk_from_norm) && split[2] >= 0 &&
+              merge >= 0 && g->nodes[merge].op == ZOO_OP_MERGE_HEADS;
+  if (!whole && (!tc || qk_from_norm || zoo_env_on("ZOO_NO_QK_INTERLEAVE"))) return 0;
 
   zoo_node m = *n; /* z keeps [B, H, T] in every layout */
   int nsplit = whole ? 3 : 2;

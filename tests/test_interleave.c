@@ -461,10 +461,24 @@ TEST(interleave_conditions) {
   CHECK(zoo_interleave_heads(&h.g, 0) == 0); /* once only */
   zoo_graph_free(&h.g);
 
-  /* value rows narrower than ZOO_INTERLEAVE_MIN_DV: unchanged */
-  CHECK(hg_build(&h, 5, 1, 0) >= 0);
+  /* value rows narrower than ZOO_INTERLEAVE_MIN_DV: unchanged, but in fp32
+   * from ZOO_INTERLEAVE_MIN_DV_QK (5) when q and k would be copied too, as
+   * here (with tc, layout 2 instead: q and k alone) */
+  CHECK(hg_build(&h, 4, 1, 0) >= 0);
   hg_finish(&h);
   CHECK(zoo_interleave_heads(&h.g, 0) == 0 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) >= 0);
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 5, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g, 0) == 1 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) < 0);
+  p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
+  CHECK(p >= 0 && h.g.nodes[p].attrs.i[0] == 1 && graph_consistent(&h.g));
+  zoo_graph_free(&h.g);
+  CHECK(hg_build(&h, 5, 1, 0) >= 0);
+  hg_finish(&h);
+  CHECK(zoo_interleave_heads(&h.g, 1) == 1);
+  p = find_op(&h.g, ZOO_OP_POLY_ATTENTION);
+  CHECK(p >= 0 && h.g.nodes[p].attrs.i[0] == 2 && find_op(&h.g, ZOO_OP_SPLIT_HEADS) >= 0);
   zoo_graph_free(&h.g);
 
   /* q and k from one split_heads: one input twice */

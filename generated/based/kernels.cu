@@ -1324,31 +1324,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_5(const fl
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k6_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k6_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 128) * 192 + ((i / 2048) % 12) * 16 + (i / 24576) * 24576];
-}
-
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k7_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-// zoo_k7_split_heads: the same as zoo_k6_split_heads, launched in its place
-
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
-
-// zoo_k8_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k8_split_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 128) * 60 + ((i / 640) % 12) * 5 + (i / 7680) * 7680];
-}
 
 // ---- runtime/kernels/poly_attention.cu ----
 /* poly_attention.cu: causal polynomial attention (ReBased, Based) and its
@@ -1824,29 +1804,21 @@ __device__ __forceinline__ void zk_poly_bwd_kv(const float *__restrict__ q,
 
 #endif /* ZK_POLY_ATTENTION_CU */
 
-// zoo_poly_attn_fwd_9: node 20
-//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_9(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
+// zoo_poly_attn_fwd_6: node 17
+//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_fwd_6(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, float *__restrict__ o, float *__restrict__ z) {
   zk_entry_wait();
-  zk_poly_fwd<16, 5, 64, 2, 128, 0, 8>(q, k, v, o, z, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
-}
-
-// zoo_k10_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-extern "C" __global__ void __launch_bounds__(256) zoo_k10_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 3932160; i += gridDim.x * 256)
-    y[i] = x[i % 5 + ((i / 5) % 12) * 640 + ((i / 60) % 128) * 5 + (i / 7680) * 7680];
+  zk_poly_fwd<16, 5, 64, 2, 128, 12, 8>(q, k, v, o, z, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_11: node 24
+// zoo_layernorm_fused_7: node 20
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_7(const float *__restrict__ t44, const float *__restrict__ t33, float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -1859,11 +1831,11 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_11(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_12: node 26
+// zoo_layernorm_fused_8: node 22
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_12(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_8(const float *__restrict__ t46, const float *__restrict__ t45, float *__restrict__ t47, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -1980,23 +1952,23 @@ __device__ __forceinline__ void zk_scatter_rows(const float *__restrict__ dy,
 
 #endif /* ZK_ROWS_CU */
 
-// zoo_label_count_13: node 27
+// zoo_label_count_9: node 23
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_count_13(const int *__restrict__ targets, int *__restrict__ counts) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_count_9(const int *__restrict__ targets, int *__restrict__ counts) {
   zk_entry_wait();
   zk_label_count<65536LL, -100, 1024>(targets, counts);
 }
 
-// zoo_label_write_14: node 27
+// zoo_label_write_10: node 23
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_label_write_14(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
+extern "C" __global__ void __launch_bounds__(256) zoo_label_write_10(const int *__restrict__ targets, const int *__restrict__ counts, int *__restrict__ idx, int *__restrict__ pos, int *__restrict__ tc) {
   zk_entry_wait();
   zk_label_write<65536LL, 16384LL, -100, 1024, 4, 64LL>(targets, counts, idx, pos, tc);
 }
 
-// zoo_gather_rows_15: node 28
+// zoo_gather_rows_11: node 24
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_gather_rows_11(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_gather_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
@@ -2420,23 +2392,23 @@ __device__ __forceinline__ void zk_acc_finish(const int *__restrict__ hit,
 
 #endif /* ZK_CROSS_ENTROPY_CU */
 
-// zoo_ce_count_16: node 30
+// zoo_ce_count_12: node 26
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_16(const int *__restrict__ targets, float *__restrict__ count) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_count_12(const int *__restrict__ targets, float *__restrict__ count) {
   zk_entry_wait();
   zk_ce_count<16384, -100>(targets, count);
 }
 
-// zoo_ce_step_rows_17: node 30
+// zoo_ce_step_rows_13: node 26
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_17(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_13(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit, float *__restrict__ dlogits) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, true>(logits, targets, dloss, count, rowloss, hit, dlogits);
 }
 
-// zoo_ce_step_finish_18: node 30
+// zoo_ce_step_finish_14: node 26
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
+extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_14(const float *__restrict__ rowloss, const int *__restrict__ hit, const int *__restrict__ targets, float *__restrict__ loss, float *__restrict__ metrics) {
   zk_entry_wait();
   zk_ce_step_finish<16384, -100>(rowloss, hit, targets, loss, metrics);
 }
@@ -2447,32 +2419,32 @@ extern "C" __global__ void __launch_bounds__(1024) zoo_ce_step_finish_18(const f
 // GEMM (cuBLASLt, fp32): t60[8192 x 64] = (t58)^T * t53, batch 1, k = 16384
 //   matmul         -> f32[8192, 64]          models/std/nn.zoo:16:12
 
-// zoo_scatter_rows_19: node 33
+// zoo_scatter_rows_15: node 29
 //   scatter_rows   -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_19(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
+extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_15(const float *__restrict__ src, const int *__restrict__ map, float *__restrict__ dst) {
   zk_entry_wait();
   zk_scatter_rows<65536LL, 16384LL, 64>(src, map, dst);
 }
 
-// zoo_layernorm_bwd_rows_20: node 34
+// zoo_layernorm_bwd_rows_16: node 30
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_20(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_16(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_21: node 34
+// zoo_sum_partials_17: node 30
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_21(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_17(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 128, 64>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_fused_22: node 35
+// zoo_layernorm_bwd_fused_18: node 31
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the epilogue that reads its output t65:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_22(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t62, float *__restrict__ t68, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t62, float *__restrict__ t68, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
@@ -2484,9 +2456,9 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_22(con
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_23: node 35
+// zoo_sum_partials_19: node 31
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_23: the same as zoo_sum_partials_21, launched in its place
+// zoo_sum_partials_19: the same as zoo_sum_partials_17, launched in its place
 
 // t69 is t68 reshaped (same memory, no kernel)
 
@@ -2500,154 +2472,134 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_22(con
 // GEMM (cuBLASLt, fp32): t73[64 x 60] = (t69)^T * t72, batch 1, k = 65536
 //   matmul         -> f32[64, 60]            models/std/nn.zoo:16:12
 
-// zoo_k24_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:40:19
-// zoo_k24_split_heads: the same as zoo_k8_split_heads, launched in its place
-
-// zoo_poly_attn_bwd_q_25: node 43
-//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_25(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
+// zoo_poly_attn_bwd_q_20: node 38
+//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64) zoo_poly_attn_bwd_q_20(const float *__restrict__ dout, const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ o, const float *__restrict__ z, float *__restrict__ dq, float *__restrict__ stats) {
   zk_entry_wait();
-  zk_poly_bwd_q<16, 5, 64, 2, 128, 0, true>(dout, q, k, v, o, z, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
+  zk_poly_bwd_q<16, 5, 64, 2, 128, 12, true>(dout, q, k, v, o, z, dq, stats, 1.0f, 1.0f, 0.5f, 0.25f, 9.99999996e-13f);
 }
 
-// zoo_poly_attn_bwd_kv_26: node 43
-//   poly_attention_bwd -> f32[B, 12, T, 16]      models/std/mixers.zoo:38:13
-extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_26(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
+// zoo_poly_attn_bwd_kv_21: node 38
+//   poly_attention_bwd -> f32[B, T, 192]         models/std/mixers.zoo:38:13
+extern "C" __global__ void __launch_bounds__(64, 8) zoo_poly_attn_bwd_kv_21(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v, const float *__restrict__ stats, float *__restrict__ dk, float *__restrict__ dv) {
   zk_entry_wait();
-  zk_poly_bwd_kv<16, 5, 64, 2, 128, 0>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
+  zk_poly_bwd_kv<16, 5, 64, 2, 128, 12>(q, k, v, stats, dk, dv, 1.0f, 1.0f, 0.5f, 0.25f);
 }
 
-// zoo_k27_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:37:13
-// zoo_k27_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// t77 is t76 reshaped (same memory, no kernel)
+
+// GEMM (cuBLASLt, fp32): t78[65536 x 64] = t77 * t12, batch 1, k = 60
+//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
 // t79 is t78 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t80[65536 x 64] = t79 * t12, batch 1, k = 60
-//   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
+// t80 is t34 reshaped (same memory, no kernel)
 
-// t81 is t80 reshaped (same memory, no kernel)
-
-// t82 is t34 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t83[60 x 64] = (t79)^T * t82, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t81[60 x 64] = (t77)^T * t80, batch 1, k = 65536
 //   matmul         -> f32[60, 64]            models/std/nn.zoo:16:12
 
-// zoo_k28_merge_heads: merge heads, 12582912 elements
-//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:36:13
-extern "C" __global__ void __launch_bounds__(256) zoo_k28_merge_heads(const float *__restrict__ x, float *__restrict__ y) {
-  zk_entry_wait();
-  for (int i = blockIdx.x * 256 + threadIdx.x; i < 12582912; i += gridDim.x * 256)
-    y[i] = x[i % 16 + ((i / 16) % 12) * 2048 + ((i / 192) % 128) * 16 + (i / 24576) * 24576];
-}
+// t82 is t75 reshaped (same memory, no kernel)
 
-// t85 is t84 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t86[65536 x 64] = t85 * t11, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t83[65536 x 64] = t82 * t11, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t87 is t86 reshaped (same memory, no kernel)
+// t84 is t83 reshaped (same memory, no kernel)
 
-// t88 is t34 reshaped (same memory, no kernel)
+// t85 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t89[192 x 64] = (t85)^T * t88, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t86[192 x 64] = (t82)^T * t85, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_k29_merge_heads: merge heads, 12582912 elements
-//   merge_heads    -> f32[B, T, 192]         models/std/mixers.zoo:35:13
-// zoo_k29_merge_heads: the same as zoo_k28_merge_heads, launched in its place
+// t88 is t74 reshaped (same memory, no kernel)
 
-// t92 is t91 reshaped (same memory, no kernel)
-
-// GEMM (cuBLASLt, fp32): t93[65536 x 64] = t92 * t10, batch 1, k = 192
+// GEMM (cuBLASLt, fp32): t89[65536 x 64] = t88 * t10, batch 1, k = 192
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t94 is t93 reshaped (same memory, no kernel)
+// t90 is t89 reshaped (same memory, no kernel)
 
-// zoo_k30_add_add: 2 elementwise ops over 4194304 elements
+// zoo_k22_add_add: 2 elementwise ops over 4194304 elements
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k30_add_add(const float *__restrict__ t81, const float *__restrict__ t87, const float *__restrict__ t94, float *__restrict__ t97) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k22_add_add(const float *__restrict__ t79, const float *__restrict__ t84, const float *__restrict__ t90, float *__restrict__ t93) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 4194304; i += gridDim.x * 256) {
-    float v81 = t81[i];
-    float v87 = t87[i];
-    float v94 = t94[i];
-    float v90 = v81 + v87;  // add
-    float v97 = v90 + v94;  // add
-    t97[i] = v97;
+    float v79 = t79[i];
+    float v84 = t84[i];
+    float v90 = t90[i];
+    float v87 = v79 + v84;  // add
+    float v93 = v87 + v90;  // add
+    t93[i] = v93;
   }
 }
 
-// t95 is t34 reshaped (same memory, no kernel)
+// t91 is t34 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t96[192 x 64] = (t92)^T * t95, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t92[192 x 64] = (t88)^T * t91, batch 1, k = 65536
 //   matmul         -> f32[192, 64]           models/std/nn.zoo:16:12
 
-// zoo_layernorm_bwd_fused_31: node 64
+// zoo_layernorm_bwd_fused_23: node 56
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// with the epilogue that reads its output t94:
+//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t68, float *__restrict__ t97, float *__restrict__ part) {
+  zk_entry_wait();
+  auto dx = [&](long long i_, float v_) {
+    const int i = (int)i_;
+    const float v94 = v_;
+    float v68 = t68[i];
+    float v97 = v68 + v94;  // add
+    t97[i] = v97;
+  };
+  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+}
+
+// zoo_sum_partials_24: node 56
+//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
+// zoo_sum_partials_24: the same as zoo_sum_partials_17, launched in its place
+
+// zoo_layernorm_bwd_fused_25: node 58
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the epilogue that reads its output t98:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_31(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t68, float *__restrict__ t101, float *__restrict__ part) {
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t97, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t101, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
     const float v98 = v_;
-    float v68 = t68[i];
-    float v101 = v68 + v98;  // add
-    t101[i] = v101;
-  };
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
-}
-
-// zoo_sum_partials_32: node 64
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_32: the same as zoo_sum_partials_21, launched in its place
-
-// zoo_layernorm_bwd_fused_33: node 66
-//   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the epilogue that reads its output t102:
-//   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-//   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_33(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t101, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t105, float *__restrict__ t106, float *__restrict__ t107, float *__restrict__ part) {
-  zk_entry_wait();
-  auto dx = [&](long long i_, float v_) {
-    const int i = (int)i_;
-    const float v102 = v_;
-    float v101 = t101[i];
+    float v97 = t97[i];
     float v28 = t28[i];
     float v27 = t27[i];
-    float v105 = v101 + v102;  // add
-    float v106 = v105 * v28;  // mul
-    float v107 = v105 * v27;  // mul
-    t105[i] = v105;
-    t106[i] = v106;
-    t107[i] = v107;
+    float v101 = v97 + v98;  // add
+    float v102 = v101 * v28;  // mul
+    float v103 = v101 * v27;  // mul
+    t101[i] = v101;
+    t102[i] = v102;
+    t103[i] = v103;
   };
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_34: node 66
+// zoo_sum_partials_26: node 58
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_34: the same as zoo_sum_partials_21, launched in its place
+// zoo_sum_partials_26: the same as zoo_sum_partials_17, launched in its place
 
-// t108 is t107 reshaped (same memory, no kernel)
+// t104 is t103 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t109[65536 x 64] = t108 * t2, batch 1, k = 64
+// GEMM (cuBLASLt, fp32): t105[65536 x 64] = t104 * t2, batch 1, k = 64
 //   matmul         -> f32[B*T, 64]           models/std/nn.zoo:16:12
 
-// t110 is t109 reshaped (same memory, no kernel)
+// t106 is t105 reshaped (same memory, no kernel)
 
-// t111 is t26 reshaped (same memory, no kernel)
+// t107 is t26 reshaped (same memory, no kernel)
 
-// GEMM (cuBLASLt, fp32): t112[64 x 64] = (t108)^T * t111, batch 1, k = 65536
+// GEMM (cuBLASLt, fp32): t108[64 x 64] = (t104)^T * t107, batch 1, k = 65536
 //   matmul         -> f32[64, 64]            models/std/nn.zoo:16:12
 
-// zoo_k35_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
+// zoo_k27_sum: 64 outputs, each a sum of 65536 values (column mode, 132 chunks)
 //   sum            -> f32[64]                models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k27_sum(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 64, R = 65536, CH = 497;
   __shared__ float sh[8][33];
@@ -2680,57 +2632,57 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k35_sum(const float *__res
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_conv1d_bwd_fused_36: node 77
+// zoo_conv1d_bwd_fused_28: node 69
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-// with the epilogue that reads its output t115:
+// with the epilogue that reads its output t111:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:16:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_fused_36(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t105, const float *__restrict__ t110, float *__restrict__ t118, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_conv1d_bwd_fused_28(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t101, const float *__restrict__ t106, float *__restrict__ t114, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
-    const float v115 = v_;
-    float v105 = t105[i];
-    float v110 = t110[i];
-    float v114 = v105 + v110;  // add
-    float v118 = v114 + v115;  // add
-    t118[i] = v118;
+    const float v111 = v_;
+    float v101 = t101[i];
+    float v106 = t106[i];
+    float v110 = v101 + v106;  // add
+    float v114 = v110 + v111;  // add
+    t114[i] = v114;
   };
   zk_conv1d_bwd_rows<128, 64, 3, 512>(dy, x, w, dx, part, 65536LL);
 }
 
-// zoo_sum_partials_37: node 77
+// zoo_sum_partials_29: node 69
 //   causal_conv1d_bwd -> f32[B, T, 64]          models/std/nn.zoo:66:12
-extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_37(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
+extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const float *__restrict__ part, float *__restrict__ out0, float *__restrict__ out1) {
   zk_entry_wait();
   zk_sum_partials<512, 256, 192>(part, out0, out1);
 }
 
-// zoo_layernorm_bwd_fused_38: node 79
+// zoo_layernorm_bwd_fused_30: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// with the epilogue that reads its output t119:
+// with the epilogue that reads its output t115:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_38(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t105, float *__restrict__ t123, unsigned long long seed, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t101, float *__restrict__ t119, unsigned long long seed, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
-    const float v119 = v_;
-    float v105 = t105[i];
-    float v122 = v105 + v119;  // add
-    float v123 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v122 * 1.11111116f : 0.0f;  // dropout
-    t123[i] = v123;
+    const float v115 = v_;
+    float v101 = t101[i];
+    float v118 = v101 + v115;  // add
+    float v119 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v118 * 1.11111116f : 0.0f;  // dropout
+    t119[i] = v119;
   };
   zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
-// zoo_sum_partials_39: node 79
+// zoo_sum_partials_31: node 71
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
-// zoo_sum_partials_39: the same as zoo_sum_partials_21, launched in its place
+// zoo_sum_partials_31: the same as zoo_sum_partials_17, launched in its place
 
-// zoo_k40_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
+// zoo_k32_reduce_to: 8192 outputs, each a sum of 512 values (column mode, 2 chunks)
 //   reduce_to      -> f32[T, 64]             models/std/lm.zoo:11:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k40_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k32_reduce_to(const float *__restrict__ x, float *__restrict__ out, float *__restrict__ y, unsigned *__restrict__ counter) {
   zk_entry_wait();
   const int O = 8192, R = 512, CH = 256;
   __shared__ float sh[8][33];
@@ -2763,80 +2715,80 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k40_reduce_to(const float 
   if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
 }
 
-// zoo_embedding_bwd_41: node 83
+// zoo_embedding_bwd_33: node 75
 //   embedding_bwd  -> f32[128, 64]           models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_41(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_embedding_bwd_33(const float *__restrict__ dy, const int *__restrict__ ids, float *__restrict__ dw) {
   zk_entry_wait();
   zk_embedding_bwd<128, 64, 2>(dy, ids, dw, 128LL);
 }
 
-// zoo_emb_count_42: node 84
+// zoo_emb_count_34: node 76
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_42(const int *__restrict__ ids, int *__restrict__ cnt) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_count_34(const int *__restrict__ ids, int *__restrict__ cnt) {
   zk_entry_wait();
   zk_emb_count<8192>(ids, cnt, 65536LL);
 }
 
-// zoo_emb_offsets_43: node 84
+// zoo_emb_offsets_35: node 76
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_43(int *__restrict__ cnt, int *__restrict__ total) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_offsets_35(int *__restrict__ cnt, int *__restrict__ total) {
   zk_entry_wait();
   zk_emb_offsets<8192, 64>(cnt, total);
 }
 
-// zoo_emb_place_44: node 84
+// zoo_emb_place_36: node 76
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_44(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_place_36(const int *__restrict__ ids, const int *__restrict__ cnt, const int *__restrict__ total, int *__restrict__ start, int *__restrict__ sorted) {
   zk_entry_wait();
   zk_emb_place<8192>(ids, cnt, total, start, sorted, 65536LL);
 }
 
-// zoo_emb_sum_45: node 84
+// zoo_emb_sum_37: node 76
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_45(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_sum_37(const float *__restrict__ dy, const int *__restrict__ ids, const int *__restrict__ sorted, const int *__restrict__ start, float *__restrict__ first, float *__restrict__ last, int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_sum<8192, 64>(dy, ids, sorted, start, first, last, end, dw, 65536LL);
 }
 
-// zoo_emb_join_46: node 84
+// zoo_emb_join_38: node 76
 //   embedding_bwd  -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_46(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
+extern "C" __global__ void __launch_bounds__(256) zoo_emb_join_38(const int *__restrict__ start, const float *__restrict__ first, const float *__restrict__ last, const int *__restrict__ end, float *__restrict__ dw) {
   zk_entry_wait();
   zk_emb_join<8192, 64>(start, first, last, end, dw);
 }
 
-// zoo_k47_add: 1 elementwise op over 524288 elements
+// zoo_k39_add: 1 elementwise op over 524288 elements
 //   add            -> f32[8192, 64]          models/std/nn.zoo:35:12
-extern "C" __global__ void __launch_bounds__(256) zoo_k47_add(const float *__restrict__ t60, const float *__restrict__ t126, float *__restrict__ t127) {
+extern "C" __global__ void __launch_bounds__(256) zoo_k39_add(const float *__restrict__ t60, const float *__restrict__ t122, float *__restrict__ t123) {
   zk_entry_wait();
   for (int i = blockIdx.x * 256 + threadIdx.x; i < 524288; i += gridDim.x * 256) {
     float v60 = t60[i];
-    float v126 = t126[i];
-    float v127 = v60 + v126;  // add
-    t127[i] = v127;
+    float v122 = t122[i];
+    float v123 = v60 + v122;  // add
+    t123[i] = v123;
   }
 }
 
 // ======== evaluation: the forward pass without dropout ========
 
-// zoo_embedding_fwd_48: node 0
+// zoo_embedding_fwd_40: node 0
 //   embedding      -> f32[B, T, 64]          models/std/nn.zoo:35:12
-// zoo_embedding_fwd_48: the same as zoo_embedding_fwd_0, launched in its place
+// zoo_embedding_fwd_40: the same as zoo_embedding_fwd_0, launched in its place
 
-// zoo_k49_arange: 0 .. 127
+// zoo_k41_arange: 0 .. 127
 //   arange         -> i32[T]                 models/std/lm.zoo:11:58
-// zoo_k49_arange: the same as zoo_k1_arange, launched in its place
+// zoo_k41_arange: the same as zoo_k1_arange, launched in its place
 
-// zoo_embedding_fwd_50: node 2
+// zoo_embedding_fwd_42: node 2
 //   embedding      -> f32[T, 64]             models/std/nn.zoo:35:12
-// zoo_embedding_fwd_50: the same as zoo_embedding_fwd_2, launched in its place
+// zoo_embedding_fwd_42: the same as zoo_embedding_fwd_2, launched in its place
 
-// zoo_layernorm_fused_51: node 5
+// zoo_layernorm_fused_43: node 5
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t25:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:11:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_43(const float *__restrict__ t21, const float *__restrict__ t23, float *__restrict__ t25, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2853,14 +2805,14 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_51(const f
 // GEMM (cuBLASLt, fp32): t28[65536 x 64] = t26 * (t2)^T + bias, batch 1, k = 64
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_52: node 11
+// zoo_layernorm_fused_44: node 11
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t31:
 //   causal_conv1d  -> f32[B, T, 64]          models/std/nn.zoo:66:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_44(const float *__restrict__ t26, const float *__restrict__ t4, const float *__restrict__ t5, const float *__restrict__ t28, const float *__restrict__ t25, float *__restrict__ t31, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2877,55 +2829,39 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_52(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_layernorm_fused_53: node 13
+// zoo_layernorm_fused_45: node 13
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t33:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:31:15
-// zoo_layernorm_fused_53: the same as zoo_layernorm_fused_5, launched in its place
+// zoo_layernorm_fused_45: the same as zoo_layernorm_fused_5, launched in its place
 
 // GEMM (cuBLASLt, fp32): t35[65536 x 192] = t34 * (t10)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
 
-// zoo_k54_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:35:13
-// zoo_k54_split_heads: the same as zoo_k6_split_heads, launched in its place
-
 // GEMM (cuBLASLt, fp32): t37[65536 x 192] = t34 * (t11)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 192]         models/std/nn.zoo:16:12
-
-// zoo_k55_split_heads: split heads, 12582912 elements
-//   split_heads    -> f32[B, 12, T, 16]      models/std/mixers.zoo:36:13
-// zoo_k55_split_heads: the same as zoo_k6_split_heads, launched in its place
 
 // GEMM (cuBLASLt, fp32): t39[65536 x 60] = t34 * (t12)^T, batch 1, k = 64
 //   linear         -> f32[B, T, 60]          models/std/nn.zoo:16:12
 
-// zoo_k56_split_heads: split heads, 3932160 elements
-//   split_heads    -> f32[B, 12, T, 5]       models/std/mixers.zoo:37:13
-// zoo_k56_split_heads: the same as zoo_k8_split_heads, launched in its place
-
-// zoo_poly_attn_fwd_57: node 20
-//   poly_attention -> f32[B, 12, T, 5]       models/std/mixers.zoo:38:13
-// zoo_poly_attn_fwd_57: the same as zoo_poly_attn_fwd_9, launched in its place
-
-// zoo_k58_merge_heads: merge heads, 3932160 elements
-//   merge_heads    -> f32[B, T, 60]          models/std/mixers.zoo:40:19
-// zoo_k58_merge_heads: the same as zoo_k10_merge_heads, launched in its place
+// zoo_poly_attn_fwd_46: node 17
+//   poly_attention -> f32[B, T, 60]          models/std/mixers.zoo:38:13
+// zoo_poly_attn_fwd_46: the same as zoo_poly_attn_fwd_6, launched in its place
 
 // GEMM (cuBLASLt, fp32): t44[65536 x 64] = t43 * (t13)^T, batch 1, k = 60
 //   linear         -> f32[B, T, 64]          models/std/nn.zoo:16:12
 
-// zoo_layernorm_fused_59: node 24
+// zoo_layernorm_fused_47: node 20
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t45:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:33:13
-// zoo_layernorm_fused_59: the same as zoo_layernorm_fused_11, launched in its place
+// zoo_layernorm_fused_47: the same as zoo_layernorm_fused_7, launched in its place
 
-// zoo_layernorm_fused_60: node 26
+// zoo_layernorm_fused_48: node 22
 //   layernorm      -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the prologue that makes its input t47:
 //   add            -> f32[B, T, 64]          models/std/lm.zoo:54:17
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_48(const float *__restrict__ t46, const float *__restrict__ t45, const float *__restrict__ w, const float *__restrict__ b, float *__restrict__ y) {
   zk_entry_wait();
   auto x = [&](long long i_) -> float {
     const int i = (int)i_;
@@ -2937,31 +2873,31 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_fused_60(const f
   zk_layernorm_fwd<64, true, true>(x, w, b, y, 65536, 9.99999975e-06f);
 }
 
-// zoo_label_count_61: node 27
+// zoo_label_count_49: node 23
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_count_61: the same as zoo_label_count_13, launched in its place
+// zoo_label_count_49: the same as zoo_label_count_9, launched in its place
 
-// zoo_label_write_62: node 27
+// zoo_label_write_50: node 23
 //   label_rows     -> i32[32*B]              models/std/nn.zoo:16:12
-// zoo_label_write_62: the same as zoo_label_write_14, launched in its place
+// zoo_label_write_50: the same as zoo_label_write_10, launched in its place
 
-// zoo_gather_rows_63: node 28
+// zoo_gather_rows_51: node 24
 //   gather_rows    -> f32[32*B, 64]          models/std/nn.zoo:16:12
-// zoo_gather_rows_63: the same as zoo_gather_rows_15, launched in its place
+// zoo_gather_rows_51: the same as zoo_gather_rows_11, launched in its place
 
 // GEMM (cuBLASLt, fp32): t54[16384 x 8192] = t53 * (t0)^T, batch 1, k = 64
 //   linear         -> f32[32*B, 8192]        models/std/nn.zoo:16:12
 
-// zoo_ce_step_rows_64: node 30
+// zoo_ce_step_rows_52: node 26
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_64(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
+extern "C" __global__ void __launch_bounds__(256) zoo_ce_step_rows_52(const float *__restrict__ logits, const int *__restrict__ targets, const float *__restrict__ dloss, const float *__restrict__ count, float *__restrict__ rowloss, int *__restrict__ hit) {
   zk_entry_wait();
   zk_ce_step_row_block<8192, -100, false>(logits, targets, dloss, count, rowloss, hit, nullptr);
 }
 
-// zoo_ce_step_finish_65: node 30
+// zoo_ce_step_finish_53: node 26
 //   cross_entropy_step -> f32[]                  models/std/nn.zoo:16:12
-// zoo_ce_step_finish_65: the same as zoo_ce_step_finish_18, launched in its place
+// zoo_ce_step_finish_53: the same as zoo_ce_step_finish_14, launched in its place
 
 // ---- the runtime's kernels (compiler/codegen_cuda.c, zoo_cuda_emit_optimizer) ----
 #ifndef ZOO_OPTIMIZER_KERNELS
