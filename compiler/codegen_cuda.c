@@ -388,9 +388,9 @@ static const zoo_cuda_prologue_emitter prologue_emitters[ZOO_OP_COUNT] = {
     [ZOO_OP_LAYERNORM] = zoo_cuda_layernorm_prologue,
 };
 
-/* Row ops that take an epilogue (ZOO_OPF_EPILOGUE; codegen_intrinsics.c). */
-typedef int (*zoo_cuda_epilogue_emitter)(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
-static const zoo_cuda_epilogue_emitter epilogue_emitters[ZOO_OP_COUNT] = {
+/* Row ops that take an epilogue (ZOO_OPF_EPILOGUE; codegen_intrinsics.c);
+ * zoo_cuda_epilogue is zoo_cuda_prologue, so the emitters' type is the same. */
+static const zoo_cuda_prologue_emitter epilogue_emitters[ZOO_OP_COUNT] = {
     [ZOO_OP_LAYERNORM_BWD] = zoo_cuda_layernorm_bwd_epilogue,
     [ZOO_OP_CAUSAL_CONV1D_BWD] = zoo_cuda_causal_conv1d_bwd_epilogue,
 };
@@ -536,6 +536,34 @@ static int emit_elementwise(zoo_cuda_emit *e, const int *nodes, int count) {
   return 0;
 }
 
+/* The row op rn's kernel with the pointwise members nodes[0, count) fused in
+ * (a prologue or an epilogue, codegen_cuda.h): their statements at the flat
+ * index i_ of tensor x, after `head` (the lambda's first lines) and before
+ * `tail`, through emit, the op's emitter of that form. */
+static int emit_row_fused(zoo_cuda_emit *e, const zoo_node *rn, int x, const int *nodes, int count,
+                          const ew_io *io, const char *head, const char *tail, zoo_cuda_prologue_emitter emit) {
+  int64_t od[ZOO_MAX_DIMS];
+  int ond = dims_of(e, x, od);
+  const char *ity = index_type(zoo_cuda_numel(e, x));
+  zoo_strbuf body = {0}, params = {0};
+  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n%s", ity, ity, head);
+  if (ew_body(e, &body, nodes, 0, count, io, od, ond, "    ") != 0) {
+    zoo_strbuf_free(&body);
+    return -1;
+  }
+  zoo_strbuf_puts(&body, tail);
+  zoo_cuda_prologue p = {0};
+  ew_params(&params, io, p.args, &p.nargs);
+  p.params = params.s ? params.s : "";
+  p.body = body.s;
+  p.nodes = nodes;
+  p.count = count;
+  int status = emit(e, rn, &p);
+  zoo_strbuf_free(&body);
+  zoo_strbuf_free(&params);
+  return status;
+}
+
 /* A group of pointwise members (nodes, count of them) and one row op `row`
  * whose input 0 they make: the row op's kernel with the members as its
  * prologue, computed at each element of each row (a lambda the row kernel
@@ -557,26 +585,9 @@ static int emit_prologue_group(zoo_cuda_emit *e, const int *nodes, int count, in
     if (emit_elementwise(e, nodes, count) != 0) return -1;
     return emitters_call(e, rn);
   }
-  int64_t od[ZOO_MAX_DIMS];
-  int ond = dims_of(e, x, od);
-  const char *ity = index_type(zoo_cuda_numel(e, x));
-  zoo_strbuf body = {0}, params = {0};
-  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n", ity, ity);
-  if (ew_body(e, &body, nodes, 0, count, &io, od, ond, "    ") != 0) {
-    zoo_strbuf_free(&body);
-    return -1;
-  }
-  zoo_strbuf_printf(&body, "    return v%d;\n", x);
-  zoo_cuda_prologue p = {0};
-  ew_params(&params, &io, p.args, &p.nargs);
-  p.params = params.s ? params.s : "";
-  p.body = body.s;
-  p.nodes = nodes;
-  p.count = count;
-  int status = prologue_emitters[rn->op](e, rn, &p);
-  zoo_strbuf_free(&body);
-  zoo_strbuf_free(&params);
-  return status;
+  char tail[48];
+  snprintf(tail, sizeof tail, "    return v%d;\n", x);
+  return emit_row_fused(e, rn, x, nodes, count, &io, "", tail, prologue_emitters[rn->op]);
 }
 
 /* A group of pointwise members (nodes, count of them) and one row op `row`
@@ -609,25 +620,9 @@ static int emit_epilogue_group(zoo_cuda_emit *e, const int *nodes, int count, in
     if (emitters_call(e, rn) != 0) return -1;
     return emit_elementwise(e, nodes, count);
   }
-  int64_t od[ZOO_MAX_DIMS];
-  int ond = dims_of(e, x, od);
-  const char *ity = index_type(zoo_cuda_numel(e, x));
-  zoo_strbuf body = {0}, params = {0};
-  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n    const float v%d = v_;\n", ity, ity, x);
-  if (ew_body(e, &body, nodes, 0, count, &io, od, ond, "    ") != 0) {
-    zoo_strbuf_free(&body);
-    return -1;
-  }
-  zoo_cuda_epilogue p = {0};
-  ew_params(&params, &io, p.args, &p.nargs);
-  p.params = params.s ? params.s : "";
-  p.body = body.s;
-  p.nodes = nodes;
-  p.count = count;
-  int status = epilogue_emitters[rn->op](e, rn, &p);
-  zoo_strbuf_free(&body);
-  zoo_strbuf_free(&params);
-  return status;
+  char head[48];
+  snprintf(head, sizeof head, "    const float v%d = v_;\n", x);
+  return emit_row_fused(e, rn, x, nodes, count, &io, head, "", epilogue_emitters[rn->op]);
 }
 
 /* The per-op entry points of the elementwise ops: a group of one. */

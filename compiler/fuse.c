@@ -72,8 +72,9 @@ static int joining_makes_cycle(fuse_state *s, int grp, int i) {
 /* ---------------------------------------------------------------------------
  * The rewrites after the elementwise pass (fuse.h): stencils inlined into the
  * elementwise group that consumes them, elementwise groups made the prologue of
- * the row op they feed. Both merge two groups into one, so both ask the same
- * question first: would the merged group wait on itself? */
+ * the row op they feed or the epilogue of the row op whose output they read.
+ * Each merges two groups into one, so each asks the same question first: would
+ * the merged group wait on itself? */
 
 static int is_pointwise(const zoo_graph *g, int node) {
   return is_elementwise(g, node) || (zoo_ops[g->nodes[node].op].flags & ZOO_OPF_INLINE);
@@ -83,6 +84,13 @@ static int is_pointwise(const zoo_graph *g, int node) {
 static int group_pointwise(const fuse_state *s, int grp) {
   for (int m = grp; m >= 0; m = s->next[m])
     if (!is_pointwise(s->g, m)) return 0;
+  return 1;
+}
+
+/* Is every member of group grp elementwise (no inline stencil)? */
+static int group_elementwise(const fuse_state *s, int grp) {
+  for (int m = grp; m >= 0; m = s->next[m])
+    if (!is_elementwise(s->g, m)) return 0;
   return 1;
 }
 
@@ -131,18 +139,27 @@ static void merge_groups(fuse_state *s, int a, int b) {
   s->tail[a] = s->tail[b];
 }
 
-/* Inline stencils: a node whose op has ZOO_OPF_INLINE (causal_conv1d) joins the
- * group of its first consumer that is elementwise, when that group is all
- * pointwise, every member has the stencil's output dims, both lie on the same
- * side of the forward/backward boundary, the stencil reads nothing the group
- * makes (it reads neighbours, which the same kernel cannot provide), and no
- * cycle follows. Other consumers (the backward pass) still find its output in
- * memory: the kernel stores it when someone outside reads it. */
-static void inline_stencils(fuse_state *s, int nforward) {
+/* A node whose op has `flag`, still a group of its own, joins the group of its
+ * first elementwise consumer when that group is all pointwise, every member
+ * has the node's output dims, both lie on the same side of the forward/backward
+ * boundary, the node reads nothing the group makes, and no cycle follows. Two
+ * rewrites are this rule:
+ *   inline stencils (ZOO_OPF_INLINE, causal_conv1d): the group's kernel
+ *     computes the stencil at each element from its inputs in memory (it reads
+ *     neighbours, which the same kernel cannot provide, hence "reads nothing
+ *     the group makes");
+ *   epilogues (ZOO_OPF_EPILOGUE, layernorm_bwd, causal_conv1d_bwd): the row
+ *     op's kernel computes the group at each element it makes, so the group
+ *     holds no stencil (one might read the row op's output around the
+ *     element). The backward's residual add, dr = layernorm_bwd(...) + dr',
+ *     is one kernel.
+ * Other consumers still find the node's output in memory: the kernel stores it
+ * when someone outside reads it. */
+static void join_consumers(fuse_state *s, int nforward, int flag) {
   zoo_graph *g = s->g;
   for (int i = 0; i < g->nnodes; i++) {
     zoo_node *n = &g->nodes[i];
-    if (!(zoo_ops[n->op].flags & ZOO_OPF_INLINE) || n->group != i || s->next[i] >= 0) continue;
+    if (!(zoo_ops[n->op].flags & flag) || n->group != i || s->next[i] >= 0) continue;
     const zoo_type *shape = &g->tensors[n->out[0]].type;
     for (int c = i + 1; c < g->nnodes; c++) {
       const zoo_node *m = &g->nodes[c];
@@ -152,6 +169,7 @@ static void inline_stencils(fuse_state *s, int nforward) {
       int grp = m->group;
       if ((grp < nforward) != (i < nforward)) continue;
       if (!group_pointwise(s, grp) || !group_dims(s, grp, shape)) continue;
+      if (flag == ZOO_OPF_EPILOGUE && !group_elementwise(s, grp)) continue;
       int feeds = 0;
       for (int k = 0; k < n->nin; k++) feeds |= made_by_group(s, grp, n->in[k]);
       if (feeds || merge_makes_cycle(s, grp, i)) continue;
@@ -177,35 +195,6 @@ static void prologues(fuse_state *s, int nforward) {
     if (!group_pointwise(s, grp) || !group_dims(s, grp, &g->tensors[n->in[0]].type)) continue;
     if (merge_makes_cycle(s, grp, i)) continue;
     merge_groups(s, grp, i);
-  }
-}
-
-/* Epilogues: a node whose op has ZOO_OPF_EPILOGUE (layernorm_bwd) and whose
- * group is still its own takes in the group of the first elementwise consumer
- * of its output 0 when that group is all pointwise, every member has output 0's
- * dims (the row kernel computes the group at each element it writes), no
- * member makes one of the node's inputs, same side, no cycle. The backward's
- * residual add, dr = layernorm_bwd(...) + dr', is one kernel. */
-static void epilogues(fuse_state *s, int nforward) {
-  zoo_graph *g = s->g;
-  for (int i = 0; i < g->nnodes; i++) {
-    zoo_node *n = &g->nodes[i];
-    if (!(zoo_ops[n->op].flags & ZOO_OPF_EPILOGUE) || n->group != i || s->next[i] >= 0) continue;
-    const zoo_type *shape = &g->tensors[n->out[0]].type;
-    for (int c = i + 1; c < g->nnodes; c++) {
-      const zoo_node *m = &g->nodes[c];
-      int reads = 0;
-      for (int k = 0; k < m->nin; k++) reads |= m->in[k] == n->out[0];
-      if (!reads || !is_elementwise(g, c)) continue;
-      int grp = m->group;
-      if ((grp < nforward) != (i < nforward)) continue;
-      if (!group_pointwise(s, grp) || !group_dims(s, grp, shape)) continue;
-      int feeds = 0;
-      for (int k = 0; k < n->nin; k++) feeds |= made_by_group(s, grp, n->in[k]);
-      if (feeds || merge_makes_cycle(s, grp, i)) continue;
-      merge_groups(s, grp, i);
-      break;
-    }
   }
 }
 
@@ -244,9 +233,9 @@ int zoo_fuse(zoo_graph *g, int level) {
    * part of a prologue; a group with a prologue is no longer all pointwise,
    * so it is never also an epilogue */
   if (level != ZOO_FUSE_CHAINS) {
-    inline_stencils(&s, nforward);
+    join_consumers(&s, nforward, ZOO_OPF_INLINE);
     prologues(&s, nforward);
-    epilogues(&s, nforward);
+    join_consumers(&s, nforward, ZOO_OPF_EPILOGUE);
   }
   int ngroups = 0;
   for (int i = 0; i < N; i++)
