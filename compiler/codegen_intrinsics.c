@@ -1082,10 +1082,22 @@ int zoo_cuda_inline_causal_conv1d(zoo_cuda_emit *e, const zoo_node *n, char *exp
   return 0;
 }
 
-/* Blocks of a rows-then-partials backward: about 64 rows each, at most 512. */
-static int64_t partial_blocks(int64_t rows) {
-  int64_t P = cdiv(rows, 64);
-  return P < 1 ? 1 : P > 512 ? 512 : P;
+/* Blocks of a rows-then-partials backward: about 64 rows each, at most 512.
+ * For measuring, ZOO_PARTIAL_ROWS_WIDE=r rows a block and
+ * ZOO_PARTIAL_MAX_WIDE=p blocks at most from the environment set them for
+ * layernorm_bwd from C = 128, where a row takes a whole warp (wide). Measured
+ * on the H200 (zoorun bench, .gpu/s15run4.sh and s15run5.sh), the default
+ * stands: 16 rows and 2048 blocks took rebased 512/512 from 94.34 to 93.43
+ * ms and 512/2048 from 416.7-421.1 to 413.2 in two runs each, but 128/512 from
+ * 24.31 to 24.37 and 64/128 from 2.33-2.36 to 2.42; the same from C = 512
+ * only (512/512's five norms, not its C = 192 q and k norms) made 512/512
+ * slower, 94.56-94.60 to 95.29-95.32; 32 rows and 1024 blocks were no better
+ * anywhere. */
+static int64_t partial_blocks(int64_t rows, int wide) {
+  const char *er = wide ? getenv("ZOO_PARTIAL_ROWS_WIDE") : NULL, *ep = wide ? getenv("ZOO_PARTIAL_MAX_WIDE") : NULL;
+  int64_t per = er && atoll(er) > 0 ? atoll(er) : 64, most = ep && atoll(ep) > 0 ? atoll(ep) : 512;
+  int64_t P = cdiv(rows, per);
+  return P < 1 ? 1 : P > most ? most : P;
 }
 
 /* causal_conv1d_bwd, alone (dx stored through zk_store) or with an epilogue
@@ -1095,7 +1107,7 @@ int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, con
   int64_t T = dim_of(e, x, 1), C = dim_of(e, x, 2), K = dim_of(e, w, 2);
   int64_t N = zoo_cuda_numel(e, x) / (C ? C : 1);
   if (want_int(e, "T", T) || want_int(e, "C", C) || need(e, "causal_conv1d.cu", NULL, NULL)) return -1;
-  int64_t P = partial_blocks(N), M = C * (K + 1);
+  int64_t P = partial_blocks(N, 0), M = C * (K + 1);
   if (M * 4 > 48 * 1024) return fail(e, "causal_conv1d_bwd: %lld channels x %lld taps is too wide", (long long)C, (long long)K);
   if (p && p->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
     return fail(e, "causal_conv1d_bwd with an epilogue needs %d kernel arguments (at most %d)",
@@ -1201,7 +1213,7 @@ int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const z
   if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
   if (2 * C * 4 > 48 * 1024) return fail(e, "layernorm_bwd: rows of %lld are too wide", (long long)C);
   int has_w = n->nin > 2;
-  int64_t P = partial_blocks(N), scratch = P * 2 * C * 4;
+  int64_t P = partial_blocks(N, C >= 128), scratch = P * 2 * C * 4;
   if (p && p->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
     return fail(e, "layernorm_bwd with an epilogue needs %d kernel arguments (at most %d)",
                 p->nargs + n->nin + n->nout + 1, ZOO_MAX_ARGS);
@@ -1308,7 +1320,7 @@ int zoo_cuda_rmsnorm_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   rows_cols(e, n->in[1], &N, &C);
   if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "rmsnorm.cu", NULL, NULL)) return -1;
   if (C * 4 > 48 * 1024) return fail(e, "rmsnorm_bwd: rows of %lld are too wide", (long long)C);
-  int64_t P = partial_blocks(N), scratch = P * C * 4;
+  int64_t P = partial_blocks(N, 0), scratch = P * C * 4;
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
   kernel_name(e, n, "rmsnorm_bwd_rows", name, sizeof name);

@@ -540,6 +540,17 @@ static int c_layernorm_many(ocase *c) {
   int in[3] = {x, w, b};
   return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
 }
+/* rows of 512 (a warp a row, 16 floats a lane), 2100 of them: the backward's
+ * 33 blocks' partials (2 x 512 floats each, more than the last block adds up)
+ * added by a kernel of its own */
+static int c_layernorm_wide(ocase *c) {
+  int x = oc_f32(c, V_SIGNED, DIMS(3, 700, 512)), w = oc_f32(c, V_SIGNED, DIMS(512)),
+      b = oc_f32(c, V_SIGNED, DIMS(512));
+  zoo_attrs a = A0();
+  a.f[0] = 1e-5;
+  int in[3] = {x, w, b};
+  return oc_op(c, ZOO_OP_LAYERNORM, 3, in, &a);
+}
 /* rows of 20 and of 3: groups of 8 and 1 lanes, 4 and 32 rows a warp, the
  * last warp's groups partly past the end */
 static int c_layernorm_narrow(ocase *c) {
@@ -679,6 +690,7 @@ static const named_case reductions_cases[] = {
       {"layernorm_plain", c_layernorm_plain, 1e-4, 1},
       {"rmsnorm", c_rmsnorm, 1e-4, 1},
       {"layernorm_many_rows", c_layernorm_many, 1e-4, 1},
+      {"layernorm_wide_rows", c_layernorm_wide, 1e-4, 1},
       {"layernorm_narrow", c_layernorm_narrow, 1e-4, 1},
       {"layernorm_tiny", c_layernorm_tiny, 1e-4, 1},
       {"layernorm_heads", c_layernorm_heads, 1e-4, 1},
