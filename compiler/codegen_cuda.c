@@ -386,6 +386,7 @@ static const zoo_cuda_inline_emitter inline_emitters[ZOO_OP_COUNT] = {
 typedef int (*zoo_cuda_prologue_emitter)(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
 static const zoo_cuda_prologue_emitter prologue_emitters[ZOO_OP_COUNT] = {
     [ZOO_OP_LAYERNORM] = zoo_cuda_layernorm_prologue,
+    [ZOO_OP_LAYERNORM_BWD] = zoo_cuda_layernorm_bwd_prologue,
 };
 
 /* Row ops that take an epilogue (ZOO_OPF_EPILOGUE; codegen_intrinsics.c);
@@ -393,6 +394,13 @@ static const zoo_cuda_prologue_emitter prologue_emitters[ZOO_OP_COUNT] = {
 static const zoo_cuda_prologue_emitter epilogue_emitters[ZOO_OP_COUNT] = {
     [ZOO_OP_LAYERNORM_BWD] = zoo_cuda_layernorm_bwd_epilogue,
     [ZOO_OP_CAUSAL_CONV1D_BWD] = zoo_cuda_causal_conv1d_bwd_epilogue,
+};
+
+/* Row ops that take both at once (codegen_cuda.h). */
+typedef int (*zoo_cuda_both_emitter)(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *pro,
+                                     const zoo_cuda_epilogue *epi);
+static const zoo_cuda_both_emitter both_emitters[ZOO_OP_COUNT] = {
+    [ZOO_OP_LAYERNORM_BWD] = zoo_cuda_layernorm_bwd_fused,
 };
 
 int zoo_cuda_op_fusion(zoo_op op) {
@@ -623,6 +631,87 @@ static int emit_epilogue_group(zoo_cuda_emit *e, const int *nodes, int count, in
   char head[48];
   snprintf(head, sizeof head, "    const float v%d = v_;\n", x);
   return emit_row_fused(e, rn, x, nodes, count, &io, head, "", epilogue_emitters[rn->op]);
+}
+
+/* The union of a's and b's arguments into m, each tensor once: a tensor that
+ * either stores is an output (the other may read it back through the same
+ * pointer), the rest inputs. */
+static void ew_union(const ew_io *a, const ew_io *b, ew_io *m) {
+  memset(m, 0, sizeof *m);
+  const ew_io *both[2] = {a, b};
+  for (int s = 0; s < 2; s++)
+    for (int q = 0; q < both[s]->noutputs; q++) {
+      int t = both[s]->outputs[q], seen = 0;
+      for (int r = 0; r < m->noutputs; r++) seen |= m->outputs[r] == t;
+      if (!seen) m->outputs[m->noutputs++] = t;
+    }
+  for (int s = 0; s < 2; s++)
+    for (int q = 0; q < both[s]->ninputs; q++) {
+      int t = both[s]->inputs[q], seen = 0;
+      for (int r = 0; r < m->noutputs; r++) seen |= m->outputs[r] == t;
+      for (int r = 0; r < m->ninputs; r++) seen |= m->inputs[r] == t;
+      if (!seen) m->inputs[m->ninputs++] = t;
+    }
+  m->random = a->random | b->random;
+}
+
+/* A row op `row` with a prologue (members pro[0, npro), which make its input
+ * 0) and an epilogue (epi[0, nepi), which read its output 0): one kernel with
+ * both lambdas. What the epilogue reads of the prologue's values the prologue
+ * stores (the same thread stores an element before it reads it back). When
+ * the arguments would not fit one kernel, the prologue is a kernel of its own
+ * and the row op keeps the epilogue. */
+static int emit_both_group(zoo_cuda_emit *e, const int *pro, int npro, const int *epi, int nepi, int row) {
+  const zoo_graph *g = e->g;
+  const zoo_node *rn = &g->nodes[row];
+  int xin = rn->in[0], xout = rn->out[0];
+  if (!both_emitters[rn->op]) return emit_fail(e, "op %s takes no prologue and epilogue together", zoo_ops[rn->op].name);
+  if (!made_in(e, xin, pro, 0, npro))
+    return emit_fail(e, "the prologue of %s (node %d) does not make its input", zoo_ops[rn->op].name, row);
+  for (int k = 0; k < nepi; k++)
+    for (int j = 0; j < g->nodes[epi[k]].nin; j++)
+      if (made_in(e, g->nodes[epi[k]].in[j], pro, 0, npro)) e->stored[g->nodes[epi[k]].in[j]] = 1;
+  ew_io ip, ie, m;
+  ew_collect(e, pro, 0, npro, npro, &ip);
+  ew_collect(e, epi, 0, nepi, nepi, &ie);
+  int at = -1;
+  for (int q = 0; q < ie.ninputs; q++)
+    if (ie.inputs[q] == xout) at = q;
+  if (at < 0)
+    return emit_fail(e, "the epilogue of %s (node %d) does not read its output", zoo_ops[rn->op].name, row);
+  ie.ninputs--;
+  for (int q = at; q < ie.ninputs; q++) ie.inputs[q] = ie.inputs[q + 1], ie.load[q] = ie.load[q + 1];
+  if (must_store(e, xout, epi, 0, nepi, nepi)) ie.outputs[ie.noutputs++] = xout;
+  ew_union(&ip, &ie, &m);
+  if (ew_nargs(&m) + rn->nin + rn->nout + 1 > ZOO_MAX_ARGS) {
+    e->stored[xin] = 1;
+    if (emit_elementwise(e, pro, npro) != 0) return -1;
+    return emit_epilogue_group(e, epi, nepi, row);
+  }
+  int64_t od[ZOO_MAX_DIMS];
+  zoo_strbuf bp = {0}, be = {0}, params = {0};
+  int ond = dims_of(e, xin, od);
+  const char *ity = index_type(zoo_cuda_numel(e, xin));
+  zoo_strbuf_printf(&bp, "    const %s i = (%s)i_;\n", ity, ity);
+  int status = ew_body(e, &bp, pro, 0, npro, &ip, od, ond, "    ");
+  zoo_strbuf_printf(&bp, "    return v%d;\n", xin);
+  ond = dims_of(e, xout, od);
+  ity = index_type(zoo_cuda_numel(e, xout));
+  zoo_strbuf_printf(&be, "    const %s i = (%s)i_;\n    const float v%d = v_;\n", ity, ity, xout);
+  if (status == 0) status = ew_body(e, &be, epi, 0, nepi, &ie, od, ond, "    ");
+  if (status == 0) {
+    zoo_cuda_prologue p = {0};
+    zoo_cuda_epilogue q = {0};
+    ew_params(&params, &m, p.args, &p.nargs);
+    p.params = params.s ? params.s : "";
+    p.body = bp.s, p.nodes = pro, p.count = npro;
+    q.params = "", q.body = be.s, q.nodes = epi, q.count = nepi;
+    status = both_emitters[rn->op](e, rn, &p, &q);
+  }
+  zoo_strbuf_free(&bp);
+  zoo_strbuf_free(&be);
+  zoo_strbuf_free(&params);
+  return status;
 }
 
 /* The per-op entry points of the elementwise ops: a group of one. */
@@ -1125,8 +1214,32 @@ static int emit_group(zoo_cuda_emit *e, int *members, int count) {
     }
   }
   if (row < 0) return emit_elementwise(e, members, npoint);
-  if (zoo_ops[g->nodes[row].op].flags & ZOO_OPF_EPILOGUE) return emit_epilogue_group(e, members, npoint, row);
-  return emit_prologue_group(e, members, npoint, row);
+  int flags = zoo_ops[g->nodes[row].op].flags;
+  if (!(flags & ZOO_OPF_EPILOGUE)) return emit_prologue_group(e, members, npoint, row);
+  if (!(flags & ZOO_OPF_PROLOGUE)) return emit_epilogue_group(e, members, npoint, row);
+  /* both forms: the members the row op's input 0 waits on are its prologue,
+   * the rest its epilogue (members come in node order, producers first; fuse.c
+   * gives such a group one shape, so the two index spaces are the same) */
+  int *pro = malloc((size_t)(2 * npoint + 1) * sizeof *pro);
+  char *feeds = calloc((size_t)(npoint ? npoint : 1), 1);
+  if (!pro || !feeds) abort(); /* out of memory */
+  int *epi = pro + npoint, nepi = 0, npro = 0;
+  for (int k = npoint - 1; k >= 0; k--) {
+    int t = g->nodes[members[k]].out[0];
+    feeds[k] = t == g->nodes[row].in[0];
+    for (int k2 = k + 1; k2 < npoint && !feeds[k]; k2++)
+      for (int j = 0; j < g->nodes[members[k2]].nin; j++) feeds[k] |= feeds[k2] && g->nodes[members[k2]].in[j] == t;
+  }
+  for (int k = 0; k < npoint; k++) {
+    if (feeds[k]) pro[npro++] = members[k];
+    else epi[nepi++] = members[k];
+  }
+  int status = nepi == 0   ? emit_prologue_group(e, pro, npro, row)
+               : npro == 0 ? emit_epilogue_group(e, epi, nepi, row)
+                           : emit_both_group(e, pro, npro, epi, nepi, row);
+  free(feeds);
+  free(pro);
+  return status;
 }
 
 /* ---------------------------------------------------------------------------

@@ -278,6 +278,13 @@ typedef zoo_cuda_prologue zoo_cuda_epilogue;
 int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
 int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p);
 
+/* A row op with both flags may take a prologue and an epilogue at once:
+ * zoo_cuda_<op>_fused(e, n, pro, epi), either NULL; with both, pro's params
+ * and args are those of both lambdas (each tensor once), epi's are empty. */
+int zoo_cuda_layernorm_bwd_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p);
+int zoo_cuda_layernorm_bwd_fused(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *pro,
+                                 const zoo_cuda_epilogue *epi);
+
 /* An op with ZOO_OPF_INLINE computed inside an elementwise group's kernel:
  * zoo_cuda_inline_<op> writes to expr the C expression of node n's output
  * element at the flat index `i`, reading each input t through its kernel

@@ -1204,48 +1204,57 @@ int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_c
 
 int zoo_cuda_layernorm(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_prologue(e, n, NULL); }
 
-/* layernorm_bwd, alone (dx stored through zk_store) or with an epilogue
- * (codegen_cuda.h): the same template, whose storer is then a lambda that
- * computes the fused group at each element of dx. */
-int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p) {
+/* layernorm_bwd, alone (dy read through zk_load, dx stored through zk_store)
+ * or fused (codegen_cuda.h): pro, a prologue that makes dy at each element,
+ * epi, an epilogue that takes dx at each element; either may be NULL. The
+ * same template, with lambdas for the loader and the storer. The kernel's
+ * parameters: the fused group's (pro's, or else epi's: with both, pro carries
+ * those of both), then dy, x, w and dx as the lambdas leave them. */
+int zoo_cuda_layernorm_bwd_fused(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *pro,
+                                 const zoo_cuda_epilogue *epi) {
   int64_t N, C;
   rows_cols(e, n->in[1], &N, &C);
   if (want_int(e, "rows", N) || want_int(e, "C", C) || need(e, "layernorm.cu", NULL, NULL)) return -1;
   if (2 * C * 4 > 48 * 1024) return fail(e, "layernorm_bwd: rows of %lld are too wide", (long long)C);
   int has_w = n->nin > 2;
   int64_t P = partial_blocks(N, C >= 128), scratch = P * 2 * C * 4;
-  if (p && p->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
-    return fail(e, "layernorm_bwd with an epilogue needs %d kernel arguments (at most %d)",
-                p->nargs + n->nin + n->nout + 1, ZOO_MAX_ARGS);
+  const zoo_cuda_prologue *g = pro ? pro : epi; /* the group's parameters */
+  if (g && g->nargs + n->nin + n->nout + 1 > ZOO_MAX_ARGS)
+    return fail(e, "layernorm_bwd with a fused group needs %d kernel arguments (at most %d)",
+                g->nargs + n->nin + n->nout + 1, ZOO_MAX_ARGS);
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
   char heads[64];
   if (ln_heads(e, n, 1, heads, sizeof heads)) return -1;
-  kernel_name(e, n, p ? "layernorm_bwd_fused" : "layernorm_bwd_rows", name, sizeof name);
-  if (p) {
-    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
-    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
+  kernel_name(e, n, g ? "layernorm_bwd_fused" : "layernorm_bwd_rows", name, sizeof name);
+  if (pro) {
+    zoo_strbuf_printf(&e->src, "// with the prologue that makes its input t%d:\n", n->in[0]);
+    for (int k = 0; k < pro->count; k++) zoo_cuda_comment_node(e, pro->nodes[k]);
   }
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
-                    "const float *__restrict__ x, %s%s%sfloat *__restrict__ part%s) {\n",
-                    name, has_w ? "const float *__restrict__ w, " : "", p ? p->params : "float *__restrict__ dx",
-                    p && !p->params[0] ? "" : ", ", has_w ? partials_params(P, 2 * C, 1) : "");
-  if (p) zoo_strbuf_printf(&e->src, "  auto dx = [&](long long i_, float v_) {\n%s  };\n", p->body);
-  zoo_strbuf_printf(&e->src, "  zk_layernorm_bwd_rows<%lld, %s, %lld%s>(dy, x, %s, %s, part, %lld, %s);\n",
-                    (long long)C, has_w ? "true" : "false", (long long)P, heads, has_w ? "w" : "nullptr",
-                    p ? "dx" : "zk_store{dx}", (long long)N, eps);
+  if (epi) {
+    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
+    for (int k = 0; k < epi->count; k++) zoo_cuda_comment_node(e, epi->nodes[k]);
+  }
+  zoo_strbuf_printf(&e->src, "extern \"C\" __global__ void __launch_bounds__(256) %s(%s%s%s"
+                    "const float *__restrict__ x, %s%sfloat *__restrict__ part%s) {\n",
+                    name, g ? g->params : "", g && g->params[0] ? ", " : "",
+                    pro ? "" : "const float *__restrict__ dy, ", has_w ? "const float *__restrict__ w, " : "",
+                    epi ? "" : "float *__restrict__ dx, ", has_w ? partials_params(P, 2 * C, 1) : "");
+  if (pro) zoo_strbuf_printf(&e->src, "  auto dy = [&](long long i_) -> float {\n%s  };\n", pro->body);
+  if (epi) zoo_strbuf_printf(&e->src, "  auto dx = [&](long long i_, float v_) {\n%s  };\n", epi->body);
+  zoo_strbuf_printf(&e->src, "  zk_layernorm_bwd_rows<%lld, %s, %lld%s>(%s, x, %s, %s, part, %lld, %s);\n",
+                    (long long)C, has_w ? "true" : "false", (long long)P, heads, pro ? "dy" : "zk_load{dy}",
+                    has_w ? "w" : "nullptr", epi ? "dx" : "zk_store{dx}", (long long)N, eps);
   if (has_w) partials_close(e, P, 2 * C, C, 1);
   else zoo_strbuf_puts(&e->src, "}\n");
   zoo_step *s = launch(e, n, name, P, 256, (unsigned)(2 * C * 4));
   if (!s) return -1;
-  arg_tensor(s, n->in[0]);
+  if (g)
+    for (int k = 0; k < g->nargs; k++) s->args[s->nargs++] = g->args[k];
+  if (!pro) arg_tensor(s, n->in[0]);
   arg_tensor(s, n->in[1]);
   if (has_w) arg_tensor(s, n->in[2]);
-  if (p)
-    for (int k = 0; k < p->nargs; k++) s->args[s->nargs++] = p->args[k];
-  else
-    arg_tensor(s, n->out[0]);
+  if (!epi) arg_tensor(s, n->out[0]);
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;
   if (!has_w) { /* ops.def: dw, db are zeros without w */
@@ -1256,7 +1265,13 @@ int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const z
   return partials_end(e, n, s, P, 2 * C, C, n->out[1], n->out[2], scratch);
 }
 
-int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_bwd_epilogue(e, n, NULL); }
+int zoo_cuda_layernorm_bwd(zoo_cuda_emit *e, const zoo_node *n) { return zoo_cuda_layernorm_bwd_fused(e, n, NULL, NULL); }
+int zoo_cuda_layernorm_bwd_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_prologue *p) {
+  return zoo_cuda_layernorm_bwd_fused(e, n, p, NULL);
+}
+int zoo_cuda_layernorm_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p) {
+  return zoo_cuda_layernorm_bwd_fused(e, n, NULL, p);
+}
 
 /* linear_layernorm (x, w, [g, [b]]) -> p, y: runtime/kernels/layernorm.cu's
  * zk_linear_layernorm; the fold (train_graph.c) makes it only where that

@@ -179,15 +179,53 @@ static void join_consumers(fuse_state *s, int nforward, int flag) {
   }
 }
 
-/* Prologues: a node whose op has ZOO_OPF_PROLOGUE (layernorm) joins the group
- * that makes its input 0 when that group is all pointwise (so it holds no other
- * row op), every member has input 0's dims (the row kernel computes the group at
- * each element of a row), same side, no cycle. */
+/* Is node i's group i alone, or i with an epilogue (i first, every other
+ * member elementwise and of i's output 0's dims)? */
+static int alone_or_epilogue(const fuse_state *s, int i) {
+  const zoo_graph *g = s->g;
+  if (g->nodes[i].group != i) return 0;
+  for (int m = s->next[i]; m >= 0; m = s->next[m])
+    if (!is_elementwise(g, m) || !same_dims(&g->tensors[g->nodes[m].out[0]].type,
+                                            &g->tensors[g->nodes[i].out[0]].type))
+      return 0;
+  return 1;
+}
+
+/* The least row (last axis of output 0) at which an op with both fusion
+ * flags takes a prologue: ZOO_FUSE_PROLOGUE_MIN_ROW, or the environment's
+ * value of that name, for measuring. Measured on the H200 (zoorun bench,
+ * the tree before and after in one run, .gpu/s15run7.sh and s15run8.sh),
+ * layernorm_bwd making ReBased's and Based's sum of the q, k and v
+ * projections' gradients in its prologue: rebased 512/512 94.28 to 92.55 ms
+ * and 512/2048 420.83 to 412.99 (rows of 512), but Based 128/512 23.41 to
+ * 23.77 (rows of 128: the kernel reads no row ahead there, so the
+ * prologue's three loads wait in line) and rebased 64/128 2.32-2.38 to 2.40. */
+#define ZOO_FUSE_PROLOGUE_MIN_ROW 512
+
+static int64_t prologue_min_row(void) {
+  const char *env = getenv("ZOO_FUSE_PROLOGUE_MIN_ROW");
+  return env && *env ? atoll(env) : ZOO_FUSE_PROLOGUE_MIN_ROW;
+}
+
+/* Prologues: a node whose op has ZOO_OPF_PROLOGUE (layernorm, layernorm_bwd)
+ * joins the group that makes its input 0 when that group is all pointwise (so
+ * it holds no other row op), every member has input 0's dims (the row kernel
+ * computes the group at each element of a row), same side, no cycle. An op
+ * that also takes an epilogue (layernorm_bwd) takes a prologue only for rows
+ * of prologue_min_row() floats or more, and, when it holds an epilogue
+ * already (this pass runs after the epilogues'), only where input 0 has output
+ * 0's dims, so that both lambdas of its kernel index the same elements. */
 static void prologues(fuse_state *s, int nforward) {
   zoo_graph *g = s->g;
   for (int i = 0; i < g->nnodes; i++) {
     zoo_node *n = &g->nodes[i];
-    if (!(zoo_ops[n->op].flags & ZOO_OPF_PROLOGUE) || n->group != i || s->next[i] >= 0) continue;
+    if (!(zoo_ops[n->op].flags & ZOO_OPF_PROLOGUE) || !alone_or_epilogue(s, i)) continue;
+    if (zoo_ops[n->op].flags & ZOO_OPF_EPILOGUE) {
+      const zoo_type *y = &g->tensors[n->out[0]].type;
+      zoo_dim row = y->dim[y->ndim - 1];
+      if (row.sym || row.coef < prologue_min_row()) continue;
+    }
+    if (s->next[i] >= 0 && !same_dims(&g->tensors[n->in[0]].type, &g->tensors[n->out[0]].type)) continue;
     int p = g->tensors[n->in[0]].producer;
     if (p < 0) continue;
     int grp = g->nodes[p].group;
@@ -230,12 +268,13 @@ int zoo_fuse(zoo_graph *g, int level) {
     }
   }
   /* the rewrites, in this order: a stencil inlined into a group can then be
-   * part of a prologue; a group with a prologue is no longer all pointwise,
-   * so it is never also an epilogue */
+   * part of a prologue; a row op takes its epilogue first, then its prologue
+   * (a group that is some row op's epilogue is no longer all pointwise, so it
+   * is never also another's prologue) */
   if (level != ZOO_FUSE_CHAINS) {
     join_consumers(&s, nforward, ZOO_OPF_INLINE);
-    prologues(&s, nforward);
     join_consumers(&s, nforward, ZOO_OPF_EPILOGUE);
+    prologues(&s, nforward);
   }
   int ngroups = 0;
   for (int i = 0; i < N; i++)

@@ -18,14 +18,18 @@
  *     element of its rows, storing what other groups read. The pre-norm
  *     residual add, r = h + r; x = layernorm(r), is one kernel that writes r
  *     and x.
- *
  *  4. Epilogues (ZOO_OPF_EPILOGUE: layernorm_bwd, causal_conv1d_bwd): a row
  *     op takes in the pointwise group that consumes its output 0 when every
  *     member has that output's shape and none makes the row op's inputs; the
  *     row op's kernel computes the group at each element it makes, storing
  *     what other groups read (output 0 itself only when someone else reads
  *     it). The backward's residual add after each LayerNorm, dr =
- *     layernorm_bwd(...) + dr', is one kernel.
+ *     layernorm_bwd(...) + dr', is one kernel. This step runs before step 3,
+ *     so a row op with both flags (layernorm_bwd) may then take a prologue as
+ *     well: from rows of 512 floats (measured, fuse.c), and only where its
+ *     input 0 has its output 0's shape. Its kernel then has both: the sum of
+ *     ReBased's q, k and v projections' gradients is made where the norm's
+ *     backward reads it.
  *
  * Steps 2 to 4 keep steps 1's rules (same side, no cycle: merge_makes_cycle).
  * A group becomes one kernel; a value made and used only inside it stays in a

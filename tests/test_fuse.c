@@ -7,8 +7,10 @@
  *   fuse_rule_*            the rules on hand-built graphs: what joins, what may not
  *   fuse_rewrites_<model>  on the shipped training graphs: BaseConv's conv, mul
  *                          and residual add, every pre-norm residual add with
- *                          its LayerNorm, and the backward's adds with the
- *                          LayerNorm or conv gradient they read, are one kernel
+ *                          its LayerNorm, the backward's adds with the
+ *                          LayerNorm or conv gradient they read, and the sum of
+ *                          the q, k and v projections' gradients with the
+ *                          LayerNorm gradient that reads it, are one kernel
  *                          each; the launches saved
  *                          are exactly those; the values other kernels read are
  *                          stored, the others stay in registers; the module
@@ -163,6 +165,52 @@ TEST(fuse_rule_epilogue) {
   zoo_graph_free(&h.g);
 }
 
+/* layernorm_bwd with both: d = g1 + g2 its prologue, s = dx + r its epilogue,
+ * one group; at ZOO_FUSE_CHAINS three; with rows narrower than
+ * ZOO_FUSE_PROLOGUE_MIN_ROW, the epilogue alone. Where dy is split into
+ * heads (other dims than dx), the prologue is refused once the epilogue is
+ * in. */
+TEST(fuse_rule_prologue_and_epilogue) {
+  char *env = zoo_test_env_set("ZOO_FUSE_PROLOGUE_MIN_ROW", "8"); /* rows of 8 here */
+  fg h;
+  fg_init(&h);
+  int g1 = zoo_graph_input(&h.g, "g1", btc(&h, 8)), g2 = zoo_graph_input(&h.g, "g2", btc(&h, 8));
+  int x = zoo_graph_input(&h.g, "x", btc(&h, 8)), r = zoo_graph_input(&h.g, "r", btc(&h, 8));
+  int w = zoo_graph_input(&h.g, "w", shape(1, (int64_t[]){8}));
+  int d = op2(&h, ZOO_OP_ADD, g1, g2);
+  int lb = op(&h, ZOO_OP_LAYERNORM_BWD, 3, (int[]){d, x, w});
+  int sm = op2(&h, ZOO_OP_ADD, lb, r);
+  CHECK(d >= 0 && lb >= 0 && sm >= 0);
+  h.g.output = sm;
+  CHECK(zoo_fuse(&h.g, ZOO_FUSE_ALL) == 1);
+  CHECK(grp(&h, d) == h.g.tensors[d].producer && grp(&h, lb) == grp(&h, d) && grp(&h, sm) == grp(&h, d));
+  int order[8];
+  CHECK(zoo_fuse_order(&h.g, order) == 1);
+  CHECK(zoo_fuse(&h.g, ZOO_FUSE_CHAINS) == 3);
+  zoo_test_env_restore("ZOO_FUSE_PROLOGUE_MIN_ROW", env);
+  CHECK(zoo_fuse(&h.g, ZOO_FUSE_ALL) == 2 && grp(&h, sm) == grp(&h, lb) && grp(&h, d) != grp(&h, lb));
+  env = zoo_test_env_set("ZOO_FUSE_PROLOGUE_MIN_ROW", "8");
+  zoo_graph_free(&h.g);
+
+  fg_init(&h);
+  int64_t hd[4] = {2, 2, 3, 4};
+  g1 = zoo_graph_input(&h.g, "g1", shape(4, hd)), g2 = zoo_graph_input(&h.g, "g2", shape(4, hd));
+  x = zoo_graph_input(&h.g, "x", shape(3, (int64_t[]){2, 3, 8}));
+  r = zoo_graph_input(&h.g, "r", shape(3, (int64_t[]){2, 3, 8}));
+  w = zoo_graph_input(&h.g, "w", shape(1, (int64_t[]){8}));
+  d = op2(&h, ZOO_OP_ADD, g1, g2);
+  zoo_attrs heads = {0};
+  heads.i[0] = 2;
+  lb = zoo_graph_node(&h.g, ZOO_OP_LAYERNORM_BWD, 3, (int[]){d, x, w}, &heads, zoo_nospan, &h.d);
+  sm = op2(&h, ZOO_OP_ADD, lb, r);
+  CHECK(d >= 0 && lb >= 0 && sm >= 0);
+  h.g.output = sm;
+  CHECK(zoo_fuse(&h.g, ZOO_FUSE_ALL) == 2);
+  CHECK(grp(&h, sm) == grp(&h, lb) && grp(&h, d) != grp(&h, lb));
+  zoo_graph_free(&h.g);
+  zoo_test_env_restore("ZOO_FUSE_PROLOGUE_MIN_ROW", env);
+}
+
 /* The op table's fusion flags are exactly the forms the CUDA generator has. */
 TEST(fuse_rule_flags_have_emitters) {
   int inl = 0, pro = 0, epi = 0;
@@ -267,21 +315,25 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
      * causal_conv1d_bwd) whose dx an elementwise node reads takes that node's
      * group as its epilogue, but where two layernorms' gradients meet in one
      * add (the first would wait on the second); its dx is then stored only
-     * when another group reads it */
-    int ncand = 0, nepi = 0;
+     * when another group reads it. A layernorm_bwd whose dy an elementwise
+     * group makes that is no other row op's epilogue takes it as its prologue
+     * (ReBased's and Based's sum of the q, k and v projections' gradients). */
+    int ncand = 0, nepi = 0, npro = 0;
     for (int i = g.nforward; i < g.nnodes; i++) {
       const zoo_node *n = &g.nodes[i];
+      if (!(zoo_ops[n->op].flags & (ZOO_OPF_EPILOGUE | ZOO_OPF_PROLOGUE))) continue;
+      int gid = zoo_node_group(f, i), read_ew = 0, read_outside = 0, fused = 0;
+      int pr = g.tensors[n->in[0]].producer;
+      npro += pr >= 0 && zoo_node_group(f, pr) == gid;
       if (!(zoo_ops[n->op].flags & ZOO_OPF_EPILOGUE)) continue;
-      int gid = zoo_node_group(f, i), read_ew = 0, read_outside = 0;
       for (int c = 0; c < g.nnodes; c++)
         for (int k = 0; k < g.nodes[c].nin; k++)
           if (g.nodes[c].in[k] == n->out[0]) {
             read_ew |= zoo_ops[g.nodes[c].op].cls == ZOO_CLASS_ELEMENTWISE;
             read_outside |= zoo_node_group(f, c) != gid;
+            fused |= zoo_node_group(f, c) == gid;
           }
       ncand += read_ew;
-      int fused = 0;
-      for (int c = 0; c < g.nnodes; c++) fused |= c != i && zoo_node_group(f, c) == gid;
       nepi += fused;
       if (fused && named(all.emit.steps, all.ntrain, n->out[0]) != read_outside) {
         fprintf(stderr, "  %s: %s node %d's dx t%d is %sstored\n", model, zoo_ops[n->op].name, i, n->out[0],
@@ -320,6 +372,8 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
     CHECK(!bad);
     CHECKF(nconv >= 1 && nln >= 4, "%s: %d convs, %d layernorms of elementwise values", model, nconv, nln);
     CHECKF(nepi >= 5 && nepi >= ncand - 1, "%s: %d of %d backward row ops take an epilogue", model, nepi, ncand);
+    /* the backward's prologue only from rows of 512 (fuse.c): none here */
+    CHECKF(npro == 0, "%s: %d backward row ops take a prologue", model, npro);
     CHECKF(saved == nconv + nln + nepi, "%s: the rewrites save %d launches, want %d", model, saved,
            nconv + nln + nepi);
     CHECKF(saved_eval == nconv + nln, "%s (evaluation): the rewrites save %d launches, want %d", model, saved_eval,
@@ -328,6 +382,34 @@ static void check_rewrites(zoo_test_ctx *t, const char *model) {
     CHECK(fused_kernels && conv_inline);
     CHECKF(compiled, "%s: %s", model, cerr);
   }
+}
+
+/* From rows of 512 the layernorm_bwd that reads the sum of the q, k and v
+ * projections' gradients makes it in its prologue: one launch fewer than
+ * without it (ZOO_FUSE_PROLOGUE_MIN_ROW set past 512). */
+TEST(fuse_prologue_wide) {
+  zoo_define wide[] = {{"d_model", "512"}, {"seq_len", "64"}};
+  int kernels[2] = {0, 0};
+  for (int v = 0; v < 2; v++) {
+    char *saved = zoo_test_env_set("ZOO_FUSE_PROLOGUE_MIN_ROW", v ? "1024" : NULL);
+    zoo_program *p = compile_model("rebased", wide, 2);
+    CHECKF(p, "rebased does not compile");
+    zoo_diag d;
+    zoo_diag_init(&d, stderr);
+    zoo_graph g;
+    int64_t B, T;
+    CHECK(zoo_generate_train_graph(p, &g, &B, &T, &d) == 0);
+    zoo_cuda_program cp;
+    char err[512];
+    int ok = zoo_cuda_program_build(&cp, &g, B, T, ZOO_FUSE_ALL, 1, err, sizeof err) == 0;
+    zoo_test_env_restore("ZOO_FUSE_PROLOGUE_MIN_ROW", saved);
+    CHECKF(ok, "%s", err);
+    kernels[v] = cp.train_plan.kernels;
+    zoo_cuda_program_free(&cp);
+    zoo_graph_free(&g);
+    zoo_program_free(p);
+  }
+  CHECKF(kernels[0] == kernels[1] - 1, "launches %d with the prologue, %d without", kernels[0], kernels[1]);
 }
 
 TEST(fuse_rewrites_rebased) { check_rewrites(t, "rebased"); }

@@ -866,7 +866,8 @@ extern "C" __global__ void __launch_bounds__(256) zoo_embedding_fwd_2(const floa
  * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
  *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
- *   fused kernel's epilogue (compiler/fuse.h).
+ *   fused kernel's epilogue (compiler/fuse.h). dy's element e comes from
+ *   dy(e) (e in dy's own layout): zk_load{ptr}, or a fused kernel's prologue.
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -967,21 +968,20 @@ __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
 
 /* Row `row`'s columns sub, sub + L, ... of x and dy into xn, dn (zeros past
  * the last row). */
-template <int C, int HS, int TS, int PL, int L>
-__device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, const float *__restrict__ dy,
-                                                zk_i64 row, int sub, int N, float (&xn)[PL], float (&dn)[PL]) {
+template <int C, int HS, int TS, int PL, int L, class LoadDy>
+__device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, LoadDy dy, zk_i64 row, int sub, int N,
+                                                float (&xn)[PL], float (&dn)[PL]) {
   bool ok = row < N;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = sub + L * k;
     xn[k] = ok && c < C ? x[row * C + c] : 0.0f;
-    dn[k] = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
+    dn[k] = ok && c < C ? dy(zk_ln_at<C, HS, TS>(row, c)) : 0.0f;
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
-__device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
-                                                      const float *__restrict__ x,
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class LoadDy, class StoreDx>
+__device__ __forceinline__ void zk_layernorm_bwd_rows(LoadDy dy, const float *__restrict__ x,
                                                       const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
@@ -1000,11 +1000,11 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
   const zk_i64 STRIDE = (zk_i64)P * nw * RW;
   float xn[PL], dn[PL];
   zk_i64 first = ((zk_i64)blockIdx.x * nw + warp) * RW;
-  if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, first + lane / L, sub, N, xn, dn);
+  if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, first + lane / L, sub, N, xn, dn);
   for (zk_i64 base = first; base < N; base += STRIDE) {
     zk_i64 row = base + lane / L;
     bool ok = row < N;
-    if (!AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, row, sub, N, xn, dn);
+    if (!AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, row, sub, N, xn, dn);
     float xv[PL], dv[PL], g[PL];
     float sum = 0.0f;
 #pragma unroll
@@ -1012,7 +1012,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       xv[k] = xn[k], dv[k] = dn[k];
       sum += xv[k];
     }
-    if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, base + STRIDE + lane / L, sub, N, xn, dn);
+    if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, base + STRIDE + lane / L, sub, N, xn, dn);
     float mean = zk_group_sum<L>(sum) / (float)C;
     float sq = 0.0f;
 #pragma unroll
@@ -2430,7 +2430,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_scatter_rows_15(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_rows_16(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ dx, float *__restrict__ part) {
   zk_entry_wait();
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(zk_load{dy}, x, w, zk_store{dx}, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_17: node 30
@@ -2444,7 +2444,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_17(const floa
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the epilogue that reads its output t65:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_18(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t62, float *__restrict__ t68, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_18(const float *__restrict__ t62, float *__restrict__ t68, const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
@@ -2453,7 +2453,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_18(con
     float v68 = v62 + v65;  // add
     t68[i] = v68;
   };
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(zk_load{dy}, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_19: node 31
@@ -2541,7 +2541,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_k22_add_add(const float *_
 //   layernorm_bwd  -> f32[B, T, 64]          models/std/nn.zoo:26:12
 // with the epilogue that reads its output t94:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_23(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t68, float *__restrict__ t97, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_23(const float *__restrict__ t68, float *__restrict__ t97, const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
@@ -2550,7 +2550,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_23(con
     float v97 = v68 + v94;  // add
     t97[i] = v97;
   };
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(zk_load{dy}, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_24: node 56
@@ -2563,7 +2563,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_23(con
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
 //   mul            -> f32[B, T, 64]          models/std/nn.zoo:85:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_25(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t97, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t101, float *__restrict__ t102, float *__restrict__ t103, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_25(const float *__restrict__ t97, const float *__restrict__ t28, const float *__restrict__ t27, float *__restrict__ t101, float *__restrict__ t102, float *__restrict__ t103, const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
@@ -2578,7 +2578,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_25(con
     t102[i] = v102;
     t103[i] = v103;
   };
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(zk_load{dy}, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_26: node 58
@@ -2663,7 +2663,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_sum_partials_29(const floa
 // with the epilogue that reads its output t115:
 //   add            -> f32[B, T, 64]          models/std/nn.zoo:26:12
 //   dropout        -> f32[B, T, 64]          models/std/nn.zoo:46:12
-extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_30(const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ t101, float *__restrict__ t119, unsigned long long seed, float *__restrict__ part) {
+extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_30(const float *__restrict__ t101, float *__restrict__ t119, unsigned long long seed, const float *__restrict__ dy, const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ part) {
   zk_entry_wait();
   auto dx = [&](long long i_, float v_) {
     const int i = (int)i_;
@@ -2673,7 +2673,7 @@ extern "C" __global__ void __launch_bounds__(256) zoo_layernorm_bwd_fused_30(con
     float v119 = zoo_rng_uniform(seed, 0ULL, (zoo_u64)i) >= 0.100000001f ? v118 * 1.11111116f : 0.0f;  // dropout
     t119[i] = v119;
   };
-  zk_layernorm_bwd_rows<64, true, 512>(dy, x, w, dx, part, 65536, 9.99999975e-06f);
+  zk_layernorm_bwd_rows<64, true, 512>(zk_load{dy}, x, w, dx, part, 65536, 9.99999975e-06f);
 }
 
 // zoo_sum_partials_31: node 71

@@ -26,7 +26,8 @@
  * zk_layernorm_bwd_rows<C, HAS_W, P, HS, TS>(dy, x, w, dx, part, N, eps)
  *   With xh = (x - mean) rstd, g = dy w: dx = rstd (g - mean(g) - xh mean(g xh)),
  *   handed to dx(e, value) for element e = row C + c: zk_store{ptr}, or a
- *   fused kernel's epilogue (compiler/fuse.h).
+ *   fused kernel's epilogue (compiler/fuse.h). dy's element e comes from
+ *   dy(e) (e in dy's own layout): zk_load{ptr}, or a fused kernel's prologue.
  *   Grid P blocks of NW warps; warp k of block p takes row groups p*NW + k,
  *   + P*NW, ... Each lane also sums dy xh and dy for its columns over its
  *   rows; the warp folds its groups, the block adds its warps' sums in warp
@@ -127,21 +128,20 @@ __device__ __forceinline__ void zk_layernorm_fwd(LoadX x,
 
 /* Row `row`'s columns sub, sub + L, ... of x and dy into xn, dn (zeros past
  * the last row). */
-template <int C, int HS, int TS, int PL, int L>
-__device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, const float *__restrict__ dy,
-                                                zk_i64 row, int sub, int N, float (&xn)[PL], float (&dn)[PL]) {
+template <int C, int HS, int TS, int PL, int L, class LoadDy>
+__device__ __forceinline__ void zk_ln_bwd_fetch(const float *__restrict__ x, LoadDy dy, zk_i64 row, int sub, int N,
+                                                float (&xn)[PL], float (&dn)[PL]) {
   bool ok = row < N;
 #pragma unroll
   for (int k = 0; k < PL; k++) {
     int c = sub + L * k;
     xn[k] = ok && c < C ? x[row * C + c] : 0.0f;
-    dn[k] = ok && c < C ? dy[zk_ln_at<C, HS, TS>(row, c)] : 0.0f;
+    dn[k] = ok && c < C ? dy(zk_ln_at<C, HS, TS>(row, c)) : 0.0f;
   }
 }
 
-template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class StoreDx>
-__device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ dy,
-                                                      const float *__restrict__ x,
+template <int C, bool HAS_W, int P, int HS = 0, int TS = 1, class LoadDy, class StoreDx>
+__device__ __forceinline__ void zk_layernorm_bwd_rows(LoadDy dy, const float *__restrict__ x,
                                                       const float *__restrict__ w, StoreDx dx,
                                                       float *__restrict__ part, int N, float eps) {
   constexpr int L = zk_ln_lanes(C), PL = (C + L - 1) / L, RW = 32 / L;
@@ -160,11 +160,11 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
   const zk_i64 STRIDE = (zk_i64)P * nw * RW;
   float xn[PL], dn[PL];
   zk_i64 first = ((zk_i64)blockIdx.x * nw + warp) * RW;
-  if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, first + lane / L, sub, N, xn, dn);
+  if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, first + lane / L, sub, N, xn, dn);
   for (zk_i64 base = first; base < N; base += STRIDE) {
     zk_i64 row = base + lane / L;
     bool ok = row < N;
-    if (!AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, row, sub, N, xn, dn);
+    if (!AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, row, sub, N, xn, dn);
     float xv[PL], dv[PL], g[PL];
     float sum = 0.0f;
 #pragma unroll
@@ -172,7 +172,7 @@ __device__ __forceinline__ void zk_layernorm_bwd_rows(const float *__restrict__ 
       xv[k] = xn[k], dv[k] = dn[k];
       sum += xv[k];
     }
-    if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L>(x, dy, base + STRIDE + lane / L, sub, N, xn, dn);
+    if (AHEAD) zk_ln_bwd_fetch<C, HS, TS, PL, L, LoadDy>(x, dy, base + STRIDE + lane / L, sub, N, xn, dn);
     float mean = zk_group_sum<L>(sum) / (float)C;
     float sq = 0.0f;
 #pragma unroll
