@@ -605,22 +605,30 @@ static int emit_prologue_group(zoo_cuda_emit *e, const int *nodes, int count, in
  * other groups read, output 0 included. When the arguments would not fit one
  * kernel, the row op is one kernel (output 0 stored) and the members another,
  * as without the rewrite. */
+/* The arguments of an epilogue (nodes[0, count)) of row op `row` into io:
+ * its output 0 comes from the row kernel, not from memory, and is stored when
+ * read elsewhere. Returns 0, or -1 with e's error when no member reads it. */
+static int epilogue_io(zoo_cuda_emit *e, const int *nodes, int count, int row, ew_io *io) {
+  const zoo_node *rn = &e->g->nodes[row];
+  int x = rn->out[0], at = -1;
+  ew_collect(e, nodes, 0, count, count, io);
+  for (int q = 0; q < io->ninputs; q++)
+    if (io->inputs[q] == x) at = q;
+  if (at < 0)
+    return emit_fail(e, "the epilogue of %s (node %d) does not read its output", zoo_ops[rn->op].name, row);
+  io->ninputs--;
+  for (int q = at; q < io->ninputs; q++) io->inputs[q] = io->inputs[q + 1], io->load[q] = io->load[q + 1];
+  if (must_store(e, x, nodes, 0, count, count)) io->outputs[io->noutputs++] = x;
+  return 0;
+}
+
 static int emit_epilogue_group(zoo_cuda_emit *e, const int *nodes, int count, int row) {
   const zoo_graph *g = e->g;
   const zoo_node *rn = &g->nodes[row];
   int x = rn->out[0];
   if (!epilogue_emitters[rn->op]) return emit_fail(e, "op %s takes no epilogue", zoo_ops[rn->op].name);
   ew_io io;
-  ew_collect(e, nodes, 0, count, count, &io);
-  int at = -1;
-  for (int q = 0; q < io.ninputs; q++)
-    if (io.inputs[q] == x) at = q;
-  if (at < 0)
-    return emit_fail(e, "the epilogue of %s (node %d) does not read its output", zoo_ops[rn->op].name, row);
-  /* x comes from the row kernel, not from memory; stored when read elsewhere */
-  io.ninputs--;
-  for (int q = at; q < io.ninputs; q++) io.inputs[q] = io.inputs[q + 1], io.load[q] = io.load[q + 1];
-  if (must_store(e, x, nodes, 0, count, count)) io.outputs[io.noutputs++] = x;
+  if (epilogue_io(e, nodes, count, row, &io) != 0) return -1;
   /* the row op's own arguments: its inputs, its other outputs, a scratch
    * area and a counter */
   if (ew_nargs(&io) + rn->nin + rn->nout + 1 > ZOO_MAX_ARGS) {
@@ -673,15 +681,7 @@ static int emit_both_group(zoo_cuda_emit *e, const int *pro, int npro, const int
       if (made_in(e, g->nodes[epi[k]].in[j], pro, 0, npro)) e->stored[g->nodes[epi[k]].in[j]] = 1;
   ew_io ip, ie, m;
   ew_collect(e, pro, 0, npro, npro, &ip);
-  ew_collect(e, epi, 0, nepi, nepi, &ie);
-  int at = -1;
-  for (int q = 0; q < ie.ninputs; q++)
-    if (ie.inputs[q] == xout) at = q;
-  if (at < 0)
-    return emit_fail(e, "the epilogue of %s (node %d) does not read its output", zoo_ops[rn->op].name, row);
-  ie.ninputs--;
-  for (int q = at; q < ie.ninputs; q++) ie.inputs[q] = ie.inputs[q + 1], ie.load[q] = ie.load[q + 1];
-  if (must_store(e, xout, epi, 0, nepi, nepi)) ie.outputs[ie.noutputs++] = xout;
+  if (epilogue_io(e, epi, nepi, row, &ie) != 0) return -1;
   ew_union(&ip, &ie, &m);
   if (ew_nargs(&m) + rn->nin + rn->nout + 1 > ZOO_MAX_ARGS) {
     e->stored[xin] = 1;
