@@ -1514,11 +1514,44 @@ static int c_fused_conv_gate(ocase *c) {
   return oc_op(c, ZOO_OP_MUL, 2, (int[]){g, u}, NULL);
 }
 
+/* layernorm_bwd's fused forms (it is a backward op; here the case's own
+ * output): an epilogue (dx + r); a prologue (dy = g1 + g2) and an epilogue
+ * at once, on rows of 512 (fuse.c's threshold); a prologue alone whose dy is
+ * split into two heads of 256. */
+static int c_fused_lnbwd(ocase *c, int64_t C, int prologue, int heads) {
+  int64_t B = 2, T = 5, F = heads ? C / heads : C;
+  int x = oc_f32(c, V_SIGNED, DIMS(B, T, C)), w = oc_f32(c, V_SIGNED, DIMS(C));
+  int dy;
+  if (heads) {
+    int64_t hd[4] = {B, heads, T, F};
+    int g1 = oc_f32(c, V_SIGNED, 4, hd), g2 = oc_f32(c, V_SIGNED, 4, hd);
+    dy = oc_op(c, ZOO_OP_ADD, 2, (int[]){g1, g2}, NULL);
+  } else if (prologue) {
+    int g1 = oc_f32(c, V_SIGNED, DIMS(B, T, C)), g2 = oc_f32(c, V_SIGNED, DIMS(B, T, C));
+    dy = oc_op(c, ZOO_OP_ADD, 2, (int[]){g1, g2}, NULL);
+  } else {
+    dy = oc_f32(c, V_SIGNED, DIMS(B, T, C));
+  }
+  zoo_attrs la = A0();
+  la.f[0] = 1e-5;
+  la.i[0] = heads;
+  int dx = oc_op(c, ZOO_OP_LAYERNORM_BWD, 3, (int[]){dy, x, w}, &la);
+  if (heads) return dx;
+  int r = oc_f32(c, V_SIGNED, DIMS(B, T, C));
+  return oc_op(c, ZOO_OP_ADD, 2, (int[]){dx, r}, NULL);
+}
+static int c_fused_lnbwd_epilogue(ocase *c) { return c_fused_lnbwd(c, 40, 0, 0); }
+static int c_fused_lnbwd_both(ocase *c) { return c_fused_lnbwd(c, 512, 1, 0); }
+static int c_fused_lnbwd_prologue_heads(ocase *c) { return c_fused_lnbwd(c, 512, 1, 2); }
+
 static const named_case fused_cases[] = {
       {"fused_baseconv_residual_layernorm", c_fused_baseconv, 1e-4, 1},
       {"fused_dropout_layernorm", c_fused_dropout_layernorm, 1e-4, 1},
       {"fused_add_layernorm_heads", c_fused_add_layernorm_heads, 1e-4, 1},
       {"fused_conv_gate", c_fused_conv_gate, 2e-5, 1},
+      {"fused_layernorm_bwd_epilogue", c_fused_lnbwd_epilogue, 1e-4, 0},
+      {"fused_layernorm_bwd_prologue_epilogue", c_fused_lnbwd_both, 1e-4, 0},
+      {"fused_layernorm_bwd_prologue_heads", c_fused_lnbwd_prologue_heads, 1e-4, 0},
 };
 
 /* Each fused case's forward is one kernel once fused (else it tests nothing new). */
