@@ -13,12 +13,19 @@
  *     contiguous bytes), reading F-major tiles qT[F][64] and kT[F][64];
  *     in the backward also the rank-DV update of dn_i . v_j;
  *   values: products with the weights of the scores phase, which go through
- *     shared memory: a thread takes the same 4 rows and DVT = ceil(DV / 8)
- *     value columns (column group = its lane's key group), reading weights 4
- *     at a time and value columns transposed, [DVP][64], 4 keys at a time.
+ *     shared memory: a thread takes 4 rows and DVT = ceil(DV / 8) value
+ *     columns, reading weights 4 at a time and value columns transposed,
+ *     [DVP][64], 4 keys at a time. Its rows here are g + 16 i and its
+ *     columns h + 8 c (zk_pt_role), not the scores phase's 4 g + i: a
+ *     warp's weight reads then fall on 4 adjacent rows and its value reads
+ *     on 8 adjacent rows, each a 16-byte piece of other banks, where rows 4
+ *     apart (and columns DVT apart) met two to a bank.
+ * Measured on the H200 (session 16, .gpu/s16run3.sh, B 512, H 12, L 512, DV
+ * 42): the loads of zk_pt_load_t took the forward from 4.89 to 4.27 ms and the
+ * backward from 15.07 to 12.83; these value phases then to 3.27 and 11.49.
  * so each 16-byte read from shared memory feeds 8 to 32 multiply-adds. Tiles
- * are [rows][LD] with LD = 68 floats: rows stay 16-byte aligned and rows 4
- * apart fall on other banks. All sums are fp32, in another order than
+ * are [rows][LD] with LD = 68 floats: rows stay 16-byte aligned and adjacent
+ * rows fall on other banks. All sums are fp32, in another order than
  * poly_attention.cu's; results agree to rounding.
  *
  * Blocks take the tiles with the most key (query) tiles to walk first:
@@ -54,25 +61,47 @@ __host__ __device__ constexpr int zk_poly_tiled_smem(int part) {
 
 /* Rows [r0, r0 + 64) of a [T, W] slice with rows LD floats apart, transposed
  * into sh[WP][ZK_PT_LD] (sh[c][r]), scaled by mul; zeros past T and for
- * columns W .. WP - 1. */
+ * columns W .. WP - 1 (WP a multiple of 8). A warp moves 4 rows by 8 columns
+ * at a time, so its stores sh[c][r], at banks 4 c + r, meet none twice (32
+ * columns of one row met four to a bank); a thread's elements are rows
+ * 4 w + l / 8 + 16 (k % 4) and columns l % 8 + 8 (k / 4) for k < WP / 2 (w
+ * its warp, l its lane), offsets known at compile time, read 8 at a time
+ * before they are stored. */
 template <int W, int WP, int T, int LD>
 __device__ __forceinline__ void zk_pt_load_t(float *sh, const float *__restrict__ src, int r0, float mul) {
-  zk_tile_copy<ZK_PT_TILE * WP, ZK_PT_NT, 8, float>(
-      [&](int e) { return zk_slice_get<W, WP, T, LD>(src, r0, e); },
-      [&](int e, float x) {
-        int r = e / WP, c = e - r * WP;
-        sh[c * ZK_PT_LD + r] = x * mul;
-      });
+  static_assert(WP % 8 == 0 && ZK_PT_NT == 128 && ZK_PT_TILE == 64, "the load's geometry");
+  constexpr int NK = WP / 2, B = 8;
+  const int lane = (int)threadIdx.x & 31, rb = 4 * ((int)threadIdx.x >> 5) + (lane >> 3), cb = lane & 7;
+  const float *p = src + (zk_i64)(r0 + rb) * LD + cb;
+  float *d = sh + cb * ZK_PT_LD + rb;
+#pragma unroll
+  for (int k0 = 0; k0 < NK; k0 += B) {
+    float x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u, dr = 16 * (k % 4), dc = 8 * (k / 4);
+      bool ok = k < NK && (dc + 7 < W || cb + dc < W) && (T % ZK_PT_TILE == 0 || r0 + rb + dr < T);
+      x[u] = ok ? p[dr * LD + dc] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u, dr = 16 * (k % 4), dc = 8 * (k / 4);
+      if (k < NK) d[dc * ZK_PT_LD + dr] = x[u] * mul;
+    }
+  }
 }
 
-/* The thread's roles: rows (queries, or keys in bwd_kv) 4 g .. 4 g + 3 of the
- * tile, the other side's 8 columns 4 h + {0..3} and 32 + 4 h + {0..3}, and in
- * the value phases column group h. */
+/* The thread's roles: in the scores phases rows (queries, or keys in bwd_kv)
+ * 4 g .. 4 g + 3 of the tile and the other side's 8 columns 4 h + {0..3} and
+ * 32 + 4 h + {0..3}; in the value phases rows arow(i) = g + 16 i and value
+ * (or feature) columns h + 8 c. */
 struct zk_pt_role {
   int g, h;
   __device__ __forceinline__ zk_pt_role()
       : g(((int)threadIdx.x >> 5) * 4 + (((int)threadIdx.x & 31) >> 3)), h((int)threadIdx.x & 7) {}
   __device__ __forceinline__ int col(int j) const { return j < 4 ? 4 * h + j : 28 + 4 * h + j; }
+  __device__ __forceinline__ int arow(int i) const { return g + 16 * i; }
+  __device__ __forceinline__ int acol(int c) const { return h + 8 * c; }
 };
 
 /* acc[i][j] += sum over n < N of a[n][4 g + i] b[n][col(j)], a and b
@@ -104,19 +133,19 @@ __device__ __forceinline__ void zk_pt_store(float *sh, const float (&w)[4][8], c
   }
 }
 
-/* acc[i][c] += sum over m < 64 of w[4 g + i][m] x[NC c0 + c][m] for c < NC:
+/* acc[i][c] += sum over m < 64 of w[arow(i)][m] x[h + 8 c][m] for c < NC:
  * w a [64][ZK_PT_LD] tile of weights, x a transposed [.][ZK_PT_LD] tile. */
 template <int NC>
-__device__ __forceinline__ void zk_pt_apply(float (&acc)[4][NC], const float *w, const float *x, int c0,
+__device__ __forceinline__ void zk_pt_apply(float (&acc)[4][NC], const float *w, const float *x,
                                             const zk_pt_role &ro) {
 #pragma unroll 2
   for (int m = 0; m < ZK_PT_TILE; m += 4) {
     zk_f4 wr[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) wr[i] = *(const zk_f4 *)&w[(4 * ro.g + i) * ZK_PT_LD + m];
+    for (int i = 0; i < 4; i++) wr[i] = *(const zk_f4 *)&w[ro.arow(i) * ZK_PT_LD + m];
 #pragma unroll
     for (int c = 0; c < NC; c++) {
-      zk_f4 xr = *(const zk_f4 *)&x[(NC * c0 + c) * ZK_PT_LD + m];
+      zk_f4 xr = *(const zk_f4 *)&x[ro.acol(c) * ZK_PT_LD + m];
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         float s = acc[i][c];
@@ -191,23 +220,29 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
       }
     zk_pt_store(as, w, ro);
     __syncthreads();
-    zk_pt_apply<DVT>(acc, as, vT, ro.h, ro);
+    zk_pt_apply<DVT>(acc, as, vT, ro);
   }
-  /* the row sums over the 8 lanes of the same rows */
+  /* the row sums over the 8 lanes of the same rows 4 g + i, then through
+   * shared memory to the value phase's rows */
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 1);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 2);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 4);
   }
+  __syncthreads(); /* every thread is done with as */
+  if (ro.h == 0)
+#pragma unroll
+    for (int i = 0; i < 4; i++) as[4 * ro.g + i] = den[i];
+  __syncthreads();
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    int qi = i0 + 4 * ro.g + i;
+    int qi = i0 + ro.arow(i);
     if (qi >= T) continue;
-    float zi = den[i] + eps, inv = 1.0f / zi;
+    float zi = as[ro.arow(i)] + eps, inv = 1.0f / zi;
 #pragma unroll
     for (int c = 0; c < DVT; c++) {
-      int col = DVT * ro.h + c;
+      int col = ro.acol(c);
       if (col < DV) ob[(zk_i64)qi * LV + col] = acc[i][c] * inv;
     }
     if (ro.h == 0) zb[qi] = zi;
@@ -266,14 +301,14 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_q(const float *__restrict__ do
       }
     zk_pt_store(ds, s, ro);
     __syncthreads();
-    zk_pt_apply<FT>(dqa, ds, kT, ro.h, ro);
+    zk_pt_apply<FT>(dqa, ds, kT, ro);
   }
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    int qi = i0 + 4 * ro.g + i;
+    int qi = i0 + ro.arow(i);
     if (qi >= T) continue;
 #pragma unroll
-    for (int f = 0; f < FT; f++) dqb[(zk_i64)qi * LQ + FT * ro.h + f] = dqa[i][f] * scale;
+    for (int f = 0; f < FT; f++) dqb[(zk_i64)qi * LQ + ro.acol(f)] = dqa[i][f] * scale;
   }
 }
 
@@ -333,18 +368,18 @@ __device__ __forceinline__ void zk_poly_tiled_bwd_kv(const float *__restrict__ q
     zk_pt_store(as, da, ro);
     zk_pt_store(ds, s, ro);
     __syncthreads();
-    zk_pt_apply<DVT>(dva, as, dnT, ro.h, ro);
-    zk_pt_apply<FT>(dka, ds, qT, ro.h, ro);
+    zk_pt_apply<DVT>(dva, as, dnT, ro);
+    zk_pt_apply<FT>(dka, ds, qT, ro);
   }
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    int j = j0 + 4 * ro.g + i;
+    int j = j0 + ro.arow(i);
     if (j >= T) continue;
 #pragma unroll
-    for (int f = 0; f < FT; f++) dkb[(zk_i64)j * LQ + FT * ro.h + f] = dka[i][f];
+    for (int f = 0; f < FT; f++) dkb[(zk_i64)j * LQ + ro.acol(f)] = dka[i][f];
 #pragma unroll
     for (int c = 0; c < DVT; c++) {
-      int col = DVT * ro.h + c;
+      int col = ro.acol(c);
       if (col < DV) dvb[(zk_i64)j * LV + col] = dva[i][c];
     }
   }
