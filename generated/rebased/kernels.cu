@@ -118,6 +118,27 @@ __device__ __forceinline__ float zk_slice_get(const float *__restrict__ src, int
   return r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
 }
 
+/* The 128 threads' share of a tile of 64 rows by WP columns (WP a multiple
+ * of 8) as the tiled and tensor-core poly_attention kernels move one: a warp
+ * takes 4 rows by 8 columns at a time, so thread (warp w, lane l) takes the
+ * elements k < N = WP / 2 at row row0 + dr(k), column col0 + dc(k), with
+ * row0 = 4 w + l / 8, col0 = l % 8: offsets known at compile time once k is
+ * unrolled (element e = threadIdx.x + 128 k at row e / WP cost a division
+ * and its bookkeeping an element). ok(k, r0): whether the element lies in a
+ * [T, W] slice's rows from r0 (false past row T and in columns W .. WP - 1). */
+template <int WP> struct zk_tile64 {
+  static_assert(WP % 8 == 0, "a tile's width must be a multiple of 8");
+  static constexpr int N = WP / 2;
+  int row0, col0;
+  __device__ __forceinline__ zk_tile64()
+      : row0(4 * ((int)threadIdx.x >> 5) + (((int)threadIdx.x & 31) >> 3)), col0((int)threadIdx.x & 7) {}
+  static __device__ __forceinline__ constexpr int dr(int k) { return 16 * (k % 4); }
+  static __device__ __forceinline__ constexpr int dc(int k) { return 8 * (k / 4); }
+  template <int W, int T> __device__ __forceinline__ bool ok(int k, int r0) const {
+    return (dc(k) + 7 < W || col0 + dc(k) < W) && (T % 64 == 0 || r0 + row0 + dr(k) < T);
+  }
+};
+
 /* A tile copy by the NT threads of a block: element e < NE for e =
  * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
  * thread's elements whose gets are all issued before their puts: one memory

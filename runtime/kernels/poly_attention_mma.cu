@@ -167,24 +167,43 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4])
 
 /* Rows [r0, r0 + 64) of a [T, W] slice (rows LD floats apart) into
  * sh[64][S], scaled by mul (and rounded to TF32 with RND): zeros past T and
- * in columns W .. WP - 1. */
+ * in columns W .. WP - 1. The elements are zk_tile64's (common.cu), read 8
+ * at a time before they are stored. */
 template <int W, int WP, int S, int T, int LD, bool RND = false>
 __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ src, int r0, float mul) {
-  zk_tile_copy<ZK_PM_TILE * WP, ZK_PM_NT, 8, float>(
-      [&](int e) { return zk_slice_get<W, WP, T, LD>(src, r0, e); },
-      [&](int e, float x) {
-        int r = e / WP, c = e - r * WP;
-        sh[r * S + c] = RND ? zk_tf32f(x * mul) : x * mul;
-      });
+  static_assert(ZK_PM_NT == 128 && ZK_PM_TILE == 64, "zk_tile64's geometry");
+  using TL = zk_tile64<WP>;
+  constexpr int B = 8;
+  const TL tl;
+  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
+  float *d = sh + tl.row0 * S + tl.col0;
+#pragma unroll
+  for (int k0 = 0; k0 < TL::N; k0 += B) {
+    float x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u;
+      x[u] = k < TL::N && tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] * mul : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u;
+      if (k < TL::N) d[TL::dr(k) * S + TL::dc(k)] = RND ? zk_tf32f(x[u]) : x[u];
+    }
+  }
 }
 
 /* zk_pm_load (unscaled) by cp.async: the copies are in flight when it returns. */
 template <int W, int WP, int S, int T, int LD>
 __device__ __forceinline__ void zk_pm_load_async(float *sh, const float *__restrict__ src, int r0) {
-  for (int e = (int)threadIdx.x; e < ZK_PM_TILE * WP; e += ZK_PM_NT) {
-    int r = e / WP, c = e - r * WP;
-    bool ok = r0 + r < T && c < W;
-    zk_cp_async4(&sh[r * S + c], ok ? src + (zk_i64)(r0 + r) * LD + c : src, ok);
+  using TL = zk_tile64<WP>;
+  const TL tl;
+  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
+  float *d = sh + tl.row0 * S + tl.col0;
+#pragma unroll
+  for (int k = 0; k < TL::N; k++) {
+    bool ok = tl.template ok<W, T>(k, r0);
+    zk_cp_async4(d + TL::dr(k) * S + TL::dc(k), ok ? p + TL::dr(k) * LD + TL::dc(k) : src, ok);
   }
 }
 
@@ -192,21 +211,20 @@ __device__ __forceinline__ void zk_pm_load_async(float *sh, const float *__restr
  * from fetch to put (zk_pm_load's elements, WP columns a row), so that the
  * next tile's global loads are in flight while this one's products run. */
 template <int W, int WP, int T, int LD> struct zk_pm_next {
-  static constexpr int N = (ZK_PM_TILE * WP + ZK_PM_NT - 1) / ZK_PM_NT;
+  using TL = zk_tile64<WP>;
+  static constexpr int N = TL::N;
   float x[N > 0 ? N : 1]; /* WP 0: unused (no prefetch) */
   __device__ __forceinline__ void fetch(const float *__restrict__ src, int r0) {
+    const TL tl;
+    const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
 #pragma unroll
-    for (int u = 0; u < N; u++) {
-      int e = (int)threadIdx.x + u * ZK_PM_NT, r = e / WP, c = e - r * WP;
-      x[u] = e < ZK_PM_TILE * WP && r0 + r < T && c < W ? src[(zk_i64)(r0 + r) * LD + c] : 0.0f;
-    }
+    for (int k = 0; k < N; k++) x[k] = tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] : 0.0f;
   }
   template <int S, bool RND> __device__ __forceinline__ void put(float *sh, float mul) const {
+    const TL tl;
+    float *d = sh + tl.row0 * S + tl.col0;
 #pragma unroll
-    for (int u = 0; u < N; u++) {
-      int e = (int)threadIdx.x + u * ZK_PM_NT, r = e / WP, c = e - r * WP;
-      if (e < ZK_PM_TILE * WP) sh[r * S + c] = RND ? zk_tf32f(x[u] * mul) : x[u] * mul;
-    }
+    for (int k = 0; k < N; k++) d[TL::dr(k) * S + TL::dc(k)] = RND ? zk_tf32f(x[k] * mul) : x[k] * mul;
   }
 };
 

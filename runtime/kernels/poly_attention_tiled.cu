@@ -61,32 +61,29 @@ __host__ __device__ constexpr int zk_poly_tiled_smem(int part) {
 
 /* Rows [r0, r0 + 64) of a [T, W] slice with rows LD floats apart, transposed
  * into sh[WP][ZK_PT_LD] (sh[c][r]), scaled by mul; zeros past T and for
- * columns W .. WP - 1 (WP a multiple of 8). A warp moves 4 rows by 8 columns
- * at a time, so its stores sh[c][r], at banks 4 c + r, meet none twice (32
- * columns of one row met four to a bank); a thread's elements are rows
- * 4 w + l / 8 + 16 (k % 4) and columns l % 8 + 8 (k / 4) for k < WP / 2 (w
- * its warp, l its lane), offsets known at compile time, read 8 at a time
- * before they are stored. */
+ * columns W .. WP - 1. The elements are zk_tile64's, read 8 at a time
+ * before they are stored: a warp's 4 rows by 8 columns land at banks 4 c + r,
+ * none twice (32 columns of one row met four to a bank). */
 template <int W, int WP, int T, int LD>
 __device__ __forceinline__ void zk_pt_load_t(float *sh, const float *__restrict__ src, int r0, float mul) {
-  static_assert(WP % 8 == 0 && ZK_PT_NT == 128 && ZK_PT_TILE == 64, "the load's geometry");
-  constexpr int NK = WP / 2, B = 8;
-  const int lane = (int)threadIdx.x & 31, rb = 4 * ((int)threadIdx.x >> 5) + (lane >> 3), cb = lane & 7;
-  const float *p = src + (zk_i64)(r0 + rb) * LD + cb;
-  float *d = sh + cb * ZK_PT_LD + rb;
+  static_assert(ZK_PT_NT == 128 && ZK_PT_TILE == 64, "zk_tile64's geometry");
+  using TL = zk_tile64<WP>;
+  constexpr int B = 8;
+  const TL tl;
+  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
+  float *d = sh + tl.col0 * ZK_PT_LD + tl.row0;
 #pragma unroll
-  for (int k0 = 0; k0 < NK; k0 += B) {
+  for (int k0 = 0; k0 < TL::N; k0 += B) {
     float x[B];
 #pragma unroll
     for (int u = 0; u < B; u++) {
-      const int k = k0 + u, dr = 16 * (k % 4), dc = 8 * (k / 4);
-      bool ok = k < NK && (dc + 7 < W || cb + dc < W) && (T % ZK_PT_TILE == 0 || r0 + rb + dr < T);
-      x[u] = ok ? p[dr * LD + dc] : 0.0f;
+      const int k = k0 + u;
+      x[u] = k < TL::N && tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < B; u++) {
-      const int k = k0 + u, dr = 16 * (k % 4), dc = 8 * (k / 4);
-      if (k < NK) d[dc * ZK_PT_LD + dr] = x[u] * mul;
+      const int k = k0 + u;
+      if (k < TL::N) d[TL::dc(k) * ZK_PT_LD + TL::dr(k)] = x[u] * mul;
     }
   }
 }
