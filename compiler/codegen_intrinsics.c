@@ -573,16 +573,14 @@ static int pc_fits(const pc_layout *l) {
 
 /* With TF32 products (tf32) the tensor-core quadratic form beats the
  * chunked one at T 2048: `zoorun bench --poly`, forward + backward ms, DV 42:
- * tc1 38.8 + 82.7 against chunked 36.2 + 111.6 (session 8, device run 8); DV 5,
- * once the tensor-core walks were leaner: tc1 10.8 + 30.5 against 12.3 + 39.7
- * (session 9, device run 3; session 8's tc1 took 52.8 in all there). So the
- * automatic rule keeps the quadratic form there, up to the T measured, but for
- * narrow value widths (fewer than 8 columns a part: DV <= 28) from T 2048 on:
- * session 14's narrow chunked kernels took 8.66 + 27.60 ms at DV 5 against
- * tc1's 10.80 + 30.46 (.gpu/s14run6.sh); at DV 42 the two are within 3%
- * (28.51 + 86.83 against 30.69 + 81.96), and tc1 stays. */
+ * tc1 38.8 + 82.7 against chunked 36.2 + 111.6 (session 8, device run 8). So
+ * the automatic rule keeps the quadratic form there, up to the T measured.
+ * Session 14 had made narrow value widths (DV <= 28) an exception from T
+ * 2048 on, where its narrow chunked kernels were the faster; since the
+ * tensor-core kernels' loads of session 16 (zk_tile64) tc1 wins at both
+ * widths: DV 5 7.84 + 22.65 against chunked 8.67 + 27.67, DV 42 20.56 +
+ * 63.89 against 28.51 + 86.97 (.gpu/s16run4.sh). */
 #define PM_LONG_MAX_T 2048
-#define PM_NARROW_CHUNKED_T 2048
 
 int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, double c2, int tf32,
                        zoo_poly_form *form, char *err, size_t errlen) {
@@ -600,8 +598,7 @@ int zoo_cuda_poly_form(int64_t T, int64_t F, int64_t DV, double c0, double c1, d
     *form = ZOO_POLY_CHUNKED;
   } else if (!env || !env[0] || !strcmp(env, "auto")) {
     *form = T >= ZOO_POLY_CHUNKED_MIN_T && pc_fits(&l) ? ZOO_POLY_CHUNKED : ZOO_POLY_QUADRATIC;
-    int narrow_long = !l.vec && T >= PM_NARROW_CHUNKED_T;
-    if (*form == ZOO_POLY_CHUNKED && T <= PM_LONG_MAX_T && !narrow_long && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
+    if (*form == ZOO_POLY_CHUNKED && T <= PM_LONG_MAX_T && zoo_cuda_poly_mma(T, F, DV, tf32) == 1)
       *form = ZOO_POLY_QUADRATIC; /* the tensor cores' quadratic form wins there */
   } else {
     snprintf(err, errlen, "ZOO_POLY_FORM=%s: expected quadratic, chunked or auto", env);

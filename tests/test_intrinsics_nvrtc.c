@@ -338,6 +338,12 @@ TEST(intrinsics_poly_form) {
         f == ZOO_POLY_CHUNKED);
   CHECK(zoo_cuda_poly_form(ZOO_POLY_CHUNKED_MIN_T, 16, 5, 1, 1, 0.5, 0, &f, err, sizeof err) == 0 &&
         f == ZOO_POLY_CHUNKED);
+  /* with TF32 products the tensor cores' quadratic form up to T 2048, at
+   * either width */
+  CHECK(zoo_cuda_poly_form(2048, 16, 5, 0, 0, 1, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(2048, 16, 42, 0, 0, 1, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
+  CHECK(zoo_cuda_poly_form(4096, 16, 5, 0, 0, 1, 1, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
+  CHECK(zoo_cuda_poly_form(2048, 16, 5, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_CHUNKED);
   /* no features (all coefficients 0), or a state too wide: quadratic */
   CHECK(zoo_cuda_poly_form(4096, 16, 42, 0, 0, 0, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
   CHECK(zoo_cuda_poly_form(4096, 64, 42, 0, 0, 1, 0, &f, err, sizeof err) == 0 && f == ZOO_POLY_QUADRATIC);
