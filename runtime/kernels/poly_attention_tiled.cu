@@ -91,11 +91,22 @@ __device__ __forceinline__ void zk_pt_load_t(float *sh, const float *__restrict_
 /* The thread's roles: in the scores phases rows (queries, or keys in bwd_kv)
  * 4 g .. 4 g + 3 of the tile and the other side's 8 columns 4 h + {0..3} and
  * 32 + 4 h + {0..3}; in the value phases rows arow(i) = g + 16 i and value
- * (or feature) columns h + 8 c. */
+ * (or feature) columns h + 8 c.
+ *
+ * Lane l of warp w has g = 4 w + (l & 1) + 2 (l >> 4) and h = (l >> 1) & 7.
+ * Shared memory returns one register a lane a cycle, so a 16-byte read costs
+ * a warp 4 passes (wavefronts), but 2 where lanes l and l ^ 1, or l and l ^ 2,
+ * read the same address (Nsight Compute at L 128, DV 42, session 16: 3.3
+ * wavefronts a read with g = 4 w + l / 8, h = l % 8). Every read here
+ * depends on g alone (lanes l ^ 2 agree) or on h alone (lanes l ^ 1 agree),
+ * so each costs 2: the forward's wavefronts fell from 50.9 to 31.3 million
+ * there, and at L 512, DV 42 the forward from 3.27 to 2.95 ms, the backward
+ * from 11.49 to 11.25 (.gpu/s16run7.sh). */
 struct zk_pt_role {
   int g, h;
   __device__ __forceinline__ zk_pt_role()
-      : g(((int)threadIdx.x >> 5) * 4 + (((int)threadIdx.x & 31) >> 3)), h((int)threadIdx.x & 7) {}
+      : g(((int)threadIdx.x >> 5) * 4 + ((int)threadIdx.x & 1) + 2 * (((int)threadIdx.x & 31) >> 4)),
+        h(((int)threadIdx.x >> 1) & 7) {}
   __device__ __forceinline__ int col(int j) const { return j < 4 ? 4 * h + j : 28 + 4 * h + j; }
   __device__ __forceinline__ int arow(int i) const { return g + 16 * i; }
   __device__ __forceinline__ int acol(int c) const { return h + 8 * c; }
@@ -219,13 +230,13 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
     __syncthreads();
     zk_pt_apply<DVT>(acc, as, vT, ro);
   }
-  /* the row sums over the 8 lanes of the same rows 4 g + i, then through
-   * shared memory to the value phase's rows */
+  /* the row sums over the 8 lanes of the same rows 4 g + i (lanes l ^ 2,
+   * l ^ 4, l ^ 8), then through shared memory to the value phase's rows */
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 1);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 2);
     den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 4);
+    den[i] += __shfl_xor_sync(ZK_FULL_MASK, den[i], 8);
   }
   __syncthreads(); /* every thread is done with as */
   if (ro.h == 0)
