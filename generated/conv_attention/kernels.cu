@@ -139,6 +139,33 @@ template <int WP> struct zk_tile64 {
   }
 };
 
+/* zk_tile64's elements of rows [r0, r0 + 64) of a [T, W] slice (rows LD
+ * floats apart), read 8 at a time before they are stored: put(r, c, x) for
+ * the element x at the tile's row r, column c (zero past row T and in
+ * columns W .. WP - 1). r and c are the thread's offsets plus constants, so
+ * the address put makes of them costs nothing at run time. */
+template <int W, int WP, int T, int LD, typename Put>
+__device__ __forceinline__ void zk_tile64_copy(const float *__restrict__ src, int r0, Put put) {
+  using TL = zk_tile64<WP>;
+  constexpr int B = 8;
+  const TL tl;
+  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
+#pragma unroll
+  for (int k0 = 0; k0 < TL::N; k0 += B) {
+    float x[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u;
+      x[u] = k < TL::N && tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+      const int k = k0 + u;
+      if (k < TL::N) put(tl.row0 + TL::dr(k), tl.col0 + TL::dc(k), x[u]);
+    }
+  }
+}
+
 /* A tile copy by the NT threads of a block: element e < NE for e =
  * threadIdx.x + l NT, x = get(e) then put(e, x), in batches of up to NB of a
  * thread's elements whose gets are all issued before their puts: one memory

@@ -172,25 +172,9 @@ __device__ __forceinline__ zk_pm_frag<4, SPLIT> zk_pm_cfrag(const float (&c)[4])
 template <int W, int WP, int S, int T, int LD, bool RND = false>
 __device__ __forceinline__ void zk_pm_load(float *sh, const float *__restrict__ src, int r0, float mul) {
   static_assert(ZK_PM_NT == 128 && ZK_PM_TILE == 64, "zk_tile64's geometry");
-  using TL = zk_tile64<WP>;
-  constexpr int B = 8;
-  const TL tl;
-  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
-  float *d = sh + tl.row0 * S + tl.col0;
-#pragma unroll
-  for (int k0 = 0; k0 < TL::N; k0 += B) {
-    float x[B];
-#pragma unroll
-    for (int u = 0; u < B; u++) {
-      const int k = k0 + u;
-      x[u] = k < TL::N && tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] * mul : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < B; u++) {
-      const int k = k0 + u;
-      if (k < TL::N) d[TL::dr(k) * S + TL::dc(k)] = RND ? zk_tf32f(x[u]) : x[u];
-    }
-  }
+  zk_tile64_copy<W, WP, T, LD>(src, r0, [&](int r, int c, float x) {
+    sh[r * S + c] = RND ? zk_tf32f(x * mul) : x * mul;
+  });
 }
 
 /* zk_pm_load (unscaled) by cp.async: the copies are in flight when it returns. */

@@ -67,25 +67,7 @@ __host__ __device__ constexpr int zk_poly_tiled_smem(int part) {
 template <int W, int WP, int T, int LD>
 __device__ __forceinline__ void zk_pt_load_t(float *sh, const float *__restrict__ src, int r0, float mul) {
   static_assert(ZK_PT_NT == 128 && ZK_PT_TILE == 64, "zk_tile64's geometry");
-  using TL = zk_tile64<WP>;
-  constexpr int B = 8;
-  const TL tl;
-  const float *p = src + (zk_i64)(r0 + tl.row0) * LD + tl.col0;
-  float *d = sh + tl.col0 * ZK_PT_LD + tl.row0;
-#pragma unroll
-  for (int k0 = 0; k0 < TL::N; k0 += B) {
-    float x[B];
-#pragma unroll
-    for (int u = 0; u < B; u++) {
-      const int k = k0 + u;
-      x[u] = k < TL::N && tl.template ok<W, T>(k, r0) ? p[TL::dr(k) * LD + TL::dc(k)] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < B; u++) {
-      const int k = k0 + u;
-      if (k < TL::N) d[TL::dc(k) * ZK_PT_LD + TL::dr(k)] = x[u] * mul;
-    }
-  }
+  zk_tile64_copy<W, WP, T, LD>(src, r0, [&](int r, int c, float x) { sh[c * ZK_PT_LD + r] = x * mul; });
 }
 
 /* The thread's roles: in the scores phases rows (queries, or keys in bwd_kv)
