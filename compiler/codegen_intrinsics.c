@@ -495,7 +495,8 @@ static int poly_tiled_fwd(zoo_cuda_emit *e, const zoo_node *n, const attn_dims *
 
 /* Needs the forward's o and z (the node's inputs 4 and 5). The tiled kernels
  * keep ptxas's own register choice (bwd_kv 168, bwd_q 139, forward 127 at
- * DV 42): held to 3 or 4 blocks an SM they were no faster where they run
+ * DV 42 in session 9; 128, 127, 126 since session 16's loads, Nsight Compute
+ * at L 512, layout 0): held to 3 or 4 blocks an SM they were no faster where they run
  * (L 512, DV 42, forward / backward ms: 4.916 / 15.145; 4, 4, 4 blocks
  * 4.923 / 15.684; 4, 4, 3 4.929 / 15.192; 3, 3, 3 4.928 / 16.005; session
  * 9, device run 8). */
