@@ -95,11 +95,15 @@ struct zk_pt_role {
 };
 
 /* acc[i][j] += sum over n < N of a[n][4 g + i] b[n][col(j)], a and b
- * [N][ZK_PT_LD] tiles: a rank-N update of the thread's 4 x 8 block. */
-template <int N>
+ * [N][ZK_PT_LD] tiles: a rank-N update of the thread's 4 x 8 block, its loop
+ * unrolled U times. The backward unrolls its two in full, the forward by 4:
+ * at L 512, DV 42 the backward then took 10.41 ms against 11.24
+ * (.gpu/s16run12.sh), the forward unrolled in full 3.06 against 2.95
+ * (s16run11.sh; the value phase's loop unrolled in full as well slowed both). */
+template <int N, int U>
 __device__ __forceinline__ void zk_pt_rank(float (&acc)[4][8], const float *a, const float *b,
                                            const zk_pt_role &ro) {
-#pragma unroll 4
+#pragma unroll(U)
   for (int n = 0; n < N; n++) {
     zk_f4 x = *(const zk_f4 *)&a[n * ZK_PT_LD + 4 * ro.g];
     zk_f4 y0 = *(const zk_f4 *)&b[n * ZK_PT_LD + 4 * ro.h];
@@ -158,8 +162,8 @@ __device__ __forceinline__ void zk_pt_scores(float (&s)[4][8], float (&da)[4][8]
   for (int i = 0; i < 4; i++)
 #pragma unroll
     for (int j = 0; j < 8; j++) s[i][j] = da[i][j] = 0.0f;
-  zk_pt_rank<F>(s, a1, b1, ro);
-  zk_pt_rank<DVP>(da, a2, b2, ro);
+  zk_pt_rank<F, F>(s, a1, b1, ro);
+  zk_pt_rank<DVP, DVP>(da, a2, b2, ro);
 }
 
 template <int F, int DV, int T, int HI>
@@ -197,7 +201,7 @@ __device__ __forceinline__ void zk_poly_tiled_fwd(const float *__restrict__ q, c
     for (int i = 0; i < 4; i++)
 #pragma unroll
       for (int j = 0; j < 8; j++) w[i][j] = 0.0f;
-    zk_pt_rank<F>(w, qT, kT, ro);
+    zk_pt_rank<F, 4>(w, qT, kT, ro);
     const bool diag = kt == tile;
 #pragma unroll
     for (int i = 0; i < 4; i++)
