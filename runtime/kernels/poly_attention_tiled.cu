@@ -8,8 +8,8 @@
  * Here a block of 128 threads takes a tile of 64 queries against tiles of 64
  * keys (the same pair (b, h), either layout of poly_attention.cu), in phases:
  *   scores: the 64 x 64 scores as a rank-F update, each thread 4 queries x 8
- *     keys (a warp: 4 query groups x 8 key groups; a thread's keys are 4 at
- *     tk 4 and 4 at 32 + tk 4, so that 8 lanes' 16-byte reads cover 128
+ *     keys (a warp: 4 query groups g x 8 key groups h; a thread's keys are 4
+ *     at 4 h and 4 at 32 + 4 h, so that 8 lanes' 16-byte reads cover 128
  *     contiguous bytes), reading F-major tiles qT[F][64] and kT[F][64];
  *     in the backward also the rank-DV update of dn_i . v_j;
  *   values: products with the weights of the scores phase, which go through
@@ -19,14 +19,17 @@
  *     columns h + 8 c (zk_pt_role), not the scores phase's 4 g + i: a
  *     warp's weight reads then fall on 4 adjacent rows and its value reads
  *     on 8 adjacent rows, each a 16-byte piece of other banks, where rows 4
- *     apart (and columns DVT apart) met two to a bank.
- * Measured on the H200 (session 16, .gpu/s16run3.sh, B 512, H 12, L 512, DV
- * 42): the loads of zk_pt_load_t took the forward from 4.89 to 4.27 ms and the
- * backward from 15.07 to 12.83; these value phases then to 3.27 and 11.49.
+ *     apart (and columns DVT apart) met two to a bank;
  * so each 16-byte read from shared memory feeds 8 to 32 multiply-adds. Tiles
  * are [rows][LD] with LD = 68 floats: rows stay 16-byte aligned and adjacent
  * rows fall on other banks. All sums are fp32, in another order than
  * poly_attention.cu's; results agree to rounding.
+ *
+ * Session 16 on the H200 (B 512, H 12, L 512, DV 42, forward + backward ms):
+ * 4.89 + 15.07 before; 4.27 + 12.83 with zk_pt_load_t's loads, 3.27 + 11.49
+ * with the value phases' rows and columns (.gpu/s16run3.sh); 2.95 + 11.25 with
+ * the lanes paired (zk_pt_role, s16run7.sh); 2.95 + 10.41 with the backward's
+ * rank loops unrolled in full (zk_pt_rank, s16run12.sh).
  *
  * Blocks take the tiles with the most key (query) tiles to walk first:
  * block x works on pair x % BH and tile NTILE - 1 - x / BH (forward, dq), or
