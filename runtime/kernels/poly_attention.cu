@@ -163,7 +163,11 @@ __device__ __forceinline__ void zk_poly_slab_switch(int rd, const Fn &fn) {
 
 /* Query-side pass over keys jj in [j0, j1) of the tile in ks, vs.
  * MODE 0: n_i, d_i into acc, acc1 (forward and bwd_q's first walk).
- * MODE 1: dq_i into dqi, with acc = dn_i, acc1 = dd_i. */
+ * MODE 1: dq_i into dqi, with acc = dn_i, acc1 = dd_i.
+ * This walk and zk_poly_kvpass's are unrolled twice: once or 4 times measured
+ * the same or slower (.gpu/s16run13.sh, ms a step: Based 128 / 512 23.82-23.84
+ * and 23.85-23.86 against 23.78-23.79; Based 64 / 128 2.34 and 2.40 against
+ * 2.34; rebased 32 / 48 0.88 and 0.88 against 0.87). */
 template <int F, int DV, int BQ, int R, int MODE, int RA, int RB, int RD>
 __device__ __forceinline__ void zk_poly_qpass(const float *ks, const float *vs, int j0, int j1,
                                               const float (&qi)[R][F], float (&acc)[R][DV],
