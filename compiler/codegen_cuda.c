@@ -544,22 +544,30 @@ static int emit_elementwise(zoo_cuda_emit *e, const int *nodes, int count) {
   return 0;
 }
 
-/* The row op rn's kernel with the pointwise members nodes[0, count) fused in
- * (a prologue or an epilogue, codegen_cuda.h): their statements at the flat
- * index i_ of tensor x, after `head` (the lambda's first lines) and before
- * `tail`, through emit, the op's emitter of that form. */
-static int emit_row_fused(zoo_cuda_emit *e, const zoo_node *rn, int x, const int *nodes, int count,
-                          const ew_io *io, const char *head, const char *tail, zoo_cuda_prologue_emitter emit) {
+/* The body of a fused group's lambda (codegen_cuda.h) into body: the
+ * statements of nodes[0, count) at the flat index i_ of tensor x, after `head`
+ * (the lambda's first lines) and before `tail`. */
+static int lambda_body(zoo_cuda_emit *e, zoo_strbuf *body, int x, const int *nodes, int count, const ew_io *io,
+                       const char *head, const char *tail) {
   int64_t od[ZOO_MAX_DIMS];
   int ond = dims_of(e, x, od);
   const char *ity = index_type(zoo_cuda_numel(e, x));
+  zoo_strbuf_printf(body, "    const %s i = (%s)i_;\n%s", ity, ity, head);
+  if (ew_body(e, body, nodes, 0, count, io, od, ond, "    ") != 0) return -1;
+  zoo_strbuf_puts(body, tail);
+  return 0;
+}
+
+/* The row op rn's kernel with the pointwise members nodes[0, count) fused in
+ * (a prologue or an epilogue): lambda_body's statements at the flat index i_
+ * of tensor x, through emit, the op's emitter of that form. */
+static int emit_row_fused(zoo_cuda_emit *e, const zoo_node *rn, int x, const int *nodes, int count,
+                          const ew_io *io, const char *head, const char *tail, zoo_cuda_prologue_emitter emit) {
   zoo_strbuf body = {0}, params = {0};
-  zoo_strbuf_printf(&body, "    const %s i = (%s)i_;\n%s", ity, ity, head);
-  if (ew_body(e, &body, nodes, 0, count, io, od, ond, "    ") != 0) {
+  if (lambda_body(e, &body, x, nodes, count, io, head, tail) != 0) {
     zoo_strbuf_free(&body);
     return -1;
   }
-  zoo_strbuf_puts(&body, tail);
   zoo_cuda_prologue p = {0};
   ew_params(&params, io, p.args, &p.nargs);
   p.params = params.s ? params.s : "";
@@ -598,13 +606,6 @@ static int emit_prologue_group(zoo_cuda_emit *e, const int *nodes, int count, in
   return emit_row_fused(e, rn, x, nodes, count, &io, "", tail, prologue_emitters[rn->op]);
 }
 
-/* A group of pointwise members (nodes, count of them) and one row op `row`
- * whose output 0 some of them read: the row op's kernel with the members as
- * its epilogue, computed at each element the row op makes (a lambda the row
- * kernel calls with the element's value instead of storing it), storing what
- * other groups read, output 0 included. When the arguments would not fit one
- * kernel, the row op is one kernel (output 0 stored) and the members another,
- * as without the rewrite. */
 /* The arguments of an epilogue (nodes[0, count)) of row op `row` into io:
  * its output 0 comes from the row kernel, not from memory, and is stored when
  * read elsewhere. Returns 0, or -1 with e's error when no member reads it. */
@@ -622,6 +623,13 @@ static int epilogue_io(zoo_cuda_emit *e, const int *nodes, int count, int row, e
   return 0;
 }
 
+/* A group of pointwise members (nodes, count of them) and one row op `row`
+ * whose output 0 some of them read: the row op's kernel with the members as
+ * its epilogue, computed at each element the row op makes (a lambda the row
+ * kernel calls with the element's value instead of storing it), storing what
+ * other groups read, output 0 included. When the arguments would not fit one
+ * kernel, the row op is one kernel (output 0 stored) and the members another,
+ * as without the rewrite. */
 static int emit_epilogue_group(zoo_cuda_emit *e, const int *nodes, int count, int row) {
   const zoo_graph *g = e->g;
   const zoo_node *rn = &g->nodes[row];
@@ -688,17 +696,12 @@ static int emit_both_group(zoo_cuda_emit *e, const int *pro, int npro, const int
     if (emit_elementwise(e, pro, npro) != 0) return -1;
     return emit_epilogue_group(e, epi, nepi, row);
   }
-  int64_t od[ZOO_MAX_DIMS];
   zoo_strbuf bp = {0}, be = {0}, params = {0};
-  int ond = dims_of(e, xin, od);
-  const char *ity = index_type(zoo_cuda_numel(e, xin));
-  zoo_strbuf_printf(&bp, "    const %s i = (%s)i_;\n", ity, ity);
-  int status = ew_body(e, &bp, pro, 0, npro, &ip, od, ond, "    ");
-  zoo_strbuf_printf(&bp, "    return v%d;\n", xin);
-  ond = dims_of(e, xout, od);
-  ity = index_type(zoo_cuda_numel(e, xout));
-  zoo_strbuf_printf(&be, "    const %s i = (%s)i_;\n    const float v%d = v_;\n", ity, ity, xout);
-  if (status == 0) status = ew_body(e, &be, epi, 0, nepi, &ie, od, ond, "    ");
+  char tail[48], head[48];
+  snprintf(tail, sizeof tail, "    return v%d;\n", xin);
+  snprintf(head, sizeof head, "    const float v%d = v_;\n", xout);
+  int status = lambda_body(e, &bp, xin, pro, npro, &ip, "", tail);
+  if (status == 0) status = lambda_body(e, &be, xout, epi, nepi, &ie, head, "");
   if (status == 0) {
     zoo_cuda_prologue p = {0};
     zoo_cuda_epilogue q = {0};

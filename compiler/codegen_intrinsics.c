@@ -537,7 +537,6 @@ enum { PC_CHUNK = ZOO_POLY_CHUNK, PC_THREADS = 256, PC_SMEM_MAX = 227 * 1024 };
  * static_assert that both agree). */
 typedef struct pc_layout {
   int F, DV, C, NT, k0, k1, k2;
-  int vec; /* zk_pc_shape's VEC: 8 or more columns a part, rows read 16 bytes at a time */
   int NP, WQ, ZC, WS, D, NUB, UB, SW, FP;
   int64_t smem[3]; /* bytes: fwd, bwd_q, bwd_kv */
 } pc_layout;
@@ -548,7 +547,7 @@ static void pc_layout_of(pc_layout *l, int64_t F, int64_t DV, double c0, double 
   l->k0 = c0 != 0, l->k1 = c1 != 0, l->k2 = c2 != 0;
   l->NP = l->NT / l->C;
   l->WQ = (l->DV + l->NP - 1) / l->NP;
-  int vec = l->vec = l->WQ >= 8;
+  int vec = l->WQ >= 8; /* zk_pc_shape's VEC: rows read 16 bytes at a time */
   if (vec) l->WQ = (l->WQ + 3) / 4 * 4;
   l->ZC = l->NP * l->WQ;
   l->WS = l->ZC + 1;
@@ -1098,6 +1097,14 @@ static int64_t partial_blocks(int64_t rows, int wide) {
   return P < 1 ? 1 : P > most ? most : P;
 }
 
+/* Comment lines naming the members of a fused group p (NULL: none) before a
+ * row kernel: `what` (e.g. "prologue that makes its input") and tensor t. */
+static void comment_fused(zoo_cuda_emit *e, const zoo_cuda_prologue *p, const char *what, int t) {
+  if (!p) return;
+  zoo_strbuf_printf(&e->src, "// with the %s t%d:\n", what, t);
+  for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
+}
+
 /* causal_conv1d_bwd, alone (dx stored through zk_store) or with an epilogue
  * (codegen_cuda.h), as layernorm_bwd. */
 int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, const zoo_cuda_epilogue *p) {
@@ -1113,10 +1120,7 @@ int zoo_cuda_causal_conv1d_bwd_epilogue(zoo_cuda_emit *e, const zoo_node *n, con
   int64_t scratch = P * M * 4;
   char name[64];
   kernel_name(e, n, p ? "conv1d_bwd_fused" : "conv1d_bwd_rows", name, sizeof name);
-  if (p) {
-    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
-    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
-  }
+  comment_fused(e, p, "epilogue that reads its output", n->out[0]);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ dy, "
                     "const float *__restrict__ x, const float *__restrict__ w, %s%sfloat *__restrict__ part%s) {\n",
@@ -1176,10 +1180,7 @@ int zoo_cuda_layernorm_prologue(zoo_cuda_emit *e, const zoo_node *n, const zoo_c
   char name[64], eps[48];
   flit(eps, sizeof eps, n->attrs.f[0]);
   kernel_name(e, n, p ? "layernorm_fused" : "layernorm_fwd", name, sizeof name);
-  if (p) {
-    zoo_strbuf_printf(&e->src, "// with the prologue that makes its input t%d:\n", n->in[0]);
-    for (int k = 0; k < p->count; k++) zoo_cuda_comment_node(e, p->nodes[k]);
-  }
+  comment_fused(e, p, "prologue that makes its input", n->in[0]);
   const char *sep = p && p->params[0] ? ", " : "";
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(%s%s%s%s%sfloat *__restrict__ y) {\n",
@@ -1225,14 +1226,8 @@ int zoo_cuda_layernorm_bwd_fused(zoo_cuda_emit *e, const zoo_node *n, const zoo_
   char heads[64];
   if (ln_heads(e, n, 1, heads, sizeof heads)) return -1;
   kernel_name(e, n, g ? "layernorm_bwd_fused" : "layernorm_bwd_rows", name, sizeof name);
-  if (pro) {
-    zoo_strbuf_printf(&e->src, "// with the prologue that makes its input t%d:\n", n->in[0]);
-    for (int k = 0; k < pro->count; k++) zoo_cuda_comment_node(e, pro->nodes[k]);
-  }
-  if (epi) {
-    zoo_strbuf_printf(&e->src, "// with the epilogue that reads its output t%d:\n", n->out[0]);
-    for (int k = 0; k < epi->count; k++) zoo_cuda_comment_node(e, epi->nodes[k]);
-  }
+  comment_fused(e, pro, "prologue that makes its input", n->in[0]);
+  comment_fused(e, epi, "epilogue that reads its output", n->out[0]);
   zoo_strbuf_printf(&e->src, "extern \"C\" __global__ void __launch_bounds__(256) %s(%s%s%s"
                     "const float *__restrict__ x, %s%sfloat *__restrict__ part%s) {\n",
                     name, g ? g->params : "", g && g->params[0] ? ", " : "",
