@@ -110,7 +110,7 @@ struct zk_store {
 
 /* Element e of a tile read WP floats a row from rows r0, r0 + 1, ... of a
  * [T, W] slice whose rows are LD floats apart: zero past row T and in columns
- * W .. WP - 1 (the padding). The quadratic poly_attention kernels' tile
+ * W .. WP - 1 (the padding). poly_attention.cu's one-row kernels' tile
  * loads read through it. */
 template <int W, int WP, int T, int LD>
 __device__ __forceinline__ float zk_slice_get(const float *__restrict__ src, int r0, int e) {
