@@ -1454,17 +1454,22 @@ static int ce_finish_step(zoo_cuda_emit *e, const zoo_node *n, int ti, int64_t N
   return 0;
 }
 
-int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
+/* The plain `cross_entropy` and `accuracy`: two kernels, zk_<what>_rows (a
+ * warp a row of logits, its value into a scratch row of `type`: the row's
+ * loss, or whether it hit) and zk_<what>_finish (one block: their sum over the
+ * labelled rows into out[0]). */
+static int rows_then_finish(zoo_cuda_emit *e, const zoo_node *n, const char *what, const char *type) {
   int64_t N, V, ig = n->attrs.i[0];
   if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
-  int64_t scratch = align16(N * 4); /* rowloss [N] */
-  char name[64];
-  kernel_name(e, n, "ce_rows", name, sizeof name);
+  int64_t scratch = align16(N * 4); /* a value a row, float or int */
+  char name[64], kind[32];
+  snprintf(kind, sizeof kind, "%s_rows", what);
+  kernel_name(e, n, kind, name, sizeof name);
   zoo_strbuf_printf(&e->src,
                     "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
-                    "const int *__restrict__ targets, float *__restrict__ rowloss) {\n"
-                    "  zk_ce_rows<%lld, %lld>(logits, targets, rowloss, %lld);\n}\n",
-                    name, (long long)V, (long long)ig, (long long)N);
+                    "const int *__restrict__ targets, %s *__restrict__ part) {\n"
+                    "  zk_%s_rows<%lld, %lld>(logits, targets, part, %lld);\n}\n",
+                    name, type, what, (long long)V, (long long)ig, (long long)N);
   zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
   if (!s) return -1;
   arg_tensor(s, n->in[0]);
@@ -1472,12 +1477,13 @@ int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
   arg_scratch(s, 0);
   s->scratch_bytes = scratch;
 
-  kernel_name(e, n, "ce_finish", name, sizeof name);
+  snprintf(kind, sizeof kind, "%s_finish", what);
+  kernel_name(e, n, kind, name, sizeof name);
   zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const float *__restrict__ rowloss, "
-                    "const int *__restrict__ targets, float *__restrict__ loss) {\n"
-                    "  zk_ce_finish<%lld, %lld>(rowloss, targets, loss);\n}\n",
-                    name, (long long)N, (long long)ig);
+                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const %s *__restrict__ part, "
+                    "const int *__restrict__ targets, float *__restrict__ out) {\n"
+                    "  zk_%s_finish<%lld, %lld>(part, targets, out);\n}\n",
+                    name, type, what, (long long)N, (long long)ig);
   s = launch(e, n, name, 1, 1024, 0);
   if (!s) return -1;
   arg_scratch(s, 0);
@@ -1486,6 +1492,8 @@ int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) {
   s->scratch_bytes = scratch;
   return 0;
 }
+
+int zoo_cuda_cross_entropy(zoo_cuda_emit *e, const zoo_node *n) { return rows_then_finish(e, n, "ce", "float"); }
 
 int zoo_cuda_cross_entropy_bwd(zoo_cuda_emit *e, const zoo_node *n) {
   int64_t N, V, ig = n->attrs.i[0];
@@ -1789,37 +1797,7 @@ static int accuracy_head(zoo_cuda_emit *e, const zoo_node *n) {
 }
 
 int zoo_cuda_accuracy(zoo_cuda_emit *e, const zoo_node *n) {
-  if (n->nin == 3) return accuracy_head(e, n);
-  int64_t N, V, ig = n->attrs.i[0];
-  if (loss_dims(e, n, 0, 1, &N, &V)) return -1;
-  int64_t scratch = align16(N * 4); /* hit [N] i32 */
-  char name[64];
-  kernel_name(e, n, "acc_rows", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(256) %s(const float *__restrict__ logits, "
-                    "const int *__restrict__ targets, int *__restrict__ hit) {\n"
-                    "  zk_acc_rows<%lld, %lld>(logits, targets, hit, %lld);\n}\n",
-                    name, (long long)V, (long long)ig, (long long)N);
-  zoo_step *s = launch(e, n, name, cdiv(N, 8), 256, 0);
-  if (!s) return -1;
-  arg_tensor(s, n->in[0]);
-  arg_tensor(s, n->in[1]);
-  arg_scratch(s, 0);
-  s->scratch_bytes = scratch;
-
-  kernel_name(e, n, "acc_finish", name, sizeof name);
-  zoo_strbuf_printf(&e->src,
-                    "extern \"C\" __global__ void __launch_bounds__(1024) %s(const int *__restrict__ hit, "
-                    "const int *__restrict__ targets, float *__restrict__ out) {\n"
-                    "  zk_acc_finish<%lld, %lld>(hit, targets, out);\n}\n",
-                    name, (long long)N, (long long)ig);
-  s = launch(e, n, name, 1, 1024, 0);
-  if (!s) return -1;
-  arg_scratch(s, 0);
-  arg_tensor(s, n->in[1]);
-  arg_tensor(s, n->out[0]);
-  s->scratch_bytes = scratch;
-  return 0;
+  return n->nin == 3 ? accuracy_head(e, n) : rows_then_finish(e, n, "acc", "int");
 }
 
 /* ---------------------------------------------------------------------------
