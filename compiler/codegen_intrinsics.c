@@ -1944,8 +1944,8 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * against 0.026 at 64 x 60, 0.062 against 0.054 at 192 x 64) and for the
  * tied head's 8192 x 32 over 6144 rows (0.116 against 0.098). Nor did
  * zk_gemm's larger tiles (256 x 32, 128 x 64) win the head's gradients with K
- * split over about 264 blocks and the same reduction (session 17, .gpu/
- * s17run3.sh, ZOO_GEMM_TUNE_LOG=1): dh at 6144 x 32 over 8192, 0.161 ms
+ * split over about 264 blocks and the same reduction (session 17,
+ * .gpu/s17run3.sh, ZOO_GEMM_TUNE_LOG=1): dh at 6144 x 32 over 8192, 0.161 ms
  * against cuBLASLt's 0.112; dw at 8192 x 32 over 6144, 0.156 against 0.096;
  * at 64 / 128's 8192 x 64 over 8192, 0.279 and 0.276 against 0.203 and
  * 0.219. So no split form is offered. */
