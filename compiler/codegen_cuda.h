@@ -211,7 +211,17 @@ int zoo_cuda_poly_tiled(int64_t T, int64_t F, int64_t DV);
  * that only with many value columns a thread. Hence tiles from DV 32. Value, dq
  * and dk phases in 8-row tiles (half the threads, 161-166 registers) read a
  * third fewer floats and measured slower (device run 2): DV 42, T 512, 6.50 /
- * 16.77 ms. */
+ * 16.77 ms. Session 16's paired lanes made the tiles much faster at DV 42 but
+ * left the narrow widths with one row a thread (session 18, .gpu/s18run2.sh,
+ * zoorun bench with ZOO_POLY_TILED=1 and without, twice each): rebased
+ * 128/512 (DV 10) 24.38-24.39 against 24.26-24.27 ms a step, 64/128 (DV 5)
+ * 2.48 against 2.38-2.40, 32/48 (DV 2) 0.96 against 0.87; Based 128/512
+ * 23.83-23.92 against 23.77-23.83; and poly_attention alone at DV 5 (zoorun
+ * bench --poly), L 512 1.438 / 4.866 against 1.318 / 3.970 ms. One cell went
+ * the other way: Based 64/128 (DV 5, heads interleaved) 2.31-2.32 against
+ * 2.34-2.36 ms in three runs each (s18run2.sh, s18run4.sh), 1.3%; a rule
+ * that picks by the coefficients and layout to catch it would be fitted to
+ * that one cell, so the threshold stands. */
 #define ZOO_POLY_TILED_MIN_DV 32
 
 /* The tensor-core kernels of the quadratic form (poly_attention_mma.cu) that

@@ -52,15 +52,18 @@
 #include "rng.h"
 
 #define WORKSPACE_BYTES (32u << 20)
-#define GEMM_CANDIDATES 8
+#define GEMM_HEURISTIC 8   /* the heuristic's best fits asked for */
+#define GEMM_PER_ID 4      /* and its best configurations of each algorithm */
+#define GEMM_CANDIDATES 48 /* candidates in all (gemm_more_candidates) */
 
 /* cuBLASLt's description of one GEMM step. */
 typedef struct gemm_plan {
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc; /* la: our b (cuBLAS's A), lb: our a */
   cublasLtMatmulAlgo_t algo;
-  cublasLtMatmulAlgo_t cand[GEMM_CANDIDATES]; /* cuBLASLt's heuristic's choices, best first */
+  cublasLtMatmulAlgo_t cand[GEMM_CANDIDATES]; /* cuBLASLt's heuristic's choices, its best fit first */
   int ncand;
+  int nbest; /* cand[0, nbest): the best fits; the rest from gemm_more_candidates */
   int own; /* 1: the step runs zoo's kernel (candidate ncand), not cuBLASLt */
   int ready;
 } gemm_plan;
@@ -404,6 +407,65 @@ void zoo_cuda_gemm_colmajor(const zoo_gemm *gm, zoo_colmajor_gemm *o) {
   o->batch = gm->batch;
 }
 
+/* Whether the candidates go past the heuristic's best fits (gemm_more_candidates):
+ * fp32 only, unless ZOO_GEMM_SEARCH=0. */
+static int gemm_search_on(const core *c) {
+  const char *env = getenv("ZOO_GEMM_SEARCH");
+  if (env && strcmp(env, "0") == 0) return 0;
+  return c->precision == ZOO_FP32 && zoo_cublaslt.cublasLtMatmulAlgoGetIds && zoo_cublaslt.cublasLtMatmulAlgoInit;
+}
+
+/* More candidates for gp's GEMM: asked with CUBLASLT_SEARCH_BEST_FIT, cuBLASLt's
+ * heuristic ranks configurations of all its algorithms by one model and
+ * returns its first few (for zoo's fp32 GEMMs on the H200, 3 to 8); asked once
+ * for each algorithm id (CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID, the id set in the
+ * results' algo), it returns that algorithm's best configurations too. Each new
+ * one (not already a candidate) joins the list, up to GEMM_CANDIDATES;
+ * gemm_tune times them all. An id the heuristic cannot configure for this GEMM
+ * gives none. Measured on the H200 (session 18, .gpu/s18run3.sh and s18run4.sh,
+ * zoorun bench, with ZOO_GEMM_SEARCH=0 and without in run 3, and
+ * ZOO_GEMM_TUNE_LOG=1 in run 4): 3 or 4 more candidates a GEMM, which won
+ * at rebased 512 / 512 the head's gradients (dh 5.30 ms against the best fits'
+ * 5.53, dw 5.11 against 5.21) and the q and k projections' input gradients
+ * (0.597 against 0.623); that cell went from 87.0-87.4 ms a step to 86.5-86.9,
+ * 512 / 2048 from 410.5-411.8 to 407.7-409.2. The other cells kept their picks
+ * or moved within noise, and simple_mqar its bits. fp32 only: tf32 and bf16
+ * were not measured with it. */
+static void gemm_more_candidates(core *c, gemm_plan *gp, cublasComputeType_t compute) {
+  int ids[64], nids = 0;
+  if (zoo_cublaslt.cublasLtMatmulAlgoGetIds(c->lt, compute, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F,
+                                            CUDA_R_32F, 64, ids, &nids) != CUBLAS_STATUS_SUCCESS)
+    return;
+  cublasLtMatmulPreference_t pref;
+  if (zoo_cublaslt.cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return;
+  uint64_t ws = WORKSPACE_BYTES;
+  uint32_t mode = CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID;
+  if (zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                        sizeof ws) != CUBLAS_STATUS_SUCCESS ||
+      zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
+                                                        sizeof mode) != CUBLAS_STATUS_SUCCESS)
+    nids = 0;
+  for (int a = 0; a < nids && gp->ncand < GEMM_CANDIDATES; a++) {
+    cublasLtMatmulHeuristicResult_t res[GEMM_PER_ID];
+    memset(res, 0, sizeof res);
+    if (zoo_cublaslt.cublasLtMatmulAlgoInit(c->lt, compute, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, CUDA_R_32F,
+                                            CUDA_R_32F, ids[a], &res[0].algo) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    for (int r = 1; r < GEMM_PER_ID; r++) res[r].algo = res[0].algo;
+    int found = 0;
+    if (zoo_cublaslt.cublasLtMatmulAlgoGetHeuristic(c->lt, gp->desc, gp->la, gp->lb, gp->lc, gp->lc, pref,
+                                                    GEMM_PER_ID, res, &found) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    for (int r = 0; r < found && gp->ncand < GEMM_CANDIDATES; r++) {
+      if (res[r].state != CUBLAS_STATUS_SUCCESS) continue;
+      int dup = 0;
+      for (int k = 0; k < gp->ncand && !dup; k++) dup = !memcmp(&gp->cand[k], &res[r].algo, sizeof res[r].algo);
+      if (!dup) gp->cand[gp->ncand++] = res[r].algo;
+    }
+  }
+  zoo_cublaslt.cublasLtMatmulPreferenceDestroy(pref);
+}
+
 /* cuBLASLt's plan for a row-major GEMM (see zoo_cuda_gemm_colmajor). */
 static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr bias) {
   zoo_colmajor_gemm cm;
@@ -440,11 +502,11 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
   uint64_t ws = WORKSPACE_BYTES;
   cublasStatus_t st = zoo_cublaslt.cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-  cublasLtMatmulHeuristicResult_t res[GEMM_CANDIDATES];
+  cublasLtMatmulHeuristicResult_t res[GEMM_HEURISTIC];
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
     st = zoo_cublaslt.cublasLtMatmulAlgoGetHeuristic(c->lt, gp->desc, gp->la, gp->lb, gp->lc, gp->lc,
-                                                     pref, GEMM_CANDIDATES, res, &found);
+                                                     pref, GEMM_HEURISTIC, res, &found);
   zoo_cublaslt.cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS)
     return zoo_cublaslt_fail(st, "cublasLtMatmulAlgoGetHeuristic(...)", __FILE__, __LINE__, c->err, c->errlen);
@@ -456,9 +518,11 @@ static int gemm_prepare(core *c, gemm_plan *gp, const zoo_gemm *gm, CUdeviceptr 
     return -1;
   }
   gp->ncand = 0;
-  for (int a = 0; a < found && a < GEMM_CANDIDATES; a++)
+  for (int a = 0; a < found && a < GEMM_HEURISTIC; a++)
     if (res[a].state == CUBLAS_STATUS_SUCCESS) gp->cand[gp->ncand++] = res[a].algo;
   gp->algo = gp->ncand ? gp->cand[0] : res[0].algo;
+  gp->nbest = gp->ncand;
+  if (gp->ncand && gemm_search_on(c)) gemm_more_candidates(c, gp, compute);
   gp->ready = 1;
   return 0;
 }
@@ -659,7 +723,8 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_gra
     if (ms < 0) continue;
     if (log)
       fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d%s: %.4f ms\n", d, (long long)s->gemm.m,
-              (long long)s->gemm.n, (long long)s->gemm.k, a, alg ? "" : " (zoo's kernel)", ms);
+              (long long)s->gemm.n, (long long)s->gemm.k, a,
+              !alg ? " (zoo's kernel)" : a >= gp->nbest ? " (per algorithm)" : "", ms);
     if (!measured || ms < best_ms * (best == 0 ? 0.98 : 1.0)) best = a, best_ms = ms;
     measured = 1;
     if (first_only) a = gp->ncand - 1; /* next: zoo's kernel */

@@ -57,7 +57,7 @@
   X(cublasLtMatrixLayoutDestroy) X(cublasLtMatrixLayoutSetAttribute)                   \
   X(cublasLtMatmulPreferenceCreate) X(cublasLtMatmulPreferenceDestroy)                 \
   X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatmulAlgoGetHeuristic)            \
-  X(cublasLtMatmul)
+  X(cublasLtMatmulAlgoGetIds) X(cublasLtMatmulAlgoInit) X(cublasLtMatmul)
 
 #define ZOO_API_MEMBER(f) __typeof__(&f) f;
 

@@ -20,6 +20,7 @@ typedef enum { OP_KERNEL, OP_COPY, OP_MEMSET8, OP_MEMSET32, OP_GEMM } op_kind;
  * its stream and on the events its stream waited for since; a replay runs
  * the operations in any order those dependencies allow (fake_cuda_replay). */
 #define FAKE_STREAMS 8 /* handle 0 is the null stream */
+#define FAKE_ALGOS 64  /* distinct GEMM algorithms remembered */
 #define FAKE_DEPS 16
 struct CUstream_st {
   int id;
@@ -73,6 +74,8 @@ static struct {
   int nstreams;
   int replay;
   fake_cuda_stats st;
+  cublasLtMatmulAlgo_t algos[FAKE_ALGOS]; /* the distinct algorithms cublasLtMatmul ran */
+  int nalgos;
   int installed;
 } F;
 
@@ -526,8 +529,28 @@ static cublasStatus_t f_ltPrefCreate(cublasLtMatmulPreference_t *p) {
   return CUBLAS_STATUS_SUCCESS;
 }
 static cublasStatus_t f_ltPrefDestroy(cublasLtMatmulPreference_t p) { return free(p), CUBLAS_STATUS_SUCCESS; }
+/* A preference holds its search mode in its first 4 bytes. */
 static cublasStatus_t f_ltPrefSetAttribute(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a,
                                            const void *buf, size_t size) {
+  if (a == CUBLASLT_MATMUL_PREF_SEARCH_MODE) memcpy(p, buf, sizeof(uint32_t));
+  return CUBLAS_STATUS_SUCCESS;
+}
+/* Two algorithm ids, 5 and 9; an algorithm holds its id in data[0] and its
+ * configuration in data[1]. */
+static cublasStatus_t f_ltAlgoGetIds(cublasLtHandle_t h, cublasComputeType_t ct, cudaDataType_t st, cudaDataType_t at,
+                                     cudaDataType_t bt, cudaDataType_t cty, cudaDataType_t dt, int req, int *ids,
+                                     int *count) {
+  if (req < 1) return CUBLAS_STATUS_INVALID_VALUE;
+  ids[0] = 5;
+  if (req > 1) ids[1] = 9;
+  *count = req < 2 ? req : 2;
+  return CUBLAS_STATUS_SUCCESS;
+}
+static cublasStatus_t f_ltAlgoInit(cublasLtHandle_t h, cublasComputeType_t ct, cudaDataType_t st, cudaDataType_t at,
+                                   cudaDataType_t bt, cudaDataType_t cty, cudaDataType_t dt, int id,
+                                   cublasLtMatmulAlgo_t *algo) {
+  memset(algo, 0, sizeof *algo);
+  algo->data[0] = (uint64_t)id;
   return CUBLAS_STATUS_SUCCESS;
 }
 static cublasStatus_t f_ltAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
@@ -542,6 +565,21 @@ static cublasStatus_t f_ltAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDes
   if (m != lc->rows || n != lc->cols || k != kb || la->batch != lc->batch || lb->batch != lc->batch) {
     *count = 0;
     return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  uint32_t mode;
+  memcpy(&mode, p, sizeof mode);
+  if (mode == CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID) {
+    /* res[0]'s algorithm id in three configurations, the third the first again
+     * (data[1] = r % 2), so that the backend's list drops a repeat */
+    uint64_t id = res[0].algo.data[0];
+    int got = req < 3 ? req : 3;
+    memset(res, 0, (size_t)got * sizeof *res);
+    for (int i = 0; i < got; i++) {
+      res[i].algo.data[0] = id, res[i].algo.data[1] = (uint64_t)(i % 2);
+      res[i].state = CUBLAS_STATUS_SUCCESS;
+    }
+    *count = got;
+    return CUBLAS_STATUS_SUCCESS;
   }
   /* two candidates when asked for more, so that the backend's tuning runs */
   int got = req < 2 ? req : 2;
@@ -560,6 +598,9 @@ static cublasStatus_t f_ltMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, 
   op.desc = desc, op.la = la, op.lb = lb, op.lc = lc;
   op.A = A, op.B = B, op.C = C, op.D = D;
   op.alpha = *(const float *)alpha, op.beta = *(const float *)beta;
+  int seen = 0;
+  for (int i = 0; i < F.nalgos && !seen; i++) seen = !memcmp(&F.algos[i], algo, sizeof *algo);
+  if (!seen && F.nalgos < FAKE_ALGOS) F.algos[F.nalgos++] = *algo, F.st.gemm_algos++;
   return issue(&op, (CUstream)s) == CUDA_SUCCESS ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
@@ -634,8 +675,11 @@ void fake_cuda_install(void) {
   lt.cublasLtMatmulPreferenceDestroy = f_ltPrefDestroy;
   lt.cublasLtMatmulPreferenceSetAttribute = f_ltPrefSetAttribute;
   lt.cublasLtMatmulAlgoGetHeuristic = f_ltAlgoGetHeuristic;
+  lt.cublasLtMatmulAlgoGetIds = f_ltAlgoGetIds;
+  lt.cublasLtMatmulAlgoInit = f_ltAlgoInit;
   lt.cublasLtMatmul = f_ltMatmul;
   memset(&F.st, 0, sizeof F.st);
+  F.nalgos = 0;
   zoo_cuda_api_set(&cu, &lt);
   F.installed = 1;
 }

@@ -30,11 +30,14 @@ void fake_cuda_module(emu_module *m, const zoo_cuda_emit *e);
 
 /* Counters for assertions: kernels launched (outside capture), launches
  * captured or not with programmatic dependent launch and without, graph
- * launches, live device allocations. */
+ * launches, live device allocations, GEMM algorithms run. cuBLASLt's heuristic
+ * offers two identical configurations (all zeros) as its best fits, and, asked
+ * per algorithm id (ids 5 and 9), two distinct ones of each id. */
 typedef struct fake_cuda_stats {
   long kernel_launches, pdl_launches, plain_launches, graph_launches, graph_nodes_replayed, setparams;
   long allocations;
-  long side_ops; /* operations captured on a stream other than the capture's origin */
+  long side_ops;   /* operations captured on a stream other than the capture's origin */
+  long gemm_algos; /* distinct cuBLASLt algorithms (configurations) cublasLtMatmul ran */
 } fake_cuda_stats;
 fake_cuda_stats fake_cuda_counters(void);
 

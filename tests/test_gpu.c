@@ -2018,6 +2018,54 @@ TEST(emu_backend_streams) {
   CHECK(same);
 }
 
+/* The GEMM candidates past cuBLASLt's best fits (runtime/cuda.c,
+ * gemm_more_candidates), through runtime/cuda.c over the fake driver, whose
+ * heuristic gives one configuration as its best fits and, asked per
+ * algorithm id, two more of each of its two ids (with a repeat): the
+ * start-up's timing (ZOO_GEMM_RETUNE=1: not from a stored pick) runs all five,
+ * and with ZOO_GEMM_SEARCH=0 the best fit alone. */
+TEST(emu_backend_gemm_search) {
+  EMU_OR_SKIP();
+  zoo_program *p = compact_model("rebased", 64, 24, 16, 10);
+  CHECK(p != NULL);
+  zoo_graph *g = &p->graph;
+  const int64_t B = 8, T = 16;
+  char err[1024] = "";
+  zoo_cuda_program prog;
+  emu_module *mod = NULL;
+  int built = zoo_cuda_program_build(&prog, g, B, T, 1, 1, err, sizeof err) == 0;
+  if (built) mod = emu_load(&prog.emit, err, sizeof err);
+  if (!mod) {
+    if (built) zoo_cuda_program_free(&prog);
+    zoo_program_free(p);
+    CHECKF(0, "emulated module: %s", err);
+  }
+  char *retune = zoo_test_env_set("ZOO_GEMM_RETUNE", "1");
+  char *two = zoo_test_env_set("ZOO_TWO_STREAMS", "1"); /* no stream timing: the fake's clock */
+  long algos[2] = {-1, -1};
+  for (int k = 0; k < 2; k++) {
+    char *saved = zoo_test_env_set("ZOO_GEMM_SEARCH", k == 0 ? "0" : NULL);
+    fake_cuda_install();
+    fake_cuda_module(mod, &prog.emit);
+    zoo_backend *gpu = zoo_cuda_backend_init(g, B, T, 0, ZOO_FP32, err, sizeof err);
+    if (gpu) {
+      algos[k] = fake_cuda_counters().gemm_algos;
+      gpu->free(gpu);
+    } else {
+      fprintf(stderr, "  search %d: %s\n", k, err);
+    }
+    fake_cuda_uninstall();
+    zoo_test_env_restore("ZOO_GEMM_SEARCH", saved);
+  }
+  zoo_test_env_restore("ZOO_TWO_STREAMS", two);
+  zoo_test_env_restore("ZOO_GEMM_RETUNE", retune);
+  emu_unload(mod);
+  zoo_cuda_program_free(&prog);
+  zoo_program_free(p);
+  CHECKF(algos[0] == 1 && algos[1] == 5, "algorithms run: %ld without the search, %ld with it (want 1 and 5)",
+         algos[0], algos[1]);
+}
+
 /* ---------------------------------------------------------------------------
  * The backend's program, emulated: the very module, steps and plans the CUDA
  * backend builds (training step fused and planned with memory reuse, the
