@@ -1945,6 +1945,16 @@ TEST(emu_backend_debug_mode) {
   unsetenv("ZOO_DEBUG");
 }
 
+/* The CUDA program for g at B x T, fused, and its module loaded into the CPU
+ * emulation; NULL (prog freed, err set) when either step fails. */
+static emu_module *emu_build(zoo_cuda_program *prog, const zoo_graph *g, int64_t B, int64_t T, char *err,
+                             size_t errlen) {
+  if (zoo_cuda_program_build(prog, g, B, T, 1, 1, err, errlen) != 0) return NULL;
+  emu_module *mod = emu_load(&prog->emit, err, errlen);
+  if (!mod) zoo_cuda_program_free(prog);
+  return mod;
+}
+
 /* The steps over two streams (compiler/schedule.h), through runtime/cuda.c
  * over the fake driver (ZOO_TWO_STREAMS=1: two without the start-up timing,
  * whose clock the fake does not have): the side stream is used, and three training steps
@@ -1960,11 +1970,8 @@ TEST(emu_backend_streams) {
   const int64_t B = 8, T = 16, V = 64;
   char err[1024];
   zoo_cuda_program prog;
-  emu_module *mod = NULL;
-  int built = zoo_cuda_program_build(&prog, g, B, T, 1, 1, err, sizeof err) == 0;
-  if (built) mod = emu_load(&prog.emit, err, sizeof err);
+  emu_module *mod = emu_build(&prog, g, B, T, err, sizeof err);
   if (!mod) {
-    if (built) zoo_cuda_program_free(&prog);
     zoo_program_free(p);
     CHECKF(0, "emulated module: %s", err);
   }
@@ -2032,11 +2039,8 @@ TEST(emu_backend_gemm_search) {
   const int64_t B = 8, T = 16;
   char err[1024] = "";
   zoo_cuda_program prog;
-  emu_module *mod = NULL;
-  int built = zoo_cuda_program_build(&prog, g, B, T, 1, 1, err, sizeof err) == 0;
-  if (built) mod = emu_load(&prog.emit, err, sizeof err);
+  emu_module *mod = emu_build(&prog, g, B, T, err, sizeof err);
   if (!mod) {
-    if (built) zoo_cuda_program_free(&prog);
     zoo_program_free(p);
     CHECKF(0, "emulated module: %s", err);
   }
