@@ -621,6 +621,29 @@ static double gemm_time(core *c, const zoo_plan *p, int i, int first, const gemm
   return ms;
 }
 
+/* GPU milliseconds of one run of GEMM step i (as gemm_time), from a first
+ * measure of `once` ms: a GEMM of 0.25 ms or more is run once more; a smaller
+ * one in three batches of about GEMM_TUNE_BATCH_MS each, and the fastest batch
+ * counts, so that a hiccup in one batch does not decide between candidates a
+ * few percent apart. With three runs in one batch, the tied head's dw at
+ * rebased 32 / 48 (0.10 ms) picked its second candidate, 5% faster alone, in
+ * one of three start-ups, and the step then took 0.87 ms against 0.85
+ * (.gpu/s19run4.sh). A negative value when a run is refused. */
+#define GEMM_TUNE_BATCH_MS 0.5
+static double gemm_time_best(core *c, const zoo_plan *p, int i, int first, const gemm_plan *gp,
+                             const cublasLtMatmulAlgo_t *a, double once, CUevent e0, CUevent e1) {
+  if (once >= 0.25) return gemm_time(c, p, i, first, gp, a, 1, e0, e1);
+  int reps = once > 0 ? (int)(GEMM_TUNE_BATCH_MS / once) + 1 : 50;
+  if (reps > 50) reps = 50;
+  double best = -1;
+  for (int b = 0; b < 3; b++) {
+    double ms = gemm_time(c, p, i, first, gp, a, reps, e0, e1);
+    if (ms < 0) return -1;
+    if (best < 0 || ms < best) best = ms;
+  }
+  return best / reps;
+}
+
 /* The key of a GEMM's pick on disk (gemm_choice.h): the device, cuBLASLt's
  * version, the GEMM and the heuristic's candidates. */
 static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int own, char key[33]) {
@@ -727,8 +750,7 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_gra
       }
     }
     if (once < 0) continue;
-    int reps = once > 0.25 ? 1 : once > 0.05 ? 3 : 10;
-    double ms = gemm_time(c, p, i, first, gp, alg, reps, e0, e1) / reps;
+    double ms = gemm_time_best(c, p, i, first, gp, alg, once, e0, e1);
     if (ms < 0) continue;
     if (log)
       fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d%s: %.4f ms\n", d, (long long)s->gemm.m,
