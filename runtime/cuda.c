@@ -621,18 +621,21 @@ static double gemm_time(core *c, const zoo_plan *p, int i, int first, const gemm
   return ms;
 }
 
-/* GPU milliseconds of one run of GEMM step i (as gemm_time), from a first
- * measure of `once` ms: a GEMM of 0.25 ms or more is run once more; a smaller
- * one in three batches of about GEMM_TUNE_BATCH_MS each, and the fastest batch
- * counts, so that a hiccup in one batch does not decide between candidates a
- * few percent apart. With three runs in one batch, the tied head's dw at
- * rebased 32 / 48 (0.10 ms) picked its second candidate, 5% faster alone, in
- * one of three start-ups, and the step then took 0.87 ms against 0.85
- * (.gpu/s19run4.sh). A negative value when a run is refused. */
+/* A GEMM whose heuristic's first candidate takes less than this many ms is
+ * "small" to the start-up timing: it is timed in batches (gemm_time_best) and
+ * its first is kept unless another beats it by 5% instead of 2% (gemm_tune). */
+#define GEMM_TUNE_SMALL_MS 0.25
 #define GEMM_TUNE_BATCH_MS 0.5
+
+/* GPU milliseconds of one run of GEMM step i (as gemm_time), from a first
+ * measure of `once` ms: a GEMM that is not small is run once more; a small one
+ * in three batches of about GEMM_TUNE_BATCH_MS each, and the fastest batch
+ * counts, so that a hiccup in one batch does not decide between candidates a
+ * few percent apart (runtime/PERFORMANCE.md, "Session 19"). A negative value
+ * when a run is refused. */
 static double gemm_time_best(core *c, const zoo_plan *p, int i, int first, const gemm_plan *gp,
                              const cublasLtMatmulAlgo_t *a, double once, CUevent e0, CUevent e1) {
-  if (once >= 0.25) return gemm_time(c, p, i, first, gp, a, 1, e0, e1);
+  if (once >= GEMM_TUNE_SMALL_MS) return gemm_time(c, p, i, first, gp, a, 1, e0, e1);
   int reps = once > 0 ? (int)(GEMM_TUNE_BATCH_MS / once) + 1 : 50;
   if (reps > 50) reps = 50;
   double best = -1;
@@ -643,6 +646,10 @@ static double gemm_time_best(core *c, const zoo_plan *p, int i, int first, const
   }
   return best / reps;
 }
+
+/* The factor by which another candidate must undercut the heuristic's first,
+ * which took first_ms, to be picked instead. */
+static double first_margin(double first_ms) { return first_ms < GEMM_TUNE_SMALL_MS ? 0.95 : 0.98; }
 
 /* The key of a GEMM's pick on disk (gemm_choice.h): the device, cuBLASLt's
  * version, the GEMM and the heuristic's candidates. */
@@ -664,12 +671,10 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int
  * runs leave them as they were); the heuristic's first stays on ties within
  * 2%, or 5% where it takes under GEMM_TUNE_SMALL_MS: a small GEMM shares the
  * GPU with the other stream's work in the step, and a few percent alone did
- * not carry over there. At rebased 32 / 48 the tied head's gradients (dh and
- * dw, 0.10-0.12 ms, run side by side) each had a second candidate 1-3%
- * faster alone; the step took 0.85 ms with both firsts, 0.87 with one second
- * and 0.89-0.90 with both (session 18, .gpu/s18run4.sh to s18run6.sh, zoorun
- * bench with ZOO_GEMM_TUNE_LOG=1; session 19's s19run1.sh: 0.85 ms, and
- * simple_mqar's metric lines the same bits in two runs). GEMMs whose first
+ * not carry over there (at rebased 32 / 48 the tied head's dh and dw, run
+ * side by side, each had a second candidate 1-3% faster alone, and the step
+ * took 0.85 ms with both firsts against 0.87-0.90 with either second:
+ * runtime/PERFORMANCE.md, "Session 19"). GEMMs whose first
  * candidate takes under GEMM_TUNE_MIN_MS keep it untimed further (each
  * candidate's first run loads its kernel: time at start-up that a small GEMM
  * does not win back). cuBLASLt's heuristic ranks by a model, and at some
@@ -698,7 +703,6 @@ static void gemm_key(const core *c, const gemm_plan *gp, const zoo_gemm *gm, int
  * first (nothing read or stored); ZOO_GEMM_TUNE_LOG=1 prints every candidate's
  * time and each pick. */
 #define GEMM_TUNE_MIN_MS 0.04
-#define GEMM_TUNE_SMALL_MS 0.25
 static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_graph *g) {
   gemm_plan *gp = &c->gemm[i];
   const zoo_step *s = &c->emit->steps[i];
@@ -756,8 +760,7 @@ static int gemm_tune(core *c, const zoo_plan *p, int i, int first, const zoo_gra
       fprintf(stderr, "gemm tune: %s m=%lld n=%lld k=%lld candidate %d%s: %.4f ms\n", d, (long long)s->gemm.m,
               (long long)s->gemm.n, (long long)s->gemm.k, a,
               !alg ? " (zoo's kernel)" : a >= gp->nbest ? " (per algorithm)" : "", ms);
-    if (!measured || ms < best_ms * (best != 0 ? 1.0 : best_ms < GEMM_TUNE_SMALL_MS ? 0.95 : 0.98))
-      best = a, best_ms = ms;
+    if (!measured || ms < best_ms * (best == 0 ? first_margin(best_ms) : 1.0)) best = a, best_ms = ms;
     measured = 1;
     if (first_only) a = gp->ncand - 1; /* next: zoo's kernel */
   }
