@@ -1932,7 +1932,10 @@ int zoo_cuda_embedding_bwd(zoo_cuda_emit *e, const zoo_node *n) {
  * 64 x 64 0.128, 256 x 64 0.149, 128 x 128 0.151, 64 x 128 0.204; cuBLASLt's
  * best 0.135. Over a longer K it loses: at m 24576, n 32, k 192 (the q and k
  * projections' input gradients at 32/48) 0.0195 ms in 128 x 32 tiles against
- * cuBLASLt's 0.0140 (device run 10). */
+ * cuBLASLt's 0.0140 (device run 10). A grid of 264 blocks, each making
+ * several tiles and reading the next one's operands during the current one's
+ * last stage, was no faster (0.1237 against 0.1247 ms at the logits above; at
+ * k 64, 0.304 against cuBLASLt's 0.258; runtime/PERFORMANCE.md, session 20). */
 /* The weight gradients' form, C[M, N] = A^T B over a long K (zk_wgrad), in
  * 32 x 32 tiles split along K into S blocks each: about two blocks per SM of
  * an H200 (264 in all), at least 2 and each with at least 128 rows; groups
