@@ -2,6 +2,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -63,10 +64,13 @@ void zoo_train_init_params(const zoo_graph *g, uint64_t seed, float **params) {
 typedef struct ckpt_writer {
   pthread_t thread;
   int running;
+  int done; /* set by the thread when it ends (read with __atomic_load_n) */
   int rc;
   char err[600];
   /* what the thread reads, fixed until it is joined */
   const char *path;
+  const char *dir; /* with unstage: the run folder whose NAME.new files to rename */
+  int unstage;
   const zoo_graph *g;
   const zoo_alias *aliases;
   int naliases;
@@ -89,6 +93,7 @@ typedef struct trainer {
   FILE *metrics;
   int tty;
   int have_ckpt; /* a checkpoint of this run exists on disk */
+  int staged;    /* this run's config and metrics are NAME.new until its first checkpoint */
   /* progress */
   int epoch, start_epoch;
   int64_t step, start_step;
@@ -109,7 +114,59 @@ static int train_mkdirs(const char *path) {
       if (mkdir(buf, 0755) && errno != EEXIST) return -1;
       *p = '/';
     }
-  return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
+  if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+  struct stat st;
+  if (stat(buf, &st)) return -1;
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    return -1;
+  }
+  return access(buf, W_OK | X_OK);
+}
+
+/* A run started over in a folder that holds an earlier run's checkpoint writes its
+ * config and metrics beside the earlier ones, as NAME.new, until its own first
+ * checkpoint has replaced the earlier run's (then the writer renames them); a run
+ * that fails before that leaves the folder as it was. */
+static const char *const staged_names[] = {"config.yaml", "metrics.jsonl"};
+enum { NSTAGED = sizeof staged_names / sizeof *staged_names };
+
+/* The path this run writes the folder's file NAME at. */
+static void train_file(const trainer *tr, char *buf, size_t n, const char *name) {
+  snprintf(buf, n, "%s/%s%s", tr->dir, name, tr->staged ? ".new" : "");
+}
+
+static int unstage(const char *dir, char *err, size_t n) {
+  for (int i = 0; i < NSTAGED; i++) {
+    char from[1100], to[1100];
+    snprintf(from, sizeof from, "%s/%s.new", dir, staged_names[i]);
+    snprintf(to, sizeof to, "%s/%s", dir, staged_names[i]);
+    if (rename(from, to)) {
+      snprintf(err, n, "cannot rename %s.new to %s in %.400s: %s", staged_names[i],
+               staged_names[i], dir, strerror(errno));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* A run that failed while staged: its NAME.new files go. */
+static void train_drop_staged(const trainer *tr) {
+  for (int i = 0; i < NSTAGED; i++) {
+    char path[1100];
+    train_file(tr, path, sizeof path, staged_names[i]);
+    remove(path);
+  }
+}
+
+/* Closes a file this run wrote; says so if any of its writes failed. */
+static int train_close(trainer *tr, FILE *f, const char *path) {
+  int bad = ferror(f);
+  if (fclose(f) || bad) {
+    zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno ? errno : EIO));
+    return -1;
+  }
+  return 0;
 }
 
 /* ZOO_TIMING=1: where a run's wall time goes, on stderr (seconds since start). */
@@ -197,6 +254,8 @@ static void *ckpt_write(void *arg) {
   ckpt_writer *w = arg;
   w->rc = zoo_ckpt_save_model(w->path, w->g, w->aliases, w->naliases, &w->state, w->meta, CKPT_NMETA,
                               w->err, sizeof w->err);
+  if (!w->rc && w->unstage) w->rc = unstage(w->dir, w->err, sizeof w->err);
+  __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
   return NULL;
 }
 
@@ -208,6 +267,7 @@ static int ckpt_written(trainer *tr) {
     return -1;
   }
   tr->have_ckpt = 1;
+  if (w->unstage) tr->staged = 0;
   return 0;
 }
 
@@ -251,6 +311,10 @@ static int train_save(trainer *tr, int finished) {
   w->aliases = tr->prog->aliases;
   w->naliases = tr->prog->naliases;
   w->state = (zoo_ckpt_state){tr->params, tr->m, tr->v};
+  w->dir = tr->dir;
+  w->unstage = tr->staged;
+  if (tr->staged && tr->metrics) fflush(tr->metrics);
+  w->done = 0;
   if (pthread_create(&w->thread, NULL, ckpt_write, w) != 0) { /* no thread: write it here */
     ckpt_write(w);
     return ckpt_written(tr);
@@ -261,9 +325,9 @@ static int train_save(trainer *tr, int finished) {
 
 /* Drops the lines of metrics.jsonl written after the checkpoint (a run killed
  * mid-epoch logged steps that the resumed run makes again). */
-static void train_trim_metrics(trainer *tr) {
+static int train_trim_metrics(trainer *tr) {
   FILE *f = fopen(tr->metrics_path, "r");
-  if (!f) return;
+  if (!f) return 0;
   char *kept = NULL, *line = NULL;
   size_t klen = 0, cap = 0;
   FILE *k = open_memstream(&kept, &klen);
@@ -277,11 +341,61 @@ static void train_trim_metrics(trainer *tr) {
   fclose(f);
   fclose(k);
   f = fopen(tr->metrics_path, "w");
-  if (f) {
+  int rc = 0;
+  if (!f) {
+    zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", tr->metrics_path, strerror(errno));
+    rc = -1;
+  } else {
     fwrite(kept, 1, klen, f);
-    fclose(f);
+    rc = train_close(tr, f, tr->metrics_path);
   }
   free(kept);
+  return rc;
+}
+
+/* A whole number in [lo, hi] from a checkpoint's metadata. */
+static int meta_int(const char *s, long long lo, long long hi, long long *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+/* A finite number in [lo, hi] from a checkpoint's metadata; absent: 0. */
+static int meta_real(const char *s, double lo, double hi, double *out) {
+  *out = 0;
+  if (!s) return 0;
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end || !(v >= lo && v <= hi)) return -1;
+  *out = v;
+  return 0;
+}
+
+/* The progress counters from a checkpoint's metadata; returns NULL, or the key
+ * whose value is not what a checkpoint of zoo's holds (its value in *what). */
+static const char *train_read_progress(trainer *tr, const zoo_ckpt *ck, const char **what) {
+  long long epoch, step;
+  static const char *const reals[] = {"best_accuracy", "last_accuracy", "last_valid_loss",
+                                      "elapsed_s"};
+  double *to[] = {&tr->best, &tr->last_acc, &tr->last_vloss, &tr->elapsed_base};
+  double most[] = {1, 1, HUGE_VAL, HUGE_VAL};
+  *what = zoo_ckpt_meta_get(ck, "epoch");
+  if (meta_int(*what, 0, INT_MAX / 2, &epoch)) return "epoch";
+  *what = zoo_ckpt_meta_get(ck, "step");
+  if (meta_int(*what, epoch, INT64_MAX / 2, &step)) return "step"; /* an epoch is a step or more */
+  for (int i = 0; i < 4; i++) {
+    *what = zoo_ckpt_meta_get(ck, reals[i]);
+    if (meta_real(*what, 0, most[i], to[i])) return reals[i];
+  }
+  *what = zoo_ckpt_meta_get(ck, "finished");
+  if (*what && strcmp(*what, "0") && strcmp(*what, "1")) return "finished";
+  tr->epoch = tr->start_epoch = (int)epoch;
+  tr->step = tr->start_step = step;
+  tr->early_stopped = *what && !strcmp(*what, "1");
+  return NULL;
 }
 
 /* Loads the run's checkpoint into the backend and the progress counters.
@@ -327,27 +441,23 @@ static int train_resume(trainer *tr) {
     zoo_error(tr->d, zoo_nospan, "cannot resume: %s", err);
     rc = -1;
   }
+  const char *bad = NULL, *what = NULL;
+  if (!rc && (bad = train_read_progress(tr, &ck, &what))) {
+    zoo_error(tr->d, zoo_nospan, "cannot resume: %s has a bad %s in its metadata ('%.40s')",
+              tr->ckpt_path, bad, what);
+    rc = -1;
+  }
   if (!rc) {
-    tr->epoch = tr->start_epoch = atoi(epoch);
-    tr->step = tr->start_step = strtoll(step, NULL, 10);
-    const char *b = zoo_ckpt_meta_get(&ck, "best_accuracy"), *l = zoo_ckpt_meta_get(&ck, "last_accuracy");
-    const char *vl = zoo_ckpt_meta_get(&ck, "last_valid_loss"), *el = zoo_ckpt_meta_get(&ck, "elapsed_s");
-    const char *fin = zoo_ckpt_meta_get(&ck, "finished");
-    tr->best = b ? strtod(b, NULL) : 0;
-    tr->last_acc = l ? strtod(l, NULL) : 0;
-    tr->last_vloss = vl ? strtod(vl, NULL) : 0;
-    tr->elapsed_base = el ? strtod(el, NULL) : 0;
-    tr->early_stopped = fin && !strcmp(fin, "1");
     if (tr->be->set_state(tr->be, tr->params, tr->m, tr->v, tr->step)) {
       zoo_error(tr->d, zoo_nospan, "cannot load the state into the backend: %s", tr->be->err);
       rc = -1;
     } else {
       tr->have_ckpt = 1;
-      train_trim_metrics(tr);
-      if (!tr->o->quiet)
+      if (train_trim_metrics(tr)) rc = -1;
+      if (!rc && !tr->o->quiet)
         fprintf(tr->out, "resuming %s: %d epochs and %lld steps done, best accuracy %.4f\n",
                 tr->ckpt_path, tr->epoch, (long long)tr->step, tr->best);
-      if (tr->early_stopped || tr->epoch >= tr->c->max_epochs) rc = 1;
+      if (!rc && (tr->early_stopped || tr->epoch >= tr->c->max_epochs)) rc = 1;
     }
   }
   zoo_ckpt_free(&ck);
@@ -439,11 +549,14 @@ static int train_validate(trainer *tr, double *acc, double *loss) {
   return 0;
 }
 
-static void train_summary(trainer *tr, zoo_train_result *r, const char *status) {
+static int train_summary(trainer *tr, zoo_train_result *r, const char *status) {
   char path[1100];
   snprintf(path, sizeof path, "%s/summary.json", tr->dir);
   FILE *f = fopen(path, "w");
-  if (!f) return;
+  if (!f) {
+    zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
   fprintf(f,
           "{\n  \"run_id\": \"%s\",\n  \"status\": \"%s\",\n  \"best_valid_accuracy\": %.6f,\n"
           "  \"last_valid_accuracy\": %.6f,\n  \"last_valid_loss\": %.6f,\n  \"epochs\": %d,\n"
@@ -454,7 +567,28 @@ static void train_summary(trainer *tr, zoo_train_result *r, const char *status) 
           tr->c->max_epochs, tr->early_stopped ? "true" : "false", (long long)tr->step,
           train_elapsed(tr), r->steps_per_s, r->device, (long long)r->parameters,
           tr->c->model_file);
-  fclose(f);
+  return train_close(tr, f, path);
+}
+
+/* The run's config.yaml and its metrics.jsonl (appended to on --resume). */
+static int train_open_files(trainer *tr, int finished) {
+  char path[1100];
+  train_file(tr, path, sizeof path, "config.yaml");
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  zoo_config_write(f, tr->c);
+  if (train_close(tr, f, path)) return -1;
+  if (finished) return 0;
+  train_file(tr, path, sizeof path, "metrics.jsonl");
+  tr->metrics = fopen(path, tr->o->resume ? "a" : "w");
+  if (!tr->metrics) {
+    zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -509,6 +643,11 @@ static int train_run(trainer *tr, zoo_train_result *r) {
       }
       tr->step++;
       steps_this_call++;
+      if (tr->writer.running && __atomic_load_n(&tr->writer.done, __ATOMIC_ACQUIRE) &&
+          train_save_wait(tr)) { /* the last checkpoint's write failed: stop now */
+        rc = -1;
+        break;
+      }
       int64_t which = got == 0 ? tr->step : tr->step - 1; /* the step m belongs to */
       if (which > logged) {
         if (!isfinite(m.loss)) {
@@ -648,6 +787,17 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
             c->input_seq_len, c->num_kv_pairs, c->vocab_size, c->batch_size,
             c->gradient_accumulation_steps);
 
+  /* the run folder before the backend, whose start may take seconds */
+  snprintf(tr.dir, sizeof tr.dir, "%s", o->out_dir ? o->out_dir : "runs");
+  if (!o->out_dir) snprintf(tr.dir, sizeof tr.dir, "runs/%s", c->run_id);
+  snprintf(r->run_dir, sizeof r->run_dir, "%s", tr.dir);
+  if (train_mkdirs(tr.dir)) {
+    zoo_error(d, zoo_nospan, "cannot use %s as the run folder: %s", tr.dir, strerror(errno));
+    goto done;
+  }
+  snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.safetensors", tr.dir);
+  snprintf(tr.metrics_path, sizeof tr.metrics_path, "%s/metrics.jsonl", tr.dir);
+
   train_mark(t_start, "model and data ready");
   tr.be = train_backend(&tr, c->batch_size, T, r->device);
   fflush(tr.out);
@@ -655,15 +805,6 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   train_mark(t_start, "backend ready");
   train_alloc_state(&tr);
 
-  snprintf(tr.dir, sizeof tr.dir, "%s", o->out_dir ? o->out_dir : "runs");
-  if (!o->out_dir) snprintf(tr.dir, sizeof tr.dir, "runs/%s", c->run_id);
-  snprintf(r->run_dir, sizeof r->run_dir, "%s", tr.dir);
-  if (train_mkdirs(tr.dir)) {
-    zoo_error(d, zoo_nospan, "cannot make the run folder %s: %s", tr.dir, strerror(errno));
-    goto done;
-  }
-  snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.safetensors", tr.dir);
-  snprintf(tr.metrics_path, sizeof tr.metrics_path, "%s/metrics.jsonl", tr.dir);
 
   int finished = 0;
   if (o->resume) {
@@ -671,8 +812,10 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
     if (got < 0) goto done;
     finished = got == 1;
   } else {
-    if (access(tr.ckpt_path, F_OK) == 0 && !o->quiet)
-      fprintf(tr.out, "note: starting over in %s (--resume continues the run there)\n", tr.dir);
+    tr.staged = access(tr.ckpt_path, F_OK) == 0;
+    if (tr.staged && !o->quiet)
+      fprintf(tr.out, "note: starting over in %s; its earlier run stays until this one's first "
+                      "checkpoint (--resume continues it instead)\n", tr.dir);
     zoo_train_init_params(tr.g, (uint64_t)c->seed, tr.params);
     if (tr.be->set_state(tr.be, tr.params, NULL, NULL, 0)) {
       zoo_error(d, zoo_nospan, "cannot load the parameters into the backend: %s", tr.be->err);
@@ -680,27 +823,22 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
     }
   }
 
-  char cfg_path[1100];
-  snprintf(cfg_path, sizeof cfg_path, "%s/config.yaml", tr.dir);
-  FILE *cf = fopen(cfg_path, "w");
-  if (cf) {
-    zoo_config_write(cf, c);
-    fclose(cf);
-  }
+  if (train_open_files(&tr, finished)) goto done;
   if (finished) {
     if (!o->quiet)
       fprintf(tr.out, "the run is complete: %d epochs, best valid accuracy %.4f\n", tr.epoch,
               tr.best);
     rc = 0;
   } else {
-    tr.metrics = fopen(tr.metrics_path, o->resume ? "a" : "w");
     tr.t0 = train_now();
     train_mark(t_start, "training starts");
     rc = train_run(&tr, r);
     train_mark(t_start, "training ends");
     if (train_save_wait(&tr)) rc = -1;
     train_mark(t_start, "last checkpoint written");
-    if (tr.metrics) fclose(tr.metrics);
+    char path[1100];
+    train_file(&tr, path, sizeof path, "metrics.jsonl");
+    if (train_close(&tr, tr.metrics, path)) rc = -1;
     tr.metrics = NULL;
   }
   r->best_accuracy = tr.best;
@@ -710,8 +848,13 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   r->steps = tr.step;
   r->early_stopped = tr.early_stopped;
   r->wall_s = train_now() - t_start;
-  train_summary(&tr, r, rc ? "failed" : tr.early_stopped ? "early stopped"
-                                      : tr.epoch >= c->max_epochs ? "finished" : "interrupted");
+  if (tr.staged) /* failed before its first checkpoint: the earlier run stays */
+    zoo_note(d, zoo_nospan, "the earlier run in %s is kept as it was", tr.dir);
+  else if (train_summary(&tr, r, rc                                ? "failed"
+                                   : tr.early_stopped                ? "early stopped"
+                                   : tr.epoch >= c->max_epochs       ? "finished"
+                                                                     : "interrupted"))
+    rc = -1;
   if (!o->quiet && !rc && !finished)
     fprintf(tr.out,
             "done: best valid accuracy %.4f after %d epochs%s; %lld steps, %.1f steps/s "
@@ -720,6 +863,8 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
             r->steps_per_s, r->steps_per_s > 0 ? 1000 / r->steps_per_s : 0.0, r->device, tr.dir);
 
 done:
+  if (tr.metrics) fclose(tr.metrics);
+  if (tr.staged) train_drop_staged(&tr);
   if (tr.be) tr.be->free(tr.be);
   train_mark(t_start, "backend freed");
   train_free_state(&tr);

@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../runtime/backend.h"
@@ -243,6 +244,161 @@ TEST(train_resume_refused) {
   CHECK(tr_train(&c, dir, 1, 0, &r, &text) == -1);
   CHECKF(strstr(text, "was written for another model"), "%s", text);
   free(text);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* The run folder's files, read whole (NULL where absent). */
+enum { TR_NFILES = 4 };
+static const char *const tr_files[TR_NFILES] = {"config.yaml", "metrics.jsonl", "summary.json",
+                                                 "checkpoint.safetensors"};
+
+static void tr_read_all(const char *dir, char **text, size_t *len) {
+  for (int i = 0; i < TR_NFILES; i++) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, tr_files[i]);
+    text[i] = zoo_test_read(p, &len[i]);
+  }
+}
+
+/* A run started over in the folder of a finished one that fails before its first
+ * checkpoint leaves every file of the earlier run as it was; one that gets to its
+ * first checkpoint replaces them all. */
+TEST(train_failed_restart_keeps_earlier_run) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=2", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("restart");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 0, &r, &text) == 0);
+  free(text);
+  zoo_config_free(&c);
+  char *before[TR_NFILES], *after[TR_NFILES];
+  size_t nbefore[TR_NFILES], nafter[TR_NFILES];
+  tr_read_all(dir, before, nbefore);
+  for (int i = 0; i < TR_NFILES; i++) CHECKF(before[i], "%s/%s missing", dir, tr_files[i]);
+
+  const char *bad[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                       "--max_epochs=2", "--early_stopping_threshold=2", "--learning_rate=1e30"};
+  CHECK(tr_config(&c, bad, 5) == 0);
+  CHECK(tr_train(&c, dir, 0, 0, &r, &text) == -1);
+  char want[600];
+  snprintf(want, sizeof want, "note: the earlier run in %s is kept as it was", dir);
+  CHECKF(strstr(text, "no checkpoint was written yet") && strstr(text, want), "%s", text);
+  free(text);
+  zoo_config_free(&c);
+  tr_read_all(dir, after, nafter);
+  for (int i = 0; i < TR_NFILES; i++) {
+    CHECKF(after[i] && nafter[i] == nbefore[i] && !memcmp(after[i], before[i], nbefore[i]),
+           "%s changed", tr_files[i]);
+    free(after[i]);
+  }
+  CHECK(!tr_exists(dir, "config.yaml.new") && !tr_exists(dir, "metrics.jsonl.new"));
+
+  /* a restart that writes its first checkpoint takes the folder over */
+  const char *other[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=2", "--early_stopping_threshold=2", "--learning_rate=2e-3"};
+  CHECK(tr_config(&c, other, 5) == 0);
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  zoo_config_free(&c);
+  CHECK(!tr_exists(dir, "config.yaml.new") && !tr_exists(dir, "metrics.jsonl.new"));
+  tr_read_all(dir, after, nafter);
+  CHECKF(after[0] && strstr(after[0], "0.002"), "%s", after[0] ? after[0] : "no config.yaml");
+  CHECKF(after[1] && strstr(after[1], "{\"epoch\": 0,") && !strstr(after[1], "{\"epoch\": 1,"),
+         "%s", after[1] ? after[1] : "no metrics.jsonl");
+  CHECK(after[2] && strstr(after[2], "\"status\": \"interrupted\""));
+  for (int i = 0; i < TR_NFILES; i++) free(before[i]), free(after[i]);
+  tr_rmdir(dir);
+}
+
+/* Rewrites the checkpoint in dir with one metadata value changed. */
+static void tr_set_meta(zoo_test_ctx *t, const char *dir, const char *key, const char *value) {
+  char path[512], err[600];
+  snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+  zoo_ckpt ck;
+  CHECKF(zoo_ckpt_load(path, &ck, err, sizeof err) == 0, "%s", err);
+  zoo_ckpt_meta meta[32];
+  int n = 0;
+  for (int i = 0; i < ck.nmeta && n < 32; i++, n++)
+    meta[n] = (zoo_ckpt_meta){ck.meta[i].key, strcmp(ck.meta[i].key, key) ? ck.meta[i].value : value};
+  CHECKF(zoo_ckpt_save(path, ck.tensors, ck.ntensors, meta, n, err, sizeof err) == 0, "%s", err);
+  zoo_ckpt_free(&ck);
+}
+
+/* A checkpoint whose progress counters are not numbers a run could have written
+ * is refused by name, not resumed from. */
+TEST(train_resume_bad_metadata) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=4", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("meta");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  static const char *const cases[][3] = {
+      {"epoch", "abc", "1"},         {"epoch", "-5", "1"},   {"epoch", "99999999999", "1"},
+      {"step", "-1", "10"},          {"step", "7x", "10"},   {"best_accuracy", "nan", "0.5"},
+      {"last_accuracy", "2", "0.5"}, {"finished", "yes", "0"}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char *old;
+    {
+      char path[512], err[600];
+      snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+      zoo_ckpt ck;
+      CHECKF(zoo_ckpt_load(path, &ck, err, sizeof err) == 0, "%s", err);
+      old = strdup(zoo_ckpt_meta_get(&ck, cases[i][0]));
+      zoo_ckpt_free(&ck);
+    }
+    tr_set_meta(t, dir, cases[i][0], cases[i][1]);
+    CHECK(tr_train(&c, dir, 1, 1, &r, &text) == -1);
+    char want[128];
+    snprintf(want, sizeof want, "has a bad %s in its metadata ('%s')", cases[i][0], cases[i][1]);
+    CHECKF(strstr(text, want), "%s: %s", cases[i][1], text);
+    free(text);
+    tr_set_meta(t, dir, cases[i][0], old);
+    free(old);
+  }
+  CHECK(tr_train(&c, dir, 1, 1, &r, &text) == 0); /* the file put back resumes */
+  free(text);
+  CHECK(r.epochs == 2);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* A run folder that is a file, or a metrics file that cannot be written, stops the
+ * run before it trains. */
+TEST(train_unwritable_run_folder) {
+  const char *flags[] = {"--data.num_train_examples=640", "--max_epochs=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 2) == 0);
+  const char *file = tr_dir("a_file");
+  char parent[256];
+  snprintf(parent, sizeof parent, "/tmp/zoo_test_train_%d", (int)getpid());
+  mkdir(parent, 0755);
+  FILE *f = fopen(file, "w");
+  CHECK(f);
+  fclose(f);
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, file, 0, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "as the run folder: Not a directory") && r.steps == 0, "%s", text);
+  free(text);
+  unlink(file);
+
+  const char *dir = tr_dir("metrics_dir");
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  CHECK(mkdir(dir, 0755) == 0 && mkdir(p, 0755) == 0);
+  CHECK(tr_train(&c, dir, 0, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "cannot write ") && strstr(text, "metrics.jsonl: Is a directory") && r.steps == 0,
+         "%s", text);
+  free(text);
+  rmdir(p);
   zoo_config_free(&c);
   tr_rmdir(dir);
 }
