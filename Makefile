@@ -108,7 +108,7 @@ bench: all
 
 # Rewrites generated/ for the shipped models (zooc -o).
 generated: $(BIN)/zooc
-	for m in rebased based conv_attention attention; do \
+	for m in rebased based conv_attention attention rwkv; do \
 	  $(BIN)/zooc models/$$m.zoo -o generated/$$m || exit 1; done
 
 clean:

@@ -403,6 +403,7 @@ TEST(nvrtc_model_rebased) { check_model(t, "rebased"); }
 TEST(nvrtc_model_based) { check_model(t, "based"); }
 TEST(nvrtc_model_conv_attention) { check_model(t, "conv_attention"); }
 TEST(nvrtc_model_attention) { check_model(t, "attention"); }
+TEST(nvrtc_model_rwkv) { check_model(t, "rwkv"); }
 
 /* generated/<model>/ is what zooc -o writes now (make generated rewrites it). */
 static void check_generated(zoo_test_ctx *t, const char *model) {
@@ -528,6 +529,7 @@ TEST(generated_rebased) { check_generated(t, "rebased"); }
 TEST(generated_based) { check_generated(t, "based"); }
 TEST(generated_conv_attention) { check_generated(t, "conv_attention"); }
 TEST(generated_attention) { check_generated(t, "attention"); }
+TEST(generated_rwkv) { check_generated(t, "rwkv"); }
 
 /* Without a GPU the backend says why, and does not crash. */
 TEST(cuda_backend_without_gpu) {
