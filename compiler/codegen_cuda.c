@@ -315,6 +315,10 @@ static int graph_keeps(const zoo_cuda_emit *e, int t) {
 /* Is t produced by a member of nodes[lo, hi)? */
 static int made_in(const zoo_cuda_emit *e, int t, const int *nodes, int lo, int hi) {
   int p = e->g->tensors[t].producer;
+  if (nodes == e->grp) {
+    int k = p >= 0 ? e->grp_pos[p] : -1;
+    return k >= lo && k < hi;
+  }
   for (int k = lo; k < hi; k++)
     if (nodes[k] == p) return 1;
   return 0;
@@ -326,6 +330,7 @@ static int made_in(const zoo_cuda_emit *e, int t, const int *nodes, int lo, int 
  * split in chunks). */
 static int must_store(const zoo_cuda_emit *e, int t, const int *nodes, int lo, int hi, int count) {
   if (!e->stored || e->stored[t] || graph_keeps(e, t)) return 1;
+  if (nodes == e->grp) return e->grp_last[t] >= hi;
   const zoo_graph *g = e->g;
   for (int k = hi; k < count; k++)
     for (int j = 0; j < g->nodes[nodes[k]].nin; j++)
@@ -522,9 +527,32 @@ static int emit_ew_chunk(zoo_cuda_emit *e, const int *nodes, int lo, int hi, int
   return 0;
 }
 
+static int emit_elementwise_cuts(zoo_cuda_emit *e, const int *nodes, int count);
+
 /* An elementwise group: one kernel, or several when the arguments would
  * exceed ZOO_MAX_ARGS (values crossing a cut are then stored). */
 static int emit_elementwise(zoo_cuda_emit *e, const int *nodes, int count) {
+  const zoo_graph *g = e->g;
+  e->grp = nodes;
+  e->grp_pos = malloc((size_t)g->nnodes * sizeof *e->grp_pos);
+  e->grp_last = malloc((size_t)g->ntensors * sizeof *e->grp_last);
+  for (int i = 0; i < g->nnodes; i++) e->grp_pos[i] = -1;
+  for (int t = 0; t < g->ntensors; t++) e->grp_last[t] = -1;
+  for (int k = 0; k < count; k++) {
+    e->grp_pos[nodes[k]] = k;
+    for (int j = 0; j < g->nodes[nodes[k]].nin; j++) e->grp_last[g->nodes[nodes[k]].in[j]] = k;
+  }
+  int rc = emit_elementwise_cuts(e, nodes, count);
+  free(e->grp_pos);
+  free(e->grp_last);
+  e->grp = NULL;
+  e->grp_pos = e->grp_last = NULL;
+  return rc;
+}
+
+/* emit_elementwise's cuts, greedy: each kernel takes members while their
+ * arguments fit. */
+static int emit_elementwise_cuts(zoo_cuda_emit *e, const int *nodes, int count) {
   int lo = 0;
   while (lo < count) {
     int hi = lo + 1;

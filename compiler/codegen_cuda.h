@@ -136,6 +136,12 @@ typedef struct zoo_cuda_emit {
                               kernels have them (precision tf32 and bf16): poly_attention's
                               quadratic form (ZOO_POLY_MMA overrides it, zoo_cuda_poly_mma)
                               and linear_cross_entropy_step (ZOO_LCE_STEP_FORM); 0 = fp32 */
+  /* While emit_elementwise cuts a group into kernels: the group's list, each node's
+     place in it and, per tensor, the last member that reads it (-1: none), so that
+     asking whether a tensor is made or read inside a range of it takes no scan
+     (long unrolled chains would otherwise take cubic time). */
+  const int *grp;
+  int *grp_pos, *grp_last;
 } zoo_cuda_emit;
 
 /* A copy of s that lives as long as e (for zoo_step.func). */
