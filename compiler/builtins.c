@@ -253,9 +253,14 @@ static int want_dims(zoo_lowering *L, const zoo_value *v, zoo_span at, const cha
   attrs->ndim = v->nitems;
   if (infer >= 0) {
     zoo_dim total = zoo_dim_const(1), known = zoo_dim_const(1), rest;
-    for (int k = 0; k < x->ndim; k++) total = zoo_dim_mul(total, x->dim[k]);
-    for (int k = 0; k < v->nitems; k++)
-      if (k != infer) known = zoo_dim_mul(known, attrs->dims[k]);
+    int fits = 1;
+    for (int k = 0; k < x->ndim; k++) fits &= zoo_dim_mul_checked(total, x->dim[k], &total);
+    for (int k = 0; k < v->nitems && fits; k++)
+      if (k != infer) fits &= zoo_dim_mul_checked(known, attrs->dims[k], &known);
+    if (!fits) {
+      zoo_lower_error(L, at, "cannot infer the -1 in %s: the sizes' product overflows an int64", what);
+      return -1;
+    }
     if (!zoo_dim_div(total, known, &rest)) {
       char a[64], b[64];
       zoo_lower_error(L, at, "cannot infer the -1 in %s: %s elements are not divisible by %s", what,
@@ -474,9 +479,22 @@ static zoo_value *fn_param(zoo_lowering *L, const zoo_builtin *b, const zoo_arg 
                              "sizes", what, zoo_value_format(L, e));
     int64_t d;
     if (zoo_value_want_int(L, e, uses[0], what, &d)) return NULL;
-    if (d < 1 || d > ((int64_t)1 << 40))
+    if (d < 1)
       return zoo_lower_error(L, uses[0], "%s is %lld; sizes must be positive", what, (long long)d);
+    if (d > ZOO_PARAM_MAX)
+      return zoo_lower_error(L, uses[0], "%s is %lld; a size may be at most 2^40 (%lld)", what,
+                             (long long)d, (long long)ZOO_PARAM_MAX);
     p->type.dim[k] = zoo_dim_const(d);
+  }
+  int64_t numel = 1;
+  for (int k = 0; k < p->type.ndim; k++) {
+    if (p->type.dim[k].coef > ZOO_PARAM_MAX / numel) {
+      char buf[256];
+      return zoo_lower_error(L, uses[0], "a parameter %s would have more than 2^40 (%lld) "
+                             "elements, the most a parameter may have",
+                             zoo_type_str(L->g, &p->type, buf, sizeof buf), (long long)ZOO_PARAM_MAX);
+    }
+    numel *= p->type.dim[k].coef;
   }
   if (v[1]->kind == ZOO_V_NONE) {
     p->init = (zoo_init){.kind = ZOO_INIT_NORMAL, .a = 0.02};

@@ -2,8 +2,10 @@
 #include "diag.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 const zoo_span zoo_nospan = {0};
 
@@ -42,6 +44,9 @@ static void show_line(FILE *out, zoo_span at) {
 
 static void report(zoo_diag *d, const char *kind, zoo_span at, const char *fmt, va_list ap) {
   FILE *out = d->out ? d->out : stderr;
+  /* What the program printed before the error (zooc's summary) comes out
+   * before it, also when stdout is a pipe and buffered. */
+  if (out == stderr) fflush(stdout);
   if (at.src) fprintf(out, "%s:%d:%d: %s: ", at.src->path, at.line, at.col, kind);
   else fprintf(out, "zoo: %s: ", kind);
   vfprintf(out, fmt, ap);
@@ -83,12 +88,19 @@ void zoo_note(zoo_diag *d, zoo_span at, const char *fmt, ...) {
 
 zoo_source *zoo_source_from_string(const char *path, const char *text) {
   zoo_source *s = calloc(1, sizeof *s);
+  if (!s) abort(); /* out of memory */
   s->path = strdup(path);
   s->len = strlen(text);
   s->text = malloc(s->len + 1);
+  if (!s->path || !s->text) abort(); /* out of memory */
   memcpy(s->text, text, s->len + 1);
   return s;
 }
+
+/* The most bytes a source may have. Spans count lines and columns in ints, and
+ * no model or config comes near this; a stream without end (/dev/zero) stops
+ * here instead of filling the memory. */
+#define ZOO_SOURCE_MAX ((size_t)64 << 20)
 
 zoo_source *zoo_source_read(const char *path, zoo_diag *d, zoo_span from) {
   FILE *f = fopen(path, "rb");
@@ -96,27 +108,57 @@ zoo_source *zoo_source_read(const char *path, zoo_diag *d, zoo_span from) {
     zoo_error(d, from, "cannot open '%s': %s", path, strerror(errno));
     return NULL;
   }
+  /* A directory opens for reading but has no bytes to read. Pipes and devices
+   * (/dev/stdin, <(...)) are read like files, up to the limit. */
+  struct stat st;
+  int known = fstat(fileno(f), &st) == 0;
+  if (known && S_ISDIR(st.st_mode)) {
+    fclose(f);
+    zoo_error(d, from, "cannot read '%s': it is a directory", path);
+    return NULL;
+  }
+  int too_large = known && S_ISREG(st.st_mode) && (uint64_t)st.st_size > ZOO_SOURCE_MAX;
+  /* Read in doubling chunks, never more than the limit and a byte (which says
+   * the source is over it). */
   size_t cap = 1 << 16, len = 0;
-  char *buf = malloc(cap);
-  for (;;) {
-    if (len + 1 >= cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
+  char *buf = too_large ? NULL : malloc(cap);
+  int no_memory = !too_large && !buf;
+  while (buf) {
+    if (len + 1 == cap) {
+      size_t want = cap * 2 < ZOO_SOURCE_MAX + 2 ? cap * 2 : ZOO_SOURCE_MAX + 2;
+      char *grown = realloc(buf, want);
+      if (!grown) {
+        no_memory = 1;
+        break;
+      }
+      buf = grown;
+      cap = want;
     }
     size_t got = fread(buf + len, 1, cap - 1 - len, f);
     len += got;
-    if (got == 0) break;
+    if (len > ZOO_SOURCE_MAX) too_large = 1;
+    if (got == 0 || too_large) break;
   }
-  int failed = ferror(f);
+  int failed = !too_large && !no_memory && ferror(f);
+  int err = errno;
   fclose(f);
-  if (failed) {
+  if (too_large || no_memory || failed) {
     free(buf);
-    zoo_error(d, from, "cannot read '%s'", path);
+    if (too_large)
+      zoo_error(d, from, "cannot read '%s': it is larger than %zu MiB, the most a source may have",
+                path, ZOO_SOURCE_MAX >> 20);
+    else if (no_memory) zoo_error(d, from, "cannot read '%s': out of memory", path);
+    else zoo_error(d, from, "cannot read '%s': %s", path, strerror(err));
     return NULL;
   }
   buf[len] = 0;
   zoo_source *s = calloc(1, sizeof *s);
-  s->path = strdup(path);
+  if (!s || !(s->path = strdup(path))) {
+    free(s);
+    free(buf);
+    zoo_error(d, from, "cannot read '%s': out of memory", path);
+    return NULL;
+  }
   s->text = buf;
   s->len = len;
   return s;

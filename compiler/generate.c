@@ -147,16 +147,69 @@ static void graph_clone(zoo_graph *dst, const zoo_graph *src) {
   for (int s = 0; s < src->nsyms; s++) dst->sym_names[s] = strdup(src->sym_names[s]);
 }
 
-int zoo_generate_train_graph(const zoo_program *p, zoo_graph *out, int64_t *B, int64_t *T,
-                             zoo_diag *d) {
-  int64_t seq = -1;
+/* Where the model's seq_len took its value: the last -D seq_len=... (lower.c
+ * makes each -D a "<command line>" source whose text is "-D name=value"), else
+ * its default in the model's declaration. No location when neither is found. */
+static zoo_span seq_len_span(const zoo_program *p) {
+  static const char flag[] = "-D seq_len=";
+  for (int i = p->nsources - 1; i >= 0; i--) {
+    const zoo_source *src = p->sources[i];
+    if (strcmp(src->path, "<command line>") != 0 || strncmp(src->text, flag, strlen(flag)) != 0)
+      continue;
+    int col = (int)strlen(flag) + 1;
+    return (zoo_span){src, 1, col, 1, (int)src->len + 1};
+  }
+  const zoo_ast *file = p->file;
+  for (int i = 0; file && i < file->nitems; i++) {
+    const zoo_ast *m = file->items[i];
+    if (m->kind != ZOO_AST_MODEL || !p->model_name || strcmp(m->str, p->model_name) != 0) continue;
+    for (int k = 0; k < m->nparams; k++)
+      if (strcmp(m->params[k]->str, "seq_len") == 0)
+        return m->params[k]->b ? m->params[k]->b->span : m->params[k]->span;
+  }
+  return zoo_nospan;
+}
+
+/* The model's declaration, for an error about it as a whole. */
+static zoo_span model_span(const zoo_program *p) {
+  for (int i = 0; p->file && i < p->file->nitems; i++) {
+    const zoo_ast *m = p->file->items[i];
+    if (m->kind == ZOO_AST_MODEL && p->model_name && strcmp(m->str, p->model_name) == 0) {
+      zoo_span at = m->span;
+      at.end_line = at.line;
+      at.end_col = at.col + (int)strlen("model");
+      return at;
+    }
+  }
+  return zoo_nospan;
+}
+
+/* T is the model's seq_len, which must be a positive integer: its binding is
+ * printed as .zoo text (compile.h), so an int is digits alone. */
+static int64_t seq_len_of(const zoo_program *p, zoo_diag *d) {
+  const char *value = NULL;
   for (int i = 0; i < p->nbindings; i++)
-    if (strcmp(p->bindings[i].name, "seq_len") == 0) seq = strtoll(p->bindings[i].value, NULL, 10);
-  if (seq <= 0) {
-    zoo_error(d, zoo_nospan, "model %s has no seq_len parameter to bind T with",
-              p->model_name ? p->model_name : "?");
+    if (strcmp(p->bindings[i].name, "seq_len") == 0) value = p->bindings[i].value;
+  const char *name = p->model_name ? p->model_name : "?";
+  if (!value) {
+    zoo_error(d, model_span(p), "model %s has no seq_len parameter to bind T with", name);
     return -1;
   }
+  char *end;
+  errno = 0;
+  long long seq = strtoll(value, &end, 10);
+  if (value[0] < '0' || value[0] > '9' || *end || errno || seq <= 0) {
+    zoo_error(d, seq_len_span(p), "seq_len is %s; it must be a positive integer (the sequence "
+              "length T)", value);
+    return -1;
+  }
+  return seq;
+}
+
+int zoo_generate_train_graph(const zoo_program *p, zoo_graph *out, int64_t *B, int64_t *T,
+                             zoo_diag *d) {
+  int64_t seq = seq_len_of(p, d);
+  if (seq < 0) return -1;
   graph_clone(out, &p->graph);
   /* The compacted head, as zoorun trains on CUDA, sized for the most labels
    * MQAR can put in a sequence (4 N <= L: a quarter of the positions). */

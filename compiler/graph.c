@@ -120,6 +120,13 @@ int zoo_dim_eq(zoo_dim a, zoo_dim b) { return a.coef == b.coef && a.sym == b.sym
  * shapes models make, and it keeps a dimension one word. */
 zoo_dim zoo_dim_mul(zoo_dim a, zoo_dim b) { return (zoo_dim){a.coef * b.coef, a.sym | b.sym}; }
 
+int zoo_dim_mul_checked(zoo_dim a, zoo_dim b, zoo_dim *out) {
+  int64_t coef;
+  if (__builtin_mul_overflow(a.coef, b.coef, &coef)) return 0;
+  *out = (zoo_dim){coef, a.sym | b.sym};
+  return 1;
+}
+
 int zoo_dim_div(zoo_dim a, zoo_dim b, zoo_dim *out) {
   if ((a.sym & b.sym) != b.sym || b.coef == 0 || a.coef % b.coef != 0) return 0;
   *out = (zoo_dim){a.coef / b.coef, a.sym & ~b.sym};
@@ -168,8 +175,13 @@ int64_t zoo_type_numel(const zoo_type *t, const int64_t *sym_values) {
   return n;
 }
 
+/* Each parameter has at most ZOO_PARAM_MAX elements, so only some 2^23 of the
+ * largest could overflow the sum; it stops at INT64_MAX rather than wrap. */
 int64_t zoo_graph_param_count(const zoo_graph *g) {
   int64_t total = 0;
-  for (int i = 0; i < g->nparams; i++) total += zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+  for (int i = 0; i < g->nparams; i++) {
+    int64_t n = zoo_type_numel(&g->tensors[g->params[i]].type, NULL);
+    if (__builtin_add_overflow(total, n, &total)) return INT64_MAX;
+  }
   return total;
 }

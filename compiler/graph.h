@@ -22,6 +22,10 @@
 #define ZOO_MAX_IN 6
 #define ZOO_MAX_OUT 4
 #define ZOO_MAX_SYMS 8
+/* The most elements a parameter tensor may have, and so the most of each of its
+ * sizes (param() in builtins.c refuses more): 4 TiB of floats, and a count no
+ * sum of a model's parameters can overflow. */
+#define ZOO_PARAM_MAX ((int64_t)1 << 40)
 
 typedef enum zoo_op {
 #define X(NAME, name, cls, nin_min, nin_max, nout, flags) ZOO_OP_##NAME,
@@ -178,6 +182,9 @@ int zoo_env_on(const char *name);
 zoo_dim zoo_dim_const(int64_t n);
 int zoo_dim_eq(zoo_dim a, zoo_dim b);
 zoo_dim zoo_dim_mul(zoo_dim a, zoo_dim b);
+/* a * b into *out and 1, or 0 when the coefficient would overflow int64 (sizes
+ * made from the user's numbers go through this one). */
+int zoo_dim_mul_checked(zoo_dim a, zoo_dim b, zoo_dim *out);
 /* a / b when exact (same symbols or b constant dividing a's coefficient); 0 if not */
 int zoo_dim_div(zoo_dim a, zoo_dim b, zoo_dim *out);
 int zoo_type_eq(const zoo_type *a, const zoo_type *b);
@@ -187,7 +194,8 @@ char *zoo_dim_str(const zoo_graph *g, zoo_dim d, char *buf, size_t n);
 /* Elements of a type with the symbols bound (sym_values[i] for symbol i). */
 int64_t zoo_dim_eval(zoo_dim d, const int64_t *sym_values);
 int64_t zoo_type_numel(const zoo_type *t, const int64_t *sym_values);
-/* Parameter element count (parameters never have symbolic dims). */
+/* Parameter element count (parameters never have symbolic dims); INT64_MAX
+ * where the sum would overflow. */
 int64_t zoo_graph_param_count(const zoo_graph *g);
 
 /* Shape rules (compiler/shape.c): fills out[0 .. nout-1]; returns 0, or -1 with a

@@ -389,11 +389,15 @@ static int zoo_shape_cross_entropy_step(shape_ctx *s) {
   return 0;
 }
 
-/* The product of a type's dims (a monomial). */
-static zoo_dim numel_dim(const zoo_type *t) {
+/* The product of a type's dims (a monomial) into *out; -1 after an error when
+ * its coefficient overflows. */
+static int numel_dim(shape_ctx *s, const zoo_type *t, zoo_dim *out) {
   zoo_dim p = zoo_dim_const(1);
-  for (int k = 0; k < t->ndim; k++) p = zoo_dim_mul(p, t->dim[k]);
-  return p;
+  for (int k = 0; k < t->ndim; k++)
+    if (!zoo_dim_mul_checked(p, t->dim[k], &p))
+      return fail(s, "%s has more elements than an int64 can count", ts(s, t));
+  *out = p;
+  return 0;
 }
 
 /* reshape (x; dims): any dtype, same element count. */
@@ -402,7 +406,9 @@ static int zoo_shape_reshape(shape_ctx *s) {
   zoo_type o = {.dtype = x->dtype, .ndim = s->n->attrs.ndim};
   if (o.ndim < 0 || o.ndim > ZOO_MAX_DIMS) return fail(s, "bad target rank %d", o.ndim);
   for (int k = 0; k < o.ndim; k++) o.dim[k] = s->n->attrs.dims[k];
-  if (!zoo_dim_eq(numel_dim(x), numel_dim(&o)))
+  zoo_dim nx, no;
+  if (numel_dim(s, x, &nx) || numel_dim(s, &o, &no)) return -1;
+  if (!zoo_dim_eq(nx, no))
     return fail(s, "cannot reshape %s to %s (element counts differ)", ts(s, x), ts(s, &o));
   s->out[0] = o;
   return 0;
@@ -441,7 +447,8 @@ static int zoo_shape_merge_heads(shape_ctx *s) {
   zoo_type o = *x;
   o.ndim = nd - 1;
   o.dim[nd - 3] = x->dim[nd - 2];
-  o.dim[nd - 2] = zoo_dim_mul(x->dim[nd - 3], x->dim[nd - 1]);
+  if (!zoo_dim_mul_checked(x->dim[nd - 3], x->dim[nd - 1], &o.dim[nd - 2]))
+    return fail(s, "the merged size of %s overflows an int64", ts(s, x));
   s->out[0] = o;
   return 0;
 }
