@@ -95,17 +95,15 @@ static void load_imports(zoo_resolver *r, zoo_unit *u) {
 /* Reads, parses and registers one file, then loads its imports. */
 static zoo_unit *load(zoo_resolver *r, const char *path, zoo_span from) {
   zoo_arena *a = &r->p->arena;
-  char real[PATH_MAX];
-  if (!realpath(path, real)) {
-    zoo_source_free(zoo_source_read(path, r->d, from)); /* reports why */
-    return NULL;
-  }
   if (r->depth == (int)(sizeof r->stack / sizeof r->stack[0])) {
     zoo_error(r->d, from, "imports nested too deeply");
     return NULL;
   }
-  zoo_source *src = zoo_source_read(path, r->d, from);
+  zoo_source *src = zoo_source_read(path, r->d, from); /* reports why not */
   if (!src) return NULL;
+  /* A pipe (/dev/stdin, <(...)) has no real path: its name stands for it. */
+  char real[PATH_MAX];
+  if (!realpath(path, real)) snprintf(real, sizeof real, "%s", path);
   add_source(r->p, src);
   zoo_ast *file = zoo_parse(a, src, r->d);
   if (!file) return NULL;

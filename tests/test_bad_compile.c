@@ -136,6 +136,14 @@ TEST(bad_compile_zooc_dev_zero) {
   free(out);
 }
 
+/* A pipe as the source (it has no real path: it used to exit 1 with no message). */
+TEST(bad_compile_zooc_stdin) {
+  char *out;
+  int st = run_zooc("cat models/conv_attention.zoo |", "/dev/stdin", &out);
+  CHECKF(st == 0 && strstr(out, "model conv_attention\n"), "status %d, output: %s", st, out);
+  free(out);
+}
+
 /* ---- seq_len ---- */
 
 TEST(bad_compile_error_seq_len_float) { cmp_error(t, "seq_len", NULL, 1, "seq_len_float"); }
