@@ -23,11 +23,20 @@ typedef struct zoo_define {
   const char *value;
 } zoo_define;
 
+/* Where a config wrote a define (zoorun's model.params): its key and its value.
+ * Errors about the define point there; without it (zooc's -D) they point at a
+ * "-D name=value" of a "<command line>" source. */
+typedef struct zoo_define_at {
+  zoo_span name;
+  zoo_span value;
+} zoo_define_at;
+
 typedef struct zoo_compile_opts {
   const char *path;       /* the .zoo file */
   const char *model;      /* which `model` declaration; NULL: the last one in the file */
   const zoo_define *defines;
   int ndefines;
+  const zoo_define_at *define_at; /* NULL, or ndefines of them (src NULL: as -D) */
   const char *std_dir;    /* where `import "std/..."` looks besides the importing
                              file's folder; NULL: models/ found next to the binary
                              or in the working directory */

@@ -1151,18 +1151,28 @@ static zoo_env *bind_model(zoo_lowering *L, const zoo_ast *model, const zoo_unit
                            const zoo_compile_opts *o) {
   zoo_env *env = env_new(L, NULL, main);
   int bad = 0;
-  /* -D values become spans of a "<command line>" source, so errors can point at them. */
+  /* Each define's name and value spans: where a config wrote them, else in a
+   * "<command line>" source made of "-D name=value", so errors can point at them. */
   zoo_span *dspan = zoo_arena_alloc(L->a, (size_t)(o->ndefines + 1) * sizeof *dspan);
+  zoo_span *vspan = zoo_arena_alloc(L->a, (size_t)(o->ndefines + 1) * sizeof *vspan);
   for (int i = 0; i < o->ndefines; i++) {
-    const char *text = zoo_arena_printf(L->a, "-D %s=%s", o->defines[i].name, o->defines[i].value);
-    zoo_source *src = zoo_source_from_string("<command line>", text);
-    zoo_program *p = L->p;
-    zoo_source **grown = realloc(p->sources, (size_t)(p->nsources + 1) * sizeof *grown);
-    if (!grown) abort();
-    p->sources = grown;
-    p->sources[p->nsources++] = src;
-    int name_len = (int)strlen(o->defines[i].name);
-    dspan[i] = (zoo_span){src, 1, 4, 1, 4 + name_len};
+    if (o->define_at && o->define_at[i].name.src) {
+      dspan[i] = o->define_at[i].name;
+      vspan[i] = o->define_at[i].value.src ? o->define_at[i].value : dspan[i];
+    } else {
+      const char *text =
+          zoo_arena_printf(L->a, "-D %s=%s", o->defines[i].name, o->defines[i].value);
+      zoo_source *src = zoo_source_from_string("<command line>", text);
+      zoo_program *p = L->p;
+      zoo_source **grown = realloc(p->sources, (size_t)(p->nsources + 1) * sizeof *grown);
+      if (!grown) abort();
+      p->sources = grown;
+      p->sources[p->nsources++] = src;
+      int name_len = (int)strlen(o->defines[i].name);
+      dspan[i] = (zoo_span){src, 1, 4, 1, 4 + name_len};
+      vspan[i] = (zoo_span){src, 1, 5 + name_len, 1,
+                            5 + name_len + (int)strlen(o->defines[i].value)};
+    }
     int known = 0;
     for (int k = 0; k < model->nparams; k++)
       if (strcmp(model->params[k]->str, o->defines[i].name) == 0) known = 1;
@@ -1182,9 +1192,7 @@ static zoo_env *bind_model(zoo_lowering *L, const zoo_ast *model, const zoo_unit
     zoo_value *v = NULL;
     for (int i = o->ndefines - 1; i >= 0 && !v; i--) {
       if (strcmp(o->defines[i].name, prm->str) != 0) continue;
-      zoo_span at = dspan[i];
-      at.col = at.end_col + 1;
-      at.end_col = at.col + (int)strlen(o->defines[i].value);
+      zoo_span at = vspan[i];
       v = zoo_literal_parse(L, o->defines[i].value, at);
       if (!v) {
         zoo_error(L->d, at, "'%s' is not a .zoo value (a number, true, false, none, \"string\" "

@@ -347,6 +347,11 @@ int zoo_ckpt_load(const char *path, zoo_ckpt *c, char *err, size_t errlen) {
     fclose(f);
     return ckpt_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
   }
+  if (!S_ISREG(st.st_mode)) {
+    fclose(f);
+    return ckpt_err(err, errlen, "%s: %s, not a checkpoint file", path,
+                    S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
+  }
   int64_t size = st.st_size;
   unsigned char le[8];
   if (size < 8 || fread(le, 1, 8, f) != 8) {
@@ -402,13 +407,24 @@ int zoo_ckpt_load(const char *path, zoo_ckpt *c, char *err, size_t errlen) {
   for (int i = 0; i < root->n && !rc; i++) {
     const char *name = root->keys[i];
     json *e = root->items[i];
+    for (int k = 0; k < i && !rc; k++) /* JSON allows it; a checkpoint does not */
+      if (!strcmp(root->keys[k], name))
+        rc = ckpt_err(err, errlen, "%s: corrupt header: %s%s%s appears twice", path,
+                      strcmp(name, "__metadata__") ? "tensor '" : "", name,
+                      strcmp(name, "__metadata__") ? "'" : "");
+    if (rc) break;
     if (!strcmp(name, "__metadata__")) {
       if (e->kind != JSON_OBJ) {
         rc = ckpt_err(err, errlen, "%s: corrupt header: __metadata__ is not an object", path);
         break;
       }
       c->meta = calloc((size_t)e->n + 1, sizeof *c->meta);
-      for (int k = 0; k < e->n; k++) {
+      for (int k = 0; k < e->n && !rc; k++) {
+        for (int j = 0; j < k && !rc; j++)
+          if (!strcmp(e->keys[j], e->keys[k]))
+            rc = ckpt_err(err, errlen, "%s: corrupt header: metadata '%s' appears twice", path,
+                          e->keys[k]);
+        if (rc) break;
         if (e->items[k]->kind != JSON_STR) {
           rc = ckpt_err(err, errlen, "%s: corrupt header: metadata '%s' is not a string", path,
                         e->keys[k]);
@@ -447,12 +463,14 @@ int zoo_ckpt_load(const char *path, zoo_ckpt *c, char *err, size_t errlen) {
         break;
       }
       t->shape[k] = d->inum;
-      t->numel *= d->inum;
-      if (t->numel > (1LL << 40)) {
-        rc = ckpt_err(err, errlen, "%s: corrupt header: tensor '%s' is implausibly large", path,
-                      name);
+      if (d->inum && t->numel > (1LL << 40) / d->inum) { /* checked before it can overflow */
+        rc = ckpt_err(err, errlen,
+                      "%s: corrupt header: tensor '%s' has a shape too large (more than 2^40 "
+                      "elements)",
+                      path, name);
         break;
       }
+      t->numel *= d->inum;
     }
     if (rc) break;
     json *a = offs->items[0], *b = offs->items[1];

@@ -8,11 +8,13 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -414,13 +416,40 @@ static const char *cfg_suggest(const char *section, const char *key, char *buf, 
     memcpy(cand, rest, len);
     cand[len] = 0;
     int dist = cfg_distance(key, cand);
-    if (dist < best) {
+    if (dist > 0 && dist < best) { /* the key itself is a section, not a typo */
       best = dist;
       snprintf(buf, n, "%s", cand);
       found = buf;
     }
   }
   return found;
+}
+
+/* The keys directly under section `path`, "builder.*, seed, ..." (sections with
+ * ".*"), for "is a section" messages. */
+static const char *cfg_section_keys(zoo_arena *a, const char *path) {
+  size_t pl = strlen(path);
+  const char *list = "";
+  const char *seen[CFG_NFIELDS];
+  int nseen = 0;
+  for (int i = 0; i < CFG_NFIELDS; i++) {
+    const char *p = cfg_fields[i].path;
+    if (strncmp(p, path, pl) || p[pl] != '.') continue;
+    const char *rest = p + pl + 1;
+    size_t len = strcspn(rest, ".");
+    int dup = 0;
+    for (int k = 0; k < nseen; k++)
+      dup |= !strncmp(seen[k], rest, len) && (seen[k][len] == '.' || !seen[k][len]);
+    if (dup) continue;
+    seen[nseen++] = rest;
+    if (nseen > 12) {
+      list = zoo_arena_printf(a, "%s, ...", list);
+      break;
+    }
+    list = zoo_arena_printf(a, "%s%s%.*s%s", list, nseen > 1 ? ", " : "", (int)len, rest,
+                            rest[len] ? ".*" : "");
+  }
+  return list;
 }
 
 /* Scalar conversions. Each returns 0, or -1 if the text is not of the type. */
@@ -646,12 +675,15 @@ static void cfg_value(cfg_walk *w, const cfg_field *f, zoo_yaml *n) {
       return;
     }
     c->defines = zoo_arena_alloc(&c->arena, (size_t)(n->n + 1) * sizeof *c->defines);
+    c->define_at = zoo_arena_alloc(&c->arena, (size_t)(n->n + 1) * sizeof *c->define_at);
     c->ndefines = 0;
     for (int i = 0; i < n->n; i++) {
       char path[256];
       snprintf(path, sizeof path, "model.params.%s", n->keys[i]);
       const char *v = cfg_zoo_literal(&c->arena, n->items[i], d, path);
-      if (v) c->defines[c->ndefines++] = (zoo_define){n->keys[i], v};
+      if (!v) continue;
+      c->define_at[c->ndefines] = (zoo_define_at){n->key_spans[i], n->items[i]->span};
+      c->defines[c->ndefines++] = (zoo_define){n->keys[i], v};
     }
     return;
   }
@@ -704,6 +736,7 @@ static void cfg_defaults(zoo_config *c) {
   c->max_position_embeddings = 64;
   c->model_vocab_size = 8192;
   c->defines = NULL;
+  c->define_at = NULL;
   c->ndefines = 0;
   c->max_epochs = 100;
   c->learning_rate = 1e-3;
@@ -769,11 +802,13 @@ int zoo_config_override(zoo_config *c, const char *flag, zoo_diag *d) {
     char section[256], buf[64];
     snprintf(section, sizeof section, "%.*s", dot ? (int)(dot - key) : 0, key);
     const char *hint = cfg_suggest(section, dot ? dot + 1 : key, buf, sizeof buf);
-    if (hint)
+    if (cfg_is_section(key))
+      zoo_error(d, key_span, "--%s is a section, not a key; override one of its keys "
+                             "(--%s.KEY=VALUE): %s",
+                key, key, cfg_section_keys(&c->arena, key));
+    else if (hint)
       zoo_error(d, key_span, "unknown option --%s (did you mean --%s%s%s?)", key, section,
                 *section ? "." : "", hint);
-    else if (cfg_is_section(key))
-      zoo_error(d, key_span, "--%s is a section; override one of its keys", key);
     else
       zoo_error(d, key_span, "unknown option --%s", key);
     return -1;
@@ -799,6 +834,46 @@ int zoo_config_override(zoo_config *c, const char *flag, zoo_diag *d) {
 }
 
 /* ---------------------------------------------------------------- checks */
+
+/* "<the binary's folder>/../rel" (bin/zoorun -> models/...), or NULL. */
+static const char *cfg_beside_binary(zoo_arena *a, const char *rel) {
+  char exe[1024];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return NULL;
+  exe[n] = 0;
+  char *slash = strrchr(exe, '/');
+  if (!slash) return NULL;
+  *slash = 0;
+  return zoo_arena_printf(a, "%s/../%s", exe, rel);
+}
+
+static int cfg_by_name(const void *x, const void *y) {
+  return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+/* The sequence mixers zoo has, "attention, based, ...": the models/<name>.zoo
+ * files of the working directory, else of the folder beside the binary. */
+static const char *cfg_mixer_names(zoo_arena *a) {
+  const char *dirs[2] = {"models", cfg_beside_binary(a, "models")};
+  for (int k = 0; k < 2; k++) {
+    DIR *dir = dirs[k] ? opendir(dirs[k]) : NULL;
+    if (!dir) continue;
+    const char *names[64];
+    int n = 0;
+    for (struct dirent *e; (e = readdir(dir)) && n < 64;) {
+      size_t len = strlen(e->d_name);
+      if (len > 4 && !strcmp(e->d_name + len - 4, ".zoo"))
+        names[n++] = zoo_arena_strndup(a, e->d_name, len - 4);
+    }
+    closedir(dir);
+    if (!n) continue;
+    qsort(names, (size_t)n, sizeof *names, cfg_by_name);
+    const char *list = names[0];
+    for (int i = 1; i < n; i++) list = zoo_arena_printf(a, "%s, %s", list, names[i]);
+    return list;
+  }
+  return "attention, based, conv_attention, rebased, rwkv"; /* what zoo ships */
+}
 
 /* An error at the node of `path` (or at the file's start if the default is wrong). */
 static void cfg_error_at(zoo_config *c, zoo_diag *d, const char *path, const char *fmt, ...)
@@ -827,6 +902,10 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
   if (c->num_train_examples < 1)
     cfg_error_at(c, d, "data.num_train_examples", "must be at least 1");
   if (c->num_test_examples < 1) cfg_error_at(c, d, "data.num_test_examples", "must be at least 1");
+  /* a batch is distinct training examples (a slice of a shuffle of all of them) */
+  if (c->num_train_examples >= 1 && c->batch_size > c->num_train_examples)
+    cfg_error_at(c, d, "data.batch_size", "must be at most data.num_train_examples (%lld)",
+                 (long long)c->num_train_examples);
   if (!(c->train_power_a > 0 && c->train_power_a <= 1))
     cfg_error_at(c, d, "data.builder.kwargs.train_power_a", "must be in (0, 1]");
   if (!(c->test_power_a > 0 && c->test_power_a <= 1))
@@ -837,7 +916,7 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
   if (c->gradient_accumulation_steps < 1)
     cfg_error_at(c, d, "gradient_accumulation_steps", "must be at least 1");
   if (c->d_model < 1) cfg_error_at(c, d, "model.d_model", "must be at least 1");
-  if (c->model_vocab_size < c->vocab_size)
+  if (!cfg_find(c->root, "model.file") && c->model_vocab_size < c->vocab_size) /* reference form */
     cfg_error_at(c, d, "model.vocab_size", "must hold the data's %d tokens (got %d)",
                  c->vocab_size, c->model_vocab_size);
   if (strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"))
@@ -876,8 +955,8 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
       plain &= islower((unsigned char)*p) != 0 || isdigit((unsigned char)*p) != 0 || *p == '_';
     if (!plain)
       zoo_error(d, mixer->span, "model.sequence_mixer.name: '%s' is not a mixer name "
-                                "(zoo has rebased, based, conv_attention, attention)",
-                name);
+                                "(zoo has %s)",
+                name, cfg_mixer_names(&c->arena));
     else
       c->model_file = zoo_arena_printf(&c->arena, "models/%s.zoo", name);
   }
@@ -930,18 +1009,28 @@ static void cfg_reference_rewrites(zoo_config *c, FILE *log) {
   }
 }
 
+/* Appends the define name=value, located at the config key `path` when the
+ * config wrote that very value there (not one a rewrite replaced). */
+static void cfg_add_define(zoo_config *c, const char *name, int value, const char *path) {
+  const zoo_yaml *n = cfg_find(c->root, path);
+  int64_t written;
+  zoo_define_at at = {zoo_nospan, zoo_nospan};
+  if (n && n->kind == ZOO_YAML_SCALAR && !cfg_parse_int(n->text, &written) && written == value)
+    at = (zoo_define_at){cfg_key_span(c->root, path), n->span};
+  c->define_at[c->ndefines] = at;
+  c->defines[c->ndefines++] = (zoo_define){name, zoo_arena_printf(&c->arena, "%d", value)};
+}
+
 /* The model parameters the reference form binds (the shipped models' names). */
 static void cfg_reference_defines(zoo_config *c) {
   c->defines = zoo_arena_alloc(&c->arena, 4 * sizeof *c->defines);
+  c->define_at = zoo_arena_alloc(&c->arena, 4 * sizeof *c->define_at);
   c->ndefines = 0;
-  c->defines[c->ndefines++] =
-      (zoo_define){"vocab_size", zoo_arena_printf(&c->arena, "%d", c->model_vocab_size)};
-  c->defines[c->ndefines++] =
-      (zoo_define){"d_model", zoo_arena_printf(&c->arena, "%d", c->d_model)};
-  c->defines[c->ndefines++] =
-      (zoo_define){"seq_len", zoo_arena_printf(&c->arena, "%d", c->max_position_embeddings)};
-  c->defines[c->ndefines++] =
-      (zoo_define){"num_heads", zoo_arena_printf(&c->arena, "%d", c->num_heads)};
+  cfg_add_define(c, "vocab_size", c->model_vocab_size, "model.vocab_size");
+  cfg_add_define(c, "d_model", c->d_model, "model.d_model");
+  /* max_position_embeddings is rewritten to the input length */
+  cfg_add_define(c, "seq_len", c->max_position_embeddings, "data.input_seq_len");
+  cfg_add_define(c, "num_heads", c->num_heads, "model.num_heads");
 }
 
 int zoo_config_finish(zoo_config *c, zoo_diag *d, FILE *log) {
@@ -964,40 +1053,82 @@ int zoo_config_finish(zoo_config *c, zoo_diag *d, FILE *log) {
                  c->vocab_size / 2 - 1, c->num_kv_pairs);
     return -1;
   }
+  int64_t micro = (c->num_train_examples + c->batch_size - 1) / c->batch_size;
+  if (micro < c->gradient_accumulation_steps) {
+    cfg_error_at(c, d, "gradient_accumulation_steps",
+                 "an epoch of %lld examples is %lld micro-batches of %d, fewer than the %d "
+                 "accumulated in an optimiser step",
+                 (long long)c->num_train_examples, (long long)micro, c->batch_size,
+                 c->gradient_accumulation_steps);
+    return -1;
+  }
   if (c->mixer) cfg_reference_defines(c);
   for (int i = 0; i < w.nnotes; i++)
     zoo_note(d, w.note_spans[i], "'%s' is accepted and ignored: %s", w.note_keys[i], w.notes[i]);
   return 0;
 }
 
+static int cfg_is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int zoo_config_check_model(zoo_config *c, zoo_diag *d) {
-  if (!c->model_file || access(c->model_file, R_OK) == 0) return 0;
-  if (c->model_file[0] != '/') { /* beside the binary: <bin>/../models/x.zoo */
-    char exe[1024];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-      exe[n] = 0;
-      char *slash = strrchr(exe, '/');
-      if (slash) {
-        *slash = 0;
-        const char *alt = zoo_arena_printf(&c->arena, "%s/../%s", exe, c->model_file);
-        if (access(alt, R_OK) == 0) {
-          c->model_file = alt;
-          return 0;
-        }
-      }
+  if (!c->model_file) return 0;
+  int readable = access(c->model_file, R_OK) == 0, why = errno;
+  if (readable && !cfg_is_dir(c->model_file)) return 0;
+  if (!readable && c->model_file[0] != '/') { /* beside the binary: <bin>/../models/x.zoo */
+    const char *alt = cfg_beside_binary(&c->arena, c->model_file);
+    if (alt && access(alt, R_OK) == 0 && !cfg_is_dir(alt)) {
+      c->model_file = alt;
+      return 0;
     }
   }
   const zoo_yaml *n = cfg_find(c->root, c->mixer ? "model.sequence_mixer.name" : "model.file");
-  if (c->mixer)
-    zoo_error(d, n ? n->span : zoo_nospan,
-              "no model for sequence mixer '%s': %s does not exist (zoo has rebased, based, "
-              "conv_attention, attention)",
-              c->mixer, c->model_file);
+  zoo_span at = n ? n->span : zoo_nospan;
+  if (c->mixer && readable)
+    zoo_error(d, at, "no model for sequence mixer '%s': %s is a directory (zoo has %s)",
+              c->mixer, c->model_file, cfg_mixer_names(&c->arena));
+  else if (c->mixer)
+    zoo_error(d, at, "no model for sequence mixer '%s': %s does not exist (zoo has %s)", c->mixer,
+              c->model_file, cfg_mixer_names(&c->arena));
+  else if (readable)
+    zoo_error(d, at, "model.file: '%s' is a directory, not a .zoo file", c->model_file);
   else
-    zoo_error(d, n ? n->span : zoo_nospan, "model.file: cannot read '%s': %s", c->model_file,
-              strerror(errno));
+    zoo_error(d, at, "model.file: cannot read '%s': %s", c->model_file, strerror(why));
   return -1;
+}
+
+/* A model binding's integer value: 0 and *out, or -1 (absent, or not an integer). */
+static int cfg_binding_int(const zoo_program *p, const char *name, int64_t *out) {
+  for (int i = 0; i < p->nbindings; i++)
+    if (p->bindings[i].name && !strcmp(p->bindings[i].name, name))
+      return cfg_parse_int(p->bindings[i].value, out);
+  return -1;
+}
+
+int zoo_config_check_program(zoo_config *c, const zoo_program *p, zoo_diag *d) {
+  static const struct {
+    const char *binding, *data, *param, *shorter;
+  } checks[] = {
+      {"seq_len", "data.input_seq_len", "model.params.seq_len", "shorter"},
+      {"vocab_size", "data.vocab_size", "model.params.vocab_size", "smaller"},
+  };
+  int rc = 0;
+  for (int k = 0; k < 2; k++) {
+    int64_t v;
+    int want = k == 0 ? c->input_seq_len : c->vocab_size;
+    if (cfg_binding_int(p, checks[k].binding, &v) || v >= want) continue;
+    if (cfg_find(c->root, checks[k].param))
+      cfg_error_at(c, d, checks[k].param, "the model's %s %lld is %s than %s %d",
+                   checks[k].binding, (long long)v, checks[k].shorter, checks[k].data, want);
+    else /* the model's default, or (reference form) a rewrite */
+      cfg_error_at(c, d, checks[k].data, "the model's %s %lld is %s than %s %d%s%s",
+                   checks[k].binding, (long long)v, checks[k].shorter, checks[k].data, want,
+                   c->mixer ? "" : "; bind it in ", c->mixer ? "" : checks[k].param);
+    rc = -1;
+  }
+  return rc;
 }
 
 /* ---------------------------------------------------------------- output */
@@ -1105,13 +1236,70 @@ uint64_t zoo_config_hash(const zoo_config *c) {
   return h;
 }
 
+/* A .zoo literal with its numbers written one way: "1e-2", "0.010" and "1.0e-2"
+ * alike (floats as the shortest text that reads back the same, with a '.' or
+ * an 'e' so they stay floats); strings and everything else as written. */
+static void cfg_write_literal(FILE *out, const char *s) {
+  while (*s) {
+    if (*s == '"') { /* a string: copied to its closing quote */
+      fputc(*s++, out);
+      while (*s && *s != '"') {
+        if (*s == '\\' && s[1]) fputc(*s++, out);
+        fputc(*s++, out);
+      }
+      if (*s) fputc(*s++, out);
+      continue;
+    }
+    char *end = (char *)s;
+    double v = 0;
+    if (isdigit((unsigned char)*s) || *s == '-' || *s == '+' || *s == '.') v = strtod(s, &end);
+    if (end == s) {
+      fputc(*s++, out);
+      continue;
+    }
+    size_t len = (size_t)(end - s);
+    if (strcspn(s, ".eE") >= len) { /* an integer */
+      fprintf(out, "%lld", strtoll(s, NULL, 10));
+    } else {
+      char buf[40];
+      for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+      }
+      fprintf(out, "%s%s", buf, strpbrk(buf, ".e") ? "" : ".0");
+    }
+    s = end;
+  }
+}
+
+static int cfg_define_by_name(const void *x, const void *y) {
+  return strcmp((*(const zoo_define *const *)x)->name, (*(const zoo_define *const *)y)->name);
+}
+
 uint64_t zoo_config_model_hash(const zoo_config *c) {
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
-  fprintf(f, "%s\n", c->model_file ? c->model_file : "");
-  for (int i = 0; i < c->ndefines; i++)
-    fprintf(f, "%s=%s\n", c->defines[i].name, c->defines[i].value);
+  /* what the model is, not where it lies: its file's text (its path if unreadable) */
+  FILE *model = c->model_file ? fopen(c->model_file, "rb") : NULL;
+  if (model) {
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, model)) > 0) fwrite(chunk, 1, n, f);
+    fclose(model);
+  } else {
+    fprintf(f, "%s", c->model_file ? c->model_file : "");
+  }
+  fputc(0, f);
+  const zoo_define **sorted = malloc((size_t)(c->ndefines + 1) * sizeof *sorted);
+  for (int i = 0; i < c->ndefines; i++) sorted[i] = &c->defines[i];
+  qsort(sorted, (size_t)c->ndefines, sizeof *sorted, cfg_define_by_name);
+  for (int i = 0; i < c->ndefines; i++) {
+    fprintf(f, "%s=", sorted[i]->name);
+    cfg_write_literal(f, sorted[i]->value);
+    fputc('\n', f);
+  }
+  free(sorted);
   fclose(f);
   uint64_t h = cfg_fnv(buf, len);
   free(buf);
@@ -1164,6 +1352,12 @@ int zoo_sweep_load(zoo_sweep *s, const char *path, zoo_diag *d) {
   for (int i = 0; i < params->n; i++) {
     const char *key = params->keys[i];
     zoo_yaml *spec = params->items[i];
+    if (cfg_is_section(key)) {
+      zoo_error(d, params->key_spans[i], "'%s' is a section, not a key; sweep one of its "
+                                         "keys ('%s.KEY'): %s",
+                key, key, cfg_section_keys(&c->arena, key));
+      continue;
+    }
     if (!cfg_field_of(key) && strncmp(key, "model.params.", 13)) {
       char buf[64], section[256];
       const char *dot = strrchr(key, '.');

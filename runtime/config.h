@@ -75,6 +75,7 @@ typedef struct zoo_config {
   int max_position_embeddings; /* rewritten to input_seq_len */
   int model_vocab_size;        /* model.vocab_size: 8192 */
   zoo_define *defines;         /* what zoo_compile binds: the model's parameters */
+  zoo_define_at *define_at;    /* where each was written (zoo_compile_opts.define_at) */
   int ndefines;
 
   /* training */
@@ -107,11 +108,19 @@ int zoo_config_finish(zoo_config *c, zoo_diag *d, FILE *log);
 /* Checks that the model's .zoo file exists (relative paths: from the working
  * directory, else beside the binary's folder); reports at the key that named it. */
 int zoo_config_check_model(zoo_config *c, zoo_diag *d);
+/* After zoo_compile: the model's own seq_len and vocab_size (its bindings, after
+ * defaults and model.params) must hold the data's input_seq_len and vocab_size.
+ * Reports at the key that set the model's value (model.params.seq_len, else
+ * data.input_seq_len; likewise vocab_size) and returns -1; 0 when they do, or
+ * when the model has no such parameter. */
+int zoo_config_check_program(zoo_config *c, const zoo_program *p, zoo_diag *d);
 /* The effective configuration as YAML (what runs/<id>/config.yaml holds). */
 void zoo_config_write(FILE *out, const zoo_config *c);
 /* FNV-1a of the effective YAML: equal configs, equal hashes. */
 uint64_t zoo_config_hash(const zoo_config *c);
-/* Of the parts that decide the parameters' names and shapes and the data. */
+/* Of what decides the parameters' names and shapes: the model file's text (not
+ * the spelling of its path) and the parameters sorted by name, their values
+ * written one way (1e-2 and 0.01 alike). */
 uint64_t zoo_config_model_hash(const zoo_config *c);
 void zoo_config_free(zoo_config *c);
 

@@ -739,8 +739,10 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   tr.t0 = t_start;
 
   if (zoo_config_check_model(c, d)) return -1;
-  zoo_compile_opts co = {.path = c->model_file, .defines = c->defines, .ndefines = c->ndefines};
+  zoo_compile_opts co = {.path = c->model_file, .defines = c->defines, .ndefines = c->ndefines,
+                         .define_at = c->define_at};
   if (zoo_compile(&co, d, &tr.prog)) return -1;
+  if (zoo_config_check_program(c, tr.prog, d)) goto done;
   /* The LM head over labelled rows only: on the CPU fused (linear_cross_entropy,
    * no logits at all); on CUDA compacted (the labelled rows gathered, then
    * cuBLAS GEMMs over them), sized by the pairs per sequence, each of which

@@ -7,6 +7,9 @@
  * Every --KEY=VALUE that is not one of zoorun's own options overrides the config
  * (dotted keys: --model.d_model=64), checked like the file itself.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +55,21 @@ static const char *zoorun_opt(int argc, char **argv, int *i, const char *name) {
     exit(1);
   }
   return argv[++*i];
+}
+
+/* The value of a count option: a positive integer, all of the text ("2x", "-1",
+ * "0" and "" are refused). Returns 0 and *out, or -1 after saying why. */
+static int zoorun_count(const char *name, const char *v, int *out) {
+  char *end = (char *)v;
+  long n = 0;
+  errno = 0;
+  if (isdigit((unsigned char)v[0])) n = strtol(v, &end, 10); /* no sign, no spaces */
+  if (end == v || *end || errno || n < 1 || n > INT_MAX) {
+    fprintf(stderr, "zoorun: error: %s must be a positive integer (got '%s')\n", name, v);
+    return -1;
+  }
+  *out = (int)n;
+  return 0;
 }
 
 static int zoorun_sweep(const char *path, int dry_run) {
@@ -105,7 +123,7 @@ int main(int argc, char **argv) {
     } else if ((v = zoorun_opt(argc, argv, &i, "--out"))) {
       o.out_dir = v;
     } else if ((v = zoorun_opt(argc, argv, &i, "--stop-after-epochs"))) {
-      o.stop_after_epochs = atoi(v);
+      if (zoorun_count("--stop-after-epochs", v, &o.stop_after_epochs)) return 1;
     } else if (!strcmp(argv[i], "--resume")) {
       o.resume = 1;
     } else if (!strcmp(argv[i], "--dry-run")) {
