@@ -529,7 +529,12 @@ static zoo_value *dim_binary(zoo_lowering *L, int op, zoo_value *a, zoo_value *b
   zoo_dim x, y, r;
   if (zoo_value_want_dim(L, a, at, "a size", &x) || zoo_value_want_dim(L, b, at, "a size", &y))
     return NULL;
-  if (op == ZOO_BIN_MUL) return value_dim(L, zoo_dim_mul(x, y), at);
+  if (op == ZOO_BIN_MUL) {
+    if (!zoo_dim_mul_checked(x, y, &r))
+      return zoo_lower_error(L, at, "%s * %s overflows an int64", zoo_value_format(L, a),
+                             zoo_value_format(L, b));
+    return value_dim(L, r, at);
+  }
   if (op == ZOO_BIN_IDIV) {
     if (y.coef == 0 && y.sym == 0) return zoo_lower_error(L, at, "division by zero");
     if (!zoo_dim_div(x, y, &r))

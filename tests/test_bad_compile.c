@@ -191,6 +191,7 @@ TEST(bad_compile_error_reshape_overflow) {
 TEST(bad_compile_error_reshape_infer_overflow) {
   cmp_error(t, "reshape_infer_overflow", NULL, 0, "reshape_infer_overflow");
 }
+TEST(bad_compile_error_dim_overflow) { cmp_error(t, "dim_overflow", NULL, 0, "dim_overflow"); }
 
 /* The audit's command: every size below 2^40, products far past int64. */
 TEST(bad_compile_zooc_param_overflow) {
