@@ -61,6 +61,9 @@ void zoo_test_register(const char *name, zoo_test_fn fn);
 int zoo_test_golden(zoo_test_ctx *t, const char *golden_path, const char *text);
 /* Reads a whole file (NULL if missing); caller frees. */
 char *zoo_test_read(const char *path, size_t *len);
+/* Compiles a .zoo file (with one optional "name=value" define; gen: also its
+ * training graph) and returns the messages; *errors counts the errors. */
+char *zoo_test_compile_messages(const char *path, const char *define, int gen, int *errors);
 /* The number of times needle occurs in hay. */
 int zoo_test_count(const char *hay, const char *needle);
 /* Sets the environment variable `name` to value (NULL: unsets it); returns

@@ -13,13 +13,12 @@
 #include "generate.h"
 #include "test.h"
 
-/* Compiles tests/bad/cmp_<name>.zoo with one optional -D ("name=value") and,
- * when it compiles and gen is 1, builds its training graph as zooc's summary
- * does (which binds T to seq_len). Returns the messages (caller frees) and
- * *errors, the number of errors reported. */
-static char *compile_messages(const char *name, const char *define, int gen, int *errors) {
-  char path[128], buf[128];
-  snprintf(path, sizeof path, "tests/bad/cmp_%s.zoo", name);
+/* Compiles path with one optional -D ("name=value") and, when it compiles and gen
+ * is 1, builds its training graph as zooc's summary does (which binds T to
+ * seq_len). Returns the messages (caller frees) and *errors, the number of errors
+ * reported. Shared with test_errors.c (test.h). */
+char *zoo_test_compile_messages(const char *path, const char *define, int gen, int *errors) {
+  char buf[128];
   zoo_define d1 = {0};
   if (define) {
     snprintf(buf, sizeof buf, "%s", define);
@@ -44,6 +43,12 @@ static char *compile_messages(const char *name, const char *define, int gen, int
   zoo_program_free(p);
   *errors = d.nerrors;
   return text;
+}
+
+static char *compile_messages(const char *name, const char *define, int gen, int *errors) {
+  char path[128];
+  snprintf(path, sizeof path, "tests/bad/cmp_%s.zoo", name);
+  return zoo_test_compile_messages(path, define, gen, errors);
 }
 
 /* The messages of cmp_<name>.zoo (with define) against tests/golden/cmp_<golden>.err. */

@@ -11,28 +11,12 @@
 /* Compiles tests/bad/sem_<name>.zoo (with one optional -D) and compares the
  * messages with the golden file. */
 static void sem_error(zoo_test_ctx *t, const char *name, const char *define) {
-  char path[128], golden[128], buf[128];
+  char path[128], golden[128];
   snprintf(path, sizeof path, "tests/bad/sem_%s.zoo", name);
   snprintf(golden, sizeof golden, "tests/golden/sem_%s.err", name);
-  zoo_define d1;
-  if (define) {
-    snprintf(buf, sizeof buf, "%s", define);
-    char *eq = strchr(buf, '=');
-    *eq = 0;
-    d1.name = buf;
-    d1.value = eq + 1;
-  }
-  zoo_compile_opts o = {.path = path, .defines = &d1, .ndefines = define ? 1 : 0, .std_dir = "models"};
-  char *text;
-  size_t len;
-  FILE *out = open_memstream(&text, &len);
-  zoo_diag d;
-  zoo_diag_init(&d, out);
-  zoo_program *p = NULL;
-  int rc = zoo_compile(&o, &d, &p);
-  fclose(out);
-  zoo_program_free(p);
-  if (rc == 0 || d.nerrors == 0) {
+  int errors;
+  char *text = zoo_test_compile_messages(path, define, 0, &errors);
+  if (errors == 0) {
     free(text);
     CHECKF(0, "%s compiled without errors", path);
   }
