@@ -4,9 +4,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,7 +63,7 @@ void zoo_train_init_params(const zoo_graph *g, uint64_t seed, float **params) {
 /* ---------------------------------------------------------------- pieces */
 
 /* A checkpoint being written by a thread of its own (train_save). */
-#define CKPT_NMETA 13
+#define CKPT_NMETA 14
 typedef struct ckpt_writer {
   pthread_t thread;
   int running;
@@ -94,6 +97,8 @@ typedef struct trainer {
   int tty;
   int have_ckpt; /* a checkpoint of this run exists on disk */
   int staged;    /* this run's config and metrics are NAME.new until its first checkpoint */
+  char run_tag[40]; /* this start's name, in its checkpoints and its staged config.yaml */
+  int lock_fd;      /* the run folder, flock'ed while this run writes it */
   /* progress */
   int epoch, start_epoch;
   int64_t step, start_step;
@@ -147,6 +152,9 @@ static int unstage(const char *dir, char *err, size_t n) {
       return -1;
     }
   }
+  char summary[1100]; /* the earlier run's */
+  snprintf(summary, sizeof summary, "%s/summary.json", dir);
+  remove(summary);
   return 0;
 }
 
@@ -291,7 +299,7 @@ static int train_save(trainer *tr, int finished) {
   static const char *keys[CKPT_NMETA] = {"format",      "version",         "epoch",      "step",
                                          "best_accuracy", "last_accuracy", "last_valid_loss",
                                          "seed",        "data_seed",       "config_hash", "model_hash",
-                                         "elapsed_s",   "finished"};
+                                         "elapsed_s",   "finished",        "run"};
   snprintf(w->values[0], sizeof w->values[0], "zoo");
   snprintf(w->values[1], sizeof w->values[1], "1");
   snprintf(w->values[2], sizeof w->values[2], "%d", tr->epoch);
@@ -305,6 +313,7 @@ static int train_save(trainer *tr, int finished) {
   snprintf(w->values[10], sizeof w->values[10], "%016llx", (unsigned long long)zoo_config_model_hash(tr->c));
   snprintf(w->values[11], sizeof w->values[11], "%.3f", train_elapsed(tr));
   snprintf(w->values[12], sizeof w->values[12], "%s", finished ? "1" : "0");
+  snprintf(w->values[13], sizeof w->values[13], "%s", tr->run_tag);
   for (int i = 0; i < CKPT_NMETA; i++) w->meta[i] = (zoo_ckpt_meta){keys[i], w->values[i]};
   w->path = tr->ckpt_path;
   w->g = tr->g;
@@ -324,14 +333,18 @@ static int train_save(trainer *tr, int finished) {
 }
 
 /* Drops the lines of metrics.jsonl written after the checkpoint (a run killed
- * mid-epoch logged steps that the resumed run makes again). */
+ * mid-epoch logged steps that the resumed run makes again), and a last line the
+ * kill cut short. */
 static int train_trim_metrics(trainer *tr) {
   FILE *f = fopen(tr->metrics_path, "r");
   if (!f) return 0;
   char *kept = NULL, *line = NULL;
   size_t klen = 0, cap = 0;
   FILE *k = open_memstream(&kept, &klen);
-  while (getline(&line, &cap, f) > 0) {
+  ssize_t len;
+  while ((len = getline(&line, &cap, f)) > 0) {
+    if (len < 2 || line[len - 1] != '\n' || line[len - 2] != '}')
+      continue; /* torn: the run stopped mid-line */
     long long step = -1, epoch = -1;
     int is_step = sscanf(line, "{\"step\": %lld", &step) == 1;
     int is_epoch = !is_step && sscanf(line, "{\"epoch\": %lld", &epoch) == 1;
@@ -432,9 +445,7 @@ static int train_resume(trainer *tr) {
     rc = -1;
   }
   snprintf(want, sizeof want, "%016llx", (unsigned long long)zoo_config_hash(tr->c));
-  if (!rc && hash && strcmp(hash, want) && !tr->o->quiet)
-    fprintf(tr->out, "note: the config differs from the one that wrote the checkpoint (hash %s, "
-                     "now %s); resuming with the new settings\n", hash, want);
+  int differs = hash && strcmp(hash, want);
   zoo_ckpt_state s = {tr->params, tr->m, tr->v};
   if (!rc && zoo_ckpt_restore_model(&ck, tr->ckpt_path, tr->g, tr->prog->aliases,
                                     tr->prog->naliases, &s, err, sizeof err)) {
@@ -453,11 +464,24 @@ static int train_resume(trainer *tr) {
       rc = -1;
     } else {
       tr->have_ckpt = 1;
-      if (train_trim_metrics(tr)) rc = -1;
-      if (!rc && !tr->o->quiet)
-        fprintf(tr->out, "resuming %s: %d epochs and %lld steps done, best accuracy %.4f\n",
-                tr->ckpt_path, tr->epoch, (long long)tr->step, tr->best);
-      if (!rc && (tr->early_stopped || tr->epoch >= tr->c->max_epochs)) rc = 1;
+      /* complete when the settings now in force would have stopped it there */
+      const zoo_config *c = tr->c;
+      int stops = c->early_stopping && tr->last_acc > c->early_stopping_threshold;
+      if (tr->epoch >= c->max_epochs || (tr->early_stopped && stops)) {
+        rc = 1;
+      } else {
+        if (tr->early_stopped && !tr->o->quiet)
+          fprintf(tr->out, "note: the run had stopped early at accuracy %.4f; with these settings "
+                           "it goes on\n", tr->last_acc);
+        tr->early_stopped = 0;
+        if (differs && !tr->o->quiet)
+          fprintf(tr->out, "note: the config differs from the one that wrote the checkpoint (hash "
+                           "%s, now %s); resuming with the new settings\n", hash, want);
+        if (train_trim_metrics(tr)) rc = -1;
+        if (!rc && !tr->o->quiet)
+          fprintf(tr->out, "resuming %s: %d epochs and %lld steps done, best accuracy %.4f\n",
+                  tr->ckpt_path, tr->epoch, (long long)tr->step, tr->best);
+      }
     }
   }
   zoo_ckpt_free(&ck);
@@ -549,6 +573,18 @@ static int train_validate(trainer *tr, double *acc, double *loss) {
   return 0;
 }
 
+/* s as a JSON string. */
+static void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; s && *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+    else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+    else fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
 static int train_summary(trainer *tr, zoo_train_result *r, const char *status) {
   char path[1100];
   snprintf(path, sizeof path, "%s/summary.json", tr->dir);
@@ -557,21 +593,26 @@ static int train_summary(trainer *tr, zoo_train_result *r, const char *status) {
     zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
     return -1;
   }
+  fputs("{\n  \"run_id\": ", f);
+  json_string(f, tr->c->run_id);
   fprintf(f,
-          "{\n  \"run_id\": \"%s\",\n  \"status\": \"%s\",\n  \"best_valid_accuracy\": %.6f,\n"
+          ",\n  \"status\": \"%s\",\n  \"best_valid_accuracy\": %.6f,\n"
           "  \"last_valid_accuracy\": %.6f,\n  \"last_valid_loss\": %.6f,\n  \"epochs\": %d,\n"
           "  \"max_epochs\": %d,\n  \"early_stopped\": %s,\n  \"steps\": %lld,\n"
           "  \"wall_s\": %.3f,\n  \"steps_per_s\": %.3f,\n  \"device\": \"%s\",\n"
-          "  \"parameters\": %lld,\n  \"model\": \"%s\"\n}\n",
-          tr->c->run_id, status, tr->best, tr->last_acc, tr->last_vloss, tr->epoch,
-          tr->c->max_epochs, tr->early_stopped ? "true" : "false", (long long)tr->step,
-          train_elapsed(tr), r->steps_per_s, r->device, (long long)r->parameters,
-          tr->c->model_file);
+          "  \"parameters\": %lld,\n  \"model\": ",
+          status, tr->best, tr->last_acc, tr->last_vloss, tr->epoch, tr->c->max_epochs,
+          tr->early_stopped ? "true" : "false", (long long)tr->step, train_elapsed(tr),
+          r->steps_per_s, r->device, (long long)r->parameters);
+  json_string(f, tr->c->model_file);
+  fputs("\n}\n", f);
   return train_close(tr, f, path);
 }
 
-/* The run's config.yaml and its metrics.jsonl (appended to on --resume). */
+/* The run's config.yaml and its metrics.jsonl (appended to on --resume); a
+ * finished run's are left as they are. */
 static int train_open_files(trainer *tr, int finished) {
+  if (finished) return 0; /* its config.yaml stays the one that ran */
   char path[1100];
   train_file(tr, path, sizeof path, "config.yaml");
   FILE *f = fopen(path, "w");
@@ -579,9 +620,9 @@ static int train_open_files(trainer *tr, int finished) {
     zoo_error(tr->d, zoo_nospan, "cannot write %s: %s", path, strerror(errno));
     return -1;
   }
+  if (tr->staged) fprintf(f, "# zoo run %s\n", tr->run_tag); /* train_recover reads it */
   zoo_config_write(f, tr->c);
   if (train_close(tr, f, path)) return -1;
-  if (finished) return 0;
   train_file(tr, path, sizeof path, "metrics.jsonl");
   tr->metrics = fopen(path, tr->o->resume ? "a" : "w");
   if (!tr->metrics) {
@@ -589,6 +630,100 @@ static int train_open_files(trainer *tr, int finished) {
     return -1;
   }
   return 0;
+}
+
+/* SIGINT or SIGTERM, caught while a run trains (a second one ends the process). */
+static volatile sig_atomic_t train_signal;
+
+static void train_on_signal(int sig) {
+  train_signal = sig;
+  signal(sig, SIG_DFL);
+}
+
+/* Catches SIGINT and SIGTERM, keeping the earlier handlers in was[0] and was[1];
+ * a signal the process was started ignoring (SIGINT in a background job) stays
+ * ignored. */
+static void train_catch_signals(struct sigaction was[2]) {
+  static const int sigs[2] = {SIGINT, SIGTERM};
+  struct sigaction on = {.sa_handler = train_on_signal};
+  sigemptyset(&on.sa_mask);
+  train_signal = 0;
+  for (int i = 0; i < 2; i++) {
+    sigaction(sigs[i], NULL, &was[i]);
+    if (was[i].sa_handler != SIG_IGN) sigaction(sigs[i], &on, NULL);
+  }
+}
+
+/* A start that finds NAME.new files, left by a run that was killed while staged:
+ * if the checkpoint is that run's (its first was written, the renames were not
+ * done), the renames are finished; else that run stopped before its first
+ * checkpoint, and its files go. */
+static int train_recover(trainer *tr) {
+  char path[1100], line[128], tag[40] = "", err[600];
+  snprintf(path, sizeof path, "%s/config.yaml.new", tr->dir);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  if (fgets(line, sizeof line, f)) sscanf(line, "# zoo run %39s", tag);
+  fclose(f);
+  zoo_ckpt ck;
+  int theirs = 0;
+  if (tag[0] && access(tr->ckpt_path, F_OK) == 0 &&
+      !zoo_ckpt_load(tr->ckpt_path, &ck, err, sizeof err)) {
+    const char *ran = zoo_ckpt_meta_get(&ck, "run");
+    theirs = ran && !strcmp(ran, tag);
+    zoo_ckpt_free(&ck);
+  }
+  if (theirs) {
+    if (unstage(tr->dir, err, sizeof err)) {
+      zoo_error(tr->d, zoo_nospan, "%s", err);
+      return -1;
+    }
+    zoo_note(tr->d, zoo_nospan, "%s: moved in the config and metrics of the run whose first "
+             "checkpoint is there (it was stopped before it did)", tr->dir);
+    return 0;
+  }
+  for (int i = 0; i < NSTAGED; i++) {
+    snprintf(path, sizeof path, "%s/%s.new", tr->dir, staged_names[i]);
+    remove(path);
+  }
+  zoo_note(tr->d, zoo_nospan, "%s: removed the config and metrics of a run that was stopped "
+           "before its first checkpoint", tr->dir);
+  return 0;
+}
+
+/* Makes and locks the run folder (one run writes a folder at a time), names this
+ * start, and finishes what a killed run left half done. */
+static int train_folder(trainer *tr) {
+  const zoo_train_opts *o = tr->o;
+  char def[512];
+  snprintf(def, sizeof def, "runs/%s", tr->c->run_id);
+  const char *dir = o->out_dir ? o->out_dir : def;
+  if (strlen(dir) > sizeof tr->dir - 40) {
+    zoo_error(tr->d, zoo_nospan, "the run folder's path is %zu characters long, more than %zu",
+              strlen(dir), sizeof tr->dir - 40);
+    return -1;
+  }
+  snprintf(tr->dir, sizeof tr->dir, "%s", dir);
+  if (train_mkdirs(tr->dir)) {
+    zoo_error(tr->d, zoo_nospan, "cannot use %s as the run folder: %s", tr->dir, strerror(errno));
+    return -1;
+  }
+  tr->lock_fd = open(tr->dir, O_RDONLY | O_DIRECTORY);
+  if (tr->lock_fd < 0 || flock(tr->lock_fd, LOCK_EX | LOCK_NB)) {
+    if (errno == EWOULDBLOCK)
+      zoo_error(tr->d, zoo_nospan, "another run is writing %s (one run a folder: --out names "
+                "another)", tr->dir);
+    else
+      zoo_error(tr->d, zoo_nospan, "cannot lock the run folder %s: %s", tr->dir, strerror(errno));
+    return -1;
+  }
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  snprintf(tr->run_tag, sizeof tr->run_tag, "%llx.%lx.%d", (unsigned long long)now.tv_sec,
+           (unsigned long)now.tv_nsec, (int)getpid());
+  snprintf(tr->ckpt_path, sizeof tr->ckpt_path, "%s/checkpoint.safetensors", tr->dir);
+  snprintf(tr->metrics_path, sizeof tr->metrics_path, "%s/metrics.jsonl", tr->dir);
+  return train_recover(tr);
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -643,6 +778,10 @@ static int train_run(trainer *tr, zoo_train_result *r) {
       }
       tr->step++;
       steps_this_call++;
+      if (train_signal) { /* SIGINT, SIGTERM: stop after this step, keep the last checkpoint */
+        rc = -1;
+        break;
+      }
       if (tr->writer.running && __atomic_load_n(&tr->writer.done, __ATOMIC_ACQUIRE) &&
           train_save_wait(tr)) { /* the last checkpoint's write failed: stop now */
         rc = -1;
@@ -732,7 +871,7 @@ static int train_run(trainer *tr, zoo_train_result *r) {
 
 int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_diag *d) {
   memset(r, 0, sizeof *r);
-  trainer tr = {.c = c, .o = o, .d = d, .out = o->out ? o->out : stdout};
+  trainer tr = {.c = c, .o = o, .d = d, .out = o->out ? o->out : stdout, .lock_fd = -1};
   tr.tty = isatty(fileno(tr.out));
   int rc = -1;
   double t_start = train_now();
@@ -790,15 +929,8 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
             c->gradient_accumulation_steps);
 
   /* the run folder before the backend, whose start may take seconds */
-  snprintf(tr.dir, sizeof tr.dir, "%s", o->out_dir ? o->out_dir : "runs");
-  if (!o->out_dir) snprintf(tr.dir, sizeof tr.dir, "runs/%s", c->run_id);
+  if (train_folder(&tr)) goto done;
   snprintf(r->run_dir, sizeof r->run_dir, "%s", tr.dir);
-  if (train_mkdirs(tr.dir)) {
-    zoo_error(d, zoo_nospan, "cannot use %s as the run folder: %s", tr.dir, strerror(errno));
-    goto done;
-  }
-  snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.safetensors", tr.dir);
-  snprintf(tr.metrics_path, sizeof tr.metrics_path, "%s/metrics.jsonl", tr.dir);
 
   train_mark(t_start, "model and data ready");
   tr.be = train_backend(&tr, c->batch_size, T, r->device);
@@ -834,7 +966,12 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   } else {
     tr.t0 = train_now();
     train_mark(t_start, "training starts");
+    struct sigaction was[2];
+    train_catch_signals(was);
     rc = train_run(&tr, r);
+    sigaction(SIGINT, &was[0], NULL);
+    sigaction(SIGTERM, &was[1], NULL);
+    r->signal = train_signal;
     train_mark(t_start, "training ends");
     if (train_save_wait(&tr)) rc = -1;
     train_mark(t_start, "last checkpoint written");
@@ -850,12 +987,19 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
   r->steps = tr.step;
   r->early_stopped = tr.early_stopped;
   r->wall_s = train_now() - t_start;
+  int kept = tr.have_ckpt && !tr.staged;
+  if (r->signal)
+    zoo_error(d, zoo_nospan, "stopped by %s at step %lld (epoch %d/%d); %s%s%s",
+              r->signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)tr.step, tr.epoch + 1,
+              c->max_epochs, kept ? "the last checkpoint is kept at " : "no checkpoint was written yet",
+              kept ? tr.ckpt_path : "", kept ? " (--resume continues from it)" : "");
   if (tr.staged) /* failed before its first checkpoint: the earlier run stays */
     zoo_note(d, zoo_nospan, "the earlier run in %s is kept as it was", tr.dir);
-  else if (train_summary(&tr, r, rc                                ? "failed"
-                                   : tr.early_stopped                ? "early stopped"
-                                   : tr.epoch >= c->max_epochs       ? "finished"
-                                                                     : "interrupted"))
+  else if (train_summary(&tr, r, r->signal || (!rc && tr.epoch < c->max_epochs && !tr.early_stopped)
+                                     ? "interrupted"
+                                 : rc                ? "failed"
+                                 : tr.early_stopped  ? "early stopped"
+                                                     : "finished"))
     rc = -1;
   if (!o->quiet && !rc && !finished)
     fprintf(tr.out,
@@ -866,6 +1010,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
 
 done:
   if (tr.metrics) fclose(tr.metrics);
+  if (tr.lock_fd >= 0) close(tr.lock_fd);
   if (tr.staged) train_drop_staged(&tr);
   if (tr.be) tr.be->free(tr.be);
   train_mark(t_start, "backend freed");

@@ -45,10 +45,12 @@ typedef struct zoo_train_result {
   int64_t parameters;
   char device[16];
   char run_dir[1024];
+  int signal;             /* SIGINT or SIGTERM when one stopped the run, else 0 */
 } zoo_train_result;
 
 /* Trains the finished config c. Returns 0, or -1 after reporting through d (a
- * config, model, checkpoint or backend problem, or a loss that is not finite). */
+ * config, model, checkpoint or backend problem, a loss that is not finite, or
+ * SIGINT or SIGTERM, which stop the run after the step in flight: r->signal). */
 int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_diag *d);
 
 /* Fills parameter buffers from each parameter's zoo_init with a generator seeded

@@ -4,8 +4,12 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../runtime/backend.h"
@@ -395,6 +399,160 @@ TEST(train_unwritable_run_folder) {
          "%s", text);
   free(text);
   rmdir(p);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* Writes text to dir/name. */
+static void tr_write(const char *dir, const char *name, const char *text) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  FILE *f = fopen(p, "w");
+  if (f) fputs(text, f), fclose(f);
+}
+
+/* One run a folder: a second start while the folder is locked is refused. */
+TEST(train_folder_locked) {
+  const char *flags[] = {"--data.num_train_examples=640", "--max_epochs=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 2) == 0);
+  const char *dir = tr_dir("locked");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  CHECK(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0); /* as another zoorun would */
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == -1);
+  CHECKF(strstr(text, "another run is writing ") && r.steps == 0, "%s", text);
+  free(text);
+  close(fd);
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == 0);
+  free(text);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* A restart killed around its first checkpoint leaves config.yaml.new and
+ * metrics.jsonl.new: the next start moves them in when the checkpoint is that
+ * run's (its tag in the checkpoint and the staged config), else removes them. */
+TEST(train_recovers_killed_restart) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=3", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("recover");
+  zoo_train_result r;
+  char *text, err[600];
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+
+  /* killed before its first checkpoint: the checkpoint is not its own */
+  tr_write(dir, "config.yaml.new", "# zoo run 1.2.3\nseed: 7\n");
+  tr_write(dir, "metrics.jsonl.new", "{\"step\": 1, \"epoch\": 0, \"loss\": 9}\n");
+  CHECK(tr_train(&c, dir, 1, 1, &r, &text) == 0);
+  CHECKF(strstr(text, "removed the config and metrics of a run that was stopped"), "%s", text);
+  free(text);
+  CHECK(!tr_exists(dir, "config.yaml.new") && !tr_exists(dir, "metrics.jsonl.new"));
+
+  /* killed after its first checkpoint's rename: the checkpoint is its own */
+  char *old = tr_set_meta(dir, "run", "4.5.6", err, sizeof err);
+  CHECKF(old, "%s", err);
+  free(old);
+  tr_write(dir, "config.yaml.new", "# zoo run 4.5.6\nseed: 7\n");
+  tr_write(dir, "metrics.jsonl.new", "{\"step\": 1, \"epoch\": 0, \"loss\": 9}\n");
+  CHECK(tr_train(&c, dir, 1, 1, &r, &text) == 0);
+  CHECKF(strstr(text, "moved in the config and metrics of the run whose first checkpoint"), "%s",
+         text);
+  free(text);
+  CHECK(!tr_exists(dir, "config.yaml.new") && !tr_exists(dir, "metrics.jsonl.new"));
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  char *m = zoo_test_read(p, NULL);
+  CHECKF(m && !strncmp(m, "{\"step\": 1, \"epoch\": 0, \"loss\": 9}\n", 35), "%s", m ? m : "none");
+  free(m);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* A kill that cut metrics.jsonl's last line short: --resume drops the torn line. */
+TEST(train_resume_drops_torn_line) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=3", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("torn");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0);
+  free(text);
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  FILE *f = fopen(p, "a");
+  CHECK(f);
+  fputs("{\"step\": 7", f);
+  fclose(f);
+  CHECK(tr_train(&c, dir, 1, 1, &r, &text) == 0);
+  free(text);
+  char *m = zoo_test_read(p, NULL);
+  CHECK(m != NULL);
+  int lines = 0, whole = 1;
+  for (char *line = m; line && *line; lines++) {
+    char *nl = strchr(line, '\n');
+    char *second = strchr(line + 1, '{');
+    whole &= nl && line[0] == '{' && nl[-1] == '}' && (!second || second > nl);
+    line = nl ? nl + 1 : NULL;
+  }
+  CHECKF(whole && lines == 2 * (10 + 1), "%d lines: %s", lines, m);
+  free(m);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
+/* SIGTERM (as SIGINT) stops a run after the step in flight: an error naming the
+ * signal, the last checkpoint kept, summary.json "interrupted", and --resume
+ * goes on from there. */
+TEST(train_sigterm_stops_cleanly) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=3", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("sigterm");
+  zoo_train_result r;
+  char *text;
+  CHECK(tr_train(&c, dir, 0, 1, &r, &text) == 0); /* one epoch: a checkpoint */
+  free(text);
+  char p[512];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  pid_t self = getpid();
+  pid_t child = fork(); /* signals once the resumed run has logged two more epochs */
+  if (child == 0) {
+    for (int i = 0; i < 4000; i++) {
+      usleep(5000);
+      FILE *f = fopen(p, "r");
+      int lines = 0;
+      for (int ch; f && (ch = fgetc(f)) != EOF;) lines += ch == '\n';
+      if (f) fclose(f);
+      if (lines >= 3 * (10 + 1)) break;
+    }
+    kill(self, SIGTERM);
+    _exit(0);
+  }
+  c.max_epochs = 1000000; /* long enough to be stopped */
+  int rc = tr_train(&c, dir, 1, 0, &r, &text);
+  waitpid(child, NULL, 0);
+  CHECKF(rc == -1 && r.signal == SIGTERM && strstr(text, "error: stopped by SIGTERM at step ") &&
+             strstr(text, "the last checkpoint is kept at "),
+         "rc %d signal %d: %s", rc, r.signal, text);
+  free(text);
+  snprintf(p, sizeof p, "%s/summary.json", dir);
+  char *summary = zoo_test_read(p, NULL);
+  CHECK(summary && strstr(summary, "\"status\": \"interrupted\""));
+  free(summary);
+  c.max_epochs = 3;
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == 0);
+  CHECKF(r.epochs == 3, "%s", text);
+  free(text);
   zoo_config_free(&c);
   tr_rmdir(dir);
 }
