@@ -557,6 +557,40 @@ TEST(train_sigterm_stops_cleanly) {
   tr_rmdir(dir);
 }
 
+/* --resume of a complete run rewrites nothing; with settings that would not have
+ * stopped it there (a higher max_epochs), it goes on. */
+TEST(train_resume_complete_run) {
+  const char *flags[] = {"--data.num_train_examples=640", "--data.num_test_examples=128",
+                         "--max_epochs=2", "--early_stopping_threshold=2"};
+  zoo_config c;
+  CHECK(tr_config(&c, flags, 4) == 0);
+  const char *dir = tr_dir("complete");
+  zoo_train_result r;
+  char *text, *before[TR_NFILES], *after[TR_NFILES];
+  size_t nbefore[TR_NFILES], nafter[TR_NFILES];
+  CHECK(tr_train(&c, dir, 0, 0, &r, &text) == 0);
+  free(text);
+  tr_read_all(dir, before, nbefore);
+  c.learning_rate = 5e-3; /* another config, which a complete run does not take */
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == 0);
+  CHECKF(r.epochs == 2 && r.steps == 20, "%s", text);
+  free(text);
+  tr_read_all(dir, after, nafter);
+  for (int i = 0; i < TR_NFILES; i++) {
+    if (i != 2) /* summary.json is written again, with this call's wall time */
+      CHECKF(after[i] && nafter[i] == nbefore[i] && !memcmp(after[i], before[i], nbefore[i]),
+             "%s changed", tr_files[i]);
+    free(after[i]);
+    free(before[i]);
+  }
+  c.max_epochs = 3;
+  CHECK(tr_train(&c, dir, 1, 0, &r, &text) == 0);
+  CHECKF(r.epochs == 3 && r.steps == 30, "%s", text);
+  free(text);
+  zoo_config_free(&c);
+  tr_rmdir(dir);
+}
+
 /* The CPU backend on a one-op model (logits = embedding rows): two micro-batches
  * accumulated with the seed 1/2, then one AdamW step, against the formulas. */
 TEST(train_cpu_backend_adamw) {
