@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -468,12 +469,17 @@ static int cfg_parse_int(const char *s, int64_t *out) {
   return 0;
 }
 
+/* A number: 0, or -1 if the text is not one, or -2 if it is one a double cannot
+ * hold (1e400, and 1e-400, which would read as 0). Subnormals (4.9e-324) are
+ * numbers; what range a key allows is its own check. */
 static int cfg_parse_float(const char *s, double *out) {
   char *end;
   if (!*s || isspace((unsigned char)*s)) return -1;
   errno = 0;
   double v = strtod(s, &end);
-  if (*end || errno || !isfinite(v)) return -1;
+  if (end == s || *end || isnan(v)) return -1;
+  if (isinf(v) && errno != ERANGE) return -1; /* "inf": not a number to zoo */
+  if (errno == ERANGE && (isinf(v) || v == 0)) return -2;
   *out = v;
   return 0;
 }
@@ -600,8 +606,15 @@ static void cfg_value(cfg_walk *w, const cfg_field *f, zoo_yaml *n) {
     if (slot && f->type == CFG_INT) *(int *)slot = (int)iv;
     if (slot && f->type == CFG_INT64) *(int64_t *)slot = iv;
     return;
-  case CFG_FLOAT:
-    if (n->kind != ZOO_YAML_SCALAR || n->quoted || cfg_parse_float(n->text, &fv)) {
+  case CFG_FLOAT: {
+    int bad = n->kind != ZOO_YAML_SCALAR || n->quoted ? -1 : cfg_parse_float(n->text, &fv);
+    if (bad == -2) {
+      int tiny = strtod(n->text, NULL) == 0;
+      zoo_error(d, n->span, "%s: %s is too %s for a double%s", f->path, n->text,
+                tiny ? "close to 0" : "large", tiny ? " (it would read as 0)" : "");
+      return;
+    }
+    if (bad) {
       cfg_type_error(d, f->path, n, "a number");
       return;
     }
@@ -611,6 +624,7 @@ static void cfg_value(cfg_walk *w, const cfg_field *f, zoo_yaml *n) {
     }
     if (slot) *(double *)slot = fv;
     return;
+  }
   case CFG_BOOL:
     if (n->kind != ZOO_YAML_SCALAR || n->quoted || cfg_parse_bool(n->text, &bv)) {
       cfg_type_error(d, f->path, n, "true or false");
@@ -779,6 +793,11 @@ int zoo_config_load_string(zoo_config *c, const char *path, const char *text, zo
   return cfg_load_source(c, zoo_source_from_string(path, text), d);
 }
 
+int zoo_config_known_key(const char *key) {
+  return cfg_field_of(key) || cfg_is_section(key) ||
+         (!strncmp(key, "model.params.", 13) && key[13]);
+}
+
 int zoo_config_override(zoo_config *c, const char *flag, zoo_diag *d) {
   if (c->nsources >= (int)(sizeof c->sources / sizeof *c->sources)) {
     zoo_error(d, zoo_nospan, "too many command-line overrides");
@@ -814,10 +833,23 @@ int zoo_config_override(zoo_config *c, const char *flag, zoo_diag *d) {
     return -1;
   }
   int vstart = (int)(eq - text) + 1;
+  const char *vtext = eq + 1 + strspn(eq + 1, " \t");
+  /* "---" and "..." start and end a YAML document: as a value they would read
+   * as nothing, or fail as YAML */
+  if ((!strncmp(vtext, "---", 3) || !strncmp(vtext, "...", 3)) &&
+      (!vtext[3] || isspace((unsigned char)vtext[3]))) {
+    zoo_span at = {src, 1, (int)(vtext - text) + 1, 1, (int)strlen(text) + 1};
+    zoo_error(d, at, "--%s: '%.3s' marks a YAML document's %s, not a value; for the text, "
+                     "quote it: --%s='\"%s\"'",
+              key, vtext, vtext[0] == '-' ? "start" : "end", key, vtext);
+    return -1;
+  }
   int before = d->nerrors;
   zoo_yaml *value = cfg_parse(&c->arena, src, eq + 1, strlen(eq + 1), vstart, d);
   if (!value || d->nerrors > before) return -1;
-  if (value->kind == ZOO_YAML_MAP && value->n == 0 && !eq[1]) { /* "--key=": null */
+  /* "--key=", "--key= " or "--key=# x": no document at all, which is null (not the
+   * empty mapping cfg_parse makes of an empty file) */
+  if (value->kind == ZOO_YAML_MAP && value->n == 0 && (!*vtext || *vtext == '#')) {
     value->kind = ZOO_YAML_SCALAR;
     value->text = "";
   }
@@ -891,6 +923,28 @@ static void cfg_error_at(zoo_config *c, zoo_diag *d, const char *path, const cha
   else zoo_error(d, at, "%s: %s (the default; set it in %s)", path, msg, c->path);
 }
 
+/* run_id names the folder runs/<run_id> and is written into summary.json and
+ * config.yaml: a plain name, no control characters, quotes or backslashes, and
+ * no spaces at its ends. */
+static void cfg_check_run_id(zoo_config *c, zoo_diag *d) {
+  const char *id = c->run_id, *why = NULL;
+  size_t len = strlen(id);
+  for (const char *p = id; !why && *p; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch < 0x20 || ch == 0x7f) why = "must not hold control characters (a newline, a tab)";
+    else if (ch == '"' || ch == '\'' || ch == '\\') why = "must not hold quotes or backslashes";
+  }
+  if (why) { /* said */
+  } else if (strspn(id, " ") == len) {
+    why = len ? "must not be blank" : "must not be empty";
+  } else if (id[0] == ' ' || id[len - 1] == ' ') {
+    why = "must not start or end with a space";
+  } else if (strchr(id, '/') || !strcmp(id, "..") || !strcmp(id, ".")) {
+    why = "must be a plain name";
+  }
+  if (why) cfg_error_at(c, d, "run_id", "%s (it names the folder runs/<run_id>)", why);
+}
+
 static void cfg_checks(zoo_config *c, zoo_diag *d) {
   if (c->input_seq_len < 4 || c->input_seq_len % 2)
     cfg_error_at(c, d, "data.input_seq_len", "must be even and at least 4 (got %d)",
@@ -911,7 +965,18 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
   if (!(c->test_power_a > 0 && c->test_power_a <= 1))
     cfg_error_at(c, d, "data.builder.kwargs.test_power_a", "must be in (0, 1]");
   if (c->max_epochs < 1) cfg_error_at(c, d, "max_epochs", "must be at least 1");
+  /* AdamW takes the rate as a float: 1e-50 would be 0 there, 1e39 infinite */
   if (!(c->learning_rate > 0)) cfg_error_at(c, d, "learning_rate", "must be positive");
+  else if (c->learning_rate < FLT_MIN || c->learning_rate > FLT_MAX)
+    cfg_error_at(c, d, "learning_rate", "%g is too %s: the optimiser computes in float, "
+                 "whose %s normal value is %g", c->learning_rate,
+                 c->learning_rate < FLT_MIN ? "small" : "large",
+                 c->learning_rate < FLT_MIN ? "smallest" : "largest",
+                 c->learning_rate < FLT_MIN ? (double)FLT_MIN : (double)FLT_MAX);
+  if (c->early_stopping_threshold < 0) /* above 1: never stops, and allowed */
+    cfg_error_at(c, d, "early_stopping_threshold",
+                 "must not be negative: it is the validation accuracy that stops the run "
+                 "(above 1: never)");
   if (c->weight_decay < 0) cfg_error_at(c, d, "weight_decay", "must not be negative");
   if (c->gradient_accumulation_steps < 1)
     cfg_error_at(c, d, "gradient_accumulation_steps", "must be at least 1");
@@ -921,9 +986,7 @@ static void cfg_checks(zoo_config *c, zoo_diag *d) {
                  c->vocab_size, c->model_vocab_size);
   if (strcmp(c->precision, "fp32") && strcmp(c->precision, "tf32") && strcmp(c->precision, "bf16"))
     cfg_error_at(c, d, "precision", "must be fp32, tf32 or bf16 (got '%s')", c->precision);
-  if (!c->run_id[0] || strchr(c->run_id, '/') || !strcmp(c->run_id, "..") ||
-      !strcmp(c->run_id, "."))
-    cfg_error_at(c, d, "run_id", "must be a plain name (it names the folder runs/<run_id>)");
+  cfg_check_run_id(c, d);
 
   const zoo_yaml *metric = cfg_find(c->root, "early_stopping_metric");
   if (metric) {
@@ -1033,9 +1096,30 @@ static void cfg_reference_defines(zoo_config *c) {
   cfg_add_define(c, "num_heads", c->num_heads, "model.num_heads");
 }
 
+/* A sweep file (zoo_sweep_load's keys: parameters, with method, program or
+ * command) given where a run config belongs: one error saying so, not one
+ * "unknown key" per sweep key. */
+static int cfg_sweep_file(zoo_config *c, zoo_diag *d) {
+  const zoo_yaml *root = c->root;
+  int first = -1;
+  if (!cfg_get(root, "parameters", NULL)) return 0;
+  for (int i = 0; i < root->n; i++)
+    if (!strcmp(root->keys[i], "method") || !strcmp(root->keys[i], "program") ||
+        !strcmp(root->keys[i], "command") || !strcmp(root->keys[i], "parameters")) {
+      if (first < 0) first = i;
+      if (strcmp(root->keys[i], "parameters")) {
+        zoo_error(d, root->key_spans[first],
+                  "this is a sweep file, not a run config: zoorun --sweep %s --dry-run", c->path);
+        return 1;
+      }
+    }
+  return 0;
+}
+
 int zoo_config_finish(zoo_config *c, zoo_diag *d, FILE *log) {
   int before = d->nerrors;
   cfg_defaults(c);
+  if (cfg_sweep_file(c, d)) return -1;
   cfg_walk w = {.c = c, .d = d};
   cfg_walk_map(&w, c->root, "");
   if (d->nerrors > before) return -1;
@@ -1073,17 +1157,27 @@ static int cfg_is_dir(const char *path) {
   return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-int zoo_config_check_model(zoo_config *c, zoo_diag *d) {
-  if (!c->model_file) return 0;
-  int readable = access(c->model_file, R_OK) == 0, why = errno;
-  if (readable && !cfg_is_dir(c->model_file)) return 0;
-  if (!readable && c->model_file[0] != '/') { /* beside the binary: <bin>/../models/x.zoo */
+/* Finds the model's .zoo file: as written (relative paths from the working
+ * directory), else beside the binary's folder, where c->model_file then points.
+ * Returns 0, or -1 with *readable (something that is not a file is there) and
+ * *why (errno). */
+static int cfg_find_model(zoo_config *c, int *readable, int *why) {
+  *readable = access(c->model_file, R_OK) == 0, *why = errno;
+  if (*readable && !cfg_is_dir(c->model_file)) return 0;
+  if (!*readable && c->model_file[0] != '/') { /* beside the binary: <bin>/../models/x.zoo */
     const char *alt = cfg_beside_binary(&c->arena, c->model_file);
     if (alt && access(alt, R_OK) == 0 && !cfg_is_dir(alt)) {
       c->model_file = alt;
       return 0;
     }
   }
+  return -1;
+}
+
+int zoo_config_check_model(zoo_config *c, zoo_diag *d) {
+  if (!c->model_file) return 0;
+  int readable, why;
+  if (!cfg_find_model(c, &readable, &why)) return 0;
   const zoo_yaml *n = cfg_find(c->root, c->mixer ? "model.sequence_mixer.name" : "model.file");
   zoo_span at = n ? n->span : zoo_nospan;
   if (c->mixer && readable)
@@ -1149,27 +1243,77 @@ static void cfg_write_double(FILE *out, double v) {
   }
 }
 
-/* A string, quoted when YAML would read it as something else. */
+/* The inside of a YAML double-quoted scalar. */
+static void cfg_write_escaped(FILE *out, const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    static const char esc[] = "abtnvfr"; /* \a .. \r: 7 .. 13 */
+    if (*p == '"' || *p == '\\') {
+      fputc('\\', out);
+      fputc(*p, out);
+    } else if (*p >= 7 && *p <= 13) {
+      fputc('\\', out);
+      fputc(esc[*p - 7], out);
+    } else if (*p < 0x20 || *p == 0x7f) {
+      fprintf(out, "\\x%02x", *p);
+    } else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) { /* U+0080 .. U+009F, NEL */
+      fprintf(out, "\\x%02x", *++p);
+    } else if (*p == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)) { /* LS, PS */
+      fprintf(out, "\\u%04x", 0x2000 + p[2] - 0x80);
+      p += 2;
+    } else {
+      fputc(*p, out);
+    }
+  }
+}
+
+/* A string as YAML that reads back the same: plain when it is a plain name that
+ * YAML reads as a string, else double-quoted with every character YAML would
+ * not keep as written escaped (quotes, backslashes, control characters, and the
+ * line breaks NEL, LS and PS that a quoted scalar would fold). */
 static void cfg_write_string(FILE *out, const char *s) {
   int plain = s[0] && isalpha((unsigned char)s[0]);
   for (const char *p = s; *p; p++)
     plain &= isalnum((unsigned char)*p) != 0 || strchr("._/-", *p) != NULL;
   int dummy;
-  if (plain && cfg_parse_bool(s, &dummy) != 0 && strcmp(s, "null")) {
+  zoo_yaml probe = {.kind = ZOO_YAML_SCALAR, .text = s};
+  if (plain && cfg_parse_bool(s, &dummy) != 0 && !cfg_is_null(&probe)) {
     fputs(s, out);
     return;
   }
   fputc('"', out);
-  for (const char *p = s; *p; p++) {
-    if (*p == '"' || *p == '\\') fputc('\\', out);
-    fputc(*p, out);
-  }
+  cfg_write_escaped(out, s);
   fputc('"', out);
 }
 
+/* A model parameter's .zoo literal (cfg_zoo_literal's text: numbers, booleans,
+ * "strings" with \" and \\ escaped, [lists]) as YAML that reads back to it:
+ * everything but the strings as written, the strings quoted and escaped. */
+static void cfg_write_param(FILE *out, const char *v) {
+  while (*v) {
+    if (*v != '"') {
+      fputc(*v++, out);
+      continue;
+    }
+    size_t n = 0;
+    char *text = malloc(strlen(v) + 1);
+    for (v++; *v && *v != '"'; v++) {
+      if (*v == '\\' && v[1]) v++;
+      text[n++] = *v;
+    }
+    text[n] = 0;
+    if (*v) v++;
+    fputc('"', out); /* quoted even when plain: a number's text stays a string */
+    cfg_write_escaped(out, text);
+    fputc('"', out);
+    free(text);
+  }
+}
+
 void zoo_config_write(FILE *out, const zoo_config *c) {
-  fprintf(out, "# effective configuration: %s with zoorun's flags and the reference "
-               "trainer's rewrites\n", c->path);
+  fputs("# effective configuration: ", out);
+  for (const char *p = c->path; *p; p++) /* a comment ends at a line break */
+    fputc((unsigned char)*p < 0x20 ? '?' : *p, out);
+  fputs(" with zoorun's flags and the reference trainer's rewrites\n", out);
   fprintf(out, "data:\n  builder:\n    name: src.data.associative_recall.multiquery_ar\n");
   fprintf(out, "    kwargs:\n      num_kv_pairs: %d\n      train_power_a: ", c->num_kv_pairs);
   cfg_write_double(out, c->train_power_a);
@@ -1194,8 +1338,13 @@ void zoo_config_write(FILE *out, const zoo_config *c) {
     fprintf(out, "  file: ");
     cfg_write_string(out, c->model_file ? c->model_file : "");
     fprintf(out, "\n  params:%s\n", c->ndefines ? "" : " {}");
-    for (int i = 0; i < c->ndefines; i++)
-      fprintf(out, "    %s: %s\n", c->defines[i].name, c->defines[i].value);
+    for (int i = 0; i < c->ndefines; i++) {
+      fputs("    ", out);
+      cfg_write_string(out, c->defines[i].name);
+      fputs(": ", out);
+      cfg_write_param(out, c->defines[i].value);
+      fputc('\n', out);
+    }
   }
   fprintf(out, "max_epochs: %d\nlearning_rate: ", c->max_epochs);
   cfg_write_double(out, c->learning_rate);
@@ -1206,7 +1355,9 @@ void zoo_config_write(FILE *out, const zoo_config *c) {
   fprintf(out, "early_stopping_metric: %s\nearly_stopping_threshold: ",
           c->early_stopping ? "valid/accuracy" : "null");
   cfg_write_double(out, c->early_stopping_threshold);
-  fprintf(out, "\nprecision: %s\nrun_id: ", c->precision);
+  fprintf(out, "\nprecision: ");
+  cfg_write_string(out, c->precision);
+  fprintf(out, "\nrun_id: ");
   cfg_write_string(out, c->run_id);
   fprintf(out, "\ntags: [");
   for (int i = 0; i < c->ntags; i++) {
@@ -1314,6 +1465,75 @@ void zoo_config_free(zoo_config *c) {
 
 /* ---------------------------------------------------------------- sweeps */
 
+/* A value as text that is equal for equal values: numbers by their value
+ * (1e-3 and 0.001 alike; 2 and 2.0 stay apart: a model parameter's type),
+ * booleans and null by their meaning, strings and lists as written. */
+static void sweep_value_key(FILE *f, const zoo_yaml *n) {
+  int64_t i;
+  double x;
+  int b;
+  if (n->kind == ZOO_YAML_SCALAR && !n->quoted) {
+    if (cfg_is_null(n)) return (void)fputs("n;", f);
+    if (!cfg_parse_int(n->text, &i)) return (void)fprintf(f, "i%lld;", (long long)i);
+    if (!cfg_parse_float(n->text, &x)) return (void)fprintf(f, "f%a;", x);
+    if (!cfg_parse_bool(n->text, &b)) return (void)fprintf(f, "b%d;", b);
+  }
+  if (n->kind == ZOO_YAML_SCALAR) return (void)fprintf(f, "s%zu:%s;", strlen(n->text), n->text);
+  fprintf(f, "%c%d(", n->kind == ZOO_YAML_SEQ ? 'l' : 'm', n->n);
+  for (int k = 0; k < n->n; k++) {
+    if (n->kind == ZOO_YAML_MAP) fprintf(f, "%zu:%s=", strlen(n->keys[k]), n->keys[k]);
+    sweep_value_key(f, n->items[k]);
+  }
+  fputc(')', f);
+}
+
+typedef struct sweep_keyed {
+  const char *key;
+  int index;
+} sweep_keyed;
+
+static int sweep_by_key(const void *x, const void *y) {
+  const sweep_keyed *a = x, *b = y;
+  int k = strcmp(a->key, b->key);
+  return k ? k : (a->index > b->index) - (a->index < b->index);
+}
+
+/* A value listed twice in one parameter's values is a run listed twice: an
+ * error at the second, with a note at the first. Sorted, not pairwise: a
+ * parameter may list many values. */
+static void sweep_check_duplicates(zoo_config *c, const zoo_sweep_param *p, zoo_diag *d) {
+  if (p->nvalues < 2) return;
+  sweep_keyed *v = malloc((size_t)p->nvalues * sizeof *v);
+  for (int i = 0; i < p->nvalues; i++) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    sweep_value_key(f, p->values[i]);
+    fclose(f);
+    v[i] = (sweep_keyed){zoo_arena_strdup(&c->arena, buf), i};
+    free(buf);
+  }
+  qsort(v, (size_t)p->nvalues, sizeof *v, sweep_by_key);
+  int *first = malloc((size_t)p->nvalues * sizeof *first); /* of each value; -1: itself */
+  for (int i = 0, g = 0; i < p->nvalues; i++) { /* g: where i's group starts */
+    if (strcmp(v[g].key, v[i].key)) g = i;
+    first[v[i].index] = g == i ? -1 : v[g].index;
+  }
+  for (int i = 0; i < p->nvalues; i++) { /* in the file's order */
+    if (first[i] < 0) continue;
+    const zoo_yaml *dup = p->values[i];
+    if (dup->kind == ZOO_YAML_SCALAR)
+      zoo_error(d, dup->span, "%s: the value %s is listed twice (the grid would run it twice)",
+                p->key, dup->text);
+    else
+      zoo_error(d, dup->span, "%s: this value is listed twice (the grid would run it twice)",
+                p->key);
+    zoo_note(d, p->values[first[i]]->span, "first listed here");
+  }
+  free(first);
+  free(v);
+}
+
 /* sweep := program, command (list), project, method: grid, name,
  *          metric {name, goal}, parameters {key: {values: [...]} | {value: x}} */
 int zoo_sweep_load(zoo_sweep *s, const char *path, zoo_diag *d) {
@@ -1349,6 +1569,7 @@ int zoo_sweep_load(zoo_sweep *s, const char *path, zoo_diag *d) {
   }
   s->params = zoo_arena_alloc(&c->arena, (size_t)(params->n + 1) * sizeof *s->params);
   s->nruns = 1;
+  double runs = 1; /* the count, without int64_t's overflow, for the message */
   for (int i = 0; i < params->n; i++) {
     const char *key = params->keys[i];
     zoo_yaml *spec = params->items[i];
@@ -1390,7 +1611,17 @@ int zoo_sweep_load(zoo_sweep *s, const char *path, zoo_diag *d) {
       p->values[0] = value;
       p->nvalues = 1;
     }
-    s->nruns *= p->nvalues;
+    sweep_check_duplicates(c, p, d);
+    if (__builtin_mul_overflow(s->nruns, (int64_t)p->nvalues, &s->nruns)) s->nruns = INT64_MAX;
+    runs *= p->nvalues;
+  }
+  if (runs > ZOO_SWEEP_MAX_RUNS) {
+    char count[40];
+    if (runs < 9e18) snprintf(count, sizeof count, "%lld", (long long)s->nruns);
+    else snprintf(count, sizeof count, "%.3g", runs);
+    zoo_error(d, cfg_key_span(root, "parameters"),
+              "the grid has %s runs (%d parameters); zoo takes at most %d runs a sweep", count,
+              s->nparams, ZOO_SWEEP_MAX_RUNS);
   }
   if (!s->base_config && d->nerrors == before)
     zoo_error(d, command ? command->span : root->span,
@@ -1429,49 +1660,137 @@ int zoo_sweep_run_config(const zoo_sweep *s, int64_t index, zoo_config *c, zoo_d
   return zoo_config_finish(c, d, NULL);
 }
 
+/* The dry run's models: one compile and check for each distinct model file and
+ * parameters, by a hash table of those keys. */
+typedef struct sweep_model {
+  char *key;         /* the file found, then name=value of each parameter */
+  int64_t first_run; /* the run that compiled it */
+  int failed;
+} sweep_model;
+
+typedef struct sweep_models {
+  sweep_model *slots;
+  size_t cap, n; /* cap a power of two, at most half full */
+} sweep_models;
+
+static sweep_model *sweep_model_slot(sweep_models *m, const char *key) {
+  if (2 * (m->n + 1) > m->cap) {
+    sweep_models grown = {calloc(m->cap ? 2 * m->cap : 64, sizeof *grown.slots),
+                          m->cap ? 2 * m->cap : 64, 0};
+    for (size_t i = 0; i < m->cap; i++)
+      if (m->slots[i].key) *sweep_model_slot(&grown, m->slots[i].key) = m->slots[i], grown.n++;
+    free(m->slots);
+    *m = grown;
+  }
+  size_t i = (size_t)cfg_fnv(key, strlen(key)) & (m->cap - 1);
+  while (m->slots[i].key && strcmp(m->slots[i].key, key)) i = (i + 1) & (m->cap - 1);
+  return &m->slots[i];
+}
+
+/* Compiles run c's model and checks it against its data, as zoo_train does.
+ * Returns 0, or -1 after reporting through d. */
+static int sweep_compile_check(zoo_config *c, zoo_diag *d) {
+  zoo_compile_opts co = {.path = c->model_file, .defines = c->defines, .ndefines = c->ndefines,
+                         .define_at = c->define_at};
+  zoo_program *p = NULL;
+  int rc = zoo_compile(&co, d, &p);
+  if (!rc) rc = zoo_config_check_program(c, p, d);
+  zoo_program_free(p);
+  return rc;
+}
+
+/* Run r's model (found): 0 if it compiles and fits the data; else -1 with
+ * *first the run that first failed with this model (r itself: not reported yet).
+ * Each distinct model file and parameters is compiled once. */
+static int sweep_check_model(sweep_models *m, zoo_config *c, int64_t r, int64_t *first) {
+  char *key = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&key, &len);
+  fputs(c->model_file, f);
+  for (int i = 0; i < c->ndefines; i++)
+    fprintf(f, "\n%s=%s", c->defines[i].name, c->defines[i].value);
+  fclose(f);
+  sweep_model *slot = sweep_model_slot(m, key);
+  if (!slot->key) {
+    FILE *sink = fopen("/dev/null", "w");
+    zoo_diag quiet;
+    zoo_diag_init(&quiet, sink);
+    *slot = (sweep_model){key, r, sweep_compile_check(c, &quiet) != 0};
+    if (sink) fclose(sink);
+    m->n++;
+  } else {
+    free(key);
+  }
+  *first = slot->first_run;
+  return slot->failed ? -1 : 0;
+}
+
 int zoo_sweep_list(const zoo_sweep *s, FILE *out, zoo_diag *d) {
   char buf[1024];
   fprintf(out, "sweep %s: %lld runs (grid over %d parameters; base config %s)\n", s->name,
           (long long)s->nruns, s->nparams, sweep_base_path(s, buf, sizeof buf));
-  int missing = 0;
+  int64_t missing = 0, failed = 0;
+  sweep_models models = {0};
+  const char **vals = malloc((size_t)(s->nparams + 1) * sizeof *vals);
+  FILE *sink = fopen("/dev/null", "w");
+  int rc = 0;
   for (int64_t r = 0; r < s->nruns; r++) {
     zoo_config c;
     zoo_diag quiet;
-    FILE *sink = fopen("/dev/null", "w");
     zoo_diag_init(&quiet, sink);
-    int failed = zoo_sweep_run_config(s, r, &c, &quiet);
-    fclose(sink);
-    if (failed) { /* again, to report where */
+    if (zoo_sweep_run_config(s, r, &c, &quiet)) { /* again, to report where */
       zoo_config_free(&c);
       fprintf(out, "run %lld/%lld: invalid\n", (long long)r + 1, (long long)s->nruns);
+      fflush(out);
       zoo_sweep_run_config(s, r, &c, d);
       zoo_config_free(&c);
-      return -1;
+      rc = -1;
+      break;
     }
     fprintf(out, "run %lld/%lld:", (long long)r + 1, (long long)s->nruns);
     int64_t rest = r;
-    const char *vals[64];
     for (int i = s->nparams - 1; i >= 0; i--) {
       const zoo_sweep_param *p = &s->params[i];
-      vals[i < 64 ? i : 63] = p->values[rest % p->nvalues]->kind == ZOO_YAML_SCALAR
-                                  ? p->values[rest % p->nvalues]->text
-                                  : "(list)";
+      const zoo_yaml *v = p->values[rest % p->nvalues];
+      vals[i] = v->kind == ZOO_YAML_SCALAR ? v->text : "(list)";
       rest /= p->nvalues;
     }
-    for (int i = 0; i < s->nparams && i < 64; i++) fprintf(out, " --%s=%s", s->params[i].key, vals[i]);
+    for (int i = 0; i < s->nparams; i++) fprintf(out, " --%s=%s", s->params[i].key, vals[i]);
     fprintf(out, "  (run_id %s, batch %d x %d, %d kv pairs)", c.run_id, c.batch_size,
             c.gradient_accumulation_steps, c.num_kv_pairs);
-    if (c.model_file && access(c.model_file, R_OK) != 0) {
-      fprintf(out, "  [no model: %s does not exist]", c.model_file);
+    int readable, why;
+    int64_t first;
+    if (c.model_file && cfg_find_model(&c, &readable, &why)) { /* as zoo_train looks */
+      fprintf(out, "  [no model: %s %s]\n", c.model_file,
+              readable ? "is a directory" : "does not exist");
       missing++;
+    } else if (c.model_file && sweep_check_model(&models, &c, r, &first)) {
+      failed++;
+      if (first == r) { /* the errors, located, after the line */
+        fputs("  [model check failed]\n", out);
+        fflush(out);
+        sweep_compile_check(&c, d);
+      } else {
+        fprintf(out, "  [model check failed, as for run %lld]\n", (long long)first + 1);
+      }
+    } else {
+      fputc('\n', out);
     }
-    fputc('\n', out);
     zoo_config_free(&c);
   }
+  fclose(sink);
+  free(vals);
+  for (size_t i = 0; i < models.cap; i++) free(models.slots[i].key);
+  free(models.slots);
   if (missing)
-    fprintf(out, "%d of %lld runs name a model zoo does not have yet\n", missing,
+    fprintf(out, "%lld of %lld runs name a model zoo does not have yet\n", (long long)missing,
             (long long)s->nruns);
-  return 0;
+  if (failed) {
+    fprintf(out, "%lld of %lld runs fail the model check: a run of them would stop there\n",
+            (long long)failed, (long long)s->nruns);
+    rc = -1;
+  }
+  return rc;
 }
 
 void zoo_sweep_free(zoo_sweep *s) {

@@ -101,6 +101,9 @@ int zoo_config_load_string(zoo_config *c, const char *path, const char *text, zo
  * ("[1, 2]" is a list). Returns 0, or -1 after reporting an unknown key or bad
  * syntax through d. */
 int zoo_config_override(zoo_config *c, const char *flag, zoo_diag *d);
+/* Is "a.b.c" a key an override may set (a config key, a section of them, or
+ * model.params.NAME)? */
+int zoo_config_known_key(const char *key);
 /* Checks the tree against the schema and fills the fields; then applies the
  * reference trainer's rewrites, printing each to log (NULL: silent) and notes
  * for ignored keys through d. Returns 0, or -1 after reporting through d. */
@@ -143,13 +146,23 @@ typedef struct zoo_sweep {
   int64_t nruns;            /* product of the value counts */
 } zoo_sweep;
 
+/* The most runs a sweep may have: a grid larger than this is refused. */
+enum { ZOO_SWEEP_MAX_RUNS = 1000000 };
+
+/* Reads a sweep file and checks its parameters (known keys, no value listed
+ * twice in one parameter, at most ZOO_SWEEP_MAX_RUNS runs). Returns 0, or -1
+ * after reporting. */
 int zoo_sweep_load(zoo_sweep *s, const char *path, zoo_diag *d);
 /* Run `index` (0 .. nruns-1) of the grid: the first parameter varies slowest.
  * Loads the base config, applies the run's values and finishes it (silently).
  * Returns 0, or -1 after reporting (errors point into the sweep file). */
 int zoo_sweep_run_config(const zoo_sweep *s, int64_t index, zoo_config *c, zoo_diag *d);
-/* One line per run: "run 1/2500: learning_rate=5e-4 model.sequence_mixer.name=rebased ...";
- * every run's config is checked. Returns 0, or -1 after reporting. */
+/* One line per run: "run 1/2500: --learning_rate=5e-4 --model.sequence_mixer.name=rebased ...";
+ * every run's config is checked, and its model compiled and checked against its
+ * data as a run would (zoo_config_check_model, zoo_compile,
+ * zoo_config_check_program), once for each distinct model file and parameters.
+ * A model zoo does not have is noted, not an error. Returns 0, or -1 after
+ * reporting. */
 int zoo_sweep_list(const zoo_sweep *s, FILE *out, zoo_diag *d);
 void zoo_sweep_free(zoo_sweep *s);
 

@@ -4,12 +4,14 @@
  *   zoorun --sweep FILE --dry-run
  *   zoorun bench ...
  *
- * Every --KEY=VALUE that is not one of zoorun's own options overrides the config
- * (dotted keys: --model.d_model=64), checked like the file itself.
+ * Every --KEY=VALUE (or --KEY VALUE) that is not one of zoorun's own options
+ * overrides the config (dotted keys: --model.d_model=64), checked like the file
+ * itself.
  */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,10 +36,12 @@ static void zoorun_usage(FILE *out) {
         "  --resume           continue from the run folder's checkpoint\n"
         "  --out DIR          the run folder (default runs/<run_id>)\n"
         "  --KEY=VALUE        override a config key, e.g. --model.d_model=64 --max_epochs=1\n"
+        "                     (or --KEY VALUE, where VALUE does not start with --)\n"
         "  --stop-after-epochs=N  stop after N epochs as if interrupted (to test --resume)\n"
         "  --quiet            no progress output\n"
         "  --sweep FILE       a grid sweep (the reference's format); with --dry-run, list its\n"
-        "                     runs and check each one's config\n"
+        "                     runs and check each one's config and model (it takes no\n"
+        "                     other option: running sweeps is not implemented yet)\n"
         "  bench              GPU benchmarks (see zoorun bench --help)\n",
         out);
 }
@@ -107,11 +111,15 @@ int main(int argc, char **argv) {
   const char *config = NULL, *sweep = NULL;
   zoo_train_opts o = {.device = "auto"};
   int dry_run = 0;
+  /* the options of a run, for --sweep's refusal: which were given */
+  static const char *run_opts[] = {"--device", "--out", "--stop-after-epochs", "--resume",
+                                   "--quiet"};
+  int given[5] = {0}, ngiven = 0;
   const char **flags = calloc((size_t)argc + 1, sizeof *flags);
   int nflags = 0;
   for (int i = 1; i < argc; i++) {
-    const char *v;
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    const char *v, *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       zoorun_usage(stdout);
       return 0;
     } else if ((v = zoorun_opt(argc, argv, &i, "--config"))) {
@@ -120,20 +128,34 @@ int main(int argc, char **argv) {
       sweep = v;
     } else if ((v = zoorun_opt(argc, argv, &i, "--device"))) {
       o.device = v;
+      given[0] = 1;
     } else if ((v = zoorun_opt(argc, argv, &i, "--out"))) {
       o.out_dir = v;
+      given[1] = 1;
     } else if ((v = zoorun_opt(argc, argv, &i, "--stop-after-epochs"))) {
       if (zoorun_count("--stop-after-epochs", v, &o.stop_after_epochs)) return 1;
-    } else if (!strcmp(argv[i], "--resume")) {
+      given[2] = 1;
+    } else if (!strcmp(a, "--resume")) {
       o.resume = 1;
-    } else if (!strcmp(argv[i], "--dry-run")) {
+      given[3] = 1;
+    } else if (!strcmp(a, "--dry-run")) {
       dry_run = 1;
-    } else if (!strcmp(argv[i], "--quiet")) {
+    } else if (!strcmp(a, "--quiet")) {
       o.quiet = 1;
-    } else if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=')) {
-      flags[nflags++] = argv[i];
+      given[4] = 1;
+    } else if (!strncmp(a, "--", 2) && a[2] && strchr(a, '=')) {
+      flags[nflags++] = a;
+    } else if (!strncmp(a, "--", 2) && a[2] && i + 1 < argc && strncmp(argv[i + 1], "--", 2)) {
+      /* --KEY VALUE: the override --KEY=VALUE (a VALUE starting with -- needs the '=') */
+      size_t n = strlen(a) + strlen(argv[i + 1]) + 2;
+      char *kv = malloc(n);
+      snprintf(kv, n, "%s=%s", a, argv[++i]);
+      flags[nflags++] = kv;
+    } else if (!strncmp(a, "--", 2) && zoo_config_known_key(a + 2)) {
+      fprintf(stderr, "zoorun: error: %s needs a value: %s=VALUE or %s VALUE\n", a, a, a);
+      return 1;
     } else {
-      fprintf(stderr, "zoorun: error: unknown argument '%s' (zoorun --help)\n", argv[i]);
+      fprintf(stderr, "zoorun: error: unknown argument '%s' (zoorun --help)\n", a);
       return 1;
     }
   }
@@ -146,12 +168,34 @@ int main(int argc, char **argv) {
       fprintf(stderr, "zoorun: error: --sweep takes no --config or overrides\n");
       return 1;
     }
+    for (int k = 0; k < 5; k++) ngiven += given[k];
+    if (ngiven) { /* a dry run trains nothing; running sweeps is not implemented */
+      fprintf(stderr, "zoorun: error: --sweep takes no ");
+      for (int k = 0, n = 0; k < 5; k++) {
+        if (!given[k]) continue;
+        n++;
+        fprintf(stderr, "%s%s", n == 1 ? "" : n == ngiven ? " or " : ", ", run_opts[k]);
+      }
+      fprintf(stderr, " (options of a run: zoorun --config FILE); --sweep FILE --dry-run "
+                      "lists and checks a grid\n");
+      return 1;
+    }
     return zoorun_sweep(sweep, dry_run);
+  }
+  if (dry_run) {
+    fprintf(stderr, "zoorun: error: --dry-run goes with --sweep (zoorun --sweep FILE --dry-run); "
+                    "with --config, zoorun trains\n");
+    return 1;
   }
   if (!config) {
     zoorun_usage(stderr);
     return 1;
   }
+  /* A reader that goes away (zoorun ... | head) must not kill a run: writes to
+   * stdout then fail quietly and the run folder is still written. Only here: a
+   * sweep's listing and bench's table stop with their reader, as listings do.
+   * (The exec above comes first; it would keep an ignored signal ignored.) */
+  signal(SIGPIPE, SIG_IGN);
 
   zoo_diag d;
   zoo_diag_init(&d, stderr);
