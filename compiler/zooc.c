@@ -6,6 +6,7 @@
  *
  * Exit status: 0 on success, 1 when the model has errors, 2 on bad usage.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,16 @@ static const char help[] =
     "\n"
     "Exit status: 0 on success, 1 when the model has errors, 2 on bad usage.\n";
 
+/* The exit status once everything is printed: 1 (and why) when the standard
+ * output could not be written (a full disk), else status. A failed write
+ * empties stdout's buffer, so the flush may then succeed: the error flag
+ * tells, and errno most likely still holds that write's reason. */
+static int stdout_checked(int status) {
+  if (fflush(stdout) == 0 && !ferror(stdout)) return status;
+  fprintf(stderr, "zooc: cannot write the standard output: %s\n", strerror(errno ? errno : EIO));
+  return 1;
+}
+
 static int bad_usage(const char *fmt, const char *arg) {
   fprintf(stderr, "zooc: ");
   fprintf(stderr, fmt, arg);
@@ -94,7 +105,7 @@ int main(int argc, char **argv) {
       fputc('\n', stdout);
       fputs(help, stdout);
       free(defines);
-      return 0;
+      return stdout_checked(0);
     } else if (strcmp(a, "-D") == 0 || (strncmp(a, "-D", 2) == 0 && a[2])) {
       char *text = a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL);
       if (!text) return bad_usage("-D needs name=value", "");
@@ -178,5 +189,5 @@ int main(int argc, char **argv) {
   }
   zoo_program_free(p);
   free(defines);
-  return status;
+  return stdout_checked(status);
 }

@@ -1,6 +1,7 @@
 /* bench.c: zoorun bench (see bench.h). */
 #include "bench.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "backend.h"
 #include "cuda_backend.h"
 #include "mqar.h"
+#include "nvrtc_cache.h"
 #include "train.h"
 
 /* The reference's cells (peer-h200.jsonl): PyTorch + Triton, fp32, one H200,
@@ -253,7 +255,11 @@ static const char usage[] =
     "                (ZOO_CACHE_DIR), so the GPU machine skips NVRTC (with --poly: the poly\n"
     "                section's modules)\n"
     "  --floor       no GPU needed: each cell's compute floor alone (its plan's GEMM and\n"
-    "                poly_attention work at the fp32 peak, and the most speed-up it allows)\n";
+    "                poly_attention work at the fp32 peak, and the most speed-up it allows)\n"
+    "  --device D    cuda or auto (device 0), or cuda:N\n"
+    "  exit status: 0 when every cell ran, 1 when one failed (or the output could not be\n"
+    "  written), 2 on bad usage, a flag that the run asked for would ignore included\n"
+    "  (--steps with --floor, --only with --poly, ...)\n";
 
 static double now_s(void) {
   struct timespec ts;
@@ -277,6 +283,44 @@ static const char *json_str(const char *s, char *buf, size_t n) {
   }
   buf[k] = 0;
   return buf;
+}
+
+/* --json's file. Its lines are flushed one by one, so that a long GPU run
+ * keeps what it measured; the first failed write's errno is kept for the
+ * message at the end (a failed flush empties the buffer, and fclose then
+ * succeeds). */
+typedef struct bench_json {
+  FILE *f;          /* NULL without --json */
+  const char *path;
+  int err;          /* errno of the first failed write, 0 if none */
+} bench_json;
+
+static void json_flush(bench_json *js) {
+  if ((fflush(js->f) != 0 || ferror(js->f)) && !js->err) js->err = errno ? errno : EIO;
+}
+
+/* Opens --json's file (if given). Returns 0, or 1 after saying why not. */
+static int json_open(bench_json *js, const char *path) {
+  js->f = NULL;
+  js->path = path;
+  js->err = 0;
+  if (path && !(js->f = fopen(path, "w"))) {
+    fprintf(stderr, "zoorun bench: cannot write %s: %s\n", path, strerror(errno));
+    return 1;
+  }
+  return 0;
+}
+
+/* Closes --json's file (if open). Returns 0, or 1 after saying that its lines
+ * could not all be written. */
+static int json_close(bench_json *js) {
+  if (!js->f) return 0;
+  if (ferror(js->f) && !js->err) js->err = EIO;
+  if (fclose(js->f) != 0 && !js->err) js->err = errno;
+  js->f = NULL;
+  if (!js->err) return 0;
+  fprintf(stderr, "zoorun bench: cannot write %s: %s\n", js->path, strerror(js->err));
+  return 1;
 }
 
 /* Runs one cell; fills r (r->error on failure). */
@@ -607,9 +651,9 @@ static int precompile_poly(void) {
   return failures;
 }
 
-/* The poly_attention section: a table, and JSON lines into js (if not NULL).
+/* The poly_attention section: a table, and JSON lines into js (if --json).
  * Returns the number of failures. */
-static int bench_poly(const bench_opts *o, FILE *js) {
+static int bench_poly(const bench_opts *o, bench_json *js) {
   int64_t most = 0; /* the largest input, in floats */
   for (int ti = 0; ti < 3; ti++)
     for (int di = 0; di < 2; di++) {
@@ -650,9 +694,9 @@ static int bench_poly(const bench_opts *o, FILE *js) {
                  pr.ms[1], pr.tflops[1], 100 * pr.tflops[1] / ZOO_H200_FP32_TFLOPS);
         }
         fflush(stdout);
-        if (js) {
+        if (js->f) {
           char esc[2400];
-          fprintf(js,
+          fprintf(js->f,
                   "{\"kind\": \"poly_attention\", \"coefficients\": \"rebased\", \"B\": %d, \"H\": %d, "
                   "\"seq_len\": %lld, \"F\": %d, \"dv\": %lld, \"form\": \"%s\", \"auto_form\": \"%s\", "
                   "\"fwd_ms\": %.4f, \"bwd_ms\": %.4f, \"fwd_gflop\": %.3f, \"bwd_gflop\": %.3f, "
@@ -663,7 +707,7 @@ static int bench_poly(const bench_opts *o, FILE *js) {
                   poly_flops((double)poly_B * poly_H, (double)T, poly_F, (double)DV, 1) / 1e9, pr.tflops[0],
                   pr.tflops[1], pr.tflops[0] / ZOO_H200_FP32_TFLOPS, pr.tflops[1] / ZOO_H200_FP32_TFLOPS,
                   ZOO_H200_FP32_TFLOPS, json_str(pr.error, esc, sizeof esc));
-          fflush(js);
+          json_flush(js);
         }
       }
   free(host);
@@ -678,9 +722,9 @@ static int bench_poly(const bench_opts *o, FILE *js) {
   return failures;
 }
 
-/* The cells' table, and JSON lines into js (if not NULL). Returns the number
+/* The cells' table, and JSON lines into js (if --json). Returns the number
  * of failures. */
-static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
+static int bench_cells(const bench_opts *o, bench_json *js, const char *why) {
   int failures = 0;
   printf("zoo bench on %s, %s matmuls: median GPU ms per optimiser step over %d steps after %d "
          "warm-up; reference: PyTorch+Triton fp32 on one H200\n"
@@ -715,9 +759,9 @@ static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
     if (r.profile) fputs(r.profile, stdout);
     free(r.profile);
     fflush(stdout);
-    if (js) {
+    if (js->f) {
       char esc[2400];
-      fprintf(js,
+      fprintf(js->f,
               "{\"mixer\": \"%s\", \"precision\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, \"accum\": %d, "
               "\"params\": %lld, \"ref_params\": %lld, \"ms_per_step\": %.4f, \"ms_min\": %.4f, "
               "\"ms_wall\": %.4f, \"ref_ms_per_step\": %.2f, \"speedup\": %.4f, \"launches_per_step\": %d, "
@@ -733,7 +777,7 @@ static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
               r.floor.flop, r.floor.gemm_flop, r.floor.poly_flop, floor_form(&r.floor), r.floor.floor_ms,
               r.floor.floor_ms > 0 ? c->ref_ms / r.floor.floor_ms : 0.0,
               r.ms_median > 0 ? r.floor.floor_ms / r.ms_median : 0.0, json_str(r.error, esc, sizeof esc));
-      fflush(js);
+      json_flush(js);
     }
   }
   printf("\nms/step: GPU time of one step's graph (CUDA events), median; wall ms: steps launched back to "
@@ -748,8 +792,8 @@ static int bench_cells(const bench_opts *o, FILE *js, const char *why) {
 }
 
 /* --floor: each cell's compute floor alone, from its plan (no GPU), and JSON
- * lines into js (if not NULL). Returns the number of failures. */
-static int bench_floors(const bench_opts *o, FILE *js) {
+ * lines into js (if --json). Returns the number of failures. */
+static int bench_floors(const bench_opts *o, bench_json *js) {
   int failures = 0;
   printf("zoo bench --floor: the compute floor of one optimiser step of each cell's training plan at the H200's "
          "fp32 peak, %.0f TFLOP/s (no GPU used)\n\n",
@@ -772,8 +816,8 @@ static int bench_floors(const bench_opts *o, FILE *js) {
              f.poly_flop / 1e12, f.flop / 1e12, f.floor_ms, c->ref_ms, c->ref_ms / f.floor_ms);
     }
     fflush(stdout);
-    if (js) {
-      fprintf(js,
+    if (js->f) {
+      fprintf(js->f,
               "{\"kind\": \"floor\", \"mixer\": \"%s\", \"d_model\": %d, \"seq_len\": %d, \"micro_batch\": %d, "
               "\"accum\": %d, \"gemms_per_micro_batch\": %d, \"polys_per_micro_batch\": %d, \"poly_form\": \"%s\", "
               "\"flop\": %.0f, \"gemm_flop\": %.0f, \"poly_flop\": %.0f, \"floor_ms\": %.4f, "
@@ -781,51 +825,216 @@ static int bench_floors(const bench_opts *o, FILE *js) {
               c->mixer, c->d_model, c->seq_len, c->micro_batch, c->accum, f.gemms, f.polys, floor_form(&f), f.flop,
               f.gemm_flop, f.poly_flop, f.floor_ms, c->ref_ms, f.floor_ms > 0 ? c->ref_ms / f.floor_ms : 0.0,
               ZOO_H200_FP32_TFLOPS, json_str(err, esc, sizeof esc));
-      fflush(js);
+      json_flush(js);
     }
   }
   printf("\n" FLOOR_LEGEND "GEMMs, poly: GEMM steps and poly_attention nodes (forward, backward) of one micro-batch.\n");
   return failures;
 }
 
+/* ---------------------------------------------------------------------------
+ * The command line. Bad usage (an unknown flag, a flag without its value, a
+ * value out of range, a flag that would do nothing) exits with status 2; a
+ * run that fails, 1. */
+
+/* text as a whole number from lo to hi (digits alone) into *out; 0, or -1. */
+static int whole_number(const char *text, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (text[0] < '0' || text[0] > '9' || *end || errno || v < lo || v > hi) return -1;
+  *out = (int)v;
+  return 0;
+}
+
+/* The most --steps and --warmup take, and the highest device number. */
+#define BENCH_MAX_STEPS 1000000
+#define BENCH_MAX_DEVICE 1023
+
+/* --steps N, --warmup N: the number into *out, or 2 after saying what it takes. */
+static int count_flag(const char *flag, const char *v, int lo, int *out) {
+  if (whole_number(v, lo, BENCH_MAX_STEPS, out) == 0) return 0;
+  fprintf(stderr, "zoorun bench: %s takes a whole number from %d to %d, not '%s'\n", flag, lo, BENCH_MAX_STEPS, v);
+  return 2;
+}
+
+/* --device cuda, auto (device 0) or cuda:N into *device; or 2 after saying why
+ * not. */
+static int device_flag(const char *v, int *device) {
+  if (!strcmp(v, "cpu")) {
+    fprintf(stderr, "zoorun bench: the benchmark runs on CUDA only\n");
+    return 2;
+  }
+  if (!strcmp(v, "cuda") || !strcmp(v, "auto")) {
+    *device = 0;
+    return 0;
+  }
+  if (!strncmp(v, "cuda:", 5) && whole_number(v + 5, 0, BENCH_MAX_DEVICE, device) == 0) return 0;
+  fprintf(stderr, "zoorun bench: --device takes cuda, cuda:N (N from 0 to %d) or auto, not '%s'\n",
+          BENCH_MAX_DEVICE, v);
+  return 2;
+}
+
+/* --only's mixer: 0 when some cell has it, else 2 after naming those that do. */
+static int only_flag(const char *mixer) {
+  char names[256] = "";
+  int n = 0;
+  for (int i = 0; i < NCELLS; i++) {
+    if (!strcmp(cells[i].mixer, mixer)) return 0;
+    int seen = 0;
+    for (int j = 0; j < i; j++) seen |= !strcmp(cells[j].mixer, cells[i].mixer);
+    if (seen) continue;
+    size_t len = strlen(names);
+    snprintf(names + len, sizeof names - len, "%s%s", n ? ", " : "", cells[i].mixer);
+    n++;
+  }
+  fprintf(stderr, "zoorun bench: --only: no cell has the mixer '%s' (the cells' mixers: %s)\n", mixer, names);
+  return 2;
+}
+
+/* A flag given where it does nothing: 2 after saying so (why: what mode does
+ * instead), else 0. */
+static int idle_flag(int given, const char *flag, const char *mode, const char *why) {
+  if (!given) return 0;
+  fprintf(stderr, "zoorun bench: %s does nothing with %s (%s)\n", flag, mode, why);
+  return 2;
+}
+
+/* The flags given that only some modes use (bench_opts holds their values). */
+typedef struct bench_given {
+  int device, steps, warmup, only, quick, json, precision;
+  const char *profile; /* --profile or --profile-steps, or NULL */
+} bench_given;
+
+/* Refuses the flags that --floor, --precompile or --poly would ignore. Returns
+ * 0, or 2 after saying which. */
+static int check_modes(const bench_opts *o, const bench_given *g) {
+  if (o->floor && o->precompile) {
+    fprintf(stderr, "zoorun bench: --floor and --precompile are runs of their own; give one of them\n");
+    return 2;
+  }
+  if (o->floor) {
+    const char *why = "it counts the plans' work; nothing runs";
+    if (idle_flag(o->poly, "--poly", "--floor", "the floors are the cells'; poly_attention alone is timed on a GPU") ||
+        idle_flag(g->steps, "--steps", "--floor", why) || idle_flag(g->warmup, "--warmup", "--floor", why) ||
+        idle_flag(g->profile != NULL, g->profile, "--floor", why) || idle_flag(g->device, "--device", "--floor", why) ||
+        idle_flag(g->precision, "--precision", "--floor", "the floor counts the fp32 plan's work"))
+      return 2;
+  }
+  if (o->precompile) {
+    const char *why = "it compiles the modules; nothing runs";
+    if (idle_flag(g->steps, "--steps", "--precompile", why) || idle_flag(g->warmup, "--warmup", "--precompile", why) ||
+        idle_flag(g->profile != NULL, g->profile, "--precompile", why) ||
+        idle_flag(g->device, "--device", "--precompile", why) ||
+        idle_flag(g->json, "--json", "--precompile", "it measures nothing to write"))
+      return 2;
+  }
+  if (o->poly) {
+    const char *why = "poly_attention alone has no cells";
+    if (idle_flag(g->only, "--only", "--poly", why) || idle_flag(g->quick, "--quick", "--poly", why) ||
+        idle_flag(g->profile != NULL, g->profile, "--poly", "the section times its kernels whole") ||
+        idle_flag(g->precision, "--precision", "--poly", "the section runs each kernel kind in turn") ||
+        idle_flag(o->device != 0, "--device", "--poly", "poly_attention alone runs on device 0"))
+      return 2;
+  }
+  return 0;
+}
+
+/* The exit status once everything is printed: 1 (and why) when the standard
+ * output could not be written (a full disk), else status. A failed write
+ * empties stdout's buffer, so the flush may then succeed: the error flag
+ * tells, and errno most likely still holds that write's reason (the tables
+ * end with a legend, which the flush writes, or fails to). */
+static int stdout_checked(int status) {
+  if (fflush(stdout) == 0 && !ferror(stdout)) return status;
+  fprintf(stderr, "zoorun bench: cannot write the standard output: %s\n", strerror(errno ? errno : EIO));
+  return 1;
+}
+
+/* Runs what o asks for; returns the exit status. */
+static int bench_run(const bench_opts *o) {
+  char why[512];
+  /* the cells, then poly_attention alone; --poly: that alone; --only, --quick: the cells */
+  int cells_on = !o->poly, poly_on = o->poly || (!o->only && !o->quick);
+  if (o->precompile) {
+    /* without a cache folder the modules would be compiled and dropped */
+    char dir[1024], err[1200];
+    if (zoo_nvrtc_cache_check(dir, sizeof dir, err, sizeof err) != 0) {
+      fprintf(stderr, "zoorun bench: --precompile: %s\n", err);
+      return 1;
+    }
+    int lost = zoo_nvrtc_cache_failures();
+    int failures = cells_on ? precompile_cells(o) : 0;
+    if (poly_on) failures += precompile_poly();
+    lost = zoo_nvrtc_cache_failures() - lost;
+    if (lost) {
+      fprintf(stderr, "zoorun bench: --precompile: %d kernel cache file%s could not be stored in %s\n", lost,
+              lost == 1 ? "" : "s", dir);
+      return 1;
+    }
+    return failures ? 1 : 0;
+  }
+  bench_json js;
+  if (o->floor) {
+    if (json_open(&js, o->json) != 0) return 1;
+    int failures = bench_floors(o, &js);
+    failures += json_close(&js);
+    return failures ? 1 : 0;
+  }
+  if (!zoo_cuda_available(why, sizeof why)) {
+    fprintf(stderr, "zoorun bench: no GPU: %s (--floor prints the cells' compute floors without one)\n", why);
+    return 1;
+  }
+  if (json_open(&js, o->json) != 0) return 1;
+  int failures = 0;
+  if (cells_on) failures += bench_cells(o, &js, why);
+  if (poly_on) failures += bench_poly(o, &js);
+  failures += json_close(&js);
+  return failures ? 1 : 0;
+}
+
 int zoo_bench_main(int argc, char **argv) {
   bench_opts o = {0, 20, 3, 0, 0, 0, 0, 0, ZOO_FP32, NULL, NULL};
+  bench_given given = {0};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    static const char *const valued[] = {"--device", "--steps", "--warmup", "--only", "--json", "--precision"};
+    int takes_value = 0;
+    for (size_t k = 0; k < sizeof valued / sizeof *valued; k++) takes_value |= !strcmp(a, valued[k]);
+    /* a flag's value is the next word, unless that is another flag */
+    const char *v = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[i + 1] : NULL;
+    if (takes_value && !v) {
+      fprintf(stderr, "zoorun bench: %s needs a value\n%s", a, usage);
+      return 2;
+    }
+    int bad = 0;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       fputs(usage, stdout);
-      return 0;
-    } else if (!strcmp(a, "--device") && v) {
-      if (!strcmp(v, "cpu")) {
-        fprintf(stderr, "zoorun bench: the benchmark runs on CUDA only\n");
-        return 2;
-      }
-      const char *num = !strncmp(v, "cuda:", 5) ? v + 5 : !strcmp(v, "cuda") || !strcmp(v, "auto") ? "0" : v;
-      o.device = atoi(num);
-      i++;
-    } else if (!strcmp(a, "--steps") && v) {
-      o.steps = atoi(v), i++;
-    } else if (!strcmp(a, "--warmup") && v) {
-      o.warmup = atoi(v), i++;
-    } else if (!strcmp(a, "--only") && v) {
-      o.only = v, i++;
-    } else if (!strcmp(a, "--json") && v) {
-      o.json = v, i++;
-    } else if (!strcmp(a, "--precision") && v) {
+      return stdout_checked(0);
+    } else if (!strcmp(a, "--device")) {
+      bad = device_flag(v, &o.device), given.device = 1, i++;
+    } else if (!strcmp(a, "--steps")) {
+      bad = count_flag(a, v, 1, &o.steps), given.steps = 1, i++;
+    } else if (!strcmp(a, "--warmup")) {
+      bad = count_flag(a, v, 0, &o.warmup), given.warmup = 1, i++;
+    } else if (!strcmp(a, "--only")) {
+      bad = only_flag(v), o.only = v, given.only = 1, i++;
+    } else if (!strcmp(a, "--json")) {
+      o.json = v, given.json = 1, i++;
+    } else if (!strcmp(a, "--precision")) {
       if (!strcmp(v, "fp32") || !strcmp(v, "tf32") || !strcmp(v, "bf16")) {
         o.precision = zoo_precision_of(v);
       } else {
         fprintf(stderr, "zoorun bench: --precision takes fp32, tf32 or bf16, not '%s'\n", v);
-        return 2;
+        bad = 2;
       }
-      i++;
+      given.precision = 1, i++;
     } else if (!strcmp(a, "--quick")) {
-      o.quick = 1;
+      o.quick = 1, given.quick = 1;
     } else if (!strcmp(a, "--profile")) {
-      o.profile = 1;
+      o.profile = 1, given.profile = a;
     } else if (!strcmp(a, "--profile-steps")) {
-      o.profile = 2;
+      o.profile = 2, given.profile = a;
     } else if (!strcmp(a, "--precompile")) {
       o.precompile = 1;
     } else if (!strcmp(a, "--poly")) {
@@ -836,40 +1045,8 @@ int zoo_bench_main(int argc, char **argv) {
       fprintf(stderr, "zoorun bench: unknown option '%s'\n%s", a, usage);
       return 2;
     }
+    if (bad) return bad;
   }
-  if (o.steps < 1 || o.warmup < 0) {
-    fprintf(stderr, "zoorun bench: --steps must be at least 1\n");
-    return 2;
-  }
-  char why[512];
-  /* the cells, then poly_attention alone; --poly: that alone; --only, --quick: the cells */
-  int cells_on = !o.poly, poly_on = o.poly || (!o.only && !o.quick);
-  if (o.precompile) {
-    int failures = cells_on ? precompile_cells(&o) : 0;
-    if (poly_on) failures += precompile_poly();
-    return failures ? 1 : 0;
-  }
-  FILE *js = NULL;
-  if (o.floor) {
-    if (o.json && !(js = fopen(o.json, "w"))) {
-      fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
-      return 1;
-    }
-    int failures = bench_floors(&o, js);
-    if (js) fclose(js);
-    return failures ? 1 : 0;
-  }
-  if (!zoo_cuda_available(why, sizeof why)) {
-    fprintf(stderr, "zoorun bench: no GPU: %s (--floor prints the cells' compute floors without one)\n", why);
-    return 1;
-  }
-  if (o.json && !(js = fopen(o.json, "w"))) {
-    fprintf(stderr, "zoorun bench: cannot write %s\n", o.json);
-    return 1;
-  }
-  int failures = 0;
-  if (cells_on) failures += bench_cells(&o, js, why);
-  if (poly_on) failures += bench_poly(&o, js);
-  if (js) fclose(js);
-  return failures ? 1 : 0;
+  if (check_modes(&o, &given) != 0) return 2;
+  return stdout_checked(bench_run(&o));
 }

@@ -56,7 +56,12 @@ typedef struct zoo_bench_floor {
 int zoo_bench_floor_of(const char *mixer, int d_model, int seq_len, int micro_batch, int accum,
                        zoo_bench_floor *f, char *err, size_t errlen);
 
-/* argv[0] is "bench". Returns the process exit status. */
+/* argv[0] is "bench". Returns the process exit status: 0; 1 when a cell or
+ * a module failed, the kernel cache could not take what --precompile
+ * compiled, or the table or the JSON lines could not be written; 2 on bad
+ * usage (numbers are taken whole and range-checked, --only must name a
+ * cell's mixer, and a flag that the mode asked for would ignore is refused:
+ * --steps with --floor, --json with --precompile, --only with --poly, ...). */
 int zoo_bench_main(int argc, char **argv);
 
 #endif

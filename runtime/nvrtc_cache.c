@@ -48,7 +48,8 @@ void zoo_key128_hex(const zoo_key128 *k, char out[33]) {
   snprintf(out, 33, "%016llx%016llx", (unsigned long long)mix64(k->a), (unsigned long long)mix64(k->b));
 }
 
-/* mkdir -p for one path; 0 when the folder exists afterwards. */
+/* mkdir -p for one path; 0 when the folder exists afterwards, else -1 with
+ * errno (ENOTDIR when the path is something other than a folder). */
 static int make_dirs(const char *path) {
   char buf[1024];
   snprintf(buf, sizeof buf, "%s", path);
@@ -60,10 +61,16 @@ static int make_dirs(const char *path) {
   }
   if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
   struct stat st;
-  return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+  if (stat(buf, &st) != 0) return -1;
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    return -1;
+  }
+  return 0;
 }
 
-char *zoo_nvrtc_cache_dir(char *buf, size_t n) {
+/* The cache folder's path, as zoo_nvrtc_cache_dir picks it, into buf. */
+static void cache_path(char *buf, size_t n) {
   const char *dir = getenv("ZOO_CACHE_DIR");
   const char *xdg = getenv("XDG_CACHE_HOME");
   const char *home = getenv("HOME");
@@ -71,7 +78,70 @@ char *zoo_nvrtc_cache_dir(char *buf, size_t n) {
   else if (xdg && xdg[0]) snprintf(buf, n, "%s/zoo", xdg);
   else if (home && home[0]) snprintf(buf, n, "%s/.cache/zoo", home);
   else snprintf(buf, n, "/tmp/zoo-cache");
+}
+
+char *zoo_nvrtc_cache_dir(char *buf, size_t n) {
+  cache_path(buf, n);
   return make_dirs(buf) == 0 ? buf : NULL;
+}
+
+int zoo_nvrtc_cache_check(char *buf, size_t n, char *err, size_t errlen) {
+  const char *off = getenv("ZOO_NO_CACHE");
+  cache_path(buf, n);
+  if (off && strcmp(off, "1") == 0) {
+    snprintf(err, errlen, "the kernel cache is off (ZOO_NO_CACHE=1)");
+    return -1;
+  }
+  if (make_dirs(buf) != 0) {
+    snprintf(err, errlen, "cannot make the kernel cache folder %s: %s", buf, strerror(errno));
+    return -1;
+  }
+  char probe[1200];
+  snprintf(probe, sizeof probe, "%s/.probe.%d", buf, (int)getpid());
+  FILE *f = fopen(probe, "wb");
+  int bad = !f || fputs("zoo", f) == EOF;
+  int e = errno;
+  if (f && fclose(f) != 0 && !bad) bad = 1, e = errno;
+  if (f) remove(probe);
+  if (bad) {
+    snprintf(err, errlen, "cannot write into the kernel cache folder %s: %s", buf, strerror(e));
+    return -1;
+  }
+  return 0;
+}
+
+/* The cache writes that failed in this process, and whether the note that
+ * compilation goes on without a cache folder was printed (once a process);
+ * compile_source runs on several threads (zoo_nvrtc_compile_parts). */
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static int cache_failures, cache_noted;
+
+static void cache_failed(const char *note) {
+  pthread_mutex_lock(&cache_lock);
+  cache_failures++;
+  if (note && !cache_noted) fprintf(stderr, "zoo: note: %s; compiling without the kernel cache\n", note);
+  if (note) cache_noted = 1;
+  pthread_mutex_unlock(&cache_lock);
+}
+
+int zoo_nvrtc_cache_failures(void) {
+  pthread_mutex_lock(&cache_lock);
+  int n = cache_failures;
+  pthread_mutex_unlock(&cache_lock);
+  return n;
+}
+
+/* Whether compilations read and write the cache, its folder into dir (n
+ * bytes). A folder that cannot be made is noted on stderr and counted as a
+ * failed cache write. */
+static int cache_in_use(char *dir, size_t n) {
+  const char *off = getenv("ZOO_NO_CACHE");
+  if (off && strcmp(off, "1") == 0) return 0;
+  if (zoo_nvrtc_cache_dir(dir, n)) return 1;
+  char note[1200];
+  snprintf(note, sizeof note, "cannot make the kernel cache folder %s: %s", dir, strerror(errno));
+  cache_failed(note);
+  return 0;
 }
 
 int zoo_nvrtc_version(char *buf, size_t n, char *err, size_t errlen) {
@@ -82,21 +152,21 @@ int zoo_nvrtc_version(char *buf, size_t n, char *err, size_t errlen) {
   return 0;
 }
 
-/* Reads a whole file into malloc'ed memory; NULL if missing. */
+/* Reads a whole regular file into malloc'ed memory; NULL if missing, empty or
+ * something else (a folder where a cache file would be). */
 static void *read_file(const char *path, size_t *size) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  if (len <= 0) {
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
     fclose(f);
     return NULL;
   }
-  void *data = malloc((size_t)len);
-  size_t got = fread(data, 1, (size_t)len, f);
+  size_t len = (size_t)st.st_size;
+  void *data = malloc(len);
+  size_t got = data ? fread(data, 1, len, f) : 0;
   fclose(f);
-  if (got != (size_t)len) {
+  if (got != len) {
     free(data);
     return NULL;
   }
@@ -105,15 +175,19 @@ static void *read_file(const char *path, size_t *size) {
 }
 
 /* Writes a file under a temporary name, then renames it, so a reader never sees
- * half a file (several processes may share the cache). */
+ * half a file (several processes may share the cache). Returns 0, or -1 with
+ * errno. */
 static int write_file_atomic(const char *path, const void *data, size_t size) {
   char tmp[1200];
   snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
   FILE *f = fopen(tmp, "wb");
   if (!f) return -1;
-  size_t put = fwrite(data, 1, size, f);
-  if (fclose(f) != 0 || put != size || rename(tmp, path) != 0) {
+  int bad = fwrite(data, 1, size, f) != size, e = errno;
+  if (fclose(f) != 0 && !bad) bad = 1, e = errno;
+  if (!bad && rename(tmp, path) != 0) bad = 1, e = errno;
+  if (bad) {
     remove(tmp);
+    errno = e;
     return -1;
   }
   return 0;
@@ -193,8 +267,7 @@ static int compile_source(const char *src, const char *name, const char *arch, c
   zoo_key128_hex(&k, out->key);
 
   char dir[1024], path[1100], failed[1100];
-  const char *nocache = getenv("ZOO_NO_CACHE");
-  int use_cache = !(nocache && strcmp(nocache, "1") == 0) && zoo_nvrtc_cache_dir(dir, sizeof dir);
+  int use_cache = cache_in_use(dir, sizeof dir);
   if (!use_cache) snprintf(dir, sizeof dir, "/tmp");
   snprintf(path, sizeof path, "%s/%s.cubin", dir, out->key);
   snprintf(failed, sizeof failed, "%s/%s.failed.cu", dir, out->key);
@@ -209,8 +282,10 @@ static int compile_source(const char *src, const char *name, const char *arch, c
   double t0 = now_ms();
   if (compile_now(src, name, all, nall, failed, out, err, errlen) != 0) return -1;
   out->compile_ms = now_ms() - t0;
-  if (use_cache && write_file_atomic(path, out->data, out->size) != 0)
-    fprintf(stderr, "zoo: warning: cannot write the kernel cache file %s\n", path);
+  if (use_cache && write_file_atomic(path, out->data, out->size) != 0) {
+    fprintf(stderr, "zoo: warning: cannot write the kernel cache file %s: %s\n", path, strerror(errno));
+    cache_failed(NULL);
+  }
   return 0;
 }
 

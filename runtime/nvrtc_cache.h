@@ -57,8 +57,20 @@ void zoo_key128_add(zoo_key128 *k, const void *p, size_t n);
 void zoo_key128_hex(const zoo_key128 *k, char out[33]);
 
 /* The cache folder (made if missing) into buf; returns buf, or NULL if no folder
- * could be made. */
+ * could be made. A compilation that finds no folder goes on without the cache
+ * (a one-line note on stderr, once a process); one whose CUBIN cannot be
+ * stored warns. */
 char *zoo_nvrtc_cache_dir(char *buf, size_t n);
+
+/* For filling the cache (zoorun bench --precompile): the folder into buf, made
+ * if missing, and a file written into it and removed. Returns 0, or -1 with
+ * the reason in err (the cache off, the folder not made or not writable). */
+int zoo_nvrtc_cache_check(char *buf, size_t n, char *err, size_t errlen);
+
+/* How many times in this process the cache could not be used: a compilation
+ * without a folder, a CUBIN that could not be stored. A count that grows over
+ * a precompilation means the cache did not get everything. */
+int zoo_nvrtc_cache_failures(void);
 
 /* "13.0" into buf (NVRTC's version), or -1 when NVRTC cannot be loaded. */
 int zoo_nvrtc_version(char *buf, size_t n, char *err, size_t errlen);
