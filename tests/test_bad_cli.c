@@ -516,3 +516,23 @@ TEST(bad_cli_messages) {
   CHECKF(strstr(out, "learning_rate: expected a number, got 'abc'"), "%s", out);
   free(out);
 }
+
+/* ---- SIGTERM: the run stops after its step with the shell's status for it ---- */
+
+TEST(bad_cli_sigterm_exit_status) {
+  if (access("bin/zoorun", X_OK)) SKIP("no bin/zoorun (make all)");
+  const char *dir = cl_dir("sigterm");
+  char cmd[1024], *out;
+  snprintf(cmd, sizeof cmd,
+           "bin/zoorun --config configs/tiny_mqar.yaml --device cpu --quiet --out %s "
+           "--early_stopping_threshold=2 --max_epochs=100000 2>&1 & pid=$!; "
+           "for i in $(seq 2000); do [ -f %s/checkpoint.safetensors ] && break; sleep 0.01; done; "
+           "kill -TERM $pid; wait $pid",
+           dir, dir);
+  int st = cl_sh(cmd, &out);
+  CHECKF(st == 128 + SIGTERM && strstr(out, "error: stopped by SIGTERM at step ") &&
+             cl_exists(dir, "checkpoint.safetensors"),
+         "status %d: %s", st, out);
+  free(out);
+  cl_dir("sigterm"); /* removes it */
+}
