@@ -1,6 +1,7 @@
 /* main.c: runs every registered test; ends with "N passed, N failed". */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "test.h"
@@ -57,6 +58,19 @@ char *zoo_test_read(const char *path, size_t *len) {
   buf[got] = 0;
   if (len) *len = got;
   return buf;
+}
+
+int zoo_test_sh(const char *cmd, char **out) {
+  FILE *p = popen(cmd, "r");
+  size_t room = 4096, len = 0;
+  *out = calloc(1, room);
+  for (size_t n; p && (n = fread(*out + len, 1, room - len - 1, p)) > 0;) {
+    len += n;
+    if (len + 1 == room) *out = realloc(*out, room *= 2);
+    (*out)[len] = 0;
+  }
+  int st = p ? pclose(p) : -1;
+  return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 int zoo_test_golden(zoo_test_ctx *t, const char *golden_path, const char *text) {

@@ -61,6 +61,10 @@ void zoo_test_register(const char *name, zoo_test_fn fn);
 int zoo_test_golden(zoo_test_ctx *t, const char *golden_path, const char *text);
 /* Reads a whole file (NULL if missing); caller frees. */
 char *zoo_test_read(const char *path, size_t *len);
+/* Runs cmd through sh (popen) and returns its exit status (-1 when it did not
+ * exit) and what it wrote to stdout in *out (caller frees); append 2>&1 to the
+ * command to have its stderr too. */
+int zoo_test_sh(const char *cmd, char **out);
 /* Compiles a .zoo file (with one optional "name=value" define; gen: also its
  * training graph) and returns the messages; *errors counts the errors. */
 char *zoo_test_compile_messages(const char *path, const char *define, int gen, int *errors);

@@ -45,18 +45,11 @@ static int cl_flag(const char *flag, char **out) {
 /* Runs `sh -c cmd` (bin/zoorun ...) with stdout and stderr to *out. Returns the
  * exit status (-1: killed). */
 static int cl_sh(const char *cmd, char **out) {
-  char full[2048];
-  snprintf(full, sizeof full, "%s 2>&1", cmd);
-  FILE *p = popen(full, "r");
-  size_t cap = 4096, len = 0;
-  *out = calloc(1, cap);
-  for (size_t n; p && (n = fread(*out + len, 1, cap - len - 1, p)) > 0;) {
-    len += n;
-    if (len + 1 == cap) *out = realloc(*out, cap *= 2);
-    (*out)[len] = 0;
-  }
-  int st = p ? pclose(p) : -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  char *full = malloc(strlen(cmd) + 8);
+  sprintf(full, "%s 2>&1", cmd);
+  int st = zoo_test_sh(full, out);
+  free(full);
+  return st;
 }
 
 static int cl_zoorun(const char *args, char **out) {

@@ -114,20 +114,9 @@ TEST(bad_compile_error_source_too_large) {
  * returns its exit status (-1 when it did not exit) and its stdout and stderr
  * together in *out (caller frees). */
 static int run_zooc(const char *prefix, const char *args, char **out) {
-  char tmp[] = "/tmp/zoo_bad_compile_XXXXXX";
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    *out = strdup("");
-    return -1;
-  }
-  close(fd);
   char cmd[512];
-  snprintf(cmd, sizeof cmd, "%s timeout 60 bin/zooc %s >%s 2>&1", prefix, args, tmp);
-  int st = system(cmd);
-  *out = zoo_test_read(tmp, NULL);
-  if (!*out) *out = strdup("");
-  unlink(tmp);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  snprintf(cmd, sizeof cmd, "%s timeout 60 bin/zooc %s 2>&1", prefix, args);
+  return zoo_test_sh(cmd, out);
 }
 
 /* An endless source under a memory limit: refused at 64 MiB (it used to

@@ -186,16 +186,7 @@ TEST(bad_config_model_file_directory) {
 static int bx_zoorun(const char *args, char **out) {
   char cmd[512];
   snprintf(cmd, sizeof cmd, "bin/zoorun %s 2>&1", args);
-  FILE *p = popen(cmd, "r");
-  size_t cap = 4096, len = 0;
-  *out = calloc(1, cap);
-  for (size_t n; p && (n = fread(*out + len, 1, cap - len - 1, p)) > 0;) {
-    len += n;
-    if (len + 1 == cap) *out = realloc(*out, cap *= 2);
-    (*out)[len] = 0;
-  }
-  int st = p ? pclose(p) : -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return zoo_test_sh(cmd, out);
 }
 
 TEST(bad_config_stop_after_epochs) {

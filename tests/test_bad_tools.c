@@ -19,24 +19,14 @@
 /* Runs `prefix timeout 120 bin/<tool> args` through sh; stdout goes to
  * stdout_to (NULL: captured with stderr). Returns the exit status (-1 when it
  * did not exit) and what it captured in *out (caller frees). */
-static int run_tool(const char *tool, const char *prefix, const char *args, const char *stdout_to, char **out) {
-  char tmp[] = "/tmp/zoo_bad_tools_XXXXXX";
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    *out = strdup("");
-    return -1;
-  }
-  close(fd);
+static int run_tool(const char *tool, const char *prefix, const char *args, const char *stdout_to,
+                    char **out) {
   char cmd[1024];
-  if (stdout_to)
-    snprintf(cmd, sizeof cmd, "%s timeout 120 bin/%s %s >%s 2>%s", prefix, tool, args, stdout_to, tmp);
+  if (stdout_to) /* stderr to the pipe first, then stdout elsewhere */
+    snprintf(cmd, sizeof cmd, "%s timeout 120 bin/%s %s 2>&1 >%s", prefix, tool, args, stdout_to);
   else
-    snprintf(cmd, sizeof cmd, "%s timeout 120 bin/%s %s >%s 2>&1", prefix, tool, args, tmp);
-  int st = system(cmd);
-  *out = zoo_test_read(tmp, NULL);
-  if (!*out) *out = strdup("");
-  unlink(tmp);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof cmd, "%s timeout 120 bin/%s %s 2>&1", prefix, tool, args);
+  return zoo_test_sh(cmd, out);
 }
 
 #define NEED_TOOL(tool)                                                \
