@@ -65,6 +65,11 @@ char *zoo_test_read(const char *path, size_t *len);
  * exit) and what it wrote to stdout in *out (caller frees); append 2>&1 to the
  * command to have its stderr too. */
 int zoo_test_sh(const char *cmd, char **out);
+/* Loads a config (path, or text named path), applies --KEY=VALUE flags and
+ * finishes it; the diagnostics in *out (caller frees; tests/test_bad_config.c). */
+struct zoo_config;
+int zoo_test_config(const char *path, const char *text, const char **flags, int nflags,
+                    struct zoo_config *c, char **out);
 /* Compiles a .zoo file (with one optional "name=value" define; gen: also its
  * training graph) and returns the messages; *errors counts the errors. */
 char *zoo_test_compile_messages(const char *path, const char *define, int gen, int *errors);

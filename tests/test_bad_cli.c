@@ -19,25 +19,10 @@
 #include "../runtime/config.h"
 #include "test.h"
 
-/* Loads path (or, with text, that text named path), applies flags, finishes.
- * Diagnostics go to *out (caller frees); *c is kept (caller frees). */
-static int cl_config(const char *path, const char *text, const char **flags, int nflags,
-                     zoo_config *c, char **out) {
-  size_t len;
-  FILE *f = open_memstream(out, &len);
-  zoo_diag d;
-  zoo_diag_init(&d, f);
-  int rc = text ? zoo_config_load_string(c, path, text, &d) : zoo_config_load(c, path, &d);
-  for (int i = 0; !rc && i < nflags; i++) rc = zoo_config_override(c, flags[i], &d);
-  if (!rc) rc = zoo_config_finish(c, &d, NULL);
-  fclose(f);
-  return rc;
-}
-
 /* One flag on configs/tiny_mqar.yaml: finish's return, its messages in *out. */
 static int cl_flag(const char *flag, char **out) {
   zoo_config c;
-  int rc = cl_config("configs/tiny_mqar.yaml", NULL, &flag, 1, &c, out);
+  int rc = zoo_test_config("configs/tiny_mqar.yaml", NULL, &flag, 1, &c, out);
   zoo_config_free(&c);
   return rc;
 }
@@ -198,7 +183,7 @@ TEST(bad_cli_override_space_form) {
 TEST(bad_cli_sweep_file_as_config) {
   zoo_config c;
   char *out;
-  CHECK(cl_config("configs/main_fig_sweep.yaml", NULL, NULL, 0, &c, &out) == -1);
+  CHECK(zoo_test_config("configs/main_fig_sweep.yaml", NULL, NULL, 0, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(!strcmp(out, "configs/main_fig_sweep.yaml:1:1: error: this is a sweep file, not a run "
                       "config: zoorun --sweep configs/main_fig_sweep.yaml --dry-run\n"
@@ -207,7 +192,7 @@ TEST(bad_cli_sweep_file_as_config) {
   free(out);
   /* a run config with a key named parameters is not taken for one */
   const char *text = "parameters: 1\nmodel:\n  file: models/rebased.zoo\n";
-  CHECK(cl_config("p.yaml", text, NULL, 0, &c, &out) == -1);
+  CHECK(zoo_test_config("p.yaml", text, NULL, 0, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(strstr(out, "unknown key 'parameters'") && !strstr(out, "sweep"), "%s", out);
   free(out);
@@ -236,7 +221,7 @@ TEST(bad_cli_run_id) {
     snprintf(want, sizeof want, "r.yaml:3:9: error: run_id: %s (it names the folder "
              "runs/<run_id>)\n", bad[i].why);
     zoo_config c;
-    int rc = cl_config("r.yaml", text, NULL, 0, &c, &out);
+    int rc = zoo_test_config("r.yaml", text, NULL, 0, &c, &out);
     zoo_config_free(&c);
     CHECKF(rc == -1 && !strncmp(out, want, strlen(want)) && zoo_test_count(out, "error:") == 1,
            "%s: %s", bad[i].yaml, out);
@@ -271,12 +256,12 @@ TEST(bad_cli_config_write_round_trip) {
       "\"{a: 1}\", \"[x]\", \"- x\", \"&a\", \"*a\", \"!t\", \"|\", \">\", \"%\", \"@\", \"`\"]\n";
   zoo_config c;
   char *out;
-  CHECKF(cl_config("odd.yaml", text, NULL, 0, &c, &out) == 0, "%s", out);
+  CHECKF(zoo_test_config("odd.yaml", text, NULL, 0, &c, &out) == 0, "%s", out);
   free(out);
   char *first, *second;
   cl_write(&c, &first);
   zoo_config again;
-  int rc = cl_config("effective.yaml", first, NULL, 0, &again, &out);
+  int rc = zoo_test_config("effective.yaml", first, NULL, 0, &again, &out);
   CHECKF(rc == 0, "%s\nfrom:\n%s", out, first);
   free(out);
   cl_write(&again, &second);
@@ -297,7 +282,7 @@ TEST(bad_cli_config_write_round_trip) {
   free(first);
   free(second);
   /* plain names stay plain */
-  CHECK(cl_config("configs/tiny_mqar.yaml", NULL, NULL, 0, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, NULL, 0, &c, &out) == 0);
   free(out);
   cl_write(&c, &first);
   CHECKF(strstr(first, "\nrun_id: tiny_mqar\n") && strstr(first, "\nprecision: fp32\n") &&
@@ -490,7 +475,7 @@ TEST(bad_cli_messages) {
   /* a subnormal is a number, in (0, 1] */
   zoo_config c;
   const char *tiny[] = {"--data.builder.kwargs.train_power_a=4.9e-324"};
-  CHECKF(cl_config("configs/tiny_mqar.yaml", NULL, tiny, 1, &c, &out) == 0, "%s", out);
+  CHECKF(zoo_test_config("configs/tiny_mqar.yaml", NULL, tiny, 1, &c, &out) == 0, "%s", out);
   CHECK(c.train_power_a > 0);
   zoo_config_free(&c);
   free(out);

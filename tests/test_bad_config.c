@@ -17,9 +17,10 @@
 #include "test.h"
 
 /* Loads path (or, with text, that text named path), applies flags, finishes.
- * Diagnostics go to *out (caller frees); *c is kept (caller frees). */
-static int bx_config(const char *path, const char *text, const char **flags, int nflags,
-                     zoo_config *c, char **out) {
+ * Diagnostics go to *out (caller frees); *c is kept (caller frees). Shared with
+ * test_bad_cli.c (test.h). */
+int zoo_test_config(const char *path, const char *text, const char **flags, int nflags,
+                    zoo_config *c, char **out) {
   size_t len;
   FILE *f = open_memstream(out, &len);
   zoo_diag d;
@@ -55,7 +56,7 @@ static void bx_golden_program(zoo_test_ctx *t, const char *name) {
   snprintf(path, sizeof path, "tests/bad/%s.yaml", name);
   snprintf(golden, sizeof golden, "tests/golden/%s.err", name);
   zoo_config c;
-  int rc = bx_config(path, NULL, NULL, 0, &c, &text);
+  int rc = zoo_test_config(path, NULL, NULL, 0, &c, &text);
   CHECKF(rc == 0, "%s", text);
   free(text);
   rc = bx_compile_check(&c, &text);
@@ -78,7 +79,7 @@ TEST(bad_config_model_default_seq_len) {
                      "  params: {vocab_size: 512, d_model: 16}\n";
   zoo_config c;
   char *out;
-  CHECK(bx_config("default.yaml", text, NULL, 0, &c, &out) == 0);
+  CHECK(zoo_test_config("default.yaml", text, NULL, 0, &c, &out) == 0);
   free(out);
   CHECK(bx_compile_check(&c, &out) == -1);
   zoo_config_free(&c);
@@ -93,7 +94,7 @@ TEST(bad_config_model_default_seq_len) {
 TEST(bad_config_model_fits_data) {
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, NULL, 0, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, NULL, 0, &c, &out) == 0);
   free(out);
   CHECKF(bx_compile_check(&c, &out) == 0, "%s", out);
   free(out);
@@ -114,7 +115,7 @@ TEST(bad_config_param_flag_located) {
   const char *flags[] = {"--model.params.d_modle=32"};
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, flags, 1, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags, 1, &c, &out) == 0);
   free(out);
   CHECK(bx_compile_check(&c, &out) == -1);
   zoo_config_free(&c);
@@ -134,7 +135,7 @@ static uint64_t bx_model_hash(const char *file, const char *params) {
   zoo_config c;
   char *out;
   uint64_t h = 0;
-  if (bx_config("hash.yaml", text, NULL, 0, &c, &out) == 0 && zoo_config_check_model(&c, &(zoo_diag){.out = stderr}) == 0)
+  if (zoo_test_config("hash.yaml", text, NULL, 0, &c, &out) == 0 && zoo_config_check_model(&c, &(zoo_diag){.out = stderr}) == 0)
     h = zoo_config_model_hash(&c);
   free(out);
   zoo_config_free(&c);
@@ -170,7 +171,7 @@ TEST(bad_config_model_file_directory) {
   const char *flags[] = {"--model.file=models"};
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, flags, 1, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags, 1, &c, &out) == 0);
   free(out);
   CHECK(bx_compile_check(&c, &out) == -1);
   zoo_config_free(&c);
@@ -224,7 +225,7 @@ TEST(bad_config_override_section) {
   for (int i = 0; i < 3; i++) {
     zoo_config c;
     char *out;
-    CHECK(bx_config("configs/tiny_mqar.yaml", NULL, flags[i], 1, &c, &out) == -1);
+    CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags[i], 1, &c, &out) == -1);
     zoo_config_free(&c);
     CHECKF(strstr(out, want[i]) && !strstr(out, "did you mean"), "%s", out);
     free(out);
@@ -233,7 +234,7 @@ TEST(bad_config_override_section) {
   zoo_config c;
   char *out;
   const char *model[] = {"--model=1"};
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, model, 1, &c, &out) == -1);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, model, 1, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(strstr(out, "(--model.KEY=VALUE): file, params, sequence_mixer.*, state_mixer.*, "
                      "d_model, ") && strstr(out, ", ...\n"), "%s", out);
@@ -260,13 +261,13 @@ TEST(bad_config_mixer_list) {
   const char *bad_name[] = {"--model.sequence_mixer.name=Foo-x"};
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/config_mqar.yaml", NULL, bad_name, 1, &c, &out) == -1);
+  CHECK(zoo_test_config("configs/config_mqar.yaml", NULL, bad_name, 1, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(strstr(out, "'Foo-x' is not a mixer name (zoo has attention, based, conv_attention, "
                      "rebased, rwkv") != NULL, "%s", out);
   free(out);
   const char *missing[] = {"--model.sequence_mixer.name=foo"};
-  CHECK(bx_config("configs/config_mqar.yaml", NULL, missing, 1, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/config_mqar.yaml", NULL, missing, 1, &c, &out) == 0);
   free(out);
   CHECK(bx_compile_check(&c, &out) == -1);
   zoo_config_free(&c);
@@ -276,7 +277,7 @@ TEST(bad_config_mixer_list) {
   /* and rwkv itself is a mixer the reference form runs */
   const char *rwkv[] = {"--model.sequence_mixer.name=rwkv", "--data.input_seq_len=16",
                         "--data.vocab_size=64", "--model.vocab_size=64", "--model.d_model=16"};
-  CHECK(bx_config("configs/config_mqar.yaml", NULL, rwkv, 5, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/config_mqar.yaml", NULL, rwkv, 5, &c, &out) == 0);
   free(out);
   CHECKF(bx_compile_check(&c, &out) == 0, "%s", out);
   zoo_config_free(&c);
@@ -367,7 +368,7 @@ TEST(bad_config_batch_larger_than_data) {
   const char *flags[] = {"--data.num_train_examples=256", "--data.batch_size=100000"};
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == -1);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(!strcmp(out, "<command line>:1:19: error: data.batch_size: must be at most "
                       "data.num_train_examples (256)\n    --data.batch_size=100000\n"
@@ -376,7 +377,7 @@ TEST(bad_config_batch_larger_than_data) {
   free(out);
   /* the whole set in one batch is fine */
   const char *whole[] = {"--data.num_train_examples=256", "--data.batch_size=256"};
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, whole, 2, &c, &out) == 0);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, whole, 2, &c, &out) == 0);
   zoo_config_free(&c);
   free(out);
 }
@@ -386,7 +387,7 @@ TEST(bad_config_accumulation_beyond_epoch) {
   const char *flags[] = {"--data.num_train_examples=256", "--gradient_accumulation_steps=5"};
   zoo_config c;
   char *out;
-  CHECK(bx_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == -1);
+  CHECK(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == -1);
   zoo_config_free(&c);
   CHECKF(strstr(out, "<command line>:1:31: error: gradient_accumulation_steps: an epoch of 256 "
                      "examples is 4 micro-batches of 64, fewer than the 5 accumulated in an "
@@ -401,7 +402,7 @@ TEST(bad_config_native_ignores_model_vocab_size) {
   const char *flags[] = {"--data.vocab_size=9000", "--model.params.vocab_size=9000"};
   zoo_config c;
   char *out;
-  CHECKF(bx_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == 0, "%s", out);
+  CHECKF(zoo_test_config("configs/tiny_mqar.yaml", NULL, flags, 2, &c, &out) == 0, "%s", out);
   zoo_config_free(&c);
   free(out);
 }
