@@ -136,6 +136,7 @@ TEST(bad_cli_closed_stdout) {
   char *summary = zoo_test_read(path, NULL);
   CHECKF(summary && strstr(summary, "\"status\": \"finished\""), "%s", summary);
   free(summary);
+  cl_dir("pipe"); /* removes it */
 }
 
 /* ---- 4: --KEY VALUE for config overrides ---- */
@@ -176,6 +177,7 @@ TEST(bad_cli_override_space_form) {
   CHECK(zoo_config_known_key("max_epochs") && zoo_config_known_key("data") &&
         zoo_config_known_key("model.params.x") && !zoo_config_known_key("model.params.") &&
         !zoo_config_known_key("resume"));
+  cl_dir("space"); /* removes it */
 }
 
 /* ---- 5: a sweep file where a run config belongs ---- */
