@@ -69,6 +69,8 @@ static void tr_rmdir(const char *dir) {
     unlink(p);
   }
   rmdir(dir);
+  snprintf(p, sizeof p, "/tmp/zoo_test_train_%d", (int)getpid());
+  rmdir(p); /* the tests' parent folder, once the last test's run has gone */
 }
 
 TEST(train_tiny_mqar_reaches_099) {
