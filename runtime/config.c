@@ -934,14 +934,10 @@ static void cfg_check_run_id(zoo_config *c, zoo_diag *d) {
     if (ch < 0x20 || ch == 0x7f) why = "must not hold control characters (a newline, a tab)";
     else if (ch == '"' || ch == '\'' || ch == '\\') why = "must not hold quotes or backslashes";
   }
-  if (why) { /* said */
-  } else if (strspn(id, " ") == len) {
-    why = len ? "must not be blank" : "must not be empty";
-  } else if (id[0] == ' ' || id[len - 1] == ' ') {
-    why = "must not start or end with a space";
-  } else if (strchr(id, '/') || !strcmp(id, "..") || !strcmp(id, ".")) {
+  if (!why && strspn(id, " ") == len) why = len ? "must not be blank" : "must not be empty";
+  if (!why && (id[0] == ' ' || id[len - 1] == ' ')) why = "must not start or end with a space";
+  if (!why && (strchr(id, '/') || !strcmp(id, "..") || !strcmp(id, ".")))
     why = "must be a plain name";
-  }
   if (why) cfg_error_at(c, d, "run_id", "%s (it names the folder runs/<run_id>)", why);
 }
 

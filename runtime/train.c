@@ -158,11 +158,11 @@ static int unstage(const char *dir, char *err, size_t n) {
   return 0;
 }
 
-/* A run that failed while staged: its NAME.new files go. */
-static void train_drop_staged(const trainer *tr) {
+/* Removes dir's NAME.new files (a staged run's, which failed or was killed). */
+static void drop_staged(const char *dir) {
   for (int i = 0; i < NSTAGED; i++) {
     char path[1100];
-    train_file(tr, path, sizeof path, staged_names[i]);
+    snprintf(path, sizeof path, "%s/%s.new", dir, staged_names[i]);
     remove(path);
   }
 }
@@ -682,10 +682,7 @@ static int train_recover(trainer *tr) {
              "checkpoint is there (it was stopped before it did)", tr->dir);
     return 0;
   }
-  for (int i = 0; i < NSTAGED; i++) {
-    snprintf(path, sizeof path, "%s/%s.new", tr->dir, staged_names[i]);
-    remove(path);
-  }
+  drop_staged(tr->dir);
   zoo_note(tr->d, zoo_nospan, "%s: removed the config and metrics of a run that was stopped "
            "before its first checkpoint", tr->dir);
   return 0;
@@ -1011,7 +1008,7 @@ int zoo_train(zoo_config *c, const zoo_train_opts *o, zoo_train_result *r, zoo_d
 done:
   if (tr.metrics) fclose(tr.metrics);
   if (tr.lock_fd >= 0) close(tr.lock_fd);
-  if (tr.staged) train_drop_staged(&tr);
+  if (tr.staged) drop_staged(tr.dir);
   if (tr.be) tr.be->free(tr.be);
   train_mark(t_start, "backend freed");
   train_free_state(&tr);
